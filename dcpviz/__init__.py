@@ -1,0 +1,24 @@
+"""dcpviz: see what PyTorch Distributed Checkpoint plans.
+
+    import dcpviz
+    sc = dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    save = dcpviz.simulate_save(sc)
+    save.write_items, save.dedup, save.rank_volume, save.chunks
+"""
+
+__version__ = "0.1.0"
+
+from .engine.simulate import simulate_save
+from .errors import DcpvizError
+from .results import LoadResult, SaveResult, load_trace
+from .scenario import Scenario
+
+__all__ = [
+    "DcpvizError",
+    "LoadResult",
+    "SaveResult",
+    "Scenario",
+    "__version__",
+    "load_trace",
+    "simulate_save",
+]

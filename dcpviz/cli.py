@@ -1,0 +1,137 @@
+"""The ``dcpviz`` command: simulate a save plan, show a saved trace, write reports.
+
+Bad input prints one line (``dcpviz: error: ...``) and exits 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DcpvizError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _mesh(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in text.lower().replace(",", "x").split("x") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mesh {text!r}: write the mesh as 2x4 (ints joined by 'x')") from None
+    if not dims:
+        raise argparse.ArgumentTypeError(f"--mesh {text!r}: write the mesh as 2x4")
+    return dims
+
+
+def _add_scenario_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="mlp", help="preset: mlp, llama-tiny, llama3-8b, llama3-70b (default mlp)")
+    p.add_argument("--world-size", "-W", type=int, default=8, help="number of ranks (default 8)")
+    p.add_argument("--mesh", type=_mesh, default=None, help="mesh shape, e.g. 2x4 (default: 1-D)")
+    p.add_argument("--mesh-dim-names", default=None, help="comma-separated, e.g. replicate,shard")
+    p.add_argument("--recipe", default="hsdp", help="replicate, fsdp, hsdp, tp, tp+fsdp (default hsdp)")
+    p.add_argument("--dtype", default="bfloat16", help="parameter dtype (default bfloat16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dcpviz", description="See what PyTorch Distributed Checkpoint plans.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser("simulate", help="simulate DCP's save planner on every rank of a scenario")
+    _add_scenario_flags(sim)
+    sim.add_argument("--dedup-to-lowest-rank", action="store_true", help="DefaultSavePlanner(dedup_save_to_lowest_rank=True)")
+    sim.add_argument("--no-flatten", action="store_true", help="DefaultSavePlanner(flatten_state_dict=False)")
+    sim.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    sim.add_argument("--trace", type=Path, help="write the trace (JSON) here")
+    sim.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
+
+    show = sub.add_parser("show", help="print a saved trace (and optionally write its report)")
+    show.add_argument("trace", type=Path)
+    show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+
+    demo = sub.add_parser("demo", help="the default scenario: terminal summary, report.html, next steps")
+    demo.add_argument("--report", type=Path, default=None)
+    return parser
+
+
+def _scenario_from(args: argparse.Namespace):
+    from .scenario import Scenario
+
+    names = tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
+    return Scenario(
+        model=args.model, world_size=args.world_size, mesh=args.mesh, mesh_dim_names=names,
+        recipe=args.recipe, dtype=args.dtype,
+    )
+
+
+def _write_outputs(result, args: argparse.Namespace, console) -> None:
+    if getattr(args, "trace", None) and args.command == "simulate":
+        path = result.to_json(args.trace)
+        console.print(f"trace written to [bold]{path}[/]")
+    if getattr(args, "report", None):
+        from .report import report
+
+        path = report(result, args.report)
+        console.print(f"report written to [bold]{path}[/] (open it in any browser; works offline)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        if args.command in ("simulate", "demo"):
+            from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+            from .engine.simulate import simulate_save
+            from .scenario import Scenario
+
+            if args.command == "demo":
+                scenario = Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+                planner = None
+            else:
+                scenario = _scenario_from(args)
+                planner = DefaultSavePlanner(
+                    dedup_save_to_lowest_rank=args.dedup_to_lowest_rank,
+                    flatten_state_dict=not args.no_flatten,
+                )
+            result = simulate_save(scenario, planner=planner)
+            if not getattr(args, "quiet", False):
+                from .terminal import print_result
+
+                print_result(result, console)
+            _write_outputs(result, args, console)
+            if args.command == "demo":
+                _print_next_steps(console, args.report)
+            return 0
+        if args.command == "show":
+            from .results import load_trace
+            from .terminal import print_result
+
+            result = load_trace(args.trace)
+            print_result(result, console)
+            _write_outputs(result, args, console)
+            return 0
+    except DcpvizError as exc:
+        print(f"dcpviz: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _print_next_steps(console, report_path: Path) -> None:
+    console.print(
+        "\n[bold]Next:[/]\n"
+        f"  open {report_path} in a browser (self-contained, offline)\n"
+        "  .venv/bin/jupyter lab notebooks/     # then open 01_tour.ipynb and run all cells\n"
+        "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sources that produce traces: simulate (one process), run (real processes), recording planners."""

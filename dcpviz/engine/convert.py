@@ -1,0 +1,212 @@
+"""DCP's objects <-> trace records. The only place that knows both sides."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, SavePlan, WriteItem
+
+from ..trace import (
+    ChunkInfo,
+    MetadataInfo,
+    PlannedItem,
+    PlannerInfo,
+    PlanRecord,
+    ReadRecord,
+    StorageEntry,
+    TensorEntry,
+)
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def dtype_str(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_str(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dt
+
+
+def _box(seq: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in seq)
+
+
+def planner_info(planner: Any, default_cls: type) -> PlannerInfo:
+    """Class and simple-valued options of a planner, read before set_up_planner."""
+    opts = []
+    for name, value in sorted(vars(planner).items()):
+        # Internal bookkeeping (cache keys) is not an option a user chose.
+        if isinstance(value, _SIMPLE) and not name.startswith("__") and "cache" not in name.replace("caching", ""):
+            opts.append((name.lstrip("_"), value))
+    cls = type(planner)
+    return PlannerInfo(
+        cls=cls.__qualname__,
+        module=cls.__module__,
+        options=tuple(opts),
+        is_dcp_default=cls is default_cls,
+    )
+
+
+class ItemTable:
+    """Interns PlannedItems so each distinct write item is stored once."""
+
+    def __init__(self) -> None:
+        self.items: list[PlannedItem] = []
+        self._ids: dict[PlannedItem, int] = {}
+
+    def add(self, item: PlannedItem) -> int:
+        idx = self._ids.get(item)
+        if idx is None:
+            idx = self._ids[item] = len(self.items)
+            self.items.append(item)
+        return idx
+
+
+def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> PlannedItem:
+    index_off = _box(wi.index.offset) if wi.index.offset is not None else None
+    td = wi.tensor_data
+    if td is not None:
+        chunk = td.chunk
+        offsets, sizes = _box(chunk.offsets), _box(chunk.sizes)
+        dtype = td.properties.dtype
+        nbytes = math.prod(sizes) * torch._utils._element_size(dtype)
+        return PlannedItem(
+            fqn=wi.index.fqn,
+            item_type=wi.type.name,
+            offsets=offsets,
+            sizes=sizes,
+            global_size=_box(td.size),
+            dtype=dtype_str(dtype),
+            nbytes=nbytes,
+            dcp_size=wi.tensor_storage_size(),
+            index_offsets=None if index_off == offsets else index_off,
+        )
+    return PlannedItem(
+        fqn=wi.index.fqn,
+        item_type=wi.type.name,
+        offsets=None,
+        sizes=None,
+        global_size=None,
+        dtype=None,
+        nbytes=(byte_sizes or {}).get(wi.index.fqn, 0),
+        dcp_size=None,
+        index_offsets=index_off,
+    )
+
+
+def save_plan_record(plan: SavePlan, table: ItemTable, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
+    return PlanRecord(
+        items=tuple(table.add(planned_item(wi, byte_sizes)) for wi in plan.items),
+        usable=bool(getattr(plan, "usable", True)),
+    )
+
+
+def metadata_info(md: Metadata) -> MetadataInfo:
+    tensors, bytes_keys = [], []
+    for fqn, value in md.state_dict_metadata.items():
+        if isinstance(value, TensorStorageMetadata):
+            tensors.append(
+                TensorEntry(
+                    fqn=fqn,
+                    size=_box(value.size),
+                    dtype=dtype_str(value.properties.dtype),
+                    chunks=tuple(ChunkInfo(_box(c.offsets), _box(c.sizes)) for c in value.chunks),
+                    requires_grad=bool(value.properties.requires_grad),
+                )
+            )
+        else:
+            bytes_keys.append(fqn)
+    planner_data = []
+    if isinstance(md.planner_data, dict):
+        for fqn, path in md.planner_data.items():
+            if isinstance(path, (tuple, list)) and all(isinstance(p, (str, int)) for p in path):
+                planner_data.append((str(fqn), tuple(path)))
+    storage = []
+    if isinstance(md.storage_data, dict):
+        for index, info in md.storage_data.items():
+            if isinstance(index, MetadataIndex) and hasattr(info, "relative_path"):
+                storage.append(
+                    StorageEntry(
+                        fqn=index.fqn,
+                        offsets=_box(index.offset) if index.offset is not None else None,
+                        relative_path=str(info.relative_path),
+                        offset=int(info.offset),
+                        length=int(info.length),
+                    )
+                )
+    return MetadataInfo(
+        tensors=tuple(tensors),
+        bytes_keys=tuple(bytes_keys),
+        planner_data=tuple(planner_data),
+        storage=tuple(storage),
+        version=getattr(md, "version", None),
+    )
+
+
+def torch_metadata(info: MetadataInfo) -> Metadata:
+    """Rebuild a torch Metadata equivalent to the one the trace was taken from."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    sd_md: dict[str, Any] = {}
+    for t in info.tensors:
+        sd_md[t.fqn] = TensorStorageMetadata(
+            properties=TensorProperties(dtype=dtype_from_str(t.dtype), requires_grad=t.requires_grad),
+            size=torch.Size(t.size),
+            chunks=[ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in t.chunks],
+        )
+    for key in info.bytes_keys:
+        sd_md[key] = BytesStorageMetadata()
+    storage = {
+        MetadataIndex(s.fqn, torch.Size(s.offsets) if s.offsets is not None else None): _StorageInfo(
+            relative_path=s.relative_path, offset=s.offset, length=s.length
+        )
+        for s in info.storage
+    }
+    md = Metadata(
+        state_dict_metadata=sd_md,
+        planner_data=dict(info.planner_data) if info.planner_data else None,
+        storage_data=storage or None,
+    )
+    if info.version is not None:
+        md.version = info.version
+    return md
+
+
+def read_record(ri: ReadItem, dtype: str | None) -> ReadRecord:
+    lengths = _box(ri.lengths)
+    itemsize = torch._utils._element_size(dtype_from_str(dtype)) if dtype else 1
+    is_bytes = ri.type.name == "BYTE_IO"
+    return ReadRecord(
+        fqn=ri.dest_index.fqn,
+        item_type=ri.type.name,
+        dest_fqn=ri.dest_index.fqn,
+        dest_chunk_offsets=_box(ri.dest_index.offset) if ri.dest_index.offset is not None else None,
+        dest_offsets=_box(ri.dest_offsets),
+        storage_fqn=ri.storage_index.fqn,
+        saved_offsets=_box(ri.storage_index.offset) if ri.storage_index.offset is not None else None,
+        storage_offsets=_box(ri.storage_offsets),
+        lengths=lengths,
+        dtype=dtype,
+        nbytes=0 if is_bytes else math.prod(lengths) * itemsize,
+    )
+
+
+def load_plan_records(plan: LoadPlan, reads: list[ReadRecord], dtypes: dict[str, str]) -> PlanRecord:
+    start = len(reads)
+    for ri in plan.items:
+        reads.append(read_record(ri, dtypes.get(ri.storage_index.fqn)))
+    return PlanRecord(items=tuple(range(start, len(reads))), usable=True)

@@ -1,0 +1,41 @@
+"""Build one rank's real sharded state dict: the model on meta, the recipe, state_dict()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models import build_model
+from ..recipes import apply_recipe
+from ..scenario import Scenario
+from .world import mesh_device_type, rebind_to_rank
+
+
+def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(
+        device_type or mesh_device_type(scenario.device),
+        tuple(scenario.mesh or (scenario.world_size,)),
+        mesh_dim_names=tuple(scenario.mesh_dim_names or ()) or None,
+    )
+
+
+def build_model_on_meta(scenario: Scenario) -> torch.nn.Module:
+    model = build_model(scenario.model, "meta")
+    # A factory may ignore the device context (explicit device=...); simulation must allocate
+    # nothing, so anything left with storage moves to meta.
+    if any(t.device.type != "meta" for t in [*model.parameters(), *model.buffers()]):
+        model = model.to("meta")
+    return model.to(scenario.torch_dtype)
+
+
+def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]:
+    """The state dict rank ``rank`` would hand to dcp.save. Call inside ``fake_world(rank, W)``.
+
+    Returns the state dict and how many DTensors were rebound to this rank's mesh.
+    """
+    mesh = build_mesh(scenario)
+    model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
+    return rebind_to_rank(model.state_dict(), rank)

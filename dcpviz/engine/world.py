@@ -1,0 +1,131 @@
+"""One rank's view of a W-rank job, inside this one process.
+
+``fake_world(rank, W)`` installs torch's *fake* process group (no communication) as the default
+group with that rank, so ``init_device_mesh``, mesh slicing, ``fully_shard`` and
+``parallelize_module`` behave as on that rank of a real job, including ``get_rank()``.
+
+One hazard remains (see DESIGN.md): DTensor's dispatch caches sharding results keyed by
+``DeviceMesh`` equality, which ignores the rank. A DTensor created on rank r may come back from
+the cache carrying the mesh object of an earlier rank, and with it that rank's coordinate.
+``rebind_to_rank`` detects each such DTensor and gives it a mesh for rank r; tests compare the
+result with offsets computed independently per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import DcpvizError
+
+
+def _register_fake_backend() -> None:
+    # Importing the module registers the "fake" backend with c10d (idempotent).
+    import torch.testing._internal.distributed.fake_pg  # noqa: F401
+
+
+@contextmanager
+def fake_world(rank: int, world_size: int) -> Iterator[None]:
+    """Make this process look like ``rank`` of ``world_size`` for the duration of the block."""
+    _register_fake_backend()
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise DcpvizError(
+            "simulation needs this process to have no default process group, but one is "
+            f"initialised (backend {dist.get_backend()!r}). Simulate in a separate process, or "
+            "use dcpviz.RecordingSavePlanner inside your distributed job instead."
+        )
+    dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def mesh_device_type(device: str) -> str:
+    """The DeviceMesh device type for a scenario device ('meta' tensors live on a cpu mesh)."""
+    dev = device.split(":")[0]
+    return "cpu" if dev == "meta" else dev
+
+
+def _rank_mesh(mesh: Any, rank: int, cache: dict[int, Any]) -> Any:
+    """``mesh`` as seen from ``rank`` (must be called inside ``fake_world(rank, ...)``)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    key = id(mesh)
+    if key not in cache:
+        fresh = DeviceMesh(
+            mesh.device_type,
+            _layout=mesh._layout,
+            _rank_map=mesh._rank_map,
+            mesh_dim_names=mesh.mesh_dim_names,
+            _root_mesh=getattr(mesh, "_root_mesh", None),
+            _init_backend=False,
+            _rank=rank,
+        )
+        fresh._dim_group_names = list(getattr(mesh, "_dim_group_names", []))
+        cache[key] = fresh
+    return cache[key]
+
+
+def expected_coordinate(mesh: Any, rank: int) -> tuple[int, ...] | None:
+    """Coordinate of ``rank`` in ``mesh`` computed from the mesh tensor alone."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    return DeviceMesh._compute_coordinates_from_mesh(mesh.mesh, rank)
+
+
+def rebind_to_rank(obj: Any, rank: int, cache: dict[int, Any] | None = None) -> tuple[Any, int]:
+    """Return ``obj`` (a state dict, nested or flat) with every DTensor on rank ``rank``'s mesh.
+
+    Returns the new object and how many DTensors had to be rebound.
+    """
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._dtensor_spec import DTensorSpec
+
+    cache = {} if cache is None else cache
+    count = 0
+
+    def fix(value: Any) -> Any:
+        nonlocal count
+        if isinstance(value, DTensor):
+            mesh = value.device_mesh
+            want = expected_coordinate(mesh, rank)
+            if mesh.get_coordinate() == want:
+                return value
+            count += 1
+            spec = value._spec
+            new_spec = DTensorSpec(
+                _rank_mesh(mesh, rank, cache), spec.placements, tensor_meta=spec.tensor_meta
+            )
+            return DTensor(value._local_tensor, new_spec, requires_grad=value.requires_grad)
+        if isinstance(value, dict):
+            return type(value)((k, fix(v)) for k, v in value.items())
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(fix(v) for v in value)
+        return value
+
+    return fix(obj), count
+
+
+def dtensor_count(obj: Any) -> int:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        return 1
+    if isinstance(obj, dict):
+        return sum(dtensor_count(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(dtensor_count(v) for v in obj)
+    return 0
+
+
+def torch_version() -> str:
+    return torch.__version__

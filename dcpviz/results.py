@@ -1,0 +1,114 @@
+"""Results: a trace plus the tables derived from it (computed on first access)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import tables
+from .trace import LoadTrace, SaveTrace, read_trace, write_trace
+
+
+class SaveResult:
+    """What a save planner did, on every rank. Tables are pandas DataFrames:
+
+    ``write_items`` every local-plan item (``kept`` after dedup) · ``dedup`` each index planned by
+    more than one rank · ``rank_volume`` bytes per rank after dedup · ``chunks`` the checkpoint
+    metadata with writer ranks · ``metadata`` DCP's Metadata · ``errors`` planner errors.
+    """
+
+    kind = "save"
+
+    def __init__(self, trace: SaveTrace, metadata: Any = None) -> None:
+        self.trace = trace
+        self._metadata = metadata
+
+    # -- tables ----------------------------------------------------------------------------
+    @cached_property
+    def write_items(self) -> pd.DataFrame:
+        return tables.write_items(self.trace)
+
+    @cached_property
+    def dedup(self) -> pd.DataFrame:
+        return tables.dedup(self.trace)
+
+    @cached_property
+    def rank_volume(self) -> pd.DataFrame:
+        return tables.rank_volume(self.trace)
+
+    @cached_property
+    def chunks(self) -> pd.DataFrame:
+        return tables.chunks(self.trace)
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        return tables.summary(self.trace)
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def scenario(self):
+        return self.trace.scenario
+
+    @property
+    def metadata(self):
+        """DCP's Metadata: the object DCP built, or one rebuilt from the trace's facts."""
+        if self._metadata is None and self.trace.metadata is not None:
+            from .engine.convert import torch_metadata
+
+            self._metadata = torch_metadata(self.trace.metadata)
+        return self._metadata
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(e) for e in self.trace.errors]
+
+    @property
+    def ok(self) -> bool:
+        return not self.trace.errors
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        return write_trace(self.trace, path)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        status = "valid" if s["validated"] else f"{s['errors']} error(s)"
+        return (
+            f"<SaveResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
+            f"{s['items_planned']} items planned, {s['items_written']} written, "
+            f"imbalance {s['imbalance']:.2f}, {status}>"
+        )
+
+
+class LoadResult:
+    """What a load planner did against a checkpoint, on every rank of the target layout."""
+
+    kind = "load"
+
+    def __init__(self, trace: LoadTrace, metadata: Any = None) -> None:
+        self.trace = trace
+        self._metadata = metadata
+
+    @property
+    def scenario(self):
+        return self.trace.scenario
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(e) for e in self.trace.errors]
+
+    @property
+    def ok(self) -> bool:
+        return not self.trace.errors
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        return write_trace(self.trace, path)
+
+
+def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:
+    """Open a trace written by ``result.to_json``, the CLI, or a recording planner."""
+    trace = read_trace(path)
+    return SaveResult(trace) if isinstance(trace, SaveTrace) else LoadResult(trace)

@@ -1,0 +1,197 @@
+"""Scenario: what job is being planned — model, world size, mesh, recipe, dtype, device."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ScenarioError, did_you_mean
+from .models import check_model_spec, model_name
+from .recipes import RECIPES, recipe_mesh_ndim, recipe_name
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+}
+DEVICES = ("meta", "cpu", "cuda")
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16 or 'bfloat16'; raises ScenarioError for anything else."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = str(dtype).removeprefix("torch.")
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                "float": "float32"}.get(name, name)
+    if name not in DTYPES:
+        raise ScenarioError(
+            f"dtype={dtype!r} is not supported.{did_you_mean(name, DTYPES)} Use one of {sorted(DTYPES)}."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A sharded job to plan.
+
+    model: a preset name (``"mlp"``, ``"llama-tiny"``, ``"llama3-8b"``, ``"llama3-70b"``) or a
+        zero-argument callable returning an ``nn.Module`` (built under ``torch.device("meta")``).
+    world_size: number of ranks.
+    mesh: device-mesh shape; defaults to ``(world_size,)`` for 1-D recipes.
+    mesh_dim_names: names of the mesh dims; default per recipe (e.g. ``("replicate", "shard")``).
+    recipe: ``"replicate"``, ``"fsdp"``, ``"hsdp"``, ``"tp"``, ``"tp+fsdp"`` or a callable
+        ``(model, device_mesh) -> model``.
+    dtype: parameter dtype. device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
+    """
+
+    model: str | Callable[[], torch.nn.Module] = "mlp"
+    world_size: int = 4
+    mesh: tuple[int, ...] | None = None
+    mesh_dim_names: tuple[str, ...] | None = None
+    recipe: str | Callable[..., Any] = "fsdp"
+    dtype: str = "float32"
+    device: str = "meta"
+
+    def __post_init__(self) -> None:
+        check_model_spec(self.model)
+        ws = self.world_size
+        if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
+            raise ScenarioError(f"world_size={ws!r} must be a positive int (the number of ranks).")
+        self._check_recipe()
+        mesh = self._normalise_mesh()
+        object.__setattr__(self, "mesh", mesh)
+        object.__setattr__(self, "mesh_dim_names", self._normalise_dim_names(mesh))
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        dev = str(self.device)
+        if dev.split(":")[0] not in DEVICES:
+            raise ScenarioError(f"device={self.device!r} is not supported. Use one of {DEVICES}.")
+        object.__setattr__(self, "device", dev)
+
+    # -- validation --------------------------------------------------------------------------
+    def _check_recipe(self) -> None:
+        r = self.recipe
+        if isinstance(r, str):
+            if r not in RECIPES:
+                raise ScenarioError(
+                    f"recipe={r!r} is unknown.{did_you_mean(r, RECIPES)} Use one of {sorted(RECIPES)} "
+                    "or a callable (model, device_mesh) -> model."
+                )
+        elif not callable(r):
+            raise ScenarioError(
+                f"recipe={r!r} is neither a recipe name nor a callable (model, device_mesh) -> model."
+            )
+
+    def _normalise_mesh(self) -> tuple[int, ...]:
+        ws, need = self.world_size, recipe_mesh_ndim(self.recipe)
+        if self.mesh is None:
+            if need == 2:
+                hint = _two_d_hint(ws)
+                raise ScenarioError(
+                    f"recipe={recipe_name(self.recipe)!r} needs a 2-D mesh; none was given. "
+                    f"Pass mesh=(a, b) with a*b == world_size={ws}{hint}."
+                )
+            return (ws,)
+        try:
+            mesh = tuple(int(d) for d in self.mesh)
+        except (TypeError, ValueError):
+            raise ScenarioError(f"mesh={self.mesh!r} must be a tuple of ints, e.g. (2, 4).") from None
+        if not mesh or any(d < 1 for d in mesh):
+            raise ScenarioError(f"mesh={self.mesh!r} must be a non-empty tuple of positive ints.")
+        if math.prod(mesh) != ws:
+            raise ScenarioError(
+                f"mesh={mesh} holds {math.prod(mesh)} ranks but world_size={ws}. "
+                f"Make the product of the mesh equal the world size{_fix_hint(mesh, ws)}."
+            )
+        if need is not None and len(mesh) != need:
+            hint = _two_d_hint(ws) if need == 2 else f", e.g. mesh=({ws},)"
+            raise ScenarioError(
+                f"recipe={recipe_name(self.recipe)!r} needs a {need}-D mesh but mesh={mesh} is "
+                f"{len(mesh)}-D. Pass a {need}-D mesh{hint}."
+            )
+        return mesh
+
+    def _normalise_dim_names(self, mesh: tuple[int, ...]) -> tuple[str, ...]:
+        names = self.mesh_dim_names
+        if names is None:
+            default = RECIPES[self.recipe].dim_names if isinstance(self.recipe, str) else None
+            if default is not None and len(default) == len(mesh):
+                return tuple(default)
+            return tuple(f"dim{i}" for i in range(len(mesh)))
+        if isinstance(names, str):
+            names = tuple(n.strip() for n in names.split(","))
+        names = tuple(str(n) for n in names)
+        if len(names) != len(mesh):
+            raise ScenarioError(
+                f"mesh_dim_names={names} has {len(names)} names but mesh={mesh} has {len(mesh)} dims. "
+                "Give one name per mesh dim."
+            )
+        if len(set(names)) != len(names):
+            raise ScenarioError(f"mesh_dim_names={names} repeats a name; each mesh dim needs its own.")
+        return names
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return model_name(self.model)
+
+    @property
+    def recipe_name(self) -> str:
+        return recipe_name(self.recipe)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def coordinate(self, rank: int) -> tuple[int, ...]:
+        """Mesh coordinate of a global rank (init_device_mesh lays ranks out row-major)."""
+        coord = []
+        for d in reversed(self.mesh or ()):
+            coord.append(rank % d)
+            rank //= d
+        return tuple(reversed(coord))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data description, as stored in traces."""
+        return {
+            "model": self.model_name,
+            "world_size": self.world_size,
+            "mesh": list(self.mesh or ()),
+            "mesh_dim_names": list(self.mesh_dim_names or ()),
+            "recipe": self.recipe_name,
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+    def replace(self, **changes: Any) -> Scenario:
+        """A copy with some fields changed (validated again)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+
+def _divisor_pairs(n: int) -> list[tuple[int, int]]:
+    return [(a, n // a) for a in range(2, n) if n % a == 0]
+
+
+def _two_d_hint(ws: int) -> str:
+    pairs = _divisor_pairs(ws)
+    if not pairs:
+        return f" (world_size={ws} is prime: no 2-D mesh fits; use recipe='fsdp' or another world size)"
+    best = min(pairs, key=lambda p: abs(p[0] - 2))
+    return f", e.g. mesh={best}"
+
+
+def _fix_hint(mesh: tuple[int, ...], ws: int) -> str:
+    if len(mesh) == 1:
+        return f": mesh=({ws},)"
+    if len(mesh) == 2 and ws % mesh[0] == 0:
+        return f", e.g. mesh=({mesh[0]}, {ws // mesh[0]}) or world_size={math.prod(mesh)}"
+    return f", or use world_size={math.prod(mesh)}"

@@ -1,0 +1,278 @@
+"""Trace -> tidy pandas DataFrames, one row per fact, stable column names.
+
+Everything a figure shows is in a table first. Functions here are pure: a trace in, a
+DataFrame out. Offsets and sizes are tuples of ints; ranks are global ranks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .trace import PlannedItem, PlanRecord, SaveTrace
+
+WRITE_ITEM_COLUMNS = [
+    "rank", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "kept", "global_size", "dcp_size",
+]
+DEDUP_COLUMNS = [
+    "fqn", "offsets", "candidates", "chosen_rank", "nbytes", "candidate_planned_bytes",
+    "replay_rank", "replay_agrees", "rule", "why",
+]
+RANK_VOLUME_COLUMNS = ["rank", "items", "nbytes", "planned_items", "planned_nbytes", "coordinate"]
+CHUNK_COLUMNS = ["fqn", "chunk_index", "offsets", "sizes", "rank", "nbytes", "dtype", "kind", "global_size"]
+
+
+def _box(b: tuple[int, ...] | None) -> tuple[int, ...]:
+    return () if b is None else b
+
+
+class _ItemColumns:
+    """Per-item arrays, computed once per trace and indexed by item position."""
+
+    def __init__(self, items: tuple[PlannedItem, ...]) -> None:
+        self.fqn = np.array([it.fqn for it in items], dtype=object)
+        self.offsets = np.empty(len(items), dtype=object)
+        self.offsets[:] = [_box(it.offsets) for it in items]
+        self.sizes = np.empty(len(items), dtype=object)
+        self.sizes[:] = [_box(it.sizes) for it in items]
+        self.global_size = np.empty(len(items), dtype=object)
+        self.global_size[:] = [_box(it.global_size) for it in items]
+        self.item_type = np.array([it.item_type for it in items], dtype=object)
+        self.dtype = np.array([it.dtype or "" for it in items], dtype=object)
+        self.nbytes = np.array([it.nbytes for it in items], dtype=np.int64)
+        self.dcp_size = np.array([-1 if it.dcp_size is None else it.dcp_size for it in items], dtype=np.int64)
+        keys: dict[Any, int] = {}
+        self.key = np.array([keys.setdefault(it.key, len(keys)) for it in items], dtype=np.int64)
+        self.n_keys = len(keys)
+
+
+_COLUMN_CACHE: dict[int, tuple[Any, _ItemColumns]] = {}
+
+
+def item_columns(trace: SaveTrace) -> _ItemColumns:
+    hit = _COLUMN_CACHE.get(id(trace))
+    if hit is None or hit[0] is not trace:
+        if len(_COLUMN_CACHE) > 8:
+            _COLUMN_CACHE.clear()
+        hit = (trace, _ItemColumns(trace.items))
+        _COLUMN_CACHE[id(trace)] = hit
+    return hit[1]
+
+
+def _flatten(plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, item id) arrays over all ranks' plans, in rank then plan order."""
+    if not plans:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lens = [len(p.items) if p is not None else 0 for p in plans]
+    ranks = np.repeat(np.arange(len(plans), dtype=np.int64), lens)
+    ids = np.fromiter((i for p in plans if p is not None for i in p.items), dtype=np.int64, count=sum(lens))
+    return ranks, ids
+
+
+def _kept_mask(trace: SaveTrace, ranks: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """For each (rank, item) of the local plans: is that item still in the rank's global plan?"""
+    if trace.global_plans is None:
+        return None
+    cols = item_columns(trace)
+    g_ranks, g_ids = _flatten(trace.global_plans)
+    g_codes = g_ranks * cols.n_keys + cols.key[g_ids]
+    codes = ranks * cols.n_keys + cols.key[ids]
+    return np.isin(codes, g_codes)
+
+
+def write_items(trace: SaveTrace) -> pd.DataFrame:
+    """Every item of every rank's local plan, with ``kept`` = survived the coordinator's dedup."""
+    cols = item_columns(trace)
+    ranks, ids = _flatten(trace.local_plans)
+    kept = _kept_mask(trace, ranks, ids)
+    df = pd.DataFrame(
+        {
+            "rank": ranks,
+            "fqn": cols.fqn[ids],
+            "offsets": cols.offsets[ids],
+            "sizes": cols.sizes[ids],
+            "item_type": cols.item_type[ids],
+            "dtype": cols.dtype[ids],
+            "nbytes": cols.nbytes[ids],
+            "kept": pd.array(kept, dtype="boolean") if kept is not None else pd.array([pd.NA] * len(ids), dtype="boolean"),
+            "global_size": cols.global_size[ids],
+            "dcp_size": cols.dcp_size[ids],
+        }
+    )
+    return df
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def dedup(trace: SaveTrace) -> pd.DataFrame:
+    """One row per item index planned by more than one rank: who planned it, who writes it, why.
+
+    ``chosen_rank`` comes from DCP's real global plan. ``replay_rank`` and
+    ``candidate_planned_bytes`` replay DCP's rule (``dedup_save_plans``) as an explanation: each
+    rank's running tally of planned bytes (DCP counts ``tensor_storage_size()`` — the global
+    tensor's size, even for a shard — or 1 for bytes) when the item was decided; the smallest
+    tally wins, ties to the first candidate; or the lowest rank with
+    ``dedup_save_to_lowest_rank``. ``replay_agrees`` checks the replay against DCP's choice.
+    """
+    cols = item_columns(trace)
+    W = trace.scenario.world_size
+    lowest = bool(trace.planner.option("dedup_save_to_lowest_rank", False))
+    # Mirror dedup_save_plans' data structures exactly, so set iteration order (tie-breaks) match.
+    plan_sets: dict[int, set[int]] = defaultdict(set)
+    last_item: dict[int, int] = {}
+    for r, plan in enumerate(trace.local_plans):
+        if plan is None:
+            continue
+        for i in plan.items:
+            k = int(cols.key[i])
+            plan_sets[k].add(r)
+            last_item[k] = i
+    kept_by: dict[int, list[int]] = defaultdict(list)
+    if trace.global_plans is not None:
+        for r, plan in enumerate(trace.global_plans):
+            for i in plan.items:
+                kept_by[int(cols.key[i])].append(r)
+    tally = [0] * W
+    rows: list[tuple] = []
+    for k, cands in plan_sets.items():
+        if lowest:
+            pick = min(cands)
+        else:
+            pick = min(cands, key=lambda r: tally[r])
+        i = last_item[k]
+        if len(cands) > 1:
+            cand = tuple(sorted(cands))
+            before = tuple(tally[c] for c in cand)
+            chosen = kept_by.get(k, [])
+            chosen_rank = chosen[0] if len(chosen) == 1 else -1
+            if lowest:
+                rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
+            else:
+                rule = "fewest planned bytes"
+                low = min(before)
+                ties = sum(1 for b in before if b == low)
+                why = f"rank {pick} had planned the fewest bytes ({_fmt_bytes(low)})" + (
+                    f"; a {ties}-way tie goes to the first candidate" if ties > 1 else ""
+                )
+            rows.append(
+                (
+                    cols.fqn[i], cols.offsets[i], cand, chosen_rank, int(cols.nbytes[i]), before,
+                    pick, pick == chosen_rank, rule, why,
+                )
+            )
+        dcp = int(cols.dcp_size[i])
+        tally[pick] += dcp if dcp > 0 else 1
+    df = pd.DataFrame(rows, columns=DEDUP_COLUMNS)
+    return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+
+
+def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    if plans is None:
+        return None
+    cols = item_columns(trace)
+    W = trace.scenario.world_size
+    ranks, ids = _flatten(plans)
+    counts = np.bincount(ranks, minlength=W)[:W]
+    nbytes = np.bincount(ranks, weights=cols.nbytes[ids], minlength=W)[:W].astype(np.int64)
+    return counts, nbytes
+
+
+def final_or_global(trace: SaveTrace) -> tuple[PlanRecord, ...] | None:
+    return trace.final_plans if trace.final_plans is not None else trace.global_plans
+
+
+def rank_volume(trace: SaveTrace) -> pd.DataFrame:
+    """Items and bytes each rank writes (final plans, after dedup), next to what it planned."""
+    W = trace.scenario.world_size
+    planned = _plan_totals(trace, trace.local_plans)
+    final = _plan_totals(trace, final_or_global(trace))
+    na = pd.array([pd.NA] * W, dtype="Int64")
+    return pd.DataFrame(
+        {
+            "rank": np.arange(W, dtype=np.int64),
+            "items": pd.array(final[0], dtype="Int64") if final else na,
+            "nbytes": pd.array(final[1], dtype="Int64") if final else na,
+            "planned_items": pd.array(planned[0], dtype="Int64"),
+            "planned_nbytes": pd.array(planned[1], dtype="Int64"),
+            "coordinate": [trace.scenario.coordinate(r) for r in range(W)],
+        }
+    )
+
+
+def writer_ranks(trace: SaveTrace) -> dict[tuple[str, tuple[int, ...] | None], int]:
+    """(fqn, chunk offsets) -> the rank whose final plan writes it."""
+    out: dict[tuple[str, tuple[int, ...] | None], int] = {}
+    plans = final_or_global(trace)
+    if plans is None:
+        return out
+    for r, plan in enumerate(plans):
+        for i in plan.items:
+            it = trace.items[i]
+            out.setdefault((it.fqn, it.offsets), r)
+    return out
+
+
+def chunks(trace: SaveTrace) -> pd.DataFrame:
+    """The checkpoint metadata's chunks (one row per chunk; one row per bytes entry), with the
+    rank that writes each."""
+    import math
+
+    from .engine.convert import dtype_from_str
+
+    if trace.metadata is None:
+        return pd.DataFrame(columns=CHUNK_COLUMNS)
+    writers = writer_ranks(trace)
+    rows = []
+    for t in trace.metadata.tensors:
+        itemsize = dtype_from_str(t.dtype).itemsize
+        for ci, c in enumerate(t.chunks):
+            rows.append(
+                (t.fqn, ci, c.offsets, c.sizes, writers.get((t.fqn, c.offsets), -1),
+                 math.prod(c.sizes) * itemsize, t.dtype, "tensor", t.size)
+            )
+    byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
+    for key in trace.metadata.bytes_keys:
+        rows.append((key, 0, (), (), writers.get((key, None), -1), byte_sizes.get(key, 0), "", "bytes", ()))
+    df = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+    return df.astype({"chunk_index": "int64", "rank": "int64", "nbytes": "int64"})
+
+
+def summary(trace: SaveTrace) -> dict[str, Any]:
+    """The numbers a header shows: world, mesh, planner, sizes, balance, validation."""
+    vol = rank_volume(trace)
+    written = vol["nbytes"].astype("float64")
+    mean = float(written.mean()) if len(written) and written.notna().all() else float("nan")
+    mx = float(written.max()) if len(written) and written.notna().all() else float("nan")
+    n_local = sum(len(p.items) for p in trace.local_plans if p is not None)
+    finals = final_or_global(trace)
+    n_final = sum(len(p.items) for p in finals) if finals is not None else None
+    sc = trace.scenario
+    return {
+        "model": sc.model,
+        "world_size": sc.world_size,
+        "mesh": sc.mesh,
+        "mesh_dim_names": sc.mesh_dim_names,
+        "recipe": sc.recipe,
+        "dtype": sc.dtype,
+        "planner": trace.planner.cls,
+        "planner_options": dict(trace.planner.options),
+        "tensors": len(trace.metadata.tensors) if trace.metadata else None,
+        "bytes_entries": len(trace.metadata.bytes_keys) if trace.metadata else None,
+        "items_planned": n_local,
+        "items_written": n_final,
+        "total_bytes": int(written.sum()) if written.notna().all() else None,
+        "mean_rank_bytes": mean,
+        "max_rank_bytes": mx,
+        "imbalance": (mx / mean) if mean and mean == mean and mean > 0 else float("nan"),
+        "validated": trace.global_plan_validated and not trace.errors,
+        "errors": len(trace.errors),
+    }

@@ -1,0 +1,339 @@
+"""The one data model: SaveTrace / LoadTrace, plain frozen dataclasses, versioned JSON on disk.
+
+A trace holds no torch objects, so it opens anywhere (a trace captured on a 1024-GPU job opens on
+a laptop), and never pickle. Write items are interned once in ``items`` and plans refer to them
+by position, which keeps W x tensors plans small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import TraceFileError
+
+SCHEMA = "dcpviz.trace"
+VERSION = 1
+
+Box = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScenarioInfo:
+    model: str
+    world_size: int
+    mesh: tuple[int, ...]
+    mesh_dim_names: tuple[str, ...]
+    recipe: str
+    dtype: str
+    device: str
+
+    def coordinate(self, rank: int) -> tuple[int, ...]:
+        coord = []
+        for d in reversed(self.mesh):
+            coord.append(rank % d)
+            rank //= d
+        return tuple(reversed(coord))
+
+
+@dataclass(frozen=True)
+class PlannerInfo:
+    """Which planner ran, and its options (simple-valued public attributes)."""
+
+    cls: str
+    module: str
+    options: tuple[tuple[str, str | int | float | bool | None], ...] = ()
+    is_dcp_default: bool = False
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """One WriteItem as the planner produced it.
+
+    ``offsets``/``sizes`` are the chunk's box (empty tuples for a 0-d tensor, None for bytes);
+    ``index_offsets`` is MetadataIndex.offset when it differs from ``offsets``.
+    ``nbytes`` is the bytes stored for the item: chunk elements x element size for tensors, the
+    serialised length for bytes. ``dcp_size`` is ``WriteItem.tensor_storage_size()``, which DCP's
+    dedup uses to balance ranks: note it is the *global* tensor's size even for a shard.
+    """
+
+    fqn: str
+    item_type: str
+    offsets: Box | None
+    sizes: Box | None
+    global_size: Box | None
+    dtype: str | None
+    nbytes: int
+    dcp_size: int | None
+    index_offsets: Box | None = None
+
+    @property
+    def key(self) -> tuple[str, Box | None]:
+        """DCP's identity of an item (MetadataIndex equality: fqn and offset)."""
+        return (self.fqn, self.index_offsets if self.index_offsets is not None else self.offsets)
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One ReadItem: a box of a saved chunk copied into a box of the destination tensor."""
+
+    fqn: str
+    item_type: str  # 'TENSOR' | 'BYTE_IO'
+    dest_fqn: str
+    dest_chunk_offsets: Box | None  # dest_index.offset: the local chunk being filled
+    dest_offsets: Box
+    storage_fqn: str
+    saved_offsets: Box | None  # storage_index.offset: the saved chunk read from
+    storage_offsets: Box
+    lengths: Box
+    dtype: str | None
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """One rank's plan at one phase: positions into the trace's item table."""
+
+    items: tuple[int, ...]
+    usable: bool = True
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    offsets: Box
+    sizes: Box
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    fqn: str
+    size: Box
+    dtype: str
+    chunks: tuple[ChunkInfo, ...]
+    requires_grad: bool = False
+
+
+@dataclass(frozen=True)
+class StorageEntry:
+    """Where DCP stored one item: metadata's storage_data (present once bytes were written)."""
+
+    fqn: str
+    offsets: Box | None
+    relative_path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class MetadataInfo:
+    """The facts of DCP's Metadata, enough to rebuild an equivalent torch object."""
+
+    tensors: tuple[TensorEntry, ...]
+    bytes_keys: tuple[str, ...] = ()
+    planner_data: tuple[tuple[str, tuple[str | int, ...]], ...] = ()
+    storage: tuple[StorageEntry, ...] = ()
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    phase: str  # 'build' | 'local' | 'global' | 'finish' | 'write' | ...
+    rank: int | None
+    exc_type: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"rank {self.rank}" if self.rank is not None else "coordinator"
+        return f"[{self.phase}, {where}] {self.exc_type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class SaveTrace:
+    scenario: ScenarioInfo
+    planner: PlannerInfo
+    items: tuple[PlannedItem, ...]
+    local_plans: tuple[PlanRecord | None, ...]
+    global_plans: tuple[PlanRecord, ...] | None
+    final_plans: tuple[PlanRecord, ...] | None
+    metadata: MetadataInfo | None
+    errors: tuple[ErrorRecord, ...] = ()
+    global_plan_validated: bool = True
+    timings: tuple[tuple[str, float], ...] = ()
+    notes: tuple[str, ...] = ()
+    source: str = "simulate"  # 'simulate' | 'run' | 'capture'
+    torch_version: str = ""
+    dcpviz_version: str = ""
+    created: str = ""
+    kind: str = field(default="save", init=False)
+
+
+@dataclass(frozen=True)
+class LoadTrace:
+    scenario: ScenarioInfo
+    planner: PlannerInfo
+    saved: MetadataInfo  # the checkpoint's metadata the load planned against
+    saved_scenario: ScenarioInfo | None
+    saved_writers: tuple[tuple[str, Box | None, int], ...]  # (fqn, chunk offsets, writer rank)
+    reads: tuple[ReadRecord, ...]
+    local_plans: tuple[PlanRecord | None, ...]  # positions into ``reads``
+    global_plans: tuple[PlanRecord, ...] | None
+    final_plans: tuple[PlanRecord, ...] | None
+    wanted: tuple[tuple[int, str, str, Box | None, str | None], ...]  # (rank, fqn, kind, size, dtype)
+    errors: tuple[ErrorRecord, ...] = ()
+    timings: tuple[tuple[str, float], ...] = ()
+    notes: tuple[str, ...] = ()
+    source: str = "simulate"
+    saved_source: str = ""
+    torch_version: str = ""
+    dcpviz_version: str = ""
+    created: str = ""
+    kind: str = field(default="load", init=False)
+
+
+Trace = SaveTrace | LoadTrace
+_KINDS: dict[str, type] = {"save": SaveTrace, "load": LoadTrace}
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists; everything else must already be JSON-safe."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def trace_to_dict(trace: Trace) -> dict[str, Any]:
+    return {"schema": SCHEMA, "version": VERSION, "kind": trace.kind, "trace": to_plain(trace)}
+
+
+def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
+    """Write ``trace`` as JSON; the file is replaced atomically so a crash never leaves half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(trace_to_dict(trace), fh, separators=(",", ":"))
+    os.replace(tmp, path)
+    return path
+
+
+class _Decoder:
+    """Rebuild dataclasses from plain JSON by their type hints; wrong shapes raise with a path."""
+
+    def __init__(self) -> None:
+        self._hints: dict[type, dict[str, Any]] = {}
+
+    def hints(self, cls: type) -> dict[str, Any]:
+        if cls not in self._hints:
+            self._hints[cls] = typing.get_type_hints(cls)
+        return self._hints[cls]
+
+    def decode(self, tp: Any, value: Any, where: str) -> Any:
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return value
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            errors = []
+            for arg in args:
+                if arg is type(None):
+                    continue
+                try:
+                    return self.decode(arg, value, where)
+                except TraceFileError as exc:
+                    errors.append(str(exc))
+            raise TraceFileError(errors[0] if errors else f"{where}: unexpected null")
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise TraceFileError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
+            hints = self.hints(tp)
+            kwargs = {}
+            for f in dataclasses.fields(tp):
+                if not f.init:
+                    continue
+                if f.name in value:
+                    kwargs[f.name] = self.decode(hints[f.name], value[f.name], f"{where}.{f.name}")
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise TraceFileError(f"{where}: missing field {f.name!r}")
+            return tp(**kwargs)
+        if origin is tuple:
+            if not isinstance(value, list):
+                raise TraceFileError(f"{where}: expected a list, got {type(value).__name__}")
+            args = typing.get_args(tp)
+            if len(args) == 2 and args[1] is Ellipsis:
+                inner = args[0]
+                if inner is int:  # hot path: plans and boxes
+                    if not all(type(v) is int for v in value):
+                        raise TraceFileError(f"{where}: expected a list of ints")
+                    return tuple(value)
+                return tuple(self.decode(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+            if len(args) != len(value):
+                raise TraceFileError(f"{where}: expected {len(args)} entries, got {len(value)}")
+            return tuple(self.decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        if tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            raise TraceFileError(f"{where}: expected a number, got {value!r}")
+        if tp in (int, str, bool):
+            if type(value) is tp:
+                return value
+            raise TraceFileError(f"{where}: expected {tp.__name__}, got {value!r}")
+        if tp is type(None):
+            if value is None:
+                return None
+            raise TraceFileError(f"{where}: expected null, got {value!r}")
+        raise TraceFileError(f"{where}: cannot decode type {tp!r}")
+
+
+def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise TraceFileError(
+            f"{source} is not a dcpviz trace (no \"schema\": \"{SCHEMA}\"). Pass a file written by "
+            "result.to_json(path), `dcpviz simulate --trace`, or a RecordingSavePlanner."
+        )
+    version = doc.get("version")
+    if not isinstance(version, int):
+        raise TraceFileError(f"{source}: trace version {version!r} is not an integer.")
+    if version > VERSION:
+        raise TraceFileError(
+            f"{source} is trace version {version}, newer than this dcpviz reads ({VERSION}). "
+            "Upgrade dcpviz (pip install -U dcpviz) to open it."
+        )
+    kind = doc.get("kind")
+    if kind not in _KINDS:
+        raise TraceFileError(f"{source}: unknown trace kind {kind!r}; expected 'save' or 'load'.")
+    try:
+        return _Decoder().decode(_KINDS[kind], doc.get("trace"), "trace")
+    except TraceFileError as exc:
+        raise TraceFileError(f"{source} is malformed: {exc}. Re-create the trace.") from None
+
+
+def read_trace(path: str | os.PathLike[str]) -> Trace:
+    path = Path(path)
+    if not path.is_file():
+        raise TraceFileError(f"trace file {str(path)!r} does not exist (or is not a file).")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceFileError(
+            f"trace file {str(path)!r} is not valid JSON ({exc}). Traces are JSON written by "
+            "dcpviz; pickles and checkpoints are not traces (use dcpviz.inspect_checkpoint for a "
+            "checkpoint directory)."
+        ) from None
+    return trace_from_dict(doc, repr(str(path)))

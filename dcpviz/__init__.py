@@ -10,8 +10,10 @@ __version__ = "0.1.0"
 
 from .engine.simulate import simulate_save
 from .errors import DcpvizError
+from .report import report
 from .results import LoadResult, SaveResult, load_trace
 from .scenario import Scenario
+from .widgets import explore
 
 __all__ = [
     "DcpvizError",
@@ -19,6 +21,8 @@ __all__ = [
     "SaveResult",
     "Scenario",
     "__version__",
+    "explore",
     "load_trace",
+    "report",
     "simulate_save",
 ]

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
     demo = sub.add_parser("demo", help="the default scenario: terminal summary, report.html, next steps")
-    demo.add_argument("--report", type=Path, default=None)
+    demo.add_argument("--report", type=Path, default=Path("report.html"))
     return parser
 
 

@@ -48,6 +48,29 @@ class SaveResult:
     def summary(self) -> dict[str, Any]:
         return tables.summary(self.trace)
 
+    @cached_property
+    def tensors(self) -> pd.DataFrame:
+        """One row per checkpoint entry: shape, dtype, chunks, bytes, placements."""
+        return tables.tensors(self.trace)
+
+    @cached_property
+    def tensor_groups(self) -> pd.DataFrame:
+        """Entries that differ only by layer number and are sharded alike, one row each."""
+        return tables.tensor_groups(self.trace, self.write_items)
+
+    def volume_by_module(self, depth: int = 1) -> pd.DataFrame:
+        return tables.volume_by_module(self.trace, depth)
+
+    @cached_property
+    def phase_changes(self) -> pd.DataFrame:
+        """What the global plan (dedup) and finish_plan changed, item by item."""
+        return tables.phase_changes(self.trace)
+
+    @cached_property
+    def phase_volume(self) -> pd.DataFrame:
+        """Items and bytes per rank after each phase (local, global, final)."""
+        return tables.phase_volume(self.trace)
+
     # -- facts -----------------------------------------------------------------------------
     @property
     def scenario(self):

@@ -276,3 +276,161 @@ def summary(trace: SaveTrace) -> dict[str, Any]:
         "validated": trace.global_plan_validated and not trace.errors,
         "errors": len(trace.errors),
     }
+
+
+# -- tables behind the views ----------------------------------------------------------------
+TENSOR_COLUMNS = [
+    "fqn", "kind", "size", "dtype", "chunks", "nbytes", "writers", "placements", "mesh", "empty_chunks",
+]
+
+
+def tensors(trace: SaveTrace) -> pd.DataFrame:
+    """One row per checkpoint entry (tensor or bytes): shape, dtype, chunks, bytes, placements."""
+    import math
+
+    from .engine.convert import dtype_from_str
+
+    layouts = {lay.fqn: lay for lay in trace.layouts}
+    writers = writer_ranks(trace)
+    rows = []
+    if trace.metadata is not None:
+        for t in trace.metadata.tensors:
+            itemsize = dtype_from_str(t.dtype).itemsize
+            lay = layouts.get(t.fqn)
+            rows.append(
+                (
+                    t.fqn, "tensor", t.size, t.dtype, len(t.chunks),
+                    sum(math.prod(c.sizes) for c in t.chunks) * itemsize,
+                    len({writers.get((t.fqn, c.offsets), -1) for c in t.chunks}),
+                    lay.placements if lay else "(plain tensor)",
+                    " x ".join(f"{n}={d}" for n, d in zip(lay.mesh_dim_names, lay.mesh_shape)) if lay else "",
+                    sum(1 for c in t.chunks if 0 in c.sizes),
+                )
+            )
+        byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
+        for key in trace.metadata.bytes_keys:
+            rows.append((key, "bytes", (), "", 1, byte_sizes.get(key, 0), 1, "(bytes)", "", 0))
+    df = pd.DataFrame(rows, columns=TENSOR_COLUMNS)
+    # State-dict order (the order rank 0 planned them), not the metadata's insertion order.
+    first_seen: dict[str, int] = {}
+    for it in trace.items:
+        first_seen.setdefault(it.fqn, len(first_seen))
+    order = df["fqn"].map(lambda f: first_seen.get(f, len(first_seen)))
+    return df.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+
+
+BOX_COLUMNS = ["offsets", "sizes", "writer", "planned_by", "dropped_by", "nbytes", "is_empty"]
+
+
+def tensor_boxes(write_items_df: pd.DataFrame, chunks_df: pd.DataFrame, fqn: str) -> pd.DataFrame:
+    """One row per distinct chunk of ``fqn``: who planned it, who writes it, who dropped it."""
+    wi = write_items_df[write_items_df["fqn"] == fqn]
+    ch = chunks_df[chunks_df["fqn"] == fqn]
+    writer = {off: int(r) for off, r in zip(ch["offsets"], ch["rank"])}
+    rows = []
+    for (off, size), grp in wi.groupby(["offsets", "sizes"], sort=False):
+        planned = tuple(sorted(int(r) for r in grp["rank"]))
+        w = writer.get(off, -1)
+        if w < 0 and grp["kept"].notna().all() and grp["kept"].any():
+            w = int(grp.loc[grp["kept"].astype(bool), "rank"].iloc[0])
+        dropped = tuple(r for r in planned if r != w)
+        rows.append((off, size, w, planned, dropped, int(grp["nbytes"].iloc[0]), 0 in size))
+    df = pd.DataFrame(rows, columns=BOX_COLUMNS)
+    if len(df):
+        df = df.sort_values("offsets", key=lambda s: s.map(lambda t: t or (0,))).reset_index(drop=True)
+    return df
+
+
+GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements"]
+
+
+def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Tensors that differ only in layer number and are sharded alike, as one row
+    (``layers.[0-79].attention.wq.weight``). "Alike" = same shape, dtype, placements and the
+    same chunks planned by the same ranks; which replica dedup picked may differ."""
+    from .groups import collapsed_label, numbers_of, pattern_of
+
+    wi = write_items(trace) if write_items_df is None else write_items_df
+    tens = tensors(trace)
+    # Per fqn: its chunk boxes with planning ranks, as a hashable signature.
+    planned = (
+        wi.groupby(["fqn", "offsets", "sizes"], sort=False)["rank"].agg(lambda s: tuple(sorted(s))).reset_index()
+    )
+    sig = planned.groupby("fqn", sort=False).apply(
+        lambda g: tuple(sorted(zip(g["offsets"], g["sizes"], g["rank"]))), include_groups=False
+    )
+    buckets: dict[tuple, list[int]] = {}
+    for i, row in enumerate(tens.itertuples(index=False)):
+        key = (pattern_of(row.fqn), row.size, row.dtype, row.placements, sig.get(row.fqn, ()))
+        buckets.setdefault(key, []).append(i)
+    rows = []
+    for (pattern, size, dtype, placements, _), idx in buckets.items():
+        members = tuple(tens.fqn.iloc[i] for i in sorted(idx, key=lambda i: numbers_of(tens.fqn.iloc[i])))
+        rows.append(
+            (
+                collapsed_label(list(members)), pattern, members, len(members), size, dtype,
+                int(tens.chunks.iloc[idx[0]]), int(tens.nbytes.iloc[idx].sum()), placements,
+            )
+        )
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def volume_by_module(trace: SaveTrace, depth: int = 1) -> pd.DataFrame:
+    """Bytes each rank writes (final plans), split by module prefix: rank, module, items, nbytes."""
+    from .groups import module_of
+
+    cols = item_columns(trace)
+    plans = final_or_global(trace)
+    if plans is None:
+        return pd.DataFrame(columns=["rank", "module", "items", "nbytes"])
+    ranks, ids = _flatten(plans)
+    module_names = {f: module_of(f, depth) for f in set(cols.fqn.tolist())}
+    df = pd.DataFrame({"rank": ranks, "module": [module_names[f] for f in cols.fqn[ids]], "nbytes": cols.nbytes[ids]})
+    out = df.groupby(["rank", "module"], sort=True).agg(items=("nbytes", "size"), nbytes=("nbytes", "sum")).reset_index()
+    return out.astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
+
+
+PHASE_COLUMNS = ["phase", "rank", "fqn", "offsets", "sizes", "change", "nbytes"]
+
+
+def phase_changes(trace: SaveTrace) -> pd.DataFrame:
+    """What each planning phase changed, item by item.
+
+    'global': items the coordinator removed from a rank's plan (dedup) or added to it;
+    'final': items ``finish_plan`` removed, added or altered relative to the global plan.
+    """
+    cols = item_columns(trace)
+    rows: list[tuple] = []
+
+    def diff(phase: str, before, after) -> None:
+        if before is None or after is None:
+            return
+        for r, (a, b) in enumerate(zip(before, after)):
+            a_ids = set(a.items) if a is not None else set()
+            b_ids = set(b.items) if b is not None else set()
+            a_keys = {int(cols.key[i]): i for i in a_ids}
+            b_keys = {int(cols.key[i]): i for i in b_ids}
+            for k, i in a_keys.items():
+                if k not in b_keys:
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "dropped by dedup" if phase == "global" else "removed", int(cols.nbytes[i])))
+                elif b_keys[k] != i and phase == "final":
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "changed", int(cols.nbytes[i])))
+            for k, i in b_keys.items():
+                if k not in a_keys:
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "added", int(cols.nbytes[i])))
+
+    diff("global", trace.local_plans, trace.global_plans)
+    diff("final", trace.global_plans, trace.final_plans)
+    return pd.DataFrame(rows, columns=PHASE_COLUMNS).astype({"rank": "int64", "nbytes": "int64"})
+
+
+def phase_volume(trace: SaveTrace) -> pd.DataFrame:
+    """Items and bytes per rank at each phase: rank, phase, items, nbytes."""
+    frames = []
+    for phase, plans in (("local", trace.local_plans), ("global", trace.global_plans), ("final", trace.final_plans)):
+        totals = _plan_totals(trace, plans)
+        if totals is None:
+            continue
+        W = trace.scenario.world_size
+        frames.append(pd.DataFrame({"rank": np.arange(W), "phase": phase, "items": totals[0], "nbytes": totals[1]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["rank", "phase", "items", "nbytes"])

@@ -145,6 +145,16 @@ class MetadataInfo:
 
 
 @dataclass(frozen=True)
+class TensorLayout:
+    """How a DTensor is laid out (from the coordinator's state dict): placements and its mesh."""
+
+    fqn: str
+    placements: str
+    mesh_dim_names: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ErrorRecord:
     phase: str  # 'build' | 'local' | 'global' | 'finish' | 'write' | ...
     rank: int | None
@@ -169,6 +179,7 @@ class SaveTrace:
     global_plan_validated: bool = True
     timings: tuple[tuple[str, float], ...] = ()
     notes: tuple[str, ...] = ()
+    layouts: tuple[TensorLayout, ...] = ()
     source: str = "simulate"  # 'simulate' | 'run' | 'capture'
     torch_version: str = ""
     dcpviz_version: str = ""

@@ -25,6 +25,7 @@ from ..trace import (
     ReadRecord,
     StorageEntry,
     TensorEntry,
+    TensorLayout,
 )
 
 _SIMPLE = (bool, int, float, str, type(None))
@@ -210,3 +211,23 @@ def load_plan_records(plan: LoadPlan, reads: list[ReadRecord], dtypes: dict[str,
     for ri in plan.items:
         reads.append(read_record(ri, dtypes.get(ri.storage_index.fqn)))
     return PlanRecord(items=tuple(range(start, len(reads))), usable=True)
+
+
+def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
+    """Placements and mesh of every DTensor at the top level of a state dict."""
+    from torch.distributed.tensor import DTensor
+
+    out = []
+    for fqn, value in state_dict.items():
+        if isinstance(value, DTensor):
+            mesh = value.device_mesh
+            names = tuple(mesh.mesh_dim_names or (f"dim{i}" for i in range(mesh.ndim)))
+            out.append(
+                TensorLayout(
+                    fqn=fqn,
+                    placements="(" + ", ".join(repr(p) for p in value.placements) + ")",
+                    mesh_dim_names=names,
+                    mesh_shape=tuple(int(d) for d in mesh.shape),
+                )
+            )
+    return tuple(out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import time
-import traceback
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
@@ -20,7 +19,7 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from .. import __version__
 from ..scenario import Scenario
 from ..trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
-from .convert import ItemTable, metadata_info, planner_info, save_plan_record
+from .convert import ItemTable, metadata_info, planner_info, save_plan_record, tensor_layouts
 from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from .statedict import rank_state_dict
 from .world import fake_world
@@ -103,6 +102,7 @@ def simulate_save(
     local: list[SavePlan | None] = [None] * W
     local_records: list[PlanRecord | None] = [None] * W
     rebound = 0
+    layouts: tuple = ()
     t_build = t_local = 0.0
     info = None
     bar = progress_bar(W, "local plans", progress)
@@ -112,6 +112,8 @@ def simulate_save(
                 t0 = time.perf_counter()
                 state_dict, n = rank_state_dict(scenario, r)
                 rebound += n
+                if r == 0:
+                    layouts = tensor_layouts(state_dict)
                 t1 = time.perf_counter()
                 p = make_planner()
                 if info is None:
@@ -189,6 +191,7 @@ def simulate_save(
         global_plan_validated=validated,
         timings=tuple(timings.items()),
         notes=tuple(notes),
+        layouts=layouts,
         source="simulate",
         torch_version=_torch_version(),
         dcpviz_version=__version__,
@@ -206,6 +209,3 @@ def _torch_version() -> str:
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -1,0 +1,259 @@
+"""chunk_layout: one tensor's global box split into its chunks, coloured by the writing rank.
+
+1-D tensors draw as a strip, 2-D as boxes with the real aspect (axes in elements), N-D as a
+projection on two chosen dims (the rest listed in hover), scalars as one tile; empty shards are
+drawn as markers at their offset and listed, never skipped. Each tile carries its ranks: the
+writer in bold, replicas that planned the same chunk (dropped by dedup) after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .style import EMPTY, base_layout, fmt_bytes, fmt_ranks, fmt_span, rank_color, text_color
+
+MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    fqn: str
+    size: tuple[int, ...]
+    dtype: str
+    placements: str
+    mesh: str
+    kind: str = "tensor"
+
+
+def _coord_text(coords: dict[int, tuple[int, ...]], rank: int) -> str:
+    c = coords.get(rank)
+    return "" if c is None else f" {c}"
+
+
+def _default_dims(boxes: pd.DataFrame, size: tuple[int, ...]) -> tuple[int, int]:
+    """For N-D tensors: the two dims along which chunks differ most (sharded dims first)."""
+    nd = len(size)
+    split = [len({off[d] for off in boxes["offsets"]}) if len(boxes) else 1 for d in range(nd)]
+    order = sorted(range(nd), key=lambda d: (-split[d], d))
+    a, b = sorted(order[:2])
+    return a, b
+
+
+def chunk_layout_figure(
+    boxes: pd.DataFrame,
+    header: TensorHeader,
+    world_size: int,
+    coords: dict[int, tuple[int, ...]],
+    *,
+    dims: tuple[int, int] | None = None,
+    highlight_rank: int | None = None,
+) -> go.Figure:
+    """Figure from a ``tables.tensor_boxes`` frame. Pure: no computation beyond layout."""
+    size = tuple(header.size)
+    nd = len(size)
+    if header.kind == "bytes" or nd == 0:
+        return _single_tile(boxes, header, world_size, coords, highlight_rank)
+    if nd == 1:
+        row_dim, col_dim = None, 0
+    else:
+        row_dim, col_dim = dims if dims is not None else _default_dims(boxes, size)
+        if row_dim == col_dim or not (0 <= row_dim < nd and 0 <= col_dim < nd):
+            from ..errors import DcpvizError
+
+            raise DcpvizError(f"dims={dims} must name two different dims of a {nd}-D tensor.")
+    n_rows = size[row_dim] if row_dim is not None else 1
+    n_cols = size[col_dim]
+
+    # Project chunks on (row_dim, col_dim); chunks that differ only in other dims share a tile.
+    tiles: dict[tuple[int, int, int, int], list[Any]] = {}
+    empties = []
+    for b in boxes.itertuples(index=False):
+        if b.is_empty:
+            empties.append(b)
+            continue
+        r0 = b.offsets[row_dim] if row_dim is not None else 0
+        rs = b.sizes[row_dim] if row_dim is not None else 1
+        key = (r0, rs, b.offsets[col_dim], b.sizes[col_dim])
+        tiles.setdefault(key, []).append(b)
+
+    fig = go.Figure()
+    by_writer: dict[int, list[float]] = {}
+    xs, ys, labels, hovers, text_colors = [], [], [], [], []
+    label_ok = len(tiles) <= MAX_LABELS
+    for (r0, rs, c0, cs), members in tiles.items():
+        writers = sorted({m.writer for m in members})
+        main = writers[0]
+        dim_x = by_writer.setdefault(main, [])
+        dim_x.append((c0, c0 + cs, r0, r0 + rs))
+        xs.append(c0 + cs / 2)
+        ys.append(r0 + rs / 2)
+        dropped = sorted({r for m in members for r in m.dropped_by})
+        lab = "<b>" + fmt_ranks(writers) + "</b>"
+        if dropped:
+            lab += f"<br>({fmt_ranks(dropped)})"
+        labels.append(lab if label_ok else "")
+        text_colors.append(text_color(rank_color(main, world_size)))
+        lines = []
+        for m in members:
+            spans = " × ".join(fmt_span(o, s) for o, s in zip(m.offsets, m.sizes))
+            lines.append(
+                f"writer: rank {m.writer}{_coord_text(coords, m.writer)}<br>"
+                f"box [{spans}]<br>offsets {m.offsets} sizes {m.sizes}<br>{fmt_bytes(m.nbytes)}"
+                + (f"<br>also planned, dropped by dedup: {fmt_ranks(m.dropped_by)}" if m.dropped_by else "")
+            )
+        hovers.append("<br>—<br>".join(lines[:6]) + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else ""))
+
+    for writer in sorted(by_writer):
+        rects = by_writer[writer]
+        px, py = [], []
+        for x0, x1, y0, y1 in rects:
+            px += [x0, x1, x1, x0, x0, None]
+            py += [y0, y0, y1, y1, y0, None]
+        color = rank_color(writer, world_size)
+        dim = highlight_rank is not None and writer != highlight_rank and not _touches(tiles, highlight_rank, writer)
+        fig.add_trace(
+            go.Scatter(
+                x=px, y=py, mode="lines", fill="toself", fillcolor=color,
+                line=dict(color="white" if highlight_rank is None or dim else "black", width=1 if dim or highlight_rank is None else 3),
+                opacity=0.25 if dim else 1.0, hoverinfo="skip", legendgroup=f"r{writer}", showlegend=False,
+                name=f"chunks written by rank {writer}", meta={"writer": writer, "role": "tiles"},
+            )
+        )
+        if len(by_writer) <= 32:  # a square swatch per writer in the legend
+            fig.add_trace(
+                go.Scatter(
+                    x=[None], y=[None], mode="markers", marker=dict(symbol="square", size=12, color=color),
+                    name=f"rank {writer}{_coord_text(coords, writer)}" if writer >= 0 else "writer unknown",
+                    legendgroup=f"r{writer}",
+                )
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=xs, y=ys, mode="text" if label_ok else "markers", text=labels,
+            textfont=dict(color=text_colors, size=11), marker=dict(size=2, opacity=0),
+            hovertext=hovers, hoverinfo="text", showlegend=False, name="chunks", meta={"role": "labels"},
+        )
+    )
+    if empties:
+        ex = [e.offsets[col_dim] for e in empties]
+        ey = [(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties]
+        fig.add_trace(
+            go.Scatter(
+                x=ex, y=ey, mode="markers", marker=dict(symbol="x-thin", size=12, line=dict(width=2, color=EMPTY)),
+                name="empty shard", hoverinfo="text", meta={"role": "empty", "writers": [e.writer for e in empties]},
+                hovertext=[
+                    f"empty shard: rank {e.writer}{_coord_text(coords, e.writer)} holds 0 elements<br>"
+                    f"offsets {e.offsets} sizes {e.sizes}"
+                    + (f"<br>also planned by {fmt_ranks(e.dropped_by)}" if e.dropped_by else "")
+                    for e in empties
+                ],
+            )
+        )
+    title = _title(header, boxes)
+    if empties:
+        title += f"<br><sup>empty shards (0 elements): ranks {fmt_ranks(sorted({e.writer for e in empties}), 12)}</sup>"
+    other = [d for d in range(nd) if d not in (row_dim, col_dim)]
+    lay = base_layout(
+        title=dict(text=title, x=0.01, xanchor="left"), legend=dict(title="writer (mesh coord)"),
+        margin=dict(l=70, r=20, t=130 if nd > 1 else 90, b=50),
+    )
+    pad = max(n_cols, 1) * 0.015
+    x_title = f"dim {col_dim} (elements, 0:{n_cols})"
+    if nd == 1:
+        fig.update_layout(**lay, height=230)
+        fig.update_yaxes(visible=False, range=[-0.1, 1.1])
+        fig.update_xaxes(title=x_title, range=[-pad, max(n_cols, 1) + pad])
+    else:
+        note = f" — dims {other} summarised in hover" if other else ""
+        fig.update_layout(**lay, height=_height(n_rows, n_cols))
+        rpad = max(n_rows, 1) * 0.015
+        fig.update_yaxes(
+            title=f"dim {row_dim} (elements, 0:{n_rows}){note}", range=[max(n_rows, 1) + rpad, -rpad],
+            scaleanchor="x", scaleratio=1, constrain="domain",
+        )
+        fig.update_xaxes(title=x_title, constrain="domain", side="top", range=[-pad, max(n_cols, 1) + pad])
+    fig.update_xaxes(showgrid=False, zeroline=False)
+    fig.update_yaxes(showgrid=False, zeroline=False)
+    return fig
+
+
+def _touches(tiles: dict, rank: int, writer: int) -> bool:
+    return any(rank in m.planned_by for members in tiles.values() for m in members if m.writer == writer)
+
+
+def _height(n_rows: int, n_cols: int) -> int:
+    # Real aspect: the plot area follows rows/cols; keep the figure between 320 and 900 px.
+    ratio = n_rows / max(n_cols, 1)
+    return int(min(900, max(320, 140 + 520 * min(ratio, 1.6))))
+
+
+def _title(header: TensorHeader, boxes: pd.DataFrame) -> str:
+    shape = "×".join(map(str, header.size)) or "scalar"
+    writers = sorted({int(w) for w in boxes["writer"]}) if len(boxes) else []
+    total = int(boxes["nbytes"].sum()) if len(boxes) else 0
+    sub = f"shape {shape} · {header.dtype or 'bytes'} · {header.placements}"
+    if header.mesh:
+        sub += f" on mesh {header.mesh}"
+    return (
+        f"<b>{header.fqn}</b><br><sup>{sub} · {len(boxes)} chunks written by "
+        f"{len(writers)} rank(s) · {fmt_bytes(total)}</sup>"
+    )
+
+
+def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure:
+    """Scalars and bytes entries: one tile naming the writer and the replicas."""
+    fig = go.Figure()
+    b = boxes.iloc[0] if len(boxes) else None
+    writer = int(b["writer"]) if b is not None else -1
+    color = rank_color(writer, world_size)
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1, 1, 0, 0], y=[0, 0, 1, 1, 0], mode="lines", fill="toself", fillcolor=color,
+            line=dict(color="black" if highlight_rank == writer else "white", width=3 if highlight_rank == writer else 1),
+            hoverinfo="skip", name=f"rank {writer}", meta={"writer": writer, "role": "tiles"},
+        )
+    )
+    dropped = tuple(b["dropped_by"]) if b is not None else ()
+    label = f"<b>{writer}</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
+    what = "bytes entry" if header.kind == "bytes" else "scalar (0-d tensor)"
+    hover = (
+        f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes']) if b is not None else ''}"
+        + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else "")
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0.5], y=[0.5], mode="text", text=[label], textfont=dict(color=text_color(color), size=16),
+            hovertext=[hover], hoverinfo="text", showlegend=False,
+        )
+    )
+    fig.update_layout(**base_layout(title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01), height=300, width=420))
+    fig.update_xaxes(visible=False, range=[-0.05, 1.05])
+    fig.update_yaxes(visible=False, range=[-0.05, 1.05], scaleanchor="x")
+    return fig
+
+
+def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:
+    """The chunk layout of ``fqn`` in a save result (see module docstring)."""
+    from .. import tables
+    from ..errors import DcpvizError
+
+    tens = result.tensors
+    match = tens[tens["fqn"] == fqn]
+    if match.empty:
+        from ..errors import did_you_mean
+
+        raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, tens['fqn'])}")
+    row = match.iloc[0]
+    header = TensorHeader(
+        fqn=fqn, size=tuple(row["size"]), dtype=row["dtype"], placements=row["placements"],
+        mesh=row["mesh"], kind=row["kind"],
+    )
+    boxes = tables.tensor_boxes(result.write_items, result.chunks, fqn)
+    W = result.trace.scenario.world_size
+    ranks = {r for planned in boxes["planned_by"] for r in planned}
+    coords = {r: result.trace.scenario.coordinate(r) for r in ranks}
+    return chunk_layout_figure(boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank)

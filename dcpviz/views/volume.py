@@ -1,0 +1,135 @@
+"""rank_volume: bytes each rank writes after dedup, with mean, max and imbalance (max ÷ mean)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .style import base_layout, fmt_bytes, rank_color
+
+MODULE_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac"]
+MAX_MODULES = 9  # the rest stack as "other"
+
+
+def balance(nbytes: pd.Series) -> dict[str, float]:
+    v = nbytes.astype("float64")
+    mean = float(v.mean()) if len(v) else 0.0
+    mx = float(v.max()) if len(v) else 0.0
+    return {"mean": mean, "max": mx, "argmax": int(v.idxmax()) if len(v) else -1, "imbalance": mx / mean if mean > 0 else float("nan")}
+
+
+def rank_volume_figure(
+    volumes: list[tuple[str, pd.DataFrame]],
+    *,
+    by_module: pd.DataFrame | None = None,
+    title: str = "Bytes written per rank (final plans, after dedup)",
+) -> go.Figure:
+    """Bars of ``nbytes`` per rank from one or more ``rank_volume`` frames (side by side), or
+    one frame stacked by module (``by_module``: rank, module, nbytes)."""
+    fig = go.Figure()
+    notes = []
+    many = max(len(v) for _, v in volumes) > 64
+    if by_module is not None:
+        name, vol = volumes[0]
+        totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
+        keep = list(totals.index[:MAX_MODULES])
+        mod = by_module.assign(module=by_module["module"].where(by_module["module"].isin(keep), "other"))
+        pivot = mod.pivot_table(index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0)
+        pivot = pivot.reindex(index=vol["rank"], fill_value=0)
+        for i, m in enumerate([*keep, "other"] if "other" in pivot.columns else keep):
+            fig.add_trace(
+                go.Bar(
+                    x=pivot.index, y=pivot[m], name=m, marker_color=MODULE_COLORS[i % len(MODULE_COLORS)],
+                    marker_line_width=0,
+                    hovertemplate=f"rank %{{x}}<br>{m}: %{{customdata}}<extra></extra>",
+                    customdata=[fmt_bytes(v) for v in pivot[m]],
+                )
+            )
+        fig.update_layout(barmode="stack")
+        b = balance(vol["nbytes"])
+        notes.append(_note(name, b))
+        _mean_line(fig, b["mean"], "all modules")
+    else:
+        for i, (name, vol) in enumerate(volumes):
+            b = balance(vol["nbytes"])
+            colors = [rank_color(int(r), len(vol)) for r in vol["rank"]] if len(volumes) == 1 and not many else None
+            fig.add_trace(
+                go.Bar(
+                    x=vol["rank"], y=vol["nbytes"], name=name, offsetgroup=str(i),
+                    marker_color=colors if colors else MODULE_COLORS[i % len(MODULE_COLORS)],
+                    marker_line_width=0,
+                    customdata=np.stack(
+                        [
+                            [fmt_bytes(v) for v in vol["nbytes"]],
+                            vol["items"].astype(str),
+                            [str(c) for c in vol.get("coordinate", [""] * len(vol))],
+                            [fmt_bytes(v) for v in vol.get("planned_nbytes", vol["nbytes"])],
+                        ],
+                        axis=-1,
+                    ),
+                    hovertemplate=(
+                        f"<b>{name}</b><br>rank %{{x}} %{{customdata[2]}}<br>writes %{{customdata[0]}} in "
+                        "%{customdata[1]} items<br>planned %{customdata[3]} before dedup<extra></extra>"
+                    ),
+                )
+            )
+            _mean_line(fig, b["mean"], name if len(volumes) > 1 else "mean", "top left" if i == 0 else "bottom right")
+            notes.append(_note(name, b))
+        fig.update_layout(barmode="group", bargap=0.05 if many else 0.2)
+    fig.update_layout(
+        **base_layout(
+            title=dict(text=f"<b>{title}</b><br><sup>{' · '.join(notes)}</sup>", x=0.01),
+            height=420, legend=dict(orientation="h", y=-0.2),
+        )
+    )
+    fig.update_xaxes(title="rank", type="linear" if many else "category")
+    fig.update_yaxes(title="bytes written", tickformat="~s", ticksuffix="B")
+    return fig
+
+
+def _note(name: str, b: dict[str, float]) -> str:
+    return (
+        f"{name}: mean {fmt_bytes(b['mean'])}, max {fmt_bytes(b['max'])} (rank {b['argmax']}), "
+        f"imbalance {b['imbalance']:.2f}×"
+    )
+
+
+def _mean_line(fig: go.Figure, mean: float, label: str, position: str = "top left") -> None:
+    fig.add_hline(y=mean, line_dash="dash", line_color="#333", line_width=1,
+                  annotation_text=f"{label}: mean {fmt_bytes(mean)}", annotation_position=position)
+
+
+def rank_volume(
+    result: Any,
+    *,
+    by: str | None = None,
+    depth: int = 1,
+    compare: Any = None,
+    names: tuple[str, str] | None = None,
+) -> go.Figure:
+    """Bytes per rank of a save result; ``by="module"`` stacks by module prefix; ``compare=``
+    another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``)."""
+    from ..errors import DcpvizError
+
+    if by not in (None, "module"):
+        raise DcpvizError(f"by={by!r}: use by=None or by='module'.")
+    if compare is None:
+        label = names[0] if names else _label(result)
+        stacked = result.volume_by_module(depth) if by == "module" else None
+        return rank_volume_figure([(label, result.rank_volume)], by_module=stacked)
+    if by is not None:
+        raise DcpvizError("compare= draws totals side by side; drop by='module' to compare two results.")
+    a, b = names or (_label(result), _label(compare))
+    if a == b:
+        a, b = f"{a} (1)", f"{b} (2)"
+    return rank_volume_figure([(a, result.rank_volume), (b, compare.rank_volume)])
+
+
+def _label(result: Any) -> str:
+    opts = dict(result.trace.planner.options)
+    if opts.get("dedup_save_to_lowest_rank"):
+        return "dedup to lowest rank"
+    return result.trace.planner.cls

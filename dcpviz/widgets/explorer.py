@@ -1,0 +1,250 @@
+"""The explorer: a summary header and tabs for Layout, Dedup, Volume, Phases and Tables.
+
+Every number on screen comes from a result's tables or a view; controls only choose what to
+show, and update the figures in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+
+from .. import views
+from ..report import summary_rows, table_html
+from ..views.style import fmt_bytes
+from .figure import figure_widget, replace_figure
+
+PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
+PHASE_TEXT = {
+    "local": "Each rank's <code>create_local_plan()</code>: every rank plans every item it holds; "
+    "replicas (plain tensors, Replicate dims) are planned by several ranks.",
+    "global": "The coordinator's <code>create_global_plan()</code>: dedup keeps each replicated item on one rank, "
+    "builds the checkpoint Metadata and validates that chunks tile each tensor.",
+    "final": "Each rank's <code>finish_plan()</code> on the plan the coordinator sent back; "
+    "DCP's default returns it unchanged.",
+}
+TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
+BYTE_COLUMNS = ("nbytes", "planned_nbytes")
+
+
+class Explorer(w.VBox):
+    """Interactive view of a save result (``dcpviz.explore(result)``)."""
+
+    def __init__(self, result: Any, compare: Any = None) -> None:
+        self.result = result
+        self.compare = compare
+        self.header = w.HTML(self._header_html())
+        self.tabs = w.Tab(children=[self._layout_tab(), self._dedup_tab(), self._volume_tab(), self._phase_tab(), self._tables_tab()])
+        for i, title in enumerate(["Layout", "Dedup", "Volume", "Phases", "Tables"]):
+            self.tabs.set_title(i, title)
+        super().__init__([self.header, self.tabs])
+        self.add_class("dcpviz-explorer")
+
+    # -- header ---------------------------------------------------------------------------
+    def _header_html(self) -> str:
+        rows = "".join(
+            f'<tr><td style="font-weight:600;color:#2a5d9f;padding-right:12px">{k}</td><td>{v}</td></tr>'
+            for k, v in summary_rows(self.result.summary)
+        )
+        errors = "".join(f'<div style="color:#b00020">{e}</div>' for e in self.result.errors)
+        return f'<div class="dcpviz-summary"><table>{rows}</table>{errors}</div>'
+
+    # -- layout tab -----------------------------------------------------------------------
+    def _layout_tab(self) -> w.Widget:
+        groups = self.result.tensor_groups
+        self._group_members = dict(zip(groups["group"], groups["members"]))
+        self.search = w.Text(placeholder="filter tensors (substring)", description="search", layout=w.Layout(width="320px"))
+        self.group_picker = w.Select(options=list(groups["group"]), rows=10, description="tensor", layout=w.Layout(width="460px"))
+        self.member_picker = w.Dropdown(description="layer", layout=w.Layout(width="460px"))
+        W = self.result.trace.scenario.world_size
+        self.rank_picker = w.Dropdown(options=[("none", -1)] + [(str(r), r) for r in range(W)], value=-1, description="highlight")
+        self.dim_rows = w.Dropdown(description="rows dim")
+        self.dim_cols = w.Dropdown(description="cols dim")
+        self.layout_fig = figure_widget()
+        self.layout_fig.add_class("dcpviz-layout-figure")
+        self.search.observe(self._on_search, "value")
+        self.group_picker.observe(self._on_group, "value")
+        for ctl in (self.member_picker, self.rank_picker, self.dim_rows, self.dim_cols):
+            ctl.observe(self._draw_layout, "value")
+        if len(groups):
+            self.group_picker.value = groups["group"].iloc[0]
+            self._on_group()
+        controls = w.VBox([self.search, self.group_picker, self.member_picker, w.HBox([self.rank_picker]), w.HBox([self.dim_rows, self.dim_cols])])
+        return w.VBox([controls, self.layout_fig])
+
+    def _on_search(self, change: Any = None) -> None:
+        text = self.search.value.strip().lower()
+        options = [g for g, members in self._group_members.items() if not text or any(text in m.lower() for m in members) or text in g.lower()]
+        current = self.group_picker.value
+        self.group_picker.options = options
+        if current in options:
+            self.group_picker.value = current
+        elif options:
+            self.group_picker.value = options[0]
+
+    def _on_group(self, change: Any = None) -> None:
+        members = list(self._group_members.get(self.group_picker.value, ()))
+        self.member_picker.options = members
+        self.member_picker.layout.display = "" if len(members) > 1 else "none"
+        if members:
+            self.member_picker.value = members[0]
+        fqn = self.member_picker.value
+        size = self._size_of(fqn) if fqn else ()
+        dims = list(range(len(size)))
+        show = len(size) > 2
+        for ctl in (self.dim_rows, self.dim_cols):
+            ctl.layout.display = "" if show else "none"
+        if show:
+            self.dim_rows.options, self.dim_cols.options = dims, dims
+            self.dim_rows.value, self.dim_cols.value = 0, 1
+        self._draw_layout()
+
+    def _size_of(self, fqn: str) -> tuple[int, ...]:
+        t = self.result.tensors
+        row = t[t["fqn"] == fqn]
+        return tuple(row["size"].iloc[0]) if len(row) else ()
+
+    def _draw_layout(self, change: Any = None) -> None:
+        fqn = self.member_picker.value
+        if not fqn:
+            return
+        dims = None
+        if len(self._size_of(fqn)) > 2:
+            if self.dim_rows.value == self.dim_cols.value:
+                return
+            dims = (self.dim_rows.value, self.dim_cols.value)
+        rank = self.rank_picker.value
+        fig = views.chunk_layout(self.result, fqn, dims=dims, highlight_rank=None if rank < 0 else rank)
+        replace_figure(self.layout_fig, fig)
+
+    @property
+    def layout_figure(self):
+        return self.layout_fig
+
+    # -- dedup tab ------------------------------------------------------------------------
+    def _dedup_tab(self) -> w.Widget:
+        d = self.result.dedup
+        fqns = list(dict.fromkeys(d["fqn"]))
+        self.dedup_picker = w.Dropdown(options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show")
+        self.dedup_fig = figure_widget()
+        self.dedup_picker.observe(self._draw_dedup, "value")
+        self._draw_dedup()
+        if not len(d):
+            return w.HTML("<p>No item was planned by more than one rank: nothing to dedup.</p>")
+        return w.VBox([self.dedup_picker, self.dedup_fig])
+
+    def _draw_dedup(self, change: Any = None) -> None:
+        if not len(self.result.dedup):
+            return
+        fqn = self.dedup_picker.value or None
+        replace_figure(self.dedup_fig, views.dedup(self.result, fqn=fqn))
+
+    # -- volume tab -----------------------------------------------------------------------
+    def _volume_tab(self) -> w.Widget:
+        options = [("total", "total"), ("by module", "module")]
+        if self.compare is not None:
+            options.append(("compare", "compare"))
+        self.volume_mode = w.ToggleButtons(options=options, value="compare" if self.compare is not None else "total")
+        self.volume_depth = w.BoundedIntText(value=1, min=1, max=4, description="depth")
+        self.volume_fig = figure_widget()
+        self.volume_mode.observe(self._draw_volume, "value")
+        self.volume_depth.observe(self._draw_volume, "value")
+        self._draw_volume()
+        return w.VBox([w.HBox([self.volume_mode, self.volume_depth]), self.volume_fig])
+
+    def _draw_volume(self, change: Any = None) -> None:
+        mode = self.volume_mode.value
+        self.volume_depth.layout.display = "" if mode == "module" else "none"
+        if mode == "compare":
+            fig = views.rank_volume(self.result, compare=self.compare)
+        else:
+            fig = views.rank_volume(self.result, by="module" if mode == "module" else None, depth=self.volume_depth.value)
+        replace_figure(self.volume_fig, fig)
+
+    # -- phase stepper --------------------------------------------------------------------
+    def _phase_tab(self) -> w.Widget:
+        available = {p for p in ("local", "global", "final") if (p == "local" or getattr(self.result.trace, f"{p}_plans") is not None)}
+        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local")
+        self.phase_text = w.HTML()
+        self.phase_fig = figure_widget()
+        self.phase_table = w.HTML()
+        self.phase.observe(self._draw_phase, "value")
+        self._draw_phase()
+        return w.VBox([self.phase, self.phase_text, self.phase_fig, self.phase_table])
+
+    def _draw_phase(self, change: Any = None) -> None:
+        import plotly.graph_objects as go
+
+        phase = self.phase.value
+        vol = self.result.phase_volume
+        changes = self.result.phase_changes
+        here = changes[changes["phase"] == phase]
+        cur = vol[vol["phase"] == phase]
+        text = PHASE_TEXT[phase]
+        n_items = int(cur["items"].sum())
+        if phase == "local":
+            text += f"<br><b>{n_items}</b> items planned in total, {fmt_bytes(cur['nbytes'].sum())}."
+        else:
+            dropped = here[here["change"] != "added"]
+            text += (
+                f"<br>This phase changed <b>{len(here)}</b> items ({len(dropped)} removed, "
+                f"{int((here['change'] == 'added').sum())} added): {n_items} items, {fmt_bytes(cur['nbytes'].sum())} remain."
+            )
+        self.phase_text.value = f"<div style='max-width:900px'>{text}</div>"
+        fig = go.Figure()
+        for p, color in (("local", "#c6dbef"), ("global", "#6baed6"), ("final", "#08519c")):
+            sub = vol[vol["phase"] == p]
+            if len(sub) and (p == phase or p == "local"):
+                fig.add_trace(go.Bar(x=sub["rank"], y=sub["nbytes"], name=f"{p} plans", marker_color=color,
+                                     hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
+        fig.update_layout(barmode="overlay", height=320, title=f"Bytes per rank after the {phase} phase (over the local plans)",
+                          template="plotly_white", xaxis_title="rank", yaxis_title="bytes")
+        replace_figure(self.phase_fig, fig)
+        self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""
+
+    # -- tables tab -----------------------------------------------------------------------
+    def _tables_tab(self) -> w.Widget:
+        self.table_name = w.Dropdown(options=TABLES, value="rank_volume", description="table")
+        self.table_filter = w.Text(placeholder="fqn contains…", description="filter")
+        self.table_sort = w.Dropdown(description="sort by")
+        self.table_desc = w.Checkbox(value=False, description="descending")
+        self.table_rows = w.BoundedIntText(value=100, min=10, max=5000, description="rows")
+        self.table_out = w.HTML()
+        self.table_name.observe(self._on_table, "value")
+        for ctl in (self.table_filter, self.table_sort, self.table_desc, self.table_rows):
+            ctl.observe(self._draw_table, "value")
+        self._on_table()
+        return w.VBox([w.HBox([self.table_name, self.table_filter]), w.HBox([self.table_sort, self.table_desc, self.table_rows]), self.table_out])
+
+    def _frame(self) -> pd.DataFrame:
+        return getattr(self.result, self.table_name.value)
+
+    def _on_table(self, change: Any = None) -> None:
+        cols = list(self._frame().columns)
+        self.table_sort.options = ["(table order)"] + cols
+        self.table_sort.value = "(table order)"
+        self._draw_table()
+
+    def _draw_table(self, change: Any = None) -> None:
+        df = self._frame()
+        text = self.table_filter.value.strip()
+        if text and "fqn" in df.columns:
+            df = df[df["fqn"].str.contains(text, regex=False)]
+        if self.table_sort.value and self.table_sort.value != "(table order)":
+            df = df.sort_values(self.table_sort.value, ascending=not self.table_desc.value, kind="stable")
+        self.table_out.value = table_html(df, max_rows=self.table_rows.value, byte_cols=BYTE_COLUMNS)
+
+
+def explore(result: Any, compare: Any = None) -> Explorer:
+    """The explorer app for a save result (pass ``compare=`` a second result to compare volumes)."""
+    from ..errors import DcpvizError
+
+    if getattr(result, "kind", None) == "load":
+        from .load_tab import LoadExplorer  # the load debugger's app
+
+        return LoadExplorer(result)
+    if getattr(result, "kind", None) != "save":
+        raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
+    return Explorer(result, compare=compare)

@@ -71,7 +71,27 @@ class SaveResult:
         """Items and bytes per rank after each phase (local, global, final)."""
         return tables.phase_volume(self.trace)
 
+    @cached_property
+    def storage(self) -> pd.DataFrame:
+        """fqn, offsets, file, offset, length, rank: where bytes were really written (empty for
+        a simulation, which writes nothing)."""
+        return tables.storage(self.trace)
+
+    @cached_property
+    def files(self) -> pd.DataFrame:
+        """file, rank, items, nbytes: each data file DCP wrote (empty for a simulation)."""
+        return tables.files(self.trace)
+
+    @cached_property
+    def storage_volume(self) -> pd.DataFrame:
+        """rank, files, items, nbytes: bytes each rank really stored (zeros for a simulation)."""
+        return tables.storage_volume(self.trace)
+
     # -- facts -----------------------------------------------------------------------------
+    # Set by run_save: backend, pids, port, wall time of the real processes (not in the trace:
+    # they mean nothing once the processes are gone).
+    run_info: Any = None
+
     @property
     def scenario(self):
         return self.trace.scenario

@@ -6,6 +6,7 @@ DataFrame out. Offsets and sizes are tuples of ints; ranks are global ranks.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -434,3 +435,56 @@ def phase_volume(trace: SaveTrace) -> pd.DataFrame:
         W = trace.scenario.world_size
         frames.append(pd.DataFrame({"rank": np.arange(W), "phase": phase, "items": totals[0], "nbytes": totals[1]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["rank", "phase", "items", "nbytes"])
+
+
+# -- storage facts (real runs, captures after dcp.save, checkpoints) --------------------------
+STORAGE_COLUMNS = ["fqn", "offsets", "file", "offset", "length", "rank"]
+FILE_COLUMNS = ["file", "rank", "items", "nbytes"]
+STORAGE_VOLUME_COLUMNS = ["rank", "files", "items", "nbytes"]
+_FILE_RANK = re.compile(r"^__(\d+)_")
+
+
+def file_rank(relative_path: str) -> int:
+    """The writer rank FileSystemWriter encodes in a file name (``__{rank}_{n}.distcp``), or -1."""
+    m = _FILE_RANK.match(relative_path)
+    return int(m.group(1)) if m else -1
+
+
+def storage(trace: SaveTrace) -> pd.DataFrame:
+    """Where each checkpoint entry's bytes are: file, byte offset, length and the writer rank.
+
+    Only traces whose bytes were really written (run_save, a completed capture) have any; a
+    simulation's table is empty. ``rank`` is the rank in the file name DCP chose; when a custom
+    writer uses other names, the rank whose final plan wrote the entry.
+    """
+    if trace.metadata is None or not trace.metadata.storage:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("offset", "length", "rank") else object)
+                             for c in STORAGE_COLUMNS})
+    writers = writer_ranks(trace)
+    rows = []
+    for s in trace.metadata.storage:
+        rank = file_rank(s.relative_path)
+        if rank < 0:
+            rank = writers.get((s.fqn, s.offsets), -1)
+        rows.append((s.fqn, _box(s.offsets), s.relative_path, s.offset, s.length, rank))
+    df = pd.DataFrame(rows, columns=STORAGE_COLUMNS)
+    df = df.sort_values(["file", "offset"], kind="stable").reset_index(drop=True)
+    return df.astype({"offset": "int64", "length": "int64", "rank": "int64"})
+
+
+def files(trace: SaveTrace) -> pd.DataFrame:
+    """One row per data file: its writer rank, entries and bytes (the sum of stored lengths,
+    which equals the file's size on disk for DCP's FileSystemWriter)."""
+    st = storage(trace)
+    g = st.groupby("file", sort=True).agg(rank=("rank", "first"), items=("fqn", "size"), nbytes=("length", "sum"))
+    return g.reset_index()[FILE_COLUMNS].astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
+
+
+def storage_volume(trace: SaveTrace) -> pd.DataFrame:
+    """Bytes each rank really stored: files, entries, bytes (incl. DCP's per-entry framing)."""
+    W = trace.scenario.world_size
+    st = storage(trace)
+    st = st[(st["rank"] >= 0) & (st["rank"] < W)]
+    g = st.groupby("rank").agg(files=("file", "nunique"), items=("fqn", "size"), nbytes=("length", "sum"))
+    out = g.reindex(range(W), fill_value=0).rename_axis("rank").reset_index()
+    return out[STORAGE_VOLUME_COLUMNS].astype("int64")

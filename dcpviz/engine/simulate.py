@@ -101,6 +101,7 @@ def simulate_save(
     planners: list[Any] = [None] * W
     local: list[SavePlan | None] = [None] * W
     local_records: list[PlanRecord | None] = [None] * W
+    sizes: list[dict[str, int]] = [{} for _ in range(W)]
     rebound = 0
     layouts: tuple = ()
     t_build = t_local = 0.0
@@ -123,7 +124,8 @@ def simulate_save(
                     set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
                     plan = p.create_local_plan()
                     local[r] = plan
-                    local_records[r] = save_plan_record(plan, table, byte_item_sizes(p, plan))
+                    sizes[r] = byte_item_sizes(p, plan)
+                    local_records[r] = save_plan_record(plan, table, sizes[r])
                 except Exception as exc:  # a planner failure is data
                     errors.append(error_record("local", r, exc))
                 t_build += t1 - t0
@@ -157,14 +159,18 @@ def simulate_save(
                         )
             timings["global_plan"] = time.perf_counter() - t0
             if global_plans is not None:
-                global_records = tuple(save_plan_record(p, table) for p in global_plans)
+                # BYTE_IO sizes follow each item to the rank that writes it (as in run_save).
+                global_records = tuple(
+                    save_plan_record(p, table, sizes[r]) for r, p in enumerate(global_plans)
+                )
             if validated and global_plans is not None:
                 t0 = time.perf_counter()
                 finals: list[PlanRecord] = []
                 for r in range(W):
                     with fake_world(r, W):
                         try:
-                            finals.append(save_plan_record(planners[r].finish_plan(global_plans[r]), table))
+                            final = planners[r].finish_plan(global_plans[r])
+                            finals.append(save_plan_record(final, table, sizes[r]))
                         except Exception as exc:
                             errors.append(error_record("finish", r, exc))
                             finals.append(PlanRecord(items=(), usable=False))

@@ -47,6 +47,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def reset_parameters(self) -> None:
+        # Models built on meta get real storage later (run_save); this is their initialiser.
+        nn.init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -129,6 +133,10 @@ class StepCounter(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.step.zero_()
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"epoch": 0, "note": "non-tensor state is saved as bytes"}

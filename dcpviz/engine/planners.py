@@ -48,10 +48,10 @@ def planner_factory(planner: Any, base: type, default: type) -> Callable[[], Any
     )
 
 
-def set_up_save_planner(planner: Any, state_dict: dict, is_coordinator: bool) -> None:
+def set_up_save_planner(planner: Any, state_dict: dict, is_coordinator: bool, storage_meta: Any = None) -> None:
     """Call set_up_planner the way dcp.save does (older planners lack storage_meta)."""
     if "storage_meta" in inspect.signature(planner.set_up_planner).parameters:
-        planner.set_up_planner(state_dict=state_dict, storage_meta=None, is_coordinator=is_coordinator)
+        planner.set_up_planner(state_dict=state_dict, storage_meta=storage_meta, is_coordinator=is_coordinator)
     else:
         planner.set_up_planner(state_dict, is_coordinator)
 

@@ -1,0 +1,401 @@
+"""Recording planners: wrap any DCP planner inside a real job and write what it planned.
+
+``dcp.save`` gathers every rank's local plan on the coordinator and hands them to
+``create_global_plan``; that one call therefore sees the local plans of all ranks, the global
+plans and the metadata. ``RecordingSavePlanner`` writes the trace there — no extra collective,
+no change to any decision (every call is forwarded to the wrapped planner and its return value
+passed back untouched).
+
+What the coordinator cannot know, the trace says so in its notes instead of guessing:
+other ranks' ``finish_plan`` output (never sent back), other ranks' serialised BYTE_IO sizes,
+and storage facts (file, offset, length), which exist only once ``storage_writer.finish`` has
+run, after the last planner call. ``complete()`` after ``dcp.save`` adds the storage facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
+
+from ..errors import DcpvizError
+from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
+from .convert import ItemTable, metadata_info, planned_item, planner_info, tensor_layouts
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _flat(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict as DCP's default planner sees it (nested dicts flattened to dotted keys)."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    try:
+        return flatten_state_dict(state_dict)[0]
+    except Exception:  # an exotic container: fall back to the top level
+        return dict(state_dict)
+
+
+def infer_scenario(state_dict: dict[str, Any], world_size: int) -> tuple[ScenarioInfo, list[str]]:
+    """What a captured state dict tells about the job: the mesh (largest DTensor mesh, as the
+    root mesh the DTensors were sharded from), its dim names, the dtype and device of most
+    tensors. The model and recipe are not in a state dict: recorded as 'captured'."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    meshes: dict[int, Any] = {}
+    dtypes: Counter[str] = Counter()
+    devices: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for value in state_dict.values():
+        if isinstance(value, DTensor):
+            mesh = value.device_mesh
+            root = mesh._get_root_mesh() if hasattr(mesh, "_get_root_mesh") else mesh
+            meshes.setdefault(id(root), root)
+            kinds["(" + ", ".join(type(p).__name__ for p in value.placements) + ")"] += 1
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point():
+                dtypes[str(value.dtype).removeprefix("torch.")] += 1
+            devices[value.device.type] += 1
+    notes = []
+    if meshes:
+        root = max(meshes.values(), key=lambda m: (m.size(), m.ndim))
+        shape = tuple(int(d) for d in root.shape)
+        names = tuple(root.mesh_dim_names or (f"dim{i}" for i in range(root.ndim)))
+        if len({tuple(m.shape) for m in meshes.values()}) > 1:
+            notes.append(f"DTensors use {len(meshes)} different root meshes; the largest ({shape}) is shown.")
+        if root.size() != world_size:
+            notes.append(
+                f"The DTensors' mesh holds {root.size()} ranks but dcp.save's group has {world_size}."
+            )
+    else:
+        shape, names = (world_size,), ("dim0",)
+        notes.append("No DTensor in the coordinator's state dict: the mesh shown is 1-D over the save group.")
+    if kinds:
+        notes.append(
+            "Placements seen on the coordinator: "
+            + ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
+            + ". The recipe is not recorded in a state dict."
+        )
+    info = ScenarioInfo(
+        model="captured",
+        world_size=world_size,
+        mesh=shape,
+        mesh_dim_names=names,
+        recipe="captured",
+        dtype=dtypes.most_common(1)[0][0] if dtypes else "float32",
+        device=devices.most_common(1)[0][0] if devices else "cpu",
+    )
+    return info, notes
+
+
+def _scenario_info(scenario: Any) -> ScenarioInfo | None:
+    if scenario is None or isinstance(scenario, ScenarioInfo):
+        return scenario
+    from ..scenario import Scenario
+    from .simulate import scenario_info
+
+    if isinstance(scenario, Scenario):
+        return scenario_info(scenario)
+    raise DcpvizError(f"scenario={scenario!r} must be a dcpviz.Scenario (or None to infer it).")
+
+
+def _byte_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
+    """Serialised length of this rank's BYTE_IO items, from the wrapped planner's resolve_data
+    (what the storage writer will write)."""
+    sizes: dict[str, int] = {}
+    for wi in items:
+        if wi.type == WriteItemType.BYTE_IO and wi.index.fqn not in sizes:
+            try:
+                data = planner.resolve_data(wi)
+                sizes[wi.index.fqn] = data.getbuffer().nbytes if isinstance(data, io.BytesIO) else 0
+            except Exception:
+                sizes[wi.index.fqn] = 0
+    return sizes
+
+
+class RecordingSavePlanner(SavePlanner):
+    """Wrap a SavePlanner (default: DCP's ``DefaultSavePlanner()``) and write a dcpviz trace.
+
+    Pass it to ``dcp.save(..., planner=RecordingSavePlanner("plan.json"))`` on every rank. The
+    coordinator writes ``path`` (a JSON SaveTrace that ``dcpviz.load_trace`` opens) inside
+    ``create_global_plan``; other ranks write nothing. Call ``complete()`` after ``dcp.save``
+    returns to add the storage facts (which file, offset and length holds each chunk).
+
+    scenario: a ``dcpviz.Scenario`` describing the job, if known; otherwise inferred from the
+    coordinator's state dict (world size, mesh shape and dim names, dtype, device).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
+                 scenario: Any = None) -> None:
+        if planner is None:
+            planner = DefaultSavePlanner()
+        elif isinstance(planner, type) and issubclass(planner, SavePlanner):
+            planner = planner()
+        if not isinstance(planner, SavePlanner):
+            raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint SavePlanner.")
+        if isinstance(planner, RecordingSavePlanner):
+            raise DcpvizError("planner is already a RecordingSavePlanner; wrap the inner planner once.")
+        self._inner = planner
+        self.path = Path(path)
+        self._scenario = _scenario_info(scenario)
+        # Read the options before set_up_planner adds state (as simulate_save does).
+        self._planner_info = planner_info(planner, DefaultSavePlanner)
+        self._rank, self._world = _rank_and_world()
+        self.is_coordinator = False
+        self._timings: dict[str, float] = {}
+        self._overhead = 0.0
+        self._layouts: tuple = ()
+        self._inferred: tuple[ScenarioInfo, list[str]] | None = None
+        self._local_plan: SavePlan | None = None
+        self._byte_sizes: dict[str, int] = {}
+        self._final_plan: SavePlan | None = None
+        self._trace: SaveTrace | None = None
+        self._metadata: Any = None
+        self._global_plans: list[SavePlan] | None = None
+
+    # Anything the storage writer or user code asks of the planner beyond the protocol
+    # (lookup_object, mappings, state_dict, ...) is the wrapped planner's.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    @property
+    def inner(self) -> SavePlanner:
+        """The wrapped planner."""
+        return self._inner
+
+    # -- the SavePlanner protocol, forwarded ----------------------------------------------
+    def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
+        from .planners import set_up_save_planner
+
+        self._rank, self._world = _rank_and_world()
+        self.is_coordinator = is_coordinator
+        t0 = time.perf_counter()
+        set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
+        t1 = time.perf_counter()
+        self._timings["set_up_planner"] = t1 - t0
+        if is_coordinator:
+            # Only the coordinator describes the job; the other ranks pay nothing here.
+            flat = _flat(state_dict)
+            self._layouts = tensor_layouts(flat)
+            self._inferred = infer_scenario(flat, self._world)
+            self._overhead += time.perf_counter() - t1
+
+    def create_local_plan(self) -> SavePlan:
+        t0 = time.perf_counter()
+        plan = self._inner.create_local_plan()
+        t1 = time.perf_counter()
+        self._timings["create_local_plan"] = t1 - t0
+        self._local_plan = plan
+        self._byte_sizes = _byte_sizes(self._inner, plan.items)
+        self._overhead += time.perf_counter() - t1
+        return plan
+
+    def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
+        t0 = time.perf_counter()
+        try:
+            global_plans, metadata = self._inner.create_global_plan(all_plans)
+        except BaseException as exc:
+            self._timings["create_global_plan"] = time.perf_counter() - t0
+            self._record_failure(all_plans, exc)
+            raise
+        t1 = time.perf_counter()
+        self._timings["create_global_plan"] = t1 - t0
+        self._global_plans, self._metadata = global_plans, metadata
+        self._trace = self._build_trace(all_plans, global_plans, metadata, errors=(), validated=True)
+        write_trace(self._trace, self.path)
+        self._overhead += time.perf_counter() - t1
+        return global_plans, metadata
+
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        t0 = time.perf_counter()
+        plan = self._inner.finish_plan(new_plan)
+        self._timings["finish_plan"] = time.perf_counter() - t0
+        self._final_plan = plan
+        return plan
+
+    def resolve_data(self, write_item: WriteItem) -> Any:
+        return self._inner.resolve_data(write_item)
+
+    # -- after dcp.save --------------------------------------------------------------------
+    def complete(self, metadata: Any = None) -> Path | None:
+        """On the coordinator: rewrite the trace with the storage facts ``storage_writer.finish``
+        put into the checkpoint metadata (pass ``dcp.save``'s return value, or nothing: DCP's
+        FileSystemWriter fills in the very Metadata object this planner returned). Also adds the
+        coordinator's own final plan check. Returns the trace path, or None on other ranks."""
+        if not self.is_coordinator or self._trace is None:
+            return None
+        t0 = time.perf_counter()
+        md = metadata if metadata is not None else self._metadata
+        notes = list(self._trace.notes)
+        if md is not None and getattr(md, "storage_data", None):
+            info = metadata_info(md)
+            notes = [n for n in notes if not n.startswith("Storage facts")]
+            notes.append(
+                "Storage facts (file, offset, length) come from the metadata after "
+                "storage_writer.finish, added by RecordingSavePlanner.complete()."
+            )
+        else:
+            info = self._trace.metadata
+        if self._final_plan is not None and self._global_plans is not None:
+            same = _same_items(self._final_plan, self._global_plans[self._coordinator_index()])
+            notes.append(
+                f"The coordinator's own finish_plan {'returned its global plan unchanged' if same else 'changed its global plan'}."
+            )
+        timings = dict(self._trace.timings)
+        timings.update(self._timings)
+        self._trace = dataclasses.replace(self._trace, metadata=info, notes=tuple(notes))
+        self._overhead += time.perf_counter() - t0
+        timings["recording_overhead"] = self._overhead
+        self._trace = dataclasses.replace(self._trace, timings=tuple(timings.items()))
+        return write_trace(self._trace, self.path)
+
+    @property
+    def trace(self) -> SaveTrace | None:
+        """The trace written on the coordinator (None on other ranks or before planning)."""
+        return self._trace
+
+    def rank_record(self) -> dict[str, Any]:
+        """This rank's own facts, as plain data: its local and final plan items, the BYTE_IO
+        sizes it serialised, its timings. run_save collects these from every worker to fill in
+        what the coordinator cannot see."""
+        from ..trace import to_plain
+
+        def items(plan: SavePlan | None) -> list[dict[str, Any]] | None:
+            if plan is None:
+                return None
+            return [to_plain(planned_item(wi, self._byte_sizes)) for wi in plan.items]
+
+        return {
+            "rank": self._rank,
+            "local": items(self._local_plan),
+            "local_usable": bool(getattr(self._local_plan, "usable", True)),
+            "final": items(self._final_plan),
+            "byte_sizes": dict(self._byte_sizes),
+            "timings": dict(self._timings),
+            "recording_overhead": self._overhead,
+        }
+
+    # -- building the trace ----------------------------------------------------------------
+    def _coordinator_index(self) -> int:
+        return self._rank if self._global_plans is None or self._rank < len(self._global_plans) else 0
+
+    def _record_failure(self, all_plans: list[SavePlan], exc: BaseException) -> None:
+        """The coordinator's planner raised: write what was planned so far, then let DCP raise."""
+        from .simulate import unvalidated_global_plan
+
+        t0 = time.perf_counter()
+        try:
+            fallback = unvalidated_global_plan(self._inner, list(all_plans))
+            global_plans, md = fallback if fallback is not None else (None, None)
+            err = ErrorRecord(phase="global", rank=None, exc_type=type(exc).__name__, message=str(exc))
+            extra = []
+            if fallback is not None:
+                extra.append(
+                    "The coordinator rejected the global plan; the global plan and metadata shown are "
+                    "DCP's dedup + create_default_global_save_plan output before validation."
+                )
+            self._trace = self._build_trace(all_plans, global_plans, md, errors=(err,), validated=False,
+                                            extra_notes=extra)
+            write_trace(self._trace, self.path)
+        except Exception:
+            pass  # recording must never mask the planner's own error
+        self._overhead += time.perf_counter() - t0
+
+    def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any, *,
+                     errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
+        from .. import __version__
+        from .simulate import _now, _torch_version
+
+        W = len(all_plans)
+        table = ItemTable()
+        own = self._byte_sizes
+        others_bytes = 0
+
+        def record(plan: SavePlan, r: int) -> PlanRecord:
+            nonlocal others_bytes
+            ids = []
+            for wi in plan.items:
+                item = planned_item(wi, own)
+                if wi.type == WriteItemType.BYTE_IO and r != self._rank:
+                    others_bytes += 1
+                ids.append(table.add(item))
+            return PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
+
+        local = tuple(record(p, r) for r, p in enumerate(all_plans))
+        global_records = tuple(record(p, r) for r, p in enumerate(global_plans)) if global_plans is not None else None
+        if self._scenario is not None:
+            scenario, inferred_notes = self._scenario, []
+        else:
+            scenario, inferred_notes = self._inferred or infer_scenario({}, W)
+            if scenario.world_size != W:
+                scenario = dataclasses.replace(scenario, world_size=W)
+        notes = [
+            f"Captured by RecordingSavePlanner on the coordinator (rank {self._rank} of {W}) inside "
+            "create_global_plan: local plans are as the coordinator received them (after the "
+            "storage writer's prepare_local_plan).",
+            "Other ranks' final plans (finish_plan) never reach the coordinator, so none are "
+            "recorded; tables use the global plans.",
+            "Storage facts (file, offset, length) are only known after storage_writer.finish; call "
+            "planner.complete() after dcp.save to add them.",
+            *extra_notes,
+            *inferred_notes,
+        ]
+        if others_bytes:
+            notes.append(
+                f"{others_bytes} BYTE_IO items of other ranks carry the coordinator's serialised size of "
+                "the same key (0 where the coordinator has no such key): their own size is not sent."
+            )
+        if any(not getattr(p, "usable", True) for p in all_plans):
+            notes.append(
+                "Some local plans are unusable (empty): plan caching (enable_plan_caching) sent "
+                "'unchanged' markers instead of plans."
+            )
+        timings = dict(self._timings)
+        timings["recording_overhead"] = self._overhead
+        return SaveTrace(
+            scenario=scenario,
+            planner=self._planner_info,
+            items=tuple(table.items),
+            local_plans=local,
+            global_plans=global_records,
+            final_plans=None,
+            metadata=metadata_info(metadata) if metadata is not None else None,
+            errors=errors,
+            global_plan_validated=validated,
+            timings=tuple(timings.items()),
+            notes=tuple(notes),
+            layouts=self._layouts,
+            source="capture",
+            torch_version=_torch_version(),
+            dcpviz_version=__version__,
+            created=_now(),
+        )
+
+
+def _same_items(a: SavePlan, b: SavePlan) -> bool:
+    return [(w.index, w.type) for w in a.items] == [(w.index, w.type) for w in b.items]
+
+
+def planned_items_from_plain(items: list[dict[str, Any]] | None) -> list[PlannedItem] | None:
+    """Rebuild PlannedItems sent as plain data by rank_record()."""
+    if items is None:
+        return None
+    from ..trace import _Decoder
+
+    dec = _Decoder()
+    return [dec.decode(PlannedItem, it, "rank_record") for it in items]

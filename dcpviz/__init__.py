@@ -8,6 +8,9 @@
 
 __version__ = "0.1.0"
 
+from .checkpoint import inspect_checkpoint
+from .engine.recording import RecordingSavePlanner
+from .engine.run import run_save
 from .engine.simulate import simulate_save
 from .errors import DcpvizError
 from .report import report
@@ -18,11 +21,14 @@ from .widgets import explore
 __all__ = [
     "DcpvizError",
     "LoadResult",
+    "RecordingSavePlanner",
     "SaveResult",
     "Scenario",
     "__version__",
     "explore",
+    "inspect_checkpoint",
     "load_trace",
     "report",
+    "run_save",
     "simulate_save",
 ]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .errors import CheckpointError
@@ -95,3 +97,241 @@ def read_metadata(checkpoint_dir: str | os.PathLike[str]) -> Any:
             "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none."
         )
     return read_metadata_bytes(path.read_bytes(), repr(str(path)))
+
+
+# -- inspecting a whole checkpoint directory ----------------------------------------------------
+_ZIP_MAGIC = b"PK\x03\x04"
+VERIFY = ("headers", "full", "none")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a DCP checkpoint directory holds, read without running anything from it.
+
+    ``chunks``: fqn, chunk_index, offsets, sizes, dtype, nbytes, kind, global_size (one row per
+    saved chunk; one row per bytes entry) · ``storage``: fqn, offsets, file, offset, length, rank ·
+    ``files``: file, nbytes (size on disk), rank (writer, from the file name), items,
+    stored_nbytes (sum of the lengths stored in it) · ``totals``: counts and byte sums ·
+    ``metadata``: DCP's Metadata object · ``notes``: facts worth a look (stale files, ...).
+    """
+
+    path: Path
+    metadata: Any
+    chunks: pd.DataFrame
+    storage: pd.DataFrame
+    files: pd.DataFrame
+    totals: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        t = self.totals
+        return (f"<CheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
+                f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk>")
+
+
+class _Slice(io.RawIOBase):
+    """A read-only, seekable window [offset, offset+length) of an open file (what zipfile needs
+    to read a torch.save record's directory without loading the record)."""
+
+    def __init__(self, fh: Any, offset: int, length: int) -> None:
+        self._fh, self._start, self._len, self._pos = fh, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._len}[whence]
+        self._pos = max(0, min(self._len, base + pos))
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self._len - self._pos)
+        if n <= 0:
+            return 0
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _key(fqn: str, offsets: Any) -> tuple[str, tuple[int, ...] | None]:
+    return (fqn, tuple(int(v) for v in offsets) if offsets is not None else None)
+
+
+def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify: str) -> None:
+    """A record is one torch.save archive (a zip). Check its directory, and that the tensor's
+    data entries hold exactly the chunk's bytes; 'full' also checks every CRC."""
+    import zipfile
+
+    view = _Slice(fh, s.offset, s.length)
+    if view.read(4) != _ZIP_MAGIC:
+        raise CheckpointError(f"{where} is corrupt: its record does not start like a torch.save archive.")
+    view.seek(0)
+    try:
+        with zipfile.ZipFile(io.BufferedReader(view)) as z:
+            infos = z.infolist()
+            if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
+                raise CheckpointError(f"{where} is corrupt: its record has no data.pkl.")
+            if expect_nbytes is not None:
+                stored = sum(i.file_size for i in infos if "/data/" in i.filename and not i.filename.endswith("/"))
+                if stored != expect_nbytes:
+                    raise CheckpointError(
+                        f"{where} is corrupt: the record holds {stored} bytes of tensor data but the "
+                        f"metadata's chunk needs {expect_nbytes}."
+                    )
+            if verify == "full":
+                bad = z.testzip()
+                if bad is not None:
+                    raise CheckpointError(f"{where} is corrupt: CRC check failed for {bad!r} in its record.")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # BadZipFile, truncated directory, ...
+        raise CheckpointError(f"{where} is corrupt: its record is not a readable archive ({exc}).") from None
+
+
+def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
+    """Read a DCP checkpoint directory without executing anything from it, and check it.
+
+    ``.metadata`` goes through the restricted unpickler; every storage record must point at a
+    file inside the directory, lie within it, and (``verify='headers'``, the default) be a
+    torch.save archive whose tensor data has the chunk's exact size; ``verify='full'`` also
+    checks every CRC (reads all bytes); ``'none'`` skips record checks. Problems raise
+    ``DcpvizError`` naming the entry and the file. Nothing is ever written into the directory.
+    """
+    import math
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+
+    from .tables import file_rank
+
+    if verify not in VERIFY:
+        raise CheckpointError(f"verify={verify!r} must be one of {VERIFY}.")
+    md = read_metadata(checkpoint_dir)
+    root = Path(checkpoint_dir).resolve()
+    notes: list[str] = []
+
+    chunk_rows, expected = [], {}
+    for fqn, entry in md.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            dtype = str(entry.properties.dtype).removeprefix("torch.")
+            itemsize = torch._utils._element_size(entry.properties.dtype)
+            for ci, c in enumerate(entry.chunks):
+                off, sz = tuple(int(v) for v in c.offsets), tuple(int(v) for v in c.sizes)
+                nbytes = math.prod(sz) * itemsize
+                chunk_rows.append((fqn, ci, off, sz, dtype, nbytes, "tensor", tuple(int(v) for v in entry.size)))
+                expected[_key(fqn, off)] = nbytes
+        elif isinstance(entry, BytesStorageMetadata):
+            chunk_rows.append((fqn, 0, (), (), "", 0, "bytes", ()))
+            expected[_key(fqn, None)] = None
+        else:
+            raise CheckpointError(f"entry {fqn!r} of {root} has an unknown kind {type(entry).__name__}.")
+
+    storage_data = md.storage_data
+    if expected and not storage_data:
+        raise CheckpointError(
+            f"{root}/.metadata lists {len(expected)} entries but no storage data (where the bytes "
+            "are). It was not written by a finished dcp.save."
+        )
+    records: dict[tuple, Any] = {}
+    for index, s in (storage_data or {}).items():
+        if not hasattr(index, "fqn") or not all(hasattr(s, a) for a in ("relative_path", "offset", "length")):
+            raise CheckpointError(f"{root}/.metadata has a malformed storage record for {index!r}.")
+        records[_key(index.fqn, index.offset)] = s
+    missing = [k for k in expected if k not in records]
+    if missing:
+        fqn, off = missing[0]
+        raise CheckpointError(
+            f"{root} is incomplete: the metadata lists {fqn!r} chunk {off} (and {len(missing) - 1} "
+            "more) but no storage record says where its bytes are."
+        )
+
+    sizes: dict[str, int] = {}
+    storage_rows = []
+    for (fqn, off), s in records.items():
+        rel = str(s.relative_path)
+        where = f"{fqn!r} chunk {off}" if off is not None else f"{fqn!r}"
+        path = (root / rel).resolve()
+        if Path(rel).is_absolute() or root not in path.parents:
+            raise CheckpointError(
+                f"{where} points outside the checkpoint directory ({rel!r}); refusing to read it."
+            )
+        if rel not in sizes:
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{where} is stored in {rel!r}, which does not exist in {root} (a dangling "
+                    "reference: the file was deleted, renamed or never copied)."
+                )
+            sizes[rel] = path.stat().st_size
+        offset, length = int(s.offset), int(s.length)
+        if offset < 0 or length < 0 or offset + length > sizes[rel]:
+            raise CheckpointError(
+                f"{where} is stored at bytes {offset}..{offset + length} of {rel!r}, but the file has "
+                f"only {sizes[rel]} bytes: it is truncated (or the metadata belongs to another save)."
+            )
+        storage_rows.append((fqn, off if off is not None else (), rel, offset, length, file_rank(rel)))
+
+    if verify != "none":
+        by_file: dict[str, list] = {}
+        for (fqn, off), s in records.items():
+            if getattr(s, "transform_descriptors", None):
+                continue  # compressed / transformed records are not plain torch.save archives
+            by_file.setdefault(str(s.relative_path), []).append((fqn, off, s))
+        for rel, recs in by_file.items():
+            with open(root / rel, "rb") as fh:
+                for fqn, off, s in recs:
+                    where = f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
+                    _check_record(fh, s, expected.get(_key(fqn, off)), where, verify)
+
+    storage = pd.DataFrame(storage_rows, columns=["fqn", "offsets", "file", "offset", "length", "rank"])
+    storage = storage.sort_values(["file", "offset"], kind="stable").reset_index(drop=True)
+    storage = storage.astype({"offset": "int64", "length": "int64", "rank": "int64"})
+    stored = storage.groupby("file").agg(items=("fqn", "size"), stored_nbytes=("length", "sum"))
+    stale = sorted(p.name for p in root.iterdir()
+                   if p.is_file() and p.suffix == ".distcp" and p.name not in sizes)
+    file_rows = []
+    for rel in sorted(sizes) + stale:
+        n_items = int(stored.loc[rel, "items"]) if rel in stored.index else 0
+        n_stored = int(stored.loc[rel, "stored_nbytes"]) if rel in stored.index else 0
+        size = sizes.get(rel, (root / rel).stat().st_size)
+        file_rows.append((rel, size, file_rank(rel), n_items, n_stored))
+    files = pd.DataFrame(file_rows, columns=["file", "nbytes", "rank", "items", "stored_nbytes"])
+    files = files.astype({"nbytes": "int64", "rank": "int64", "items": "int64", "stored_nbytes": "int64"})
+    if stale:
+        notes.append(
+            f"{len(stale)} data files are not referenced by .metadata ({', '.join(stale[:4])}"
+            f"{' ...' if len(stale) > 4 else ''}): left by an earlier save into the same directory "
+            "(DCP overwrites .metadata but does not delete old data files)."
+        )
+    gaps = [r for r in file_rows if r[0] in sizes and r[1] != r[4]]
+    if gaps:
+        notes.append(f"{len(gaps)} files hold bytes no record refers to (e.g. {gaps[0][0]}: "
+                     f"{gaps[0][1]} on disk, {gaps[0][4]} referenced).")
+
+    chunks = pd.DataFrame(chunk_rows, columns=["fqn", "chunk_index", "offsets", "sizes", "dtype", "nbytes",
+                                               "kind", "global_size"])
+    chunks = chunks.astype({"chunk_index": "int64", "nbytes": "int64"})
+    data_nbytes = int(chunks["nbytes"].sum())
+    stored_nbytes = int(storage["length"].sum())
+    totals = {
+        "tensors": sum(1 for e in md.state_dict_metadata.values() if isinstance(e, TensorStorageMetadata)),
+        "bytes_entries": sum(1 for e in md.state_dict_metadata.values() if isinstance(e, BytesStorageMetadata)),
+        "chunks": int((chunks["kind"] == "tensor").sum()),
+        "files": len(sizes),
+        "unreferenced_files": len(stale),
+        "tensor_nbytes": data_nbytes,
+        "stored_nbytes": stored_nbytes,
+        # torch.save's archive around each tensor chunk (headers, alignment): stored minus data.
+        "framing_nbytes": sum(int(records[k].length) for k, v in expected.items() if v is not None) - data_nbytes,
+        "disk_nbytes": int(files["nbytes"].sum()),
+        "metadata_nbytes": (root / METADATA_FILE).stat().st_size,
+        "dcp_version": getattr(md, "version", None),
+    }
+    return CheckpointInfo(path=root, metadata=md, chunks=chunks, storage=storage, files=files,
+                          totals=totals, notes=notes)

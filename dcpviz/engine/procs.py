@@ -1,0 +1,242 @@
+"""Start W real worker processes with a process group, collect what each reports, clean up.
+
+The parent owns a TCPStore on 127.0.0.1 (port chosen by the OS and held for the whole run, so no
+other job can take it between choosing and binding) and one pipe per worker. Workers report
+phases as they go, then ``ok`` with a plain-data payload or ``error`` with their exception as
+plain data. The parent never waits on a collective: on the first error it gives the other
+ranks a moment to report theirs (DCP turns one rank's failure into an exception on every rank),
+then terminates whatever is left; on timeout or Ctrl-C it does the same. Every process is
+joined (no zombies) and the store is closed before ``launch`` returns or raises.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import multiprocessing as mp
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+from ..trace import ErrorRecord
+
+HOST = "127.0.0.1"
+ERROR_GRACE_S = 3.0  # after a first error, how long the other ranks get to report theirs
+
+
+@dataclass
+class RunInfo:
+    """Facts about the processes of one run (kept out of the trace: they die with the run)."""
+
+    backend: str
+    device: str
+    world_size: int
+    start_method: str
+    port: int = 0
+    pids: list[int] = field(default_factory=list)
+    exitcodes: list[int | None] = field(default_factory=list)
+    phases: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    timed_out: bool = False
+
+
+@dataclass
+class Outcome:
+    payloads: dict[int, dict[str, Any]]
+    errors: list[ErrorRecord]
+    info: RunInfo
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and len(self.payloads) == self.info.world_size
+
+
+# -- worker side ---------------------------------------------------------------------------------
+def _where(tb: Any) -> str:
+    """'file:line in func' of the innermost frame, so an error says where without a traceback."""
+    frames = traceback.extract_tb(tb) if tb is not None and not isinstance(tb, list) else (tb or [])
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {os.path.basename(f.filename)}:{f.lineno} in {f.name})"
+
+
+def error_dicts(exc: BaseException, rank: int, phase: str) -> list[dict[str, Any]]:
+    """An exception as plain records. DCP's CheckpointException carries the failures of every
+    rank (rank -> (exception, traceback)): each becomes its own record with that rank."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(exc, CheckpointException) and exc.failures:
+        out = []
+        for r, pair in sorted(exc.failures.items()):
+            inner, tb = pair if isinstance(pair, tuple) else (pair, None)
+            out.append({"phase": phase, "rank": int(r), "exc_type": type(inner).__name__,
+                        "message": f"{inner}{_where(tb)}"})
+        return out
+    return [{"phase": phase, "rank": rank, "exc_type": type(exc).__name__,
+             "message": f"{exc}{_where(exc.__traceback__)}"}]
+
+
+def _entry(job: Callable[..., dict[str, Any]], rank: int, world: int, port: int, conn: Any,
+           backend: str, device: str, pg_timeout_s: float, args: tuple) -> None:
+    """Worker main: process group on the loopback store, run ``job``, report, exit hard."""
+    # Gloo and NCCL open their own sockets; keep them on loopback too.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    warnings.filterwarnings("ignore", message=".*random operators may not have complete support.*")
+    phase = "start"
+    code = 0
+
+    def report(name: str) -> None:
+        nonlocal phase
+        phase = name
+        conn.send(("phase", rank, name))
+
+    try:
+        import torch
+        import torch.distributed as dist
+
+        report("init")
+        if device == "cuda":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+        store = dist.TCPStore(HOST, port, is_master=False, timeout=_dt.timedelta(seconds=pg_timeout_s))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=_dt.timedelta(seconds=pg_timeout_s))
+        payload = job(rank, world, report, *args)
+        conn.send(("ok", rank, payload))
+        dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as data
+        code = 1
+        try:
+            extra = getattr(exc, "dcpviz_payload", None)
+            conn.send(("error", rank, {"errors": error_dicts(exc, rank, phase), "payload": extra}))
+        except Exception:
+            pass
+    finally:
+        try:
+            conn.close()
+        finally:
+            # Skip interpreter teardown (seconds with torch loaded); nothing is left to flush.
+            os._exit(code)
+
+
+# -- parent side ---------------------------------------------------------------------------------
+def _stop(procs: list[Any]) -> None:
+    """SIGTERM, a short wait, SIGKILL, and join every process (reaped: no zombies)."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 2.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join()
+
+
+def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, backend: str,
+           device: str, timeout: float, start_method: str = "spawn") -> Outcome:
+    """Run ``job(rank, world, report, *args)`` in ``world`` processes inside a process group.
+
+    ``job`` must be importable by name (a module-level function) and its result plain data.
+    """
+    import torch.distributed as dist
+
+    ctx = mp.get_context(start_method)
+    info = RunInfo(backend=backend, device=device, world_size=world, start_method=start_method)
+    payloads: dict[int, dict[str, Any]] = {}
+    errors: list[ErrorRecord] = []
+    seen: set[tuple] = set()
+    t0 = time.monotonic()
+    store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
+                          timeout=_dt.timedelta(seconds=timeout))
+    info.port = store.port
+    procs: list[Any] = []
+    readers: dict[Any, int] = {}
+    try:
+        for r in range(world):
+            reader, writer = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_entry, name=f"dcpviz-rank{r}", daemon=True,
+                            args=(job, r, world, info.port, writer, backend, device, timeout, args))
+            p.start()
+            writer.close()  # the child holds the only write end: EOF when it exits
+            procs.append(p)
+            readers[reader] = r
+        info.pids = [p.pid for p in procs]
+        deadline = t0 + timeout
+        error_deadline: float | None = None
+        sentinels = {p.sentinel: r for r, p in enumerate(procs)}
+        exited: set[int] = set()
+        while True:
+            if len(payloads) == world and not errors:
+                # Everyone reported: let them leave on their own (destroy_process_group).
+                for p in procs:
+                    p.join(max(0.0, deadline - time.monotonic()))
+                break
+            if len(exited) == world and not readers:
+                break
+            now = time.monotonic()
+            if error_deadline is not None and now >= error_deadline:
+                break
+            if now >= deadline:
+                info.timed_out = not errors
+                break
+            limit = deadline if error_deadline is None else min(deadline, error_deadline)
+            waiting = [*readers, *(s for s, r in sentinels.items() if r not in exited)]
+            for obj in wait(waiting, limit - now):
+                if obj not in readers:
+                    exited.add(sentinels[obj])
+                    continue
+                try:
+                    kind, rank, body = obj.recv()
+                except (EOFError, OSError):
+                    del readers[obj]
+                    obj.close()
+                    continue
+                if kind == "phase":
+                    info.phases[rank] = body
+                elif kind == "ok":
+                    payloads[rank] = body
+                elif kind == "error":
+                    for e in body["errors"]:
+                        rec = ErrorRecord(**e)
+                        key = (rec.phase, rec.rank, rec.exc_type, rec.message)
+                        if key not in seen:
+                            seen.add(key)
+                            errors.append(rec)
+                    if body.get("payload"):
+                        payloads.setdefault(rank, body["payload"])
+                    if error_deadline is None:
+                        error_deadline = time.monotonic() + ERROR_GRACE_S
+        # Processes that ended without reporting (killed, segfault, os._exit in user code).
+        for r, p in enumerate(procs):
+            p.join(0.05)
+            reported = r in payloads or any(e.rank == r for e in errors)
+            if p.exitcode not in (None, 0) and not reported and not info.timed_out:
+                errors.append(ErrorRecord(
+                    phase=info.phases.get(r, "start"), rank=r, exc_type="WorkerDied",
+                    message=f"rank {r} exited with code {p.exitcode} without reporting an error"
+                            + (" (killed by a signal)" if p.exitcode < 0 else ""),
+                ))
+        if info.timed_out:
+            pending = [r for r in range(world) if r not in payloads]
+            where = ", ".join(f"rank {r} in {info.phases.get(r, 'start')!r}" for r in pending)
+            errors.append(ErrorRecord(
+                phase="timeout", rank=None, exc_type="TimeoutError",
+                message=f"the run did not finish within timeout={timeout:g}s; still running: {where}. "
+                        "All worker processes were stopped.",
+            ))
+    finally:
+        _stop(procs)
+        for reader in list(readers):
+            reader.close()
+        info.exitcodes = [p.exitcode for p in procs]
+        info.wall_s = time.monotonic() - t0
+        del store  # closes the listening socket: the port is free again
+    return Outcome(payloads=payloads, errors=errors, info=info)

@@ -1,0 +1,269 @@
+"""run_save: the scenario as a real job — W processes, real tensors, real files, real dcp.save.
+
+Each worker builds the scenario's model on meta, applies the recipe with a real process group,
+gives the shards real storage and their initialisers, and saves through a
+RecordingSavePlanner. The coordinator's trace is the backbone; the parent then adds what only
+the other ranks know (their own local plans with BYTE_IO sizes, their final plans) and the
+storage facts from the checkpoint's ``.metadata`` (read with dcpviz's restricted unpickler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import DcpvizError
+from ..scenario import Scenario
+from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, read_trace
+from .convert import ItemTable, metadata_info, planner_info
+from .procs import RunInfo, launch
+from .recording import planned_items_from_plain
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+# -- choosing where to run -------------------------------------------------------------------
+def resolve_device(scenario: Scenario) -> tuple[Scenario, str, str]:
+    """(scenario with a real device, backend, device kind). 'meta' runs on cpu."""
+    dev = scenario.device.split(":")[0]
+    W = scenario.world_size
+    if dev == "cuda":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n < W:
+            raise DcpvizError(
+                f"device='cuda' with world_size={W} needs {W} CUDA devices (one per rank) but "
+                f"{n} {'is' if n == 1 else 'are'} available. Use device='cpu' (gloo), or a "
+                f"smaller world_size."
+            )
+        return scenario.replace(device="cuda"), "nccl", "cuda"
+    return scenario.replace(device="cpu"), "gloo", "cpu"
+
+
+def _empty_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise DcpvizError(f"checkpoint_dir={str(path)!r} is a file; pass a new or empty directory.")
+    if path.exists() and any(path.iterdir()):
+        raise DcpvizError(
+            f"checkpoint_dir={str(path)!r} is not empty. Pass a new or empty directory: DCP would "
+            "replace .metadata but leave data files of an earlier save next to the new ones."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_picklable(**objs: Any) -> None:
+    """Workers are started with 'spawn': what they get must pickle (module-level callables)."""
+    import pickle
+
+    for name, obj in objs.items():
+        try:
+            pickle.dumps(obj)
+        except Exception as exc:
+            raise DcpvizError(
+                f"{name}={obj!r} cannot be sent to worker processes ({type(exc).__name__}: {exc}). "
+                "Real runs start fresh processes: use a module-level function or class, not a "
+                "lambda or a local function."
+            ) from None
+
+
+# -- the worker's job ------------------------------------------------------------------------
+def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
+             checkpoint_dir: str, trace_path: str, device: str) -> dict[str, Any]:
+    """Runs in each worker, inside the process group."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import SavePlanner
+
+    from ..recipes import apply_recipe
+    from .materialize import materialize
+    from .planners import planner_factory
+    from .recording import RecordingSavePlanner
+    from .statedict import build_mesh, build_model_on_meta
+
+    report("build")
+    mesh = build_mesh(scenario)
+    model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
+    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    uncovered = materialize(model, target)
+    report("save")
+    rec = RecordingSavePlanner(trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(),
+                               scenario=scenario)
+    try:
+        md = dcp.save(model.state_dict(), checkpoint_id=checkpoint_dir, planner=rec)
+    except BaseException as exc:
+        exc.dcpviz_payload = {"record": rec.rank_record(), "uncovered": uncovered}
+        raise
+    rec.complete(md)
+    return {"record": rec.rank_record(), "uncovered": uncovered,
+            "device": str(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else str(target)}
+
+
+# -- the parent ------------------------------------------------------------------------------
+def run_save(
+    scenario: Scenario,
+    checkpoint_dir: str | os.PathLike[str],
+    planner: Any = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    start_method: str = "spawn",
+):
+    """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
+    ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
+    a RecordingSavePlanner. Returns a SaveResult: the plans (same tables as simulate_save) plus
+    ``storage``, ``files`` and ``storage_volume`` from the checkpoint written, and ``run_info``.
+    A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
+    processes are stopped and the port freed whatever happens (also on Ctrl-C)."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import SavePlanner
+
+    from ..results import SaveResult
+    from .planners import planner_factory
+
+    if not isinstance(scenario, Scenario):
+        raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
+    scenario, backend, device = resolve_device(scenario)
+    info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
+    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
+    root = _empty_dir(Path(checkpoint_dir)).resolve()
+    work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
+    try:
+        trace_path = work / "trace.json"
+        outcome = launch(save_job, scenario.world_size,
+                         (scenario, planner, str(root), str(trace_path), device),
+                         backend=backend, device=device, timeout=timeout, start_method=start_method)
+        base = read_trace(trace_path) if trace_path.is_file() else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    md = None
+    errors = list(outcome.errors)
+    if outcome.ok:
+        from ..checkpoint import read_metadata
+
+        md = read_metadata(root)
+    trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
+    result = SaveResult(trace, metadata=md)
+    result.run_info = outcome.info
+    return result
+
+
+def _rank_items(payloads: dict[int, dict[str, Any]], rank: int, key: str) -> list[PlannedItem] | None:
+    rec = (payloads.get(rank) or {}).get("record") or {}
+    return planned_items_from_plain(rec.get(key))
+
+
+def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
+                        payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
+                        root: Path, run: RunInfo) -> SaveTrace:
+    """The coordinator's trace, completed with every rank's own facts and the storage facts."""
+    from .. import __version__
+    from .simulate import _now, _torch_version, scenario_info
+
+    W = scenario.world_size
+    table = ItemTable()
+    notes = [
+        f"Real run: {W} processes, backend {run.backend}, device {run.device}, dcp.save into "
+        f"{root.name!r} through RecordingSavePlanner.",
+        "Local and final plans are each rank's own (reported by its recording planner); the global "
+        "plans and metadata are the coordinator's.",
+    ]
+    # Each rank's own local plan (exact BYTE_IO sizes); where a rank reported nothing, the plan
+    # the coordinator received.
+    local: list[PlanRecord | None] = []
+    byte_sizes: dict[int, dict[str, int]] = {}
+    for r in range(W):
+        own = _rank_items(payloads, r, "local")
+        rec = (payloads.get(r) or {}).get("record") or {}
+        byte_sizes[r] = rec.get("byte_sizes", {})
+        if own is not None:
+            local.append(PlanRecord(items=tuple(table.add(i) for i in own), usable=bool(rec.get("local_usable", True))))
+        elif base is not None and base.local_plans[r] is not None:
+            local.append(_remap(base, base.local_plans[r], table, {}))
+        else:
+            local.append(None)
+    if base is not None:
+        mismatched = [r for r in range(W) if local[r] is not None and base.local_plans[r] is not None
+                      and _keys(table.items, local[r]) != _keys(base.items, base.local_plans[r])]
+        if mismatched:
+            errors.append(ErrorRecord("record", None, "RecordingMismatch",
+                                      f"ranks {mismatched}: the local plan a rank made differs from the one the "
+                                      "coordinator received (a storage writer's prepare_local_plan changed it?)"))
+    global_plans = None
+    if base is not None and base.global_plans is not None:
+        global_plans = tuple(_remap(base, p, table, byte_sizes.get(r, {})) for r, p in enumerate(base.global_plans))
+    finals = [_rank_items(payloads, r, "final") for r in range(W)]
+    final_plans = None
+    if all(f is not None for f in finals):
+        final_plans = tuple(PlanRecord(items=tuple(table.add(i) for i in f)) for f in finals)
+    elif base is not None:
+        notes.append("Not every rank reached finish_plan: no final plans are shown.")
+    uncovered = sorted({n for p in payloads.values() for n in p.get("uncovered", [])})
+    if uncovered:
+        notes.append(
+            f"{len(uncovered)} tensors have no initialiser in the model (zero-filled): " + ", ".join(uncovered[:8])
+            + (" ..." if len(uncovered) > 8 else "")
+        )
+    if base is not None:
+        notes += [n for n in base.notes if n.startswith(("The coordinator rejected", "Some local plans"))]
+    metadata = base.metadata if base is not None else None
+    if md is not None:
+        metadata = metadata_info(md)
+        notes.append("Storage facts are from the checkpoint's .metadata, read with dcpviz's restricted unpickler.")
+        errors += _check_files(metadata, root)
+    timings = dict(base.timings) if base is not None else {}
+    timings["run_wall"] = run.wall_s
+    return SaveTrace(
+        scenario=scenario_info(scenario),
+        planner=base.planner if base is not None else info,
+        items=tuple(table.items),
+        local_plans=tuple(local),
+        global_plans=global_plans,
+        final_plans=final_plans,
+        metadata=metadata,
+        errors=tuple(errors),
+        global_plan_validated=base.global_plan_validated if base is not None else False,
+        timings=tuple(timings.items()),
+        notes=tuple(notes),
+        layouts=base.layouts if base is not None else (),
+        source="run",
+        torch_version=_torch_version(),
+        dcpviz_version=__version__,
+        created=_now(),
+    )
+
+
+def _remap(base: SaveTrace, plan: PlanRecord, table: ItemTable, sizes: dict[str, int]) -> PlanRecord:
+    """Move a plan of the coordinator's trace into ``table``, with this rank's BYTE_IO sizes."""
+    ids = []
+    for i in plan.items:
+        item = base.items[i]
+        if item.item_type == "BYTE_IO" and item.fqn in sizes:
+            item = dataclasses.replace(item, nbytes=int(sizes[item.fqn]))
+        ids.append(table.add(item))
+    return PlanRecord(items=tuple(ids), usable=plan.usable)
+
+
+def _keys(items: tuple[PlannedItem, ...] | list[PlannedItem], plan: PlanRecord) -> list[tuple]:
+    return [(items[i].fqn, items[i].item_type, items[i].offsets, items[i].sizes) for i in plan.items]
+
+
+def _check_files(metadata: Any, root: Path) -> list[ErrorRecord]:
+    """Storage facts against the disk: each file's size is the sum of the lengths stored in it."""
+    per_file: dict[str, int] = {}
+    for s in metadata.storage:
+        per_file[s.relative_path] = per_file.get(s.relative_path, 0) + s.length
+    out = []
+    for name, expect in sorted(per_file.items()):
+        path = root / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != expect:
+            out.append(ErrorRecord("storage", None, "StorageMismatch",
+                                   f"{name}: metadata records {expect} bytes, the file has "
+                                   f"{'none (missing)' if actual is None else actual}"))
+    return out

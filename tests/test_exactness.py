@@ -30,13 +30,14 @@ def _expected(model, recipe, mesh, names, rank):
     return plan_items(hand_state_dict(m, recipe, mesh, names, rank, llama=model != "mlp"), rank)
 
 
+@pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
 @pytest.mark.parametrize("model,recipe,mesh,names", CASES, ids=[f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}" for c in CASES])
-def test_every_rank_matches_hand_built_dtensors(model, recipe, mesh, names):
+def test_every_rank_matches_hand_built_dtensors(model, recipe, mesh, names, fast):
     W = 1
     for d in mesh:
         W *= d
     result = dcpviz.simulate_save(
-        dcpviz.Scenario(model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe=recipe)
+        dcpviz.Scenario(model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe=recipe), fast=fast
     )
     assert result.ok, result.errors
     for rank in range(W):
@@ -78,7 +79,9 @@ def test_hazard_is_caught_without_rebinding(monkeypatch):
 
     monkeypatch.setattr(statedict, "rebind_to_rank", lambda sd, rank: (sd, 0))
     mesh, names = (2, 4), ("replicate", "shard")
-    result = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=mesh, recipe="hsdp"))
+    # The per-rank path is where the hazard lives (the shortcut path builds each rank's DTensors
+    # without going through DTensor's dispatch).
+    result = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=mesh, recipe="hsdp"), fast=False)
     mismatched = [r for r in range(8) if trace_items(result, r) != _expected("mlp", "hsdp", mesh, names, r)]
     assert mismatched, "the hazard went unnoticed"
     # ...and DCP's own validation sees the damage too.

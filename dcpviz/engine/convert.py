@@ -43,7 +43,8 @@ def dtype_from_str(name: str) -> torch.dtype:
 
 
 def _box(seq: Any) -> tuple[int, ...]:
-    return tuple(int(v) for v in seq)
+    # torch.Size is a tuple of Python ints already; tuple() is all it needs (hot at scale).
+    return seq if type(seq) is tuple else tuple(seq)
 
 
 def planner_info(planner: Any, default_cls: type) -> PlannerInfo:
@@ -109,11 +110,41 @@ def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> Pla
     )
 
 
-def save_plan_record(plan: SavePlan, table: ItemTable, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
-    return PlanRecord(
-        items=tuple(table.add(planned_item(wi, byte_sizes)) for wi in plan.items),
-        usable=bool(getattr(plan, "usable", True)),
-    )
+class PlanConverter:
+    """SavePlans -> PlanRecords, interning items in one ItemTable.
+
+    At thousands of ranks most work is repeated: ranks share local plan objects, and the
+    coordinator's items reuse the local items' ``tensor_data`` objects. Both are memoised by
+    identity (the plans stay alive while converting, so ids are not reused).
+    """
+
+    def __init__(self) -> None:
+        self.table = ItemTable()
+        self._plans: dict[int, PlanRecord] = {}
+        self._items: dict[tuple, int] = {}
+
+    def record(self, plan: SavePlan, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
+        hit = self._plans.get(id(plan))
+        if hit is not None:
+            return hit
+        ids = []
+        for wi in plan.items:
+            td = wi.tensor_data
+            off = wi.index.offset
+            key = (id(td), wi.index.fqn, wi.type, tuple(off) if off is not None else None) if td is not None else None
+            idx = self._items.get(key) if key is not None else None
+            if idx is None:
+                idx = self.table.add(planned_item(wi, byte_sizes))
+                if key is not None:
+                    self._items[key] = idx
+            ids.append(idx)
+        rec = PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
+        self._plans[id(plan)] = rec
+        return rec
+
+    @property
+    def items(self) -> list[PlannedItem]:
+        return self.table.items
 
 
 def metadata_info(md: Metadata) -> MetadataInfo:
@@ -231,3 +262,4 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
                 )
             )
     return tuple(out)
+

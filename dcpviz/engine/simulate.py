@@ -4,6 +4,7 @@ For each rank r: that rank's fake world, its real sharded state dict (meta tenso
 planner, ``set_up_planner`` + ``create_local_plan``. Then the coordinator's
 ``create_global_plan`` over all local plans (dedup, metadata, validation), then each rank's
 ``finish_plan``, in the order ``dcp.save`` calls them. Failures are recorded, not raised.
+At scale, ``fastpath`` shortcuts (exact for DCP's default planner) avoid repeated work.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import time
+from contextlib import nullcontext
 from typing import Any
 
+import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItemType
 
 from .. import __version__
+from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
-from .convert import ItemTable, metadata_info, planner_info, save_plan_record, tensor_layouts
+from . import fastpath
+from .convert import PlanConverter, metadata_info, planner_info, tensor_layouts
 from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from .statedict import rank_state_dict
 from .world import fake_world
@@ -28,13 +33,8 @@ from .world import fake_world
 def scenario_info(scenario: Scenario) -> ScenarioInfo:
     d = scenario.describe()
     return ScenarioInfo(
-        model=d["model"],
-        world_size=d["world_size"],
-        mesh=tuple(d["mesh"]),
-        mesh_dim_names=tuple(d["mesh_dim_names"]),
-        recipe=d["recipe"],
-        dtype=d["dtype"],
-        device=d["device"],
+        model=d["model"], world_size=d["world_size"], mesh=tuple(d["mesh"]),
+        mesh_dim_names=tuple(d["mesh_dim_names"]), recipe=d["recipe"], dtype=d["dtype"], device=d["device"],
     )
 
 
@@ -73,10 +73,17 @@ def unvalidated_global_plan(planner: Any, local_plans: list[SavePlan]) -> tuple[
     if not isinstance(planner, DefaultSavePlanner):
         return None
     try:
-        deduped = planner._dedup_save_plans(local_plans)
-        return create_default_global_save_plan(deduped)
+        return create_default_global_save_plan(planner._dedup_save_plans(local_plans))
     except Exception:
         return None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] = self.totals.get(name, 0.0) + seconds
 
 
 def simulate_save(
@@ -84,58 +91,101 @@ def simulate_save(
     planner: Any = None,
     *,
     progress: bool | None = None,
+    fast: bool | None = None,
 ):
-    """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult."""
+    """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
+
+    ``planner``: a SavePlanner instance (copied per rank), class, or factory; default
+    ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
+    ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
+    trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
+    the planner on every rank.
+    """
     from ..results import SaveResult
 
     if not isinstance(scenario, Scenario):
-        from ..errors import DcpvizError
-
         raise DcpvizError(f"simulate_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
     make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
     W = scenario.world_size
-    timings: dict[str, float] = {}
+    timer = _Timer()
     errors: list[ErrorRecord] = []
     notes: list[str] = []
-    table = ItemTable()
-    planners: list[Any] = [None] * W
-    local: list[SavePlan | None] = [None] * W
-    local_records: list[PlanRecord | None] = [None] * W
-    sizes: list[dict[str, int]] = [{} for _ in range(W)]
-    rebound = 0
-    layouts: tuple = ()
-    t_build = t_local = 0.0
-    info = None
-    bar = progress_bar(W, "local plans", progress)
+    conv = PlanConverter()
+    t_start = time.perf_counter()
+
     with isolated_plan_cache():
-        for r in range(W):
+        probe = make_planner()
+        info = planner_info(probe, DefaultSavePlanner)
+        template = None
+        rebound = 0
+        # The recipe runs once and other ranks get rank 0's state dict rebound, when the recipe
+        # is known to be SPMD (the named ones are); a user's recipe runs on every rank unless
+        # fast=True.
+        if fast is True or (fast is None and isinstance(scenario.recipe, str)):
+            t0 = time.perf_counter()
+            template, rebound = fastpath.template_state_dict(scenario, notes, check=not isinstance(scenario.recipe, str))
+            timer.add("build_state_dicts", time.perf_counter() - t0)
+        rep_of = {r: r for r in range(W)}
+        shortcuts = template is not None and fastpath.can_share_plans(probe)
+        if shortcuts:
+            dims = fastpath.mattering_dims(template, tuple(scenario.mesh_dim_names or ()))
+            rep_of = fastpath.plan_classes(scenario, dims)
+        reps = sorted(set(rep_of.values()))
+        if len(reps) < W:
+            notes.append(
+                f"{len(reps)} representative ranks planned for {W}: ranks that differ only along mesh dims "
+                "where every DTensor is replicated share DCP's default local plan (exact; see engine/fastpath.py)."
+            )
+
+        planners: dict[int, Any] = {}
+        local_by_rep: dict[int, SavePlan] = {}
+        sizes_by_rep: dict[int, dict[str, int]] = {}
+        layouts: tuple = ()
+
+        def plan_rank(r: int) -> tuple[SavePlan | None, dict[str, int], ErrorRecord | None, tuple, int, float, float]:
+            """One rank's local step, as dcp.save runs it."""
             with fake_world(r, W):
                 t0 = time.perf_counter()
-                state_dict, n = rank_state_dict(scenario, r)
-                rebound += n
-                if r == 0:
-                    layouts = tensor_layouts(state_dict)
+                n = 0
+                if template is not None:
+                    state_dict = fastpath.rank_view(template, r, {})
+                else:
+                    state_dict, n = rank_state_dict(scenario, r)
+                lay = tensor_layouts(state_dict) if r == 0 else ()
                 t1 = time.perf_counter()
                 p = make_planner()
-                if info is None:
-                    info = planner_info(p, DefaultSavePlanner)
                 planners[r] = p
                 try:
-                    set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
-                    plan = p.create_local_plan()
-                    local[r] = plan
-                    sizes[r] = byte_item_sizes(p, plan)
-                    local_records[r] = save_plan_record(plan, table, sizes[r])
+                    # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
+                    with torch.no_grad(), (fastpath.memoized_local_shapes() if shortcuts else nullcontext()):
+                        set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+                        plan = p.create_local_plan()
+                    return plan, byte_item_sizes(p, plan), None, lay, n, t1 - t0, time.perf_counter() - t1
                 except Exception as exc:  # a planner failure is data
-                    errors.append(error_record("local", r, exc))
-                t_build += t1 - t0
-                t_local += time.perf_counter() - t1
+                    return None, {}, error_record("local", r, exc), lay, n, t1 - t0, time.perf_counter() - t1
+
+        bar = progress_bar(len(reps), "local plans", progress)
+        for r in reps:
+            plan, sizes, err, lay, n, t_build, t_plan = plan_rank(r)
             if bar is not None:
                 bar.update(1)
+            rebound += n
+            timer.add("build_state_dicts", t_build)
+            timer.add("local_plans", t_plan)
+            if lay:
+                layouts = lay
+            if err is not None:
+                errors.append(err)
+                continue
+            local_by_rep[r] = plan
+            sizes_by_rep[r] = sizes
+            t0 = time.perf_counter()
+            conv.record(plan, sizes)
+            timer.add("convert", time.perf_counter() - t0)
         if bar is not None:
             bar.close()
-        timings["build_state_dicts"] = t_build
-        timings["local_plans"] = t_local
+        local: list[SavePlan | None] = [local_by_rep.get(rep_of[r]) for r in range(W)]
+        local_records: list[PlanRecord | None] = [conv.record(p) if p is not None else None for p in local]
 
         global_records = final_records = None
         md = None
@@ -148,8 +198,8 @@ def simulate_save(
                 except Exception as exc:
                     errors.append(error_record("global", None, exc))
                     validated = False
-                    fallback = unvalidated_global_plan(planners[0], list(local))
                     global_plans = None
+                    fallback = unvalidated_global_plan(planners[0], list(local))
                     if fallback is not None:
                         global_plans, md = fallback
                         notes.append(
@@ -157,25 +207,32 @@ def simulate_save(
                             "shown are DCP's dedup + create_default_global_save_plan output before "
                             "validation (what was planned so far)."
                         )
-            timings["global_plan"] = time.perf_counter() - t0
+            timer.add("global_plan", time.perf_counter() - t0)
             if global_plans is not None:
+                t0 = time.perf_counter()
                 # BYTE_IO sizes follow each item to the rank that writes it (as in run_save).
                 global_records = tuple(
-                    save_plan_record(p, table, sizes[r]) for r, p in enumerate(global_plans)
+                    conv.record(p, sizes_by_rep.get(rep_of[r])) for r, p in enumerate(global_plans)
                 )
+                timer.add("convert", time.perf_counter() - t0)
             if validated and global_plans is not None:
                 t0 = time.perf_counter()
                 finals: list[PlanRecord] = []
                 for r in range(W):
-                    with fake_world(r, W):
-                        try:
-                            final = planners[r].finish_plan(global_plans[r])
-                            finals.append(save_plan_record(final, table, sizes[r]))
-                        except Exception as exc:
-                            errors.append(error_record("finish", r, exc))
-                            finals.append(PlanRecord(items=(), usable=False))
+                    try:
+                        if len(reps) < W:
+                            # Shared planners: DefaultSavePlanner.finish_plan returns the plan
+                            # it is given; no per-rank world needed.
+                            final = planners[rep_of[r]].finish_plan(global_plans[r])
+                        else:
+                            with fake_world(r, W):
+                                final = planners[r].finish_plan(global_plans[r])
+                        finals.append(conv.record(final, sizes_by_rep.get(rep_of[r])))
+                    except Exception as exc:
+                        errors.append(error_record("finish", r, exc))
+                        finals.append(PlanRecord(items=(), usable=False))
                 final_records = tuple(finals)
-                timings["finish_plans"] = time.perf_counter() - t0
+                timer.add("finish_plans", time.perf_counter() - t0)
         else:
             notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
 
@@ -184,18 +241,21 @@ def simulate_save(
             f"{rebound} DTensors came back from DTensor's dispatch cache with another rank's mesh "
             "and were rebound to their own rank's mesh (one-process simulation hazard)."
         )
-    timings["total"] = sum(timings.values())
+    t0 = time.perf_counter()
+    md_info = metadata_info(md) if md is not None else None
+    timer.add("convert", time.perf_counter() - t0)
+    timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
         scenario=scenario_info(scenario),
         planner=info,
-        items=tuple(table.items),
+        items=tuple(conv.items),
         local_plans=tuple(local_records),
         global_plans=global_records,
         final_plans=final_records,
-        metadata=metadata_info(md) if md is not None else None,
+        metadata=md_info,
         errors=tuple(errors),
         global_plan_validated=validated,
-        timings=tuple(timings.items()),
+        timings=tuple(timer.totals.items()),
         notes=tuple(notes),
         layouts=layouts,
         source="simulate",
@@ -214,4 +274,3 @@ def _torch_version() -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-

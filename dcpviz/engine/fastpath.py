@@ -1,0 +1,169 @@
+"""Shortcuts that make simulating thousands of ranks cheap, each exact for DCP's default planner.
+
+1. One recipe run, many ranks. Recipes are SPMD: every rank calls ``fully_shard`` /
+   ``parallelize_module`` with the same arguments and gets DTensors that differ only in the
+   rank they sit on. So the recipe runs once (rank 0's world) and each other rank's state dict
+   is that template rebound to the rank's own mesh (the same repair ``world.rebind_to_rank``
+   applies to the dispatch-cache hazard), with local tensors of the rank's own local shape.
+   Checked, not assumed: the real recipe also runs on sample ranks (the last, a middle one),
+   and any difference in keys, placements, meshes, shapes or dtypes falls back to the full path.
+2. One plan per class of ranks. DCP's default local plan for a DTensor depends only on the
+   rank's coordinates along mesh dims whose placement is not ``Replicate``
+   (``compute_local_shape_and_global_offset`` skips replicated dims), and plain tensors and
+   bytes are planned identically on every rank. Ranks whose coordinates agree on every dim that
+   matters to some DTensor therefore have identical local plans: one representative is planned
+   and its plan object shared. Only for ``DefaultSavePlanner`` itself without plan caching; any
+   other planner gets every rank planned.
+3. One offset computation per distinct question (``memoized_local_shapes``), same condition.
+
+``tests/test_fastpath.py`` compares both shortcuts with the full per-rank path on several layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..scenario import Scenario
+from .statedict import rank_state_dict
+from .world import fake_world
+
+
+def spec_signature(state_dict: dict[str, Any]) -> tuple:
+    """Everything about a state dict that must not depend on the rank for the template to hold."""
+    from torch.distributed.tensor import DTensor
+
+    sig = []
+    for key, value in state_dict.items():
+        if isinstance(value, DTensor):
+            mesh = value.device_mesh
+            sig.append(
+                (key, "dtensor", tuple(value.shape), str(value.dtype), tuple(repr(p) for p in value.placements),
+                 tuple(mesh.mesh_dim_names or ()), tuple(mesh._flatten_rank_map), str(mesh._layout))
+            )
+        elif isinstance(value, torch.Tensor):
+            sig.append((key, "tensor", tuple(value.shape), str(value.dtype)))
+        else:
+            sig.append((key, type(value).__name__))
+    return tuple(sig)
+
+
+def sample_ranks(world_size: int) -> list[int]:
+    return sorted({world_size - 1, world_size // 2} - {0})
+
+
+def template_state_dict(
+    scenario: Scenario, progress_note: list[str], check: bool = True
+) -> tuple[dict[str, Any] | None, int]:
+    """Rank 0's real state dict; with ``check``, only if the recipe gives the same specs on
+    the sample ranks (None otherwise). The named recipes are SPMD by construction and skip it."""
+    W = scenario.world_size
+    with fake_world(0, W):
+        template, rebound = rank_state_dict(scenario, 0)
+        signature = spec_signature(template)
+    for r in sample_ranks(W) if check else ():
+        with fake_world(r, W):
+            sd, n = rank_state_dict(scenario, r)
+            rebound += n
+            if spec_signature(sd) != signature:
+                progress_note.append(
+                    f"rank {r}'s state dict differs from rank 0's (keys, placements, meshes or shapes): "
+                    "the recipe is not SPMD, so every rank ran the recipe itself."
+                )
+                return None, rebound
+    return template, rebound
+
+
+def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -> dict[str, Any]:
+    """The template as rank ``rank`` holds it: each DTensor on the rank's mesh, with a local
+    tensor of the rank's local shape. Call inside ``fake_world(rank, W)``."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._dtensor_spec import DTensorSpec
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from .world import _rank_mesh
+
+    out: dict[str, Any] = {}
+    # Layers repeat: many DTensors share (shape, dtype, placements, mesh), so they share the
+    # (immutable) spec and the storage-less local tensor too.
+    shared: dict[tuple, tuple[torch.Tensor, DTensorSpec]] = {}
+    for key, value in template.items():
+        if isinstance(value, DTensor):
+            spec = value._spec
+            mesh = _rank_mesh(spec.mesh, rank, mesh_cache)
+            lk = (spec.tensor_meta, spec.placements, id(mesh), value._local_tensor.device)
+            hit = shared.get(lk)
+            if hit is None:
+                local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements, skip_offset=True)
+                local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
+                hit = shared[lk] = (local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta))
+            out[key] = DTensor(hit[0], hit[1], requires_grad=False)
+        else:
+            out[key] = value
+    return out
+
+
+def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Root mesh dims along which some DTensor is not replicated (all dims if unsure)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    dims: set[int] = set()
+    for value in template.values():
+        if not isinstance(value, DTensor):
+            continue
+        names = value.device_mesh.mesh_dim_names
+        for i, p in enumerate(value.placements):
+            if isinstance(p, Replicate):
+                continue
+            if names is None or names[i] not in root_names:
+                return tuple(range(len(root_names)))  # a flattened or unnamed dim: no shortcut
+            dims.add(root_names.index(names[i]))
+    return tuple(sorted(dims))
+
+
+def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
+    """rank -> the lowest rank with the same coordinates on ``dims`` (its representative)."""
+    reps: dict[tuple[int, ...], int] = {}
+    out = {}
+    for r in range(scenario.world_size):
+        c = scenario.coordinate(r)
+        key = tuple(c[d] for d in dims)
+        out[r] = reps.setdefault(key, r)
+    return out
+
+
+def can_share_plans(planner: Any) -> bool:
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)
+
+
+@contextmanager
+def memoized_local_shapes() -> Iterator[dict]:
+    """Memoise DTensor's ``compute_local_shape_and_global_offset`` where DCP's planner calls it.
+
+    It is a pure function of the global shape, the mesh's shape, this rank's coordinate and
+    the placements; the planner asks it once per tensor per rank, and 80 layers ask the same
+    question 80 times. For ``_StridedShard`` (FSDP over TP) each answer costs DTensor ~0.4 ms of
+    index arithmetic. Every answer handed out was computed by DTensor itself for the same inputs.
+    """
+    from torch.distributed.checkpoint import planner_helpers
+
+    original = planner_helpers.compute_local_shape_and_global_offset
+    cache: dict = {}
+
+    def memo(global_shape, mesh, placements, skip_offset: bool = False):
+        key = (tuple(global_shape), tuple(mesh.shape), mesh.get_coordinate(), tuple(placements), skip_offset)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = original(global_shape, mesh, placements, skip_offset=skip_offset)
+        return hit
+
+    planner_helpers.compute_local_shape_and_global_offset = memo
+    try:
+        yield cache
+    finally:
+        planner_helpers.compute_local_shape_and_global_offset = original

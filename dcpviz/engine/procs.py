@@ -73,10 +73,12 @@ def error_dicts(exc: BaseException, rank: int, phase: str) -> list[dict[str, Any
     from torch.distributed.checkpoint.api import CheckpointException
 
     if isinstance(exc, CheckpointException) and exc.failures:
+        # DCP's step name ('plan' for the local/global planning round, 'write' for writing).
+        step = exc.args[0] if exc.args and isinstance(exc.args[0], str) else phase
         out = []
         for r, pair in sorted(exc.failures.items()):
             inner, tb = pair if isinstance(pair, tuple) else (pair, None)
-            out.append({"phase": phase, "rank": int(r), "exc_type": type(inner).__name__,
+            out.append({"phase": step, "rank": int(r), "exc_type": type(inner).__name__,
                         "message": f"{inner}{_where(tb)}"})
         return out
     return [{"phase": phase, "rank": rank, "exc_type": type(exc).__name__,

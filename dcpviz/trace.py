@@ -230,13 +230,33 @@ def trace_to_dict(trace: Trace) -> dict[str, Any]:
     return {"schema": SCHEMA, "version": VERSION, "kind": trace.kind, "trace": to_plain(trace)}
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """json's hook for a dataclass: its fields, one level (the C encoder does the rest)."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            raise TypeError(f"{type(obj).__name__} is not JSON-safe")
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    return {n: getattr(obj, n) for n in names}
+
+
+def trace_json(trace: Trace) -> str:
+    """The JSON text of ``trace_to_dict(trace)``, built by json's C encoder (a trace of a
+    1000-rank job holds ~10^6 small records: this is several times faster than to_plain + dump)."""
+    doc = {"schema": SCHEMA, "version": VERSION, "kind": trace.kind, "trace": trace}
+    return json.dumps(doc, separators=(",", ":"), default=_shallow)
+
+
 def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """Write ``trace`` as JSON; the file is replaced atomically so a crash never leaves half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(trace_to_dict(trace), fh, separators=(",", ":"))
+        fh.write(trace_json(trace))
     os.replace(tmp, path)
     return path
 

@@ -26,8 +26,8 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
 from ..errors import DcpvizError
-from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
-from .convert import ItemTable, metadata_info, planned_item, planner_info, tensor_layouts
+from ..trace import ErrorRecord, PlannedItem, SaveTrace, ScenarioInfo, write_trace
+from .convert import PlanConverter, metadata_info, planned_item, planner_info, tensor_layouts
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -322,22 +322,13 @@ class RecordingSavePlanner(SavePlanner):
         from .simulate import _now, _torch_version
 
         W = len(all_plans)
-        table = ItemTable()
+        # Memoised on tensor_data identity: the global plans reuse the local plans' items.
+        conv = PlanConverter()
         own = self._byte_sizes
-        others_bytes = 0
-
-        def record(plan: SavePlan, r: int) -> PlanRecord:
-            nonlocal others_bytes
-            ids = []
-            for wi in plan.items:
-                item = planned_item(wi, own)
-                if wi.type == WriteItemType.BYTE_IO and r != self._rank:
-                    others_bytes += 1
-                ids.append(table.add(item))
-            return PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
-
-        local = tuple(record(p, r) for r, p in enumerate(all_plans))
-        global_records = tuple(record(p, r) for r, p in enumerate(global_plans)) if global_plans is not None else None
+        local = tuple(conv.record(p, own) for p in all_plans)
+        global_records = tuple(conv.record(p, own) for p in global_plans) if global_plans is not None else None
+        others_bytes = sum(1 for r, p in enumerate(all_plans) if r != self._rank
+                           for wi in p.items if wi.type == WriteItemType.BYTE_IO)
         if self._scenario is not None:
             scenario, inferred_notes = self._scenario, []
         else:
@@ -370,7 +361,7 @@ class RecordingSavePlanner(SavePlanner):
         return SaveTrace(
             scenario=scenario,
             planner=self._planner_info,
-            items=tuple(table.items),
+            items=tuple(conv.items),
             local_plans=local,
             global_plans=global_records,
             final_plans=None,

@@ -101,8 +101,9 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
         exc.dcpviz_payload = {"record": rec.rank_record(), "uncovered": uncovered}
         raise
     rec.complete(md)
+    first = next(iter(model.parameters()), None)
     return {"record": rec.rank_record(), "uncovered": uncovered,
-            "device": str(next(iter(model.parameters())).device) if any(True for _ in model.parameters()) else str(target)}
+            "device": str(first.device if first is not None else target)}
 
 
 # -- the parent ------------------------------------------------------------------------------
@@ -203,6 +204,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         final_plans = tuple(PlanRecord(items=tuple(table.add(i) for i in f)) for f in finals)
     elif base is not None:
         notes.append("Not every rank reached finish_plan: no final plans are shown.")
+    devices = sorted({p["device"] for p in payloads.values() if p.get("device")})
+    if devices:
+        notes.append(f"Parameters lived on {', '.join(devices)} while saving.")
     uncovered = sorted({n for p in payloads.values() for n in p.get("uncovered", [])})
     if uncovered:
         notes.append(

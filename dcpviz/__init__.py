@@ -9,6 +9,7 @@
 __version__ = "0.1.0"
 
 from .engine.simulate import simulate_save
+from .engine.statedict import as_rank
 from .errors import DcpvizError
 from .report import report
 from .results import LoadResult, SaveResult, load_trace
@@ -19,6 +20,7 @@ __all__ = [
     "DcpvizError",
     "LoadResult",
     "SaveResult",
+    "as_rank",
     "Scenario",
     "__version__",
     "explore",

@@ -96,6 +96,13 @@ class SaveResult:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         return write_trace(self.trace, path)
 
+    def _repr_html_(self) -> str:
+        from .report import summary_rows
+
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in summary_rows(self.summary))
+        errors = "".join(f"<div style='color:#b00020'>{e}</div>" for e in self.errors)
+        return f"<div><b>dcpviz SaveResult</b><table>{rows}</table>{errors}</div>"
+
     def __repr__(self) -> str:
         s = self.summary
         status = "valid" if s["validated"] else f"{s['errors']} error(s)"

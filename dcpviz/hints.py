@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from .trace import LoadTrace, MismatchRecord
 
 WRAPPER_PREFIXES = {
@@ -359,3 +361,14 @@ def compute_hints(trace: LoadTrace) -> list[Hint]:
     hints += _dtype_hints(list(dtypes.values()))
     hints += _leftover_hints(missing, unexpected, partial)
     return hints
+
+
+HINT_COLUMNS = ["kind", "title", "detail", "fix", "keys", "mapping"]
+
+
+def hints_table(hints: list[Hint]) -> pd.DataFrame:
+    """The hints as a DataFrame (one row per hint, most likely first): ``keys`` is how many keys
+    the hint explains, ``mapping`` the rename as a dict (empty when the fix is not a rename)."""
+    return pd.DataFrame(
+        [(h.kind, h.title, h.detail, h.fix, len(h.keys), h.rename) for h in hints], columns=HINT_COLUMNS
+    )

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from . import load_tables, tables
-from .hints import Hint, compute_hints
+from .hints import Hint, compute_hints, hints_table
 from .trace import LoadTrace, SaveTrace, read_trace, write_trace
 
 
@@ -124,7 +124,13 @@ class LoadResult:
 
     @cached_property
     def hints(self) -> list[Hint]:
+        """Likely causes of the mismatches, most likely first, each with its fix."""
         return compute_hints(self.trace)
+
+    @cached_property
+    def hints_table(self) -> pd.DataFrame:
+        """``hints`` as a DataFrame: kind, title, detail, fix, keys (count), mapping."""
+        return hints_table(self.hints)
 
     @cached_property
     def summary(self) -> dict[str, Any]:

@@ -84,6 +84,9 @@ def test_torch_compile_prefix_lists_every_key_on_every_rank(mlp_fsdp4):
     assert h.rename == {"_orig_mod." + k: k for k in plain}
     assert 'removeprefix("_orig_mod.")' in h.fix and "get_model_state_dict" in h.fix
     assert len(load.hints) == 1  # the prefix explains everything
+    table = load.hints_table
+    assert table.loc[0, "kind"] == "prefix" and table.loc[0, "keys"] == len(plain)
+    assert table.loc[0, "mapping"] == h.rename
 
 
 def test_ddp_prefix_in_the_checkpoint(mlp_fsdp4):

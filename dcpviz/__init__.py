@@ -4,11 +4,14 @@
     sc = dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
     save = dcpviz.simulate_save(sc)
     save.write_items, save.dedup, save.rank_volume, save.chunks
+    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
+    load.read_items, load.mismatches, load.hints, load.rank_volume
 """
 
 __version__ = "0.1.0"
 
 from .engine.simulate import simulate_save
+from .engine.simulate_load import simulate_load
 from .engine.statedict import as_rank
 from .errors import DcpvizError
 from .report import report
@@ -26,5 +29,6 @@ __all__ = [
     "explore",
     "load_trace",
     "report",
+    "simulate_load",
     "simulate_save",
 ]

@@ -58,7 +58,9 @@ def lab(tmp_path_factory):
     # scrolled out of view, so the explorer could be absent from the DOM) and no news pop-up.
     settings = root / "settings"
     (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none", "autoStartDefaultKernel": true}'
+    )
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env = dict(
@@ -110,8 +112,16 @@ def test_tour_explorer_renders_and_updates(lab):
         try:
             page.goto(f"{base}/lab/tree/01_tour.ipynb?token={token}", timeout=120_000)
             page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
+            # If JupyterLab still asks which kernel to start, take the default (Python 3).
+            select = page.locator(".jp-Dialog .jp-mod-accept", has_text="Select")
+            try:
+                select.wait_for(timeout=10_000)
+                select.click()
+            except Exception:
+                pass
             # Wait for the kernel, then Run > Run All Cells.
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
+            expect(page.locator(".jp-Toolbar-kernelName").first).to_contain_text("Python", timeout=60_000)
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
 

@@ -26,14 +26,15 @@ def _meta_model(name):
         return PRESETS[name]()
 
 
+@pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
 @pytest.mark.parametrize("model,s_recipe,s_mesh,s_names,t_recipe,t_mesh,t_names", CASES, ids=IDS)
-def test_every_target_rank_reads_what_dcp_plans(model, s_recipe, s_mesh, s_names, t_recipe, t_mesh, t_names):
+def test_every_target_rank_reads_what_dcp_plans(model, s_recipe, s_mesh, s_names, t_recipe, t_mesh, t_names, fast):
     llama = model != "mlp"
     save = dcpviz.simulate_save(dcpviz.Scenario(
-        model=model, world_size=math.prod(s_mesh), mesh=s_mesh, mesh_dim_names=s_names, recipe=s_recipe))
+        model=model, world_size=math.prod(s_mesh), mesh=s_mesh, mesh_dim_names=s_names, recipe=s_recipe), fast=fast)
     W = math.prod(t_mesh)
     load = dcpviz.simulate_load(save, dcpviz.Scenario(
-        model=model, world_size=W, mesh=t_mesh, mesh_dim_names=t_names, recipe=t_recipe))
+        model=model, world_size=W, mesh=t_mesh, mesh_dim_names=t_names, recipe=t_recipe), fast=fast)
     assert load.ok, load.errors
     assert len(load.mismatches) == 0
     md = hand_metadata(_meta_model(model), s_recipe, s_mesh, s_names, llama)
@@ -104,7 +105,8 @@ def test_comparison_catches_the_one_process_hazard(monkeypatch):
 
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
     monkeypatch.setattr(statedict, "rebind_to_rank", lambda sd, rank: (sd, 0))
-    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
+    # The per-rank path is where the hazard lives (shortcuts build DTensors without dispatch).
+    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"), fast=False)
     md = hand_metadata(_meta_model("mlp"), "hsdp", (2, 4), ("replicate", "shard"), False)
     m = _meta_model("mlp")
     wrong = [

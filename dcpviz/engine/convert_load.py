@@ -14,7 +14,7 @@ from .convert import ItemTable, dtype_str
 
 
 def _box(seq: Any) -> tuple[int, ...]:
-    return tuple(int(v) for v in seq)
+    return seq if type(seq) is tuple else tuple(seq)  # torch.Size holds Python ints already
 
 
 def saved_itemsizes(md: Metadata) -> dict[str, int]:
@@ -44,8 +44,16 @@ def read_record(ri: ReadItem, itemsizes: dict[str, int]) -> ReadRecord:
     )
 
 
-def load_plan_record(plan: LoadPlan, table: ItemTable, itemsizes: dict[str, int]) -> PlanRecord:
-    return PlanRecord(items=tuple(table.add(read_record(ri, itemsizes)) for ri in plan.items))
+def load_plan_record(
+    plan: LoadPlan, table: ItemTable, itemsizes: dict[str, int], memo: dict[int, PlanRecord] | None = None
+) -> PlanRecord:
+    """``memo`` (by plan identity) spares re-converting a plan object shared by many ranks."""
+    if memo is not None and id(plan) in memo:
+        return memo[id(plan)]
+    rec = PlanRecord(items=tuple(table.add(read_record(ri, itemsizes)) for ri in plan.items))
+    if memo is not None:
+        memo[id(plan)] = rec
+    return rec
 
 
 def target_value(fqn: str, value: Any) -> TargetValue:

@@ -12,6 +12,7 @@ rank is collected besides (see ``mismatch.py``).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -21,6 +22,7 @@ from .. import __version__
 from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, LoadTrace, PlanRecord, TargetValue
+from . import fastpath
 from .convert import ItemTable, planner_info
 from .convert_load import load_plan_record, saved_itemsizes, target_value
 from .mismatch import MismatchCollector, dcp_key_messages
@@ -102,12 +104,15 @@ def simulate_load(
     planner: Any = None,
     *,
     progress: bool | None = None,
+    fast: bool | None = None,
 ):
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
     ``saved``: a SaveResult, a save-trace file, a checkpoint directory (only its metadata is
     read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
     (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
+    ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
+    plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
     Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
     """
     from ..results import LoadResult
@@ -133,33 +138,64 @@ def simulate_load(
     notes: list[str] = list(ck.notes)
     t_build = t_local = t_check = 0.0
     rebound = 0
-    info = None
-    bar = progress_bar(W, "load plans", progress)
+    info = planner_info(make_planner(), DefaultLoadPlanner)
+    template = None
+    t0 = time.perf_counter()
+    if fast is True or (fast is None and isinstance(sim.recipe, str)):
+        template, rebound = fastpath.template_state_dict(sim, notes, check=not isinstance(sim.recipe, str))
+    t_build += time.perf_counter() - t0
+    # DCP's default load plan for a rank depends on its local chunks (its coordinates along
+    # non-replicated dims) and the metadata, not on the rank itself: one plan per class.
+    shortcuts = template is not None and info.is_dcp_default
+    rep_of = {r: r for r in range(W)}
+    if shortcuts:
+        rep_of = fastpath.plan_classes(sim, fastpath.mattering_dims(template, tuple(sim.mesh_dim_names or ())))
+        n_reps = len(set(rep_of.values()))
+        if n_reps < W:
+            notes.append(
+                f"{n_reps} representative ranks planned for {W}: ranks that differ only along mesh dims "
+                "where every DTensor is replicated share DCP's default load plan (exact; see engine/fastpath.py)."
+            )
+    plan_memo: dict[int, PlanRecord] = {}
+    per_rep: dict[int, tuple] = {}  # rep -> (values, wanted ids, messages, renames, read_dest)
+    bar = progress_bar(len(set(rep_of.values())), "load plans", progress)
     with _DerivedVersionGuard():
         for r in range(W):
+            rep = rep_of[r]
+            if rep != r:  # same plan and the same keys as its representative
+                local[r], local_records[r], planners[r] = local[rep], local_records[rep], planners[rep]
+                values, wanted_ids, messages, renames, read_dest = per_rep[rep]
+                wanted_by_rank.append(wanted_ids)
+                t2 = time.perf_counter()
+                collector.add_rank(r, values, md, messages, renames, read_dest)
+                t_check += time.perf_counter() - t2
+                continue
             with fake_world(r, W):
                 t0 = time.perf_counter()
-                state_dict, n = rank_state_dict(sim, r)
-                rebound += n
+                if template is not None:
+                    state_dict = fastpath.rank_view(template, r, {})
+                else:
+                    state_dict, n = rank_state_dict(sim, r)
+                    rebound += n
                 state_dict = to_storageless(state_dict, mode)
                 t1 = time.perf_counter()
                 p = make_planner()
-                if info is None:
-                    info = planner_info(p, DefaultLoadPlanner)
                 planners[r] = p
                 failed = False
                 try:
-                    p.set_up_planner(state_dict, md, r == 0)
-                    plan = p.create_local_plan()
+                    with fastpath.memoized_local_shapes() if shortcuts else nullcontext():
+                        p.set_up_planner(state_dict, md, r == 0)
+                        plan = p.create_local_plan()
                     local[r] = plan
-                    local_records[r] = load_plan_record(plan, reads, itemsizes)
+                    local_records[r] = load_plan_record(plan, reads, itemsizes, plan_memo)
                 except Exception as exc:  # a planner failure is data
                     errors.append(error_record("local", r, exc))
                     failed = True
                 t2 = time.perf_counter()
                 flat = planner_view(p, state_dict)
                 values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
-                wanted_by_rank.append(tuple(wanted.add(tv) for tv in values))
+                wanted_ids = tuple(wanted.add(tv) for tv in values)
+                wanted_by_rank.append(wanted_ids)
                 wanted_fqns.update(flat)
                 renames, read_dest, read_src = _plan_renames(local[r])
                 read_storage_fqns |= read_src
@@ -168,6 +204,7 @@ def simulate_load(
                     strict = not bool(getattr(p, "allow_partial_load", False))
                     messages = dcp_key_messages(flat, md, strict)
                 collector.add_rank(r, values, md, messages, renames, read_dest)
+                per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
                 t_build += t1 - t0
                 t_local += t2 - t1
                 t_check += time.perf_counter() - t2
@@ -193,14 +230,14 @@ def simulate_load(
                     global_plans = None
             timings["global_plan"] = time.perf_counter() - t0
             if global_plans is not None:
-                global_records = tuple(load_plan_record(gp, reads, itemsizes) for gp in global_plans)
+                global_records = tuple(load_plan_record(gp, reads, itemsizes, plan_memo) for gp in global_plans)
                 t0 = time.perf_counter()
                 finals: list[PlanRecord] = []
                 for r in range(W):
                     with fake_world(r, W):
                         try:
                             final = planners[r].finish_plan(global_plans[r])
-                            finals.append(load_plan_record(final, reads, itemsizes))
+                            finals.append(load_plan_record(final, reads, itemsizes, plan_memo))
                         except Exception as exc:
                             errors.append(error_record("finish", r, exc))
                             finals.append(PlanRecord(items=(), usable=False))

@@ -4,6 +4,8 @@
     sc = dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
     save = dcpviz.simulate_save(sc)
     save.write_items, save.dedup, save.rank_volume, save.chunks
+    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
+    load.read_items, load.mismatches, load.hints, load.rank_volume
 """
 
 __version__ = "0.1.0"
@@ -12,6 +14,8 @@ from .checkpoint import inspect_checkpoint
 from .engine.recording import RecordingSavePlanner
 from .engine.run import run_save
 from .engine.simulate import simulate_save
+from .engine.simulate_load import simulate_load
+from .engine.statedict import as_rank
 from .errors import DcpvizError
 from .report import report
 from .results import LoadResult, SaveResult, load_trace
@@ -23,6 +27,7 @@ __all__ = [
     "LoadResult",
     "RecordingSavePlanner",
     "SaveResult",
+    "as_rank",
     "Scenario",
     "__version__",
     "explore",
@@ -30,5 +35,6 @@ __all__ = [
     "load_trace",
     "report",
     "run_save",
+    "simulate_load",
     "simulate_save",
 ]

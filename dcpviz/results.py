@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import tables
+from . import load_tables, tables
+from .hints import Hint, compute_hints, hints_table
 from .trace import LoadTrace, SaveTrace, read_trace, write_trace
 
 
@@ -116,6 +117,13 @@ class SaveResult:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         return write_trace(self.trace, path)
 
+    def _repr_html_(self) -> str:
+        from .report import summary_rows
+
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in summary_rows(self.summary))
+        errors = "".join(f"<div style='color:#b00020'>{e}</div>" for e in self.errors)
+        return f"<div><b>dcpviz SaveResult</b><table>{rows}</table>{errors}</div>"
+
     def __repr__(self) -> str:
         s = self.summary
         status = "valid" if s["validated"] else f"{s['errors']} error(s)"
@@ -127,7 +135,14 @@ class SaveResult:
 
 
 class LoadResult:
-    """What a load planner did against a checkpoint, on every rank of the target layout."""
+    """What a load planner did against a checkpoint, on every rank of the target layout.
+
+    Tables are pandas DataFrames: ``read_items`` every read of every rank (which box of which
+    saved chunk, written by which rank, in which file) · ``rank_volume`` reads and bytes per
+    rank · ``resharding`` target rank x writer rank (x file) · ``mismatches`` every key or
+    tensor the target and checkpoint disagree on, every rank, with DCP's own message · ``hints``
+    likely causes and their fixes · ``errors`` what the planner raised.
+    """
 
     kind = "load"
 
@@ -135,9 +150,55 @@ class LoadResult:
         self.trace = trace
         self._metadata = metadata
 
+    # -- tables ----------------------------------------------------------------------------
+    @cached_property
+    def read_items(self) -> pd.DataFrame:
+        return load_tables.read_items(self.trace)
+
+    @cached_property
+    def rank_volume(self) -> pd.DataFrame:
+        return load_tables.rank_volume(self.trace, self.read_items)
+
+    @cached_property
+    def resharding(self) -> pd.DataFrame:
+        return load_tables.resharding(self.trace, self.read_items)
+
+    def resharding_matrix(self, by: str = "writer_rank", values: str = "nbytes") -> pd.DataFrame:
+        """Target rank x ``by`` ('writer_rank', or 'file' when the checkpoint is on disk) ->
+        ``values`` ('nbytes', 'reads' or 'chunk_nbytes')."""
+        return load_tables.resharding_matrix(self.trace, by, values, self.read_items)
+
+    @cached_property
+    def mismatches(self) -> pd.DataFrame:
+        return load_tables.mismatches(self.trace)
+
+    @cached_property
+    def hints(self) -> list[Hint]:
+        """Likely causes of the mismatches, most likely first, each with its fix."""
+        return compute_hints(self.trace)
+
+    @cached_property
+    def hints_table(self) -> pd.DataFrame:
+        """``hints`` as a DataFrame: kind, title, detail, fix, keys (count), mapping."""
+        return hints_table(self.hints)
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        return load_tables.summary(self.trace, self.read_items)
+
+    # -- facts -----------------------------------------------------------------------------
     @property
     def scenario(self):
         return self.trace.scenario
+
+    @property
+    def metadata(self):
+        """The checkpoint's DCP Metadata the load was planned against."""
+        if self._metadata is None:
+            from .engine.convert import torch_metadata
+
+            self._metadata = torch_metadata(self.trace.saved)
+        return self._metadata
 
     @property
     def errors(self) -> list[str]:
@@ -149,6 +210,15 @@ class LoadResult:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         return write_trace(self.trace, path)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        kinds = ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items()) or "no mismatches"
+        status = "ok" if s["ok"] else f"{s['errors']} error(s)"
+        return (
+            f"<LoadResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
+            f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}>"
+        )
 
 
 def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:

@@ -84,19 +84,26 @@ class PlannedItem:
 
 @dataclass(frozen=True)
 class ReadRecord:
-    """One ReadItem: a box of a saved chunk copied into a box of the destination tensor."""
+    """One ReadItem of a load plan: a box of a saved chunk copied into a box of a target chunk.
+
+    ``fqn`` is ``dest_index.fqn`` (the target's key); ``storage_fqn`` is ``storage_index.fqn``
+    only where it differs (a planner that renames). ``dest_chunk_offsets`` is
+    ``dest_index.offset`` (which local chunk is filled), ``saved_offsets`` is
+    ``storage_index.offset`` (which saved chunk is read) and ``saved_chunk`` its position in the
+    checkpoint metadata's chunk list (``storage_index.index``). ``nbytes`` is the box's elements
+    times the saved dtype's size (0 for bytes items).
+    """
 
     fqn: str
-    item_type: str  # 'TENSOR' | 'BYTE_IO'
-    dest_fqn: str
-    dest_chunk_offsets: Box | None  # dest_index.offset: the local chunk being filled
+    item_type: str  # LoadItemType name: 'TENSOR' | 'BYTE_IO'
+    dest_chunk_offsets: Box | None
     dest_offsets: Box
-    storage_fqn: str
-    saved_offsets: Box | None  # storage_index.offset: the saved chunk read from
+    saved_offsets: Box | None
+    saved_chunk: int | None
     storage_offsets: Box
     lengths: Box
-    dtype: str | None
     nbytes: int
+    storage_fqn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,22 +195,85 @@ class SaveTrace:
 
 
 @dataclass(frozen=True)
+class TargetValue:
+    """One value of a target rank's (flattened) state dict, as the load planner was given it.
+
+    ``kind`` is the value's type name ('DTensor', 'Tensor', 'ShardedTensor', or the Python type
+    of a non-tensor value). ``size`` is the global size; ``chunks`` are the boxes this rank holds
+    (DCP's own ``_create_chunk_list``), empty for non-tensors. ``placements`` is the DTensor's
+    placements as text.
+    """
+
+    fqn: str
+    kind: str
+    size: Box | None
+    dtype: str | None
+    chunks: tuple[ChunkInfo, ...] = ()
+    placements: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkWriter:
+    """Who wrote one saved item: its writer rank and storage file, where known.
+
+    From a save trace the writer is the rank whose final plan wrote it; from a checkpoint
+    directory it is read off the file name DCP's FileSystemWriter gives it (``__{rank}_{n}.distcp``).
+    """
+
+    fqn: str
+    offsets: Box | None  # the saved chunk's offsets; None for a bytes entry
+    rank: int | None
+    file: str | None = None
+    storage_nbytes: int | None = None  # the stored item's length in its file, when on disk
+
+
+@dataclass(frozen=True)
+class MismatchRecord:
+    """A key or a tensor on which the target and the checkpoint disagree, on some target ranks.
+
+    ``kind``: 'missing' (the target wants a key the checkpoint lacks), 'unexpected' (the
+    checkpoint has a key no target rank wants), 'size', 'dtype', 'type' (tensor vs. non-tensor)
+    or 'other' (DCP raised on a key for a reason none of these describe). ``message`` is DCP's
+    own exception text for the key, '' where DCP does not raise. ``ranks`` are the target ranks
+    concerned (empty for 'unexpected').
+    """
+
+    fqn: str
+    kind: str
+    ranks: tuple[int, ...]
+    saved_size: Box | None = None
+    saved_dtype: str | None = None
+    current_size: Box | None = None
+    current_dtype: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class LoadTrace:
-    scenario: ScenarioInfo
+    """A load planned against a checkpoint on every rank of a target layout.
+
+    ``reads`` interns read items; ``local_plans`` / ``global_plans`` / ``final_plans`` refer to
+    them by position, per target rank. ``wanted`` interns the target's state-dict values and
+    ``wanted_by_rank`` lists, per rank, the positions of the values that rank holds.
+    """
+
+    scenario: ScenarioInfo  # the target
     planner: PlannerInfo
     saved: MetadataInfo  # the checkpoint's metadata the load planned against
     saved_scenario: ScenarioInfo | None
-    saved_writers: tuple[tuple[str, Box | None, int], ...]  # (fqn, chunk offsets, writer rank)
+    saved_writers: tuple[ChunkWriter, ...]
     reads: tuple[ReadRecord, ...]
-    local_plans: tuple[PlanRecord | None, ...]  # positions into ``reads``
+    local_plans: tuple[PlanRecord | None, ...]
     global_plans: tuple[PlanRecord, ...] | None
     final_plans: tuple[PlanRecord, ...] | None
-    wanted: tuple[tuple[int, str, str, Box | None, str | None], ...]  # (rank, fqn, kind, size, dtype)
+    wanted: tuple[TargetValue, ...]
+    wanted_by_rank: tuple[tuple[int, ...], ...]
+    mismatches: tuple[MismatchRecord, ...] = ()
     errors: tuple[ErrorRecord, ...] = ()
     timings: tuple[tuple[str, float], ...] = ()
     notes: tuple[str, ...] = ()
     source: str = "simulate"
-    saved_source: str = ""
+    saved_source: str = ""  # 'save trace (simulate)', 'checkpoint /path', ...
     torch_version: str = ""
     dcpviz_version: str = ""
     created: str = ""

@@ -124,3 +124,58 @@ def chunk_rows(n: int, parts: int, index: int) -> tuple[int, int]:
     size = -(-n // parts)
     start = min(index * size, n)
     return start, max(0, min(size, n - start))
+
+
+# -- load side -----------------------------------------------------------------------------
+def hand_metadata(model: torch.nn.Module, recipe: str, mesh_shape, names, llama: bool):
+    """The checkpoint Metadata DCP builds for a save of ``model`` under ``recipe``: DCP's save
+    planner on the hand-built per-rank state dicts, then DCP's own global plan (dedup and
+    metadata). Independent of dcpviz's engine."""
+    W = math.prod(mesh_shape)
+    planners, plans = [], []
+    for rank in range(W):
+        p = DefaultSavePlanner()
+        sd = hand_state_dict(model, recipe, mesh_shape, names, rank, llama)
+        p.set_up_planner(sd, storage_meta=None, is_coordinator=(rank == 0))
+        planners.append(p)
+        plans.append(p.create_local_plan())
+    _, md = planners[0].create_global_plan(plans)
+    return md
+
+
+def load_plan_items(state_dict, metadata):
+    """DCP's local load plan for a hand-built state dict, as sorted comparable tuples.
+
+    DefaultLoadPlanner flattens the state dict, then calls create_default_local_load_plan; the
+    same two DCP functions are called here directly (set_up_planner would materialise the meta
+    tensors of the hand-built reference)."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+    from torch.distributed.checkpoint.default_planner import create_default_local_load_plan
+
+    flat, _ = flatten_state_dict(state_dict)
+    plan = create_default_local_load_plan(flat, metadata, strict=True)
+    return sorted((read_tuple(ri) for ri in plan.items), key=sort_key)
+
+
+def _opt_box(b):
+    return None if b is None else tuple(int(v) for v in b)
+
+
+def read_tuple(ri):
+    return (
+        ri.dest_index.fqn, ri.type.name, _opt_box(ri.dest_index.offset), _opt_box(ri.dest_offsets),
+        ri.storage_index.fqn, _opt_box(ri.storage_index.offset), _opt_box(ri.storage_offsets),
+        _opt_box(ri.lengths),
+    )
+
+
+def result_reads(result, rank: int):
+    """The engine's final read items for ``rank`` in the same tuple form."""
+    df = result.read_items
+    df = df[df["rank"] == rank]
+    out = [
+        (r.fqn, r.item_type, r.dest_chunk_offsets, r.dest_offsets, r.storage_fqn or r.fqn,
+         r.saved_offsets, r.storage_offsets, r.lengths)
+        for r in df.itertuples()
+    ]
+    return sorted(out, key=sort_key)

@@ -93,3 +93,23 @@ def test_template_ranks_get_their_own_local_shapes():
         assert sd["fc1.weight"].to_local().shape == torch.Size([22, 16])  # 190 = 7*24 + 22
         assert sd["fc2.weight"].to_local().shape == torch.Size([0, 190])
         assert sd["fc1.weight"].device_mesh.get_coordinate() == (7,)
+
+
+LOAD_CASES = [
+    (dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"), dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp")),
+    (dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp"), dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp")),
+    (dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"), dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="replicate")),
+]
+
+
+@pytest.mark.parametrize("saved,target", LOAD_CASES, ids=["hsdp-to-hsdp", "fsdp-to-tp+fsdp", "hsdp-to-replicate"])
+def test_load_shortcuts_equal_full_path(saved, target):
+    save = dcpviz.simulate_save(saved)
+    fast = dcpviz.simulate_load(save, target)
+    full = dcpviz.simulate_load(save, target, fast=False)
+    t, u = fast.trace, full.trace
+    resolve = lambda tr, plans: [tuple(tr.reads[i] for i in p.items) for p in plans]  # noqa: E731
+    for phase in ("local_plans", "global_plans", "final_plans"):
+        assert resolve(t, getattr(t, phase)) == resolve(u, getattr(u, phase)), phase
+    assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank]
+    assert t.mismatches == u.mismatches

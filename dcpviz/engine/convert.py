@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorProperties,
     TensorStorageMetadata,
 )
-from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, SavePlan, WriteItem
+from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
 from ..trace import (
     ChunkInfo,
@@ -22,7 +22,6 @@ from ..trace import (
     PlannedItem,
     PlannerInfo,
     PlanRecord,
-    ReadRecord,
     StorageEntry,
     TensorEntry,
     TensorLayout,
@@ -216,33 +215,6 @@ def torch_metadata(info: MetadataInfo) -> Metadata:
     if info.version is not None:
         md.version = info.version
     return md
-
-
-def read_record(ri: ReadItem, dtype: str | None) -> ReadRecord:
-    lengths = _box(ri.lengths)
-    itemsize = torch._utils._element_size(dtype_from_str(dtype)) if dtype else 1
-    is_bytes = ri.type.name == "BYTE_IO"
-    return ReadRecord(
-        fqn=ri.dest_index.fqn,
-        item_type=ri.type.name,
-        dest_fqn=ri.dest_index.fqn,
-        dest_chunk_offsets=_box(ri.dest_index.offset) if ri.dest_index.offset is not None else None,
-        dest_offsets=_box(ri.dest_offsets),
-        storage_fqn=ri.storage_index.fqn,
-        saved_offsets=_box(ri.storage_index.offset) if ri.storage_index.offset is not None else None,
-        storage_offsets=_box(ri.storage_offsets),
-        lengths=lengths,
-        dtype=dtype,
-        nbytes=0 if is_bytes else math.prod(lengths) * itemsize,
-    )
-
-
-def load_plan_records(plan: LoadPlan, reads: list[ReadRecord], dtypes: dict[str, str]) -> PlanRecord:
-    start = len(reads)
-    for ri in plan.items:
-        reads.append(read_record(ri, dtypes.get(ri.storage_index.fqn)))
-    return PlanRecord(items=tuple(range(start, len(reads))), usable=True)
-
 
 def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
     """Placements and mesh of every DTensor at the top level of a state dict."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -9,7 +11,7 @@ import torch
 from ..models import build_model
 from ..recipes import apply_recipe
 from ..scenario import Scenario
-from .world import mesh_device_type, rebind_to_rank
+from .world import fake_world, mesh_device_type, rebind_to_rank
 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
@@ -39,3 +41,23 @@ def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     return rebind_to_rank(model.state_dict(), rank)
+
+
+@contextmanager
+def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
+    """Be rank ``rank`` of the scenario's job for a block, holding that rank's real state dict.
+
+        with dcpviz.as_rank(scenario, 3) as state_dict:
+            planner = DefaultSavePlanner()
+            planner.set_up_planner(state_dict, is_coordinator=False)
+            plan = planner.create_local_plan()
+
+    For teaching and for trying a planner by hand; simulate_save does this for every rank.
+    """
+    from ..errors import DcpvizError
+
+    if not 0 <= rank < scenario.world_size:
+        raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")
+    with fake_world(rank, scenario.world_size):
+        state_dict, _ = rank_state_dict(scenario, rank)
+        yield state_dict

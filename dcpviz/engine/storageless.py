@@ -1,0 +1,65 @@
+"""State dicts whose tensors have shapes, dtypes and placements but no memory.
+
+DCP's load planner cannot be given meta tensors: ``set_up_planner`` calls ``_init_state_dict``,
+which replaces every meta tensor (plain or a DTensor's local tensor) with
+``torch.empty_like(..., device=<default device>)`` — a real allocation the size of the rank's
+shard. Simulating a 70B model on 256 ranks would then ask for the whole model, once per rank.
+
+FakeTensors (``torch._subclasses.fake_tensor``) report device ``cpu`` — so ``_init_state_dict``
+leaves them alone — but are backed by meta storage. Everything the planner reads (``size()``,
+``dtype``, a DTensor's mesh and placements, ``__create_chunk_list__``) is exact, and nothing is
+allocated. The planner itself runs outside the FakeTensorMode: inside it, DTensor's own index
+arithmetic (mesh coordinates kept as tensors) becomes data-dependent and raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def new_fake_mode() -> Any:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    # Non-fake inputs are allowed so a user planner mixing in a real tensor does not crash here.
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def _fake_like(t: torch.Tensor, mode: Any) -> torch.Tensor:
+    with mode:
+        return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+
+
+def to_storageless(obj: Any, mode: Any) -> Any:
+    """``obj`` (a state dict, nested or flat) with every tensor, and every DTensor's local tensor,
+    replaced by a FakeTensor of the same shape, stride and dtype. DTensors keep their spec (mesh,
+    placements, global shape and stride) unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    def conv(value: Any) -> Any:
+        if isinstance(value, DTensor):
+            local = _fake_like(value._local_tensor, mode)
+            return DTensor(local, value._spec, requires_grad=False)
+        if isinstance(value, torch.Tensor):
+            return _fake_like(value, mode)
+        if isinstance(value, dict):
+            return type(value)((k, conv(v)) for k, v in value.items())
+        if isinstance(value, list):
+            return [conv(v) for v in value]
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(conv(v) for v in value)
+        return value
+
+    return conv(obj)
+
+
+def has_real_storage(t: Any) -> bool:
+    """True when ``t`` (a tensor or a DTensor) is backed by memory on a real device."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t._local_tensor
+    if not isinstance(t, torch.Tensor):
+        return False
+    return t.untyped_storage().device.type != "meta"

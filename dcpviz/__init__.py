@@ -10,9 +10,11 @@
 
 __version__ = "0.1.0"
 
-from .checkpoint import inspect_checkpoint
+from .checkpoint import SafeFileSystemReader, inspect_checkpoint
 from .engine.recording import RecordingSavePlanner
+from .engine.recording_load import RecordingLoadPlanner
 from .engine.run import run_save
+from .engine.run_load import run_load
 from .engine.simulate import simulate_save
 from .engine.simulate_load import simulate_load
 from .engine.statedict import as_rank
@@ -25,7 +27,9 @@ from .widgets import explore
 __all__ = [
     "DcpvizError",
     "LoadResult",
+    "RecordingLoadPlanner",
     "RecordingSavePlanner",
+    "SafeFileSystemReader",
     "SaveResult",
     "as_rank",
     "Scenario",
@@ -34,6 +38,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_trace",
     "report",
+    "run_load",
     "run_save",
     "simulate_load",
     "simulate_save",

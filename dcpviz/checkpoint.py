@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 
 from .errors import CheckpointError
 
@@ -97,6 +98,27 @@ def read_metadata(checkpoint_dir: str | os.PathLike[str]) -> Any:
             "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none."
         )
     return read_metadata_bytes(path.read_bytes(), repr(str(path)))
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's ``FileSystemReader``, except that ``read_metadata`` goes through the restricted
+    unpickler (DCP's own uses plain pickle, so a planted ``.metadata`` runs code in every rank).
+    Tensor records are read by DCP as usual, with ``torch.load(weights_only=True)``::
+
+        dcp.load(state_dict, storage_reader=dcpviz.SafeFileSystemReader(path))
+    """
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        path = Path(self._get_metadata_path(kwargs.get("rank")))
+        if not path.is_file():
+            raise CheckpointError(f"{str(path)!r} does not exist: not a finished DCP checkpoint.")
+        md = read_metadata_bytes(path.read_bytes(), repr(str(path)))
+        if getattr(md, "storage_meta", None) is None:
+            md.storage_meta = StorageMeta()
+        md.storage_meta.load_id = self.load_id  # as FileSystemReader.read_metadata does
+        return md
 
 
 # -- inspecting a whole checkpoint directory ----------------------------------------------------

@@ -16,3 +16,28 @@ def _no_default_process_group():
     if dist.is_initialized():
         dist.destroy_process_group()
         pytest.fail("a test left a default process group initialised")
+
+
+# -- real runs (tests/test_run_*.py): each 4-process save runs once per session ----------------
+REAL_SCENARIOS = {
+    "hsdp": dict(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"),
+    "tp+fsdp": dict(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp"),
+}
+_REAL_SAVES: dict = {}
+
+
+@pytest.fixture(scope="session")
+def real_save(tmp_path_factory):
+    """real_save(name) -> (scenario, run_save result, checkpoint dir), cached for the session."""
+    import dcpviz
+
+    def get(name: str):
+        if name not in _REAL_SAVES:
+            sc = dcpviz.Scenario(**REAL_SCENARIOS[name])
+            ckpt = tmp_path_factory.mktemp(name.replace("+", "_")) / "ckpt"
+            res = dcpviz.run_save(sc, ckpt, timeout=240)
+            assert res.ok, res.errors
+            _REAL_SAVES[name] = (sc, res, ckpt)
+        return _REAL_SAVES[name]
+
+    return get

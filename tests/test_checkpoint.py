@@ -198,3 +198,22 @@ def test_other_dangerous_globals_refused(ckpt, global_):
     (ckpt / ".metadata").write_bytes(payload)
     with pytest.raises(dcpviz.DcpvizError, match=f"refusing to unpickle {module}.{name}"):
         dcpviz.inspect_checkpoint(ckpt)
+
+
+def test_safe_reader_loads_like_dcp(saved):
+    sd = {"w": torch.zeros(8, 4), "b": torch.zeros(3), "step": torch.tensor(0), "extra": {"epoch": 0}}
+    dcp.load(sd, storage_reader=dcpviz.SafeFileSystemReader(saved))
+    ref = {"w": torch.zeros(8, 4), "b": torch.zeros(3), "step": torch.tensor(0), "extra": {"epoch": 0}}
+    dcp.load(ref, checkpoint_id=saved)  # DCP's own reader (plain pickle): our own checkpoint
+    assert torch.equal(sd["w"], ref["w"]) and torch.equal(sd["b"], torch.arange(3.0))
+    assert sd["extra"]["epoch"] == 3 and int(sd["step"]) == 5
+
+
+def test_safe_reader_refuses_planted_metadata(ckpt, tmp_path):
+    marker = tmp_path / "pwned"
+    md = _metadata(ckpt)
+    md.planner_data = {"x": _RunsCode(marker)}
+    _write_metadata(ckpt, md)
+    with pytest.raises(BaseException, match=r"refusing to unpickle posix\.system"):
+        dcp.load({"w": torch.zeros(8, 4)}, storage_reader=dcpviz.SafeFileSystemReader(ckpt))
+    assert not marker.exists()

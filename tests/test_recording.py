@@ -148,3 +148,31 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(dcpviz.DcpvizError, match="already a RecordingSavePlanner"):
         dcpviz.RecordingSavePlanner(tmp_path / "t.json", rec)
     assert rec.complete() is None  # not the coordinator of anything yet
+
+
+# -- RecordingLoadPlanner in one process ---------------------------------------------------------
+def test_recording_load_planner_writes_a_load_trace(tmp_path):
+    dcp.save(_state_dict(), checkpoint_id=tmp_path / "c")
+    target = {"w": torch.zeros(6, 4), "nested": {"b": torch.zeros(3)}, "step": 0}
+    rec = dcpviz.RecordingLoadPlanner(tmp_path / "load.json")
+    dcp.load(target, storage_reader=dcpviz.SafeFileSystemReader(tmp_path / "c"), planner=rec)
+    assert torch.equal(target["w"], _state_dict()["w"]) and target["step"] == 7
+    rec.complete()
+    res = dcpviz.load_trace(tmp_path / "load.json")
+    assert res.kind == "load" and res.ok and res.trace.source == "capture"
+    assert sorted(res.read_items.fqn) == ["nested.b", "step", "w"]
+    assert res.trace.mismatches == ()
+    assert res.trace.saved_writers and all(w.rank == 0 for w in res.trace.saved_writers)
+    w = res.read_items[res.read_items.fqn == "w"].iloc[0]
+    assert (w["lengths"], w["nbytes"]) == ((6, 4), 96)
+
+
+def test_a_failing_local_load_plan_writes_no_trace(tmp_path):
+    """dcp.load never calls create_global_plan when a rank's local plan fails, so the
+    coordinator has nothing to record: DCP's exception passes through unchanged."""
+    dcp.save(_state_dict(), checkpoint_id=tmp_path / "c")
+    rec = dcpviz.RecordingLoadPlanner(tmp_path / "load.json")
+    with pytest.raises(CheckpointException, match="Missing key in checkpoint state_dict: extra"):
+        dcp.load({"w": torch.zeros(6, 4), "extra": torch.zeros(2)}, checkpoint_id=tmp_path / "c", planner=rec)
+    assert not (tmp_path / "load.json").exists()
+    assert "extra" in rec.rank_record()["messages"]  # DCP's verdict on each key was kept

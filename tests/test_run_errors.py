@@ -54,11 +54,11 @@ def test_model_factory_raising_outside_dcp(tmp_path):
 def test_timeout_stops_every_process(tmp_path):
     sc = TWO.replace(model=run_helpers.model_hanging_on_rank1)
     t0 = time.monotonic()
-    res = dcpviz.run_save(sc, tmp_path / "ck", timeout=10)
+    res = dcpviz.run_save(sc, tmp_path / "ck", timeout=6)
     assert time.monotonic() - t0 < 30
     assert res.run_info.timed_out and not res.ok
     err = res.trace.errors[-1]
-    assert err.phase == "timeout" and "timeout=10s" in err.message and "rank 1" in err.message
+    assert err.phase == "timeout" and "timeout=6s" in err.message and "rank 1" in err.message
     _gone(res.run_info)
 
 

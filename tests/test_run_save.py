@@ -9,19 +9,11 @@ import pytest
 
 import dcpviz
 
-SCENARIOS = {
-    "hsdp": dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"),
-    "tp+fsdp": dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp"),
-}
 
-
-@pytest.fixture(scope="module", params=sorted(SCENARIOS))
-def pair(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=["hsdp", "tp+fsdp"])
+def pair(request, real_save):
     """(scenario, real run, simulation, checkpoint dir) — the 4 workers start once per scenario."""
-    sc = SCENARIOS[request.param]
-    ckpt = tmp_path_factory.mktemp(request.param.replace("+", "_")) / "ckpt"
-    run = dcpviz.run_save(sc, ckpt, timeout=240)
-    assert run.ok, run.errors
+    sc, run, ckpt = real_save(request.param)
     return sc, run, dcpviz.simulate_save(sc), ckpt
 
 

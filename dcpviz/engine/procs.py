@@ -44,6 +44,8 @@ class RunInfo:
     phase_times: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     wall_s: float = 0.0
     timed_out: bool = False
+    # rank -> [(fqn, chunk offsets, sha256 prefix)] of the tensors it held after the save/load.
+    chunk_digests: dict[int, list[tuple[str, tuple[int, ...], str]]] = field(default_factory=dict)
 
 
 @dataclass

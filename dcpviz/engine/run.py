@@ -82,6 +82,7 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     from torch.distributed.checkpoint.planner import SavePlanner
 
     from ..recipes import apply_recipe
+    from .digests import chunk_digests
     from .materialize import materialize
     from .planners import planner_factory
     from .recording import RecordingSavePlanner
@@ -103,7 +104,8 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     rec.complete(md)
     first = next(iter(model.parameters()), None)
     return {"record": rec.rank_record(), "uncovered": uncovered,
-            "device": str(first.device if first is not None else target)}
+            "device": str(first.device if first is not None else target),
+            "digests": chunk_digests(model.state_dict())}
 
 
 # -- the parent ------------------------------------------------------------------------------
@@ -150,8 +152,13 @@ def run_save(
         md = read_metadata(root)
     trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
     result = SaveResult(trace, metadata=md)
+    outcome.info.chunk_digests = digests_of(outcome.payloads)
     result.run_info = outcome.info
     return result
+
+
+def digests_of(payloads: dict[int, dict[str, Any]]) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:
+    return {r: [(f, tuple(o), h) for f, o, h in p.get("digests", [])] for r, p in sorted(payloads.items())}
 
 
 def _rank_items(payloads: dict[int, dict[str, Any]], rank: int, key: str) -> list[PlannedItem] | None:

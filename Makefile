@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check dcpviz tests bench
+	$(BIN)/ruff check dcpviz tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_scale.py

@@ -176,3 +176,17 @@ def test_a_failing_local_load_plan_writes_no_trace(tmp_path):
         dcp.load({"w": torch.zeros(6, 4), "extra": torch.zeros(2)}, checkpoint_id=tmp_path / "c", planner=rec)
     assert not (tmp_path / "load.json").exists()
     assert "extra" in rec.rank_record()["messages"]  # DCP's verdict on each key was kept
+
+
+def test_one_planner_for_periodic_saves(tmp_path):
+    rec = dcpviz.RecordingSavePlanner(tmp_path / "save_{n}.json")
+    for step in range(2):
+        sd = _state_dict()
+        sd["step"] = step
+        dcp.save(sd, checkpoint_id=tmp_path / f"c{step}", planner=rec)
+        rec.complete()
+    assert sorted(p.name for p in tmp_path.glob("save_*.json")) == ["save_0.json", "save_1.json"]
+    for n in range(2):  # each trace describes its own save, timings not accumulated
+        t = dcpviz.load_trace(tmp_path / f"save_{n}.json").trace
+        assert {s.relative_path for s in t.metadata.storage} == {"__0_0.distcp"}
+        assert sum(1 for k, _ in t.timings if k == "recording_overhead") == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import run_helpers  # noqa: F401  (workers import helpers by name)
 
 import dcpviz
 

@@ -136,6 +136,10 @@ class RecordingSavePlanner(SavePlanner):
 
     scenario: a ``dcpviz.Scenario`` describing the job, if known; otherwise inferred from the
     coordinator's state dict (world size, mesh shape and dim names, dtype, device).
+
+    One planner may serve every periodic save: a ``path`` containing ``{n}`` gets the save's
+    number (``"plans/save_{n}.json"``), otherwise each save replaces the trace. With
+    ``dcp.async_save``, call ``complete()`` once the returned future is done.
     """
 
     def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
@@ -149,12 +153,18 @@ class RecordingSavePlanner(SavePlanner):
         if isinstance(planner, RecordingSavePlanner):
             raise DcpvizError("planner is already a RecordingSavePlanner; wrap the inner planner once.")
         self._inner = planner
+        self._path_template = str(path)
+        self._saves = -1  # calls to set_up_planner so far (one per dcp call)
         self.path = Path(path)
         self._scenario = _scenario_info(scenario)
         # Read the options before set_up_planner adds state (as simulate_save does).
         self._planner_info = planner_info(planner, DefaultSavePlanner)
         self._rank, self._world = _rank_and_world()
         self.is_coordinator = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the previous dcp.save's facts."""
         self._timings: dict[str, float] = {}
         self._overhead = 0.0
         self._layouts: tuple = ()
@@ -184,6 +194,11 @@ class RecordingSavePlanner(SavePlanner):
 
         self._rank, self._world = _rank_and_world()
         self.is_coordinator = is_coordinator
+        # One planner object is often reused for every periodic save/load: start each afresh.
+        self._saves += 1
+        self.path = Path(self._path_template.format(n=self._saves)) if "{n}" in self._path_template \
+            else Path(self._path_template)
+        self._reset()
         t0 = time.perf_counter()
         set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
         t1 = time.perf_counter()

@@ -60,7 +60,8 @@ class RecordingLoadPlanner(LoadPlanner):
 
     Pass it to ``dcp.load(..., planner=RecordingLoadPlanner("load.json"))`` on every rank; the
     coordinator writes ``path`` inside ``create_global_plan``. ``scenario``: the target job as a
-    ``dcpviz.Scenario`` if known, else inferred from the coordinator's state dict.
+    ``dcpviz.Scenario`` if known, else inferred from the coordinator's state dict. A ``path``
+    containing ``{n}`` gets the load's number when one planner serves several loads.
     """
 
     def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
@@ -74,11 +75,17 @@ class RecordingLoadPlanner(LoadPlanner):
         if isinstance(planner, RecordingLoadPlanner):
             raise DcpvizError("planner is already a RecordingLoadPlanner; wrap the inner planner once.")
         self._inner = planner
+        self._path_template = str(path)
+        self._saves = -1  # calls to set_up_planner so far (one per dcp call)
         self.path = Path(path)
         self._scenario = _scenario_info(scenario)
         self._planner_info = planner_info(planner, DefaultLoadPlanner)
         self._rank, self._world = _rank_and_world()
         self.is_coordinator = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the previous dcp.load's facts."""
         self._timings: dict[str, float] = {}
         self._overhead = 0.0
         self._state_dict: Any = None
@@ -106,6 +113,11 @@ class RecordingLoadPlanner(LoadPlanner):
     def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
         self._rank, self._world = _rank_and_world()
         self.is_coordinator = is_coordinator
+        # One planner object is often reused for every periodic save/load: start each afresh.
+        self._saves += 1
+        self.path = Path(self._path_template.format(n=self._saves)) if "{n}" in self._path_template \
+            else Path(self._path_template)
+        self._reset()
         t0 = time.perf_counter()
         self._inner.set_up_planner(state_dict, metadata, is_coordinator)
         self._timings["set_up_planner"] = time.perf_counter() - t0

@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--trace", type=Path, help="write the trace (JSON) here")
     sim.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
 
+    load = sub.add_parser("load", help="simulate DCP's load planner: a checkpoint (dir or save trace) into a target layout")
+    load.add_argument("saved", type=Path, help="a checkpoint directory or a save trace (.json)")
+    _add_scenario_flags(load)
+    load.set_defaults(recipe="fsdp", mesh=None)
+    load.add_argument("--allow-partial-load", action="store_true", help="DefaultLoadPlanner(allow_partial_load=True)")
+    load.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    load.add_argument("--trace", type=Path, help="write the load trace (JSON) here")
+    load.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
+
     show = sub.add_parser("show", help="print a saved trace (and optionally write its report)")
     show.add_argument("trace", type=Path)
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
@@ -69,7 +78,7 @@ def _scenario_from(args: argparse.Namespace):
 
 
 def _write_outputs(result, args: argparse.Namespace, console) -> None:
-    if getattr(args, "trace", None) and args.command == "simulate":
+    if getattr(args, "trace", None) and args.command in ("simulate", "load"):
         path = result.to_json(args.trace)
         console.print(f"trace written to [bold]{path}[/]")
     if getattr(args, "report", None):
@@ -109,6 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_outputs(result, args, console)
             if args.command == "demo":
                 _print_next_steps(console, args.report)
+            return 0
+        if args.command == "load":
+            from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+            from .engine.simulate_load import simulate_load
+            from .terminal import print_result
+
+            saved = args.saved
+            if not saved.exists():
+                raise DcpvizError(f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file.")
+            result = simulate_load(
+                saved, _scenario_from(args), planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load)
+            )
+            if not args.quiet:
+                print_result(result, console)
+            _write_outputs(result, args, console)
             return 0
         if args.command == "show":
             from .results import load_trace

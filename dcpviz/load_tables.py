@@ -293,3 +293,49 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
         "ok": not trace.errors,
         "errors": len(trace.errors),
     }
+
+
+SAVED_BOX_COLUMNS = ["offsets", "sizes", "writer_rank", "file", "nbytes", "read_by_rank", "read_nbytes"]
+READ_BOX_COLUMNS = ["offsets", "sizes", "saved_offsets", "writer_rank", "file", "nbytes", "chunk_nbytes"]
+
+
+def saved_boxes(trace: LoadTrace, reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
+    """The checkpoint's chunks of ``fqn``: writer, file, bytes, and what ``rank`` reads of each."""
+    saved = _Saved(trace)
+    mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn)]
+    read_bytes = mine.groupby(mine["saved_offsets"].map(tuple), sort=False)["nbytes"].sum().to_dict() if len(mine) else {}
+    rows = []
+    for t in trace.saved.tensors:
+        if t.fqn != fqn:
+            continue
+        for c in t.chunks:
+            w = saved.writers.get((fqn, c.offsets))
+            got = int(read_bytes.get(c.offsets, 0))
+            rows.append(
+                (c.offsets, c.sizes, -1 if w is None or w.rank is None else w.rank, None if w is None else w.file,
+                 saved.chunk_nbytes.get((fqn, c.offsets), 0), got > 0, got)
+            )
+    return pd.DataFrame(rows, columns=SAVED_BOX_COLUMNS)
+
+
+def read_boxes(reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
+    """What ``rank`` reads of ``fqn``, each read as a box in the tensor's global coordinates
+    (the saved chunk's offsets plus the read's offsets within it)."""
+    mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn) & (reads["item_type"] == "TENSOR")]
+    rows = [
+        (tuple(o + s for o, s in zip(r.saved_offsets, r.storage_offsets)), r.lengths, r.saved_offsets, r.writer_rank,
+         r.file, r.nbytes, r.chunk_nbytes)
+        for r in mine.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows, columns=READ_BOX_COLUMNS)
+
+
+def wanted_boxes(trace: LoadTrace, fqn: str, rank: int) -> tuple[tuple[int, ...] | None, str | None, list[tuple]]:
+    """(global size, dtype, [(offsets, sizes), ...]) of what target ``rank`` holds under ``fqn``."""
+    if rank >= len(trace.wanted_by_rank):
+        return None, None, []
+    for i in trace.wanted_by_rank[rank]:
+        tv = trace.wanted[i]
+        if tv.fqn == fqn:
+            return tv.size, tv.dtype, [(c.offsets, c.sizes) for c in tv.chunks]
+    return None, None, []

@@ -57,7 +57,7 @@ class SaveResult:
     @cached_property
     def tensor_groups(self) -> pd.DataFrame:
         """Entries that differ only by layer number and are sharded alike, one row each."""
-        return tables.tensor_groups(self.trace, self.write_items)
+        return tables.tensor_groups(self.trace)
 
     def volume_by_module(self, depth: int = 1) -> pd.DataFrame:
         return tables.volume_by_module(self.trace, depth)

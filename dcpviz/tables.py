@@ -345,21 +345,31 @@ def tensor_boxes(write_items_df: pd.DataFrame, chunks_df: pd.DataFrame, fqn: str
 GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements"]
 
 
+def planned_by(trace: SaveTrace) -> dict[int, tuple[int, ...]]:
+    """item id -> the ranks whose local plans hold it (sorted)."""
+    ranks, ids = _flatten(trace.local_plans)
+    if not len(ids):
+        return {}
+    order = np.lexsort((ranks, ids))
+    ids_s, ranks_s = ids[order], ranks[order]
+    cuts = np.flatnonzero(np.diff(ids_s)) + 1
+    starts = np.concatenate([[0], cuts])
+    return {int(ids_s[a]): tuple(g.tolist()) for a, g in zip(starts, np.split(ranks_s, cuts))}
+
+
 def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Tensors that differ only in layer number and are sharded alike, as one row
     (``layers.[0-79].attention.wq.weight``). "Alike" = same shape, dtype, placements and the
-    same chunks planned by the same ranks; which replica dedup picked may differ."""
+    same chunks planned by the same ranks; which replica dedup picked may differ.
+    (``write_items_df`` is accepted for compatibility and not needed.)"""
     from .groups import collapsed_label, numbers_of, pattern_of
 
-    wi = write_items(trace) if write_items_df is None else write_items_df
     tens = tensors(trace)
-    # Per fqn: its chunk boxes with planning ranks, as a hashable signature.
-    planned = (
-        wi.groupby(["fqn", "offsets", "sizes"], sort=False)["rank"].agg(lambda s: tuple(sorted(s))).reset_index()
-    )
-    sig = planned.groupby("fqn", sort=False).apply(
-        lambda g: tuple(sorted(zip(g["offsets"], g["sizes"], g["rank"]))), include_groups=False
-    )
+    by_fqn: dict[str, list[tuple]] = {}
+    for i, ranks in planned_by(trace).items():
+        it = trace.items[i]
+        by_fqn.setdefault(it.fqn, []).append((it.offsets or (), it.sizes or (), ranks))
+    sig = {f: tuple(sorted(v)) for f, v in by_fqn.items()}
     buckets: dict[tuple, list[int]] = {}
     for i, row in enumerate(tens.itertuples(index=False)):
         key = (pattern_of(row.fqn), row.size, row.dtype, row.placements, sig.get(row.fqn, ()))

@@ -142,9 +142,14 @@ def test_tour_explorer_renders_and_updates(lab):
             picker.select_option(label="output.weight")
             expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text("output.weight", timeout=60_000)
             assert figure.locator("path").count() > 0 and before > 0
+            # Screenshots: a tall viewport so the whole explorer fits in one picture.
+            page.set_viewport_size({"width": 1400, "height": 2200})
             explorer.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "explorer_jupyterlab.png"), full_page=False)
+            page.wait_for_timeout(500)
             explorer.screenshot(path=str(ARTIFACTS / "explorer_widget.png"))
+            page.screenshot(path=str(ARTIFACTS / "explorer_jupyterlab.png"), full_page=False)
+            if os.environ.get("DCPVIZ_UPDATE_DOCS") == "1":
+                shutil.copy(ARTIFACTS / "explorer_widget.png", ROOT / "docs" / "img" / "explorer_jupyterlab.png")
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "explorer_failure.png"), full_page=True)
             raise

@@ -86,3 +86,35 @@ def test_hazard_is_caught_without_rebinding(monkeypatch):
     assert mismatched, "the hazard went unnoticed"
     # ...and DCP's own validation sees the damage too.
     assert any("invalid fill" in e or "overlapping" in e for e in result.errors)
+
+
+def test_distribute_tensor_recipe_matches_hand_built():
+    """A user recipe that calls distribute_tensor itself (column shards of every weight)."""
+    from reference import plan_items, rank_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    def cols(model, mesh):
+        for mod in model.modules():
+            for name, p in list(mod.named_parameters(recurse=False)):
+                if p.dim() == 2:
+                    mod.register_parameter(name, torch.nn.Parameter(distribute_tensor(p, mesh, [Shard(1)])))
+        return model
+
+    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe=cols))
+    assert res.ok
+    with torch.device("meta"):
+        m = PRESETS["mlp"]()
+    for rank in range(4):
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        mesh = rank_mesh((4,), ("shard",), rank)
+        sd = {}
+        for fqn, v in m.state_dict().items():
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and fqn.endswith("weight"):
+                shape, _ = compute_local_shape_and_global_offset(v.shape, mesh, [Shard(1)])
+                sd[fqn] = DTensor.from_local(torch.empty(shape, device="meta"), mesh, [Shard(1)], run_check=False,
+                                             shape=v.shape, stride=v.stride())
+            else:
+                sd[fqn] = v
+        assert trace_items(res, rank) == plan_items(sd, rank), rank

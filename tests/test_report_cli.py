@@ -65,3 +65,15 @@ def test_cli_show_malformed_trace(tmp_path):
     bad.write_text('{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": {"scenario": []}}')
     r = run_cli("show", str(bad))
     assert r.returncode == 2 and "malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_load_from_a_save_trace(tmp_path):
+    assert run_cli("simulate", "-W", "8", "--mesh", "2x4", "--recipe", "hsdp", "--model", "mlp",
+                   "--trace", str(tmp_path / "s.json"), "-q").returncode == 0
+    r = run_cli("load", str(tmp_path / "s.json"), "--model", "mlp", "-W", "6", "--recipe", "fsdp",
+                "--trace", str(tmp_path / "l.json"), "--report", str(tmp_path / "l.html"))
+    assert r.returncode == 0, r.stderr
+    assert "plans cleanly" in r.stdout
+    assert dcpviz.load_trace(tmp_path / "l.json").kind == "load"
+    bad = run_cli("load", str(tmp_path / "missing-dir"), "-W", "2")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -151,3 +151,19 @@ def test_explorer_updates_figures_in_place(strided):
     app.phase.value = "global"
     changed = strided.phase_changes
     assert f"<b>{(changed.phase == 'global').sum()}</b> items" in app.phase_text.value
+
+
+def test_alike_layers_collapse_and_unalike_do_not():
+    res = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp"))
+    g = res.tensor_groups.set_index("group")
+    assert g.loc["layers.[0-1].attention.wq.weight", "members"] == ("layers.0.attention.wq.weight", "layers.1.attention.wq.weight")
+
+    def only_layer0(model, mesh):
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.layers["0"], mesh=mesh)
+        return model
+
+    split = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=4, recipe=only_layer0))
+    groups = set(split.tensor_groups.group)
+    assert {"layers.0.attention.wq.weight", "layers.1.attention.wq.weight"} <= groups

@@ -3,10 +3,14 @@
     dcpviz.views.chunk_layout(result, fqn)   one tensor's chunks, coloured by writer rank
     dcpviz.views.rank_volume(result)         bytes per rank, mean / max / imbalance
     dcpviz.views.dedup(result)               who planned / who writes replicated items
+    dcpviz.views.read_layout(load, fqn, rank)  a target rank's box over the saved chunks it reads
+    dcpviz.views.read_volume(load)           bytes read per target rank (and deserialised)
+    dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
 """
 
 from .dedup import dedup
 from .layout import chunk_layout
+from .load import read_layout, read_volume, resharding
 from .volume import rank_volume
 
-__all__ = ["chunk_layout", "dedup", "rank_volume"]
+__all__ = ["chunk_layout", "dedup", "rank_volume", "read_layout", "read_volume", "resharding"]

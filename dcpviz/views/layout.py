@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from .geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from .style import EMPTY, base_layout, fmt_bytes, fmt_ranks, fmt_span, rank_color, text_color
 
 MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
@@ -34,15 +35,6 @@ def _coord_text(coords: dict[int, tuple[int, ...]], rank: int) -> str:
     return "" if c is None else f" {c}"
 
 
-def _default_dims(boxes: pd.DataFrame, size: tuple[int, ...]) -> tuple[int, int]:
-    """For N-D tensors: the two dims along which chunks differ most (sharded dims first)."""
-    nd = len(size)
-    split = [len({off[d] for off in boxes["offsets"]}) if len(boxes) else 1 for d in range(nd)]
-    order = sorted(range(nd), key=lambda d: (-split[d], d))
-    a, b = sorted(order[:2])
-    return a, b
-
-
 def chunk_layout_figure(
     boxes: pd.DataFrame,
     header: TensorHeader,
@@ -57,16 +49,7 @@ def chunk_layout_figure(
     nd = len(size)
     if header.kind == "bytes" or nd == 0:
         return _single_tile(boxes, header, world_size, coords, highlight_rank)
-    if nd == 1:
-        row_dim, col_dim = None, 0
-    else:
-        row_dim, col_dim = dims if dims is not None else _default_dims(boxes, size)
-        if row_dim == col_dim or not (0 <= row_dim < nd and 0 <= col_dim < nd):
-            from ..errors import DcpvizError
-
-            raise DcpvizError(f"dims={dims} must name two different dims of a {nd}-D tensor.")
-    n_rows = size[row_dim] if row_dim is not None else 1
-    n_cols = size[col_dim]
+    row_dim, col_dim = pick_dims(nd, dims, list(boxes["offsets"]))
 
     # Project chunks on (row_dim, col_dim); chunks that differ only in other dims share a tile.
     tiles: dict[tuple[int, int, int, int], list[Any]] = {}
@@ -75,22 +58,18 @@ def chunk_layout_figure(
         if b.is_empty:
             empties.append(b)
             continue
-        r0 = b.offsets[row_dim] if row_dim is not None else 0
-        rs = b.sizes[row_dim] if row_dim is not None else 1
-        key = (r0, rs, b.offsets[col_dim], b.sizes[col_dim])
-        tiles.setdefault(key, []).append(b)
+        tiles.setdefault(project(b.offsets, b.sizes, row_dim, col_dim), []).append(b)
 
     fig = go.Figure()
     by_writer: dict[int, list[float]] = {}
     xs, ys, labels, hovers, text_colors = [], [], [], [], []
     label_ok = len(tiles) <= MAX_LABELS
-    for (r0, rs, c0, cs), members in tiles.items():
+    for rect, members in tiles.items():
         writers = sorted({m.writer for m in members})
         main = writers[0]
-        dim_x = by_writer.setdefault(main, [])
-        dim_x.append((c0, c0 + cs, r0, r0 + rs))
-        xs.append(c0 + cs / 2)
-        ys.append(r0 + rs / 2)
+        by_writer.setdefault(main, []).append(rect)
+        xs.append((rect[0] + rect[1]) / 2)
+        ys.append((rect[2] + rect[3]) / 2)
         dropped = sorted({r for m in members for r in m.dropped_by})
         lab = "<b>" + fmt_ranks(writers) + "</b>"
         if dropped:
@@ -108,11 +87,7 @@ def chunk_layout_figure(
         hovers.append("<br>—<br>".join(lines[:6]) + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else ""))
 
     for writer in sorted(by_writer):
-        rects = by_writer[writer]
-        px, py = [], []
-        for x0, x1, y0, y1 in rects:
-            px += [x0, x1, x1, x0, x0, None]
-            py += [y0, y0, y1, y1, y0, None]
+        px, py = rects_path(by_writer[writer])
         color = rank_color(writer, world_size)
         dim = highlight_rank is not None and writer != highlight_rank and not _touches(tiles, highlight_rank, writer)
         fig.add_trace(
@@ -157,38 +132,17 @@ def chunk_layout_figure(
     if empties:
         title += f"<br><sup>empty shards (0 elements): ranks {fmt_ranks(sorted({e.writer for e in empties}), 12)}</sup>"
     other = [d for d in range(nd) if d not in (row_dim, col_dim)]
-    lay = base_layout(
+    fig.update_layout(**base_layout(
         title=dict(text=title, x=0.01, xanchor="left"), legend=dict(title="writer (mesh coord)"),
-        margin=dict(l=70, r=20, t=130 if nd > 1 else 90, b=50),
-    )
-    pad = max(n_cols, 1) * 0.015
-    x_title = f"dim {col_dim} (elements, 0:{n_cols})"
-    if nd == 1:
-        fig.update_layout(**lay, height=230)
-        fig.update_yaxes(visible=False, range=[-0.1, 1.1])
-        fig.update_xaxes(title=x_title, range=[-pad, max(n_cols, 1) + pad])
-    else:
-        note = f" — dims {other} summarised in hover" if other else ""
-        fig.update_layout(**lay, height=_height(n_rows, n_cols))
-        rpad = max(n_rows, 1) * 0.015
-        fig.update_yaxes(
-            title=f"dim {row_dim} (elements, 0:{n_rows}){note}", range=[max(n_rows, 1) + rpad, -rpad],
-            scaleanchor="x", scaleratio=1, constrain="domain",
-        )
-        fig.update_xaxes(title=x_title, constrain="domain", side="top", range=[-pad, max(n_cols, 1) + pad])
-    fig.update_xaxes(showgrid=False, zeroline=False)
-    fig.update_yaxes(showgrid=False, zeroline=False)
+        margin=dict(l=70, r=20, t=100, b=50), height=box_height(size, row_dim, col_dim),
+    ))
+    note = f" — dims {other} summarised in hover" if other else ""
+    set_box_axes(fig, size, row_dim, col_dim, note)
     return fig
 
 
 def _touches(tiles: dict, rank: int, writer: int) -> bool:
     return any(rank in m.planned_by for members in tiles.values() for m in members if m.writer == writer)
-
-
-def _height(n_rows: int, n_cols: int) -> int:
-    # Real aspect: the plot area follows rows/cols; keep the figure between 320 and 900 px.
-    ratio = n_rows / max(n_cols, 1)
-    return int(min(900, max(320, 140 + 520 * min(ratio, 1.6))))
 
 
 def _title(header: TensorHeader, boxes: pd.DataFrame) -> str:

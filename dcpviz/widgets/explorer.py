@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import ipywidgets as w
-import pandas as pd
 
 from .. import views
 from ..report import summary_rows, table_html
 from ..views.style import fmt_bytes
 from .figure import figure_widget, replace_figure
+from .panels import TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -26,7 +26,6 @@ PHASE_TEXT = {
     "DCP's default returns it unchanged.",
 }
 TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
-BYTE_COLUMNS = ("nbytes", "planned_nbytes")
 
 
 class Explorer(w.VBox):
@@ -44,12 +43,7 @@ class Explorer(w.VBox):
 
     # -- header ---------------------------------------------------------------------------
     def _header_html(self) -> str:
-        rows = "".join(
-            f'<tr><td style="font-weight:600;color:#2a5d9f;padding-right:12px">{k}</td><td>{v}</td></tr>'
-            for k, v in summary_rows(self.result.summary)
-        )
-        errors = "".join(f'<div style="color:#b00020">{e}</div>' for e in self.result.errors)
-        return f'<div class="dcpviz-summary"><table>{rows}</table>{errors}</div>'
+        return summary_html(summary_rows(self.result.summary), self.result.errors)
 
     # -- layout tab -----------------------------------------------------------------------
     def _layout_tab(self) -> w.Widget:
@@ -206,35 +200,8 @@ class Explorer(w.VBox):
 
     # -- tables tab -----------------------------------------------------------------------
     def _tables_tab(self) -> w.Widget:
-        self.table_name = w.Dropdown(options=TABLES, value="rank_volume", description="table")
-        self.table_filter = w.Text(placeholder="fqn contains…", description="filter")
-        self.table_sort = w.Dropdown(description="sort by")
-        self.table_desc = w.Checkbox(value=False, description="descending")
-        self.table_rows = w.BoundedIntText(value=100, min=10, max=5000, description="rows")
-        self.table_out = w.HTML()
-        self.table_name.observe(self._on_table, "value")
-        for ctl in (self.table_filter, self.table_sort, self.table_desc, self.table_rows):
-            ctl.observe(self._draw_table, "value")
-        self._on_table()
-        return w.VBox([w.HBox([self.table_name, self.table_filter]), w.HBox([self.table_sort, self.table_desc, self.table_rows]), self.table_out])
-
-    def _frame(self) -> pd.DataFrame:
-        return getattr(self.result, self.table_name.value)
-
-    def _on_table(self, change: Any = None) -> None:
-        cols = list(self._frame().columns)
-        self.table_sort.options = ["(table order)"] + cols
-        self.table_sort.value = "(table order)"
-        self._draw_table()
-
-    def _draw_table(self, change: Any = None) -> None:
-        df = self._frame()
-        text = self.table_filter.value.strip()
-        if text and "fqn" in df.columns:
-            df = df[df["fqn"].str.contains(text, regex=False)]
-        if self.table_sort.value and self.table_sort.value != "(table order)":
-            df = df.sort_values(self.table_sort.value, ascending=not self.table_desc.value, kind="stable")
-        self.table_out.value = table_html(df, max_rows=self.table_rows.value, byte_cols=BYTE_COLUMNS)
+        self.tables = TablesPanel(self.result, TABLES)
+        return self.tables
 
 
 def explore(result: Any, compare: Any = None) -> Explorer:

@@ -1,0 +1,68 @@
+"""Boxes of an N-D tensor drawn on two of its dims: shared by the save and load views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import plotly.graph_objects as go
+
+Rect = tuple[float, float, float, float]  # col0, col1, row0, row1
+
+
+def project(offsets: tuple[int, ...], sizes: tuple[int, ...], row_dim: int | None, col_dim: int) -> Rect:
+    """A chunk's rectangle on (row_dim, col_dim); 1-D tensors (row_dim None) span rows 0..1."""
+    r0 = offsets[row_dim] if row_dim is not None else 0
+    rs = sizes[row_dim] if row_dim is not None else 1
+    return (offsets[col_dim], offsets[col_dim] + sizes[col_dim], r0, r0 + rs)
+
+
+def rects_path(rects: Iterable[Rect]) -> tuple[list, list]:
+    """One closed path per rectangle, separated by None, for a single filled Scatter trace."""
+    xs: list = []
+    ys: list = []
+    for x0, x1, y0, y1 in rects:
+        xs += [x0, x1, x1, x0, x0, None]
+        ys += [y0, y0, y1, y1, y0, None]
+    return xs, ys
+
+
+def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]) -> tuple[int | None, int]:
+    """(row_dim, col_dim) to draw; for N-D without ``dims``, the two dims split the most."""
+    from ..errors import DcpvizError
+
+    if nd == 1:
+        return None, 0
+    if dims is None:
+        offsets = list(chunk_offsets)
+        split = [len({o[d] for o in offsets}) if offsets else 1 for d in range(nd)]
+        a, b = sorted(sorted(range(nd), key=lambda d: (-split[d], d))[:2])
+        return a, b
+    row, col = dims
+    if row == col or not (0 <= row < nd and 0 <= col < nd):
+        raise DcpvizError(f"dims={dims} must name two different dims of a {nd}-D tensor.")
+    return row, col
+
+
+def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col_dim: int, note: str = "") -> None:
+    """Axes in elements: a strip for 1-D, the real aspect (rows down) for 2-D and up."""
+    n_cols = max(size[col_dim], 1)
+    pad = n_cols * 0.015
+    fig.update_xaxes(title=f"dim {col_dim} (elements, 0:{size[col_dim]})", range=[-pad, n_cols + pad],
+                     showgrid=False, zeroline=False)
+    if row_dim is None:
+        fig.update_yaxes(visible=False, range=[-0.1, 1.1])
+        return
+    n_rows = max(size[row_dim], 1)
+    rpad = n_rows * 0.015
+    # Row 0 at the top, as in a matrix; the column axis stays below so its title never meets
+    # the figure's title.
+    fig.update_yaxes(title=f"dim {row_dim} (elements, 0:{size[row_dim]}){note}", range=[n_rows + rpad, -rpad],
+                     scaleanchor="x", scaleratio=1, constrain="domain", showgrid=False, zeroline=False)
+    fig.update_xaxes(constrain="domain")
+
+
+def box_height(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> int:
+    if row_dim is None:
+        return 260
+    ratio = size[row_dim] / max(size[col_dim], 1)
+    return int(min(900, max(340, 160 + 520 * min(ratio, 1.6))))

@@ -1,0 +1,179 @@
+"""Load views: what each target rank reads, from whom, and how the bytes move.
+
+    read_layout(load, fqn, rank)   the rank's box drawn over the saved chunks it reads from
+    read_volume(load)              bytes read per target rank, and what DCP deserialises for them
+    resharding(load)               target rank x writer rank (or file) heatmap of bytes read
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .. import load_tables
+from .geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from .style import base_layout, fmt_bytes, fmt_span, rank_color
+
+
+def read_layout_figure(
+    saved: pd.DataFrame, reads: pd.DataFrame, wanted: list[tuple], fqn: str, rank: int,
+    saved_size: tuple[int, ...], saved_dtype: str, target_size: tuple[int, ...] | None, target_dtype: str | None,
+    saved_world: int, dims: tuple[int, int] | None = None,
+) -> go.Figure:
+    """Saved chunks (faint, by writer) under the boxes ``rank`` reads (solid) and the box it
+    holds (black outline). Frames from ``load_tables.saved_boxes`` / ``read_boxes``."""
+    nd = len(saved_size)
+    fig = go.Figure()
+    if nd == 0:
+        saved_size, nd = (1,), 1  # a scalar: one cell
+        saved = saved.assign(offsets=[(0,)] * len(saved), sizes=[(1,)] * len(saved))
+        reads = reads.assign(offsets=[(0,)] * len(reads), sizes=[(1,)] * len(reads))
+        wanted = [((0,), (1,)) for _ in wanted]
+    row_dim, col_dim = pick_dims(nd, dims, list(saved["offsets"]))
+    W = max(saved_world, int(saved["writer_rank"].max()) + 1 if len(saved) else 1)
+    for writer, grp in saved.groupby("writer_rank", sort=True):
+        color = rank_color(int(writer), W)
+        rects = [project(o, s, row_dim, col_dim) for o, s in zip(grp["offsets"], grp["sizes"])]
+        xs, ys = rects_path(rects)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.22, line=dict(color=color, width=1),
+            hoverinfo="skip", name=f"saved by rank {writer}", legendgroup=f"w{writer}",
+            meta={"role": "saved", "writer": int(writer)},
+        ))
+    # Hover for saved chunks at their centres.
+    cx, cy, ht = [], [], []
+    for row in saved.itertuples(index=False):
+        x0, x1, y0, y1 = project(row.offsets, row.sizes, row_dim, col_dim)
+        cx.append((x0 + x1) / 2)
+        cy.append((y0 + y1) / 2)
+        spans = " × ".join(fmt_span(o, s) for o, s in zip(row.offsets, row.sizes))
+        ht.append(
+            f"saved chunk [{spans}]<br>written by rank {row.writer_rank}" + (f" in {row.file}" if row.file else "")
+            + f"<br>{fmt_bytes(row.nbytes)}" + (f"<br>rank {rank} reads {fmt_bytes(row.read_nbytes)} of it" if row.read_by_rank else "")
+        )
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=3, opacity=0), hovertext=ht,
+                             hoverinfo="text", showlegend=False, meta={"role": "saved-hover"}))
+    for writer, grp in reads.groupby("writer_rank", sort=True):
+        color = rank_color(int(writer), W)
+        rects = [project(o, s, row_dim, col_dim) for o, s in zip(grp["offsets"], grp["sizes"])]
+        xs, ys = rects_path(rects)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.95, line=dict(color="white", width=1),
+            name=f"read from rank {writer}'s chunk", legendgroup=f"w{writer}", hoverinfo="skip",
+            meta={"role": "reads", "writer": int(writer)},
+        ))
+    if len(reads):
+        cx = [(project(o, s, row_dim, col_dim)[0] + project(o, s, row_dim, col_dim)[1]) / 2 for o, s in zip(reads["offsets"], reads["sizes"])]
+        cy = [(project(o, s, row_dim, col_dim)[2] + project(o, s, row_dim, col_dim)[3]) / 2 for o, s in zip(reads["offsets"], reads["sizes"])]
+        ht = [
+            f"rank {rank} reads [{' × '.join(fmt_span(o, s) for o, s in zip(r.offsets, r.sizes))}]<br>"
+            f"from rank {r.writer_rank}'s chunk at {r.saved_offsets}" + (f" ({r.file})" if r.file else "")
+            + f"<br>{fmt_bytes(r.nbytes)} read; the whole {fmt_bytes(r.chunk_nbytes)} chunk is deserialised"
+            for r in reads.itertuples(index=False)
+        ]
+        fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=4, opacity=0), hovertext=ht,
+                                 hoverinfo="text", showlegend=False, meta={"role": "reads-hover"}))
+    if wanted:
+        rects = [project(o, s, row_dim, col_dim) for o, s in wanted]
+        xs, ys = rects_path(rects)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines", line=dict(color="black", width=3, dash="dash"),
+            name=f"rank {rank} holds", hoverinfo="skip", meta={"role": "wanted", "boxes": [list(map(list, b)) for b in wanted]},
+        ))
+    shape = "×".join(map(str, saved_size))
+    mismatch = ""
+    if target_size is not None and tuple(target_size) != tuple(saved_size):
+        mismatch += f" · <b>target shape {'×'.join(map(str, target_size))} ≠ saved</b>"
+    if target_dtype is not None and target_dtype != saved_dtype:
+        mismatch += f" · <b>target dtype {target_dtype} ≠ saved {saved_dtype}</b>"
+    n_writers = reads["writer_rank"].nunique() if len(reads) else 0
+    sub = (
+        f"saved shape {shape} · {saved_dtype} · {len(saved)} saved chunks · target rank {rank} reads "
+        f"{fmt_bytes(reads['nbytes'].sum() if len(reads) else 0)} in {len(reads)} reads from {n_writers} writer(s){mismatch}"
+    )
+    fig.update_layout(**base_layout(
+        title=dict(text=f"<b>{fqn}</b> — what target rank {rank} reads<br><sup>{sub}</sup>", x=0.01),
+        height=box_height(saved_size, row_dim, col_dim), margin=dict(l=70, r=20, t=100, b=50),
+        legend=dict(title="faint: saved chunks · solid: reads · dashed: held by the rank"),
+    ))
+    set_box_axes(fig, saved_size, row_dim, col_dim)
+    return fig
+
+
+def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
+    """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
+    from ..errors import DcpvizError, did_you_mean
+
+    tr = load.trace
+    entry = next((t for t in tr.saved.tensors if t.fqn == fqn), None)
+    if entry is None:
+        raise DcpvizError(f"{fqn!r} is not a tensor in the checkpoint.{did_you_mean(fqn, [t.fqn for t in tr.saved.tensors])}")
+    if not 0 <= rank < tr.scenario.world_size:
+        raise DcpvizError(f"rank={rank} is outside the target job (ranks 0..{tr.scenario.world_size - 1}).")
+    saved = load_tables.saved_boxes(tr, load.read_items, fqn, rank)
+    reads = load_tables.read_boxes(load.read_items, fqn, rank)
+    t_size, t_dtype, wanted = load_tables.wanted_boxes(tr, fqn, rank)
+    saved_world = tr.saved_scenario.world_size if tr.saved_scenario else 1
+    return read_layout_figure(saved, reads, wanted, fqn, rank, entry.size, entry.dtype, t_size, t_dtype, saved_world, dims)
+
+
+def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
+    """Bytes each target rank reads, the bytes its shards hold, and the saved-chunk bytes DCP's
+    FileSystemReader deserialises to serve those reads (it loads whole chunks, then narrows)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=vol["rank"], y=vol["chunk_nbytes"], name="saved chunks deserialised", marker_color="#c6dbef",
+                         hovertemplate="rank %{x}: deserialises %{y:,} bytes of saved chunks<extra></extra>"))
+    fig.add_trace(go.Bar(x=vol["rank"], y=vol["nbytes"], name="bytes read", marker_color="#2171b5",
+                         hovertemplate="rank %{x}: reads %{y:,} bytes<extra></extra>"))
+    fig.add_trace(go.Scatter(x=vol["rank"], y=vol["wanted_nbytes"], mode="markers", name="bytes its shards hold",
+                             marker=dict(symbol="line-ew-open", size=18, color="black", line=dict(width=2)),
+                             hovertemplate="rank %{x}: its shards hold %{y:,} bytes<extra></extra>"))
+    read = float(vol["nbytes"].astype("float64").sum())
+    chunk = float(vol["chunk_nbytes"].astype("float64").sum())
+    amp = chunk / read if read else float("nan")
+    fig.update_layout(**base_layout(
+        title=dict(text=(
+            f"<b>Bytes read per target rank</b><br><sup>{fmt_bytes(read)} read in all · {fmt_bytes(chunk)} of saved "
+            f"chunks deserialised to serve them ({amp:.2f}× read amplification) · max rank {fmt_bytes(vol['nbytes'].max())}</sup>"
+        ), x=0.01),
+        barmode="overlay", height=420, legend=dict(orientation="h", y=-0.2),
+    ))
+    many = len(vol) > 64
+    fig.update_xaxes(title="target rank", type="linear" if many else "category")
+    fig.update_yaxes(title="bytes", tickformat="~s", ticksuffix="B")
+    return fig
+
+
+def read_volume(load: Any) -> go.Figure:
+    return read_volume_figure(load.rank_volume)
+
+
+def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    z = matrix.to_numpy(dtype="float64")
+    z = np.where(z > 0, z, np.nan)
+    label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
+    hover = [[f"target rank {r}<br>{label} {c}<br>{values}: {fmt_bytes(v) if values != 'reads' else int(v)}" if v == v else ""
+              for c, v in zip(matrix.columns, row)] for r, row in zip(matrix.index, z)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index], text=hover, hoverinfo="text",
+        colorscale="Blues", colorbar=dict(title="bytes" if values != "reads" else "reads"),
+        xgap=1 if z.shape[1] <= 64 else 0, ygap=1 if z.shape[0] <= 64 else 0,
+    ))
+    fig.update_layout(**base_layout(
+        title=dict(text=(
+            f"<b>Resharding: who reads from whom</b><br><sup>rows: target ranks · columns: {label} · cell: {values} "
+            "read; a diagonal means no resharding</sup>"
+        ), x=0.01),
+        height=max(360, min(900, 190 + 18 * z.shape[0])), margin=dict(l=70, r=20, t=130, b=30),
+    ))
+    fig.update_xaxes(title=label, type="category", side="top")
+    fig.update_yaxes(title="target rank", type="category", autorange="reversed")
+    return fig
+
+
+def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes") -> go.Figure:
+    """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read."""
+    return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)

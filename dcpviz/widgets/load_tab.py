@@ -1,0 +1,88 @@
+"""The load explorer: hints and summary on top; tabs for Reads, Volume, Resharding,
+Mismatches and Tables. Numbers come from the LoadResult's tables and the load views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as w
+
+from .. import views
+from ..report import table_html
+from ..report_load import hints_html, load_summary_rows, pick_read_tensors
+from .figure import figure_widget, replace_figure
+from .panels import TablesPanel, summary_html
+
+LOAD_TABLES = ["rank_volume", "read_items", "mismatches", "hints_table", "resharding"]
+
+
+class LoadExplorer(w.VBox):
+    def __init__(self, load: Any) -> None:
+        self.result = load
+        self.header = w.HTML(summary_html(load_summary_rows(load.summary), load.errors) + hints_html(load.hints))
+        tabs = [("Reads", self._reads_tab()), ("Volume", self._volume_tab()), ("Resharding", self._resharding_tab()),
+                ("Mismatches", self._mismatch_tab()), ("Tables", TablesPanel(load, LOAD_TABLES))]
+        self.tabs = w.Tab(children=[t for _, t in tabs])
+        for i, (title, _) in enumerate(tabs):
+            self.tabs.set_title(i, title)
+        super().__init__([self.header, self.tabs])
+        self.add_class("dcpviz-explorer")
+        self.add_class("dcpviz-load-explorer")
+
+    def _reads_tab(self) -> w.Widget:
+        tensors = [t.fqn for t in self.result.trace.saved.tensors]
+        first = (pick_read_tensors(self.result, 1) or tensors or [""])[0]
+        self.search = w.Text(placeholder="filter tensors (substring)", description="search")
+        self.fqn_picker = w.Select(options=tensors, value=first if first in tensors else None, rows=8, description="tensor",
+                                   layout=w.Layout(width="460px"))
+        W = self.result.trace.scenario.world_size
+        self.rank_picker = w.Dropdown(options=list(range(W)), value=0, description="target rank")
+        self.read_fig = figure_widget()
+        self.search.observe(self._on_search, "value")
+        self.fqn_picker.observe(self._draw_reads, "value")
+        self.rank_picker.observe(self._draw_reads, "value")
+        self._all_tensors = tensors
+        self._draw_reads()
+        return w.VBox([self.search, self.fqn_picker, self.rank_picker, self.read_fig])
+
+    def _on_search(self, change: Any = None) -> None:
+        text = self.search.value.strip().lower()
+        opts = [f for f in self._all_tensors if text in f.lower()]
+        cur = self.fqn_picker.value
+        self.fqn_picker.options = opts
+        if cur in opts:
+            self.fqn_picker.value = cur
+        elif opts:
+            self.fqn_picker.value = opts[0]
+
+    def _draw_reads(self, change: Any = None) -> None:
+        if self.fqn_picker.value:
+            replace_figure(self.read_fig, views.read_layout(self.result, self.fqn_picker.value, self.rank_picker.value))
+
+    def _volume_tab(self) -> w.Widget:
+        self.volume_fig = figure_widget()
+        if len(self.result.read_items):
+            replace_figure(self.volume_fig, views.read_volume(self.result))
+        return w.VBox([self.volume_fig])
+
+    def _resharding_tab(self) -> w.Widget:
+        options = [("by writer rank", "writer_rank")]
+        if len(self.result.read_items) and self.result.read_items["file"].notna().any():
+            options.append(("by storage file", "file"))
+        self.reshard_by = w.ToggleButtons(options=options, value="writer_rank")
+        self.reshard_values = w.ToggleButtons(options=[("bytes read", "nbytes"), ("reads", "reads"), ("chunk bytes deserialised", "chunk_nbytes")], value="nbytes")
+        self.reshard_fig = figure_widget()
+        self.reshard_by.observe(self._draw_resharding, "value")
+        self.reshard_values.observe(self._draw_resharding, "value")
+        self._draw_resharding()
+        return w.VBox([w.HBox([self.reshard_by, self.reshard_values]), self.reshard_fig])
+
+    def _draw_resharding(self, change: Any = None) -> None:
+        if len(self.result.read_items):
+            replace_figure(self.reshard_fig, views.resharding(self.result, by=self.reshard_by.value, values=self.reshard_values.value))
+
+    def _mismatch_tab(self) -> w.Widget:
+        mm = self.result.mismatches
+        if not len(mm):
+            return w.HTML("<p>No mismatches: every key the target wants is in the checkpoint with its shape and dtype.</p>")
+        return w.HTML(hints_html(self.result.hints) + table_html(mm.drop(columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore"), max_rows=500))

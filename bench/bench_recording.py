@@ -125,7 +125,7 @@ def _plans_from(result):
     return plans
 
 
-def part2(cases) -> None:
+def part2(cases, repeats: int = 3) -> None:
     import copy
 
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
@@ -134,25 +134,27 @@ def part2(cases) -> None:
     from dcpviz.engine.recording import RecordingSavePlanner
     from dcpviz.engine.world import fake_world
 
-    print("\nPart 2: the coordinator's create_global_plan on real-size local plans (one process)")
+    print(f"\nPart 2: the coordinator's create_global_plan on real-size local plans (one process, best of {repeats})")
     print(f"{'model':<11}{'recipe':<7}{'W':>6}{'items':>9}{'DCP s':>8}{'recorded s':>12}{'overhead s':>12}"
           f"{'trace MB':>10}")
     for model, recipe, world, mesh in cases:
         sc = dcpviz.Scenario(model=model, world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16")
         plans = _plans_from(dcpviz.simulate_save(sc, progress=False))
         n = sum(len(p.items) for p in plans)
+        dcp_s = rec_s = float("inf")
         with fake_world(0, world), tempfile.TemporaryDirectory() as root:
-            a = copy.deepcopy(plans)
-            t0 = time.perf_counter()
-            DefaultSavePlanner(flatten_state_dict=False).create_global_plan(a)
-            dcp_s = time.perf_counter() - t0
-            rec = RecordingSavePlanner(Path(root) / "t.json", DefaultSavePlanner(flatten_state_dict=False),
-                                       scenario=sc)
-            rec.is_coordinator = True
-            b = copy.deepcopy(plans)
-            t0 = time.perf_counter()
-            rec.create_global_plan(b)
-            rec_s = time.perf_counter() - t0
+            for _ in range(repeats):  # best of: the machine may be shared
+                a = copy.deepcopy(plans)
+                t0 = time.perf_counter()
+                DefaultSavePlanner(flatten_state_dict=False).create_global_plan(a)
+                dcp_s = min(dcp_s, time.perf_counter() - t0)
+                rec = RecordingSavePlanner(Path(root) / "t.json", DefaultSavePlanner(flatten_state_dict=False),
+                                           scenario=sc)
+                rec.is_coordinator = True
+                b = copy.deepcopy(plans)
+                t0 = time.perf_counter()
+                rec.create_global_plan(b)
+                rec_s = min(rec_s, time.perf_counter() - t0)
             size = os.path.getsize(Path(root) / "t.json") / 1e6
         print(f"{model:<11}{recipe:<7}{world:>6}{n:>9}{dcp_s:>8.2f}{rec_s:>12.2f}{rec_s - dcp_s:>12.2f}{size:>10.1f}")
 
@@ -166,7 +168,7 @@ def main() -> None:
     if args.part in ("1", "both"):
         part1(args.repeats)
     if args.part in ("2", "both"):
-        part2(SCALE_CASES[:2] if args.quick else SCALE_CASES)
+        part2(SCALE_CASES[:2] if args.quick else SCALE_CASES, 2 if args.quick else 3)
 
 
 if __name__ == "__main__":

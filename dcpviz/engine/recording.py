@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
 from ..errors import DcpvizError
-from ..trace import ErrorRecord, PlannedItem, SaveTrace, ScenarioInfo, write_trace
+from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
 from .convert import PlanConverter, metadata_info, planned_item, planner_info, tensor_layouts
 
 
@@ -266,6 +266,7 @@ class RecordingSavePlanner(SavePlanner):
             )
         else:
             info = self._trace.metadata
+        notes = [n for n in notes if not n.startswith("The coordinator's own finish_plan")]
         if self._final_plan is not None and self._global_plans is not None:
             same = _same_items(self._final_plan, self._global_plans[self._coordinator_index()])
             notes.append(
@@ -337,8 +338,7 @@ class RecordingSavePlanner(SavePlanner):
         from .simulate import _now, _torch_version
 
         W = len(all_plans)
-        # Memoised on tensor_data identity: the global plans reuse the local plans' items.
-        conv = PlanConverter()
+        conv = _GatheredPlanConverter()
         own = self._byte_sizes
         local = tuple(conv.record(p, own) for p in all_plans)
         global_records = tuple(conv.record(p, own) for p in global_plans) if global_plans is not None else None
@@ -391,6 +391,31 @@ class RecordingSavePlanner(SavePlanner):
             dcpviz_version=__version__,
             created=_now(),
         )
+
+
+class _GatheredPlanConverter(PlanConverter):
+    """PlanConverter for plans that arrived through a gather: every rank's items are distinct
+    objects, so identity memos miss; tensor items are interned by their DCP facts instead (the
+    key is built from objects the item already holds — no conversion unless new)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_value: dict[tuple, int] = {}
+
+    def record(self, plan: SavePlan, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
+        ids = []
+        for wi in plan.items:
+            td = wi.tensor_data
+            if td is None:  # BYTE_IO: sizes differ by rank
+                ids.append(self.table.add(planned_item(wi, byte_sizes)))
+                continue
+            key = (wi.index.fqn, wi.type, wi.index.offset, td.chunk.offsets, td.chunk.sizes,
+                   td.properties.dtype, td.size)
+            idx = self._by_value.get(key)
+            if idx is None:
+                idx = self._by_value[key] = self.table.add(planned_item(wi, byte_sizes))
+            ids.append(idx)
+        return PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
 
 
 def _same_items(a: SavePlan, b: SavePlan) -> bool:

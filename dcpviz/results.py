@@ -14,7 +14,32 @@ from .hints import Hint, compute_hints, hints_table
 from .trace import LoadTrace, SaveTrace, read_trace, write_trace
 
 
-class SaveResult:
+class _Result:
+    """What both result kinds share: the trace, its scenario, errors, JSON."""
+
+    kind = ""
+
+    def __init__(self, trace: Any, metadata: Any = None) -> None:
+        self.trace = trace
+        self._metadata = metadata
+
+    @property
+    def scenario(self):
+        return self.trace.scenario
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(e) for e in self.trace.errors]
+
+    @property
+    def ok(self) -> bool:
+        return not self.trace.errors
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        return write_trace(self.trace, path)
+
+
+class SaveResult(_Result):
     """What a save planner did, on every rank. Tables are pandas DataFrames:
 
     ``write_items`` every local-plan item (``kept`` after dedup) · ``dedup`` each index planned by
@@ -23,10 +48,8 @@ class SaveResult:
     """
 
     kind = "save"
+    trace: SaveTrace
 
-    def __init__(self, trace: SaveTrace, metadata: Any = None) -> None:
-        self.trace = trace
-        self._metadata = metadata
 
     # -- tables ----------------------------------------------------------------------------
     @cached_property
@@ -94,10 +117,6 @@ class SaveResult:
     run_info: Any = None
 
     @property
-    def scenario(self):
-        return self.trace.scenario
-
-    @property
     def metadata(self):
         """DCP's Metadata: the object DCP built, or one rebuilt from the trace's facts."""
         if self._metadata is None and self.trace.metadata is not None:
@@ -105,17 +124,6 @@ class SaveResult:
 
             self._metadata = torch_metadata(self.trace.metadata)
         return self._metadata
-
-    @property
-    def errors(self) -> list[str]:
-        return [str(e) for e in self.trace.errors]
-
-    @property
-    def ok(self) -> bool:
-        return not self.trace.errors
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        return write_trace(self.trace, path)
 
     def _repr_html_(self) -> str:
         from .report import summary_rows
@@ -134,7 +142,7 @@ class SaveResult:
         )
 
 
-class LoadResult:
+class LoadResult(_Result):
     """What a load planner did against a checkpoint, on every rank of the target layout.
 
     Tables are pandas DataFrames: ``read_items`` every read of every rank (which box of which
@@ -145,10 +153,8 @@ class LoadResult:
     """
 
     kind = "load"
+    trace: LoadTrace
 
-    def __init__(self, trace: LoadTrace, metadata: Any = None) -> None:
-        self.trace = trace
-        self._metadata = metadata
 
     # -- tables ----------------------------------------------------------------------------
     @cached_property
@@ -188,10 +194,6 @@ class LoadResult:
 
     # -- facts -----------------------------------------------------------------------------
     @property
-    def scenario(self):
-        return self.trace.scenario
-
-    @property
     def metadata(self):
         """The checkpoint's DCP Metadata the load was planned against."""
         if self._metadata is None:
@@ -199,17 +201,6 @@ class LoadResult:
 
             self._metadata = torch_metadata(self.trace.saved)
         return self._metadata
-
-    @property
-    def errors(self) -> list[str]:
-        return [str(e) for e in self.trace.errors]
-
-    @property
-    def ok(self) -> bool:
-        return not self.trace.errors
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        return write_trace(self.trace, path)
 
     def __repr__(self) -> str:
         s = self.summary

@@ -331,74 +331,158 @@ def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+class _DecodeError(Exception):
+    """A malformed value; ``path`` grows as the error travels up to the trace's root."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+    def at(self, part: str) -> _DecodeError:
+        self.path.insert(0, part)
+        return self
+
+    def where(self, root: str) -> str:
+        loc = root + "".join(p if p.startswith("[") else f".{p}" for p in self.path)
+        return f"{loc}: {self.message}"
+
+
 class _Decoder:
-    """Rebuild dataclasses from plain JSON by their type hints; wrong shapes raise with a path."""
+    """Rebuild dataclasses from plain JSON by their type hints; wrong shapes raise with a path.
+
+    One decoding function is compiled per type and reused: a 1024-rank trace holds ~100k items,
+    so per-value type inspection would dominate reading it.
+    """
 
     def __init__(self) -> None:
-        self._hints: dict[type, dict[str, Any]] = {}
-
-    def hints(self, cls: type) -> dict[str, Any]:
-        if cls not in self._hints:
-            self._hints[cls] = typing.get_type_hints(cls)
-        return self._hints[cls]
+        self._compiled: dict[Any, Any] = {}
 
     def decode(self, tp: Any, value: Any, where: str) -> Any:
+        try:
+            return self.compile(tp)(value)
+        except _DecodeError as exc:
+            raise TraceFileError(exc.where(where)) from None
+
+    def compile(self, tp: Any) -> Any:
+        fn = self._compiled.get(tp)
+        if fn is None:
+            # Placeholder first, so recursive types resolve to the finished function.
+            self._compiled[tp] = lambda v: self._compiled[tp](v)
+            fn = self._compiled[tp] = self._build(tp)
+        return fn
+
+    def _build(self, tp: Any) -> Any:
         origin = typing.get_origin(tp)
         if tp is Any:
-            return value
+            return lambda v: v
         if origin in (Union, types.UnionType):
-            args = typing.get_args(tp)
-            if value is None and type(None) in args:
-                return None
-            errors = []
-            for arg in args:
-                if arg is type(None):
-                    continue
-                try:
-                    return self.decode(arg, value, where)
-                except TraceFileError as exc:
-                    errors.append(str(exc))
-            raise TraceFileError(errors[0] if errors else f"{where}: unexpected null")
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(tp))
+            inner = [self.compile(a) for a in args]
+
+            def union(v: Any) -> Any:
+                if v is None and optional:
+                    return None
+                first = None
+                for fn in inner:
+                    try:
+                        return fn(v)
+                    except _DecodeError as exc:
+                        first = first or exc
+                raise first or _DecodeError("unexpected null")
+
+            return union
         if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise TraceFileError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
-            hints = self.hints(tp)
-            kwargs = {}
-            for f in dataclasses.fields(tp):
-                if not f.init:
-                    continue
-                if f.name in value:
-                    kwargs[f.name] = self.decode(hints[f.name], value[f.name], f"{where}.{f.name}")
-                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise TraceFileError(f"{where}: missing field {f.name!r}")
-            return tp(**kwargs)
+            hints = typing.get_type_hints(tp)
+            fields = [
+                (f.name, self.compile(hints[f.name]),
+                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                for f in dataclasses.fields(tp) if f.init
+            ]
+            name = tp.__name__
+
+            def dataclass(v: Any) -> Any:
+                if not isinstance(v, dict):
+                    raise _DecodeError(f"expected an object for {name}, got {type(v).__name__}")
+                kwargs = {}
+                for fname, fn, required in fields:
+                    if fname in v:
+                        try:
+                            kwargs[fname] = fn(v[fname])
+                        except _DecodeError as exc:
+                            raise exc.at(fname) from None
+                    elif required:
+                        raise _DecodeError(f"missing field {fname!r}")
+                return tp(**kwargs)
+
+            return dataclass
         if origin is tuple:
-            if not isinstance(value, list):
-                raise TraceFileError(f"{where}: expected a list, got {type(value).__name__}")
             args = typing.get_args(tp)
             if len(args) == 2 and args[1] is Ellipsis:
-                inner = args[0]
-                if inner is int:  # hot path: plans and boxes
-                    if not all(type(v) is int for v in value):
-                        raise TraceFileError(f"{where}: expected a list of ints")
-                    return tuple(value)
-                return tuple(self.decode(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
-            if len(args) != len(value):
-                raise TraceFileError(f"{where}: expected {len(args)} entries, got {len(value)}")
-            return tuple(self.decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+                if args[0] is int:  # hot path: plans and boxes
+
+                    def ints(v: Any) -> tuple:
+                        if type(v) is not list or not all(type(x) is int for x in v):
+                            raise _DecodeError("expected a list of ints")
+                        return tuple(v)
+
+                    return ints
+                inner = self.compile(args[0])
+
+                def many(v: Any) -> tuple:
+                    if type(v) is not list:
+                        raise _DecodeError(f"expected a list, got {type(v).__name__}")
+                    out = []
+                    for i, x in enumerate(v):
+                        try:
+                            out.append(inner(x))
+                        except _DecodeError as exc:
+                            raise exc.at(f"[{i}]") from None
+                    return tuple(out)
+
+                return many
+            parts = [self.compile(a) for a in args]
+
+            def fixed(v: Any) -> tuple:
+                if type(v) is not list:
+                    raise _DecodeError(f"expected a list, got {type(v).__name__}")
+                if len(v) != len(parts):
+                    raise _DecodeError(f"expected {len(parts)} entries, got {len(v)}")
+                out = []
+                for i, (fn, x) in enumerate(zip(parts, v)):
+                    try:
+                        out.append(fn(x))
+                    except _DecodeError as exc:
+                        raise exc.at(f"[{i}]") from None
+                return tuple(out)
+
+            return fixed
         if tp is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            raise TraceFileError(f"{where}: expected a number, got {value!r}")
+
+            def number(v: Any) -> float:
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return float(v)
+                raise _DecodeError(f"expected a number, got {v!r}")
+
+            return number
         if tp in (int, str, bool):
-            if type(value) is tp:
-                return value
-            raise TraceFileError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+            def prim(v: Any) -> Any:
+                if type(v) is tp:
+                    return v
+                raise _DecodeError(f"expected {tp.__name__}, got {v!r}")
+
+            return prim
         if tp is type(None):
-            if value is None:
-                return None
-            raise TraceFileError(f"{where}: expected null, got {value!r}")
-        raise TraceFileError(f"{where}: cannot decode type {tp!r}")
+
+            def null(v: Any) -> None:
+                if v is None:
+                    return None
+                raise _DecodeError(f"expected null, got {v!r}")
+
+            return null
+        raise TraceFileError(f"cannot decode type {tp!r}")
 
 
 def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:

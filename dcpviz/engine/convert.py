@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -75,6 +76,22 @@ class ItemTable:
             idx = self._ids[item] = len(self.items)
             self.items.append(item)
         return idx
+
+
+def byte_item_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
+    """Serialised length of each BYTE_IO item, from the planner's own ``resolve_data`` (what the
+    storage writer will write); 0 where the planner cannot say."""
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    sizes: dict[str, int] = {}
+    for wi in items:
+        if wi.type == WriteItemType.BYTE_IO and wi.index.fqn not in sizes:
+            try:
+                data = planner.resolve_data(wi)
+                sizes[wi.index.fqn] = data.getbuffer().nbytes if isinstance(data, io.BytesIO) else 0
+            except Exception:
+                sizes[wi.index.fqn] = 0
+    return sizes
 
 
 def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> PlannedItem:

@@ -15,7 +15,6 @@ run, after the last planner call. ``complete()`` after ``dcp.save`` adds the sto
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import time
 from collections import Counter
@@ -27,7 +26,14 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 
 from ..errors import DcpvizError
 from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
-from .convert import PlanConverter, metadata_info, planned_item, planner_info, tensor_layouts
+from .convert import (
+    PlanConverter,
+    byte_item_sizes,
+    metadata_info,
+    planned_item,
+    planner_info,
+    tensor_layouts,
+)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -112,18 +118,26 @@ def _scenario_info(scenario: Any) -> ScenarioInfo | None:
     raise DcpvizError(f"scenario={scenario!r} must be a dcpviz.Scenario (or None to infer it).")
 
 
-def _byte_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
-    """Serialised length of this rank's BYTE_IO items, from the wrapped planner's resolve_data
-    (what the storage writer will write)."""
-    sizes: dict[str, int] = {}
-    for wi in items:
-        if wi.type == WriteItemType.BYTE_IO and wi.index.fqn not in sizes:
-            try:
-                data = planner.resolve_data(wi)
-                sizes[wi.index.fqn] = data.getbuffer().nbytes if isinstance(data, io.BytesIO) else 0
-            except Exception:
-                sizes[wi.index.fqn] = 0
-    return sizes
+def init_recorder(rec: Any, path: str | os.PathLike[str], planner: Any, base: type, default: type, scenario: Any) -> None:
+    """What both recording planners set up: the wrapped planner (default DCP's), where the
+    trace goes, and this process's rank. Options are read before set_up_planner adds state."""
+    if planner is None:
+        planner = default()
+    elif isinstance(planner, type) and issubclass(planner, base):
+        planner = planner()
+    if not isinstance(planner, base):
+        raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint {base.__name__}.")
+    if isinstance(planner, type(rec)):
+        raise DcpvizError(f"planner is already a {type(rec).__name__}; wrap the inner planner once.")
+    rec._inner = planner
+    rec._path_template = str(path)
+    rec._saves = -1  # calls to set_up_planner so far (one per dcp call)
+    rec.path = Path(path)
+    rec._scenario = _scenario_info(scenario)
+    rec._planner_info = planner_info(planner, default)
+    rec._rank, rec._world = _rank_and_world()
+    rec.is_coordinator = False
+    rec._reset()
 
 
 class RecordingSavePlanner(SavePlanner):
@@ -144,24 +158,7 @@ class RecordingSavePlanner(SavePlanner):
 
     def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
                  scenario: Any = None) -> None:
-        if planner is None:
-            planner = DefaultSavePlanner()
-        elif isinstance(planner, type) and issubclass(planner, SavePlanner):
-            planner = planner()
-        if not isinstance(planner, SavePlanner):
-            raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint SavePlanner.")
-        if isinstance(planner, RecordingSavePlanner):
-            raise DcpvizError("planner is already a RecordingSavePlanner; wrap the inner planner once.")
-        self._inner = planner
-        self._path_template = str(path)
-        self._saves = -1  # calls to set_up_planner so far (one per dcp call)
-        self.path = Path(path)
-        self._scenario = _scenario_info(scenario)
-        # Read the options before set_up_planner adds state (as simulate_save does).
-        self._planner_info = planner_info(planner, DefaultSavePlanner)
-        self._rank, self._world = _rank_and_world()
-        self.is_coordinator = False
-        self._reset()
+        init_recorder(self, path, planner, SavePlanner, DefaultSavePlanner, scenario)
 
     def _reset(self) -> None:
         """Forget the previous dcp.save's facts."""
@@ -216,7 +213,7 @@ class RecordingSavePlanner(SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_local_plan"] = t1 - t0
         self._local_plan = plan
-        self._byte_sizes = _byte_sizes(self._inner, plan.items)
+        self._byte_sizes = byte_item_sizes(self._inner, plan.items)
         self._overhead += time.perf_counter() - t1
         return plan
 

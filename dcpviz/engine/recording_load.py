@@ -18,11 +18,10 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
-from ..errors import DcpvizError
 from ..trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
-from .convert import ItemTable, metadata_info, planner_info
+from .convert import ItemTable, metadata_info
 from .convert_load import load_plan_record, read_record, saved_itemsizes, target_value
-from .recording import _rank_and_world, _scenario_info, infer_scenario
+from .recording import _rank_and_world, infer_scenario, init_recorder
 
 
 def read_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
@@ -66,23 +65,7 @@ class RecordingLoadPlanner(LoadPlanner):
 
     def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
                  scenario: Any = None) -> None:
-        if planner is None:
-            planner = DefaultLoadPlanner()
-        elif isinstance(planner, type) and issubclass(planner, LoadPlanner):
-            planner = planner()
-        if not isinstance(planner, LoadPlanner):
-            raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint LoadPlanner.")
-        if isinstance(planner, RecordingLoadPlanner):
-            raise DcpvizError("planner is already a RecordingLoadPlanner; wrap the inner planner once.")
-        self._inner = planner
-        self._path_template = str(path)
-        self._saves = -1  # calls to set_up_planner so far (one per dcp call)
-        self.path = Path(path)
-        self._scenario = _scenario_info(scenario)
-        self._planner_info = planner_info(planner, DefaultLoadPlanner)
-        self._rank, self._world = _rank_and_world()
-        self.is_coordinator = False
-        self._reset()
+        init_recorder(self, path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
 
     def _reset(self) -> None:
         """Forget the previous dcp.load's facts."""

@@ -10,21 +10,20 @@ At scale, ``fastpath`` shortcuts (exact for DCP's default planner) avoid repeate
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import time
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItemType
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
 from .. import __version__
 from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
 from . import fastpath
-from .convert import PlanConverter, metadata_info, planner_info, tensor_layouts
+from .convert import PlanConverter, byte_item_sizes, metadata_info, planner_info, tensor_layouts
 from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from .statedict import rank_state_dict
 from .world import fake_world
@@ -50,19 +49,6 @@ def progress_bar(total: int, desc: str, progress: bool | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="rank", leave=False)
-
-
-def byte_item_sizes(planner: Any, plan: SavePlan) -> dict[str, int]:
-    """Serialised length of each BYTE_IO item, from the planner's own resolve_data."""
-    sizes: dict[str, int] = {}
-    for wi in plan.items:
-        if wi.type == WriteItemType.BYTE_IO and wi.index.fqn not in sizes:
-            try:
-                data = planner.resolve_data(wi)
-                sizes[wi.index.fqn] = data.getbuffer().nbytes if isinstance(data, io.BytesIO) else 0
-            except Exception:
-                sizes[wi.index.fqn] = 0
-    return sizes
 
 
 def unvalidated_global_plan(planner: Any, local_plans: list[SavePlan]) -> tuple[list[SavePlan], Any] | None:
@@ -160,7 +146,7 @@ def simulate_save(
                     with torch.no_grad(), (fastpath.memoized_local_shapes() if shortcuts else nullcontext()):
                         set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
                         plan = p.create_local_plan()
-                    return plan, byte_item_sizes(p, plan), None, lay, n, t1 - t0, time.perf_counter() - t1
+                    return plan, byte_item_sizes(p, plan.items), None, lay, n, t1 - t0, time.perf_counter() - t1
                 except Exception as exc:  # a planner failure is data
                     return None, {}, error_record("local", r, exc), lay, n, t1 - t0, time.perf_counter() - t1
 

@@ -157,6 +157,7 @@ def simulate_load(
                 "where every DTensor is replicated share DCP's default load plan (exact; see engine/fastpath.py)."
             )
     plan_memo: dict[int, PlanRecord] = {}
+    fakes: dict = {}
     per_rep: dict[int, tuple] = {}  # rep -> (values, wanted ids, messages, renames, read_dest)
     bar = progress_bar(len(set(rep_of.values())), "load plans", progress)
     with _DerivedVersionGuard():
@@ -170,22 +171,21 @@ def simulate_load(
                 collector.add_rank(r, values, md, messages, renames, read_dest)
                 t_check += time.perf_counter() - t2
                 continue
-            with fake_world(r, W):
+            with fake_world(r, W), (fastpath.memoized_local_shapes() if shortcuts else nullcontext()):
                 t0 = time.perf_counter()
                 if template is not None:
                     state_dict = fastpath.rank_view(template, r, {})
                 else:
                     state_dict, n = rank_state_dict(sim, r)
                     rebound += n
-                state_dict = to_storageless(state_dict, mode)
+                state_dict = to_storageless(state_dict, mode, fakes if shortcuts else None)
                 t1 = time.perf_counter()
                 p = make_planner()
                 planners[r] = p
                 failed = False
                 try:
-                    with fastpath.memoized_local_shapes() if shortcuts else nullcontext():
-                        p.set_up_planner(state_dict, md, r == 0)
-                        plan = p.create_local_plan()
+                    p.set_up_planner(state_dict, md, r == 0)
+                    plan = p.create_local_plan()
                     local[r] = plan
                     local_records[r] = load_plan_record(plan, reads, itemsizes, plan_memo)
                 except Exception as exc:  # a planner failure is data

@@ -140,6 +140,17 @@ def init_recorder(rec: Any, path: str | os.PathLike[str], planner: Any, base: ty
     rec._reset()
 
 
+def start_call(rec: Any, is_coordinator: bool) -> None:
+    """Begin one dcp.save / dcp.load: one planner object often serves every periodic save, so
+    each call starts afresh (and numbers its trace when the path holds ``{n}``)."""
+    rec._rank, rec._world = _rank_and_world()
+    rec.is_coordinator = is_coordinator
+    rec._saves += 1
+    template = rec._path_template
+    rec.path = Path(template.format(n=rec._saves)) if "{n}" in template else Path(template)
+    rec._reset()
+
+
 class RecordingSavePlanner(SavePlanner):
     """Wrap a SavePlanner (default: DCP's ``DefaultSavePlanner()``) and write a dcpviz trace.
 
@@ -189,13 +200,7 @@ class RecordingSavePlanner(SavePlanner):
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
         from .planners import set_up_save_planner
 
-        self._rank, self._world = _rank_and_world()
-        self.is_coordinator = is_coordinator
-        # One planner object is often reused for every periodic save/load: start each afresh.
-        self._saves += 1
-        self.path = Path(self._path_template.format(n=self._saves)) if "{n}" in self._path_template \
-            else Path(self._path_template)
-        self._reset()
+        start_call(self, is_coordinator)
         t0 = time.perf_counter()
         set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
         t1 = time.perf_counter()

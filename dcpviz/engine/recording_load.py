@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from ..trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
 from .convert import ItemTable, metadata_info
 from .convert_load import load_plan_record, read_record, saved_itemsizes, target_value
-from .recording import _rank_and_world, infer_scenario, init_recorder
+from .recording import infer_scenario, init_recorder, start_call
 
 
 def read_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
@@ -94,13 +94,7 @@ class RecordingLoadPlanner(LoadPlanner):
 
     # -- the LoadPlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
-        self._rank, self._world = _rank_and_world()
-        self.is_coordinator = is_coordinator
-        # One planner object is often reused for every periodic save/load: start each afresh.
-        self._saves += 1
-        self.path = Path(self._path_template.format(n=self._saves)) if "{n}" in self._path_template \
-            else Path(self._path_template)
-        self._reset()
+        start_call(self, is_coordinator)
         t0 = time.perf_counter()
         self._inner.set_up_planner(state_dict, metadata, is_coordinator)
         self._timings["set_up_planner"] = time.perf_counter() - t0

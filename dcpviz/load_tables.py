@@ -268,20 +268,14 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
     failed = sorted({e.rank for e in trace.errors if e.phase == "local" and e.rank is not None})
     total = int(reads["nbytes"].sum()) if len(reads) else 0
     nb = vol["nbytes"].astype("float64")
-    sc, saved = trace.scenario, trace.saved_scenario
+    from .tables import job_facts
+
     return {
-        "model": sc.model,
-        "world_size": sc.world_size,
-        "mesh": sc.mesh,
-        "mesh_dim_names": sc.mesh_dim_names,
-        "recipe": sc.recipe,
-        "dtype": sc.dtype,
+        **job_facts(trace),
         "saved_source": trace.saved_source,
-        "saved_scenario": saved,
+        "saved_scenario": trace.saved_scenario,
         "saved_tensors": len(trace.saved.tensors),
         "saved_bytes_entries": len(trace.saved.bytes_keys),
-        "planner": trace.planner.cls,
-        "planner_options": dict(trace.planner.options),
         "plans": phase,
         "reads": len(reads),
         "total_bytes": total,

@@ -247,15 +247,8 @@ def chunks(trace: SaveTrace) -> pd.DataFrame:
     return df.astype({"chunk_index": "int64", "rank": "int64", "nbytes": "int64"})
 
 
-def summary(trace: SaveTrace) -> dict[str, Any]:
-    """The numbers a header shows: world, mesh, planner, sizes, balance, validation."""
-    vol = rank_volume(trace)
-    written = vol["nbytes"].astype("float64")
-    mean = float(written.mean()) if len(written) and written.notna().all() else float("nan")
-    mx = float(written.max()) if len(written) and written.notna().all() else float("nan")
-    n_local = sum(len(p.items) for p in trace.local_plans if p is not None)
-    finals = final_or_global(trace)
-    n_final = sum(len(p.items) for p in finals) if finals is not None else None
+def job_facts(trace: Any) -> dict[str, Any]:
+    """The job and planner a trace (save or load) describes, for headers."""
     sc = trace.scenario
     return {
         "model": sc.model,
@@ -266,6 +259,20 @@ def summary(trace: SaveTrace) -> dict[str, Any]:
         "dtype": sc.dtype,
         "planner": trace.planner.cls,
         "planner_options": dict(trace.planner.options),
+    }
+
+
+def summary(trace: SaveTrace) -> dict[str, Any]:
+    """The numbers a header shows: world, mesh, planner, sizes, balance, validation."""
+    vol = rank_volume(trace)
+    written = vol["nbytes"].astype("float64")
+    mean = float(written.mean()) if len(written) and written.notna().all() else float("nan")
+    mx = float(written.max()) if len(written) and written.notna().all() else float("nan")
+    n_local = sum(len(p.items) for p in trace.local_plans if p is not None)
+    finals = final_or_global(trace)
+    n_final = sum(len(p.items) for p in finals) if finals is not None else None
+    return {
+        **job_facts(trace),
         "tensors": len(trace.metadata.tensors) if trace.metadata else None,
         "bytes_entries": len(trace.metadata.bytes_keys) if trace.metadata else None,
         "items_planned": n_local,

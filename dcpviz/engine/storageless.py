@@ -47,21 +47,17 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
     costs ~0.2 ms)."""
     from torch.distributed.tensor import DTensor
 
+    from .world import map_state_dict
+
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):
             local = _fake_like(value._local_tensor, mode, cache)
             return DTensor(local, value._spec, requires_grad=False)
         if isinstance(value, torch.Tensor):
             return _fake_like(value, mode, cache)
-        if isinstance(value, dict):
-            return type(value)((k, conv(v)) for k, v in value.items())
-        if isinstance(value, list):
-            return [conv(v) for v in value]
-        if isinstance(value, tuple) and not hasattr(value, "_fields"):
-            return tuple(conv(v) for v in value)
         return value
 
-    return conv(obj)
+    return map_state_dict(obj, conv)
 
 
 def has_real_storage(t: Any) -> bool:

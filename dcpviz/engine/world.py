@@ -80,6 +80,18 @@ def expected_coordinate(mesh: Any, rank: int) -> tuple[int, ...] | None:
     return DeviceMesh._compute_coordinates_from_mesh(mesh.mesh, rank)
 
 
+def map_state_dict(obj: Any, fn: Any) -> Any:
+    """``obj`` (a state dict, nested or flat) with every leaf replaced by ``fn(leaf)``; dicts,
+    lists and plain tuples are rebuilt, named tuples and everything else are leaves."""
+    if isinstance(obj, dict):
+        return type(obj)((k, map_state_dict(v, fn)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [map_state_dict(v, fn) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(map_state_dict(v, fn) for v in obj)
+    return fn(obj)
+
+
 def rebind_to_rank(obj: Any, rank: int, cache: dict[int, Any] | None = None) -> tuple[Any, int]:
     """Return ``obj`` (a state dict, nested or flat) with every DTensor on rank ``rank``'s mesh.
 
@@ -104,15 +116,9 @@ def rebind_to_rank(obj: Any, rank: int, cache: dict[int, Any] | None = None) -> 
                 _rank_mesh(mesh, rank, cache), spec.placements, tensor_meta=spec.tensor_meta
             )
             return DTensor(value._local_tensor, new_spec, requires_grad=value.requires_grad)
-        if isinstance(value, dict):
-            return type(value)((k, fix(v)) for k, v in value.items())
-        if isinstance(value, list):
-            return [fix(v) for v in value]
-        if isinstance(value, tuple) and not hasattr(value, "_fields"):
-            return tuple(fix(v) for v in value)
         return value
 
-    return fix(obj), count
+    return map_state_dict(obj, fix), count
 
 
 def dtensor_count(obj: Any) -> int:

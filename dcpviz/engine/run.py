@@ -73,6 +73,21 @@ def _check_picklable(**objs: Any) -> None:
 
 
 # -- the worker's job ------------------------------------------------------------------------
+def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, backend: str, device: str,
+                    timeout: float, start_method: str | None) -> tuple[Any, Any]:
+    """Run ``job`` on every rank with a recording planner writing into a scratch directory;
+    return the launch outcome and the coordinator's trace (None if none was written)."""
+    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
+    work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
+    try:
+        trace_path = work / "trace.json"
+        outcome = launch(job, scenario.world_size, (scenario, planner, str(root), str(trace_path), device),
+                         backend=backend, device=device, timeout=timeout, start_method=start_method)
+        return outcome, (read_trace(trace_path) if trace_path.is_file() else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
              checkpoint_dir: str, trace_path: str, device: str) -> dict[str, Any]:
     """Runs in each worker, inside the process group."""
@@ -133,17 +148,8 @@ def run_save(
         raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
     scenario, backend, device = resolve_device(scenario)
     info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
-    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
     root = _empty_dir(Path(checkpoint_dir)).resolve()
-    work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
-    try:
-        trace_path = work / "trace.json"
-        outcome = launch(save_job, scenario.world_size,
-                         (scenario, planner, str(root), str(trace_path), device),
-                         backend=backend, device=device, timeout=timeout, start_method=start_method)
-        base = read_trace(trace_path) if trace_path.is_file() else None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method)
     md = None
     errors = list(outcome.errors)
     if outcome.ok:

@@ -11,18 +11,16 @@ coordinator's LoadTrace is completed with every rank's own values, plans and mis
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import DcpvizError
 from ..scenario import Scenario
-from ..trace import ErrorRecord, LoadTrace, PlanRecord, read_trace
+from ..trace import ErrorRecord, LoadTrace, PlanRecord
 from .convert import ItemTable, metadata_info, planner_info
-from .procs import RunInfo, launch
+from .procs import RunInfo
 from .recording_load import mismatches_for, read_facts, read_records_from_plain, values_from_plain
-from .run import DEFAULT_TIMEOUT_S, _check_picklable, digests_of, resolve_device
+from .run import DEFAULT_TIMEOUT_S, digests_of, launch_recorded, resolve_device
 
 
 def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
@@ -89,16 +87,7 @@ def run_load(
     checked = inspect_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)
     info = planner_info(planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), DefaultLoadPlanner)
-    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
-    work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
-    try:
-        trace_path = work / "load.json"
-        outcome = launch(load_job, scenario.world_size,
-                         (scenario, planner, str(root), str(trace_path), device),
-                         backend=backend, device=device, timeout=timeout, start_method=start_method)
-        base = read_trace(trace_path) if trace_path.is_file() else None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    outcome, base = launch_recorded(load_job, scenario, planner, root, backend, device, timeout, start_method)
     trace = assemble_load_trace(scenario, info, base, outcome.payloads, list(outcome.errors),
                                 checked.metadata, root, outcome.info)
     result = LoadResult(trace, metadata=checked.metadata)

@@ -18,7 +18,7 @@ from .engine.run_load import run_load
 from .engine.simulate import simulate_save
 from .engine.simulate_load import simulate_load
 from .engine.statedict import as_rank
-from .errors import DcpvizError
+from .errors import DcpvizError, RecordingWarning
 from .report import report
 from .results import LoadResult, SaveResult, load_trace
 from .scenario import Scenario
@@ -29,6 +29,7 @@ __all__ = [
     "LoadResult",
     "RecordingLoadPlanner",
     "RecordingSavePlanner",
+    "RecordingWarning",
     "SafeFileSystemReader",
     "SaveResult",
     "as_rank",

@@ -10,6 +10,7 @@
 
 __version__ = "0.1.0"
 
+from .byteio import SafeLoadPlanner
 from .checkpoint import SafeFileSystemReader, inspect_checkpoint
 from .engine.recording import RecordingSavePlanner
 from .engine.recording_load import RecordingLoadPlanner
@@ -31,6 +32,7 @@ __all__ = [
     "RecordingSavePlanner",
     "RecordingWarning",
     "SafeFileSystemReader",
+    "SafeLoadPlanner",
     "SaveResult",
     "as_rank",
     "Scenario",

@@ -127,3 +127,43 @@ def test_simulation_restores_logging_a_torch_call_changed(warm_imports, monkeypa
     monkeypatch.setattr(fastpath, "rank_state_dict", noisy)
     dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     assert (target.level, tuple(target.handlers), target.propagate) == before
+
+
+def _stale_meshes_on_rank1(sc) -> tuple[int, list[str]]:
+    """Be rank 1 (the user's own code after dcpviz ran) and build the scenario's model: how many
+    DTensors it has, and which carry another rank's mesh coordinate."""
+    from torch.distributed.tensor import DTensor
+
+    from dcpviz.engine import statedict, world
+    from dcpviz.recipes import apply_recipe
+
+    with world.fake_world(1, sc.world_size):
+        model = apply_recipe(sc.recipe, statedict.build_model_on_meta(sc), statedict.build_mesh(sc))
+        dtensors = {k: v for k, v in model.state_dict().items() if isinstance(v, DTensor)}
+        stale = [k for k, v in dtensors.items()
+                 if v.device_mesh.get_coordinate() != world.expected_coordinate(v.device_mesh, 1)]
+    return len(dtensors), stale
+
+
+TP_FSDP = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp")
+
+
+def test_a_later_job_gets_its_own_meshes_not_a_simulated_ranks():
+    """DTensor's dispatch caches key sharding results by mesh equality, which ignores the rank:
+    left filled by a simulation, they hand the next DTensors built on rank 1 the meshes of the
+    simulation's ranks (here every one of the 21 DTensors was wrong before the fix)."""
+    dcpviz.simulate_save(TP_FSDP)
+    count, stale = _stale_meshes_on_rank1(TP_FSDP)
+    assert count and stale == []
+
+
+def test_as_rank_leaves_process_as_found(warm_imports):
+    before = _process_state()
+    before.pop("loggers")
+    with dcpviz.as_rank(TP_FSDP, 3) as sd:
+        assert dist.get_rank() == 3 and sd
+    after = _process_state()
+    after.pop("loggers")
+    assert after == before
+    count, stale = _stale_meshes_on_rank1(TP_FSDP)
+    assert count and stale == []

@@ -102,20 +102,16 @@ class _LoggingState:
 
 
 def clear_dtensor_caches() -> None:
-    """Forget DTensor's sharding-propagation memo. Its entries are keyed by ``DeviceMesh``
-    equality, which ignores the rank and the process group: left behind, they would hand a
-    later real job's DTensor ops the mesh of a simulated rank (whose groups no longer exist).
-    The memo is a pure cache, so clearing it only costs recomputation."""
+    """Forget DTensor's sharding-propagation caches (the Python one and the C++ dispatch fast
+    path's), with torch's own helper. Their entries are keyed by ``DeviceMesh`` equality, which
+    ignores the rank and the process group: left behind, they would hand a later job's DTensor
+    ops the mesh of a simulated rank (whose groups no longer exist). They are pure caches, so
+    clearing them only costs recomputation."""
     try:
-        from torch.distributed.tensor import DTensor
-
-        propagator = DTensor._op_dispatcher.sharding_propagator
-    except Exception:  # an older or newer torch without these internals: nothing to clear
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # a torch without these internals: nothing to clear
         return
-    for name in ("propagate_op_sharding", "_propagate_tensor_meta_cached"):
-        clear = getattr(getattr(propagator, name, None), "cache_clear", None)
-        if clear is not None:
-            clear()
+    _clear_sharding_prop_cache()
 
 
 @contextmanager

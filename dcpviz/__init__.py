@@ -10,6 +10,7 @@
 
 __version__ = "0.1.0"
 
+from .byteio import SafeLoadPlanner
 from .checkpoint import SafeFileSystemReader, inspect_checkpoint
 from .engine.recording import RecordingSavePlanner
 from .engine.recording_load import RecordingLoadPlanner
@@ -18,7 +19,7 @@ from .engine.run_load import run_load
 from .engine.simulate import simulate_save
 from .engine.simulate_load import simulate_load
 from .engine.statedict import as_rank
-from .errors import DcpvizError
+from .errors import DcpvizError, RecordingWarning
 from .report import report
 from .results import LoadResult, SaveResult, load_trace
 from .scenario import Scenario
@@ -29,7 +30,9 @@ __all__ = [
     "LoadResult",
     "RecordingLoadPlanner",
     "RecordingSavePlanner",
+    "RecordingWarning",
     "SafeFileSystemReader",
+    "SafeLoadPlanner",
     "SaveResult",
     "as_rank",
     "Scenario",

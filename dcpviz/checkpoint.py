@@ -2,7 +2,9 @@
 
 DCP's ``FileSystemReader.read_metadata`` unpickles ``.metadata`` with plain ``pickle``: opening an
 untrusted checkpoint that way runs arbitrary code. Here ``.metadata`` goes through an unpickler
-that only admits DCP's metadata classes and the few torch/builtin types they need.
+that only admits DCP's metadata classes and the few torch/builtin types they need, and BYTE_IO
+entries (non-tensor values) through torch's weights-only unpickler (``dcpviz.byteio``).
+Nothing is read through a link that leaves the checkpoint directory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
+from .byteio import SafeBytesPlanner, load_byte_io
 from .errors import CheckpointError
 
 METADATA_FILE = ".metadata"
@@ -97,13 +100,43 @@ def read_metadata(checkpoint_dir: str | os.PathLike[str]) -> Any:
             f"{str(root)!r} is not a DCP checkpoint: it has no {METADATA_FILE} file. Pass the directory "
             "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none."
         )
+    check_inside(root, path, f"{METADATA_FILE} of {str(root)!r}")
     return read_metadata_bytes(path.read_bytes(), repr(str(path)))
 
 
+def check_inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` with links resolved, if it stays inside ``root``; a link out of the checkpoint
+    directory (to another user's file, to a planted pickle) is refused, never followed."""
+    real_root, real = root.resolve(), path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise CheckpointError(
+            f"{what} points outside the checkpoint directory (a link to {str(real)!r}); refusing to "
+            "read it. Copy the file into the checkpoint directory if you trust it."
+        )
+    return real
+
+
+def _check_storage_paths(root: Path, md: Any) -> None:
+    """Every storage record names a file inside ``root`` (DCP's reader would open any path)."""
+    for index, s in (getattr(md, "storage_data", None) or {}).items():
+        rel = str(getattr(s, "relative_path", ""))
+        where = f"entry {getattr(index, 'fqn', index)!r}"
+        if Path(rel).is_absolute():
+            raise CheckpointError(f"{where} points outside the checkpoint directory ({rel!r}); refusing to read it.")
+        check_inside(root, root / rel, f"{where} ({rel!r})")
+
+
 class SafeFileSystemReader(FileSystemReader):
-    """DCP's ``FileSystemReader``, except that ``read_metadata`` goes through the restricted
-    unpickler (DCP's own uses plain pickle, so a planted ``.metadata`` runs code in every rank).
-    Tensor records are read by DCP as usual, with ``torch.load(weights_only=True)``::
+    """DCP's ``FileSystemReader``, except that nothing from the checkpoint is unpickled with
+    plain pickle and nothing is read through a path that leaves the directory:
+
+    - ``.metadata`` goes through the restricted unpickler (DCP's own uses plain pickle, so a
+      planted ``.metadata`` runs code in every rank); a ``.metadata`` link out of the
+      directory, or a storage record naming a file outside it, is refused;
+    - BYTE_IO entries (non-tensor values) are built by torch's weights-only unpickler before
+      the planner's ``load_bytes`` sees them (``DefaultLoadPlanner`` would use
+      ``torch.load(weights_only=False)``); this holds for any planner passed to ``dcp.load``;
+    - tensor records are read by DCP as usual, with ``torch.load(weights_only=True)``::
 
         dcp.load(state_dict, storage_reader=dcpviz.SafeFileSystemReader(path))
     """
@@ -114,11 +147,17 @@ class SafeFileSystemReader(FileSystemReader):
         path = Path(self._get_metadata_path(kwargs.get("rank")))
         if not path.is_file():
             raise CheckpointError(f"{str(path)!r} does not exist: not a finished DCP checkpoint.")
+        root = Path(str(self.path))
+        check_inside(root, path, f"{path.name} of {str(root)!r}")
         md = read_metadata_bytes(path.read_bytes(), repr(str(path)))
+        _check_storage_paths(root, md)
         if getattr(md, "storage_meta", None) is None:
             md.storage_meta = StorageMeta()
         md.storage_meta.load_id = self.load_id  # as FileSystemReader.read_metadata does
         return md
+
+    def read_data(self, plan: Any, planner: Any) -> Any:
+        return super().read_data(plan, SafeBytesPlanner(planner, repr(str(self.path))))
 
 
 # -- inspecting a whole checkpoint directory ----------------------------------------------------
@@ -218,14 +257,25 @@ def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify
         raise CheckpointError(f"{where} is corrupt: its record is not a readable archive ({exc}).") from None
 
 
+def _check_byte_entry(fh: Any, s: Any, where: str) -> None:
+    """Build a BYTE_IO entry's value with the restricted unpickler, as SafeFileSystemReader will:
+    a planted pickle is refused here, naming the entry and the class it would build. Such
+    values are small (DCP stores every tensor as its own record), so this is cheap."""
+    fh.seek(int(s.offset))
+    load_byte_io(fh.read(int(s.length)), where)
+
+
 def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
     """Read a DCP checkpoint directory without executing anything from it, and check it.
 
-    ``.metadata`` goes through the restricted unpickler; every storage record must point at a
-    file inside the directory, lie within it, and (``verify='headers'``, the default) be a
-    torch.save archive whose tensor data has the chunk's exact size; ``verify='full'`` also
-    checks every CRC (reads all bytes); ``'none'`` skips record checks. Problems raise
-    ``DcpvizError`` naming the entry and the file. Nothing is ever written into the directory.
+    ``.metadata`` goes through the restricted unpickler (a ``.metadata`` link out of the
+    directory is refused); every storage record must point at a file inside the directory, lie
+    within it, and (``verify='headers'``, the default) be a torch.save archive whose tensor data
+    has the chunk's exact size; every BYTE_IO entry's value must be buildable by torch's
+    weights-only unpickler (a planted pickle is refused, naming the entry and the class it would
+    build); ``verify='full'`` also checks every CRC (reads all bytes); ``'none'`` skips record
+    checks. Problems raise ``DcpvizError`` naming the entry and the file. Nothing is ever
+    written into the directory.
     """
     import math
 
@@ -310,6 +360,8 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
                 for fqn, off, s in recs:
                     where = f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
                     _check_record(fh, s, expected.get(_key(fqn, off)), where, verify)
+                    if off is None:
+                        _check_byte_entry(fh, s, f"BYTE_IO entry {where}")
 
     storage = pd.DataFrame(storage_rows, columns=["fqn", "offsets", "file", "offset", "length", "rank"])
     storage = storage.sort_values(["file", "offset"], kind="stable").reset_index(drop=True)

@@ -34,3 +34,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class RecordingWarning(UserWarning):
+    """A recording planner could not build or write its trace. The user's dcp.save / dcp.load
+    went on unchanged; the planner's ``problems`` says what failed."""

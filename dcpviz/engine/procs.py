@@ -11,9 +11,11 @@ joined (no zombies) and the store is closed before ``launch`` returns or raises.
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from ..errors import DcpvizError
 from ..trace import ErrorRecord
 
 HOST = "127.0.0.1"
@@ -131,6 +134,69 @@ def _entry(job: Callable[..., dict[str, Any]], rank: int, world: int, port: int,
 
 
 # -- parent side ---------------------------------------------------------------------------------
+def _is_main_check(node: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either order, possibly inside a larger condition)."""
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    consts = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+    return "__name__" in names and "__main__" in consts
+
+
+def _guarded_lines(source: str) -> list[tuple[int, int]]:
+    """Line ranges of the bodies of ``if __name__ == "__main__":`` blocks."""
+    ranges = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.If) and _is_main_check(node.test) and node.body:
+            ranges.append((node.body[0].lineno, max(getattr(n, "end_lineno", n.lineno) for n in node.body)))
+    return ranges
+
+
+def _unguarded_main_line(main: Any) -> int | None:
+    """The line of the main script, run at import, that leads to this call — None if the
+    call comes from under a ``__main__`` guard, from a function called later, or from no
+    script at all (a notebook, ``python -c``: spawn does not import those again)."""
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if (code.co_name == "<module>" and frame.f_globals is vars(main)
+                and os.path.realpath(code.co_filename) == real):
+            try:
+                with open(real, encoding="utf-8") as fh:
+                    ranges = _guarded_lines(fh.read())
+            except (OSError, SyntaxError, ValueError):
+                return None  # cannot read the script: do not guess
+            line = frame.f_lineno
+            return None if any(a <= line <= b for a, b in ranges) else line
+        frame = frame.f_back
+    return None
+
+
+def check_main_guard(start_method: str, caller: str) -> None:
+    """Refuse to start workers when they would run the caller's script again.
+
+    With 'spawn' and 'forkserver' each worker imports the main script; top-level code that
+    calls ``run_save`` without an ``if __name__ == "__main__":`` guard would start the run
+    again in every worker, which multiprocessing stops with an error on the worker side (seen
+    here only as 'rank 0 exited with code 1')."""
+    if start_method == "fork":
+        return
+    main = sys.modules.get("__main__")
+    line = _unguarded_main_line(main)
+    if line is None:
+        return
+    script = main.__file__
+    raise DcpvizError(
+        f"{caller} was called from the top level of the script {script!r} (line {line}) without a "
+        f"main guard. Workers are started with start_method={start_method!r}, which imports "
+        f"{os.path.basename(script)} again in every worker, so each one would run this code again. "
+        "Move the script's top-level code into a function main() and add these two lines at the "
+        "end of the script:\n\n    if __name__ == \"__main__\":\n        main()\n"
+    )
+
+
 def _stop(procs: list[Any]) -> None:
     """SIGTERM, a short wait, SIGKILL, and join every process (reaped: no zombies)."""
     for p in procs:
@@ -154,6 +220,7 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
     """
     import torch.distributed as dist
 
+    check_main_guard(start_method, "dcpviz (starting worker processes)")
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
         # The server imports torch and dcpviz once; every worker then starts as a fork of it

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import string
 import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
-from ..errors import DcpvizError
+from ..errors import DcpvizError, RecordingWarning
 from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
 from .convert import (
     PlanConverter,
@@ -118,9 +121,65 @@ def _scenario_info(scenario: Any) -> ScenarioInfo | None:
     raise DcpvizError(f"scenario={scenario!r} must be a dcpviz.Scenario (or None to infer it).")
 
 
+def check_path_template(path: str | os.PathLike[str]) -> str:
+    """``path`` as a trace path template: ``{n}`` (the call's number, format spec allowed, e.g.
+    ``{n:03d}``) is its only placeholder. Checked when the planner is built, so a bad template
+    fails there and never inside the user's dcp.save."""
+    try:
+        template = os.fspath(path)
+    except TypeError:
+        raise DcpvizError(f"path={path!r} must be a file path (str or os.PathLike).") from None
+    if not isinstance(template, str):
+        template = os.fsdecode(template)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise DcpvizError(
+            f"path={template!r} is not a valid path template ({exc}). The only placeholder is {{n}} "
+            "(the save's number); write a literal brace as '{{' or '}}'."
+        ) from None
+    bad = [f for f in fields if f != "n"]
+    if bad:
+        raise DcpvizError(
+            f"path={template!r} has the placeholder {{{bad[0]}}}, but the only one filled in is {{n}} "
+            "(the number of the dcp call this planner serves). Put the rank into the path yourself, "
+            "e.g. f\"plan_{rank}_{{n}}.json\" (only the coordinator writes a trace)."
+        )
+    try:
+        template.format(n=0)
+    except (ValueError, TypeError) as exc:  # a format spec that does not fit an int, e.g. {n:s}
+        raise DcpvizError(f"path={template!r}: {{n}} is an integer, and its format fails ({exc}).") from None
+    return template
+
+
+def record_safely(rec: Any, what: str, step: Callable[..., Any], *args: Any) -> Any:
+    """Run one of the recorder's own steps. Recording must never change what DCP does, so a
+    failure here (a trace that cannot be built or written) becomes a ``RecordingWarning`` and
+    a note in ``rec.problems``; the dcp call goes on. Returns None after a failure."""
+    try:
+        return step(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure of ours must stay out of DCP's way
+        note_problem(rec, what, exc)
+        return None
+
+
+def note_problem(rec: Any, what: str, exc: BaseException) -> None:
+    """Record that the recorder could not do ``what``: a RecordingWarning and a problem note."""
+    message = (f"{type(rec).__name__} could not {what} ({type(exc).__name__}: {exc}); "
+               "the checkpoint call itself is not affected.")
+    rec.problems.append(message)
+    warnings.warn(message, RecordingWarning, stacklevel=2)
+
+
+def problem_notes(rec: Any) -> list[str]:
+    """The recorder's problems so far, as trace notes."""
+    return [f"Recording problem: {p}" for p in rec.problems]
+
+
 def init_recorder(rec: Any, path: str | os.PathLike[str], planner: Any, base: type, default: type, scenario: Any) -> None:
     """What both recording planners set up: the wrapped planner (default DCP's), where the
     trace goes, and this process's rank. Options are read before set_up_planner adds state."""
+    template = check_path_template(path)
     if planner is None:
         planner = default()
     elif isinstance(planner, type) and issubclass(planner, base):
@@ -130,9 +189,9 @@ def init_recorder(rec: Any, path: str | os.PathLike[str], planner: Any, base: ty
     if isinstance(planner, type(rec)):
         raise DcpvizError(f"planner is already a {type(rec).__name__}; wrap the inner planner once.")
     rec._inner = planner
-    rec._path_template = str(path)
+    rec._path_template = template
     rec._saves = -1  # calls to set_up_planner so far (one per dcp call)
-    rec.path = Path(path)
+    rec.path = Path(template.format(n=0))
     rec._scenario = _scenario_info(scenario)
     rec._planner_info = planner_info(planner, default)
     rec._rank, rec._world = _rank_and_world()
@@ -146,8 +205,7 @@ def start_call(rec: Any, is_coordinator: bool) -> None:
     rec._rank, rec._world = _rank_and_world()
     rec.is_coordinator = is_coordinator
     rec._saves += 1
-    template = rec._path_template
-    rec.path = Path(template.format(n=rec._saves)) if "{n}" in template else Path(template)
+    rec.path = Path(rec._path_template.format(n=rec._saves))
     rec._reset()
 
 
@@ -165,6 +223,10 @@ class RecordingSavePlanner(SavePlanner):
     One planner may serve every periodic save: a ``path`` containing ``{n}`` gets the save's
     number (``"plans/save_{n}.json"``), otherwise each save replaces the trace. With
     ``dcp.async_save``, call ``complete()`` once the returned future is done.
+
+    Recording never changes what DCP does: if the trace cannot be built or written (a path
+    that cannot be created, a full disk), the save goes on; a ``dcpviz.RecordingWarning`` is
+    issued and ``problems`` lists what failed (also as notes of any trace written later).
     """
 
     def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
@@ -183,6 +245,7 @@ class RecordingSavePlanner(SavePlanner):
         self._trace: SaveTrace | None = None
         self._metadata: Any = None
         self._global_plans: list[SavePlan] | None = None
+        self.problems: list[str] = []  # what recording could not do in this dcp.save
 
     # Anything the storage writer or user code asks of the planner beyond the protocol
     # (lookup_object, mappings, state_dict, ...) is the wrapped planner's.
@@ -207,10 +270,13 @@ class RecordingSavePlanner(SavePlanner):
         self._timings["set_up_planner"] = t1 - t0
         if is_coordinator:
             # Only the coordinator describes the job; the other ranks pay nothing here.
-            flat = _flat(state_dict)
-            self._layouts = tensor_layouts(flat)
-            self._inferred = infer_scenario(flat, self._world)
+            record_safely(self, "describe the state dict", self._describe, state_dict)
             self._overhead += time.perf_counter() - t1
+
+    def _describe(self, state_dict: Any) -> None:
+        flat = _flat(state_dict)
+        self._layouts = tensor_layouts(flat)
+        self._inferred = infer_scenario(flat, self._world)
 
     def create_local_plan(self) -> SavePlan:
         t0 = time.perf_counter()
@@ -218,7 +284,8 @@ class RecordingSavePlanner(SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_local_plan"] = t1 - t0
         self._local_plan = plan
-        self._byte_sizes = byte_item_sizes(self._inner, plan.items)
+        self._byte_sizes = record_safely(self, "measure the BYTE_IO items", byte_item_sizes,
+                                         self._inner, plan.items) or {}
         self._overhead += time.perf_counter() - t1
         return plan
 
@@ -233,8 +300,10 @@ class RecordingSavePlanner(SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_global_plan"] = t1 - t0
         self._global_plans, self._metadata = global_plans, metadata
-        self._trace = self._build_trace(all_plans, global_plans, metadata, errors=(), validated=True)
-        write_trace(self._trace, self.path)
+        self._trace = record_safely(self, "build the trace", self._build_trace, all_plans, global_plans,
+                                    metadata, (), True)
+        if self._trace is not None:
+            record_safely(self, f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
         self._overhead += time.perf_counter() - t1
         return global_plans, metadata
 
@@ -253,10 +322,17 @@ class RecordingSavePlanner(SavePlanner):
         """On the coordinator: rewrite the trace with the storage facts ``storage_writer.finish``
         put into the checkpoint metadata (pass ``dcp.save``'s return value, or nothing: DCP's
         FileSystemWriter fills in the very Metadata object this planner returned). Also adds the
-        coordinator's own final plan check. Returns the trace path, or None on other ranks."""
+        coordinator's own final plan check. Returns the trace path, or None on other ranks and
+        when no trace could be built or written (then ``problems`` says why, and a
+        ``RecordingWarning`` was issued: recording never raises into the user's job)."""
         if not self.is_coordinator or self._trace is None:
             return None
         t0 = time.perf_counter()
+        written = record_safely(self, f"complete the trace at {str(self.path)!r}", self._complete, metadata)
+        self._overhead += time.perf_counter() - t0
+        return written
+
+    def _complete(self, metadata: Any) -> Path:
         md = metadata if metadata is not None else self._metadata
         notes = list(self._trace.notes)
         if md is not None and getattr(md, "storage_data", None):
@@ -268,7 +344,8 @@ class RecordingSavePlanner(SavePlanner):
             )
         else:
             info = self._trace.metadata
-        notes = [n for n in notes if not n.startswith("The coordinator's own finish_plan")]
+        notes = [n for n in notes if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
+        notes += problem_notes(self)
         if self._final_plan is not None and self._global_plans is not None:
             same = _same_items(self._final_plan, self._global_plans[self._coordinator_index()])
             notes.append(
@@ -277,7 +354,6 @@ class RecordingSavePlanner(SavePlanner):
         timings = dict(self._trace.timings)
         timings.update(self._timings)
         self._trace = dataclasses.replace(self._trace, metadata=info, notes=tuple(notes))
-        self._overhead += time.perf_counter() - t0
         timings["recording_overhead"] = self._overhead
         self._trace = dataclasses.replace(self._trace, timings=tuple(timings.items()))
         return write_trace(self._trace, self.path)
@@ -327,14 +403,13 @@ class RecordingSavePlanner(SavePlanner):
                     "The coordinator rejected the global plan; the global plan and metadata shown are "
                     "DCP's dedup + create_default_global_save_plan output before validation."
                 )
-            self._trace = self._build_trace(all_plans, global_plans, md, errors=(err,), validated=False,
-                                            extra_notes=extra)
+            self._trace = self._build_trace(all_plans, global_plans, md, (err,), False, extra)
             write_trace(self._trace, self.path)
-        except Exception:
-            pass  # recording must never mask the planner's own error
+        except Exception as rec_exc:  # recording must never mask the planner's own error
+            note_problem(self, "record the failed global plan", rec_exc)
         self._overhead += time.perf_counter() - t0
 
-    def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any, *,
+    def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
                      errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
         from .. import __version__
         from .simulate import _now, _torch_version
@@ -362,6 +437,7 @@ class RecordingSavePlanner(SavePlanner):
             "planner.complete() after dcp.save to add them.",
             *extra_notes,
             *inferred_notes,
+            *problem_notes(self),
         ]
         if others_bytes:
             notes.append(

@@ -21,7 +21,14 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from ..trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
 from .convert import ItemTable, metadata_info
 from .convert_load import load_plan_record, read_record, saved_itemsizes, target_value
-from .recording import infer_scenario, init_recorder, start_call
+from .recording import (
+    infer_scenario,
+    init_recorder,
+    note_problem,
+    problem_notes,
+    record_safely,
+    start_call,
+)
 
 
 def read_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
@@ -61,6 +68,9 @@ class RecordingLoadPlanner(LoadPlanner):
     coordinator writes ``path`` inside ``create_global_plan``. ``scenario``: the target job as a
     ``dcpviz.Scenario`` if known, else inferred from the coordinator's state dict. A ``path``
     containing ``{n}`` gets the load's number when one planner serves several loads.
+
+    Recording never changes what DCP does: if the trace cannot be built or written, the load
+    goes on; a ``dcpviz.RecordingWarning`` is issued and ``problems`` lists what failed.
     """
 
     def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
@@ -78,6 +88,7 @@ class RecordingLoadPlanner(LoadPlanner):
         self._global_plans: list[LoadPlan] | None = None
         self._messages: dict[str, str] | None = None
         self._trace: LoadTrace | None = None
+        self.problems: list[str] = []  # what recording could not do in this dcp.load
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_inner":
@@ -185,10 +196,17 @@ class RecordingLoadPlanner(LoadPlanner):
         }
 
     def complete(self) -> Path | None:
-        """On the coordinator: rewrite the trace with its own finish_plan time and check."""
+        """On the coordinator: rewrite the trace with its own finish_plan time and check.
+        Returns the trace path; None on other ranks and when no trace could be built or
+        written (``problems`` says why; recording never raises into the user's job)."""
         if not self.is_coordinator or self._trace is None:
             return None
-        notes = [n for n in self._trace.notes if not n.startswith("The coordinator's own finish_plan")]
+        return record_safely(self, f"complete the trace at {str(self.path)!r}", self._complete)
+
+    def _complete(self) -> Path:
+        notes = [n for n in self._trace.notes
+                 if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
+        notes += problem_notes(self)
         if self._final_plan is not None and self._global_plans is not None:
             own = self._global_plans[self._rank] if self._rank < len(self._global_plans) else None
             same = own is not None and [(r.dest_index, r.storage_index) for r in own.items] == [
@@ -204,11 +222,10 @@ class RecordingLoadPlanner(LoadPlanner):
         t0 = time.perf_counter()
         try:
             self._trace = self._build(all_plans, global_plans, errors)
-            write_trace(self._trace, self.path)
-        except Exception:
-            if not errors:
-                raise
-            # recording must never mask the planner's own error
+        except Exception as exc:  # recording must never change what dcp.load does
+            note_problem(self, "build the trace", exc)
+        else:
+            record_safely(self, f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
         self._overhead += time.perf_counter() - t0
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
@@ -250,6 +267,7 @@ class RecordingLoadPlanner(LoadPlanner):
             "Other ranks' final plans (finish_plan) never reach the coordinator; tables use the global plans.",
             *saved.notes,
             *inferred,
+            *problem_notes(self),
         ]
         timings = {**self._timings, "recording_overhead": self._overhead}
         return LoadTrace(

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, read_trace
 from .convert import ItemTable, metadata_info, planner_info
-from .procs import RunInfo, launch
+from .procs import RunInfo, check_main_guard, launch
 from .recording import planned_items_from_plain
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -45,7 +46,8 @@ def resolve_device(scenario: Scenario) -> tuple[Scenario, str, str]:
     return scenario.replace(device="cpu"), "gloo", "cpu"
 
 
-def _empty_dir(path: Path) -> Path:
+def _check_empty_dir(path: Path) -> None:
+    """Refuse a file or a non-empty directory; creates nothing (a refused run leaves no trace)."""
     if path.exists() and not path.is_dir():
         raise DcpvizError(f"checkpoint_dir={str(path)!r} is a file; pass a new or empty directory.")
     if path.exists() and any(path.iterdir()):
@@ -53,8 +55,32 @@ def _empty_dir(path: Path) -> Path:
             f"checkpoint_dir={str(path)!r} is not empty. Pass a new or empty directory: DCP would "
             "replace .metadata but leave data files of an earlier save next to the new ones."
         )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The checkpoint directory of a run, and the directories run_save created for it (so a
+    run that writes nothing can take them away again)."""
+
+    path: Path
+    created: tuple[Path, ...]
+
+    @classmethod
+    def create(cls, path: Path) -> RunDir:
+        missing, p = [], path.absolute()
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path.resolve(), tuple(missing))
+
+    def remove_if_unused(self) -> None:
+        """Remove what ``create`` made, innermost first, as long as it is still empty."""
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (the run wrote something) or already gone
+                return
 
 
 def _check_picklable(**objs: Any) -> None:
@@ -146,10 +172,21 @@ def run_save(
 
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
+    check_main_guard(start_method, "run_save")
     scenario, backend, device = resolve_device(scenario)
     info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
-    root = _empty_dir(Path(checkpoint_dir)).resolve()
-    outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method)
+    _check_empty_dir(Path(checkpoint_dir))
+    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
+    # Created only now that every check passed; taken away again if the run writes nothing.
+    run_dir = RunDir.create(Path(checkpoint_dir))
+    root = run_dir.path
+    try:
+        outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method)
+    except BaseException:
+        run_dir.remove_if_unused()
+        raise
+    if not outcome.ok:
+        run_dir.remove_if_unused()
     md = None
     errors = list(outcome.errors)
     if outcome.ok:

@@ -18,7 +18,7 @@ from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, LoadTrace, PlanRecord
 from .convert import ItemTable, metadata_info, planner_info
-from .procs import RunInfo
+from .procs import RunInfo, check_main_guard
 from .recording_load import mismatches_for, read_facts, read_records_from_plain, values_from_plain
 from .run import DEFAULT_TIMEOUT_S, digests_of, launch_recorded, resolve_device
 
@@ -83,6 +83,7 @@ def run_load(
             f"run_load needs a dcpviz.Scenario as target_scenario, got {type(target_scenario).__name__}. "
             "The order is run_load(checkpoint_dir, target_scenario)."
         )
+    check_main_guard(start_method, "run_load")
     root = Path(checkpoint_dir).resolve()
     checked = inspect_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)

@@ -26,7 +26,7 @@ from . import fastpath
 from .convert import PlanConverter, byte_item_sizes, metadata_info, planner_info, tensor_layouts
 from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from .statedict import rank_state_dict
-from .world import fake_world
+from .world import fake_world, leaves_process_as_found
 
 
 def scenario_info(scenario: Scenario) -> ScenarioInfo:
@@ -72,6 +72,7 @@ class _Timer:
         self.totals[name] = self.totals.get(name, 0.0) + seconds
 
 
+@leaves_process_as_found
 def simulate_save(
     scenario: Scenario,
     planner: Any = None,

@@ -31,7 +31,7 @@ from .saved import resolve_saved
 from .simulate import _now, _torch_version, error_record, progress_bar, scenario_info
 from .statedict import rank_state_dict
 from .storageless import new_fake_mode, to_storageless
-from .world import fake_world
+from .world import fake_world, leaves_process_as_found
 
 
 def check_target(target: Any) -> Scenario:
@@ -98,6 +98,7 @@ class _DerivedVersionGuard:
         _version._derived_version = self._saved
 
 
+@leaves_process_as_found
 def simulate_load(
     saved: Any,
     target: Scenario,

@@ -11,7 +11,7 @@ import torch
 from ..models import build_model
 from ..recipes import apply_recipe
 from ..scenario import Scenario
-from .world import fake_world, mesh_device_type, rebind_to_rank
+from .world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
@@ -58,6 +58,6 @@ def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
 
     if not 0 <= rank < scenario.world_size:
         raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")
-    with fake_world(rank, scenario.world_size):
+    with process_as_found(), fake_world(rank, scenario.world_size):
         state_dict, _ = rank_state_dict(scenario, rank)
         yield state_dict

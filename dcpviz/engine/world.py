@@ -13,9 +13,13 @@ result with offsets computed independently per rank.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -40,11 +44,101 @@ def fake_world(rank: int, world_size: int) -> Iterator[None]:
             f"initialised (backend {dist.get_backend()!r}). Simulate in a separate process, or "
             "use dcpviz.RecordingSavePlanner inside your distributed job instead."
         )
+    saved = _C10dGlobals.capture()
     dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
     try:
         yield
     finally:
         dist.destroy_process_group()
+        saved.restore()
+
+
+@dataclass(frozen=True)
+class _C10dGlobals:
+    """What ``init_process_group`` changes beyond the group registries (which
+    ``destroy_process_group`` empties): it wraps ``sys.excepthook`` in a ``[rankN]:`` prefixer
+    that calls the previous hook — never unwrapped, so W fake worlds stack W wrappers and a
+    later traceback recurses — and it sets c10d's module-level backend and init method."""
+
+    excepthook: Any
+    backend: Any
+    init_method: Any
+
+    @classmethod
+    def capture(cls) -> _C10dGlobals:
+        from torch.distributed import distributed_c10d as c10d
+
+        return cls(sys.excepthook, getattr(c10d, "_backend", None), getattr(c10d, "_default_pg_init_method", None))
+
+    def restore(self) -> None:
+        from torch.distributed import distributed_c10d as c10d
+
+        sys.excepthook = self.excepthook
+        c10d._backend = self.backend
+        c10d._default_pg_init_method = self.init_method
+
+
+@dataclass(frozen=True)
+class _LoggingState:
+    """Level, handlers, propagation and disabled flag of every logger that exists now, and the
+    global ``logging.disable`` level (torch configures loggers as a side effect of some calls)."""
+
+    loggers: tuple[tuple[logging.Logger, int, tuple[logging.Handler, ...], bool, bool], ...]
+    disable: int
+
+    @classmethod
+    def capture(cls) -> _LoggingState:
+        found = [logging.getLogger(), *(lg for lg in list(logging.root.manager.loggerDict.values())
+                                        if isinstance(lg, logging.Logger))]
+        return cls(tuple((lg, lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in found),
+                   logging.root.manager.disable)
+
+    def restore(self) -> None:
+        for lg, level, handlers, propagate, disabled in self.loggers:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate, lg.disabled = propagate, disabled
+        logging.disable(self.disable)
+
+
+def clear_dtensor_caches() -> None:
+    """Forget DTensor's sharding-propagation caches (the Python one and the C++ dispatch fast
+    path's), with torch's own helper. Their entries are keyed by ``DeviceMesh`` equality, which
+    ignores the rank and the process group: left behind, they would hand a later job's DTensor
+    ops the mesh of a simulated rank (whose groups no longer exist). They are pure caches, so
+    clearing them only costs recomputation."""
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # a torch without these internals: nothing to clear
+        return
+    _clear_sharding_prop_cache()
+
+
+@contextmanager
+def process_as_found() -> Iterator[None]:
+    """Run a simulation and leave the process as it was: c10d globals and ``sys.excepthook``,
+    logging configuration, and DTensor's caches (filled with the fake worlds' meshes)."""
+    c10d_globals, logging_state = _C10dGlobals.capture(), _LoggingState.capture()
+    try:
+        yield
+    finally:
+        clear_dtensor_caches()
+        logging_state.restore()
+        c10d_globals.restore()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def leaves_process_as_found(fn: _F) -> _F:
+    """Decorator form of :func:`process_as_found` for the simulation entry points."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with process_as_found():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def mesh_device_type(device: str) -> str:

@@ -21,6 +21,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float8_e4m3fn": torch.float8_e4m3fn,
 }
 DEVICES = ("meta", "cpu", "cuda")
+# What traces record as the dtype of a scenario that keeps the model's own dtypes (dtype=None).
+AS_BUILT = "as built"
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
@@ -49,7 +51,11 @@ class Scenario:
     mesh_dim_names: names of the mesh dims; default per recipe (e.g. ``("replicate", "shard")``).
     recipe: ``"replicate"``, ``"fsdp"``, ``"hsdp"``, ``"tp"``, ``"tp+fsdp"`` or a callable
         ``(model, device_mesh) -> model``.
-    dtype: parameter dtype. device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
+    dtype: None (default) keeps the model's own dtypes, tensor by tensor. A dtype (``"bfloat16"``,
+        ``torch.float16``, ...) does what ``model.to(dtype)`` does to floating-point parameters
+        and buffers, and leaves complex tensors (RoPE's ``freqs_cis``) and integer tensors (step
+        counters) as they are.
+    device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
     """
 
     model: str | Callable[[], torch.nn.Module] = "mlp"
@@ -57,7 +63,7 @@ class Scenario:
     mesh: tuple[int, ...] | None = None
     mesh_dim_names: tuple[str, ...] | None = None
     recipe: str | Callable[..., Any] = "fsdp"
-    dtype: str = "float32"
+    dtype: str | None = None
     device: str = "meta"
 
     def __post_init__(self) -> None:
@@ -69,7 +75,7 @@ class Scenario:
         mesh = self._normalise_mesh()
         object.__setattr__(self, "mesh", mesh)
         object.__setattr__(self, "mesh_dim_names", self._normalise_dim_names(mesh))
-        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        object.__setattr__(self, "dtype", None if self.dtype is None else dtype_name(self.dtype))
         dev = str(self.device)
         if dev.split(":")[0] not in DEVICES:
             raise ScenarioError(f"device={self.device!r} is not supported. Use one of {DEVICES}.")
@@ -147,8 +153,9 @@ class Scenario:
         return recipe_name(self.recipe)
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> torch.dtype | None:
+        """The floating-point dtype parameters and buffers are cast to; None keeps the model's."""
+        return None if self.dtype is None else DTYPES[self.dtype]
 
     def coordinate(self, rank: int) -> tuple[int, ...]:
         """Mesh coordinate of a global rank (init_device_mesh lays ranks out row-major)."""
@@ -166,7 +173,7 @@ class Scenario:
             "mesh": list(self.mesh or ()),
             "mesh_dim_names": list(self.mesh_dim_names or ()),
             "recipe": self.recipe_name,
-            "dtype": self.dtype,
+            "dtype": self.dtype or AS_BUILT,
             "device": self.device,
         }
 

@@ -63,3 +63,42 @@ def test_user_callable_failures_name_the_callable():
 def test_bad_planner_argument():
     with pytest.raises(dcpviz.DcpvizError, match="SavePlanner"):
         dcpviz.simulate_save(dcpviz.Scenario(world_size=2), planner="default")
+
+
+class MixedDtypes(torch.nn.Module):
+    """RoPE's complex64 frequencies, a float64 statistic, an int64 counter, a float32 weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8, bias=False)
+        self.register_buffer("freqs_cis", torch.zeros(16, 4, dtype=torch.complex64))
+        self.register_buffer("running", torch.zeros(8, dtype=torch.float64))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+
+def planned_dtypes(scenario):
+    wi = dcpviz.simulate_save(scenario).write_items
+    rows = wi[wi["rank"] == 0].set_index("fqn")
+    return {fqn: (rows["dtype"][fqn], int(rows["nbytes"][fqn])) for fqn in rows.index}
+
+
+def test_default_dtype_keeps_the_models_own_dtypes():
+    sc = dcpviz.Scenario(model=MixedDtypes, world_size=2, recipe="replicate")
+    assert sc.dtype is None and sc.describe()["dtype"] == "as built"
+    assert planned_dtypes(sc) == {
+        "proj.weight": ("float32", 8 * 8 * 4),
+        "freqs_cis": ("complex64", 16 * 4 * 8),
+        "running": ("float64", 8 * 8),
+        "step": ("int64", 8),
+    }
+
+
+def test_explicit_dtype_casts_floating_point_only():
+    """As model.to(dtype) for floating-point tensors; complex and integer tensors untouched."""
+    sc = dcpviz.Scenario(model=MixedDtypes, world_size=2, recipe="replicate", dtype="bfloat16")
+    assert planned_dtypes(sc) == {
+        "proj.weight": ("bfloat16", 8 * 8 * 2),
+        "freqs_cis": ("complex64", 16 * 4 * 8),
+        "running": ("bfloat16", 8 * 2),
+        "step": ("int64", 8),
+    }

@@ -11,6 +11,7 @@ LAYOUTS = [
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp"),
+    dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", mesh_dim_names=("tp", "dp")),
     dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="fsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="tp"),
     dcpviz.Scenario(model="mlp", world_size=5, recipe="replicate"),
@@ -23,7 +24,7 @@ def plans(result):
     return resolve(t.local_plans), resolve(t.global_plans), resolve(t.final_plans)
 
 
-@pytest.mark.parametrize("scenario", LAYOUTS, ids=lambda s: f"{s.model}-{s.recipe}-{'x'.join(map(str, s.mesh))}")
+@pytest.mark.parametrize("scenario", LAYOUTS, ids=lambda s: f"{s.model}-{s.recipe}-{'x'.join(map(str, s.mesh))}-{'.'.join(s.mesh_dim_names)}")
 def test_shortcuts_equal_full_path(scenario):
     fast = dcpviz.simulate_save(scenario)
     full = dcpviz.simulate_save(scenario, fast=False)

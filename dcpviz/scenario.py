@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,8 +107,12 @@ class Scenario:
                 )
             return (ws,)
         try:
-            mesh = tuple(int(d) for d in self.mesh)
-        except (TypeError, ValueError):
+            # operator.index accepts ints (numpy's too) and refuses 2.5 and "2", which int() would
+            # silently turn into 2.
+            mesh = tuple(operator.index(d) for d in self.mesh if not isinstance(d, bool))
+            if len(mesh) != len(self.mesh):
+                raise TypeError
+        except TypeError:
             raise ScenarioError(f"mesh={self.mesh!r} must be a tuple of ints, e.g. (2, 4).") from None
         if not mesh or any(d < 1 for d in mesh):
             raise ScenarioError(f"mesh={self.mesh!r} must be a non-empty tuple of positive ints.")
@@ -141,6 +146,14 @@ class Scenario:
             )
         if len(set(names)) != len(names):
             raise ScenarioError(f"mesh_dim_names={names} repeats a name; each mesh dim needs its own.")
+        if self.recipe == "hsdp" and (names[0] == "shard" or names[1] == "replicate"):
+            # fully_shard on a 2-D mesh replicates along dim 0 and shards along dim 1, whatever
+            # the names say; the labels would tell the opposite of what is planned.
+            raise ScenarioError(
+                f"mesh_dim_names={names} labels the mesh's dims the other way round from what "
+                "recipe='hsdp' does: fully_shard replicates along the outer dim and shards along "
+                f"the inner one. Use mesh_dim_names=('replicate', 'shard') with mesh=({mesh[1]}, {mesh[0]})."
+            )
         return names
 
     # -- derived -----------------------------------------------------------------------------
@@ -185,13 +198,13 @@ class Scenario:
 
 
 def _divisor_pairs(n: int) -> list[tuple[int, int]]:
-    return [(a, n // a) for a in range(2, n) if n % a == 0]
+    """Every 2-D mesh of ``n`` ranks, (1, n) and (n, 1) included."""
+    return [(a, n // a) for a in range(1, n + 1) if n % a == 0]
 
 
 def _two_d_hint(ws: int) -> str:
-    pairs = _divisor_pairs(ws)
-    if not pairs:
-        return f" (world_size={ws} is prime: no 2-D mesh fits; use recipe='fsdp' or another world size)"
+    # Prefer a mesh where both dims exceed 1 (the point of a 2-D recipe), outer dim near 2.
+    pairs = [p for p in _divisor_pairs(ws) if min(p) > 1] or [(1, ws)]
     best = min(pairs, key=lambda p: abs(p[0] - 2))
     return f", e.g. mesh={best}"
 

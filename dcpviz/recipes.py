@@ -105,6 +105,13 @@ def owns_its_parameters(unit: nn.Module, owners: dict[int, set[int]]) -> bool:
 def _fully_shard_all(model: nn.Module, mesh: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
+    if is_forwardless_container(model):
+        raise DcpvizError(
+            f"the model is a {type(model).__name__} without forward; the FSDP recipes end with "
+            "fully_shard(model), which refuses such containers (as in a training script). Return "
+            "the module that holds it (one with a forward) from the model factory, or pass a "
+            "callable recipe."
+        )
     for unit in fsdp_units(model):
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)

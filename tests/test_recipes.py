@@ -153,3 +153,9 @@ def test_tp_fsdp_puts_tp_on_the_dim_named_tp():
     assert fc1_rows(res, [0, 1]) == set(range(95)) and fc1_rows(res, [2, 3]) == set(range(95, 190))
     default = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="tp+fsdp"))
     assert fc1_rows(default, [0, 2]) == set(range(95))  # ("dp", "tp"): TP on the inner dim
+
+
+def test_a_container_as_the_whole_model_is_a_clear_error():
+    sc = dcpviz.Scenario(model=lambda: nn.ModuleDict({"a": nn.Linear(4, 4)}), world_size=2, recipe="fsdp")
+    with pytest.raises(dcpviz.DcpvizError, match="ModuleDict without forward"):
+        dcpviz.simulate_save(sc)

@@ -220,3 +220,17 @@ def test_load_shortcuts_equal_full_path_on_nested_state_dicts(saved, target):
         assert resolve(t, getattr(t, phase)) == resolve(u, getattr(u, phase)), phase
     assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank]
     assert t.mismatches == u.mismatches
+
+
+def test_a_planner_that_does_not_flatten_gets_every_ranks_own_state_dict():
+    """DefaultSavePlanner(flatten_state_dict=False) saves each top-level container whole, as
+    bytes: the template's rebuilt containers would not stand for a rank's own."""
+    sc = dcpviz.Scenario(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="hsdp")
+
+    def make():
+        return DefaultSavePlanner(flatten_state_dict=False)
+
+    fast, full = dcpviz.simulate_save(sc, planner=make), dcpviz.simulate_save(sc, planner=make, fast=False)
+    assert fast.ok and full.ok
+    assert plans(fast) == plans(full)
+    assert not any("representative" in n for n in fast.trace.notes)

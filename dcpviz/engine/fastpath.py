@@ -16,7 +16,14 @@
    other planner gets every rank planned.
 3. One offset computation per distinct question (``memoized_local_shapes``), same condition.
 
-``tests/test_fastpath.py`` compares both shortcuts with the full per-rank path on several layouts.
+Every shortcut sees the state dict as DCP's planners do: ``Leaves`` walks it with DCP's own
+traversal (nested dicts and lists, keys like "model.fc1.weight" and "stack.0"), so a
+``{"model": ..., "optim": ...}`` state dict is templated, rebound and classed leaf by leaf. A
+template whose tensors DCP cannot reach (inside a tuple it saves as bytes, a ShardedTensor) is
+not used, and a planner that does not flatten gets every rank's own state dict.
+
+``tests/test_fastpath.py`` compares the shortcuts with the full per-rank path on several layouts,
+flat and nested.
 """
 
 from __future__ import annotations

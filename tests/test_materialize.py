@@ -56,3 +56,24 @@ def test_every_dtype_gets_position_values():
         assert not torch.equal(top.view(torch.uint8), bottom.view(torch.uint8)), dtype
         whole = position_values("w", (4, 6), (0, 0), (4, 6), dtype)
         assert torch.equal(torch.cat([top, bottom]).view(torch.uint8), whole.view(torch.uint8)), dtype
+
+
+def test_sharded_tensor_shards_get_their_global_positions():
+    """ShardedTensor (FSDP1-era state dicts): each local shard holds its rows of the whole."""
+    from torch.distributed._shard.sharded_tensor import Shard as STShard
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed._shard.sharded_tensor.metadata import (
+        ShardedTensorMetadata,
+        ShardMetadata,
+        TensorProperties,
+    )
+
+    from dcpviz.engine.materialize import fill_by_position, position_values
+
+    with fake_world(1, 2):
+        shards = [ShardMetadata(shard_offsets=[3 * r, 0], shard_sizes=[3, 4], placement=f"rank:{r}/cpu") for r in (0, 1)]
+        md = ShardedTensorMetadata(shards, torch.Size([6, 4]), TensorProperties(dtype=torch.float32))
+        st = ShardedTensor._init_from_local_shards_and_global_metadata([STShard(torch.zeros(3, 4), shards[1])], md)
+        fill_by_position({"w": st})
+        whole = position_values("w", (6, 4), (0, 0), (6, 4), torch.float32)
+        assert torch.equal(st.local_shards()[0].tensor, whole[3:])

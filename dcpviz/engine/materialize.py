@@ -53,17 +53,22 @@ def position_values(key: str, global_shape: tuple[int, ...], offsets: tuple[int,
     return (h % 97).to(dtype)  # fits every integer dtype, uint8 and int8 included
 
 
-def local_box(value: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
-    """(the tensor this rank holds, its offsets and sizes in the global tensor) as DCP names the
-    chunk it writes (``_create_chunk_list``), so strided shards (FSDP over TP) are placed right."""
+def local_boxes(value: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]]:
+    """(a tensor this rank holds, its offsets and sizes in the global tensor) for each chunk DCP
+    writes for ``value`` (``_create_chunk_list``, so strided shards (FSDP over TP) are placed as
+    DCP places them): a DTensor's local tensor, a ShardedTensor's local shards, a whole tensor."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
     from torch.distributed.tensor import DTensor
 
-    local = value._local_tensor if isinstance(value, DTensor) else value
+    if isinstance(value, ShardedTensor):
+        locals_ = [shard.tensor for shard in value.local_shards()]
+    else:
+        locals_ = [value._local_tensor if isinstance(value, DTensor) else value]
     chunks = _create_chunk_list(value)
-    if len(chunks) != 1 or tuple(chunks[0].sizes) != tuple(local.shape):
-        raise RuntimeError(f"cannot place a local tensor of shape {tuple(local.shape)} in DCP's chunks {chunks}")
-    return local, tuple(int(o) for o in chunks[0].offsets), tuple(int(s) for s in chunks[0].sizes)
+    if len(chunks) != len(locals_) or any(tuple(c.sizes) != tuple(t.shape) for c, t in zip(chunks, locals_)):
+        raise RuntimeError(f"cannot place local tensors of shapes {[tuple(t.shape) for t in locals_]} in DCP's chunks {chunks}")
+    return [(t, tuple(int(o) for o in c.offsets), tuple(int(n) for n in c.sizes)) for t, c in zip(locals_, chunks)]
 
 
 def fill_by_position(state_dict: dict[str, Any]) -> None:
@@ -74,9 +79,9 @@ def fill_by_position(state_dict: dict[str, Any]) -> None:
     def fill(path: tuple, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             return
-        local, offsets, sizes = local_box(value)
         key = ".".join(map(str, path))
-        local.copy_(position_values(key, tuple(value.shape), offsets, sizes, value.dtype))
+        for local, offsets, sizes in local_boxes(value):
+            local.copy_(position_values(key, tuple(value.shape), offsets, sizes, value.dtype))
 
     with torch.no_grad():
         traverse_state_dict(state_dict, fill)

@@ -26,22 +26,92 @@ class Recipe:
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """The submodules that get their own ``fully_shard`` call (then the root gets one).
+    """The submodules that get their own ``fully_shard`` call (then the root gets one): what a
+    training script wraps.
 
-    Presets say which (transformer blocks, as torchtitan does); for other models: the children
-    of a ``layers`` container if there is one, else every direct child that owns parameters.
+    Presets say which (transformer blocks, as torchtitan does). For other models: each block of
+    the model's repeated stacks (``repeated_stacks``: a ``layers``/``blocks``/``h`` list at any
+    depth, e.g. nanoGPT's ``transformer.h``); without one, every child that owns parameters,
+    looking through containers that have no ``forward`` (``fully_shard`` refuses those). A
+    module that shares a parameter with anything outside it (tied input/output embeddings) is
+    never a unit of its own: its parameters stay with the root's unit.
     """
     if hasattr(model, "fsdp_units"):
         return list(model.fsdp_units())
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, (nn.ModuleList, nn.ModuleDict)):
-        return list(layers.children())
-    return [c for c in model.children() if any(True for _ in c.parameters())]
+    stacks = repeated_stacks(model)
+    candidates = [block for stack in stacks for block in stack.children()] if stacks else parameter_children(model)
+    owners = parameter_owners(model)
+    return [m for m in candidates if owns_its_parameters(m, owners)]
+
+
+def is_forwardless_container(module: nn.Module) -> bool:
+    """A ``ModuleList``/``ModuleDict`` (or subclass) without its own ``forward``: ``fully_shard``
+    refuses it, and a training script wraps what it holds instead."""
+    return isinstance(module, (nn.ModuleList, nn.ModuleDict)) and type(module).forward is nn.Module.forward
+
+
+def is_repeated_stack(module: nn.Module) -> bool:
+    """A list, dict or Sequential of blocks: two or more children, all of one class, each owning
+    parameters (a transformer's layers; a one-layer stack is found by ``parameter_children``)."""
+    if not isinstance(module, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
+        return False
+    children = list(module.children())
+    return len(children) >= 2 and len({type(c) for c in children}) == 1 and all(
+        any(True for _ in c.parameters()) for c in children
+    )
+
+
+def repeated_stacks(model: nn.Module) -> list[nn.Module]:
+    """The outermost repeated stacks under ``model``, breadth first (an encoder's and a
+    decoder's layers both; not the experts list inside each block of a stack)."""
+    found: list[nn.Module] = []
+    queue = list(model.children())
+    while queue:
+        module = queue.pop(0)
+        if is_repeated_stack(module):
+            found.append(module)
+        else:
+            queue.extend(module.children())
+    return found
+
+
+def parameter_children(module: nn.Module) -> list[nn.Module]:
+    """Children that own parameters, with forward-less containers replaced by what they hold."""
+    out: list[nn.Module] = []
+    for child in module.children():
+        if is_forwardless_container(child):
+            out += parameter_children(child)
+        elif any(True for _ in child.parameters()):
+            out.append(child)
+    return out
+
+
+def parameter_owners(model: nn.Module) -> dict[int, set[int]]:
+    """id(parameter) -> ids of every module that holds it directly (a tied weight has several)."""
+    owners: dict[int, set[int]] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(module))
+    return owners
+
+
+def owns_its_parameters(unit: nn.Module, owners: dict[int, set[int]]) -> bool:
+    """True when no parameter of ``unit`` is also held by a module outside it."""
+    inside = {id(m) for m in unit.modules()}
+    return all(owners[id(p)] <= inside for p in unit.parameters())
 
 
 def _fully_shard_all(model: nn.Module, mesh: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
+    if is_forwardless_container(model):
+        raise DcpvizError(
+            f"the model is a {type(model).__name__} without forward; the FSDP recipes end with "
+            "fully_shard(model), which refuses such containers (as in a training script). Return "
+            "the module that holds it (one with a forward) from the model factory, or pass a "
+            "callable recipe."
+        )
     for unit in fsdp_units(model):
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -79,11 +149,21 @@ def tp(model: nn.Module, mesh: Any) -> nn.Module:
     return parallelize_module(model, mesh, tp_plan_of(model))
 
 
+def tp_fsdp_dims(names: tuple[str, str]) -> tuple[str, str]:
+    """(FSDP's mesh dim, TP's mesh dim) by name: TP on the dim named "tp" (else the one not
+    named "dp"; else the inner one, as torchtitan lays out ``("dp", "tp")``)."""
+    outer, inner = names
+    if outer == "tp" or inner == "dp":
+        return inner, outer
+    return outer, inner
+
+
 def tp_fsdp(model: nn.Module, mesh: Any) -> nn.Module:
-    """torchtitan's 2-D recipe: TP on the inner dim, FSDP on the outer (strided shards)."""
+    """torchtitan's 2-D recipe: TP on the dim named "tp" (the inner one by default), FSDP on
+    the other (strided shards)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
-    dp_name, tp_name = mesh.mesh_dim_names
+    dp_name, tp_name = tp_fsdp_dims(tuple(mesh.mesh_dim_names))
     parallelize_module(model, mesh[tp_name], tp_plan_of(model))
     return _fully_shard_all(model, mesh[dp_name])
 
@@ -95,7 +175,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("fsdp", 1, ("shard",), fsdp, "fully_shard on a 1-D mesh"),
         Recipe("hsdp", 2, ("replicate", "shard"), hsdp, "fully_shard on a 2-D replicate x shard mesh"),
         Recipe("tp", 1, ("tp",), tp, "parallelize_module with the model's TP plan"),
-        Recipe("tp+fsdp", 2, ("dp", "tp"), tp_fsdp, "TP on the inner dim, fully_shard on the outer"),
+        Recipe("tp+fsdp", 2, ("dp", "tp"), tp_fsdp, "TP on the dim named 'tp' (inner by default), fully_shard on the other"),
     )
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float8_e4m3fn": torch.float8_e4m3fn,
 }
 DEVICES = ("meta", "cpu", "cuda")
+# What traces record as the dtype of a scenario that keeps the model's own dtypes (dtype=None).
+AS_BUILT = "as built"
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
@@ -49,7 +52,11 @@ class Scenario:
     mesh_dim_names: names of the mesh dims; default per recipe (e.g. ``("replicate", "shard")``).
     recipe: ``"replicate"``, ``"fsdp"``, ``"hsdp"``, ``"tp"``, ``"tp+fsdp"`` or a callable
         ``(model, device_mesh) -> model``.
-    dtype: parameter dtype. device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
+    dtype: None (default) keeps the model's own dtypes, tensor by tensor. A dtype (``"bfloat16"``,
+        ``torch.float16``, ...) does what ``model.to(dtype)`` does to floating-point parameters
+        and buffers, and leaves complex tensors (RoPE's ``freqs_cis``) and integer tensors (step
+        counters) as they are.
+    device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
     """
 
     model: str | Callable[[], torch.nn.Module] = "mlp"
@@ -57,7 +64,7 @@ class Scenario:
     mesh: tuple[int, ...] | None = None
     mesh_dim_names: tuple[str, ...] | None = None
     recipe: str | Callable[..., Any] = "fsdp"
-    dtype: str = "float32"
+    dtype: str | None = None
     device: str = "meta"
 
     def __post_init__(self) -> None:
@@ -69,7 +76,7 @@ class Scenario:
         mesh = self._normalise_mesh()
         object.__setattr__(self, "mesh", mesh)
         object.__setattr__(self, "mesh_dim_names", self._normalise_dim_names(mesh))
-        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        object.__setattr__(self, "dtype", None if self.dtype is None else dtype_name(self.dtype))
         dev = str(self.device)
         if dev.split(":")[0] not in DEVICES:
             raise ScenarioError(f"device={self.device!r} is not supported. Use one of {DEVICES}.")
@@ -100,8 +107,12 @@ class Scenario:
                 )
             return (ws,)
         try:
-            mesh = tuple(int(d) for d in self.mesh)
-        except (TypeError, ValueError):
+            # operator.index accepts ints (numpy's too) and refuses 2.5 and "2", which int() would
+            # silently turn into 2.
+            mesh = tuple(operator.index(d) for d in self.mesh if not isinstance(d, bool))
+            if len(mesh) != len(self.mesh):
+                raise TypeError
+        except TypeError:
             raise ScenarioError(f"mesh={self.mesh!r} must be a tuple of ints, e.g. (2, 4).") from None
         if not mesh or any(d < 1 for d in mesh):
             raise ScenarioError(f"mesh={self.mesh!r} must be a non-empty tuple of positive ints.")
@@ -135,6 +146,14 @@ class Scenario:
             )
         if len(set(names)) != len(names):
             raise ScenarioError(f"mesh_dim_names={names} repeats a name; each mesh dim needs its own.")
+        if self.recipe == "hsdp" and (names[0] == "shard" or names[1] == "replicate"):
+            # fully_shard on a 2-D mesh replicates along dim 0 and shards along dim 1, whatever
+            # the names say; the labels would tell the opposite of what is planned.
+            raise ScenarioError(
+                f"mesh_dim_names={names} labels the mesh's dims the other way round from what "
+                "recipe='hsdp' does: fully_shard replicates along the outer dim and shards along "
+                f"the inner one. Use mesh_dim_names=('replicate', 'shard') with mesh=({mesh[1]}, {mesh[0]})."
+            )
         return names
 
     # -- derived -----------------------------------------------------------------------------
@@ -147,8 +166,9 @@ class Scenario:
         return recipe_name(self.recipe)
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> torch.dtype | None:
+        """The floating-point dtype parameters and buffers are cast to; None keeps the model's."""
+        return None if self.dtype is None else DTYPES[self.dtype]
 
     def coordinate(self, rank: int) -> tuple[int, ...]:
         """Mesh coordinate of a global rank (init_device_mesh lays ranks out row-major)."""
@@ -166,7 +186,7 @@ class Scenario:
             "mesh": list(self.mesh or ()),
             "mesh_dim_names": list(self.mesh_dim_names or ()),
             "recipe": self.recipe_name,
-            "dtype": self.dtype,
+            "dtype": self.dtype or AS_BUILT,
             "device": self.device,
         }
 
@@ -178,13 +198,13 @@ class Scenario:
 
 
 def _divisor_pairs(n: int) -> list[tuple[int, int]]:
-    return [(a, n // a) for a in range(2, n) if n % a == 0]
+    """Every 2-D mesh of ``n`` ranks, (1, n) and (n, 1) included."""
+    return [(a, n // a) for a in range(1, n + 1) if n % a == 0]
 
 
 def _two_d_hint(ws: int) -> str:
-    pairs = _divisor_pairs(ws)
-    if not pairs:
-        return f" (world_size={ws} is prime: no 2-D mesh fits; use recipe='fsdp' or another world size)"
+    # Prefer a mesh where both dims exceed 1 (the point of a 2-D recipe), outer dim near 2.
+    pairs = [p for p in _divisor_pairs(ws) if min(p) > 1] or [(1, ws)]
     best = min(pairs, key=lambda p: abs(p[0] - 2))
     return f", e.g. mesh={best}"
 

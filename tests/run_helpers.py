@@ -1,13 +1,15 @@
 """Module-level helpers that real worker processes import by name (spawned workers get this
-directory on sys.path from the parent): planners and model factories that fail on purpose."""
+directory on sys.path from the parent): planners and model factories that fail (or read wrongly) on purpose."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import torch.distributed as dist
-from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from dcpviz.models import MLP
 
@@ -42,3 +44,22 @@ def model_sleeping_everywhere() -> MLP:
             fh.write(str(dist.get_rank()))
     time.sleep(600)
     return MLP()
+
+
+class SwapShardsPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, except that fc1.weight's two saved shards are read swapped:
+    each rank gets the other shard's rows (same size, so dcp.load does not notice)."""
+
+    key = "fc1.weight"
+
+    def create_local_plan(self):
+        plan = super().create_local_plan()
+        chunks = self.metadata.state_dict_metadata[self.key].chunks
+        first, second = (tuple(c.offsets) for c in chunks)
+        other = {first: second, second: first}
+        items = [
+            dataclasses.replace(ri, storage_index=MetadataIndex(ri.storage_index.fqn, other[tuple(ri.storage_index.offset)]))
+            if ri.storage_index.fqn == self.key else ri
+            for ri in plan.items
+        ]
+        return dataclasses.replace(plan, items=items)

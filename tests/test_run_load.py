@@ -92,3 +92,17 @@ def test_planted_metadata_never_reaches_a_worker(real_save, tmp_path):
     with pytest.raises(dcpviz.DcpvizError, match="refusing to unpickle posix.system"):
         dcpviz.run_load(bad, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     assert not marker.exists()
+
+
+def test_a_load_that_reads_the_wrong_shard_is_caught(real_save):
+    """Shards hold different bytes (values depend on the global position), so a planner that
+    swaps fc1.weight's two shards gives every rank chunks that no longer hash as saved."""
+    import run_helpers
+
+    sc, saved, ckpt = real_save("hsdp")
+    res = dcpviz.run_load(ckpt, sc, run_helpers.SwapShardsPlanner, timeout=240)
+    assert res.ok, res.errors  # dcp.load itself does not notice
+    for r, chunks in saved.run_info.chunk_digests.items():
+        loaded = dict(((f, o), h) for f, o, h in res.run_info.chunk_digests[r])
+        for fqn, offsets, digest in chunks:
+            assert (loaded[(fqn, offsets)] == digest) == (fqn != "fc1.weight"), (r, fqn)

@@ -99,3 +99,13 @@ def test_uneven_and_strided_shards_were_really_written(pair):
         rows = st[st.fqn == "fc2.bias"]
         assert sorted(rows.offsets) == [(0,), (2,)]
     assert (st.length > 0).all()
+
+
+def test_saved_shards_differ_and_replicas_agree(real_save):
+    """Every element's value depends on its global position: HSDP (2, 2) ranks 0 and 1 hold
+    different rows of fc1.weight (different bytes), ranks 0 and 2 the same rows (same bytes)."""
+    _, run, _ = real_save("hsdp")
+    digest = {r: {f: h for f, _, h in chunks} for r, chunks in run.run_info.chunk_digests.items()}
+    for fqn in ("fc1.weight", "fc1.bias", "fc2.weight"):
+        assert digest[0][fqn] != digest[1][fqn], fqn
+        assert digest[0][fqn] == digest[2][fqn] and digest[1][fqn] == digest[3][fqn], fqn

@@ -234,11 +234,15 @@ def torch_metadata(info: MetadataInfo) -> Metadata:
     return md
 
 def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
-    """Placements and mesh of every DTensor at the top level of a state dict."""
+    """Placements and mesh of every DTensor in a state dict, nested or flat, under the key DCP
+    flattens it to ("model.fc1.weight"), found by DCP's own traversal."""
+    from torch.distributed.checkpoint._traverse import traverse_state_dict
     from torch.distributed.tensor import DTensor
 
+    leaves: dict[str, Any] = {}
+    traverse_state_dict(state_dict, lambda path, value: leaves.setdefault(".".join(map(str, path)), value))
     out = []
-    for fqn, value in state_dict.items():
+    for fqn, value in leaves.items():
         if isinstance(value, DTensor):
             mesh = value.device_mesh
             names = tuple(mesh.mesh_dim_names or (f"dim{i}" for i in range(mesh.ndim)))

@@ -16,7 +16,14 @@
    other planner gets every rank planned.
 3. One offset computation per distinct question (``memoized_local_shapes``), same condition.
 
-``tests/test_fastpath.py`` compares both shortcuts with the full per-rank path on several layouts.
+Every shortcut sees the state dict as DCP's planners do: ``Leaves`` walks it with DCP's own
+traversal (nested dicts and lists, keys like "model.fc1.weight" and "stack.0"), so a
+``{"model": ..., "optim": ...}`` state dict is templated, rebound and classed leaf by leaf. A
+template whose tensors DCP cannot reach (inside a tuple it saves as bytes, a ShardedTensor) is
+not used, and a planner that does not flatten gets every rank's own state dict.
+
+``tests/test_fastpath.py`` compares the shortcuts with the full per-rank path on several layouts,
+flat and nested.
 """
 
 from __future__ import annotations
@@ -32,12 +39,54 @@ from .statedict import rank_state_dict
 from .world import fake_world
 
 
+class Leaves:
+    """A state dict as DCP's planners see it: every leaf DCP's own traversal
+    (``traverse_state_dict``, what ``flatten_state_dict`` uses) reaches, under the key DCP gives
+    it ("model.fc1.weight", "stack.0"), with its object path to rebuild the nesting."""
+
+    def __init__(self, state_dict: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint._traverse import traverse_state_dict
+
+        self.values: dict[str, Any] = {}
+        self.paths: dict[str, tuple] = {}
+        self.duplicates: list[str] = []
+
+        def visit(path: tuple, value: Any) -> None:
+            key = ".".join(map(str, path))
+            if key in self.values:
+                self.duplicates.append(key)
+            self.values[key] = value
+            self.paths[key] = path
+
+        traverse_state_dict(state_dict, visit)
+
+    def blocker(self) -> str | None:
+        """Why a template with these leaves cannot stand for other ranks (None if it can).
+
+        ``rank_view`` rebuilds DTensors that DCP plans as tensors; a tensor DCP never reaches
+        (inside a tuple or object it saves as bytes) or a ShardedTensor (its local shards are
+        rank 0's) would keep rank 0's data, and a key DCP rejects must be rejected by DCP."""
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
+        from torch.utils._pytree import tree_leaves
+
+        if self.duplicates:
+            return f"the state dict flattens to the key {self.duplicates[0]!r} twice"
+        for key, value in self.values.items():
+            if isinstance(value, ShardedTensor):
+                return f"{key!r} is a ShardedTensor"
+            if not isinstance(value, torch.Tensor) and any(isinstance(v, torch.Tensor) for v in tree_leaves(value)):
+                return f"{key!r} holds tensors inside a value DCP saves as bytes"
+        return None
+
+
 def spec_signature(state_dict: dict[str, Any]) -> tuple:
-    """Everything about a state dict that must not depend on the rank for the template to hold."""
+    """Everything about a state dict that must not depend on the rank for the template to hold:
+    for every leaf DCP reaches (nested dicts and lists included), its key and, for tensors,
+    shape, dtype, placements and mesh."""
     from torch.distributed.tensor import DTensor
 
     sig = []
-    for key, value in state_dict.items():
+    for key, value in Leaves(state_dict).values.items():
         if isinstance(value, DTensor):
             mesh = value.device_mesh
             sig.append(
@@ -64,6 +113,10 @@ def template_state_dict(
     with fake_world(0, W):
         template, rebound = rank_state_dict(scenario, 0)
         signature = spec_signature(template)
+    blocker = Leaves(template).blocker()
+    if blocker is not None:
+        progress_note.append(f"{blocker}: rank 0's state dict cannot stand for other ranks, so every rank ran the recipe itself.")
+        return None, rebound
     for r in sample_ranks(W) if check else ():
         with fake_world(r, W):
             sd, n = rank_state_dict(scenario, r)
@@ -79,18 +132,23 @@ def template_state_dict(
 
 def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -> dict[str, Any]:
     """The template as rank ``rank`` holds it: each DTensor on the rank's mesh, with a local
-    tensor of the rank's local shape. Call inside ``fake_world(rank, W)``."""
+    tensor of the rank's local shape, at any depth. Call inside ``fake_world(rank, W)``.
+
+    The nesting is rebuilt from DCP's own traversal (``set_element`` along each leaf's path), so
+    DCP flattens the view to the same keys and leaves, DTensors aside, as the template."""
+    from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._dtensor_spec import DTensorSpec
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     from .world import _rank_mesh
 
+    leaves = Leaves(template)
     out: dict[str, Any] = {}
     # Layers repeat: many DTensors share (shape, dtype, placements, mesh), so they share the
     # (immutable) spec and the storage-less local tensor too.
     shared: dict[tuple, tuple[torch.Tensor, DTensorSpec]] = {}
-    for key, value in template.items():
+    for key, value in leaves.values.items():
         if isinstance(value, DTensor):
             spec = value._spec
             mesh = _rank_mesh(spec.mesh, rank, mesh_cache)
@@ -100,18 +158,17 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
                 local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements, skip_offset=True)
                 local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
                 hit = shared[lk] = (local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta))
-            out[key] = DTensor(hit[0], hit[1], requires_grad=False)
-        else:
-            out[key] = value
+            value = DTensor(hit[0], hit[1], requires_grad=False)
+        set_element(out, leaves.paths[key], value)
     return out
 
 
 def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:
-    """Root mesh dims along which some DTensor is not replicated (all dims if unsure)."""
+    """Root mesh dims along which some DTensor, at any depth, is not replicated (all dims if unsure)."""
     from torch.distributed.tensor import DTensor, Replicate
 
     dims: set[int] = set()
-    for value in template.values():
+    for value in Leaves(template).values.values():
         if not isinstance(value, DTensor):
             continue
         names = value.device_mesh.mesh_dim_names
@@ -139,6 +196,13 @@ def can_share_plans(planner: Any) -> bool:
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)
+
+
+def plans_leaves(planner: Any) -> bool:
+    """Whether ``planner`` plans the leaves DCP's traversal finds (it flattens nested state
+    dicts). One that does not saves each top-level container whole, as bytes; ``rank_view``
+    rebuilds containers as plain dicts and lists, so such a planner gets every rank's own."""
+    return bool(getattr(planner, "flatten_state_dict", True))
 
 
 @contextmanager

@@ -133,18 +133,18 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
-    uncovered = materialize(model, target)
+    materialize(model, target)
     report("save")
     rec = RecordingSavePlanner(trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(),
                                scenario=scenario)
     try:
         md = dcp.save(model.state_dict(), checkpoint_id=checkpoint_dir, planner=rec)
     except BaseException as exc:
-        exc.dcpviz_payload = {"record": rec.rank_record(), "uncovered": uncovered}
+        exc.dcpviz_payload = {"record": rec.rank_record()}
         raise
     rec.complete(md)
     first = next(iter(model.parameters()), None)
-    return {"record": rec.rank_record(), "uncovered": uncovered,
+    return {"record": rec.rank_record(),
             "device": str(first.device if first is not None else target),
             "digests": chunk_digests(model.state_dict())}
 
@@ -257,12 +257,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
     devices = sorted({p["device"] for p in payloads.values() if p.get("device")})
     if devices:
         notes.append(f"Parameters lived on {', '.join(devices)} while saving.")
-    uncovered = sorted({n for p in payloads.values() for n in p.get("uncovered", [])})
-    if uncovered:
-        notes.append(
-            f"{len(uncovered)} tensors have no initialiser in the model (zero-filled): " + ", ".join(uncovered[:8])
-            + (" ..." if len(uncovered) > 8 else "")
-        )
+    notes.append("Saved values are synthetic: each element depends on its tensor's key and its "
+                 "global position (shards differ, replicas agree), so a load that reads the wrong "
+                 "shard shows in the chunk digests.")
     if base is not None:
         notes += [n for n in base.notes if n.startswith(("The coordinator rejected", "Some local plans"))]
     metadata = base.metadata if base is not None else None

@@ -108,7 +108,7 @@ def simulate_save(
         # The recipe runs once and other ranks get rank 0's state dict rebound, when the recipe
         # is known to be SPMD (the named ones are); a user's recipe runs on every rank unless
         # fast=True.
-        if fast is True or (fast is None and isinstance(scenario.recipe, str)):
+        if (fast is True or (fast is None and isinstance(scenario.recipe, str))) and fastpath.plans_leaves(probe):
             t0 = time.perf_counter()
             template, rebound = fastpath.template_state_dict(scenario, notes, check=not isinstance(scenario.recipe, str))
             timer.add("build_state_dicts", time.perf_counter() - t0)

@@ -30,7 +30,16 @@ def build_model_on_meta(scenario: Scenario) -> torch.nn.Module:
     # nothing, so anything left with storage moves to meta.
     if any(t.device.type != "meta" for t in [*model.parameters(), *model.buffers()]):
         model = model.to("meta")
-    return model.to(scenario.torch_dtype)
+    return cast_floating(model, scenario.torch_dtype)
+
+
+def cast_floating(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """``model.to(dtype)`` for floating-point parameters and buffers only: ``Module.to`` would
+    also cast complex tensors (a complex64 ``freqs_cis`` to float32 drops its imaginary half).
+    ``_apply`` is the walk ``Module.to`` itself uses, so parameters stay Parameters."""
+    if dtype is None:
+        return model
+    return model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]:

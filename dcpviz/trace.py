@@ -24,8 +24,9 @@ MAX_WORLD_SIZE = 2**20  # far above any real job; bounds what a trace file can m
 
 # Constrained ints: the decoder (trace_codec) enforces these bounds with the field's path in its
 # error, so nothing downstream meets a negative size, rank or position.
-Count = Annotated[int, Meta(ge=0)]  # a length, a byte count, an element offset
-Index = Annotated[int, Meta(ge=0)]  # a position into one of the trace's tables
+MAX_COUNT = 2**53  # bytes or elements: 8 PiB, and still exact as a float64 in a table
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a length, a byte count, an element offset
+Index = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a position into one of the trace's tables
 Rank = Annotated[int, Meta(ge=0, lt=MAX_WORLD_SIZE)]
 Extent = Annotated[int, Meta(ge=1, le=MAX_WORLD_SIZE)]  # a world size or a mesh dim
 Box = tuple[Count, ...]

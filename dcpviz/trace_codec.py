@@ -76,8 +76,10 @@ def decode_trace(data: bytes | str, source: str = "<bytes>") -> Trace:
     """The trace in JSON ``data``; ``source`` names it in errors."""
     try:
         env = msgspec.json.decode(data, type=_Envelope)
-    except msgspec.ValidationError:  # valid JSON, but not an object
-        raise TraceFileError(f"{source} is not a dcpviz trace (no \"schema\": \"{SCHEMA}\"). {_NOT_A_TRACE}") from None
+    except msgspec.ValidationError as exc:  # valid JSON, but not an object, or an absurd number
+        raise TraceFileError(
+            f"{source} is not a dcpviz trace ({_where(exc, 'file')}). {_NOT_A_TRACE}"
+        ) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise TraceFileError(
             f"trace file {source} is not valid JSON ({_reason(exc)}). Traces are JSON written by "

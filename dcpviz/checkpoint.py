@@ -19,6 +19,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 
 from .errors import CheckpointError
+from .metadata_check import check_metadata
 
 METADATA_FILE = ".metadata"
 
@@ -78,6 +79,7 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Any:
         ) from None
     if not isinstance(md, Metadata):
         raise CheckpointError(f"{source} holds a {type(md).__name__}, not DCP Metadata.")
+    check_metadata(md, source)
     return md
 
 

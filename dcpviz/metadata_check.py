@@ -133,7 +133,8 @@ def _record(info: Any, where: str) -> Iterator[str]:
         return
     parts = PurePosixPath(path.replace("\\", "/")).parts
     if path.startswith(("/", "\\")) or ".." in parts or "\x00" in path or (parts and ":" in parts[0]):
-        yield f"{where}.relative_path {path!r} is not a plain path inside the checkpoint directory"
+        yield (f"{where}.relative_path {path!r} is absolute or goes through '..': refusing a record "
+               "that may lie outside the checkpoint directory")
     for name in ("offset", "length"):
         value = _field(info, name)
         if not _is_count(value):

@@ -20,7 +20,13 @@ from ..trace import ErrorRecord, LoadTrace, PlanRecord
 from .convert import ItemTable, metadata_info, planner_info
 from .procs import RunInfo
 from .recording_load import mismatches_for, read_facts, read_records_from_plain, values_from_plain
-from .run import DEFAULT_TIMEOUT_S, digests_of, launch_recorded, resolve_device
+from .run import (
+    DEFAULT_TIMEOUT_S,
+    check_launch_options,
+    digests_of,
+    launch_recorded,
+    resolve_device,
+)
 
 
 def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
@@ -83,6 +89,7 @@ def run_load(
             f"run_load needs a dcpviz.Scenario as target_scenario, got {type(target_scenario).__name__}. "
             "The order is run_load(checkpoint_dir, target_scenario)."
         )
+    check_launch_options(timeout, start_method)
     root = Path(checkpoint_dir).resolve()
     checked = inspect_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)

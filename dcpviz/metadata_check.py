@@ -23,8 +23,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from .errors import CheckpointError
+from .trace import MAX_COUNT
 
-MAX_COUNT = 2**53  # bytes or elements: 8 PiB, and still exact in an int64 / float64 column
 _MISSING = object()
 
 

@@ -2,7 +2,8 @@
 
 A trace holds no torch objects, so it opens anywhere (a trace captured on a 1024-GPU job opens on
 a laptop), and never pickle. Write items are interned once in ``items`` and plans refer to them
-by position, which keeps W x tensors plans small.
+by position, which keeps W x tensors plans small. Reading (typed decoding and the rules a trace
+must keep) lives in ``trace_codec`` and ``trace_validate``.
 """
 
 from __future__ import annotations
@@ -289,7 +290,6 @@ class LoadTrace:
 
 
 Trace = SaveTrace | LoadTrace
-_KINDS: dict[str, type] = {"save": SaveTrace, "load": LoadTrace}
 
 
 # -- JSON ---------------------------------------------------------------------------------------

@@ -136,3 +136,19 @@ def test_real_traces_still_read(tmp_path, docs):
         path = tmp_path / f"{kind}.json"
         path.write_text(json.dumps(docs[kind]))
         assert dcpviz.load_trace(path).kind == kind
+
+
+def test_trace_reading_needs_no_torch():
+    """The model, its decoder and its rules import neither torch nor plotly (issue 14's core)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(dcpviz.__file__).parent
+    for name in ("trace.py", "trace_codec.py", "trace_validate.py", "errors.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        assert not imported & {"torch", "plotly", "pandas"}, (name, imported)
+        assert relative <= {"errors", "trace", "trace_validate", "trace_codec"}, (name, relative)

@@ -56,6 +56,20 @@ _JUNK = st.one_of(
 )
 
 
+def _alike(value: Any) -> st.SearchStrategy:
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.one_of(st.integers(-2, 2 * abs(value) + 2), st.sampled_from([0, 2**20, 2**53, 2**53 + 1]))
+    if isinstance(value, float):
+        return st.floats(allow_nan=False)
+    if isinstance(value, str):
+        return st.one_of(st.text(max_size=8), st.sampled_from(["bogus", "Size", "_C", "[/x]", "SHARD", "BYTE_IO"]))
+    if isinstance(value, list):
+        return st.lists(st.integers(-1, 300), max_size=max(len(value), 3))
+    return _JUNK
+
+
 @contextmanager
 def _alarm(seconds: int):
     """Fail an example that runs longer than ``seconds`` (a hang) instead of stalling the suite."""
@@ -117,9 +131,11 @@ def mutated_trace(draw, docs: list[dict]) -> str:
         parent, key = _descend(draw, doc)
         if parent is None:
             continue
-        action = draw(st.sampled_from(["replace", "replace", "replace", "drop", "cut", "double"]))
+        action = draw(st.sampled_from(["replace", "replace", "alike", "alike", "drop", "cut", "double"]))
         if action == "replace":
             parent[key] = draw(_JUNK)
+        elif action == "alike":  # a value of the same type: gets past the decoder, tests the rules
+            parent[key] = draw(_alike(parent[key]))
         elif action == "drop":
             del parent[key]
         elif isinstance(parent[key], list):

@@ -152,3 +152,17 @@ def test_trace_reading_needs_no_torch():
         relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
         assert not imported & {"torch", "plotly", "pandas"}, (name, imported)
         assert relative <= {"errors", "trace", "trace_validate", "trace_codec"}, (name, relative)
+
+
+def test_unknown_dtype_is_a_trace_error(tmp_path, docs):
+    """A dtype name this torch lacks is only found out when a table needs its size: a
+    TraceFileError then, never a bare ValueError."""
+
+    def change(t):
+        t["metadata"]["tensors"][0]["dtype"] = "bogus"
+
+    path = tmp_path / "t.json"
+    path.write_text(_mutated(docs["save"], change))
+    result = dcpviz.load_trace(path)
+    with pytest.raises(dcpviz.DcpvizError, match="unknown dtype 'bogus'"):
+        _ = result.chunks

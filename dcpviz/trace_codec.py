@@ -69,7 +69,11 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise TraceFileError(f"trace file {str(path)!r} does not exist (or is not a file).")
-    return decode_trace(path.read_bytes(), repr(str(path)))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable: permissions, an I/O error
+        raise TraceFileError(f"cannot read trace file {str(path)!r}: {exc.strerror or exc}.") from None
+    return decode_trace(data, repr(str(path)))
 
 
 def decode_trace(data: bytes | str, source: str = "<bytes>") -> Trace:

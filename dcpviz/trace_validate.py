@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from .errors import TraceFileError
-from .trace import LoadTrace, MetadataInfo, PlanRecord, SaveTrace, ScenarioInfo, Trace
+from .trace import MAX_COUNT, LoadTrace, MetadataInfo, PlanRecord, SaveTrace, ScenarioInfo, Trace
 
 
 def validate_trace(trace: Trace, kind: str) -> None:
@@ -67,10 +67,18 @@ def _timings(timings: Sequence[tuple[str, float]]) -> None:
             raise TraceFileError(f"trace.timings[{name!r}] is {seconds}, not a finite number of seconds")
 
 
+def _elements(box: Sequence[int] | None, where: str) -> None:
+    """A box of at most MAX_COUNT elements: its bytes (x an itemsize <= 16) fit an int64 column."""
+    if box is not None and len(box) > 1 and math.prod(box) > MAX_COUNT:
+        raise TraceFileError(f"{where} {list(box)} holds more than 2**53 elements")
+
+
 def _save(trace: SaveTrace) -> None:
     for i, item in enumerate(trace.items):
         if item.offsets is not None and item.sizes is not None and len(item.offsets) != len(item.sizes):
             raise TraceFileError(f"trace.items[{i}] has {len(item.offsets)} offsets but {len(item.sizes)} sizes")
+        _elements(item.sizes, f"trace.items[{i}].sizes")
+        _elements(item.global_size, f"trace.items[{i}].global_size")
     if trace.metadata is not None:
         _metadata(trace.metadata, "trace.metadata")
 
@@ -88,7 +96,12 @@ def _load(trace: LoadTrace, world: int) -> None:
             raise TraceFileError(
                 f"trace.wanted_by_rank[{rank}] refers to value {max(ids)} but trace.wanted holds {len(trace.wanted)}"
             )
+    for i, value in enumerate(trace.wanted):
+        _elements(value.size, f"trace.wanted[{i}].size")
+        for j, c in enumerate(value.chunks):
+            _elements(c.sizes, f"trace.wanted[{i}].chunks[{j}].sizes")
     for i, r in enumerate(trace.reads):
+        _elements(r.lengths, f"trace.reads[{i}].lengths")
         if not len(r.dest_offsets) == len(r.storage_offsets) == len(r.lengths):
             raise TraceFileError(f"trace.reads[{i}]: dest_offsets, storage_offsets and lengths differ in length")
     _ranks((r for m in trace.mismatches for r in m.ranks), world, "trace.mismatches[].ranks")
@@ -97,6 +110,7 @@ def _load(trace: LoadTrace, world: int) -> None:
 def _metadata(md: MetadataInfo, where: str) -> None:
     """Every saved chunk is a box of its tensor's rank that lies inside the tensor."""
     for t in md.tensors:
+        _elements(t.size, f"{where}.tensors[{t.fqn!r}].size")  # bounds every chunk inside it too
         for j, c in enumerate(t.chunks):
             if not len(c.offsets) == len(c.sizes) == len(t.size):
                 raise TraceFileError(

@@ -166,3 +166,12 @@ def test_unknown_dtype_is_a_trace_error(tmp_path, docs):
     result = dcpviz.load_trace(path)
     with pytest.raises(dcpviz.DcpvizError, match="unknown dtype 'bogus'"):
         _ = result.chunks
+
+
+def test_boxes_too_large_for_a_table(tmp_path, docs):
+    def change(t):
+        tensor = t["metadata"]["tensors"][0]
+        tensor["size"] = [2**53, 2**53]
+        tensor["chunks"] = [{"offsets": [0, 0], "sizes": [2**53, 2**53]}]
+
+    _fails(tmp_path, _mutated(docs["save"], change), "trace.metadata.tensors", "2**53 elements")

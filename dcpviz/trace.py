@@ -350,7 +350,10 @@ def writable_file(path: str | os.PathLike[str], what: str) -> Path:
             f"the {what} path {str(path)!r} is a directory; pass a file path such as "
             f"{str(path / ('report.html' if what == 'report' else 'trace.json'))!r}."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission
+        raise DcpvizError(f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}.") from None
     return path
 
 

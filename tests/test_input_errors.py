@@ -50,6 +50,10 @@ def test_outputs_into_a_directory(save, tmp_path):
     with pytest.raises(dcpviz.DcpvizError, match="is a directory"):
         dcpviz.report(save, tmp_path)
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(dcpviz.DcpvizError, match="cannot create the folder"):
+        save.to_json(tmp_path / "a-file" / "t.json")
+    (tmp_path / "a-file").unlink()
     out = tmp_path / "out"
     out.mkdir()
     assert main(["simulate", "-W", "2", "--recipe", "fsdp", "--quiet", "--trace", str(out)]) == 2

@@ -175,3 +175,16 @@ def test_boxes_too_large_for_a_table(tmp_path, docs):
         tensor["chunks"] = [{"offsets": [0, 0], "sizes": [2**53, 2**53]}]
 
     _fails(tmp_path, _mutated(docs["save"], change), "trace.metadata.tensors", "2**53 elements")
+
+
+def test_captured_mesh_may_differ_from_the_group(tmp_path, docs):
+    """RecordingSavePlanner records the DTensors' mesh and dcp.save's group, which can differ
+    (a save over a sub-group): such a trace still opens."""
+
+    def change(t):
+        t["source"] = "capture"
+        t["scenario"]["mesh"] = [4, 2]
+
+    path = tmp_path / "captured.json"
+    path.write_text(_mutated(docs["save"], change))
+    assert dcpviz.load_trace(path).trace.scenario.mesh == (4, 2)

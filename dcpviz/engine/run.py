@@ -159,9 +159,9 @@ def run_save(
     from ..results import SaveResult
     from .planners import planner_factory
 
+    check_launch_options(timeout, start_method)
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
-    check_launch_options(timeout, start_method)
     scenario, backend, device = resolve_device(scenario)
     info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
     root = _empty_dir(Path(checkpoint_dir)).resolve()

@@ -84,12 +84,12 @@ def run_load(
     from ..results import LoadResult
     from .planners import planner_factory
 
+    check_launch_options(timeout, start_method)
     if not isinstance(target_scenario, Scenario):
         raise DcpvizError(
             f"run_load needs a dcpviz.Scenario as target_scenario, got {type(target_scenario).__name__}. "
             "The order is run_load(checkpoint_dir, target_scenario)."
         )
-    check_launch_options(timeout, start_method)
     root = Path(checkpoint_dir).resolve()
     checked = inspect_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)

@@ -31,8 +31,8 @@ def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
     add_row(head, "tensors", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries")
     add_row(head, "items", f"{s['items_planned']} planned -> {s['items_written']} written after dedup")
     if s["total_bytes"] is not None:
-        add_row(head,
-            "bytes",
+        add_row(
+            head, "bytes",
             f"{fmt_bytes(s['total_bytes'])} total; per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
             f"max {fmt_bytes(s['max_rank_bytes'])}, imbalance (max/mean) {s['imbalance']:.2f}",
         )
@@ -46,8 +46,8 @@ def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
         t.add_column(col, justify="right")
     shown = vol if len(vol) <= max_ranks else vol.sort_values("nbytes", ascending=False).head(max_ranks)
     for _, row in shown.iterrows():
-        add_row(t,
-            str(row["rank"]), str(row["coordinate"]), _na(row["items"]), _na(row["nbytes"], fmt_bytes),
+        add_row(
+            t, str(row["rank"]), str(row["coordinate"]), _na(row["items"]), _na(row["nbytes"], fmt_bytes),
             str(row["planned_items"]), fmt_bytes(row["planned_nbytes"]),
         )
     if len(vol) > max_ranks:

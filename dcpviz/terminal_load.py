@@ -23,7 +23,7 @@ def _header(result: Any) -> Panel:
     head.add_column(style="bold cyan")
     head.add_column()
     add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
-                           f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
+                  f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
     saved = s["saved_scenario"]
     what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
     if saved is not None:
@@ -33,8 +33,8 @@ def _header(result: Any) -> Panel:
     opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
     add_row(head, "planner", f"{s['planner']}({opts})")
     if s["reads"]:
-        add_row(head,
-            "reads",
+        add_row(
+            head, "reads",
             f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all; per rank "
             f"max {fmt_bytes(s['max_rank_bytes'])}, mean {fmt_bytes(s['mean_rank_bytes'])}",
         )
@@ -84,7 +84,7 @@ def _mismatches(result: Any, max_rows: int) -> Table | None:
         rk = "-" if not len(ranks) else ("all" if len(ranks) == W else ",".join(map(str, ranks[:8])) + ("..." if len(ranks) > 8 else ""))
         first = g.iloc[0]
         add_row(t, kind, fqn, str(first["saved"] or "-"), str(first["current"] or "-"), rk,
-                  message or Text(first["explanation"], style="dim"))
+                message or Text(first["explanation"], style="dim"))
     return t
 
 

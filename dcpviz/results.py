@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from functools import cached_property
 from pathlib import Path
@@ -9,9 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import load_tables, tables
-from .hints import Hint, compute_hints, hints_table
-from .trace import LoadTrace, SaveTrace, read_trace, write_trace
+from dcpviz.analysis import load_tables
+from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.hints import Hint, compute_hints, hints_table
+from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
+from dcpviz.core.trace_codec import read_trace
+from dcpviz.core.units import fmt_bytes
 
 
 class _Result:
@@ -25,17 +29,21 @@ class _Result:
 
     @property
     def scenario(self):
+        """The job the trace describes (a ScenarioInfo)."""
         return self.trace.scenario
 
     @property
     def errors(self) -> list[str]:
+        """What the planner raised, one message per error."""
         return [str(e) for e in self.trace.errors]
 
     @property
     def ok(self) -> bool:
+        """True when nothing was raised."""
         return not self.trace.errors
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the trace as versioned JSON (``dcpviz.load_trace`` opens it again)."""
         return write_trace(self.trace, path)
 
 
@@ -120,15 +128,18 @@ class SaveResult(_Result):
     def metadata(self):
         """DCP's Metadata: the object DCP built, or one rebuilt from the trace's facts."""
         if self._metadata is None and self.trace.metadata is not None:
-            from .engine.convert import torch_metadata
+            # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
+            from dcpviz.engine.convert import torch_metadata
 
             self._metadata = torch_metadata(self.trace.metadata)
         return self._metadata
 
-    def _repr_html_(self) -> str:
-        from .report import summary_rows
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, HTML) rows that sum the save up: model, job, planner, items, bytes, status."""
+        return _save_summary_rows(self.summary)
 
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in summary_rows(self.summary))
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in self.summary_rows())
         errors = "".join(f"<div style='color:#b00020'>{e}</div>" for e in self.errors)
         return f"<div><b>dcpviz SaveResult</b><table>{rows}</table>{errors}</div>"
 
@@ -192,12 +203,17 @@ class LoadResult(_Result):
     def summary(self) -> dict[str, Any]:
         return load_tables.summary(self.trace, self.read_items)
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, HTML) rows that sum the load up: target, checkpoint, planner, reads, status."""
+        return _load_summary_rows(self.summary)
+
     # -- facts -----------------------------------------------------------------------------
     @property
     def metadata(self):
         """The checkpoint's DCP Metadata the load was planned against."""
         if self._metadata is None:
-            from .engine.convert import torch_metadata
+            # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
+            from dcpviz.engine.convert import torch_metadata
 
             self._metadata = torch_metadata(self.trace.saved)
         return self._metadata
@@ -210,6 +226,55 @@ class LoadResult(_Result):
             f"<LoadResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
             f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}>"
         )
+
+
+def _save_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
+    status = '<span class="good">valid</span>' if s["validated"] else f'<span class="bad">{s["errors"]} error(s)</span>'
+    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
+    rows = [
+        ("model", f"{html.escape(s['model'])} ({s['dtype']})"),
+        ("job", f"{html.escape(s['recipe'])} on {s['world_size']} ranks, mesh {mesh}"),
+        ("planner", html.escape(f"{s['planner']}({opts})")),
+        ("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
+        ("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
+    ]
+    if s["total_bytes"] is not None:
+        rows.append(
+            ("bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
+             f"max {fmt_bytes(s['max_rank_bytes'])} · imbalance (max ÷ mean) {s['imbalance']:.2f}")
+        )
+    rows.append(("status", status))
+    return rows
+
+
+def _load_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
+    rows = [("target", html.escape(f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, mesh {mesh}"))]
+    saved = s["saved_scenario"]
+    what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
+    if saved is not None:
+        what += f"; saved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks"
+    rows.append(("checkpoint", html.escape(what)))
+    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
+    rows.append(("planner", html.escape(f"{s['planner']}({opts})")))
+    if s["reads"]:
+        amp = s["chunk_bytes"] / s["total_bytes"] if s["total_bytes"] else float("nan")
+        rows.append(("reads", f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all · per rank "
+                              f"max {fmt_bytes(s['max_rank_bytes'])} · {fmt_bytes(s['chunk_bytes'])} of saved chunks "
+                              f"deserialised ({amp:.2f}×)"))
+    if s["mismatch_keys"]:
+        rows.append(("mismatches", ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items())))
+    if s["failed_ranks"]:
+        status = f'<span class="bad">dcp.load would fail: the local plan raised on {len(s["failed_ranks"])} of {s["world_size"]} ranks</span>'
+    elif not s["ok"]:
+        status = f'<span class="bad">{s["errors"]} error(s)</span>'
+    elif s["mismatch_keys"]:
+        status = '<span class="bad">plans, with mismatches DCP does not stop on</span>'
+    else:
+        status = '<span class="good">plans cleanly</span>'
+    rows.append(("status", status))
+    return rows
 
 
 def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:

@@ -9,8 +9,8 @@ import torch
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 
-from ..trace import ChunkInfo, PlanRecord, ReadRecord, TargetValue
-from .convert import ItemTable, dtype_str
+from dcpviz.core.trace import ChunkInfo, PlanRecord, ReadRecord, TargetValue
+from dcpviz.engine.convert import ItemTable, dtype_str
 
 
 def _box(seq: Any) -> tuple[int, ...]:

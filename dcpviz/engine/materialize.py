@@ -93,7 +93,7 @@ def materialize(model: nn.Module, device: str | torch.device) -> None:
     make the saved bytes differ from run to run."""
     import torch.distributed as dist
 
-    from .world import rebind_to_rank
+    from dcpviz.engine.world import rebind_to_rank
 
     model.to_empty(device=device)
     with torch.no_grad():

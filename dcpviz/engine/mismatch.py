@@ -21,8 +21,8 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from ..trace import MismatchRecord, TargetValue
-from .convert import dtype_str
+from dcpviz.core.trace import MismatchRecord, TargetValue
+from dcpviz.engine.convert import dtype_str
 
 Box = tuple[int, ...]
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from ..errors import DcpvizError
-from ..trace import ErrorRecord
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord
 
 HOST = "127.0.0.1"
 ERROR_GRACE_S = 3.0  # after a first error, how long the other ranks get to report theirs

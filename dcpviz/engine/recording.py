@@ -27,9 +27,16 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
-from ..errors import DcpvizError, RecordingWarning
-from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
-from .convert import (
+from dcpviz.core.errors import DcpvizError, RecordingWarning
+from dcpviz.core.trace import (
+    ErrorRecord,
+    PlannedItem,
+    PlanRecord,
+    SaveTrace,
+    ScenarioInfo,
+    write_trace,
+)
+from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
     metadata_info,
@@ -113,8 +120,8 @@ def infer_scenario(state_dict: dict[str, Any], world_size: int) -> tuple[Scenari
 def _scenario_info(scenario: Any) -> ScenarioInfo | None:
     if scenario is None or isinstance(scenario, ScenarioInfo):
         return scenario
-    from ..scenario import Scenario
-    from .simulate import scenario_info
+    from dcpviz.engine.scenario import Scenario
+    from dcpviz.engine.simulate import scenario_info
 
     if isinstance(scenario, Scenario):
         return scenario_info(scenario)
@@ -261,7 +268,7 @@ class RecordingSavePlanner(SavePlanner):
 
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
-        from .planners import set_up_save_planner
+        from dcpviz.engine.planners import set_up_save_planner
 
         start_call(self, is_coordinator)
         t0 = time.perf_counter()
@@ -367,7 +374,7 @@ class RecordingSavePlanner(SavePlanner):
         """This rank's own facts, as plain data: its local and final plan items, the BYTE_IO
         sizes it serialised, its timings. run_save collects these from every worker to fill in
         what the coordinator cannot see."""
-        from ..trace import to_plain
+        from dcpviz.core.trace import to_plain
 
         def items(plan: SavePlan | None) -> list[dict[str, Any]] | None:
             if plan is None:
@@ -390,7 +397,7 @@ class RecordingSavePlanner(SavePlanner):
 
     def _record_failure(self, all_plans: list[SavePlan], exc: BaseException) -> None:
         """The coordinator's planner raised: write what was planned so far, then let DCP raise."""
-        from .simulate import unvalidated_global_plan
+        from dcpviz.engine.simulate import unvalidated_global_plan
 
         t0 = time.perf_counter()
         try:
@@ -411,8 +418,8 @@ class RecordingSavePlanner(SavePlanner):
 
     def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
                      errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
-        from .. import __version__
-        from .simulate import _now, _torch_version
+        from dcpviz.core.version import __version__
+        from dcpviz.engine.simulate import _now, _torch_version
 
         W = len(all_plans)
         conv = _GatheredPlanConverter()
@@ -504,6 +511,6 @@ def planned_items_from_plain(items: list[dict[str, Any]] | None) -> list[Planned
     """Rebuild PlannedItems sent as plain data by rank_record()."""
     if items is None:
         return None
-    from ..trace_codec import decode_plain
+    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(PlannedItem, it, "rank_record") for it in items]

@@ -18,10 +18,10 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
-from ..trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
-from .convert import ItemTable, metadata_info
-from .convert_load import load_plan_record, read_record, saved_itemsizes, target_value
-from .recording import (
+from dcpviz.core.trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
+from dcpviz.engine.convert import ItemTable, metadata_info
+from dcpviz.engine.convert_load import load_plan_record, read_record, saved_itemsizes, target_value
+from dcpviz.engine.recording import (
     infer_scenario,
     init_recorder,
     note_problem,
@@ -50,7 +50,7 @@ def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[st
                    read_storage_fqns: set[str]) -> tuple:
     """Mismatch records as simulate_load builds them, from the ranks whose values are known:
     rank -> (its values, DCP's per-key messages if its plan failed, its local plan's reads)."""
-    from .mismatch import MismatchCollector
+    from dcpviz.engine.mismatch import MismatchCollector
 
     collector = MismatchCollector()
     wanted_fqns: set[str] = set()
@@ -160,15 +160,15 @@ class RecordingLoadPlanner(LoadPlanner):
     # -- facts -------------------------------------------------------------------------------
     def values(self) -> list[TargetValue]:
         """This rank's state-dict values as the load planner plans from them."""
-        from .simulate_load import planner_view
+        from dcpviz.engine.simulate_load import planner_view
 
         if self._state_dict is None:
             return []
         return [target_value(k, v) for k, v in planner_view(self._inner, self._state_dict).items()]
 
     def _dcp_messages(self) -> dict[str, str] | None:
-        from .mismatch import dcp_key_messages
-        from .simulate_load import planner_view
+        from dcpviz.engine.mismatch import dcp_key_messages
+        from dcpviz.engine.simulate_load import planner_view
 
         if self._state_dict is None or self._metadata is None:
             return None
@@ -230,9 +230,9 @@ class RecordingLoadPlanner(LoadPlanner):
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
                errors: tuple[ErrorRecord, ...]) -> LoadTrace:
-        from .. import __version__
-        from .saved import resolve_saved
-        from .simulate import _now, _torch_version
+        from dcpviz.core.version import __version__
+        from dcpviz.engine.saved import resolve_saved
+        from dcpviz.engine.simulate import _now, _torch_version
 
         W = len(all_plans)
         md = self._metadata
@@ -254,7 +254,7 @@ class RecordingLoadPlanner(LoadPlanner):
         if self._scenario is not None:
             scenario, inferred = self._scenario, []
         else:
-            from .recording import _flat
+            from dcpviz.engine.recording import _flat
 
             scenario, inferred = infer_scenario(_flat(self._state_dict or {}), W)
         if scenario.world_size != W:
@@ -297,13 +297,13 @@ class RecordingLoadPlanner(LoadPlanner):
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:
     if items is None:
         return None
-    from ..trace_codec import decode_plain
+    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(ReadRecord, it, "rank_record") for it in items]
 
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
-    from ..trace_codec import decode_plain
+    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

@@ -18,15 +18,21 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
-from .. import __version__
-from ..errors import DcpvizError
-from ..scenario import Scenario
-from ..trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
-from . import fastpath
-from .convert import PlanConverter, byte_item_sizes, metadata_info, planner_info, tensor_layouts
-from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
-from .statedict import rank_state_dict
-from .world import fake_world, leaves_process_as_found
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
+from dcpviz.core.version import __version__
+from dcpviz.engine import fastpath
+from dcpviz.engine.convert import (
+    PlanConverter,
+    byte_item_sizes,
+    metadata_info,
+    planner_info,
+    tensor_layouts,
+)
+from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.world import fake_world, leaves_process_as_found
 
 
 def scenario_info(scenario: Scenario) -> ScenarioInfo:
@@ -73,14 +79,15 @@ class _Timer:
 
 
 @leaves_process_as_found
-def simulate_save(
+def plan_save(
     scenario: Scenario,
     planner: Any = None,
     *,
     progress: bool | None = None,
     fast: bool | None = None,
-):
-    """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
+) -> tuple[SaveTrace, Any]:
+    """Plan a save of ``scenario`` with DCP's real planner on every rank; return the trace and
+    DCP's Metadata (None when planning failed). ``dcpviz.simulate_save`` wraps them in a SaveResult.
 
     ``planner``: a SavePlanner instance (copied per rank), class, or factory; default
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
@@ -88,8 +95,6 @@ def simulate_save(
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
     the planner on every rank.
     """
-    from ..results import SaveResult
-
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"simulate_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
     make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
@@ -250,7 +255,7 @@ def simulate_save(
         dcpviz_version=__version__,
         created=_now(),
     )
-    return SaveResult(trace, metadata=md)
+    return trace, md
 
 
 def _torch_version() -> str:

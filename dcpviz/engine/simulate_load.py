@@ -18,29 +18,27 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
-from .. import __version__
-from ..errors import DcpvizError
-from ..scenario import Scenario
-from ..trace import ErrorRecord, LoadTrace, PlanRecord, TargetValue
-from . import fastpath
-from .convert import ItemTable, planner_info
-from .convert_load import load_plan_record, saved_itemsizes, target_value
-from .mismatch import MismatchCollector, dcp_key_messages
-from .planners import planner_factory
-from .saved import resolve_saved
-from .simulate import _now, _torch_version, error_record, progress_bar, scenario_info
-from .statedict import rank_state_dict
-from .storageless import new_fake_mode, to_storageless
-from .world import fake_world, leaves_process_as_found
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord, LoadTrace, PlanRecord, SaveTrace, TargetValue
+from dcpviz.core.version import __version__
+from dcpviz.engine import fastpath
+from dcpviz.engine.convert import ItemTable, planner_info
+from dcpviz.engine.convert_load import load_plan_record, saved_itemsizes, target_value
+from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages
+from dcpviz.engine.planners import planner_factory
+from dcpviz.engine.saved import resolve_saved
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.simulate import _now, _torch_version, error_record, progress_bar, scenario_info
+from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.storageless import new_fake_mode, to_storageless
+from dcpviz.engine.world import fake_world, leaves_process_as_found
 
 
 def check_target(target: Any) -> Scenario:
     if isinstance(target, Scenario):
         return target
-    from ..results import SaveResult
-
-    swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if isinstance(
-        target, (SaveResult, str)
+    swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if (
+        isinstance(target, str) or isinstance(getattr(target, "trace", None), SaveTrace)
     ) else ""
     raise DcpvizError(
         f"target={type(target).__name__} is not a dcpviz.Scenario. Describe the job that loads, "
@@ -99,25 +97,24 @@ class _DerivedVersionGuard:
 
 
 @leaves_process_as_found
-def simulate_load(
+def plan_load(
     saved: Any,
     target: Scenario,
     planner: Any = None,
     *,
     progress: bool | None = None,
     fast: bool | None = None,
-):
+) -> tuple[LoadTrace, Any]:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
-    ``saved``: a SaveResult, a save-trace file, a checkpoint directory (only its metadata is
+    ``saved``: a SavedTrace (what ``dcpviz.simulate_load`` makes of a SaveResult), a save-trace file, a checkpoint directory (only its metadata is
     read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
     (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
     ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
     plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
-    Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
+    Returns the trace and the checkpoint's DCP Metadata; planner failures are in the trace's
+    ``errors`` and ``mismatches``. ``dcpviz.simulate_load`` wraps them in a LoadResult.
     """
-    from ..results import LoadResult
-
     target = check_target(target)
     ck = resolve_saved(saved)
     make_planner = planner_factory(planner, LoadPlanner, DefaultLoadPlanner)
@@ -285,4 +282,4 @@ def simulate_load(
         dcpviz_version=__version__,
         created=_now(),
     )
-    return LoadResult(trace, metadata=md)
+    return trace, md

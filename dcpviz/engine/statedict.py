@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..models import build_model
-from ..recipes import apply_recipe
-from ..scenario import Scenario
-from .world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
+from dcpviz.engine.models import build_model
+from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
@@ -63,7 +63,7 @@ def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
 
     For teaching and for trying a planner by hand; simulate_save does this for every rank.
     """
-    from ..errors import DcpvizError
+    from dcpviz.core.errors import DcpvizError
 
     if not 0 <= rank < scenario.world_size:
         raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")

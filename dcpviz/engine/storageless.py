@@ -47,7 +47,7 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
     costs ~0.2 ms)."""
     from torch.distributed.tensor import DTensor
 
-    from .world import map_state_dict
+    from dcpviz.engine.world import map_state_dict
 
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):

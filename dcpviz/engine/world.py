@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
 
 
 def _register_fake_backend() -> None:

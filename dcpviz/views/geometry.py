@@ -28,7 +28,7 @@ def rects_path(rects: Iterable[Rect]) -> tuple[list, list]:
 
 def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]) -> tuple[int | None, int]:
     """(row_dim, col_dim) to draw; for N-D without ``dims``, the two dims split the most."""
-    from ..errors import DcpvizError
+    from dcpviz.core.errors import DcpvizError
 
     if nd == 1:
         return None, 0

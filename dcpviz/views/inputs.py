@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
 
 _MADE_BY = {"save": "simulate_save, run_save or load_trace of a save trace",
             "load": "simulate_load, run_load or load_trace of a load trace"}

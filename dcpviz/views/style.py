@@ -40,13 +40,6 @@ def text_color(fill: str) -> str:
     return "#000000" if luminance(fill) > 0.179 else "#ffffff"
 
 
-def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def fmt_span(offset: int, size: int) -> str:
@@ -57,7 +50,7 @@ def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
     ranks = list(ranks)
     if len(ranks) <= limit:
         return ",".join(map(str, ranks))
-    from ..groups import ranges
+    from dcpviz.analysis.groups import ranges
 
     return ranges(ranks)
 

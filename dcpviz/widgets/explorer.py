@@ -10,11 +10,11 @@ from typing import Any
 
 import ipywidgets as w
 
-from .. import views
-from ..report import summary_rows, table_html
-from ..views.style import fmt_bytes
-from .figure import figure_widget, replace_figure
-from .panels import TablesPanel, summary_html
+from dcpviz import views
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.html import table_html
+from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.panels import TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -43,7 +43,7 @@ class Explorer(w.VBox):
 
     # -- header ---------------------------------------------------------------------------
     def _header_html(self) -> str:
-        return summary_html(summary_rows(self.result.summary), self.result.errors)
+        return summary_html(self.result.summary_rows(), self.result.errors)
 
     # -- layout tab -----------------------------------------------------------------------
     def _layout_tab(self) -> w.Widget:
@@ -206,10 +206,10 @@ class Explorer(w.VBox):
 
 def explore(result: Any, compare: Any = None) -> Explorer:
     """The explorer app for a save result (pass ``compare=`` a second result to compare volumes)."""
-    from ..errors import DcpvizError
+    from dcpviz.core.errors import DcpvizError
 
     if getattr(result, "kind", None) == "load":
-        from .load_tab import LoadExplorer  # the load debugger's app
+        from dcpviz.widgets.load_tab import LoadExplorer  # the load debugger's app
 
         return LoadExplorer(result)
     if getattr(result, "kind", None) != "save":

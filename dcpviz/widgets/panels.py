@@ -7,7 +7,7 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from ..report import table_html
+from dcpviz.views.html import table_html
 
 BYTE_COLUMNS = ("nbytes", "planned_nbytes", "chunk_nbytes", "wanted_nbytes", "storage_nbytes")
 

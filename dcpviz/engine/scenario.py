@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from .errors import ScenarioError, did_you_mean
-from .models import check_model_spec, model_name
-from .recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.core.errors import ScenarioError, did_you_mean
+from dcpviz.engine.models import check_model_spec, model_name
+from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -24,7 +24,7 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 
-from .errors import CheckpointError
+from dcpviz.core.errors import CheckpointError
 
 # Standard types whose construction from a pickle runs no user code, beyond torch's own
 # weights-only allowlist (which already covers dict, list, tuple, set, OrderedDict, int, float,

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from .byteio import SafeBytesPlanner, load_byte_io
-from .errors import CheckpointError
-from .metadata_check import check_metadata
+from dcpviz.core.errors import CheckpointError
+from dcpviz.core.filenames import file_rank
+from dcpviz.engine.byteio import SafeBytesPlanner, load_byte_io
+from dcpviz.engine.metadata_check import check_metadata
 
 METADATA_FILE = ".metadata"
 
@@ -283,7 +284,6 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
 
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
-    from .tables import file_rank
 
     if verify not in VERIFY:
         raise CheckpointError(f"verify={verify!r} must be one of {VERIFY}.")

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from .errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
 
 SCHEMA = "dcpviz.trace"
 VERSION = 1
@@ -355,17 +355,3 @@ def writable_file(path: str | os.PathLike[str], what: str) -> Path:
     except OSError as exc:  # a file where a folder should be, no permission
         raise DcpvizError(f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}.") from None
     return path
-
-
-def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:
-    """A trace from plain data (``json.load`` of a trace file), validated like a file."""
-    from .trace_codec import trace_from_dict as decode
-
-    return decode(doc, source)
-
-
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read and fully validate a trace file; anything malformed raises TraceFileError."""
-    from .trace_codec import read_trace as read
-
-    return read(path)

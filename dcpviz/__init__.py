@@ -30,7 +30,7 @@ _LAZY = {
     "simulate_load": "dcpviz.api",
     "run_save": "dcpviz.api",
     "run_load": "dcpviz.api",
-    "inspect_checkpoint": "dcpviz.engine.checkpoint",
+    "inspect_checkpoint": "dcpviz.api",
     "SafeFileSystemReader": "dcpviz.engine.checkpoint",
     "SafeLoadPlanner": "dcpviz.engine.byteio",
     "RecordingSavePlanner": "dcpviz.engine.recording",
@@ -40,9 +40,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from dcpviz.api import run_load, run_save, simulate_load, simulate_save
+    from dcpviz.api import inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
     from dcpviz.engine.byteio import SafeLoadPlanner
-    from dcpviz.engine.checkpoint import SafeFileSystemReader, inspect_checkpoint
+    from dcpviz.engine.checkpoint import SafeFileSystemReader
     from dcpviz.engine.recording import RecordingSavePlanner
     from dcpviz.engine.recording_load import RecordingLoadPlanner
     from dcpviz.engine.scenario import Scenario

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.engine.checkpoint import read_checkpoint
 from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
 from dcpviz.engine.run_load import run_load_trace
 from dcpviz.engine.saved import SavedTrace
@@ -85,3 +87,16 @@ def run_load(
     result.run_info = info
     return result
 
+
+
+def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
+    """Read a DCP checkpoint directory without executing anything from it, and check it; return
+    its chunks, storage records and files as tables (a CheckpointInfo).
+
+    ``.metadata`` goes through the restricted unpickler; every storage record must point at a
+    file inside the directory and lie within it; ``verify='headers'`` (default) checks each
+    record is a torch.save archive of the chunk's exact size and every BYTE_IO value builds with
+    torch's weights-only unpickler, ``'full'`` also checks every CRC, ``'none'`` skips record
+    checks. Problems raise ``DcpvizError`` naming the entry and the file; nothing is written.
+    """
+    return checkpoint_info(read_checkpoint(checkpoint_dir, verify=verify))

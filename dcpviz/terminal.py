@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -75,7 +76,6 @@ def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
 
 def _na(value: Any, fmt=str) -> str:
     try:
-        import pandas as pd
 
         if pd.isna(value):
             return "-"
@@ -186,7 +186,6 @@ def _volume(result: Any, max_ranks: int) -> Table:
 
 
 def _na(value: Any, fmt: Any = str) -> str:
-    import pandas as pd
 
     return "-" if pd.isna(value) else fmt(value)
 

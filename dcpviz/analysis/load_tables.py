@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcpviz.analysis.save_tables import job_facts
+from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
 from dcpviz.core.units import itemsize as dtype_itemsize
 
@@ -171,11 +173,9 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     """Target rank (rows, every rank) x ``by`` ('writer_rank' or 'file') -> ``values``
     ('nbytes', 'reads' or 'chunk_nbytes'), zeros where a rank reads nothing from a column."""
     if by not in ("writer_rank", "file"):
-        from dcpviz.core.errors import DcpvizError
 
         raise DcpvizError(f"by={by!r}: use 'writer_rank' or 'file'.")
     if values not in ("nbytes", "reads", "chunk_nbytes"):
-        from dcpviz.core.errors import DcpvizError
 
         raise DcpvizError(f"values={values!r}: use 'nbytes', 'reads' or 'chunk_nbytes'.")
     long = resharding(trace, reads)
@@ -183,7 +183,6 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     if by == "file":
         long = long[long["file"].notna()]
         if long.empty and len(reads if reads is not None else trace.reads):
-            from dcpviz.core.errors import DcpvizError
 
             raise DcpvizError(
                 "by='file' needs a checkpoint on disk: this load was planned against "
@@ -276,7 +275,6 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
     failed = sorted({e.rank for e in trace.errors if e.phase == "local" and e.rank is not None})
     total = int(reads["nbytes"].sum()) if len(reads) else 0
     nb = vol["nbytes"].astype("float64")
-    from dcpviz.analysis.save_tables import job_facts
 
     return {
         **job_facts(trace),

@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
+from dcpviz.core.errors import TraceFileError
 from dcpviz.core.trace import (
     ChunkInfo,
     MetadataInfo,
@@ -40,7 +41,6 @@ def dtype_from_str(name: str) -> torch.dtype:
     one from a torch with more dtypes) is a TraceFileError, which is also a ValueError."""
     dt = getattr(torch, name, None) if isinstance(name, str) and not name.startswith("_") else None
     if not isinstance(dt, torch.dtype):
-        from dcpviz.core.errors import TraceFileError
 
         raise TraceFileError(
             f"unknown dtype {name!r}: torch {torch.__version__} has no such dtype. The trace is "

@@ -36,7 +36,7 @@ import torch
 
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
-from dcpviz.engine.world import fake_world
+from dcpviz.engine.world import _rank_mesh, fake_world
 
 
 class Leaves:
@@ -141,7 +141,6 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
     from torch.distributed.tensor._dtensor_spec import DTensorSpec
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    from dcpviz.engine.world import _rank_mesh
 
     leaves = Leaves(template)
     out: dict[str, Any] = {}

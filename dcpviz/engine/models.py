@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dcpviz.core.errors import ScenarioError, did_you_mean
+from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,6 @@ def model_name(model: str | Callable[[], nn.Module]) -> str:
 
 def build_model(model: str | Callable[[], nn.Module], device: str | torch.device = "meta") -> nn.Module:
     """Build the model under ``torch.device(device)``; meta allocates nothing."""
-    from dcpviz.core.errors import UserCodeError
 
     check_model_spec(model)
     factory = PRESETS[model] if isinstance(model, str) else model

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from dcpviz.core.errors import DcpvizError
+from dcpviz.core.errors import DcpvizError, UserCodeError
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,6 @@ def recipe_mesh_ndim(recipe: str | Callable[..., Any]) -> int | None:
 
 def apply_recipe(recipe: str | Callable[..., Any], model: nn.Module, mesh: Any) -> nn.Module:
     """Run the recipe; a user callable that raises becomes a UserCodeError naming it."""
-    from dcpviz.core.errors import UserCodeError
 
     fn = RECIPES[recipe].apply if isinstance(recipe, str) else recipe
     try:

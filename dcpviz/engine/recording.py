@@ -34,8 +34,11 @@ from dcpviz.core.trace import (
     PlanRecord,
     SaveTrace,
     ScenarioInfo,
+    to_plain,
     write_trace,
 )
+from dcpviz.core.trace_codec import decode_plain
+from dcpviz.core.version import __version__
 from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
@@ -44,6 +47,10 @@ from dcpviz.engine.convert import (
     planner_info,
     tensor_layouts,
 )
+from dcpviz.engine.phases import now, scenario_info, torch_version
+from dcpviz.engine.planners import set_up_save_planner
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.simulate import unvalidated_global_plan
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -120,8 +127,6 @@ def infer_scenario(state_dict: dict[str, Any], world_size: int) -> tuple[Scenari
 def _scenario_info(scenario: Any) -> ScenarioInfo | None:
     if scenario is None or isinstance(scenario, ScenarioInfo):
         return scenario
-    from dcpviz.engine.scenario import Scenario
-    from dcpviz.engine.simulate import scenario_info
 
     if isinstance(scenario, Scenario):
         return scenario_info(scenario)
@@ -268,7 +273,6 @@ class RecordingSavePlanner(SavePlanner):
 
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
-        from dcpviz.engine.planners import set_up_save_planner
 
         start_call(self, is_coordinator)
         t0 = time.perf_counter()
@@ -374,7 +378,6 @@ class RecordingSavePlanner(SavePlanner):
         """This rank's own facts, as plain data: its local and final plan items, the BYTE_IO
         sizes it serialised, its timings. run_save collects these from every worker to fill in
         what the coordinator cannot see."""
-        from dcpviz.core.trace import to_plain
 
         def items(plan: SavePlan | None) -> list[dict[str, Any]] | None:
             if plan is None:
@@ -397,7 +400,6 @@ class RecordingSavePlanner(SavePlanner):
 
     def _record_failure(self, all_plans: list[SavePlan], exc: BaseException) -> None:
         """The coordinator's planner raised: write what was planned so far, then let DCP raise."""
-        from dcpviz.engine.simulate import unvalidated_global_plan
 
         t0 = time.perf_counter()
         try:
@@ -418,8 +420,6 @@ class RecordingSavePlanner(SavePlanner):
 
     def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
                      errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
-        from dcpviz.core.version import __version__
-        from dcpviz.engine.simulate import _now, _torch_version
 
         W = len(all_plans)
         conv = _GatheredPlanConverter()
@@ -472,9 +472,9 @@ class RecordingSavePlanner(SavePlanner):
             notes=tuple(notes),
             layouts=self._layouts,
             source="capture",
-            torch_version=_torch_version(),
+            torch_version=torch_version(),
             dcpviz_version=__version__,
-            created=_now(),
+            created=now(),
         )
 
 
@@ -511,6 +511,5 @@ def planned_items_from_plain(items: list[dict[str, Any]] | None) -> list[Planned
     """Rebuild PlannedItems sent as plain data by rank_record()."""
     if items is None:
         return None
-    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(PlannedItem, it, "rank_record") for it in items]

@@ -19,9 +19,14 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
 from dcpviz.core.trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
+from dcpviz.core.trace_codec import decode_plain
+from dcpviz.core.version import __version__
 from dcpviz.engine.convert import ItemTable, metadata_info
 from dcpviz.engine.convert_load import load_plan_record, read_record, saved_itemsizes, target_value
+from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
+from dcpviz.engine.phases import now, torch_version
 from dcpviz.engine.recording import (
+    _flat,
     infer_scenario,
     init_recorder,
     note_problem,
@@ -29,20 +34,13 @@ from dcpviz.engine.recording import (
     record_safely,
     start_call,
 )
+from dcpviz.engine.saved import resolve_saved
+from dcpviz.engine.simulate_load import planner_view
 
 
-def read_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
-    """(target key -> checkpoint key where a planner renames, target keys read, checkpoint keys
-    read) of one rank's plan, as simulate_load derives them."""
-    renames: dict[str, str] = {}
-    dest: set[str] = set()
-    src: set[str] = set()
-    for r in reads or ():
-        dest.add(r.fqn)
-        src.add(r.storage_fqn or r.fqn)
-        if r.storage_fqn and r.storage_fqn != r.fqn:
-            renames[r.fqn] = r.storage_fqn
-    return renames, dest, src
+def record_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
+    """``read_facts`` of one rank's recorded reads (a read's storage key is its own when None)."""
+    return read_facts((r.fqn, r.storage_fqn or r.fqn) for r in reads or ())
 
 
 def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[str, str] | None,
@@ -50,12 +48,11 @@ def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[st
                    read_storage_fqns: set[str]) -> tuple:
     """Mismatch records as simulate_load builds them, from the ranks whose values are known:
     rank -> (its values, DCP's per-key messages if its plan failed, its local plan's reads)."""
-    from dcpviz.engine.mismatch import MismatchCollector
 
     collector = MismatchCollector()
     wanted_fqns: set[str] = set()
     for r, (values, messages, reads) in sorted(per_rank.items()):
-        renames, read_dest, _ = read_facts(reads)
+        renames, read_dest, _ = record_facts(reads)
         collector.add_rank(r, values, md, messages, renames, read_dest)
         wanted_fqns.update(v.fqn for v in values)
     return collector.records(md, wanted_fqns, read_storage_fqns)
@@ -160,15 +157,12 @@ class RecordingLoadPlanner(LoadPlanner):
     # -- facts -------------------------------------------------------------------------------
     def values(self) -> list[TargetValue]:
         """This rank's state-dict values as the load planner plans from them."""
-        from dcpviz.engine.simulate_load import planner_view
 
         if self._state_dict is None:
             return []
         return [target_value(k, v) for k, v in planner_view(self._inner, self._state_dict).items()]
 
     def _dcp_messages(self) -> dict[str, str] | None:
-        from dcpviz.engine.mismatch import dcp_key_messages
-        from dcpviz.engine.simulate_load import planner_view
 
         if self._state_dict is None or self._metadata is None:
             return None
@@ -230,9 +224,6 @@ class RecordingLoadPlanner(LoadPlanner):
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
                errors: tuple[ErrorRecord, ...]) -> LoadTrace:
-        from dcpviz.core.version import __version__
-        from dcpviz.engine.saved import resolve_saved
-        from dcpviz.engine.simulate import _now, _torch_version
 
         W = len(all_plans)
         md = self._metadata
@@ -248,13 +239,12 @@ class RecordingLoadPlanner(LoadPlanner):
         wanted_by_rank = tuple(tuple(wanted.add(v) for v in values) if r == me else () for r in range(W))
         read_src = set()
         for rec in local:
-            read_src |= read_facts([reads.items[i] for i in rec.items])[2]
+            read_src |= record_facts([reads.items[i] for i in rec.items])[2]
         own = [reads.items[i] for i in local[me].items]
         mism = mismatches_for(md, {me: (values, None, own)}, read_src)
         if self._scenario is not None:
             scenario, inferred = self._scenario, []
         else:
-            from dcpviz.engine.recording import _flat
 
             scenario, inferred = infer_scenario(_flat(self._state_dict or {}), W)
         if scenario.world_size != W:
@@ -288,22 +278,20 @@ class RecordingLoadPlanner(LoadPlanner):
             notes=tuple(notes),
             source="capture",
             saved_source="checkpoint (metadata from dcp.load's storage reader)",
-            torch_version=_torch_version(),
+            torch_version=torch_version(),
             dcpviz_version=__version__,
-            created=_now(),
+            created=now(),
         )
 
 
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:
     if items is None:
         return None
-    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(ReadRecord, it, "rank_record") for it in items]
 
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
-    from dcpviz.core.trace_codec import decode_plain
 
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

@@ -10,7 +10,10 @@ storage facts from the checkpoint's ``.metadata`` (read with dcpviz's restricted
 from __future__ import annotations
 
 import dataclasses
+import math
+import multiprocessing as mp
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,10 +23,18 @@ from typing import Any
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace
 from dcpviz.core.trace_codec import read_trace
+from dcpviz.core.version import __version__
+from dcpviz.engine.checkpoint import read_metadata
 from dcpviz.engine.convert import ItemTable, metadata_info, planner_info
+from dcpviz.engine.digests import chunk_digests
+from dcpviz.engine.materialize import materialize
+from dcpviz.engine.phases import now, scenario_info, torch_version
+from dcpviz.engine.planners import planner_factory
 from dcpviz.engine.procs import RunInfo, check_main_guard, launch
-from dcpviz.engine.recording import planned_items_from_plain
+from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.recording import RecordingSavePlanner, planned_items_from_plain
 from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import build_mesh, build_model_on_meta
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -87,8 +98,6 @@ class RunDir:
 def check_launch_options(timeout: Any, start_method: Any) -> None:
     """A positive, finite timeout and a start method this platform has: checked before any
     directory is created or process started (else a worker fails obscurely, or never times out)."""
-    import math
-    import multiprocessing as mp
 
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
         math.isfinite(timeout) and timeout > 0
@@ -101,7 +110,6 @@ def check_launch_options(timeout: Any, start_method: Any) -> None:
 
 def _check_picklable(**objs: Any) -> None:
     """Workers are started with 'spawn': what they get must pickle (module-level callables)."""
-    import pickle
 
     for name, obj in objs.items():
         try:
@@ -138,12 +146,6 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-    from dcpviz.engine.digests import chunk_digests
-    from dcpviz.engine.materialize import materialize
-    from dcpviz.engine.planners import planner_factory
-    from dcpviz.engine.recipes import apply_recipe
-    from dcpviz.engine.recording import RecordingSavePlanner
-    from dcpviz.engine.statedict import build_mesh, build_model_on_meta
 
     report("build")
     mesh = build_mesh(scenario)
@@ -183,7 +185,6 @@ def run_save_trace(
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-    from dcpviz.engine.planners import planner_factory
 
     check_launch_options(timeout, start_method)
     if not isinstance(scenario, Scenario):
@@ -206,7 +207,6 @@ def run_save_trace(
     md = None
     errors = list(outcome.errors)
     if outcome.ok:
-        from dcpviz.engine.checkpoint import read_metadata
 
         md = read_metadata(root)
     trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
@@ -227,8 +227,6 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
                         payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
                         root: Path, run: RunInfo) -> SaveTrace:
     """The coordinator's trace, completed with every rank's own facts and the storage facts."""
-    from dcpviz.core.version import __version__
-    from dcpviz.engine.simulate import _now, _torch_version, scenario_info
 
     W = scenario.world_size
     table = ItemTable()
@@ -297,9 +295,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         notes=tuple(notes),
         layouts=base.layouts if base is not None else (),
         source="run",
-        torch_version=_torch_version(),
+        torch_version=torch_version(),
         dcpviz_version=__version__,
-        created=_now(),
+        created=now(),
     )
 
 

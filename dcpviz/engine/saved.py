@@ -19,6 +19,7 @@ from dcpviz.core.filenames import writer_from_file
 from dcpviz.core.plans import writer_ranks
 from dcpviz.core.trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
 from dcpviz.core.trace_codec import read_trace
+from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
 from dcpviz.engine.convert import metadata_info, torch_metadata
 
 
@@ -117,7 +118,6 @@ def _wrong_kind(what: str) -> TraceFileError:
 
 
 def _from_path(path: Path) -> SavedCheckpoint:
-    from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
 
     if path.is_dir():
         md = read_metadata(path)

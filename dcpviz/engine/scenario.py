@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable
@@ -192,7 +193,6 @@ class Scenario:
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated again)."""
-        import dataclasses
 
         return dataclasses.replace(self, **changes)
 

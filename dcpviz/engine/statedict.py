@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.models import build_model
 from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.scenario import Scenario
@@ -63,7 +64,6 @@ def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
 
     For teaching and for trying a planner by hand; simulate_save does this for every rank.
     """
-    from dcpviz.core.errors import DcpvizError
 
     if not 0 <= rank < scenario.world_size:
         raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")

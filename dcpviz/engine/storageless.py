@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from dcpviz.engine.world import map_state_dict
+
 
 def new_fake_mode() -> Any:
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -47,7 +49,6 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
     costs ~0.2 ms)."""
     from torch.distributed.tensor import DTensor
 
-    from dcpviz.engine.world import map_state_dict
 
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import plotly.graph_objects as go
 
+from dcpviz.core.errors import DcpvizError
+
 Rect = tuple[float, float, float, float]  # col0, col1, row0, row1
 
 
@@ -28,7 +30,6 @@ def rects_path(rects: Iterable[Rect]) -> tuple[list, list]:
 
 def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]) -> tuple[int | None, int]:
     """(row_dim, col_dim) to draw; for N-D without ``dims``, the two dims split the most."""
-    from dcpviz.core.errors import DcpvizError
 
     if nd == 1:
         return None, 0

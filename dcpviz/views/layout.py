@@ -14,8 +14,11 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis import save_tables as tables
+from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from dcpviz.views.inputs import need_name, need_result
 from dcpviz.views.style import EMPTY, base_layout, fmt_ranks, fmt_span, rank_color, text_color
 
 MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
@@ -193,16 +196,12 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
 
 def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:
     """The chunk layout of ``fqn`` in a save result (see module docstring)."""
-    from dcpviz.analysis import save_tables as tables
-    from dcpviz.core.errors import DcpvizError
-    from dcpviz.views.inputs import need_name, need_result
 
     need_result(result, "save", "chunk_layout")
     need_name(fqn, "chunk_layout")
     tens = result.tensors
     match = tens[tens["fqn"] == fqn]
     if match.empty:
-        from dcpviz.core.errors import did_you_mean
 
         raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, tens['fqn'])}")
     row = match.iloc[0]

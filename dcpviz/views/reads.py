@@ -14,8 +14,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dcpviz.analysis import load_tables
+from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from dcpviz.views.inputs import need_name, need_rank, need_result
 from dcpviz.views.style import base_layout, fmt_span, rank_color
 
 
@@ -106,8 +108,6 @@ def read_layout_figure(
 
 def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
     """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
-    from dcpviz.core.errors import DcpvizError, did_you_mean
-    from dcpviz.views.inputs import need_name, need_rank, need_result
 
     need_result(load, "load", "read_layout", "load")
     need_name(fqn, "read_layout")
@@ -152,7 +152,6 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
 
 def read_volume(load: Any) -> go.Figure:
     """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them)."""
-    from dcpviz.views.inputs import need_result
 
     need_result(load, "load", "read_volume", "load")
     return read_volume_figure(load.rank_volume)
@@ -183,7 +182,6 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 
 def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes") -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read."""
-    from dcpviz.views.inputs import need_result
 
     need_result(load, "load", "resharding", "load")
     return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)

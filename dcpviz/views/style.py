@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import colorsys
 
+from dcpviz.analysis.groups import ranges
+
 # A qualitative palette (D3's ten, then the rest of Light24) for up to 24 ranks; beyond that,
 # hues spaced by the golden angle so neighbouring ranks never look alike.
 _QUALITATIVE = [
@@ -50,7 +52,6 @@ def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
     ranks = list(ranks)
     if len(ranks) <= limit:
         return ",".join(map(str, ranks))
-    from dcpviz.analysis.groups import ranges
 
     return ranges(ranks)
 

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
+from dcpviz.views.inputs import need_result
 from dcpviz.views.style import base_layout, rank_color
 
 MODULE_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac"]
@@ -113,8 +115,6 @@ def rank_volume(
 ) -> go.Figure:
     """Bytes per rank of a save result; ``by="module"`` stacks by module prefix; ``compare=``
     another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``)."""
-    from dcpviz.core.errors import DcpvizError
-    from dcpviz.views.inputs import need_result
 
     need_result(result, "save", "rank_volume")
     if compare is not None:

@@ -11,9 +11,11 @@ from typing import Any
 import ipywidgets as w
 
 from dcpviz import views
+from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.load_tab import LoadExplorer
 from dcpviz.widgets.panels import TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
@@ -206,10 +208,8 @@ class Explorer(w.VBox):
 
 def explore(result: Any, compare: Any = None) -> Explorer:
     """The explorer app for a save result (pass ``compare=`` a second result to compare volumes)."""
-    from dcpviz.core.errors import DcpvizError
 
     if getattr(result, "kind", None) == "load":
-        from dcpviz.widgets.load_tab import LoadExplorer  # the load debugger's app
 
         return LoadExplorer(result)
     if getattr(result, "kind", None) != "save":

@@ -24,7 +24,7 @@ _LAZY = {
     "LoadResult": "dcpviz.results",
     "SaveResult": "dcpviz.results",
     "load_trace": "dcpviz.results",
-    "report": "dcpviz.report",
+    "report": "dcpviz.html_report",
     "explore": "dcpviz.widgets",
     "simulate_save": "dcpviz.api",
     "simulate_load": "dcpviz.api",
@@ -47,13 +47,19 @@ if TYPE_CHECKING:
     from dcpviz.engine.recording_load import RecordingLoadPlanner
     from dcpviz.engine.scenario import Scenario
     from dcpviz.engine.statedict import as_rank
-    from dcpviz.report import report
+    from dcpviz.html_report import report
     from dcpviz.results import LoadResult, SaveResult, load_trace
     from dcpviz.widgets import explore
 
 
+# public subpackages reachable as attributes after a plain `import dcpviz` (dcpviz.views.dedup(...))
+_SUBPACKAGES = ("views", "widgets")
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use and keep the name here."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"dcpviz.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dcpviz' has no attribute {name!r}")
@@ -63,7 +69,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """Every public name, loaded or not."""
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
 
 
 __all__ = [

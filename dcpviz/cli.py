@@ -90,7 +90,7 @@ def _write_outputs(result: Any, args: argparse.Namespace, console: Console) -> N
         console.print(f"trace written to [bold]{escape(str(path))}[/]")
     if getattr(args, "report", None):
         # plotly, deferred: only a report needs it, and importing it costs about a second.
-        from dcpviz.report import report
+        from dcpviz.html_report import report
 
         path = report(result, args.report)
         console.print(f"report written to [bold]{escape(str(path))}[/] (open it in any browser; works offline)")

@@ -26,13 +26,9 @@ from dcpviz.engine.convert_load import load_plan_record, read_record, saved_item
 from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
 from dcpviz.engine.phases import now, torch_version
 from dcpviz.engine.recording import (
+    Recorder,
     _flat,
     infer_scenario,
-    init_recorder,
-    note_problem,
-    problem_notes,
-    record_safely,
-    start_call,
 )
 from dcpviz.engine.saved import resolve_saved
 from dcpviz.engine.simulate_load import planner_view
@@ -58,7 +54,7 @@ def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[st
     return collector.records(md, wanted_fqns, read_storage_fqns)
 
 
-class RecordingLoadPlanner(LoadPlanner):
+class RecordingLoadPlanner(Recorder, LoadPlanner):
     """Wrap a LoadPlanner (default: DCP's ``DefaultLoadPlanner()``) and write a dcpviz LoadTrace.
 
     Pass it to ``dcp.load(..., planner=RecordingLoadPlanner("load.json"))`` on every rank; the
@@ -72,7 +68,7 @@ class RecordingLoadPlanner(LoadPlanner):
 
     def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
                  scenario: Any = None) -> None:
-        init_recorder(self, path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
+        self._init_recorder(path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
 
     def _reset(self) -> None:
         """Forget the previous dcp.load's facts."""
@@ -102,7 +98,7 @@ class RecordingLoadPlanner(LoadPlanner):
 
     # -- the LoadPlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
-        start_call(self, is_coordinator)
+        self._start_call(is_coordinator)
         t0 = time.perf_counter()
         self._inner.set_up_planner(state_dict, metadata, is_coordinator)
         self._timings["set_up_planner"] = time.perf_counter() - t0
@@ -195,12 +191,12 @@ class RecordingLoadPlanner(LoadPlanner):
         written (``problems`` says why; recording never raises into the user's job)."""
         if not self.is_coordinator or self._trace is None:
             return None
-        return record_safely(self, f"complete the trace at {str(self.path)!r}", self._complete)
+        return self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete)
 
     def _complete(self) -> Path:
         notes = [n for n in self._trace.notes
                  if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
-        notes += problem_notes(self)
+        notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
             own = self._global_plans[self._rank] if self._rank < len(self._global_plans) else None
             same = own is not None and [(r.dest_index, r.storage_index) for r in own.items] == [
@@ -217,9 +213,9 @@ class RecordingLoadPlanner(LoadPlanner):
         try:
             self._trace = self._build(all_plans, global_plans, errors)
         except Exception as exc:  # recording must never change what dcp.load does
-            note_problem(self, "build the trace", exc)
+            self._note_problem("build the trace", exc)
         else:
-            record_safely(self, f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
+            self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
         self._overhead += time.perf_counter() - t0
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
@@ -257,7 +253,7 @@ class RecordingLoadPlanner(LoadPlanner):
             "Other ranks' final plans (finish_plan) never reach the coordinator; tables use the global plans.",
             *saved.notes,
             *inferred,
-            *problem_notes(self),
+            *self._problem_notes(),
         ]
         timings = {**self._timings, "recording_overhead": self._overhead}
         return LoadTrace(

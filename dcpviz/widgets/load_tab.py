@@ -8,7 +8,8 @@ from typing import Any
 import ipywidgets as w
 
 from dcpviz import views
-from dcpviz.views.html import hints_html, pick_read_tensors, table_html
+from dcpviz.results import pick_read_tensors
+from dcpviz.views.html import hints_html, table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.panels import TablesPanel, summary_html
 

@@ -15,6 +15,7 @@ from torch.distributed.checkpoint import planner_helpers
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
+    Metadata,
     TensorProperties,
     TensorStorageMetadata,
 )
@@ -148,6 +149,34 @@ def test_pruned_reads_equal_dcps_own_field_by_field(layout):
     assert pruned == plain
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layouts())
+def test_layers_alike_share_dcps_reads_with_their_own_names(layout):
+    md, local = layout
+    # Three keys saved alike (as 80 layers are), one checkpoint.
+    entries = {k: TensorStorageMetadata(md.properties, md.size, list(md.chunks)) for k in ("a", "b", "c")}
+    pruner = overlap.ReadPruner(Metadata(state_dict_metadata=entries), min_chunks=1)
+    for k in ("a", "b", "c", "b"):
+        expected = outcome(lambda k=k: DCP_READS(k, entries[k], local))
+        assert outcome(lambda k=k: pruner.read_items(DCP_READS, k, entries[k], local)) == expected, k
+
+
+def test_the_memo_turns_itself_off_when_dcp_disagrees():
+    saved = [chunk((i, 0), (1, 8)) for i in range(32)]
+    entries = {k: TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size((32, 8)), list(saved)) for k in "abc"}
+    pruner = overlap.ReadPruner(Metadata(state_dict_metadata=entries))
+    local = [chunk((4, 0), (2, 8))]
+
+    def name_dependent(fqn, md, local_chunks):  # a read planner whose answer depends on the name
+        items = DCP_READS(fqn, md, local_chunks)
+        return items[::-1] if fqn == "b" else items
+
+    assert fields(pruner.read_items(name_dependent, "a", entries["a"], local)) == fields(name_dependent("a", entries["a"], local))
+    assert fields(pruner.read_items(name_dependent, "b", entries["b"], local)) == fields(name_dependent("b", entries["b"], local))
+    assert not pruner.memo_on
+    assert fields(pruner.read_items(name_dependent, "c", entries["c"], local)) == fields(name_dependent("c", entries["c"], local))
+
+
 def test_a_grid_layout_is_really_pruned():
     # TP+FSDP-like wk: 1024 row chunks, swept along dim 1 by DCP; a FSDP-256 rank's rows meet 4 of them.
     saved = [chunk((i * 1, 0), (1, 64)) for i in range(1024)]
@@ -248,3 +277,4 @@ def test_dcp_load_planner_with_pruning_equals_without(case):
                     plans.append(fields(p.create_local_plan().items))
         assert plans[0], "nothing planned"
         assert plans[1] == plans[0], f"rank {rank}"
+    assert pruner.memo_hits > 0 or model == "mlp", "layers alike were all planned by DCP"

@@ -26,6 +26,10 @@ than ``MIN_CHUNKS`` saved chunks, chunks or local chunks whose ndim differs from
 whose offsets/sizes are not plain ints (malformed metadata), metadata that is not the simulated
 checkpoint's, or when every chunk is a candidate anyway.
 
+Layers repeat: ``ReadPruner`` also reuses DCP's ReadItems across keys whose saved chunks and
+local chunks are the same boxes, with the key's name put in (a memo checked against DCP on the
+second key of every layout; see ``ReadPruner``).
+
 The function is swapped in ``planner_helpers`` only while DCP's default load planner plans one
 rank inside ``simulate_load`` (``ReadPruner.active``), and restored even on error; ``run_load``
 and a user's process never see it. Patching, rather than calling DCP's helpers from dcpviz's own
@@ -140,15 +144,54 @@ def _is_dcp_function(fn: Any) -> bool:
     )
 
 
-class ReadPruner:
-    """Per-tensor chunk indexes of one checkpoint's metadata, built lazily, kept for all ranks."""
+def read_fields(ri: Any) -> tuple:
+    """Every field of a ReadItem (``MetadataIndex.index`` is left out of ``==``, not here)."""
+    d, s = ri.dest_index, ri.storage_index
+    return (ri, d.fqn, d.offset, d.index, s.fqn, s.offset, s.index)
 
-    def __init__(self, metadata: Any, min_chunks: int | None = None) -> None:
+
+def relabel(ri: Any, fqn: str) -> Any:
+    """``ri`` as DCP's read planning makes it for another key: only the two MetadataIndex names differ."""
+    d, s = ri.dest_index, ri.storage_index
+    return dataclasses.replace(
+        ri, dest_index=MetadataIndex(fqn, d.offset, d.index), storage_index=MetadataIndex(fqn, s.offset, s.index)
+    )
+
+
+def _chunk_key(chunks: Any) -> tuple | None:
+    """The chunks' boxes as plain ints (None if any is malformed): what DCP's read planning reads."""
+    out = []
+    for c in chunks:
+        offsets, sizes = tuple(c.offsets), tuple(c.sizes)
+        if len(offsets) != len(sizes) or not all(type(v) is int for v in (*offsets, *sizes)):
+            return None
+        out.append((offsets, sizes))
+    return tuple(out)
+
+
+class ReadPruner:
+    """One checkpoint's metadata prepared for many ranks' read planning: per-tensor chunk
+    indexes (``pruned_read_items``), and a checked memo across keys with the same layout.
+
+    The memo: ``create_read_items_for_chunk_list(fqn, tensor_md, local_chunks)`` reads the saved
+    chunks' boxes, the local chunks' boxes and ``fqn``, and uses ``fqn`` only as the name in each
+    ReadItem's two MetadataIndex. So 80 layers of one shape, saved alike and loaded into the same
+    local box, get DCP's ReadItems of the first layer with the name replaced. Checked, not
+    assumed: the second key of every layout is planned by DCP as well and compared field by
+    field; any difference turns the memo off for the rest of the simulation.
+    """
+
+    def __init__(self, metadata: Any, min_chunks: int | None = None, memo: bool = True) -> None:
         self._min_chunks = min_chunks
         self._tensors = {
             id(v): v for v in metadata.state_dict_metadata.values() if isinstance(v, TensorStorageMetadata)
         }
         self._indexes: dict[int, ChunkIndex | None] = {}
+        self._layouts: dict[int, int | None] = {}  # id(tensor_md) -> layout number
+        self._layout_numbers: dict[tuple, int] = {}
+        self._memo: dict[tuple, list] = {}  # (layout, local boxes) -> [fqn, items, checked]
+        self.memo_on = memo
+        self.memo_hits = 0
 
     def _index_for(self, tensor_md: Any) -> ChunkIndex | None:
         key = id(tensor_md)
@@ -160,6 +203,45 @@ class ReadPruner:
             except Exception:  # malformed metadata: DCP's own scan decides what happens
                 self._indexes[key] = None
         return self._indexes[key]
+
+    def _layout_for(self, tensor_md: Any) -> int | None:
+        key = id(tensor_md)
+        if key not in self._layouts:
+            try:
+                boxes = _chunk_key(tensor_md.chunks)
+            except Exception:
+                boxes = None
+            self._layouts[key] = None if boxes is None else self._layout_numbers.setdefault(boxes, len(self._layout_numbers))
+        return self._layouts[key]
+
+    def read_items(self, original: Callable[..., list], fqn: str, tensor_md: Any, local_chunks: list) -> list:
+        """What DCP's ``create_read_items_for_chunk_list`` returns, the cheapest exact way."""
+        if self._tensors.get(id(tensor_md)) is not tensor_md:
+            return original(fqn, tensor_md, local_chunks)  # not this checkpoint's metadata
+        index = self._index_for(tensor_md)
+        layout = self._layout_for(tensor_md) if self.memo_on and local_chunks else None
+        local = _chunk_key(local_chunks) if layout is not None else None
+        if local is None:
+            return pruned_read_items(original, fqn, tensor_md, local_chunks, index)
+        key = (layout, local)
+        hit = self._memo.get(key)
+        if hit is None:
+            items = pruned_read_items(original, fqn, tensor_md, local_chunks, index)
+            if all(ri.dest_index.fqn == fqn and ri.storage_index.fqn == fqn for ri in items):
+                self._memo[key] = [fqn, items, False]
+            return items
+        first_fqn, first_items, checked = hit
+        same = list(first_items) if fqn == first_fqn else [relabel(ri, fqn) for ri in first_items]
+        if not checked:
+            planned = pruned_read_items(original, fqn, tensor_md, local_chunks, index)
+            if [read_fields(ri) for ri in planned] != [read_fields(ri) for ri in same]:
+                self.memo_on = False  # DCP's read planning is not what this memo assumes
+                self._memo.clear()
+                return planned
+            hit[2] = True
+            return planned
+        self.memo_hits += 1
+        return same
 
     @contextmanager
     def active(self) -> Iterator[bool]:
@@ -174,7 +256,7 @@ class ReadPruner:
             return
 
         def create_read_items_for_chunk_list(fqn: str, checkpoint_md: Any, local_chunks: list) -> list:
-            return pruned_read_items(original, fqn, checkpoint_md, local_chunks, self._index_for(checkpoint_md))
+            return self.read_items(original, fqn, checkpoint_md, local_chunks)
 
         planner_helpers.create_read_items_for_chunk_list = create_read_items_for_chunk_list
         try:

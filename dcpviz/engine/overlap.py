@@ -150,12 +150,18 @@ def read_fields(ri: Any) -> tuple:
     return (ri, d.fqn, d.offset, d.index, s.fqn, s.offset, s.index)
 
 
-def relabel(ri: Any, fqn: str) -> Any:
-    """``ri`` as DCP's read planning makes it for another key: only the two MetadataIndex names differ."""
-    d, s = ri.dest_index, ri.storage_index
-    return dataclasses.replace(
-        ri, dest_index=MetadataIndex(fqn, d.offset, d.index), storage_index=MetadataIndex(fqn, s.offset, s.index)
-    )
+def relabel(items: list, fqn: str) -> list:
+    """``items`` as DCP's read planning makes them for another key: only the two MetadataIndex
+    names differ. (Items reading into one local chunk share its renamed, immutable dest index.)"""
+    dests: dict[int, MetadataIndex] = {}
+    out = []
+    for ri in items:
+        d, s = ri.dest_index, ri.storage_index
+        dest = dests.get(id(d))
+        if dest is None:
+            dest = dests[id(d)] = MetadataIndex(fqn, d.offset, d.index)
+        out.append(dataclasses.replace(ri, dest_index=dest, storage_index=MetadataIndex(fqn, s.offset, s.index)))
+    return out
 
 
 def _chunk_key(chunks: Any) -> tuple | None:
@@ -231,7 +237,7 @@ class ReadPruner:
                 self._memo[key] = [fqn, items, False]
             return items
         first_fqn, first_items, checked = hit
-        same = list(first_items) if fqn == first_fqn else [relabel(ri, fqn) for ri in first_items]
+        same = list(first_items) if fqn == first_fqn else relabel(first_items, fqn)
         if not checked:
             planned = pruned_read_items(original, fqn, tensor_md, local_chunks, index)
             if [read_fields(ri) for ri in planned] != [read_fields(ri) for ri in same]:

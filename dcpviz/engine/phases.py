@@ -116,10 +116,11 @@ def representatives(scenario: Scenario, template: Any, shortcuts: bool, what: st
 
 # -- global and finish ---------------------------------------------------------------------------
 def global_step(coordinator: Any, local: Sequence[Any], world_size: int, log: Log,
-                check: Callable[[Any], None] | None = None) -> tuple[Any, BaseException | None]:
-    """The coordinator's ``create_global_plan`` over every local plan, in rank 0's world.
-    Returns (its result, None), or (None, the exception) after recording it."""
-    with fake_world(0, world_size):
+                check: Callable[[Any], None] | None = None, context: Any = None) -> tuple[Any, BaseException | None]:
+    """The coordinator's ``create_global_plan`` over every local plan, in rank 0's world (and
+    ``context``, e.g. a faster exact validation). Returns (its result, None), or (None, the
+    exception) after recording it."""
+    with fake_world(0, world_size), (context if context is not None else nullcontext()):
         try:
             out = coordinator.create_global_plan(list(local))
             if check is not None:

@@ -45,6 +45,7 @@ from dcpviz.engine.phases import (
 from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.validation import fast_validation
 from dcpviz.engine.world import fake_world, leaves_process_as_found
 
 
@@ -78,6 +79,7 @@ class _SaveRun:
     sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
     layouts: tuple = ()
     rebound: int = 0
+    fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
 
     @property
     def world_size(self) -> int:
@@ -150,11 +152,16 @@ def _global_plan(run: _SaveRun, local: list[SavePlan]) -> tuple[Any, Any, bool]:
     """(global plans, Metadata, validated): DCP's coordinator step; where validation rejects the
     plan, what DCP's default coordinator had built before (so it can still be looked at)."""
     coordinator = run.planners[0]
+
+    def checks() -> Any:
+        # DCP's validation on metadata stretched so its sweep prunes (exact; engine/validation.py).
+        return fast_validation() if run.fast_checks else nullcontext()
+
     with run.timer.phase("global_plan"):
-        out, exc = global_step(coordinator, local, run.world_size, run.log, check=_plans_and_metadata)
+        out, exc = global_step(coordinator, local, run.world_size, run.log, check=_plans_and_metadata, context=checks())
         if exc is None:
             return out[0], out[1], True
-        with fake_world(0, run.world_size):
+        with fake_world(0, run.world_size), checks():
             fallback = unvalidated_global_plan(coordinator, list(local))
     if fallback is None:
         return None, None, False
@@ -198,7 +205,8 @@ def plan_save(
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
     ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
-    the planner on every rank.
+    the planner on every rank, and DCP's validation on the real metadata only (by default DCP's
+    validation first runs on stretched metadata, ``engine.validation``).
     """
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"simulate_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
@@ -210,6 +218,7 @@ def plan_save(
     with isolated_plan_cache():
         info = planner_info(make_planner(), DefaultSavePlanner)
         run = _set_up(scenario, make_planner, fast, timer, log)
+        run.fast_checks = fast is not False and info.is_dcp_default
         local = _local_step(run, progress)
         local_records = tuple(run.conv.record(p) if p is not None else None for p in local)
         if all(p is not None for p in local):

@@ -26,6 +26,7 @@ from dcpviz.engine import fastpath
 from dcpviz.engine.convert import ItemTable, planner_info
 from dcpviz.engine.convert_load import load_plan_record, saved_itemsizes, target_value
 from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
+from dcpviz.engine.overlap import ReadPruner
 from dcpviz.engine.phases import (
     Log,
     Timer,
@@ -121,6 +122,7 @@ class _LoadRun:
     fakes: dict = field(default_factory=dict)
     per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
     rebound: int = 0
+    pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/overlap.py)
 
     @property
     def world_size(self) -> int:
@@ -141,8 +143,11 @@ def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, inf
     shortcuts = template is not None and info.is_dcp_default
     rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
+    # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
+    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
     return _LoadRun(sim, make_planner, md, saved_itemsizes(md), template, shortcuts, rep_of, timer, log,
-                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound)
+                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound,
+                    pruner=pruner)
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
@@ -170,8 +175,9 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
         run.planners[r] = p
         failed = False
         try:
-            p.set_up_planner(state_dict, md, r == 0)
-            plan = p.create_local_plan()
+            with run.pruner.active() if run.pruner is not None else nullcontext():
+                p.set_up_planner(state_dict, md, r == 0)
+                plan = p.create_local_plan()
             run.local[r] = plan
             run.local_records[r] = run.record(plan)
         except Exception as exc:  # a planner failure is data
@@ -262,7 +268,8 @@ def plan_load(
     ``target``: a dcpviz.Scenario. ``planner``: None (``DefaultLoadPlanner()``), a LoadPlanner
     instance (deep-copied per rank), class or factory. ``fast``: as in simulate_save — the
     shortcuts of ``engine.fastpath`` (one recipe run, one plan per class of ranks, memoised
-    offsets) where they are exact; False plans every rank. Returns the trace and the
+    offsets) and ``engine.overlap`` (DCP's read planning on the saved chunks that can overlap)
+    where they are exact; False plans every rank with DCP's full chunk scan. Returns the trace and the
     checkpoint's DCP Metadata; planner failures are in the trace's ``errors`` and
     ``mismatches``. ``dcpviz.simulate_load`` wraps them in a LoadResult.
     """

@@ -1,3 +1,5 @@
+"""`python -m dcpviz`: the command line (see ``dcpviz.cli``)."""
+
 import sys
 
 from dcpviz.cli import main

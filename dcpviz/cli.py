@@ -44,6 +44,7 @@ def _add_scenario_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dcpviz`` argument parser: simulate, load, show, demo."""
     parser = _Parser(prog="dcpviz", description="See what PyTorch Distributed Checkpoint plans.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

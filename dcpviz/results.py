@@ -147,22 +147,27 @@ class SaveResult(_Result):
     # -- tables ----------------------------------------------------------------------------
     @cached_property
     def write_items(self) -> pd.DataFrame:
+        """Every local-plan item of every rank; ``kept`` says whether dedup kept it."""
         return tables.write_items(self.trace)
 
     @cached_property
     def dedup(self) -> pd.DataFrame:
+        """Each index planned by more than one rank: who planned it, who writes it, why."""
         return tables.dedup(self.trace)
 
     @cached_property
     def rank_volume(self) -> pd.DataFrame:
+        """Items and bytes per rank after dedup (and as planned locally)."""
         return tables.rank_volume(self.trace)
 
     @cached_property
     def chunks(self) -> pd.DataFrame:
+        """The checkpoint metadata's chunks, with the rank that writes each."""
         return tables.chunks(self.trace)
 
     @cached_property
     def summary(self) -> dict[str, Any]:
+        """The save in numbers: job, planner, items, bytes, imbalance, status."""
         return tables.summary(self.trace)
 
     @cached_property
@@ -176,6 +181,7 @@ class SaveResult(_Result):
         return tables.tensor_groups(self.trace)
 
     def volume_by_module(self, depth: int = 1) -> pd.DataFrame:
+        """Bytes per rank per module (module path cut at ``depth`` parts)."""
         return tables.volume_by_module(self.trace, depth)
 
     @cached_property
@@ -281,14 +287,17 @@ class LoadResult(_Result):
     # -- tables ----------------------------------------------------------------------------
     @cached_property
     def read_items(self) -> pd.DataFrame:
+        """Every read of every rank: which box of which saved chunk, its writer and file."""
         return load_tables.read_items(self.trace)
 
     @cached_property
     def rank_volume(self) -> pd.DataFrame:
+        """Reads and bytes per target rank."""
         return load_tables.rank_volume(self.trace, self.read_items)
 
     @cached_property
     def resharding(self) -> pd.DataFrame:
+        """Bytes each target rank reads from each writer rank (and file)."""
         return load_tables.resharding(self.trace, self.read_items)
 
     def resharding_matrix(self, by: str = "writer_rank", values: str = "nbytes") -> pd.DataFrame:
@@ -298,6 +307,7 @@ class LoadResult(_Result):
 
     @cached_property
     def mismatches(self) -> pd.DataFrame:
+        """Every key or tensor the target and the checkpoint disagree on, every rank."""
         return load_tables.mismatches(self.trace)
 
     @cached_property
@@ -312,6 +322,7 @@ class LoadResult(_Result):
 
     @cached_property
     def summary(self) -> dict[str, Any]:
+        """The load in numbers: target, checkpoint, planner, reads, mismatches, status."""
         return load_tables.summary(self.trace, self.read_items)
 
     def summary_rows(self) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ def add_row(table: Table, *cells: Any) -> None:
 
 
 def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
+    """A SaveResult's summary as rich renderables (header, per-rank table)."""
     s = result.summary
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan")

@@ -59,6 +59,7 @@ _COLUMN_CACHE: dict[int, tuple[Any, _ItemColumns]] = {}
 
 
 def item_columns(trace: SaveTrace) -> _ItemColumns:
+    """The trace's planned items as numpy columns (cached per trace): the base of every save table."""
     hit = _COLUMN_CACHE.get(id(trace))
     if hit is None or hit[0] is not trace:
         if len(_COLUMN_CACHE) > 8:

@@ -147,6 +147,7 @@ class SafeFileSystemReader(FileSystemReader):
     """
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        """``.metadata`` through the restricted unpickler (never plain pickle)."""
         from torch.distributed.checkpoint.metadata import StorageMeta
 
         path = Path(self._get_metadata_path(kwargs.get("rank")))
@@ -162,6 +163,7 @@ class SafeFileSystemReader(FileSystemReader):
         return md
 
     def read_data(self, plan: Any, planner: Any) -> Any:
+        """FileSystemReader.read_data, with BYTE_IO values built by the weights-only unpickler."""
         return super().read_data(plan, SafeBytesPlanner(planner, repr(str(self.path))))
 
 

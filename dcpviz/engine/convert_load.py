@@ -27,6 +27,7 @@ def saved_itemsizes(md: Metadata) -> dict[str, int]:
 
 
 def read_record(ri: ReadItem, itemsizes: dict[str, int]) -> ReadRecord:
+    """A DCP ReadItem as the trace's ReadRecord."""
     lengths = _box(ri.lengths)
     dest, src = ri.dest_index, ri.storage_index
     is_bytes = ri.type.name == "BYTE_IO"

@@ -101,6 +101,7 @@ def spec_signature(state_dict: dict[str, Any]) -> tuple:
 
 
 def sample_ranks(world_size: int) -> list[int]:
+    """The ranks a callable recipe is checked on before it is trusted to be SPMD."""
     return sorted({world_size - 1, world_size // 2} - {0})
 
 
@@ -192,6 +193,7 @@ def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
 
 
 def can_share_plans(planner: Any) -> bool:
+    """Whether ranks of one class may share ``planner``'s local plan (DCP's default planner: exact)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)

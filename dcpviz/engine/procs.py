@@ -53,12 +53,14 @@ class RunInfo:
 
 @dataclass
 class Outcome:
+    """What the workers of one run sent back: payloads per rank, errors, run facts."""
     payloads: dict[int, dict[str, Any]]
     errors: list[ErrorRecord]
     info: RunInfo
 
     @property
     def ok(self) -> bool:
+        """True when no rank failed."""
         return not self.errors and len(self.payloads) == self.info.world_size
 
 

@@ -282,6 +282,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
 
+        """DCP's set_up_planner, passed through; starts a new recorded call."""
         self._start_call(is_coordinator)
         t0 = time.perf_counter()
         set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
@@ -298,6 +299,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._inferred = infer_scenario(flat, self._world)
 
     def create_local_plan(self) -> SavePlan:
+        """The inner planner's local plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.create_local_plan()
         t1 = time.perf_counter()
@@ -309,6 +311,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         return plan
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
+        """The inner planner's global plan and metadata, recorded (and written by the coordinator)."""
         t0 = time.perf_counter()
         try:
             global_plans, metadata = self._inner.create_global_plan(all_plans)
@@ -327,6 +330,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         return global_plans, metadata
 
     def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        """The inner planner's final plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.finish_plan(new_plan)
         self._timings["finish_plan"] = time.perf_counter() - t0
@@ -334,6 +338,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         return plan
 
     def resolve_data(self, write_item: WriteItem) -> Any:
+        """The inner planner's data for a write item, unchanged."""
         return self._inner.resolve_data(write_item)
 
     # -- after dcp.save --------------------------------------------------------------------

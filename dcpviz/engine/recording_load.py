@@ -90,14 +90,17 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
 
     @property
     def inner(self) -> LoadPlanner:
+        """The wrapped LoadPlanner."""
         return self._inner
 
     @property
     def trace(self) -> LoadTrace | None:
+        """The trace of the last load (None until the coordinator built it)."""
         return self._trace
 
     # -- the LoadPlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
+        """DCP's set_up_planner, passed through; starts a new recorded call."""
         self._start_call(is_coordinator)
         t0 = time.perf_counter()
         self._inner.set_up_planner(state_dict, metadata, is_coordinator)
@@ -105,6 +108,7 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         self._state_dict, self._metadata = state_dict, metadata
 
     def create_local_plan(self) -> LoadPlan:
+        """The inner planner's local plan, recorded."""
         t0 = time.perf_counter()
         try:
             plan = self._inner.create_local_plan()
@@ -119,6 +123,7 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return plan
 
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
+        """The inner planner's global plans, recorded."""
         t0 = time.perf_counter()
         try:
             plans = self._inner.create_global_plan(global_plan)
@@ -132,6 +137,7 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return plans
 
     def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
+        """The inner planner's final plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.finish_plan(central_plan)
         self._timings["finish_plan"] = time.perf_counter() - t0
@@ -139,15 +145,19 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return plan
 
     def load_bytes(self, read_item: ReadItem, value: Any) -> None:
+        """Passed through to the inner planner."""
         return self._inner.load_bytes(read_item, value)
 
     def resolve_bytes(self, read_item: ReadItem) -> Any:
+        """Passed through to the inner planner."""
         return self._inner.resolve_bytes(read_item)
 
     def resolve_tensor(self, read_item: ReadItem) -> Any:
+        """Passed through to the inner planner."""
         return self._inner.resolve_tensor(read_item)
 
     def commit_tensor(self, read_item: ReadItem, tensor: Any) -> None:
+        """Passed through to the inner planner."""
         return self._inner.commit_tensor(read_item, tensor)
 
     # -- facts -------------------------------------------------------------------------------
@@ -281,6 +291,7 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
 
 
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:
+    """ReadRecords from the plain dicts a worker sent (None stays None)."""
     if items is None:
         return None
 
@@ -289,5 +300,6 @@ def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadReco
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
 
+    """TargetValues from the plain dicts a worker sent."""
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

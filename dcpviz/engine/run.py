@@ -79,6 +79,7 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Path) -> RunDir:
+        """Create the checkpoint directory (remembering whether it existed before)."""
         missing, p = [], path.absolute()
         while not p.exists():
             missing.append(p)
@@ -215,6 +216,7 @@ def run_save_trace(
 
 
 def digests_of(payloads: dict[int, dict[str, Any]]) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:
+    """Every rank's chunk digests, from the workers' payloads."""
     return {r: [(f, tuple(o), h) for f, o, h in p.get("digests", [])] for r, p in sorted(payloads.items())}
 
 

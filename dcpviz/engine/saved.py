@@ -25,6 +25,7 @@ from dcpviz.engine.convert import metadata_info, torch_metadata
 
 @dataclass
 class SavedCheckpoint:
+    """The saved side of a load: DCP Metadata plus what dcpviz knows about its writers."""
     metadata: Metadata
     info: MetadataInfo
     scenario: ScenarioInfo | None

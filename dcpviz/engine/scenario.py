@@ -160,10 +160,12 @@ class Scenario:
     # -- derived -----------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
+        """The model's name for summaries and messages."""
         return model_name(self.model)
 
     @property
     def recipe_name(self) -> str:
+        """The recipe's name for summaries and messages."""
         return recipe_name(self.recipe)
 
     @property

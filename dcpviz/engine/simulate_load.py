@@ -49,6 +49,7 @@ from dcpviz.engine.world import fake_world, leaves_process_as_found
 
 
 def check_target(target: Any) -> Scenario:
+    """``target`` if it is a Scenario; else a DcpvizError (naming swapped arguments)."""
     if isinstance(target, Scenario):
         return target
     swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if (

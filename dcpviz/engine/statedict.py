@@ -16,6 +16,7 @@ from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, 
 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
+    """The scenario's DeviceMesh in the current (fake) world."""
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh(
@@ -26,6 +27,7 @@ def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
 
 
 def build_model_on_meta(scenario: Scenario) -> torch.nn.Module:
+    """The scenario's model built on the meta device (no memory for weights)."""
     model = build_model(scenario.model, "meta")
     # A factory may ignore the device context (explicit device=...); simulation must allocate
     # nothing, so anything left with storage moves to meta.

@@ -22,6 +22,7 @@ from dcpviz.engine.world import map_state_dict
 
 
 def new_fake_mode() -> Any:
+    """A FakeTensorMode for storage-less target state dicts."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # Non-fake inputs are allowed so a user planner mixing in a real tensor does not crash here.

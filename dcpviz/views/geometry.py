@@ -63,6 +63,7 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
 
 
 def box_height(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> int:
+    """Figure height in pixels for a box drawing: taller for tall tensors, within 260..900."""
     if row_dim is None:
         return 260
     ratio = size[row_dim] / max(size[col_dim], 1)

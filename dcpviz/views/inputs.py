@@ -27,5 +27,6 @@ def need_name(fqn: Any, view: str) -> None:
 
 
 def need_rank(rank: Any, world_size: int, view: str) -> None:
+    """Refuse a rank outside the job with a DcpvizError naming the range."""
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise DcpvizError(f"views.{view}: rank={rank!r} is outside the target job (ranks 0..{world_size - 1}).")

@@ -26,6 +26,7 @@ MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
 
 @dataclass(frozen=True)
 class TensorHeader:
+    """What a layout figure says about its tensor: size, dtype, kind, chunks."""
     fqn: str
     size: tuple[int, ...]
     dtype: str

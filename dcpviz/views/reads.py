@@ -158,6 +158,7 @@ def read_volume(load: Any) -> go.Figure:
 
 
 def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """A resharding matrix (target rank x writer rank or file) as a heatmap."""
     z = matrix.to_numpy(dtype="float64")
     z = np.where(z > 0, z, np.nan)
     label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)

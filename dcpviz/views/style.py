@@ -19,6 +19,7 @@ FONT = "Inter, Helvetica, Arial, sans-serif"
 
 
 def rank_color(rank: int, world_size: int) -> str:
+    """Rank ``rank``'s colour (grey for unknown, -1)."""
     if rank < 0:
         return UNKNOWN
     if world_size <= len(_QUALITATIVE):
@@ -45,10 +46,12 @@ def text_color(fill: str) -> str:
 
 
 def fmt_span(offset: int, size: int) -> str:
+    """'offset:offset+size'."""
     return f"{offset}:{offset + size}"
 
 
 def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
+    """Ranks as a list, or as ranges when there are more than ``limit``."""
     ranks = list(ranks)
     if len(ranks) <= limit:
         return ",".join(map(str, ranks))
@@ -57,6 +60,7 @@ def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
 
 
 def base_layout(**kw) -> dict:
+    """The plotly layout every view starts from (``kw`` overrides)."""
     layout = dict(
         template="plotly_white",
         font=dict(family=FONT, size=12),

@@ -18,6 +18,7 @@ MAX_MODULES = 9  # the rest stack as "other"
 
 
 def balance(nbytes: pd.Series) -> dict[str, float]:
+    """Mean, max, argmax and imbalance (max / mean; 1.0 is perfectly balanced) of per-rank bytes."""
     v = nbytes.astype("float64")
     mean = float(v.mean()) if len(v) else 0.0
     mx = float(v.max()) if len(v) else 0.0

@@ -15,7 +15,7 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.load_tab import LoadExplorer
+from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
@@ -117,6 +117,7 @@ class Explorer(w.VBox):
 
     @property
     def layout_figure(self):
+        """The chunk-layout figure of the selected tensor."""
         return self.layout_fig
 
     # -- dedup tab ------------------------------------------------------------------------
@@ -206,12 +207,18 @@ class Explorer(w.VBox):
         return self.tables
 
 
-def explore(result: Any, compare: Any = None) -> Explorer:
-    """The explorer app for a save result (pass ``compare=`` a second result to compare volumes)."""
+def _load_app(result: Any, compare: Any = None) -> LoadExplorer:
+    return LoadExplorer(result)
 
-    if getattr(result, "kind", None) == "load":
 
-        return LoadExplorer(result)
-    if getattr(result, "kind", None) != "save":
+# Which app each kind of result gets (a table, not a branch: a new kind adds a line).
+APPS = {"save": Explorer, "load": _load_app}
+
+
+def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
+    """The explorer app for a result: the save explorer (pass ``compare=`` a second save result
+    to compare volumes) or the load debugger."""
+    app = APPS.get(getattr(result, "kind", None))
+    if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
-    return Explorer(result, compare=compare)
+    return app(result, compare=compare)

@@ -17,6 +17,7 @@ LOAD_TABLES = ["rank_volume", "read_items", "mismatches", "hints_table", "reshar
 
 
 class LoadExplorer(w.VBox):
+    """The load debugger app: hints, mismatches, reads, resharding, tables."""
     def __init__(self, load: Any) -> None:
         self.result = load
         self.header = w.HTML(summary_html(load.summary_rows(), load.errors) + hints_html(load.hints))

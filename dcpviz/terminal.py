@@ -187,7 +187,6 @@ def _volume(result: Any, max_ranks: int) -> Table:
 
 
 def _na(value: Any, fmt: Any = str) -> str:
-
     return "-" if pd.isna(value) else fmt(value)
 
 

@@ -48,7 +48,6 @@ class _Saved:
     """Lookups into the checkpoint side: writer, file, chunk sizes, dtype per saved chunk."""
 
     def __init__(self, trace: LoadTrace) -> None:
-
         self.writers: dict[tuple[str, Any], ChunkWriter] = {(w.fqn, w.offsets): w for w in trace.saved_writers}
         self.dtype: dict[str, str] = {}
         self.chunk_nbytes: dict[tuple[str, Any], int] = {}
@@ -104,7 +103,6 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
 
 
 def _wanted_nbytes(trace: LoadTrace) -> np.ndarray:
-
     per_value = []
     for tv in trace.wanted:
         if tv.dtype is None:

@@ -281,7 +281,6 @@ class RecordingSavePlanner(Recorder, SavePlanner):
 
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
-
         """DCP's set_up_planner, passed through; starts a new recorded call."""
         self._start_call(is_coordinator)
         t0 = time.perf_counter()
@@ -433,7 +432,6 @@ class RecordingSavePlanner(Recorder, SavePlanner):
 
     def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
                      errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
-
         W = len(all_plans)
         conv = _GatheredPlanConverter()
         own = self._byte_sizes

@@ -169,7 +169,6 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return [target_value(k, v) for k, v in planner_view(self._inner, self._state_dict).items()]
 
     def _dcp_messages(self) -> dict[str, str] | None:
-
         if self._state_dict is None or self._metadata is None:
             return None
         try:
@@ -230,7 +229,6 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
                errors: tuple[ErrorRecord, ...]) -> LoadTrace:
-
         W = len(all_plans)
         md = self._metadata
         saved = resolve_saved(md)
@@ -299,7 +297,6 @@ def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadReco
 
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
-
     """TargetValues from the plain dicts a worker sent."""
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

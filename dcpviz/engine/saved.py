@@ -119,7 +119,6 @@ def _wrong_kind(what: str) -> TraceFileError:
 
 
 def _from_path(path: Path) -> SavedCheckpoint:
-
     if path.is_dir():
         md = read_metadata(path)
         ck = SavedCheckpoint(

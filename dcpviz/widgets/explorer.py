@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
 from dcpviz import views
 from dcpviz.core.errors import DcpvizError
@@ -172,8 +173,6 @@ class Explorer(w.VBox):
         return w.VBox([self.phase, self.phase_text, self.phase_fig, self.phase_table])
 
     def _draw_phase(self, change: Any = None) -> None:
-        import plotly.graph_objects as go
-
         phase = self.phase.value
         vol = self.result.phase_volume
         changes = self.result.phase_changes

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from ..scenario import Scenario
-from .statedict import rank_state_dict
-from .world import fake_world
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.world import _rank_mesh, fake_world
 
 
 class Leaves:
@@ -101,6 +101,7 @@ def spec_signature(state_dict: dict[str, Any]) -> tuple:
 
 
 def sample_ranks(world_size: int) -> list[int]:
+    """The ranks a callable recipe is checked on before it is trusted to be SPMD."""
     return sorted({world_size - 1, world_size // 2} - {0})
 
 
@@ -141,7 +142,6 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
     from torch.distributed.tensor._dtensor_spec import DTensorSpec
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    from .world import _rank_mesh
 
     leaves = Leaves(template)
     out: dict[str, Any] = {}
@@ -193,6 +193,7 @@ def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
 
 
 def can_share_plans(planner: Any) -> bool:
+    """Whether ranks of one class may share ``planner``'s local plan (DCP's default planner: exact)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable
@@ -10,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .errors import ScenarioError, did_you_mean
-from .models import check_model_spec, model_name
-from .recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.core.errors import ScenarioError, did_you_mean
+from dcpviz.engine.models import check_model_spec, model_name
+from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -159,10 +160,12 @@ class Scenario:
     # -- derived -----------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
+        """The model's name for summaries and messages."""
         return model_name(self.model)
 
     @property
     def recipe_name(self) -> str:
+        """The recipe's name for summaries and messages."""
         return recipe_name(self.recipe)
 
     @property
@@ -192,7 +195,6 @@ class Scenario:
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated again)."""
-        import dataclasses
 
         return dataclasses.replace(self, **changes)
 

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import load_tables
-from .geometry import box_height, pick_dims, project, rects_path, set_box_axes
-from .style import base_layout, fmt_bytes, fmt_span, rank_color
+from dcpviz.analysis import load_tables
+from dcpviz.core.errors import DcpvizError, did_you_mean
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from dcpviz.views.inputs import need_name, need_rank, need_result
+from dcpviz.views.style import base_layout, fmt_span, rank_color
 
 
 def read_layout_figure(
@@ -105,8 +108,6 @@ def read_layout_figure(
 
 def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
     """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
-    from ..errors import DcpvizError, did_you_mean
-    from .inputs import need_name, need_rank, need_result
 
     need_result(load, "load", "read_layout", "load")
     need_name(fqn, "read_layout")
@@ -151,13 +152,13 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
 
 def read_volume(load: Any) -> go.Figure:
     """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them)."""
-    from .inputs import need_result
 
     need_result(load, "load", "read_volume", "load")
     return read_volume_figure(load.rank_volume)
 
 
 def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """A resharding matrix (target rank x writer rank or file) as a heatmap."""
     z = matrix.to_numpy(dtype="float64")
     z = np.where(z > 0, z, np.nan)
     label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
@@ -182,7 +183,6 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 
 def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes") -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read."""
-    from .inputs import need_result
 
     need_result(load, "load", "resharding", "load")
     return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)

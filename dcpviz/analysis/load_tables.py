@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
+from dcpviz.analysis.save_tables import job_facts
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
+from dcpviz.core.units import itemsize as dtype_itemsize
 
 READ_ITEM_COLUMNS = [
     "rank", "fqn", "dest_offsets", "storage_offsets", "lengths", "saved_offsets", "nbytes",
@@ -45,14 +48,12 @@ class _Saved:
     """Lookups into the checkpoint side: writer, file, chunk sizes, dtype per saved chunk."""
 
     def __init__(self, trace: LoadTrace) -> None:
-        from .engine.convert import dtype_from_str
-
         self.writers: dict[tuple[str, Any], ChunkWriter] = {(w.fqn, w.offsets): w for w in trace.saved_writers}
         self.dtype: dict[str, str] = {}
         self.chunk_nbytes: dict[tuple[str, Any], int] = {}
         for t in trace.saved.tensors:
             self.dtype[t.fqn] = t.dtype
-            itemsize = dtype_from_str(t.dtype).itemsize
+            itemsize = dtype_itemsize(t.dtype)
             for c in t.chunks:
                 self.chunk_nbytes[(t.fqn, c.offsets)] = math.prod(c.sizes) * itemsize
 
@@ -102,14 +103,12 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
 
 
 def _wanted_nbytes(trace: LoadTrace) -> np.ndarray:
-    from .engine.convert import dtype_from_str
-
     per_value = []
     for tv in trace.wanted:
         if tv.dtype is None:
             per_value.append(0)
             continue
-        itemsize = dtype_from_str(tv.dtype).itemsize
+        itemsize = dtype_itemsize(tv.dtype)
         per_value.append(sum(math.prod(c.sizes) for c in tv.chunks) * itemsize)
     return np.array([sum(per_value[i] for i in ids) for ids in trace.wanted_by_rank], dtype=np.int64)
 
@@ -172,11 +171,9 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     """Target rank (rows, every rank) x ``by`` ('writer_rank' or 'file') -> ``values``
     ('nbytes', 'reads' or 'chunk_nbytes'), zeros where a rank reads nothing from a column."""
     if by not in ("writer_rank", "file"):
-        from .errors import DcpvizError
 
         raise DcpvizError(f"by={by!r}: use 'writer_rank' or 'file'.")
     if values not in ("nbytes", "reads", "chunk_nbytes"):
-        from .errors import DcpvizError
 
         raise DcpvizError(f"values={values!r}: use 'nbytes', 'reads' or 'chunk_nbytes'.")
     long = resharding(trace, reads)
@@ -184,7 +181,6 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     if by == "file":
         long = long[long["file"].notna()]
         if long.empty and len(reads if reads is not None else trace.reads):
-            from .errors import DcpvizError
 
             raise DcpvizError(
                 "by='file' needs a checkpoint on disk: this load was planned against "
@@ -277,7 +273,6 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
     failed = sorted({e.rank for e in trace.errors if e.phase == "local" and e.rank is not None})
     total = int(reads["nbytes"].sum()) if len(reads) else 0
     nb = vol["nbytes"].astype("float64")
-    from .tables import job_facts
 
     return {
         **job_facts(trace),

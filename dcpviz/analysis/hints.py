@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from .trace import LoadTrace, MismatchRecord
+from dcpviz.core.trace import LoadTrace, MismatchRecord
 
 WRAPPER_PREFIXES = {
     "_orig_mod.": "torch.compile",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcpviz.analysis.checks import checkpoint_checks
 from dcpviz.core.checkpoint_facts import CheckpointFacts
 from dcpviz.core.filenames import file_rank
 
@@ -31,6 +32,11 @@ class CheckpointInfo:
     files: pd.DataFrame
     totals: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def checks(self) -> pd.DataFrame:
+        """Stale data files and framing overhead, as check rows (``analysis.checks``)."""
+        return checkpoint_checks(self)
 
     def __repr__(self) -> str:
         t = self.totals

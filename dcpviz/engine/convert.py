@@ -15,10 +15,13 @@ from torch.distributed.checkpoint.metadata import (
     TensorProperties,
     TensorStorageMetadata,
 )
+from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
 from dcpviz.core.errors import TraceFileError
 from dcpviz.core.trace import (
+    DedupAlternative,
     ChunkInfo,
     MetadataInfo,
     PlannedItem,
@@ -269,3 +272,21 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
             )
     return tuple(out)
 
+
+
+def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, items: Any) -> Any:
+    """Per-rank write volume under the other ``dedup_save_to_lowest_rank`` option: DCP's own
+    ``dedup_save_plans`` on the same local plans (so the check on imbalance can say what the
+    option would give). ``record(rank, plan)`` turns a plan into a PlanRecord whose ids index
+    ``items``. None for planners that do not dedup with DCP's default (not a
+    DefaultSavePlanner) and for cached ('unchanged') local plans."""
+    if not isinstance(planner, DefaultSavePlanner) or any(p is None or not p.usable for p in local_plans):
+        return None
+    option = not bool(getattr(planner, "dedup_save_to_lowest_rank", False))
+    plans = dedup_save_plans(list(local_plans), option)
+    counts, nbytes = [], []
+    for r, plan in enumerate(plans):
+        ids = record(r, plan).items
+        counts.append(len(ids))
+        nbytes.append(sum(items[i].nbytes for i in ids))
+    return DedupAlternative(lowest_rank=option, rank_items=tuple(counts), rank_nbytes=tuple(nbytes))

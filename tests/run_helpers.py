@@ -101,3 +101,20 @@ def mlp_with_per_rank_keys() -> MLP:
     m = MLP()
     m.rank_state = PerRankKeyState()
     return m
+
+
+def capture_rank_values_job(rank, world, report, ckpt_dir, trace_path, plain_dir):
+    """A user's own dcp.save through a RecordingSavePlanner (capture), of a state with a per-rank
+    Python value and a per-rank plain tensor under shared keys; then the same save without the
+    recorder, for the test to compare what DCP decided."""
+    import torch.distributed.checkpoint as dcp
+
+    import dcpviz
+
+    state = {"w": torch.full((4,), float(rank)), "loader": {"position": 100 * rank}, "shared": 7,
+             "bias": torch.ones(3)}
+    rec = dcpviz.RecordingSavePlanner(trace_path)
+    md = dcp.save(state, checkpoint_id=ckpt_dir, planner=rec)
+    rec.complete(md)
+    dcp.save(state, checkpoint_id=plain_dir, planner=DefaultSavePlanner())
+    return {"problems": list(rec.problems)}

@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -15,14 +17,12 @@ from torch.distributed.checkpoint.metadata import (
     TensorProperties,
     TensorStorageMetadata,
 )
-from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
-from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
 from dcpviz.core.errors import TraceFileError
 from dcpviz.core.trace import (
-    DedupAlternative,
     ChunkInfo,
+    DedupAlternative,
     MetadataInfo,
     PlannedItem,
     PlannerInfo,

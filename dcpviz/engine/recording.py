@@ -30,11 +30,11 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from dcpviz.core.errors import DcpvizError, RecordingWarning
 from dcpviz.core.trace import (
     ErrorRecord,
-    ValueDigest,
     PlannedItem,
     PlanRecord,
     SaveTrace,
     ScenarioInfo,
+    ValueDigest,
     to_plain,
     write_trace,
 )

@@ -22,7 +22,6 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import PlanRecord, SaveTrace
 from dcpviz.core.version import __version__
 from dcpviz.engine import fastpath
-from dcpviz.engine.digests import value_digests_of
 from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
@@ -31,6 +30,7 @@ from dcpviz.engine.convert import (
     planner_info,
     tensor_layouts,
 )
+from dcpviz.engine.digests import value_digests_of
 from dcpviz.engine.phases import (
     Log,
     Timer,

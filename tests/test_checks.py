@@ -278,3 +278,22 @@ def test_checkpoint_with_an_unsafe_byte_io_entry_fails_the_check(tmp_path, capsy
     row = doc["checks"][0]
     assert row["severity"] == "error" and row["check"] == "unsafe-entry"
     assert "posix.system" in row["message"] and not marker.exists()
+
+
+def test_carried_digests_leave_even_an_unwrapped_coordinators_metadata_alone():
+    """If the coordinator's planner is not a recorder (so nothing strips the digests), DCP's
+    default planner still merges the same planner_data (the carrier is the mappings dict)."""
+    import copy
+
+    from dcpviz.core.trace import ValueDigest
+    from dcpviz.engine.recording import CarriedPlannerData, strip_carried
+
+    p = DefaultSavePlanner()
+    p.set_up_planner({"a": {"w": torch.ones(2)}, "n": 3}, is_coordinator=True)
+    plan = p.create_local_plan()
+    carried = type(plan)(plan.items, planner_data=CarriedPlannerData(plan.planner_data, (ValueDigest("n", 0, "ab"),)))
+    _, md_plain = copy.deepcopy(p).create_global_plan([plan])
+    _, md_carried = copy.deepcopy(p).create_global_plan([carried])
+    assert md_carried.planner_data == md_plain.planner_data == {"a.w": ("a", "w"), "n": ("n",)}
+    clean, digests, every = strip_carried([carried])
+    assert clean[0].planner_data is plan.planner_data and digests == [ValueDigest("n", 0, "ab")] and every

@@ -26,6 +26,7 @@ from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.hints import OPTIM_STATE_NAMES
+from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import LoadTrace, SaveTrace
 from dcpviz.core.units import fmt_bytes
 
@@ -33,7 +34,6 @@ CHECK_COLUMNS = ["severity", "check", "fqn", "ranks", "message", "fix"]
 SEVERITIES = ("data-loss", "error", "warning", "info")
 FAILING = ("data-loss", "error")  # what makes `dcpviz check` exit 1
 
-IMBALANCE_THRESHOLD = 1.5  # max / mean bytes per rank above which a save is flagged
 AMPLIFICATION_THRESHOLD = 2.0  # bytes deserialised / bytes kept, per rank
 FRAMING_THRESHOLD = 0.10  # framing bytes / data bytes of a checkpoint
 MAX_ROWS_PER_CHECK = 8  # beyond this, one summary row per check (a 1024-rank job stays readable)

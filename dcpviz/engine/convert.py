@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
 from dcpviz.core.errors import TraceFileError
+from dcpviz.core.plans import IMBALANCE_THRESHOLD, imbalance
 from dcpviz.core.trace import (
     ChunkInfo,
     DedupAlternative,
@@ -274,13 +275,18 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
 
 
 
-def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, items: Any) -> Any:
+def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, items: Any,
+                      global_plans: Any = None) -> Any:
     """Per-rank write volume under the other ``dedup_save_to_lowest_rank`` option: DCP's own
     ``dedup_save_plans`` on the same local plans (so the check on imbalance can say what the
     option would give). ``record(rank, plan)`` turns a plan into a PlanRecord whose ids index
     ``items``. None for planners that do not dedup with DCP's default (not a
-    DefaultSavePlanner) and for cached ('unchanged') local plans."""
+    DefaultSavePlanner), for cached ('unchanged') local plans, and when the ``global_plans``
+    (PlanRecords) are balanced (max / mean within IMBALANCE_THRESHOLD): a second dedup costs the
+    coordinator about as much as DCP's own, so it is paid only where the check will use it."""
     if not isinstance(planner, DefaultSavePlanner) or any(p is None or not p.usable for p in local_plans):
+        return None
+    if global_plans is not None and imbalance(global_plans, items) <= IMBALANCE_THRESHOLD:
         return None
     option = not bool(getattr(planner, "dedup_save_to_lowest_rank", False))
     plans = dedup_save_plans(list(local_plans), option)

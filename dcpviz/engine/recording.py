@@ -56,13 +56,16 @@ from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.simulate import unvalidated_global_plan
 
 
-class CarriedPlannerData:
+class CarriedPlannerData(dict):
     """A local plan's ``planner_data`` with this rank's value digests riding along to the
     coordinator: DCP already gathers every local plan there, so the digests need no collective
     of their own. The coordinator's recorder takes them off again before the wrapped planner
-    sees the plans, so DCP's planner (and its metadata's planner_data) sees exactly what it made."""
+    sees the plans, so DCP's planner (and its metadata's planner_data) sees exactly what it made.
+    It is the original mappings dict too (a dict subclass holding the same items), so even a
+    coordinator that does not strip it (not a recorder) merges the same planner_data."""
 
-    def __init__(self, planner_data: Any, digests: tuple[ValueDigest, ...]) -> None:
+    def __init__(self, planner_data: dict[str, Any] | None, digests: tuple[ValueDigest, ...]) -> None:
+        super().__init__(planner_data or {})
         self.planner_data = planner_data
         self.digests = digests
 
@@ -348,6 +351,8 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         carry). A cached 'unchanged' plan goes untouched."""
         if not getattr(plan, "usable", True) or self._state_dict is None:
             return None
+        if plan.planner_data is not None and type(plan.planner_data) is not dict:
+            return None  # a custom planner's own planner_data: never wrapped
         self._digests = tuple(value_digests_of(self._state_dict, self._rank))
         return dataclasses.replace(plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests))
 
@@ -512,7 +517,8 @@ class RecordingSavePlanner(Recorder, SavePlanner):
                          "or fingerprinting failed there): their values are unknown to the checks.")
         alternative = None
         if global_plans is not None:
-            alternative = dedup_alternative(self._inner, list(all_plans), lambda r, p: conv.record(p, own), conv.items)
+            alternative = dedup_alternative(self._inner, list(all_plans), lambda r, p: conv.record(p, own), conv.items,
+                                            global_records)
         if any(not getattr(p, "usable", True) for p in all_plans):
             notes.append(
                 "Some local plans are unusable (empty): plan caching (enable_plan_caching) sent "

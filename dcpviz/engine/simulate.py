@@ -238,7 +238,8 @@ def plan_save(
                 final_records = _finish(run, global_plans)
             with timer.phase("dedup_alternative"):
                 alternative = dedup_alternative(run.planners[0], local,
-                                                lambda r, p: run.conv.record(p, run.sizes_of(r)), run.conv.items)
+                                                lambda r, p: run.conv.record(p, run.sizes_of(r)), run.conv.items,
+                                                final_records or global_records)
         else:
             log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
     rebound_note(run.rebound, log)

@@ -297,3 +297,26 @@ def test_carried_digests_leave_even_an_unwrapped_coordinators_metadata_alone():
     assert md_carried.planner_data == md_plain.planner_data == {"a.w": ("a", "w"), "n": ("n",)}
     clean, digests, every = strip_carried([carried])
     assert clean[0].planner_data is plan.planner_data and digests == [ValueDigest("n", 0, "ab")] and every
+
+
+def test_new_trace_fields_are_validated_and_optional(per_rank_value, tmp_path):
+    doc = json.loads(per_rank_value.to_json(tmp_path / "t.json").read_text())
+    old = json.loads(json.dumps(doc))
+    del old["trace"]["value_digests"], old["trace"]["dedup_alternative"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert dcpviz.load_trace(tmp_path / "old.json").trace.value_digests == ()  # an older trace still reads
+    bad = json.loads(json.dumps(doc))
+    bad["trace"]["value_digests"][0]["rank"] = 4  # world_size is 4
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(dcpviz.DcpvizError, match="value_digests"):
+        dcpviz.load_trace(tmp_path / "bad.json")
+    long = json.loads(json.dumps(doc))
+    long["trace"]["value_digests"][0]["digest"] = "f" * 65
+    (tmp_path / "long.json").write_text(json.dumps(long))
+    with pytest.raises(dcpviz.DcpvizError, match="value_digests"):
+        dcpviz.load_trace(tmp_path / "long.json")
+    alt = json.loads(json.dumps(doc))
+    alt["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1], "rank_nbytes": [1]}
+    (tmp_path / "alt.json").write_text(json.dumps(alt))
+    with pytest.raises(dcpviz.DcpvizError, match="dedup_alternative"):
+        dcpviz.load_trace(tmp_path / "alt.json")

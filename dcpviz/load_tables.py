@@ -17,7 +17,7 @@ from .trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
 READ_ITEM_COLUMNS = [
     "rank", "fqn", "dest_offsets", "storage_offsets", "lengths", "saved_offsets", "nbytes",
     "writer_rank", "file", "item_type", "dest_chunk_offsets", "saved_chunk", "dtype",
-    "chunk_nbytes", "storage_nbytes", "storage_fqn",
+    "chunk_nbytes", "storage_nbytes", "storage_fqn", "component",
 ]
 RANK_VOLUME_COLUMNS = [
     "rank", "reads", "nbytes", "chunk_nbytes", "wanted_nbytes", "tensors", "saved_chunks",
@@ -96,7 +96,10 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     ``chunk_nbytes`` the whole saved chunk, which DCP's FileSystemReader deserialises in full
     before narrowing to the box (``storage_nbytes``: its stored length, when on disk).
     """
-    df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS)
+    from .tables import components_of
+
+    df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS[:-1])
+    df["component"] = components_of(trace, df["fqn"])
     df["storage_nbytes"] = pd.array(df["storage_nbytes"].tolist(), dtype="Int64")
     return df.astype({"rank": "int64", "nbytes": "int64", "writer_rank": "int64", "saved_chunk": "int64", "chunk_nbytes": "int64"})
 

@@ -86,6 +86,11 @@ class SaveResult(_Result):
         return tables.volume_by_module(self.trace, depth)
 
     @cached_property
+    def volume_by_component(self) -> pd.DataFrame:
+        """Bytes each rank writes per training-state component (model, optim, lr_scheduler, ...)."""
+        return tables.volume_by_component(self.trace)
+
+    @cached_property
     def phase_changes(self) -> pd.DataFrame:
         """What the global plan (dedup) and finish_plan changed, item by item."""
         return tables.phase_changes(self.trace)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
 from .. import __version__
+from ..components import state_components
 from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, PlanRecord, SaveTrace, ScenarioInfo
@@ -34,6 +36,7 @@ def scenario_info(scenario: Scenario) -> ScenarioInfo:
     return ScenarioInfo(
         model=d["model"], world_size=d["world_size"], mesh=tuple(d["mesh"]),
         mesh_dim_names=tuple(d["mesh_dim_names"]), recipe=d["recipe"], dtype=d["dtype"], device=d["device"],
+        optimizer=d["optimizer"], state=d["state"],
     )
 
 
@@ -125,6 +128,7 @@ def simulate_save(
             )
 
         planners: dict[int, Any] = {}
+        parts: list[tuple[str, str]] = []  # rank 0's training-state components (components.py)
         local_by_rep: dict[int, SavePlan] = {}
         sizes_by_rep: dict[int, dict[str, int]] = {}
         layouts: tuple = ()
@@ -139,6 +143,8 @@ def simulate_save(
                 else:
                     state_dict, n = rank_state_dict(scenario, r)
                 lay = tensor_layouts(state_dict) if r == 0 else ()
+                if r == 0:
+                    parts.extend(state_components(state_dict, scenario.state is not None))
                 t1 = time.perf_counter()
                 p = make_planner()
                 planners[r] = p
@@ -233,7 +239,7 @@ def simulate_save(
     timer.add("convert", time.perf_counter() - t0)
     timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
-        scenario=scenario_info(scenario),
+        scenario=replace(scenario_info(scenario), components=tuple(parts)),
         planner=info,
         items=tuple(conv.items),
         local_plans=tuple(local_records),

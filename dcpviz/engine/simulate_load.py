@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
 from .. import __version__
+from ..components import state_components
 from ..errors import DcpvizError
 from ..scenario import Scenario
 from ..trace import ErrorRecord, LoadTrace, PlanRecord, TargetValue
@@ -158,6 +160,7 @@ def simulate_load(
                 "where every DTensor is replicated share DCP's default load plan (exact; see engine/fastpath.py)."
             )
     plan_memo: dict[int, PlanRecord] = {}
+    parts: list[tuple[str, str]] = []  # rank 0's training-state components (components.py)
     fakes: dict = {}
     per_rep: dict[int, tuple] = {}  # rep -> (values, wanted ids, messages, renames, read_dest)
     bar = progress_bar(len(set(rep_of.values())), "load plans", progress)
@@ -194,6 +197,8 @@ def simulate_load(
                     failed = True
                 t2 = time.perf_counter()
                 flat = planner_view(p, state_dict)
+                if r == 0:
+                    parts.extend(state_components(state_dict, sim.state is not None))
                 values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
                 wanted_ids = tuple(wanted.add(tv) for tv in values)
                 wanted_by_rank.append(wanted_ids)
@@ -264,7 +269,7 @@ def simulate_load(
         )
     timings["total"] = sum(timings.values())
     trace = LoadTrace(
-        scenario=scenario_info(target),
+        scenario=replace(scenario_info(target), components=tuple(parts)),
         planner=info,
         saved=ck.info,
         saved_scenario=ck.scenario,

@@ -22,11 +22,14 @@ def state_components(state_dict: Mapping[str, Any], app_state: bool) -> tuple[tu
     Each top-level dict is a component of its own, except one that itself holds ``model`` /
     ``optim`` parts (the DCP tutorial's ``app``): its parts are the components ("app.model" ->
     "model"). Top-level non-dict values are the model's own keys when they are dotted FQNs
-    ("tok_embeddings.weight": torchtitan puts the model at the top level) and, for an app state
-    (``app_state``), components of their own otherwise ("step", "rng_state")."""
+    ("tok_embeddings.weight": torchtitan puts the model at the top level; dotted keys are always
+    the model's) and, for an app state (``app_state``), components of their own otherwise
+    ("step", "rng_state"). A plain model state dict has no components recorded."""
     out: list[tuple[str, str]] = []
     for key, value in state_dict.items():
         key = str(key)
+        if "." in key:
+            continue  # a model FQN at the top level (torchtitan), whatever its value
         if isinstance(value, Mapping):
             inner = [str(k) for k in value]
             if key not in ("model", "optim") and {"model", "optim"} & set(inner):

@@ -191,7 +191,9 @@ def _rename_hints(missing: set[str], unexpected: set[str], same: _SameShape) -> 
 
 
 # -- optimizer state -----------------------------------------------------------------------
-_BY_INDEX = re.compile(r"(^|\.)state\.\d+\.[A-Za-z_]+$|(^|\.)param_groups\.\d+\.")
+# param_groups.<i> is a list index in both forms (optim.state_dict() and get_state_dict); only
+# the state's keys say whether parameters are named by index or by FQN.
+_BY_INDEX = re.compile(r"(^|\.)state\.\d+\.[A-Za-z_]+$")
 
 
 def _optim_key(key: str) -> str | None:
@@ -352,8 +354,12 @@ def compute_hints(trace: LoadTrace) -> list[Hint]:
         {m.fqn: m.saved_size for m in trace.mismatches if m.kind == "unexpected"},
     )
     partial = bool(trace.planner.option("allow_partial_load", False))
-    hints = _prefix_hints(missing, unexpected, same)
+    from .hints_training import param_group_hints, training_state_hints
+
+    hints = param_group_hints(trace, missing, unexpected)
+    hints += _prefix_hints(missing, unexpected, same)
     hints += _rename_hints(missing, unexpected, same)
+    hints += training_state_hints(trace, missing, unexpected)
     hints += _optimizer_hints(missing, unexpected)
     sizes = {m.fqn: m for m in trace.mismatches if m.kind == "size"}
     dtypes = {m.fqn: m for m in trace.mismatches if m.kind == "dtype"}

@@ -143,7 +143,7 @@ def simulate_save(
                 else:
                     state_dict, n = rank_state_dict(scenario, r)
                 lay = tensor_layouts(state_dict) if r == 0 else ()
-                if r == 0:
+                if r == 0 and (scenario.optimizer is not None or scenario.state is not None):
                     parts.extend(state_components(state_dict, scenario.state is not None))
                 t1 = time.perf_counter()
                 p = make_planner()

@@ -197,7 +197,7 @@ def simulate_load(
                     failed = True
                 t2 = time.perf_counter()
                 flat = planner_view(p, state_dict)
-                if r == 0:
+                if r == 0 and (sim.optimizer is not None or sim.state is not None):
                     parts.extend(state_components(state_dict, sim.state is not None))
                 values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
                 wanted_ids = tuple(wanted.add(tv) for tv in values)

@@ -41,6 +41,16 @@ def state_components(state_dict: Mapping[str, Any], app_state: bool) -> tuple[tu
     return tuple(out)
 
 
+def captured_components(state_dict: Any) -> tuple[tuple[str, str], ...]:
+    """Components of a state dict a recording planner sees: a training state (some top-level
+    value is a dict) has them; a flat model state dict has none (everything is "model")."""
+    if not isinstance(state_dict, Mapping):
+        return ()
+    if not any(isinstance(v, Mapping) and "." not in str(k) for k, v in state_dict.items()):
+        return ()
+    return state_components(state_dict, app_state=True)
+
+
 def component_of(fqn: str, prefixes: Mapping[str, str]) -> str:
     """The component of a saved key: its longest recorded prefix; without one, its first segment
     when that is a usual component name, else "model"."""

@@ -277,6 +277,9 @@ class RecordingSavePlanner(SavePlanner):
         flat = _flat(state_dict)
         self._layouts = tensor_layouts(flat)
         self._inferred = infer_scenario(flat, self._world)
+        from ..components import captured_components
+
+        self._components = captured_components(state_dict)
 
     def create_local_plan(self) -> SavePlan:
         t0 = time.perf_counter()
@@ -427,6 +430,7 @@ class RecordingSavePlanner(SavePlanner):
             scenario, inferred_notes = self._inferred or infer_scenario({}, W)
             if scenario.world_size != W:
                 scenario = dataclasses.replace(scenario, world_size=W)
+        scenario = dataclasses.replace(scenario, components=getattr(self, "_components", ()))
         notes = [
             f"Captured by RecordingSavePlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans are as the coordinator received them (after the "

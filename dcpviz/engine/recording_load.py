@@ -259,6 +259,9 @@ class RecordingLoadPlanner(LoadPlanner):
             scenario, inferred = infer_scenario(_flat(self._state_dict or {}), W)
         if scenario.world_size != W:
             scenario = dataclasses.replace(scenario, world_size=W)
+        from ..components import captured_components
+
+        scenario = dataclasses.replace(scenario, components=captured_components(self._state_dict or {}))
         notes = [
             f"Captured by RecordingLoadPlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans as the coordinator received them.",

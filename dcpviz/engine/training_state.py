@@ -293,6 +293,39 @@ def saved_object(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimiz
     return state
 
 
+def step_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """One real optimizer step on real tensors (run_save): each parameter's gradient is half its
+    own values, which run_save fills by global position, so every moment is a function of the
+    element's position too and comes out the same bytes on any layout."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.grad = p.detach().clone() * 0.5
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def poison_optimizer(optimizer: torch.optim.Optimizer | None) -> None:
+    """NaN in every floating optimizer state tensor (run_load): what a load leaves unfilled stands out."""
+    if optimizer is None:
+        return
+    with torch.no_grad():
+        for entry in optimizer.state.values():
+            for value in entry.values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.fill_(float("nan"))
+
+
+def restore_after_load(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                       saved: dict[str, Any]) -> None:
+    """What a training script does after ``dcp.load`` with the default training state: DCP's
+    ``set_state_dict`` puts the loaded state into the model and optimizer (Stateful app states
+    do this in their own ``load_state_dict``, which dcp.load calls)."""
+    if scenario.state is None and optimizer is not None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optim"])
+
+
 def planner_state_dict(saved: dict[str, Any]) -> dict[str, Any]:
     """The state dict DCP's planners see: each top-level Stateful replaced by its
     ``state_dict()``, by DCP's own ``_stateful_to_state_dict`` (what dcp.save and dcp.load do)."""

@@ -364,7 +364,7 @@ def tensor_boxes(write_items_df: pd.DataFrame, chunks_df: pd.DataFrame, fqn: str
     return df
 
 
-GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements"]
+GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements", "component"]
 
 
 def planned_by(trace: SaveTrace) -> dict[int, tuple[int, ...]]:
@@ -403,6 +403,7 @@ def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) 
             (
                 collapsed_label(list(members)), pattern, members, len(members), size, dtype,
                 int(tens.chunks.iloc[idx[0]]), int(tens.nbytes.iloc[idx].sum()), placements,
+                tens.component.iloc[idx[0]],
             )
         )
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)

@@ -187,3 +187,16 @@ def test_traces_without_the_new_fields_still_read(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(doc))
     back = dcpviz.load_trace(tmp_path / "old.json")
     assert back.trace.scenario.optimizer == "" and set(back.write_items.component) == {"model"}
+
+
+def test_explorer_picks_tensors_and_stacks_volume_by_component():
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan")
+    res = dcpviz.simulate_save(sc)
+    groups = res.tensor_groups
+    assert set(groups.component) == {"model", "optimizer", "lr_scheduler", "dataloader", "train_state"}
+    ex = dcpviz.explore(res)
+    assert [v for _, v in ex.component_picker.options][1:] == list(dict.fromkeys(groups.component))
+    ex.component_picker.value = "optimizer"
+    assert ex.group_picker.options and all(g.startswith("optimizer.") for g in ex.group_picker.options)
+    ex.volume_mode.value = "component"
+    assert {t.name for t in ex.volume_fig.data} == set(groups.component)

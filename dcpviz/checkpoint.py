@@ -22,6 +22,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from .byteio import SafeBytesPlanner, load_byte_io
 from .errors import CheckpointError
+from .metadata_check import check_metadata
 
 METADATA_FILE = ".metadata"
 
@@ -81,6 +82,7 @@ def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Any:
         ) from None
     if not isinstance(md, Metadata):
         raise CheckpointError(f"{source} holds a {type(md).__name__}, not DCP Metadata.")
+    check_metadata(md, source)
     return md
 
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.markup import escape
+
 from .errors import DcpvizError
 
 
@@ -80,12 +82,12 @@ def _scenario_from(args: argparse.Namespace):
 def _write_outputs(result, args: argparse.Namespace, console) -> None:
     if getattr(args, "trace", None) and args.command in ("simulate", "load"):
         path = result.to_json(args.trace)
-        console.print(f"trace written to [bold]{path}[/]")
+        console.print(f"trace written to [bold]{escape(str(path))}[/]")
     if getattr(args, "report", None):
         from .report import report
 
         path = report(result, args.report)
-        console.print(f"report written to [bold]{path}[/] (open it in any browser; works offline)")
+        console.print(f"report written to [bold]{escape(str(path))}[/] (open it in any browser; works offline)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_next_steps(console, report_path: Path) -> None:
     console.print(
         "\n[bold]Next:[/]\n"
-        f"  open {report_path} in a browser (self-contained, offline)\n"
+        f"  open {escape(str(report_path))} in a browser (self-contained, offline)\n"
         "  .venv/bin/jupyter lab notebooks/     # then open 01_tour.ipynb and run all cells\n"
         "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options"
     )

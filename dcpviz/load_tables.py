@@ -186,6 +186,15 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     W = trace.scenario.world_size
     if by == "file":
         long = long[long["file"].notna()]
+        if long.empty and len(reads if reads is not None else trace.reads):
+            from .errors import DcpvizError
+
+            raise DcpvizError(
+                "by='file' needs a checkpoint on disk: this load was planned against "
+                f"{trace.saved_source or 'a save trace'}, whose reads name no files. Plan the load "
+                "against the checkpoint directory (simulate_load(dir, ...) or run_load), or use "
+                "by='writer_rank'."
+            )
     m = long.pivot_table(index="rank", columns=by, values=values, aggfunc="sum", fill_value=0)
     m = m.reindex(pd.RangeIndex(W, name="rank"), fill_value=0)
     m.columns.name = by

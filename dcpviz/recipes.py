@@ -208,4 +208,10 @@ def apply_recipe(recipe: str | Callable[..., Any], model: nn.Module, mesh: Any) 
             f"the recipe {recipe_name(recipe)} raised {type(exc).__name__}: {exc}. "
             "A recipe takes (model, device_mesh) and returns the sharded model."
         ) from exc
+    if out is not None and not isinstance(out, nn.Module):
+        raise UserCodeError(
+            f"the recipe {recipe_name(recipe)} returned a value of type {type(out).__name__}, not the model. "
+            "A recipe takes (model, device_mesh) and returns the sharded nn.Module (or None when "
+            "it shards the model in place)."
+        )
     return model if out is None else out

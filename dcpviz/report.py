@@ -154,6 +154,7 @@ def _page(title: str, body: str) -> str:
 def report(result: Any, path: str | os.PathLike[str], title: str | None = None) -> Path:
     """Write a self-contained HTML report of a save or load result to ``path``."""
     from .errors import DcpvizError
+    from .trace import writable_file
 
     if getattr(result, "kind", None) == "save":
         text = save_report_html(result, title)
@@ -163,7 +164,6 @@ def report(result: Any, path: str | os.PathLike[str], title: str | None = None) 
         text = load_report_html(result, title)
     else:
         raise DcpvizError(f"report() needs a save or load result, got {type(result).__name__}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_file(path, "report")
     path.write_text(text, encoding="utf-8")
     return path

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .tables import _fmt_bytes as fmt_bytes
+from .terminal import add_row
 
 
 def _mesh(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
@@ -21,19 +22,19 @@ def _header(result: Any) -> Panel:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan")
     head.add_column()
-    head.add_row("target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
-                           f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
+    add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
+                  f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
     saved = s["saved_scenario"]
     what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
     if saved is not None:
         what += (f"\nsaved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks, "
                  f"mesh {_mesh(saved.mesh_dim_names, saved.mesh)}")
-    head.add_row("checkpoint", what)
+    add_row(head, "checkpoint", what)
     opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
-    head.add_row("planner", f"{s['planner']}({opts})")
+    add_row(head, "planner", f"{s['planner']}({opts})")
     if s["reads"]:
-        head.add_row(
-            "reads",
+        add_row(
+            head, "reads",
             f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all; per rank "
             f"max {fmt_bytes(s['max_rank_bytes'])}, mean {fmt_bytes(s['mean_rank_bytes'])}",
         )
@@ -47,7 +48,7 @@ def _header(result: Any) -> Panel:
         status = Text("plans, with mismatches DCP does not stop on (see below)", style="bold yellow")
     else:
         status = Text("plans cleanly", style="bold green")
-    head.add_row("status", status)
+    add_row(head, "status", status)
     return Panel(head, title="dcpviz load plan", expand=False)
 
 
@@ -62,7 +63,7 @@ def _hints(result: Any) -> list[Any]:
             shown = ", ".join(f"{a!r}: {b!r}" for a, b in h.mapping[:3])
             more = f", ... ({len(h.mapping)} in all)" if len(h.mapping) > 3 else ""
             body.append(f"\nrename {{target key: checkpoint key}}: {{{shown}{more}}}", style="dim")
-        out.append(Panel(body, title=f"hint: {h.title}", title_align="left", border_style="yellow", expand=True))
+        out.append(Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow", expand=True))
     return out
 
 
@@ -82,8 +83,8 @@ def _mismatches(result: Any, max_rows: int) -> Table | None:
         ranks = g["rank"].dropna()
         rk = "-" if not len(ranks) else ("all" if len(ranks) == W else ",".join(map(str, ranks[:8])) + ("..." if len(ranks) > 8 else ""))
         first = g.iloc[0]
-        t.add_row(kind, fqn, str(first["saved"] or "-"), str(first["current"] or "-"), rk,
-                  message or Text(first["explanation"], style="dim"))
+        add_row(t, kind, fqn, str(first["saved"] or "-"), str(first["current"] or "-"), rk,
+                message or Text(first["explanation"], style="dim"))
     return t
 
 
@@ -98,7 +99,7 @@ def _volume(result: Any, max_ranks: int) -> Table:
     for _, row in shown.iterrows():
         cells = [str(row["rank"]), str(row["coordinate"]), _na(row["reads"]), _na(row["nbytes"], fmt_bytes),
                  _na(row["chunk_nbytes"], fmt_bytes), _na(row["writers"])]
-        t.add_row(*cells, *([_na(row["files"])] if on_disk else []))
+        add_row(t, *cells, *([_na(row["files"])] if on_disk else []))
     if len(vol) > max_ranks:
         t.caption = f"the {max_ranks} heaviest of {len(vol)} ranks"
     t.caption = ((t.caption + "; ") if t.caption else "") + (

@@ -2,7 +2,8 @@
 
 A trace holds no torch objects, so it opens anywhere (a trace captured on a 1024-GPU job opens on
 a laptop), and never pickle. Write items are interned once in ``items`` and plans refer to them
-by position, which keeps W x tensors plans small.
+by position, which keeps W x tensors plans small. Reading (typed decoding and the rules a trace
+must keep) lives in ``trace_codec`` and ``trace_validate``.
 """
 
 from __future__ import annotations
@@ -10,25 +11,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any
 
-from .errors import TraceFileError
+from msgspec import Meta
+
+from .errors import DcpvizError
 
 SCHEMA = "dcpviz.trace"
 VERSION = 1
+MAX_WORLD_SIZE = 2**20  # far above any real job; bounds what a trace file can make us allocate
 
-Box = tuple[int, ...]
+# Constrained ints: the decoder (trace_codec) enforces these bounds with the field's path in its
+# error, so nothing downstream meets a negative size, rank or position.
+MAX_COUNT = 2**53  # bytes or elements: 8 PiB, and still exact as a float64 in a table
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a length, a byte count, an element offset
+Index = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a position into one of the trace's tables
+Rank = Annotated[int, Meta(ge=0, lt=MAX_WORLD_SIZE)]
+Extent = Annotated[int, Meta(ge=1, le=MAX_WORLD_SIZE)]  # a world size or a mesh dim
+Box = tuple[Count, ...]
 
 
 @dataclass(frozen=True)
 class ScenarioInfo:
     model: str
-    world_size: int
-    mesh: tuple[int, ...]
+    world_size: Extent
+    mesh: tuple[Extent, ...]
     mesh_dim_names: tuple[str, ...]
     recipe: str
     dtype: str
@@ -77,8 +86,8 @@ class PlannedItem:
     sizes: Box | None
     global_size: Box | None
     dtype: str | None
-    nbytes: int
-    dcp_size: int | None
+    nbytes: Count
+    dcp_size: Count | None
     index_offsets: Box | None = None
 
     @property
@@ -104,10 +113,10 @@ class ReadRecord:
     dest_chunk_offsets: Box | None
     dest_offsets: Box
     saved_offsets: Box | None
-    saved_chunk: int | None
+    saved_chunk: Index | None
     storage_offsets: Box
     lengths: Box
-    nbytes: int
+    nbytes: Count
     storage_fqn: str | None = None
 
 
@@ -115,7 +124,7 @@ class ReadRecord:
 class PlanRecord:
     """One rank's plan at one phase: positions into the trace's item table."""
 
-    items: tuple[int, ...]
+    items: tuple[Index, ...]
     usable: bool = True
 
 
@@ -141,8 +150,8 @@ class StorageEntry:
     fqn: str
     offsets: Box | None
     relative_path: str
-    offset: int
-    length: int
+    offset: Count
+    length: Count
 
 
 @dataclass(frozen=True)
@@ -163,13 +172,13 @@ class TensorLayout:
     fqn: str
     placements: str
     mesh_dim_names: tuple[str, ...]
-    mesh_shape: tuple[int, ...]
+    mesh_shape: tuple[Extent, ...]
 
 
 @dataclass(frozen=True)
 class ErrorRecord:
     phase: str  # 'build' | 'local' | 'global' | 'finish' | 'write' | ...
-    rank: int | None
+    rank: Rank | None
     exc_type: str
     message: str
 
@@ -227,9 +236,9 @@ class ChunkWriter:
 
     fqn: str
     offsets: Box | None  # the saved chunk's offsets; None for a bytes entry
-    rank: int | None
+    rank: Rank | None
     file: str | None = None
-    storage_nbytes: int | None = None  # the stored item's length in its file, when on disk
+    storage_nbytes: Count | None = None  # the stored item's length in its file, when on disk
 
 
 @dataclass(frozen=True)
@@ -245,7 +254,7 @@ class MismatchRecord:
 
     fqn: str
     kind: str
-    ranks: tuple[int, ...]
+    ranks: tuple[Rank, ...]
     saved_size: Box | None = None
     saved_dtype: str | None = None
     current_size: Box | None = None
@@ -272,7 +281,7 @@ class LoadTrace:
     global_plans: tuple[PlanRecord, ...] | None
     final_plans: tuple[PlanRecord, ...] | None
     wanted: tuple[TargetValue, ...]
-    wanted_by_rank: tuple[tuple[int, ...], ...]
+    wanted_by_rank: tuple[tuple[Index, ...], ...]
     mismatches: tuple[MismatchRecord, ...] = ()
     errors: tuple[ErrorRecord, ...] = ()
     timings: tuple[tuple[str, float], ...] = ()
@@ -286,7 +295,6 @@ class LoadTrace:
 
 
 Trace = SaveTrace | LoadTrace
-_KINDS: dict[str, type] = {"save": SaveTrace, "load": LoadTrace}
 
 
 # -- JSON ---------------------------------------------------------------------------------------
@@ -327,203 +335,42 @@ def trace_json(trace: Trace) -> str:
 
 def write_trace(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """Write ``trace`` as JSON; the file is replaced atomically so a crash never leaves half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_file(path, "trace")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(trace_json(trace))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(trace_json(trace))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing next to the target
     return path
 
 
-class _DecodeError(Exception):
-    """A malformed value; ``path`` grows as the error travels up to the trace's root."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path: list[str] = []
-
-    def at(self, part: str) -> _DecodeError:
-        self.path.insert(0, part)
-        return self
-
-    def where(self, root: str) -> str:
-        loc = root + "".join(p if p.startswith("[") else f".{p}" for p in self.path)
-        return f"{loc}: {self.message}"
-
-
-class _Decoder:
-    """Rebuild dataclasses from plain JSON by their type hints; wrong shapes raise with a path.
-
-    One decoding function is compiled per type and reused: a 1024-rank trace holds ~100k items,
-    so per-value type inspection would dominate reading it.
-    """
-
-    def __init__(self) -> None:
-        self._compiled: dict[Any, Any] = {}
-
-    def decode(self, tp: Any, value: Any, where: str) -> Any:
-        try:
-            return self.compile(tp)(value)
-        except _DecodeError as exc:
-            raise TraceFileError(exc.where(where)) from None
-
-    def compile(self, tp: Any) -> Any:
-        fn = self._compiled.get(tp)
-        if fn is None:
-            # Placeholder first, so recursive types resolve to the finished function.
-            self._compiled[tp] = lambda v: self._compiled[tp](v)
-            fn = self._compiled[tp] = self._build(tp)
-        return fn
-
-    def _build(self, tp: Any) -> Any:
-        origin = typing.get_origin(tp)
-        if tp is Any:
-            return lambda v: v
-        if origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            optional = len(args) < len(typing.get_args(tp))
-            inner = [self.compile(a) for a in args]
-
-            def union(v: Any) -> Any:
-                if v is None and optional:
-                    return None
-                first = None
-                for fn in inner:
-                    try:
-                        return fn(v)
-                    except _DecodeError as exc:
-                        first = first or exc
-                raise first or _DecodeError("unexpected null")
-
-            return union
-        if dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp)
-            fields = [
-                (f.name, self.compile(hints[f.name]),
-                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-                for f in dataclasses.fields(tp) if f.init
-            ]
-            name = tp.__name__
-
-            def dataclass(v: Any) -> Any:
-                if not isinstance(v, dict):
-                    raise _DecodeError(f"expected an object for {name}, got {type(v).__name__}")
-                kwargs = {}
-                for fname, fn, required in fields:
-                    if fname in v:
-                        try:
-                            kwargs[fname] = fn(v[fname])
-                        except _DecodeError as exc:
-                            raise exc.at(fname) from None
-                    elif required:
-                        raise _DecodeError(f"missing field {fname!r}")
-                return tp(**kwargs)
-
-            return dataclass
-        if origin is tuple:
-            args = typing.get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
-                if args[0] is int:  # hot path: plans and boxes
-
-                    def ints(v: Any) -> tuple:
-                        if type(v) is not list or not all(type(x) is int for x in v):
-                            raise _DecodeError("expected a list of ints")
-                        return tuple(v)
-
-                    return ints
-                inner = self.compile(args[0])
-
-                def many(v: Any) -> tuple:
-                    if type(v) is not list:
-                        raise _DecodeError(f"expected a list, got {type(v).__name__}")
-                    out = []
-                    for i, x in enumerate(v):
-                        try:
-                            out.append(inner(x))
-                        except _DecodeError as exc:
-                            raise exc.at(f"[{i}]") from None
-                    return tuple(out)
-
-                return many
-            parts = [self.compile(a) for a in args]
-
-            def fixed(v: Any) -> tuple:
-                if type(v) is not list:
-                    raise _DecodeError(f"expected a list, got {type(v).__name__}")
-                if len(v) != len(parts):
-                    raise _DecodeError(f"expected {len(parts)} entries, got {len(v)}")
-                out = []
-                for i, (fn, x) in enumerate(zip(parts, v)):
-                    try:
-                        out.append(fn(x))
-                    except _DecodeError as exc:
-                        raise exc.at(f"[{i}]") from None
-                return tuple(out)
-
-            return fixed
-        if tp is float:
-
-            def number(v: Any) -> float:
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    return float(v)
-                raise _DecodeError(f"expected a number, got {v!r}")
-
-            return number
-        if tp in (int, str, bool):
-
-            def prim(v: Any) -> Any:
-                if type(v) is tp:
-                    return v
-                raise _DecodeError(f"expected {tp.__name__}, got {v!r}")
-
-            return prim
-        if tp is type(None):
-
-            def null(v: Any) -> None:
-                if v is None:
-                    return None
-                raise _DecodeError(f"expected null, got {v!r}")
-
-            return null
-        raise TraceFileError(f"cannot decode type {tp!r}")
+def writable_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path whose parent exists; a directory there is a user mistake, not a
+    file to replace."""
+    path = Path(path)
+    if path.is_dir():
+        raise DcpvizError(
+            f"the {what} path {str(path)!r} is a directory; pass a file path such as "
+            f"{str(path / ('report.html' if what == 'report' else 'trace.json'))!r}."
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission
+        raise DcpvizError(f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}.") from None
+    return path
 
 
 def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise TraceFileError(
-            f"{source} is not a dcpviz trace (no \"schema\": \"{SCHEMA}\"). Pass a file written by "
-            "result.to_json(path), `dcpviz simulate --trace`, or a RecordingSavePlanner."
-        )
-    version = doc.get("version")
-    if not isinstance(version, int):
-        raise TraceFileError(f"{source}: trace version {version!r} is not an integer.")
-    if version > VERSION:
-        raise TraceFileError(
-            f"{source} is trace version {version}, newer than this dcpviz reads ({VERSION}). "
-            "Upgrade dcpviz (pip install -U dcpviz) to open it."
-        )
-    kind = doc.get("kind")
-    if kind not in _KINDS:
-        raise TraceFileError(f"{source}: unknown trace kind {kind!r}; expected 'save' or 'load'.")
-    try:
-        return _Decoder().decode(_KINDS[kind], doc.get("trace"), "trace")
-    except TraceFileError as exc:
-        raise TraceFileError(f"{source} is malformed: {exc}. Re-create the trace.") from None
+    """A trace from plain data (``json.load`` of a trace file), validated like a file."""
+    from .trace_codec import trace_from_dict as decode
+
+    return decode(doc, source)
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
-    path = Path(path)
-    if not path.is_file():
-        raise TraceFileError(f"trace file {str(path)!r} does not exist (or is not a file).")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TraceFileError(
-            f"trace file {str(path)!r} is not valid JSON ({exc}). Traces are JSON written by "
-            "dcpviz; pickles and checkpoints are not traces (use dcpviz.inspect_checkpoint for a "
-            "checkpoint directory)."
-        ) from None
-    return trace_from_dict(doc, repr(str(path)))
+    """Read and fully validate a trace file; anything malformed raises TraceFileError."""
+    from .trace_codec import read_trace as read
+
+    return read(path)

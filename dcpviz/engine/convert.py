@@ -36,9 +36,16 @@ def dtype_str(dtype: torch.dtype) -> str:
 
 
 def dtype_from_str(name: str) -> torch.dtype:
-    dt = getattr(torch, name, None)
+    """The torch dtype a trace names ('float32'); a name this torch lacks (a corrupt trace, or
+    one from a torch with more dtypes) is a TraceFileError, which is also a ValueError."""
+    dt = getattr(torch, name, None) if isinstance(name, str) and not name.startswith("_") else None
     if not isinstance(dt, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
+        from ..errors import TraceFileError
+
+        raise TraceFileError(
+            f"unknown dtype {name!r}: torch {torch.__version__} has no such dtype. The trace is "
+            "corrupt or was written with another torch; re-create it with this one."
+        )
     return dt
 
 

@@ -508,7 +508,6 @@ def planned_items_from_plain(items: list[dict[str, Any]] | None) -> list[Planned
     """Rebuild PlannedItems sent as plain data by rank_record()."""
     if items is None:
         return None
-    from ..trace import _Decoder
+    from ..trace_codec import decode_plain
 
-    dec = _Decoder()
-    return [dec.decode(PlannedItem, it, "rank_record") for it in items]
+    return [decode_plain(PlannedItem, it, "rank_record") for it in items]

@@ -300,15 +300,13 @@ class RecordingLoadPlanner(LoadPlanner):
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:
     if items is None:
         return None
-    from ..trace import _Decoder
+    from ..trace_codec import decode_plain
 
-    dec = _Decoder()
-    return [dec.decode(ReadRecord, it, "rank_record") for it in items]
+    return [decode_plain(ReadRecord, it, "rank_record") for it in items]
 
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
-    from ..trace import _Decoder
+    from ..trace_codec import decode_plain
 
-    dec = _Decoder()
-    return [dec.decode(TargetValue, it, "rank_record") for it in items]
+    return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

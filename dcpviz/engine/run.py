@@ -83,6 +83,21 @@ class RunDir:
                 return
 
 
+def check_launch_options(timeout: Any, start_method: Any) -> None:
+    """A positive, finite timeout and a start method this platform has: checked before any
+    directory is created or process started (else a worker fails obscurely, or never times out)."""
+    import math
+    import multiprocessing as mp
+
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+        math.isfinite(timeout) and timeout > 0
+    ):
+        raise DcpvizError(f"timeout={timeout!r} must be a positive number of seconds (default {DEFAULT_TIMEOUT_S:g}).")
+    methods = mp.get_all_start_methods()
+    if start_method not in methods:
+        raise DcpvizError(f"start_method={start_method!r} must be one of {methods} (default 'spawn').")
+
+
 def _check_picklable(**objs: Any) -> None:
     """Workers are started with 'spawn': what they get must pickle (module-level callables)."""
     import pickle
@@ -176,6 +191,7 @@ def run_save(
     from ..results import SaveResult
     from .planners import planner_factory
 
+    check_launch_options(timeout, start_method)
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
     check_main_guard(start_method, "run_save")

@@ -21,7 +21,13 @@ from ..trace import ErrorRecord, LoadTrace, PlanRecord
 from .convert import ItemTable, metadata_info, planner_info
 from .procs import RunInfo, check_main_guard
 from .recording_load import mismatches_for, read_facts, read_records_from_plain, values_from_plain
-from .run import DEFAULT_TIMEOUT_S, digests_of, launch_recorded, resolve_device
+from .run import (
+    DEFAULT_TIMEOUT_S,
+    check_launch_options,
+    digests_of,
+    launch_recorded,
+    resolve_device,
+)
 
 
 def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
@@ -91,6 +97,7 @@ def run_load(
     from ..results import LoadResult
     from .planners import planner_factory
 
+    check_launch_options(timeout, start_method)
     if not isinstance(target_scenario, Scenario):
         raise DcpvizError(
             f"run_load needs a dcpviz.Scenario as target_scenario, got {type(target_scenario).__name__}. "

@@ -118,7 +118,11 @@ def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go
 def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80) -> go.Figure:
     """Dedup decisions of a save result: grouped overview, or one tensor with ``fqn=``."""
     from ..errors import DcpvizError, did_you_mean
+    from .inputs import need_name, need_result
 
+    need_result(result, "save", "dedup")
+    if fqn is not None:
+        need_name(fqn, "dedup")
     W = result.trace.scenario.world_size
     if fqn is None:
         return dedup_overview_figure(result.dedup, result.tensor_groups, W, max_rows=max_rows)

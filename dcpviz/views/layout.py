@@ -194,7 +194,10 @@ def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, 
     """The chunk layout of ``fqn`` in a save result (see module docstring)."""
     from .. import tables
     from ..errors import DcpvizError
+    from .inputs import need_name, need_result
 
+    need_result(result, "save", "chunk_layout")
+    need_name(fqn, "chunk_layout")
     tens = result.tensors
     match = tens[tens["fqn"] == fqn]
     if match.empty:

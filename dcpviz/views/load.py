@@ -106,13 +106,15 @@ def read_layout_figure(
 def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
     """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
     from ..errors import DcpvizError, did_you_mean
+    from .inputs import need_name, need_rank, need_result
 
+    need_result(load, "load", "read_layout", "load")
+    need_name(fqn, "read_layout")
     tr = load.trace
+    need_rank(rank, tr.scenario.world_size, "read_layout")
     entry = next((t for t in tr.saved.tensors if t.fqn == fqn), None)
     if entry is None:
         raise DcpvizError(f"{fqn!r} is not a tensor in the checkpoint.{did_you_mean(fqn, [t.fqn for t in tr.saved.tensors])}")
-    if not 0 <= rank < tr.scenario.world_size:
-        raise DcpvizError(f"rank={rank} is outside the target job (ranks 0..{tr.scenario.world_size - 1}).")
     saved = load_tables.saved_boxes(tr, load.read_items, fqn, rank)
     reads = load_tables.read_boxes(load.read_items, fqn, rank)
     t_size, t_dtype, wanted = load_tables.wanted_boxes(tr, fqn, rank)
@@ -148,6 +150,10 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
 
 
 def read_volume(load: Any) -> go.Figure:
+    """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them)."""
+    from .inputs import need_result
+
+    need_result(load, "load", "read_volume", "load")
     return read_volume_figure(load.rank_volume)
 
 
@@ -176,4 +182,7 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 
 def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes") -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read."""
+    from .inputs import need_result
+
+    need_result(load, "load", "resharding", "load")
     return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)

@@ -113,7 +113,11 @@ def rank_volume(
     """Bytes per rank of a save result; ``by="module"`` stacks by module prefix; ``compare=``
     another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``)."""
     from ..errors import DcpvizError
+    from .inputs import need_result
 
+    need_result(result, "save", "rank_volume")
+    if compare is not None:
+        need_result(compare, "save", "rank_volume", "compare")
     if by not in (None, "module", "component"):
         raise DcpvizError(f"by={by!r}: use by=None, by='module' or by='component'.")
     if compare is None:

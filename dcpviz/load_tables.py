@@ -104,12 +104,15 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     return df.astype({"rank": "int64", "nbytes": "int64", "writer_rank": "int64", "saved_chunk": "int64", "chunk_nbytes": "int64"})
 
 
-def _wanted_nbytes(trace: LoadTrace) -> np.ndarray:
+def _wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
+    """Bytes each target rank's own shards hold (of one training-state component, if given)."""
     from .engine.convert import dtype_from_str
+    from .tables import components_of
 
+    parts = components_of(trace, [tv.fqn for tv in trace.wanted]) if component is not None else None
     per_value = []
-    for tv in trace.wanted:
-        if tv.dtype is None:
+    for i, tv in enumerate(trace.wanted):
+        if tv.dtype is None or (parts is not None and parts[i] != component):
             per_value.append(0)
             continue
         itemsize = dtype_from_str(tv.dtype).itemsize

@@ -129,3 +129,19 @@ def test_fast_load_equals_per_rank_load(titan_save, adamw_save):
         fast, full = dcpviz.simulate_load(saved, sc), dcpviz.simulate_load(saved, sc, fast=False)
         assert fast.read_items.equals(full.read_items)
         assert fast.mismatches.equals(full.mismatches)
+
+
+def test_views_filter_by_component(adamw_save):
+    load = dcpviz.simulate_load(adamw_save, target(optimizer="adamw", world_size=3))
+    reads = load.read_items
+    optim = reads[reads.component == "optim"]
+    fig = dcpviz.views.resharding(load, component="optim")
+    assert sum(v for row in fig.data[0].z for v in row if v == v) == optim.nbytes.sum() > 0
+    vol = dcpviz.views.read_volume(load, component="model")
+    assert sum(vol.data[1].y) == reads[reads.component == "model"].nbytes.sum()
+    assert sum(vol.data[2].y) < load.rank_volume.wanted_nbytes.sum()  # the model's shards only
+    overview = dcpviz.views.dedup(adamw_save, component="optim")
+    labels = {str(y) for t in overview.data if t.y is not None for y in t.y}
+    assert labels and all(y.startswith("optim.") for y in labels)
+    with pytest.raises(dcpviz.DcpvizError, match="Did you mean 'optim'"):
+        dcpviz.views.resharding(load, component="optm")

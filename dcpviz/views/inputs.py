@@ -26,6 +26,18 @@ def need_name(fqn: Any, view: str) -> None:
         )
 
 
+def need_component(component: Any, known: Any, view: str) -> None:
+    """``component`` must be one of the result's training-state components (model, optim, ...)."""
+    from ..errors import did_you_mean
+
+    known = sorted(set(known))
+    if not isinstance(component, str) or component not in known:
+        raise DcpvizError(
+            f"views.{view}: component={component!r} is not a part of this state.{did_you_mean(str(component), known)} "
+            f"Use one of {known} (the table's 'component' column) or None."
+        )
+
+
 def need_rank(rank: Any, world_size: int, view: str) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise DcpvizError(f"views.{view}: rank={rank!r} is outside the target job (ranks 0..{world_size - 1}).")

@@ -79,6 +79,10 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
         ("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
     ]
+    if s.get("optimizer") or s.get("state"):  # a training state, not only the model's
+        parts = [f"optimizer {s['optimizer']}" if s.get("optimizer") else "no optimizer",
+                 f"app state {s['state']}" if s.get("state") else "{'model', 'optim'} from get_state_dict"]
+        rows.insert(2, ("state", html.escape(" · ".join(parts))))
     if s["total_bytes"] is not None:
         rows.append(
             ("bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "

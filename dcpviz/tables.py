@@ -270,6 +270,8 @@ def job_facts(trace: Any) -> dict[str, Any]:
         "mesh_dim_names": sc.mesh_dim_names,
         "recipe": sc.recipe,
         "dtype": sc.dtype,
+        "optimizer": sc.optimizer,
+        "state": sc.state,
         "planner": trace.planner.cls,
         "planner_options": dict(trace.planner.options),
     }

@@ -200,3 +200,13 @@ def test_explorer_picks_tensors_and_stacks_volume_by_component():
     assert ex.group_picker.options and all(g.startswith("optimizer.") for g in ex.group_picker.options)
     ex.volume_mode.value = "component"
     assert {t.name for t in ex.volume_fig.data} == set(groups.component)
+
+
+def test_cli_and_report_show_the_training_state(tmp_path, capsys):
+    from dcpviz.cli import main
+
+    main(["simulate", "--model", "mlp", "-W", "2", "--recipe", "fsdp", "--optimizer", "adamw", "--state", "dcp-tutorial",
+          "--trace", str(tmp_path / "t.json"), "--report", str(tmp_path / "r.html"), "-q"])
+    info = dcpviz.load_trace(tmp_path / "t.json").trace.scenario
+    assert (info.optimizer, info.state) == ("adamw", "dcp-tutorial")
+    assert "optimizer adamw · app state dcp-tutorial" in (tmp_path / "r.html").read_text()

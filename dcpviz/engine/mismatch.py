@@ -86,6 +86,10 @@ class MismatchCollector:
 
     def __init__(self) -> None:
         self._ranks: dict[Found, list[int]] = defaultdict(list)
+        # classify() is a pure function of these facts and the metadata; W ranks ask it the
+        # same question for every key (the metadata object is kept, so its id stays its own).
+        self._classified: dict[tuple, Found | None] = {}
+        self._metadata: list[Metadata] = []
 
     def add_rank(
         self,
@@ -104,8 +108,15 @@ class MismatchCollector:
         """
         dcp_messages = dcp_messages or {}
         storage_fqns = storage_fqns or {}
+        if not any(m is metadata for m in self._metadata):
+            self._metadata.append(metadata)
         for tv in values:
-            found = classify(tv, storage_fqns.get(tv.fqn, tv.fqn), metadata)
+            storage_fqn = storage_fqns.get(tv.fqn, tv.fqn)
+            key = (id(metadata), tv.fqn, tv.size, tv.dtype, storage_fqn)
+            if key in self._classified:
+                found = self._classified[key]
+            else:
+                found = self._classified[key] = classify(tv, storage_fqn, metadata)
             if found is not None and found.kind == "missing" and read_fqns and tv.fqn in read_fqns:
                 found = None
             msg = dcp_messages.get(tv.fqn)

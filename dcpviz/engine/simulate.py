@@ -28,6 +28,7 @@ from . import fastpath
 from .convert import PlanConverter, byte_item_sizes, metadata_info, planner_info, tensor_layouts
 from .planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from .statedict import rank_state_dict
+from .validation import fast_validation
 from .world import fake_world, leaves_process_as_found
 
 
@@ -89,7 +90,8 @@ def simulate_save(
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
     ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
-    the planner on every rank.
+    the planner on every rank, and DCP's validation on the real metadata only (by default DCP's
+    validation first runs on stretched metadata, ``engine.validation``).
     """
     from ..results import SaveResult
 
@@ -185,7 +187,9 @@ def simulate_save(
         validated = True
         if all(p is not None for p in local):
             t0 = time.perf_counter()
-            with fake_world(0, W):
+            # DCP's validation on metadata stretched so its sweep prunes (exact; engine/validation.py).
+            checks = fast_validation() if fast is not False and info.is_dcp_default else nullcontext()
+            with fake_world(0, W), checks:
                 try:
                     global_plans, md = planners[0].create_global_plan(list(local))
                 except Exception as exc:

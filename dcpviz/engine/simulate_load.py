@@ -28,6 +28,7 @@ from . import fastpath
 from .convert import ItemTable, planner_info
 from .convert_load import load_plan_record, saved_itemsizes, target_value
 from .mismatch import MismatchCollector, dcp_key_messages
+from .overlap import ReadPruner
 from .planners import planner_factory
 from .saved import resolve_saved
 from .simulate import _now, _torch_version, error_record, progress_bar, scenario_info
@@ -115,8 +116,9 @@ def simulate_load(
     read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
     (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
     ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
-    plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
-    Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
+    plan per class of ranks, memoised offsets) and ``engine.overlap`` (DCP's read planning on
+    the saved chunks that can overlap) where they are exact; False plans every rank with DCP's
+    full chunk scan. Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
     """
     from ..results import LoadResult
 
@@ -159,6 +161,8 @@ def simulate_load(
                 f"{n_reps} representative ranks planned for {W}: ranks that differ only along mesh dims "
                 "where every DTensor is replicated share DCP's default load plan (exact; see engine/fastpath.py)."
             )
+    # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
+    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
     plan_memo: dict[int, PlanRecord] = {}
     parts: list[tuple[str, str]] = []  # rank 0's training-state components (components.py)
     fakes: dict = {}
@@ -188,8 +192,9 @@ def simulate_load(
                 planners[r] = p
                 failed = False
                 try:
-                    p.set_up_planner(state_dict, md, r == 0)
-                    plan = p.create_local_plan()
+                    with pruner.active() if pruner is not None else nullcontext():
+                        p.set_up_planner(state_dict, md, r == 0)
+                        plan = p.create_local_plan()
                     local[r] = plan
                     local_records[r] = load_plan_record(plan, reads, itemsizes, plan_memo)
                 except Exception as exc:  # a planner failure is data

@@ -145,3 +145,22 @@ def test_views_filter_by_component(adamw_save):
     assert labels and all(y.startswith("optim.") for y in labels)
     with pytest.raises(dcpviz.DcpvizError, match="Did you mean 'optim'"):
         dcpviz.views.resharding(load, component="optm")
+
+
+def test_param_group_keys_are_not_taken_for_index_keyed_state(adamw_save):
+    """param_groups.<i> is a list index in get_state_dict's FQN-keyed form too: FQN-keyed state
+    on both sides (another optimizer class) is not a keying mismatch (before: "keyed by parameter
+    names in the checkpoint but by parameter names in the target")."""
+    import dataclasses
+
+    from dcpviz.hints import compute_hints
+    from dcpviz.trace import MismatchRecord
+
+    base = dcpviz.simulate_load(adamw_save, target(optimizer="adamw")).trace
+    records = [  # the target has SGD's group key and moment; the checkpoint another moment
+        MismatchRecord("optim.param_groups.0.momentum", "missing", (0, 1)),
+        MismatchRecord("optim.state.fc1.weight.momentum_buffer", "missing", (0, 1), current_size=(190, 16)),
+        MismatchRecord("optim.state.fc2.weight.exp_avg", "unexpected", (), saved_size=(3, 190)),
+    ]
+    hints = compute_hints(dataclasses.replace(base, mismatches=tuple(records)))
+    assert not any("keyed by" in h.title for h in hints), [h.title for h in hints]

@@ -210,3 +210,21 @@ def test_cli_and_report_show_the_training_state(tmp_path, capsys):
     info = dcpviz.load_trace(tmp_path / "t.json").trace.scenario
     assert (info.optimizer, info.state) == ("adamw", "dcp-tutorial")
     assert "optimizer adamw · app state dcp-tutorial" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("state", [None, "torchtitan"])
+def test_training_state_simulation_leaves_process_as_found(state):
+    from test_process_state import _process_state, _traceback_text
+
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw", state=state)
+    dcpviz.simulate_save(sc.replace(world_size=2, mesh=(1, 2)))  # lazy imports are not state
+    before = _process_state()
+    before_loggers = before.pop("loggers")
+    save = dcpviz.simulate_save(sc)
+    load = dcpviz.simulate_load(save, sc.replace(world_size=4, mesh=None, mesh_dim_names=None, recipe="fsdp"))
+    assert save.ok and len(load.read_items) > 0
+    after = _process_state()
+    after_loggers = after.pop("loggers")
+    assert after == before
+    assert {n: after_loggers[n] for n in before_loggers} == before_loggers
+    assert "[rank" not in _traceback_text()

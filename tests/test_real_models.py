@@ -107,3 +107,10 @@ def test_every_preset_model_plans_under_every_recipe(model, recipe, optimizer):
                                                optimizer=optimizer))
     assert res.ok, res.errors
     assert set(res.write_items.component) == ({"model"} if optimizer is None else {"model", "optim"})
+
+
+@pytest.mark.parametrize("model", [hf_llama, hf_gpt2], ids=lambda m: m.__name__)
+def test_tp_on_a_hugging_face_plan_is_a_clear_error(model):
+    """HF models carry tp_plan as style names (or empty): not a parallelize_module plan."""
+    with pytest.raises(dcpviz.DcpvizError, match="Hugging Face's tensor-parallel plan"):
+        dcpviz.simulate_save(dcpviz.Scenario(model=model, world_size=2, recipe="tp"))

@@ -128,7 +128,8 @@ def tp_plan_of(model: nn.Module) -> dict[str, Any]:
         )
     plan = plan() if callable(plan) else dict(plan)
     named = sorted({v for v in plan.values() if isinstance(v, str)})
-    if named or not plan:
+    from_hf = hasattr(model, "config") and hasattr(model, "base_model_prefix")
+    if named or (not plan and from_hf):
         # Hugging Face models carry ``tp_plan`` as style *names* applied by transformers' own
         # sharding code ('colwise', 'packed_colwise', 'moe_tp_experts'); reading them as
         # torch ParallelStyles would plan something transformers does not do.

@@ -1,6 +1,6 @@
 # dcpviz: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install, simulate the default scenario, write report.html
-#   make test   create/update .venv, run the whole test suite
+#   make test   create/update .venv, check the import layers (lint-imports), run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/dcpviz demo --report report.html
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)

@@ -43,7 +43,7 @@ def _peak_gb() -> float:
 def _meta_model():
     import torch
 
-    from dcpviz.models import PRESETS
+    from dcpviz.engine.models import PRESETS
 
     with torch.device("meta"):
         return PRESETS["llama3-70b"]().to(torch.bfloat16)

@@ -43,8 +43,8 @@ def bench_job(rank: int, world: int, report, scenario, root: str, repeats: int) 
 
     from dcpviz import RecordingSavePlanner
     from dcpviz.engine.materialize import materialize
+    from dcpviz.engine.recipes import apply_recipe
     from dcpviz.engine.statedict import build_mesh, build_model_on_meta
-    from dcpviz.recipes import apply_recipe
 
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario))
     materialize(model, torch.device("cpu"))

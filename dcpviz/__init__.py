@@ -6,24 +6,72 @@
     save.write_items, save.dedup, save.rank_volume, save.chunks
     load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
     load.read_items, load.mismatches, load.hints, load.rank_volume
+
+Public names are loaded on first use (PEP 562), so ``import dcpviz; dcpviz.load_trace(path)``
+imports neither torch nor plotly: a trace captured on a cluster opens without them.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .byteio import SafeLoadPlanner
-from .checkpoint import SafeFileSystemReader, inspect_checkpoint
-from .engine.recording import RecordingSavePlanner
-from .engine.recording_load import RecordingLoadPlanner
-from .engine.run import run_save
-from .engine.run_load import run_load
-from .engine.simulate import simulate_save
-from .engine.simulate_load import simulate_load
-from .engine.statedict import as_rank
-from .errors import DcpvizError, RecordingWarning
-from .report import report
-from .results import LoadResult, SaveResult, load_trace
-from .scenario import Scenario
-from .widgets import explore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dcpviz.core.errors import DcpvizError, RecordingWarning
+from dcpviz.core.version import __version__
+
+# public name -> the module that defines it (imported when the name is first used)
+_LAZY = {
+    "LoadResult": "dcpviz.results",
+    "SaveResult": "dcpviz.results",
+    "load_trace": "dcpviz.results",
+    "report": "dcpviz.html_report",
+    "explore": "dcpviz.widgets",
+    "simulate_save": "dcpviz.api",
+    "simulate_load": "dcpviz.api",
+    "run_save": "dcpviz.api",
+    "run_load": "dcpviz.api",
+    "inspect_checkpoint": "dcpviz.api",
+    "SafeFileSystemReader": "dcpviz.engine.checkpoint",
+    "SafeLoadPlanner": "dcpviz.engine.byteio",
+    "RecordingSavePlanner": "dcpviz.engine.recording",
+    "RecordingLoadPlanner": "dcpviz.engine.recording_load",
+    "as_rank": "dcpviz.engine.statedict",
+    "Scenario": "dcpviz.engine.scenario",
+}
+
+if TYPE_CHECKING:
+    from dcpviz.api import inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
+    from dcpviz.engine.byteio import SafeLoadPlanner
+    from dcpviz.engine.checkpoint import SafeFileSystemReader
+    from dcpviz.engine.recording import RecordingSavePlanner
+    from dcpviz.engine.recording_load import RecordingLoadPlanner
+    from dcpviz.engine.scenario import Scenario
+    from dcpviz.engine.statedict import as_rank
+    from dcpviz.html_report import report
+    from dcpviz.results import LoadResult, SaveResult, load_trace
+    from dcpviz.widgets import explore
+
+
+# public subpackages reachable as attributes after a plain `import dcpviz` (dcpviz.views.dedup(...))
+_SUBPACKAGES = ("views", "widgets")
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"dcpviz.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dcpviz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Every public name, loaded or not."""
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
+
 
 __all__ = [
     "DcpvizError",

@@ -1,5 +1,7 @@
+"""`python -m dcpviz`: the command line (see ``dcpviz.cli``)."""
+
 import sys
 
-from .cli import main
+from dcpviz.cli import main
 
 sys.exit(main())

@@ -9,10 +9,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from rich.console import Console
 from rich.markup import escape
 
-from .errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
+from dcpviz.results import load_trace
+from dcpviz.terminal import print_result
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +46,7 @@ def _add_scenario_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dcpviz`` argument parser: simulate, load, show, demo."""
     parser = _Parser(prog="dcpviz", description="See what PyTorch Distributed Checkpoint plans.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -71,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scenario_from(args: argparse.Namespace):
-    from .scenario import Scenario
+def _scenario_from(args: argparse.Namespace) -> Any:
+    # torch, deferred: only the commands that simulate need a Scenario.
+    from dcpviz.engine.scenario import Scenario
 
     names = tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
     return Scenario(
@@ -81,79 +87,88 @@ def _scenario_from(args: argparse.Namespace):
     )
 
 
-def _write_outputs(result, args: argparse.Namespace, console) -> None:
+def _write_outputs(result: Any, args: argparse.Namespace, console: Console) -> None:
     if getattr(args, "trace", None) and args.command in ("simulate", "load"):
         path = result.to_json(args.trace)
         console.print(f"trace written to [bold]{escape(str(path))}[/]")
     if getattr(args, "report", None):
-        from .report import report
+        # plotly, deferred: only a report needs it, and importing it costs about a second.
+        from dcpviz.html_report import report
 
         path = report(result, args.report)
         console.print(f"report written to [bold]{escape(str(path))}[/] (open it in any browser; works offline)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
+def _simulate(args: argparse.Namespace, console: Console) -> int:
+    # torch, deferred: `dcpviz show` must work where torch is not installed.
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
+    from dcpviz.api import simulate_save
+    from dcpviz.engine.scenario import Scenario
+
+    if args.command == "demo":
+        scenario = Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+        planner = None
+    else:
+        scenario = _scenario_from(args)
+        planner = DefaultSavePlanner(
+            dedup_save_to_lowest_rank=args.dedup_to_lowest_rank,
+            flatten_state_dict=not args.no_flatten,
+        )
+    result = simulate_save(scenario, planner=planner)
+    if not getattr(args, "quiet", False):
+        print_result(result, console)
+    _write_outputs(result, args, console)
+    if args.command == "demo":
+        _print_next_steps(console, args.report)
+    return 0
+
+
+def _load(args: argparse.Namespace, console: Console) -> int:
+    # torch, deferred: `dcpviz show` must work where torch is not installed.
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from dcpviz.api import simulate_load
+
+    saved = args.saved
+    if not saved.exists():
+        raise DcpvizError(f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file.")
+    result = simulate_load(
+        saved, _scenario_from(args), planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load)
+    )
+    if not args.quiet:
+        print_result(result, console)
+    _write_outputs(result, args, console)
+    return 0
+
+
+def _show(args: argparse.Namespace, console: Console) -> int:
+    result = load_trace(args.trace)
+    print_result(result, console)
+    _write_outputs(result, args, console)
+    return 0
+
+
+_COMMANDS = {"simulate": _simulate, "demo": _simulate, "load": _load, "show": _show}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``dcpviz`` command: parse ``argv``, run the command, return the exit status (2 for a
+    user mistake, printed as one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console()
+    command = _COMMANDS.get(args.command)
+    if command is None:
+        return 1
     try:
-        if args.command in ("simulate", "demo"):
-            from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-
-            from .engine.simulate import simulate_save
-            from .scenario import Scenario
-
-            if args.command == "demo":
-                scenario = Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
-                planner = None
-            else:
-                scenario = _scenario_from(args)
-                planner = DefaultSavePlanner(
-                    dedup_save_to_lowest_rank=args.dedup_to_lowest_rank,
-                    flatten_state_dict=not args.no_flatten,
-                )
-            result = simulate_save(scenario, planner=planner)
-            if not getattr(args, "quiet", False):
-                from .terminal import print_result
-
-                print_result(result, console)
-            _write_outputs(result, args, console)
-            if args.command == "demo":
-                _print_next_steps(console, args.report)
-            return 0
-        if args.command == "load":
-            from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-            from .engine.simulate_load import simulate_load
-            from .terminal import print_result
-
-            saved = args.saved
-            if not saved.exists():
-                raise DcpvizError(f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file.")
-            result = simulate_load(
-                saved, _scenario_from(args), planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load)
-            )
-            if not args.quiet:
-                print_result(result, console)
-            _write_outputs(result, args, console)
-            return 0
-        if args.command == "show":
-            from .results import load_trace
-            from .terminal import print_result
-
-            result = load_trace(args.trace)
-            print_result(result, console)
-            _write_outputs(result, args, console)
-            return 0
+        return command(args, console)
     except DcpvizError as exc:
         print(f"dcpviz: error: {exc}", file=sys.stderr)
         return 2
-    return 1
 
 
-def _print_next_steps(console, report_path: Path) -> None:
+def _print_next_steps(console: Console, report_path: Path) -> None:
     console.print(
         "\n[bold]Next:[/]\n"
         f"  open {escape(str(report_path))} in a browser (self-contained, offline)\n"

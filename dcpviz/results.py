@@ -2,16 +2,101 @@
 
 from __future__ import annotations
 
+import html
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import load_tables, tables
-from .hints import Hint, compute_hints, hints_table
-from .trace import LoadTrace, SaveTrace, read_trace, write_trace
+from dcpviz.analysis import load_tables
+from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.hints import Hint, compute_hints, hints_table
+from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
+from dcpviz.core.trace_codec import read_trace
+from dcpviz.core.units import fmt_bytes
+
+
+# -- parts: what a renderer shows of a result, in order (no renderer branches on the kind) --------
+@dataclass(frozen=True)
+class TablePart:
+    """A titled table; ``byte_cols`` are shown human-readable."""
+
+    title: str
+    frame: pd.DataFrame
+    byte_cols: tuple[str, ...] = ()
+    max_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class FigurePart:
+    """A titled figure: ``dcpviz.views.<view>(result, *args, **kwargs)`` (named, so results need
+    not import the views layer above them)."""
+
+    title: str
+    view: str
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HintsPart:
+    """Likely causes and their fixes, most likely first."""
+
+    hints: tuple[Hint, ...]
+
+
+@dataclass(frozen=True)
+class MessagesPart:
+    """Errors (shown as failures) and notes."""
+
+    errors: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+Part = TablePart | FigurePart | HintsPart | MessagesPart
+
+
+def pick_layout_tensors(tensors: pd.DataFrame, limit: int = 6) -> list[str]:
+    """Tensors worth drawing: the largest, a strided one, one with empty shards, a 1-D one, a
+    scalar, a bytes entry — each kind once."""
+    picks: list[str] = []
+
+    def add(frame: pd.DataFrame) -> None:
+        for f in frame["fqn"]:
+            if f not in picks:
+                picks.append(f)
+                return
+
+    t = tensors
+    add(t[t.kind == "tensor"].sort_values("nbytes", ascending=False))
+    add(t[t.placements.str.contains("_StridedShard", regex=False)])
+    add(t[t.empty_chunks > 0])
+    add(t[(t.kind == "tensor") & (t["size"].map(len) == 1)])
+    add(t[(t.kind == "tensor") & (t["size"].map(len) == 0)])
+    add(t[t.kind == "bytes"])
+    return picks[:limit]
+
+
+def pick_read_tensors(load: Any, limit: int = 3) -> list[str]:
+    """Tensors worth drawing: a mismatched one, the one read from most chunks, the largest."""
+    picks: list[str] = []
+    saved = {t.fqn for t in load.trace.saved.tensors}
+    mm = load.mismatches
+    for f in mm[mm["kind"].isin(["size", "dtype"])]["fqn"]:
+        if f in saved and f not in picks:
+            picks.append(f)
+            break
+    ri = load.read_items
+    if len(ri):
+        spread = ri[ri["rank"] == 0].groupby("fqn")["saved_offsets"].nunique().sort_values(ascending=False)
+        for f in list(spread.index[:1]) + list(ri.groupby("fqn")["nbytes"].sum().sort_values(ascending=False).index[:1]):
+            if f in saved and f not in picks:
+                picks.append(f)
+    return picks[:limit]
 
 
 class _Result:
@@ -25,17 +110,25 @@ class _Result:
 
     @property
     def scenario(self):
+        """The job the trace describes (a ScenarioInfo)."""
         return self.trace.scenario
 
     @property
     def errors(self) -> list[str]:
+        """What the planner raised, one message per error."""
         return [str(e) for e in self.trace.errors]
 
     @property
     def ok(self) -> bool:
+        """True when nothing was raised."""
         return not self.trace.errors
 
+    def messages(self) -> MessagesPart:
+        """The errors and the trace's notes, as one part."""
+        return MessagesPart(tuple(self.errors), tuple(self.trace.notes))
+
     def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the trace as versioned JSON (``dcpviz.load_trace`` opens it again)."""
         return write_trace(self.trace, path)
 
 
@@ -54,22 +147,27 @@ class SaveResult(_Result):
     # -- tables ----------------------------------------------------------------------------
     @cached_property
     def write_items(self) -> pd.DataFrame:
+        """Every local-plan item of every rank; ``kept`` says whether dedup kept it."""
         return tables.write_items(self.trace)
 
     @cached_property
     def dedup(self) -> pd.DataFrame:
+        """Each index planned by more than one rank: who planned it, who writes it, why."""
         return tables.dedup(self.trace)
 
     @cached_property
     def rank_volume(self) -> pd.DataFrame:
+        """Items and bytes per rank after dedup (and as planned locally)."""
         return tables.rank_volume(self.trace)
 
     @cached_property
     def chunks(self) -> pd.DataFrame:
+        """The checkpoint metadata's chunks, with the rank that writes each."""
         return tables.chunks(self.trace)
 
     @cached_property
     def summary(self) -> dict[str, Any]:
+        """The save in numbers: job, planner, items, bytes, imbalance, status."""
         return tables.summary(self.trace)
 
     @cached_property
@@ -83,6 +181,7 @@ class SaveResult(_Result):
         return tables.tensor_groups(self.trace)
 
     def volume_by_module(self, depth: int = 1) -> pd.DataFrame:
+        """Bytes per rank per module (module path cut at ``depth`` parts)."""
         return tables.volume_by_module(self.trace, depth)
 
     @cached_property
@@ -125,15 +224,46 @@ class SaveResult(_Result):
     def metadata(self):
         """DCP's Metadata: the object DCP built, or one rebuilt from the trace's facts."""
         if self._metadata is None and self.trace.metadata is not None:
-            from .engine.convert import torch_metadata
+            # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
+            from dcpviz.engine.convert import torch_metadata
 
             self._metadata = torch_metadata(self.trace.metadata)
         return self._metadata
 
-    def _repr_html_(self) -> str:
-        from .report import summary_rows
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, HTML) rows that sum the save up: model, job, planner, items, bytes, status."""
+        return _save_summary_rows(self.summary)
 
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in summary_rows(self.summary))
+    def report_title(self) -> str:
+        """The report's default title."""
+        s = self.summary
+        return f"dcpviz · {s['model']} · {s['recipe']} · W={s['world_size']}"
+
+    def report_intro(self) -> str:
+        """One line under the title: what this is and what made it."""
+        t = self.trace
+        return (f"DCP save plan, every rank. Generated by dcpviz {t.dcpviz_version} with torch "
+                f"{t.torch_version}, source: {t.source}.")
+
+    def parts(self) -> list[Part]:
+        """What the report shows, in order: messages, volume, dedup and layout figures, tables."""
+        modules = self.volume_by_module(1)["module"].nunique()
+        out: list[Part] = [self.messages(),
+                           FigurePart("Write volume per rank", "rank_volume", kwargs={"by": "module" if modules > 1 else None})]
+        if self.volume_by_component["component"].nunique() > 1:  # a training state: how much is optimizer
+            out.append(FigurePart("Write volume per rank, by component", "rank_volume", kwargs={"by": "component"}))
+        if len(self.dedup):
+            out.append(FigurePart("Dedup decisions", "dedup"))
+        out += [FigurePart(f"Chunk layout: {fqn}", "chunk_layout", (fqn,)) for fqn in pick_layout_tensors(self.tensors)]
+        out.append(TablePart("Tensors (alike layers collapsed)", self.tensor_groups.drop(columns=["members", "pattern"]), ("nbytes",)))
+        out.append(TablePart("Bytes per rank", self.rank_volume, ("nbytes", "planned_nbytes"), max_rows=1024))
+        if len(self.dedup):
+            out.append(TablePart("Dedup (items planned by more than one rank)", self.dedup, ("nbytes",)))
+        out.append(TablePart("Checkpoint chunks", self.chunks, ("nbytes",)))
+        return out
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in self.summary_rows())
         errors = "".join(f"<div style='color:#b00020'>{e}</div>" for e in self.errors)
         return f"<div><b>dcpviz SaveResult</b><table>{rows}</table>{errors}</div>"
 
@@ -164,14 +294,17 @@ class LoadResult(_Result):
     # -- tables ----------------------------------------------------------------------------
     @cached_property
     def read_items(self) -> pd.DataFrame:
+        """Every read of every rank: which box of which saved chunk, its writer and file."""
         return load_tables.read_items(self.trace)
 
     @cached_property
     def rank_volume(self) -> pd.DataFrame:
+        """Reads and bytes per target rank."""
         return load_tables.rank_volume(self.trace, self.read_items)
 
     @cached_property
     def resharding(self) -> pd.DataFrame:
+        """Bytes each target rank reads from each writer rank (and file)."""
         return load_tables.resharding(self.trace, self.read_items)
 
     def resharding_matrix(self, by: str = "writer_rank", values: str = "nbytes") -> pd.DataFrame:
@@ -181,6 +314,7 @@ class LoadResult(_Result):
 
     @cached_property
     def mismatches(self) -> pd.DataFrame:
+        """Every key or tensor the target and the checkpoint disagree on, every rank."""
         return load_tables.mismatches(self.trace)
 
     @cached_property
@@ -195,14 +329,46 @@ class LoadResult(_Result):
 
     @cached_property
     def summary(self) -> dict[str, Any]:
+        """The load in numbers: target, checkpoint, planner, reads, mismatches, status."""
         return load_tables.summary(self.trace, self.read_items)
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, HTML) rows that sum the load up: target, checkpoint, planner, reads, status."""
+        return _load_summary_rows(self.summary)
+
+    def report_title(self) -> str:
+        """The report's default title."""
+        s = self.summary
+        return f"dcpviz load · {s['model']} · {s['recipe']} · W={s['world_size']}"
+
+    def report_intro(self) -> str:
+        """One line under the title: what this is and what made it."""
+        t = self.trace
+        return f"DCP load plan, every target rank. Generated by dcpviz {t.dcpviz_version} with torch {t.torch_version}."
+
+    def parts(self) -> list[Part]:
+        """What the report shows, in order: hints first, messages, mismatches, reads, resharding."""
+        out: list[Part] = [HintsPart(tuple(self.hints)), self.messages()]
+        if len(self.mismatches):
+            out.append(TablePart("Mismatches (every key, every rank)", self.mismatches.drop(
+                columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore")))
+        if len(self.read_items):
+            out.append(FigurePart("Bytes read per target rank", "read_volume"))
+            out.append(FigurePart("Resharding: target rank × writer rank", "resharding"))
+            if self.read_items["file"].notna().any():
+                out.append(FigurePart("Resharding: target rank × storage file", "resharding", kwargs={"by": "file"}))
+            out += [FigurePart(f"What target rank 0 reads of {fqn}", "read_layout", (fqn, 0)) for fqn in pick_read_tensors(self)]
+        out.append(TablePart("Reads per target rank", self.rank_volume, ("nbytes", "chunk_nbytes", "wanted_nbytes"), max_rows=1024))
+        out.append(TablePart("Read items", self.read_items, ("nbytes", "chunk_nbytes", "storage_nbytes")))
+        return out
 
     # -- facts -----------------------------------------------------------------------------
     @property
     def metadata(self):
         """The checkpoint's DCP Metadata the load was planned against."""
         if self._metadata is None:
-            from .engine.convert import torch_metadata
+            # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
+            from dcpviz.engine.convert import torch_metadata
 
             self._metadata = torch_metadata(self.trace.saved)
         return self._metadata
@@ -215,6 +381,59 @@ class LoadResult(_Result):
             f"<LoadResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
             f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}>"
         )
+
+
+def _save_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
+    status = '<span class="good">valid</span>' if s["validated"] else f'<span class="bad">{s["errors"]} error(s)</span>'
+    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
+    rows = [
+        ("model", f"{html.escape(s['model'])} ({s['dtype']})"),
+        ("job", f"{html.escape(s['recipe'])} on {s['world_size']} ranks, mesh {mesh}"),
+        ("planner", html.escape(f"{s['planner']}({opts})")),
+        ("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
+        ("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
+    ]
+    if s.get("optimizer") or s.get("state"):  # a training state, not only the model's
+        parts = [f"optimizer {s['optimizer']}" if s.get("optimizer") else "no optimizer",
+                 f"app state {s['state']}" if s.get("state") else "{'model', 'optim'} from get_state_dict"]
+        rows.insert(2, ("state", html.escape(" · ".join(parts))))
+    if s["total_bytes"] is not None:
+        rows.append(
+            ("bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
+             f"max {fmt_bytes(s['max_rank_bytes'])} · imbalance (max ÷ mean) {s['imbalance']:.2f}")
+        )
+    rows.append(("status", status))
+    return rows
+
+
+def _load_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
+    rows = [("target", html.escape(f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, mesh {mesh}"))]
+    saved = s["saved_scenario"]
+    what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
+    if saved is not None:
+        what += f"; saved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks"
+    rows.append(("checkpoint", html.escape(what)))
+    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
+    rows.append(("planner", html.escape(f"{s['planner']}({opts})")))
+    if s["reads"]:
+        amp = s["chunk_bytes"] / s["total_bytes"] if s["total_bytes"] else float("nan")
+        rows.append(("reads", f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all · per rank "
+                              f"max {fmt_bytes(s['max_rank_bytes'])} · {fmt_bytes(s['chunk_bytes'])} of saved chunks "
+                              f"deserialised ({amp:.2f}×)"))
+    if s["mismatch_keys"]:
+        rows.append(("mismatches", ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items())))
+    if s["failed_ranks"]:
+        status = f'<span class="bad">dcp.load would fail: the local plan raised on {len(s["failed_ranks"])} of {s["world_size"]} ranks</span>'
+    elif not s["ok"]:
+        status = f'<span class="bad">{s["errors"]} error(s)</span>'
+    elif s["mismatch_keys"]:
+        status = '<span class="bad">plans, with mismatches DCP does not stop on</span>'
+    else:
+        status = '<span class="good">plans cleanly</span>'
+    rows.append(("status", status))
+    return rows
 
 
 def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:

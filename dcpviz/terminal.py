@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .tables import _fmt_bytes as fmt_bytes
+from dcpviz.core.units import fmt_bytes
 
 
 def add_row(table: Table, *cells: Any) -> None:
@@ -19,6 +20,7 @@ def add_row(table: Table, *cells: Any) -> None:
 
 
 def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
+    """A SaveResult's summary as rich renderables (header, per-rank table)."""
     s = result.summary
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan")
@@ -75,7 +77,6 @@ def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
 
 def _na(value: Any, fmt=str) -> str:
     try:
-        import pandas as pd
 
         if pd.isna(value):
             return "-"
@@ -85,10 +86,126 @@ def _na(value: Any, fmt=str) -> str:
 
 
 def print_result(result: Any, console: Console | None = None) -> None:
+    """Print a save or load result's summary to the terminal (rich)."""
     console = console or Console()
-    if result.kind == "save":
-        console.print(save_summary_renderable(result))
-    else:
-        from .terminal_load import load_summary_renderable  # added with the load debugger
+    console.print(RENDERABLES[result.kind](result))
 
-        console.print(load_summary_renderable(result))
+
+
+def _mesh(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
+    return " x ".join(f"{n}={d}" for n, d in zip(names, dims))
+
+
+def _header(result: Any) -> Panel:
+    s = result.summary
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold cyan")
+    head.add_column()
+    add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
+                  f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
+    saved = s["saved_scenario"]
+    what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
+    if saved is not None:
+        what += (f"\nsaved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks, "
+                 f"mesh {_mesh(saved.mesh_dim_names, saved.mesh)}")
+    add_row(head, "checkpoint", what)
+    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
+    add_row(head, "planner", f"{s['planner']}({opts})")
+    if s["reads"]:
+        add_row(
+            head, "reads",
+            f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all; per rank "
+            f"max {fmt_bytes(s['max_rank_bytes'])}, mean {fmt_bytes(s['mean_rank_bytes'])}",
+        )
+    if s["failed_ranks"]:
+        n = len(s["failed_ranks"])
+        status = Text(f"dcp.load would fail: the local plan raised on {n} of {s['world_size']} ranks",
+                      style="bold red")
+    elif not s["ok"]:
+        status = Text(f"{s['errors']} error(s)", style="bold red")
+    elif s["mismatch_keys"]:
+        status = Text("plans, with mismatches DCP does not stop on (see below)", style="bold yellow")
+    else:
+        status = Text("plans cleanly", style="bold green")
+    add_row(head, "status", status)
+    return Panel(head, title="dcpviz load plan", expand=False)
+
+
+def _hints(result: Any) -> list[Any]:
+    out: list[Any] = []
+    for h in result.hints:
+        body = Text()
+        body.append(h.detail + "\n")
+        body.append("fix: ", style="bold")
+        body.append(h.fix, style="green")
+        if h.mapping:
+            shown = ", ".join(f"{a!r}: {b!r}" for a, b in h.mapping[:3])
+            more = f", ... ({len(h.mapping)} in all)" if len(h.mapping) > 3 else ""
+            body.append(f"\nrename {{target key: checkpoint key}}: {{{shown}{more}}}", style="dim")
+        out.append(Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow", expand=True))
+    return out
+
+
+def _mismatches(result: Any, max_rows: int) -> Table | None:
+    df = result.mismatches
+    if not len(df):
+        return None
+    W = result.trace.scenario.world_size
+    t = Table(title=f"mismatches: {df['fqn'].nunique()} keys ({len(df)} rows over ranks)")
+    for col in ("kind", "fqn", "saved", "current", "ranks", "DCP's message (dim: dcpviz's note)"):
+        t.add_column(col, overflow="fold")
+    groups = df.groupby(["kind", "fqn", "message"], sort=False, dropna=False)
+    for i, ((kind, fqn, message), g) in enumerate(groups):
+        if i >= max_rows:
+            t.caption = f"first {max_rows} of {groups.ngroups} keys; all in result.mismatches"
+            break
+        ranks = g["rank"].dropna()
+        rk = "-" if not len(ranks) else ("all" if len(ranks) == W else ",".join(map(str, ranks[:8])) + ("..." if len(ranks) > 8 else ""))
+        first = g.iloc[0]
+        add_row(t, kind, fqn, str(first["saved"] or "-"), str(first["current"] or "-"), rk,
+                message or Text(first["explanation"], style="dim"))
+    return t
+
+
+def _volume(result: Any, max_ranks: int) -> Table:
+    vol = result.rank_volume
+    t = Table(title="reads per target rank")
+    on_disk = bool(result.read_items["file"].notna().any())
+    cols = ["rank", "coordinate", "reads", "bytes", "saved-chunk bytes", "writers"] + (["files"] if on_disk else [])
+    for col in cols:
+        t.add_column(col, justify="right")
+    shown = vol if len(vol) <= max_ranks else vol.sort_values("nbytes", ascending=False, na_position="first").head(max_ranks)
+    for _, row in shown.iterrows():
+        cells = [str(row["rank"]), str(row["coordinate"]), _na(row["reads"]), _na(row["nbytes"], fmt_bytes),
+                 _na(row["chunk_nbytes"], fmt_bytes), _na(row["writers"])]
+        add_row(t, *cells, *([_na(row["files"])] if on_disk else []))
+    if len(vol) > max_ranks:
+        t.caption = f"the {max_ranks} heaviest of {len(vol)} ranks"
+    t.caption = ((t.caption + "; ") if t.caption else "") + (
+        "saved-chunk bytes: whole saved chunks, which FileSystemReader deserialises before narrowing")
+    return t
+
+
+def _na(value: Any, fmt: Any = str) -> str:
+    return "-" if pd.isna(value) else fmt(value)
+
+
+def load_summary_renderable(result: Any, max_ranks: int = 16, max_mismatches: int = 20) -> Group:
+    """Header, hints (most likely cause first), mismatches grouped by key, per-rank reads,
+    errors and notes."""
+    parts: list[Any] = [_header(result), *_hints(result)]
+    mm = _mismatches(result, max_mismatches)
+    if mm is not None:
+        parts.append(mm)
+    parts.append(_volume(result, max_ranks))
+    for err in result.errors[:8]:
+        parts.append(Text(err, style="red"))
+    if len(result.errors) > 8:
+        parts.append(Text(f"... {len(result.errors) - 8} more errors in result.errors", style="red"))
+    for note in result.trace.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    return Group(*parts)
+
+
+# Which renderable each kind of result gets (a table, not a branch: a new kind adds a line).
+RENDERABLES = {"save": save_summary_renderable, "load": load_summary_renderable}

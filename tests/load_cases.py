@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import dcpviz
-from dcpviz.models import MLP
+from dcpviz.engine.models import MLP
 
 
 def compiled_mlp():

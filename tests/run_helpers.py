@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
-from dcpviz.models import MLP
+from dcpviz.engine.models import MLP
 
 
 class FailingLocalPlanner(DefaultSavePlanner):

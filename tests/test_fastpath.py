@@ -5,7 +5,7 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import dcpviz
-from dcpviz.models import MLP
+from dcpviz.engine.models import MLP
 
 LAYOUTS = [
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),

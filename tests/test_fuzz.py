@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import dcpviz
-from dcpviz.checkpoint import METADATA_FILE, read_metadata
 from dcpviz.cli import main
+from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
 
 FUZZ = dict(
     derandomize=True, database=None, deadline=None,

@@ -7,7 +7,7 @@ import pytest
 import dcpviz
 import dcpviz.views as V
 from dcpviz.cli import main
-from dcpviz.errors import UserCodeError
+from dcpviz.core.errors import UserCodeError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from reference import chunk_rows, hand_metadata, hand_state_dict, load_plan_items, result_reads
 
 import dcpviz
-from dcpviz.models import PRESETS
+from dcpviz.engine.models import PRESETS
 
 # (model, saved recipe, saved mesh, saved names, target recipe, target mesh, target names)
 CASES = [

@@ -11,7 +11,7 @@ from load_cases import compiled_target_load
 from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
 
 import dcpviz
-from dcpviz.errors import CheckpointError, ScenarioError, TraceFileError
+from dcpviz.core.errors import CheckpointError, ScenarioError, TraceFileError
 
 
 @pytest.fixture(scope="module")

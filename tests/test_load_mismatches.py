@@ -15,8 +15,8 @@ from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
 import dcpviz
-from dcpviz.models import LLAMA_CONFIGS, MLP, Transformer
-from dcpviz.trace import MismatchRecord
+from dcpviz.core.trace import MismatchRecord
+from dcpviz.engine.models import LLAMA_CONFIGS, MLP, Transformer
 
 
 def flat_keys(factory) -> list[str]:
@@ -184,7 +184,7 @@ def _with_mismatches(trace, records):
 
 
 def test_optimizer_key_shapes(mlp_fsdp4):
-    from dcpviz.hints import compute_hints
+    from dcpviz.analysis.hints import compute_hints
 
     base = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")).trace
     by_name = [MismatchRecord(f"optim.state.fc1.weight.{s}", "missing", (0, 1), current_size=(190, 16), current_dtype="float32")

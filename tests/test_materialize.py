@@ -7,9 +7,9 @@ import torch
 
 import dcpviz
 from dcpviz.engine.materialize import materialize
+from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.statedict import build_mesh, build_model_on_meta
 from dcpviz.engine.world import fake_world
-from dcpviz.recipes import apply_recipe
 
 
 def materialized_state(scenario: dcpviz.Scenario, rank: int) -> dict[str, torch.Tensor]:

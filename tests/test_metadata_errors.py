@@ -11,8 +11,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
 import dcpviz
-from dcpviz.checkpoint import METADATA_FILE, read_metadata
-from dcpviz.errors import CheckpointError
+from dcpviz.core.errors import CheckpointError
+from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
 
 
 def write_small_checkpoint(path) -> str:

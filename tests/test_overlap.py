@@ -22,8 +22,8 @@ from torch.distributed.checkpoint.metadata import (
 
 import dcpviz
 from dcpviz.engine import overlap
+from dcpviz.engine.models import PRESETS
 from dcpviz.engine.world import fake_world
-from dcpviz.models import PRESETS
 
 DCP_READS = planner_helpers.create_read_items_for_chunk_list
 

@@ -135,7 +135,7 @@ def _stale_meshes_on_rank1(sc) -> tuple[int, list[str]]:
     from torch.distributed.tensor import DTensor
 
     from dcpviz.engine import statedict, world
-    from dcpviz.recipes import apply_recipe
+    from dcpviz.engine.recipes import apply_recipe
 
     with world.fake_world(1, sc.world_size):
         model = apply_recipe(sc.recipe, statedict.build_model_on_meta(sc), statedict.build_mesh(sc))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dcpviz
-from dcpviz.errors import ScenarioError
+from dcpviz.core.errors import ScenarioError
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import dcpviz
-from dcpviz.trace import VERSION
+from dcpviz.core.trace import VERSION
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import dcpviz
-from dcpviz.trace import VERSION
+from dcpviz.core.trace import VERSION
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_trace_reading_needs_no_torch():
     import ast
     from pathlib import Path
 
-    root = Path(dcpviz.__file__).parent
+    root = Path(dcpviz.__file__).parent / "core"
     for name in ("trace.py", "trace_codec.py", "trace_validate.py", "errors.py"):
         tree = ast.parse((root / name).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from reference import hand_state_dict, plan_items, trace_items
 
 import dcpviz
-from dcpviz.models import PRESETS
+from dcpviz.engine.models import PRESETS
 
 OPTIMIZER_CASES = [
     ("mlp", "fsdp", (4,), ("shard",), "adamw"),

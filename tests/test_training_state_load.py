@@ -153,8 +153,8 @@ def test_param_group_keys_are_not_taken_for_index_keyed_state(adamw_save):
     names in the checkpoint but by parameter names in the target")."""
     import dataclasses
 
-    from dcpviz.hints import compute_hints
-    from dcpviz.trace import MismatchRecord
+    from dcpviz.analysis.hints import compute_hints
+    from dcpviz.core.trace import MismatchRecord
 
     base = dcpviz.simulate_load(adamw_save, target(optimizer="adamw")).trace
     records = [  # the target has SGD's group key and moment; the checkpoint another moment

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.planner import SavePlan
 
 import dcpviz
 from dcpviz.engine import validation
-from dcpviz.models import PRESETS
+from dcpviz.engine.models import PRESETS
 
 DCP_VALIDATE = default_planner._validate_global_plan
 

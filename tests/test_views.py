@@ -10,8 +10,8 @@ from torch.distributed.checkpoint import DefaultSavePlanner
 
 import dcpviz
 import dcpviz.views as V
-from dcpviz import tables
-from dcpviz.errors import DcpvizError
+from dcpviz.analysis import save_tables as tables
+from dcpviz.core.errors import DcpvizError
 
 
 @pytest.fixture(scope="module")

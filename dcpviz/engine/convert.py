@@ -17,7 +17,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem
 
-from ..trace import (
+from dcpviz.core.errors import TraceFileError
+from dcpviz.core.trace import (
     ChunkInfo,
     MetadataInfo,
     PlannedItem,
@@ -32,6 +33,7 @@ _SIMPLE = (bool, int, float, str, type(None))
 
 
 def dtype_str(dtype: torch.dtype) -> str:
+    """A torch dtype's name as a trace writes it ('float32')."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -40,7 +42,6 @@ def dtype_from_str(name: str) -> torch.dtype:
     one from a torch with more dtypes) is a TraceFileError, which is also a ValueError."""
     dt = getattr(torch, name, None) if isinstance(name, str) and not name.startswith("_") else None
     if not isinstance(dt, torch.dtype):
-        from ..errors import TraceFileError
 
         raise TraceFileError(
             f"unknown dtype {name!r}: torch {torch.__version__} has no such dtype. The trace is "
@@ -78,6 +79,7 @@ class ItemTable:
         self._ids: dict[PlannedItem, int] = {}
 
     def add(self, item: PlannedItem) -> int:
+        """The id of ``item``, added once however often it is seen."""
         idx = self._ids.get(item)
         if idx is None:
             idx = self._ids[item] = len(self.items)
@@ -102,6 +104,7 @@ def byte_item_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
 
 
 def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> PlannedItem:
+    """A DCP WriteItem as a trace's PlannedItem."""
     index_off = _box(wi.index.offset) if wi.index.offset is not None else None
     td = wi.tensor_data
     if td is not None:
@@ -147,6 +150,7 @@ class PlanConverter:
         self._items: dict[tuple, int] = {}
 
     def record(self, plan: SavePlan, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
+        """A SavePlan as a PlanRecord (item ids into the shared item table)."""
         hit = self._plans.get(id(plan))
         if hit is not None:
             return hit
@@ -167,10 +171,12 @@ class PlanConverter:
 
     @property
     def items(self) -> list[PlannedItem]:
+        """Every distinct item recorded so far, in id order."""
         return self.table.items
 
 
 def metadata_info(md: Metadata) -> MetadataInfo:
+    """DCP's Metadata as the trace's plain MetadataInfo."""
     tensors, bytes_keys = [], []
     for fqn, value in md.state_dict_metadata.items():
         if isinstance(value, TensorStorageMetadata):

@@ -9,8 +9,8 @@ import torch
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 
-from ..trace import ChunkInfo, PlanRecord, ReadRecord, TargetValue
-from .convert import ItemTable, dtype_str
+from dcpviz.core.trace import ChunkInfo, PlanRecord, ReadRecord, TargetValue
+from dcpviz.engine.convert import ItemTable, dtype_str
 
 
 def _box(seq: Any) -> tuple[int, ...]:
@@ -27,6 +27,7 @@ def saved_itemsizes(md: Metadata) -> dict[str, int]:
 
 
 def read_record(ri: ReadItem, itemsizes: dict[str, int]) -> ReadRecord:
+    """A DCP ReadItem as the trace's ReadRecord."""
     lengths = _box(ri.lengths)
     dest, src = ri.dest_index, ri.storage_index
     is_bytes = ri.type.name == "BYTE_IO"

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from ..scenario import Scenario
-from .statedict import rank_state_dict
-from .world import fake_world
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.training_state import SPMD_STATE_PRESETS
+from dcpviz.engine.world import _rank_mesh, fake_world
 
 
 class Leaves:
@@ -107,8 +108,6 @@ def per_rank_state_reason(scenario: Scenario) -> str | None:
     ``dp_rank_{i}`` data-loader keys, an RNG state): a template would hand every rank rank 0's,
     and no check on sample ranks proves the others equal. Only presets known to be the model's
     and optimizer's state on every rank (``SPMD_STATE_PRESETS``) keep the shortcut."""
-    from .training_state import SPMD_STATE_PRESETS
-
     state = scenario.state
     if state is None or (isinstance(state, str) and state in SPMD_STATE_PRESETS):
         return None
@@ -116,6 +115,7 @@ def per_rank_state_reason(scenario: Scenario) -> str | None:
 
 
 def sample_ranks(world_size: int) -> list[int]:
+    """The ranks a callable recipe is checked on before it is trusted to be SPMD."""
     return sorted({world_size - 1, world_size // 2} - {0})
 
 
@@ -160,7 +160,6 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
     from torch.distributed.tensor._dtensor_spec import DTensorSpec
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    from .world import _rank_mesh
 
     leaves = Leaves(template)
     out: dict[str, Any] = {}
@@ -212,6 +211,7 @@ def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
 
 
 def can_share_plans(planner: Any) -> bool:
+    """Whether ranks of one class may share ``planner``'s local plan (DCP's default planner: exact)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)

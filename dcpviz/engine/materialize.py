@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from dcpviz.engine.world import rebind_to_rank
+
 _GOLDEN = 0x9E3779B1  # Knuth's multiplicative hash constant: spreads consecutive positions
 _MIX = 0x85EBCA6B  # murmur3's finaliser constant
 
@@ -93,7 +95,6 @@ def materialize(model: nn.Module, device: str | torch.device) -> None:
     make the saved bytes differ from run to run."""
     import torch.distributed as dist
 
-    from .world import rebind_to_rank
 
     model.to_empty(device=device)
     with torch.no_grad():

@@ -12,6 +12,7 @@ an empty message.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,25 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from ..trace import MismatchRecord, TargetValue
-from .convert import dtype_str
+from dcpviz.core.trace import MismatchRecord, TargetValue
+from dcpviz.engine.convert import dtype_str
 
 Box = tuple[int, ...]
+
+
+
+def read_facts(reads: Iterable[tuple[str, str]]) -> tuple[dict[str, str], set[str], set[str]]:
+    """(target key -> checkpoint key where a planner renames, target keys read, checkpoint keys
+    read) of one rank's plan, from its reads as (target key, checkpoint key) pairs."""
+    renames: dict[str, str] = {}
+    dest: set[str] = set()
+    src: set[str] = set()
+    for fqn, storage_fqn in reads:
+        dest.add(fqn)
+        src.add(storage_fqn)
+        if storage_fqn != fqn:
+            renames[fqn] = storage_fqn
+    return renames, dest, src
 
 
 @dataclass(frozen=True)

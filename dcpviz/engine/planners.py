@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import DcpvizError, UserCodeError
+from dcpviz.core.errors import DcpvizError, UserCodeError
 
 
 def planner_factory(planner: Any, base: type, default: type) -> Callable[[], Any]:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from ..errors import DcpvizError
-from ..trace import ErrorRecord
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord
 
 HOST = "127.0.0.1"
 ERROR_GRACE_S = 3.0  # after a first error, how long the other ranks get to report theirs
@@ -53,12 +53,14 @@ class RunInfo:
 
 @dataclass
 class Outcome:
+    """What the workers of one run sent back: payloads per rank, errors, run facts."""
     payloads: dict[int, dict[str, Any]]
     errors: list[ErrorRecord]
     info: RunInfo
 
     @property
     def ok(self) -> bool:
+        """True when no rank failed."""
         return not self.errors and len(self.payloads) == self.info.world_size
 
 
@@ -212,6 +214,115 @@ def _stop(procs: list[Any]) -> None:
         p.join()
 
 
+@dataclass
+class _Gather:
+    """What the parent has heard from its workers so far."""
+
+    info: RunInfo
+    world: int
+    t0: float
+    payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    seen: set[tuple] = field(default_factory=set)
+    error_deadline: float | None = None
+
+    def receive(self, kind: str, rank: int, body: Any) -> None:
+        """One message from a worker: a phase it entered, its result, or its errors."""
+        if kind == "phase":
+            self.info.phases[rank] = body
+            self.info.phase_times.setdefault(rank, []).append((body, round(time.monotonic() - self.t0, 3)))
+        elif kind == "ok":
+            self.payloads[rank] = body
+            self.info.phase_times.setdefault(rank, []).append(("done", round(time.monotonic() - self.t0, 3)))
+        elif kind == "error":
+            for e in body["errors"]:
+                rec = ErrorRecord(**e)
+                key = (rec.phase, rec.rank, rec.exc_type, rec.message)
+                if key not in self.seen:
+                    self.seen.add(key)
+                    self.errors.append(rec)
+            if body.get("payload"):
+                self.payloads.setdefault(rank, body["payload"])
+            if self.error_deadline is None:
+                self.error_deadline = time.monotonic() + ERROR_GRACE_S
+
+    def all_reported(self) -> bool:
+        return len(self.payloads) == self.world and not self.errors
+
+
+def _start_workers(ctx: Any, job: Callable[..., dict[str, Any]], world: int, info: RunInfo, backend: str,
+                   device: str, timeout: float, args: tuple, procs: list[Any], readers: dict[Any, int]) -> None:
+    for r in range(world):
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_entry, name=f"dcpviz-rank{r}", daemon=True,
+                        args=(job, r, world, info.port, writer, backend, device, timeout, args))
+        p.start()
+        writer.close()  # the child holds the only write end: EOF when it exits
+        procs.append(p)
+        readers[reader] = r
+    info.pids = [p.pid for p in procs]
+
+
+def _should_stop(g: _Gather, procs: list[Any], readers: dict[Any, int], exited: set[int], deadline: float) -> bool:
+    if g.all_reported():
+        # Everyone reported: let them leave on their own (destroy_process_group).
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        return True
+    if len(exited) == g.world and not readers:
+        return True
+    now = time.monotonic()
+    if g.error_deadline is not None and now >= g.error_deadline:
+        return True
+    if now >= deadline:
+        g.info.timed_out = not g.errors
+        return True
+    return False
+
+
+def _listen(g: _Gather, procs: list[Any], readers: dict[Any, int], deadline: float) -> None:
+    """Take messages until everyone reported, all exited, an error's grace ran out, or time is up."""
+    sentinels = {p.sentinel: r for r, p in enumerate(procs)}
+    exited: set[int] = set()
+    while not _should_stop(g, procs, readers, exited, deadline):
+        limit = deadline if g.error_deadline is None else min(deadline, g.error_deadline)
+        waiting = [*readers, *(s for s, r in sentinels.items() if r not in exited)]
+        for obj in wait(waiting, limit - time.monotonic()):
+            if obj not in readers:
+                exited.add(sentinels[obj])
+                continue
+            try:
+                kind, rank, body = obj.recv()
+            except (EOFError, OSError):
+                del readers[obj]
+                obj.close()
+                continue
+            g.receive(kind, rank, body)
+
+
+def _silent_deaths(g: _Gather, procs: list[Any]) -> None:
+    """Processes that ended without reporting (killed, segfault, os._exit in user code)."""
+    for r, p in enumerate(procs):
+        p.join(0.05)
+        reported = r in g.payloads or any(e.rank == r for e in g.errors)
+        if p.exitcode not in (None, 0) and not reported and not g.info.timed_out:
+            g.errors.append(ErrorRecord(
+                phase=g.info.phases.get(r, "start"), rank=r, exc_type="WorkerDied",
+                message=f"rank {r} exited with code {p.exitcode} without reporting an error"
+                        + (" (killed by a signal)" if p.exitcode < 0 else ""),
+            ))
+
+
+def _timeout_error(g: _Gather, timeout: float) -> None:
+    pending = [r for r in range(g.world) if r not in g.payloads]
+    where = ", ".join(f"rank {r} in {g.info.phases.get(r, 'start')!r}" for r in pending)
+    g.errors.append(ErrorRecord(
+        phase="timeout", rank=None, exc_type="TimeoutError",
+        message=f"the run did not finish within timeout={timeout:g}s; still running: {where}. "
+                "All worker processes were stopped.",
+    ))
+
+
 def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, backend: str,
            device: str, timeout: float, start_method: str = "spawn") -> Outcome:
     """Run ``job(rank, world, report, *args)`` in ``world`` processes inside a process group.
@@ -228,90 +339,19 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
         # program's forkserver is already running.
         ctx.set_forkserver_preload([job.__module__])
     info = RunInfo(backend=backend, device=device, world_size=world, start_method=start_method)
-    payloads: dict[int, dict[str, Any]] = {}
-    errors: list[ErrorRecord] = []
-    seen: set[tuple] = set()
     t0 = time.monotonic()
+    g = _Gather(info=info, world=world, t0=t0)
     store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
                           timeout=_dt.timedelta(seconds=timeout))
     info.port = store.port
     procs: list[Any] = []
     readers: dict[Any, int] = {}
     try:
-        for r in range(world):
-            reader, writer = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_entry, name=f"dcpviz-rank{r}", daemon=True,
-                            args=(job, r, world, info.port, writer, backend, device, timeout, args))
-            p.start()
-            writer.close()  # the child holds the only write end: EOF when it exits
-            procs.append(p)
-            readers[reader] = r
-        info.pids = [p.pid for p in procs]
-        deadline = t0 + timeout
-        error_deadline: float | None = None
-        sentinels = {p.sentinel: r for r, p in enumerate(procs)}
-        exited: set[int] = set()
-        while True:
-            if len(payloads) == world and not errors:
-                # Everyone reported: let them leave on their own (destroy_process_group).
-                for p in procs:
-                    p.join(max(0.0, deadline - time.monotonic()))
-                break
-            if len(exited) == world and not readers:
-                break
-            now = time.monotonic()
-            if error_deadline is not None and now >= error_deadline:
-                break
-            if now >= deadline:
-                info.timed_out = not errors
-                break
-            limit = deadline if error_deadline is None else min(deadline, error_deadline)
-            waiting = [*readers, *(s for s, r in sentinels.items() if r not in exited)]
-            for obj in wait(waiting, limit - now):
-                if obj not in readers:
-                    exited.add(sentinels[obj])
-                    continue
-                try:
-                    kind, rank, body = obj.recv()
-                except (EOFError, OSError):
-                    del readers[obj]
-                    obj.close()
-                    continue
-                if kind == "phase":
-                    info.phases[rank] = body
-                    info.phase_times.setdefault(rank, []).append((body, round(time.monotonic() - t0, 3)))
-                elif kind == "ok":
-                    payloads[rank] = body
-                    info.phase_times.setdefault(rank, []).append(("done", round(time.monotonic() - t0, 3)))
-                elif kind == "error":
-                    for e in body["errors"]:
-                        rec = ErrorRecord(**e)
-                        key = (rec.phase, rec.rank, rec.exc_type, rec.message)
-                        if key not in seen:
-                            seen.add(key)
-                            errors.append(rec)
-                    if body.get("payload"):
-                        payloads.setdefault(rank, body["payload"])
-                    if error_deadline is None:
-                        error_deadline = time.monotonic() + ERROR_GRACE_S
-        # Processes that ended without reporting (killed, segfault, os._exit in user code).
-        for r, p in enumerate(procs):
-            p.join(0.05)
-            reported = r in payloads or any(e.rank == r for e in errors)
-            if p.exitcode not in (None, 0) and not reported and not info.timed_out:
-                errors.append(ErrorRecord(
-                    phase=info.phases.get(r, "start"), rank=r, exc_type="WorkerDied",
-                    message=f"rank {r} exited with code {p.exitcode} without reporting an error"
-                            + (" (killed by a signal)" if p.exitcode < 0 else ""),
-                ))
+        _start_workers(ctx, job, world, info, backend, device, timeout, args, procs, readers)
+        _listen(g, procs, readers, t0 + timeout)
+        _silent_deaths(g, procs)
         if info.timed_out:
-            pending = [r for r in range(world) if r not in payloads]
-            where = ", ".join(f"rank {r} in {info.phases.get(r, 'start')!r}" for r in pending)
-            errors.append(ErrorRecord(
-                phase="timeout", rank=None, exc_type="TimeoutError",
-                message=f"the run did not finish within timeout={timeout:g}s; still running: {where}. "
-                        "All worker processes were stopped.",
-            ))
+            _timeout_error(g, timeout)
     finally:
         _stop(procs)
         for reader in list(readers):
@@ -319,4 +359,4 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
         info.exitcodes = [p.exitcode for p in procs]
         info.wall_s = time.monotonic() - t0
         del store  # closes the listening socket: the port is free again
-    return Outcome(payloads=payloads, errors=errors, info=info)
+    return Outcome(payloads=g.payloads, errors=g.errors, info=info)

@@ -27,9 +27,20 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
-from ..errors import DcpvizError, RecordingWarning
-from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, ScenarioInfo, write_trace
-from .convert import (
+from dcpviz.core.components import captured_components
+from dcpviz.core.errors import DcpvizError, RecordingWarning
+from dcpviz.core.trace import (
+    ErrorRecord,
+    PlannedItem,
+    PlanRecord,
+    SaveTrace,
+    ScenarioInfo,
+    to_plain,
+    write_trace,
+)
+from dcpviz.core.trace_codec import decode_plain
+from dcpviz.core.version import __version__
+from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
     metadata_info,
@@ -37,6 +48,10 @@ from .convert import (
     planner_info,
     tensor_layouts,
 )
+from dcpviz.engine.phases import now, scenario_info, torch_version
+from dcpviz.engine.planners import set_up_save_planner
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.simulate import unvalidated_global_plan
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -113,8 +128,6 @@ def infer_scenario(state_dict: dict[str, Any], world_size: int) -> tuple[Scenari
 def _scenario_info(scenario: Any) -> ScenarioInfo | None:
     if scenario is None or isinstance(scenario, ScenarioInfo):
         return scenario
-    from ..scenario import Scenario
-    from .simulate import scenario_info
 
     if isinstance(scenario, Scenario):
         return scenario_info(scenario)
@@ -152,64 +165,72 @@ def check_path_template(path: str | os.PathLike[str]) -> str:
     return template
 
 
-def record_safely(rec: Any, what: str, step: Callable[..., Any], *args: Any) -> Any:
-    """Run one of the recorder's own steps. Recording must never change what DCP does, so a
-    failure here (a trace that cannot be built or written) becomes a ``RecordingWarning`` and
-    a note in ``rec.problems``; the dcp call goes on. Returns None after a failure."""
-    try:
-        return step(*args)
-    except Exception as exc:  # noqa: BLE001 - any failure of ours must stay out of DCP's way
-        note_problem(rec, what, exc)
-        return None
+class Recorder:
+    """What both recording planners share: the wrapped planner (default DCP's), where the trace
+    goes, this process's rank, one numbered trace per dcp call, and problems of their own kept
+    out of DCP's way. Subclasses also derive from DCP's SavePlanner / LoadPlanner and define
+    ``_reset`` (forget the previous call)."""
+
+    problems: list[str]
+
+    def _init_recorder(self, path: str | os.PathLike[str], planner: Any, base: type, default: type,
+                       scenario: Any) -> None:
+        """Set up the wrapped planner, the path template and the rank. Options are read before
+        set_up_planner adds state."""
+        template = check_path_template(path)
+        if planner is None:
+            planner = default()
+        elif isinstance(planner, type) and issubclass(planner, base):
+            planner = planner()
+        if not isinstance(planner, base):
+            raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint {base.__name__}.")
+        if isinstance(planner, type(self)):
+            raise DcpvizError(f"planner is already a {type(self).__name__}; wrap the inner planner once.")
+        self._inner = planner
+        self._path_template = template
+        self._saves = -1  # calls to set_up_planner so far (one per dcp call)
+        self.path = Path(template.format(n=0))
+        self._scenario = _scenario_info(scenario)
+        self._planner_info = planner_info(planner, default)
+        self._rank, self._world = _rank_and_world()
+        self.is_coordinator = False
+        self._reset()
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _start_call(self, is_coordinator: bool) -> None:
+        """Begin one dcp.save / dcp.load: one planner object often serves every periodic save, so
+        each call starts afresh (and numbers its trace when the path holds ``{n}``)."""
+        self._rank, self._world = _rank_and_world()
+        self.is_coordinator = is_coordinator
+        self._saves += 1
+        self.path = Path(self._path_template.format(n=self._saves))
+        self._reset()
+
+    def _record_safely(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one of the recorder's own steps. Recording must never change what DCP does, so a
+        failure here (a trace that cannot be built or written) becomes a ``RecordingWarning`` and
+        a note in ``problems``; the dcp call goes on. Returns None after a failure."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of ours must stay out of DCP's way
+            self._note_problem(what, exc)
+            return None
+
+    def _note_problem(self, what: str, exc: BaseException) -> None:
+        """Record that the recorder could not do ``what``: a RecordingWarning and a problem note."""
+        message = (f"{type(self).__name__} could not {what} ({type(exc).__name__}: {exc}); "
+                   "the checkpoint call itself is not affected.")
+        self.problems.append(message)
+        warnings.warn(message, RecordingWarning, stacklevel=2)
+
+    def _problem_notes(self) -> list[str]:
+        """The recorder's problems so far, as trace notes."""
+        return [f"Recording problem: {p}" for p in self.problems]
 
 
-def note_problem(rec: Any, what: str, exc: BaseException) -> None:
-    """Record that the recorder could not do ``what``: a RecordingWarning and a problem note."""
-    message = (f"{type(rec).__name__} could not {what} ({type(exc).__name__}: {exc}); "
-               "the checkpoint call itself is not affected.")
-    rec.problems.append(message)
-    warnings.warn(message, RecordingWarning, stacklevel=2)
-
-
-def problem_notes(rec: Any) -> list[str]:
-    """The recorder's problems so far, as trace notes."""
-    return [f"Recording problem: {p}" for p in rec.problems]
-
-
-def init_recorder(rec: Any, path: str | os.PathLike[str], planner: Any, base: type, default: type, scenario: Any) -> None:
-    """What both recording planners set up: the wrapped planner (default DCP's), where the
-    trace goes, and this process's rank. Options are read before set_up_planner adds state."""
-    template = check_path_template(path)
-    if planner is None:
-        planner = default()
-    elif isinstance(planner, type) and issubclass(planner, base):
-        planner = planner()
-    if not isinstance(planner, base):
-        raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint {base.__name__}.")
-    if isinstance(planner, type(rec)):
-        raise DcpvizError(f"planner is already a {type(rec).__name__}; wrap the inner planner once.")
-    rec._inner = planner
-    rec._path_template = template
-    rec._saves = -1  # calls to set_up_planner so far (one per dcp call)
-    rec.path = Path(template.format(n=0))
-    rec._scenario = _scenario_info(scenario)
-    rec._planner_info = planner_info(planner, default)
-    rec._rank, rec._world = _rank_and_world()
-    rec.is_coordinator = False
-    rec._reset()
-
-
-def start_call(rec: Any, is_coordinator: bool) -> None:
-    """Begin one dcp.save / dcp.load: one planner object often serves every periodic save, so
-    each call starts afresh (and numbers its trace when the path holds ``{n}``)."""
-    rec._rank, rec._world = _rank_and_world()
-    rec.is_coordinator = is_coordinator
-    rec._saves += 1
-    rec.path = Path(rec._path_template.format(n=rec._saves))
-    rec._reset()
-
-
-class RecordingSavePlanner(SavePlanner):
+class RecordingSavePlanner(Recorder, SavePlanner):
     """Wrap a SavePlanner (default: DCP's ``DefaultSavePlanner()``) and write a dcpviz trace.
 
     Pass it to ``dcp.save(..., planner=RecordingSavePlanner("plan.json"))`` on every rank. The
@@ -231,7 +252,7 @@ class RecordingSavePlanner(SavePlanner):
 
     def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
                  scenario: Any = None) -> None:
-        init_recorder(self, path, planner, SavePlanner, DefaultSavePlanner, scenario)
+        self._init_recorder(path, planner, SavePlanner, DefaultSavePlanner, scenario)
 
     def _reset(self) -> None:
         """Forget the previous dcp.save's facts."""
@@ -261,38 +282,37 @@ class RecordingSavePlanner(SavePlanner):
 
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
-        from .planners import set_up_save_planner
-
-        start_call(self, is_coordinator)
+        """DCP's set_up_planner, passed through; starts a new recorded call."""
+        self._start_call(is_coordinator)
         t0 = time.perf_counter()
         set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
         t1 = time.perf_counter()
         self._timings["set_up_planner"] = t1 - t0
         if is_coordinator:
             # Only the coordinator describes the job; the other ranks pay nothing here.
-            record_safely(self, "describe the state dict", self._describe, state_dict)
+            self._record_safely("describe the state dict", self._describe, state_dict)
             self._overhead += time.perf_counter() - t1
 
     def _describe(self, state_dict: Any) -> None:
         flat = _flat(state_dict)
         self._layouts = tensor_layouts(flat)
         self._inferred = infer_scenario(flat, self._world)
-        from ..components import captured_components
-
         self._components = captured_components(state_dict)
 
     def create_local_plan(self) -> SavePlan:
+        """The inner planner's local plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.create_local_plan()
         t1 = time.perf_counter()
         self._timings["create_local_plan"] = t1 - t0
         self._local_plan = plan
-        self._byte_sizes = record_safely(self, "measure the BYTE_IO items", byte_item_sizes,
+        self._byte_sizes = self._record_safely("measure the BYTE_IO items", byte_item_sizes,
                                          self._inner, plan.items) or {}
         self._overhead += time.perf_counter() - t1
         return plan
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
+        """The inner planner's global plan and metadata, recorded (and written by the coordinator)."""
         t0 = time.perf_counter()
         try:
             global_plans, metadata = self._inner.create_global_plan(all_plans)
@@ -303,14 +323,15 @@ class RecordingSavePlanner(SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_global_plan"] = t1 - t0
         self._global_plans, self._metadata = global_plans, metadata
-        self._trace = record_safely(self, "build the trace", self._build_trace, all_plans, global_plans,
+        self._trace = self._record_safely("build the trace", self._build_trace, all_plans, global_plans,
                                     metadata, (), True)
         if self._trace is not None:
-            record_safely(self, f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
+            self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
         self._overhead += time.perf_counter() - t1
         return global_plans, metadata
 
     def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        """The inner planner's final plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.finish_plan(new_plan)
         self._timings["finish_plan"] = time.perf_counter() - t0
@@ -318,6 +339,7 @@ class RecordingSavePlanner(SavePlanner):
         return plan
 
     def resolve_data(self, write_item: WriteItem) -> Any:
+        """The inner planner's data for a write item, unchanged."""
         return self._inner.resolve_data(write_item)
 
     # -- after dcp.save --------------------------------------------------------------------
@@ -331,7 +353,7 @@ class RecordingSavePlanner(SavePlanner):
         if not self.is_coordinator or self._trace is None:
             return None
         t0 = time.perf_counter()
-        written = record_safely(self, f"complete the trace at {str(self.path)!r}", self._complete, metadata)
+        written = self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete, metadata)
         self._overhead += time.perf_counter() - t0
         return written
 
@@ -348,7 +370,7 @@ class RecordingSavePlanner(SavePlanner):
         else:
             info = self._trace.metadata
         notes = [n for n in notes if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
-        notes += problem_notes(self)
+        notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
             same = _same_items(self._final_plan, self._global_plans[self._coordinator_index()])
             notes.append(
@@ -370,7 +392,6 @@ class RecordingSavePlanner(SavePlanner):
         """This rank's own facts, as plain data: its local and final plan items, the BYTE_IO
         sizes it serialised, its timings. run_save collects these from every worker to fill in
         what the coordinator cannot see."""
-        from ..trace import to_plain
 
         def items(plan: SavePlan | None) -> list[dict[str, Any]] | None:
             if plan is None:
@@ -393,7 +414,6 @@ class RecordingSavePlanner(SavePlanner):
 
     def _record_failure(self, all_plans: list[SavePlan], exc: BaseException) -> None:
         """The coordinator's planner raised: write what was planned so far, then let DCP raise."""
-        from .simulate import unvalidated_global_plan
 
         t0 = time.perf_counter()
         try:
@@ -409,14 +429,11 @@ class RecordingSavePlanner(SavePlanner):
             self._trace = self._build_trace(all_plans, global_plans, md, (err,), False, extra)
             write_trace(self._trace, self.path)
         except Exception as rec_exc:  # recording must never mask the planner's own error
-            note_problem(self, "record the failed global plan", rec_exc)
+            self._note_problem("record the failed global plan", rec_exc)
         self._overhead += time.perf_counter() - t0
 
     def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
                      errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
-        from .. import __version__
-        from .simulate import _now, _torch_version
-
         W = len(all_plans)
         conv = _GatheredPlanConverter()
         own = self._byte_sizes
@@ -441,7 +458,7 @@ class RecordingSavePlanner(SavePlanner):
             "planner.complete() after dcp.save to add them.",
             *extra_notes,
             *inferred_notes,
-            *problem_notes(self),
+            *self._problem_notes(),
         ]
         if others_bytes:
             notes.append(
@@ -469,9 +486,9 @@ class RecordingSavePlanner(SavePlanner):
             notes=tuple(notes),
             layouts=self._layouts,
             source="capture",
-            torch_version=_torch_version(),
+            torch_version=torch_version(),
             dcpviz_version=__version__,
-            created=_now(),
+            created=now(),
         )
 
 
@@ -508,6 +525,5 @@ def planned_items_from_plain(items: list[dict[str, Any]] | None) -> list[Planned
     """Rebuild PlannedItems sent as plain data by rank_record()."""
     if items is None:
         return None
-    from ..trace_codec import decode_plain
 
     return [decode_plain(PlannedItem, it, "rank_record") for it in items]

@@ -18,31 +18,26 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
-from ..trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
-from .convert import ItemTable, metadata_info
-from .convert_load import load_plan_record, read_record, saved_itemsizes, target_value
-from .recording import (
+from dcpviz.core.components import captured_components
+from dcpviz.core.trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
+from dcpviz.core.trace_codec import decode_plain
+from dcpviz.core.version import __version__
+from dcpviz.engine.convert import ItemTable, metadata_info
+from dcpviz.engine.convert_load import load_plan_record, read_record, saved_itemsizes, target_value
+from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
+from dcpviz.engine.phases import now, torch_version
+from dcpviz.engine.recording import (
+    Recorder,
+    _flat,
     infer_scenario,
-    init_recorder,
-    note_problem,
-    problem_notes,
-    record_safely,
-    start_call,
 )
+from dcpviz.engine.saved import resolve_saved
+from dcpviz.engine.simulate_load import planner_view
 
 
-def read_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
-    """(target key -> checkpoint key where a planner renames, target keys read, checkpoint keys
-    read) of one rank's plan, as simulate_load derives them."""
-    renames: dict[str, str] = {}
-    dest: set[str] = set()
-    src: set[str] = set()
-    for r in reads or ():
-        dest.add(r.fqn)
-        src.add(r.storage_fqn or r.fqn)
-        if r.storage_fqn and r.storage_fqn != r.fqn:
-            renames[r.fqn] = r.storage_fqn
-    return renames, dest, src
+def record_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
+    """``read_facts`` of one rank's recorded reads (a read's storage key is its own when None)."""
+    return read_facts((r.fqn, r.storage_fqn or r.fqn) for r in reads or ())
 
 
 def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[str, str] | None,
@@ -50,18 +45,17 @@ def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[st
                    read_storage_fqns: set[str]) -> tuple:
     """Mismatch records as simulate_load builds them, from the ranks whose values are known:
     rank -> (its values, DCP's per-key messages if its plan failed, its local plan's reads)."""
-    from .mismatch import MismatchCollector
 
     collector = MismatchCollector()
     wanted_fqns: set[str] = set()
     for r, (values, messages, reads) in sorted(per_rank.items()):
-        renames, read_dest, _ = read_facts(reads)
+        renames, read_dest, _ = record_facts(reads)
         collector.add_rank(r, values, md, messages, renames, read_dest)
         wanted_fqns.update(v.fqn for v in values)
     return collector.records(md, wanted_fqns, read_storage_fqns)
 
 
-class RecordingLoadPlanner(LoadPlanner):
+class RecordingLoadPlanner(Recorder, LoadPlanner):
     """Wrap a LoadPlanner (default: DCP's ``DefaultLoadPlanner()``) and write a dcpviz LoadTrace.
 
     Pass it to ``dcp.load(..., planner=RecordingLoadPlanner("load.json"))`` on every rank; the
@@ -75,7 +69,7 @@ class RecordingLoadPlanner(LoadPlanner):
 
     def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
                  scenario: Any = None) -> None:
-        init_recorder(self, path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
+        self._init_recorder(path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
 
     def _reset(self) -> None:
         """Forget the previous dcp.load's facts."""
@@ -97,21 +91,25 @@ class RecordingLoadPlanner(LoadPlanner):
 
     @property
     def inner(self) -> LoadPlanner:
+        """The wrapped LoadPlanner."""
         return self._inner
 
     @property
     def trace(self) -> LoadTrace | None:
+        """The trace of the last load (None until the coordinator built it)."""
         return self._trace
 
     # -- the LoadPlanner protocol, forwarded ----------------------------------------------
     def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
-        start_call(self, is_coordinator)
+        """DCP's set_up_planner, passed through; starts a new recorded call."""
+        self._start_call(is_coordinator)
         t0 = time.perf_counter()
         self._inner.set_up_planner(state_dict, metadata, is_coordinator)
         self._timings["set_up_planner"] = time.perf_counter() - t0
         self._state_dict, self._metadata = state_dict, metadata
 
     def create_local_plan(self) -> LoadPlan:
+        """The inner planner's local plan, recorded."""
         t0 = time.perf_counter()
         try:
             plan = self._inner.create_local_plan()
@@ -126,6 +124,7 @@ class RecordingLoadPlanner(LoadPlanner):
         return plan
 
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
+        """The inner planner's global plans, recorded."""
         t0 = time.perf_counter()
         try:
             plans = self._inner.create_global_plan(global_plan)
@@ -139,6 +138,7 @@ class RecordingLoadPlanner(LoadPlanner):
         return plans
 
     def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
+        """The inner planner's final plan, recorded."""
         t0 = time.perf_counter()
         plan = self._inner.finish_plan(central_plan)
         self._timings["finish_plan"] = time.perf_counter() - t0
@@ -146,30 +146,30 @@ class RecordingLoadPlanner(LoadPlanner):
         return plan
 
     def load_bytes(self, read_item: ReadItem, value: Any) -> None:
+        """Passed through to the inner planner."""
         return self._inner.load_bytes(read_item, value)
 
     def resolve_bytes(self, read_item: ReadItem) -> Any:
+        """Passed through to the inner planner."""
         return self._inner.resolve_bytes(read_item)
 
     def resolve_tensor(self, read_item: ReadItem) -> Any:
+        """Passed through to the inner planner."""
         return self._inner.resolve_tensor(read_item)
 
     def commit_tensor(self, read_item: ReadItem, tensor: Any) -> None:
+        """Passed through to the inner planner."""
         return self._inner.commit_tensor(read_item, tensor)
 
     # -- facts -------------------------------------------------------------------------------
     def values(self) -> list[TargetValue]:
         """This rank's state-dict values as the load planner plans from them."""
-        from .simulate_load import planner_view
 
         if self._state_dict is None:
             return []
         return [target_value(k, v) for k, v in planner_view(self._inner, self._state_dict).items()]
 
     def _dcp_messages(self) -> dict[str, str] | None:
-        from .mismatch import dcp_key_messages
-        from .simulate_load import planner_view
-
         if self._state_dict is None or self._metadata is None:
             return None
         try:
@@ -201,12 +201,12 @@ class RecordingLoadPlanner(LoadPlanner):
         written (``problems`` says why; recording never raises into the user's job)."""
         if not self.is_coordinator or self._trace is None:
             return None
-        return record_safely(self, f"complete the trace at {str(self.path)!r}", self._complete)
+        return self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete)
 
     def _complete(self) -> Path:
         notes = [n for n in self._trace.notes
                  if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
-        notes += problem_notes(self)
+        notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
             own = self._global_plans[self._rank] if self._rank < len(self._global_plans) else None
             same = own is not None and [(r.dest_index, r.storage_index) for r in own.items] == [
@@ -223,17 +223,13 @@ class RecordingLoadPlanner(LoadPlanner):
         try:
             self._trace = self._build(all_plans, global_plans, errors)
         except Exception as exc:  # recording must never change what dcp.load does
-            note_problem(self, "build the trace", exc)
+            self._note_problem("build the trace", exc)
         else:
-            record_safely(self, f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
+            self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
         self._overhead += time.perf_counter() - t0
 
     def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
                errors: tuple[ErrorRecord, ...]) -> LoadTrace:
-        from .. import __version__
-        from .saved import resolve_saved
-        from .simulate import _now, _torch_version
-
         W = len(all_plans)
         md = self._metadata
         saved = resolve_saved(md)
@@ -248,19 +244,15 @@ class RecordingLoadPlanner(LoadPlanner):
         wanted_by_rank = tuple(tuple(wanted.add(v) for v in values) if r == me else () for r in range(W))
         read_src = set()
         for rec in local:
-            read_src |= read_facts([reads.items[i] for i in rec.items])[2]
+            read_src |= record_facts([reads.items[i] for i in rec.items])[2]
         own = [reads.items[i] for i in local[me].items]
         mism = mismatches_for(md, {me: (values, None, own)}, read_src)
         if self._scenario is not None:
             scenario, inferred = self._scenario, []
         else:
-            from .recording import _flat
-
             scenario, inferred = infer_scenario(_flat(self._state_dict or {}), W)
         if scenario.world_size != W:
             scenario = dataclasses.replace(scenario, world_size=W)
-        from ..components import captured_components
-
         scenario = dataclasses.replace(scenario, components=captured_components(self._state_dict or {}))
         notes = [
             f"Captured by RecordingLoadPlanner on the coordinator (rank {self._rank} of {W}) inside "
@@ -270,7 +262,7 @@ class RecordingLoadPlanner(LoadPlanner):
             "Other ranks' final plans (finish_plan) never reach the coordinator; tables use the global plans.",
             *saved.notes,
             *inferred,
-            *problem_notes(self),
+            *self._problem_notes(),
         ]
         timings = {**self._timings, "recording_overhead": self._overhead}
         return LoadTrace(
@@ -291,22 +283,21 @@ class RecordingLoadPlanner(LoadPlanner):
             notes=tuple(notes),
             source="capture",
             saved_source="checkpoint (metadata from dcp.load's storage reader)",
-            torch_version=_torch_version(),
+            torch_version=torch_version(),
             dcpviz_version=__version__,
-            created=_now(),
+            created=now(),
         )
 
 
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:
+    """ReadRecords from the plain dicts a worker sent (None stays None)."""
     if items is None:
         return None
-    from ..trace_codec import decode_plain
 
     return [decode_plain(ReadRecord, it, "rank_record") for it in items]
 
 
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
-    from ..trace_codec import decode_plain
-
+    """TargetValues from the plain dicts a worker sent."""
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
 

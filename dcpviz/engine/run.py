@@ -10,19 +10,37 @@ storage facts from the checkpoint's ``.metadata`` (read with dcpviz's restricted
 from __future__ import annotations
 
 import dataclasses
+import math
+import multiprocessing as mp
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DcpvizError
-from ..scenario import Scenario
-from ..trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace, read_trace
-from .convert import ItemTable, metadata_info, planner_info
-from .procs import RunInfo, check_main_guard, launch
-from .recording import planned_items_from_plain
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace
+from dcpviz.core.trace_codec import read_trace
+from dcpviz.core.version import __version__
+from dcpviz.engine.checkpoint import read_metadata
+from dcpviz.engine.convert import ItemTable, metadata_info, planner_info
+from dcpviz.engine.digests import chunk_digests
+from dcpviz.engine.materialize import materialize
+from dcpviz.engine.phases import now, scenario_info, torch_version
+from dcpviz.engine.planners import planner_factory
+from dcpviz.engine.procs import RunInfo, check_main_guard, launch
+from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.recording import RecordingSavePlanner, planned_items_from_plain
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.training_state import (
+    make_optimizer,
+    planner_state_dict,
+    saved_object,
+    step_optimizer,
+)
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -67,6 +85,7 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Path) -> RunDir:
+        """Create the checkpoint directory (remembering whether it existed before)."""
         missing, p = [], path.absolute()
         while not p.exists():
             missing.append(p)
@@ -86,8 +105,6 @@ class RunDir:
 def check_launch_options(timeout: Any, start_method: Any) -> None:
     """A positive, finite timeout and a start method this platform has: checked before any
     directory is created or process started (else a worker fails obscurely, or never times out)."""
-    import math
-    import multiprocessing as mp
 
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
         math.isfinite(timeout) and timeout > 0
@@ -100,7 +117,6 @@ def check_launch_options(timeout: Any, start_method: Any) -> None:
 
 def _check_picklable(**objs: Any) -> None:
     """Workers are started with 'spawn': what they get must pickle (module-level callables)."""
-    import pickle
 
     for name, obj in objs.items():
         try:
@@ -138,13 +154,6 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-    from ..recipes import apply_recipe
-    from .digests import chunk_digests
-    from .materialize import materialize
-    from .planners import planner_factory
-    from .recording import RecordingSavePlanner
-    from .statedict import build_mesh, build_model_on_meta
-    from .training_state import make_optimizer, planner_state_dict, saved_object, step_optimizer
 
     report("build")
     mesh = build_mesh(scenario)
@@ -171,25 +180,23 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
 
 
 # -- the parent ------------------------------------------------------------------------------
-def run_save(
+def run_save_trace(
     scenario: Scenario,
     checkpoint_dir: str | os.PathLike[str],
     planner: Any = None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     start_method: str = "spawn",
-):
+) -> tuple[SaveTrace, Any, Any]:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
-    a RecordingSavePlanner. Returns a SaveResult: the plans (same tables as simulate_save) plus
+    a RecordingSavePlanner. Returns (trace, Metadata, run info); ``dcpviz.run_save`` makes a SaveResult: the plans (same tables as simulate_save) plus
     ``storage``, ``files`` and ``storage_volume`` from the checkpoint written, and ``run_info``.
     A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
     processes are stopped and the port freed whatever happens (also on Ctrl-C)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-    from ..results import SaveResult
-    from .planners import planner_factory
 
     check_launch_options(timeout, start_method)
     if not isinstance(scenario, Scenario):
@@ -213,17 +220,15 @@ def run_save(
     md = None
     errors = list(outcome.errors)
     if outcome.ok:
-        from ..checkpoint import read_metadata
 
         md = read_metadata(root)
     trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
-    result = SaveResult(trace, metadata=md)
     outcome.info.chunk_digests = digests_of(outcome.payloads)
-    result.run_info = outcome.info
-    return result
+    return trace, md, outcome.info
 
 
 def digests_of(payloads: dict[int, dict[str, Any]]) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:
+    """Every rank's chunk digests, from the workers' payloads."""
     return {r: [(f, tuple(o), h) for f, o, h in p.get("digests", [])] for r, p in sorted(payloads.items())}
 
 
@@ -236,8 +241,6 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
                         payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
                         root: Path, run: RunInfo) -> SaveTrace:
     """The coordinator's trace, completed with every rank's own facts and the storage facts."""
-    from .. import __version__
-    from .simulate import _now, _torch_version, scenario_info
 
     W = scenario.world_size
     table = ItemTable()
@@ -307,9 +310,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         notes=tuple(notes),
         layouts=base.layouts if base is not None else (),
         source="run",
-        torch_version=_torch_version(),
+        torch_version=torch_version(),
         dcpviz_version=__version__,
-        created=_now(),
+        created=now(),
     )
 
 

@@ -1,6 +1,6 @@
 """run_load: load a checkpoint into a target scenario for real — W processes, real reads.
 
-The checkpoint is checked first in this process (``inspect_checkpoint``: restricted unpickler,
+The checkpoint is checked first in this process (``read_checkpoint``: restricted unpickler,
 dangling references), and the workers read ``.metadata`` through the same restricted unpickler
 (``SafeFileSystemReader``), never plain pickle. Each worker builds the target model on meta,
 applies the recipe with a real process group, gives it storage filled with NaN (so anything the
@@ -15,18 +15,39 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DcpvizError
-from ..scenario import Scenario
-from ..trace import ErrorRecord, LoadTrace, PlanRecord
-from .convert import ItemTable, metadata_info, planner_info
-from .procs import RunInfo, check_main_guard
-from .recording_load import mismatches_for, read_facts, read_records_from_plain, values_from_plain
-from .run import (
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ErrorRecord, LoadTrace, PlanRecord
+from dcpviz.core.version import __version__
+from dcpviz.engine.checkpoint import SafeFileSystemReader, read_checkpoint
+from dcpviz.engine.convert import ItemTable, metadata_info, planner_info
+from dcpviz.engine.digests import chunk_digests, poison
+from dcpviz.engine.phases import now, scenario_info, torch_version
+from dcpviz.engine.planners import planner_factory
+from dcpviz.engine.procs import RunInfo, check_main_guard
+from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.recording_load import (
+    RecordingLoadPlanner,
+    mismatches_for,
+    read_records_from_plain,
+    record_facts,
+    values_from_plain,
+)
+from dcpviz.engine.run import (
     DEFAULT_TIMEOUT_S,
     check_launch_options,
     digests_of,
     launch_recorded,
     resolve_device,
+)
+from dcpviz.engine.saved import resolve_saved
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.training_state import (
+    make_optimizer,
+    planner_state_dict,
+    poison_optimizer,
+    restore_after_load,
+    saved_object,
 )
 
 
@@ -38,19 +59,6 @@ def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.planner import LoadPlanner
 
-    from ..checkpoint import SafeFileSystemReader
-    from ..recipes import apply_recipe
-    from .digests import chunk_digests, poison
-    from .planners import planner_factory
-    from .recording_load import RecordingLoadPlanner
-    from .statedict import build_mesh, build_model_on_meta
-    from .training_state import (
-        make_optimizer,
-        planner_state_dict,
-        poison_optimizer,
-        restore_after_load,
-        saved_object,
-    )
 
     report("build")
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario))
@@ -77,25 +85,22 @@ def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
             "device": str(first.device if first is not None else target)}
 
 
-def run_load(
+def run_load_trace(
     checkpoint_dir: str | os.PathLike[str],
     target_scenario: Scenario,
     planner: Any = None,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     start_method: str = "spawn",
-):
+) -> tuple[LoadTrace, Any, Any]:
     """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
-    processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns a
-    LoadResult with the same tables as simulate_load (read items, mismatches, hints, volumes)
+    processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns
+    (trace, Metadata, run info); ``dcpviz.run_load`` makes a LoadResult with the same tables as simulate_load (read items, mismatches, hints, volumes)
     and ``run_info`` (processes, per-rank phase times, digests of the chunks each rank loaded).
     A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank."""
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.planner import LoadPlanner
 
-    from ..checkpoint import inspect_checkpoint
-    from ..results import LoadResult
-    from .planners import planner_factory
 
     check_launch_options(timeout, start_method)
     if not isinstance(target_scenario, Scenario):
@@ -105,25 +110,20 @@ def run_load(
         )
     check_main_guard(start_method, "run_load")
     root = Path(checkpoint_dir).resolve()
-    checked = inspect_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
+    checked = read_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)
     info = planner_info(planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), DefaultLoadPlanner)
     outcome, base = launch_recorded(load_job, scenario, planner, root, backend, device, timeout, start_method)
     trace = assemble_load_trace(scenario, info, base, outcome.payloads, list(outcome.errors),
                                 checked.metadata, root, outcome.info)
-    result = LoadResult(trace, metadata=checked.metadata)
     outcome.info.chunk_digests = digests_of(outcome.payloads)
-    result.run_info = outcome.info
-    return result
+    return trace, checked.metadata, outcome.info
 
 
 def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
                         payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
                         root: Path, run: RunInfo) -> LoadTrace:
     """The coordinator's LoadTrace, completed with every rank's values, plans and mismatches."""
-    from .. import __version__
-    from .saved import resolve_saved
-    from .simulate import _now, _torch_version, scenario_info
 
     W = scenario.world_size
     saved = resolve_saved(md)
@@ -143,7 +143,7 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
         wanted_by_rank.append(tuple(wanted.add(v) for v in values))
         if rec:
             per_rank[r] = (values, rec.get("messages"), own)
-        read_src |= read_facts(own)[2]
+        read_src |= record_facts(own)[2]
     if base is not None and base.global_plans is not None:
         global_plans = tuple(PlanRecord(items=tuple(reads.add(base.reads[i]) for i in p.items))
                              for p in base.global_plans)
@@ -198,7 +198,7 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
         notes=tuple(notes),
         source="run",
         saved_source=f"checkpoint {str(root)!r}",
-        torch_version=_torch_version(),
+        torch_version=torch_version(),
         dcpviz_version=__version__,
-        created=_now(),
+        created=now(),
     )

@@ -8,24 +8,24 @@ read, through dcpviz's restricted unpickler — never plain pickle), or a DCP ``
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 
-from ..errors import CheckpointError, DcpvizError, TraceFileError
-from ..trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
-from .convert import metadata_info, torch_metadata
-
-# FileSystemWriter names data files f"__{rank}_{n}.distcp" (rank: the writer's position in the
-# global plan, i.e. its rank in the process group).
-_FILE_RE = re.compile(r"^__(\d+)_(\d+)\.distcp$")
+from dcpviz.core.errors import CheckpointError, DcpvizError, TraceFileError
+from dcpviz.core.filenames import writer_from_file
+from dcpviz.core.plans import writer_ranks
+from dcpviz.core.trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
+from dcpviz.core.trace_codec import read_trace
+from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
+from dcpviz.engine.convert import metadata_info, torch_metadata
 
 
 @dataclass
 class SavedCheckpoint:
+    """The saved side of a load: DCP Metadata plus what dcpviz knows about its writers."""
     metadata: Metadata
     info: MetadataInfo
     scenario: ScenarioInfo | None
@@ -34,10 +34,15 @@ class SavedCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
-def writer_from_file(name: str) -> int | None:
-    """The writer rank encoded in a DCP data file name, or None for another naming scheme."""
-    m = _FILE_RE.match(Path(name).name)
-    return int(m.group(1)) if m else None
+@dataclass(frozen=True)
+class SavedTrace:
+    """A trace handed over with the Metadata object it came with (what the public entry points
+    make of a result), so this layer never needs to know result classes. ``label`` names the
+    argument in messages ('<SaveResult>')."""
+
+    trace: SaveTrace | LoadTrace
+    metadata: Metadata | None
+    label: str
 
 
 def _storage_writers(md: Metadata) -> dict[tuple[str, tuple[int, ...] | None], ChunkWriter]:
@@ -82,8 +87,6 @@ def _writers(md: Metadata, trace_writers: dict[tuple[str, Any], int] | None) -> 
 
 
 def _from_save_trace(trace: SaveTrace, metadata: Metadata | None, source: str) -> SavedCheckpoint:
-    from ..tables import writer_ranks
-
     if trace.metadata is None:
         errs = "; ".join(str(e) for e in trace.errors[:3]) or "no metadata recorded"
         raise DcpvizError(
@@ -116,9 +119,6 @@ def _wrong_kind(what: str) -> TraceFileError:
 
 
 def _from_path(path: Path) -> SavedCheckpoint:
-    from ..checkpoint import METADATA_FILE, read_metadata
-    from ..trace import read_trace
-
     if path.is_dir():
         md = read_metadata(path)
         ck = SavedCheckpoint(
@@ -149,11 +149,11 @@ def _from_path(path: Path) -> SavedCheckpoint:
 
 def resolve_saved(saved: Any) -> SavedCheckpoint:
     """Turn ``saved`` into DCP Metadata plus writer facts; raise a DcpvizError naming the fix."""
-    from ..results import LoadResult, SaveResult
-
-    if isinstance(saved, SaveResult):
-        return _from_save_trace(saved.trace, saved.metadata, "<SaveResult>")
-    if isinstance(saved, LoadResult) or isinstance(saved, LoadTrace):
+    if isinstance(saved, SavedTrace):
+        if isinstance(saved.trace, LoadTrace):
+            raise _wrong_kind(saved.label)
+        return _from_save_trace(saved.trace, saved.metadata, saved.label)
+    if isinstance(saved, LoadTrace):
         raise _wrong_kind(f"<{type(saved).__name__}>")
     if isinstance(saved, SaveTrace):
         return _from_save_trace(saved, None, "<SaveTrace>")

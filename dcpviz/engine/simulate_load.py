@@ -13,37 +13,48 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
-from .. import __version__
-from ..components import state_components
-from ..errors import DcpvizError
-from ..scenario import Scenario
-from ..trace import ErrorRecord, LoadTrace, PlanRecord, TargetValue
-from . import fastpath
-from .convert import ItemTable, planner_info
-from .convert_load import load_plan_record, saved_itemsizes, target_value
-from .mismatch import MismatchCollector, dcp_key_messages
-from .overlap import ReadPruner
-from .planners import planner_factory
-from .saved import resolve_saved
-from .simulate import _now, _torch_version, error_record, progress_bar, scenario_info
-from .statedict import rank_state_dict
-from .storageless import new_fake_mode, to_storageless
-from .world import fake_world, leaves_process_as_found
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import LoadTrace, PlanRecord, SaveTrace, TargetValue
+from dcpviz.core.version import __version__
+from dcpviz.engine import fastpath
+from dcpviz.engine.convert import ItemTable, planner_info
+from dcpviz.engine.convert_load import load_plan_record, saved_itemsizes, target_value
+from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
+from dcpviz.engine.overlap import ReadPruner
+from dcpviz.engine.phases import (
+    Log,
+    Timer,
+    finish_step,
+    global_step,
+    now,
+    progress_bar,
+    rebound_note,
+    representatives,
+    scenario_info,
+    torch_version,
+    training_state_components,
+    wants_template,
+)
+from dcpviz.engine.planners import planner_factory
+from dcpviz.engine.saved import resolve_saved
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.storageless import new_fake_mode, to_storageless
+from dcpviz.engine.world import fake_world, leaves_process_as_found
 
 
 def check_target(target: Any) -> Scenario:
+    """``target`` if it is a Scenario; else a DcpvizError (naming swapped arguments)."""
     if isinstance(target, Scenario):
         return target
-    from ..results import SaveResult
-
-    swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if isinstance(
-        target, (SaveResult, str)
+    swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if (
+        isinstance(target, str) or isinstance(getattr(target, "trace", None), SaveTrace)
     ) else ""
     raise DcpvizError(
         f"target={type(target).__name__} is not a dcpviz.Scenario. Describe the job that loads, "
@@ -70,21 +81,6 @@ def planner_view(planner: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
         return dict(state_dict)
 
 
-def _plan_renames(plan: LoadPlan | None) -> tuple[dict[str, str], set[str], set[str]]:
-    """(target key -> checkpoint key where a planner renames, target keys read, checkpoint keys read)."""
-    renames: dict[str, str] = {}
-    dest: set[str] = set()
-    src: set[str] = set()
-    if plan is None:
-        return renames, dest, src
-    for ri in plan.items:
-        dest.add(ri.dest_index.fqn)
-        src.add(ri.storage_index.fqn)
-        if ri.storage_index.fqn != ri.dest_index.fqn:
-            renames[ri.dest_index.fqn] = ri.storage_index.fqn
-    return renames, dest, src
-
-
 class _DerivedVersionGuard:
     """DefaultLoadPlanner sets the module global ``_version._derived_version`` to '2_3' while it
     tries pre-2.4 keys and resets it only on success; one process planning many ranks must not
@@ -101,198 +97,230 @@ class _DerivedVersionGuard:
         _version._derived_version = self._saved
 
 
+@dataclass
+class _LoadRun:
+    """One simulated load in progress: what every phase reads and adds to."""
+
+    target: Scenario  # on meta
+    make_planner: Any
+    metadata: Any
+    itemsizes: Any
+    template: Any
+    shortcuts: bool
+    rep_of: dict[int, int]
+    timer: Timer
+    log: Log
+    mode: Any = field(default_factory=new_fake_mode)
+    reads: ItemTable = field(default_factory=ItemTable)
+    wanted: ItemTable = field(default_factory=ItemTable)
+    collector: MismatchCollector = field(default_factory=MismatchCollector)
+    planners: list[Any] = field(default_factory=list)
+    local: list[LoadPlan | None] = field(default_factory=list)
+    local_records: list[PlanRecord | None] = field(default_factory=list)
+    wanted_by_rank: list[tuple[int, ...]] = field(default_factory=list)
+    wanted_fqns: set[str] = field(default_factory=set)
+    read_storage_fqns: set[str] = field(default_factory=set)
+    plan_memo: dict[int, PlanRecord] = field(default_factory=dict)
+    fakes: dict = field(default_factory=dict)
+    per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
+    rebound: int = 0
+    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
+    pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/overlap.py)
+
+    @property
+    def world_size(self) -> int:
+        return self.target.world_size
+
+    def record(self, plan: LoadPlan) -> PlanRecord:
+        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo)
+
+
+def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, info: Any, timer: Timer, log: Log) -> _LoadRun:
+    """The target on meta, the template state dict where the recipe is SPMD, and the classes of
+    ranks that share a plan."""
+    sim = target if target.device == "meta" else target.replace(device="meta")
+    template, rebound = None, 0
+    with timer.phase("build_state_dicts"):
+        if wants_template(fast, sim):
+            template, rebound = fastpath.template_state_dict(sim, log.notes, check=not isinstance(sim.recipe, str))
+    shortcuts = template is not None and info.is_dcp_default
+    rep_of = representatives(sim, template, shortcuts, "load", log)
+    W = sim.world_size
+    # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
+    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
+    return _LoadRun(sim, make_planner, md, saved_itemsizes(md), template, shortcuts, rep_of, timer, log,
+                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound,
+                    pruner=pruner)
+
+
+def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
+    """Rank ``r`` has the same plan and the same keys as its representative ``rep``."""
+    run.local[r], run.local_records[r], run.planners[r] = run.local[rep], run.local_records[rep], run.planners[rep]
+    values, wanted_ids, messages, renames, read_dest = run.per_rep[rep]
+    run.wanted_by_rank.append(wanted_ids)
+    with run.timer.phase("mismatch_scan"):
+        run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
+
+
+def _plan_rank(run: _LoadRun, r: int) -> None:
+    """One rank's set up and local plan, as dcp.load runs them, then its keys against the checkpoint."""
+    md = run.metadata
+    with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
+        t0 = time.perf_counter()
+        if run.template is not None:
+            state_dict = fastpath.rank_view(run.template, r, {})
+        else:
+            state_dict, n = rank_state_dict(run.target, r)
+            run.rebound += n
+        if r == 0:
+            run.components = training_state_components(run.target, state_dict)
+        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None)
+        t1 = time.perf_counter()
+        p = run.make_planner()
+        run.planners[r] = p
+        failed = False
+        try:
+            with run.pruner.active() if run.pruner is not None else nullcontext():
+                p.set_up_planner(state_dict, md, r == 0)
+                plan = p.create_local_plan()
+            run.local[r] = plan
+            run.local_records[r] = run.record(plan)
+        except Exception as exc:  # a planner failure is data
+            run.log.fail("local", r, exc)
+            failed = True
+        t2 = time.perf_counter()
+        _check_keys(run, r, p, state_dict, failed)
+        run.timer.add("build_state_dicts", t1 - t0)
+        run.timer.add("local_plans", t2 - t1)
+        run.timer.add("mismatch_scan", time.perf_counter() - t2)
+
+
+def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], failed: bool) -> None:
+    """Every key of rank ``r`` against the checkpoint, with DCP's own message where it fails."""
+    flat = planner_view(p, state_dict)
+    values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
+    wanted_ids = tuple(run.wanted.add(tv) for tv in values)
+    run.wanted_by_rank.append(wanted_ids)
+    run.wanted_fqns.update(flat)
+    plan = run.local[r]
+    renames, read_dest, read_src = read_facts(
+        (ri.dest_index.fqn, ri.storage_index.fqn) for ri in (plan.items if plan is not None else ())
+    )
+    run.read_storage_fqns |= read_src
+    messages = None
+    if failed:
+        strict = not bool(getattr(p, "allow_partial_load", False))
+        messages = dcp_key_messages(flat, run.metadata, strict)
+    run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
+    run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
+
+
+def _local_step(run: _LoadRun, progress: bool | None) -> None:
+    bar = progress_bar(len(set(run.rep_of.values())), "load plans", progress)
+    for r in range(run.world_size):
+        rep = run.rep_of[r]
+        if rep != r:
+            _share_plan(run, r, rep)
+            continue
+        _plan_rank(run, r)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def _global_and_finish(run: _LoadRun) -> tuple[tuple[PlanRecord, ...] | None, tuple[PlanRecord, ...] | None]:
+    """The coordinator's global plan and every rank's finish_plan, recorded."""
+    W = run.world_size
+
+    def one_plan_per_rank(plans: Any) -> None:
+        if len(plans) != W:
+            raise RuntimeError(f"create_global_plan returned {len(plans)} plans for {W} ranks")
+
+    with run.timer.phase("global_plan"):
+        global_plans, _exc = global_step(run.planners[0], run.local, W, run.log, check=one_plan_per_rank)
+    if global_plans is None:
+        return None, None
+    global_records = tuple(run.record(gp) for gp in global_plans)
+    with run.timer.phase("finish_plans"):
+        finals = finish_step(lambda r: run.planners[r], global_plans, W, lambda r, final: run.record(final), run.log)
+    return global_records, finals
+
+
+def _closing_notes(run: _LoadRun, info: Any) -> None:
+    log = run.log
+    if info is not None and not info.is_dcp_default and log.errors:
+        log.notes.append(
+            "Messages in mismatches come from DCP's default per-key rules "
+            "(create_default_local_load_plan); a custom planner may judge keys differently."
+        )
+    rebound_note(run.rebound, log)
+
+
 @leaves_process_as_found
-def simulate_load(
+def plan_load(
     saved: Any,
     target: Scenario,
     planner: Any = None,
     *,
     progress: bool | None = None,
     fast: bool | None = None,
-):
+) -> tuple[LoadTrace, Any]:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
-    ``saved``: a SaveResult, a save-trace file, a checkpoint directory (only its metadata is
-    read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
-    (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
-    ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
-    plan per class of ranks, memoised offsets) and ``engine.overlap`` (DCP's read planning on
-    the saved chunks that can overlap) where they are exact; False plans every rank with DCP's
-    full chunk scan. Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
+    ``saved``: a SavedTrace (what ``dcpviz.simulate_load`` makes of a SaveResult), a save-trace
+    file, a checkpoint directory (only its metadata is read, safely) or DCP Metadata.
+    ``target``: a dcpviz.Scenario. ``planner``: None (``DefaultLoadPlanner()``), a LoadPlanner
+    instance (deep-copied per rank), class or factory. ``fast``: as in simulate_save — the
+    shortcuts of ``engine.fastpath`` (one recipe run, one plan per class of ranks, memoised
+    offsets) and ``engine.overlap`` (DCP's read planning on the saved chunks that can overlap)
+    where they are exact; False plans every rank with DCP's full chunk scan. Returns the trace and the
+    checkpoint's DCP Metadata; planner failures are in the trace's ``errors`` and
+    ``mismatches``. ``dcpviz.simulate_load`` wraps them in a LoadResult.
     """
-    from ..results import LoadResult
-
     target = check_target(target)
     ck = resolve_saved(saved)
     make_planner = planner_factory(planner, LoadPlanner, DefaultLoadPlanner)
     md = ck.metadata
-    sim = target if target.device == "meta" else target.replace(device="meta")
-    W = target.world_size
-    itemsizes = saved_itemsizes(md)
-    mode = new_fake_mode()
-
-    reads, wanted = ItemTable(), ItemTable()
-    planners: list[Any] = [None] * W
-    local: list[LoadPlan | None] = [None] * W
-    local_records: list[PlanRecord | None] = [None] * W
-    wanted_by_rank: list[tuple[int, ...]] = []
-    collector = MismatchCollector()
-    wanted_fqns: set[str] = set()
-    read_storage_fqns: set[str] = set()
-    errors: list[ErrorRecord] = []
-    notes: list[str] = list(ck.notes)
-    t_build = t_local = t_check = 0.0
-    rebound = 0
+    timer = Timer(("build_state_dicts", "local_plans", "mismatch_scan"))
+    log = Log(notes=list(ck.notes))
     info = planner_info(make_planner(), DefaultLoadPlanner)
-    template = None
-    t0 = time.perf_counter()
-    if fast is True or (fast is None and isinstance(sim.recipe, str)):
-        template, rebound = fastpath.template_state_dict(sim, notes, check=not isinstance(sim.recipe, str))
-    t_build += time.perf_counter() - t0
-    # DCP's default load plan for a rank depends on its local chunks (its coordinates along
-    # non-replicated dims) and the metadata, not on the rank itself: one plan per class.
-    shortcuts = template is not None and info.is_dcp_default
-    rep_of = {r: r for r in range(W)}
-    if shortcuts:
-        rep_of = fastpath.plan_classes(sim, fastpath.mattering_dims(template, tuple(sim.mesh_dim_names or ())))
-        n_reps = len(set(rep_of.values()))
-        if n_reps < W:
-            notes.append(
-                f"{n_reps} representative ranks planned for {W}: ranks that differ only along mesh dims "
-                "where every DTensor is replicated share DCP's default load plan (exact; see engine/fastpath.py)."
-            )
-    # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
-    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
-    plan_memo: dict[int, PlanRecord] = {}
-    parts: list[tuple[str, str]] = []  # rank 0's training-state components (components.py)
-    fakes: dict = {}
-    per_rep: dict[int, tuple] = {}  # rep -> (values, wanted ids, messages, renames, read_dest)
-    bar = progress_bar(len(set(rep_of.values())), "load plans", progress)
+    run = _set_up(target, make_planner, md, fast, info, timer, log)
+    global_records = final_records = None
     with _DerivedVersionGuard():
-        for r in range(W):
-            rep = rep_of[r]
-            if rep != r:  # same plan and the same keys as its representative
-                local[r], local_records[r], planners[r] = local[rep], local_records[rep], planners[rep]
-                values, wanted_ids, messages, renames, read_dest = per_rep[rep]
-                wanted_by_rank.append(wanted_ids)
-                t2 = time.perf_counter()
-                collector.add_rank(r, values, md, messages, renames, read_dest)
-                t_check += time.perf_counter() - t2
-                continue
-            with fake_world(r, W), (fastpath.memoized_local_shapes() if shortcuts else nullcontext()):
-                t0 = time.perf_counter()
-                if template is not None:
-                    state_dict = fastpath.rank_view(template, r, {})
-                else:
-                    state_dict, n = rank_state_dict(sim, r)
-                    rebound += n
-                state_dict = to_storageless(state_dict, mode, fakes if shortcuts else None)
-                t1 = time.perf_counter()
-                p = make_planner()
-                planners[r] = p
-                failed = False
-                try:
-                    with pruner.active() if pruner is not None else nullcontext():
-                        p.set_up_planner(state_dict, md, r == 0)
-                        plan = p.create_local_plan()
-                    local[r] = plan
-                    local_records[r] = load_plan_record(plan, reads, itemsizes, plan_memo)
-                except Exception as exc:  # a planner failure is data
-                    errors.append(error_record("local", r, exc))
-                    failed = True
-                t2 = time.perf_counter()
-                flat = planner_view(p, state_dict)
-                if r == 0 and (sim.optimizer is not None or sim.state is not None):
-                    parts.extend(state_components(state_dict, sim.state is not None))
-                values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
-                wanted_ids = tuple(wanted.add(tv) for tv in values)
-                wanted_by_rank.append(wanted_ids)
-                wanted_fqns.update(flat)
-                renames, read_dest, read_src = _plan_renames(local[r])
-                read_storage_fqns |= read_src
-                messages = None
-                if failed:
-                    strict = not bool(getattr(p, "allow_partial_load", False))
-                    messages = dcp_key_messages(flat, md, strict)
-                collector.add_rank(r, values, md, messages, renames, read_dest)
-                per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
-                t_build += t1 - t0
-                t_local += t2 - t1
-                t_check += time.perf_counter() - t2
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        timings = {"build_state_dicts": t_build, "local_plans": t_local, "mismatch_scan": t_check}
-
-        global_records = final_records = None
-        if all(p is not None for p in local):
-            t0 = time.perf_counter()
-            global_plans = None
-            with fake_world(0, W):
-                try:
-                    global_plans = planners[0].create_global_plan(list(local))
-                    if len(global_plans) != W:
-                        raise RuntimeError(
-                            f"create_global_plan returned {len(global_plans)} plans for {W} ranks"
-                        )
-                except Exception as exc:
-                    errors.append(error_record("global", None, exc))
-                    global_plans = None
-            timings["global_plan"] = time.perf_counter() - t0
-            if global_plans is not None:
-                global_records = tuple(load_plan_record(gp, reads, itemsizes, plan_memo) for gp in global_plans)
-                t0 = time.perf_counter()
-                finals: list[PlanRecord] = []
-                for r in range(W):
-                    with fake_world(r, W):
-                        try:
-                            final = planners[r].finish_plan(global_plans[r])
-                            finals.append(load_plan_record(final, reads, itemsizes, plan_memo))
-                        except Exception as exc:
-                            errors.append(error_record("finish", r, exc))
-                            finals.append(PlanRecord(items=(), usable=False))
-                final_records = tuple(finals)
-                timings["finish_plans"] = time.perf_counter() - t0
+        _local_step(run, progress)
+        if all(p is not None for p in run.local):
+            global_records, final_records = _global_and_finish(run)
         else:
-            failing = sum(p is None for p in local)
-            notes.append(
-                f"The local plan failed on {failing} of {W} ranks, so (as in dcp.load, which raises "
+            failing = sum(p is None for p in run.local)
+            log.notes.append(
+                f"The local plan failed on {failing} of {run.world_size} ranks, so (as in dcp.load, which raises "
                 "a CheckpointException naming each failing rank) the coordinator never planned "
                 "globally. mismatches lists every problem on every rank, with DCP's own message "
                 "for each key it rejects."
             )
-    if info is not None and not info.is_dcp_default and errors:
-        notes.append(
-            "Messages in mismatches come from DCP's default per-key rules "
-            "(create_default_local_load_plan); a custom planner may judge keys differently."
-        )
-    if rebound:
-        notes.append(
-            f"{rebound} DTensors came back from DTensor's dispatch cache with another rank's mesh "
-            "and were rebound to their own rank's mesh (one-process simulation hazard)."
-        )
-    timings["total"] = sum(timings.values())
+    _closing_notes(run, info)
+    timer.add("total", sum(timer.totals.values()))
     trace = LoadTrace(
-        scenario=replace(scenario_info(target), components=tuple(parts)),
+        scenario=replace(scenario_info(target), components=run.components),
         planner=info,
         saved=ck.info,
         saved_scenario=ck.scenario,
         saved_writers=ck.writers,
-        reads=tuple(reads.items),
-        local_plans=tuple(local_records),
+        reads=tuple(run.reads.items),
+        local_plans=tuple(run.local_records),
         global_plans=global_records,
         final_plans=final_records,
-        wanted=tuple(wanted.items),
-        wanted_by_rank=tuple(wanted_by_rank),
-        mismatches=collector.records(md, wanted_fqns, read_storage_fqns),
-        errors=tuple(errors),
-        timings=tuple(timings.items()),
-        notes=tuple(notes),
+        wanted=tuple(run.wanted.items),
+        wanted_by_rank=tuple(run.wanted_by_rank),
+        mismatches=run.collector.records(md, run.wanted_fqns, run.read_storage_fqns),
+        errors=tuple(log.errors),
+        timings=tuple(timer.totals.items()),
+        notes=tuple(log.notes),
         source="simulate",
         saved_source=ck.source,
-        torch_version=_torch_version(),
+        torch_version=torch_version(),
         dcpviz_version=__version__,
-        created=_now(),
+        created=now(),
     )
-    return LoadResult(trace, metadata=md)
+    return trace, md

@@ -8,13 +8,16 @@ from typing import Any
 
 import torch
 
-from ..models import build_model
-from ..recipes import apply_recipe
-from ..scenario import Scenario
-from .world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
+from dcpviz.core.errors import DcpvizError
+from dcpviz.engine.models import build_model
+from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.training_state import make_optimizer, planner_state_dict, saved_object
+from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
+    """The scenario's DeviceMesh in the current (fake) world."""
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh(
@@ -25,6 +28,7 @@ def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
 
 
 def build_model_on_meta(scenario: Scenario) -> torch.nn.Module:
+    """The scenario's model built on the meta device (no memory for weights)."""
     model = build_model(scenario.model, "meta")
     # A factory may ignore the device context (explicit device=...); simulation must allocate
     # nothing, so anything left with storage moves to meta.
@@ -49,8 +53,6 @@ def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]
 
     Returns the state dict and how many DTensors were rebound to this rank's mesh.
     """
-    from .training_state import make_optimizer, planner_state_dict, saved_object
-
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     if scenario.optimizer is None and scenario.state is None:
@@ -70,7 +72,6 @@ def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
 
     For teaching and for trying a planner by hand; simulate_save does this for every rank.
     """
-    from ..errors import DcpvizError
 
     if not 0 <= rank < scenario.world_size:
         raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")

@@ -18,8 +18,11 @@ from typing import Any
 
 import torch
 
+from dcpviz.engine.world import map_state_dict
+
 
 def new_fake_mode() -> Any:
+    """A FakeTensorMode for storage-less target state dicts."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # Non-fake inputs are allowed so a user planner mixing in a real tensor does not crash here.
@@ -47,7 +50,6 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
     costs ~0.2 ms)."""
     from torch.distributed.tensor import DTensor
 
-    from .world import map_state_dict
 
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 
-from ..errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
 
 # "sgd" has momentum so that it has state to save (plain SGD saves none).
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {

@@ -21,10 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
 import torch.distributed as dist
 
-from ..errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
 
 
 def _register_fake_backend() -> None:
@@ -213,19 +212,3 @@ def rebind_to_rank(obj: Any, rank: int, cache: dict[int, Any] | None = None) -> 
         return value
 
     return map_state_dict(obj, fix), count
-
-
-def dtensor_count(obj: Any) -> int:
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(obj, DTensor):
-        return 1
-    if isinstance(obj, dict):
-        return sum(dtensor_count(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(dtensor_count(v) for v in obj)
-    return 0
-
-
-def torch_version() -> str:
-    return torch.__version__

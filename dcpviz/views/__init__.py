@@ -8,9 +8,9 @@
     dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
 """
 
-from .dedup import dedup
-from .layout import chunk_layout
-from .load import read_layout, read_volume, resharding
-from .volume import rank_volume
+from dcpviz.views.dedup import dedup
+from dcpviz.views.layout import chunk_layout
+from dcpviz.views.reads import read_layout, read_volume, resharding
+from dcpviz.views.volume import rank_volume
 
 __all__ = ["chunk_layout", "dedup", "rank_volume", "read_layout", "read_volume", "resharding"]

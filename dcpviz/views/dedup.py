@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .style import base_layout, fmt_bytes, fmt_ranks
+from dcpviz.core.errors import DcpvizError, did_you_mean
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.inputs import need_component, need_name, need_result
+from dcpviz.views.style import base_layout, fmt_ranks
 
 STATE_NAMES = {0: "did not plan it", 1: "planned, dropped by dedup", 2: "chosen: writes it"}
 STATE_SCALE = [[0.0, "#f4f4f4"], [0.33, "#f4f4f4"], [0.33, "#9ecae1"], [0.66, "#9ecae1"], [0.66, "#08519c"], [1.0, "#08519c"]]
@@ -118,9 +121,6 @@ def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go
 def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80, component: str | None = None) -> go.Figure:
     """Dedup decisions of a save result: grouped overview, or one tensor with ``fqn=``;
     ``component=`` ("model", "optim", ...) keeps one part of a training state in the overview."""
-    from ..errors import DcpvizError, did_you_mean
-    from .inputs import need_component, need_name, need_result
-
     need_result(result, "save", "dedup")
     if fqn is not None:
         need_name(fqn, "dedup")

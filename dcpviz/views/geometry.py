@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import plotly.graph_objects as go
 
+from dcpviz.core.errors import DcpvizError
+
 Rect = tuple[float, float, float, float]  # col0, col1, row0, row1
 
 
@@ -28,7 +30,6 @@ def rects_path(rects: Iterable[Rect]) -> tuple[list, list]:
 
 def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]) -> tuple[int | None, int]:
     """(row_dim, col_dim) to draw; for N-D without ``dims``, the two dims split the most."""
-    from ..errors import DcpvizError
 
     if nd == 1:
         return None, 0
@@ -62,6 +63,7 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
 
 
 def box_height(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> int:
+    """Figure height in pixels for a box drawing: taller for tall tensors, within 260..900."""
     if row_dim is None:
         return 260
     ratio = size[row_dim] / max(size[col_dim], 1)

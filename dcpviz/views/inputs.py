@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DcpvizError
+from dcpviz.core.errors import DcpvizError, did_you_mean
 
 _MADE_BY = {"save": "simulate_save, run_save or load_trace of a save trace",
             "load": "simulate_load, run_load or load_trace of a load trace"}
@@ -28,8 +28,6 @@ def need_name(fqn: Any, view: str) -> None:
 
 def need_component(component: Any, known: Any, view: str) -> None:
     """``component`` must be one of the result's training-state components (model, optim, ...)."""
-    from ..errors import did_you_mean
-
     known = sorted(set(known))
     if not isinstance(component, str) or component not in known:
         raise DcpvizError(
@@ -39,5 +37,6 @@ def need_component(component: Any, known: Any, view: str) -> None:
 
 
 def need_rank(rank: Any, world_size: int, view: str) -> None:
+    """Refuse a rank outside the job with a DcpvizError naming the range."""
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise DcpvizError(f"views.{view}: rank={rank!r} is outside the target job (ranks 0..{world_size - 1}).")

@@ -14,14 +14,19 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from .geometry import box_height, pick_dims, project, rects_path, set_box_axes
-from .style import EMPTY, base_layout, fmt_bytes, fmt_ranks, fmt_span, rank_color, text_color
+from dcpviz.analysis import save_tables as tables
+from dcpviz.core.errors import DcpvizError, did_you_mean
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from dcpviz.views.inputs import need_name, need_result
+from dcpviz.views.style import EMPTY, base_layout, fmt_ranks, fmt_span, rank_color, text_color
 
 MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
 
 
 @dataclass(frozen=True)
 class TensorHeader:
+    """What a layout figure says about its tensor: size, dtype, kind, chunks."""
     fqn: str
     size: tuple[int, ...]
     dtype: str
@@ -192,16 +197,12 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
 
 def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:
     """The chunk layout of ``fqn`` in a save result (see module docstring)."""
-    from .. import tables
-    from ..errors import DcpvizError
-    from .inputs import need_name, need_result
 
     need_result(result, "save", "chunk_layout")
     need_name(fqn, "chunk_layout")
     tens = result.tensors
     match = tens[tens["fqn"] == fqn]
     if match.empty:
-        from ..errors import did_you_mean
 
         raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, tens['fqn'])}")
     row = match.iloc[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import colorsys
 
+from dcpviz.analysis.groups import ranges
+
 # A qualitative palette (D3's ten, then the rest of Light24) for up to 24 ranks; beyond that,
 # hues spaced by the golden angle so neighbouring ranks never look alike.
 _QUALITATIVE = [
@@ -17,6 +19,7 @@ FONT = "Inter, Helvetica, Arial, sans-serif"
 
 
 def rank_color(rank: int, world_size: int) -> str:
+    """Rank ``rank``'s colour (grey for unknown, -1)."""
     if rank < 0:
         return UNKNOWN
     if world_size <= len(_QUALITATIVE):
@@ -40,29 +43,24 @@ def text_color(fill: str) -> str:
     return "#000000" if luminance(fill) > 0.179 else "#ffffff"
 
 
-def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def fmt_span(offset: int, size: int) -> str:
+    """'offset:offset+size'."""
     return f"{offset}:{offset + size}"
 
 
 def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
+    """Ranks as a list, or as ranges when there are more than ``limit``."""
     ranks = list(ranks)
     if len(ranks) <= limit:
         return ",".join(map(str, ranks))
-    from ..groups import ranges
 
     return ranges(ranks)
 
 
 def base_layout(**kw) -> dict:
+    """The plotly layout every view starts from (``kw`` overrides)."""
     layout = dict(
         template="plotly_white",
         font=dict(family=FONT, size=12),

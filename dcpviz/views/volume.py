@@ -8,13 +8,17 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .style import base_layout, fmt_bytes, rank_color
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.inputs import need_result
+from dcpviz.views.style import base_layout, rank_color
 
 MODULE_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac"]
 MAX_MODULES = 9  # the rest stack as "other"
 
 
 def balance(nbytes: pd.Series) -> dict[str, float]:
+    """Mean, max, argmax and imbalance (max / mean; 1.0 is perfectly balanced) of per-rank bytes."""
     v = nbytes.astype("float64")
     mean = float(v.mean()) if len(v) else 0.0
     mx = float(v.max()) if len(v) else 0.0
@@ -112,8 +116,6 @@ def rank_volume(
 ) -> go.Figure:
     """Bytes per rank of a save result; ``by="module"`` stacks by module prefix; ``compare=``
     another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``)."""
-    from ..errors import DcpvizError
-    from .inputs import need_result
 
     need_result(result, "save", "rank_volume")
     if compare is not None:

@@ -1,5 +1,5 @@
 """ipywidgets apps composed from views; they hold no analysis logic."""
 
-from .explorer import Explorer, explore
+from dcpviz.widgets.explorer import Explorer, explore
 
 __all__ = ["Explorer", "explore"]

@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
-from .. import views
-from ..report import summary_rows, table_html
-from ..views.style import fmt_bytes
-from .figure import figure_widget, replace_figure
-from .panels import TablesPanel, summary_html
+from dcpviz import views
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.html import table_html
+from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.load_explorer import LoadExplorer
+from dcpviz.widgets.panels import TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -43,7 +46,7 @@ class Explorer(w.VBox):
 
     # -- header ---------------------------------------------------------------------------
     def _header_html(self) -> str:
-        return summary_html(summary_rows(self.result.summary), self.result.errors)
+        return summary_html(self.result.summary_rows(), self.result.errors)
 
     # -- layout tab -----------------------------------------------------------------------
     def _layout_tab(self) -> w.Widget:
@@ -124,6 +127,7 @@ class Explorer(w.VBox):
 
     @property
     def layout_figure(self):
+        """The chunk-layout figure of the selected tensor."""
         return self.layout_fig
 
     # -- dedup tab ------------------------------------------------------------------------
@@ -181,8 +185,6 @@ class Explorer(w.VBox):
         return w.VBox([self.phase, self.phase_text, self.phase_fig, self.phase_table])
 
     def _draw_phase(self, change: Any = None) -> None:
-        import plotly.graph_objects as go
-
         phase = self.phase.value
         vol = self.result.phase_volume
         changes = self.result.phase_changes
@@ -216,14 +218,18 @@ class Explorer(w.VBox):
         return self.tables
 
 
-def explore(result: Any, compare: Any = None) -> Explorer:
-    """The explorer app for a save result (pass ``compare=`` a second result to compare volumes)."""
-    from ..errors import DcpvizError
+def _load_app(result: Any, compare: Any = None) -> LoadExplorer:
+    return LoadExplorer(result)
 
-    if getattr(result, "kind", None) == "load":
-        from .load_tab import LoadExplorer  # the load debugger's app
 
-        return LoadExplorer(result)
-    if getattr(result, "kind", None) != "save":
+# Which app each kind of result gets (a table, not a branch: a new kind adds a line).
+APPS = {"save": Explorer, "load": _load_app}
+
+
+def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
+    """The explorer app for a result: the save explorer (pass ``compare=`` a second save result
+    to compare volumes) or the load debugger."""
+    app = APPS.get(getattr(result, "kind", None))
+    if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
-    return Explorer(result, compare=compare)
+    return app(result, compare=compare)

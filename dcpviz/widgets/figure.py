@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 
 
 def figure_widget() -> go.FigureWidget:
+    """A plotly Figure as a FigureWidget (updates in place in notebooks)."""
     return go.FigureWidget()
 
 

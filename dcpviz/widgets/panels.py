@@ -7,7 +7,7 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from ..report import table_html
+from dcpviz.views.html import table_html
 
 BYTE_COLUMNS = ("nbytes", "planned_nbytes", "chunk_nbytes", "wanted_nbytes", "storage_nbytes")
 
@@ -34,6 +34,7 @@ class TablesPanel(w.VBox):
         ])
 
     def frame(self) -> pd.DataFrame:
+        """The DataFrame of the table selected in the panel."""
         return getattr(self.result, self.table_name.value)
 
     def _on_table(self, change: Any = None) -> None:
@@ -52,6 +53,7 @@ class TablesPanel(w.VBox):
 
 
 def summary_html(rows: list[tuple[str, str]], errors: list[str]) -> str:
+    """Summary rows and errors as an HTML table."""
     body = "".join(
         f'<tr><td style="font-weight:600;color:#2a5d9f;padding-right:12px">{k}</td><td>{v}</td></tr>' for k, v in rows
     )

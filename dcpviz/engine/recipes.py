@@ -13,11 +13,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from .errors import DcpvizError
+from dcpviz.core.errors import DcpvizError, UserCodeError
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A named parallelism recipe: how it shards a model over a mesh."""
     name: str
     mesh_ndim: int | None  # None: any
     dim_names: tuple[str, ...] | None
@@ -119,6 +120,7 @@ def _fully_shard_all(model: nn.Module, mesh: Any) -> nn.Module:
 
 
 def tp_plan_of(model: nn.Module) -> dict[str, Any]:
+    """A model's tensor-parallel plan (its ``tp_plan()``), or a DcpvizError naming the fix."""
     plan = getattr(model, "tp_plan", None)
     if plan is None:
         raise DcpvizError(
@@ -149,15 +151,18 @@ def replicate(model: nn.Module, mesh: Any) -> nn.Module:
 
 
 def fsdp(model: nn.Module, mesh: Any) -> nn.Module:
+    """fully_shard every FSDP unit, then the whole model, over a 1-D mesh."""
     return _fully_shard_all(model, mesh)
 
 
 def hsdp(model: nn.Module, mesh: Any) -> nn.Module:
+    """fully_shard over a 2-D mesh: replicate along the first dim, shard along the second."""
     # fully_shard on a 2-D mesh: dim 0 replicates, dim 1 shards (HSDP).
     return _fully_shard_all(model, mesh)
 
 
 def tp(model: nn.Module, mesh: Any) -> nn.Module:
+    """parallelize_module with the model's tensor-parallel plan."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     return parallelize_module(model, mesh, tp_plan_of(model))
@@ -195,6 +200,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe_name(recipe: str | Callable[..., Any]) -> str:
+    """A recipe's name for summaries and messages."""
     if isinstance(recipe, str):
         return recipe
     mod = getattr(recipe, "__module__", None) or "?"
@@ -203,12 +209,12 @@ def recipe_name(recipe: str | Callable[..., Any]) -> str:
 
 
 def recipe_mesh_ndim(recipe: str | Callable[..., Any]) -> int | None:
+    """How many mesh dims a named recipe needs (None: any)."""
     return RECIPES[recipe].mesh_ndim if isinstance(recipe, str) and recipe in RECIPES else None
 
 
 def apply_recipe(recipe: str | Callable[..., Any], model: nn.Module, mesh: Any) -> nn.Module:
     """Run the recipe; a user callable that raises becomes a UserCodeError naming it."""
-    from .errors import UserCodeError
 
     fn = RECIPES[recipe].apply if isinstance(recipe, str) else recipe
     try:

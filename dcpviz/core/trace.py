@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from .errors import DcpvizError
+from dcpviz.core.errors import DcpvizError
 
 SCHEMA = "dcpviz.trace"
 VERSION = 1
@@ -35,6 +35,7 @@ Box = tuple[Count, ...]
 
 @dataclass(frozen=True)
 class ScenarioInfo:
+    """The job a trace describes: model, world size, mesh and its dim names, recipe, dtype, device."""
     model: str
     world_size: Extent
     mesh: tuple[Extent, ...]
@@ -49,6 +50,7 @@ class ScenarioInfo:
     components: tuple[tuple[str, str], ...] = ()
 
     def coordinate(self, rank: int) -> tuple[int, ...]:
+        """Rank ``rank``'s coordinate in the mesh (row-major, as DeviceMesh lays ranks out)."""
         coord = []
         for d in reversed(self.mesh):
             coord.append(rank % d)
@@ -66,6 +68,7 @@ class PlannerInfo:
     is_dcp_default: bool = False
 
     def option(self, name: str, default: Any = None) -> Any:
+        """The planner option ``name`` as recorded, or ``default`` when it was not."""
         return dict(self.options).get(name, default)
 
 
@@ -130,12 +133,14 @@ class PlanRecord:
 
 @dataclass(frozen=True)
 class ChunkInfo:
+    """One saved chunk of a tensor: where it starts and its size, per dimension."""
     offsets: Box
     sizes: Box
 
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of the checkpoint metadata: global size, dtype, its chunks."""
     fqn: str
     size: Box
     dtype: str
@@ -177,6 +182,7 @@ class TensorLayout:
 
 @dataclass(frozen=True)
 class ErrorRecord:
+    """A failure recorded as data: the phase, the rank (None: the coordinator), the exception's type and text."""
     phase: str  # 'build' | 'local' | 'global' | 'finish' | 'write' | ...
     rank: Rank | None
     exc_type: str
@@ -189,6 +195,7 @@ class ErrorRecord:
 
 @dataclass(frozen=True)
 class SaveTrace:
+    """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
     scenario: ScenarioInfo
     planner: PlannerInfo
     items: tuple[PlannedItem, ...]
@@ -310,6 +317,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def trace_to_dict(trace: Trace) -> dict[str, Any]:
+    """A trace as plain JSON-ready data (the document ``write_trace`` writes)."""
     return {"schema": SCHEMA, "version": VERSION, "kind": trace.kind, "trace": to_plain(trace)}
 
 
@@ -360,17 +368,3 @@ def writable_file(path: str | os.PathLike[str], what: str) -> Path:
     except OSError as exc:  # a file where a folder should be, no permission
         raise DcpvizError(f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}.") from None
     return path
-
-
-def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:
-    """A trace from plain data (``json.load`` of a trace file), validated like a file."""
-    from .trace_codec import trace_from_dict as decode
-
-    return decode(doc, source)
-
-
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read and fully validate a trace file; anything malformed raises TraceFileError."""
-    from .trace_codec import read_trace as read
-
-    return read(path)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from .components import component_of
-from .hints import OPTIM_STATE_NAMES, Hint, _examples
-from .trace import LoadTrace
+from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES, Hint, _examples
+from dcpviz.core.components import component_of
+from dcpviz.core.trace import LoadTrace
 
 _STATE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)state\.(?P<param>.+)\.(?P<name>[A-Za-z_]+)$")
 _GROUP_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)param_groups\.(?P<group>\d+)\.(?P<name>[A-Za-z_]+)$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable
@@ -10,9 +11,10 @@ from typing import Any
 
 import torch
 
-from .errors import ScenarioError, did_you_mean
-from .models import check_model_spec, model_name
-from .recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.core.errors import ScenarioError, did_you_mean
+from dcpviz.engine.models import check_model_spec, model_name
+from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.engine.training_state import check_optimizer_spec, check_state_spec, spec_name
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -80,8 +82,6 @@ class Scenario:
     state: str | Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        from .engine.training_state import check_optimizer_spec, check_state_spec
-
         check_model_spec(self.model)
         check_optimizer_spec(self.optimizer)
         check_state_spec(self.state)
@@ -175,24 +175,22 @@ class Scenario:
     # -- derived -----------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
+        """The model's name for summaries and messages."""
         return model_name(self.model)
 
     @property
     def recipe_name(self) -> str:
+        """The recipe's name for summaries and messages."""
         return recipe_name(self.recipe)
 
     @property
     def optimizer_name(self) -> str:
         """'' without an optimizer, else the preset name or 'callable:module.qualname'."""
-        from .engine.training_state import spec_name
-
         return spec_name(self.optimizer)
 
     @property
     def state_name(self) -> str:
         """'' for the default state, else the preset name or 'callable:module.qualname'."""
-        from .engine.training_state import spec_name
-
         return spec_name(self.state)
 
     @property
@@ -224,7 +222,6 @@ class Scenario:
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with some fields changed (validated again)."""
-        import dataclasses
 
         return dataclasses.replace(self, **changes)
 

@@ -6,14 +6,20 @@ DataFrame out. Offsets and sizes are tuples of ints; ranks are global ranks.
 
 from __future__ import annotations
 
-import re
+import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .trace import PlannedItem, PlanRecord, SaveTrace
+from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of
+from dcpviz.core.components import component_of
+from dcpviz.core.filenames import file_rank
+from dcpviz.core.plans import final_or_global, writer_ranks
+from dcpviz.core.trace import PlannedItem, PlanRecord, SaveTrace
+from dcpviz.core.units import fmt_bytes
+from dcpviz.core.units import itemsize as dtype_itemsize
 
 WRITE_ITEM_COLUMNS = [
     "rank", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "kept", "global_size", "dcp_size",
@@ -30,8 +36,6 @@ CHUNK_COLUMNS = ["fqn", "chunk_index", "offsets", "sizes", "rank", "nbytes", "dt
 
 def components_of(trace: Any, fqns: Any) -> list[str]:
     """The training-state component (``model``, ``optim``, ``lr_scheduler``, ...) of each key."""
-    from .components import component_of
-
     prefixes = dict(trace.scenario.components) if trace.scenario is not None else {}
     memo: dict[str, str] = {}
     return [memo[f] if f in memo else memo.setdefault(f, component_of(f, prefixes)) for f in fqns]
@@ -65,6 +69,7 @@ _COLUMN_CACHE: dict[int, tuple[Any, _ItemColumns]] = {}
 
 
 def item_columns(trace: SaveTrace) -> _ItemColumns:
+    """The trace's planned items as numpy columns (cached per trace): the base of every save table."""
     hit = _COLUMN_CACHE.get(id(trace))
     if hit is None or hit[0] is not trace:
         if len(_COLUMN_CACHE) > 8:
@@ -118,13 +123,6 @@ def write_items(trace: SaveTrace) -> pd.DataFrame:
     return df
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
 
 def dedup(trace: SaveTrace) -> pd.DataFrame:
     """One row per item index planned by more than one rank: who planned it, who writes it, why.
@@ -173,7 +171,7 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
                 rule = "fewest planned bytes"
                 low = min(before)
                 ties = sum(1 for b in before if b == low)
-                why = f"rank {pick} had planned the fewest bytes ({_fmt_bytes(low)})" + (
+                why = f"rank {pick} had planned the fewest bytes ({fmt_bytes(low)})" + (
                     f"; a {ties}-way tie goes to the first candidate" if ties > 1 else ""
                 )
             rows.append(
@@ -199,9 +197,6 @@ def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) 
     return counts, nbytes
 
 
-def final_or_global(trace: SaveTrace) -> tuple[PlanRecord, ...] | None:
-    return trace.final_plans if trace.final_plans is not None else trace.global_plans
-
 
 def rank_volume(trace: SaveTrace) -> pd.DataFrame:
     """Items and bytes each rank writes (final plans, after dedup), next to what it planned."""
@@ -221,32 +216,16 @@ def rank_volume(trace: SaveTrace) -> pd.DataFrame:
     )
 
 
-def writer_ranks(trace: SaveTrace) -> dict[tuple[str, tuple[int, ...] | None], int]:
-    """(fqn, chunk offsets) -> the rank whose final plan writes it."""
-    out: dict[tuple[str, tuple[int, ...] | None], int] = {}
-    plans = final_or_global(trace)
-    if plans is None:
-        return out
-    for r, plan in enumerate(plans):
-        for i in plan.items:
-            it = trace.items[i]
-            out.setdefault((it.fqn, it.offsets), r)
-    return out
-
 
 def chunks(trace: SaveTrace) -> pd.DataFrame:
     """The checkpoint metadata's chunks (one row per chunk; one row per bytes entry), with the
     rank that writes each."""
-    import math
-
-    from .engine.convert import dtype_from_str
-
     if trace.metadata is None:
         return pd.DataFrame(columns=CHUNK_COLUMNS)
     writers = writer_ranks(trace)
     rows = []
     for t in trace.metadata.tensors:
-        itemsize = dtype_from_str(t.dtype).itemsize
+        itemsize = dtype_itemsize(t.dtype)
         for ci, c in enumerate(t.chunks):
             rows.append(
                 (t.fqn, ci, c.offsets, c.sizes, writers.get((t.fqn, c.offsets), -1),
@@ -310,16 +289,12 @@ TENSOR_COLUMNS = [
 
 def tensors(trace: SaveTrace) -> pd.DataFrame:
     """One row per checkpoint entry (tensor or bytes): shape, dtype, chunks, bytes, placements."""
-    import math
-
-    from .engine.convert import dtype_from_str
-
     layouts = {lay.fqn: lay for lay in trace.layouts}
     writers = writer_ranks(trace)
     rows = []
     if trace.metadata is not None:
         for t in trace.metadata.tensors:
-            itemsize = dtype_from_str(t.dtype).itemsize
+            itemsize = dtype_itemsize(t.dtype)
             lay = layouts.get(t.fqn)
             rows.append(
                 (
@@ -386,8 +361,6 @@ def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) 
     (``layers.[0-79].attention.wq.weight``). "Alike" = same shape, dtype, placements and the
     same chunks planned by the same ranks; which replica dedup picked may differ.
     (``write_items_df`` is accepted for compatibility and not needed.)"""
-    from .groups import collapsed_label, numbers_of, pattern_of
-
     tens = tensors(trace)
     by_fqn: dict[str, list[tuple]] = {}
     for i, ranks in planned_by(trace).items():
@@ -426,8 +399,6 @@ def volume_by_component(trace: SaveTrace) -> pd.DataFrame:
 
 def volume_by_module(trace: SaveTrace, depth: int = 1) -> pd.DataFrame:
     """Bytes each rank writes (final plans), split by module prefix: rank, module, items, nbytes."""
-    from .groups import module_of
-
     cols = item_columns(trace)
     plans = final_or_global(trace)
     if plans is None:
@@ -489,14 +460,6 @@ def phase_volume(trace: SaveTrace) -> pd.DataFrame:
 STORAGE_COLUMNS = ["fqn", "offsets", "file", "offset", "length", "rank"]
 FILE_COLUMNS = ["file", "rank", "items", "nbytes"]
 STORAGE_VOLUME_COLUMNS = ["rank", "files", "items", "nbytes"]
-_FILE_RANK = re.compile(r"^__(\d+)_")
-
-
-def file_rank(relative_path: str) -> int:
-    """The writer rank FileSystemWriter encodes in a file name (``__{rank}_{n}.distcp``), or -1."""
-    m = _FILE_RANK.match(relative_path)
-    return int(m.group(1)) if m else -1
-
 
 def storage(trace: SaveTrace) -> pd.DataFrame:
     """Where each checkpoint entry's bytes are: file, byte offset, length and the writer rank.

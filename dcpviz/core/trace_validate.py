@@ -11,8 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from .errors import TraceFileError
-from .trace import MAX_COUNT, LoadTrace, MetadataInfo, PlanRecord, SaveTrace, ScenarioInfo, Trace
+from dcpviz.core.errors import TraceFileError
+from dcpviz.core.trace import (
+    MAX_COUNT,
+    LoadTrace,
+    MetadataInfo,
+    PlanRecord,
+    SaveTrace,
+    ScenarioInfo,
+    Trace,
+)
 
 
 def validate_trace(trace: Trace, kind: str) -> None:

@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
+from dcpviz.analysis.save_tables import components_of, job_facts
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
+from dcpviz.core.units import itemsize as dtype_itemsize
 
 READ_ITEM_COLUMNS = [
     "rank", "fqn", "dest_offsets", "storage_offsets", "lengths", "saved_offsets", "nbytes",
@@ -45,14 +48,12 @@ class _Saved:
     """Lookups into the checkpoint side: writer, file, chunk sizes, dtype per saved chunk."""
 
     def __init__(self, trace: LoadTrace) -> None:
-        from .engine.convert import dtype_from_str
-
         self.writers: dict[tuple[str, Any], ChunkWriter] = {(w.fqn, w.offsets): w for w in trace.saved_writers}
         self.dtype: dict[str, str] = {}
         self.chunk_nbytes: dict[tuple[str, Any], int] = {}
         for t in trace.saved.tensors:
             self.dtype[t.fqn] = t.dtype
-            itemsize = dtype_from_str(t.dtype).itemsize
+            itemsize = dtype_itemsize(t.dtype)
             for c in t.chunks:
                 self.chunk_nbytes[(t.fqn, c.offsets)] = math.prod(c.sizes) * itemsize
 
@@ -96,26 +97,21 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     ``chunk_nbytes`` the whole saved chunk, which DCP's FileSystemReader deserialises in full
     before narrowing to the box (``storage_nbytes``: its stored length, when on disk).
     """
-    from .tables import components_of
-
     df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     df["storage_nbytes"] = pd.array(df["storage_nbytes"].tolist(), dtype="Int64")
     return df.astype({"rank": "int64", "nbytes": "int64", "writer_rank": "int64", "saved_chunk": "int64", "chunk_nbytes": "int64"})
 
 
-def _wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
+def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
     """Bytes each target rank's own shards hold (of one training-state component, if given)."""
-    from .engine.convert import dtype_from_str
-    from .tables import components_of
-
     parts = components_of(trace, [tv.fqn for tv in trace.wanted]) if component is not None else None
     per_value = []
     for i, tv in enumerate(trace.wanted):
         if tv.dtype is None or (parts is not None and parts[i] != component):
             per_value.append(0)
             continue
-        itemsize = dtype_from_str(tv.dtype).itemsize
+        itemsize = dtype_itemsize(tv.dtype)
         per_value.append(sum(math.prod(c.sizes) for c in tv.chunks) * itemsize)
     return np.array([sum(per_value[i] for i in ids) for ids in trace.wanted_by_rank], dtype=np.int64)
 
@@ -141,7 +137,7 @@ def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataF
             "reads": col(g.size()).to_numpy(),
             "nbytes": col(g["nbytes"].sum()).to_numpy(),
             "chunk_nbytes": col(g["chunk_nbytes"].sum()).to_numpy(),
-            "wanted_nbytes": _wanted_nbytes(trace) if trace.wanted_by_rank else np.zeros(W, np.int64),
+            "wanted_nbytes": wanted_nbytes(trace) if trace.wanted_by_rank else np.zeros(W, np.int64),
             "tensors": col(g["fqn"].nunique()).to_numpy(),
             "saved_chunks": col(reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"]))).groupby("rank")["_k"].nunique()).to_numpy() if len(reads) else np.zeros(W, np.int64),
             "writers": col(g["writer_rank"].nunique()).to_numpy(),
@@ -178,11 +174,9 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     """Target rank (rows, every rank) x ``by`` ('writer_rank' or 'file') -> ``values``
     ('nbytes', 'reads' or 'chunk_nbytes'), zeros where a rank reads nothing from a column."""
     if by not in ("writer_rank", "file"):
-        from .errors import DcpvizError
 
         raise DcpvizError(f"by={by!r}: use 'writer_rank' or 'file'.")
     if values not in ("nbytes", "reads", "chunk_nbytes"):
-        from .errors import DcpvizError
 
         raise DcpvizError(f"values={values!r}: use 'nbytes', 'reads' or 'chunk_nbytes'.")
     long = resharding(trace, reads)
@@ -190,7 +184,6 @@ def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "
     if by == "file":
         long = long[long["file"].notna()]
         if long.empty and len(reads if reads is not None else trace.reads):
-            from .errors import DcpvizError
 
             raise DcpvizError(
                 "by='file' needs a checkpoint on disk: this load was planned against "
@@ -283,7 +276,6 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
     failed = sorted({e.rank for e in trace.errors if e.phase == "local" and e.rank is not None})
     total = int(reads["nbytes"].sum()) if len(reads) else 0
     nb = vol["nbytes"].astype("float64")
-    from .tables import job_facts
 
     return {
         **job_facts(trace),

@@ -15,6 +15,7 @@ def pattern_of(fqn: str) -> str:
 
 
 def numbers_of(fqn: str) -> tuple[int, ...]:
+    """The layer numbers in a key ('layers.3.w' -> (3,)), in order."""
     return tuple(int(p) for p in fqn.split(".") if p.isdigit())
 
 

@@ -22,8 +22,8 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from .errors import CheckpointError
-from .trace import MAX_COUNT
+from dcpviz.core.errors import CheckpointError
+from dcpviz.core.trace import MAX_COUNT
 
 _MISSING = object()
 

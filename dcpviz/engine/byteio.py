@@ -24,7 +24,7 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 
-from .errors import CheckpointError
+from dcpviz.core.errors import CheckpointError
 
 # Standard types whose construction from a pickle runs no user code, beyond torch's own
 # weights-only allowlist (which already covers dict, list, tuple, set, OrderedDict, int, float,
@@ -103,6 +103,7 @@ def sanitized_stream(value: IO[bytes], where: str) -> io.BytesIO:
 
 
 def entry_name(read_item: ReadItem) -> str:
+    """The checkpoint key a ReadItem reads, for messages."""
     fqn = read_item.storage_index.fqn
     dest = read_item.dest_index.fqn
     return f"BYTE_IO entry {fqn!r}" + (f" (loaded into {dest!r})" if dest != fqn else "")
@@ -119,6 +120,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Build a BYTE_IO value with torch's weights-only unpickler (never plain pickle)."""
         super().load_bytes(read_item, sanitized_stream(value, entry_name(read_item)))
 
 
@@ -131,6 +133,7 @@ class SafeBytesPlanner:
         self._source = source
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        """Build a BYTE_IO value with torch's weights-only unpickler (never plain pickle)."""
         where = f"{entry_name(read_item)} of {self._source}"
         return self._planner.load_bytes(read_item, sanitized_stream(value, where))
 

@@ -7,19 +7,20 @@ from typing import Any
 
 import ipywidgets as w
 
-from .. import views
-from ..report import table_html
-from ..report_load import hints_html, load_summary_rows, pick_read_tensors
-from .figure import figure_widget, replace_figure
-from .panels import TablesPanel, summary_html
+from dcpviz import views
+from dcpviz.results import pick_read_tensors
+from dcpviz.views.html import hints_html, table_html
+from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.panels import TablesPanel, summary_html
 
 LOAD_TABLES = ["rank_volume", "read_items", "mismatches", "hints_table", "resharding"]
 
 
 class LoadExplorer(w.VBox):
+    """The load debugger app: hints, mismatches, reads, resharding, tables."""
     def __init__(self, load: Any) -> None:
         self.result = load
-        self.header = w.HTML(summary_html(load_summary_rows(load.summary), load.errors) + hints_html(load.hints))
+        self.header = w.HTML(summary_html(load.summary_rows(), load.errors) + hints_html(load.hints))
         tabs = [("Reads", self._reads_tab()), ("Volume", self._volume_tab()), ("Resharding", self._resharding_tab()),
                 ("Mismatches", self._mismatch_tab()), ("Tables", TablesPanel(load, LOAD_TABLES))]
         self.tabs = w.Tab(children=[t for _, t in tabs])

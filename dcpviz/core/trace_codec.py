@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .errors import TraceFileError
-from .trace import SCHEMA, VERSION, LoadTrace, SaveTrace, Trace
-from .trace_validate import validate_trace
+from dcpviz.core.errors import TraceFileError
+from dcpviz.core.trace import SCHEMA, VERSION, LoadTrace, SaveTrace, Trace
+from dcpviz.core.trace_validate import validate_trace
 
 T = TypeVar("T")
 _KINDS: dict[str, type] = {"save": SaveTrace, "load": LoadTrace}

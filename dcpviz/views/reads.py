@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import load_tables
-from .geometry import box_height, pick_dims, project, rects_path, set_box_axes
-from .style import base_layout, fmt_bytes, fmt_span, rank_color
+from dcpviz.analysis import load_tables
+from dcpviz.core.errors import DcpvizError, did_you_mean
+from dcpviz.core.units import fmt_bytes
+from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
+from dcpviz.views.inputs import need_component, need_name, need_rank, need_result
+from dcpviz.views.style import base_layout, fmt_span, rank_color
 
 
 def read_layout_figure(
@@ -105,8 +108,6 @@ def read_layout_figure(
 
 def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
     """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
-    from ..errors import DcpvizError, did_you_mean
-    from .inputs import need_name, need_rank, need_result
 
     need_result(load, "load", "read_layout", "load")
     need_name(fqn, "read_layout")
@@ -151,7 +152,6 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
 
 def _component_reads(load: Any, component: str | None, view: str) -> pd.DataFrame | None:
     """The load's reads of one training-state component (None: all of them)."""
-    from .inputs import need_component
 
     if component is None:
         return None
@@ -163,20 +163,19 @@ def _component_reads(load: Any, component: str | None, view: str) -> pd.DataFram
 def read_volume(load: Any, *, component: str | None = None) -> go.Figure:
     """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them);
     ``component=`` ("model", "optim", ...) counts one part of a training state."""
-    from ..load_tables import _wanted_nbytes, rank_volume
-    from .inputs import need_result
 
     need_result(load, "load", "read_volume", "load")
     reads = _component_reads(load, component, "read_volume")
     if reads is None:
         return read_volume_figure(load.rank_volume)
-    vol = rank_volume(load.trace, reads)
+    vol = load_tables.rank_volume(load.trace, reads)
     if load.trace.wanted_by_rank:  # what the rank's own shards hold, of this component only
-        vol["wanted_nbytes"] = _wanted_nbytes(load.trace, component)
+        vol["wanted_nbytes"] = load_tables.wanted_nbytes(load.trace, component)
     return read_volume_figure(vol)
 
 
 def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """A resharding matrix (target rank x writer rank or file) as a heatmap."""
     z = matrix.to_numpy(dtype="float64")
     z = np.where(z > 0, z, np.nan)
     label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
@@ -202,11 +201,9 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None) -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read;
     ``component=`` ("model", "optim", ...) keeps one part of a training state."""
-    from ..load_tables import resharding_matrix
-    from .inputs import need_result
 
     need_result(load, "load", "resharding", "load")
     reads = _component_reads(load, component, "resharding")
     if reads is None:
         return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
-    return resharding_figure(resharding_matrix(load.trace, by, values, reads), by, values)
+    return resharding_figure(load_tables.resharding_matrix(load.trace, by, values, reads), by, values)

@@ -14,11 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ScenarioError, did_you_mean
+from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
+    """The sizes of a Llama-style transformer."""
     dim: int
     n_layers: int
     n_heads: int
@@ -29,6 +30,7 @@ class LlamaConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head."""
         return self.dim // self.n_heads
 
 
@@ -42,6 +44,7 @@ LLAMA_CONFIGS: dict[str, LlamaConfig] = {
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Llama's)."""
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
@@ -49,13 +52,16 @@ class RMSNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         # Models built on meta get real storage later (run_save); this is their initialiser.
+        """Weights to one."""
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` by its root mean square, then scale."""
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with separate q/k/v/o projections."""
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         hd = cfg.head_dim
@@ -66,6 +72,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """Llama's gated MLP (w1, w2, w3)."""
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
@@ -74,6 +81,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    """Attention and feed-forward, each behind an RMSNorm."""
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
@@ -120,6 +128,7 @@ class Transformer(nn.Module):
         }
 
     def fsdp_units(self) -> list[nn.Module]:
+        """The modules a training script wraps with fully_shard: the blocks."""
         return list(self.layers.values())
 
 
@@ -135,13 +144,16 @@ class StepCounter(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     def reset_parameters(self) -> None:
+        """The step back to zero."""
         with torch.no_grad():
             self.step.zero_()
 
     def get_extra_state(self) -> dict[str, Any]:
+        """Non-tensor state (DCP saves it as a BYTE_IO entry)."""
         return {"epoch": 0, "note": "non-tensor state is saved as bytes"}
 
     def set_extra_state(self, state: Any) -> None:
+        """Keep the non-tensor state a checkpoint restored."""
         self._extra = state
 
 
@@ -158,11 +170,13 @@ class MLP(nn.Module):
 
     @staticmethod
     def tp_plan() -> dict[str, Any]:
+        """Tensor-parallel plan: fc1 column-wise, fc2 row-wise."""
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
         return {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()}
 
     def fsdp_units(self) -> list[nn.Module]:
+        """The modules fully_shard wraps: the layers."""
         return [self.fc1, self.fc2]
 
 
@@ -188,6 +202,7 @@ def check_model_spec(model: Any) -> None:
 
 
 def model_name(model: str | Callable[[], nn.Module]) -> str:
+    """A model or factory's name for summaries and messages."""
     if isinstance(model, str):
         return model
     mod = getattr(model, "__module__", None) or "?"
@@ -197,7 +212,6 @@ def model_name(model: str | Callable[[], nn.Module]) -> str:
 
 def build_model(model: str | Callable[[], nn.Module], device: str | torch.device = "meta") -> nn.Module:
     """Build the model under ``torch.device(device)``; meta allocates nothing."""
-    from .errors import UserCodeError
 
     check_model_spec(model)
     factory = PRESETS[model] if isinstance(model, str) else model

@@ -10,19 +10,22 @@ Nothing is read through a link that leaves the checkpoint directory.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
-from dataclasses import dataclass, field
+import zipfile
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
-from .byteio import SafeBytesPlanner, load_byte_io
-from .errors import CheckpointError
-from .metadata_check import check_metadata
+from dcpviz.core.checkpoint_facts import CheckpointFacts
+from dcpviz.core.errors import CheckpointError
+from dcpviz.core.filenames import file_rank
+from dcpviz.engine.byteio import SafeBytesPlanner, load_byte_io
+from dcpviz.engine.metadata_check import check_metadata
 
 METADATA_FILE = ".metadata"
 
@@ -144,6 +147,7 @@ class SafeFileSystemReader(FileSystemReader):
     """
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        """``.metadata`` through the restricted unpickler (never plain pickle)."""
         from torch.distributed.checkpoint.metadata import StorageMeta
 
         path = Path(self._get_metadata_path(kwargs.get("rank")))
@@ -159,37 +163,13 @@ class SafeFileSystemReader(FileSystemReader):
         return md
 
     def read_data(self, plan: Any, planner: Any) -> Any:
+        """FileSystemReader.read_data, with BYTE_IO values built by the weights-only unpickler."""
         return super().read_data(plan, SafeBytesPlanner(planner, repr(str(self.path))))
 
 
 # -- inspecting a whole checkpoint directory ----------------------------------------------------
 _ZIP_MAGIC = b"PK\x03\x04"
 VERIFY = ("headers", "full", "none")
-
-
-@dataclass
-class CheckpointInfo:
-    """What a DCP checkpoint directory holds, read without running anything from it.
-
-    ``chunks``: fqn, chunk_index, offsets, sizes, dtype, nbytes, kind, global_size (one row per
-    saved chunk; one row per bytes entry) · ``storage``: fqn, offsets, file, offset, length, rank ·
-    ``files``: file, nbytes (size on disk), rank (writer, from the file name), items,
-    stored_nbytes (sum of the lengths stored in it) · ``totals``: counts and byte sums ·
-    ``metadata``: DCP's Metadata object · ``notes``: facts worth a look (stale files, ...).
-    """
-
-    path: Path
-    metadata: Any
-    chunks: pd.DataFrame
-    storage: pd.DataFrame
-    files: pd.DataFrame
-    totals: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        t = self.totals
-        return (f"<CheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
-                f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk>")
 
 
 class _Slice(io.RawIOBase):
@@ -231,7 +211,6 @@ def _key(fqn: str, offsets: Any) -> tuple[str, tuple[int, ...] | None]:
 def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify: str) -> None:
     """A record is one torch.save archive (a zip). Check its directory, and that the tensor's
     data entries hold exactly the chunk's bytes; 'full' also checks every CRC."""
-    import zipfile
 
     view = _Slice(fh, s.offset, s.length)
     if view.read(4) != _ZIP_MAGIC:
@@ -267,7 +246,7 @@ def _check_byte_entry(fh: Any, s: Any, where: str) -> None:
     load_byte_io(fh.read(int(s.length)), where)
 
 
-def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
+def read_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointFacts:
     """Read a DCP checkpoint directory without executing anything from it, and check it.
 
     ``.metadata`` goes through the restricted unpickler (a ``.metadata`` link out of the
@@ -277,21 +256,37 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
     weights-only unpickler (a planted pickle is refused, naming the entry and the class it would
     build); ``verify='full'`` also checks every CRC (reads all bytes); ``'none'`` skips record
     checks. Problems raise ``DcpvizError`` naming the entry and the file. Nothing is ever
-    written into the directory.
+    written into the directory. Returns the facts found (rows); ``dcpviz.inspect_checkpoint``
+    makes them tables.
     """
-    import math
-
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
-
-    from .tables import file_rank
-
     if verify not in VERIFY:
         raise CheckpointError(f"verify={verify!r} must be one of {VERIFY}.")
     md = read_metadata(checkpoint_dir)
     root = Path(checkpoint_dir).resolve()
-    notes: list[str] = []
+    chunk_rows, expected = _chunk_rows(md, root)
+    records = _storage_records(md, expected, root)
+    sizes, storage_rows = _storage_rows(records, root)
+    if verify != "none":
+        _verify_records(records, expected, root, verify)
+    stale = sorted(p.name for p in root.iterdir()
+                   if p.is_file() and p.suffix == ".distcp" and p.name not in sizes)
+    tensor_lengths = sum(int(records[k].length) for k, v in expected.items() if v is not None)
+    return CheckpointFacts(
+        path=root, metadata=md, chunk_rows=chunk_rows, storage_rows=storage_rows,
+        file_sizes={**sizes, **{rel: (root / rel).stat().st_size for rel in stale}},
+        referenced_files=tuple(sorted(sizes)), stale_files=tuple(stale),
+        tensors=sum(1 for e in md.state_dict_metadata.values() if isinstance(e, TensorStorageMetadata)),
+        bytes_entries=sum(1 for e in md.state_dict_metadata.values() if isinstance(e, BytesStorageMetadata)),
+        tensor_record_nbytes=tensor_lengths,
+        metadata_nbytes=(root / METADATA_FILE).stat().st_size,
+        dcp_version=getattr(md, "version", None),
+    )
 
-    chunk_rows, expected = [], {}
+
+def _chunk_rows(md: Any, root: Path) -> tuple[list[tuple], dict[tuple, int | None]]:
+    """One row per saved chunk (and bytes entry), and each one's expected data size."""
+    chunk_rows: list[tuple] = []
+    expected: dict[tuple, int | None] = {}
     for fqn, entry in md.state_dict_metadata.items():
         if isinstance(entry, TensorStorageMetadata):
             dtype = str(entry.properties.dtype).removeprefix("torch.")
@@ -306,7 +301,11 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
             expected[_key(fqn, None)] = None
         else:
             raise CheckpointError(f"entry {fqn!r} of {root} has an unknown kind {type(entry).__name__}.")
+    return chunk_rows, expected
 
+
+def _storage_records(md: Any, expected: dict[tuple, int | None], root: Path) -> dict[tuple, Any]:
+    """(fqn, offsets) -> its storage record; every entry the metadata lists must have one."""
     storage_data = md.storage_data
     if expected and not storage_data:
         raise CheckpointError(
@@ -325,7 +324,12 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
             f"{root} is incomplete: the metadata lists {fqn!r} chunk {off} (and {len(missing) - 1} "
             "more) but no storage record says where its bytes are."
         )
+    return records
 
+
+def _storage_rows(records: dict[tuple, Any], root: Path) -> tuple[dict[str, int], list[tuple]]:
+    """Each referenced file's size, and one row per record; a record pointing outside the
+    directory, at a missing file or past a file's end is refused."""
     sizes: dict[str, int] = {}
     storage_rows = []
     for (fqn, off), s in records.items():
@@ -350,64 +354,20 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
                 f"only {sizes[rel]} bytes: it is truncated (or the metadata belongs to another save)."
             )
         storage_rows.append((fqn, off if off is not None else (), rel, offset, length, file_rank(rel)))
+    return sizes, storage_rows
 
-    if verify != "none":
-        by_file: dict[str, list] = {}
-        for (fqn, off), s in records.items():
-            if getattr(s, "transform_descriptors", None):
-                continue  # compressed / transformed records are not plain torch.save archives
-            by_file.setdefault(str(s.relative_path), []).append((fqn, off, s))
-        for rel, recs in by_file.items():
-            with open(root / rel, "rb") as fh:
-                for fqn, off, s in recs:
-                    where = f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
-                    _check_record(fh, s, expected.get(_key(fqn, off)), where, verify)
-                    if off is None:
-                        _check_byte_entry(fh, s, f"BYTE_IO entry {where}")
 
-    storage = pd.DataFrame(storage_rows, columns=["fqn", "offsets", "file", "offset", "length", "rank"])
-    storage = storage.sort_values(["file", "offset"], kind="stable").reset_index(drop=True)
-    storage = storage.astype({"offset": "int64", "length": "int64", "rank": "int64"})
-    stored = storage.groupby("file").agg(items=("fqn", "size"), stored_nbytes=("length", "sum"))
-    stale = sorted(p.name for p in root.iterdir()
-                   if p.is_file() and p.suffix == ".distcp" and p.name not in sizes)
-    file_rows = []
-    for rel in sorted(sizes) + stale:
-        n_items = int(stored.loc[rel, "items"]) if rel in stored.index else 0
-        n_stored = int(stored.loc[rel, "stored_nbytes"]) if rel in stored.index else 0
-        size = sizes.get(rel, (root / rel).stat().st_size)
-        file_rows.append((rel, size, file_rank(rel), n_items, n_stored))
-    files = pd.DataFrame(file_rows, columns=["file", "nbytes", "rank", "items", "stored_nbytes"])
-    files = files.astype({"nbytes": "int64", "rank": "int64", "items": "int64", "stored_nbytes": "int64"})
-    if stale:
-        notes.append(
-            f"{len(stale)} data files are not referenced by .metadata ({', '.join(stale[:4])}"
-            f"{' ...' if len(stale) > 4 else ''}): left by an earlier save into the same directory "
-            "(DCP overwrites .metadata but does not delete old data files)."
-        )
-    gaps = [r for r in file_rows if r[0] in sizes and r[1] != r[4]]
-    if gaps:
-        notes.append(f"{len(gaps)} files hold bytes no record refers to (e.g. {gaps[0][0]}: "
-                     f"{gaps[0][1]} on disk, {gaps[0][4]} referenced).")
-
-    chunks = pd.DataFrame(chunk_rows, columns=["fqn", "chunk_index", "offsets", "sizes", "dtype", "nbytes",
-                                               "kind", "global_size"])
-    chunks = chunks.astype({"chunk_index": "int64", "nbytes": "int64"})
-    data_nbytes = int(chunks["nbytes"].sum())
-    stored_nbytes = int(storage["length"].sum())
-    totals = {
-        "tensors": sum(1 for e in md.state_dict_metadata.values() if isinstance(e, TensorStorageMetadata)),
-        "bytes_entries": sum(1 for e in md.state_dict_metadata.values() if isinstance(e, BytesStorageMetadata)),
-        "chunks": int((chunks["kind"] == "tensor").sum()),
-        "files": len(sizes),
-        "unreferenced_files": len(stale),
-        "tensor_nbytes": data_nbytes,
-        "stored_nbytes": stored_nbytes,
-        # torch.save's archive around each tensor chunk (headers, alignment): stored minus data.
-        "framing_nbytes": sum(int(records[k].length) for k, v in expected.items() if v is not None) - data_nbytes,
-        "disk_nbytes": int(files["nbytes"].sum()),
-        "metadata_nbytes": (root / METADATA_FILE).stat().st_size,
-        "dcp_version": getattr(md, "version", None),
-    }
-    return CheckpointInfo(path=root, metadata=md, chunks=chunks, storage=storage, files=files,
-                          totals=totals, notes=notes)
+def _verify_records(records: dict[tuple, Any], expected: dict[tuple, int | None], root: Path, verify: str) -> None:
+    """Every plain record is a torch.save archive of the right size; every BYTE_IO value builds."""
+    by_file: dict[str, list] = {}
+    for (fqn, off), s in records.items():
+        if getattr(s, "transform_descriptors", None):
+            continue  # compressed / transformed records are not plain torch.save archives
+        by_file.setdefault(str(s.relative_path), []).append((fqn, off, s))
+    for rel, recs in by_file.items():
+        with open(root / rel, "rb") as fh:
+            for fqn, off, s in recs:
+                where = f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
+                _check_record(fh, s, expected.get(_key(fqn, off)), where, verify)
+                if off is None:
+                    _check_byte_entry(fh, s, f"BYTE_IO entry {where}")

@@ -1,0 +1,1 @@
+"""Analysis: tidy pandas tables and hints derived from a trace alone (no torch, no plotly)."""

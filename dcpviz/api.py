@@ -1,0 +1,102 @@
+"""The public entry points: each runs a source (which returns a trace) and wraps what it
+returns in a result. Sources never see result objects; a result argument is unwrapped here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.engine.checkpoint import read_checkpoint
+from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
+from dcpviz.engine.run_load import run_load_trace
+from dcpviz.engine.saved import SavedTrace
+from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.simulate import plan_save
+from dcpviz.engine.simulate_load import plan_load
+from dcpviz.results import LoadResult, SaveResult
+
+
+def _as_source(value: Any) -> Any:
+    """A result handed to a source becomes its trace plus the Metadata object it carries."""
+    if isinstance(value, (SaveResult, LoadResult)):
+        return SavedTrace(value.trace, value._metadata, f"<{type(value).__name__}>")
+    return value
+
+
+def simulate_save(
+    scenario: Scenario, planner: Any = None, *, progress: bool | None = None, fast: bool | None = None,
+) -> SaveResult:
+    """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
+
+    ``planner``: a SavePlanner instance (copied per rank), class, or factory; default
+    ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
+    ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
+    trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
+    the planner on every rank.
+    """
+    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast)
+    return SaveResult(trace, metadata=metadata)
+
+
+def simulate_load(
+    saved: Any, target: Scenario, planner: Any = None, *, progress: bool | None = None,
+    fast: bool | None = None,
+) -> LoadResult:
+    """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
+
+    ``saved``: a SaveResult, a save-trace file, a checkpoint directory (only its metadata is
+    read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
+    (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
+    ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
+    plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
+    Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
+    """
+    trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
+    return LoadResult(trace, metadata=metadata)
+
+
+def run_save(
+    scenario: Scenario, checkpoint_dir: str | os.PathLike[str], planner: Any = None, *,
+    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn",
+) -> SaveResult:
+    """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
+    ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
+    a RecordingSavePlanner. Returns a SaveResult: the plans (same tables as simulate_save) plus
+    ``storage``, ``files`` and ``storage_volume`` from the checkpoint written, and ``run_info``.
+    A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
+    processes are stopped and the port freed whatever happens (also on Ctrl-C)."""
+    trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout, start_method=start_method)
+    result = SaveResult(trace, metadata=metadata)
+    result.run_info = info
+    return result
+
+
+def run_load(
+    checkpoint_dir: str | os.PathLike[str], target_scenario: Scenario, planner: Any = None, *,
+    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn",
+) -> LoadResult:
+    """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
+    processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns a
+    LoadResult with the same tables as simulate_load (read items, mismatches, hints, volumes)
+    and ``run_info`` (processes, per-rank phase times, digests of the chunks each rank loaded).
+    A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank."""
+    trace, metadata, info = run_load_trace(checkpoint_dir, target_scenario, planner, timeout=timeout,
+                                           start_method=start_method)
+    result = LoadResult(trace, metadata=metadata)
+    result.run_info = info
+    return result
+
+
+
+def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
+    """Read a DCP checkpoint directory without executing anything from it, and check it; return
+    its chunks, storage records and files as tables (a CheckpointInfo).
+
+    ``.metadata`` goes through the restricted unpickler; every storage record must point at a
+    file inside the directory and lie within it; ``verify='headers'`` (default) checks each
+    record is a torch.save archive of the chunk's exact size and every BYTE_IO value builds with
+    torch's weights-only unpickler, ``'full'`` also checks every CRC, ``'none'`` skips record
+    checks. Problems raise ``DcpvizError`` naming the entry and the file; nothing is written.
+    """
+    return checkpoint_info(read_checkpoint(checkpoint_dir, verify=verify))

@@ -42,6 +42,8 @@ def _add_scenario_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-dim-names", default=None, help="comma-separated, e.g. replicate,shard")
     p.add_argument("--recipe", default="hsdp", help="replicate, fsdp, hsdp, tp, tp+fsdp (default hsdp)")
     p.add_argument("--dtype", default="bfloat16", help="parameter dtype (default bfloat16)")
+    p.add_argument("--optimizer", default=None, help="adamw, adam or sgd: save the optimizer's state too (default: none)")
+    p.add_argument("--state", default=None, help="app-state preset: dcp-tutorial or torchtitan (default: model and optimizer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +88,7 @@ def _scenario_from(args: argparse.Namespace) -> Any:
     names = tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
     return Scenario(
         model=args.model, world_size=args.world_size, mesh=args.mesh, mesh_dim_names=names,
-        recipe=args.recipe, dtype=args.dtype,
+        recipe=args.recipe, dtype=args.dtype, optimizer=args.optimizer, state=args.state,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from dcpviz.engine.phases import (
     representatives,
     scenario_info,
     torch_version,
+    training_state_components,
     wants_template,
 )
 from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
@@ -81,6 +82,7 @@ class _SaveRun:
     sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
     layouts: tuple = ()
     digests: list = field(default_factory=list)  # ValueDigests of the ranks whose own state dict was built
+    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
 
@@ -118,6 +120,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
             run.rebound += n
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
+            run.components = training_state_components(run.scenario, state_dict)
         if run.template is None or r == 0:
             # Values known only where this rank's own state dict was built: a template view would
             # hand rank 0's Python values to every rank and hide any that differ.
@@ -247,7 +250,7 @@ def plan_save(
         md_info = metadata_info(md) if md is not None else None
     timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
-        scenario=scenario_info(scenario),
+        scenario=replace(scenario_info(scenario), components=run.components),
         planner=info,
         items=tuple(run.conv.items),
         local_plans=local_records,

@@ -320,3 +320,43 @@ def test_new_trace_fields_are_validated_and_optional(per_rank_value, tmp_path):
     (tmp_path / "alt.json").write_text(json.dumps(alt))
     with pytest.raises(dcpviz.DcpvizError, match="dedup_alternative"):
         dcpviz.load_trace(tmp_path / "alt.json")
+
+
+# -- training states (issue 11): a state callable's per-rank values -------------------------------
+def state_with_rank_rng(model, optimizer, rank):
+    """An app state whose RNG tensor differs per rank, saved under one key."""
+    return {"model": model.state_dict(), "rng": torch.tensor([1234 + rank]), "epoch": 3}
+
+
+def state_with_rng_per_rank(model, optimizer, rank):
+    """The fix: each rank's RNG state under its own key."""
+    return {"model": model.state_dict(), f"rng_rank{rank}": torch.tensor([1234 + rank]), "epoch": 3}
+
+
+def test_a_state_callables_per_rank_value_is_data_loss_in_simulate_save():
+    res = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rank_rng))
+    lost = rows(res, "rank-specific-value", "data-loss")
+    assert list(lost["fqn"]) == ["rng"]
+    survivor = int(res.dedup.set_index("fqn").loc["rng", "chosen_rank"])
+    assert set(lost["ranks"].iloc[0]) == {0, 1, 2, 3} - {survivor}
+    assert "epoch" not in set(res.checks["fqn"])  # the same on every rank
+    fixed = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rng_per_rank))
+    assert not len(rows(fixed, "rank-specific-value", "data-loss"))
+
+
+def test_torchtitan_dataloader_keys_are_per_rank_keys_not_data_loss():
+    res = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan"))
+    assert not len(rows(res, "rank-specific-value", "data-loss"))
+    assert {f"dataloader.dp_rank_{r}" for r in range(4)} <= set(rows(res, "key-sets-differ")["fqn"])
+
+
+def test_optimizer_state_of_a_training_checkpoint_not_read_by_a_model_only_load():
+    save = dcpviz.simulate_save(dcpviz.Scenario(world_size=2, recipe="fsdp", optimizer="adamw"))
+    load = dcpviz.simulate_load(save, dcpviz.Scenario(world_size=2, recipe="fsdp", state=state_model_only))
+    assert len(rows(load, "optimizer-state-not-read", "warning")) == 1
+    again = dcpviz.simulate_load(save, dcpviz.Scenario(world_size=2, recipe="fsdp", optimizer="adamw"))
+    assert not len(rows(again, "optimizer-state-not-read"))
+
+
+def state_model_only(model, optimizer, rank):
+    return {"model": model.state_dict()}

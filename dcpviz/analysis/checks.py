@@ -26,6 +26,7 @@ from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.hints import OPTIM_STATE_NAMES
+from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import LoadTrace, SaveTrace
 from dcpviz.core.units import fmt_bytes
@@ -258,9 +259,13 @@ def is_optimizer_key(key: str) -> bool:
 
 
 def unread_keys(trace: LoadTrace) -> list[Row]:
-    """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart."""
+    """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart
+    (by the saved side's components where the trace has them, else by the key's shape)."""
     unexpected = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected"})
-    optim = [k for k in unexpected if is_optimizer_key(k)]
+    saved = trace.saved_scenario
+    prefixes = dict(saved.components) if saved is not None else {}
+    optim = [k for k in unexpected if is_optimizer_key(k)
+             or component_of(k, prefixes) in ("optim", "optimizer")]
     rest = [k for k in unexpected if k not in set(optim)]
     fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
     rows: list[Row] = [("warning", "unread-keys", k, (),

@@ -209,6 +209,9 @@ def test_keys_no_rank_reads(fsdp_save):
     assert set(rows(load, "unread-keys", "warning")["fqn"]) >= {"progress.step", "progress._extra_state.epoch"}
     same = dcpviz.simulate_load(fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
     assert not len(rows(same, "unread-keys")) and not len(same.checks)
+    app = dcpviz.explore(load)  # the load debugger gets the tab too; warnings do not open it
+    assert app.tabs.titles[-1] == "Checks" and app.tabs.selected_index == 0
+    assert "checks: " in repr(load) and load.parts()[0].title.startswith("Checks:")
 
 
 def test_silent_dtype_casts(fsdp_save):

@@ -17,7 +17,7 @@ from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import TablesPanel, summary_html
+from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -31,7 +31,7 @@ PHASE_TEXT = {
 TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
 
 
-class Explorer(w.VBox):
+class Explorer(StaticFallback, w.VBox):
     """Interactive view of a save result (``dcpviz.explore(result)``)."""
 
     def __init__(self, result: Any, compare: Any = None) -> None:

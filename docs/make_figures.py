@@ -97,6 +97,9 @@ def screenshots() -> None:
                 page.screenshot(path=str(OUT / png))
             else:
                 cells = page.locator(".jp-Cell:has(.plotly-graph-div)")
+                if not cells.count():  # a notebook whose figures do not survive export: its first output
+                    cells = page.locator(".jp-Cell:has(.jp-OutputArea-output)")
+                    index = 0
                 cell = cells.nth(index if index >= 0 else cells.count() - 1)
                 cell.scroll_into_view_if_needed()
                 cell.screenshot(path=str(OUT / png))

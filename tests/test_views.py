@@ -242,3 +242,21 @@ def test_read_boxes_are_labelled_with_their_writer(llama_hsdp):
     labels = next(t for t in fig.data if t.meta and t.meta.get("role") == "read-labels")
     reads = load.read_items[(load.read_items.fqn == "tok_embeddings.weight") & (load.read_items["rank"] == 1)]
     assert sorted(labels.text) == sorted(f"from {r}" for r in reads.writer_rank)
+
+
+def test_past_24_ranks_tiles_are_labelled_and_neighbours_differ():
+    """Past the 24-colour palette, a rank is read from its label, and nearby ranks never share a look."""
+    from dcpviz.views.style import rank_color
+
+    def rgb(h):
+        return [int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)]
+
+    for W in (32, 64, 256):
+        colors = [rank_color(r, W) for r in range(W)]
+        assert len(set(colors)) == W
+        near = min(math.dist(rgb(colors[r]), rgb(colors[s])) for r in range(W) for s in range(r + 1, min(W, r + 5)))
+        assert near > 60, W
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=32, recipe="fsdp"))
+    fig = V.chunk_layout(save, "fc1.weight")
+    labels = next(t for t in fig.data if t.meta and t.meta.get("role") == "labels").text
+    assert sorted(labels) == sorted(f"<b>{r}</b>" for r in range(32))

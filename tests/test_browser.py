@@ -179,6 +179,9 @@ def _screenshot_tabs(page, explorer) -> dict[str, str]:
         elif title == "Tables":
             expect(panel.locator("table").first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(800)
+        buttons = panel.locator(".widget-toggle-button")
+        for j in range(buttons.count()):
+            assert not buttons.nth(j).evaluate("e => e.scrollWidth > e.clientWidth + 1"), f"{title}: button label cut"
         name = f"explorer_tab_{title.lower()}.png"
         explorer.screenshot(path=str(ARTIFACTS / name))
         shots[name] = name

@@ -164,7 +164,8 @@ class Explorer(StaticFallback, w.VBox):
     # -- phase stepper --------------------------------------------------------------------
     def _phase_tab(self) -> w.Widget:
         available = {p for p in ("local", "global", "final") if (p == "local" or getattr(self.result.trace, f"{p}_plans") is not None)}
-        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local")
+        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local",
+                                     style={"button_width": "auto"})  # fixed widths cut "2 · global plan (dedup)"
         self.phase_text = w.HTML()
         self.phase_fig = figure_widget()
         self.phase_table = w.HTML()
@@ -197,6 +198,7 @@ class Explorer(StaticFallback, w.VBox):
                                      hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
         fig.update_layout(barmode="overlay", height=320, title=f"Bytes per rank after the {phase} phase (over the local plans)",
                           template="plotly_white", xaxis_title="rank", yaxis_title="bytes")
+        fig.update_xaxes(type="category" if len(vol["rank"].unique()) <= 64 else "linear")  # every rank named
         replace_figure(self.phase_fig, fig)
         self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""
 

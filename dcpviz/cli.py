@@ -15,7 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from dcpviz.core.errors import DcpvizError
+from dcpviz.analysis.checks import counts, failing, refused_checkpoint
+from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.results import load_trace
 from dcpviz.terminal import checks_renderable, print_result
 
@@ -162,9 +163,7 @@ def _checks_of(path: Path) -> Any:
     if not path.is_dir():
         return load_trace(path).checks
     # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).
-    from dcpviz.analysis.checks import refused_checkpoint
     from dcpviz.api import inspect_checkpoint
-    from dcpviz.core.errors import CheckpointError
 
     try:
         return inspect_checkpoint(path).checks
@@ -173,8 +172,6 @@ def _checks_of(path: Path) -> Any:
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    from dcpviz.analysis.checks import counts, failing
-
     checks = _checks_of(args.path)
     if args.json:
         rows = [{**row, "ranks": [int(r) for r in row["ranks"]]} for row in checks.to_dict("records")]

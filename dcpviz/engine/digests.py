@@ -1,18 +1,25 @@
-"""Fingerprints of the tensor chunks a rank holds, to prove bytes survive a save + load.
+"""Fingerprints of values a rank holds.
 
-Kept out of traces (they describe one run's random values, not a plan): run_save / run_load put
-them in ``result.run_info.chunk_digests``.
+Chunk digests prove bytes survive a save + load; they are kept out of traces (they describe one
+run's values, not a plan): run_save / run_load put them in ``result.run_info.chunk_digests``.
+Value digests of non-DTensor values (``value_digests_of``) go into save traces: DCP's dedup keeps
+one rank's copy of such a key, and only the digests tell whether the dropped copies differed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
 from typing import Any
 
 import torch
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
 from torch.distributed.tensor import DTensor
+
+from dcpviz.core.trace import ValueDigest
 
 
 def chunk_digests(state_dict: dict[str, Any]) -> list[tuple[str, tuple[int, ...], str]]:
@@ -51,8 +58,6 @@ def value_digest(value: Any) -> str | None:
     1 MiB mean equal samples (65536 evenly spaced elements, plus shape and dtype), which is
     what a per-rank counter, RNG state or position differs in — cheap enough for a recording
     planner to run on every rank of a real job."""
-    import torch
-
     try:
         if isinstance(value, torch.Tensor):
             return _tensor_digest(value)
@@ -62,8 +67,6 @@ def value_digest(value: Any) -> str | None:
 
 
 def _tensor_digest(t: Any) -> str | None:
-    import torch
-
     if t.is_meta or type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
         return None  # meta (no values), or a tensor subclass (fake, DTensor) that holds none here
     flat = t.detach().reshape(-1)
@@ -79,9 +82,6 @@ def _tensor_digest(t: Any) -> str | None:
 def _object_digest(value: Any) -> str:
     """What DCP writes for a non-tensor is torch.save of it; its pickle stands for it (torch.save
     adds a per-call serialisation id, which would make equal values differ)."""
-    import io
-    import pickle
-
     if isinstance(value, io.BytesIO):
         payload = b"BytesIO|" + value.getvalue()
     else:
@@ -89,16 +89,9 @@ def _object_digest(value: Any) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def value_digests_of(state_dict: dict[str, Any], rank: int) -> list[Any]:
+def value_digests_of(state_dict: dict[str, Any], rank: int) -> list[ValueDigest]:
     """ValueDigests of this rank's non-DTensor values, keyed as DCP's default planner flattens
     the state dict; values without a digest (meta tensors) are left out."""
-    import torch
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
-    from torch.distributed.tensor import DTensor
-
-    from dcpviz.core.trace import ValueDigest
-
     out = []
     for fqn, value in flatten_state_dict(state_dict)[0].items():
         if isinstance(value, (DTensor, ShardedTensor)):

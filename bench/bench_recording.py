@@ -125,6 +125,19 @@ def _plans_from(result):
     return plans
 
 
+def _carrying(plans, result):
+    """The plans as recording planners send them: each rank's value digests riding in its
+    planner_data (the simulation's digests of rank 0, as every rank of these SPMD jobs holds)."""
+    import dataclasses
+
+    from dcpviz.engine.recording import CarriedPlannerData
+
+    own = tuple(d for d in result.trace.value_digests if d.rank == 0)
+    return [dataclasses.replace(p, planner_data=CarriedPlannerData(p.planner_data,
+                                tuple(dataclasses.replace(d, rank=r) for d in own)))
+            for r, p in enumerate(plans)]
+
+
 def part2(cases, repeats: int = 3) -> None:
     import copy
 
@@ -139,7 +152,8 @@ def part2(cases, repeats: int = 3) -> None:
           f"{'trace MB':>10}")
     for model, recipe, world, mesh in cases:
         sc = dcpviz.Scenario(model=model, world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16")
-        plans = _plans_from(dcpviz.simulate_save(sc, progress=False))
+        result = dcpviz.simulate_save(sc, progress=False)
+        plans = _plans_from(result)
         n = sum(len(p.items) for p in plans)
         dcp_s = rec_s = float("inf")
         with fake_world(0, world), tempfile.TemporaryDirectory() as root:
@@ -151,7 +165,7 @@ def part2(cases, repeats: int = 3) -> None:
                 rec = RecordingSavePlanner(Path(root) / "t.json", DefaultSavePlanner(flatten_state_dict=False),
                                            scenario=sc)
                 rec.is_coordinator = True
-                b = copy.deepcopy(plans)
+                b = _carrying(copy.deepcopy(plans), result)
                 t0 = time.perf_counter()
                 rec.create_global_plan(b)
                 rec_s = min(rec_s, time.perf_counter() - t0)

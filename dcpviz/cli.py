@@ -6,6 +6,7 @@ Bad input prints one line (``dcpviz: error: ...``) and exits 2; never a tracebac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from dcpviz.core.errors import DcpvizError
+from dcpviz.analysis.checks import counts, failing, refused_checkpoint
+from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.results import load_trace
-from dcpviz.terminal import print_result
+from dcpviz.terminal import checks_renderable, print_result
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a saved trace (and optionally write its report)")
     show.add_argument("trace", type=Path)
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+
+    check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
+    check.add_argument("path", type=Path, help="a save or load trace (.json) or a checkpoint directory")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON (for CI)")
 
     demo = sub.add_parser("demo", help="the default scenario: terminal summary, report.html, next steps")
     demo.add_argument("--report", type=Path, default=Path("report.html"))
@@ -149,7 +155,34 @@ def _show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-_COMMANDS = {"simulate": _simulate, "demo": _simulate, "load": _load, "show": _show}
+def _checks_of(path: Path) -> Any:
+    """The checks of a trace file or a checkpoint directory; a directory that cannot be read
+    safely (a BYTE_IO entry that would build an unsafe class, a broken record) is one error row."""
+    if not path.exists():
+        raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
+    if not path.is_dir():
+        return load_trace(path).checks
+    # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).
+    from dcpviz.api import inspect_checkpoint
+
+    try:
+        return inspect_checkpoint(path).checks
+    except CheckpointError as exc:
+        return refused_checkpoint(str(path), str(exc))
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    checks = _checks_of(args.path)
+    if args.json:
+        rows = [{**row, "ranks": [int(r) for r in row["ranks"]]} for row in checks.to_dict("records")]
+        doc = {"path": str(args.path), "failing": failing(checks), "counts": counts(checks), "checks": rows}
+        print(json.dumps(doc, indent=1))
+    else:
+        console.print(checks_renderable(checks, str(args.path)))
+    return 1 if failing(checks) else 0
+
+
+_COMMANDS = {"simulate": _simulate, "demo": _simulate, "load": _load, "show": _show, "check": _check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

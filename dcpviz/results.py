@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcpviz.analysis import checks as checks_
 from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.hints import Hint, compute_hints, hints_table
@@ -123,6 +124,17 @@ class _Result:
         """True when nothing was raised."""
         return not self.trace.errors
 
+    def checks_part(self) -> list[Part]:
+        """The checks as the report's first part, when there is any finding."""
+        found = self.checks  # type: ignore[attr-defined]
+        if not len(found):
+            return []
+        return [TablePart(f"Checks: {checks_.counts_line(found)}", found, max_rows=64)]
+
+    def checks_line(self) -> str:
+        """The checks in a few words, for repr: '1 data-loss, 2 warning'."""
+        return checks_.counts_line(self.checks)  # type: ignore[attr-defined]
+
     def messages(self) -> MessagesPart:
         """The errors and the trace's notes, as one part."""
         return MessagesPart(tuple(self.errors), tuple(self.trace.notes))
@@ -169,6 +181,12 @@ class SaveResult(_Result):
     def summary(self) -> dict[str, Any]:
         """The save in numbers: job, planner, items, bytes, imbalance, status."""
         return tables.summary(self.trace)
+
+    @cached_property
+    def checks(self) -> pd.DataFrame:
+        """What DCP does silently here that loses data, fails or costs: severity ('data-loss',
+        'error', 'warning', 'info'), check, fqn, ranks, message, fix (``analysis.checks``)."""
+        return checks_.save_checks(self.trace)
 
     @cached_property
     def tensors(self) -> pd.DataFrame:
@@ -248,7 +266,7 @@ class SaveResult(_Result):
     def parts(self) -> list[Part]:
         """What the report shows, in order: messages, volume, dedup and layout figures, tables."""
         modules = self.volume_by_module(1)["module"].nunique()
-        out: list[Part] = [self.messages(),
+        out: list[Part] = [*self.checks_part(), self.messages(),
                            FigurePart("Write volume per rank", "rank_volume", kwargs={"by": "module" if modules > 1 else None})]
         if self.volume_by_component["component"].nunique() > 1:  # a training state: how much is optimizer
             out.append(FigurePart("Write volume per rank, by component", "rank_volume", kwargs={"by": "component"}))
@@ -273,7 +291,7 @@ class SaveResult(_Result):
         return (
             f"<SaveResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
             f"{s['items_planned']} items planned, {s['items_written']} written, "
-            f"imbalance {s['imbalance']:.2f}, {status}>"
+            f"imbalance {s['imbalance']:.2f}, {status}; checks: {self.checks_line()}>"
         )
 
 
@@ -318,6 +336,12 @@ class LoadResult(_Result):
         return load_tables.mismatches(self.trace)
 
     @cached_property
+    def checks(self) -> pd.DataFrame:
+        """What DCP does silently here that loses data, fails or costs: severity, check, fqn,
+        ranks, message, fix (``analysis.checks``)."""
+        return checks_.load_checks(self.trace, self.read_items)
+
+    @cached_property
     def hints(self) -> list[Hint]:
         """Likely causes of the mismatches, most likely first, each with its fix."""
         return compute_hints(self.trace)
@@ -348,7 +372,7 @@ class LoadResult(_Result):
 
     def parts(self) -> list[Part]:
         """What the report shows, in order: hints first, messages, mismatches, reads, resharding."""
-        out: list[Part] = [HintsPart(tuple(self.hints)), self.messages()]
+        out: list[Part] = [*self.checks_part(), HintsPart(tuple(self.hints)), self.messages()]
         if len(self.mismatches):
             out.append(TablePart("Mismatches (every key, every rank)", self.mismatches.drop(
                 columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore")))
@@ -379,7 +403,7 @@ class LoadResult(_Result):
         status = "ok" if s["ok"] else f"{s['errors']} error(s)"
         return (
             f"<LoadResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
-            f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}>"
+            f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}; checks: {self.checks_line()}>"
         )
 
 

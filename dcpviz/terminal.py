@@ -10,6 +10,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from dcpviz.analysis.checks import counts_line
+from dcpviz.analysis.groups import ranges
 from dcpviz.core.units import fmt_bytes
 
 
@@ -209,3 +211,24 @@ def load_summary_renderable(result: Any, max_ranks: int = 16, max_mismatches: in
 
 # Which renderable each kind of result gets (a table, not a branch: a new kind adds a line).
 RENDERABLES = {"save": save_summary_renderable, "load": load_summary_renderable}
+
+
+# -- checks ---------------------------------------------------------------------------------------
+SEVERITY_STYLE = {"data-loss": "bold red", "error": "red", "warning": "yellow", "info": "dim"}
+
+
+def checks_renderable(checks: pd.DataFrame, source: str = "") -> Group:
+    """The checks table (``result.checks``) for the terminal: one row per finding, worst first."""
+    title = f"dcpviz check{(' ' + source) if source else ''}: {counts_line(checks)}"
+    if not len(checks):
+        return Group(Text(title, style="green"))
+    t = Table(title=title, show_lines=True, expand=True)
+    t.add_column("severity", no_wrap=True)
+    t.add_column("check", no_wrap=True)
+    for col in ("fqn", "ranks", "message", "fix"):
+        t.add_column(col, overflow="fold", ratio=4 if col in ("message", "fix") else 1)
+    for row in checks.itertuples(index=False):
+        ranks = ranges(row.ranks)
+        add_row(t, Text(row.severity, style=SEVERITY_STYLE.get(row.severity, "")), row.check, row.fqn, ranks,
+                row.message, row.fix)
+    return Group(t)

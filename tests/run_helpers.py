@@ -7,6 +7,7 @@ import dataclasses
 import os
 import time
 
+import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import MetadataIndex
@@ -63,3 +64,57 @@ class SwapShardsPlanner(DefaultLoadPlanner):
             for ri in plan.items
         ]
         return dataclasses.replace(plan, items=items)
+
+
+class RankState(torch.nn.Module):
+    """Python state that differs per rank (a data-loader position, as a seed for this rank's RNG):
+    the model's state dict saves it as ``rank_state._extra_state`` on every rank, under one key."""
+
+    def get_extra_state(self):
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return {"sample_idx": 1000 * rank, "seed": 17 + rank}
+
+    def set_extra_state(self, state):
+        self.loaded = state
+
+
+class PerRankKeyState(RankState):
+    """The fix: each rank's value under a key of its own (as torchtitan's dp_rank_{i})."""
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        value = out.pop(prefix + "_extra_state")
+        out[f"{prefix}rank{rank}._extra_state"] = value
+        return out
+
+
+def mlp_with_rank_state() -> MLP:
+    """The MLP plus a per-rank Python value under one key (lost to DCP's dedup)."""
+    m = MLP()
+    m.rank_state = RankState()
+    return m
+
+
+def mlp_with_per_rank_keys() -> MLP:
+    """The MLP plus a per-rank Python value under a key of its own per rank (nothing lost)."""
+    m = MLP()
+    m.rank_state = PerRankKeyState()
+    return m
+
+
+def capture_rank_values_job(rank, world, report, ckpt_dir, trace_path, plain_dir):
+    """A user's own dcp.save through a RecordingSavePlanner (capture), of a state with a per-rank
+    Python value and a per-rank plain tensor under shared keys; then the same save without the
+    recorder, for the test to compare what DCP decided."""
+    import torch.distributed.checkpoint as dcp
+
+    import dcpviz
+
+    state = {"w": torch.full((4,), float(rank)), "loader": {"position": 100 * rank}, "shared": 7,
+             "bias": torch.ones(3)}
+    rec = dcpviz.RecordingSavePlanner(trace_path)
+    md = dcp.save(state, checkpoint_id=ckpt_dir, planner=rec)
+    rec.complete(md)
+    dcp.save(state, checkpoint_id=plain_dir, planner=DefaultSavePlanner())
+    return {"problems": list(rec.problems)}

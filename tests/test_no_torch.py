@@ -38,11 +38,11 @@ CHECK = textwrap.dedent('''
     load = dcpviz.load_trace(sys.argv[2])
     for name in ("write_items", "dedup", "rank_volume", "chunks", "summary", "tensors",
                  "tensor_groups", "phase_changes", "phase_volume", "storage", "files",
-                 "storage_volume"):
+                 "storage_volume", "checks"):
         getattr(save, name)
     save.volume_by_module(1)
     for name in ("read_items", "rank_volume", "resharding", "mismatches", "hints",
-                 "hints_table", "summary"):
+                 "hints_table", "summary", "checks"):
         getattr(load, name)
     load.resharding_matrix()
     repr(save), repr(load), save._repr_html_()
@@ -94,3 +94,11 @@ def test_dcpviz_show_needs_no_torch(traces, tmp_path, which):
                          env=_env(tmp_path / "site"), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "r.html").is_file()
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_dcpviz_check_of_a_trace_needs_no_torch(traces, tmp_path, which):
+    run = subprocess.run([sys.executable, "-m", "dcpviz", "check", str(traces[which]), "--json"],
+                         env=_env(tmp_path / "site"), capture_output=True, text=True, timeout=300)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    assert '"checks"' in run.stdout

@@ -21,6 +21,7 @@ EXPECT = {
     "03_debug_a_load.ipynb": {PLOTLY},
     "04_capture_your_job.ipynb": {WIDGET},
     "05_a_training_checkpoint.ipynb": {PLOTLY},
+    "06_checks.ipynb": {WIDGET},
 }
 
 # Notebooks whose figures and explorer survive `nbconvert --to html` (they set plotly's renderer to

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcpviz.analysis.checks import checkpoint_checks, counts_line
 from dcpviz.core.checkpoint_facts import CheckpointFacts
 from dcpviz.core.filenames import file_rank
 
@@ -32,10 +33,16 @@ class CheckpointInfo:
     totals: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def checks(self) -> pd.DataFrame:
+        """Stale data files and framing overhead, as check rows (``analysis.checks``)."""
+        return checkpoint_checks(self)
+
     def __repr__(self) -> str:
         t = self.totals
         return (f"<CheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
-                f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk>")
+                f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk; "
+                f"checks: {counts_line(self.checks)}>")
 
 
 def checkpoint_info(facts: CheckpointFacts) -> CheckpointInfo:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dcpviz.core.trace import PlanRecord, SaveTrace
+from collections.abc import Sequence
+
+from dcpviz.core.trace import PlannedItem, PlanRecord, SaveTrace
+
+# max / mean bytes written per rank above which a save counts as imbalanced (analysis.checks
+# flags it; sources record what the other dedup option would give only then, as it costs a
+# second run of DCP's dedup on the coordinator).
+IMBALANCE_THRESHOLD = 1.5
 
 
 def final_or_global(trace: SaveTrace) -> tuple[PlanRecord, ...] | None:
@@ -21,3 +28,10 @@ def writer_ranks(trace: SaveTrace) -> dict[tuple[str, tuple[int, ...] | None], i
             it = trace.items[i]
             out.setdefault((it.fqn, it.offsets), r)
     return out
+
+
+def imbalance(plans: Sequence[PlanRecord | None], items: Sequence[PlannedItem]) -> float:
+    """max / mean bytes per rank the plans write (0.0 when nothing is written)."""
+    per_rank = [sum(items[i].nbytes for i in p.items) if p is not None else 0 for p in plans]
+    mean = sum(per_rank) / len(per_rank) if per_rank else 0.0
+    return max(per_rank) / mean if mean > 0 else 0.0

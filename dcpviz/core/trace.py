@@ -31,6 +31,7 @@ Index = Annotated[int, Meta(ge=0, le=MAX_COUNT)]  # a position into one of the t
 Rank = Annotated[int, Meta(ge=0, lt=MAX_WORLD_SIZE)]
 Extent = Annotated[int, Meta(ge=1, le=MAX_WORLD_SIZE)]  # a world size or a mesh dim
 Box = tuple[Count, ...]
+Digest = Annotated[str, Meta(max_length=64)]  # a value's fingerprint (hex); never the value itself
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,28 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True)
+class ValueDigest:
+    """A fingerprint of one rank's value under a key that is not a DTensor (a plain tensor or a
+    Python value): DCP's dedup keeps one rank's copy of such a key, so whether the ranks' values
+    agree decides whether anything is lost. Only values that exist are fingerprinted (never a
+    meta tensor); large tensors are sampled (``engine.digests.value_digest``)."""
+
+    fqn: str
+    rank: Rank
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class DedupAlternative:
+    """Per-rank write volume had the coordinator deduplicated with the other
+    ``dedup_save_to_lowest_rank`` option: DCP's own ``dedup_save_plans`` on the same local plans."""
+
+    lowest_rank: bool  # the option value these numbers are for
+    rank_items: tuple[Count, ...]
+    rank_nbytes: tuple[Count, ...]
+
+
+@dataclass(frozen=True)
 class SaveTrace:
     """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
     scenario: ScenarioInfo
@@ -212,6 +235,9 @@ class SaveTrace:
     torch_version: str = ""
     dcpviz_version: str = ""
     created: str = ""
+    # Added for checks (issue 12); defaults keep older traces readable.
+    value_digests: tuple[ValueDigest, ...] = ()
+    dedup_alternative: DedupAlternative | None = None
     kind: str = field(default="save", init=False)
 
 

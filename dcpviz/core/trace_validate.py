@@ -89,6 +89,14 @@ def _save(trace: SaveTrace) -> None:
         _elements(item.global_size, f"trace.items[{i}].global_size")
     if trace.metadata is not None:
         _metadata(trace.metadata, "trace.metadata")
+    world = trace.scenario.world_size
+    _ranks((d.rank for d in trace.value_digests), world, "trace.value_digests[].rank")
+    alt = trace.dedup_alternative
+    if alt is not None and not len(alt.rank_items) == len(alt.rank_nbytes) == world:
+        raise TraceFileError(
+            f"trace.dedup_alternative has {len(alt.rank_items)} item counts and {len(alt.rank_nbytes)} byte "
+            f"counts but world_size is {world} (one per rank)"
+        )
 
 
 def _load(trace: LoadTrace, world: int) -> None:

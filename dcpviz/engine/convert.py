@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint._dedup_save_plans import dedup_save_plans
 from torch.distributed.checkpoint._traverse import traverse_state_dict
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
@@ -21,8 +23,10 @@ from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemT
 from torch.distributed.tensor import DTensor
 
 from dcpviz.core.errors import TraceFileError
+from dcpviz.core.plans import IMBALANCE_THRESHOLD, imbalance
 from dcpviz.core.trace import (
     ChunkInfo,
+    DedupAlternative,
     MetadataInfo,
     PlannedItem,
     PlannerInfo,
@@ -266,3 +270,26 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
             )
     return tuple(out)
 
+
+
+def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, items: Any,
+                      global_plans: Any = None) -> Any:
+    """Per-rank write volume under the other ``dedup_save_to_lowest_rank`` option: DCP's own
+    ``dedup_save_plans`` on the same local plans (so the check on imbalance can say what the
+    option would give). ``record(rank, plan)`` turns a plan into a PlanRecord whose ids index
+    ``items``. None for planners that do not dedup with DCP's default (not a
+    DefaultSavePlanner), for cached ('unchanged') local plans, and when the ``global_plans``
+    (PlanRecords) are balanced (max / mean within IMBALANCE_THRESHOLD): a second dedup costs the
+    coordinator about as much as DCP's own, so it is paid only where the check will use it."""
+    if not isinstance(planner, DefaultSavePlanner) or any(p is None or not p.usable for p in local_plans):
+        return None
+    if global_plans is not None and imbalance(global_plans, items) <= IMBALANCE_THRESHOLD:
+        return None
+    option = not bool(getattr(planner, "dedup_save_to_lowest_rank", False))
+    plans = dedup_save_plans(list(local_plans), option)
+    counts, nbytes = [], []
+    for r, plan in enumerate(plans):
+        ids = record(r, plan).items
+        counts.append(len(ids))
+        nbytes.append(sum(items[i].nbytes for i in ids))
+    return DedupAlternative(lowest_rank=option, rank_items=tuple(counts), rank_nbytes=tuple(nbytes))

@@ -35,6 +35,7 @@ from dcpviz.core.trace import (
     PlanRecord,
     SaveTrace,
     ScenarioInfo,
+    ValueDigest,
     to_plain,
     write_trace,
 )
@@ -43,15 +44,46 @@ from dcpviz.core.version import __version__
 from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
+    dedup_alternative,
     metadata_info,
     planned_item,
     planner_info,
     tensor_layouts,
 )
+from dcpviz.engine.digests import value_digests_of
 from dcpviz.engine.phases import now, scenario_info, torch_version
 from dcpviz.engine.planners import set_up_save_planner
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.simulate import unvalidated_global_plan
+
+
+class CarriedPlannerData(dict):
+    """A local plan's ``planner_data`` with this rank's value digests riding along to the
+    coordinator: DCP already gathers every local plan there, so the digests need no collective
+    of their own. The coordinator's recorder takes them off again before the wrapped planner
+    sees the plans, so DCP's planner (and its metadata's planner_data) sees exactly what it made.
+    It is the original mappings dict too (a dict subclass holding the same items), so even a
+    coordinator that does not strip it (not a recorder) merges the same planner_data."""
+
+    def __init__(self, planner_data: dict[str, Any] | None, digests: tuple[ValueDigest, ...]) -> None:
+        super().__init__(planner_data or {})
+        self.planner_data = planner_data
+        self.digests = digests
+
+
+def strip_carried(plans: list[SavePlan]) -> tuple[list[SavePlan], list[ValueDigest], bool]:
+    """(the plans as the wrapped planners made them, the digests they carried, whether every
+    usable plan carried some)."""
+    clean, digests, every = [], [], True
+    for p in plans:
+        data = getattr(p, "planner_data", None)
+        if isinstance(data, CarriedPlannerData):
+            digests.extend(data.digests)
+            p = dataclasses.replace(p, planner_data=data.planner_data)
+        elif getattr(p, "usable", True):
+            every = False
+        clean.append(p)
+    return clean, digests, every
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -266,6 +298,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._trace: SaveTrace | None = None
         self._metadata: Any = None
         self._global_plans: list[SavePlan] | None = None
+        self._state_dict: Any = None
+        self._digests: tuple[ValueDigest, ...] = ()
+        self._received: tuple[list[ValueDigest], bool] = ([], False)
         self.problems: list[str] = []  # what recording could not do in this dcp.save
 
     # Anything the storage writer or user code asks of the planner beyond the protocol
@@ -288,6 +323,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         set_up_save_planner(self._inner, state_dict, is_coordinator, storage_meta=storage_meta)
         t1 = time.perf_counter()
         self._timings["set_up_planner"] = t1 - t0
+        self._state_dict = state_dict  # for this rank's value digests, taken with its local plan
         if is_coordinator:
             # Only the coordinator describes the job; the other ranks pay nothing here.
             self._record_safely("describe the state dict", self._describe, state_dict)
@@ -308,11 +344,24 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._local_plan = plan
         self._byte_sizes = self._record_safely("measure the BYTE_IO items", byte_item_sizes,
                                          self._inner, plan.items) or {}
+        carried = self._record_safely("fingerprint this rank's non-DTensor values", self._carry, plan)
         self._overhead += time.perf_counter() - t1
-        return plan
+        return carried if carried is not None else plan
+
+    def _carry(self, plan: SavePlan) -> SavePlan | None:
+        """The plan with this rank's value digests riding in its planner_data (None: nothing to
+        carry). A cached 'unchanged' plan goes untouched."""
+        if not getattr(plan, "usable", True) or self._state_dict is None:
+            return None
+        if plan.planner_data is not None and type(plan.planner_data) is not dict:
+            return None  # a custom planner's own planner_data: never wrapped
+        self._digests = tuple(value_digests_of(self._state_dict, self._rank))
+        return dataclasses.replace(plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests))
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
         """The inner planner's global plan and metadata, recorded (and written by the coordinator)."""
+        all_plans, digests, every = strip_carried(all_plans)  # the inner planner sees its own plans
+        self._received = (digests, every)
         t0 = time.perf_counter()
         try:
             global_plans, metadata = self._inner.create_global_plan(all_plans)
@@ -465,6 +514,14 @@ class RecordingSavePlanner(Recorder, SavePlanner):
                 f"{others_bytes} BYTE_IO items of other ranks carry the coordinator's serialised size of "
                 "the same key (0 where the coordinator has no such key): their own size is not sent."
             )
+        digests, every = self._received
+        if not every:
+            notes.append("Some ranks sent no value digests (their planner is not a RecordingSavePlanner, "
+                         "or fingerprinting failed there): their values are unknown to the checks.")
+        alternative = None
+        if global_plans is not None:
+            alternative = dedup_alternative(self._inner, list(all_plans), lambda r, p: conv.record(p, own), conv.items,
+                                            global_records)
         if any(not getattr(p, "usable", True) for p in all_plans):
             notes.append(
                 "Some local plans are unusable (empty): plan caching (enable_plan_caching) sent "
@@ -486,6 +543,8 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             notes=tuple(notes),
             layouts=self._layouts,
             source="capture",
+            value_digests=tuple(digests),
+            dedup_alternative=alternative,
             torch_version=torch_version(),
             dcpviz_version=__version__,
             created=now(),

@@ -25,10 +25,12 @@ from dcpviz.engine import fastpath
 from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
+    dedup_alternative,
     metadata_info,
     planner_info,
     tensor_layouts,
 )
+from dcpviz.engine.digests import value_digests_of
 from dcpviz.engine.phases import (
     Log,
     Timer,
@@ -79,6 +81,7 @@ class _SaveRun:
     local_by_rep: dict[int, SavePlan] = field(default_factory=dict)
     sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
     layouts: tuple = ()
+    digests: list = field(default_factory=list)  # ValueDigests of the ranks whose own state dict was built
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
@@ -118,6 +121,11 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
+        if run.template is None or r == 0:
+            # Values known only where this rank's own state dict was built: a template view would
+            # hand rank 0's Python values to every rank and hide any that differ.
+            with run.timer.phase("value_digests"):
+                run.digests += value_digests_of(state_dict, r)
         t1 = time.perf_counter()
         run.timer.add("build_state_dicts", t1 - t0)
         p = run.make_planner()
@@ -216,7 +224,7 @@ def plan_save(
     make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
     timer, log = Timer(), Log()
     t_start = time.perf_counter()
-    global_records = final_records = md = None
+    global_records = final_records = md = alternative = None
     validated = True
     with isolated_plan_cache():
         info = planner_info(make_planner(), DefaultSavePlanner)
@@ -231,6 +239,10 @@ def plan_save(
                     global_records = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
             if validated and global_plans is not None:
                 final_records = _finish(run, global_plans)
+            with timer.phase("dedup_alternative"):
+                alternative = dedup_alternative(run.planners[0], local,
+                                                lambda r, p: run.conv.record(p, run.sizes_of(r)), run.conv.items,
+                                                final_records or global_records)
         else:
             log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
     rebound_note(run.rebound, log)
@@ -251,6 +263,8 @@ def plan_save(
         notes=tuple(log.notes),
         layouts=run.layouts,
         source="simulate",
+        value_digests=tuple(run.digests),
+        dedup_alternative=alternative,
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),

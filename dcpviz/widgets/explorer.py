@@ -15,6 +15,7 @@ from dcpviz import views
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
+from dcpviz.widgets.checks_tab import add_checks_tab
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
@@ -234,4 +235,4 @@ def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
     app = APPS.get(getattr(result, "kind", None))
     if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
-    return app(result, compare=compare)
+    return add_checks_tab(app(result, compare=compare), result)

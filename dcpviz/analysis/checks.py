@@ -1,0 +1,391 @@
+"""Checks: what DCP does silently that loses data, fails, or costs — derived from a trace alone.
+
+Each finding is one row: ``severity`` ('data-loss' | 'error' | 'warning' | 'info'), ``check`` (a
+short stable id), ``fqn``, ``ranks``, ``message`` (what DCP does, with the numbers) and ``fix``.
+Everything comes from the trace (or a checkpoint's tables), so a saved trace gives the same
+checks anywhere, without torch.
+
+Save: rank-specific values under one key (DCP's dedup keeps one rank's copy of a plain tensor or
+Python value), key sets that differ between ranks, write imbalance (with what the other
+``dedup_save_to_lowest_rank`` option gives), chunks that overlap or leave gaps, planner errors.
+Load: checkpoint keys no rank reads, silent dtype casts, optimizer state not read, read
+amplification, ``allow_partial_load`` hiding missing keys. Checkpoint: stale data files,
+framing overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from dcpviz.analysis import load_tables
+from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.groups import ranges
+from dcpviz.analysis.hints import OPTIM_STATE_NAMES
+from dcpviz.core.components import component_of
+from dcpviz.core.plans import IMBALANCE_THRESHOLD
+from dcpviz.core.trace import LoadTrace, SaveTrace
+from dcpviz.core.units import fmt_bytes
+
+CHECK_COLUMNS = ["severity", "check", "fqn", "ranks", "message", "fix"]
+SEVERITIES = ("data-loss", "error", "warning", "info")
+FAILING = ("data-loss", "error")  # what makes `dcpviz check` exit 1
+
+AMPLIFICATION_THRESHOLD = 2.0  # bytes deserialised / bytes kept, per rank
+FRAMING_THRESHOLD = 0.10  # framing bytes / data bytes of a checkpoint
+MAX_ROWS_PER_CHECK = 8  # beyond this, one summary row per check (a 1024-rank job stays readable)
+
+Row = tuple[str, str, str, tuple[int, ...], str, str]
+
+
+def _frame(rows: Iterable[Row]) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows), columns=CHECK_COLUMNS)
+    if len(df):
+        order = df["severity"].map({s: i for i, s in enumerate(SEVERITIES)})
+        df = df.assign(_o=order).sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+    return df
+
+
+def _ranks_text(ranks: Iterable[int]) -> str:
+    ranks = sorted(set(ranks))
+    return ("rank " if len(ranks) == 1 else "ranks ") + ranges(ranks)
+
+
+def _capped(rows: list[Row], severity: str, check: str, what: str, fix: str) -> list[Row]:
+    """At most MAX_ROWS_PER_CHECK rows; the rest summed up in one more row."""
+    if len(rows) <= MAX_ROWS_PER_CHECK:
+        return rows
+    rest = rows[MAX_ROWS_PER_CHECK - 1:]
+    ranks = tuple(sorted({r for row in rest for r in row[3]}))
+    keys = ", ".join(row[2] for row in rest[:3])
+    summary = (severity, check, f"({len(rest)} more keys)", ranks,
+               f"{len(rest)} more keys {what} ({keys}, ...).", fix)
+    return rows[:MAX_ROWS_PER_CHECK - 1] + [summary]
+
+
+# -- save ---------------------------------------------------------------------------------------
+_PER_RANK_FIX = (
+    "save it under a key of its own per rank (f'{key}.rank{rank}', as torchtitan's dataloader "
+    "saves dp_rank_{i}), or gather it into one value (dist.all_gather_object) before dcp.save"
+)
+
+
+def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
+    """Dedup rows of keys that are not DTensors (plain tensors, Python values): for those DCP's
+    dedup decides whose values survive. DTensor replicas are equal by construction."""
+    dd = tables.dedup(trace)
+    if not len(dd):
+        return dd
+    dtensors = {lay.fqn for lay in trace.layouts}
+    digested = {d.fqn for d in trace.value_digests}
+    plain = dd["fqn"].map(lambda f: f in digested or f not in dtensors)
+    return dd[plain]
+
+
+def rank_specific_values(trace: SaveTrace) -> list[Row]:
+    """A plain tensor or Python value saved under one key by several ranks is a 'replica' to DCP:
+    the coordinator keeps one rank's copy. 'data-loss' where the ranks' values differ (digests),
+    'warning' where some rank's value is unknown (meta tensors in simulation)."""
+    digests: dict[str, dict[int, str]] = defaultdict(dict)
+    for d in trace.value_digests:
+        digests[d.fqn][d.rank] = d.digest
+    lost_rows: list[Row] = []
+    unknown_rows: list[Row] = []
+    for row in _replicated_plain_keys(trace).itertuples(index=False):
+        cands = tuple(int(r) for r in row.candidates)
+        survivor = int(row.chosen_rank) if row.chosen_rank >= 0 else int(row.replay_rank)
+        known = {r: digests[row.fqn][r] for r in cands if r in digests.get(row.fqn, {})}
+        if len(set(known.values())) > 1:
+            keep = known.get(survivor)
+            lost = tuple(r for r in cands if r in known and known[r] != keep)
+            distinct = len(set(known.values()))
+            lost_rows.append((
+                "data-loss", "rank-specific-value", row.fqn, lost,
+                f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
+                f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
+                f"those of {_ranks_text(lost)} are lost (not on disk).",
+                _PER_RANK_FIX,
+            ))
+        elif len(known) < len(cands):
+            unknown = tuple(r for r in cands if r not in known)
+            unknown_rows.append((
+                "warning", "rank-specific-value", row.fqn, unknown,
+                f"{len(cands)} ranks save {row.fqn!r} under one key and DCP keeps only rank {survivor}'s "
+                f"copy; the values of {_ranks_text(unknown)} are not known here (meta tensors, or a rank "
+                "this source did not build), so whether they differ cannot be told.",
+                "if the value can differ between ranks (an RNG state, a counter, a position): "
+                + _PER_RANK_FIX + "; run_save or a RecordingSavePlanner checks the real values",
+            ))
+    return lost_rows + _capped(unknown_rows, "warning", "rank-specific-value",
+                               "are kept from one rank with other ranks' values unknown", _PER_RANK_FIX)
+
+
+def key_sets(trace: SaveTrace) -> list[Row]:
+    """Keys only some ranks save: which ranks lack them, and what that means on load."""
+    holders: dict[str, set[int]] = defaultdict(set)
+    planned = [r for r, p in enumerate(trace.local_plans) if p is not None]
+    for r in planned:
+        for i in trace.local_plans[r].items:
+            holders[trace.items[i].fqn].add(r)
+    everyone = set(planned)
+    fix = ("fine if every rank loads with the same keys it saved; a job that resumes on another "
+           "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
+    rows: list[Row] = []
+    for fqn, ranks in holders.items():
+        if ranks == everyone:
+            continue
+        lacking = tuple(sorted(everyone - ranks))
+        rows.append((
+            "warning", "key-sets-differ", fqn, lacking,
+            f"{fqn!r} is saved by {len(ranks)} of {len(everyone)} ranks ({_ranks_text(ranks)}); "
+            f"{_ranks_text(lacking)} lack it. On load a rank reads only the keys its own state dict "
+            "has: a rank that lacks it restores nothing for it, and a target rank that asks for a "
+            "key no rank saved fails (missing key).",
+            fix,
+        ))
+    return _capped(rows, "warning", "key-sets-differ", "are saved by some ranks only", fix)
+
+
+def write_imbalance(trace: SaveTrace) -> list[Row]:
+    """max / mean bytes per rank above IMBALANCE_THRESHOLD, with the other dedup option's figure."""
+    vol = tables.rank_volume(trace)
+    nbytes = vol["nbytes"]
+    if not len(nbytes) or nbytes.isna().any():
+        return []
+    mean, mx = float(nbytes.mean()), float(nbytes.max())
+    if mean <= 0 or mx / mean <= IMBALANCE_THRESHOLD:
+        return []
+    heavy = tuple(int(r) for r, b in zip(vol["rank"], nbytes) if b > IMBALANCE_THRESHOLD * mean)
+    option = bool(trace.planner.option("dedup_save_to_lowest_rank", False))
+    message = (f"rank volume is uneven: max {fmt_bytes(mx)} vs mean {fmt_bytes(mean)} per rank "
+               f"(imbalance {mx / mean:.2f}, over {IMBALANCE_THRESHOLD}) with "
+               f"dedup_save_to_lowest_rank={option}; the heaviest are {_ranks_text(heavy)}, and the "
+               "save takes as long as its slowest rank.")
+    alt = trace.dedup_alternative
+    if alt is None:
+        fix = (f"try DefaultSavePlanner(dedup_save_to_lowest_rank={not option}), or shard the plain "
+               "tensors (FSDP) so every rank holds its own part")
+        return [("warning", "write-imbalance", "", heavy, message, fix)]
+    alt_mean = sum(alt.rank_nbytes) / len(alt.rank_nbytes)
+    alt_max = max(alt.rank_nbytes)
+    alt_imb = alt_max / alt_mean if alt_mean > 0 else float("nan")
+    message += (f" With dedup_save_to_lowest_rank={alt.lowest_rank} (DCP's dedup on the same local "
+                f"plans): max {fmt_bytes(alt_max)}, imbalance {alt_imb:.2f}.")
+    if alt_imb < mx / mean:
+        fix = f"planner=DefaultSavePlanner(dedup_save_to_lowest_rank={alt.lowest_rank})"
+    else:
+        fix = ("the other dedup option is no better: the imbalance comes from the layout (what each "
+               "rank holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks")
+    return [("warning", "write-imbalance", "", heavy, message, fix)]
+
+
+def _overlap(a: Any, b: Any) -> int:
+    """Elements two chunks share (0 when disjoint)."""
+    n = 1
+    for oa, sa, ob, sb in zip(a.offsets, a.sizes, b.offsets, b.sizes):
+        n *= max(0, min(oa + sa, ob + sb) - max(oa, ob))
+        if not n:
+            return 0
+    return n
+
+
+def _overlaps(chunks: tuple[Any, ...]) -> int:
+    """Elements shared by pairs of chunks: a sweep along the dim with the most distinct offsets,
+    so a sharded tensor compares each chunk with its few neighbours only."""
+    boxes = [c for c in chunks if all(c.sizes)]
+    if len(boxes) < 2 or not boxes[0].offsets:
+        return 0
+    dim = max(range(len(boxes[0].offsets)), key=lambda d: len({c.offsets[d] for c in boxes}))
+    boxes.sort(key=lambda c: c.offsets[dim])
+    shared = 0
+    for i, a in enumerate(boxes):
+        end = a.offsets[dim] + a.sizes[dim]
+        for b in boxes[i + 1:]:
+            if b.offsets[dim] >= end:
+                break
+            shared += _overlap(a, b)
+    return shared
+
+
+def chunk_coverage(trace: SaveTrace) -> list[Row]:
+    """Saved chunks that overlap (DCP's validation rejects them) or leave part of their tensor
+    out (data missing)."""
+    if trace.metadata is None:
+        return []
+    rows: list[Row] = []
+    for t in trace.metadata.tensors:
+        total = math.prod(t.size)
+        shared = _overlaps(t.chunks)
+        covered = sum(math.prod(c.sizes) for c in t.chunks) - shared
+        if shared:
+            rows.append(("error", "chunks-overlap", t.fqn, (),
+                         f"the saved chunks of {t.fqn!r} overlap ({shared} elements saved twice), which DCP's "
+                         "validation rejects (older DCP only logged it).",
+                         "give every element one owner: check the placements / the planner's chunks"))
+        if covered < total:
+            rows.append(("data-loss", "chunks-missing", t.fqn, (),
+                         f"the saved chunks of {t.fqn!r} cover at most {covered} of its {total} elements: part "
+                         "of the tensor is not saved.",
+                         "make the chunks cover the tensor: check the placements / the planner's chunks"))
+    return rows
+
+
+def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
+    """Every failure the trace recorded: DCP raised, so the save or load would not complete."""
+    rows: list[Row] = []
+    for e in trace.errors:
+        rows.append(("error", f"{e.phase}-failed", "", (e.rank,) if e.rank is not None else (),
+                     f"{str(e)[:500]}", "see the message; the load hints and mismatches name the keys"
+                     if trace.kind == "load" else "see the message (planner, layout or storage)"))
+    return rows
+
+
+def save_checks(trace: SaveTrace) -> pd.DataFrame:
+    """Every check of a save trace, most severe first."""
+    rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
+            + key_sets(trace) + write_imbalance(trace))
+    return _frame(rows)
+
+
+# -- load ---------------------------------------------------------------------------------------
+def is_optimizer_key(key: str) -> bool:
+    """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
+    segs = key.split(".")
+    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
+
+
+def unread_keys(trace: LoadTrace) -> list[Row]:
+    """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart
+    (by the saved side's components where the trace has them, else by the key's shape)."""
+    unexpected = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected"})
+    saved = trace.saved_scenario
+    prefixes = dict(saved.components) if saved is not None else {}
+    optim = [k for k in unexpected if is_optimizer_key(k)
+             or component_of(k, prefixes) in ("optim", "optimizer")]
+    rest = [k for k in unexpected if k not in set(optim)]
+    fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
+    rows: list[Row] = [("warning", "unread-keys", k, (),
+                        f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
+                        fix) for k in rest]
+    rows = _capped(rows, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
+    if optim:
+        rows.append(("warning", "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
+                     f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
+                     "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
+                     "without an error.",
+                     "load the optimizer too: get_state_dict(model, optim) -> {'model': ..., 'optim': ...} "
+                     "in dcp.load, then set_state_dict(model, optim, ...)"))
+    return rows
+
+
+def dtype_casts(trace: LoadTrace) -> list[Row]:
+    """Tensors saved in one dtype and loaded into another: Tensor.copy_ casts silently."""
+    rows: list[Row] = []
+    for m in trace.mismatches:
+        if m.kind == "dtype":
+            rows.append(("warning", "dtype-cast", m.fqn, tuple(m.ranks),
+                         f"{m.fqn!r} was saved as {m.saved_dtype} and is loaded into {m.current_dtype}: DCP "
+                         "does not check dtypes, it casts with Tensor.copy_ (precision may be lost).",
+                         f"load into a {m.saved_dtype} tensor and cast yourself, or accept the cast"))
+    return _capped(rows, "warning", "dtype-cast", "are cast silently",
+                   "load into tensors of the saved dtype and cast yourself")
+
+
+def partial_load(trace: LoadTrace) -> list[Row]:
+    """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value."""
+    if not trace.planner.option("allow_partial_load", False):
+        return []
+    rows: list[Row] = []
+    for m in trace.mismatches:
+        if m.kind == "missing":
+            rows.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks),
+                         f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it "
+                         "without a word, so it keeps its initial value.",
+                         "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"))
+    return _capped(rows, "warning", "partial-load-hides-missing", "are skipped silently",
+                   "use allow_partial_load only for keys you mean to skip")
+
+
+def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> list[Row]:
+    """Ranks that deserialise far more than they keep: DCP's FileSystemReader loads each saved
+    chunk whole, then narrows it to the box the rank needs."""
+    reads = load_tables.read_items(trace) if reads is None else reads
+    vol = load_tables.rank_volume(trace, reads)
+    vol = vol[vol["planned"] & (vol["nbytes"] > 0)]
+    if not len(vol):
+        return []
+    amp = vol["chunk_nbytes"].astype("float64") / vol["nbytes"].astype("float64")
+    heavy = vol[amp > AMPLIFICATION_THRESHOLD]
+    if not len(heavy):
+        return []
+    worst = heavy.loc[amp[heavy.index].idxmax()]
+    files = vol["files"].astype("float64").max()
+    source = "files" if reads["file"].notna().any() else "writer ranks"
+    spread = int(files if source == "files" else vol["writers"].astype("float64").max())
+    return [("warning", "read-amplification", "", tuple(int(r) for r in heavy["rank"]),
+             f"{len(heavy)} target ranks deserialise more than {AMPLIFICATION_THRESHOLD:g}x the bytes they keep: "
+             f"rank {int(worst['rank'])} reads {fmt_bytes(int(worst['chunk_nbytes']))} of saved chunks to keep "
+             f"{fmt_bytes(int(worst['nbytes']))} ({amp[heavy.index].max():.1f}x); a rank reads from up to "
+             f"{spread} {source}. DCP loads each saved chunk whole before taking the part a rank needs.",
+             "load with the layout it was saved with (same sharded dim), or reshard offline once "
+             "(dcp_to_torch_save / a one-off conversion) instead of at every restart")]
+
+
+def load_checks(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every check of a load trace, most severe first."""
+    rows = (planner_errors(trace) + unread_keys(trace) + dtype_casts(trace) + partial_load(trace)
+            + read_amplification(trace, reads))
+    return _frame(rows)
+
+
+# -- checkpoint directory -----------------------------------------------------------------------
+def checkpoint_checks(info: Any) -> pd.DataFrame:
+    """Checks of a checkpoint directory (a CheckpointInfo): stale data files, framing overhead."""
+    rows: list[Row] = []
+    files = info.files
+    stale = files[files["items"] == 0]
+    if len(stale):
+        names = list(stale["file"])
+        rows.append(("warning", "stale-files", "", tuple(sorted({int(r) for r in stale["rank"] if r >= 0})),
+                     f"{len(names)} data files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}; "
+                     f"{fmt_bytes(int(stale['nbytes'].sum()))}) are referenced by no record: left by an earlier "
+                     "save into this directory (DCP replaces .metadata, deletes nothing).",
+                     "save each checkpoint into a new directory (step_{n}/), or delete the stale files"))
+    t = info.totals
+    data, framing = int(t["tensor_nbytes"]), int(t["framing_nbytes"])
+    if data > 0 and framing / data > FRAMING_THRESHOLD:
+        rows.append(("info", "framing-overhead", "", (),
+                     f"torch.save's framing around each of the {t['chunks']} chunks takes {fmt_bytes(framing)} "
+                     f"for {fmt_bytes(data)} of data ({framing / data:.0%}): many small chunks.",
+                     "fewer, larger chunks (shard fewer small tensors, or keep small ones unsharded)"))
+    return _frame(rows)
+
+
+def refused_checkpoint(path: str, message: str) -> pd.DataFrame:
+    """The checks of a checkpoint directory that could not be read safely: one 'error' row (a
+    BYTE_IO entry that would build a class outside the safe list, a broken record, ...)."""
+    unsafe = "refusing to" in message
+    return _frame([("error", "unsafe-entry" if unsafe else "unreadable-checkpoint", "", (),
+                    message, "do not load it with plain DCP; re-save it from a trusted job"
+                    if unsafe else "re-save the checkpoint; see the message for the entry and file")])
+
+
+def counts(checks: pd.DataFrame) -> dict[str, int]:
+    """Rows per severity, in severity order, only those present."""
+    c = checks["severity"].value_counts() if len(checks) else {}
+    return {s: int(c[s]) for s in SEVERITIES if s in c}
+
+
+def counts_line(checks: pd.DataFrame) -> str:
+    """'1 data-loss, 2 warning' (or 'no findings')."""
+    c = counts(checks)
+    return ", ".join(f"{n} {s}" for s, n in c.items()) or "no findings"
+
+
+def failing(checks: pd.DataFrame) -> bool:
+    """Whether any row is 'data-loss' or 'error' (what fails a CI job)."""
+    return bool(len(checks)) and bool(checks["severity"].isin(FAILING).any())

@@ -4,7 +4,11 @@ describing the user's own job, keys left unread on purpose."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,20 +104,19 @@ def test_fix_planner_turns_prefix_and_rename_into_clean_loads(hsdp8):
 
 
 def test_fix_planner_passes_a_real_run_load(real_save):
-    sc, _, ckpt = real_save("hsdp")
-    target = sc.replace(model=NestedMLP)
+    sc, saved, ckpt = real_save("hsdp")
+    target = sc.replace(model=NestedMLP)  # every key gains 'model.'
     broken = dcpviz.simulate_load(ckpt, target)
     assert not broken.ok
-    fixed = dcpviz.run_load(ckpt, target, planner=broken.fix_planner(), timeout=240)
+    planner = broken.fix_planner()
+    fixed = dcpviz.run_load(ckpt, target, planner=planner, timeout=240)
     assert fixed.ok, fixed.errors
-    assert len(fixed.mismatches) == 0
-    same = dcpviz.run_load(ckpt, sc, timeout=240)
-    rename = broken.fix_planner().rename
-    # every chunk each rank holds after the load is the saved one (the target starts as NaN)
-    renamed = [{rename.get(k, k) if isinstance(k, str) else k: v for k, v in d.items()}
-               for d in fixed.run_info.chunk_digests] if isinstance(fixed.run_info.chunk_digests, list) else None
-    if renamed is not None:
-        assert renamed == same.run_info.chunk_digests
+    assert len(fixed.mismatches) == 0 and fixed.verdict.loads
+    # Every chunk each rank holds after the load is the one saved (the target starts as NaN).
+    def renamed(digests):
+        return {r: sorted((planner.rename.get(f, f), o, h) for f, o, h in d) for r, d in digests.items()}
+
+    assert renamed(fixed.run_info.chunk_digests) == {r: sorted(d) for r, d in saved.run_info.chunk_digests.items()}
 
 
 def _all_hints(hsdp8):
@@ -192,3 +195,42 @@ def test_expected_unused_keys_stop_being_problems(hsdp8, tmp_path):
     assert declared.hints == []
     assert declared.verdict.line.endswith("it loads cleanly (2 checkpoint keys left unread on purpose).")
     assert dcpviz.load_trace(declared.to_json(tmp_path / "l.json")).trace.expected_unused == ("norm.*",)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dcpviz", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={**os.environ, "COLUMNS": "300"})
+
+
+def test_cli_load_defaults_to_the_saved_job_and_takes_the_users_factory(tmp_path):
+    trace = tmp_path / "s.json"
+    assert run_cli("simulate", "--model", "llama-tiny", "-W", "8", "--mesh", "2x4", "--recipe", "hsdp",
+                   "--dtype", "float32", "--trace", str(trace), "-q").returncode == 0
+    same = run_cli("load", str(trace), "--trace", str(tmp_path / "l.json"))  # no flags: the saved job
+    assert same.returncode == 0, same.stderr
+    load = dcpviz.load_trace(tmp_path / "l.json")
+    assert len(load.mismatches) == 0 and load.verdict.loads  # no invented mlp / bfloat16 mismatches
+    sc = load.trace.scenario
+    assert (sc.model, sc.recipe, sc.dtype, sc.world_size, sc.mesh) == ("llama-tiny", "hsdp", "float32", 8, (2, 4))
+    assert "It loads cleanly." in same.stdout
+    fewer = run_cli("load", str(trace), "-W", "6", "--recipe", "fsdp")  # the saved model and dtype
+    assert fewer.returncode == 0, fewer.stderr
+    assert "Resharding 8 → 6 ranks (hsdp → fsdp) is fine; it loads cleanly." in fewer.stdout
+    # The user's own model factory, as pkg.module:function (imported from the current directory).
+    mlp = tmp_path / "m.json"
+    assert run_cli("simulate", "-W", "4", "--recipe", "fsdp", "--dtype", "float32", "--trace", str(mlp), "-q").returncode == 0
+    mine = run_cli("load", str(mlp), "--model", "load_cases:RenamedNormMLP", "-W", "2", "--recipe", "fsdp",
+                   cwd=Path(__file__).parent)
+    assert mine.returncode == 0, mine.stderr
+    assert "1 thing breaks the load: a renamed module ('norm' → 'ln')" in mine.stdout
+    bad = run_cli("load", str(mlp), "--model", "no_such_pkg.models:build")
+    assert bad.returncode == 2 and "cannot import 'no_such_pkg.models'" in bad.stderr
+
+
+def test_cli_help_texts_say_the_real_defaults_with_examples():
+    load = run_cli("load", "--help").stdout
+    assert "pkg.module:function" in load and "examples:" in load and "dcpviz load path/to/ckpt --model" in load
+    assert "(default: the saved recipe)" in load and "(default hsdp)" not in load
+    sim = run_cli("simulate", "--help").stdout
+    assert "(default: hsdp)" in sim and "examples:" in sim
+    assert "examples:" in run_cli("show", "--help").stdout

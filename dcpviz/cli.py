@@ -220,7 +220,8 @@ def _print_next_steps(console: Console, report_path: Path) -> None:
         "\n[bold]Next:[/]\n"
         f"  open {escape(str(report_path))} in a browser (self-contained, offline)\n"
         "  .venv/bin/jupyter lab notebooks/     # then open 01_tour.ipynb and run all cells\n"
-        "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options"
+        "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options\n"
+        "  .venv/bin/dcpviz load CKPT_DIR --model mypkg.models:build -W 6   # will your checkpoint load?"
     )
 
 

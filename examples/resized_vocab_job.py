@@ -66,4 +66,5 @@ dist.all_gather_object(everyone, lines)
 if rank == 0:
     print("\n".join(line for got in everyone for line in got))
     print("every other tensor holds exactly the saved values")
+dist.barrier()  # ranks leave together: gloo can abort a rank that exits while another still talks
 dist.destroy_process_group()

@@ -234,3 +234,24 @@ def test_cli_help_texts_say_the_real_defaults_with_examples():
     sim = run_cli("simulate", "--help").stdout
     assert "(default: hsdp)" in sim and "examples:" in sim
     assert "examples:" in run_cli("show", "--help").stdout
+
+
+def test_load_resized_fills_fsdp_shards_in_a_real_job(tmp_path):
+    """The size hint's fix in a real 2-process torchrun job (examples/resized_vocab_job.py): a
+    1000-token llama-tiny saved with FSDP, loaded into a 1024-token one; every rank checks its
+    shards against the saved values (and the new rows are left as they were)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    job = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         str(repo / "examples" / "resized_vocab_job.py"), str(tmp_path / "ckpt"), "llama-tiny", "1000", "1024"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "rank 1: tok_embeddings.weight rows 512-1023: 488 saved rows loaded, 24 new rows left as they were" in job.stdout
+    assert "every other tensor holds exactly the saved values" in job.stdout

@@ -135,6 +135,8 @@ class Verdict:
             n = len(self.breaking)
             what = f"{n} thing{'s' if n > 1 else ''} break{'' if n > 1 else 's'} the load: " + ", ".join(self.breaking)
             out = head + what
+            if self.silent:
+                out += "; besides, " + "; ".join(self.silent)
         elif self.silent:
             out = head + "it loads, but " + "; ".join(self.silent)
         else:

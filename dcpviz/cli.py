@@ -57,6 +57,12 @@ def _add_scenario_flags(p: argparse.ArgumentParser, defaults: dict[str, Any]) ->
     p.add_argument("--dtype", default=defaults["dtype"],
                    help="cast floating-point parameters, e.g. bfloat16 "
                         + said("dtype", "the saved one; else the model's own dtypes"))
+    p.add_argument("--optimizer", default=defaults["optimizer"],
+                   help=f"adamw, adam, sgd, none, or {_SPEC} taking the parameters and returning an Optimizer: "
+                        f"its state is in the state dict too {said('optimizer', 'the saved one')}")
+    p.add_argument("--state", default=defaults["state"],
+                   help=f"dcp-tutorial, torchtitan, none, or {_SPEC} taking (model, optimizer, rank): the dict "
+                        f"passed to dcp.save / dcp.load {said('state', 'the saved one')}")
 
 
 _EPILOG_SIMULATE = """examples:
@@ -79,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     sim = sub.add_parser("simulate", help="simulate DCP's save planner on every rank of a scenario",
                          epilog=_EPILOG_SIMULATE, formatter_class=fmt)
-    _add_scenario_flags(sim, {"model": "mlp", "world_size": 8, "recipe": "hsdp", "dtype": "bfloat16"})
+    _add_scenario_flags(sim, {"model": "mlp", "world_size": 8, "recipe": "hsdp", "dtype": "bfloat16", "optimizer": "none",
+                              "state": "none"})
     sim.add_argument("--dedup-to-lowest-rank", action="store_true", help="DefaultSavePlanner(dedup_save_to_lowest_rank=True)")
     sim.add_argument("--no-flatten", action="store_true", help="DefaultSavePlanner(flatten_state_dict=False)")
     sim.add_argument("--report", type=Path, help="write a self-contained HTML report here")
@@ -89,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="simulate DCP's load planner: a checkpoint (dir or save trace) into your job's layout",
                           epilog=_EPILOG_LOAD, formatter_class=fmt)
     load.add_argument("saved", type=Path, help="a checkpoint directory (only .metadata is read, safely) or a save trace (.json)")
-    _add_scenario_flags(load, {"model": None, "world_size": None, "recipe": None, "dtype": None})
+    _add_scenario_flags(load, {"model": None, "world_size": None, "recipe": None, "dtype": None, "optimizer": None,
+                               "state": None})
     load.add_argument("--allow-partial-load", action="store_true", help="DefaultLoadPlanner(allow_partial_load=True)")
     load.add_argument("--expected-unused", action="append", default=[], metavar="KEY",
                       help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable")
@@ -114,12 +122,15 @@ def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
     from dcpviz.engine.userspec import resolve_spec, saved_spec
 
     model, recipe, dtype, world = args.model, args.recipe, args.dtype, args.world_size
+    optimizer, state = args.optimizer, args.state
     mesh, names = args.mesh, tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
     if saved is not None:
         model = model or saved_spec(saved.model, "--model")
         recipe = recipe or saved_spec(saved.recipe, "--recipe")
         dtype = dtype or (None if saved.dtype == AS_BUILT else saved.dtype)
         world = world or saved.world_size
+        optimizer = optimizer or (saved_spec(saved.optimizer, "--optimizer") if saved.optimizer else None)
+        state = state or (saved_spec(saved.state, "--state") if saved.state else None)
         if mesh is None and world == saved.world_size and recipe == saved.recipe:
             mesh, names = tuple(saved.mesh), names or tuple(saved.mesh_dim_names)
     if model is None:
@@ -128,7 +139,13 @@ def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
     return Scenario(
         model=resolve_spec(model, "--model"), world_size=world or 8, mesh=mesh, mesh_dim_names=names,
         recipe=resolve_spec(recipe or "fsdp", "--recipe"), dtype=dtype,
+        optimizer=_none(resolve_spec(optimizer, "--optimizer")), state=_none(resolve_spec(state, "--state")),
     )
+
+
+def _none(value: Any) -> Any:
+    """'none' on the command line: no optimizer / the plain state dict."""
+    return None if value in (None, "", "none") else value
 
 
 def _write_outputs(result: Any, args: argparse.Namespace, console: Console) -> None:

@@ -186,6 +186,11 @@ class SaveResult(_Result):
         return tables.volume_by_module(self.trace, depth)
 
     @cached_property
+    def volume_by_component(self) -> pd.DataFrame:
+        """Bytes each rank writes per training-state component (model, optim, lr_scheduler, ...)."""
+        return tables.volume_by_component(self.trace)
+
+    @cached_property
     def phase_changes(self) -> pd.DataFrame:
         """What the global plan (dedup) and finish_plan changed, item by item."""
         return tables.phase_changes(self.trace)
@@ -246,6 +251,8 @@ class SaveResult(_Result):
         modules = self.volume_by_module(1)["module"].nunique()
         out: list[Part] = [self.messages(),
                            FigurePart("Write volume per rank", "rank_volume", kwargs={"by": "module" if modules > 1 else None})]
+        if self.volume_by_component["component"].nunique() > 1:  # a training state: how much is optimizer
+            out.append(FigurePart("Write volume per rank, by component", "rank_volume", kwargs={"by": "component"}))
         if len(self.dedup):
             out.append(FigurePart("Dedup decisions", "dedup"))
         out += [FigurePart(f"Chunk layout: {fqn}", "chunk_layout", (fqn,)) for fqn in pick_layout_tensors(self.tensors)]
@@ -444,6 +451,10 @@ def _save_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
         ("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
     ]
+    if s.get("optimizer") or s.get("state"):  # a training state, not only the model's
+        parts = [f"optimizer {s['optimizer']}" if s.get("optimizer") else "no optimizer",
+                 f"app state {s['state']}" if s.get("state") else "{'model', 'optim'} from get_state_dict"]
+        rows.insert(2, ("state", html.escape(" · ".join(parts))))
     if s["total_bytes"] is not None:
         rows.append(
             ("bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "

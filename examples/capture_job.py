@@ -52,6 +52,9 @@ def main() -> None:
     if dist.get_rank() == 0:
         result = dcpviz.load_trace(args.trace)
         print(f"trace written to {args.trace}: {result}")
+    # Leave together: a rank that tears gloo down while its peer is still busy can abort at exit
+    # ("terminate called without an active exception") after a good save.
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -18,6 +18,7 @@ EXPECT = {
     "02_planner_behaviour.ipynb": {PLOTLY},
     "03_debug_a_load.ipynb": {PLOTLY},
     "04_capture_your_job.ipynb": {WIDGET},
+    "05_a_training_checkpoint.ipynb": {PLOTLY},
 }
 
 

@@ -19,56 +19,18 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from dcpviz.analysis.hint_base import _GROUP_NAMES, OPTIM_STATE_NAMES, Hint, _examples
+from dcpviz.analysis.hints_training import param_group_hints, training_state_hints
 from dcpviz.core.trace import LoadTrace, MismatchRecord
 
 WRAPPER_PREFIXES = {
     "_orig_mod.": "torch.compile",
     "module.": "DistributedDataParallel / DataParallel",
 }
-OPTIM_STATE_NAMES = {
-    "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "step", "sum", "square_avg",
-    "acc_delta", "mu", "eta", "prev", "step_size",
-}
-_GROUP_NAMES = {"lr", "betas", "eps", "weight_decay", "amsgrad", "momentum", "params", "initial_lr"}
-
-
-@dataclass(frozen=True)
-class Hint:
-    """One likely cause of mismatches and how to fix it.
-
-    ``kind``: 'prefix', 'rename', 'optimizer', 'size', 'dtype', 'partial' or 'unexpected'.
-    ``mapping``: concrete renames ``(target key, checkpoint key)`` where the fix is a rename.
-    ``fix``: code that makes the load go through. ``keys``: the keys the hint explains.
-    """
-
-    kind: str
-    title: str
-    detail: str
-    fix: str
-    mapping: tuple[tuple[str, str], ...] = ()
-    keys: tuple[str, ...] = ()
-    cause: str = ""  # a short phrase for the verdict line ("a renamed module ('mlp' → 'feed_forward')")
-
-    @property
-    def rename(self) -> dict[str, str]:
-        """``{target key: checkpoint key}`` for a rename hint."""
-        return dict(self.mapping)
-
-    def __str__(self) -> str:
-        return f"{self.title}\n  {self.detail}\n  fix: {self.fix}"
-
-
-def _examples(keys: list[str] | tuple[str, ...], n: int = 3) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(repr(k) for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
 class _SameShape:
     """Does target key ``a`` hold what checkpoint key ``b`` holds (same size, where both are
     tensors)? Keeps a prefix or rename from pairing two different tensors."""
@@ -194,7 +156,9 @@ def _rename_hints(missing: set[str], unexpected: set[str], same: _SameShape) -> 
 
 
 # -- optimizer state -----------------------------------------------------------------------
-_BY_INDEX = re.compile(r"(^|\.)state\.\d+\.[A-Za-z_]+$|(^|\.)param_groups\.\d+\.")
+# param_groups.<i> is a list index in both forms (optim.state_dict() and get_state_dict); only
+# the state's keys say whether parameters are named by index or by FQN.
+_BY_INDEX = re.compile(r"(^|\.)state\.\d+\.[A-Za-z_]+$")
 
 
 def _optim_key(key: str) -> str | None:
@@ -360,8 +324,10 @@ def compute_hints(trace: LoadTrace) -> list[Hint]:
         {m.fqn: m.saved_size for m in trace.mismatches if m.kind == "unexpected"},
     )
     partial = bool(trace.planner.option("allow_partial_load", False))
-    hints = _prefix_hints(missing, unexpected, same)
+    hints = param_group_hints(trace, missing, unexpected)
+    hints += _prefix_hints(missing, unexpected, same)
     hints += _rename_hints(missing, unexpected, same)
+    hints += training_state_hints(trace, missing, unexpected)
     hints += _optimizer_hints(missing, unexpected)
     sizes = {m.fqn: m for m in trace.mismatches if m.kind == "size"}
     dtypes = {m.fqn: m for m in trace.mismatches if m.kind == "dtype"}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcpviz.analysis.save_tables import job_facts
+from dcpviz.analysis.save_tables import components_of, job_facts
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
 from dcpviz.core.units import itemsize as dtype_itemsize
@@ -20,7 +20,7 @@ from dcpviz.core.units import itemsize as dtype_itemsize
 READ_ITEM_COLUMNS = [
     "rank", "fqn", "dest_offsets", "storage_offsets", "lengths", "saved_offsets", "nbytes",
     "writer_rank", "file", "item_type", "dest_chunk_offsets", "saved_chunk", "dtype",
-    "chunk_nbytes", "storage_nbytes", "storage_fqn",
+    "chunk_nbytes", "storage_nbytes", "storage_fqn", "component",
 ]
 RANK_VOLUME_COLUMNS = [
     "rank", "reads", "nbytes", "chunk_nbytes", "wanted_nbytes", "tensors", "saved_chunks",
@@ -97,15 +97,18 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     ``chunk_nbytes`` the whole saved chunk, which DCP's FileSystemReader deserialises in full
     before narrowing to the box (``storage_nbytes``: its stored length, when on disk).
     """
-    df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS)
+    df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS[:-1])
+    df["component"] = components_of(trace, df["fqn"])
     df["storage_nbytes"] = pd.array(df["storage_nbytes"].tolist(), dtype="Int64")
     return df.astype({"rank": "int64", "nbytes": "int64", "writer_rank": "int64", "saved_chunk": "int64", "chunk_nbytes": "int64"})
 
 
-def _wanted_nbytes(trace: LoadTrace) -> np.ndarray:
+def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
+    """Bytes each target rank's own shards hold (of one training-state component, if given)."""
+    parts = components_of(trace, [tv.fqn for tv in trace.wanted]) if component is not None else None
     per_value = []
-    for tv in trace.wanted:
-        if tv.dtype is None:
+    for i, tv in enumerate(trace.wanted):
+        if tv.dtype is None or (parts is not None and parts[i] != component):
             per_value.append(0)
             continue
         itemsize = dtype_itemsize(tv.dtype)
@@ -134,7 +137,7 @@ def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataF
             "reads": col(g.size()).to_numpy(),
             "nbytes": col(g["nbytes"].sum()).to_numpy(),
             "chunk_nbytes": col(g["chunk_nbytes"].sum()).to_numpy(),
-            "wanted_nbytes": _wanted_nbytes(trace) if trace.wanted_by_rank else np.zeros(W, np.int64),
+            "wanted_nbytes": wanted_nbytes(trace) if trace.wanted_by_rank else np.zeros(W, np.int64),
             "tensors": col(g["fqn"].nunique()).to_numpy(),
             "saved_chunks": col(reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"]))).groupby("rank")["_k"].nunique()).to_numpy() if len(reads) else np.zeros(W, np.int64),
             "writers": col(g["writer_rank"].nunique()).to_numpy(),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of
+from dcpviz.core.components import component_of
 from dcpviz.core.filenames import file_rank
 from dcpviz.core.plans import final_or_global, writer_ranks
 from dcpviz.core.trace import PlannedItem, PlanRecord, SaveTrace
@@ -22,13 +23,22 @@ from dcpviz.core.units import itemsize as dtype_itemsize
 
 WRITE_ITEM_COLUMNS = [
     "rank", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "kept", "global_size", "dcp_size",
+    "component",
 ]
 DEDUP_COLUMNS = [
     "fqn", "offsets", "candidates", "chosen_rank", "nbytes", "candidate_planned_bytes",
     "replay_rank", "replay_agrees", "rule", "why",
 ]
 RANK_VOLUME_COLUMNS = ["rank", "items", "nbytes", "planned_items", "planned_nbytes", "coordinate"]
-CHUNK_COLUMNS = ["fqn", "chunk_index", "offsets", "sizes", "rank", "nbytes", "dtype", "kind", "global_size"]
+CHUNK_COLUMNS = ["fqn", "chunk_index", "offsets", "sizes", "rank", "nbytes", "dtype", "kind", "global_size",
+                 "component"]
+
+
+def components_of(trace: Any, fqns: Any) -> list[str]:
+    """The training-state component (``model``, ``optim``, ``lr_scheduler``, ...) of each key."""
+    prefixes = dict(trace.scenario.components) if trace.scenario is not None else {}
+    memo: dict[str, str] = {}
+    return [memo[f] if f in memo else memo.setdefault(f, component_of(f, prefixes)) for f in fqns]
 
 
 def _box(b: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -109,6 +119,7 @@ def write_items(trace: SaveTrace) -> pd.DataFrame:
             "dcp_size": cols.dcp_size[ids],
         }
     )
+    df["component"] = components_of(trace, df["fqn"])
     return df
 
 
@@ -223,7 +234,8 @@ def chunks(trace: SaveTrace) -> pd.DataFrame:
     byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
     for key in trace.metadata.bytes_keys:
         rows.append((key, 0, (), (), writers.get((key, None), -1), byte_sizes.get(key, 0), "", "bytes", ()))
-    df = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+    df = pd.DataFrame(rows, columns=CHUNK_COLUMNS[:-1])
+    df["component"] = components_of(trace, df["fqn"])
     return df.astype({"chunk_index": "int64", "rank": "int64", "nbytes": "int64"})
 
 
@@ -237,6 +249,8 @@ def job_facts(trace: Any) -> dict[str, Any]:
         "mesh_dim_names": sc.mesh_dim_names,
         "recipe": sc.recipe,
         "dtype": sc.dtype,
+        "optimizer": sc.optimizer,
+        "state": sc.state,
         "planner": trace.planner.cls,
         "planner_options": dict(trace.planner.options),
     }
@@ -269,6 +283,7 @@ def summary(trace: SaveTrace) -> dict[str, Any]:
 # -- tables behind the views ----------------------------------------------------------------
 TENSOR_COLUMNS = [
     "fqn", "kind", "size", "dtype", "chunks", "nbytes", "writers", "placements", "mesh", "empty_chunks",
+    "component",
 ]
 
 
@@ -294,7 +309,8 @@ def tensors(trace: SaveTrace) -> pd.DataFrame:
         byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
         for key in trace.metadata.bytes_keys:
             rows.append((key, "bytes", (), "", 1, byte_sizes.get(key, 0), 1, "(bytes)", "", 0))
-    df = pd.DataFrame(rows, columns=TENSOR_COLUMNS)
+    df = pd.DataFrame(rows, columns=TENSOR_COLUMNS[:-1])
+    df["component"] = components_of(trace, df["fqn"])
     # State-dict order (the order rank 0 planned them), not the metadata's insertion order.
     first_seen: dict[str, int] = {}
     for it in trace.items:
@@ -325,7 +341,7 @@ def tensor_boxes(write_items_df: pd.DataFrame, chunks_df: pd.DataFrame, fqn: str
     return df
 
 
-GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements"]
+GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements", "component"]
 
 
 def planned_by(trace: SaveTrace) -> dict[int, tuple[int, ...]]:
@@ -362,9 +378,23 @@ def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) 
             (
                 collapsed_label(list(members)), pattern, members, len(members), size, dtype,
                 int(tens.chunks.iloc[idx[0]]), int(tens.nbytes.iloc[idx].sum()), placements,
+                tens.component.iloc[idx[0]],
             )
         )
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def volume_by_component(trace: SaveTrace) -> pd.DataFrame:
+    """Bytes each rank writes (final plans), split by training-state component: rank,
+    component, items, nbytes (how much of each rank's bytes are optimizer moments)."""
+    cols = item_columns(trace)
+    plans = final_or_global(trace)
+    if plans is None:
+        return pd.DataFrame(columns=["rank", "component", "items", "nbytes"])
+    ranks, ids = _flatten(plans)
+    df = pd.DataFrame({"rank": ranks, "component": components_of(trace, cols.fqn[ids]), "nbytes": cols.nbytes[ids]})
+    out = df.groupby(["rank", "component"], sort=True).agg(items=("nbytes", "size"), nbytes=("nbytes", "sum")).reset_index()
+    return out.astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
 
 
 def volume_by_module(trace: SaveTrace, depth: int = 1) -> pd.DataFrame:

@@ -43,6 +43,11 @@ class ScenarioInfo:
     recipe: str
     dtype: str
     device: str
+    # Added with training states (issue 11); defaults keep older traces readable.
+    optimizer: str = ""  # '' = none; else the preset name or 'callable:module.qualname'
+    state: str = ""  # '' = the model's (and optimizer's) state dict; else preset / callable name
+    # key prefix -> component ("optim" -> "optim", "app.model" -> "model"); see components.py
+    components: tuple[tuple[str, str], ...] = ()
 
     def coordinate(self, rank: int) -> tuple[int, ...]:
         """Rank ``rank``'s coordinate in the mesh (row-major, as DeviceMesh lays ranks out)."""

@@ -36,6 +36,7 @@ import torch
 
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.training_state import SPMD_STATE_PRESETS
 from dcpviz.engine.world import _rank_mesh, fake_world
 
 
@@ -100,6 +101,19 @@ def spec_signature(state_dict: dict[str, Any]) -> tuple:
     return tuple(sig)
 
 
+def per_rank_state_reason(scenario: Scenario) -> str | None:
+    """Why the scenario's app state cannot come from one template (None if it can).
+
+    A state callable is user code that may give each rank its own keys and values (torchtitan's
+    ``dp_rank_{i}`` data-loader keys, an RNG state): a template would hand every rank rank 0's,
+    and no check on sample ranks proves the others equal. Only presets known to be the model's
+    and optimizer's state on every rank (``SPMD_STATE_PRESETS``) keep the shortcut."""
+    state = scenario.state
+    if state is None or (isinstance(state, str) and state in SPMD_STATE_PRESETS):
+        return None
+    return f"state={scenario.state_name!r} may differ from rank to rank (keys or values)"
+
+
 def sample_ranks(world_size: int) -> list[int]:
     """The ranks a callable recipe is checked on before it is trusted to be SPMD."""
     return sorted({world_size - 1, world_size // 2} - {0})
@@ -111,6 +125,10 @@ def template_state_dict(
     """Rank 0's real state dict; with ``check``, only if the recipe gives the same specs on
     the sample ranks (None otherwise). The named recipes are SPMD by construction and skip it."""
     W = scenario.world_size
+    reason = per_rank_state_reason(scenario)
+    if reason is not None:
+        progress_note.append(f"{reason}, so every rank built and planned its own state.")
+        return None, 0
     with fake_world(0, W):
         template, rebound = rank_state_dict(scenario, 0)
         signature = spec_signature(template)

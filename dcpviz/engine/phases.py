@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dcpviz.core.components import state_components
 from dcpviz.core.trace import ErrorRecord, PlanRecord, ScenarioInfo
 from dcpviz.engine import fastpath
 from dcpviz.engine.scenario import Scenario
@@ -66,7 +67,16 @@ def scenario_info(scenario: Scenario) -> ScenarioInfo:
     return ScenarioInfo(
         model=d["model"], world_size=d["world_size"], mesh=tuple(d["mesh"]),
         mesh_dim_names=tuple(d["mesh_dim_names"]), recipe=d["recipe"], dtype=d["dtype"], device=d["device"],
+        optimizer=d["optimizer"], state=d["state"],
     )
+
+
+def training_state_components(scenario: Scenario, state_dict: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The components (model, optim, lr_scheduler, ...) of a rank's training state, for the
+    trace; none for a plain model state dict (core/components.py)."""
+    if scenario.optimizer is None and scenario.state is None:
+        return ()
+    return state_components(state_dict, scenario.state is not None)
 
 
 def torch_version() -> str:

@@ -128,7 +128,21 @@ def tp_plan_of(model: nn.Module) -> dict[str, Any]:
             "Use a preset ('mlp', 'llama-tiny', 'llama3-8b', 'llama3-70b'), give your model a "
             "tp_plan() method returning a parallelize_module plan, or pass a callable recipe."
         )
-    return plan() if callable(plan) else dict(plan)
+    plan = plan() if callable(plan) else dict(plan)
+    named = sorted({v for v in plan.values() if isinstance(v, str)})
+    from_hf = hasattr(model, "config") and hasattr(model, "base_model_prefix")
+    if named or (not plan and from_hf):
+        # Hugging Face models carry ``tp_plan`` as style *names* applied by transformers' own
+        # sharding code ('colwise', 'packed_colwise', 'moe_tp_experts'); reading them as
+        # torch ParallelStyles would plan something transformers does not do.
+        what = f"style names ({', '.join(map(repr, named[:4]))})" if named else "an empty plan"
+        raise DcpvizError(
+            f"recipe 'tp' needs a parallelize_module plan but {type(model).__name__}.tp_plan holds {what}: "
+            "Hugging Face's tensor-parallel plan, which transformers applies with its own code. Pass a callable "
+            "recipe (model, device_mesh) -> model that calls parallelize_module with torch ParallelStyles, "
+            "or use an FSDP recipe."
+        )
+    return plan
 
 
 def replicate(model: nn.Module, mesh: Any) -> nn.Module:

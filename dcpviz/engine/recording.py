@@ -27,6 +27,7 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
+from dcpviz.core.components import captured_components
 from dcpviz.core.errors import DcpvizError, RecordingWarning
 from dcpviz.core.trace import (
     ErrorRecord,
@@ -296,6 +297,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         flat = _flat(state_dict)
         self._layouts = tensor_layouts(flat)
         self._inferred = infer_scenario(flat, self._world)
+        self._components = captured_components(state_dict)
 
     def create_local_plan(self) -> SavePlan:
         """The inner planner's local plan, recorded."""
@@ -445,6 +447,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             scenario, inferred_notes = self._inferred or infer_scenario({}, W)
             if scenario.world_size != W:
                 scenario = dataclasses.replace(scenario, world_size=W)
+        scenario = dataclasses.replace(scenario, components=getattr(self, "_components", ()))
         notes = [
             f"Captured by RecordingSavePlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans are as the coordinator received them (after the "

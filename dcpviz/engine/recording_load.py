@@ -18,6 +18,7 @@ from typing import Any
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 
+from dcpviz.core.components import captured_components
 from dcpviz.core.trace import ErrorRecord, LoadTrace, ReadRecord, TargetValue, to_plain, write_trace
 from dcpviz.core.trace_codec import decode_plain
 from dcpviz.core.version import __version__
@@ -249,10 +250,10 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         if self._scenario is not None:
             scenario, inferred = self._scenario, []
         else:
-
             scenario, inferred = infer_scenario(_flat(self._state_dict or {}), W)
         if scenario.world_size != W:
             scenario = dataclasses.replace(scenario, world_size=W)
+        scenario = dataclasses.replace(scenario, components=captured_components(self._state_dict or {}))
         notes = [
             f"Captured by RecordingLoadPlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans as the coordinator received them.",

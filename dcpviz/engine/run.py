@@ -35,6 +35,12 @@ from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.recording import RecordingSavePlanner, planned_items_from_plain
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.training_state import (
+    make_optimizer,
+    planner_state_dict,
+    saved_object,
+    step_optimizer,
+)
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -128,7 +134,8 @@ def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, back
                     timeout: float, start_method: str | None) -> tuple[Any, Any]:
     """Run ``job`` on every rank with a recording planner writing into a scratch directory;
     return the launch outcome and the coordinator's trace (None if none was written)."""
-    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
+    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
+                     optimizer=scenario.optimizer, state=scenario.state)
     work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
     try:
         trace_path = work / "trace.json"
@@ -153,11 +160,15 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     materialize(model, target)
+    optimizer = make_optimizer(scenario.optimizer, model)
+    if optimizer is not None:
+        step_optimizer(model, optimizer)  # real moments on real tensors
+    state = saved_object(scenario, model, optimizer, rank)
     report("save")
     rec = RecordingSavePlanner(trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(),
                                scenario=scenario)
     try:
-        md = dcp.save(model.state_dict(), checkpoint_id=checkpoint_dir, planner=rec)
+        md = dcp.save(state, checkpoint_id=checkpoint_dir, planner=rec)
     except BaseException as exc:
         exc.dcpviz_payload = {"record": rec.rank_record()}
         raise
@@ -165,7 +176,7 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     first = next(iter(model.parameters()), None)
     return {"record": rec.rank_record(),
             "device": str(first.device if first is not None else target),
-            "digests": chunk_digests(model.state_dict())}
+            "digests": chunk_digests(planner_state_dict(saved_object(scenario, model, optimizer, rank)))}
 
 
 # -- the parent ------------------------------------------------------------------------------
@@ -194,7 +205,8 @@ def run_save_trace(
     scenario, backend, device = resolve_device(scenario)
     info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
     _check_empty_dir(Path(checkpoint_dir))
-    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner)
+    _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
+                     optimizer=scenario.optimizer, state=scenario.state)
     # Created only now that every check passed; taken away again if the run writes nothing.
     run_dir = RunDir.create(Path(checkpoint_dir))
     root = run_dir.path
@@ -284,7 +296,8 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
     timings = dict(base.timings) if base is not None else {}
     timings["run_wall"] = run.wall_s
     return SaveTrace(
-        scenario=scenario_info(scenario),
+        scenario=dataclasses.replace(scenario_info(scenario),
+                                     components=base.scenario.components if base is not None else ()),
         planner=base.planner if base is not None else info,
         items=tuple(table.items),
         local_plans=tuple(local),

@@ -10,6 +10,7 @@ coordinator's LoadTrace is completed with every rank's own values, plans and mis
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ from dcpviz.engine.run import (
 from dcpviz.engine.saved import resolve_saved
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.training_state import (
+    make_optimizer,
+    planner_state_dict,
+    poison_optimizer,
+    restore_after_load,
+    saved_object,
+)
 
 
 def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
@@ -57,18 +65,23 @@ def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     model.to_empty(device=target)
     poison(model)
+    optimizer = make_optimizer(scenario.optimizer, model)
+    state_dict = saved_object(scenario, model, optimizer, rank)  # get_state_dict initialises the moments
+    poison_optimizer(optimizer)
     report("load")
     rec = RecordingLoadPlanner(trace_path, planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(),
                                scenario=scenario)
-    state_dict = model.state_dict()
     try:
         dcp.load(state_dict, storage_reader=SafeFileSystemReader(checkpoint_dir), planner=rec)
+        restore_after_load(scenario, model, optimizer, state_dict)
     except BaseException as exc:
         exc.dcpviz_payload = {"record": rec.rank_record()}
         raise
     rec.complete()
     first = next(iter(model.parameters()), None)
-    return {"record": rec.rank_record(), "digests": chunk_digests(state_dict),
+    # What the job would save now: the model's and optimizer's state after the load.
+    after = planner_state_dict(saved_object(scenario, model, optimizer, rank))
+    return {"record": rec.rank_record(), "digests": chunk_digests(after),
             "device": str(first.device if first is not None else target)}
 
 
@@ -167,7 +180,8 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
     timings = dict(base.timings) if base is not None else {}
     timings["run_wall"] = run.wall_s
     return LoadTrace(
-        scenario=scenario_info(scenario),
+        scenario=dataclasses.replace(scenario_info(scenario),
+                                     components=base.scenario.components if base is not None else ()),
         planner=base.planner if base is not None else info,
         saved=metadata_info(md),
         saved_scenario=None,

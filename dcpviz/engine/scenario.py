@@ -1,4 +1,4 @@
-"""Scenario: what job is being planned — model, world size, mesh, recipe, dtype, device."""
+"""Scenario: what job is being planned — model, world size, mesh, recipe, optimizer, state, dtype, device."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from dcpviz.core.errors import ScenarioError, did_you_mean
 from dcpviz.engine.models import check_model_spec, model_name
 from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.engine.training_state import check_optimizer_spec, check_state_spec, spec_name
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -58,6 +59,16 @@ class Scenario:
         and buffers, and leaves complex tensors (RoPE's ``freqs_cis``) and integer tensors (step
         counters) as they are.
     device: ``"meta"`` for simulation, ``"cpu"``/``"cuda"`` for real runs.
+    optimizer: None (default: only the model's state), ``"adamw"``, ``"adam"``, ``"sgd"``
+        (momentum 0.9, so it has state) or a callable ``(params) -> torch.optim.Optimizer``.
+        With an optimizer, each rank saves ``{"model": model_sd, "optim": optim_sd}`` exactly as
+        DCP's ``torch.distributed.checkpoint.state_dict.get_state_dict(model, optimizer)``
+        returns them: FQN-keyed, state initialised, moments sharded like their parameters.
+    state: None, a preset (``"dcp-tutorial"``: ``{"app": AppState(model, optimizer)}`` as in
+        PyTorch's DCP tutorial; ``"torchtitan"``: torchtitan's CheckpointManager layout) or a
+        callable ``(model, optimizer, rank) -> dict``: the object that rank passes to
+        ``dcp.save`` / ``dcp.load`` (nested dicts, lists, ``Stateful`` objects, tensors, Python
+        values). It runs inside each rank's world, so ``dist.get_rank()`` works in it.
     """
 
     model: str | Callable[[], torch.nn.Module] = "mlp"
@@ -67,9 +78,13 @@ class Scenario:
     recipe: str | Callable[..., Any] = "fsdp"
     dtype: str | None = None
     device: str = "meta"
+    optimizer: str | Callable[..., Any] | None = None
+    state: str | Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         check_model_spec(self.model)
+        check_optimizer_spec(self.optimizer)
+        check_state_spec(self.state)
         ws = self.world_size
         if isinstance(ws, bool) or not isinstance(ws, int) or ws < 1:
             raise ScenarioError(f"world_size={ws!r} must be a positive int (the number of ranks).")
@@ -169,6 +184,16 @@ class Scenario:
         return recipe_name(self.recipe)
 
     @property
+    def optimizer_name(self) -> str:
+        """'' without an optimizer, else the preset name or 'callable:module.qualname'."""
+        return spec_name(self.optimizer)
+
+    @property
+    def state_name(self) -> str:
+        """'' for the default state, else the preset name or 'callable:module.qualname'."""
+        return spec_name(self.state)
+
+    @property
     def torch_dtype(self) -> torch.dtype | None:
         """The floating-point dtype parameters and buffers are cast to; None keeps the model's."""
         return None if self.dtype is None else DTYPES[self.dtype]
@@ -191,6 +216,8 @@ class Scenario:
             "recipe": self.recipe_name,
             "dtype": self.dtype or AS_BUILT,
             "device": self.device,
+            "optimizer": self.optimizer_name,
+            "state": self.state_name,
         }
 
     def replace(self, **changes: Any) -> Scenario:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ from dcpviz.engine.phases import (
     representatives,
     scenario_info,
     torch_version,
+    training_state_components,
     wants_template,
 )
 from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
@@ -78,6 +79,7 @@ class _SaveRun:
     local_by_rep: dict[int, SavePlan] = field(default_factory=dict)
     sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
     layouts: tuple = ()
+    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
 
@@ -115,6 +117,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
             run.rebound += n
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
+            run.components = training_state_components(run.scenario, state_dict)
         t1 = time.perf_counter()
         run.timer.add("build_state_dicts", t1 - t0)
         p = run.make_planner()
@@ -235,7 +238,7 @@ def plan_save(
         md_info = metadata_info(md) if md is not None else None
     timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
-        scenario=scenario_info(scenario),
+        scenario=replace(scenario_info(scenario), components=run.components),
         planner=info,
         items=tuple(run.conv.items),
         local_plans=local_records,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -38,6 +38,7 @@ from dcpviz.engine.phases import (
     representatives,
     scenario_info,
     torch_version,
+    training_state_components,
     wants_template,
 )
 from dcpviz.engine.planners import planner_factory
@@ -123,6 +124,7 @@ class _LoadRun:
     fakes: dict = field(default_factory=dict)
     per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
     rebound: int = 0
+    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/overlap.py)
 
     @property
@@ -170,6 +172,8 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
         else:
             state_dict, n = rank_state_dict(run.target, r)
             run.rebound += n
+        if r == 0:
+            run.components = training_state_components(run.target, state_dict)
         state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None)
         t1 = time.perf_counter()
         p = run.make_planner()
@@ -298,7 +302,7 @@ def plan_load(
     _closing_notes(run, info)
     timer.add("total", sum(timer.totals.values()))
     trace = LoadTrace(
-        scenario=scenario_info(target),
+        scenario=replace(scenario_info(target), components=run.components),
         planner=info,
         saved=ck.info,
         saved_scenario=ck.scenario,

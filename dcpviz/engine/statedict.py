@@ -12,6 +12,7 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.models import build_model
 from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.training_state import make_optimizer, planner_state_dict, saved_object
 from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
 
 
@@ -46,13 +47,18 @@ def cast_floating(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn
 
 
 def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]:
-    """The state dict rank ``rank`` would hand to dcp.save. Call inside ``fake_world(rank, W)``.
+    """The state dict rank ``rank``'s planner sees in dcp.save: the model's, or with an optimizer
+    or app state the whole training state (``training_state.py``). Call inside
+    ``fake_world(rank, W)``.
 
     Returns the state dict and how many DTensors were rebound to this rank's mesh.
     """
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
-    return rebind_to_rank(model.state_dict(), rank)
+    if scenario.optimizer is None and scenario.state is None:
+        return rebind_to_rank(model.state_dict(), rank)
+    optimizer = make_optimizer(scenario.optimizer, model)
+    return rebind_to_rank(planner_state_dict(saved_object(scenario, model, optimizer, rank)), rank)
 
 
 @contextmanager

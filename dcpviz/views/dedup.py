@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
-from dcpviz.views.inputs import need_name, need_result
+from dcpviz.views.inputs import need_component, need_name, need_result
 from dcpviz.views.style import base_layout, fmt_ranks
 
 STATE_NAMES = {0: "did not plan it", 1: "planned, dropped by dedup", 2: "chosen: writes it"}
@@ -118,15 +118,20 @@ def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go
     return fig
 
 
-def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80) -> go.Figure:
-    """Dedup decisions of a save result: grouped overview, or one tensor with ``fqn=``."""
-
+def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80, component: str | None = None) -> go.Figure:
+    """Dedup decisions of a save result: grouped overview, or one tensor with ``fqn=``;
+    ``component=`` ("model", "optim", ...) keeps one part of a training state in the overview."""
     need_result(result, "save", "dedup")
     if fqn is not None:
         need_name(fqn, "dedup")
     W = result.trace.scenario.world_size
     if fqn is None:
-        return dedup_overview_figure(result.dedup, result.tensor_groups, W, max_rows=max_rows)
+        groups, decisions = result.tensor_groups, result.dedup
+        if component is not None:
+            need_component(component, groups["component"], "dedup")
+            groups = groups[groups["component"] == component]
+            decisions = decisions[decisions["fqn"].isin({f for m in groups["members"] for f in m})]
+        return dedup_overview_figure(decisions, groups, W, max_rows=max_rows)
     if fqn not in set(result.dedup["fqn"]):
         known = set(result.tensors["fqn"])
         if fqn in known:

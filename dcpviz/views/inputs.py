@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcpviz.core.errors import DcpvizError
+from dcpviz.core.errors import DcpvizError, did_you_mean
 
 _MADE_BY = {"save": "simulate_save, run_save or load_trace of a save trace",
             "load": "simulate_load, run_load or load_trace of a load trace"}
@@ -23,6 +23,16 @@ def need_name(fqn: Any, view: str) -> None:
     if not isinstance(fqn, str):
         raise DcpvizError(
             f"views.{view}: fqn={fqn!r} must be a state-dict key (a string, e.g. one of result.tensors['fqn'])."
+        )
+
+
+def need_component(component: Any, known: Any, view: str) -> None:
+    """``component`` must be one of the result's training-state components (model, optim, ...)."""
+    known = sorted(set(known))
+    if not isinstance(component, str) or component not in known:
+        raise DcpvizError(
+            f"views.{view}: component={component!r} is not a part of this state.{did_you_mean(str(component), known)} "
+            f"Use one of {known} (the table's 'component' column) or None."
         )
 
 

@@ -17,7 +17,7 @@ from dcpviz.analysis import load_tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
-from dcpviz.views.inputs import need_name, need_rank, need_result
+from dcpviz.views.inputs import need_component, need_name, need_rank, need_result
 from dcpviz.views.style import base_layout, fmt_span, rank_color
 
 
@@ -150,11 +150,28 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def read_volume(load: Any) -> go.Figure:
-    """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them)."""
+def _component_reads(load: Any, component: str | None, view: str) -> pd.DataFrame | None:
+    """The load's reads of one training-state component (None: all of them)."""
+
+    if component is None:
+        return None
+    reads = load.read_items
+    need_component(component, reads["component"], view)
+    return reads[reads["component"] == component]
+
+
+def read_volume(load: Any, *, component: str | None = None) -> go.Figure:
+    """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them);
+    ``component=`` ("model", "optim", ...) counts one part of a training state."""
 
     need_result(load, "load", "read_volume", "load")
-    return read_volume_figure(load.rank_volume)
+    reads = _component_reads(load, component, "read_volume")
+    if reads is None:
+        return read_volume_figure(load.rank_volume)
+    vol = load_tables.rank_volume(load.trace, reads)
+    if load.trace.wanted_by_rank:  # what the rank's own shards hold, of this component only
+        vol["wanted_nbytes"] = load_tables.wanted_nbytes(load.trace, component)
+    return read_volume_figure(vol)
 
 
 def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
@@ -181,8 +198,12 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
     return fig
 
 
-def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes") -> go.Figure:
-    """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read."""
+def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None) -> go.Figure:
+    """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read;
+    ``component=`` ("model", "optim", ...) keeps one part of a training state."""
 
     need_result(load, "load", "resharding", "load")
-    return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
+    reads = _component_reads(load, component, "resharding")
+    if reads is None:
+        return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
+    return resharding_figure(load_tables.resharding_matrix(load.trace, by, values, reads), by, values)

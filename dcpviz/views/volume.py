@@ -120,14 +120,16 @@ def rank_volume(
     need_result(result, "save", "rank_volume")
     if compare is not None:
         need_result(compare, "save", "rank_volume", "compare")
-    if by not in (None, "module"):
-        raise DcpvizError(f"by={by!r}: use by=None or by='module'.")
+    if by not in (None, "module", "component"):
+        raise DcpvizError(f"by={by!r}: use by=None, by='module' or by='component'.")
     if compare is None:
         label = names[0] if names else _label(result)
         stacked = result.volume_by_module(depth) if by == "module" else None
+        if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
+            stacked = result.volume_by_component.rename(columns={"component": "module"})
         return rank_volume_figure([(label, result.rank_volume)], by_module=stacked)
     if by is not None:
-        raise DcpvizError("compare= draws totals side by side; drop by='module' to compare two results.")
+        raise DcpvizError(f"compare= draws totals side by side; drop by={by!r} to compare two results.")
     a, b = names or (_label(result), _label(compare))
     if a == b:
         a, b = f"{a} (1)", f"{b} (2)"

@@ -52,7 +52,13 @@ class Explorer(w.VBox):
     def _layout_tab(self) -> w.Widget:
         groups = self.result.tensor_groups
         self._group_members = dict(zip(groups["group"], groups["members"]))
+        self._group_component = dict(zip(groups["group"], groups["component"]))
         self.search = w.Text(placeholder="filter tensors (substring)", description="search", layout=w.Layout(width="320px"))
+        # A training state's parts (model, optim, lr_scheduler, ...): pick one to list its tensors.
+        parts = list(dict.fromkeys(groups["component"]))
+        self.component_picker = w.Dropdown(options=[("all", "")] + [(c, c) for c in parts], value="", description="component")
+        self.component_picker.layout.display = "" if len(parts) > 1 else "none"
+        self.component_picker.observe(self._on_search, "value")
         self.group_picker = w.Select(options=list(groups["group"]), rows=10, description="tensor", layout=w.Layout(width="460px"))
         self.member_picker = w.Dropdown(description="layer", layout=w.Layout(width="460px"))
         W = self.result.trace.scenario.world_size
@@ -68,12 +74,15 @@ class Explorer(w.VBox):
         if len(groups):
             self.group_picker.value = groups["group"].iloc[0]
             self._on_group()
-        controls = w.VBox([self.search, self.group_picker, self.member_picker, w.HBox([self.rank_picker]), w.HBox([self.dim_rows, self.dim_cols])])
+        controls = w.VBox([w.HBox([self.search, self.component_picker]), self.group_picker, self.member_picker, w.HBox([self.rank_picker]), w.HBox([self.dim_rows, self.dim_cols])])
         return w.VBox([controls, self.layout_fig])
 
     def _on_search(self, change: Any = None) -> None:
         text = self.search.value.strip().lower()
-        options = [g for g, members in self._group_members.items() if not text or any(text in m.lower() for m in members) or text in g.lower()]
+        part = self.component_picker.value
+        options = [g for g, members in self._group_members.items()
+                   if (not part or self._group_component[g] == part)
+                   and (not text or any(text in m.lower() for m in members) or text in g.lower())]
         current = self.group_picker.value
         self.group_picker.options = options
         if current in options:
@@ -142,6 +151,8 @@ class Explorer(w.VBox):
     # -- volume tab -----------------------------------------------------------------------
     def _volume_tab(self) -> w.Widget:
         options = [("total", "total"), ("by module", "module")]
+        if self.result.volume_by_component["component"].nunique() > 1:
+            options.append(("by component", "component"))
         if self.compare is not None:
             options.append(("compare", "compare"))
         self.volume_mode = w.ToggleButtons(options=options, value="compare" if self.compare is not None else "total")
@@ -158,7 +169,8 @@ class Explorer(w.VBox):
         if mode == "compare":
             fig = views.rank_volume(self.result, compare=self.compare)
         else:
-            fig = views.rank_volume(self.result, by="module" if mode == "module" else None, depth=self.volume_depth.value)
+            fig = views.rank_volume(self.result, by=mode if mode in ("module", "component") else None,
+                                    depth=self.volume_depth.value)
         replace_figure(self.volume_fig, fig)
 
     # -- phase stepper --------------------------------------------------------------------

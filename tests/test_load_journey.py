@@ -255,3 +255,12 @@ def test_load_resized_fills_fsdp_shards_in_a_real_job(tmp_path):
     assert job.returncode == 0, job.stderr[-3000:]
     assert "rank 1: tok_embeddings.weight rows 512-1023: 488 saved rows loaded, 24 new rows left as they were" in job.stdout
     assert "every other tensor holds exactly the saved values" in job.stdout
+
+
+def test_verdict_names_training_state_hints_that_do_not_stop_the_load():
+    saved = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan"))
+    load = dcpviz.simulate_load(saved, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="adamw",
+                                                       state="torchtitan"))
+    assert load.verdict.loads
+    assert load.verdict.line == ("Resharding 4 → 2 ranks is fine; it loads, but data-loader positions of 2 "
+                                 "data-parallel rank(s) are read by no target rank.")

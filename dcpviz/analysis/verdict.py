@@ -185,6 +185,8 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
             silent.append(f"{len(keys)} key(s) keep their initial values (allow_partial_load)")
         elif h.kind == "optimizer":
             silent.append("the checkpoint's optimizer state is not loaded")
+        else:  # any other hint on keys DCP does not stop on (training-state hints, ...)
+            silent.append(h.cause or h.title[:1].lower() + h.title[1:])
     left = sorted(breaking_keys - explained)
     if left:
         breaking.append(f"{len(left)} key(s) DCP rejects ({left[0]!r}{', ...' if len(left) > 1 else ''})")

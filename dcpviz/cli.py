@@ -237,8 +237,10 @@ def _print_next_steps(console: Console, report_path: Path) -> None:
         "\n[bold]Next:[/]\n"
         f"  open {escape(str(report_path))} in a browser (self-contained, offline)\n"
         "  .venv/bin/jupyter lab notebooks/     # then open 01_tour.ipynb and run all cells\n"
-        "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options\n"
-        "  .venv/bin/dcpviz load CKPT_DIR --model mypkg.models:build -W 6   # will your checkpoint load?"
+        "  .venv/bin/dcpviz simulate --recipe hsdp --mesh 2x4 --trace plan.json -q   # keep this plan as a trace\n"
+        "  .venv/bin/dcpviz load plan.json -W 6 --recipe fsdp --report load.html     # would it load on 6 ranks?\n"
+        "  .venv/bin/dcpviz load CKPT_DIR --model mypkg.models:build -W 6            # will your checkpoint load?\n"
+        "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options"
     )
 
 

@@ -148,10 +148,41 @@ def test_tour_explorer_renders_and_updates(lab):
             page.wait_for_timeout(500)
             explorer.screenshot(path=str(ARTIFACTS / "explorer_widget.png"))
             page.screenshot(path=str(ARTIFACTS / "explorer_jupyterlab.png"), full_page=False)
+            shots = {"explorer_widget.png": "explorer_jupyterlab.png", **_screenshot_tabs(page, explorer)}
             if os.environ.get("DCPVIZ_UPDATE_DOCS") == "1":
-                shutil.copy(ARTIFACTS / "explorer_widget.png", ROOT / "docs" / "img" / "explorer_jupyterlab.png")
+                for artifact, doc in shots.items():
+                    shutil.copy(ARTIFACTS / artifact, ROOT / "docs" / "img" / doc)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "explorer_failure.png"), full_page=True)
             raise
         finally:
             browser.close()
+
+
+def _screenshot_tabs(page, explorer) -> dict[str, str]:
+    """Open every tab of the explorer in turn: its label is not cut, its content draws; one
+    screenshot each (artifact name -> docs/img name)."""
+    from playwright.sync_api import expect
+
+    shots = {}
+    tabs = page.locator(".dcpviz-explorer .lm-TabBar-tab")
+    for i in range(tabs.count()):
+        tab = tabs.nth(i)
+        title = tab.inner_text().strip()
+        label = tab.locator(".lm-TabBar-tabLabel")
+        cut = label.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+        assert not cut, f"tab title {title!r} is cut"
+        tab.click()
+        panel = page.locator(".dcpviz-explorer .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)").first
+        if title in ("Dedup", "Volume", "Phases"):
+            expect(panel.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=60_000)
+        elif title == "Tables":
+            expect(panel.locator("table").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(800)
+        buttons = panel.locator(".widget-toggle-button")
+        for j in range(buttons.count()):
+            assert not buttons.nth(j).evaluate("e => e.scrollWidth > e.clientWidth + 1"), f"{title}: button label cut"
+        name = f"explorer_tab_{title.lower()}.png"
+        explorer.screenshot(path=str(ARTIFACTS / name))
+        shots[name] = name
+    return shots

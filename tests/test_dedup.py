@@ -125,3 +125,32 @@ def test_user_model_and_user_recipe():
     assert list(head.offsets) == [(0, 0), (2, 0), (4, 0), (5, 0)]
     assert list(head.sizes) == [(2, 6), (2, 6), (1, 6), (0, 6)]
     assert result.trace.scenario.recipe.endswith("my_recipe")
+
+
+def test_why_names_the_losers_tallies_and_the_whole_tensor_charge():
+    """The dedup lesson, told: on llama-tiny HSDP 2x4, rank 0 wins the 1000x64 embedding's shard
+    first, is charged the whole tensor for it, and so loses the layers to rank 4."""
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    d = save.dedup.set_index("fqn", drop=False)
+    emb = save.write_items[(save.write_items.fqn == "tok_embeddings.weight") & (save.write_items["rank"] == 0)].iloc[0]
+    assert emb["global_size"] == (1000, 64) and emb["sizes"] == (250, 64)
+    wk = d[(d.fqn == "layers.0.attention.wk.weight") & (d.candidates == (0, 4))].iloc[0]
+    tallies = dict(zip(wk.candidates, wk.candidate_planned_bytes))
+    assert tallies[0] == 1000 * 64 * 4  # the whole embedding, not the 250x64 shard rank 0 stores
+    assert wk.chosen_rank == 4
+    assert wk.why == (
+        f"rank 4: {dcpviz.core.units.fmt_bytes(tallies[4])} < rank 0: 250.0 KB — rank 0 was charged the whole "
+        "1000×64 tensor for a 250×64 shard of tok_embeddings.weight (250.0 KB counted, 62.5 KB stored)"
+    )
+    # Every row names its winner's tally first and each losing tally (up to three groups).
+    for row in save.dedup.itertuples():
+        tally = dict(zip(row.candidates, row.candidate_planned_bytes))
+        assert row.why.startswith(f"rank {row.chosen_rank}: {dcpviz.core.units.fmt_bytes(tally[row.chosen_rank])}")
+        for b in sorted({t for t in tally.values() if t > tally[row.chosen_rank]})[:3]:
+            assert f": {dcpviz.core.units.fmt_bytes(b)}" in row.why
+
+
+def test_why_says_a_tie_and_the_lowest_rank_rule(default, lowest):
+    step = default.dedup.set_index("fqn").loc["progress.step"]
+    assert "(a tie: the first candidate wins)" in step.why
+    assert lowest.dedup.why.str.startswith("dedup_save_to_lowest_rank: rank ").all()

@@ -77,3 +77,24 @@ def test_cli_load_from_a_save_trace(tmp_path):
     assert dcpviz.load_trace(tmp_path / "l.json").kind == "load"
     bad = run_cli("load", str(tmp_path / "missing-dir"), "-W", "2")
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_demo_next_steps_include_a_load_and_each_runs(tmp_path, monkeypatch, capsys):
+    """The commands `make demo` suggests work as printed, and lead on to `dcpviz load`."""
+    import shlex
+
+    from dcpviz.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    steps = [line.split("#")[0].split() for line in out.splitlines() if line.strip().startswith(".venv/bin/dcpviz ")]
+    assert any(s[1] == "load" for s in steps), out
+    for step in steps:
+        if "--help" in step:
+            continue
+        assert main(step[1:]) == 0, shlex.join(step)
+        said = capsys.readouterr().out
+        if step[1] == "load":
+            assert "mismatch" not in said.lower() or "no mismatch" in said.lower(), said  # the same model: it loads
+    assert (tmp_path / "plan.json").exists() and (tmp_path / "load.html").stat().st_size > 0

@@ -167,3 +167,96 @@ def test_alike_layers_collapse_and_unalike_do_not():
     split = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=4, recipe=only_layer0))
     groups = set(split.tensor_groups.group)
     assert {"layers.0.attention.wq.weight", "layers.1.attention.wq.weight"} <= groups
+
+
+# -- figures that read at a glance (issue 15) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_hsdp():
+    return dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"))
+
+
+def test_thin_tensor_is_drawn_at_a_minimum_width(llama_hsdp):
+    from dcpviz.views.geometry import MIN_ASPECT
+
+    fig = V.chunk_layout(llama_hsdp, "tok_embeddings.weight")  # 1000×64: a sliver at the true aspect
+    drawn = fig.layout.yaxis.scaleratio * 1000 / 64  # drawn height ÷ drawn width
+    assert drawn == pytest.approx(1 / MIN_ASPECT)
+    assert "not to scale" in fig.layout.yaxis.title.text
+    # The boxes themselves keep their real element coordinates.
+    assert sorted(r for rs in tiles_of(fig).values() for r in rs) == [(0, 64, 250 * i, 250 * (i + 1)) for i in range(4)]
+    square = V.chunk_layout(llama_hsdp, "layers.0.attention.wq.weight")  # 64×64: true aspect
+    assert square.layout.yaxis.scaleratio == 1 and "not to scale" not in square.layout.yaxis.title.text
+
+
+def test_layout_legend_reads_the_tile_labels(llama_hsdp, hsdp):
+    from dcpviz.views.layout import REPLICA_LEGEND
+
+    for fig in (V.chunk_layout(llama_hsdp, "tok_embeddings.weight"), V.chunk_layout(hsdp, "progress.step")):
+        assert REPLICA_LEGEND in [t.name for t in fig.data]
+    fsdp = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
+    assert REPLICA_LEGEND not in [t.name for t in V.chunk_layout(fsdp, "fc1.weight").data]  # no replicas, no key
+
+
+def test_counts_have_whole_number_ticks(llama_hsdp):
+    bar = V.dedup(llama_hsdp).data[0].colorbar
+    assert bar.tickformat == ",d" and bar.dtick == 1 and bar.tick0 == 0
+    load = dcpviz.simulate_load(llama_hsdp, dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="fsdp"))
+    reads = V.resharding(load, values="reads").data[0].colorbar
+    assert reads.tickformat == ",d"
+
+
+def test_mean_is_named_in_the_legend_not_written_on_the_bars(llama_hsdp, hsdp):
+    low = dcpviz.simulate_save(hsdp_scenario(), planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
+    for fig, results in ((V.rank_volume(llama_hsdp), [llama_hsdp]), (V.rank_volume(llama_hsdp, by="module"), [llama_hsdp]),
+                         (V.rank_volume(hsdp, compare=low), [hsdp, low])):
+        assert not fig.layout.annotations  # nothing drawn over the bars
+        means = [t.meta["mean"] for t in fig.data if t.meta and t.meta.get("role") == "mean"]
+        assert means == [pytest.approx(float(r.rank_volume.nbytes.mean())) for r in results]
+        assert [s.y0 for s in fig.layout.shapes] == pytest.approx(means)
+        assert not any("mean: mean" in t.name for t in fig.data if t.name)
+
+
+def _title_lines(fig):
+    return [re.sub("<[^>]+>", "", line) for line in fig.layout.title.text.split("<br>")]
+
+
+def test_titles_fit_and_hang_from_the_top(llama_hsdp):
+    """Long subtitles were cut ("Pass fqn=") or ran into the rank axis drawn above the plot."""
+    load = dcpviz.simulate_load(llama_hsdp, dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="fsdp"))
+    figs = [V.dedup(llama_hsdp), V.dedup(llama_hsdp, fqn="tok_embeddings.weight"), V.rank_volume(llama_hsdp),
+            V.chunk_layout(llama_hsdp, "tok_embeddings.weight"), V.read_volume(load), V.resharding(load),
+            V.read_layout(load, "tok_embeddings.weight", 0)]
+    for fig in figs:
+        assert all(len(line) <= 130 for line in _title_lines(fig)), _title_lines(fig)
+        assert fig.layout.title.yanchor == "top" and fig.layout.title.yref == "container"
+        # Room above the plot for the title's lines (about 20 px each) and an axis title on top.
+        lines = len(_title_lines(fig))
+        assert fig.layout.margin.t >= 28 + 20 * lines + (40 if fig.layout.xaxis.side == "top" else 0) - 20
+
+
+def test_read_boxes_are_labelled_with_their_writer(llama_hsdp):
+    load = dcpviz.simulate_load(llama_hsdp, dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="fsdp"))
+    fig = V.read_layout(load, "tok_embeddings.weight", 1)
+    labels = next(t for t in fig.data if t.meta and t.meta.get("role") == "read-labels")
+    reads = load.read_items[(load.read_items.fqn == "tok_embeddings.weight") & (load.read_items["rank"] == 1)]
+    assert sorted(labels.text) == sorted(f"from {r}" for r in reads.writer_rank)
+
+
+def test_past_24_ranks_tiles_are_labelled_and_neighbours_differ():
+    """Past the 24-colour palette, a rank is read from its label, and nearby ranks never share a look."""
+    from dcpviz.views.style import rank_color
+
+    def rgb(h):
+        return [int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)]
+
+    for W in (32, 64, 256):
+        colors = [rank_color(r, W) for r in range(W)]
+        assert len(set(colors)) == W
+        near = min(math.dist(rgb(colors[r]), rgb(colors[s])) for r in range(W) for s in range(r + 1, min(W, r + 5)))
+        assert near > 60, W
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=32, recipe="fsdp"))
+    fig = V.chunk_layout(save, "fc1.weight")
+    labels = next(t for t in fig.data if t.meta and t.meta.get("role") == "labels").text
+    assert sorted(labels) == sorted(f"<b>{r}</b>" for r in range(32))

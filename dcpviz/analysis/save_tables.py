@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of
+from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of, ranges
 from dcpviz.core.components import component_of
 from dcpviz.core.filenames import file_rank
 from dcpviz.core.plans import final_or_global, writer_ranks
@@ -153,6 +153,7 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
             for i in plan.items:
                 kept_by[int(cols.key[i])].append(r)
     tally = [0] * W
+    worst: dict[int, tuple[int, int]] = {}  # rank -> (bytes charged beyond what it stores, item)
     rows: list[tuple] = []
     for k, cands in plan_sets.items():
         if lowest:
@@ -168,12 +169,7 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
             if lowest:
                 rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
             else:
-                rule = "fewest planned bytes"
-                low = min(before)
-                ties = sum(1 for b in before if b == low)
-                why = f"rank {pick} had planned the fewest bytes ({fmt_bytes(low)})" + (
-                    f"; a {ties}-way tie goes to the first candidate" if ties > 1 else ""
-                )
+                rule, why = "fewest planned bytes", _fewest_why(pick, cand, before, worst, cols)
             rows.append(
                 (
                     cols.fqn[i], cols.offsets[i], cand, chosen_rank, int(cols.nbytes[i]), before,
@@ -182,8 +178,52 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
             )
         dcp = int(cols.dcp_size[i])
         tally[pick] += dcp if dcp > 0 else 1
+        over = dcp - int(cols.nbytes[i])
+        if over > worst.get(pick, (0, -1))[0]:
+            worst[pick] = (over, i)
     df = pd.DataFrame(rows, columns=DEDUP_COLUMNS)
     return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+
+
+def _shape(size: tuple[int, ...]) -> str:
+    return "×".join(map(str, size)) or "scalar"
+
+
+def _rank_group(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranges(ranks)}"
+
+
+MAX_WHY_GROUPS = 3  # loser tallies named in a why; the rest are summarised
+
+
+def _fewest_why(
+    pick: int, cand: tuple[int, ...], before: tuple[int, ...], worst: dict[int, tuple[int, int]], cols: _ItemColumns
+) -> str:
+    """Why ``pick`` won under DCP's fewest-planned-bytes rule, with the losers' tallies, and the
+    whole-tensor charge that inflated a loser's tally (DCP counts ``tensor_storage_size()``)."""
+    low = before[cand.index(pick)]
+    tied = [c for c, b in zip(cand, before) if b == low and c != pick]
+    higher: dict[int, list[int]] = defaultdict(list)
+    for c, b in zip(cand, before):
+        if b > low:
+            higher[b].append(c)
+    why = f"rank {pick}: {fmt_bytes(low)}"
+    if tied:
+        why += f" = {_rank_group(tied)}: {fmt_bytes(low)} (a tie: the first candidate wins)"
+    groups = sorted(higher.items())
+    why += "".join(f" < {_rank_group(rs)}: {fmt_bytes(b)}" for b, rs in groups[:MAX_WHY_GROUPS])
+    if len(groups) > MAX_WHY_GROUPS:
+        why += f" < {len(groups) - MAX_WHY_GROUPS} more"
+    losers = [c for rs in higher.values() for c in rs if c in worst]
+    if losers:
+        r = max(losers, key=lambda c: worst[c][0])
+        j = worst[r][1]
+        why += (
+            f" — rank {r} was charged the whole {_shape(cols.global_size[j])} tensor for a "
+            f"{_shape(cols.sizes[j])} shard of {cols.fqn[j]} ({fmt_bytes(int(cols.dcp_size[j]))} "
+            f"counted, {fmt_bytes(int(cols.nbytes[j]))} stored)"
+        )
+    return why
 
 
 def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    StorageMeta,
+    TensorStorageMetadata,
+)
 
 from dcpviz.core.checkpoint_facts import CheckpointFacts
 from dcpviz.core.errors import CheckpointError
@@ -72,8 +77,6 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle DCP Metadata from bytes, admitting only metadata classes."""
-    from torch.distributed.checkpoint.metadata import Metadata
-
     try:
         md = _MetadataUnpickler(io.BytesIO(data), source).load()
     except CheckpointError:
@@ -148,8 +151,6 @@ class SafeFileSystemReader(FileSystemReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         """``.metadata`` through the restricted unpickler (never plain pickle)."""
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
         path = Path(self._get_metadata_path(kwargs.get("rank")))
         if not path.is_file():
             raise CheckpointError(f"{str(path)!r} does not exist: not a finished DCP checkpoint.")

@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint._traverse import traverse_state_dict
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -15,7 +17,8 @@ from torch.distributed.checkpoint.metadata import (
     TensorProperties,
     TensorStorageMetadata,
 )
-from torch.distributed.checkpoint.planner import SavePlan, WriteItem
+from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemType
+from torch.distributed.tensor import DTensor
 
 from dcpviz.core.errors import TraceFileError
 from dcpviz.core.trace import (
@@ -90,8 +93,6 @@ class ItemTable:
 def byte_item_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
     """Serialised length of each BYTE_IO item, from the planner's own ``resolve_data`` (what the
     storage writer will write); 0 where the planner cannot say."""
-    from torch.distributed.checkpoint.planner import WriteItemType
-
     sizes: dict[str, int] = {}
     for wi in items:
         if wi.type == WriteItemType.BYTE_IO and wi.index.fqn not in sizes:
@@ -220,8 +221,6 @@ def metadata_info(md: Metadata) -> MetadataInfo:
 
 def torch_metadata(info: MetadataInfo) -> Metadata:
     """Rebuild a torch Metadata equivalent to the one the trace was taken from."""
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-
     sd_md: dict[str, Any] = {}
     for t in info.tensors:
         sd_md[t.fqn] = TensorStorageMetadata(
@@ -249,8 +248,6 @@ def torch_metadata(info: MetadataInfo) -> Metadata:
 def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
     """Placements and mesh of every DTensor in a state dict, nested or flat, under the key DCP
     flattens it to ("model.fc1.weight"), found by DCP's own traversal."""
-    from torch.distributed.checkpoint._traverse import traverse_state_dict
-    from torch.distributed.tensor import DTensor
 
     leaves: dict[str, Any] = {}
     traverse_state_dict(state_dict, lambda path, value: leaves.setdefault(".".join(map(str, path)), value))

@@ -6,8 +6,11 @@ import math
 from typing import Any
 
 import torch
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
+from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
+from torch.distributed.tensor import DTensor
 
 from dcpviz.core.trace import ChunkInfo, PlanRecord, ReadRecord, TargetValue
 from dcpviz.engine.convert import ItemTable, dtype_str
@@ -60,9 +63,6 @@ def load_plan_record(
 def target_value(fqn: str, value: Any) -> TargetValue:
     """What a target rank holds under ``fqn``: type, global size, dtype, and its local chunks as
     DCP's own ``_create_chunk_list`` computes them (the boxes the planner fills)."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-    from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
-    from torch.distributed.tensor import DTensor
 
     if isinstance(value, (DTensor, ShardedTensor, torch.Tensor)):
         try:

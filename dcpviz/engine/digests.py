@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import torch
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
+from torch.distributed.tensor import DTensor
+
 
 def chunk_digests(state_dict: dict[str, Any]) -> list[tuple[str, tuple[int, ...], str]]:
     """(fqn, chunk offsets, sha256 prefix of the chunk's bytes) for every tensor this rank holds;
     offsets are DCP's own (``_create_chunk_list``), so strided shards are named as DCP names them."""
-    import torch
-    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
-    from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
-    from torch.distributed.tensor import DTensor
 
     out = []
     for fqn, value in flatten_state_dict(state_dict)[0].items():
@@ -33,8 +34,6 @@ def chunk_digests(state_dict: dict[str, Any]) -> list[tuple[str, tuple[int, ...]
 def poison(model: Any) -> None:
     """NaN in every floating parameter and buffer (zero elsewhere): whatever a load does not
     fill stands out, and a load that silently did nothing cannot pass for one that worked."""
-    import torch
-
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             t.fill_(float("nan") if t.is_floating_point() else 0)

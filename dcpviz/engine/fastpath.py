@@ -33,6 +33,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint import planner_helpers
+from torch.distributed.checkpoint._traverse import set_element, traverse_state_dict
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor._dtensor_spec import DTensorSpec
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.utils._pytree import tree_leaves
 
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
@@ -46,8 +54,6 @@ class Leaves:
     it ("model.fc1.weight", "stack.0"), with its object path to rebuild the nesting."""
 
     def __init__(self, state_dict: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint._traverse import traverse_state_dict
-
         self.values: dict[str, Any] = {}
         self.paths: dict[str, tuple] = {}
         self.duplicates: list[str] = []
@@ -67,8 +73,6 @@ class Leaves:
         ``rank_view`` rebuilds DTensors that DCP plans as tensors; a tensor DCP never reaches
         (inside a tuple or object it saves as bytes) or a ShardedTensor (its local shards are
         rank 0's) would keep rank 0's data, and a key DCP rejects must be rejected by DCP."""
-        from torch.distributed._shard.sharded_tensor import ShardedTensor
-        from torch.utils._pytree import tree_leaves
 
         if self.duplicates:
             return f"the state dict flattens to the key {self.duplicates[0]!r} twice"
@@ -84,8 +88,6 @@ def spec_signature(state_dict: dict[str, Any]) -> tuple:
     """Everything about a state dict that must not depend on the rank for the template to hold:
     for every leaf DCP reaches (nested dicts and lists included), its key and, for tensors,
     shape, dtype, placements and mesh."""
-    from torch.distributed.tensor import DTensor
-
     sig = []
     for key, value in Leaves(state_dict).values.items():
         if isinstance(value, DTensor):
@@ -155,10 +157,6 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
 
     The nesting is rebuilt from DCP's own traversal (``set_element`` along each leaf's path), so
     DCP flattens the view to the same keys and leaves, DTensors aside, as the template."""
-    from torch.distributed.checkpoint._traverse import set_element
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._dtensor_spec import DTensorSpec
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 
     leaves = Leaves(template)
@@ -183,8 +181,6 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
 
 def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:
     """Root mesh dims along which some DTensor, at any depth, is not replicated (all dims if unsure)."""
-    from torch.distributed.tensor import DTensor, Replicate
-
     dims: set[int] = set()
     for value in Leaves(template).values.values():
         if not isinstance(value, DTensor):
@@ -212,8 +208,6 @@ def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
 
 def can_share_plans(planner: Any) -> bool:
     """Whether ranks of one class may share ``planner``'s local plan (DCP's default planner: exact)."""
-    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-
     return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)
 
 
@@ -233,8 +227,6 @@ def memoized_local_shapes() -> Iterator[dict]:
     question 80 times. For ``_StridedShard`` (FSDP over TP) each answer costs DTensor ~0.4 ms of
     index arithmetic. Every answer handed out was computed by DTensor itself for the same inputs.
     """
-    from torch.distributed.checkpoint import planner_helpers
-
     original = planner_helpers.compute_local_shape_and_global_offset
     cache: dict = {}
 

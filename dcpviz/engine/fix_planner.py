@@ -20,9 +20,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.tensor import DTensor
 
 from dcpviz.core.errors import DcpvizError
+from dcpviz.engine.checkpoint import SafeFileSystemReader
 
 
 class RenamingLoadPlanner(DefaultLoadPlanner):
@@ -77,8 +80,6 @@ def _overlap(a: tuple[int, ...], offsets: tuple[int, ...], sizes: tuple[int, ...
 def _local_box(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
     """(this rank's local tensor, its global offsets, its sizes): a DTensor's own shard (as DCP
     sees it, ``__create_chunk_list__``), or the whole of a plain tensor."""
-    from torch.distributed.tensor import DTensor
-
     if isinstance(t, DTensor):
         (chunk,) = t.__create_chunk_list__()
         return t.to_local(), tuple(chunk.offsets), tuple(chunk.sizes)
@@ -93,10 +94,6 @@ def load_resized(state_dict: Mapping[str, Any], checkpoint_id: str | os.PathLike
     outside the saved shape (new vocabulary rows) keep their values. Call it on every rank, after
     loading the other keys. Reads ``.metadata`` with dcpviz's restricted unpickler by default.
     Returns ``{key: saved shape}``."""
-    import torch.distributed.checkpoint as dcp
-
-    from dcpviz.engine.checkpoint import SafeFileSystemReader
-
     keys = list(keys)
     reader = storage_reader or SafeFileSystemReader(checkpoint_id)
     saved = reader.read_metadata().state_dict_metadata

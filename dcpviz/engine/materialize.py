@@ -14,7 +14,12 @@ import zlib
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint._traverse import traverse_state_dict
+from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
+from torch.distributed.tensor import DTensor
 
 from dcpviz.engine.world import rebind_to_rank
 
@@ -59,9 +64,6 @@ def local_boxes(value: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]
     """(a tensor this rank holds, its offsets and sizes in the global tensor) for each chunk DCP
     writes for ``value`` (``_create_chunk_list``, so strided shards (FSDP over TP) are placed as
     DCP places them): a DTensor's local tensor, a ShardedTensor's local shards, a whole tensor."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-    from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
-    from torch.distributed.tensor import DTensor
 
     if isinstance(value, ShardedTensor):
         locals_ = [shard.tensor for shard in value.local_shards()]
@@ -76,8 +78,6 @@ def local_boxes(value: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]
 def fill_by_position(state_dict: dict[str, Any]) -> None:
     """Write position values into every tensor DCP's traversal finds in ``state_dict`` (in place:
     a module's state dict shares its parameters' storage), keyed as DCP keys it."""
-    from torch.distributed.checkpoint._traverse import traverse_state_dict
-
     def fill(path: tuple, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             return
@@ -93,8 +93,6 @@ def materialize(model: nn.Module, device: str | torch.device) -> None:
     """``to_empty`` on ``device``; then every tensor the state dict holds gets position values
     and everything else (non-persistent buffers) zeros, never uninitialised memory, which would
     make the saved bytes differ from run to run."""
-    import torch.distributed as dist
-
 
     model.to_empty(device=device)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from torch.distributed.checkpoint import default_planner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     Metadata,
@@ -86,12 +87,10 @@ def classify(tv: TargetValue, storage_fqn: str, metadata: Metadata) -> Found | N
 def dcp_key_messages(flat: dict[str, Any], metadata: Metadata, strict: bool) -> dict[str, str]:
     """DCP's own verdict on each key alone: the text ``create_default_local_load_plan`` raises
     for it, for every key that raises."""
-    from torch.distributed.checkpoint.default_planner import create_default_local_load_plan
-
     out: dict[str, str] = {}
     for fqn, value in flat.items():
         try:
-            create_default_local_load_plan({fqn: value}, metadata, strict)
+            default_planner.create_default_local_load_plan({fqn: value}, metadata, strict)
         except Exception as exc:
             out[fqn] = str(exc)
     return out

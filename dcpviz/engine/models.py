@@ -13,6 +13,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    SequenceParallel,
+)
 
 from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
 
@@ -105,12 +111,6 @@ class Transformer(nn.Module):
     @staticmethod
     def tp_plan() -> dict[str, Any]:
         """torchtitan's Llama TP plan (sequence parallel norms, colwise q/k/v/w1/w3, rowwise o/w2)."""
-        from torch.distributed.tensor import Replicate, Shard
-        from torch.distributed.tensor.parallel import (
-            ColwiseParallel,
-            RowwiseParallel,
-            SequenceParallel,
-        )
 
         return {
             "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
@@ -171,8 +171,6 @@ class MLP(nn.Module):
     @staticmethod
     def tp_plan() -> dict[str, Any]:
         """Tensor-parallel plan: fc1 column-wise, fc2 row-wise."""
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
         return {"fc1": ColwiseParallel(), "fc2": RowwiseParallel()}
 
     def fsdp_units(self) -> list[nn.Module]:

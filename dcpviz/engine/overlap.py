@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from torch.distributed.checkpoint import planner_helpers
 from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
 
 MIN_CHUNKS = 16
@@ -254,8 +255,6 @@ class ReadPruner:
         """While inside, DCP's ``planner_helpers.create_read_items_for_chunk_list`` is the
         pruned call for this metadata's tensors (and DCP's own for anything else). Yields False
         and changes nothing when the helper is not DCP's own (someone patched it)."""
-        from torch.distributed.checkpoint import planner_helpers
-
         original = planner_helpers.create_read_items_for_chunk_list
         if not _is_dcp_function(original):
             yield False

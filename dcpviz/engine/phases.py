@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dcpviz.core.components import state_components
 from dcpviz.core.trace import ErrorRecord, PlanRecord, ScenarioInfo
@@ -95,8 +96,6 @@ def progress_bar(total: int, desc: str, progress: bool | None) -> Any:
     if not show:
         return None
     # tqdm, deferred: only simulations of more than a few ranks show a bar.
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="rank", leave=False)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from torch.distributed.checkpoint.planner import SavePlanner
+
 from dcpviz.core.errors import DcpvizError, UserCodeError
 
 
@@ -60,8 +62,6 @@ def set_up_save_planner(planner: Any, state_dict: dict, is_coordinator: bool, st
 def isolated_plan_cache() -> Iterator[None]:
     """DCP caches plans in class attributes (enable_plan_caching), one process per rank.
     Simulating many ranks in one process must not let ranks, or earlier runs, share them."""
-    from torch.distributed.checkpoint.planner import SavePlanner
-
     names = [n for n in vars(SavePlanner) if n.startswith("_cached_")]
     saved = {n: getattr(SavePlanner, n) for n in names}
     for n in names:

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
+
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import ErrorRecord
 
@@ -77,8 +81,6 @@ def _where(tb: Any) -> str:
 def error_dicts(exc: BaseException, rank: int, phase: str) -> list[dict[str, Any]]:
     """An exception as plain records. DCP's CheckpointException carries the failures of every
     rank (rank -> (exception, traceback)): each becomes its own record with that rank."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
     if isinstance(exc, CheckpointException) and exc.failures:
         # DCP's step name ('plan' for the local/global planning round, 'write' for writing).
         step = exc.args[0] if exc.args and isinstance(exc.args[0], str) else phase
@@ -108,8 +110,6 @@ def _entry(job: Callable[..., dict[str, Any]], rank: int, world: int, port: int,
         conn.send(("phase", rank, name))
 
     try:
-        import torch
-        import torch.distributed as dist
 
         report("init")
         if device == "cuda":
@@ -329,8 +329,6 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
 
     ``job`` must be importable by name (a module-level function) and its result plain data.
     """
-    import torch.distributed as dist
-
     check_main_guard(start_method, "dcpviz (starting worker processes)")
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import parallelize_module
 
 from dcpviz.core.errors import DcpvizError, UserCodeError
 
@@ -104,8 +106,6 @@ def owns_its_parameters(unit: nn.Module, owners: dict[int, set[int]]) -> bool:
 
 
 def _fully_shard_all(model: nn.Module, mesh: Any) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
-
     if is_forwardless_container(model):
         raise DcpvizError(
             f"the model is a {type(model).__name__} without forward; the FSDP recipes end with "
@@ -163,8 +163,6 @@ def hsdp(model: nn.Module, mesh: Any) -> nn.Module:
 
 def tp(model: nn.Module, mesh: Any) -> nn.Module:
     """parallelize_module with the model's tensor-parallel plan."""
-    from torch.distributed.tensor.parallel import parallelize_module
-
     return parallelize_module(model, mesh, tp_plan_of(model))
 
 
@@ -180,8 +178,6 @@ def tp_fsdp_dims(names: tuple[str, str]) -> tuple[str, str]:
 def tp_fsdp(model: nn.Module, mesh: Any) -> nn.Module:
     """torchtitan's 2-D recipe: TP on the dim named "tp" (the inner one by default), FSDP on
     the other (strided shards)."""
-    from torch.distributed.tensor.parallel import parallelize_module
-
     dp_name, tp_name = tp_fsdp_dims(tuple(mesh.mesh_dim_names))
     parallelize_module(model, mesh[tp_name], tp_plan_of(model))
     return _fully_shard_all(model, mesh[dp_name])

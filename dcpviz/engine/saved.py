@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 
 from dcpviz.core.errors import CheckpointError, DcpvizError, TraceFileError
 from dcpviz.core.filenames import writer_from_file
@@ -63,8 +63,6 @@ def _storage_writers(md: Metadata) -> dict[tuple[str, tuple[int, ...] | None], C
 
 def _writers(md: Metadata, trace_writers: dict[tuple[str, Any], int] | None) -> tuple[ChunkWriter, ...]:
     """One ChunkWriter per saved chunk (and bytes entry), in metadata order."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     stored = _storage_writers(md)
     trace_writers = trace_writers or {}
     out = []

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 
 from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.models import build_model
@@ -18,8 +19,6 @@ from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, 
 
 def build_mesh(scenario: Scenario, device_type: str | None = None) -> Any:
     """The scenario's DeviceMesh in the current (fake) world."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     return init_device_mesh(
         device_type or mesh_device_type(scenario.device),
         tuple(scenario.mesh or (scenario.world_size,)),

@@ -17,14 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed.tensor import DTensor
 
 from dcpviz.engine.world import map_state_dict
 
 
 def new_fake_mode() -> Any:
     """A FakeTensorMode for storage-less target state dicts."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     # Non-fake inputs are allowed so a user planner mixing in a real tensor does not crash here.
     return FakeTensorMode(allow_non_fake_inputs=True)
 
@@ -48,8 +48,6 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
     ``cache``: share one FakeTensor per (shape, stride, dtype) — they hold no data, and a
     70B-shaped model has a dozen distinct shapes among its 720 tensors (creating a FakeTensor
     costs ~0.2 ms)."""
-    from torch.distributed.tensor import DTensor
-
 
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):
@@ -64,8 +62,6 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None) -> Any:
 
 def has_real_storage(t: Any) -> bool:
     """True when ``t`` (a tensor or a DTensor) is backed by memory on a real device."""
-    from torch.distributed.tensor import DTensor
-
     if isinstance(t, DTensor):
         t = t._local_tensor
     if not isinstance(t, torch.Tensor):

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint import default_planner
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
@@ -112,8 +113,6 @@ def _logger_silenced(logger: Any) -> Iterator[None]:
 def validate(original: Callable[..., list[str]], global_plan: list, metadata: Metadata, min_chunks: int | None = None) -> list[str]:
     """DCP's verdict on ``metadata``: from the stretched copy when it finds nothing, else from
     DCP's own run on the real metadata (its messages and warnings)."""
-    from torch.distributed.checkpoint import default_planner
-
     try:
         stretched = stretched_metadata(metadata, min_chunks)
     except Exception:  # anything unexpected in the metadata: DCP's own run decides
@@ -138,8 +137,6 @@ def fast_validation() -> Iterator[bool]:
     """While inside, ``default_planner._validate_global_plan`` (called by DefaultSavePlanner's
     ``create_global_plan``) is ``validate`` around DCP's own. Yields False and changes nothing
     when that function is not DCP's own (someone patched it)."""
-    from torch.distributed.checkpoint import default_planner
-
     original = default_planner._validate_global_plan
     if not _is_dcp_function(original):
         yield False

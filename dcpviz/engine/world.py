@@ -22,21 +22,25 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._dtensor_spec import DTensorSpec
+
+# Importing fake_pg also registers the "fake" backend with c10d (idempotent).
+from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from dcpviz.core.errors import DcpvizError
 
-
-def _register_fake_backend() -> None:
-    # Importing the module registers the "fake" backend with c10d (idempotent).
-    import torch.testing._internal.distributed.fake_pg  # noqa: F401
+try:
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+except ImportError:  # a torch without these internals: nothing to clear
+    _clear_sharding_prop_cache = None
 
 
 @contextmanager
 def fake_world(rank: int, world_size: int) -> Iterator[None]:
     """Make this process look like ``rank`` of ``world_size`` for the duration of the block."""
-    _register_fake_backend()
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     if dist.is_initialized():
         raise DcpvizError(
             "simulation needs this process to have no default process group, but one is "
@@ -65,13 +69,9 @@ class _C10dGlobals:
 
     @classmethod
     def capture(cls) -> _C10dGlobals:
-        from torch.distributed import distributed_c10d as c10d
-
         return cls(sys.excepthook, getattr(c10d, "_backend", None), getattr(c10d, "_default_pg_init_method", None))
 
     def restore(self) -> None:
-        from torch.distributed import distributed_c10d as c10d
-
         sys.excepthook = self.excepthook
         c10d._backend = self.backend
         c10d._default_pg_init_method = self.init_method
@@ -106,11 +106,8 @@ def clear_dtensor_caches() -> None:
     ignores the rank and the process group: left behind, they would hand a later job's DTensor
     ops the mesh of a simulated rank (whose groups no longer exist). They are pure caches, so
     clearing them only costs recomputation."""
-    try:
-        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
-    except ImportError:  # a torch without these internals: nothing to clear
-        return
-    _clear_sharding_prop_cache()
+    if _clear_sharding_prop_cache is not None:
+        _clear_sharding_prop_cache()
 
 
 @contextmanager
@@ -148,8 +145,6 @@ def mesh_device_type(device: str) -> str:
 
 def _rank_mesh(mesh: Any, rank: int, cache: dict[int, Any]) -> Any:
     """``mesh`` as seen from ``rank`` (must be called inside ``fake_world(rank, ...)``)."""
-    from torch.distributed.device_mesh import DeviceMesh
-
     key = id(mesh)
     if key not in cache:
         fresh = DeviceMesh(
@@ -168,8 +163,6 @@ def _rank_mesh(mesh: Any, rank: int, cache: dict[int, Any]) -> Any:
 
 def expected_coordinate(mesh: Any, rank: int) -> tuple[int, ...] | None:
     """Coordinate of ``rank`` in ``mesh`` computed from the mesh tensor alone."""
-    from torch.distributed.device_mesh import DeviceMesh
-
     return DeviceMesh._compute_coordinates_from_mesh(mesh.mesh, rank)
 
 
@@ -190,8 +183,6 @@ def rebind_to_rank(obj: Any, rank: int, cache: dict[int, Any] | None = None) -> 
 
     Returns the new object and how many DTensors had to be rebound.
     """
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._dtensor_spec import DTensorSpec
 
     cache = {} if cache is None else cache
     count = 0

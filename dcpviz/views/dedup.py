@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.inputs import need_component, need_name, need_result
-from dcpviz.views.style import base_layout, fmt_ranks
+from dcpviz.views.style import base_layout, count_colorbar, fmt_ranks
 
 STATE_NAMES = {0: "did not plan it", 1: "planned, dropped by dedup", 2: "chosen: writes it"}
 STATE_SCALE = [[0.0, "#f4f4f4"], [0.33, "#f4f4f4"], [0.33, "#9ecae1"], [0.66, "#9ecae1"], [0.66, "#08519c"], [1.0, "#08519c"]]
@@ -50,7 +50,7 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
         go.Heatmap(
             z=z, x=list(range(world_size)), y=order, hoverinfo="text", text=hover, zmin=0,
             colorscale=[[0.0, "#d9e7f5"], [1e-9, "#c6dbef"], [1.0, "#08306b"]],
-            colorbar=dict(title="items<br>chosen"), xgap=1 if world_size <= 64 else 0, ygap=1,
+            colorbar=count_colorbar(z.ravel(), "items<br>chosen"), xgap=1 if world_size <= 64 else 0, ygap=1,
         )
     )
     n_items = len(dedup_df)
@@ -59,14 +59,14 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
             title=dict(
                 text=(
                     f"<b>Dedup: who writes each replicated item</b><br><sup>{n_items} items planned by more than "
-                    f"one rank, in {d.group.nunique()} groups; each is written once. Light: planned, dropped; blank: "
-                    "not planned. Pass fqn= for one tensor."
+                    f"one rank, in {d.group.nunique()} groups; each is written once."
                     + (f" Showing the first {max_rows} groups." if len(d.group.unique()) > max_rows else "")
-                    + "</sup>"
+                    + "<br>Dark: chosen to write · light: planned, dropped · blank: not planned · "
+                    "dedup(result, fqn=…) for one tensor</sup>"
                 ),
                 x=0.01,
             ),
-            height=max(320, 150 + 22 * len(order)), margin=dict(l=60, r=20, t=120, b=30),
+            height=max(340, 170 + 22 * len(order)), margin=dict(l=60, r=20, t=150, b=30),
         )
     )
     fig.update_xaxes(title="rank", type="linear" if world_size > 64 else "category", side="top")

@@ -44,8 +44,23 @@ def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tup
     return row, col
 
 
+MIN_ASPECT = 0.3  # the short side of a drawn box is at least this fraction of the long side
+
+
+def row_scale(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> float:
+    """How many column-units one row is drawn as: 1.0 (true aspect) unless the tensor is so
+    thin that the real aspect would draw it as a sliver (a 1000×64 embedding), then stretched
+    so its short side is ``MIN_ASPECT`` of its long side."""
+    if row_dim is None:
+        return 1.0
+    n_rows, n_cols = max(size[row_dim], 1), max(size[col_dim], 1)
+    low, high = MIN_ASPECT * n_cols / n_rows, n_cols / (MIN_ASPECT * n_rows)
+    return min(max(1.0, low), high)
+
+
 def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col_dim: int, note: str = "") -> None:
-    """Axes in elements: a strip for 1-D, the real aspect (rows down) for 2-D and up."""
+    """Axes in elements: a strip for 1-D, the real aspect (rows down) for 2-D and up, stretched
+    to a minimum width for thin tensors (the axis title says so)."""
     n_cols = max(size[col_dim], 1)
     pad = n_cols * 0.015
     fig.update_xaxes(title=f"dim {col_dim} (elements, 0:{size[col_dim]})", range=[-pad, n_cols + pad],
@@ -57,8 +72,11 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
     rpad = n_rows * 0.015
     # Row 0 at the top, as in a matrix; the column axis stays below so its title never meets
     # the figure's title.
+    scale = row_scale(size, row_dim, col_dim)
+    if scale != 1.0:
+        note += f" — not to scale: rows drawn {scale:.2g}× as tall as columns are wide"
     fig.update_yaxes(title=f"dim {row_dim} (elements, 0:{size[row_dim]}){note}", range=[n_rows + rpad, -rpad],
-                     scaleanchor="x", scaleratio=1, constrain="domain", showgrid=False, zeroline=False)
+                     scaleanchor="x", scaleratio=scale, constrain="domain", showgrid=False, zeroline=False)
     fig.update_xaxes(constrain="domain")
 
 
@@ -66,5 +84,5 @@ def box_height(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> int:
     """Figure height in pixels for a box drawing: taller for tall tensors, within 260..900."""
     if row_dim is None:
         return 260
-    ratio = size[row_dim] / max(size[col_dim], 1)
+    ratio = row_scale(size, row_dim, col_dim) * size[row_dim] / max(size[col_dim], 1)
     return int(min(900, max(340, 160 + 520 * min(ratio, 1.6))))

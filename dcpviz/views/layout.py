@@ -118,6 +118,8 @@ def chunk_layout_figure(
             hovertext=hovers, hoverinfo="text", showlegend=False, name="chunks", meta={"role": "labels"},
         )
     )
+    if any(m.dropped_by for members in tiles.values() for m in members):
+        _replica_legend(fig)
     if empties:
         ex = [e.offsets[col_dim] for e in empties]
         ey = [(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties]
@@ -144,6 +146,15 @@ def chunk_layout_figure(
     note = f" — dims {other} summarised in hover" if other else ""
     set_box_axes(fig, size, row_dim, col_dim, note)
     return fig
+
+
+REPLICA_LEGEND = "<b>n</b> writes it · (n) = replica dropped by dedup"
+
+
+def _replica_legend(fig: go.Figure) -> None:
+    """A legend line that reads the tile labels: the writer in bold, dropped replicas in parentheses."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=dict(size=0, opacity=0),
+                             name=REPLICA_LEGEND, meta={"role": "key"}))
 
 
 def _touches(tiles: dict, rank: int, writer: int) -> bool:
@@ -178,6 +189,8 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
     )
     dropped = tuple(b["dropped_by"]) if b is not None else ()
     label = f"<b>{writer}</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
+    if dropped:
+        _replica_legend(fig)
     what = "bytes entry" if header.kind == "bytes" else "scalar (0-d tensor)"
     hover = (
         f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes']) if b is not None else ''}"

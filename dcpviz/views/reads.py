@@ -18,7 +18,9 @@ from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from dcpviz.views.inputs import need_component, need_name, need_rank, need_result
-from dcpviz.views.style import base_layout, fmt_span, rank_color
+from dcpviz.views.style import base_layout, count_colorbar, fmt_span, rank_color, text_color
+
+MAX_LABELS = 300  # beyond this many read boxes, labels go (hover keeps every fact)
 
 
 def read_layout_figure(
@@ -79,6 +81,12 @@ def read_layout_figure(
         ]
         fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=4, opacity=0), hovertext=ht,
                                  hoverinfo="text", showlegend=False, meta={"role": "reads-hover"}))
+        if len(reads) <= MAX_LABELS:  # the writer on each read box: no colour lookup past 24 ranks
+            fig.add_trace(go.Scatter(
+                x=cx, y=cy, mode="text", text=[f"from {int(r)}" for r in reads["writer_rank"]], hoverinfo="skip",
+                textfont=dict(size=11, color=[text_color(rank_color(int(r), W)) for r in reads["writer_rank"]]),
+                showlegend=False, meta={"role": "read-labels"},
+            ))
     if wanted:
         rects = [project(o, s, row_dim, col_dim) for o, s in wanted]
         xs, ys = rects_path(rects)
@@ -183,7 +191,7 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
               for c, v in zip(matrix.columns, row)] for r, row in zip(matrix.index, z)]
     fig = go.Figure(go.Heatmap(
         z=z, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index], text=hover, hoverinfo="text",
-        colorscale="Blues", colorbar=dict(title="bytes" if values != "reads" else "reads"),
+        colorscale="Blues", colorbar=dict(title="bytes") if values != "reads" else count_colorbar(z.ravel(), "reads"),
         xgap=1 if z.shape[1] <= 64 else 0, ygap=1 if z.shape[0] <= 64 else 0,
     ))
     fig.update_layout(**base_layout(

@@ -59,6 +59,16 @@ def fmt_ranks(ranks: tuple[int, ...] | list[int], limit: int = 8) -> str:
     return ranges(ranks)
 
 
+def count_colorbar(values, title: str) -> dict:
+    """A colour bar for counts: whole-number ticks only (never 0.5 items)."""
+    finite = [float(v) for v in values if v == v]
+    top = max(finite) if finite else 1.0
+    bar = dict(title=title, tickformat=",d")
+    if top <= 10:
+        bar.update(tick0=0, dtick=1)
+    return bar
+
+
 def base_layout(**kw) -> dict:
     """The plotly layout every view starts from (``kw`` overrides)."""
     layout = dict(
@@ -68,4 +78,10 @@ def base_layout(**kw) -> dict:
         hoverlabel=dict(font=dict(family="Menlo, Consolas, monospace", size=12)),
     )
     layout.update(kw)
+    title = layout.get("title")
+    if isinstance(title, dict):
+        # Titles hang from the top edge, so a long subtitle grows down into the margin and never
+        # meets an axis title drawn above the plot (dedup, resharding put the rank axis on top).
+        layout["title"] = {"x": 0.01, "xanchor": "left", "yref": "container", "y": 1.0, "yanchor": "top",
+                           "pad": {"t": 28}, **title}
     return layout

@@ -80,7 +80,7 @@ def rank_volume_figure(
                     ),
                 )
             )
-            _mean_line(fig, b["mean"], name if len(volumes) > 1 else "mean", "top left" if i == 0 else "bottom right")
+            _mean_line(fig, b["mean"], name if len(volumes) > 1 else "", MEAN_DASHES[i % len(MEAN_DASHES)])
             notes.append(_note(name, b))
         fig.update_layout(barmode="group", bargap=0.05 if many else 0.2)
     fig.update_layout(
@@ -101,9 +101,15 @@ def _note(name: str, b: dict[str, float]) -> str:
     )
 
 
-def _mean_line(fig: go.Figure, mean: float, label: str, position: str = "top left") -> None:
-    fig.add_hline(y=mean, line_dash="dash", line_color="#333", line_width=1,
-                  annotation_text=f"{label}: mean {fmt_bytes(mean)}", annotation_position=position)
+MEAN_DASHES = ["dash", "dot"]
+
+
+def _mean_line(fig: go.Figure, mean: float, label: str, dash: str = "dash") -> None:
+    """A dashed line at the mean, named in the legend (a label on the plot would sit on the bars)."""
+    fig.add_hline(y=mean, line_dash=dash, line_color="#333", line_width=1)
+    text = f"{label}: mean {fmt_bytes(mean)}" if label else f"mean {fmt_bytes(mean)}"
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(dash=dash, color="#333", width=1),
+                             name=text, meta={"role": "mean", "mean": mean}))
 
 
 def rank_volume(

@@ -17,7 +17,7 @@ from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import TablesPanel, summary_html
+from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -31,7 +31,7 @@ PHASE_TEXT = {
 TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
 
 
-class Explorer(w.VBox):
+class Explorer(StaticFallback, w.VBox):
     """Interactive view of a save result (``dcpviz.explore(result)``)."""
 
     def __init__(self, result: Any, compare: Any = None) -> None:
@@ -176,7 +176,8 @@ class Explorer(w.VBox):
     # -- phase stepper --------------------------------------------------------------------
     def _phase_tab(self) -> w.Widget:
         available = {p for p in ("local", "global", "final") if (p == "local" or getattr(self.result.trace, f"{p}_plans") is not None)}
-        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local")
+        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local",
+                                     style={"button_width": "auto"})  # fixed widths cut "2 · global plan (dedup)"
         self.phase_text = w.HTML()
         self.phase_fig = figure_widget()
         self.phase_table = w.HTML()
@@ -209,6 +210,7 @@ class Explorer(w.VBox):
                                      hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
         fig.update_layout(barmode="overlay", height=320, title=f"Bytes per rank after the {phase} phase (over the local plans)",
                           template="plotly_white", xaxis_title="rank", yaxis_title="bytes")
+        fig.update_xaxes(type="category" if len(vol["rank"].unique()) <= 64 else "linear")  # every rank named
         replace_figure(self.phase_fig, fig)
         self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""
 

@@ -12,12 +12,12 @@ from dcpviz import views
 from dcpviz.results import pick_read_tensors
 from dcpviz.views.html import hints_html, table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import TablesPanel, summary_html
+from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
 
 LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
 
-class LoadExplorer(w.VBox):
+class LoadExplorer(StaticFallback, w.VBox):
     """The load debugger app: hints, mismatches, reads, resharding, tables."""
     def __init__(self, load: Any) -> None:
         self.result = load

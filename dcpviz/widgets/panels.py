@@ -12,6 +12,30 @@ from dcpviz.views.html import table_html
 BYTE_COLUMNS = ("nbytes", "planned_nbytes", "chunk_nbytes", "wanted_nbytes", "storage_nbytes")
 
 
+class StaticFallback:
+    """Adds a static HTML copy of an app's summary to its display bundle.
+
+    Jupyter renders the live widget; where widgets cannot run (a notebook exported with nbconvert
+    without widget state, a code-hosting site's preview) the summary shows instead of nothing.
+    Needs ``self.header`` (an HTML widget) and ``self.tabs``.
+    """
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        data = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+        if data is not None:
+            data["text/html"] = self.static_html()
+        return data
+
+    def static_html(self) -> str:
+        """The summary header, and what the interactive tabs would show."""
+        tabs = ", ".join(self.tabs.get_title(i) for i in range(len(self.tabs.children)))  # type: ignore[attr-defined]
+        note = (
+            '<p style="color:#666;font-size:12px">Static summary: the interactive explorer (tabs: '
+            f"{tabs}) needs a running Jupyter kernel with ipywidgets. Run the notebook to use it.</p>"
+        )
+        return f'<div class="dcpviz-static">{self.header.value}{note}</div>'  # type: ignore[attr-defined]
+
+
 class TablesPanel(w.VBox):
     """Pick one of a result's tables; filter by fqn, sort, show N rows."""
 

@@ -239,7 +239,6 @@ def _print_next_steps(console: Console, report_path: Path) -> None:
         "  .venv/bin/jupyter lab notebooks/     # then open 01_tour.ipynb and run all cells\n"
         "  .venv/bin/dcpviz simulate --recipe hsdp --mesh 2x4 --trace plan.json -q   # keep this plan as a trace\n"
         "  .venv/bin/dcpviz load plan.json -W 6 --recipe fsdp --report load.html     # would it load on 6 ranks?\n"
-        "  .venv/bin/dcpviz load CKPT_DIR --model mypkg.models:build -W 6            # will your checkpoint load?\n"
         "  .venv/bin/dcpviz simulate --help     # other models, meshes, recipes, planner options"
     )
 

@@ -36,6 +36,8 @@ _LAZY = {
     "RecordingSavePlanner": "dcpviz.engine.recording",
     "RecordingLoadPlanner": "dcpviz.engine.recording_load",
     "as_rank": "dcpviz.engine.statedict",
+    "RenamingLoadPlanner": "dcpviz.engine.fix_planner",
+    "load_resized": "dcpviz.engine.fix_planner",
     "Scenario": "dcpviz.engine.scenario",
 }
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from dcpviz.api import inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
     from dcpviz.engine.byteio import SafeLoadPlanner
     from dcpviz.engine.checkpoint import SafeFileSystemReader
+    from dcpviz.engine.fix_planner import RenamingLoadPlanner, load_resized
     from dcpviz.engine.recording import RecordingSavePlanner
     from dcpviz.engine.recording_load import RecordingLoadPlanner
     from dcpviz.engine.scenario import Scenario
@@ -79,6 +82,7 @@ __all__ = [
     "RecordingLoadPlanner",
     "RecordingSavePlanner",
     "RecordingWarning",
+    "RenamingLoadPlanner",
     "SafeFileSystemReader",
     "SafeLoadPlanner",
     "SaveResult",
@@ -87,6 +91,7 @@ __all__ = [
     "__version__",
     "explore",
     "inspect_checkpoint",
+    "load_resized",
     "load_trace",
     "report",
     "run_load",

@@ -3,7 +3,9 @@ returns in a result. Sources never see result objects; a result argument is unwr
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
@@ -41,7 +43,7 @@ def simulate_save(
 
 def simulate_load(
     saved: Any, target: Scenario, planner: Any = None, *, progress: bool | None = None,
-    fast: bool | None = None,
+    fast: bool | None = None, expected_unused: Iterable[str] = (),
 ) -> LoadResult:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
@@ -50,10 +52,19 @@ def simulate_load(
     (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
     ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
     plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
-    Returns a LoadResult; planner failures are in its ``errors`` and ``mismatches``.
+    ``expected_unused``: checkpoint keys (or glob patterns, ``"optim.*"``) left unread on
+    purpose; they are no longer shown as problems. Returns a LoadResult; planner failures are
+    in its ``errors`` and ``mismatches``.
     """
     trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
-    return LoadResult(trace, metadata=metadata)
+    return LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
+
+
+def _with_expected_unused(trace: Any, expected_unused: Iterable[str]) -> Any:
+    if isinstance(expected_unused, str):
+        expected_unused = (expected_unused,)
+    keys = tuple(str(k) for k in expected_unused)
+    return dataclasses.replace(trace, expected_unused=keys) if keys else trace
 
 
 def run_save(
@@ -74,16 +85,17 @@ def run_save(
 
 def run_load(
     checkpoint_dir: str | os.PathLike[str], target_scenario: Scenario, planner: Any = None, *,
-    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn",
+    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", expected_unused: Iterable[str] = (),
 ) -> LoadResult:
     """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
     processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns a
     LoadResult with the same tables as simulate_load (read items, mismatches, hints, volumes)
     and ``run_info`` (processes, per-rank phase times, digests of the chunks each rank loaded).
-    A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank."""
+    A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank.
+    ``expected_unused``: as in simulate_load."""
     trace, metadata, info = run_load_trace(checkpoint_dir, target_scenario, planner, timeout=timeout,
                                            start_method=start_method)
-    result = LoadResult(trace, metadata=metadata)
+    result = LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
     result.run_info = info
     return result
 

@@ -36,15 +36,47 @@ def _mesh(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _add_scenario_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", help="preset: mlp, llama-tiny, llama3-8b, llama3-70b (default mlp)")
-    p.add_argument("--world-size", "-W", type=int, default=8, help="number of ranks (default 8)")
-    p.add_argument("--mesh", type=_mesh, default=None, help="mesh shape, e.g. 2x4 (default: 1-D)")
-    p.add_argument("--mesh-dim-names", default=None, help="comma-separated, e.g. replicate,shard")
-    p.add_argument("--recipe", default="hsdp", help="replicate, fsdp, hsdp, tp, tp+fsdp (default hsdp)")
-    p.add_argument("--dtype", default="bfloat16", help="parameter dtype (default bfloat16)")
-    p.add_argument("--optimizer", default=None, help="adamw, adam or sgd: save the optimizer's state too (default: none)")
-    p.add_argument("--state", default=None, help="app-state preset: dcp-tutorial or torchtitan (default: model and optimizer)")
+_SPEC = "a preset or your own zero-argument factory as pkg.module:function"
+
+
+def _add_scenario_flags(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The target job's flags; ``defaults`` holds each flag's default, or None for 'as saved'."""
+    def said(name: str, what: str) -> str:
+        value = defaults[name]
+        return f"(default: {value})" if value is not None else f"(default: {what})"
+
+    p.add_argument("--model", default=defaults["model"],
+                   help=f"mlp, llama-tiny, llama3-8b, llama3-70b, or {_SPEC} returning an nn.Module, "
+                        f"e.g. --model mypkg.models:build {said('model', 'the saved model')}")
+    p.add_argument("--world-size", "-W", type=int, default=defaults["world_size"],
+                   help=f"number of ranks {said('world_size', 'the saved world size')}")
+    p.add_argument("--mesh", type=_mesh, default=None,
+                   help="mesh shape, e.g. 2x4 (default: 1-D, or the saved mesh when the world size is the saved one)")
+    p.add_argument("--mesh-dim-names", default=None, help="comma-separated, e.g. replicate,shard (default: the recipe's)")
+    p.add_argument("--recipe", default=defaults["recipe"],
+                   help=f"replicate, fsdp, hsdp, tp, tp+fsdp, or {_SPEC} taking (model, device_mesh), "
+                        f"e.g. --recipe mypkg.parallel:shard {said('recipe', 'the saved recipe')}")
+    p.add_argument("--dtype", default=defaults["dtype"],
+                   help="cast floating-point parameters, e.g. bfloat16 "
+                        + said("dtype", "the saved one; else the model's own dtypes"))
+    p.add_argument("--optimizer", default=defaults["optimizer"],
+                   help=f"adamw, adam, sgd, none, or {_SPEC} taking the parameters and returning an Optimizer: "
+                        f"its state is in the state dict too {said('optimizer', 'the saved one')}")
+    p.add_argument("--state", default=defaults["state"],
+                   help=f"dcp-tutorial, torchtitan, none, or {_SPEC} taking (model, optimizer, rank): the dict "
+                        f"passed to dcp.save / dcp.load {said('state', 'the saved one')}")
+
+
+_EPILOG_SIMULATE = """examples:
+  dcpviz simulate --model llama-tiny -W 4 --mesh 2x2 --recipe tp+fsdp --trace plan.json
+  dcpviz simulate --model mypkg.models:build -W 8 --mesh 2x4 --recipe hsdp --report plan.html"""
+_EPILOG_LOAD = """examples:
+  dcpviz load path/to/ckpt --model mypkg.models:build -W 6 --recipe fsdp   # your checkpoint, your model
+  dcpviz load plan.json -W 6                      # the saved model, dtype and recipe, on 6 ranks
+  dcpviz load path/to/ckpt --model mypkg.models:build --report load.html"""
+_EPILOG_SHOW = """examples:
+  dcpviz show plan.json                 # a save or load trace: summary in the terminal
+  dcpviz show load.json --report load.html"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,25 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dcpviz", description="See what PyTorch Distributed Checkpoint plans.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sim = sub.add_parser("simulate", help="simulate DCP's save planner on every rank of a scenario")
-    _add_scenario_flags(sim)
+    fmt = argparse.RawDescriptionHelpFormatter
+    sim = sub.add_parser("simulate", help="simulate DCP's save planner on every rank of a scenario",
+                         epilog=_EPILOG_SIMULATE, formatter_class=fmt)
+    _add_scenario_flags(sim, {"model": "mlp", "world_size": 8, "recipe": "hsdp", "dtype": "bfloat16", "optimizer": "none",
+                              "state": "none"})
     sim.add_argument("--dedup-to-lowest-rank", action="store_true", help="DefaultSavePlanner(dedup_save_to_lowest_rank=True)")
     sim.add_argument("--no-flatten", action="store_true", help="DefaultSavePlanner(flatten_state_dict=False)")
     sim.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     sim.add_argument("--trace", type=Path, help="write the trace (JSON) here")
     sim.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
 
-    load = sub.add_parser("load", help="simulate DCP's load planner: a checkpoint (dir or save trace) into a target layout")
-    load.add_argument("saved", type=Path, help="a checkpoint directory or a save trace (.json)")
-    _add_scenario_flags(load)
-    load.set_defaults(recipe="fsdp", mesh=None)
+    load = sub.add_parser("load", help="simulate DCP's load planner: a checkpoint (dir or save trace) into your job's layout",
+                          epilog=_EPILOG_LOAD, formatter_class=fmt)
+    load.add_argument("saved", type=Path, help="a checkpoint directory (only .metadata is read, safely) or a save trace (.json)")
+    _add_scenario_flags(load, {"model": None, "world_size": None, "recipe": None, "dtype": None, "optimizer": None,
+                               "state": None})
     load.add_argument("--allow-partial-load", action="store_true", help="DefaultLoadPlanner(allow_partial_load=True)")
+    load.add_argument("--expected-unused", action="append", default=[], metavar="KEY",
+                      help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable")
     load.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     load.add_argument("--trace", type=Path, help="write the load trace (JSON) here")
     load.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
 
-    show = sub.add_parser("show", help="print a saved trace (and optionally write its report)")
-    show.add_argument("trace", type=Path)
+    show = sub.add_parser("show", help="print a saved trace (and optionally write its report)",
+                          epilog=_EPILOG_SHOW, formatter_class=fmt)
+    show.add_argument("trace", type=Path, help="a trace file (.json) from --trace, result.to_json or a recording planner")
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
     check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
@@ -82,15 +121,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scenario_from(args: argparse.Namespace) -> Any:
+def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
+    """The job from the flags; flags left out take the saved job's values (``saved``: a ScenarioInfo)."""
     # torch, deferred: only the commands that simulate need a Scenario.
-    from dcpviz.engine.scenario import Scenario
+    from dcpviz.engine.scenario import AS_BUILT, Scenario
+    from dcpviz.engine.userspec import resolve_spec, saved_spec
 
-    names = tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
+    model, recipe, dtype, world = args.model, args.recipe, args.dtype, args.world_size
+    optimizer, state = args.optimizer, args.state
+    mesh, names = args.mesh, tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
+    if saved is not None:
+        model = model or saved_spec(saved.model, "--model")
+        recipe = recipe or saved_spec(saved.recipe, "--recipe")
+        dtype = dtype or (None if saved.dtype == AS_BUILT else saved.dtype)
+        world = world or saved.world_size
+        optimizer = optimizer or (saved_spec(saved.optimizer, "--optimizer") if saved.optimizer else None)
+        state = state or (saved_spec(saved.state, "--state") if saved.state else None)
+        if mesh is None and world == saved.world_size and recipe == saved.recipe:
+            mesh, names = tuple(saved.mesh), names or tuple(saved.mesh_dim_names)
+    if model is None:
+        raise DcpvizError("the checkpoint does not say which model saved it: pass --model, e.g. "
+                          "--model mypkg.models:build (a zero-argument function returning your nn.Module).")
     return Scenario(
-        model=args.model, world_size=args.world_size, mesh=args.mesh, mesh_dim_names=names,
-        recipe=args.recipe, dtype=args.dtype, optimizer=args.optimizer, state=args.state,
+        model=resolve_spec(model, "--model"), world_size=world or 8, mesh=mesh, mesh_dim_names=names,
+        recipe=resolve_spec(recipe or "fsdp", "--recipe"), dtype=dtype,
+        optimizer=_none(resolve_spec(optimizer, "--optimizer")), state=_none(resolve_spec(state, "--state")),
     )
+
+
+def _none(value: Any) -> Any:
+    """'none' on the command line: no optimizer / the plain state dict."""
+    return None if value in (None, "", "none") else value
 
 
 def _write_outputs(result: Any, args: argparse.Namespace, console: Console) -> None:
@@ -135,12 +196,15 @@ def _load(args: argparse.Namespace, console: Console) -> int:
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from dcpviz.api import simulate_load
+    from dcpviz.engine.saved import resolve_saved
 
     saved = args.saved
     if not saved.exists():
         raise DcpvizError(f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file.")
     result = simulate_load(
-        saved, _scenario_from(args), planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load)
+        saved, _scenario_from(args, resolve_saved(saved).scenario),
+        planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load),
+        expected_unused=args.expected_unused,
     )
     if not args.quiet:
         print_result(result, console)

@@ -15,6 +15,7 @@ import pandas as pd
 from dcpviz.analysis import checks as checks_
 from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis import verdict as verdicts
 from dcpviz.analysis.hints import Hint, compute_hints, hints_table
 from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
 from dcpviz.core.trace_codec import read_trace
@@ -356,9 +357,47 @@ class LoadResult(_Result):
         """The load in numbers: target, checkpoint, planner, reads, mismatches, status."""
         return load_tables.summary(self.trace, self.read_items)
 
+    @cached_property
+    def verdict(self) -> verdicts.Verdict:
+        """Does it load, and what is and is not the problem, in one line (``str(load.verdict)``)."""
+        return verdicts.verdict(self.trace, self.hints)
+
+    @cached_property
+    def problems(self) -> pd.DataFrame:
+        """One row per problem (kind, key, DCP message) with its ranks as a range; severity
+        'breaks', 'silent' or 'expected'. The per-rank rows are in ``mismatches``."""
+        return verdicts.problems(self.trace)
+
+    def error_lines(self) -> list[str]:
+        """The planner's errors, each message once with its ranks, leaving out the messages the
+        problems table already shows next to their key."""
+        return verdicts.error_lines(self.trace, set(self.problems["message"]))
+
+    def messages(self) -> MessagesPart:
+        """The errors (each message once, with its ranks) and the trace's notes, as one part."""
+        return MessagesPart(tuple(self.error_lines()), tuple(self.trace.notes))
+
+    def fix_planner(self, allow_partial_load: bool | None = None) -> Any:
+        """A load planner that applies every rename the hints found (prefixes, renamed modules) at
+        once: ``dcp.load(sd, checkpoint_id=..., planner=load.fix_planner())`` as it is, or
+        ``simulate_load(saved, target, planner=load.fix_planner())`` to see what remains.
+        ``allow_partial_load``: default as this load's planner had it."""
+        # torch, deferred: the planner is a DefaultLoadPlanner subclass; results stay torch-free.
+        from dcpviz.engine.fix_planner import RenamingLoadPlanner
+
+        rename: dict[str, str] = {}
+        for h in self.hints:
+            rename.update(h.mapping)
+        if allow_partial_load is None:
+            allow_partial_load = bool(self.trace.planner.option("allow_partial_load", False))
+        return RenamingLoadPlanner(rename, allow_partial_load=allow_partial_load)
+
     def summary_rows(self) -> list[tuple[str, str]]:
-        """(label, HTML) rows that sum the load up: target, checkpoint, planner, reads, status."""
-        return _load_summary_rows(self.summary)
+        """(label, HTML) rows that sum the load up: the verdict first, then target, checkpoint,
+        planner, reads, status."""
+        v = self.verdict
+        line = f'<span class="{"good" if v.loads else "bad"}"><b>{html.escape(v.line)}</b></span>'
+        return [("verdict", line), *_load_summary_rows(self.summary)]
 
     def report_title(self) -> str:
         """The report's default title."""
@@ -372,10 +411,17 @@ class LoadResult(_Result):
 
     def parts(self) -> list[Part]:
         """What the report shows, in order: hints first, messages, mismatches, reads, resharding."""
-        out: list[Part] = [*self.checks_part(), HintsPart(tuple(self.hints)), self.messages()]
+        out: list[Part] = [*self.checks_part(), HintsPart(tuple(self.hints))]
+        if len(self.problems):
+            out.append(TablePart("Problems (one row per key and message; every rank below)",
+                                 self.problems.drop(columns=["n_ranks"])))
+        out.append(self.messages())
         if len(self.mismatches):
             out.append(TablePart("Mismatches (every key, every rank)", self.mismatches.drop(
                 columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore")))
+        if self.nothing_planned:
+            out.append(MessagesPart((), (self.nothing_planned_reason(),)))
+            return out
         if len(self.read_items):
             out.append(FigurePart("Bytes read per target rank", "read_volume"))
             out.append(FigurePart("Resharding: target rank × writer rank", "resharding"))
@@ -385,6 +431,17 @@ class LoadResult(_Result):
         out.append(TablePart("Reads per target rank", self.rank_volume, ("nbytes", "chunk_nbytes", "wanted_nbytes"), max_rows=1024))
         out.append(TablePart("Read items", self.read_items, ("nbytes", "chunk_nbytes", "storage_nbytes")))
         return out
+
+    @property
+    def nothing_planned(self) -> bool:
+        """True when no rank's local plan went through, so there are no reads to show."""
+        return not len(self.read_items) and all(p is None for p in self.trace.local_plans)
+
+    def nothing_planned_reason(self) -> str:
+        """Why the read tables are not shown."""
+        W = self.trace.scenario.world_size
+        return (f"No reads to show: the local plan failed on all {W} ranks, so DCP planned nothing to read "
+                "(dcp.load raises before reading). Fix the problems above; the read tables appear once it plans.")
 
     # -- facts -----------------------------------------------------------------------------
     @property

@@ -103,6 +103,8 @@ def _header(result: Any) -> Panel:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold cyan")
     head.add_column()
+    v = result.verdict
+    add_row(head, "verdict", Text(v.line, style="bold green" if v.loads else "bold red"))
     add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
                   f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
     saved = s["saved_scenario"]
@@ -148,24 +150,23 @@ def _hints(result: Any) -> list[Any]:
     return out
 
 
+_SEVERITY_STYLE = {"breaks": "bold red", "silent": "yellow", "expected": "dim"}
+
+
 def _mismatches(result: Any, max_rows: int) -> Table | None:
-    df = result.mismatches
+    df = result.problems
     if not len(df):
         return None
-    W = result.trace.scenario.world_size
-    t = Table(title=f"mismatches: {df['fqn'].nunique()} keys ({len(df)} rows over ranks)")
-    for col in ("kind", "fqn", "saved", "current", "ranks", "DCP's message (dim: dcpviz's note)"):
+    t = Table(title=f"problems: {len(df)} (one row per key and message; every rank in result.mismatches)")
+    for col in ("", "kind", "fqn", "saved", "current", "ranks", "DCP's message (dim: dcpviz's note)"):
         t.add_column(col, overflow="fold")
-    groups = df.groupby(["kind", "fqn", "message"], sort=False, dropna=False)
-    for i, ((kind, fqn, message), g) in enumerate(groups):
+    for i, row in enumerate(df.itertuples(index=False)):
         if i >= max_rows:
-            t.caption = f"first {max_rows} of {groups.ngroups} keys; all in result.mismatches"
+            t.caption = f"first {max_rows} of {len(df)}; all in result.problems"
             break
-        ranks = g["rank"].dropna()
-        rk = "-" if not len(ranks) else ("all" if len(ranks) == W else ",".join(map(str, ranks[:8])) + ("..." if len(ranks) > 8 else ""))
-        first = g.iloc[0]
-        add_row(t, kind, fqn, str(first["saved"] or "-"), str(first["current"] or "-"), rk,
-                message or Text(first["explanation"], style="dim"))
+        add_row(t, Text(row.severity, style=_SEVERITY_STYLE.get(row.severity, "")), row.kind, row.fqn,
+                str(row.saved or "-"), str(row.current or "-"), row.ranks,
+                row.message or Text(row.explanation, style="dim"))
     return t
 
 
@@ -193,17 +194,21 @@ def _na(value: Any, fmt: Any = str) -> str:
 
 
 def load_summary_renderable(result: Any, max_ranks: int = 16, max_mismatches: int = 20) -> Group:
-    """Header, hints (most likely cause first), mismatches grouped by key, per-rank reads,
-    errors and notes."""
+    """Header (the verdict first), hints (most likely cause first), one row per problem with its
+    ranks, per-rank reads (or why there are none), errors (each message once) and notes."""
     parts: list[Any] = [_header(result), *_hints(result)]
     mm = _mismatches(result, max_mismatches)
     if mm is not None:
         parts.append(mm)
-    parts.append(_volume(result, max_ranks))
-    for err in result.errors[:8]:
+    if result.nothing_planned:
+        parts.append(Text(result.nothing_planned_reason(), style="yellow"))
+    else:
+        parts.append(_volume(result, max_ranks))
+    errors = result.error_lines()
+    for err in errors[:8]:
         parts.append(Text(err, style="red"))
-    if len(result.errors) > 8:
-        parts.append(Text(f"... {len(result.errors) - 8} more errors in result.errors", style="red"))
+    if len(errors) > 8:
+        parts.append(Text(f"... {len(errors) - 8} more errors in result.errors", style="red"))
     for note in result.trace.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     return Group(*parts)

@@ -125,6 +125,8 @@ def test_repr_and_terminal_output(save):
     console = Console(record=True, width=160)
     print_result(load, console)
     text = console.export_text()
-    assert text.index("hint:") < text.index("mismatches:") < text.index("reads per target rank")
+    # Verdict, hints, one row per problem; no read table when no rank planned (issue 15), and why.
+    assert text.index("verdict") < text.index("hint:") < text.index("problems:") < text.index("No reads to show")
+    assert "reads per target rank" not in text
     assert "_orig_mod." in text and "dcp.load would fail" in text
     assert "9 missing" in repr(load)

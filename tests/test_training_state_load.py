@@ -164,3 +164,22 @@ def test_param_group_keys_are_not_taken_for_index_keyed_state(adamw_save):
     ]
     hints = compute_hints(dataclasses.replace(base, mismatches=tuple(records)))
     assert not any("keyed by" in h.title for h in hints), [h.title for h in hints]
+
+
+def test_every_training_state_hint_fix_is_code(adamw_save, titan_save):
+    """Issue 15: a hint's fix is code (a comment where the fix is a decision, not a line)."""
+    loads = [
+        dcpviz.simulate_load(adamw_save, target(optimizer="adamw", state=raw_optim_state)),
+        dcpviz.simulate_load(adamw_save, target(optimizer="adamw", state=stepped_raw_optim_state)),
+        dcpviz.simulate_load(adamw_save, target(optimizer=two_groups)),
+        dcpviz.simulate_load(adamw_save, target(optimizer="sgd")),
+        dcpviz.simulate_load(titan_save, target(world_size=4, optimizer="adamw", state=without_scheduler)),
+        dcpviz.simulate_load(titan_save, target(world_size=2, optimizer="adamw", state="torchtitan")),
+        dcpviz.simulate_load(titan_save, target(world_size=8, optimizer="adamw", state="torchtitan")),
+        dcpviz.simulate_load(dcpviz.simulate_save(target(world_size=4, optimizer="adamw", state=without_scheduler)),
+                             target(world_size=4, optimizer="adamw", state="torchtitan")),
+    ]
+    hints = [h for load in loads for h in load.hints]
+    assert len({h.title for h in hints}) >= 7
+    for h in hints:
+        compile(h.fix, f"<fix of {h.title!r}>", "exec")

@@ -26,6 +26,7 @@ class Hint:
     fix: str
     mapping: tuple[tuple[str, str], ...] = ()
     keys: tuple[str, ...] = ()
+    cause: str = ""  # a short phrase for the verdict line ("a renamed module ('mlp' → 'feed_forward')")
 
     @property
     def rename(self) -> dict[str, str]:

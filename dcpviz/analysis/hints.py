@@ -16,6 +16,7 @@ dtype mismatches:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections import Counter, defaultdict
 from typing import Any
@@ -70,7 +71,7 @@ def _prefix_hint(prefix: str, pairs: list[tuple[str, str]], target_has_it: bool)
         if prefix == "model.":
             cause = " — the target state dict is nested as {'model': ...} but the checkpoint was saved flat"
         detail = f"{n} target keys are checkpoint keys with {prefix!r} in front{cause} (e.g. {mapping[0][0]!r} -> {mapping[0][1]!r})."
-        fix = (f'sd = {{k.removeprefix("{prefix}"): v for k, v in sd.items()}}; dcp.load(sd, ...)  '
+        fix = (f'sd = {{k.removeprefix("{prefix}"): v for k, v in sd.items()}}; dcp.load(sd, checkpoint_id=CKPT)  '
                "# tensors load in place, so the model still receives them")
         if who:
             fix += ("; or build the state dict with torch.distributed.checkpoint.state_dict."
@@ -83,13 +84,14 @@ def _prefix_hint(prefix: str, pairs: list[tuple[str, str]], target_has_it: bool)
             cause = " — the checkpoint was saved as {'model': state_dict}"
         detail = f"{n} checkpoint keys are target keys with {prefix!r} in front{cause} (e.g. {mapping[0][0]!r} -> {mapping[0][1]!r})."
         if prefix == "model.":
-            fix = "dcp.load({'model': model.state_dict()}, ...)  # nest the target as it was saved"
+            fix = "sd = {'model': sd}; dcp.load(sd, checkpoint_id=CKPT)  # nest the target as it was saved"
         else:
-            fix = f'sd = {{"{prefix}" + k: v for k, v in sd.items()}}; dcp.load(sd, ...)  # tensors load in place'
+            fix = f'sd = {{"{prefix}" + k: v for k, v in sd.items()}}; dcp.load(sd, checkpoint_id=CKPT)  # tensors load in place'
         if who:
             fix += ("; save with get_model_state_dict(model) (torch.distributed.checkpoint.state_dict) "
                     "next time, which drops the wrapper's prefix")
-    return Hint("prefix", title, detail, fix, mapping, tuple(k for k, _ in mapping))
+    cause = f"a {prefix!r} prefix" + (f" ({who})" if who else "")
+    return Hint("prefix", title, detail, fix, mapping, tuple(k for k, _ in mapping), cause)
 
 
 def _prefix_hints(missing: set[str], unexpected: set[str], same: _SameShape) -> list[Hint]:
@@ -144,8 +146,8 @@ def _rename_hints(missing: set[str], unexpected: set[str], same: _SameShape) -> 
             f"{len(found)} keys differ only by that one segment (e.g. {mapping[0][0]!r} -> {mapping[0][1]!r}): "
             "a renamed module.",
             f'rename = {{"{new}": "{old}"}}; sd = {{".".join(rename.get(s, s) for s in k.split(".")): v '
-            "for k, v in sd.items()}; dcp.load(sd, ...)  # tensors load in place",
-            mapping, tuple(m for m, _ in mapping),
+            "for k, v in sd.items()}; dcp.load(sd, checkpoint_id=CKPT)  # tensors load in place",
+            mapping, tuple(m for m, _ in mapping), f"a renamed module ({old!r} → {new!r})",
         ))
         for m, u in found:
             missing.discard(m)
@@ -189,8 +191,8 @@ def _optimizer_hints(missing: set[str], unexpected: set[str]) -> list[Hint]:
             f"Optimizer state is keyed by {c_form} in the checkpoint but by {t_form} in the target",
             f"checkpoint keys like {_examples(sorted(u_opt), 1)}, target keys like {_examples(sorted(m_opt), 1)}: "
             "optimizer.state_dict() keys state by parameter index, get_optimizer_state_dict by FQN.",
-            f"use {api}",
-            keys=tuple(sorted(m_opt | u_opt)),
+            f"# use {api}",
+            keys=tuple(sorted(m_opt | u_opt)), cause="optimizer state keyed by index on one side, by name on the other",
         ))
     elif m_opt and not u_opt:
         hints.append(Hint(
@@ -199,14 +201,14 @@ def _optimizer_hints(missing: set[str], unexpected: set[str]) -> list[Hint]:
             f"{len(m_opt)} optimizer keys ({_examples(sorted(m_opt), 2)}) are missing: a model-only checkpoint?",
             "load the model alone: dcp.load({'model': model_sd}, ...); or "
             "planner=DefaultLoadPlanner(allow_partial_load=True) to leave the optimizer state as initialised",
-            keys=tuple(sorted(m_opt)),
+            keys=tuple(sorted(m_opt)), cause="optimizer state the checkpoint does not have",
         ))
     elif u_opt and not m_opt:
         hints.append(Hint(
             "optimizer",
             "The checkpoint carries optimizer state the target does not load",
             f"{len(u_opt)} optimizer keys ({_examples(sorted(u_opt), 2)}) are read by no rank; DCP ignores them.",
-            f"nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with {api}",
+            f"# nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with {api}",
             keys=tuple(sorted(u_opt)),
         ))
     for k in m_opt:
@@ -239,11 +241,13 @@ def _size_hints(records: list[MismatchRecord]) -> list[Hint]:
         else:
             title = f"{len(ms)} tensor(s) changed shape from {a} to {b}"
             detail = f"{_examples(keys)}: saved {a}, target {b}."
-        skip = "{" + ", ".join(repr(k) for k in keys[:4]) + (", ..." if len(keys) > 4 else "") + "}"
-        fix = (f"DCP cannot reshape: load the rest with sd = {{k: v for k, v in sd.items() if k not in {skip}}}, "
-               "then load these at the saved shape (e.g. a model built with the old size) and copy the "
-               "overlapping part")
-        hints.append(Hint("size", title, detail, fix, keys=keys))
+        resized = "{" + ", ".join(repr(k) for k in keys) + "}"
+        fix = (f"resized = {resized}; "
+               "dcp.load({k: v for k, v in sd.items() if k not in resized}, checkpoint_id=CKPT); "
+               "dcpviz.load_resized(sd, CKPT, resized)  # DCP cannot reshape: the saved rows are read "
+               "at their saved shape and copied into the new (sharded) tensors; the rest keep their values")
+        hints.append(Hint("size", title, detail, fix, keys=keys,
+                          cause="a resized vocabulary" if vocab else f"{len(ms)} resized tensor(s)"))
     return hints
 
 
@@ -259,8 +263,8 @@ def _dtype_hints(records: list[MismatchRecord]) -> list[Hint]:
             f"{len(keys)} tensor(s) were saved as {saved} but the target holds {current}",
             f"{_examples(keys)}. DCP does not check dtypes: the load succeeds and Tensor.copy_ casts "
             f"{saved} -> {current} silently" + (" (precision is lost)" if _narrower(current, saved) else "") + ".",
-            f"if unintended, build the target in the saved dtype before loading: model.to(torch.{saved}) "
-            f"(in dcpviz: Scenario(dtype={saved!r}))",
+            f"model.to(torch.{saved})  # if the cast is unintended: build the target in the saved dtype "
+            f"before loading (in dcpviz: Scenario(dtype={saved!r}))",
             keys=tuple(keys),
         ))
     return hints
@@ -283,7 +287,7 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool) -> l
                 "partial",
                 f"{len(keys)} target key(s) are not in the checkpoint and keep their initial values",
                 f"{_examples(keys)}: allow_partial_load=True makes DCP skip them.",
-                "nothing to do if these are new (e.g. a new head); otherwise check the checkpoint",
+                "# nothing to do if these are new (e.g. a new head); otherwise check the checkpoint",
                 keys=keys,
             ))
         else:
@@ -292,8 +296,8 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool) -> l
                 f"{len(keys)} target key(s) are not in the checkpoint",
                 f"{_examples(keys)}. If that is intended (new layers, a new head), they can keep "
                 "their initial values.",
-                "planner=DefaultLoadPlanner(allow_partial_load=True)  # from torch.distributed.checkpoint",
-                keys=keys,
+                "planner = DefaultLoadPlanner(allow_partial_load=True)  # from torch.distributed.checkpoint",
+                keys=keys, cause=f"{len(keys)} key(s) missing from the checkpoint",
             ))
     if unexpected:
         keys = tuple(sorted(unexpected))
@@ -302,7 +306,8 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool) -> l
             f"{len(keys)} checkpoint key(s) are read by no target rank",
             f"{_examples(keys)}. DCP ignores them silently: if the target should have them, its "
             "model is missing modules.",
-            "nothing to do if they are dropped on purpose; otherwise add the modules to the target",
+            "# nothing to do if they are dropped on purpose (declare them: simulate_load(..., "
+            "expected_unused=[...])); otherwise add the modules to the target",
             keys=keys,
         ))
     return hints
@@ -311,7 +316,9 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool) -> l
 def compute_hints(trace: LoadTrace) -> list[Hint]:
     """Hints, most likely cause first. Keys explained by one hint are not offered to the next."""
     missing = {m.fqn for m in trace.mismatches if m.kind == "missing"}
-    unexpected = {m.fqn for m in trace.mismatches if m.kind == "unexpected"}
+    # Keys declared unused on purpose are no longer a problem to explain.
+    unexpected = {m.fqn for m in trace.mismatches if m.kind == "unexpected"
+                  and not any(m.fqn == p or fnmatch.fnmatchcase(m.fqn, p) for p in trace.expected_unused)}
     same = _SameShape(
         {m.fqn: m.current_size for m in trace.mismatches if m.kind == "missing"},
         {m.fqn: m.saved_size for m in trace.mismatches if m.kind == "unexpected"},

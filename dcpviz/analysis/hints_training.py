@@ -33,6 +33,13 @@ _STATE_API = ("torch.distributed.checkpoint.state_dict.get_state_dict(model, opt
               "model_state_dict=sd['model'], optim_state_dict=sd['optim']) after dcp.load")
 
 
+# The fix as code (the hint's fix text is code that runs in the user's job).
+_STATE_FIX = ("model_sd, optim_sd = get_state_dict(model, optim); sd = {'model': model_sd, 'optim': optim_sd}; "
+              "dcp.load(sd, checkpoint_id=CKPT); set_state_dict(model, optim, model_state_dict=sd['model'], "
+              "optim_state_dict=sd['optim'])  # from torch.distributed.checkpoint.state_dict import get_state_dict, "
+              "set_state_dict: get_state_dict initialises the optimizer's state")
+
+
 def _moment_prefixes(keys: set[str]) -> dict[str, set[str]]:
     """Optimizer prefix ('optim.', 'app.optim.', '') -> its state keys among ``keys``."""
     out: dict[str, set[str]] = defaultdict(set)
@@ -69,7 +76,7 @@ def _not_stepped(wanted: set[str], unexpected: set[str]) -> list[Hint]:
             f"e.g. {_examples(sorted(keys), 1)}): optim.state_dict() before the first optimizer step "
             "has no moments, and dcp.load fills only the keys the target holds. The load succeeds and "
             "training resumes with fresh optimizer state (Adam restarts its moments and step counts).",
-            f"use {_STATE_API}",
+            _STATE_FIX,
             keys=tuple(sorted(keys)),
         ))
         unexpected -= keys
@@ -89,7 +96,7 @@ def _param_group_hints(missing: set[str], unexpected: set[str], wanted: set[str]
                 f"{prefix}param_groups.<i>.* keys differ ({_examples(sorted(group_keys), 2)}): DCP matches "
                 "param groups by position, so a group the other side lacks is missing or never read, and "
                 "set_state_dict maps parameters to the saved groups.",
-                "build the target's optimizer with the saving job's param groups, in the same order (e.g. "
+                "# build the target's optimizer with the saving job's param groups, in the same order (e.g. "
                 "the same no-weight-decay group for norms and biases)",
                 keys=tuple(sorted(group_keys)),
             ))
@@ -107,7 +114,7 @@ def _param_group_hints(missing: set[str], unexpected: set[str], wanted: set[str]
                 f"param group(s) {', '.join(map(str, differ))}: the checkpoint has {', '.join(only_c) or 'nothing'} "
                 f"that the target lacks, the target {', '.join(only_t) or 'nothing'} that the checkpoint lacks"
                 + _state_names_differ(state_keys & unexpected, state_keys & missing) + ".",
-                "build the target with the saving job's optimizer class (in dcpviz: the same Scenario.optimizer), "
+                "# build the target with the saving job's optimizer class (in dcpviz: the same Scenario.optimizer), "
                 "or load the model alone and start the new optimizer fresh",
                 keys=tuple(sorted(group_keys | state_keys)),
             ))
@@ -139,7 +146,7 @@ def _dataloader_hints(missing: set[str], unexpected: set[str], wanted: set[str],
             f"{len(set(new_ranks.values()))} target data-parallel rank(s) have no saved data-loader position",
             f"{_examples(sorted(new_ranks), 2)} are not in the checkpoint: the target has more DP ranks than "
             "the saving job, and dcp.load raises on the first of them.",
-            "resume with the saving job's data-parallel degree, or leave the data loader out of the state "
+            "# resume with the saving job's data-parallel degree, or leave the data loader out of the state "
             "passed to dcp.load (the data order restarts)",
             keys=tuple(sorted(new_ranks)),
         ))
@@ -154,7 +161,7 @@ def _dataloader_hints(missing: set[str], unexpected: set[str], wanted: set[str],
         f"{len(target_ranks) or 'no'} DP rank(s) ({_examples([f'dp_rank_{r}' for r in sorted(target_ranks)], 4)}). "
         "DCP ignores the others silently: those ranks' positions in the data are lost, so samples repeat or "
         "are skipped after resuming.",
-        "resume with the saving job's data-parallel degree (torchtitan's data loader refuses another one: "
+        "# resume with the saving job's data-parallel degree (torchtitan's data loader refuses another one: "
         "'dataloader resharding is not supported yet'), or leave the data loader out of the state passed "
         "to dcp.load and accept a data order that restarts",
         keys=tuple(sorted(saved_ranks)),
@@ -187,7 +194,7 @@ def _one_side_components(missing: set[str], unexpected: set[str], wanted: set[st
             f"{len(keys)} key(s) ({_examples(sorted(keys), 2)}): the target's state has no {part!r}, and DCP "
             f"ignores what no target rank asks for. Resuming starts a fresh {part}"
             + (" (the learning-rate schedule restarts, warmup included)" if "sched" in part else "") + ".",
-            f"add the {part} to the state the target passes to dcp.load (a Stateful with state_dict / "
+            f"# add the {part} to the state the target passes to dcp.load (a Stateful with state_dict / "
             "load_state_dict), as the saving job did",
             keys=tuple(sorted(keys)),
         ))
@@ -203,7 +210,7 @@ def _one_side_components(missing: set[str], unexpected: set[str], wanted: set[st
             f"The target loads {part} state that the checkpoint does not have",
             f"{len(keys)} key(s) ({_examples(sorted(keys), 2)}): the saving job did not save a {part!r}; "
             "dcp.load raises on the first of them.",
-            f"leave {part!r} out of the state passed to dcp.load when resuming from this checkpoint, or "
+            f"# leave {part!r} out of the state passed to dcp.load when resuming from this checkpoint, or "
             "planner=DefaultLoadPlanner(allow_partial_load=True) to keep its initial values",
             keys=tuple(sorted(keys)),
         ))

@@ -324,6 +324,8 @@ class LoadTrace:
     torch_version: str = ""
     dcpviz_version: str = ""
     created: str = ""
+    # Checkpoint keys (or glob patterns) the user leaves unread on purpose: not a problem.
+    expected_unused: tuple[str, ...] = ()
     kind: str = field(default="load", init=False)
 
 

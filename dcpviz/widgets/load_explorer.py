@@ -3,6 +3,7 @@ Mismatches and Tables. Numbers come from the LoadResult's tables and the load vi
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as w
@@ -13,16 +14,21 @@ from dcpviz.views.html import hints_html, table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
 
-LOAD_TABLES = ["rank_volume", "read_items", "mismatches", "hints_table", "resharding"]
+LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
 
 class LoadExplorer(StaticFallback, w.VBox):
     """The load debugger app: hints, mismatches, reads, resharding, tables."""
     def __init__(self, load: Any) -> None:
         self.result = load
-        self.header = w.HTML(summary_html(load.summary_rows(), load.errors) + hints_html(load.hints))
-        tabs = [("Reads", self._reads_tab()), ("Volume", self._volume_tab()), ("Resharding", self._resharding_tab()),
-                ("Mismatches", self._mismatch_tab()), ("Tables", TablesPanel(load, LOAD_TABLES))]
+        # The verdict is the summary's first row; each error message once, with its ranks.
+        self.header = w.HTML(summary_html(load.summary_rows(), load.error_lines()) + hints_html(load.hints))
+        if load.nothing_planned:  # no reads to draw: the problems first, and why the read tabs are gone
+            tabs = [("Problems", self._mismatch_tab()), ("Reads", w.HTML(f"<p>{html.escape(load.nothing_planned_reason())}</p>")),
+                    ("Tables", TablesPanel(load, LOAD_TABLES))]
+        else:
+            tabs = [("Reads", self._reads_tab()), ("Volume", self._volume_tab()), ("Resharding", self._resharding_tab()),
+                    ("Mismatches", self._mismatch_tab()), ("Tables", TablesPanel(load, LOAD_TABLES))]
         self.tabs = w.Tab(children=[t for _, t in tabs])
         for i, (title, _) in enumerate(tabs):
             self.tabs.set_title(i, title)
@@ -86,4 +92,8 @@ class LoadExplorer(StaticFallback, w.VBox):
         mm = self.result.mismatches
         if not len(mm):
             return w.HTML("<p>No mismatches: every key the target wants is in the checkpoint with its shape and dtype.</p>")
-        return w.HTML(hints_html(self.result.hints) + table_html(mm.drop(columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore"), max_rows=500))
+        # Hints are in the header (once); here one row per problem, then every rank.
+        problems = self.result.problems.drop(columns=["n_ranks"])
+        per_rank = mm.drop(columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore")
+        return w.HTML("<h4>One row per problem</h4>" + table_html(problems, max_rows=500)
+                      + "<h4>Every key, every rank</h4>" + table_html(per_rank, max_rows=500))

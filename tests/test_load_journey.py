@@ -83,6 +83,9 @@ def test_report_carries_the_verdict_problems_once_and_hides_reads(compiled6):
     assert errors == []  # every DCP message is already in the problems table, next to its key
     assert not any(isinstance(p, TablePart) and p.title == "Read items" for p in parts)
     assert "No reads to show" in page
+    failed = compiled6.checks.query("check == 'local-failed'")  # the checks table too: a message once
+    assert len(failed) == len({e.message for e in compiled6.trace.errors})
+    assert set(failed["ranks"]) == {tuple(range(6))} and failed["message"].str.contains("all 6 ranks").all()
 
 
 def test_fix_planner_turns_prefix_and_rename_into_clean_loads(hsdp8):

@@ -26,6 +26,7 @@ from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.hints import OPTIM_STATE_NAMES
+from dcpviz.analysis.verdict import rank_ranges
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import LoadTrace, SaveTrace
@@ -235,12 +236,20 @@ def chunk_coverage(trace: SaveTrace) -> list[Row]:
 
 
 def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
-    """Every failure the trace recorded: DCP raised, so the save or load would not complete."""
-    rows: list[Row] = []
+    """Every failure the trace recorded: DCP raised, so the save or load would not complete. One
+    row per phase and message (DCP raises the same text on every rank that hits it), with its ranks."""
+    by_message: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for e in trace.errors:
-        rows.append(("error", f"{e.phase}-failed", "", (e.rank,) if e.rank is not None else (),
-                     f"{str(e)[:500]}", "see the message; the load hints and mismatches name the keys"
-                     if trace.kind == "load" else "see the message (planner, layout or storage)"))
+        ranks = by_message[(e.phase, e.exc_type, e.message[:500])]
+        if e.rank is not None:
+            ranks.append(e.rank)
+    fix = ("see the message; the load hints and mismatches name the keys" if trace.kind == "load"
+           else "see the message (planner, layout or storage)")
+    rows: list[Row] = []
+    for (phase, exc_type, message), ranks in by_message.items():
+        where = rank_ranges(ranks, trace.scenario.world_size) if ranks else "the coordinator"
+        rows.append(("error", f"{phase}-failed", "", tuple(sorted(set(ranks))),
+                     f"[{phase}, {where}] {exc_type}: {message}", fix))
     return rows
 
 

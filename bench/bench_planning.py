@@ -136,8 +136,9 @@ def run_load1024(sample: int) -> list[dict]:
     ]
 
 
-def run_save(label: str, mesh: tuple[int, int], recipe: str) -> list[dict]:
-    """simulate_save, then DCP's own coordinator on the very local plans it produced."""
+def simulate_with_floor(sc):
+    """simulate_save, then DCP's own coordinator (no dcpviz shortcut active) on the very local
+    plans it produced: the floor. Returns (result, simulate_s, floor_s, exact)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     import dcpviz
@@ -153,20 +154,28 @@ def run_save(label: str, mesh: tuple[int, int], recipe: str) -> list[dict]:
 
     DefaultSavePlanner.create_global_plan = capture  # bench-only spy, removed below
     try:
-        sc = dcpviz.Scenario(model="llama3-70b", world_size=mesh[0] * mesh[1], mesh=mesh, recipe=recipe, dtype="bfloat16")
         t0 = time.perf_counter()
         res = dcpviz.simulate_save(sc, progress=False)
         sim = time.perf_counter() - t0
     finally:
         DefaultSavePlanner.create_global_plan = real
-    assert res.ok, res.errors
-    peak = _peak_gb()
     with fake_world(0, sc.world_size):
         t0 = time.perf_counter()
         floor_plans, floor_md = DefaultSavePlanner().create_global_plan(captured["local"])
         floor = time.perf_counter() - t0
     sim_plans, sim_md = captured["global"]
     exact = floor_md == res.metadata and floor_md == sim_md and floor_plans == sim_plans
+    return res, sim, floor, exact
+
+
+def run_save(label: str, mesh: tuple[int, int], recipe: str) -> list[dict]:
+    """simulate_save against DCP's coordinator floor on the same local plans."""
+    import dcpviz
+
+    sc = dcpviz.Scenario(model="llama3-70b", world_size=mesh[0] * mesh[1], mesh=mesh, recipe=recipe, dtype="bfloat16")
+    res, sim, floor, exact = simulate_with_floor(sc)
+    assert res.ok, res.errors
+    peak = _peak_gb()
     return [{
         "case": label, "simulate_s": sim, "floor_s": floor, "ratio": sim / floor,
         "exact": "global plan + Metadata identical" if exact else "DIFFERENT", "timings": dict(res.trace.timings),

@@ -21,42 +21,23 @@ import subprocess
 import sys
 import time
 
+from bench_planning import simulate_with_floor  # run as python bench/bench_training_state.py
+
 
 def run_case(optimizer: str | None, state: str | None) -> dict:
-    """simulate_save, then DCP's own coordinator (no dcpviz shortcut active) on the very local
-    plans it produced: the floor, as in bench_planning.py."""
-    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-
+    """simulate_save against DCP's own coordinator on the very local plans it produced (the
+    floor, as in bench_planning.py)."""
     import dcpviz
-    from dcpviz.engine.world import fake_world
-
-    captured: dict = {}
-    real = DefaultSavePlanner.create_global_plan
-
-    def capture(self, all_plans):
-        out = real(self, all_plans)
-        captured["local"], captured["global"] = list(all_plans), out
-        return out
 
     sc = dcpviz.Scenario(model="llama3-70b", world_size=256, mesh=(2, 128), recipe="hsdp", dtype="bfloat16",
                          optimizer=optimizer, state=state)
-    DefaultSavePlanner.create_global_plan = capture  # bench-only spy, removed below
-    try:
-        t0 = time.perf_counter()
-        res = dcpviz.simulate_save(sc, progress=False)
-        simulate = time.perf_counter() - t0
-    finally:
-        DefaultSavePlanner.create_global_plan = real
-    with fake_world(0, sc.world_size):
-        t0 = time.perf_counter()
-        floor_plans, floor_md = DefaultSavePlanner().create_global_plan(captured["local"])
-        floor = time.perf_counter() - t0
+    res, simulate, floor, exact = simulate_with_floor(sc)
     timings = dict(res.trace.timings)
     by = res.volume_by_component.groupby("component").nbytes.sum()
     return {
         "optimizer": optimizer or "-", "state": state or "-", "simulate_s": simulate, "floor_s": floor,
         "items": sum(len(p.items) for p in res.trace.local_plans), "errors": len(res.errors),
-        "exact": floor_md == res.metadata and floor_plans == captured["global"][0],
+        "exact": exact,
         "optim_share": float(by.drop("model", errors="ignore").sum() / by.sum()),
         "build_s": timings.get("build_state_dicts", 0.0), "local_s": timings.get("local_plans", 0.0),
     }

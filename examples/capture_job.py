@@ -1,8 +1,9 @@
 """Capture DCP's save plan from a real distributed job.
 
     torchrun --nproc_per_node 2 examples/capture_job.py --trace out.json
+    torchrun --nproc_per_node 1 examples/capture_job.py --trace out.json --device cuda   # NCCL, one GPU per rank
 
-Each rank shards a small model with FSDP (gloo, CPU) and saves it with ``dcp.save`` through
+Each rank shards a small model with FSDP (gloo on CPU, NCCL on GPUs) and saves it with ``dcp.save`` through
 ``dcpviz.RecordingSavePlanner``. Rank 0 (DCP's coordinator) writes ``out.json``; open it with
 ``dcpviz.load_trace("out.json")`` (tables) or ``dcpviz.explore(...)`` in a notebook. In your own
 job the only change is the ``planner=`` argument (and ``complete()`` after the save).
@@ -37,12 +38,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trace", default="out.json", help="where rank 0 writes the dcpviz trace")
     parser.add_argument("--checkpoint", default="capture_ckpt", help="checkpoint directory to save into")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: gloo; cuda: NCCL with one GPU per rank (LOCAL_RANK)")
     args = parser.parse_args()
 
-    # Keep gloo's sockets on loopback (this example runs on one machine).
+    # Keep gloo's and NCCL's sockets on loopback (this example runs on one machine).
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo")
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("shard",))
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    mesh = init_device_mesh(args.device, (dist.get_world_size(),), mesh_dim_names=("shard",))
     model = build_model(mesh)
 
     planner = dcpviz.RecordingSavePlanner(args.trace)  # wraps DCP's DefaultSavePlanner

@@ -101,17 +101,3 @@ def test_clear_errors_before_starting_anything(tmp_path):
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         with pytest.raises(dcpviz.DcpvizError, match="needs 2 CUDA devices"):
             dcpviz.run_save(TWO.replace(device="cuda"), tmp_path / "b")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_nccl_save(tmp_path):
-    sc = dcpviz.Scenario(model="mlp", world_size=1, recipe="fsdp", device="cuda")
-    res = dcpviz.run_save(sc, tmp_path / "ck", timeout=300)
-    assert res.ok, res.errors
-    assert res.run_info.backend == "nccl" and res.trace.scenario.device == "cuda"
-    for row in res.files.itertuples():
-        assert row.nbytes == os.path.getsize(tmp_path / "ck" / row.file)
-    sim = dcpviz.simulate_save(sc.replace(device="meta"))
-    assert [[res.trace.items[i] for i in p.items] for p in res.trace.final_plans] == [
-        [sim.trace.items[i] for i in p.items] for p in sim.trace.final_plans
-    ]

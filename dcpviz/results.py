@@ -178,6 +178,11 @@ class SaveResult(_Result):
         """The checkpoint metadata's chunks, with the rank that writes each."""
         return tables.chunks(self.trace)
 
+    def tensor_boxes(self, fqn: str) -> pd.DataFrame:
+        """One row per distinct chunk of ``fqn``: who planned it, who writes it, who dropped it
+        (``write_items`` and ``chunks`` of that key alone: no table of every item is built)."""
+        return tables.tensor_boxes(tables.write_items(self.trace, fqn), tables.chunks(self.trace, fqn), fqn)
+
     @cached_property
     def summary(self) -> dict[str, Any]:
         """The save in numbers: job, planner, items, bytes, imbalance, status."""

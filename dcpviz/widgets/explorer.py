@@ -15,7 +15,7 @@ from dcpviz import views
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
-from dcpviz.widgets.checks_tab import add_checks_tab
+from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
@@ -33,15 +33,18 @@ TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_gr
 
 
 class Explorer(StaticFallback, w.VBox):
-    """Interactive view of a save result (``dcpviz.explore(result)``)."""
+    """Interactive view of a save result (``dcpviz.explore(result)``): tabs Layout, Dedup,
+    Volume, Phases, Tables and Checks; ``tabs.select(title)`` opens one as a click does."""
 
     def __init__(self, result: Any, compare: Any = None) -> None:
         self.result = result
         self.compare = compare
         self.header = w.HTML(self._header_html())
-        self.tabs = w.Tab(children=[self._layout_tab(), self._dedup_tab(), self._volume_tab(), self._phase_tab(), self._tables_tab()])
-        for i, title in enumerate(["Layout", "Dedup", "Volume", "Phases", "Tables"]):
-            self.tabs.set_title(i, title)
+        # Each tab is built when first opened (``tabs.select("Dedup")`` or a click): on a
+        # 1024-rank trace building them all up front took seconds the first view does not need.
+        pages = [("Layout", self._layout_tab), ("Dedup", self._dedup_tab), ("Volume", self._volume_tab),
+                 ("Phases", self._phase_tab), ("Tables", self._tables_tab)]
+        self.tabs = tabs_with_checks(pages, result)
         super().__init__([self.header, self.tabs])
         self.add_class("dcpviz-explorer")
 
@@ -50,6 +53,8 @@ class Explorer(StaticFallback, w.VBox):
         return summary_html(self.result.summary_rows(), self.result.errors)
 
     # -- layout tab -----------------------------------------------------------------------
+    _hold_layout = False  # True while _on_group sets the pickers
+
     def _layout_tab(self) -> w.Widget:
         groups = self.result.tensor_groups
         self._group_members = dict(zip(groups["group"], groups["members"]))
@@ -92,20 +97,25 @@ class Explorer(StaticFallback, w.VBox):
             self.group_picker.value = options[0]
 
     def _on_group(self, change: Any = None) -> None:
-        members = list(self._group_members.get(self.group_picker.value, ()))
-        self.member_picker.options = members
-        self.member_picker.layout.display = "" if len(members) > 1 else "none"
-        if members:
-            self.member_picker.value = members[0]
-        fqn = self.member_picker.value
-        size = self._size_of(fqn) if fqn else ()
-        dims = list(range(len(size)))
-        show = len(size) > 2
-        for ctl in (self.dim_rows, self.dim_cols):
-            ctl.layout.display = "" if show else "none"
-        if show:
-            self.dim_rows.options, self.dim_cols.options = dims, dims
-            self.dim_rows.value, self.dim_cols.value = 0, 1
+        # Setting the pickers fires their observers; draw once, when all of them are set.
+        self._hold_layout = True
+        try:
+            members = list(self._group_members.get(self.group_picker.value, ()))
+            self.member_picker.options = members
+            self.member_picker.layout.display = "" if len(members) > 1 else "none"
+            if members:
+                self.member_picker.value = members[0]
+            fqn = self.member_picker.value
+            size = self._size_of(fqn) if fqn else ()
+            dims = list(range(len(size)))
+            show = len(size) > 2
+            for ctl in (self.dim_rows, self.dim_cols):
+                ctl.layout.display = "" if show else "none"
+            if show:
+                self.dim_rows.options, self.dim_cols.options = dims, dims
+                self.dim_rows.value, self.dim_cols.value = 0, 1
+        finally:
+            self._hold_layout = False
         self._draw_layout()
 
     def _size_of(self, fqn: str) -> tuple[int, ...]:
@@ -115,7 +125,7 @@ class Explorer(StaticFallback, w.VBox):
 
     def _draw_layout(self, change: Any = None) -> None:
         fqn = self.member_picker.value
-        if not fqn:
+        if not fqn or self._hold_layout:
             return
         dims = None
         if len(self._size_of(fqn)) > 2:
@@ -235,4 +245,4 @@ def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
     app = APPS.get(getattr(result, "kind", None))
     if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
-    return add_checks_tab(app(result, compare=compare), result)
+    return app(result, compare=compare)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.save_tables import DEDUP_COLUMNS, _flatten, item_columns
+from dcpviz.analysis.save_tables import DEDUP_COLUMNS, PHASE_COLUMNS, _flatten, item_columns
 from dcpviz.core.trace import SaveTrace
 from dcpviz.core.units import fmt_bytes
 
@@ -137,3 +137,38 @@ def key_holders(trace: SaveTrace) -> dict[str, set[int]]:
         for i in trace.local_plans[r].items:
             holders[trace.items[i].fqn].add(r)
     return dict(holders)
+
+
+
+
+def phase_changes(trace: SaveTrace) -> pd.DataFrame:
+    """What each planning phase changed, item by item.
+
+    'global': items the coordinator removed from a rank's plan (dedup) or added to it;
+    'final': items ``finish_plan`` removed, added or altered relative to the global plan.
+    """
+    cols = item_columns(trace)
+    rows: list[tuple] = []
+
+    def diff(phase: str, before, after) -> None:
+        if before is None or after is None:
+            return
+        for r, (a, b) in enumerate(zip(before, after)):
+            a_ids = set(a.items) if a is not None else set()
+            b_ids = set(b.items) if b is not None else set()
+            a_keys = {int(cols.key[i]): i for i in a_ids}
+            b_keys = {int(cols.key[i]): i for i in b_ids}
+            for k, i in a_keys.items():
+                if k not in b_keys:
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "dropped by dedup" if phase == "global" else "removed", int(cols.nbytes[i])))
+                elif b_keys[k] != i and phase == "final":
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "changed", int(cols.nbytes[i])))
+            for k, i in b_keys.items():
+                if k not in a_keys:
+                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "added", int(cols.nbytes[i])))
+
+    diff("global", trace.local_plans, trace.global_plans)
+    diff("final", trace.global_plans, trace.final_plans)
+    return pd.DataFrame(rows, columns=PHASE_COLUMNS).astype({"rank": "int64", "nbytes": "int64"})
+
+

@@ -73,3 +73,7 @@ def test_the_dedup_overlapping_planner_case():
     assert not res.ok
     pd.testing.assert_frame_equal(tables.dedup(res.trace), plain.dedup(res.trace))
     assert list(tables.key_holders(res.trace).items()) == list(plain.key_holders(res.trace).items())
+
+
+def test_phase_changes_equal_the_plain_diff(trace):
+    pd.testing.assert_frame_equal(tables.phase_changes(trace), plain.phase_changes(trace))

@@ -619,24 +619,31 @@ def phase_changes(trace: SaveTrace) -> pd.DataFrame:
     'final': items ``finish_plan`` removed, added or altered relative to the global plan.
     """
     cols = item_columns(trace)
+    key, fqn, nbytes = cols.key.tolist(), cols.fqn.tolist(), cols.nbytes.tolist()
     rows: list[tuple] = []
+
+    def row(phase: str, r: int, i: int, change: str) -> tuple:
+        return (phase, r, fqn[i], cols.offsets[i], cols.sizes[i], change, nbytes[i])
 
     def diff(phase: str, before, after) -> None:
         if before is None or after is None:
             return
         for r, (a, b) in enumerate(zip(before, after)):
+            if a is not None and b is not None and a.items == b.items:
+                continue  # the same plan: nothing changed (finish_plan's default)
             a_ids = set(a.items) if a is not None else set()
             b_ids = set(b.items) if b is not None else set()
-            a_keys = {int(cols.key[i]): i for i in a_ids}
-            b_keys = {int(cols.key[i]): i for i in b_ids}
+            # Keyed in set order, as before: the rows' order follows it.
+            a_keys = {key[i]: i for i in a_ids}
+            b_keys = {key[i]: i for i in b_ids}
             for k, i in a_keys.items():
                 if k not in b_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "dropped by dedup" if phase == "global" else "removed", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "dropped by dedup" if phase == "global" else "removed"))
                 elif b_keys[k] != i and phase == "final":
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "changed", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "changed"))
             for k, i in b_keys.items():
                 if k not in a_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "added", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "added"))
 
     diff("global", trace.local_plans, trace.global_plans)
     diff("final", trace.global_plans, trace.final_plans)

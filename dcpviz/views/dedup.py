@@ -33,18 +33,19 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
     hover = np.empty((len(order), world_size), dtype=object)
     hover[:] = ""
     row_of = {g: i for i, g in enumerate(order)}
-    for (g, r), n in planned.items():
+    planned_n = planned.to_dict()  # plain dicts and lists: ~10k cells at 1024 ranks
+    for (g, r), n in planned_n.items():
         if g in row_of and 0 <= int(r) < world_size:
             z[row_of[g], int(r)] = 0
             hover[row_of[g], int(r)] = f"{g}<br>rank {int(r)}: planned {n} replicated item(s), chosen for none"
-    for (g, r), row in chosen.iterrows():
+    for (g, r), items, nbytes in zip(chosen.index, chosen["items"].tolist(), chosen["nbytes"].tolist()):
         if g in row_of and 0 <= int(r) < world_size:
             i = row_of[g]
-            z[i, int(r)] = row["items"]
-            n_planned = planned.get((g, r), 0)
+            z[i, int(r)] = items
+            n_planned = planned_n.get((g, r), 0)
             hover[i, int(r)] = (
-                f"{g}<br>rank {int(r)}: chosen for {int(row['items'])} of the {n_planned} replicated item(s) "
-                f"it planned<br>writes {fmt_bytes(row['nbytes'])} of them"
+                f"{g}<br>rank {int(r)}: chosen for {int(items)} of the {n_planned} replicated item(s) "
+                f"it planned<br>writes {fmt_bytes(nbytes)} of them"
             )
     fig = go.Figure(
         go.Heatmap(

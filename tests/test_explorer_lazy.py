@@ -21,6 +21,7 @@ from run_helpers import mlp_with_rank_state
 import dcpviz
 import dcpviz.views as V
 from dcpviz.analysis import save_tables as tables
+from dcpviz.views.dedup import dedup_detail_figure, dedup_overview_figure
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.panels import LazyTabs
 
@@ -149,3 +150,12 @@ def test_one_tensor_tables_equal_the_whole_tables_filtered(save):
         pd.testing.assert_frame_equal(tables.chunks(save.trace, fqn),
                                       every_chunk[every_chunk["fqn"] == fqn].reset_index(drop=True))
         pd.testing.assert_frame_equal(save.tensor_boxes(fqn), tables.tensor_boxes(every_item, every_chunk, fqn))
+
+
+def test_dedup_views_from_the_choices_equal_those_from_the_whole_table(save):
+    """The overview and each tensor's detail drawn from the full dedup table, as before."""
+    W = save.trace.scenario.world_size
+    full = save.dedup
+    assert shown(V.dedup(save)) == shown(dedup_overview_figure(full, save.tensor_groups, W))
+    for fqn in dict.fromkeys(full["fqn"]):
+        assert shown(V.dedup(save, fqn=fqn)) == shown(dedup_detail_figure(full, fqn, W))

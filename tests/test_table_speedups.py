@@ -77,3 +77,8 @@ def test_the_dedup_overlapping_planner_case():
 
 def test_phase_changes_equal_the_plain_diff(trace):
     pd.testing.assert_frame_equal(tables.phase_changes(trace), plain.phase_changes(trace))
+
+
+def test_dedup_choices_are_the_dedup_tables_first_columns(trace):
+    expected = plain.dedup(trace)[tables.CHOICE_COLUMNS]
+    pd.testing.assert_frame_equal(tables.dedup_choices(trace), expected, check_dtype=len(expected) > 0)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis import save_tables as tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.inputs import need_component, need_name, need_result
@@ -126,16 +127,19 @@ def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80, component:
     if fqn is not None:
         need_name(fqn, "dedup")
     W = result.trace.scenario.world_size
+    # The overview needs who planned and who writes each item, not the replay's reasons: the
+    # choices table is the dedup table's first columns, for a fraction of its time.
+    choices = result.dedup_choices
     if fqn is None:
-        groups, decisions = result.tensor_groups, result.dedup
+        groups, decisions = result.tensor_groups, choices
         if component is not None:
             need_component(component, groups["component"], "dedup")
             groups = groups[groups["component"] == component]
             decisions = decisions[decisions["fqn"].isin({f for m in groups["members"] for f in m})]
         return dedup_overview_figure(decisions, groups, W, max_rows=max_rows)
-    if fqn not in set(result.dedup["fqn"]):
+    if fqn not in set(choices["fqn"]):
         known = set(result.tensors["fqn"])
         if fqn in known:
             raise DcpvizError(f"{fqn!r} is planned by one rank per chunk: nothing to dedup.")
         raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, known)}")
-    return dedup_detail_figure(result.dedup, fqn, W)
+    return dedup_detail_figure(tables.dedup(result.trace, fqns={fqn}), fqn, W)

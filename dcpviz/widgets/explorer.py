@@ -143,10 +143,11 @@ class Explorer(StaticFallback, w.VBox):
 
     # -- dedup tab ------------------------------------------------------------------------
     def _dedup_tab(self) -> w.Widget:
-        d = self.result.dedup
+        d = self.result.dedup_choices  # the dedup table's rows, without the replay's reasons
         fqns = list(dict.fromkeys(d["fqn"]))
         self.dedup_picker = w.Dropdown(options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show")
         self.dedup_fig = figure_widget()
+        self._has_dedup = bool(len(d))
         self.dedup_picker.observe(self._draw_dedup, "value")
         self._draw_dedup()
         if not len(d):
@@ -154,7 +155,7 @@ class Explorer(StaticFallback, w.VBox):
         return w.VBox([self.dedup_picker, self.dedup_fig])
 
     def _draw_dedup(self, change: Any = None) -> None:
-        if not len(self.result.dedup):
+        if not self._has_dedup:
             return
         fqn = self.dedup_picker.value or None
         replace_figure(self.dedup_fig, views.dedup(self.result, fqn=fqn))

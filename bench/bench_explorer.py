@@ -5,7 +5,7 @@ this checkout's code and, with ``--old DIR``, once with another checkout's (e.g.
 ``git archive main | tar -x -C /tmp/old-explorer``), side by side in one run::
 
     python bench/bench_explorer.py --old /tmp/old-explorer
-    python bench/bench_explorer.py --trace save.json --load-trace load.json --old /tmp/old-explorer
+    python bench/bench_explorer.py --trace save.json --load-trace load.json --old /tmp/old-explorer --repeat 3
 
 What each row is, in the child process:
 
@@ -19,6 +19,9 @@ What each row is, in the child process:
 - each other tab, first open: ``app.tabs.select(i)`` (what a click does) until its content is
   built. The old explorer built them all in the constructor: shown as "(in construction)".
 - peak RSS of the child (``ru_maxrss``).
+
+With ``--repeat N`` each cell is the minimum over N fresh processes (the run least disturbed by
+whatever else the machine runs).
 
 Without ``--trace``, the W=1024 HSDP 8x128 llama3-70b bf16 save (740,352 planned items) is
 simulated once and kept in ``--cache`` (about 20 s).
@@ -74,6 +77,16 @@ def make_trace(cache: Path) -> Path:
     return cache
 
 
+def best(runs: list[dict]) -> dict:
+    """Each time's minimum over repeated runs (the least disturbed by other load), peak RSS's max."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = (max if key == "peak RSS MB" else min)(r[key] for r in runs)
+    out["tabs"] = {t: None if v is None else min(r["tabs"][t] for r in runs) for t, v in runs[0]["tabs"].items()}
+    return out
+
+
 def measure(code: Path, trace: Path, warm: bool) -> dict:
     """One fresh process with ``code`` first on the path."""
     env = {**os.environ, "PYTHONPATH": str(code)}
@@ -114,6 +127,7 @@ def main() -> None:
     ap.add_argument("--load-trace", type=Path, help="a load trace for the load explorer")
     ap.add_argument("--old", type=Path, help="another checkout to compare with (e.g. main's)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown")
     args = ap.parse_args()
     save = args.trace or make_trace(args.cache)
     codes = {"new": ROOT}
@@ -125,7 +139,7 @@ def main() -> None:
     for name, trace in (("save explorer", save), ("load explorer", args.load_trace)):
         if trace is None:
             continue
-        runs = {f"{code} {mode}": measure(path, trace, mode == "plotly warm")
+        runs = {f"{code} {mode}": best([measure(path, trace, mode == "plotly warm") for _ in range(args.repeat)])
                 for mode in ("cold", "plotly warm") for code, path in codes.items()}
         print("\n".join(table(f"{name}: {trace.name}", runs)) + "\n")
     uptime = os.getloadavg()

@@ -159,3 +159,14 @@ def test_dedup_views_from_the_choices_equal_those_from_the_whole_table(save):
     assert shown(V.dedup(save)) == shown(dedup_overview_figure(full, save.tensor_groups, W))
     for fqn in dict.fromkeys(full["fqn"]):
         assert shown(V.dedup(save, fqn=fqn)) == shown(dedup_detail_figure(full, fqn, W))
+
+
+def test_reading_a_tab_widget_builds_its_tab(save):
+    """Code that drives the explorer (``app.volume_mode.value = ...``) works as with eager tabs."""
+    app = dcpviz.explore(save)
+    assert not app.tabs.is_built("Volume")
+    app.volume_mode.value = "module"
+    assert app.tabs.is_built("Volume") and app.tabs.selected_index == 0
+    assert figure(app.volume_fig) == shown(V.rank_volume(save, by="module", depth=1))
+    with pytest.raises(AttributeError):
+        app.no_such_widget  # noqa: B018

@@ -18,7 +18,7 @@ from dcpviz.views.html import table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -32,7 +32,7 @@ PHASE_TEXT = {
 TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
 
 
-class Explorer(StaticFallback, w.VBox):
+class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     """Interactive view of a save result (``dcpviz.explore(result)``): tabs Layout, Dedup,
     Volume, Phases, Tables and Checks; ``tabs.select(title)`` opens one as a click does."""
 
@@ -54,6 +54,14 @@ class Explorer(StaticFallback, w.VBox):
 
     # -- layout tab -----------------------------------------------------------------------
     _hold_layout = False  # True while _on_group sets the pickers
+    TAB_OF = {
+        **dict.fromkeys(["search", "component_picker", "group_picker", "member_picker", "rank_picker", "dim_rows",
+                         "dim_cols", "layout_fig"], "Layout"),
+        **dict.fromkeys(["dedup_picker", "dedup_fig"], "Dedup"),
+        **dict.fromkeys(["volume_mode", "volume_depth", "volume_fig"], "Volume"),
+        **dict.fromkeys(["phase", "phase_text", "phase_fig", "phase_table"], "Phases"),
+        "tables": "Tables",
+    }
 
     def _layout_tab(self) -> w.Widget:
         groups = self.result.tensor_groups

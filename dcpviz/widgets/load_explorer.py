@@ -13,14 +13,20 @@ from dcpviz.results import pick_read_tensors
 from dcpviz.views.html import hints_html, table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
 
 LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
 
-class LoadExplorer(StaticFallback, w.VBox):
+class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     """The load debugger app: hints, mismatches, reads, resharding, tables, checks;
     ``tabs.select(title)`` opens a tab as a click does."""
+    TAB_OF = {
+        **dict.fromkeys(["search", "fqn_picker", "rank_picker", "read_fig"], "Reads"),
+        "volume_fig": "Volume",
+        **dict.fromkeys(["reshard_by", "reshard_values", "reshard_fig"], "Resharding"),
+    }
+
     def __init__(self, load: Any) -> None:
         self.result = load
         # The verdict is the summary's first row; each error message once, with its ranks.

@@ -82,6 +82,23 @@ class LazyTabs(w.Tab):
             self.page(change["new"])
 
 
+class BuildsTabOnAccess:
+    """Reading a tab's widget (``app.volume_mode``, ``app.phase``, ...) before the tab was opened
+    builds that tab first, so code that drives an explorer works as when every tab was built up
+    front. ``TAB_OF`` maps each such attribute to its tab's title; needs ``self.tabs``."""
+
+    TAB_OF: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a widget of a tab not built yet, or a typo.
+        title = type(self).TAB_OF.get(name)
+        tabs = self.__dict__.get("tabs")
+        if title is None or tabs is None or title not in tabs.titles or tabs.is_built(title):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        tabs.page(title)
+        return object.__getattribute__(self, name)
+
+
 class TablesPanel(w.VBox):
     """Pick one of a result's tables; filter by fqn, sort, show N rows."""
 

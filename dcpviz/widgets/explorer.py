@@ -208,8 +208,10 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     def _draw_phase(self, change: Any = None) -> None:
         phase = self.phase.value
         vol = self.result.phase_volume
-        changes = self.result.phase_changes
-        here = changes[changes["phase"] == phase]
+        # The local plans change nothing (no rows): the item-by-item diff, hundreds of thousands
+        # of rows at 1024 ranks, is computed when a later phase is first shown.
+        changes = self.result.phase_changes if phase != "local" else None
+        here = changes[changes["phase"] == phase] if changes is not None else ()
         cur = vol[vol["phase"] == phase]
         text = PHASE_TEXT[phase]
         n_items = int(cur["items"].sum())

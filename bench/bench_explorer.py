@@ -18,6 +18,9 @@ What each row is, in the child process:
   clock starts, as in a kernel that has shown any plotly widget before.
 - each other tab, first open: ``app.tabs.select(i)`` (what a click does) until its content is
   built. The old explorer built them all in the constructor: shown as "(in construction)".
+- of which full GC passes: time the garbage collector spent in full collections during
+  ``explore()`` (``gc.callbacks``). After decoding, the trace's objects are young; the first full
+  pass over them lands on whatever allocates next: a deferred cost of decoding, paid once.
 - peak RSS of the child (``ru_maxrss``).
 
 With ``--repeat N`` each cell is the minimum over N fresh processes (the run least disturbed by
@@ -50,7 +53,18 @@ t = T(); import dcpviz; out["import dcpviz"] = T() - t
 if warm:
     t = T(); import plotly.graph_objs._figurewidget; out["plotly FigureWidget import"] = T() - t
 t = T(); result = dcpviz.load_trace(path); out["trace decode"] = T() - t
+import gc
+full_gc = []  # the collector's full passes during explore(): they scan the freshly decoded trace
+def on_gc(phase, info, started=[0.0]):
+    if info["generation"] == 2:
+        if phase == "start":
+            started[0] = T()
+        else:
+            full_gc.append(T() - started[0])
+gc.callbacks.append(on_gc)
 t = T(); app = dcpviz.explore(result); out["explorer, first view ready"] = T() - t
+gc.callbacks.remove(on_gc)
+out["full GC"] = sum(full_gc)
 tabs = app.tabs
 out["first tab"] = tabs.titles[tabs.selected_index]
 opened = {}
@@ -114,6 +128,7 @@ def table(name: str, runs: dict[str, dict[str, dict]]) -> list[str]:
     row("plotly FigureWidget import (warm runs, before the clock)",
         lambda r: fmt(r["plotly FigureWidget import"]) if "plotly FigureWidget import" in r else "in the next row")
     row("explorer, first view ready", lambda r: f"**{r['explorer, first view ready']:.2f} s** ({r['first tab']})")
+    row("  of which full GC passes over the decoded trace", lambda r: fmt(r["full GC"]))
     titles = list(dict.fromkeys(t for r in runs.values() for t in r["tabs"]))
     for title in titles:
         row(f"open {title} (first time)", lambda r, t=title: fmt(r["tabs"].get(t)))

@@ -82,3 +82,13 @@ def test_phase_changes_equal_the_plain_diff(trace):
 def test_dedup_choices_are_the_dedup_tables_first_columns(trace):
     expected = plain.dedup(trace)[tables.CHOICE_COLUMNS]
     pd.testing.assert_frame_equal(tables.dedup_choices(trace), expected, check_dtype=len(expected) > 0)
+
+
+def test_writer_index_answers_as_writer_ranks(trace):
+    from dcpviz.core.plans import writer_ranks
+
+    expected = writer_ranks(trace)
+    index = tables._writers(trace)
+    assert all(index.get(key) == rank for key, rank in expected.items())
+    others = [(it.fqn, (10**9,)) for it in trace.items] + [("no such key", None)]
+    assert all(index.get(key) == -1 for key in others if key not in expected)

@@ -16,7 +16,7 @@ import pandas as pd
 from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of, ranges
 from dcpviz.core.components import component_of
 from dcpviz.core.filenames import file_rank
-from dcpviz.core.plans import final_or_global, writer_ranks
+from dcpviz.core.plans import final_or_global
 from dcpviz.core.trace import PlannedItem, PlanRecord, SaveTrace
 from dcpviz.core.units import fmt_bytes
 from dcpviz.core.units import itemsize as dtype_itemsize
@@ -60,15 +60,32 @@ class _ItemColumns:
         self.dtype = np.array([it.dtype or "" for it in items], dtype=object)
         self.nbytes = np.array([it.nbytes for it in items], dtype=np.int64)
         self.dcp_size = np.array([-1 if it.dcp_size is None else it.dcp_size for it in items], dtype=np.int64)
-        keys: dict[Any, int] = {}
-        # PlannedItem.key, written out: a property call per item is a third of this loop.
-        self.key = np.array([keys.setdefault((it.fqn, it.offsets if it.index_offsets is None else it.index_offsets),
-                                             len(keys)) for it in items], dtype=np.int64)
-        self.n_keys = len(keys)
+        self.key, self.n_keys = _key_codes(items)
         self.n_fqns = len(set(self.fqn.tolist()))
         # Tables derived from the whole trace that more than one caller needs (the explorer and
         # the checks both want ``dedup``): computed once, kept as long as these columns.
         self.memo: dict[str, Any] = {}
+
+
+def _key_codes(items: tuple[PlannedItem, ...]) -> tuple[np.ndarray, int]:
+    """Each item's ``PlannedItem.key`` as a number (0, 1, ... in first-met order), and how many.
+
+    Looked up fqn first, then offsets: a (fqn, offsets) tuple per item would be ~100k new objects
+    for the garbage collector to scan, which made this step several times slower."""
+    by_fqn: dict[str, dict[Any, int]] = {}
+    codes: list[int] = []
+    n = 0
+    for it in items:
+        per = by_fqn.get(it.fqn)
+        if per is None:
+            per = by_fqn[it.fqn] = {}
+        offsets = it.offsets if it.index_offsets is None else it.index_offsets
+        code = per.get(offsets)
+        if code is None:
+            code = per[offsets] = n
+            n += 1
+        codes.append(code)
+    return np.array(codes, dtype=np.int64), n
 
 
 _COLUMN_CACHE: dict[int, tuple[Any, _ItemColumns]] = {}
@@ -200,11 +217,33 @@ def _local_positions_of(trace: SaveTrace, cols: _ItemColumns) -> dict[str, np.nd
     return cols.memo["local_positions"]
 
 
-def _writers(trace: SaveTrace) -> dict[tuple[str, tuple[int, ...] | None], int]:
-    """``writer_ranks``, computed once per trace."""
+class _WriterIndex:
+    """``core.plans.writer_ranks`` as fqn -> offsets -> rank: the same answers to
+    ``get((fqn, offsets), default)``, without a (fqn, offsets) tuple kept per item (~100k
+    objects more for the garbage collector to scan on a 1024-rank trace)."""
+
+    def __init__(self, trace: SaveTrace) -> None:
+        self.by_fqn: dict[str, dict[tuple[int, ...] | None, int]] = {}
+        plans = final_or_global(trace)
+        for r, plan in enumerate(plans or ()):
+            for i in plan.items:
+                it = trace.items[i]
+                per = self.by_fqn.get(it.fqn)
+                if per is None:
+                    per = self.by_fqn[it.fqn] = {}
+                if it.offsets not in per:  # the first rank writing it, as writer_ranks' setdefault
+                    per[it.offsets] = r
+
+    def get(self, key: tuple[str, tuple[int, ...] | None], default: int = -1) -> int:
+        per = self.by_fqn.get(key[0])
+        return default if per is None else per.get(key[1], default)
+
+
+def _writers(trace: SaveTrace) -> _WriterIndex:
+    """Who writes each (fqn, offsets), computed once per trace."""
     memo = item_columns(trace).memo
     if "writers" not in memo:
-        memo["writers"] = writer_ranks(trace)
+        memo["writers"] = _WriterIndex(trace)
     return memo["writers"]
 
 

@@ -148,6 +148,8 @@ def test_explorer_updates_figures_in_place(strided):
     assert app.layout_fig is fig_widget and "layers.0.attention.wq.weight" in fig_widget.layout.title.text
     app.member_picker.value = "layers.1.attention.wq.weight"
     assert "layers.1.attention.wq.weight" in fig_widget.layout.title.text
+    assert not app.tabs.is_built("Phases")  # built when first opened
+    app.tabs.select("Phases")
     app.phase.value = "global"
     changed = strided.phase_changes
     assert f"<b>{(changed.phase == 'global').sum()}</b> items" in app.phase_text.value

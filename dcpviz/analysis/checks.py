@@ -78,13 +78,11 @@ _PER_RANK_FIX = (
 def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
     """Dedup rows of keys that are not DTensors (plain tensors, Python values): for those DCP's
     dedup decides whose values survive. DTensor replicas are equal by construction."""
-    dd = tables.dedup(trace)
-    if not len(dd):
-        return dd
     dtensors = {lay.fqn for lay in trace.layouts}
     digested = {d.fqn for d in trace.value_digests}
-    plain = dd["fqn"].map(lambda f: f in digested or f not in dtensors)
-    return dd[plain]
+    plain = {it.fqn for it in trace.items} - (dtensors - digested)
+    # Only these keys' rows: a save of DTensors alone has none and needs no dedup replay at all.
+    return tables.dedup(trace, fqns=plain)
 
 
 def rank_specific_values(trace: SaveTrace) -> list[Row]:
@@ -127,12 +125,8 @@ def rank_specific_values(trace: SaveTrace) -> list[Row]:
 
 def key_sets(trace: SaveTrace) -> list[Row]:
     """Keys only some ranks save: which ranks lack them, and what that means on load."""
-    holders: dict[str, set[int]] = defaultdict(set)
-    planned = [r for r, p in enumerate(trace.local_plans) if p is not None]
-    for r in planned:
-        for i in trace.local_plans[r].items:
-            holders[trace.items[i].fqn].add(r)
-    everyone = set(planned)
+    holders = tables.key_holders(trace)
+    everyone = {r for r, p in enumerate(trace.local_plans) if p is not None}
     fix = ("fine if every rank loads with the same keys it saved; a job that resumes on another "
            "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
     rows: list[Row] = []

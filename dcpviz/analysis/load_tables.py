@@ -61,9 +61,31 @@ class _Saved:
         return (r.storage_fqn or r.fqn, r.saved_offsets)
 
 
+_MEMO: dict[int, tuple[LoadTrace, dict[Any, Any]]] = {}
+
+
+def _memo(trace: LoadTrace) -> dict[Any, Any]:
+    """Values derived from ``trace`` that several tables need, kept while the trace is among
+    the last few seen (the header, the checks and the first tab all ask for them)."""
+    hit = _MEMO.get(id(trace))
+    if hit is None or hit[0] is not trace:
+        if len(_MEMO) > 8:
+            _MEMO.clear()
+        hit = _MEMO[id(trace)] = (trace, {})
+    return hit[1]
+
+
+def _saved(trace: LoadTrace) -> _Saved:
+    """``_Saved(trace)``, built once per trace."""
+    memo = _memo(trace)
+    if "saved" not in memo:
+        memo["saved"] = _Saved(trace)
+    return memo["saved"]
+
+
 def _read_rows(trace: LoadTrace) -> list[tuple]:
     plans, _ = read_plans(trace)
-    saved = _Saved(trace)
+    saved = _saved(trace)
     per_item: dict[int, tuple] = {}
     rows = []
     for rank, plan in enumerate(plans):
@@ -122,6 +144,14 @@ def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataF
     (``wanted_nbytes``), and how many tensors, saved chunks, writer ranks and files it touches.
     ``planned`` is False for a rank whose local plan failed (its counts are NA)."""
     reads = read_items(trace) if reads is None else reads
+    memo = _memo(trace)
+    hit = memo.get("rank_volume")
+    if hit is None or hit[0] is not reads:  # the same reads frame: the same answer
+        hit = memo["rank_volume"] = (reads, _rank_volume(trace, reads))
+    return hit[1].copy()
+
+
+def _rank_volume(trace: LoadTrace, reads: pd.DataFrame) -> pd.DataFrame:
     W = trace.scenario.world_size
     plans, _ = read_plans(trace)
     g = reads.groupby("rank")
@@ -302,7 +332,7 @@ READ_BOX_COLUMNS = ["offsets", "sizes", "saved_offsets", "writer_rank", "file", 
 
 def saved_boxes(trace: LoadTrace, reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
     """The checkpoint's chunks of ``fqn``: writer, file, bytes, and what ``rank`` reads of each."""
-    saved = _Saved(trace)
+    saved = _saved(trace)
     mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn)]
     read_bytes = mine.groupby(mine["saved_offsets"].map(tuple), sort=False)["nbytes"].sum().to_dict() if len(mine) else {}
     rows = []

@@ -7,7 +7,7 @@ DataFrame out. Offsets and sizes are tuples of ints; ranks are global ranks.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 from dcpviz.analysis.groups import collapsed_label, module_of, numbers_of, pattern_of, ranges
 from dcpviz.core.components import component_of
 from dcpviz.core.filenames import file_rank
-from dcpviz.core.plans import final_or_global, writer_ranks
+from dcpviz.core.plans import final_or_global
 from dcpviz.core.trace import PlannedItem, PlanRecord, SaveTrace
 from dcpviz.core.units import fmt_bytes
 from dcpviz.core.units import itemsize as dtype_itemsize
@@ -60,9 +60,32 @@ class _ItemColumns:
         self.dtype = np.array([it.dtype or "" for it in items], dtype=object)
         self.nbytes = np.array([it.nbytes for it in items], dtype=np.int64)
         self.dcp_size = np.array([-1 if it.dcp_size is None else it.dcp_size for it in items], dtype=np.int64)
-        keys: dict[Any, int] = {}
-        self.key = np.array([keys.setdefault(it.key, len(keys)) for it in items], dtype=np.int64)
-        self.n_keys = len(keys)
+        self.key, self.n_keys = _key_codes(items)
+        self.n_fqns = len(set(self.fqn.tolist()))
+        # Tables derived from the whole trace that more than one caller needs (the explorer and
+        # the checks both want ``dedup``): computed once, kept as long as these columns.
+        self.memo: dict[str, Any] = {}
+
+
+def _key_codes(items: tuple[PlannedItem, ...]) -> tuple[np.ndarray, int]:
+    """Each item's ``PlannedItem.key`` as a number (0, 1, ... in first-met order), and how many.
+
+    Looked up fqn first, then offsets: a (fqn, offsets) tuple per item would be ~100k new objects
+    for the garbage collector to scan, which made this step several times slower."""
+    by_fqn: dict[str, dict[Any, int]] = {}
+    codes: list[int] = []
+    n = 0
+    for it in items:
+        per = by_fqn.get(it.fqn)
+        if per is None:
+            per = by_fqn[it.fqn] = {}
+        offsets = it.offsets if it.index_offsets is None else it.index_offsets
+        code = per.get(offsets)
+        if code is None:
+            code = per[offsets] = n
+            n += 1
+        codes.append(code)
+    return np.array(codes, dtype=np.int64), n
 
 
 _COLUMN_CACHE: dict[int, tuple[Any, _ItemColumns]] = {}
@@ -77,6 +100,20 @@ def item_columns(trace: SaveTrace) -> _ItemColumns:
         hit = (trace, _ItemColumns(trace.items))
         _COLUMN_CACHE[id(trace)] = hit
     return hit[1]
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by sorting (numpy 2.4's hashing unique is ~50x slower on plan codes)."""
+    s = np.sort(values)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
+def _memo_frame(trace: SaveTrace, name: str, build: Any) -> pd.DataFrame:
+    """``build(trace)`` computed once per trace; each call gets its own copy."""
+    memo = item_columns(trace).memo
+    if name not in memo:
+        memo[name] = build(trace)
+    return memo[name].copy()
 
 
 def _flatten(plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -94,16 +131,23 @@ def _kept_mask(trace: SaveTrace, ranks: np.ndarray, ids: np.ndarray) -> np.ndarr
     if trace.global_plans is None:
         return None
     cols = item_columns(trace)
-    g_ranks, g_ids = _flatten(trace.global_plans)
-    g_codes = g_ranks * cols.n_keys + cols.key[g_ids]
+    if "global_codes" not in cols.memo:
+        g_ranks, g_ids = _flatten(trace.global_plans)
+        cols.memo["global_codes"] = _sorted_unique(g_ranks * cols.n_keys + cols.key[g_ids])
     codes = ranks * cols.n_keys + cols.key[ids]
-    return np.isin(codes, g_codes)
+    return np.isin(codes, cols.memo["global_codes"], assume_unique=False)
 
 
-def write_items(trace: SaveTrace) -> pd.DataFrame:
-    """Every item of every rank's local plan, with ``kept`` = survived the coordinator's dedup."""
+def write_items(trace: SaveTrace, fqn: str | None = None) -> pd.DataFrame:
+    """Every item of every rank's local plan, with ``kept`` = survived the coordinator's dedup.
+
+    ``fqn``: only that key's rows (the same rows, in the same order; an explorer drawing one
+    tensor need not build the table of every item)."""
     cols = item_columns(trace)
-    ranks, ids = _flatten(trace.local_plans)
+    ranks, ids = _local_flat(trace)
+    if fqn is not None:
+        where = _local_positions_of(trace, cols).get(fqn, np.zeros(0, np.int64))
+        ranks, ids = ranks[where], ids[where]
     kept = _kept_mask(trace, ranks, ids)
     df = pd.DataFrame(
         {
@@ -123,8 +167,87 @@ def write_items(trace: SaveTrace) -> pd.DataFrame:
     return df
 
 
+def _local_flat(trace: SaveTrace) -> tuple[np.ndarray, np.ndarray]:
+    """``_flatten`` of the local plans, computed once per trace."""
+    memo = item_columns(trace).memo
+    if "local_flat" not in memo:
+        memo["local_flat"] = _flatten(trace.local_plans)
+    return memo["local_flat"]
 
-def dedup(trace: SaveTrace) -> pd.DataFrame:
+
+def _fqn_codes(cols: _ItemColumns) -> tuple[list[str], np.ndarray]:
+    """(distinct fqns, in item order; each item's position among them), computed once per trace."""
+    if "fqn_codes" not in cols.memo:
+        index: dict[str, int] = {}
+        codes = np.array([index.setdefault(f, len(index)) for f in cols.fqn.tolist()], dtype=np.int64)
+        cols.memo["fqn_codes"] = (list(index), codes)
+    return cols.memo["fqn_codes"]
+
+
+def key_holders(trace: SaveTrace) -> dict[str, set[int]]:
+    """fqn -> the ranks whose local plans hold any item of it, in the order the keys are first
+    met (rank, then plan order)."""
+    cols = item_columns(trace)
+    ranks, ids = _local_flat(trace)
+    if not len(ids):
+        return {}
+    names, codes = _fqn_codes(cols)
+    item_codes = codes[ids]
+    pairs = _sorted_unique(item_codes * (int(ranks.max()) + 1) + ranks)  # one per (fqn, rank), by fqn
+    pair_codes = pairs // (int(ranks.max()) + 1)
+    pair_ranks = (pairs % (int(ranks.max()) + 1)).tolist()
+    starts = np.flatnonzero(np.r_[True, pair_codes[1:] != pair_codes[:-1]]).tolist()
+    ends = starts[1:] + [len(pair_ranks)]
+    by_code = {int(pair_codes[a]): set(pair_ranks[a:b]) for a, b in zip(starts, ends)}
+    _, first = np.unique(item_codes, return_index=True)  # where each fqn is first met
+    met = _sorted_unique(item_codes)[np.argsort(first, kind="stable")].tolist()
+    return {names[c]: by_code[c] for c in met}
+
+
+def _local_positions_of(trace: SaveTrace, cols: _ItemColumns) -> dict[str, np.ndarray]:
+    """fqn -> its positions in the flattened local plans, in order (computed once per trace)."""
+    if "local_positions" not in cols.memo:
+        _, ids = _local_flat(trace)
+        names, codes = _fqn_codes(cols)
+        item_codes = codes[ids]
+        order = np.argsort(item_codes, kind="stable")
+        cuts = np.flatnonzero(np.diff(item_codes[order])) + 1
+        groups = np.split(order, cuts) if len(order) else []
+        cols.memo["local_positions"] = {names[item_codes[g[0]]]: g for g in groups}
+    return cols.memo["local_positions"]
+
+
+class _WriterIndex:
+    """``core.plans.writer_ranks`` as fqn -> offsets -> rank: the same answers to
+    ``get((fqn, offsets), default)``, without a (fqn, offsets) tuple kept per item (~100k
+    objects more for the garbage collector to scan on a 1024-rank trace)."""
+
+    def __init__(self, trace: SaveTrace) -> None:
+        self.by_fqn: dict[str, dict[tuple[int, ...] | None, int]] = {}
+        plans = final_or_global(trace)
+        for r, plan in enumerate(plans or ()):
+            for i in plan.items:
+                it = trace.items[i]
+                per = self.by_fqn.get(it.fqn)
+                if per is None:
+                    per = self.by_fqn[it.fqn] = {}
+                if it.offsets not in per:  # the first rank writing it, as writer_ranks' setdefault
+                    per[it.offsets] = r
+
+    def get(self, key: tuple[str, tuple[int, ...] | None], default: int = -1) -> int:
+        per = self.by_fqn.get(key[0])
+        return default if per is None else per.get(key[1], default)
+
+
+def _writers(trace: SaveTrace) -> _WriterIndex:
+    """Who writes each (fqn, offsets), computed once per trace."""
+    memo = item_columns(trace).memo
+    if "writers" not in memo:
+        memo["writers"] = _WriterIndex(trace)
+    return memo["writers"]
+
+
+def dedup(trace: SaveTrace, fqns: Collection[str] | None = None) -> pd.DataFrame:
     """One row per item index planned by more than one rank: who planned it, who writes it, why.
 
     ``chosen_rank`` comes from DCP's real global plan. ``replay_rank`` and
@@ -133,56 +256,128 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
     tensor's size, even for a shard — or 1 for bytes) when the item was decided; the smallest
     tally wins, ties to the first candidate; or the lowest rank with
     ``dedup_save_to_lowest_rank``. ``replay_agrees`` checks the replay against DCP's choice.
+
+    ``fqns``: only these keys' rows (the same rows, in the same order; the replay still runs
+    over every key, as each decision depends on all earlier ones). Computed once per trace
+    (``explore`` and the checks both need it); each call gets a copy.
     """
     cols = item_columns(trace)
+    frame = cols.memo.get("dedup")
+    if fqns is not None and frame is None:
+        wanted = set(fqns)
+        if not wanted:
+            return _dedup_frame(trace, cols, wanted)
+        frame = _dedup_frame(trace, cols, wanted) if len(wanted) < cols.n_fqns / 2 else dedup(trace)
+        return frame[frame["fqn"].isin(wanted)].reset_index(drop=True)
+    if frame is None:
+        frame = cols.memo["dedup"] = _dedup_frame(trace, cols)
+    if fqns is not None:
+        return frame[frame["fqn"].isin(set(fqns))].reset_index(drop=True)
+    return frame.copy()
+
+
+def _key_groups(trace: SaveTrace, cols: _ItemColumns) -> tuple[list[int], list[int], list[list[int]]]:
+    """For each key planned by any rank, in the order DCP's ``dedup_save_plans`` first meets it
+    (rank, then plan order): the key, the item it keeps (the last rank's), and the planning ranks
+    in rank order (repeats kept, as a set built from them drops them)."""
+    ranks, ids = _local_flat(trace)
+    if not len(ids):
+        return [], [], []
+    keys = cols.key[ids]
+    order = np.argsort(keys, kind="stable")  # positions grouped by key, rank order kept within
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    by_first_seen = np.argsort(order[starts], kind="stable")
+    ranks_grouped = ranks[order].tolist()
+    starts_l, ends_l = starts[by_first_seen].tolist(), ends[by_first_seen].tolist()
+    return (
+        sorted_keys[starts][by_first_seen].tolist(),
+        ids[order[ends - 1]][by_first_seen].tolist(),
+        [ranks_grouped[a:b] for a, b in zip(starts_l, ends_l)],
+    )
+
+
+def _chosen_ranks(trace: SaveTrace, cols: _ItemColumns) -> np.ndarray:
+    """key -> the one rank whose global plan holds it, or -1 (none, or several)."""
+    chosen = np.full(cols.n_keys, -1, dtype=np.int64)
+    if trace.global_plans is None:
+        return chosen
+    g_ranks, g_ids = _flatten(trace.global_plans)
+    g_keys = cols.key[g_ids]
+    chosen[g_keys[::-1]] = g_ranks[::-1]  # reversed: the first rank holding a key is the one left
+    chosen[np.bincount(g_keys, minlength=cols.n_keys) != 1] = -1
+    return chosen
+
+
+def _dedup_frame(trace: SaveTrace, cols: _ItemColumns, fqns: set[str] | None = None) -> pd.DataFrame:
+    """The dedup table; with ``fqns``, only their rows (the replay still sees every key)."""
+    if fqns is not None and not fqns:
+        return _empty_dedup()
     W = trace.scenario.world_size
     lowest = bool(trace.planner.option("dedup_save_to_lowest_rank", False))
-    # Mirror dedup_save_plans' data structures exactly, so set iteration order (tie-breaks) match.
-    plan_sets: dict[int, set[int]] = defaultdict(set)
-    last_item: dict[int, int] = {}
-    for r, plan in enumerate(trace.local_plans):
-        if plan is None:
-            continue
-        for i in plan.items:
-            k = int(cols.key[i])
-            plan_sets[k].add(r)
-            last_item[k] = i
-    kept_by: dict[int, list[int]] = defaultdict(list)
-    if trace.global_plans is not None:
-        for r, plan in enumerate(trace.global_plans):
-            for i in plan.items:
-                kept_by[int(cols.key[i])].append(r)
+    keys, last_items, planners = _key_groups(trace, cols)
+    chosen_of = _chosen_ranks(trace, cols).tolist()
+    charge = np.where(cols.dcp_size > 0, cols.dcp_size, 1).tolist()  # what DCP adds to a tally
+    over_of = (cols.dcp_size - cols.nbytes).tolist()
+    nbytes_of = cols.nbytes.tolist()
+    why_of = _FewestWhy(cols)
     tally = [0] * W
     worst: dict[int, tuple[int, int]] = {}  # rank -> (bytes charged beyond what it stores, item)
     rows: list[tuple] = []
-    for k, cands in plan_sets.items():
-        if lowest:
-            pick = min(cands)
+    for k, i, planned in zip(keys, last_items, planners):
+        if len(planned) == 1:
+            pick = planned[0]
         else:
-            pick = min(cands, key=lambda r: tally[r])
-        i = last_item[k]
-        if len(cands) > 1:
-            cand = tuple(sorted(cands))
-            before = tuple(tally[c] for c in cand)
-            chosen = kept_by.get(k, [])
-            chosen_rank = chosen[0] if len(chosen) == 1 else -1
-            if lowest:
-                rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
-            else:
-                rule, why = "fewest planned bytes", _fewest_why(pick, cand, before, worst, cols)
-            rows.append(
-                (
-                    cols.fqn[i], cols.offsets[i], cand, chosen_rank, int(cols.nbytes[i]), before,
-                    pick, pick == chosen_rank, rule, why,
-                )
-            )
-        dcp = int(cols.dcp_size[i])
-        tally[pick] += dcp if dcp > 0 else 1
-        over = dcp - int(cols.nbytes[i])
+            # Mirror dedup_save_plans' set, so its iteration order (tie-breaks) matches.
+            cands = set(planned)
+            pick = min(cands) if lowest else min(cands, key=tally.__getitem__)
+            if len(cands) > 1 and (fqns is None or cols.fqn[i] in fqns):
+                cand = tuple(sorted(cands))
+                before = tuple([tally[c] for c in cand])
+                chosen_rank = chosen_of[k]
+                if lowest:
+                    rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
+                else:
+                    rule, why = "fewest planned bytes", why_of(pick, cand, before, worst)
+                rows.append((cols.fqn[i], cols.offsets[i], cand, chosen_rank, nbytes_of[i], before,
+                             pick, pick == chosen_rank, rule, why))
+        tally[pick] += charge[i]
+        over = over_of[i]
         if over > worst.get(pick, (0, -1))[0]:
             worst[pick] = (over, i)
-    df = pd.DataFrame(rows, columns=DEDUP_COLUMNS)
+    return _dedup_types(pd.DataFrame(rows, columns=DEDUP_COLUMNS))
+
+
+def _empty_dedup() -> pd.DataFrame:
+    return _dedup_types(pd.DataFrame([], columns=DEDUP_COLUMNS))
+
+
+def _dedup_types(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+
+
+CHOICE_COLUMNS = ["fqn", "offsets", "candidates", "chosen_rank", "nbytes"]
+
+
+def dedup_choices(trace: SaveTrace) -> pd.DataFrame:
+    """``dedup``'s rows without the replay: which ranks planned each replicated item and which
+    one DCP's global plan kept (``dedup(trace)[CHOICE_COLUMNS]``, for a fraction of its time)."""
+    return _memo_frame(trace, "dedup_choices", _dedup_choices)
+
+
+def _dedup_choices(trace: SaveTrace) -> pd.DataFrame:
+    cols = item_columns(trace)
+    keys, last_items, planners = _key_groups(trace, cols)
+    chosen_of = _chosen_ranks(trace, cols).tolist()
+    nbytes_of = cols.nbytes.tolist()
+    rows = []
+    for k, i, planned in zip(keys, last_items, planners):
+        if len(planned) > 1:
+            cand = tuple(sorted(set(planned)))
+            if len(cand) > 1:
+                rows.append((cols.fqn[i], cols.offsets[i], cand, chosen_of[k], nbytes_of[i]))
+    return pd.DataFrame(rows, columns=CHOICE_COLUMNS).astype({"chosen_rank": "int64", "nbytes": "int64"})
 
 
 def _shape(size: tuple[int, ...]) -> str:
@@ -196,34 +391,52 @@ def _rank_group(ranks: list[int]) -> str:
 MAX_WHY_GROUPS = 3  # loser tallies named in a why; the rest are summarised
 
 
-def _fewest_why(
-    pick: int, cand: tuple[int, ...], before: tuple[int, ...], worst: dict[int, tuple[int, int]], cols: _ItemColumns
-) -> str:
-    """Why ``pick`` won under DCP's fewest-planned-bytes rule, with the losers' tallies, and the
-    whole-tensor charge that inflated a loser's tally (DCP counts ``tensor_storage_size()``)."""
-    low = before[cand.index(pick)]
-    tied = [c for c, b in zip(cand, before) if b == low and c != pick]
-    higher: dict[int, list[int]] = defaultdict(list)
-    for c, b in zip(cand, before):
-        if b > low:
-            higher[b].append(c)
-    why = f"rank {pick}: {fmt_bytes(low)}"
-    if tied:
-        why += f" = {_rank_group(tied)}: {fmt_bytes(low)} (a tie: the first candidate wins)"
-    groups = sorted(higher.items())
-    why += "".join(f" < {_rank_group(rs)}: {fmt_bytes(b)}" for b, rs in groups[:MAX_WHY_GROUPS])
-    if len(groups) > MAX_WHY_GROUPS:
-        why += f" < {len(groups) - MAX_WHY_GROUPS} more"
-    losers = [c for rs in higher.values() for c in rs if c in worst]
-    if losers:
-        r = max(losers, key=lambda c: worst[c][0])
-        j = worst[r][1]
-        why += (
-            f" — rank {r} was charged the whole {_shape(cols.global_size[j])} tensor for a "
-            f"{_shape(cols.sizes[j])} shard of {cols.fqn[j]} ({fmt_bytes(int(cols.dcp_size[j]))} "
-            f"counted, {fmt_bytes(int(cols.nbytes[j]))} stored)"
-        )
-    return why
+class _FewestWhy:
+    """Why a rank won under DCP's fewest-planned-bytes rule, with the losers' tallies, and the
+    whole-tensor charge that inflated a loser's tally (DCP counts ``tensor_storage_size()``).
+    Byte counts and charge notes are formatted once each (a replay repeats them ~W times)."""
+
+    def __init__(self, cols: _ItemColumns) -> None:
+        self.cols = cols
+        self.sizes: dict[int, str] = {}
+        self.charges: dict[tuple[int, int], str] = {}
+
+    def fmt(self, n: int) -> str:
+        text = self.sizes.get(n)
+        if text is None:
+            text = self.sizes[n] = fmt_bytes(n)
+        return text
+
+    def charge(self, rank: int, item: int) -> str:
+        text = self.charges.get((rank, item))
+        if text is None:
+            cols = self.cols
+            text = self.charges[(rank, item)] = (
+                f" — rank {rank} was charged the whole {_shape(cols.global_size[item])} tensor for a "
+                f"{_shape(cols.sizes[item])} shard of {cols.fqn[item]} ({fmt_bytes(int(cols.dcp_size[item]))} "
+                f"counted, {fmt_bytes(int(cols.nbytes[item]))} stored)"
+            )
+        return text
+
+    def __call__(self, pick: int, cand: tuple[int, ...], before: tuple[int, ...], worst: dict[int, tuple[int, int]]) -> str:
+        low = before[cand.index(pick)]
+        tied = [c for c, b in zip(cand, before) if b == low and c != pick]
+        higher: dict[int, list[int]] = {}
+        for c, b in zip(cand, before):
+            if b > low:
+                higher.setdefault(b, []).append(c)
+        why = f"rank {pick}: {self.fmt(low)}"
+        if tied:
+            why += f" = {_rank_group(tied)}: {self.fmt(low)} (a tie: the first candidate wins)"
+        groups = sorted(higher.items())
+        why += "".join([f" < {_rank_group(rs)}: {self.fmt(b)}" for b, rs in groups[:MAX_WHY_GROUPS]])
+        if len(groups) > MAX_WHY_GROUPS:
+            why += f" < {len(groups) - MAX_WHY_GROUPS} more"
+        losers = [c for rs in higher.values() for c in rs if c in worst]
+        if losers:
+            r = max(losers, key=lambda c: worst[c][0])
+            why += self.charge(r, worst[r][1])
+        return why
 
 
 def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -240,6 +453,10 @@ def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) 
 
 def rank_volume(trace: SaveTrace) -> pd.DataFrame:
     """Items and bytes each rank writes (final plans, after dedup), next to what it planned."""
+    return _memo_frame(trace, "rank_volume", _rank_volume)
+
+
+def _rank_volume(trace: SaveTrace) -> pd.DataFrame:
     W = trace.scenario.world_size
     planned = _plan_totals(trace, trace.local_plans)
     final = _plan_totals(trace, final_or_global(trace))
@@ -257,23 +474,27 @@ def rank_volume(trace: SaveTrace) -> pd.DataFrame:
 
 
 
-def chunks(trace: SaveTrace) -> pd.DataFrame:
+def chunks(trace: SaveTrace, fqn: str | None = None) -> pd.DataFrame:
     """The checkpoint metadata's chunks (one row per chunk; one row per bytes entry), with the
-    rank that writes each."""
+    rank that writes each. ``fqn``: only that key's rows (the same rows, in the same order)."""
     if trace.metadata is None:
         return pd.DataFrame(columns=CHUNK_COLUMNS)
-    writers = writer_ranks(trace)
+    writers = _writers(trace)
     rows = []
     for t in trace.metadata.tensors:
+        if fqn is not None and t.fqn != fqn:
+            continue
         itemsize = dtype_itemsize(t.dtype)
         for ci, c in enumerate(t.chunks):
             rows.append(
                 (t.fqn, ci, c.offsets, c.sizes, writers.get((t.fqn, c.offsets), -1),
                  math.prod(c.sizes) * itemsize, t.dtype, "tensor", t.size)
             )
-    byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
-    for key in trace.metadata.bytes_keys:
-        rows.append((key, 0, (), (), writers.get((key, None), -1), byte_sizes.get(key, 0), "", "bytes", ()))
+    keys = [k for k in trace.metadata.bytes_keys if fqn is None or k == fqn]
+    if keys:
+        byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
+        for key in keys:
+            rows.append((key, 0, (), (), writers.get((key, None), -1), byte_sizes.get(key, 0), "", "bytes", ()))
     df = pd.DataFrame(rows, columns=CHUNK_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     return df.astype({"chunk_index": "int64", "rank": "int64", "nbytes": "int64"})
@@ -329,8 +550,12 @@ TENSOR_COLUMNS = [
 
 def tensors(trace: SaveTrace) -> pd.DataFrame:
     """One row per checkpoint entry (tensor or bytes): shape, dtype, chunks, bytes, placements."""
+    return _memo_frame(trace, "tensors", _tensors)
+
+
+def _tensors(trace: SaveTrace) -> pd.DataFrame:
     layouts = {lay.fqn: lay for lay in trace.layouts}
-    writers = writer_ranks(trace)
+    writers = _writers(trace)
     rows = []
     if trace.metadata is not None:
         for t in trace.metadata.tensors:
@@ -352,9 +577,7 @@ def tensors(trace: SaveTrace) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=TENSOR_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     # State-dict order (the order rank 0 planned them), not the metadata's insertion order.
-    first_seen: dict[str, int] = {}
-    for it in trace.items:
-        first_seen.setdefault(it.fqn, len(first_seen))
+    first_seen = {f: i for i, f in enumerate(dict.fromkeys(item_columns(trace).fqn.tolist()))}
     order = df["fqn"].map(lambda f: first_seen.get(f, len(first_seen)))
     return df.iloc[order.argsort(kind="stable")].reset_index(drop=True)
 
@@ -386,14 +609,14 @@ GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", 
 
 def planned_by(trace: SaveTrace) -> dict[int, tuple[int, ...]]:
     """item id -> the ranks whose local plans hold it (sorted)."""
-    ranks, ids = _flatten(trace.local_plans)
+    ranks, ids = _local_flat(trace)
     if not len(ids):
         return {}
-    order = np.lexsort((ranks, ids))
-    ids_s, ranks_s = ids[order], ranks[order]
-    cuts = np.flatnonzero(np.diff(ids_s)) + 1
-    starts = np.concatenate([[0], cuts])
-    return {int(ids_s[a]): tuple(g.tolist()) for a, g in zip(starts, np.split(ranks_s, cuts))}
+    order = np.argsort(ids, kind="stable")  # the plans are in rank order: ranks stay sorted
+    ids_s, ranks_s = ids[order], ranks[order].tolist()
+    starts = np.flatnonzero(np.r_[True, ids_s[1:] != ids_s[:-1]]).tolist()
+    ends = starts[1:] + [len(ranks_s)]
+    return {i: tuple(ranks_s[a:b]) for i, a, b in zip(ids_s[starts].tolist(), starts, ends)}
 
 
 def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -460,24 +683,31 @@ def phase_changes(trace: SaveTrace) -> pd.DataFrame:
     'final': items ``finish_plan`` removed, added or altered relative to the global plan.
     """
     cols = item_columns(trace)
+    key, fqn, nbytes = cols.key.tolist(), cols.fqn.tolist(), cols.nbytes.tolist()
     rows: list[tuple] = []
+
+    def row(phase: str, r: int, i: int, change: str) -> tuple:
+        return (phase, r, fqn[i], cols.offsets[i], cols.sizes[i], change, nbytes[i])
 
     def diff(phase: str, before, after) -> None:
         if before is None or after is None:
             return
         for r, (a, b) in enumerate(zip(before, after)):
+            if a is not None and b is not None and a.items == b.items:
+                continue  # the same plan: nothing changed (finish_plan's default)
             a_ids = set(a.items) if a is not None else set()
             b_ids = set(b.items) if b is not None else set()
-            a_keys = {int(cols.key[i]): i for i in a_ids}
-            b_keys = {int(cols.key[i]): i for i in b_ids}
+            # Keyed in set order, as before: the rows' order follows it.
+            a_keys = {key[i]: i for i in a_ids}
+            b_keys = {key[i]: i for i in b_ids}
             for k, i in a_keys.items():
                 if k not in b_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "dropped by dedup" if phase == "global" else "removed", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "dropped by dedup" if phase == "global" else "removed"))
                 elif b_keys[k] != i and phase == "final":
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "changed", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "changed"))
             for k, i in b_keys.items():
                 if k not in a_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "added", int(cols.nbytes[i])))
+                    rows.append(row(phase, r, i, "added"))
 
     diff("global", trace.local_plans, trace.global_plans)
     diff("final", trace.global_plans, trace.final_plans)
@@ -511,7 +741,7 @@ def storage(trace: SaveTrace) -> pd.DataFrame:
     if trace.metadata is None or not trace.metadata.storage:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("offset", "length", "rank") else object)
                              for c in STORAGE_COLUMNS})
-    writers = writer_ranks(trace)
+    writers = _writers(trace)
     rows = []
     for s in trace.metadata.storage:
         rank = file_rank(s.relative_path)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis import save_tables as tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.inputs import need_component, need_name, need_result
@@ -33,18 +34,19 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
     hover = np.empty((len(order), world_size), dtype=object)
     hover[:] = ""
     row_of = {g: i for i, g in enumerate(order)}
-    for (g, r), n in planned.items():
+    planned_n = planned.to_dict()  # plain dicts and lists: ~10k cells at 1024 ranks
+    for (g, r), n in planned_n.items():
         if g in row_of and 0 <= int(r) < world_size:
             z[row_of[g], int(r)] = 0
             hover[row_of[g], int(r)] = f"{g}<br>rank {int(r)}: planned {n} replicated item(s), chosen for none"
-    for (g, r), row in chosen.iterrows():
+    for (g, r), items, nbytes in zip(chosen.index, chosen["items"].tolist(), chosen["nbytes"].tolist()):
         if g in row_of and 0 <= int(r) < world_size:
             i = row_of[g]
-            z[i, int(r)] = row["items"]
-            n_planned = planned.get((g, r), 0)
+            z[i, int(r)] = items
+            n_planned = planned_n.get((g, r), 0)
             hover[i, int(r)] = (
-                f"{g}<br>rank {int(r)}: chosen for {int(row['items'])} of the {n_planned} replicated item(s) "
-                f"it planned<br>writes {fmt_bytes(row['nbytes'])} of them"
+                f"{g}<br>rank {int(r)}: chosen for {int(items)} of the {n_planned} replicated item(s) "
+                f"it planned<br>writes {fmt_bytes(nbytes)} of them"
             )
     fig = go.Figure(
         go.Heatmap(
@@ -125,16 +127,19 @@ def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80, component:
     if fqn is not None:
         need_name(fqn, "dedup")
     W = result.trace.scenario.world_size
+    # The overview needs who planned and who writes each item, not the replay's reasons: the
+    # choices table is the dedup table's first columns, for a fraction of its time.
+    choices = result.dedup_choices
     if fqn is None:
-        groups, decisions = result.tensor_groups, result.dedup
+        groups, decisions = result.tensor_groups, choices
         if component is not None:
             need_component(component, groups["component"], "dedup")
             groups = groups[groups["component"] == component]
             decisions = decisions[decisions["fqn"].isin({f for m in groups["members"] for f in m})]
         return dedup_overview_figure(decisions, groups, W, max_rows=max_rows)
-    if fqn not in set(result.dedup["fqn"]):
+    if fqn not in set(choices["fqn"]):
         known = set(result.tensors["fqn"])
         if fqn in known:
             raise DcpvizError(f"{fqn!r} is planned by one rank per chunk: nothing to dedup.")
         raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, known)}")
-    return dedup_detail_figure(result.dedup, fqn, W)
+    return dedup_detail_figure(tables.dedup(result.trace, fqns={fqn}), fqn, W)

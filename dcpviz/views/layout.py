@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from dcpviz.analysis import save_tables as tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
@@ -223,7 +222,7 @@ def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, 
         fqn=fqn, size=tuple(row["size"]), dtype=row["dtype"], placements=row["placements"],
         mesh=row["mesh"], kind=row["kind"],
     )
-    boxes = tables.tensor_boxes(result.write_items, result.chunks, fqn)
+    boxes = result.tensor_boxes(fqn)
     W = result.trace.scenario.world_size
     ranks = {r for planned in boxes["planned_by"] for r in planned}
     coords = {r: result.trace.scenario.coordinate(r) for r in ranks}

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as w
 
 from dcpviz.analysis.checks import counts_line, failing
 from dcpviz.views.html import table_html
+from dcpviz.widgets.panels import LazyTabs, Page
 
 TITLE = "Checks"
 
@@ -21,13 +23,9 @@ def checks_widget(checks: Any) -> w.Widget:
     return w.VBox([head, body])
 
 
-def add_checks_tab(app: Any, result: Any) -> Any:
-    """Append a Checks tab to ``app.tabs`` (any explorer); select it when something fails."""
+def tabs_with_checks(pages: Sequence[Page], result: Any) -> LazyTabs:
+    """The app's pages and a last Checks page, which is the one shown first when a check fails
+    (the checks are computed now to know that; every other page is built when first opened)."""
     checks = result.checks
-    tabs = app.tabs
-    tabs.children = (*tabs.children, checks_widget(checks))
-    index = len(tabs.children) - 1
-    tabs.set_title(index, TITLE)
-    if failing(checks):
-        tabs.selected_index = index
-    return app
+    pages = [*pages, (TITLE, lambda: checks_widget(checks))]
+    return LazyTabs(pages, selected=len(pages) - 1 if failing(checks) else 0)

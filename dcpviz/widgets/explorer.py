@@ -15,10 +15,10 @@ from dcpviz import views
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
-from dcpviz.widgets.checks_tab import add_checks_tab
+from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -32,16 +32,19 @@ PHASE_TEXT = {
 TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
 
 
-class Explorer(StaticFallback, w.VBox):
-    """Interactive view of a save result (``dcpviz.explore(result)``)."""
+class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
+    """Interactive view of a save result (``dcpviz.explore(result)``): tabs Layout, Dedup,
+    Volume, Phases, Tables and Checks; ``tabs.select(title)`` opens one as a click does."""
 
     def __init__(self, result: Any, compare: Any = None) -> None:
         self.result = result
         self.compare = compare
         self.header = w.HTML(self._header_html())
-        self.tabs = w.Tab(children=[self._layout_tab(), self._dedup_tab(), self._volume_tab(), self._phase_tab(), self._tables_tab()])
-        for i, title in enumerate(["Layout", "Dedup", "Volume", "Phases", "Tables"]):
-            self.tabs.set_title(i, title)
+        # Each tab is built when first opened (``tabs.select("Dedup")`` or a click): on a
+        # 1024-rank trace building them all up front took seconds the first view does not need.
+        pages = [("Layout", self._layout_tab), ("Dedup", self._dedup_tab), ("Volume", self._volume_tab),
+                 ("Phases", self._phase_tab), ("Tables", self._tables_tab)]
+        self.tabs = tabs_with_checks(pages, result)
         super().__init__([self.header, self.tabs])
         self.add_class("dcpviz-explorer")
 
@@ -50,6 +53,16 @@ class Explorer(StaticFallback, w.VBox):
         return summary_html(self.result.summary_rows(), self.result.errors)
 
     # -- layout tab -----------------------------------------------------------------------
+    _hold_layout = False  # True while _on_group sets the pickers
+    TAB_OF = {
+        **dict.fromkeys(["search", "component_picker", "group_picker", "member_picker", "rank_picker", "dim_rows",
+                         "dim_cols", "layout_fig"], "Layout"),
+        **dict.fromkeys(["dedup_picker", "dedup_fig"], "Dedup"),
+        **dict.fromkeys(["volume_mode", "volume_depth", "volume_fig"], "Volume"),
+        **dict.fromkeys(["phase", "phase_text", "phase_fig", "phase_table"], "Phases"),
+        "tables": "Tables",
+    }
+
     def _layout_tab(self) -> w.Widget:
         groups = self.result.tensor_groups
         self._group_members = dict(zip(groups["group"], groups["members"]))
@@ -92,20 +105,25 @@ class Explorer(StaticFallback, w.VBox):
             self.group_picker.value = options[0]
 
     def _on_group(self, change: Any = None) -> None:
-        members = list(self._group_members.get(self.group_picker.value, ()))
-        self.member_picker.options = members
-        self.member_picker.layout.display = "" if len(members) > 1 else "none"
-        if members:
-            self.member_picker.value = members[0]
-        fqn = self.member_picker.value
-        size = self._size_of(fqn) if fqn else ()
-        dims = list(range(len(size)))
-        show = len(size) > 2
-        for ctl in (self.dim_rows, self.dim_cols):
-            ctl.layout.display = "" if show else "none"
-        if show:
-            self.dim_rows.options, self.dim_cols.options = dims, dims
-            self.dim_rows.value, self.dim_cols.value = 0, 1
+        # Setting the pickers fires their observers; draw once, when all of them are set.
+        self._hold_layout = True
+        try:
+            members = list(self._group_members.get(self.group_picker.value, ()))
+            self.member_picker.options = members
+            self.member_picker.layout.display = "" if len(members) > 1 else "none"
+            if members:
+                self.member_picker.value = members[0]
+            fqn = self.member_picker.value
+            size = self._size_of(fqn) if fqn else ()
+            dims = list(range(len(size)))
+            show = len(size) > 2
+            for ctl in (self.dim_rows, self.dim_cols):
+                ctl.layout.display = "" if show else "none"
+            if show:
+                self.dim_rows.options, self.dim_cols.options = dims, dims
+                self.dim_rows.value, self.dim_cols.value = 0, 1
+        finally:
+            self._hold_layout = False
         self._draw_layout()
 
     def _size_of(self, fqn: str) -> tuple[int, ...]:
@@ -115,7 +133,7 @@ class Explorer(StaticFallback, w.VBox):
 
     def _draw_layout(self, change: Any = None) -> None:
         fqn = self.member_picker.value
-        if not fqn:
+        if not fqn or self._hold_layout:
             return
         dims = None
         if len(self._size_of(fqn)) > 2:
@@ -133,10 +151,11 @@ class Explorer(StaticFallback, w.VBox):
 
     # -- dedup tab ------------------------------------------------------------------------
     def _dedup_tab(self) -> w.Widget:
-        d = self.result.dedup
+        d = self.result.dedup_choices  # the dedup table's rows, without the replay's reasons
         fqns = list(dict.fromkeys(d["fqn"]))
         self.dedup_picker = w.Dropdown(options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show")
         self.dedup_fig = figure_widget()
+        self._has_dedup = bool(len(d))
         self.dedup_picker.observe(self._draw_dedup, "value")
         self._draw_dedup()
         if not len(d):
@@ -144,7 +163,7 @@ class Explorer(StaticFallback, w.VBox):
         return w.VBox([self.dedup_picker, self.dedup_fig])
 
     def _draw_dedup(self, change: Any = None) -> None:
-        if not len(self.result.dedup):
+        if not self._has_dedup:
             return
         fqn = self.dedup_picker.value or None
         replace_figure(self.dedup_fig, views.dedup(self.result, fqn=fqn))
@@ -189,8 +208,10 @@ class Explorer(StaticFallback, w.VBox):
     def _draw_phase(self, change: Any = None) -> None:
         phase = self.phase.value
         vol = self.result.phase_volume
-        changes = self.result.phase_changes
-        here = changes[changes["phase"] == phase]
+        # The local plans change nothing (no rows): the item-by-item diff, hundreds of thousands
+        # of rows at 1024 ranks, is computed when a later phase is first shown.
+        changes = self.result.phase_changes if phase != "local" else None
+        here = changes[changes["phase"] == phase] if changes is not None else ()
         cur = vol[vol["phase"] == phase]
         text = PHASE_TEXT[phase]
         n_items = int(cur["items"].sum())
@@ -235,4 +256,4 @@ def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
     app = APPS.get(getattr(result, "kind", None))
     if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
-    return add_checks_tab(app(result, compare=compare), result)
+    return app(result, compare=compare)

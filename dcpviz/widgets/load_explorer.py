@@ -11,30 +11,42 @@ import ipywidgets as w
 from dcpviz import views
 from dcpviz.results import pick_read_tensors
 from dcpviz.views.html import hints_html, table_html
+from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
 
 LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
 
-class LoadExplorer(StaticFallback, w.VBox):
-    """The load debugger app: hints, mismatches, reads, resharding, tables."""
+class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
+    """The load debugger app: hints, mismatches, reads, resharding, tables, checks;
+    ``tabs.select(title)`` opens a tab as a click does."""
+    TAB_OF = {
+        **dict.fromkeys(["search", "fqn_picker", "rank_picker", "read_fig"], "Reads"),
+        "volume_fig": "Volume",
+        **dict.fromkeys(["reshard_by", "reshard_values", "reshard_fig"], "Resharding"),
+    }
+
     def __init__(self, load: Any) -> None:
         self.result = load
         # The verdict is the summary's first row; each error message once, with its ranks.
         self.header = w.HTML(summary_html(load.summary_rows(), load.error_lines()) + hints_html(load.hints))
+        # Each tab is built when first opened (``tabs.select("Volume")`` or a click).
         if load.nothing_planned:  # no reads to draw: the problems first, and why the read tabs are gone
-            tabs = [("Problems", self._mismatch_tab()), ("Reads", w.HTML(f"<p>{html.escape(load.nothing_planned_reason())}</p>")),
-                    ("Tables", TablesPanel(load, LOAD_TABLES))]
+            pages = [("Problems", self._mismatch_tab), ("Reads", self._nothing_planned_tab), ("Tables", self._tables_tab)]
         else:
-            tabs = [("Reads", self._reads_tab()), ("Volume", self._volume_tab()), ("Resharding", self._resharding_tab()),
-                    ("Mismatches", self._mismatch_tab()), ("Tables", TablesPanel(load, LOAD_TABLES))]
-        self.tabs = w.Tab(children=[t for _, t in tabs])
-        for i, (title, _) in enumerate(tabs):
-            self.tabs.set_title(i, title)
+            pages = [("Reads", self._reads_tab), ("Volume", self._volume_tab), ("Resharding", self._resharding_tab),
+                     ("Mismatches", self._mismatch_tab), ("Tables", self._tables_tab)]
+        self.tabs = tabs_with_checks(pages, load)
         super().__init__([self.header, self.tabs])
         self.add_class("dcpviz-explorer")
         self.add_class("dcpviz-load-explorer")
+
+    def _nothing_planned_tab(self) -> w.Widget:
+        return w.HTML(f"<p>{html.escape(self.result.nothing_planned_reason())}</p>")
+
+    def _tables_tab(self) -> w.Widget:
+        return TablesPanel(self.result, LOAD_TABLES)
 
     def _reads_tab(self) -> w.Widget:
         tensors = [t.fqn for t in self.result.trace.saved.tensors]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ipywidgets as w
@@ -34,6 +35,68 @@ class StaticFallback:
             f"{tabs}) needs a running Jupyter kernel with ipywidgets. Run the notebook to use it.</p>"
         )
         return f'<div class="dcpviz-static">{self.header.value}{note}</div>'  # type: ignore[attr-defined]
+
+
+Page = tuple[str, Callable[[], w.Widget]]
+
+
+class LazyTabs(w.Tab):
+    """Tabs whose content is built the first time each one is shown.
+
+    Each page is a title and a function that builds its widget. The selected page is built at
+    once; another page is built when it is first selected (by a click or by setting
+    ``selected_index``), into a box that stands in for it until then. Nothing else changes: a
+    page shows exactly what building it up front would have shown.
+    """
+
+    def __init__(self, pages: Sequence[Page], selected: int = 0) -> None:
+        self._builders = [build for _, build in pages]
+        self._built: list[w.Widget | None] = [None] * len(pages)
+        super().__init__(children=[w.VBox() for _ in pages], titles=[title for title, _ in pages],
+                         selected_index=selected)
+        self.observe(self._on_select, "selected_index")
+        self.page(selected)
+
+    def page(self, key: int | str) -> w.Widget:
+        """The content of a page (by index or title), built now if it was not yet."""
+        index = self.titles.index(key) if isinstance(key, str) else key
+        built = self._built[index]
+        if built is None:
+            built = self._built[index] = self._builders[index]()
+            self.children[index].children = (built,)
+        return built
+
+    def select(self, key: int | str) -> w.Widget:
+        """Select a page (by index or title), as a click on its tab does; return its content."""
+        index = self.titles.index(key) if isinstance(key, str) else key
+        self.selected_index = index
+        return self.page(index)
+
+    def is_built(self, key: int | str) -> bool:
+        """Whether a page's content exists yet."""
+        index = self.titles.index(key) if isinstance(key, str) else key
+        return self._built[index] is not None
+
+    def _on_select(self, change: Any) -> None:
+        if change["new"] is not None:
+            self.page(change["new"])
+
+
+class BuildsTabOnAccess:
+    """Reading a tab's widget (``app.volume_mode``, ``app.phase``, ...) before the tab was opened
+    builds that tab first, so code that drives an explorer works as when every tab was built up
+    front. ``TAB_OF`` maps each such attribute to its tab's title; needs ``self.tabs``."""
+
+    TAB_OF: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a widget of a tab not built yet, or a typo.
+        title = type(self).TAB_OF.get(name)
+        tabs = self.__dict__.get("tabs")
+        if title is None or tabs is None or title not in tabs.titles or tabs.is_built(title):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        tabs.page(title)
+        return object.__getattribute__(self, name)
 
 
 class TablesPanel(w.VBox):

@@ -52,10 +52,12 @@ class LazyTabs(w.Tab):
     def __init__(self, pages: Sequence[Page], selected: int = 0) -> None:
         self._builders = [build for _, build in pages]
         self._built: list[w.Widget | None] = [None] * len(pages)
-        super().__init__(children=[w.VBox() for _ in pages], titles=[title for title, _ in pages],
-                         selected_index=selected)
+        # The selected page is built before its box, so the front end gets it with the box's
+        # first state rather than as a later update to a box it may already be drawing.
+        first = self._built[selected] = self._builders[selected]()
+        super().__init__(children=[w.VBox([first] if i == selected else []) for i in range(len(pages))],
+                         titles=[title for title, _ in pages], selected_index=selected)
         self.observe(self._on_select, "selected_index")
-        self.page(selected)
 
     def page(self, key: int | str) -> w.Widget:
         """The content of a page (by index or title), built now if it was not yet."""

@@ -144,15 +144,20 @@ def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> Pla
 class PlanConverter:
     """SavePlans -> PlanRecords, interning items in one ItemTable.
 
-    At thousands of ranks most work is repeated: ranks share local plan objects, and the
-    coordinator's items reuse the local items' ``tensor_data`` objects. Both are memoised by
-    identity (the plans stay alive while converting, so ids are not reused).
+    At thousands of ranks most work is repeated: ranks share local plan objects, the
+    coordinator's items reuse the local items' ``tensor_data`` objects, and one rank's layers
+    may share one ``tensor_data`` under several names (``engine/write_memo.py``). Plans are
+    memoised by identity (they stay alive while converting), items by (``tensor_data``
+    identity, name, type, index offset), and what an item's ``tensor_data`` says (box, size,
+    dtype, bytes) is worked out once per ``tensor_data`` object, which is held so its id stays
+    unique.
     """
 
     def __init__(self) -> None:
         self.table = ItemTable()
         self._plans: dict[int, PlanRecord] = {}
         self._items: dict[tuple, int] = {}
+        self._facts: dict[int, tuple] = {}  # id(tensor_data) -> (tensor_data, its facts)
 
     def record(self, plan: SavePlan, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
         """A SavePlan as a PlanRecord (item ids into the shared item table)."""
@@ -160,19 +165,47 @@ class PlanConverter:
         if hit is not None:
             return hit
         ids = []
+        known = self._items.get
         for wi in plan.items:
             td = wi.tensor_data
-            off = wi.index.offset
-            key = (id(td), wi.index.fqn, wi.type, tuple(off) if off is not None else None) if td is not None else None
-            idx = self._items.get(key) if key is not None else None
+            if td is None or type(wi) is not WriteItem:
+                ids.append(self.table.add(planned_item(wi, byte_sizes)))
+                continue
+            index = wi.index
+            key = (id(td), index.fqn, wi.type, index.offset)
+            idx = known(key)
             if idx is None:
-                idx = self.table.add(planned_item(wi, byte_sizes))
-                if key is not None:
-                    self._items[key] = idx
+                idx = self._items[key] = self.table.add(self._tensor_item(wi, td))
             ids.append(idx)
         rec = PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
         self._plans[id(plan)] = rec
         return rec
+
+    def _tensor_item(self, wi: WriteItem, td: Any) -> PlannedItem:
+        """``planned_item(wi)`` for a WriteItem with ``tensor_data``, its facts worked out once
+        per ``tensor_data`` object (``WriteItem.tensor_storage_size`` reads only those)."""
+        hit = self._facts.get(id(td))
+        if hit is None:
+            chunk = td.chunk
+            offsets, sizes = _box(chunk.offsets), _box(chunk.sizes)
+            dtype = td.properties.dtype
+            facts = (offsets, sizes, _box(td.size), dtype_str(dtype),
+                     math.prod(sizes) * torch._utils._element_size(dtype), wi.tensor_storage_size())
+            hit = self._facts[id(td)] = (td, facts)
+        offsets, sizes, global_size, dtype, nbytes, dcp_size = hit[1]
+        off = wi.index.offset
+        index_off = _box(off) if off is not None else None
+        return PlannedItem(
+            fqn=wi.index.fqn,
+            item_type=wi.type.name,
+            offsets=offsets,
+            sizes=sizes,
+            global_size=global_size,
+            dtype=dtype,
+            nbytes=nbytes,
+            dcp_size=dcp_size,
+            index_offsets=None if index_off == offsets else index_off,
+        )
 
     @property
     def items(self) -> list[PlannedItem]:

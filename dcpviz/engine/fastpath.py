@@ -151,32 +151,101 @@ def template_state_dict(
     return template, rebound
 
 
+class _Slot:
+    """Where a leaf goes in ``TemplateView``'s skeleton."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _fill(node: Any, values: list) -> Any:
+    """The skeleton ``node`` with each slot replaced by its value (dicts and lists rebuilt)."""
+    if type(node) is dict:
+        return {k: (values[v.index] if type(v) is _Slot else _fill(v, values)) for k, v in node.items()}
+    if type(node) is list:
+        return [values[v.index] if type(v) is _Slot else _fill(v, values) for v in node]
+    return values[node.index] if type(node) is _Slot else node
+
+
+def _mesh_key(mesh: Any) -> tuple:
+    """What ``world._rank_mesh`` builds a rank's mesh from: equal keys, interchangeable meshes
+    (DeviceMesh's own ``==`` looks at less: rank map, layout, device type, names, thread)."""
+    rank_map = mesh._rank_map
+    return (
+        mesh.device_type, mesh._layout, tuple(rank_map.shape), tuple(rank_map.flatten().tolist()),
+        mesh.mesh_dim_names, id(getattr(mesh, "_root_mesh", None)), tuple(getattr(mesh, "_dim_group_names", [])),
+    )
+
+
+class TemplateView:
+    """``rank_view`` with the work that does not depend on the rank done once per template:
+    the leaves DCP's traversal finds, the nesting they are rebuilt into, which DTensors share
+    (shape, dtype, placements, mesh, device) and therefore one spec and local tensor, and which
+    template meshes are built alike (the TP+FSDP recipe leaves seven equal mesh objects), so
+    that a rank builds each distinct mesh once (~1 ms each)."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        leaves = Leaves(template)
+        self.skeleton: dict[str, Any] = {}
+        self.values: list[Any] = []  # each leaf's template value
+        self.group_of: list[int | None] = []  # each leaf's DTensor group (None: not a DTensor)
+        self.groups: list[DTensor] = []  # one template DTensor per group
+        self.mesh_of: list[int] = []  # each group's mesh class
+        self.meshes: list[Any] = []  # one template mesh per class
+        numbers: dict[tuple, int] = {}
+        mesh_numbers: dict[tuple, int] = {}
+        for key, value in leaves.values.items():
+            group = None
+            if isinstance(value, DTensor):
+                spec = value._spec
+                gk = (spec.tensor_meta, spec.placements, id(spec.mesh), value._local_tensor.device)
+                group = numbers.get(gk)
+                if group is None:
+                    group = numbers[gk] = len(self.groups)
+                    self.groups.append(value)
+                    mk = _mesh_key(spec.mesh)
+                    if mk not in mesh_numbers:
+                        mesh_numbers[mk] = len(self.meshes)
+                        self.meshes.append(spec.mesh)
+                    self.mesh_of.append(mesh_numbers[mk])
+            set_element(self.skeleton, leaves.paths[key], _Slot(len(self.values)))
+            self.values.append(value)
+            self.group_of.append(group)
+
+    def view(self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False) -> dict[str, Any]:
+        """The template as rank ``rank`` holds it (see ``rank_view``). ``share_dtensors``: one
+        DTensor object per group stands under all its keys, as a tied weight does; only for
+        planners that plan each key on its own (DCP's DefaultSavePlanner: ``can_share_plans``)."""
+        meshes = [_rank_mesh(m, rank, mesh_cache) for m in self.meshes]
+        made = []
+        for value, m in zip(self.groups, self.mesh_of):
+            spec, mesh = value._spec, meshes[m]
+            mesh_cache.setdefault(id(spec.mesh), mesh)
+            local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements, skip_offset=True)
+            local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
+            made.append((local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta)))
+        if share_dtensors:
+            shared = [DTensor(local, spec, requires_grad=False) for local, spec in made]
+            values = [v if g is None else shared[g] for v, g in zip(self.values, self.group_of)]
+        else:
+            values = [
+                v if g is None else DTensor(made[g][0], made[g][1], requires_grad=False)
+                for v, g in zip(self.values, self.group_of)
+            ]
+        return _fill(self.skeleton, values)
+
+
 def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -> dict[str, Any]:
     """The template as rank ``rank`` holds it: each DTensor on the rank's mesh, with a local
     tensor of the rank's local shape, at any depth. Call inside ``fake_world(rank, W)``.
 
     The nesting is rebuilt from DCP's own traversal (``set_element`` along each leaf's path), so
-    DCP flattens the view to the same keys and leaves, DTensors aside, as the template."""
-
-
-    leaves = Leaves(template)
-    out: dict[str, Any] = {}
-    # Layers repeat: many DTensors share (shape, dtype, placements, mesh), so they share the
-    # (immutable) spec and the storage-less local tensor too.
-    shared: dict[tuple, tuple[torch.Tensor, DTensorSpec]] = {}
-    for key, value in leaves.values.items():
-        if isinstance(value, DTensor):
-            spec = value._spec
-            mesh = _rank_mesh(spec.mesh, rank, mesh_cache)
-            lk = (spec.tensor_meta, spec.placements, id(mesh), value._local_tensor.device)
-            hit = shared.get(lk)
-            if hit is None:
-                local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements, skip_offset=True)
-                local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
-                hit = shared[lk] = (local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta))
-            value = DTensor(hit[0], hit[1], requires_grad=False)
-        set_element(out, leaves.paths[key], value)
-    return out
+    DCP flattens the view to the same keys and leaves, DTensors aside, as the template. Layers
+    repeat: DTensors with the same (shape, dtype, placements, mesh) share one (immutable) spec
+    and one storage-less local tensor. For many ranks, build a ``TemplateView`` once."""
+    return TemplateView(template).view(rank, mesh_cache)
 
 
 def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -216,6 +285,54 @@ def plans_leaves(planner: Any) -> bool:
     dicts). One that does not saves each top-level container whole, as bytes; ``rank_view``
     rebuilds containers as plain dicts and lists, so such a planner gets every rank's own."""
     return bool(getattr(planner, "flatten_state_dict", True))
+
+
+def _plain(*values: Any) -> bool:
+    return all(type(v) is int for v in values)
+
+
+@contextmanager
+def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
+    """Memoise DTensor's ``_get_shard_size_and_offsets`` (one placement's step of
+    ``compute_local_shape_and_global_offset``) for the first step along a tensor dim.
+
+    DTensor documents it as free of side effects (``maybe_run_for_local_tensor``); it is a
+    function of (size so far, mesh dim size, the rank's coordinate on that mesh dim, placement,
+    offsets of earlier steps, ``skip_offset``). For ``_StridedShard`` it splits an ``arange``
+    of the whole dim into every rank's indices (~1.6 ms for a 128-way dim) to keep one, and
+    the answer for one coordinate serves every rank with that coordinate on that mesh dim (the
+    8 TP ranks of an FSDP coordinate). Only plain-int questions without earlier offsets, outside
+    any torch dispatch mode or LocalTensorMode, are memoised; every answer handed out was
+    computed by DTensor for the same inputs (the callers only read the index tensor it holds).
+    ``cache`` may be kept across ranks (the questions hold no rank-specific object).
+    """
+    from torch.distributed._local_tensor import enabled_local_tensor_mode
+    from torch.distributed.tensor import _utils
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    original = _utils._get_shard_size_and_offsets
+    cache = {} if cache is None else cache
+
+    def memo(curr_local_size, mesh_dim_size, rank, placement, previous_offsets, zero_global_offset, skip_offset):
+        if (
+            previous_offsets is not None
+            or not _plain(curr_local_size, mesh_dim_size, rank, zero_global_offset)
+            or type(skip_offset) is not bool
+            or enabled_local_tensor_mode() is not None
+            or _get_current_dispatch_mode() is not None
+        ):
+            return original(curr_local_size, mesh_dim_size, rank, placement, previous_offsets, zero_global_offset, skip_offset)
+        key = (curr_local_size, mesh_dim_size, rank, type(placement), placement, zero_global_offset, skip_offset)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
+        return hit
+
+    _utils._get_shard_size_and_offsets = memo
+    try:
+        yield cache
+    finally:
+        _utils._get_shard_size_and_offsets = original
 
 
 @contextmanager

@@ -50,6 +50,7 @@ from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
 from dcpviz.engine.validation import fast_validation
 from dcpviz.engine.world import fake_world, leaves_process_as_found
+from dcpviz.engine.write_memo import WriteItemMemo
 
 
 def unvalidated_global_plan(planner: Any, local_plans: list[SavePlan]) -> tuple[list[SavePlan], Any] | None:
@@ -85,6 +86,9 @@ class _SaveRun:
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
+    views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
+    shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
+    write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
 
     @property
     def world_size(self) -> int:
@@ -105,7 +109,38 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
             template, rebound = fastpath.template_state_dict(scenario, log.notes, check=not isinstance(scenario.recipe, str))
     shortcuts = template is not None and fastpath.can_share_plans(probe)
     rep_of = representatives(scenario, template, shortcuts, "local", log)
-    return _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    run = _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    if template is not None:
+        with timer.phase("build_state_dicts"):
+            run.views = fastpath.TemplateView(template)
+    if shortcuts and fast is not False:
+        run.write_memo = WriteItemMemo()
+    return run
+
+
+def _rank_state(run: _SaveRun, r: int) -> dict:
+    """Rank ``r``'s state dict: the template's view (one DTensor per layout group where DCP's
+    default planner plans every key on its own), or the rank's own."""
+    if run.views is None:
+        state_dict, n = rank_state_dict(run.scenario, r)
+        run.rebound += n
+        return state_dict
+    with fastpath.memoized_shard_steps(run.shard_steps):
+        return run.views.view(r, {}, share_dtensors=run.shortcuts)
+
+
+def _local_plan(run: _SaveRun, p: Any, state_dict: dict, r: int) -> SavePlan:
+    """DCP's set_up_planner + create_local_plan for rank ``r``, with the exact shortcuts that
+    apply to DefaultSavePlanner itself (memoised DTensor offsets and WriteItems)."""
+    if not run.shortcuts:
+        with torch.no_grad():
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+            return p.create_local_plan()
+    memo = run.write_memo.active() if run.write_memo is not None else nullcontext()
+    # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
+    with torch.no_grad(), fastpath.memoized_shard_steps(run.shard_steps), fastpath.memoized_local_shapes(), memo:
+        set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+        return p.create_local_plan()
 
 
 def _plan_rank(run: _SaveRun, r: int) -> None:
@@ -113,11 +148,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
     W = run.world_size
     with fake_world(r, W):
         t0 = time.perf_counter()
-        if run.template is not None:
-            state_dict = fastpath.rank_view(run.template, r, {})
-        else:
-            state_dict, n = rank_state_dict(run.scenario, r)
-            run.rebound += n
+        state_dict = _rank_state(run, r)
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
@@ -131,10 +162,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         p = run.make_planner()
         run.planners[r] = p
         try:
-            # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
-            with torch.no_grad(), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
-                set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
-                plan = p.create_local_plan()
+            plan = _local_plan(run, p, state_dict, r)
             sizes = byte_item_sizes(p, plan.items)
         except Exception as exc:  # a planner failure is data
             run.timer.add("local_plans", time.perf_counter() - t1)

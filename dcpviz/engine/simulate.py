@@ -49,7 +49,7 @@ from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
 from dcpviz.engine.validation import fast_validation
-from dcpviz.engine.world import fake_world, leaves_process_as_found
+from dcpviz.engine.world import fake_world, gc_paused, leaves_process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo
 
 
@@ -230,6 +230,7 @@ def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ..
 
 
 @leaves_process_as_found
+@gc_paused()  # millions of acyclic objects: automatic collections would walk them all, again and again
 def plan_save(
     scenario: Scenario,
     planner: Any = None,

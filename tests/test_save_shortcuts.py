@@ -251,3 +251,42 @@ def test_simulate_save_leaves_the_garbage_collector_as_it_found_it():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_conversion_of_unusual_items_equals_converting_each_on_its_own():
+    """Items DCP's default planner does not make but a custom one may: an index offset that is
+    not the chunk's, a WriteItem subclass, one tensor_data under several names and types,
+    bytes whose size differs by rank, equal items in different objects."""
+    from dataclasses import dataclass
+
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
+    from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
+
+    @dataclass(frozen=True)
+    class BigItem(WriteItem):
+        def tensor_storage_size(self):
+            return 12345
+
+    def td(off, size, dtype=torch.float32):
+        return TensorWriteData(ChunkStorageMetadata(torch.Size(off), torch.Size(size)), TensorProperties(dtype), torch.Size([8, 8]))
+
+    shared = td([0, 0], [4, 8])
+
+    def item(fqn, data, off=None, kind=WriteItemType.SHARD, cls=WriteItem):
+        offset = data.chunk.offsets if off is None else torch.Size(off)
+        return cls(index=MetadataIndex(fqn, offset), type=kind, tensor_data=data)
+
+    plans = [
+        SavePlan([item("a", shared), item("b", shared), item("c", shared, off=[1, 1]),
+                  item("a", shared, kind=WriteItemType.TENSOR), WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO)]),
+        SavePlan([item("a", td([0, 0], [4, 8])), item("a", shared, cls=BigItem), item("b", td([4, 0], [4, 8], torch.bfloat16)),
+                  item("d", td([], [])), WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO)]),
+        SavePlan([item("a", shared), item("c", td([0, 0], [4, 8]), off=[1, 1])], usable=False),
+    ]
+    sizes = [{"x": 10}, {"x": 20}, None]
+    conv, table = PlanConverter(), ItemTable()
+    mine = [conv.record(p, s) for p, s in zip(plans, sizes)]
+    theirs = [plain_records([p], table, s)[0] for p, s in zip(plans, sizes)]
+    assert conv.items == table.items and mine == theirs
+    assert len({conv.items[i].index_offsets for i in mine[0].items}) == 2  # (1, 1) kept for "c"
+    assert conv.items[mine[1].items[1]].dcp_size == 12345

@@ -200,6 +200,9 @@ class PlanConverter:
             if td is None:
                 ids.append(self.table.add(planned_item(wi, byte_sizes)))
                 continue
+            if type(wi) is not WriteItem:  # a subclass may say other things about the same tensor_data
+                ids.append(self._tensor_item(wi, td, byte_sizes))
+                continue
             index = wi.index
             key = (id(td), index.fqn, wi.type, index.offset)
             idx = known(key)

@@ -223,7 +223,8 @@ class TemplateView:
         for value, m in zip(self.groups, self.mesh_of):
             spec, mesh = value._spec, meshes[m]
             mesh_cache.setdefault(id(spec.mesh), mesh)
-            local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements, skip_offset=True)
+            # Offsets too (DCP asks for them next): the memoised shard steps then serve both.
+            local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements)
             local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
             made.append((local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta)))
         if share_dtensors:

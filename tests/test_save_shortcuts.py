@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -59,14 +60,17 @@ def plain_plan(sc: dcpviz.Scenario, r: int):
         return p.create_local_plan()
 
 
-def shortcut_plan(view: fastpath.TemplateView, sc: dcpviz.Scenario, r: int, memo: WriteItemMemo, steps: dict):
+def shortcut_plan(view: fastpath.TemplateView, sc: dcpviz.Scenario, r: int, memo: WriteItemMemo, steps: dict,
+                  flattening: fastpath.ViewFlattening | None = None):
     """What simulate_save does for rank ``r`` with every save shortcut on."""
     with fake_world(r, sc.world_size):
         with fastpath.memoized_shard_steps(steps):
-            sd = view.view(r, {}, share_dtensors=True)
+            sd, leaves = view.view_with_leaves(r, {}, share_dtensors=True)
         p = DefaultSavePlanner()
+        flat = flattening.active(sd, leaves) if flattening is not None else nullcontext()
         with torch.no_grad(), fastpath.memoized_shard_steps(steps), fastpath.memoized_local_shapes(), memo.active():
-            p.set_up_planner(sd, is_coordinator=(r == 0))
+            with flat:
+                p.set_up_planner(sd, is_coordinator=(r == 0))
             return p.create_local_plan()
 
 
@@ -85,10 +89,10 @@ def template_view(sc: dcpviz.Scenario) -> fastpath.TemplateView:
 def test_local_plans_equal_dcps_on_each_ranks_own_state_dict(sc):
     with process_as_found():
         view = template_view(sc)
-        memo, steps = WriteItemMemo(), {}
+        memo, steps, flattening = WriteItemMemo(), {}, fastpath.ViewFlattening(view)
         for r in range(sc.world_size):
-            assert same_plan(shortcut_plan(view, sc, r, memo, steps), plain_plan(sc, r)), f"rank {r}"
-    assert memo.on
+            assert same_plan(shortcut_plan(view, sc, r, memo, steps, flattening), plain_plan(sc, r)), f"rank {r}"
+    assert memo.on and flattening.on and flattening.hits == sc.world_size
     if sc.model == "llama-tiny":  # layers repeat: the memo was used, and checked
         assert memo.hits > 0 and memo.checks > 0
 
@@ -128,6 +132,39 @@ def test_the_comparison_sees_a_wrong_rename_when_nothing_checks_it(monkeypatch):
     with process_as_found():
         view = template_view(sc)
         assert not same_plan(shortcut_plan(view, sc, 1, Unchecked(), {}), plain_plan(sc, 1))
+
+
+def test_a_flattening_that_differs_from_dcps_is_caught_on_the_first_view():
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw")
+    with process_as_found():
+        view = template_view(sc)
+        wrong = fastpath.ViewFlattening(view)
+        wrong.keys = wrong.keys[1:] + wrong.keys[:1]  # DCP's order is not this
+        for r in (0, 3):
+            assert same_plan(shortcut_plan(view, sc, r, WriteItemMemo(), {}, wrong), plain_plan(sc, r))
+    assert not wrong.on and wrong.hits == 0
+
+
+def test_the_comparison_sees_a_wrong_flattening_when_nothing_checks_it():
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="tp")
+    with process_as_found():
+        view = template_view(sc)
+        wrong = fastpath.ViewFlattening(view)
+        wrong.checked = True  # skip the check
+        wrong.mappings = {k: (*path, "x") for k, path in wrong.mappings.items()}
+        assert not same_plan(shortcut_plan(view, sc, 1, WriteItemMemo(), {}, wrong), plain_plan(sc, 1))
+
+
+def test_flattening_is_left_alone_when_dcps_helpers_were_replaced(monkeypatch):
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    with process_as_found():
+        view = template_view(sc)
+        mine = fastpath.ViewFlattening(view)
+        theirs = default_planner.flatten_state_dict
+        monkeypatch.setattr(default_planner, "flatten_state_dict", lambda sd: theirs(sd))
+        with mine.active({}, []) as on:
+            assert not on
+    assert mine.on and not mine.checked
 
 
 def test_memo_is_off_for_other_planners_and_dcps_helper_is_restored():

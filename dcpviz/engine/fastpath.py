@@ -213,11 +213,17 @@ class TemplateView:
             set_element(self.skeleton, leaves.paths[key], _Slot(len(self.values)))
             self.values.append(value)
             self.group_of.append(group)
+        self.keys = list(leaves.values)  # each leaf's key as DCP flattens it ("model.fc1.weight")
+        self.paths = [leaves.paths[k] for k in self.keys]  # and its object path
 
     def view(self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False) -> dict[str, Any]:
         """The template as rank ``rank`` holds it (see ``rank_view``). ``share_dtensors``: one
         DTensor object per group stands under all its keys, as a tied weight does; only for
         planners that plan each key on its own (DCP's DefaultSavePlanner: ``can_share_plans``)."""
+        return self.view_with_leaves(rank, mesh_cache, share_dtensors)[0]
+
+    def view_with_leaves(self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False) -> tuple[dict[str, Any], list]:
+        """``view`` and its leaves, in the order of ``keys`` (DCP's traversal order)."""
         meshes = [_rank_mesh(m, rank, mesh_cache) for m in self.meshes]
         made = []
         for value, m in zip(self.groups, self.mesh_of):
@@ -235,7 +241,7 @@ class TemplateView:
                 v if g is None else DTensor(made[g][0], made[g][1], requires_grad=False)
                 for v, g in zip(self.values, self.group_of)
             ]
-        return _fill(self.skeleton, values)
+        return _fill(self.skeleton, values), values
 
 
 def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -> dict[str, Any]:
@@ -247,6 +253,80 @@ def rank_view(template: dict[str, Any], rank: int, mesh_cache: dict[int, Any]) -
     repeat: DTensors with the same (shape, dtype, placements, mesh) share one (immutable) spec
     and one storage-less local tensor. For many ranks, build a ``TemplateView`` once."""
     return TemplateView(template).view(rank, mesh_cache)
+
+
+class ViewFlattening:
+    """DCP's ``set_up_planner`` flattening of a ``TemplateView`` view, from the template's own.
+
+    ``DefaultSavePlanner.set_up_planner`` calls ``flatten_state_dict`` (DCP's traversal: keys
+    "a.b.0", the object path of each) and ``_flatten_sharded_tensors`` (the same traversal
+    again, rebuilding the flat dict, changing only ShardedTensors). A view has the template's
+    nesting, rebuilt from that very traversal, and the same leaf types at the same places (a
+    DTensor stays a DTensor; every other leaf is the template's own object); the traversal's
+    choices depend only on those types. So DCP's flattening of any view is ``{keys[i]:
+    leaves[i]}`` with mappings ``{keys[i]: paths[i]}``, and, no leaf being a ShardedTensor
+    (``Leaves.blocker``), ``_flatten_sharded_tensors`` of it is a copy.
+
+    Checked, not assumed: the first view is flattened by DCP too and compared (keys in order,
+    leaves by identity, mappings, the second pass); any difference turns this off. Active only
+    inside a DefaultSavePlanner's ``set_up_planner`` for the one view handed to ``active``;
+    anything else goes to DCP's own functions, which must be DCP's (else nothing is changed).
+    """
+
+    def __init__(self, view: TemplateView) -> None:
+        self.keys = view.keys
+        self.mappings = dict(zip(view.keys, view.paths))
+        self.on = True
+        self.checked = False
+        self.hits = 0
+
+    def _matches(self, flatten: Any, second: Any, state_dict: dict, leaves: list) -> bool:
+        flat, mappings = flatten(state_dict)
+        again = second(flat)
+        ours = dict(zip(self.keys, leaves))
+        return (
+            list(flat) == self.keys == list(again)
+            and all(flat[k] is v and again[k] is v for k, v in ours.items())
+            and mappings == self.mappings
+        )
+
+    @contextmanager
+    def active(self, state_dict: dict, leaves: list) -> Iterator[bool]:
+        """While inside, DCP's two flattening helpers in ``default_planner`` answer for
+        ``state_dict`` (a view, ``leaves`` its leaves) from the template."""
+        from torch.distributed.checkpoint import _nested_dict, _sharded_tensor_utils, default_planner
+
+        flatten, second = default_planner.flatten_state_dict, default_planner._flatten_sharded_tensors
+        if (not self.on or flatten is not _nested_dict.flatten_state_dict
+                or second is not _sharded_tensor_utils._flatten_sharded_tensors):
+            yield False
+            return
+        if not self.checked:
+            self.checked = True
+            if not self._matches(flatten, second, state_dict, leaves):
+                self.on = False
+                yield False
+                return
+        made: list[dict] = []
+
+        def flatten_state_dict(sd: Any) -> Any:
+            if sd is not state_dict:
+                return flatten(sd)
+            self.hits += 1
+            flat = dict(zip(self.keys, leaves))
+            made.append(flat)
+            return flat, dict(self.mappings)
+
+        def _flatten_sharded_tensors(sd: Any) -> Any:
+            return dict(sd) if any(sd is m for m in made) else second(sd)
+
+        default_planner.flatten_state_dict = flatten_state_dict
+        default_planner._flatten_sharded_tensors = _flatten_sharded_tensors
+        try:
+            yield True
+        finally:
+            default_planner.flatten_state_dict = flatten
+            default_planner._flatten_sharded_tensors = second
 
 
 def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:

@@ -89,6 +89,7 @@ class _SaveRun:
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
     shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
+    flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
 
     @property
     def world_size(self) -> int:
@@ -115,31 +116,34 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
             run.views = fastpath.TemplateView(template)
     if shortcuts and fast is not False:
         run.write_memo = WriteItemMemo()
+        run.flattening = fastpath.ViewFlattening(run.views)
     return run
 
 
-def _rank_state(run: _SaveRun, r: int) -> dict:
+def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
     """Rank ``r``'s state dict: the template's view (one DTensor per layout group where DCP's
-    default planner plans every key on its own), or the rank's own."""
+    default planner plans every key on its own) with its leaves, or the rank's own (no leaves)."""
     if run.views is None:
         state_dict, n = rank_state_dict(run.scenario, r)
         run.rebound += n
-        return state_dict
+        return state_dict, None
     with fastpath.memoized_shard_steps(run.shard_steps):
-        return run.views.view(r, {}, share_dtensors=run.shortcuts)
+        return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
 
 
-def _local_plan(run: _SaveRun, p: Any, state_dict: dict, r: int) -> SavePlan:
+def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r: int) -> SavePlan:
     """DCP's set_up_planner + create_local_plan for rank ``r``, with the exact shortcuts that
-    apply to DefaultSavePlanner itself (memoised DTensor offsets and WriteItems)."""
+    apply to DefaultSavePlanner itself (memoised DTensor offsets, flattening and WriteItems)."""
     if not run.shortcuts:
         with torch.no_grad():
             set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
             return p.create_local_plan()
     memo = run.write_memo.active() if run.write_memo is not None else nullcontext()
+    flat = run.flattening.active(state_dict, leaves) if run.flattening is not None and leaves is not None else nullcontext()
     # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
     with torch.no_grad(), fastpath.memoized_shard_steps(run.shard_steps), fastpath.memoized_local_shapes(), memo:
-        set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+        with flat:
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
         return p.create_local_plan()
 
 
@@ -148,7 +152,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
     W = run.world_size
     with fake_world(r, W):
         t0 = time.perf_counter()
-        state_dict = _rank_state(run, r)
+        state_dict, leaves = _rank_state(run, r)
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
@@ -162,7 +166,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         p = run.make_planner()
         run.planners[r] = p
         try:
-            plan = _local_plan(run, p, state_dict, r)
+            plan = _local_plan(run, p, state_dict, leaves, r)
             sizes = byte_item_sizes(p, plan.items)
         except Exception as exc:  # a planner failure is data
             run.timer.add("local_plans", time.perf_counter() - t1)

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from test_fastpath import NestedStateNet
 from torch.distributed.checkpoint import default_planner, planner_helpers
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -29,8 +30,6 @@ from dcpviz.engine.convert import ItemTable, PlanConverter, metadata_info, plann
 from dcpviz.engine.statedict import rank_state_dict
 from dcpviz.engine.world import fake_world, process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo, write_fields
-
-from test_fastpath import NestedStateNet
 
 SCENARIOS = [
     dcpviz.Scenario(model="mlp", world_size=8, recipe="fsdp"),  # uneven: 190 rows on 8, last rank empty
@@ -296,8 +295,17 @@ def test_conversion_of_unusual_items_equals_converting_each_on_its_own():
     bytes whose size differs by rank, equal items in different objects."""
     from dataclasses import dataclass
 
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
-    from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        MetadataIndex,
+        TensorProperties,
+    )
+    from torch.distributed.checkpoint.planner import (
+        SavePlan,
+        TensorWriteData,
+        WriteItem,
+        WriteItemType,
+    )
 
     @dataclass(frozen=True)
     class BigItem(WriteItem):

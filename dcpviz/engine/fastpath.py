@@ -294,7 +294,11 @@ class ViewFlattening:
     def active(self, state_dict: dict, leaves: list) -> Iterator[bool]:
         """While inside, DCP's two flattening helpers in ``default_planner`` answer for
         ``state_dict`` (a view, ``leaves`` its leaves) from the template."""
-        from torch.distributed.checkpoint import _nested_dict, _sharded_tensor_utils, default_planner
+        from torch.distributed.checkpoint import (
+            _nested_dict,
+            _sharded_tensor_utils,
+            default_planner,
+        )
 
         flatten, second = default_planner.flatten_state_dict, default_planner._flatten_sharded_tensors
         if (not self.on or flatten is not _nested_dict.flatten_state_dict

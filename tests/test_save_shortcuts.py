@@ -335,3 +335,24 @@ def test_conversion_of_unusual_items_equals_converting_each_on_its_own():
     assert conv.items == table.items and mine == theirs
     assert len({conv.items[i].index_offsets for i in mine[0].items}) == 2  # (1, 1) kept for "c"
     assert conv.items[mine[1].items[1]].dcp_size == 12345
+
+
+class GcWatchingPlanner(DefaultSavePlanner):
+    seen: list = []
+
+    def create_local_plan(self):
+        GcWatchingPlanner.seen.append(gc.isenabled())
+        return super().create_local_plan()
+
+
+def test_the_collector_pauses_only_for_template_views():
+    """Ranks viewed from one template: paused. Every rank running the recipe (fast=False)
+    leaves cyclic garbage per rank: the collector stays on."""
+    sc = dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp")
+    GcWatchingPlanner.seen = []
+    dcpviz.simulate_save(sc, planner=GcWatchingPlanner)
+    assert GcWatchingPlanner.seen and not any(GcWatchingPlanner.seen)
+    GcWatchingPlanner.seen = []
+    dcpviz.simulate_save(sc, planner=GcWatchingPlanner, fast=False)
+    assert GcWatchingPlanner.seen and all(GcWatchingPlanner.seen)
+    assert gc.isenabled()

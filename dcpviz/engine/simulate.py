@@ -233,8 +233,40 @@ def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ..
         )
 
 
+@dataclass
+class _Planned:
+    """What the phases after set-up produced, as trace records (plus DCP's Metadata)."""
+
+    local: tuple = ()
+    global_: tuple | None = None
+    final: tuple | None = None
+    metadata: Any = None
+    validated: bool = True
+    alternative: Any = None
+
+
+def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
+    """Every rank's local plan, the coordinator's global plan, every rank's final plan (as
+    dcp.save runs them), recorded."""
+    out = _Planned()
+    local = _local_step(run, progress)
+    out.local = tuple(run.conv.record(p) if p is not None else None for p in local)
+    if not all(p is not None for p in local):
+        run.log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        return out
+    global_plans, out.metadata, out.validated = _global_plan(run, local)
+    if global_plans is not None:
+        with run.timer.phase("convert"):
+            out.global_ = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
+    if out.validated and global_plans is not None:
+        out.final = _finish(run, global_plans)
+    with run.timer.phase("dedup_alternative"):
+        out.alternative = dedup_alternative(run.planners[0], local, lambda r, p: run.conv.record(p, run.sizes_of(r)),
+                                            run.conv.items, out.final or out.global_)
+    return out
+
+
 @leaves_process_as_found
-@gc_paused()  # millions of acyclic objects: automatic collections would walk them all, again and again
 def plan_save(
     scenario: Scenario,
     planner: Any = None,
@@ -257,49 +289,37 @@ def plan_save(
     make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
     timer, log = Timer(), Log()
     t_start = time.perf_counter()
-    global_records = final_records = md = alternative = None
-    validated = True
     with isolated_plan_cache():
         info = planner_info(make_planner(), DefaultSavePlanner)
         run = _set_up(scenario, make_planner, fast, timer, log)
         run.fast_checks = fast is not False and info.is_dcp_default
-        local = _local_step(run, progress)
-        local_records = tuple(run.conv.record(p) if p is not None else None for p in local)
-        if all(p is not None for p in local):
-            global_plans, md, validated = _global_plan(run, local)
-            if global_plans is not None:
-                with timer.phase("convert"):
-                    global_records = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
-            if validated and global_plans is not None:
-                final_records = _finish(run, global_plans)
-            with timer.phase("dedup_alternative"):
-                alternative = dedup_alternative(run.planners[0], local,
-                                                lambda r, p: run.conv.record(p, run.sizes_of(r)), run.conv.items,
-                                                final_records or global_records)
-        else:
-            log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        # Ranks viewed from one template leave no cyclic garbage behind, only millions of
+        # acyclic objects that automatic collections would walk again and again. A recipe run
+        # per rank does leave cycles (modules, hooks): the collector stays on for it.
+        with gc_paused() if run.views is not None else nullcontext():
+            planned = _plan_and_record(run, progress)
+            with timer.phase("convert"):
+                md_info = metadata_info(planned.metadata) if planned.metadata is not None else None
     rebound_note(run.rebound, log)
-    with timer.phase("convert"):
-        md_info = metadata_info(md) if md is not None else None
     timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
         scenario=replace(scenario_info(scenario), components=run.components),
         planner=info,
         items=tuple(run.conv.items),
-        local_plans=local_records,
-        global_plans=global_records,
-        final_plans=final_records,
+        local_plans=planned.local,
+        global_plans=planned.global_,
+        final_plans=planned.final,
         metadata=md_info,
         errors=tuple(log.errors),
-        global_plan_validated=validated,
+        global_plan_validated=planned.validated,
         timings=tuple(timer.totals.items()),
         notes=tuple(log.notes),
         layouts=run.layouts,
         source="simulate",
         value_digests=tuple(run.digests),
-        dedup_alternative=alternative,
+        dedup_alternative=planned.alternative,
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),
     )
-    return trace, md
+    return trace, planned.metadata

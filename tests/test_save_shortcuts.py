@@ -115,6 +115,22 @@ def test_a_wrong_rename_is_caught_by_the_memos_own_check(monkeypatch):
     assert not memo.on and memo.hits == 0
 
 
+def test_a_memo_that_cannot_rename_steps_aside(monkeypatch):
+    """If DCP's WriteItem could not be copied as the memo copies it, DCP plans alone."""
+
+    def broken(items, fqn):
+        raise AttributeError("__dict__")
+
+    monkeypatch.setattr(write_memo, "renamed", broken)
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="tp")
+    with process_as_found():
+        view = template_view(sc)
+        memo = WriteItemMemo()
+        for r in range(4):
+            assert same_plan(shortcut_plan(view, sc, r, memo, {}), plain_plan(sc, r))
+    assert not memo.on
+
+
 def test_the_comparison_sees_a_wrong_rename_when_nothing_checks_it(monkeypatch):
     """The comparison above is sharp: with the memo's check skipped, a wrong name shows."""
     right = write_memo.renamed

@@ -414,7 +414,10 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
         ):
             return original(curr_local_size, mesh_dim_size, rank, placement, previous_offsets, zero_global_offset, skip_offset)
         key = (curr_local_size, mesh_dim_size, rank, type(placement), placement, zero_global_offset, skip_offset)
-        hit = cache.get(key)
+        try:
+            hit = cache.get(key)
+        except TypeError:  # a placement that cannot be a key: DTensor answers every time
+            return original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
         if hit is None:
             hit = cache[key] = original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
         return hit

@@ -98,7 +98,12 @@ class WriteItemMemo:
                 self._memo[key] = [spec, local, fqn, items, False]
             return items
         _spec, _local, first_fqn, first_items, checked = hit
-        same = renamed(first_items, fqn)
+        try:
+            same = renamed(first_items, fqn)
+        except Exception:  # WriteItem no longer built as this memo assumes: DCP decides alone
+            self.on = False
+            self._memo.clear()
+            return original(fqn, obj)
         if not checked:
             planned = original(fqn, obj)
             self.checks += 1

@@ -372,3 +372,17 @@ def test_the_collector_pauses_only_for_template_views():
     dcpviz.simulate_save(sc, planner=GcWatchingPlanner, fast=False)
     assert GcWatchingPlanner.seen and all(GcWatchingPlanner.seen)
     assert gc.isenabled()
+
+
+def test_per_rank_values_take_the_plain_path_and_match_it():
+    """A state callable may give each rank its own keys and values: no template, no memo."""
+
+    def state(model, optimizer, rank):
+        return {"model": model.state_dict(), "extra": [rank, {"seen": torch.tensor([rank])}]}
+
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", state=state)
+    fast, full = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
+    assert fast.ok and full.ok
+    resolve = lambda t: [[t.items[i] for i in p.items] for p in t.local_plans]  # noqa: E731
+    assert resolve(fast.trace) == resolve(full.trace)
+    assert fast.trace.value_digests == full.trace.value_digests and len({d.rank for d in fast.trace.value_digests}) == 4

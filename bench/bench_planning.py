@@ -15,6 +15,9 @@ Cases (llama3-70b shapes, bf16, DCP's default planners), each in a fresh process
   save1024hsdp simulate_save HSDP 8x128 (W=1024).
               floor = DCP's own create_global_plan (dedup, metadata, validation; no dcpviz code
               active) on the very local plans the simulation produced; ratio = simulate / floor.
+              simulate includes a gc.collect() after it (simulate_save pauses the cyclic GC;
+              what it leaves is collected on its clock, not the floor's); the floor is also
+              given with the GC paused as simulate_save pauses it.
               exact = that global plan and Metadata equal the simulation's.
 
     .venv/bin/python bench/bench_planning.py                 # all cases
@@ -136,9 +139,17 @@ def run_load1024(sample: int) -> list[dict]:
     ]
 
 
-def simulate_with_floor(sc):
+def simulate_with_floor(sc, floors: dict | None = None):
     """simulate_save, then DCP's own coordinator (no dcpviz shortcut active) on the very local
-    plans it produced: the floor. Returns (result, simulate_s, floor_s, exact)."""
+    plans it produced: the floor. Returns (result, simulate_s, floor_s, exact).
+
+    simulate_s includes a full ``gc.collect()`` right after simulate_save returns: simulate_save
+    pauses Python's cyclic GC while it plans, and collecting what it left (millions of young
+    objects) would otherwise fall on whatever runs next, here the floor. The floor then runs as
+    DCP runs in any process, GC on. ``floors`` (if given) also gets ``gc_paused``: the same
+    floor with the GC paused as simulate_save pauses it, to show how much of the ratio is GC."""
+    import gc
+
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     import dcpviz
@@ -152,10 +163,13 @@ def simulate_with_floor(sc):
         captured["local"], captured["global"] = list(all_plans), out
         return out
 
+    dcpviz.simulate_save  # noqa: B018 - import dcpviz's API (pandas, plotly) before the clock starts
     DefaultSavePlanner.create_global_plan = capture  # bench-only spy, removed below
     try:
         t0 = time.perf_counter()
         res = dcpviz.simulate_save(sc, progress=False)
+        only = time.perf_counter() - t0
+        gc.collect()
         sim = time.perf_counter() - t0
     finally:
         DefaultSavePlanner.create_global_plan = real
@@ -165,6 +179,18 @@ def simulate_with_floor(sc):
         floor = time.perf_counter() - t0
     sim_plans, sim_md = captured["global"]
     exact = floor_md == res.metadata and floor_md == sim_md and floor_plans == sim_plans
+    if floors is not None:
+        floors["simulate_only"] = only
+        del floor_plans, floor_md
+        gc.collect()
+        gc.disable()
+        try:
+            with fake_world(0, sc.world_size):
+                t0 = time.perf_counter()
+                DefaultSavePlanner().create_global_plan(captured["local"])
+                floors["gc_paused"] = time.perf_counter() - t0
+        finally:
+            gc.enable()
     return res, sim, floor, exact
 
 
@@ -173,11 +199,13 @@ def run_save(label: str, mesh: tuple[int, int], recipe: str) -> list[dict]:
     import dcpviz
 
     sc = dcpviz.Scenario(model="llama3-70b", world_size=mesh[0] * mesh[1], mesh=mesh, recipe=recipe, dtype="bfloat16")
-    res, sim, floor, exact = simulate_with_floor(sc)
+    floors: dict = {}
+    res, sim, floor, exact = simulate_with_floor(sc, floors)
     assert res.ok, res.errors
     peak = _peak_gb()
     return [{
         "case": label, "simulate_s": sim, "floor_s": floor, "ratio": sim / floor,
+        "floor_gc_paused_s": floors["gc_paused"], "simulate_only_s": floors["simulate_only"],
         "exact": "global plan + Metadata identical" if exact else "DIFFERENT", "timings": dict(res.trace.timings),
         "peak_gb": peak,
     }]
@@ -211,7 +239,9 @@ def main() -> None:
             continue
         for row in json.loads(proc.stdout.strip().splitlines()[-1]):
             if "floor_s" in row:
-                fig = f"{row['simulate_s']:7.1f}s vs floor {row['floor_s']:6.1f}s"
+                fig = (f"{row['simulate_s']:7.1f}s (simulate_save alone {row['simulate_only_s']:.1f}s, the rest is "
+                       f"gc.collect() of what it and this bench's captured plans leave) vs floor {row['floor_s']:6.1f}s "
+                       f"(GC paused: {row['floor_gc_paused_s']:.1f}s, ratio {row['simulate_s'] / row['floor_gc_paused_s']:.2f})")
             else:
                 fig = (f"{row['simulate_s']:7.1f}s vs DCP {row['dcp_sum_s']:6.1f}s "
                        f"({row['dcp_rank_s'] * 1000:.0f} ms/rank x W, extrapolated from sampled ranks; "

@@ -16,6 +16,7 @@ from reference import hand_state_dict
 from torch.distributed.checkpoint import default_planner
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
     ChunkStorageMetadata,
     Metadata,
     TensorProperties,
@@ -120,6 +121,56 @@ def test_stretched_validation_gives_dcps_verdict_messages_and_logs(case):
     expected = run_logged(lambda: DCP_VALIDATE(plans, md))
     got = run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md, min_chunks=2))
     assert got == expected
+
+
+@st.composite
+def repeated_layouts(draw):
+    """Metadata where layouts repeat as layers do: the same entry under several keys (sharing
+    its chunk objects, as write_memo's do, or as equal copies), now and then with one copy
+    corrupted or resized, and bytes entries in between."""
+    entries = draw(st.lists(tensor_entries(), min_size=1, max_size=3))
+    sd = {}
+    for i, value in enumerate(entries):
+        for j in range(draw(st.integers(1, 4))):
+            how = draw(st.sampled_from(["shared", "copy", "moved", "resized"]))
+            chunks = value.chunks if how == "shared" else [chunk(c.offsets, c.sizes) for c in value.chunks]
+            size = value.size
+            if how == "moved" and chunks:
+                c = chunks[-1]
+                chunks[-1] = chunk((c.offsets[0] + draw(st.integers(1, 3)), *c.offsets[1:]), c.sizes)
+            if how == "resized":
+                size = torch.Size((size[0] + 1, *size[1:]))
+            sd[f"t{i}.{j}"] = TensorStorageMetadata(value.properties, size, chunks)
+            if draw(st.booleans()):
+                sd[f"b{i}.{j}"] = BytesStorageMetadata()
+    ranks = draw(st.sampled_from([1, 2, 4]))
+    return [SavePlan([]) for _ in range(ranks)], Metadata(state_dict_metadata=sd)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(repeated_layouts())
+def test_one_tensor_per_layout_gives_dcps_verdict_messages_and_logs(case):
+    plans, md = case
+    expected = run_logged(lambda: DCP_VALIDATE(plans, md))
+    assert run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md, min_chunks=2)) == expected
+    assert run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md)) == expected
+
+
+def test_layers_are_screened_once_per_layout():
+    good = _wk_like().state_dict_metadata["wk"]
+    sd = {f"layers.{i}.wk": TensorStorageMetadata(good.properties, good.size, good.chunks) for i in range(80)}
+    sd["layers.7.wv"] = TensorStorageMetadata(good.properties, good.size, [chunk(c.offsets, c.sizes) for c in good.chunks])
+    sd["extra"] = BytesStorageMetadata()
+    md = Metadata(state_dict_metadata=sd)
+    screen = validation.screening_metadata(md)
+    assert list(screen.state_dict_metadata) == ["layers.0.wk"]  # equal boxes in other objects too
+    moved = list(good.chunks)
+    moved[3] = chunk((moved[3].offsets[0] + 1, 0), moved[3].sizes)
+    sd["layers.79.wk"] = TensorStorageMetadata(good.properties, good.size, moved)
+    assert list(validation.screening_metadata(md).state_dict_metadata) == ["layers.0.wk", "layers.79.wk"]
+    plans = [SavePlan([])] * 2
+    expected = run_logged(lambda: DCP_VALIDATE(plans, md))
+    assert expected[0][1] and run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md)) == expected
 
 
 def _wk_like(rows: int = 128, cols: int = 512, parts: int = 128):

@@ -79,11 +79,18 @@ def planner_info(planner: Any, default_cls: type) -> PlannerInfo:
 
 
 class ItemTable:
-    """Interns PlannedItems so each distinct write item is stored once."""
+    """Interns PlannedItems so each distinct write item is stored once.
+
+    ``add`` interns by the item's own value; ``add_keyed`` by a caller's key that stands for
+    the value one to one (``PlanConverter``: name, type, interned tensor facts, index offset),
+    which spares hashing the whole item. The two must never intern equal items: the converter
+    keys only items with ``tensor_data`` and ``add``s only items without (whose dtype is None,
+    so no item of one kind equals one of the other)."""
 
     def __init__(self) -> None:
         self.items: list[PlannedItem] = []
         self._ids: dict[PlannedItem, int] = {}
+        self._keyed: dict[tuple, int] = {}
 
     def add(self, item: PlannedItem) -> int:
         """The id of ``item``, added once however often it is seen."""
@@ -92,6 +99,27 @@ class ItemTable:
             idx = self._ids[item] = len(self.items)
             self.items.append(item)
         return idx
+
+    def known(self, key: tuple) -> int | None:
+        """The id of the item ``key`` stands for (see ``add_keyed``), None if not added yet."""
+        return self._keyed.get(key)
+
+    def add_keyed(self, key: tuple, item: PlannedItem) -> int:
+        """Add ``item``, which ``key`` stands for one to one and which is not in the table yet."""
+        idx = self._keyed[key] = len(self.items)
+        self.items.append(item)
+        return idx
+
+
+_PLANNED_FIELDS = ("fqn", "item_type", "offsets", "sizes", "global_size", "dtype", "nbytes", "dcp_size", "index_offsets")
+
+
+def _planned_item(*values: Any) -> PlannedItem:
+    """``PlannedItem(*values)`` for the hot path: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__`` (4x slower); the instance state is the same."""
+    item = object.__new__(PlannedItem)
+    object.__setattr__(item, "__dict__", dict(zip(_PLANNED_FIELDS, values)))
+    return item
 
 
 def byte_item_sizes(planner: Any, items: list[WriteItem]) -> dict[str, int]:
@@ -144,15 +172,21 @@ def planned_item(wi: WriteItem, byte_sizes: dict[str, int] | None = None) -> Pla
 class PlanConverter:
     """SavePlans -> PlanRecords, interning items in one ItemTable.
 
-    At thousands of ranks most work is repeated: ranks share local plan objects, and the
-    coordinator's items reuse the local items' ``tensor_data`` objects. Both are memoised by
-    identity (the plans stay alive while converting, so ids are not reused).
+    At thousands of ranks most work is repeated: ranks share local plan objects, the
+    coordinator's items reuse the local items' ``tensor_data`` objects, and one rank's layers
+    may share one ``tensor_data`` under several names (``engine/write_memo.py``). Plans are
+    memoised by identity (they stay alive while converting), items by (``tensor_data``
+    identity, name, type, index offset), and what an item's ``tensor_data`` says (box, size,
+    dtype, bytes) is worked out once per ``tensor_data`` object, which is held so its id stays
+    unique.
     """
 
     def __init__(self) -> None:
         self.table = ItemTable()
         self._plans: dict[int, PlanRecord] = {}
         self._items: dict[tuple, int] = {}
+        self._facts: dict[int, tuple] = {}  # id(tensor_data) -> (tensor_data, facts number, facts)
+        self._fact_numbers: dict[tuple, int] = {}  # facts -> their number (interned by value)
 
     def record(self, plan: SavePlan, byte_sizes: dict[str, int] | None = None) -> PlanRecord:
         """A SavePlan as a PlanRecord (item ids into the shared item table)."""
@@ -160,19 +194,54 @@ class PlanConverter:
         if hit is not None:
             return hit
         ids = []
+        known = self._items.get
         for wi in plan.items:
             td = wi.tensor_data
-            off = wi.index.offset
-            key = (id(td), wi.index.fqn, wi.type, tuple(off) if off is not None else None) if td is not None else None
-            idx = self._items.get(key) if key is not None else None
+            if td is None:
+                ids.append(self.table.add(planned_item(wi, byte_sizes)))
+                continue
+            if type(wi) is not WriteItem:  # a subclass may say other things about the same tensor_data
+                ids.append(self._tensor_item(wi, td, byte_sizes))
+                continue
+            index = wi.index
+            key = (id(td), index.fqn, wi.type, index.offset)
+            idx = known(key)
             if idx is None:
-                idx = self.table.add(planned_item(wi, byte_sizes))
-                if key is not None:
-                    self._items[key] = idx
+                idx = self._items[key] = self._tensor_item(wi, td, byte_sizes)
             ids.append(idx)
         rec = PlanRecord(items=tuple(ids), usable=bool(getattr(plan, "usable", True)))
         self._plans[id(plan)] = rec
         return rec
+
+    def _facts_of(self, wi: WriteItem, td: Any, byte_sizes: dict[str, int] | None) -> tuple:
+        """(number, facts): what ``planned_item`` takes from ``tensor_data`` (box, size, dtype,
+        bytes, ``tensor_storage_size``), worked out once per ``tensor_data`` object. A WriteItem
+        subclass may compute its storage size otherwise: its facts come from ``planned_item``."""
+        hit = self._facts.get(id(td)) if type(wi) is WriteItem else None
+        if hit is not None:
+            return hit[1], hit[2]
+        p = planned_item(wi, byte_sizes)
+        facts = (p.offsets, p.sizes, p.global_size, p.dtype, p.nbytes, p.dcp_size)
+        number = self._fact_numbers.setdefault(facts, len(self._fact_numbers))
+        if type(wi) is WriteItem:
+            self._facts[id(td)] = (td, number, facts)  # td held: its id stays unique
+        return number, facts
+
+    def _tensor_item(self, wi: WriteItem, td: Any, byte_sizes: dict[str, int] | None) -> int:
+        """The id of ``planned_item(wi)`` for an item with ``tensor_data``, interned by a key
+        that determines it (name, type, facts, index offset where it differs from the box)."""
+        number, facts = self._facts_of(wi, td, byte_sizes)
+        off = wi.index.offset
+        index_off = _box(off) if off is not None else None
+        index_offsets = None if index_off == facts[0] else index_off
+        fqn, kind = wi.index.fqn, wi.type.name
+        key = (fqn, kind, number, index_offsets)
+        idx = self.table.known(key)
+        if idx is None:
+            offsets, sizes, global_size, dtype, nbytes, dcp_size = facts
+            idx = self.table.add_keyed(key, _planned_item(fqn, kind, offsets, sizes, global_size, dtype, nbytes,
+                                                          dcp_size, index_offsets))
+        return idx
 
     @property
     def items(self) -> list[PlannedItem]:
@@ -183,6 +252,16 @@ class PlanConverter:
 def metadata_info(md: Metadata) -> MetadataInfo:
     """DCP's Metadata as the trace's plain MetadataInfo."""
     tensors, bytes_keys = [], []
+    # DCP's metadata lists the local plans' own chunk objects, and one chunk object may stand
+    # in several tensors' lists (engine/write_memo.py): each is converted once.
+    chunk_infos: dict[int, ChunkInfo] = {}
+
+    def chunk_info(c: Any) -> ChunkInfo:
+        info = chunk_infos.get(id(c))
+        if info is None:
+            info = chunk_infos[id(c)] = ChunkInfo(_box(c.offsets), _box(c.sizes))
+        return info
+
     for fqn, value in md.state_dict_metadata.items():
         if isinstance(value, TensorStorageMetadata):
             tensors.append(
@@ -190,7 +269,7 @@ def metadata_info(md: Metadata) -> MetadataInfo:
                     fqn=fqn,
                     size=_box(value.size),
                     dtype=dtype_str(value.properties.dtype),
-                    chunks=tuple(ChunkInfo(_box(c.offsets), _box(c.sizes)) for c in value.chunks),
+                    chunks=tuple(map(chunk_info, value.chunks)),
                     requires_grad=bool(value.properties.requires_grad),
                 )
             )

@@ -49,7 +49,8 @@ from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
 from dcpviz.engine.validation import fast_validation
-from dcpviz.engine.world import fake_world, leaves_process_as_found
+from dcpviz.engine.world import fake_world, gc_paused, leaves_process_as_found
+from dcpviz.engine.write_memo import WriteItemMemo
 
 
 def unvalidated_global_plan(planner: Any, local_plans: list[SavePlan]) -> tuple[list[SavePlan], Any] | None:
@@ -85,6 +86,10 @@ class _SaveRun:
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
+    views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
+    shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
+    write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
+    flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
 
     @property
     def world_size(self) -> int:
@@ -105,7 +110,41 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
             template, rebound = fastpath.template_state_dict(scenario, log.notes, check=not isinstance(scenario.recipe, str))
     shortcuts = template is not None and fastpath.can_share_plans(probe)
     rep_of = representatives(scenario, template, shortcuts, "local", log)
-    return _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    run = _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    if template is not None:
+        with timer.phase("build_state_dicts"):
+            run.views = fastpath.TemplateView(template)
+    if shortcuts and fast is not False:
+        run.write_memo = WriteItemMemo()
+        run.flattening = fastpath.ViewFlattening(run.views)
+    return run
+
+
+def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
+    """Rank ``r``'s state dict: the template's view (one DTensor per layout group where DCP's
+    default planner plans every key on its own) with its leaves, or the rank's own (no leaves)."""
+    if run.views is None:
+        state_dict, n = rank_state_dict(run.scenario, r)
+        run.rebound += n
+        return state_dict, None
+    with fastpath.memoized_shard_steps(run.shard_steps):
+        return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
+
+
+def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r: int) -> SavePlan:
+    """DCP's set_up_planner + create_local_plan for rank ``r``, with the exact shortcuts that
+    apply to DefaultSavePlanner itself (memoised DTensor offsets, flattening and WriteItems)."""
+    if not run.shortcuts:
+        with torch.no_grad():
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+            return p.create_local_plan()
+    memo = run.write_memo.active() if run.write_memo is not None else nullcontext()
+    flat = run.flattening.active(state_dict, leaves) if run.flattening is not None and leaves is not None else nullcontext()
+    # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
+    with torch.no_grad(), fastpath.memoized_shard_steps(run.shard_steps), fastpath.memoized_local_shapes(), memo:
+        with flat:
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+        return p.create_local_plan()
 
 
 def _plan_rank(run: _SaveRun, r: int) -> None:
@@ -113,11 +152,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
     W = run.world_size
     with fake_world(r, W):
         t0 = time.perf_counter()
-        if run.template is not None:
-            state_dict = fastpath.rank_view(run.template, r, {})
-        else:
-            state_dict, n = rank_state_dict(run.scenario, r)
-            run.rebound += n
+        state_dict, leaves = _rank_state(run, r)
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
@@ -131,10 +166,7 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         p = run.make_planner()
         run.planners[r] = p
         try:
-            # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
-            with torch.no_grad(), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
-                set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
-                plan = p.create_local_plan()
+            plan = _local_plan(run, p, state_dict, leaves, r)
             sizes = byte_item_sizes(p, plan.items)
         except Exception as exc:  # a planner failure is data
             run.timer.add("local_plans", time.perf_counter() - t1)
@@ -201,6 +233,39 @@ def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ..
         )
 
 
+@dataclass
+class _Planned:
+    """What the phases after set-up produced, as trace records (plus DCP's Metadata)."""
+
+    local: tuple = ()
+    global_: tuple | None = None
+    final: tuple | None = None
+    metadata: Any = None
+    validated: bool = True
+    alternative: Any = None
+
+
+def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
+    """Every rank's local plan, the coordinator's global plan, every rank's final plan (as
+    dcp.save runs them), recorded."""
+    out = _Planned()
+    local = _local_step(run, progress)
+    out.local = tuple(run.conv.record(p) if p is not None else None for p in local)
+    if not all(p is not None for p in local):
+        run.log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        return out
+    global_plans, out.metadata, out.validated = _global_plan(run, local)
+    if global_plans is not None:
+        with run.timer.phase("convert"):
+            out.global_ = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
+    if out.validated and global_plans is not None:
+        out.final = _finish(run, global_plans)
+    with run.timer.phase("dedup_alternative"):
+        out.alternative = dedup_alternative(run.planners[0], local, lambda r, p: run.conv.record(p, run.sizes_of(r)),
+                                            run.conv.items, out.final or out.global_)
+    return out
+
+
 @leaves_process_as_found
 def plan_save(
     scenario: Scenario,
@@ -224,49 +289,37 @@ def plan_save(
     make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
     timer, log = Timer(), Log()
     t_start = time.perf_counter()
-    global_records = final_records = md = alternative = None
-    validated = True
     with isolated_plan_cache():
         info = planner_info(make_planner(), DefaultSavePlanner)
         run = _set_up(scenario, make_planner, fast, timer, log)
         run.fast_checks = fast is not False and info.is_dcp_default
-        local = _local_step(run, progress)
-        local_records = tuple(run.conv.record(p) if p is not None else None for p in local)
-        if all(p is not None for p in local):
-            global_plans, md, validated = _global_plan(run, local)
-            if global_plans is not None:
-                with timer.phase("convert"):
-                    global_records = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
-            if validated and global_plans is not None:
-                final_records = _finish(run, global_plans)
-            with timer.phase("dedup_alternative"):
-                alternative = dedup_alternative(run.planners[0], local,
-                                                lambda r, p: run.conv.record(p, run.sizes_of(r)), run.conv.items,
-                                                final_records or global_records)
-        else:
-            log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        # Ranks viewed from one template leave no cyclic garbage behind, only millions of
+        # acyclic objects that automatic collections would walk again and again. A recipe run
+        # per rank does leave cycles (modules, hooks): the collector stays on for it.
+        with gc_paused() if run.views is not None else nullcontext():
+            planned = _plan_and_record(run, progress)
+            with timer.phase("convert"):
+                md_info = metadata_info(planned.metadata) if planned.metadata is not None else None
     rebound_note(run.rebound, log)
-    with timer.phase("convert"):
-        md_info = metadata_info(md) if md is not None else None
     timer.add("total", time.perf_counter() - t_start)
     trace = SaveTrace(
         scenario=replace(scenario_info(scenario), components=run.components),
         planner=info,
         items=tuple(run.conv.items),
-        local_plans=local_records,
-        global_plans=global_records,
-        final_plans=final_records,
+        local_plans=planned.local,
+        global_plans=planned.global_,
+        final_plans=planned.final,
         metadata=md_info,
         errors=tuple(log.errors),
-        global_plan_validated=validated,
+        global_plan_validated=planned.validated,
         timings=tuple(timer.totals.items()),
         notes=tuple(log.notes),
         layouts=run.layouts,
         source="simulate",
         value_digests=tuple(run.digests),
-        dedup_alternative=alternative,
+        dedup_alternative=planned.alternative,
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),
     )
-    return trace, md
+    return trace, planned.metadata

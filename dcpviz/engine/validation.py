@@ -16,11 +16,17 @@ chunks is multiplied by the same integer k >= 1:
   chunk is pruned only once the sweep has passed its end), and a negative size is itself a
   bounds error, reported on either run.
 
-So DCP's own validation runs first on metadata where, for each tensor whose chunks have more
-distinct offsets along another dim than along the one DCP would sweep, that dim is stretched to
-be the largest (the sweep then prunes along it). An empty answer is DCP's verdict on the real
-metadata. Any problem at all: DCP's validation runs again on the real metadata, so the messages,
-their order and the logged warnings are DCP's own (the stretched run logs nothing).
+Layers repeat, too: ``_validate_global_plan`` checks each tensor on its own, reading only its
+size and its chunks' boxes (bytes entries are skipped), plus the number of plans, which is the
+same for all. Tensors with the same size and the same boxes (80 layers' ``wq``) get the same
+verdict, so one of each stands for all.
+
+So DCP's own validation runs first on screening metadata: one tensor per distinct (size, chunk
+boxes), and, for each tensor whose chunks have more distinct offsets along another dim than
+along the one DCP would sweep, that dim stretched to be the largest (the sweep then prunes along
+it). An empty answer is DCP's verdict on the real metadata. Any problem at all: DCP's validation
+runs again on the real metadata, so the messages, their order and the logged warnings are DCP's
+own (the screening run logs nothing).
 
 Used only for ``DefaultSavePlanner`` itself (``fast`` not False), only while its
 ``create_global_plan`` runs in ``simulate_save``, and only when
@@ -38,6 +44,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint import default_planner
 from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
     ChunkStorageMetadata,
     Metadata,
     TensorStorageMetadata,
@@ -100,6 +107,52 @@ def stretched_metadata(metadata: Metadata, min_chunks: int | None = None) -> Met
     return dataclasses.replace(metadata, state_dict_metadata=out) if changed else None
 
 
+def distinct_layouts(metadata: Metadata) -> Metadata | None:
+    """A copy of ``metadata`` with one tensor per distinct (size, chunk boxes) and no bytes
+    entries (DCP's validation skips them); None when that drops nothing, or when an entry is
+    neither (DCP's own run decides what happens to it). Chunk objects shared between tensors
+    (``write_memo``) make most comparisons identity checks."""
+    entries = metadata.state_dict_metadata
+    out: dict[str, Any] = {}
+    by_identity: set[tuple] = set()
+    by_value: set[tuple] = set()
+    boxes: dict[int, tuple] = {}
+
+    def box(c: Any) -> tuple:
+        hit = boxes.get(id(c))  # the chunks stay alive in ``metadata``: ids are unique
+        if hit is None:
+            hit = boxes[id(c)] = (tuple(c.offsets), tuple(c.sizes))
+        return hit
+
+    for key, value in entries.items():
+        if isinstance(value, BytesStorageMetadata):
+            continue
+        if not isinstance(value, TensorStorageMetadata):
+            return None
+        size = tuple(value.size)
+        same_objects = (size, tuple(map(id, value.chunks)))
+        if same_objects in by_identity:
+            continue
+        by_identity.add(same_objects)
+        same_boxes = (size, tuple(map(box, value.chunks)))
+        if same_boxes in by_value:
+            continue
+        by_value.add(same_boxes)
+        out[key] = value
+    if len(out) == len(entries):
+        return None
+    return dataclasses.replace(metadata, state_dict_metadata=out)
+
+
+def screening_metadata(metadata: Metadata, min_chunks: int | None = None) -> Metadata | None:
+    """What DCP's validation runs on first: ``distinct_layouts``, stretched where that helps;
+    None when it would be the real metadata again."""
+    distinct = distinct_layouts(metadata)
+    base = metadata if distinct is None else distinct
+    stretched = stretched_metadata(base, min_chunks)
+    return stretched if stretched is not None else distinct
+
+
 @contextmanager
 def _logger_silenced(logger: Any) -> Iterator[None]:
     was = logger.disabled
@@ -111,15 +164,15 @@ def _logger_silenced(logger: Any) -> Iterator[None]:
 
 
 def validate(original: Callable[..., list[str]], global_plan: list, metadata: Metadata, min_chunks: int | None = None) -> list[str]:
-    """DCP's verdict on ``metadata``: from the stretched copy when it finds nothing, else from
-    DCP's own run on the real metadata (its messages and warnings)."""
+    """DCP's verdict on ``metadata``: from the screening metadata when it finds nothing, else
+    from DCP's own run on the real metadata (its messages and warnings)."""
     try:
-        stretched = stretched_metadata(metadata, min_chunks)
+        screen = screening_metadata(metadata, min_chunks)
     except Exception:  # anything unexpected in the metadata: DCP's own run decides
-        stretched = None
-    if stretched is not None:
+        screen = None
+    if screen is not None:
         with _logger_silenced(default_planner.logger):
-            errors = original(global_plan, stretched)
+            errors = original(global_plan, screen)
         if not errors:
             return []
     return original(global_plan, metadata)

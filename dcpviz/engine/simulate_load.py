@@ -24,9 +24,9 @@ from dcpviz.core.trace import LoadTrace, PlanRecord, SaveTrace, TargetValue
 from dcpviz.core.version import __version__
 from dcpviz.engine import fastpath
 from dcpviz.engine.convert import ItemTable, planner_info
-from dcpviz.engine.convert_load import load_plan_record, saved_itemsizes, target_value
+from dcpviz.engine.convert_load import TargetValues, load_plan_record, saved_itemsizes, target_value
 from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
-from dcpviz.engine.overlap import ReadPruner
+from dcpviz.engine.overlap import ChunkLists, ReadPruner
 from dcpviz.engine.phases import (
     Log,
     Timer,
@@ -120,19 +120,23 @@ class _LoadRun:
     wanted_by_rank: list[tuple[int, ...]] = field(default_factory=list)
     wanted_fqns: set[str] = field(default_factory=set)
     read_storage_fqns: set[str] = field(default_factory=set)
-    plan_memo: dict[int, PlanRecord] = field(default_factory=dict)
+    plan_memo: dict[int, tuple[LoadPlan, PlanRecord]] = field(default_factory=dict)
+    read_boxes: dict | None = None  # convert_load.read_record's memo (None: every item converted on its own)
     fakes: dict = field(default_factory=dict)
     per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
     rebound: int = 0
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/overlap.py)
+    chunk_lists: ChunkLists | None = None  # DCP's _create_chunk_list once per spec of a rank
+    target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
+    sharing: dict[int, int] = field(default_factory=dict)  # representative -> last rank reusing its facts
 
     @property
     def world_size(self) -> int:
         return self.target.world_size
 
     def record(self, plan: LoadPlan) -> PlanRecord:
-        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo)
+        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo, self.read_boxes)
 
 
 def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, info: Any, timer: Timer, log: Log) -> _LoadRun:
@@ -147,16 +151,23 @@ def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, inf
     rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
     # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
-    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
+    # With it, DCP's _create_chunk_list once per DTensor spec of a rank (exact; see ChunkLists).
+    chunk_lists = ChunkLists() if fast is not False else None
+    pruner = ReadPruner(md, chunk_lists=chunk_lists) if fast is not False and info.is_dcp_default else None
+    sharing = {rep: r for r, rep in sorted(rep_of.items()) if rep != r}
     return _LoadRun(sim, make_planner, md, saved_itemsizes(md), template, shortcuts, rep_of, timer, log,
                     planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound,
-                    pruner=pruner)
+                    pruner=pruner, chunk_lists=chunk_lists,
+                    target_values=TargetValues(chunk_lists) if fast is not False else None,
+                    read_boxes={} if fast is not False else None, sharing=sharing)
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
     """Rank ``r`` has the same plan and the same keys as its representative ``rep``."""
     run.local[r], run.local_records[r], run.planners[r] = run.local[rep], run.local_records[rep], run.planners[rep]
     values, wanted_ids, messages, renames, read_dest = run.per_rep[rep]
+    if run.sharing[rep] == r:
+        del run.per_rep[rep]  # the last rank of the class: nobody asks for these again
     run.wanted_by_rank.append(wanted_ids)
     with run.timer.phase("mismatch_scan"):
         run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
@@ -167,6 +178,12 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
     md = run.metadata
     with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
         t0 = time.perf_counter()
+        if run.pruner is not None:
+            run.pruner.new_rank()  # answers by spec hold for one rank's mesh coordinate
+        elif run.chunk_lists is not None:
+            run.chunk_lists.clear()
+        if run.target_values is not None:
+            run.target_values.clear()
         if run.template is not None:
             state_dict = fastpath.rank_view(run.template, r, {})
         else:
@@ -174,7 +191,8 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
             run.rebound += n
         if r == 0:
             run.components = training_state_components(run.target, state_dict)
-        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None)
+        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None,
+                                    {} if run.shortcuts else None)
         t1 = time.perf_counter()
         p = run.make_planner()
         run.planners[r] = p
@@ -190,15 +208,27 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
             failed = True
         t2 = time.perf_counter()
         _check_keys(run, r, p, state_dict, failed)
+        if run.chunk_lists is not None:
+            _drop_state(p)
         run.timer.add("build_state_dicts", t1 - t0)
         run.timer.add("local_plans", t2 - t1)
         run.timer.add("mismatch_scan", time.perf_counter() - t2)
 
 
+def _drop_state(planner: Any) -> None:
+    """Let go of the rank's state dict once its plan and keys are recorded (1024 ranks' state
+    dicts would otherwise live until the end). Only for DefaultLoadPlanner itself, whose
+    ``create_global_plan`` and ``finish_plan`` return the plans they are given and read no state
+    (tests/test_load_fast_equals_plain.py compares the final plans with the plain path)."""
+    if type(planner) is DefaultLoadPlanner:
+        planner.state_dict, planner.original_state_dict, planner.mappings = {}, {}, {}
+
+
 def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], failed: bool) -> None:
     """Every key of rank ``r`` against the checkpoint, with DCP's own message where it fails."""
     flat = planner_view(p, state_dict)
-    values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
+    value_of = run.target_values.value if run.target_values is not None else target_value
+    values: list[TargetValue] = [value_of(k, v) for k, v in flat.items()]
     wanted_ids = tuple(run.wanted.add(tv) for tv in values)
     run.wanted_by_rank.append(wanted_ids)
     run.wanted_fqns.update(flat)
@@ -212,7 +242,8 @@ def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], faile
         strict = not bool(getattr(p, "allow_partial_load", False))
         messages = dcp_key_messages(flat, run.metadata, strict)
     run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
-    run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
+    if r in run.sharing:
+        run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
 
 
 def _local_step(run: _LoadRun, progress: bool | None) -> None:

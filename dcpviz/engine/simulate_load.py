@@ -110,13 +110,13 @@ def young_gc_only(on: bool = True) -> Iterator[Any]:
     Planning a rank allocates ~10^4 objects that live on (trace records, plans), so automatic
     collection keeps promoting them and re-scanning the old generation, which holds everything
     the simulation has made so far and the saved checkpoint: half of a 256-rank load's time.
-    Yields a function to call between ranks: ``gc.collect(1)`` scans only what was allocated
+    Yields a function to call between ranks (None where GC is left alone): ``gc.collect(1)`` scans only what was allocated
     since the last call (the rank's cyclic garbage is freed there; survivors go to the old
     generation, which is left to Python once the block ends). GC's enabled state is restored
     on exit, error or not; nothing is collected where the caller had GC disabled."""
     enabled = gc.isenabled()
     if not (on and enabled):
-        yield lambda: None
+        yield None
         return
     gc.disable()
     try:
@@ -159,6 +159,7 @@ class _LoadRun:
     target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
     sharing: dict[int, int] = field(default_factory=dict)  # representative -> last rank reusing its facts
     lean: bool = False  # let go of each rank's state dict once planned (fast is not False)
+    collect_young: Any = None  # call between ranks (young_gc_only); None: GC runs by itself
 
     @property
     def world_size(self) -> int:
@@ -277,17 +278,16 @@ def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], faile
 
 def _local_step(run: _LoadRun, progress: bool | None) -> None:
     bar = progress_bar(len(set(run.rep_of.values())), "load plans", progress)
-    with young_gc_only(run.lean) as collect_young:
-        for r in range(run.world_size):
-            rep = run.rep_of[r]
-            if rep != r:
-                _share_plan(run, r, rep)
-                continue
-            _plan_rank(run, r)
-            if r % YOUNG_GC_EVERY == YOUNG_GC_EVERY - 1:
-                collect_young()
-            if bar is not None:
-                bar.update(1)
+    for r in range(run.world_size):
+        rep = run.rep_of[r]
+        if rep != r:
+            _share_plan(run, r, rep)
+            continue
+        _plan_rank(run, r)
+        if run.collect_young is not None and r % YOUNG_GC_EVERY == YOUNG_GC_EVERY - 1:
+            run.collect_young()
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
 
@@ -342,6 +342,13 @@ def plan_load(
     ``mismatches``. ``dcpviz.simulate_load`` wraps them in a LoadResult.
     """
     target = check_target(target)
+    # Reading the checkpoint allocates an object per saved chunk too: GC by hand from here on.
+    with young_gc_only(fast is not False) as collect_young:
+        return _plan_load(saved, target, planner, progress, fast, collect_young)
+
+
+def _plan_load(saved: Any, target: Scenario, planner: Any, progress: bool | None, fast: bool | None,
+               collect_young: Any) -> tuple[LoadTrace, Any]:
     ck = resolve_saved(saved)
     make_planner = planner_factory(planner, LoadPlanner, DefaultLoadPlanner)
     md = ck.metadata
@@ -349,6 +356,7 @@ def plan_load(
     log = Log(notes=list(ck.notes))
     info = planner_info(make_planner(), DefaultLoadPlanner)
     run = _set_up(target, make_planner, md, fast, info, timer, log)
+    run.collect_young = collect_young
     global_records = final_records = None
     with _DerivedVersionGuard():
         _local_step(run, progress)

@@ -28,7 +28,9 @@ checkpoint's, or when every chunk is a candidate anyway.
 
 Layers repeat: ``ReadPruner`` also reuses DCP's ReadItems across keys whose saved chunks and
 local chunks are the same boxes, with the key's name put in (a memo checked against DCP on the
-second key of every layout; see ``ReadPruner``).
+second key of every layout; see ``ReadPruner``). On one rank the layers share a DTensorSpec per
+layout, so DCP's ``_create_chunk_list`` is asked once per spec (``ChunkLists``) and
+``_create_read_items`` answers a spec's repeat from that checked memo (``ReadPruner.create_read_items``).
 
 The function is swapped in ``planner_helpers`` only while DCP's default load planner plans one
 rank inside ``simulate_load`` (``ReadPruner.active``), and restored even on error; ``run_load``

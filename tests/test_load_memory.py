@@ -62,7 +62,7 @@ def test_the_storage_check_can_fail(monkeypatch):
     planner must see real storage then (small model: the allocation is harmless)."""
     import dcpviz.engine.simulate_load as sl
 
-    monkeypatch.setattr(sl, "to_storageless", lambda sd, mode, cache=None: sd)
+    monkeypatch.setattr(sl, "to_storageless", lambda sd, mode, *more: sd)
     RecordingPlanner.seen = []
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), RecordingPlanner)

@@ -28,7 +28,9 @@ checkpoint's, or when every chunk is a candidate anyway.
 
 Layers repeat: ``ReadPruner`` also reuses DCP's ReadItems across keys whose saved chunks and
 local chunks are the same boxes, with the key's name put in (a memo checked against DCP on the
-second key of every layout; see ``ReadPruner``).
+second key of every layout; see ``ReadPruner``). On one rank the layers share a DTensorSpec per
+layout, so DCP's ``_create_chunk_list`` is asked once per spec (``ChunkLists``) and
+``_create_read_items`` answers a spec's repeat from that checked memo (``ReadPruner.create_read_items``).
 
 The function is swapped in ``planner_helpers`` only while DCP's default load planner plans one
 rank inside ``simulate_load`` (``ReadPruner.active``), and restored even on error; ``run_load``
@@ -46,8 +48,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch.distributed.checkpoint import planner_helpers
+from torch.distributed.checkpoint import default_planner, planner_helpers
 from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.tensor import DTensor
 
 MIN_CHUNKS = 16
 """Below this many saved chunks DCP's own scan is as cheap as the index."""
@@ -134,15 +138,29 @@ def pruned_read_items(
     out = []
     for ri in original(fqn, sub, local_chunks):
         si = ri.storage_index
-        out.append(dataclasses.replace(ri, storage_index=MetadataIndex(si.fqn, si.offset, picked[si.index])))
+        out.append(_with_indexes(ri, ri.dest_index, MetadataIndex(si.fqn, si.offset, picked[si.index])))
     return out
 
 
-def _is_dcp_function(fn: Any) -> bool:
+def _is_dcp_function(fn: Any, name: str = "create_read_items_for_chunk_list") -> bool:
     return (
         getattr(fn, "__module__", None) == "torch.distributed.checkpoint.planner_helpers"
-        and getattr(fn, "__qualname__", None) == "create_read_items_for_chunk_list"
+        and getattr(fn, "__qualname__", None) == name
     )
+
+
+# ReadItem's fields as this module builds them; any other shape (a newer torch) goes through
+# dataclasses.replace, and the memo's check against DCP stays the judge either way.
+_READ_ITEM_FIELDS = ("type", "dest_index", "dest_offsets", "storage_index", "storage_offsets", "lengths")
+_PLAIN_READ_ITEM = tuple(f.name for f in dataclasses.fields(ReadItem)) == _READ_ITEM_FIELDS
+
+
+def _with_indexes(ri: Any, dest: MetadataIndex, storage: MetadataIndex) -> Any:
+    """``dataclasses.replace(ri, dest_index=dest, storage_index=storage)``, without its
+    per-call field introspection where ReadItem is the six-field dataclass it is in torch 2.x."""
+    if _PLAIN_READ_ITEM and type(ri) is ReadItem:
+        return ReadItem(ri.type, dest, ri.dest_offsets, storage, ri.storage_offsets, ri.lengths)
+    return dataclasses.replace(ri, dest_index=dest, storage_index=storage)
 
 
 def read_fields(ri: Any) -> tuple:
@@ -161,7 +179,7 @@ def relabel(items: list, fqn: str) -> list:
         dest = dests.get(id(d))
         if dest is None:
             dest = dests[id(d)] = MetadataIndex(fqn, d.offset, d.index)
-        out.append(dataclasses.replace(ri, dest_index=dest, storage_index=MetadataIndex(fqn, s.offset, s.index)))
+        out.append(_with_indexes(ri, dest, MetadataIndex(fqn, s.offset, s.index)))
     return out
 
 
@@ -176,6 +194,61 @@ def _chunk_key(chunks: Any) -> tuple | None:
     return tuple(out)
 
 
+class ChunkLists:
+    """DCP's own ``_create_chunk_list`` for the DTensors of one rank, once per DTensorSpec.
+
+    For a DTensor (exactly that class) whose local tensor has no ``__create_chunk_list__`` of its
+    own, DCP's answer (``DTensor.__create_chunk_list__``: the partial-placement check, then
+    ``_create_chunk_from_dtensor``) reads only the spec: global shape, placements and mesh, whose
+    coordinate is this rank's. The layers of a model share one spec object per layout on a rank
+    (``fastpath.rank_view`` and ``SharedLeaves`` hand them out), so DCP computes each answer once
+    and every key of the layout gets that very list. Every answer came out of DCP for the same
+    spec on the same rank; ``clear`` between ranks (the mesh coordinate changes). The specs are
+    held, so an ``id`` never stands for a collected object.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[tuple, tuple[Any, list]] = {}  # (id(spec), dtype) -> (spec, DCP's list)
+        self._owned: dict[int, list] = {}  # id(list) -> a list handed out (kept alive here)
+        self._boxes: dict[int, tuple | None] = {}  # id(owned list) -> its boxes
+        self.hits = 0
+
+    def clear(self) -> None:
+        """Forget the previous rank's answers."""
+        self._lists.clear()
+        self._owned.clear()
+        self._boxes.clear()
+
+    def chunk_list(self, original: Callable[[Any], list], obj: Any) -> list:
+        """``original(obj)`` (DCP's ``_create_chunk_list``), asked once per spec of this rank."""
+        if type(obj) is not DTensor or hasattr(obj._local_tensor, "__create_chunk_list__"):
+            return original(obj)
+        spec = obj._spec
+        key = (id(spec), obj.dtype)
+        hit = self._lists.get(key)
+        if hit is not None and hit[0] is spec:
+            self.hits += 1
+            return hit[1]
+        out = original(obj)
+        self._lists[key] = (spec, out)
+        self._owned[id(out)] = out
+        return out
+
+    def known(self, spec: Any, dtype: Any) -> list | None:
+        """The list handed out for ``spec`` on this rank, if any."""
+        hit = self._lists.get((id(spec), dtype))
+        return hit[1] if hit is not None and hit[0] is spec else None
+
+    def boxes(self, local_chunks: list) -> tuple | None:
+        """``_chunk_key(local_chunks)``, worked out once for each list this memo handed out."""
+        key = id(local_chunks)
+        if self._owned.get(key) is not local_chunks:
+            return _chunk_key(local_chunks)
+        if key not in self._boxes:
+            self._boxes[key] = _chunk_key(local_chunks)
+        return self._boxes[key]
+
+
 class ReadPruner:
     """One checkpoint's metadata prepared for many ranks' read planning: per-tensor chunk
     indexes (``pruned_read_items``), and a checked memo across keys with the same layout.
@@ -188,8 +261,11 @@ class ReadPruner:
     field; any difference turns the memo off for the rest of the simulation.
     """
 
-    def __init__(self, metadata: Any, min_chunks: int | None = None, memo: bool = True) -> None:
+    def __init__(self, metadata: Any, min_chunks: int | None = None, memo: bool = True,
+                 chunk_lists: ChunkLists | None = None) -> None:
         self._min_chunks = min_chunks
+        # Where given, DCP's _create_chunk_list is asked once per spec of a rank (see ChunkLists).
+        self.chunk_lists = chunk_lists
         self._tensors = {
             id(v): v for v in metadata.state_dict_metadata.values() if isinstance(v, TensorStorageMetadata)
         }
@@ -197,6 +273,7 @@ class ReadPruner:
         self._layouts: dict[int, int | None] = {}  # id(tensor_md) -> layout number
         self._layout_numbers: dict[tuple, int] = {}
         self._memo: dict[tuple, list] = {}  # (layout, local boxes) -> [fqn, items, checked]
+        self._by_spec: dict[tuple, tuple] = {}  # (layout, id(spec), dtype) -> (spec, memo key); one rank
         self.memo_on = memo
         self.memo_hits = 0
 
@@ -225,22 +302,19 @@ class ReadPruner:
         """What DCP's ``create_read_items_for_chunk_list`` returns, the cheapest exact way."""
         if self._tensors.get(id(tensor_md)) is not tensor_md:
             return original(fqn, tensor_md, local_chunks)  # not this checkpoint's metadata
-        index = self._index_for(tensor_md)
-        layout = self._layout_for(tensor_md) if self.memo_on and local_chunks else None
-        local = _chunk_key(local_chunks) if layout is not None else None
-        if local is None:
-            return pruned_read_items(original, fqn, tensor_md, local_chunks, index)
-        key = (layout, local)
+        key = self._memo_key(tensor_md, local_chunks)
+        if key is None:
+            return pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
         hit = self._memo.get(key)
         if hit is None:
-            items = pruned_read_items(original, fqn, tensor_md, local_chunks, index)
+            items = pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
             if all(ri.dest_index.fqn == fqn and ri.storage_index.fqn == fqn for ri in items):
                 self._memo[key] = [fqn, items, False]
             return items
         first_fqn, first_items, checked = hit
         same = list(first_items) if fqn == first_fqn else relabel(first_items, fqn)
         if not checked:
-            planned = pruned_read_items(original, fqn, tensor_md, local_chunks, index)
+            planned = pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
             if [read_fields(ri) for ri in planned] != [read_fields(ri) for ri in same]:
                 self.memo_on = False  # DCP's read planning is not what this memo assumes
                 self._memo.clear()
@@ -250,21 +324,83 @@ class ReadPruner:
         self.memo_hits += 1
         return same
 
+    def _memo_key(self, tensor_md: Any, local_chunks: list) -> tuple | None:
+        """(layout of the saved chunks, local boxes): what the memo answers for (None: no memo)."""
+        layout = self._layout_for(tensor_md) if self.memo_on and local_chunks else None
+        if layout is None:
+            return None
+        local = self.chunk_lists.boxes(local_chunks) if self.chunk_lists is not None else _chunk_key(local_chunks)
+        return None if local is None else (layout, local)
+
+    def new_rank(self) -> None:
+        """Forget what held for the previous rank's mesh coordinate (chunk lists by spec)."""
+        self._by_spec.clear()
+        if self.chunk_lists is not None:
+            self.chunk_lists.clear()
+
+    def create_read_items(self, original: Callable[..., list], fqn: str, md: Any, obj: Any) -> list:
+        """What DCP's ``planner_helpers._create_read_items(fqn, md, obj)`` returns.
+
+        For a DTensor it is ``create_read_items_for_chunk_list(fqn, md, _create_chunk_list(obj))``:
+        the chunk list is a function of the spec on this rank (``ChunkLists``), so a key whose
+        DTensor shares a spec object with an earlier key of this rank, and whose saved chunks
+        have the same layout, asks ``read_items`` the very question (layout, local boxes) that
+        key asked. Where the memo has checked that answer against DCP, it is given at once
+        (renamed); anything else goes through DCP's own function.
+        """
+        if (self.chunk_lists is None or not self.memo_on or type(obj) is not DTensor
+                or self._tensors.get(id(md)) is not md or hasattr(obj._local_tensor, "__create_chunk_list__")):
+            return original(fqn, md, obj)
+        spec = obj._spec
+        layout = self._layout_for(md)
+        key = (layout, id(spec), obj.dtype)
+        seen = self._by_spec.get(key)
+        if seen is not None and seen[0] is spec:
+            hit = self._memo.get(seen[1])
+            if hit is not None and hit[2]:
+                self.memo_hits += 1
+                return list(hit[1]) if fqn == hit[0] else relabel(hit[1], fqn)
+        items = original(fqn, md, obj)
+        if layout is not None and seen is None:
+            local = self.chunk_lists.known(spec, obj.dtype)
+            inner = self._memo_key(md, local) if local else None
+            if inner is not None:
+                self._by_spec[key] = (spec, inner)
+        return items
+
     @contextmanager
     def active(self) -> Iterator[bool]:
         """While inside, DCP's ``planner_helpers.create_read_items_for_chunk_list`` is the
-        pruned call for this metadata's tensors (and DCP's own for anything else). Yields False
-        and changes nothing when the helper is not DCP's own (someone patched it)."""
+        pruned call for this metadata's tensors (and DCP's own for anything else), and, with
+        ``chunk_lists``, ``planner_helpers._create_chunk_list`` is DCP's own asked once per spec
+        and ``default_planner._create_read_items`` answers a spec's repeat from the checked memo.
+        Yields False and changes nothing when a helper is not DCP's own (someone patched it)."""
         original = planner_helpers.create_read_items_for_chunk_list
-        if not _is_dcp_function(original):
+        original_chunks = planner_helpers._create_chunk_list
+        original_items = default_planner._create_read_items
+        if not (_is_dcp_function(original) and _is_dcp_function(original_chunks, "_create_chunk_list")
+                and _is_dcp_function(original_items, "_create_read_items")):
             yield False
             return
 
         def create_read_items_for_chunk_list(fqn: str, checkpoint_md: Any, local_chunks: list) -> list:
             return self.read_items(original, fqn, checkpoint_md, local_chunks)
 
+        memo = self.chunk_lists
+
+        def _create_chunk_list(tensor: Any) -> list:
+            return memo.chunk_list(original_chunks, tensor)
+
+        def _create_read_items(fqn: str, md: Any, obj: Any) -> list:
+            return self.create_read_items(original_items, fqn, md, obj)
+
         planner_helpers.create_read_items_for_chunk_list = create_read_items_for_chunk_list
+        if memo is not None:
+            planner_helpers._create_chunk_list = _create_chunk_list
+            default_planner._create_read_items = _create_read_items
         try:
             yield True
         finally:
             planner_helpers.create_read_items_for_chunk_list = original
+            planner_helpers._create_chunk_list = original_chunks
+            default_planner._create_read_items = original_items

@@ -68,7 +68,7 @@ def _writers(md: Metadata, trace_writers: dict[tuple[str, Any], int] | None) -> 
     out = []
     for fqn, value in md.state_dict_metadata.items():
         keys = (
-            [(fqn, tuple(int(v) for v in c.offsets)) for c in value.chunks]
+            [(fqn, tuple(map(int, c.offsets))) for c in value.chunks]  # map: 3x a generator, 740k chunks at 1024
             if isinstance(value, TensorStorageMetadata)
             else [(fqn, None)]
         )

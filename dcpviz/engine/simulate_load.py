@@ -11,8 +11,10 @@ rank is collected besides (see ``mismatch.py``).
 
 from __future__ import annotations
 
+import gc
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,9 +26,9 @@ from dcpviz.core.trace import LoadTrace, PlanRecord, SaveTrace, TargetValue
 from dcpviz.core.version import __version__
 from dcpviz.engine import fastpath
 from dcpviz.engine.convert import ItemTable, planner_info
-from dcpviz.engine.convert_load import load_plan_record, saved_itemsizes, target_value
+from dcpviz.engine.convert_load import TargetValues, load_plan_record, saved_itemsizes, target_value
 from dcpviz.engine.mismatch import MismatchCollector, dcp_key_messages, read_facts
-from dcpviz.engine.overlap import ReadPruner
+from dcpviz.engine.overlap import ChunkLists, ReadPruner
 from dcpviz.engine.phases import (
     Log,
     Timer,
@@ -97,6 +99,32 @@ class _DerivedVersionGuard:
         _version._derived_version = self._saved
 
 
+YOUNG_GC_EVERY = 16
+"""Ranks planned between two collections of the young generations (see ``young_gc_only``)."""
+
+
+@contextmanager
+def young_gc_only(on: bool = True) -> Iterator[Any]:
+    """While inside, Python's cyclic GC runs only when asked, on the young generations.
+
+    Planning a rank allocates ~10^4 objects that live on (trace records, plans), so automatic
+    collection keeps promoting them and re-scanning the old generation, which holds everything
+    the simulation has made so far and the saved checkpoint: half of a 256-rank load's time.
+    Yields a function to call between ranks (None where GC is left alone): ``gc.collect(1)`` scans only what was allocated
+    since the last call (the rank's cyclic garbage is freed there; survivors go to the old
+    generation, which is left to Python once the block ends). GC's enabled state is restored
+    on exit, error or not; nothing is collected where the caller had GC disabled."""
+    enabled = gc.isenabled()
+    if not (on and enabled):
+        yield None
+        return
+    gc.disable()
+    try:
+        yield lambda: gc.collect(1)
+    finally:
+        gc.enable()
+
+
 @dataclass
 class _LoadRun:
     """One simulated load in progress: what every phase reads and adds to."""
@@ -120,19 +148,25 @@ class _LoadRun:
     wanted_by_rank: list[tuple[int, ...]] = field(default_factory=list)
     wanted_fqns: set[str] = field(default_factory=set)
     read_storage_fqns: set[str] = field(default_factory=set)
-    plan_memo: dict[int, PlanRecord] = field(default_factory=dict)
+    plan_memo: dict[int, tuple[LoadPlan, PlanRecord]] = field(default_factory=dict)
+    read_boxes: dict | None = None  # convert_load.read_record's memo (None: every item converted on its own)
     fakes: dict = field(default_factory=dict)
     per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
     rebound: int = 0
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
     pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/overlap.py)
+    chunk_lists: ChunkLists | None = None  # DCP's _create_chunk_list once per spec of a rank
+    target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
+    sharing: dict[int, int] = field(default_factory=dict)  # representative -> last rank reusing its facts
+    lean: bool = False  # let go of each rank's state dict once planned (fast is not False)
+    collect_young: Any = None  # call between ranks (young_gc_only); None: GC runs by itself
 
     @property
     def world_size(self) -> int:
         return self.target.world_size
 
     def record(self, plan: LoadPlan) -> PlanRecord:
-        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo)
+        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo, self.read_boxes)
 
 
 def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, info: Any, timer: Timer, log: Log) -> _LoadRun:
@@ -147,16 +181,23 @@ def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, inf
     rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
     # DCP's read planning on the saved chunks that can overlap (exact; see engine/overlap.py).
-    pruner = ReadPruner(md) if fast is not False and info.is_dcp_default else None
+    # With it, DCP's _create_chunk_list once per DTensor spec of a rank (exact; see ChunkLists).
+    chunk_lists = ChunkLists() if fast is not False else None
+    pruner = ReadPruner(md, chunk_lists=chunk_lists) if fast is not False and info.is_dcp_default else None
+    sharing = {rep: r for r, rep in sorted(rep_of.items()) if rep != r}
     return _LoadRun(sim, make_planner, md, saved_itemsizes(md), template, shortcuts, rep_of, timer, log,
                     planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound,
-                    pruner=pruner)
+                    pruner=pruner, chunk_lists=chunk_lists,
+                    target_values=TargetValues(chunk_lists) if fast is not False else None,
+                    read_boxes={} if fast is not False else None, sharing=sharing, lean=fast is not False)
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
     """Rank ``r`` has the same plan and the same keys as its representative ``rep``."""
     run.local[r], run.local_records[r], run.planners[r] = run.local[rep], run.local_records[rep], run.planners[rep]
     values, wanted_ids, messages, renames, read_dest = run.per_rep[rep]
+    if run.sharing[rep] == r:
+        del run.per_rep[rep]  # the last rank of the class: nobody asks for these again
     run.wanted_by_rank.append(wanted_ids)
     with run.timer.phase("mismatch_scan"):
         run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
@@ -167,6 +208,12 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
     md = run.metadata
     with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
         t0 = time.perf_counter()
+        if run.pruner is not None:
+            run.pruner.new_rank()  # answers by spec hold for one rank's mesh coordinate
+        elif run.chunk_lists is not None:
+            run.chunk_lists.clear()
+        if run.target_values is not None:
+            run.target_values.clear()
         if run.template is not None:
             state_dict = fastpath.rank_view(run.template, r, {})
         else:
@@ -174,7 +221,8 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
             run.rebound += n
         if r == 0:
             run.components = training_state_components(run.target, state_dict)
-        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None)
+        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None,
+                                    {} if run.shortcuts else None)
         t1 = time.perf_counter()
         p = run.make_planner()
         run.planners[r] = p
@@ -190,15 +238,27 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
             failed = True
         t2 = time.perf_counter()
         _check_keys(run, r, p, state_dict, failed)
+        if run.lean:
+            _drop_state(p)
         run.timer.add("build_state_dicts", t1 - t0)
         run.timer.add("local_plans", t2 - t1)
         run.timer.add("mismatch_scan", time.perf_counter() - t2)
 
 
+def _drop_state(planner: Any) -> None:
+    """Let go of the rank's state dict once its plan and keys are recorded (1024 ranks' state
+    dicts would otherwise live until the end). Only for DefaultLoadPlanner itself, whose
+    ``create_global_plan`` and ``finish_plan`` return the plans they are given and read no state
+    (tests/test_load_fast_equals_plain.py compares the final plans with the plain path)."""
+    if type(planner) is DefaultLoadPlanner:
+        planner.state_dict, planner.original_state_dict, planner.mappings = {}, {}, {}
+
+
 def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], failed: bool) -> None:
     """Every key of rank ``r`` against the checkpoint, with DCP's own message where it fails."""
     flat = planner_view(p, state_dict)
-    values: list[TargetValue] = [target_value(k, v) for k, v in flat.items()]
+    value_of = run.target_values.value if run.target_values is not None else target_value
+    values: list[TargetValue] = [value_of(k, v) for k, v in flat.items()]
     wanted_ids = tuple(run.wanted.add(tv) for tv in values)
     run.wanted_by_rank.append(wanted_ids)
     run.wanted_fqns.update(flat)
@@ -212,7 +272,8 @@ def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], faile
         strict = not bool(getattr(p, "allow_partial_load", False))
         messages = dcp_key_messages(flat, run.metadata, strict)
     run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
-    run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
+    if r in run.sharing:
+        run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
 
 
 def _local_step(run: _LoadRun, progress: bool | None) -> None:
@@ -223,6 +284,8 @@ def _local_step(run: _LoadRun, progress: bool | None) -> None:
             _share_plan(run, r, rep)
             continue
         _plan_rank(run, r)
+        if run.collect_young is not None and r % YOUNG_GC_EVERY == YOUNG_GC_EVERY - 1:
+            run.collect_young()
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -279,6 +342,13 @@ def plan_load(
     ``mismatches``. ``dcpviz.simulate_load`` wraps them in a LoadResult.
     """
     target = check_target(target)
+    # Reading the checkpoint allocates an object per saved chunk too: GC by hand from here on.
+    with young_gc_only(fast is not False) as collect_young:
+        return _plan_load(saved, target, planner, progress, fast, collect_young)
+
+
+def _plan_load(saved: Any, target: Scenario, planner: Any, progress: bool | None, fast: bool | None,
+               collect_young: Any) -> tuple[LoadTrace, Any]:
     ck = resolve_saved(saved)
     make_planner = planner_factory(planner, LoadPlanner, DefaultLoadPlanner)
     md = ck.metadata
@@ -286,6 +356,7 @@ def plan_load(
     log = Log(notes=list(ck.notes))
     info = planner_info(make_planner(), DefaultLoadPlanner)
     run = _set_up(target, make_planner, md, fast, info, timer, log)
+    run.collect_young = collect_young
     global_records = final_records = None
     with _DerivedVersionGuard():
         _local_step(run, progress)

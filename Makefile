@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dcpviz-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples
 
 bench: $(STAMP)
+	$(BIN)/python bench/bench_planning.py
+	$(BIN)/python bench/bench_explorer.py
+
+bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py
 
 clean:

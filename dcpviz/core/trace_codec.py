@@ -9,11 +9,8 @@ Imports neither torch nor plotly: a trace opens anywhere.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from dcpviz.core.errors import TraceFileError
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.core.trace import SCHEMA, VERSION, LoadTrace, SaveTrace, Trace
 from dcpviz.core.trace_validate import validate_trace
 
@@ -44,19 +42,6 @@ class _Envelope(msgspec.Struct):
 @cache
 def _decoder(tp: type) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(tp)
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Pause the cyclic GC while decoding: a big trace allocates ~10^6 small objects, none
-    cyclic, and the collections they trigger cost 5x the decoding itself."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _where(exc: msgspec.ValidationError, root: str) -> str:
@@ -92,7 +77,7 @@ def decode_trace(data: bytes | str, source: str = "<bytes>") -> Trace:
         ) from None
     kind = _check_envelope(env.schema, env.version, env.kind, source)
     try:
-        with _no_gc():
+        with gc_paused():
             trace = _decoder(_KINDS[kind]).decode(env.trace)
     except msgspec.ValidationError as exc:
         raise TraceFileError(f"{source} is malformed: {_where(exc, 'trace')}. Re-create the trace.") from None

@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
 from dcpviz.core.errors import DcpvizError
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.core.trace import PlanRecord, SaveTrace
 from dcpviz.core.version import __version__
 from dcpviz.engine import fastpath
@@ -49,7 +50,7 @@ from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import rank_state_dict
 from dcpviz.engine.validation import fast_validation
-from dcpviz.engine.world import fake_world, gc_paused, leaves_process_as_found
+from dcpviz.engine.world import fake_world, leaves_process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo
 
 

@@ -14,7 +14,6 @@ result with offsets computed independently per rank.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -122,23 +121,6 @@ def process_as_found() -> Iterator[None]:
         clear_dtensor_caches()
         logging_state.restore()
         c10d_globals.restore()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for a block, and restore its state after.
-
-    A W=1024 simulation allocates millions of small acyclic objects (plans, items, records);
-    each automatic collection walks every tracked object, so collections grow with the heap
-    and cost a third of the local planning. Reference counting still frees everything that is
-    not in a cycle; cycles made meanwhile are collected by the next automatic collection."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

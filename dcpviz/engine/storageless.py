@@ -72,11 +72,3 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None, shared: dict 
 
     return map_state_dict(obj, conv)
 
-
-def has_real_storage(t: Any) -> bool:
-    """True when ``t`` (a tensor or a DTensor) is backed by memory on a real device."""
-    if isinstance(t, DTensor):
-        t = t._local_tensor
-    if not isinstance(t, torch.Tensor):
-        return False
-    return t.untyped_storage().device.type != "meta"

@@ -150,7 +150,7 @@ def _hints(result: Any) -> list[Any]:
     return out
 
 
-_SEVERITY_STYLE = {"breaks": "bold red", "silent": "yellow", "expected": "dim"}
+_SEVERITY_STYLE = {"breaks": "bold red", "loses": "bold red", "silent": "yellow", "expected": "dim"}
 
 
 def _mismatches(result: Any, max_rows: int) -> Table | None:

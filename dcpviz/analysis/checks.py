@@ -26,7 +26,8 @@ from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.hints import OPTIM_STATE_NAMES
-from dcpviz.analysis.verdict import rank_ranges
+from dcpviz.analysis.verdict import bytes_over_tensor, leaves_data_unread, rank_ranges, skipped_keys
+from dcpviz.analysis.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import LoadTrace, SaveTrace
@@ -263,20 +264,26 @@ def is_optimizer_key(key: str) -> bool:
 
 def unread_keys(trace: LoadTrace) -> list[Row]:
     """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart
-    (by the saved side's components where the trace has them, else by the key's shape)."""
-    unexpected = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected"})
+    (by the saved side's components where the trace has them, else by the key's shape). Keys
+    declared unused (``expected_unused``) are no finding. 'data-loss' where a partial load skips
+    target keys meanwhile (the unread data is what they could hold), else 'warning'."""
+    unexpected = unread_checkpoint_keys(trace)
+    sev = "data-loss" if leaves_data_unread(trace) else "warning"
     saved = trace.saved_scenario
     prefixes = dict(saved.components) if saved is not None else {}
     optim = [k for k in unexpected if is_optimizer_key(k)
              or component_of(k, prefixes) in ("optim", "optimizer")]
     rest = [k for k in unexpected if k not in set(optim)]
     fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
-    rows: list[Row] = [("warning", "unread-keys", k, (),
+    if sev == "data-loss":
+        fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
+               "them unused on purpose (expected_unused)")
+    rows: list[Row] = [(sev, "unread-keys", k, (),
                         f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
                         fix) for k in rest]
-    rows = _capped(rows, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
+    rows = _capped(rows, sev, "unread-keys", "are in the checkpoint and read by no rank", fix)
     if optim:
-        rows.append(("warning", "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
+        rows.append((sev, "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
                      f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
                      "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
                      "without an error.",
@@ -299,18 +306,46 @@ def dtype_casts(trace: LoadTrace) -> list[Row]:
 
 
 def partial_load(trace: LoadTrace) -> list[Row]:
-    """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value."""
-    if not trace.planner.option("allow_partial_load", False):
+    """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value.
+    'data-loss' when the checkpoint meanwhile holds entries no rank reads (not declared unused):
+    then the load leaves loadable checkpoint data behind (a prefix, a rename) and says nothing."""
+    skipped = skipped_keys(trace)
+    if not skipped:
         return []
+    loss = leaves_data_unread(trace)
+    n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
+    unread = unread_checkpoint_keys(trace)
+    sev, check = ("data-loss", "partial-load-leaves-data-unread") if loss else ("warning", "partial-load-hides-missing")
+    tail = (f" The load restores {n_target - len(skipped)} of {n_target} target keys while {len(unread)} "
+            f"checkpoint keys are read by no rank ({', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}): "
+            "the data is in the checkpoint, under other names.") if loss else ""
+    fix = ("map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
+           "allow_partial_load only for keys with no source in the checkpoint") if loss else (
+           "check the key names (load.hints); use allow_partial_load only for keys you mean to skip")
     rows: list[Row] = []
     for m in trace.mismatches:
         if m.kind == "missing":
-            rows.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks),
+            rows.append((sev, check, m.fqn, tuple(m.ranks),
                          f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it "
-                         "without a word, so it keeps its initial value.",
-                         "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"))
-    return _capped(rows, "warning", "partial-load-hides-missing", "are skipped silently",
-                   "use allow_partial_load only for keys you mean to skip")
+                         "without a word, so it keeps its initial value." + tail, fix))
+    return _capped(rows, sev, check, "are skipped silently", fix)
+
+
+def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
+    """A bytes entry (a Python value) saved where the target holds a tensor: dcp.load raises
+    nothing, plans a bytes read, and its ``load_bytes`` replaces the state dict's entry with the
+    saved value; the target's tensor is never written (checked against real dcp.load)."""
+    rows: list[Row] = []
+    for m in trace.mismatches:
+        if bytes_over_tensor(m) and not m.message:
+            rows.append(("data-loss", "bytes-replace-tensor", m.fqn, tuple(m.ranks),
+                         f"the checkpoint holds a Python value (bytes) under {m.fqn!r} where the target holds "
+                         f"a {m.current_dtype} tensor {tuple(m.current_size or ())}: dcp.load replaces the state "
+                         "dict's entry with the saved value and never writes the tensor (a model's parameter "
+                         "keeps its initial value; load_state_dict then gets a non-tensor).",
+                         "save a tensor under this key, or load it into a Python value and convert it yourself"))
+    return _capped(rows, "data-loss", "bytes-replace-tensor", "are replaced by saved Python values",
+                   "save tensors under these keys, or load them into Python values")
 
 
 def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> list[Row]:
@@ -340,8 +375,8 @@ def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> l
 
 def load_checks(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every check of a load trace, most severe first."""
-    rows = (planner_errors(trace) + unread_keys(trace) + dtype_casts(trace) + partial_load(trace)
-            + read_amplification(trace, reads))
+    rows = (planner_errors(trace) + bytes_replace_tensors(trace) + unread_keys(trace) + dtype_casts(trace)
+            + partial_load(trace) + read_amplification(trace, reads))
     return _frame(rows)
 
 

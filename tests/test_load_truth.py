@@ -136,10 +136,14 @@ def test_expected_unused_reaches_checks_report_and_cli(mlp_ckpt, tmp_path, capsy
     declared = dcpviz.simulate_load(mlp_ckpt, scenario, expected_unused=["norm.*"])
     assert not {"norm.weight", "norm.bias"} & set(declared.checks.fqn)
     report = dcpviz.report(declared, tmp_path / "r.html").read_text()
-    assert "unread-keys" not in report
+    assert "unread-keys" not in report and "plans cleanly" in report
+    assert "plans cleanly" not in dcpviz.report(plain, tmp_path / "p.html").read_text()
     path = declared.to_json(tmp_path / "d.json")
     assert main(["check", str(path), "--json"]) == 0
     assert '"norm.weight"' not in capsys.readouterr().out
+    assert main(["show", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "plans cleanly" in shown and "left unread on purpose" in shown
 
 
 # -- item 5: bytes versus tensors --------------------------------------------------------------

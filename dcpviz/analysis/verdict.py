@@ -279,3 +279,19 @@ def _losses(trace: LoadTrace, losing_keys: set[str], causes: list[str]) -> tuple
                    f"(bytes) there, which replaces the state dict's entry ({replaced[0]!r}"
                    f"{', ...' if len(replaced) > 1 else ''})")
     return tuple(out)
+
+
+def load_status(summary: dict, v: Verdict) -> tuple[str, str]:
+    """The status line of a load view and its tone ('bad', 'warn', 'good'), from the summary's
+    numbers and the verdict: what fails, what loses data, what DCP does not stop on; keys
+    declared unused (expected_unused) alone leave it clean."""
+    W = summary["world_size"]
+    if summary["failed_ranks"]:
+        return f"dcp.load would fail: the local plan raised on {len(summary['failed_ranks'])} of {W} ranks", "bad"
+    if not summary["ok"]:
+        return f"dcp.load would fail: {summary['errors']} error(s)", "bad"
+    if v.losing:
+        return "dcp.load goes through but loses checkpoint data (see the verdict)", "bad"
+    if v.silent:
+        return "plans, with mismatches DCP does not stop on", "warn"
+    return "plans cleanly", "good"

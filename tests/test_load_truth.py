@@ -104,6 +104,46 @@ def test_partial_load_of_keys_with_no_source_stays_a_warning(mlp_ckpt, tmp_path,
     capsys.readouterr()
 
 
+def test_partial_load_past_a_rename_is_data_loss_and_names_the_source(mlp_ckpt, tmp_path, capsys):
+    """The LayerNorm renamed (norm -> ln) under allow_partial_load: real dcp.load leaves ln at its
+    initial values while the checkpoint's norm.* are read by nobody."""
+    from load_cases import RenamedNormMLP
+
+    torch.manual_seed(1)
+    target = RenamedNormMLP()
+    ln = target.ln.weight.detach().clone()
+    assert real_load(target.state_dict(), mlp_ckpt, DefaultLoadPlanner(allow_partial_load=True)) is None
+    assert torch.equal(target.ln.weight, ln)
+
+    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=RenamedNormMLP, world_size=2, recipe="fsdp"),
+                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    assert load.verdict.loads and not load.verdict.clean
+    lost = load.checks[load.checks.check == "partial-load-leaves-data-unread"].set_index("fqn")
+    assert set(lost.index) == {"ln.weight", "ln.bias"} and set(lost.severity) == {"data-loss"}
+    assert "norm.weight" in lost.loc["ln.weight", "message"]
+    assert check_exit(load, tmp_path) == 1
+    capsys.readouterr()
+
+
+def test_a_skipped_module_with_only_optimizer_state_unread_is_no_data_loss(tmp_path, capsys):
+    """A model-only target with a new module, from a checkpoint that also holds optimizer state
+    of that module's shape: the moments cannot fill a parameter, so nothing loadable is left
+    behind (a warning, not data loss)."""
+    class Bigger(MLP):
+        def __init__(self) -> None:
+            super().__init__()
+            self.extra = nn.Linear(3, 2, bias=False)
+
+    torch.manual_seed(0)
+    ck = real_save({**MLP().state_dict(), "optim.state.extra.weight.exp_avg": torch.zeros(2, 3)}, tmp_path / "ck")
+    load = dcpviz.simulate_load(ck, dcpviz.Scenario(model=Bigger, world_size=2, recipe="fsdp"),
+                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    assert load.verdict.clean, load.verdict.line
+    assert not failing(load.checks), load.checks[["severity", "check", "fqn"]]
+    assert {"partial-load-hides-missing", "optimizer-state-not-read"} <= set(load.checks.check)
+    capsys.readouterr()
+
+
 def test_declared_unused_keys_are_not_data_loss(mlp_ckpt, tmp_path, capsys):
     """The same compiled target, with every checkpoint key declared unused on purpose: no
     surface calls it data loss or lists the declared keys as unread."""

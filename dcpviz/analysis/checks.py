@@ -25,8 +25,14 @@ import pandas as pd
 from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.hints import OPTIM_STATE_NAMES
-from dcpviz.analysis.verdict import bytes_over_tensor, leaves_data_unread, rank_ranges, skipped_keys
+from dcpviz.analysis.verdict import (
+    bytes_over_tensor,
+    is_optimizer_key,
+    lossy_keys,
+    possible_sources,
+    rank_ranges,
+    skipped_keys,
+)
 from dcpviz.analysis.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
@@ -256,33 +262,33 @@ def save_checks(trace: SaveTrace) -> pd.DataFrame:
 
 
 # -- load ---------------------------------------------------------------------------------------
-def is_optimizer_key(key: str) -> bool:
-    """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
-    segs = key.split(".")
-    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
-
-
 def unread_keys(trace: LoadTrace) -> list[Row]:
     """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart
     (by the saved side's components where the trace has them, else by the key's shape). Keys
-    declared unused (``expected_unused``) are no finding. 'data-loss' where a partial load skips
-    target keys meanwhile (the unread data is what they could hold), else 'warning'."""
+    declared unused (``expected_unused``) are no finding. 'data-loss' for a key that could hold
+    the data of a key a partial load skips (``verdict.lossy_keys``), else 'warning'."""
     unexpected = unread_checkpoint_keys(trace)
-    sev = "data-loss" if leaves_data_unread(trace) else "warning"
+    lossy = lossy_keys(trace)
     saved = trace.saved_scenario
     prefixes = dict(saved.components) if saved is not None else {}
     optim = [k for k in unexpected if is_optimizer_key(k)
              or component_of(k, prefixes) in ("optim", "optimizer")]
     rest = [k for k in unexpected if k not in set(optim)]
     fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
-    if sev == "data-loss":
-        fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
-               "them unused on purpose (expected_unused)")
-    rows: list[Row] = [(sev, "unread-keys", k, (),
-                        f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
-                        fix) for k in rest]
-    rows = _capped(rows, sev, "unread-keys", "are in the checkpoint and read by no rank", fix)
+    lost_fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
+                "them unused on purpose (expected_unused)")
+    lost = [k for k in rest if k in lossy]
+    rows: list[Row] = [("data-loss", "unread-keys", k, (),
+                        f"the checkpoint holds {k!r} but no target rank asks for it, while allow_partial_load "
+                        "skips a target key of its shape: the load leaves its data behind.",
+                        lost_fix) for k in lost]
+    rows = _capped(rows, "data-loss", "unread-keys", "are in the checkpoint and read by no rank", lost_fix)
+    plain: list[Row] = [("warning", "unread-keys", k, (),
+                         f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
+                         fix) for k in rest if k not in lossy]
+    rows += _capped(plain, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
     if optim:
+        sev = "data-loss" if any(k in lossy for k in optim) else "warning"
         rows.append((sev, "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
                      f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
                      "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
@@ -307,28 +313,35 @@ def dtype_casts(trace: LoadTrace) -> list[Row]:
 
 def partial_load(trace: LoadTrace) -> list[Row]:
     """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value.
-    'data-loss' when the checkpoint meanwhile holds entries no rank reads (not declared unused):
-    then the load leaves loadable checkpoint data behind (a prefix, a rename) and says nothing."""
+    'data-loss' for a skipped key that the checkpoint could fill from an entry no rank reads (same
+    shape, same side; ``verdict.possible_sources``): the load leaves loadable data behind (a
+    prefix, a rename) and says nothing. 'warning' for a key with no possible source."""
     skipped = skipped_keys(trace)
     if not skipped:
         return []
-    loss = leaves_data_unread(trace)
+    sources = possible_sources(trace)
     n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
-    unread = unread_checkpoint_keys(trace)
-    sev, check = ("data-loss", "partial-load-leaves-data-unread") if loss else ("warning", "partial-load-hides-missing")
-    tail = (f" The load restores {n_target - len(skipped)} of {n_target} target keys while {len(unread)} "
-            f"checkpoint keys are read by no rank ({', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}): "
-            "the data is in the checkpoint, under other names.") if loss else ""
-    fix = ("map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
-           "allow_partial_load only for keys with no source in the checkpoint") if loss else (
-           "check the key names (load.hints); use allow_partial_load only for keys you mean to skip")
-    rows: list[Row] = []
+    restored = f"The load restores {n_target - len(skipped)} of {n_target} target keys."
+    lost_fix = ("map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
+                "allow_partial_load only for keys with no source in the checkpoint")
+    fix = "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"
+    lost: list[Row] = []
+    hidden: list[Row] = []
     for m in trace.mismatches:
-        if m.kind == "missing":
-            rows.append((sev, check, m.fqn, tuple(m.ranks),
-                         f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it "
-                         "without a word, so it keeps its initial value." + tail, fix))
-    return _capped(rows, sev, check, "are skipped silently", fix)
+        if m.kind != "missing":
+            continue
+        said = (f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it without a word, "
+                "so it keeps its initial value.")
+        src = sources.get(m.fqn, ())
+        if src:
+            lost.append(("data-loss", "partial-load-leaves-data-unread", m.fqn, tuple(m.ranks),
+                         f"{said} The checkpoint holds {len(src)} unread key(s) that could hold its data "
+                         f"({', '.join(src[:3])}{', ...' if len(src) > 3 else ''}). {restored}", lost_fix))
+        else:
+            hidden.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix))
+    return (_capped(lost, "data-loss", "partial-load-leaves-data-unread", "are skipped while their data is unread",
+                    lost_fix)
+            + _capped(hidden, "warning", "partial-load-hides-missing", "are skipped silently", fix))
 
 
 def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES
 from dcpviz.analysis.load_tables import KIND_ORDER, explanation
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 
@@ -75,26 +76,64 @@ def skipped_keys(trace: LoadTrace) -> list[str]:
     return sorted({m.fqn for m in trace.mismatches if m.kind == "missing"})
 
 
+def is_optimizer_key(key: str) -> bool:
+    """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
+    segs = key.split(".")
+    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
+
+
+def possible_sources(trace: LoadTrace) -> dict[str, tuple[str, ...]]:
+    """For each key a partial load skips, the unread checkpoint keys (not declared unused) that
+    could hold its data: a tensor of the same global shape (a prefix or a rename keeps shapes;
+    dtypes are cast), or a Python value for a Python value, on the same side (model or optimizer
+    state). Not a pairing (nothing is chosen here): whether loadable data is left behind."""
+    skipped = set(skipped_keys(trace))
+    if not skipped:
+        return {}
+    unread = set(unread_keys(trace))
+    shape: dict[str, tuple | None] = {}
+    for m in trace.mismatches:
+        if m.fqn in skipped and m.kind == "missing":
+            shape[m.fqn] = tuple(m.current_size) if m.current_size is not None else None
+        elif m.fqn in unread and m.kind == "unexpected":
+            shape[m.fqn] = tuple(m.saved_size) if m.saved_size is not None else None
+    by_side_shape: dict[tuple, list[str]] = defaultdict(list)
+    for u in sorted(unread):
+        by_side_shape[(is_optimizer_key(u), shape.get(u))].append(u)
+    return {k: tuple(by_side_shape.get((is_optimizer_key(k), shape.get(k)), ())) for k in sorted(skipped)}
+
+
+def lossy_keys(trace: LoadTrace) -> set[str]:
+    """The keys of a partial load that loses data: skipped target keys with a possible source in
+    the checkpoint, and those unread sources."""
+    out: set[str] = set()
+    for k, sources in possible_sources(trace).items():
+        if sources:
+            out.add(k)
+            out.update(sources)
+    return out
+
+
 def leaves_data_unread(trace: LoadTrace) -> bool:
-    """allow_partial_load=True skips target keys while the checkpoint holds entries no rank reads
-    (and none declared unused): checkpoint data the target could hold is left behind. A partial
-    load is harmless only when the skipped keys have no possible source in the checkpoint."""
-    return bool(skipped_keys(trace)) and bool(unread_keys(trace))
+    """allow_partial_load=True skips target keys while the checkpoint holds unread entries (none
+    declared unused) that could hold their data: loadable checkpoint data is left behind. A
+    partial load is harmless only when the skipped keys have no possible source."""
+    return bool(lossy_keys(trace))
 
 
-def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), unread_loss: bool = False) -> str:
+def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), lossy: Iterable[str] = ()) -> str:
     """'breaks' when dcp.load raises on it, 'expected' for a key declared unused, 'loses' when
     dcp.load goes through but checkpoint data does not reach the target (a bytes entry over a
-    tensor; with ``unread_loss`` (``leaves_data_unread``), the keys a partial load skips and the
-    checkpoint keys it leaves unread), else 'silent'."""
+    tensor; a key in ``lossy`` (``lossy_keys``): a skipped key with a source, or that unread
+    source), else 'silent'."""
     if m.kind == "unexpected":
         if is_expected_unused(m.fqn, expected):
             return "expected"
-        return "loses" if unread_loss else "silent"
+        return "loses" if m.fqn in lossy else "silent"
     if bytes_over_tensor(m) and not m.message:
         return "loses"
     if m.kind == "missing" and partial:
-        return "loses" if unread_loss else "silent"
+        return "loses" if m.fqn in lossy else "silent"
     if m.kind == "dtype":
         return "silent"
     return "breaks"
@@ -113,11 +152,11 @@ def problems(trace: LoadTrace) -> pd.DataFrame:
     target could hold does not reach it), 'silent' (it loads, but casts, skips or ignores),
     'expected' (a checkpoint key declared unused). The per-rank rows stay in ``mismatches``."""
     partial = _partial(trace)
-    unread_loss = leaves_data_unread(trace)
+    lossy = lossy_keys(trace)
     W = trace.scenario.world_size
     rows = []
     for m in trace.mismatches:
-        sev = severity(m, partial, trace.expected_unused, unread_loss)
+        sev = severity(m, partial, trace.expected_unused, lossy)
         ranks = "no rank reads it" if m.kind == "unexpected" else rank_ranges(m.ranks, W)
         why = "declared unused on purpose (expected_unused)" if sev == "expected" else explanation(m, partial)
         if sev == "loses" and m.kind in ("missing", "unexpected"):
@@ -223,8 +262,8 @@ def layout_change(trace: LoadTrace) -> str:
 def verdict(trace: LoadTrace, hints: list) -> Verdict:
     """The verdict of a load: which hints name what breaks it, what is silent, what is harmless."""
     partial = _partial(trace)
-    unread_loss = leaves_data_unread(trace)
-    sev = {m.fqn: severity(m, partial, trace.expected_unused, unread_loss) for m in trace.mismatches}
+    lossy = lossy_keys(trace)
+    sev = {m.fqn: severity(m, partial, trace.expected_unused, lossy) for m in trace.mismatches}
     breaking_keys = {k for k, s in sev.items() if s == "breaks"}
     losing_keys = {k for k, s in sev.items() if s == "loses"}
     breaking, silent, explained, causes = [], [], set(), []
@@ -266,13 +305,15 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
 def _losses(trace: LoadTrace, losing_keys: set[str], causes: list[str]) -> tuple[str, ...]:
     """One phrase per way the load loses checkpoint data, with the numbers."""
     out = []
-    skipped, unread = skipped_keys(trace), unread_keys(trace)
-    if losing_keys & set(skipped):
+    skipped = skipped_keys(trace)
+    lost = sorted(losing_keys & set(skipped))
+    if lost:
         n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
+        sources = sorted({u for k in lost for u in possible_sources(trace)[k]})
         why = f" ({', '.join(causes)})" if causes else ""
-        out.append(f"allow_partial_load restores {n_target - len(skipped)} of {n_target} target keys, "
-                   f"{len(skipped)} keep their initial values while {len(unread)} checkpoint key(s) are read "
-                   f"by no rank{why}")
+        out.append(f"allow_partial_load restores {n_target - len(skipped)} of {n_target} target keys; "
+                   f"{len(lost)} keep their initial values while {len(sources)} checkpoint key(s) that could "
+                   f"hold them are read by no rank{why}")
     replaced = sorted({m.fqn for m in trace.mismatches if m.fqn in losing_keys and bytes_over_tensor(m)})
     if replaced:
         out.append(f"{len(replaced)} target tensor(s) are never written: the checkpoint holds a Python value "

@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 from load_cases import compiled_mlp
@@ -294,3 +296,29 @@ def test_a_damaged_data_file_no_rank_reads_does_not_fail_the_load(pair_ckpt):
     load = dcpviz.simulate_load(path, PAIR)
     assert load.verdict.loads and not [e for e in load.trace.errors if e.phase == "read"]
     assert any("no rank of this load reads them" in n for n in load.trace.notes)
+
+
+@pytest.fixture(scope="module")
+def pair_template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    real_save({**Pair().state_dict(), "zzz": torch.randn(16)}, root / "ck", thread_count=3)
+    files = {k.fqn: str(s.relative_path) for k, s in read_metadata(root / "ck").storage_data.items()}
+    return root / "ck", files
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["a", "b", "zzz"]), cut=st.floats(0.0, 1.0))
+def test_any_cut_of_a_data_file_fails_the_simulated_load_iff_it_fails_the_real_one(pair_template, tmp_path_factory, key, cut):
+    """A data file cut anywhere (0 bytes kept .. all kept): the simulated verdict fails exactly
+    when real dcp.load does, and only on a file some rank reads."""
+    import shutil
+
+    template, files = pair_template
+    path = tmp_path_factory.mktemp("cut") / "ck"
+    shutil.copytree(template, path)
+    f = path / files[key]
+    os.truncate(f, int(f.stat().st_size * cut))
+    real_failed = real_load(Pair().state_dict(), path) is not None
+    load = dcpviz.simulate_load(path, PAIR)
+    assert (not load.verdict.loads) == real_failed
+    assert real_failed == (key != "zzz" and cut < 1.0)

@@ -236,6 +236,10 @@ def chunk_coverage(trace: SaveTrace) -> list[Row]:
     return rows
 
 
+_READ_FIX = ("copy the checkpoint's data files again (or re-save it): .metadata names each file and "
+             "the bytes it must hold")
+
+
 def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     """Every failure the trace recorded: DCP raised, so the save or load would not complete. One
     row per phase and message (DCP raises the same text on every rank that hits it), with its ranks."""
@@ -250,7 +254,8 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     for (phase, exc_type, message), ranks in by_message.items():
         where = rank_ranges(ranks, trace.scenario.world_size) if ranks else "the coordinator"
         rows.append(("error", f"{phase}-failed", "", tuple(sorted(set(ranks))),
-                     f"[{phase}, {where}] {exc_type}: {message}", fix))
+                     f"[{phase}, {where}] {exc_type}: {message}",
+                     _READ_FIX if phase == "read" and trace.kind == "load" else fix))
     return rows
 
 

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from load_cases import compiled_mlp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemWriter
 

@@ -127,6 +127,7 @@ def _as_saved(flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str
     A saved callable or a captured job adds (the flag to pass, what was saved) to ``needs``."""
     if flag_value is not None or not saved_name:
         return flag_value
+    # deferred with the rest of engine/: only the commands that simulate need it.
     from dcpviz.engine.userspec import CALLABLE_PREFIX
 
     if saved_name.startswith(CALLABLE_PREFIX):

@@ -227,7 +227,7 @@ class Verdict:
             if self.losing or self.silent:
                 out += "; besides, " + "; ".join(self.losing + self.silent)
         elif self.losing:
-            out = head + "dcp.load goes through but loses data: " + "; ".join(self.losing)
+            out = head + "no error, but the load loses data: " + "; ".join(self.losing)
             if self.silent:
                 out += "; besides, " + "; ".join(self.silent)
         elif self.silent:

@@ -69,15 +69,17 @@ def _with_expected_unused(trace: Any, expected_unused: Iterable[str]) -> Any:
 
 def run_save(
     scenario: Scenario, checkpoint_dir: str | os.PathLike[str], planner: Any = None, *,
-    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn",
+    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", progress: bool | None = None,
 ) -> SaveResult:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
     a RecordingSavePlanner. Returns a SaveResult: the plans (same tables as simulate_save) plus
     ``storage``, ``files`` and ``storage_volume`` from the checkpoint written, and ``run_info``.
     A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
-    processes are stopped and the port freed whatever happens (also on Ctrl-C)."""
-    trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout, start_method=start_method)
+    processes are stopped and the port freed whatever happens (also on Ctrl-C). ``progress``: a
+    bar of ranks done and the phase each other rank is in (None: once the run has lasted 5 s)."""
+    trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout,
+                                           start_method=start_method, progress=progress)
     result = SaveResult(trace, metadata=metadata)
     result.run_info = info
     return result
@@ -86,15 +88,16 @@ def run_save(
 def run_load(
     checkpoint_dir: str | os.PathLike[str], target_scenario: Scenario, planner: Any = None, *,
     timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", expected_unused: Iterable[str] = (),
+    progress: bool | None = None,
 ) -> LoadResult:
     """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
     processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns a
     LoadResult with the same tables as simulate_load (read items, mismatches, hints, volumes)
     and ``run_info`` (processes, per-rank phase times, digests of the chunks each rank loaded).
     A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank.
-    ``expected_unused``: as in simulate_load."""
+    ``expected_unused``: as in simulate_load. ``progress``: as in run_save."""
     trace, metadata, info = run_load_trace(checkpoint_dir, target_scenario, planner, timeout=timeout,
-                                           start_method=start_method)
+                                           start_method=start_method, progress=progress)
     result = LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
     result.run_info = info
     return result

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable")
     load.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     load.add_argument("--trace", type=Path, help="write the load trace (JSON) here")
-    load.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
+    load.add_argument("--quiet", "-q", action="store_true", help="print just the verdict (the exit status says the rest)")
 
     show = sub.add_parser("show", help="print a saved trace (and optionally write its report)",
                           epilog=_EPILOG_SHOW, formatter_class=fmt)
@@ -121,30 +121,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _as_saved(flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str, str]], what: str) -> Any:
+    """A flag the user left out takes the saved job's value only when it is a preset name:
+    dcpviz never imports or calls a name read from a trace or a checkpoint (a trace is data).
+    A saved callable or a captured job adds (the flag to pass, what was saved) to ``needs``."""
+    if flag_value is not None or not saved_name:
+        return flag_value
+    # deferred with the rest of engine/: only the commands that simulate need it.
+    from dcpviz.engine.userspec import CALLABLE_PREFIX
+
+    if saved_name.startswith(CALLABLE_PREFIX):
+        dotted = saved_name.removeprefix(CALLABLE_PREFIX)
+        module, _, attr = dotted.rpartition(".")
+        spec = f"{module}:{attr}" if module and "<" not in dotted else "pkg.module:function"
+        needs.append((f"{flag} {spec}", f"{what} was {dotted}"))
+        return None
+    if saved_name == "captured":
+        needs.append((f"{flag} pkg.module:function",
+                      f"{what} is not known (the trace was captured from your own job by a recording planner)"))
+        return None
+    return saved_name
+
+
 def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
-    """The job from the flags; flags left out take the saved job's values (``saved``: a ScenarioInfo)."""
+    """The job from the flags; flags left out take the saved job's values (``saved``: a
+    ScenarioInfo) where those are presets; the saved job's own factories are named, never run."""
     # torch, deferred: only the commands that simulate need a Scenario.
     from dcpviz.engine.scenario import AS_BUILT, Scenario
-    from dcpviz.engine.userspec import resolve_spec, saved_spec
+    from dcpviz.engine.userspec import resolve_spec
 
     model, recipe, dtype, world = args.model, args.recipe, args.dtype, args.world_size
     optimizer, state = args.optimizer, args.state
     mesh, names = args.mesh, tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
+    if world is not None and world < 1:
+        raise DcpvizError(f"--world-size {world}: the number of ranks must be a positive int (e.g. -W 8).")
     if saved is not None:
-        model = model or saved_spec(saved.model, "--model")
-        recipe = recipe or saved_spec(saved.recipe, "--recipe")
+        needs: list[tuple[str, str]] = []
+        model = _as_saved(model, saved.model, "--model", needs, "the saved model factory")
+        recipe = _as_saved(recipe, saved.recipe, "--recipe", needs, "the saved recipe")
         dtype = dtype or (None if saved.dtype == AS_BUILT else saved.dtype)
         world = world or saved.world_size
-        optimizer = optimizer or (saved_spec(saved.optimizer, "--optimizer") if saved.optimizer else None)
-        state = state or (saved_spec(saved.state, "--state") if saved.state else None)
+        optimizer = _as_saved(optimizer, saved.optimizer, "--optimizer", needs, "the saved optimizer")
+        state = _as_saved(state, saved.state, "--state", needs, "the saved state")
+        if needs:
+            said = "; ".join(what for _, what in needs)
+            flags = " ".join(flag for flag, _ in needs)
+            raise DcpvizError(f"{said[:1].upper()}{said[1:]}. dcpviz never imports or calls a name found in a "
+                              f"trace or checkpoint: pass it yourself, e.g. {flags}")
         if mesh is None and world == saved.world_size and recipe == saved.recipe:
             mesh, names = tuple(saved.mesh), names or tuple(saved.mesh_dim_names)
     if model is None:
         raise DcpvizError("the checkpoint does not say which model saved it: pass --model, e.g. "
                           "--model mypkg.models:build (a zero-argument function returning your nn.Module).")
     return Scenario(
-        model=resolve_spec(model, "--model"), world_size=world or 8, mesh=mesh, mesh_dim_names=names,
-        recipe=resolve_spec(recipe or "fsdp", "--recipe"), dtype=dtype,
+        model=resolve_spec(model, "--model"), world_size=world if world is not None else 8, mesh=mesh,
+        mesh_dim_names=names, recipe=resolve_spec(recipe or "fsdp", "--recipe"), dtype=dtype,
         optimizer=_none(resolve_spec(optimizer, "--optimizer")), state=_none(resolve_spec(state, "--state")),
     )
 
@@ -188,7 +219,9 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     _write_outputs(result, args, console)
     if args.command == "demo":
         _print_next_steps(console, args.report)
-    return 0
+        return 0
+    # A gate: 1 when the save plan fails or a check finds data loss or an error, 0 otherwise.
+    return 1 if result.trace.errors or failing(result.checks) else 0
 
 
 def _load(args: argparse.Namespace, console: Console) -> int:
@@ -206,10 +239,14 @@ def _load(args: argparse.Namespace, console: Console) -> int:
         planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load),
         expected_unused=args.expected_unused,
     )
-    if not args.quiet:
+    verdict = result.verdict
+    if args.quiet:
+        print(verdict.line)  # just the verdict, unwrapped (a script greps it)
+    else:
         print_result(result, console)
-    _write_outputs(result, args, console)
-    return 0
+    _write_outputs(result, args, Console(quiet=True) if args.quiet else console)
+    # A gate: 1 when dcp.load would raise or lose checkpoint data (or a check fails), 0 when clean.
+    return 0 if verdict.clean and not failing(result.checks) else 1
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:

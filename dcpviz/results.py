@@ -407,8 +407,8 @@ class LoadResult(_Result):
         """(label, HTML) rows that sum the load up: the verdict first, then target, checkpoint,
         planner, reads, status."""
         v = self.verdict
-        line = f'<span class="{"good" if v.loads else "bad"}"><b>{html.escape(v.line)}</b></span>'
-        return [("verdict", line), *_load_summary_rows(self.summary)]
+        line = f'<span class="{"good" if v.clean else "bad"}"><b>{html.escape(v.line)}</b></span>'
+        return [("verdict", line), *_load_summary_rows(self.summary, v)]
 
     def report_title(self) -> str:
         """The report's default title."""
@@ -499,7 +499,7 @@ def _save_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _load_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+def _load_summary_rows(s: dict[str, Any], v: verdicts.Verdict) -> list[tuple[str, str]]:
     mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
     rows = [("target", html.escape(f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, mesh {mesh}"))]
     saved = s["saved_scenario"]
@@ -516,15 +516,8 @@ def _load_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                               f"deserialised ({amp:.2f}×)"))
     if s["mismatch_keys"]:
         rows.append(("mismatches", ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items())))
-    if s["failed_ranks"]:
-        status = f'<span class="bad">dcp.load would fail: the local plan raised on {len(s["failed_ranks"])} of {s["world_size"]} ranks</span>'
-    elif not s["ok"]:
-        status = f'<span class="bad">{s["errors"]} error(s)</span>'
-    elif s["mismatch_keys"]:
-        status = '<span class="bad">plans, with mismatches DCP does not stop on</span>'
-    else:
-        status = '<span class="good">plans cleanly</span>'
-    rows.append(("status", status))
+    said, tone = verdicts.load_status(s, v)
+    rows.append(("status", f'<span class="{"good" if tone == "good" else "bad"}">{html.escape(said)}</span>'))
     return rows
 
 

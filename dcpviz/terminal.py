@@ -12,6 +12,7 @@ from rich.text import Text
 
 from dcpviz.analysis.checks import counts_line
 from dcpviz.analysis.groups import ranges
+from dcpviz.analysis.verdict import load_status
 from dcpviz.core.units import fmt_bytes
 
 
@@ -104,7 +105,7 @@ def _header(result: Any) -> Panel:
     head.add_column(style="bold cyan")
     head.add_column()
     v = result.verdict
-    add_row(head, "verdict", Text(v.line, style="bold green" if v.loads else "bold red"))
+    add_row(head, "verdict", Text(v.line, style="bold green" if v.clean else "bold red"))
     add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
                   f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
     saved = s["saved_scenario"]
@@ -121,17 +122,8 @@ def _header(result: Any) -> Panel:
             f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all; per rank "
             f"max {fmt_bytes(s['max_rank_bytes'])}, mean {fmt_bytes(s['mean_rank_bytes'])}",
         )
-    if s["failed_ranks"]:
-        n = len(s["failed_ranks"])
-        status = Text(f"dcp.load would fail: the local plan raised on {n} of {s['world_size']} ranks",
-                      style="bold red")
-    elif not s["ok"]:
-        status = Text(f"{s['errors']} error(s)", style="bold red")
-    elif s["mismatch_keys"]:
-        status = Text("plans, with mismatches DCP does not stop on (see below)", style="bold yellow")
-    else:
-        status = Text("plans cleanly", style="bold green")
-    add_row(head, "status", status)
+    said, tone = load_status(s, v)
+    add_row(head, "status", Text(said, style={"bad": "bold red", "warn": "bold yellow"}.get(tone, "bold green")))
     return Panel(head, title="dcpviz load plan", expand=False)
 
 
@@ -150,7 +142,7 @@ def _hints(result: Any) -> list[Any]:
     return out
 
 
-_SEVERITY_STYLE = {"breaks": "bold red", "silent": "yellow", "expected": "dim"}
+_SEVERITY_STYLE = {"breaks": "bold red", "loses": "bold red", "silent": "yellow", "expected": "dim"}
 
 
 def _mismatches(result: Any, max_rows: int) -> Table | None:

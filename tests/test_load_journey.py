@@ -224,7 +224,7 @@ def test_cli_load_defaults_to_the_saved_job_and_takes_the_users_factory(tmp_path
     assert run_cli("simulate", "-W", "4", "--recipe", "fsdp", "--dtype", "float32", "--trace", str(mlp), "-q").returncode == 0
     mine = run_cli("load", str(mlp), "--model", "load_cases:RenamedNormMLP", "-W", "2", "--recipe", "fsdp",
                    cwd=Path(__file__).parent)
-    assert mine.returncode == 0, mine.stderr
+    assert mine.returncode == 1, mine.stderr  # a gate: the load would fail
     assert "1 thing breaks the load: a renamed module ('norm' → 'ln')" in mine.stdout
     bad = run_cli("load", str(mlp), "--model", "no_such_pkg.models:build")
     assert bad.returncode == 2 and "cannot import 'no_such_pkg.models'" in bad.stderr

@@ -159,3 +159,41 @@ def test_a_container_as_the_whole_model_is_a_clear_error():
     sc = dcpviz.Scenario(model=lambda: nn.ModuleDict({"a": nn.Linear(4, 4)}), world_size=2, recipe="fsdp")
     with pytest.raises(dcpviz.DcpvizError, match="ModuleDict without forward"):
         dcpviz.simulate_save(sc)
+
+
+class DictBlocks(nn.Module):
+    """A stack whose blocks are ``ModuleDict``s (no forward): the model's forward calls
+    ``block["attn"]`` and ``block["mlp"]`` itself. fully_shard refuses a ModuleDict, so the
+    units are what each block holds."""
+
+    def __init__(self, d: int = 8, n_layer: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, d)
+        self.h = nn.ModuleList([nn.ModuleDict({"attn": nn.Linear(d, d), "mlp": nn.Linear(d, 2 * d)})
+                                for _ in range(n_layer)])
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.h:
+            x = block["attn"](x)
+        return self.out(x)
+
+
+def test_blocks_without_forward_are_wrapped_through():
+    model = DictBlocks()
+    assert names_of(model, fsdp_units(model)) == ["h.0.attn", "h.0.mlp", "h.1.attn", "h.1.mlp"]
+
+
+@pytest.mark.parametrize("recipe,mesh,names", [("fsdp", (4,), ("shard",)), ("hsdp", (2, 2), ("replicate", "shard"))])
+def test_fsdp_on_dict_blocks_plans_what_dcp_plans_on_hand_built_dtensors(recipe, mesh, names):
+    """Before: fully_shard(ModuleDict) raised a raw ValueError. Now every rank's plan equals
+    DCP's own local plan on DTensors built by hand (Shard(0) over the shard dim)."""
+    from reference import hand_state_dict, plan_items, trace_items
+
+    res = dcpviz.simulate_save(dcpviz.Scenario(model=DictBlocks, world_size=4, mesh=mesh, recipe=recipe))
+    assert res.ok, res.errors
+    for rank in range(4):
+        torch.manual_seed(0)
+        want = plan_items(hand_state_dict(DictBlocks(), recipe, mesh, names, rank, llama=False), rank)
+        assert trace_items(res, rank) == want

@@ -25,8 +25,15 @@ import pandas as pd
 from dcpviz.analysis import load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.hints import OPTIM_STATE_NAMES
-from dcpviz.analysis.verdict import rank_ranges
+from dcpviz.analysis.verdict import (
+    bytes_over_tensor,
+    is_optimizer_key,
+    lossy_keys,
+    possible_sources,
+    rank_ranges,
+    skipped_keys,
+)
+from dcpviz.analysis.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import LoadTrace, SaveTrace
@@ -229,6 +236,10 @@ def chunk_coverage(trace: SaveTrace) -> list[Row]:
     return rows
 
 
+_READ_FIX = ("copy the checkpoint's data files again (or re-save it): .metadata names each file and "
+             "the bytes it must hold")
+
+
 def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     """Every failure the trace recorded: DCP raised, so the save or load would not complete. One
     row per phase and message (DCP raises the same text on every rank that hits it), with its ranks."""
@@ -243,7 +254,8 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     for (phase, exc_type, message), ranks in by_message.items():
         where = rank_ranges(ranks, trace.scenario.world_size) if ranks else "the coordinator"
         rows.append(("error", f"{phase}-failed", "", tuple(sorted(set(ranks))),
-                     f"[{phase}, {where}] {exc_type}: {message}", fix))
+                     f"[{phase}, {where}] {exc_type}: {message}",
+                     _READ_FIX if phase == "read" and trace.kind == "load" else fix))
     return rows
 
 
@@ -255,28 +267,34 @@ def save_checks(trace: SaveTrace) -> pd.DataFrame:
 
 
 # -- load ---------------------------------------------------------------------------------------
-def is_optimizer_key(key: str) -> bool:
-    """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
-    segs = key.split(".")
-    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
-
-
 def unread_keys(trace: LoadTrace) -> list[Row]:
     """Checkpoint keys no target rank reads (DCP ignores them silently), optimizer state apart
-    (by the saved side's components where the trace has them, else by the key's shape)."""
-    unexpected = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected"})
+    (by the saved side's components where the trace has them, else by the key's shape). Keys
+    declared unused (``expected_unused``) are no finding. 'data-loss' for a key that could hold
+    the data of a key a partial load skips (``verdict.lossy_keys``), else 'warning'."""
+    unexpected = unread_checkpoint_keys(trace)
+    lossy = lossy_keys(trace)
     saved = trace.saved_scenario
     prefixes = dict(saved.components) if saved is not None else {}
     optim = [k for k in unexpected if is_optimizer_key(k)
              or component_of(k, prefixes) in ("optim", "optimizer")]
     rest = [k for k in unexpected if k not in set(optim)]
     fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
-    rows: list[Row] = [("warning", "unread-keys", k, (),
-                        f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
-                        fix) for k in rest]
-    rows = _capped(rows, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
+    lost_fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
+                "them unused on purpose (expected_unused)")
+    lost = [k for k in rest if k in lossy]
+    rows: list[Row] = [("data-loss", "unread-keys", k, (),
+                        f"the checkpoint holds {k!r} but no target rank asks for it, while allow_partial_load "
+                        "skips a target key of its shape: the load leaves its data behind.",
+                        lost_fix) for k in lost]
+    rows = _capped(rows, "data-loss", "unread-keys", "are in the checkpoint and read by no rank", lost_fix)
+    plain: list[Row] = [("warning", "unread-keys", k, (),
+                         f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
+                         fix) for k in rest if k not in lossy]
+    rows += _capped(plain, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
     if optim:
-        rows.append(("warning", "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
+        sev = "data-loss" if any(k in lossy for k in optim) else "warning"
+        rows.append((sev, "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
                      f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
                      "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
                      "without an error.",
@@ -299,18 +317,53 @@ def dtype_casts(trace: LoadTrace) -> list[Row]:
 
 
 def partial_load(trace: LoadTrace) -> list[Row]:
-    """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value."""
-    if not trace.planner.option("allow_partial_load", False):
+    """allow_partial_load=True: keys the checkpoint lacks are skipped and keep their initial value.
+    'data-loss' for a skipped key that the checkpoint could fill from an entry no rank reads (same
+    shape, same side; ``verdict.possible_sources``): the load leaves loadable data behind (a
+    prefix, a rename) and says nothing. 'warning' for a key with no possible source."""
+    skipped = skipped_keys(trace)
+    if not skipped:
         return []
+    sources = possible_sources(trace)
+    n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
+    restored = f"The load restores {n_target - len(skipped)} of {n_target} target keys."
+    lost_fix = ("map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
+                "allow_partial_load only for keys with no source in the checkpoint")
+    fix = "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"
+    lost: list[Row] = []
+    hidden: list[Row] = []
+    for m in trace.mismatches:
+        if m.kind != "missing":
+            continue
+        said = (f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it without a word, "
+                "so it keeps its initial value.")
+        src = sources.get(m.fqn, ())
+        if src:
+            lost.append(("data-loss", "partial-load-leaves-data-unread", m.fqn, tuple(m.ranks),
+                         f"{said} The checkpoint holds {len(src)} unread key(s) that could hold its data "
+                         f"({', '.join(src[:3])}{', ...' if len(src) > 3 else ''}). {restored}", lost_fix))
+        else:
+            hidden.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix))
+    return (_capped(lost, "data-loss", "partial-load-leaves-data-unread", "are skipped while their data is unread",
+                    lost_fix)
+            + _capped(hidden, "warning", "partial-load-hides-missing", "are skipped silently", fix))
+
+
+def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
+    """A bytes entry (a Python value) saved where the target holds a tensor: dcp.load raises
+    nothing, plans a bytes read, and its ``load_bytes`` replaces the state dict's entry with the
+    saved value; the target's tensor is never written (checked against real dcp.load)."""
     rows: list[Row] = []
     for m in trace.mismatches:
-        if m.kind == "missing":
-            rows.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks),
-                         f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it "
-                         "without a word, so it keeps its initial value.",
-                         "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"))
-    return _capped(rows, "warning", "partial-load-hides-missing", "are skipped silently",
-                   "use allow_partial_load only for keys you mean to skip")
+        if bytes_over_tensor(m) and not m.message:
+            rows.append(("data-loss", "bytes-replace-tensor", m.fqn, tuple(m.ranks),
+                         f"the checkpoint holds a Python value (bytes) under {m.fqn!r} where the target holds "
+                         f"a {m.current_dtype} tensor {tuple(m.current_size or ())}: dcp.load replaces the state "
+                         "dict's entry with the saved value and never writes the tensor (a model's parameter "
+                         "keeps its initial value; load_state_dict then gets a non-tensor).",
+                         "save a tensor under this key, or load it into a Python value and convert it yourself"))
+    return _capped(rows, "data-loss", "bytes-replace-tensor", "are replaced by saved Python values",
+                   "save tensors under these keys, or load them into Python values")
 
 
 def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> list[Row]:
@@ -340,8 +393,8 @@ def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> l
 
 def load_checks(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every check of a load trace, most severe first."""
-    rows = (planner_errors(trace) + unread_keys(trace) + dtype_casts(trace) + partial_load(trace)
-            + read_amplification(trace, reads))
+    rows = (planner_errors(trace) + bytes_replace_tensors(trace) + unread_keys(trace) + dtype_casts(trace)
+            + partial_load(trace) + read_amplification(trace, reads))
     return _frame(rows)
 
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES
 from dcpviz.analysis.load_tables import KIND_ORDER, explanation
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 
-# What a mismatch means for dcp.load: it raises ('breaks'), it goes through but does something
-# the user may not want ('silent'), or the user declared it ('expected').
-SEVERITY_ORDER = {"breaks": 0, "silent": 1, "expected": 2}
+# What a mismatch means for dcp.load: it raises ('breaks'), it goes through but checkpoint data
+# that the target could hold does not reach it ('loses'), it goes through but does something the
+# user may not want ('silent'), or the user declared it ('expected').
+SEVERITY_ORDER = {"breaks": 0, "loses": 1, "silent": 2, "expected": 3}
 PROBLEM_COLUMNS = ["severity", "kind", "fqn", "saved", "current", "ranks", "n_ranks", "message", "explanation"]
 ERROR_GROUP_COLUMNS = ["phase", "exc_type", "message", "ranks", "n_ranks"]
 
@@ -53,11 +55,86 @@ def _partial(trace: LoadTrace) -> bool:
     return bool(trace.planner.option("allow_partial_load", False))
 
 
-def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = ()) -> str:
-    """'breaks' when dcp.load raises on it, 'expected' for a key declared unused, else 'silent'."""
+def bytes_over_tensor(m: MismatchRecord) -> bool:
+    """Saved as bytes (a Python value) where the target holds a tensor: dcp.load plans a bytes
+    read and ``load_bytes`` replaces the state dict's entry with the saved value; the target's
+    tensor (a model's parameter) is never written, and nothing is raised."""
+    return m.kind == "type" and m.saved_size is None and m.current_size is not None
+
+
+def unread_keys(trace: LoadTrace) -> list[str]:
+    """Checkpoint keys no target rank reads, those declared unused (expected_unused) left out."""
+    return sorted({m.fqn for m in trace.mismatches
+                   if m.kind == "unexpected" and not is_expected_unused(m.fqn, trace.expected_unused)})
+
+
+def skipped_keys(trace: LoadTrace) -> list[str]:
+    """Target keys allow_partial_load=True skips (not in the checkpoint): they keep their
+    initial values."""
+    if not _partial(trace):
+        return []
+    return sorted({m.fqn for m in trace.mismatches if m.kind == "missing"})
+
+
+def is_optimizer_key(key: str) -> bool:
+    """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
+    segs = key.split(".")
+    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
+
+
+def possible_sources(trace: LoadTrace) -> dict[str, tuple[str, ...]]:
+    """For each key a partial load skips, the unread checkpoint keys (not declared unused) that
+    could hold its data: a tensor of the same global shape (a prefix or a rename keeps shapes;
+    dtypes are cast), or a Python value for a Python value, on the same side (model or optimizer
+    state). Not a pairing (nothing is chosen here): whether loadable data is left behind."""
+    skipped = set(skipped_keys(trace))
+    if not skipped:
+        return {}
+    unread = set(unread_keys(trace))
+    shape: dict[str, tuple | None] = {}
+    for m in trace.mismatches:
+        if m.fqn in skipped and m.kind == "missing":
+            shape[m.fqn] = tuple(m.current_size) if m.current_size is not None else None
+        elif m.fqn in unread and m.kind == "unexpected":
+            shape[m.fqn] = tuple(m.saved_size) if m.saved_size is not None else None
+    by_side_shape: dict[tuple, list[str]] = defaultdict(list)
+    for u in sorted(unread):
+        by_side_shape[(is_optimizer_key(u), shape.get(u))].append(u)
+    return {k: tuple(by_side_shape.get((is_optimizer_key(k), shape.get(k)), ())) for k in sorted(skipped)}
+
+
+def lossy_keys(trace: LoadTrace) -> set[str]:
+    """The keys of a partial load that loses data: skipped target keys with a possible source in
+    the checkpoint, and those unread sources."""
+    out: set[str] = set()
+    for k, sources in possible_sources(trace).items():
+        if sources:
+            out.add(k)
+            out.update(sources)
+    return out
+
+
+def leaves_data_unread(trace: LoadTrace) -> bool:
+    """allow_partial_load=True skips target keys while the checkpoint holds unread entries (none
+    declared unused) that could hold their data: loadable checkpoint data is left behind. A
+    partial load is harmless only when the skipped keys have no possible source."""
+    return bool(lossy_keys(trace))
+
+
+def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), lossy: Iterable[str] = ()) -> str:
+    """'breaks' when dcp.load raises on it, 'expected' for a key declared unused, 'loses' when
+    dcp.load goes through but checkpoint data does not reach the target (a bytes entry over a
+    tensor; a key in ``lossy`` (``lossy_keys``): a skipped key with a source, or that unread
+    source), else 'silent'."""
     if m.kind == "unexpected":
-        return "expected" if is_expected_unused(m.fqn, expected) else "silent"
-    if m.kind == "dtype" or (m.kind == "missing" and partial):
+        if is_expected_unused(m.fqn, expected):
+            return "expected"
+        return "loses" if m.fqn in lossy else "silent"
+    if bytes_over_tensor(m) and not m.message:
+        return "loses"
+    if m.kind == "missing" and partial:
+        return "loses" if m.fqn in lossy else "silent"
+    if m.kind == "dtype":
         return "silent"
     return "breaks"
 
@@ -71,15 +148,20 @@ def _desc(size, dtype) -> str | None:
 def problems(trace: LoadTrace) -> pd.DataFrame:
     """One row per problem (kind, key, DCP message), every rank it happens on as a range.
 
-    ``severity``: 'breaks' (dcp.load raises), 'silent' (it loads, but casts, skips or ignores),
+    ``severity``: 'breaks' (dcp.load raises), 'loses' (it loads, but checkpoint data the
+    target could hold does not reach it), 'silent' (it loads, but casts, skips or ignores),
     'expected' (a checkpoint key declared unused). The per-rank rows stay in ``mismatches``."""
     partial = _partial(trace)
+    lossy = lossy_keys(trace)
     W = trace.scenario.world_size
     rows = []
     for m in trace.mismatches:
-        sev = severity(m, partial, trace.expected_unused)
+        sev = severity(m, partial, trace.expected_unused, lossy)
         ranks = "no rank reads it" if m.kind == "unexpected" else rank_ranges(m.ranks, W)
         why = "declared unused on purpose (expected_unused)" if sev == "expected" else explanation(m, partial)
+        if sev == "loses" and m.kind in ("missing", "unexpected"):
+            why += (" — while allow_partial_load skips target keys, the checkpoint holds data no rank "
+                    "reads: the load loses it (see the hints for where it belongs)")
         rows.append((sev, m.kind, m.fqn, _desc(m.saved_size, m.saved_dtype), _desc(m.current_size, m.current_dtype),
                      ranks, len(m.ranks), m.message, why))
     cols = list(zip(*rows)) if rows else [()] * len(PROBLEM_COLUMNS)
@@ -118,14 +200,21 @@ def error_lines(trace: LoadTrace, skip_messages: Iterable[str] = ()) -> list[str
 class Verdict:
     """The load in one line. ``loads``: dcp.load goes through. ``harmless``: layout changes that
     are not a problem (world size, mesh, recipe). ``breaking``: what makes dcp.load raise, one
-    phrase per cause. ``silent``: what goes through but may not be wanted. ``expected``: checkpoint
-    keys declared unused."""
+    phrase per cause. ``losing``: what goes through but leaves checkpoint data the target could
+    hold behind (data loss). ``silent``: what goes through but may not be wanted. ``expected``:
+    checkpoint keys declared unused."""
 
     loads: bool
     harmless: str
     breaking: tuple[str, ...]
     silent: tuple[str, ...]
     expected: int = 0
+    losing: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """dcp.load goes through and loses nothing (what ``dcpviz load`` exits 0 on)."""
+        return self.loads and not self.losing
 
     @property
     def line(self) -> str:
@@ -135,6 +224,10 @@ class Verdict:
             n = len(self.breaking)
             what = f"{n} thing{'s' if n > 1 else ''} break{'' if n > 1 else 's'} the load: " + ", ".join(self.breaking)
             out = head + what
+            if self.losing or self.silent:
+                out += "; besides, " + "; ".join(self.losing + self.silent)
+        elif self.losing:
+            out = head + "no error, but the load loses data: " + "; ".join(self.losing)
             if self.silent:
                 out += "; besides, " + "; ".join(self.silent)
         elif self.silent:
@@ -169,14 +262,20 @@ def layout_change(trace: LoadTrace) -> str:
 def verdict(trace: LoadTrace, hints: list) -> Verdict:
     """The verdict of a load: which hints name what breaks it, what is silent, what is harmless."""
     partial = _partial(trace)
-    sev = {m.fqn: severity(m, partial, trace.expected_unused) for m in trace.mismatches}
+    lossy = lossy_keys(trace)
+    sev = {m.fqn: severity(m, partial, trace.expected_unused, lossy) for m in trace.mismatches}
     breaking_keys = {k for k, s in sev.items() if s == "breaks"}
-    breaking, silent, explained = [], [], set()
+    losing_keys = {k for k, s in sev.items() if s == "loses"}
+    breaking, silent, explained, causes = [], [], set(), []
     for h in hints:
         keys = set(h.keys)
         explained |= keys
         if keys & breaking_keys:
             breaking.append(h.cause or h.title)
+        elif keys & losing_keys and h.kind not in ("partial", "unexpected"):
+            causes.append(h.cause or h.title[:1].lower() + h.title[1:])
+        elif keys & losing_keys:
+            continue  # said by the loss itself, below
         elif h.kind == "dtype":
             silent.append(h.title.replace(" were saved as ", " are saved as ").replace(" but the target holds ", ", cast silently to "))
         elif h.kind == "unexpected":
@@ -190,8 +289,50 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
     left = sorted(breaking_keys - explained)
     if left:
         breaking.append(f"{len(left)} key(s) DCP rejects ({left[0]!r}{', ...' if len(left) > 1 else ''})")
-    if not breaking and trace.errors:
-        breaking.append(f"the planner raised in the {trace.errors[0].phase} phase")
+    read_failed = sorted({e.rank for e in trace.errors if e.phase == "read" and e.rank is not None})
+    if read_failed:
+        breaking.append(f"{rank_ranges(read_failed, trace.scenario.world_size)} read data files that are "
+                        "missing or shorter than .metadata says")
+    planner_failed = [e for e in trace.errors if e.phase != "read"]
+    if not breaking and planner_failed:
+        breaking.append(f"the planner raised in the {planner_failed[0].phase} phase")
     expected = sum(1 for s in sev.values() if s == "expected")
     loads = not breaking and not trace.errors
-    return Verdict(loads, layout_change(trace), tuple(breaking), tuple(silent), expected)
+    return Verdict(loads, layout_change(trace), tuple(breaking), tuple(silent), expected,
+                   _losses(trace, losing_keys, causes))
+
+
+def _losses(trace: LoadTrace, losing_keys: set[str], causes: list[str]) -> tuple[str, ...]:
+    """One phrase per way the load loses checkpoint data, with the numbers."""
+    out = []
+    skipped = skipped_keys(trace)
+    lost = sorted(losing_keys & set(skipped))
+    if lost:
+        n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
+        sources = sorted({u for k in lost for u in possible_sources(trace)[k]})
+        why = f" ({', '.join(causes)})" if causes else ""
+        out.append(f"allow_partial_load restores {n_target - len(skipped)} of {n_target} target keys; "
+                   f"{len(lost)} keep their initial values while {len(sources)} checkpoint key(s) that could "
+                   f"hold them are read by no rank{why}")
+    replaced = sorted({m.fqn for m in trace.mismatches if m.fqn in losing_keys and bytes_over_tensor(m)})
+    if replaced:
+        out.append(f"{len(replaced)} target tensor(s) are never written: the checkpoint holds a Python value "
+                   f"(bytes) there, which replaces the state dict's entry ({replaced[0]!r}"
+                   f"{', ...' if len(replaced) > 1 else ''})")
+    return tuple(out)
+
+
+def load_status(summary: dict, v: Verdict) -> tuple[str, str]:
+    """The status line of a load view and its tone ('bad', 'warn', 'good'), from the summary's
+    numbers and the verdict: what fails, what loses data, what DCP does not stop on; keys
+    declared unused (expected_unused) alone leave it clean."""
+    W = summary["world_size"]
+    if summary["failed_ranks"]:
+        return f"dcp.load would fail: the local plan raised on {len(summary['failed_ranks'])} of {W} ranks", "bad"
+    if not summary["ok"]:
+        return f"dcp.load would fail: {summary['errors']} error(s)", "bad"
+    if v.losing:
+        return "dcp.load goes through but loses checkpoint data (see the verdict)", "bad"
+    if v.silent:
+        return "plans, with mismatches DCP does not stop on", "warn"
+    return "plans cleanly", "good"

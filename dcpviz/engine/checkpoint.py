@@ -168,6 +168,45 @@ class SafeFileSystemReader(FileSystemReader):
         return super().read_data(plan, SafeBytesPlanner(planner, repr(str(self.path))))
 
 
+def storage_shortfalls(checkpoint_dir: str | os.PathLike[str], md: Any) -> dict[tuple, tuple[str, str]]:
+    """(fqn, offsets or None) -> (exception type, message) for every storage record whose bytes
+    are not there: its data file is missing, or shorter than the record's offset + length.
+
+    Sizes only (``os.stat``): no data is read, nothing is unpickled. What ``dcp.load`` does with
+    such a record when a rank reads it: FileSystemReader opens the file (FileNotFoundError) or
+    torch.load gets a cut record (RuntimeError). A record naming a path outside the directory is
+    left to the readers that refuse it."""
+    root = Path(checkpoint_dir)
+    sizes: dict[str, int | None] = {}
+    out: dict[tuple, tuple[str, str]] = {}
+    storage = getattr(md, "storage_data", None)
+    if not isinstance(storage, dict):
+        return out
+    for index, s in storage.items():
+        rel = str(getattr(s, "relative_path", ""))
+        try:
+            offset, length = int(s.offset), int(s.length)
+            key = _key(index.fqn, index.offset)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if not rel or Path(rel).is_absolute():
+            continue
+        if rel not in sizes:
+            try:
+                sizes[rel] = os.stat(root / rel).st_size if (root / rel).is_file() else None
+            except OSError:
+                sizes[rel] = None
+        size = sizes[rel]
+        where = f"{index.fqn!r} chunk {key[1]}" if key[1] is not None else f"{index.fqn!r}"
+        if size is None:
+            out[key] = ("FileNotFoundError", f"{where} is stored in {rel!r}, which does not exist in the "
+                        "checkpoint directory (deleted, renamed or never copied)")
+        elif offset + length > size:
+            out[key] = ("RuntimeError", f"{where} is stored at bytes {offset}..{offset + length} of {rel!r}, "
+                        f"but the file has only {size} bytes (truncated, or .metadata belongs to another save)")
+    return out
+
+
 # -- inspecting a whole checkpoint directory ----------------------------------------------------
 _ZIP_MAGIC = b"PK\x03\x04"
 VERIFY = ("headers", "full", "none")

@@ -280,14 +280,56 @@ def _should_stop(g: _Gather, procs: list[Any], readers: dict[Any, int], exited: 
     return False
 
 
-def _listen(g: _Gather, procs: list[Any], readers: dict[Any, int], deadline: float) -> None:
+PROGRESS_AFTER_S = 5.0
+"""A real run shows progress (ranks done, the phases the others are in) once it has lasted this long."""
+
+
+class RunProgress:
+    """A bar on stderr (a widget in notebooks) for a real run: ranks done out of the world, and
+    how many ranks are in each phase (build, save, load, ...). ``show``: True from the start,
+    None once the run has lasted PROGRESS_AFTER_S (short runs stay quiet), False never."""
+
+    def __init__(self, world: int, show: bool | None, t0: float) -> None:
+        self.world, self.show, self.t0 = world, show, t0
+        self.bar: Any = None
+
+    def tick(self, g: _Gather) -> None:
+        """Bring the bar up to date with what the workers reported (called at least every second)."""
+        if self.show is False:
+            return
+        if self.bar is None:
+            if self.show is None and time.monotonic() - self.t0 < PROGRESS_AFTER_S:
+                return
+            from tqdm.auto import tqdm  # deferred: only a run long enough to need a bar
+
+            # Asked for (True): shown even where TQDM_DISABLE quiets bars by default.
+            extra = {"disable": False} if self.show else {}
+            self.bar = tqdm(total=self.world, desc="real run", unit="rank", leave=False, **extra)
+        done = len(g.payloads)
+        busy: dict[str, int] = {}
+        for r, phase in sorted(g.info.phases.items()):
+            if r not in g.payloads:
+                busy[phase] = busy.get(phase, 0) + 1
+        self.bar.n = done
+        self.bar.set_postfix_str(", ".join(f"{n} in {phase}" for phase, n in busy.items()), refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _listen(g: _Gather, procs: list[Any], readers: dict[Any, int], deadline: float,
+            progress: RunProgress | None = None) -> None:
     """Take messages until everyone reported, all exited, an error's grace ran out, or time is up."""
     sentinels = {p.sentinel: r for r, p in enumerate(procs)}
     exited: set[int] = set()
     while not _should_stop(g, procs, readers, exited, deadline):
         limit = deadline if g.error_deadline is None else min(deadline, g.error_deadline)
+        if progress is not None:
+            progress.tick(g)
+            limit = min(limit, time.monotonic() + 1.0)  # wake up to keep the bar moving
         waiting = [*readers, *(s for s, r in sentinels.items() if r not in exited)]
-        for obj in wait(waiting, limit - time.monotonic()):
+        for obj in wait(waiting, max(0.0, limit - time.monotonic())):
             if obj not in readers:
                 exited.add(sentinels[obj])
                 continue
@@ -324,10 +366,12 @@ def _timeout_error(g: _Gather, timeout: float) -> None:
 
 
 def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, backend: str,
-           device: str, timeout: float, start_method: str = "spawn") -> Outcome:
+           device: str, timeout: float, start_method: str = "spawn", progress: bool | None = None) -> Outcome:
     """Run ``job(rank, world, report, *args)`` in ``world`` processes inside a process group.
 
     ``job`` must be importable by name (a module-level function) and its result plain data.
+    ``progress``: a bar of ranks done and phases (RunProgress); None shows it once the run has
+    lasted PROGRESS_AFTER_S.
     """
     check_main_guard(start_method, "dcpviz (starting worker processes)")
     ctx = mp.get_context(start_method)
@@ -346,7 +390,13 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
     readers: dict[Any, int] = {}
     try:
         _start_workers(ctx, job, world, info, backend, device, timeout, args, procs, readers)
-        _listen(g, procs, readers, t0 + timeout)
+        bar = RunProgress(world, progress, t0)
+        try:
+            _listen(g, procs, readers, t0 + timeout, bar)
+            if bar.bar is not None:
+                bar.tick(g)  # the final count
+        finally:
+            bar.close()
         _silent_deaths(g, procs)
         if info.timed_out:
             _timeout_error(g, timeout)

@@ -34,15 +34,17 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
 
     Presets say which (transformer blocks, as torchtitan does). For other models: each block of
     the model's repeated stacks (``repeated_stacks``: a ``layers``/``blocks``/``h`` list at any
-    depth, e.g. nanoGPT's ``transformer.h``); without one, every child that owns parameters,
-    looking through containers that have no ``forward`` (``fully_shard`` refuses those). A
+    depth, e.g. nanoGPT's ``transformer.h``; a block without ``forward``, such as a
+    ``ModuleDict``, by its children that have one); without a stack, every child that owns
+    parameters, looking through containers that have no ``forward`` (``fully_shard`` refuses those). A
     module that shares a parameter with anything outside it (tied input/output embeddings) is
     never a unit of its own: its parameters stay with the root's unit.
     """
     if hasattr(model, "fsdp_units"):
         return list(model.fsdp_units())
     stacks = repeated_stacks(model)
-    candidates = [block for stack in stacks for block in stack.children()] if stacks else parameter_children(model)
+    candidates = ([unit for stack in stacks for unit in wrappable(stack)] if stacks
+                  else parameter_children(model))
     owners = parameter_owners(model)
     return [m for m in candidates if owns_its_parameters(m, owners)]
 
@@ -86,6 +88,16 @@ def parameter_children(module: nn.Module) -> list[nn.Module]:
             out += parameter_children(child)
         elif any(True for _ in child.parameters()):
             out.append(child)
+    return out
+
+
+def wrappable(stack: nn.Module) -> list[nn.Module]:
+    """The blocks of a repeated stack as ``fully_shard`` accepts them: a block that is a
+    container without ``forward`` (a ``ModuleDict`` of attention and MLP) is replaced by its
+    children that own parameters and have one, as a training script wraps them."""
+    out: list[nn.Module] = []
+    for block in stack.children():
+        out += parameter_children(block) if is_forwardless_container(block) else [block]
     return out
 
 

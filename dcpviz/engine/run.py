@@ -131,7 +131,7 @@ def _check_picklable(**objs: Any) -> None:
 
 # -- the worker's job ------------------------------------------------------------------------
 def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, backend: str, device: str,
-                    timeout: float, start_method: str | None) -> tuple[Any, Any]:
+                    timeout: float, start_method: str | None, progress: bool | None = None) -> tuple[Any, Any]:
     """Run ``job`` on every rank with a recording planner writing into a scratch directory;
     return the launch outcome and the coordinator's trace (None if none was written)."""
     _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
@@ -140,7 +140,8 @@ def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, back
     try:
         trace_path = work / "trace.json"
         outcome = launch(job, scenario.world_size, (scenario, planner, str(root), str(trace_path), device),
-                         backend=backend, device=device, timeout=timeout, start_method=start_method)
+                         backend=backend, device=device, timeout=timeout, start_method=start_method,
+                         progress=progress)
         return outcome, (read_trace(trace_path) if trace_path.is_file() else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -187,6 +188,7 @@ def run_save_trace(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     start_method: str = "spawn",
+    progress: bool | None = None,
 ) -> tuple[SaveTrace, Any, Any]:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
@@ -211,7 +213,8 @@ def run_save_trace(
     run_dir = RunDir.create(Path(checkpoint_dir))
     root = run_dir.path
     try:
-        outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method)
+        outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method,
+                                        progress)
     except BaseException:
         run_dir.remove_if_unused()
         raise

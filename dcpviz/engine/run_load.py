@@ -92,6 +92,7 @@ def run_load_trace(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     start_method: str = "spawn",
+    progress: bool | None = None,
 ) -> tuple[LoadTrace, Any, Any]:
     """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
     processes (gloo on CPU, nccl for device 'cuda'), through a RecordingLoadPlanner. Returns
@@ -113,7 +114,8 @@ def run_load_trace(
     checked = read_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)
     info = planner_info(planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), DefaultLoadPlanner)
-    outcome, base = launch_recorded(load_job, scenario, planner, root, backend, device, timeout, start_method)
+    outcome, base = launch_recorded(load_job, scenario, planner, root, backend, device, timeout, start_method,
+                                    progress)
     trace = assemble_load_trace(scenario, info, base, outcome.payloads, list(outcome.errors),
                                 checked.metadata, root, outcome.info)
     outcome.info.chunk_digests = digests_of(outcome.payloads)

@@ -19,7 +19,7 @@ from dcpviz.core.filenames import writer_from_file
 from dcpviz.core.plans import writer_ranks
 from dcpviz.core.trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
 from dcpviz.core.trace_codec import read_trace
-from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
+from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata, storage_shortfalls
 from dcpviz.engine.convert import metadata_info, torch_metadata
 
 
@@ -32,6 +32,9 @@ class SavedCheckpoint:
     writers: tuple[ChunkWriter, ...]
     source: str
     notes: list[str] = field(default_factory=list)
+    # (fqn, offsets) -> (exception type, message) for records whose data file is missing or too
+    # short (a checkpoint directory only; sizes from os.stat, no data read).
+    unreadable: dict[tuple, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def _from_path(path: Path) -> SavedCheckpoint:
         md = read_metadata(path)
         ck = SavedCheckpoint(
             metadata=md, info=metadata_info(md), scenario=None, writers=_writers(md, None),
-            source=f"checkpoint {str(path)!r}",
+            source=f"checkpoint {str(path)!r}", unreadable=storage_shortfalls(path, md),
         )
         if not any(w.rank is not None for w in ck.writers):
             ck.notes.append(

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
 from dcpviz.core.errors import DcpvizError
-from dcpviz.core.trace import LoadTrace, PlanRecord, SaveTrace, TargetValue
+from dcpviz.core.trace import ErrorRecord, LoadTrace, PlanRecord, SaveTrace, TargetValue
 from dcpviz.core.version import __version__
 from dcpviz.engine import fastpath
 from dcpviz.engine.convert import ItemTable, planner_info
@@ -310,6 +310,29 @@ def _global_and_finish(run: _LoadRun) -> tuple[tuple[PlanRecord, ...] | None, tu
     return global_records, finals
 
 
+def _read_failures(run: _LoadRun, finals: tuple[PlanRecord, ...], unreadable: dict[tuple, tuple[str, str]]) -> None:
+    """A rank whose final plan reads a record whose data file is missing or too short fails in
+    dcp.load's read phase (FileSystemReader, first such record it meets); a record no rank reads
+    costs nothing. Sizes only: checkpoint.storage_shortfalls."""
+    reads = run.reads.items
+    hit: set[tuple] = set()
+    for r, plan in enumerate(finals):
+        bad = sorted({(ri.storage_fqn or ri.fqn, ri.saved_offsets) for ri in (reads[i] for i in plan.items)}
+                     & unreadable.keys(), key=repr)
+        if not bad:
+            continue
+        hit.update(bad)
+        exc_type, message = unreadable[bad[0]]
+        more = f" (and {len(bad) - 1} more record(s) this rank reads)" if len(bad) > 1 else ""
+        run.log.errors.append(ErrorRecord("read", r, exc_type, f"{message}{more}; dcp.load fails reading it."))
+    idle = len(unreadable.keys() - hit)
+    if idle:
+        run.log.notes.append(
+            f"{idle} storage record(s) of the checkpoint point at a missing data file or past a file's end, "
+            "but no rank of this load reads them, so dcp.load does not fail on them."
+        )
+
+
 def _closing_notes(run: _LoadRun, info: Any) -> None:
     log = run.log
     if info is not None and not info.is_dcp_default and log.errors:
@@ -362,6 +385,8 @@ def _plan_load(saved: Any, target: Scenario, planner: Any, progress: bool | None
         _local_step(run, progress)
         if all(p is not None for p in run.local):
             global_records, final_records = _global_and_finish(run)
+            if final_records is not None and ck.unreadable:
+                _read_failures(run, final_records, ck.unreadable)
         else:
             failing = sum(p is None for p in run.local)
             log.notes.append(

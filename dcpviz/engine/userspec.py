@@ -1,5 +1,5 @@
 """The user's own code named on the command line: ``pkg.module:function`` for a model factory or
-a recipe, and the saved job's names turned back into something to build."""
+a recipe. Names read from a trace or a checkpoint are never resolved here (a trace is data)."""
 
 from __future__ import annotations
 
@@ -32,21 +32,3 @@ def resolve_spec(value: Any, flag: str) -> Any:
     if not callable(obj):
         raise DcpvizError(f"{flag} {value}: {attr!r} is not callable.")
     return obj
-
-
-def saved_spec(name: str, flag: str) -> str:
-    """The saved job's model or recipe name, as a flag value: a preset as it is; a callable
-    (``callable:pkg.module.function``) as ``pkg.module:function`` when it can be imported."""
-    if not name.startswith(CALLABLE_PREFIX):
-        return name
-    dotted = name.removeprefix(CALLABLE_PREFIX)
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        spec = ".".join(parts[:cut]) + ":" + ".".join(parts[cut:])
-        try:
-            resolve_spec(spec, flag)
-        except DcpvizError:
-            continue
-        return spec
-    raise DcpvizError(f"the checkpoint was saved by {dotted}, which cannot be imported here: pass "
-                      f"{flag} pkg.module:function naming it.")

@@ -29,7 +29,7 @@ from dcpviz.analysis.hints import OPTIM_STATE_NAMES
 from dcpviz.analysis.verdict import rank_ranges
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
-from dcpviz.core.trace import LoadTrace, SaveTrace
+from dcpviz.core.trace import STRUCTURE_PREFIX, LoadTrace, SaveTrace
 from dcpviz.core.units import fmt_bytes
 
 CHECK_COLUMNS = ["severity", "check", "fqn", "ranks", "message", "fix"]
@@ -76,8 +76,10 @@ _PER_RANK_FIX = (
 
 
 def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
-    """Dedup rows of keys that are not DTensors (plain tensors, Python values): for those DCP's
-    dedup decides whose values survive. DTensor replicas are equal by construction."""
+    """Dedup rows of keys whose copies can differ: plain tensors, Python values and bytes
+    entries, and DTensors whose replicas were fingerprinted (a ``Replicate()`` placement made
+    with ``from_local(run_check=False)`` can differ per rank). For those, DCP's dedup decides
+    whose values survive."""
     dtensors = {lay.fqn for lay in trace.layouts}
     digested = {d.fqn for d in trace.value_digests}
     plain = {it.fqn for it in trace.items} - (dtensors - digested)
@@ -85,31 +87,73 @@ def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
     return tables.dedup(trace, fqns=plain)
 
 
-def rank_specific_values(trace: SaveTrace) -> list[Row]:
-    """A plain tensor or Python value saved under one key by several ranks is a 'replica' to DCP:
-    the coordinator keeps one rank's copy. 'data-loss' where the ranks' values differ (digests),
-    'warning' where some rank's value is unknown (meta tensors in simulation)."""
-    digests: dict[str, dict[int, str]] = defaultdict(dict)
+_UNFLATTENED_FIX = (
+    "save with flatten_state_dict=True (DefaultSavePlanner's default): every tensor, and every "
+    "rank's shard of a DTensor, is then saved as an item of its own"
+)
+_REPLICA_FIX = (
+    "make the replicas equal before dcp.save (DTensor.from_local(..., run_check=True) broadcasts "
+    "rank 0's value; or redistribute from one source), or save a Shard() placement instead"
+)
+
+
+def _digests_by_key(trace: SaveTrace) -> tuple[dict[str, dict[int, str]], dict[tuple, dict[int, str]]]:
+    """Digests of whole values (by fqn) and of replicated DTensor chunks (by fqn and offsets)."""
+    whole: dict[str, dict[int, str]] = defaultdict(dict)
+    chunks: dict[tuple, dict[int, str]] = defaultdict(dict)
     for d in trace.value_digests:
-        digests[d.fqn][d.rank] = d.digest
+        if d.offsets is None:
+            whole[d.fqn][d.rank] = d.digest
+        else:
+            chunks[(d.fqn, tuple(d.offsets))][d.rank] = d.digest
+    return whole, chunks
+
+
+def rank_specific_values(trace: SaveTrace) -> list[Row]:
+    """A value saved under one key by several ranks is a 'replica' to DCP: the coordinator keeps
+    one rank's copy. 'data-loss' where the ranks' values differ (digests of every byte),
+    'warning' where some rank's value is unknown (meta tensors in simulation)."""
+    whole, chunks = _digests_by_key(trace)
+    dtensors = {lay.fqn for lay in trace.layouts}
     lost_rows: list[Row] = []
     unknown_rows: list[Row] = []
     for row in _replicated_plain_keys(trace).itertuples(index=False):
         cands = tuple(int(r) for r in row.candidates)
         survivor = int(row.chosen_rank) if row.chosen_rank >= 0 else int(row.replay_rank)
-        known = {r: digests[row.fqn][r] for r in cands if r in digests.get(row.fqn, {})}
+        offsets = tuple(row.offsets) if row.offsets is not None else None
+        by_rank = chunks.get((row.fqn, offsets)) if (row.fqn, offsets) in chunks else whole.get(row.fqn, {})
+        known = {r: by_rank[r] for r in cands if r in by_rank}
+        replica = row.fqn in dtensors and (row.fqn, offsets) in chunks
+        if any(d.startswith(STRUCTURE_PREFIX) for d in known.values()):
+            # Structure only (tensors without values): different structures are different values
+            # for certain; equal ones, or a mix with value digests, tell nothing.
+            if not (all(d.startswith(STRUCTURE_PREFIX) for d in known.values())
+                    and len(set(known.values())) > 1):
+                known = {}
         if len(set(known.values())) > 1:
             keep = known.get(survivor)
             lost = tuple(r for r in cands if r in known and known[r] != keep)
             distinct = len(set(known.values()))
+            if replica:
+                lost_rows.append((
+                    "data-loss", "replicas-differ", row.fqn, lost,
+                    f"{row.fqn!r} is a replicated DTensor, but its replicas on {len(cands)} ranks hold "
+                    f"{distinct} different values (chunk at {list(offsets)}); DCP writes one replica, "
+                    f"rank {survivor}'s, and the values of {_ranks_text(lost)} are lost (not on disk).",
+                    _REPLICA_FIX,
+                ))
+                continue
+            unflattened = not trace.planner.option("flatten_state_dict", True)
             lost_rows.append((
                 "data-loss", "rank-specific-value", row.fqn, lost,
                 f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
                 f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
-                f"those of {_ranks_text(lost)} are lost (not on disk).",
-                _PER_RANK_FIX,
+                f"those of {_ranks_text(lost)} are lost (not on disk)."
+                + (" With flatten_state_dict=False each rank's whole nested value (its shards "
+                   "included) is one bytes entry." if unflattened else ""),
+                _UNFLATTENED_FIX if unflattened else _PER_RANK_FIX,
             ))
-        elif len(known) < len(cands):
+        elif len(known) < len(cands) and not replica:
             unknown = tuple(r for r in cands if r not in known)
             unknown_rows.append((
                 "warning", "rank-specific-value", row.fqn, unknown,

@@ -157,14 +157,17 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
-        if run.template is None or r == 0:
-            # Values known only where this rank's own state dict was built: a template view would
-            # hand rank 0's Python values to every rank and hide any that differ.
-            with run.timer.phase("value_digests"):
-                run.digests += value_digests_of(state_dict, r)
         t1 = time.perf_counter()
         run.timer.add("build_state_dicts", t1 - t0)
         p = run.make_planner()
+        if run.template is None or r == 0:
+            # Values known only where this rank's own state dict was built: a template view would
+            # hand rank 0's Python values to every rank and hide any that differ. Keys as the
+            # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
+            with run.timer.phase("value_digests"):
+                flatten = bool(getattr(p, "flatten_state_dict", True))
+                run.digests += value_digests_of(state_dict, r, flatten=flatten)
+        t1 = time.perf_counter()
         run.planners[r] = p
         try:
             plan = _local_plan(run, p, state_dict, leaves, r)

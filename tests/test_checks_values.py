@@ -1,0 +1,146 @@
+"""Issue 20: checks that miss no real loss and raise no false alarm, against real gloo runs —
+every value named lost is really not on disk (read back with a real dcp.load), and values that
+are equal on every rank (a set, a dict in another order) are no finding."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from run_helpers import diverged_values_job, periodic_cached_saves_job
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+import dcpviz
+from dcpviz import cli
+from dcpviz.engine.byteio import load_byte_io
+from dcpviz.engine.procs import launch
+
+
+def _stored_value(ckpt, storage, fqn):
+    """A BYTE_IO entry's value as it is on disk (read with the weights-only unpickler)."""
+    row = storage[storage["fqn"] == fqn].iloc[0]
+    with open(os.path.join(ckpt, row.file), "rb") as fh:
+        fh.seek(int(row.offset))
+        return load_byte_io(fh.read(int(row.length)), fqn)
+
+
+def _load_tensor(ckpt, fqn, like):
+    """A tensor as it is on disk: real dcp.load (one process) into a plain tensor."""
+    out = {fqn: torch.full_like(like, float("nan"))}
+    dcp.load(out, checkpoint_id=str(ckpt), no_dist=True)
+    return out[fqn]
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diverged")
+    out = launch(diverged_values_job, 2, (str(root),), backend="gloo", device="cpu", timeout=120,
+                 start_method="forkserver")
+    assert out.ok, out.errors
+    assert out.payloads[0]["set_order"] != out.payloads[1]["set_order"]  # the set pickles apart
+    return root, dcpviz.load_trace(root / "t.json")
+
+
+def test_replicas_that_diverged_are_data_loss_and_not_on_disk(diverged):
+    root, res = diverged
+    row = res.checks[res.checks["fqn"] == "rep"]
+    assert list(row["severity"]) == ["data-loss"] and list(row["check"]) == ["replicas-differ"]
+    survivor = int(res.dedup.set_index("fqn").loc["rep", "chosen_rank"])
+    assert row.iloc[0]["ranks"] == (1 - survivor,)
+    on_disk = _load_tensor(root / "ck", "rep", torch.zeros(4, 2))
+    assert torch.equal(on_disk, torch.full((4, 2), float(survivor)))  # the other replica is gone
+    assert "same_rep" not in set(res.checks["fqn"])  # equal replicas: no finding
+
+
+def test_a_large_tensor_differing_between_samples_is_data_loss_and_not_on_disk(diverged):
+    root, res = diverged
+    row = res.checks[res.checks["fqn"] == "big"]
+    assert list(row["severity"]) == ["data-loss"]
+    survivor = int(res.dedup.set_index("fqn").loc["big", "chosen_rank"])
+    assert row.iloc[0]["ranks"] == (1 - survivor,)
+    on_disk = _load_tensor(root / "ck", "big", torch.zeros(1 << 19))
+    assert float(on_disk[12345]) == float(survivor)
+
+
+def test_equal_sets_and_reordered_dicts_are_no_finding(diverged):
+    root, res = diverged
+    flagged = set(res.checks[res.checks["severity"] == "data-loss"]["fqn"])
+    assert flagged == {"rep", "big"}
+    assert _stored_value(root / "ck", res.storage, "names") == {f"layer{i}.weight" for i in range(40)}
+
+
+@pytest.fixture(scope="module")
+def periodic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("periodic")
+    out = launch(periodic_cached_saves_job, 2, (str(root),), backend="gloo", device="cpu", timeout=120,
+                 start_method="forkserver")
+    assert out.ok, out.errors
+    assert not any(p["problems"] for p in out.payloads.values())
+    return root, [dcpviz.load_trace(root / f"plan_{n}.json") for n in range(3)]
+
+
+def test_every_cached_save_is_complete_and_its_loss_found(periodic):
+    root, saves = periodic
+    for n, res in enumerate(saves):
+        assert all(p.usable and p.items for p in res.trace.local_plans), n
+        lost = res.checks[res.checks["severity"] == "data-loss"]
+        assert list(lost["fqn"]) == ["loader.position"], n
+        survivor = int(res.dedup.set_index("fqn").loc["loader.position", "chosen_rank"])
+        assert _stored_value(root / f"ck{n}", res.storage, "loader.position") == 100 * survivor + n
+        assert lost.iloc[0]["ranks"] == (1 - survivor,)
+        assert cli.main(["check", str(root / f"plan_{n}.json")]) == 1
+
+
+def test_the_trace_says_which_plans_came_from_the_cache(periodic):
+    _, saves = periodic
+    local = [[p.cached for p in s.trace.local_plans] for s in saves]
+    assert local == [[False, False], [True, True], [True, False]]  # rank 1 adds a key in save 3
+    assert [p.cached for p in saves[1].trace.global_plans] == [True, True]
+    assert saves[1].write_items.equals(saves[0].write_items)  # the cached plan, in full
+
+
+def test_a_series_shows_hits_misses_and_plan_changes(periodic):
+    _, saves = periodic
+    table = dcpviz.plan_series(saves)
+    hits = table.pivot(index="save", columns="rank", values="local_cached")
+    assert hits.values.tolist() == [[False, False], [True, True], [True, False]]
+    changed = table.set_index(["save", "rank"])
+    assert changed.loc[(2, 1), "added"] == 1 and changed.loc[(2, 0), "added"] == 0
+    assert changed.loc[(1, 0), "added"] == changed.loc[(1, 0), "removed"] == 0
+    fig = dcpviz.views.plan_series(table)
+    assert len(fig.data) >= 1
+
+
+def test_flatten_false_loses_shards_found_by_run_save_and_simulate(tmp_path):
+    # {"model": ..., "optim": ...}: each rank's whole nested dict of shards is one bytes entry.
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="adamw")
+    planner = DefaultSavePlanner(flatten_state_dict=False)
+    res = dcpviz.run_save(sc, tmp_path / "ck", planner=planner, start_method="forkserver")
+    assert res.ok, res.errors
+    lost = res.checks[res.checks["severity"] == "data-loss"]
+    assert set(lost["fqn"]) == {"model", "optim"}
+    assert "flatten_state_dict=True" in lost.iloc[0]["fix"]
+    survivor = int(res.dedup.set_index("fqn").loc["model", "chosen_rank"])
+    # What is on disk: one rank's shards only (the other half of fc1.weight never got there).
+    with open(tmp_path / "ck" / res.storage.set_index("fqn").loc["model", "file"], "rb") as fh:
+        row = res.storage.set_index("fqn").loc["model"]
+        fh.seek(int(row["offset"]))
+        model = torch.load(io.BytesIO(fh.read(int(row["length"]))), weights_only=False)  # our own file
+    shard = model["fc1.weight"]
+    rows = shard.to_local().shape[0]
+    assert rows < shard.shape[0]  # one shard, not the tensor
+    assert lost.set_index("fqn").loc["model", "ranks"] == (1 - survivor,)
+    sim = dcpviz.simulate_save(sc, planner=planner)
+    sim_lost = sim.checks[sim.checks["severity"] == "data-loss"]
+    assert set(sim_lost["fqn"]) == {"model", "optim"}  # shards at other offsets: certain, even on meta
+
+
+def test_simulation_of_unknown_values_is_never_data_loss():
+    # flatten=False on a model whose bytes entries hold replicated meta tensors only: unknown.
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="replicate", optimizer="adamw")
+    sim = dcpviz.simulate_save(sc, planner=DefaultSavePlanner(flatten_state_dict=False))
+    assert not (sim.checks["severity"] == "data-loss").any()
+    assert set(sim.checks[sim.checks["check"] == "rank-specific-value"]["severity"]) == {"warning"}

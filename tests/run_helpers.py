@@ -168,3 +168,27 @@ def diverged_values_job(rank, world, report, root):
     rec.complete(md)
     return {"problems": list(rec.problems), "hashseed": os.environ.get("PYTHONHASHSEED"),
             "set_order": list(names)[:3]}
+
+
+def gathered_position_state(model, optimizer, rank):
+    """dcpviz's own advice for a per-rank value: gather it into one value every rank saves."""
+    positions = [None] * dist.get_world_size()
+    dist.all_gather_object(positions, 100 * rank)
+    return {"model": model.state_dict(), "loader": {"positions": positions}}
+
+
+def broadcast_seed_state(model, optimizer, rank):
+    """A seed chosen on rank 0 and broadcast (the same on every rank after the collective)."""
+    obj = [{"seed": 1234}] if rank == 0 else [None]
+    dist.broadcast_object_list(obj, src=0)
+    return {"model": model.state_dict(), "seed": obj[0]}
+
+
+def equal_set_state(model, optimizer, rank):
+    """A set of strings equal on every rank, whose iteration order differs per rank (rank 1's
+    table grew and shrank): its pickle differs, its value does not."""
+    names = {f"layer{i}.weight" for i in range(40)}
+    if rank % 2:
+        names |= {f"tmp{i}" for i in range(1000)}
+        names -= {f"tmp{i}" for i in range(1000)}
+    return {"model": model.state_dict(), "frozen": names}

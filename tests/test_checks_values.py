@@ -10,7 +10,13 @@ import os
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from run_helpers import diverged_values_job, periodic_cached_saves_job
+from run_helpers import (
+    broadcast_seed_state,
+    diverged_values_job,
+    equal_set_state,
+    gathered_position_state,
+    periodic_cached_saves_job,
+)
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import dcpviz
@@ -144,3 +150,29 @@ def test_simulation_of_unknown_values_is_never_data_loss():
     sim = dcpviz.simulate_save(sc, planner=DefaultSavePlanner(flatten_state_dict=False))
     assert not (sim.checks["severity"] == "data-loss").any()
     assert set(sim.checks[sim.checks["check"] == "rank-specific-value"]["severity"]) == {"warning"}
+
+
+@pytest.mark.parametrize("state", [gathered_position_state, broadcast_seed_state])
+def test_a_collective_under_simulation_is_refused_naming_run_save(state):
+    import torch.distributed as dist
+
+    before = (dist.all_gather_object, dist.broadcast_object_list)
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=state)
+    with pytest.raises(dcpviz.DcpvizError, match=r"(?s)collective.*run_save"):
+        dcpviz.simulate_save(sc)
+    assert (dist.all_gather_object, dist.broadcast_object_list) == before  # put back
+
+
+def test_the_gathered_value_is_no_finding_in_a_real_run(tmp_path):
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=gathered_position_state)
+    res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
+    assert res.ok, res.errors
+    assert not res.checks["severity"].isin(["data-loss", "error"]).any(), res.checks
+    assert _stored_value(tmp_path / "ck", res.storage, "loader.positions") == [0, 100]
+
+
+def test_an_equal_set_is_no_finding_in_run_save(tmp_path):
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=equal_set_state)
+    res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
+    assert res.ok, res.errors
+    assert "frozen" not in set(res.checks["fqn"]), res.checks

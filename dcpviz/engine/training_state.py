@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 
-from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.core.errors import DcpvizError, ScenarioError, UserCodeError, did_you_mean
 
 # "sgd" has momentum so that it has state to save (plain SGD saves none).
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
@@ -278,6 +278,8 @@ def saved_object(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimiz
     fn = STATE_PRESETS[spec] if isinstance(spec, str) else spec
     try:
         state = fn(model, optimizer, rank)
+    except DcpvizError:
+        raise  # already says what is wrong (a collective under simulation, ...)
     except Exception as exc:
         if isinstance(spec, str):
             raise

@@ -192,3 +192,13 @@ def equal_set_state(model, optimizer, rank):
         names |= {f"tmp{i}" for i in range(1000)}
         names -= {f"tmp{i}" for i in range(1000)}
     return {"model": model.state_dict(), "frozen": names}
+
+
+def lbfgs_optimizer(params):
+    """An optimizer whose step needs a closure."""
+    return torch.optim.LBFGS(params)
+
+
+def optimizer_with_a_foreign_parameter(params):
+    """An optimizer holding a parameter the model does not have."""
+    return torch.optim.AdamW([*params, torch.nn.Parameter(torch.zeros(3))])

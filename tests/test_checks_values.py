@@ -15,6 +15,8 @@ from run_helpers import (
     diverged_values_job,
     equal_set_state,
     gathered_position_state,
+    lbfgs_optimizer,
+    optimizer_with_a_foreign_parameter,
     periodic_cached_saves_job,
 )
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
@@ -176,3 +178,13 @@ def test_an_equal_set_is_no_finding_in_run_save(tmp_path):
     res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
     assert res.ok, res.errors
     assert "frozen" not in set(res.checks["fqn"]), res.checks
+
+
+@pytest.mark.parametrize("factory, says", [
+    (lbfgs_optimizer, r"LBFGS.*needs a closure"),
+    (optimizer_with_a_foreign_parameter, r"holds a parameter that is not the model's.*shape \(3,\)"),
+])
+def test_optimizer_factories_dcp_cannot_save_are_a_dcpviz_error(factory, says):
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer=factory)
+    with pytest.raises(dcpviz.DcpvizError, match=says):
+        dcpviz.simulate_save(sc)

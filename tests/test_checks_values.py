@@ -188,3 +188,27 @@ def test_optimizer_factories_dcp_cannot_save_are_a_dcpviz_error(factory, says):
     sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer=factory)
     with pytest.raises(dcpviz.DcpvizError, match=says):
         dcpviz.simulate_save(sc)
+
+
+def test_tied_weights_written_twice_are_an_info_row_with_the_bytes_on_disk(tmp_path):
+    from tied_models import tied_lm
+
+    sc = dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp")
+    res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
+    assert res.ok, res.errors
+    row = res.checks[res.checks["check"] == "tied-weights-saved-twice"]
+    assert list(row["severity"]) == ["info"] and list(row["fqn"]) == ["wte.weight"]
+    storage = res.storage
+    on_disk = int(storage[storage["fqn"] == "lm_head.weight"]["length"].sum())  # the real copy
+    assert on_disk >= 64 * 16 * 4  # the whole tensor, once more
+    assert "4.0 KB" in row.iloc[0]["message"] and not cli_failing(res)
+    sim = dcpviz.simulate_save(sc)
+    assert list(sim.checks[sim.checks["check"] == "tied-weights-saved-twice"]["fqn"]) == ["wte.weight"]
+    untied = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    assert "tied-weights-saved-twice" not in set(untied.checks["check"])
+
+
+def cli_failing(res):
+    from dcpviz.analysis.checks import failing
+
+    return failing(res.checks)

@@ -291,10 +291,35 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     return rows
 
 
+def tied_weights(trace: SaveTrace) -> list[Row]:
+    """Keys that hold one tensor (tied weights: wte.weight and lm_head.weight) are each saved in
+    full: an 'info' row with the bytes the extra copies take on disk."""
+    if not trace.tied_keys or trace.global_plans is None:
+        return []
+    items = tables.write_items(trace)
+    kept = items[items["kept"].fillna(False).astype(bool)]
+    per_key = kept.groupby("fqn")["nbytes"].sum()
+    rows: list[Row] = []
+    for group in trace.tied_keys:
+        written = [k for k in group if k in per_key.index]
+        if len(written) < 2:
+            continue
+        extra = int(sum(int(per_key[k]) for k in written[1:]))
+        rows.append((
+            "info", "tied-weights-saved-twice", written[0], (),
+            f"{', '.join(repr(k) for k in written)} are one tensor (tied weights), and DCP writes each "
+            f"key in full: {fmt_bytes(extra)} on disk for {len(written) - 1} extra "
+            f"cop{'y' if len(written) == 2 else 'ies'}. On load both keys are read into the one tensor.",
+            "nothing to fix for correctness; to save the bytes, drop the tied key from the state dict "
+            f"before dcp.save (e.g. del sd[{written[-1]!r}]) and tie the weights again after loading",
+        ))
+    return rows
+
+
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
     rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + key_sets(trace) + write_imbalance(trace))
+            + key_sets(trace) + write_imbalance(trace) + tied_weights(trace))
     return _frame(rows)
 
 

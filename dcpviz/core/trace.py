@@ -249,6 +249,9 @@ class SaveTrace:
     # Added for checks (issue 12); defaults keep older traces readable.
     value_digests: tuple[ValueDigest, ...] = ()
     dedup_alternative: DedupAlternative | None = None
+    # Added with issue 20: groups of keys that hold one tensor (tied weights, e.g. wte.weight and
+    # lm_head.weight), from the state dict of rank 0 (simulate) or of the coordinator (capture).
+    tied_keys: tuple[tuple[str, ...], ...] = ()
     kind: str = field(default="save", init=False)
 
 

@@ -183,6 +183,50 @@ def _planner_view(state_dict: dict[str, Any], flatten: bool) -> dict[str, Any]:
     return flatten_state_dict(state_dict)[0] if flatten else dict(state_dict)
 
 
+def tied_parameter_names(model: Any) -> tuple[tuple[str, ...], ...]:
+    """Groups of a module's parameter names that are one Parameter (tied weights)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return tuple(tuple(g) for g in groups.values() if len(g) > 1)
+
+
+def tied_keys(state_dict: dict[str, Any], flatten: bool = True,
+              tied_names: tuple[tuple[str, ...], ...] = ()) -> tuple[tuple[str, ...], ...]:
+    """Groups of the planner's keys whose tensors are one tensor: tied weights, which DCP saves
+    once per key. Real tensors group by storage (the same storage, offset, shape, strides and
+    dtype; a DTensor by its local shard). Meta tensors hold no storage to compare, so they group
+    only by ``tied_names`` (the model's tied parameter names, from ``tied_parameter_names``):
+    keys ending in the names of one tie, under one prefix ("model.")."""
+    tie_of = {name: i for i, group in enumerate(tied_names) for name in group}
+    groups: dict[tuple, list[str]] = {}
+    for fqn, value in _planner_view(state_dict, flatten).items():
+        if not isinstance(value, torch.Tensor) or isinstance(value, ShardedTensor):
+            continue
+        local = value.to_local() if isinstance(value, DTensor) else value
+        key = _meta_tie(str(fqn), tie_of) if local.is_meta else _storage_key(local)
+        if key is not None:
+            groups.setdefault(key, []).append(str(fqn))
+    return tuple(sorted(tuple(g) for g in groups.values() if len(g) > 1))
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    if t.numel() == 0 or type(t) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    try:
+        return ("storage", t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                tuple(t.stride()), t.dtype, t.device)
+    except Exception:  # a tensor without a storage: never grouped
+        return None
+
+
+def _meta_tie(fqn: str, tie_of: dict[str, int]) -> tuple | None:
+    for name, tie in tie_of.items():
+        if fqn == name or fqn.endswith("." + name):
+            return ("tie", tie, fqn[: len(fqn) - len(name)])
+    return None
+
+
 def value_digests_of(state_dict: dict[str, Any], rank: int, flatten: bool = True) -> list[ValueDigest]:
     """ValueDigests of this rank's values that DCP's dedup decides between: every non-DTensor
     value (a plain tensor, a Python value, a whole nested dict DCP writes as one bytes entry

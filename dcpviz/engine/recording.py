@@ -50,7 +50,7 @@ from dcpviz.engine.convert import (
     planner_info,
     tensor_layouts,
 )
-from dcpviz.engine.digests import value_digests_of
+from dcpviz.engine.digests import tied_keys, value_digests_of
 from dcpviz.engine.phases import now, scenario_info, torch_version
 from dcpviz.engine.planners import set_up_save_planner
 from dcpviz.engine.scenario import Scenario
@@ -335,6 +335,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._layouts = tensor_layouts(flat)
         self._inferred = infer_scenario(flat, self._world)
         self._components = captured_components(state_dict)
+        self._tied = tied_keys(state_dict, bool(getattr(self._inner, "flatten_state_dict", True)))
 
     def create_local_plan(self) -> SavePlan:
         """The inner planner's local plan, recorded."""
@@ -570,6 +571,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             source="capture",
             value_digests=tuple(digests),
             dedup_alternative=alternative,
+            tied_keys=getattr(self, "_tied", ()),
             torch_version=torch_version(),
             dcpviz_version=__version__,
             created=now(),

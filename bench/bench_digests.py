@@ -20,7 +20,7 @@ import torch
 from dcpviz.engine.digests import value_digest, value_digests_of
 
 
-def _best(fn, repeats: int) -> float:
+def _best(fn, repeats: int) -> tuple[float, float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -45,14 +45,12 @@ def main() -> None:
     bf16 = torch.randn(nbytes // 2, dtype=torch.bfloat16)
     best, med = _best(lambda: value_digest(bf16), args.repeats)
     print(f"one bfloat16 tensor    : {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median ({gb / best:.1f} GB/s)")
-    del bf16
 
     n = 4096
     small = {f"layers.{i}.w": t for i, t in enumerate(big.chunk(n))}
     best, med = _best(lambda: value_digests_of(small, 0), args.repeats)
     print(f"{n} tensors (same bytes): {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median "
           f"({best / n * 1e6:.1f} us per key)")
-    del small, big
 
     objs = {"loader": {f"shard{i}": {"pos": i, "seen": {f"f{j}" for j in range(8)}} for i in range(10_000)}}
     best, med = _best(lambda: value_digest(objs), args.repeats)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,10 +103,28 @@ def _feed(h: Any, value: Any, depth: int, shapes_only: bool = False) -> None:  #
     elif isinstance(value, io.BytesIO):
         h.update(b"BytesIO|")
         h.update(value.getbuffer())
+    elif type(value) in (list, tuple) and all(type(v) in _PRIMITIVE for v in value):
+        # a list of plain values at C speed: repr tells 1, 1.0, '1' and True apart
+        h.update(f"prims:{type(value).__name__}:{len(value)}|".encode())
+        h.update(repr(value).encode())
+    elif isinstance(value, OrderedDict):
+        # order is part of an OrderedDict's value (== compares it), so it is hashed in order
+        h.update(f"odict:{type(value).__qualname__}:{len(value)}|".encode())
+        for k, v in value.items():
+            _feed(h, k, depth + 1, shapes_only)
+            _feed(h, v, depth + 1, shapes_only)
+    elif type(value) is dict and all(type(k) in _PRIMITIVE and type(v) in _PRIMITIVE
+                                     for k, v in value.items()):
+        # plain entries at C speed, in a canonical order (dict order is not part of the value)
+        h.update(f"primmap:{len(value)}|".encode())
+        h.update("\n".join(sorted(repr(e) for e in value.items())).encode())
     elif isinstance(value, Mapping):
         # dict order is not part of the value: the entries are hashed in the order of their digests
         _unordered(h, f"map:{type(value).__qualname__}", [(k, v) for k, v in value.items()], depth,
                    shapes_only)
+    elif type(value) in (set, frozenset) and all(type(v) in _PRIMITIVE for v in value):
+        h.update(f"primset:{type(value).__name__}:{len(value)}|".encode())
+        h.update("\n".join(sorted(map(repr, value))).encode())  # a canonical order, not hash order
     elif isinstance(value, (set, frozenset)):
         _unordered(h, f"set:{type(value).__qualname__}", list(value), depth, shapes_only)
     elif isinstance(value, (list, tuple)):
@@ -114,6 +133,9 @@ def _feed(h: Any, value: Any, depth: int, shapes_only: bool = False) -> None:  #
             _feed(h, v, depth + 1, shapes_only)
     else:
         _object(h, value, depth, shapes_only)
+
+
+_PRIMITIVE = frozenset({type(None), bool, int, float, str})
 
 
 def _unordered(h: Any, tag: str, entries: list[Any], depth: int, shapes_only: bool) -> None:

@@ -10,6 +10,8 @@ import os
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from run_helpers import (
     broadcast_seed_state,
     diverged_values_job,
@@ -212,3 +214,47 @@ def cli_failing(res):
     from dcpviz.analysis.checks import failing
 
     return failing(res.checks)
+
+
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(max_size=4), inner, max_size=4),
+        st.frozensets(st.text(max_size=4), max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _reordered(value):
+    """The same value built in another insertion order (dicts reversed, sets rebuilt grown and shrunk)."""
+    if isinstance(value, dict):
+        return {k: _reordered(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    if isinstance(value, frozenset):
+        grown = set(value) | {f"tmp{i}" for i in range(200)}
+        return frozenset(grown - {f"tmp{i}" for i in range(200)} | (value & {f"tmp{i}" for i in range(200)}))
+    return value
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(value=_VALUES)
+def test_digests_of_equal_values_are_equal_whatever_the_insertion_order(value):
+    from dcpviz.engine.digests import value_digest
+
+    assert _reordered(value) == value
+    assert value_digest(_reordered(value)) == value_digest(value) is not None
+    assert value_digest([value, 1]) != value_digest([value, 2])
+
+
+def test_digests_do_not_depend_on_the_hash_seed():
+    import subprocess
+    import sys
+
+    code = ("from dcpviz.engine.digests import value_digest; "
+            "print(value_digest({'names': {f'layer{i}.weight' for i in range(50)}, 'n': {'a': 1, 'b': {2, 3}}}))")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(out) == 1

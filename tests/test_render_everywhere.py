@@ -71,4 +71,7 @@ def test_an_older_capture_with_unusable_cached_plans_renders_everywhere(tmp_path
     doc["trace"]["source"] = "capture"
     path = tmp_path / "old.json"
     path.write_text(json.dumps(doc))
-    render_everywhere(dcpviz.load_trace(path), path, tmp_path)
+    old = dcpviz.load_trace(path)
+    render_everywhere(old, path, tmp_path)
+    row = old.checks[old.checks["check"] == "plans-not-recorded"]  # not an all-clear
+    assert list(row["severity"]) == ["warning"] and row.iloc[0]["ranks"] == (0, 1)

@@ -316,10 +316,25 @@ def tied_weights(trace: SaveTrace) -> list[Row]:
     return rows
 
 
+def unrecorded_plans(trace: SaveTrace) -> list[Row]:
+    """Plans the trace does not hold: DCP's empty "unchanged" markers (plan caching) recorded as
+    they were sent, by an older capture or a wrapped planner whose cache could not be read. What
+    those ranks write cannot be shown or checked, so an empty result is not an all-clear."""
+    ranks = tuple(r for r, p in enumerate(trace.local_plans) if p is not None and not p.usable)
+    if not ranks:
+        return []
+    return [("warning", "plans-not-recorded", "", ranks,
+             f"the local plans of {_ranks_text(ranks)} are DCP's empty 'unchanged' markers "
+             "(enable_plan_caching), not the cached plans DCP used: what those ranks write is not in "
+             "this trace, and no check can see it.",
+             "capture with this dcpviz's RecordingSavePlanner (it records the cached plans DCP "
+             "really uses), or save without enable_plan_caching")]
+
+
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
     rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + key_sets(trace) + write_imbalance(trace) + tied_weights(trace))
+            + unrecorded_plans(trace) + key_sets(trace) + write_imbalance(trace) + tied_weights(trace))
     return _frame(rows)
 
 

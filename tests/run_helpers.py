@@ -202,3 +202,13 @@ def lbfgs_optimizer(params):
 def optimizer_with_a_foreign_parameter(params):
     """An optimizer holding a parameter the model does not have."""
     return torch.optim.AdamW([*params, torch.nn.Parameter(torch.zeros(3))])
+
+
+def full_tensor_state(model, optimizer, rank):
+    """An EMA kept as a sharded DTensor, saved gathered (full_tensor(): a functional collective)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    ema = DTensor.from_local(torch.arange(4.0) + 4 * rank, mesh, [Shard(0)], run_check=False)
+    return {"model": model.state_dict(), "ema_full": ema.full_tensor()}

@@ -16,6 +16,7 @@ from run_helpers import (
     broadcast_seed_state,
     diverged_values_job,
     equal_set_state,
+    full_tensor_state,
     gathered_position_state,
     lbfgs_optimizer,
     optimizer_with_a_foreign_parameter,
@@ -156,22 +157,33 @@ def test_simulation_of_unknown_values_is_never_data_loss():
     assert set(sim.checks[sim.checks["check"] == "rank-specific-value"]["severity"]) == {"warning"}
 
 
-@pytest.mark.parametrize("state", [gathered_position_state, broadcast_seed_state])
+@pytest.mark.parametrize("state", [gathered_position_state, broadcast_seed_state, full_tensor_state])
 def test_a_collective_under_simulation_is_refused_naming_run_save(state):
     import torch.distributed as dist
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     before = (dist.all_gather_object, dist.broadcast_object_list)
     sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=state)
     with pytest.raises(dcpviz.DcpvizError, match=r"(?s)collective.*run_save"):
         dcpviz.simulate_save(sc)
     assert (dist.all_gather_object, dist.broadcast_object_list) == before  # put back
+    assert not _get_current_dispatch_mode_stack()
 
 
-def test_the_gathered_value_is_no_finding_in_a_real_run(tmp_path):
-    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=gathered_position_state)
+@pytest.mark.parametrize("state", [gathered_position_state, full_tensor_state])
+def test_the_real_run_of_a_collective_state_finds_nothing(state, tmp_path):
+    """What the refusal points to: run_save gives the answer (the gathered value is equal on
+    every rank, so nothing is lost)."""
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=state)
     res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
     assert res.ok, res.errors
     assert not res.checks["severity"].isin(["data-loss", "error"]).any(), res.checks
+
+
+def test_the_gathered_value_is_on_disk_whole(tmp_path):
+    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=gathered_position_state)
+    res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
+    assert res.ok, res.errors
     assert _stored_value(tmp_path / "ck", res.storage, "loader.positions") == [0, 100]
 
 

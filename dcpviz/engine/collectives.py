@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dcpviz.core.errors import ScenarioError
 
@@ -32,9 +33,11 @@ class CollectiveUnderSimulation(ScenarioError):
 
 
 def _refuse(name: str, what: str) -> Any:
+    where = name if "." in name else f"torch.distributed.{name}"
+
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise CollectiveUnderSimulation(
-            f"{what} called torch.distributed.{name}, a collective. Collectives cannot run under "
+            f"{what} called {where}, a collective. Collectives cannot run under "
             "simulation: one process plays every rank over a fake process group that does not "
             "communicate, so the result would not be what a real job saves. Use "
             "dcpviz.run_save(scenario, checkpoint_dir) to run the scenario in real processes "
@@ -45,10 +48,34 @@ def _refuse(name: str, what: str) -> Any:
     return refused
 
 
+# The dispatcher's namespaces of communicating ops: functional collectives (DTensor.full_tensor,
+# redistribute) and the process group's own ops, which the Python API above reaches too.
+_COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"})
+_LOCAL_OPS = frozenset({"wait_tensor"})  # waiting on an issued collective communicates nothing new
+
+
+class _RefuseCollectiveOps(TorchDispatchMode):
+    """Any communicating op reaching the dispatcher (a functional collective behind a DTensor's
+    ``full_tensor()`` or ``redistribute``) raises, naming the op."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        op = getattr(func, "_schema", None)
+        namespace = getattr(func, "namespace", "")
+        name = getattr(getattr(func, "_overloadpacket", None), "__name__", str(op))
+        if namespace in _COLLECTIVE_NAMESPACES and name not in _LOCAL_OPS:
+            _refuse(f"{namespace}.{name} (e.g. behind DTensor.full_tensor or redistribute)", self.what)()
+        return func(*args, **(kwargs or {}))
+
+
 @contextmanager
 def no_collectives(what: str) -> Iterator[None]:
-    """For the block, every c10d collective raises ``CollectiveUnderSimulation`` naming ``what``
-    (the user code running); the functions are put back afterwards, whatever happens."""
+    """For the block, every collective raises ``CollectiveUnderSimulation`` naming ``what`` (the
+    user code running): c10d's Python API, and any communicating op at the dispatcher. Everything
+    is put back afterwards, whatever happens."""
     saved: list[tuple[Any, str, Any]] = []
     try:
         for name in COLLECTIVES:
@@ -57,7 +84,8 @@ def no_collectives(what: str) -> Iterator[None]:
                 if original is not None:
                     saved.append((module, name, original))
                     setattr(module, name, _refuse(name, what))
-        yield
+        with _RefuseCollectiveOps(what):
+            yield
     finally:
         for module, name, original in reversed(saved):
             setattr(module, name, original)

@@ -67,6 +67,9 @@ def test_an_older_capture_with_unusable_cached_plans_renders_everywhere(tmp_path
     doc = json.loads(save.to_json(tmp_path / "s.json").read_text())
     for key in ("local_plans", "global_plans"):  # what a capture wrote before issue 20
         doc["trace"][key] = [{"items": [], "usable": False} for _ in doc["trace"][key]]
+    doc["trace"].pop("tied_keys")  # fields added since: an older file has none of them
+    for d in doc["trace"]["value_digests"]:
+        d.pop("offsets")
     doc["trace"]["final_plans"] = None
     doc["trace"]["source"] = "capture"
     path = tmp_path / "old.json"

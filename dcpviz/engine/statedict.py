@@ -56,7 +56,9 @@ def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     if scenario.optimizer is None and scenario.state is None:
-        return rebind_to_rank(model.state_dict(), rank)
+        with no_collectives("the model's state_dict (a state_dict hook or get_extra_state)"):
+            state = model.state_dict()
+        return rebind_to_rank(state, rank)
     optimizer = make_optimizer(scenario.optimizer, model)
     # The fake group does not communicate: a collective in the user's state code is refused.
     with no_collectives(f"the state callable {spec_name(scenario.state)} (or a Stateful it returned)"

@@ -205,7 +205,7 @@ def test_optimizer_factories_dcp_cannot_save_are_a_dcpviz_error(factory, says):
 
 
 def test_tied_weights_written_twice_are_an_info_row_with_the_bytes_on_disk(tmp_path):
-    from tied_models import tied_lm
+    from tied_models import ema_clone_state, tied_lm
 
     sc = dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp")
     res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
@@ -220,6 +220,8 @@ def test_tied_weights_written_twice_are_an_info_row_with_the_bytes_on_disk(tmp_p
     assert list(sim.checks[sim.checks["check"] == "tied-weights-saved-twice"]["fqn"]) == ["wte.weight"]
     untied = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     assert "tied-weights-saved-twice" not in set(untied.checks["check"])
+    ema = dcpviz.simulate_save(dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp", state=ema_clone_state))
+    assert ema.trace.tied_keys == (("model.wte.weight", "model.lm_head.weight"),)  # the clones are not tied
 
 
 def cli_failing(res):

@@ -22,3 +22,9 @@ class TiedLM(nn.Module):
 
 def tied_lm() -> TiedLM:
     return TiedLM()
+
+
+def ema_clone_state(model, optimizer, rank):
+    """The model and an EMA copy of it: the copy's wte / lm_head are two tensors, not tied."""
+    sd = model.state_dict()
+    return {"model": sd, "ema": {k: v.clone() for k, v in sd.items()}}

@@ -226,7 +226,7 @@ def tied_keys(state_dict: dict[str, Any], flatten: bool = True,
         if not isinstance(value, torch.Tensor) or isinstance(value, ShardedTensor):
             continue
         local = value.to_local() if isinstance(value, DTensor) else value
-        key = _meta_tie(str(fqn), tie_of) if local.is_meta else _storage_key(local)
+        key = _meta_tie(str(fqn), tie_of, local) if local.is_meta else _storage_key(local)
         if key is not None:
             groups.setdefault(key, []).append(str(fqn))
     return tuple(sorted(tuple(g) for g in groups.values() if len(g) > 1))
@@ -242,10 +242,16 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
         return None
 
 
-def _meta_tie(fqn: str, tie_of: dict[str, int]) -> tuple | None:
+def _meta_tie(fqn: str, tie_of: dict[str, int], t: torch.Tensor) -> tuple | None:
+    """A meta tensor's tie: the model's tie its key names, under its prefix, and its meta storage
+    (which a copy, e.g. an EMA's clone, does not share; unrelated meta tensors can)."""
+    try:
+        storage = t.untyped_storage()._cdata
+    except Exception:
+        return None
     for name, tie in tie_of.items():
         if fqn == name or fqn.endswith("." + name):
-            return ("tie", tie, fqn[: len(fqn) - len(name)])
+            return ("tie", tie, fqn[: len(fqn) - len(name)], storage)
     return None
 
 

@@ -272,3 +272,13 @@ def test_digests_do_not_depend_on_the_hash_seed():
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
     assert len(out) == 1
+
+
+def test_a_real_hsdp_run_with_optimizer_state_raises_no_false_alarm(tmp_path):
+    """Replicated DTensor shards (HSDP's replicate dim) and AdamW state are fingerprinted on
+    every rank now; equal replicas must stay no finding."""
+    sc = dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp", optimizer="adamw")
+    res = dcpviz.run_save(sc, tmp_path / "ck", start_method="forkserver")
+    assert res.ok, res.errors
+    assert any(d.offsets is not None for d in res.trace.value_digests)  # replicas were compared
+    assert not len(res.checks), res.checks

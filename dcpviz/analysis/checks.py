@@ -5,9 +5,11 @@ short stable id), ``fqn``, ``ranks``, ``message`` (what DCP does, with the numbe
 Everything comes from the trace (or a checkpoint's tables), so a saved trace gives the same
 checks anywhere, without torch.
 
-Save: rank-specific values under one key (DCP's dedup keeps one rank's copy of a plain tensor or
-Python value), key sets that differ between ranks, write imbalance (with what the other
-``dedup_save_to_lowest_rank`` option gives), chunks that overlap or leave gaps, planner errors.
+Save: rank-specific values under one key (DCP's dedup keeps one rank's copy of a plain tensor, a
+Python value or a whole bytes entry), replicated DTensors whose replicas differ, key sets that
+differ between ranks, write imbalance (with what the other ``dedup_save_to_lowest_rank`` option
+gives), chunks that overlap or leave gaps, planner errors, plans a trace does not hold (plan
+caching), tied weights written twice.
 Load: checkpoint keys no rank reads, silent dtype casts, optimizer state not read, read
 amplification, ``allow_partial_load`` hiding missing keys. Checkpoint: stale data files,
 framing overhead.

@@ -2,8 +2,11 @@
 
 Chunk digests prove bytes survive a save + load; they are kept out of traces (they describe one
 run's values, not a plan): run_save / run_load put them in ``result.run_info.chunk_digests``.
-Value digests of non-DTensor values (``value_digests_of``) go into save traces: DCP's dedup keeps
-one rank's copy of such a key, and only the digests tell whether the dropped copies differed.
+Value digests (``value_digests_of``) go into save traces: of every value DCP's dedup decides
+between (plain tensors, Python values, bytes entries, the local shards of replicated DTensors),
+over every byte, after canonicalising sets and dict order. DCP keeps one rank's copy of such a
+key, and only the digests tell whether the dropped copies differed. ``tied_keys`` finds the
+keys that hold one tensor (tied weights), which DCP writes once per key.
 """
 
 from __future__ import annotations

@@ -39,9 +39,11 @@ _LAZY = {
     "RenamingLoadPlanner": "dcpviz.engine.fix_planner",
     "load_resized": "dcpviz.engine.fix_planner",
     "Scenario": "dcpviz.engine.scenario",
+    "plan_series": "dcpviz.analysis.series",
 }
 
 if TYPE_CHECKING:
+    from dcpviz.analysis.series import plan_series
     from dcpviz.api import inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
     from dcpviz.engine.byteio import SafeLoadPlanner
     from dcpviz.engine.checkpoint import SafeFileSystemReader
@@ -93,6 +95,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_resized",
     "load_trace",
+    "plan_series",
     "report",
     "run_load",
     "run_save",

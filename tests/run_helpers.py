@@ -118,3 +118,97 @@ def capture_rank_values_job(rank, world, report, ckpt_dir, trace_path, plain_dir
     rec.complete(md)
     dcp.save(state, checkpoint_id=plain_dir, planner=DefaultSavePlanner())
     return {"problems": list(rec.problems)}
+
+
+def periodic_cached_saves_job(rank, world, report, root):
+    """A user's periodic dcp.save with DCP's plan caching, through one RecordingSavePlanner:
+    a per-rank value under a shared key (lost at every save), equal on save 1 and 2 in plan;
+    on save 3 rank 1 adds a key (its plan changes: a cache miss)."""
+    import torch.distributed.checkpoint as dcp
+
+    import dcpviz
+
+    rec = dcpviz.RecordingSavePlanner(os.path.join(root, "plan_{n}.json"),
+                                      DefaultSavePlanner(enable_plan_caching=True))
+    for step in range(3):
+        state = {"w": torch.ones(4), "loader": {"position": 100 * rank + step}}
+        if step == 2 and rank == 1:
+            state["extra"] = torch.zeros(2)
+        md = dcp.save(state, checkpoint_id=os.path.join(root, f"ck{step}"), planner=rec)
+        rec.complete(md)
+    return {"problems": list(rec.problems)}
+
+
+def diverged_values_job(rank, world, report, root):
+    """Values DCP deduplicates that look alike to a sampled fingerprint or are made alike in
+    form only: a Replicate() DTensor whose replicas differ (from_local(run_check=False)), a
+    2 MiB tensor that differs per rank in one element between samples, a set of strings that
+    is equal on every rank (each process pickles it in its own order), and a dict equal on
+    every rank but built in another order."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate
+
+    import dcpviz
+
+    mesh = init_device_mesh("cpu", (world,))
+    rep = DTensor.from_local(torch.full((4, 2), float(rank)), mesh, [Replicate()], run_check=False)
+    big = torch.zeros(1 << 19)  # 2 MiB of float32
+    big[12345] = float(rank)  # not one of 65536 evenly spaced samples
+    same_rep = DTensor.from_local(torch.ones(3), mesh, [Replicate()], run_check=False)
+    names = {f"layer{i}.weight" for i in range(40)}
+    if rank == 1:  # the same set, grown and shrunk: its table, so its order, differs from rank 0's
+        names |= {f"tmp{i}" for i in range(1000)}
+        names -= {f"tmp{i}" for i in range(1000)}
+    order = sorted(names) if rank == 0 else sorted(names, reverse=True)
+    state = {"rep": rep, "same_rep": same_rep, "big": big, "names": names,
+             "table": {k: 1 for k in order}}
+    rec = dcpviz.RecordingSavePlanner(os.path.join(root, "t.json"))
+    md = dcp.save(state, checkpoint_id=os.path.join(root, "ck"), planner=rec)
+    rec.complete(md)
+    return {"problems": list(rec.problems), "hashseed": os.environ.get("PYTHONHASHSEED"),
+            "set_order": list(names)[:3]}
+
+
+def gathered_position_state(model, optimizer, rank):
+    """dcpviz's own advice for a per-rank value: gather it into one value every rank saves."""
+    positions = [None] * dist.get_world_size()
+    dist.all_gather_object(positions, 100 * rank)
+    return {"model": model.state_dict(), "loader": {"positions": positions}}
+
+
+def broadcast_seed_state(model, optimizer, rank):
+    """A seed chosen on rank 0 and broadcast (the same on every rank after the collective)."""
+    obj = [{"seed": 1234}] if rank == 0 else [None]
+    dist.broadcast_object_list(obj, src=0)
+    return {"model": model.state_dict(), "seed": obj[0]}
+
+
+def equal_set_state(model, optimizer, rank):
+    """A set of strings equal on every rank, whose iteration order differs per rank (rank 1's
+    table grew and shrank): its pickle differs, its value does not."""
+    names = {f"layer{i}.weight" for i in range(40)}
+    if rank % 2:
+        names |= {f"tmp{i}" for i in range(1000)}
+        names -= {f"tmp{i}" for i in range(1000)}
+    return {"model": model.state_dict(), "frozen": names}
+
+
+def lbfgs_optimizer(params):
+    """An optimizer whose step needs a closure."""
+    return torch.optim.LBFGS(params)
+
+
+def optimizer_with_a_foreign_parameter(params):
+    """An optimizer holding a parameter the model does not have."""
+    return torch.optim.AdamW([*params, torch.nn.Parameter(torch.zeros(3))])
+
+
+def full_tensor_state(model, optimizer, rank):
+    """An EMA kept as a sharded DTensor, saved gathered (full_tensor(): a functional collective)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    ema = DTensor.from_local(torch.arange(4.0) + 4 * rank, mesh, [Shard(0)], run_check=False)
+    return {"model": model.state_dict(), "ema_full": ema.full_tensor()}

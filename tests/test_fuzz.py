@@ -318,3 +318,41 @@ def test_fuzz_checkpoints(checkpoint, checkpoint_metadata, data, verify):
         if info is not None:
             _ = info.chunks, info.storage, info.files, info.totals
         assert _listing(root) == before
+
+
+@st.composite
+def plausible_trace(draw, docs: list[dict]) -> str:
+    """A mutation that keeps each value's type (so most get past the decoder): what validation
+    lets through must render everywhere."""
+    doc = copy.deepcopy(draw(st.sampled_from(docs)))
+    for _ in range(draw(st.integers(1, 3))):
+        parent, key = _descend(draw, doc)
+        if parent is None:
+            continue
+        action = draw(st.sampled_from(["alike", "alike", "alike", "cut", "double"]))
+        if action == "alike":
+            parent[key] = draw(_alike(parent[key]))
+        elif isinstance(parent[key], list):
+            value = parent[key]
+            parent[key] = value[: len(value) // 2] if action == "cut" else value + value
+    return json.dumps(doc)
+
+
+@settings(max_examples=60, **FUZZ)
+@given(data=st.data())
+def test_fuzz_traces_that_pass_validation_render_everywhere(trace_docs, data):
+    """Issue 20: tables, checks, views, report, explorer (every tab), show and check — every
+    one of them works on any trace that load_trace accepts."""
+    from render_helpers import render_everywhere
+
+    text = data.draw(plausible_trace(trace_docs), label="trace text")
+    with _sandbox() as root, _alarm(60):
+        path = root / "t.json"
+        path.write_text(text)
+        try:
+            result = dcpviz.load_trace(path)
+        except dcpviz.DcpvizError:
+            event("trace refused")
+            return
+        event("trace read")
+        render_everywhere(result, path, root)

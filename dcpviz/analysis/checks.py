@@ -5,9 +5,11 @@ short stable id), ``fqn``, ``ranks``, ``message`` (what DCP does, with the numbe
 Everything comes from the trace (or a checkpoint's tables), so a saved trace gives the same
 checks anywhere, without torch.
 
-Save: rank-specific values under one key (DCP's dedup keeps one rank's copy of a plain tensor or
-Python value), key sets that differ between ranks, write imbalance (with what the other
-``dedup_save_to_lowest_rank`` option gives), chunks that overlap or leave gaps, planner errors.
+Save: rank-specific values under one key (DCP's dedup keeps one rank's copy of a plain tensor, a
+Python value or a whole bytes entry), replicated DTensors whose replicas differ, key sets that
+differ between ranks, write imbalance (with what the other ``dedup_save_to_lowest_rank`` option
+gives), chunks that overlap or leave gaps, planner errors, plans a trace does not hold (plan
+caching), tied weights written twice.
 Load: checkpoint keys no rank reads, silent dtype casts, optimizer state not read, read
 amplification, ``allow_partial_load`` hiding missing keys. Checkpoint: stale data files,
 framing overhead.
@@ -36,7 +38,7 @@ from dcpviz.analysis.verdict import (
 from dcpviz.analysis.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
-from dcpviz.core.trace import LoadTrace, SaveTrace
+from dcpviz.core.trace import STRUCTURE_PREFIX, LoadTrace, SaveTrace
 from dcpviz.core.units import fmt_bytes
 
 CHECK_COLUMNS = ["severity", "check", "fqn", "ranks", "message", "fix"]
@@ -83,8 +85,10 @@ _PER_RANK_FIX = (
 
 
 def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
-    """Dedup rows of keys that are not DTensors (plain tensors, Python values): for those DCP's
-    dedup decides whose values survive. DTensor replicas are equal by construction."""
+    """Dedup rows of keys whose copies can differ: plain tensors, Python values and bytes
+    entries, and DTensors whose replicas were fingerprinted (a ``Replicate()`` placement made
+    with ``from_local(run_check=False)`` can differ per rank). For those, DCP's dedup decides
+    whose values survive."""
     dtensors = {lay.fqn for lay in trace.layouts}
     digested = {d.fqn for d in trace.value_digests}
     plain = {it.fqn for it in trace.items} - (dtensors - digested)
@@ -92,31 +96,73 @@ def _replicated_plain_keys(trace: SaveTrace) -> pd.DataFrame:
     return tables.dedup(trace, fqns=plain)
 
 
-def rank_specific_values(trace: SaveTrace) -> list[Row]:
-    """A plain tensor or Python value saved under one key by several ranks is a 'replica' to DCP:
-    the coordinator keeps one rank's copy. 'data-loss' where the ranks' values differ (digests),
-    'warning' where some rank's value is unknown (meta tensors in simulation)."""
-    digests: dict[str, dict[int, str]] = defaultdict(dict)
+_UNFLATTENED_FIX = (
+    "save with flatten_state_dict=True (DefaultSavePlanner's default): every tensor, and every "
+    "rank's shard of a DTensor, is then saved as an item of its own"
+)
+_REPLICA_FIX = (
+    "make the replicas equal before dcp.save (DTensor.from_local(..., run_check=True) broadcasts "
+    "rank 0's value; or redistribute from one source), or save a Shard() placement instead"
+)
+
+
+def _digests_by_key(trace: SaveTrace) -> tuple[dict[str, dict[int, str]], dict[tuple, dict[int, str]]]:
+    """Digests of whole values (by fqn) and of replicated DTensor chunks (by fqn and offsets)."""
+    whole: dict[str, dict[int, str]] = defaultdict(dict)
+    chunks: dict[tuple, dict[int, str]] = defaultdict(dict)
     for d in trace.value_digests:
-        digests[d.fqn][d.rank] = d.digest
+        if d.offsets is None:
+            whole[d.fqn][d.rank] = d.digest
+        else:
+            chunks[(d.fqn, tuple(d.offsets))][d.rank] = d.digest
+    return whole, chunks
+
+
+def rank_specific_values(trace: SaveTrace) -> list[Row]:
+    """A value saved under one key by several ranks is a 'replica' to DCP: the coordinator keeps
+    one rank's copy. 'data-loss' where the ranks' values differ (digests of every byte),
+    'warning' where some rank's value is unknown (meta tensors in simulation)."""
+    whole, chunks = _digests_by_key(trace)
+    dtensors = {lay.fqn for lay in trace.layouts}
     lost_rows: list[Row] = []
     unknown_rows: list[Row] = []
     for row in _replicated_plain_keys(trace).itertuples(index=False):
         cands = tuple(int(r) for r in row.candidates)
         survivor = int(row.chosen_rank) if row.chosen_rank >= 0 else int(row.replay_rank)
-        known = {r: digests[row.fqn][r] for r in cands if r in digests.get(row.fqn, {})}
+        offsets = tuple(row.offsets) if row.offsets is not None else None
+        by_rank = chunks.get((row.fqn, offsets)) if (row.fqn, offsets) in chunks else whole.get(row.fqn, {})
+        known = {r: by_rank[r] for r in cands if r in by_rank}
+        replica = row.fqn in dtensors and (row.fqn, offsets) in chunks
+        if any(d.startswith(STRUCTURE_PREFIX) for d in known.values()):
+            # Structure only (tensors without values): different structures are different values
+            # for certain; equal ones, or a mix with value digests, tell nothing.
+            if not (all(d.startswith(STRUCTURE_PREFIX) for d in known.values())
+                    and len(set(known.values())) > 1):
+                known = {}
         if len(set(known.values())) > 1:
             keep = known.get(survivor)
             lost = tuple(r for r in cands if r in known and known[r] != keep)
             distinct = len(set(known.values()))
+            if replica:
+                lost_rows.append((
+                    "data-loss", "replicas-differ", row.fqn, lost,
+                    f"{row.fqn!r} is a replicated DTensor, but its replicas on {len(cands)} ranks hold "
+                    f"{distinct} different values (chunk at {list(offsets)}); DCP writes one replica, "
+                    f"rank {survivor}'s, and the values of {_ranks_text(lost)} are lost (not on disk).",
+                    _REPLICA_FIX,
+                ))
+                continue
+            unflattened = not trace.planner.option("flatten_state_dict", True)
             lost_rows.append((
                 "data-loss", "rank-specific-value", row.fqn, lost,
                 f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
                 f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
-                f"those of {_ranks_text(lost)} are lost (not on disk).",
-                _PER_RANK_FIX,
+                f"those of {_ranks_text(lost)} are lost (not on disk)."
+                + (" With flatten_state_dict=False each rank's whole nested value (its shards "
+                   "included) is one bytes entry." if unflattened else ""),
+                _UNFLATTENED_FIX if unflattened else _PER_RANK_FIX,
             ))
-        elif len(known) < len(cands):
+        elif len(known) < len(cands) and not replica:
             unknown = tuple(r for r in cands if r not in known)
             unknown_rows.append((
                 "warning", "rank-specific-value", row.fqn, unknown,
@@ -259,10 +305,50 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     return rows
 
 
+def tied_weights(trace: SaveTrace) -> list[Row]:
+    """Keys that hold one tensor (tied weights: wte.weight and lm_head.weight) are each saved in
+    full: an 'info' row with the bytes the extra copies take on disk."""
+    if not trace.tied_keys or trace.global_plans is None:
+        return []
+    items = tables.write_items(trace)
+    kept = items[items["kept"].fillna(False).astype(bool)]
+    per_key = kept.groupby("fqn")["nbytes"].sum()
+    rows: list[Row] = []
+    for group in trace.tied_keys:
+        written = [k for k in group if k in per_key.index]
+        if len(written) < 2:
+            continue
+        extra = int(sum(int(per_key[k]) for k in written[1:]))
+        rows.append((
+            "info", "tied-weights-saved-twice", written[0], (),
+            f"{', '.join(repr(k) for k in written)} are one tensor (tied weights), and DCP writes each "
+            f"key in full: {fmt_bytes(extra)} on disk for {len(written) - 1} extra "
+            f"cop{'y' if len(written) == 2 else 'ies'}. On load both keys are read into the one tensor.",
+            "nothing to fix for correctness; to save the bytes, drop the tied key from the state dict "
+            f"before dcp.save (e.g. del sd[{written[-1]!r}]) and tie the weights again after loading",
+        ))
+    return rows
+
+
+def unrecorded_plans(trace: SaveTrace) -> list[Row]:
+    """Plans the trace does not hold: DCP's empty "unchanged" markers (plan caching) recorded as
+    they were sent, by an older capture or a wrapped planner whose cache could not be read. What
+    those ranks write cannot be shown or checked, so an empty result is not an all-clear."""
+    ranks = tuple(r for r, p in enumerate(trace.local_plans) if p is not None and not p.usable)
+    if not ranks:
+        return []
+    return [("warning", "plans-not-recorded", "", ranks,
+             f"the local plans of {_ranks_text(ranks)} are DCP's empty 'unchanged' markers "
+             "(enable_plan_caching), not the cached plans DCP used: what those ranks write is not in "
+             "this trace, and no check can see it.",
+             "capture with this dcpviz's RecordingSavePlanner (it records the cached plans DCP "
+             "really uses), or save without enable_plan_caching")]
+
+
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
     rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + key_sets(trace) + write_imbalance(trace))
+            + unrecorded_plans(trace) + key_sets(trace) + write_imbalance(trace) + tied_weights(trace))
     return _frame(rows)
 
 

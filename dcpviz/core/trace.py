@@ -32,6 +32,9 @@ Rank = Annotated[int, Meta(ge=0, lt=MAX_WORLD_SIZE)]
 Extent = Annotated[int, Meta(ge=1, le=MAX_WORLD_SIZE)]  # a world size or a mesh dim
 Box = tuple[Count, ...]
 Digest = Annotated[str, Meta(max_length=64)]  # a value's fingerprint (hex); never the value itself
+# A digest of a container's structure only (its tensors had no values, e.g. meta in simulation):
+# different ones prove different values, equal ones prove nothing.
+STRUCTURE_PREFIX = "s:"
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,15 @@ class ReadRecord:
 
 @dataclass(frozen=True)
 class PlanRecord:
-    """One rank's plan at one phase: positions into the trace's item table."""
+    """One rank's plan at one phase: positions into the trace's item table. ``usable=False`` is
+    an empty "unchanged" marker whose real plan the trace does not hold (older captures);
+    ``cached=True`` is a plan DCP took from its plan cache, recorded in full."""
 
     items: tuple[Index, ...]
     usable: bool = True
+    # Added with issue 20 (plan caching): the rank sent DCP's "unchanged" marker (local plans) or
+    # was sent one (global plans), and ``items`` is the cached plan DCP really used.
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,14 +204,17 @@ class ErrorRecord:
 
 @dataclass(frozen=True)
 class ValueDigest:
-    """A fingerprint of one rank's value under a key that is not a DTensor (a plain tensor or a
-    Python value): DCP's dedup keeps one rank's copy of such a key, so whether the ranks' values
-    agree decides whether anything is lost. Only values that exist are fingerprinted (never a
-    meta tensor); large tensors are sampled (``engine.digests.value_digest``)."""
+    """A fingerprint of one rank's value under a key DCP deduplicates (a plain tensor, a Python
+    value, a bytes entry, the local shard of a replicated DTensor): DCP's dedup keeps one rank's
+    copy of such a key, so whether the ranks' values agree decides whether anything is lost.
+    Only values that exist are fingerprinted (never a meta tensor); every byte is hashed, after
+    canonicalising sets and dict order (``engine.digests.value_digest``)."""
 
     fqn: str
     rank: Rank
     digest: Digest
+    # Added with issue 20 (replicated DTensors): the chunk's offsets, None for a whole value.
+    offsets: Box | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,9 @@ class SaveTrace:
     # Added for checks (issue 12); defaults keep older traces readable.
     value_digests: tuple[ValueDigest, ...] = ()
     dedup_alternative: DedupAlternative | None = None
+    # Added with issue 20: groups of keys that hold one tensor (tied weights, e.g. wte.weight and
+    # lm_head.weight), from the state dict of rank 0 (simulate) or of the coordinator (capture).
+    tied_keys: tuple[tuple[str, ...], ...] = ()
     kind: str = field(default="save", init=False)
 
 

@@ -57,6 +57,8 @@ def _plans(plans: Sequence[PlanRecord | None] | None, world: int, n_items: int, 
     if len(plans) != world:
         raise TraceFileError(f"{where} has {len(plans)} plans but world_size is {world} (one per rank)")
     for rank, plan in enumerate(plans):
+        if plan is not None and plan.cached and not plan.usable:
+            raise TraceFileError(f"{where}[{rank}] is both cached (a plan recorded in full) and unusable")
         if plan is not None and plan.items and max(plan.items) >= n_items:
             raise TraceFileError(
                 f"{where}[{rank}].items refers to item {max(plan.items)} but the table holds {n_items}"
@@ -103,10 +105,14 @@ def _load(trace: LoadTrace, world: int) -> None:
     if trace.saved_scenario is not None:
         _scenario(trace.saved_scenario, "trace.saved_scenario", captured=False)
     _metadata(trace.saved, "trace.saved")
-    if len(trace.wanted_by_rank) > world:
+    if len(trace.wanted_by_rank) not in (0, world):  # one entry per rank (none: not recorded)
         raise TraceFileError(
-            f"trace.wanted_by_rank has {len(trace.wanted_by_rank)} entries but world_size is {world}"
+            f"trace.wanted_by_rank has {len(trace.wanted_by_rank)} entries but world_size is {world} "
+            "(one per rank)"
         )
+    if trace.saved_scenario is not None:
+        _ranks((w.rank for w in trace.saved_writers if w.rank is not None),
+               trace.saved_scenario.world_size, "trace.saved_writers[].rank")
     for rank, ids in enumerate(trace.wanted_by_rank):
         if ids and max(ids) >= len(trace.wanted):
             raise TraceFileError(

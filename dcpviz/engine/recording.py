@@ -50,7 +50,7 @@ from dcpviz.engine.convert import (
     planner_info,
     tensor_layouts,
 )
-from dcpviz.engine.digests import value_digests_of
+from dcpviz.engine.digests import tied_keys, value_digests_of
 from dcpviz.engine.phases import now, scenario_info, torch_version
 from dcpviz.engine.planners import set_up_save_planner
 from dcpviz.engine.scenario import Scenario
@@ -301,6 +301,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._state_dict: Any = None
         self._digests: tuple[ValueDigest, ...] = ()
         self._received: tuple[list[ValueDigest], bool] = ([], False)
+        self._cached: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
         self.problems: list[str] = []  # what recording could not do in this dcp.save
 
     # Anything the storage writer or user code asks of the planner beyond the protocol
@@ -334,6 +335,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._layouts = tensor_layouts(flat)
         self._inferred = infer_scenario(flat, self._world)
         self._components = captured_components(state_dict)
+        self._tied = tied_keys(state_dict, bool(getattr(self._inner, "flatten_state_dict", True)))
 
     def create_local_plan(self) -> SavePlan:
         """The inner planner's local plan, recorded."""
@@ -342,20 +344,27 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_local_plan"] = t1 - t0
         self._local_plan = plan
+        # A cached "unchanged" marker is empty: DCP writes this rank's cached plan's items.
+        measured = _cached_local_plan(self._inner) if not getattr(plan, "usable", True) else plan
         self._byte_sizes = self._record_safely("measure the BYTE_IO items", byte_item_sizes,
-                                         self._inner, plan.items) or {}
+                                         self._inner, (measured or plan).items) or {}
         carried = self._record_safely("fingerprint this rank's non-DTensor values", self._carry, plan)
         self._overhead += time.perf_counter() - t1
         return carried if carried is not None else plan
 
     def _carry(self, plan: SavePlan) -> SavePlan | None:
         """The plan with this rank's value digests riding in its planner_data (None: nothing to
-        carry). A cached 'unchanged' plan goes untouched."""
-        if not getattr(plan, "usable", True) or self._state_dict is None:
+        carry). A cached 'unchanged' marker carries them too: the values of a periodic save
+        change while its plan does not (DCP merges a marker with its cache by ``usable`` alone,
+        and the coordinator's recorder strips the carrier before the wrapped planner sees it)."""
+        if self._state_dict is None:
             return None
         if plan.planner_data is not None and type(plan.planner_data) is not dict:
             return None  # a custom planner's own planner_data: never wrapped
-        self._digests = tuple(value_digests_of(self._state_dict, self._rank))
+        # Keys as the wrapped planner writes them: flatten_state_dict=False writes each top-level
+        # value (a whole nested dict of this rank's shards) as one bytes entry.
+        flatten = bool(getattr(self._inner, "flatten_state_dict", True))
+        self._digests = tuple(value_digests_of(self._state_dict, self._rank, flatten=flatten))
         return dataclasses.replace(plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests))
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
@@ -372,7 +381,11 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_global_plan"] = t1 - t0
         self._global_plans, self._metadata = global_plans, metadata
-        self._trace = self._record_safely("build the trace", self._build_trace, all_plans, global_plans,
+        used = self._record_safely("read DCP's plan cache", used_plans, self._inner, all_plans, global_plans)
+        local_used, global_used, cached = used if used is not None else (all_plans, global_plans, None)
+        self._cached = cached
+        self._global_plans = global_used  # the coordinator's finish_plan is checked against its real plan
+        self._trace = self._record_safely("build the trace", self._build_trace, local_used, global_used,
                                     metadata, (), True)
         if self._trace is not None:
             self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
@@ -488,6 +501,13 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         own = self._byte_sizes
         local = tuple(conv.record(p, own) for p in all_plans)
         global_records = tuple(conv.record(p, own) for p in global_plans) if global_plans is not None else None
+        cached = getattr(self, "_cached", None)
+        if cached is not None and validated:
+            local_hits, global_hits = cached
+            local = tuple(dataclasses.replace(p, cached=hit) for p, hit in zip(local, local_hits))
+            if global_records is not None:
+                global_records = tuple(dataclasses.replace(p, cached=hit)
+                                       for p, hit in zip(global_records, global_hits))
         others_bytes = sum(1 for r, p in enumerate(all_plans) if r != self._rank
                            for wi in p.items if wi.type == WriteItemType.BYTE_IO)
         if self._scenario is not None:
@@ -525,7 +545,13 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         if any(not getattr(p, "usable", True) for p in all_plans):
             notes.append(
                 "Some local plans are unusable (empty): plan caching (enable_plan_caching) sent "
-                "'unchanged' markers instead of plans."
+                "'unchanged' markers instead of plans, and this planner's cache could not be read."
+            )
+        if cached is not None and (any(cached[0]) or any(cached[1])):
+            notes.append(
+                f"Plan caching: {sum(cached[0])} of {W} ranks sent an 'unchanged' marker and "
+                f"{sum(cached[1])} got one back; the plans recorded are the cached plans DCP really "
+                "used (PlanRecord.cached marks them)."
             )
         timings = dict(self._timings)
         timings["recording_overhead"] = self._overhead
@@ -545,10 +571,37 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             source="capture",
             value_digests=tuple(digests),
             dedup_alternative=alternative,
+            tied_keys=getattr(self, "_tied", ()),
             torch_version=torch_version(),
             dcpviz_version=__version__,
             created=now(),
         )
+
+
+def _cached_local_plan(inner: Any) -> SavePlan | None:
+    """This rank's local plan in DCP's plan cache (what an "unchanged" marker stands for)."""
+    key = getattr(inner, "_cached_plans_key", None)
+    return SavePlanner._cached_save_plan.get(key) if key is not None else None
+
+
+def used_plans(inner: Any, received: list[SavePlan], deltas: list[SavePlan]) -> tuple[
+        list[SavePlan], list[SavePlan], tuple[tuple[bool, ...], tuple[bool, ...]]] | None:
+    """(the local plans, the global plans DCP really used, (which local plans were cache hits,
+    which global plans were)) after ``inner.create_global_plan``; None when the planner caches
+    nothing. With ``enable_plan_caching`` a rank whose plan is unchanged sends an empty,
+    unusable plan, and the coordinator sends back an empty delta where a rank's global plan
+    is unchanged: DCP's own cache (``SavePlanner._cached_all_plans``, filled by the call just
+    made) holds the merged local plans, and the planner its full ``global_plan``."""
+    if not getattr(inner, "_enable_plan_caching", False):
+        return None
+    key = getattr(inner, "_cached_plans_key", None)
+    local = SavePlanner._cached_all_plans.get(key)
+    full = getattr(inner, "global_plan", None)
+    if local is None or full is None or len(local) != len(received) or len(full) != len(deltas):
+        return None
+    local_hits = tuple(not getattr(p, "usable", True) for p in received)
+    global_hits = tuple(not getattr(p, "usable", True) for p in deltas)
+    return list(local), list(full), (local_hits, global_hits)
 
 
 class _GatheredPlanConverter(PlanConverter):

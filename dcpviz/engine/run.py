@@ -316,6 +316,7 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         # Every rank's value digests reached the coordinator with its local plan (recording.py).
         value_digests=base.value_digests if base is not None else (),
         dedup_alternative=base.dedup_alternative if base is not None else None,
+        tied_keys=base.tied_keys if base is not None else (),
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),

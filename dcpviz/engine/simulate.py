@@ -31,7 +31,7 @@ from dcpviz.engine.convert import (
     planner_info,
     tensor_layouts,
 )
-from dcpviz.engine.digests import value_digests_of
+from dcpviz.engine.digests import tied_keys, tied_parameter_names, value_digests_of
 from dcpviz.engine.phases import (
     Log,
     Timer,
@@ -48,7 +48,7 @@ from dcpviz.engine.phases import (
 )
 from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from dcpviz.engine.scenario import Scenario
-from dcpviz.engine.statedict import rank_state_dict
+from dcpviz.engine.statedict import build_model_on_meta, rank_state_dict
 from dcpviz.engine.validation import fast_validation
 from dcpviz.engine.world import fake_world, leaves_process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo
@@ -85,6 +85,7 @@ class _SaveRun:
     layouts: tuple = ()
     digests: list = field(default_factory=list)  # ValueDigests of the ranks whose own state dict was built
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
+    tied: tuple[tuple[str, ...], ...] = ()  # rank 0's keys that hold one tensor (tied weights)
     rebound: int = 0
     fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/validation.py)
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
@@ -132,6 +133,15 @@ def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
         return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
 
 
+def _tied_names(scenario: Any) -> tuple[tuple[str, ...], ...]:
+    """The model's tied parameter names (meta tensors hold no storage to compare), from one more
+    build of the model on meta; none where that fails (the checks then say nothing of ties)."""
+    try:
+        return tied_parameter_names(build_model_on_meta(scenario))
+    except Exception:  # noqa: BLE001 - a note-worthy model failure is reported by the build itself
+        return ()
+
+
 def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r: int) -> SavePlan:
     """DCP's set_up_planner + create_local_plan for rank ``r``, with the exact shortcuts that
     apply to DefaultSavePlanner itself (memoised DTensor offsets, flattening and WriteItems)."""
@@ -157,14 +167,19 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
         if r == 0:
             run.layouts = tensor_layouts(state_dict)
             run.components = training_state_components(run.scenario, state_dict)
-        if run.template is None or r == 0:
-            # Values known only where this rank's own state dict was built: a template view would
-            # hand rank 0's Python values to every rank and hide any that differ.
-            with run.timer.phase("value_digests"):
-                run.digests += value_digests_of(state_dict, r)
         t1 = time.perf_counter()
         run.timer.add("build_state_dicts", t1 - t0)
         p = run.make_planner()
+        if run.template is None or r == 0:
+            # Values known only where this rank's own state dict was built: a template view would
+            # hand rank 0's Python values to every rank and hide any that differ. Keys as the
+            # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
+            with run.timer.phase("value_digests"):
+                flatten = bool(getattr(p, "flatten_state_dict", True))
+                run.digests += value_digests_of(state_dict, r, flatten=flatten)
+                if r == 0:
+                    run.tied = tied_keys(state_dict, flatten, _tied_names(run.scenario))
+        t1 = time.perf_counter()
         run.planners[r] = p
         try:
             plan = _local_plan(run, p, state_dict, leaves, r)
@@ -319,6 +334,7 @@ def plan_save(
         source="simulate",
         value_digests=tuple(run.digests),
         dedup_alternative=planned.alternative,
+        tied_keys=run.tied,
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),

@@ -10,10 +10,11 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 
 from dcpviz.core.errors import DcpvizError
+from dcpviz.engine.collectives import no_collectives
 from dcpviz.engine.models import build_model
 from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.scenario import Scenario
-from dcpviz.engine.training_state import make_optimizer, planner_state_dict, saved_object
+from dcpviz.engine.training_state import make_optimizer, planner_state_dict, saved_object, spec_name
 from dcpviz.engine.world import fake_world, mesh_device_type, process_as_found, rebind_to_rank
 
 
@@ -55,9 +56,15 @@ def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     if scenario.optimizer is None and scenario.state is None:
-        return rebind_to_rank(model.state_dict(), rank)
+        with no_collectives("the model's state_dict (a state_dict hook or get_extra_state)"):
+            state = model.state_dict()
+        return rebind_to_rank(state, rank)
     optimizer = make_optimizer(scenario.optimizer, model)
-    return rebind_to_rank(planner_state_dict(saved_object(scenario, model, optimizer, rank)), rank)
+    # The fake group does not communicate: a collective in the user's state code is refused.
+    with no_collectives(f"the state callable {spec_name(scenario.state)} (or a Stateful it returned)"
+                        if scenario.state is not None else "building the training state"):
+        state = planner_state_dict(saved_object(scenario, model, optimizer, rank))
+    return rebind_to_rank(state, rank)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ initialisation (a zero-gradient step) allocates nothing but the 0-d ``step`` cou
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 
-from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.core.errors import DcpvizError, ScenarioError, UserCodeError, did_you_mean
 
 # "sgd" has momentum so that it has state to save (plain SGD saves none).
 OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
@@ -261,7 +262,35 @@ def make_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer | None:
             f"the optimizer factory {spec_name(spec)} returned {type(optimizer).__name__}, not a "
             "torch.optim.Optimizer."
         )
+    _check_optimizer(spec, optimizer, model)
     return optimizer
+
+
+def _check_optimizer(spec: Any, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """What DCP's get_state_dict needs of an optimizer, checked before it fails inside torch:
+    it holds only the model's parameters (the state dict names each by its model key), and its
+    ``step`` runs without a closure (DCP, and run_save, call ``step()`` to create the state)."""
+    own = {id(p) for p in model.parameters()}
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            if id(p) not in own:
+                raise ScenarioError(
+                    f"the optimizer from {spec_name(spec)} holds a parameter that is not the model's "
+                    f"(param_groups[{g}]['params'][{i}], shape {tuple(p.shape)}): DCP's get_state_dict "
+                    "names optimizer state by the model's parameter names and cannot save it. Build "
+                    "the optimizer from the parameters it is given (the model's)."
+                )
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a step without a readable signature: nothing to say
+        return
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ScenarioError(
+            f"the optimizer from {spec_name(spec)} ({type(optimizer).__name__}) needs a closure in "
+            "step(closure): dcpviz builds a fresh optimizer, and DCP's get_state_dict creates its "
+            "state by calling step() with no closure, which this optimizer refuses. Use an optimizer whose step(closure=None) "
+            "works without one (AdamW, SGD, ...)."
+        )
 
 
 def saved_object(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -278,6 +307,8 @@ def saved_object(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimiz
     fn = STATE_PRESETS[spec] if isinstance(spec, str) else spec
     try:
         state = fn(model, optimizer, rank)
+    except DcpvizError:
+        raise  # already says what is wrong (a collective under simulation, ...)
     except Exception as exc:
         if isinstance(spec, str):
             raise

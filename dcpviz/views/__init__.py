@@ -6,11 +6,14 @@
     dcpviz.views.read_layout(load, fqn, rank)  a target rank's box over the saved chunks it reads
     dcpviz.views.read_volume(load)           bytes read per target rank (and deserialised)
     dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
+    dcpviz.views.plan_series(table)          periodic saves: plan-cache hits per rank, plan changes
 """
 
 from dcpviz.views.dedup import dedup
 from dcpviz.views.layout import chunk_layout
 from dcpviz.views.reads import read_layout, read_volume, resharding
+from dcpviz.views.series import plan_series
 from dcpviz.views.volume import rank_volume
 
-__all__ = ["chunk_layout", "dedup", "rank_volume", "read_layout", "read_volume", "resharding"]
+__all__ = ["chunk_layout", "dedup", "plan_series", "rank_volume", "read_layout", "read_volume",
+           "resharding"]

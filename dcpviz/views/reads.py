@@ -133,7 +133,18 @@ def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None 
 
 def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
     """Bytes each target rank reads, the bytes its shards hold, and the saved-chunk bytes DCP's
-    FileSystemReader deserialises to serve those reads (it loads whole chunks, then narrows)."""
+    FileSystemReader deserialises to serve those reads (it loads whole chunks, then narrows).
+    A rank without a plan (the load planning failed: the usual "won't load" case) reads 0, and
+    the title says so."""
+    unplanned = vol["nbytes"].isna()
+    note = ""
+    if unplanned.any():
+        ranks = [int(r) for r in vol.loc[unplanned, "rank"]]
+        note = ("no rank has a load plan (planning failed; see load.errors and load.mismatches)"
+                if unplanned.all() else
+                f"no load plan for rank(s) {', '.join(map(str, ranks[:8]))}{', ...' if len(ranks) > 8 else ''}")
+        note = f" · {note}: shown as 0"
+        vol = vol.assign(**{c: vol[c].fillna(0) for c in ("nbytes", "chunk_nbytes", "wanted_nbytes") if c in vol})
     fig = go.Figure()
     fig.add_trace(go.Bar(x=vol["rank"], y=vol["chunk_nbytes"], name="saved chunks deserialised", marker_color="#c6dbef",
                          hovertemplate="rank %{x}: deserialises %{y:,} bytes of saved chunks<extra></extra>"))
@@ -148,7 +159,7 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
     fig.update_layout(**base_layout(
         title=dict(text=(
             f"<b>Bytes read per target rank</b><br><sup>{fmt_bytes(read)} read in all · {fmt_bytes(chunk)} of saved "
-            f"chunks deserialised to serve them ({amp:.2f}× read amplification) · max rank {fmt_bytes(vol['nbytes'].max())}</sup>"
+            f"chunks deserialised to serve them ({amp:.2f}× read amplification) · max rank {fmt_bytes(vol['nbytes'].max() if len(vol) else 0)}{note}</sup>"
         ), x=0.01),
         barmode="overlay", height=420, legend=dict(orientation="h", y=-0.2),
     ))

@@ -38,6 +38,9 @@ def rank_volume_figure(
     many = max(len(v) for _, v in volumes) > 64
     if by_module is not None:
         name, vol = volumes[0]
+        vol, missing = _drawable(vol)
+        if missing:
+            notes.append(f"{name}: {missing}")
         totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
         keep = list(totals.index[:MAX_MODULES])
         mod = by_module.assign(module=by_module["module"].where(by_module["module"].isin(keep), "other"))
@@ -58,6 +61,9 @@ def rank_volume_figure(
         _mean_line(fig, b["mean"], "all modules")
     else:
         for i, (name, vol) in enumerate(volumes):
+            vol, missing = _drawable(vol)
+            if missing:
+                notes.append(f"{name}: {missing}")
             b = balance(vol["nbytes"])
             colors = [rank_color(int(r), len(vol)) for r in vol["rank"]] if len(volumes) == 1 and not many else None
             fig.add_trace(
@@ -92,6 +98,26 @@ def rank_volume_figure(
     fig.update_xaxes(title="rank", type="linear" if many else "category")
     fig.update_yaxes(title="bytes written", tickformat="~s", ticksuffix="B")
     return fig
+
+
+def _drawable(vol: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """``vol`` with numbers in every cell, and a note on what stands in for the missing ones: a
+    save whose planning failed has no global plan (its written bytes are unknown, NA), so the
+    bars show what each rank planned before dedup; a rank without a plan (its local plan failed)
+    shows 0."""
+    nbytes = vol["nbytes"]
+    if not nbytes.isna().any():
+        return vol, ""
+    planned = vol["planned_nbytes"] if "planned_nbytes" in vol else pd.Series(0, index=vol.index)
+    items = vol["planned_items"] if "planned_items" in vol else pd.Series(0, index=vol.index)
+    if nbytes.isna().all():
+        note = "no global plan (planning failed): bars are the bytes each rank planned before dedup"
+        filled = vol.assign(nbytes=planned.fillna(0).astype("int64"), items=items.fillna(0).astype("int64"))
+    else:
+        ranks = [int(r) for r in vol.loc[nbytes.isna(), "rank"]]
+        note = f"no final plan for rank(s) {', '.join(map(str, ranks[:8]))}{', ...' if len(ranks) > 8 else ''} (shown as 0)"
+        filled = vol.assign(nbytes=nbytes.fillna(0).astype("int64"), items=vol["items"].fillna(0).astype("int64"))
+    return filled, note
 
 
 def _note(name: str, b: dict[str, float]) -> str:

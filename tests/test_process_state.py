@@ -167,3 +167,22 @@ def test_as_rank_leaves_process_as_found(warm_imports):
     assert after == before
     count, stale = _stale_meshes_on_rank1(TP_FSDP)
     assert count and stale == []
+
+
+def _plan_cache_entries() -> dict:
+    from torch.distributed.checkpoint.planner import SavePlanner
+
+    names = ("_cached_save_plan", "_cached_final_save_plan", "_cached_all_plans",
+             "_cached_global_plan", "_cached_metadata")
+    return {n: dict(getattr(SavePlanner, n)) for n in names}
+
+
+def test_simulation_with_plan_caching_leaves_dcps_plan_cache_as_found(warm_imports):
+    """DCP's plan cache is class-level: a simulated rank's cached plan left there would be read
+    by the next real save of this process (same cache key) as its own 'unchanged' plan."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    before = _plan_cache_entries()
+    dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
+                         planner=DefaultSavePlanner(enable_plan_caching=True))
+    assert _plan_cache_entries() == before

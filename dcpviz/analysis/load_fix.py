@@ -249,3 +249,53 @@ def match_hints(trace: LoadTrace, match: Match, narrower) -> list[Hint]:
     hints += _reshaped_hint(match)
     hints += _dtype_hints(match, narrower)
     return hints
+
+
+# -- the fix as a file (dcpviz load --emit-fix) -----------------------------------------------
+def fix_file(code: str, checkpoint: str, trace: LoadTrace, command: str = "") -> str:
+    """A Python file that applies the fix: ``load_fixed(sd)`` in the user's job, and, run as a
+    script, a real load of the checkpoint into the target job with the fix (dcpviz.run_load:
+    real processes, every rank), which exits 0 when it loads cleanly."""
+    sc = trace.scenario
+    body = code.split("\n")
+    body = [line for line in body if not line.startswith(("planner = ", "dcp.load("))]
+    partial = "allow_partial_load=True" in code
+    dtype = None if sc.dtype == "as built" else sc.dtype
+    return "\n".join([
+        f'"""The load fix dcpviz found for {checkpoint}' + (f" (written by `{command}`)" if command else "") + ".",
+        "",
+        "In your job, on every rank:  from fix import load_fixed; load_fixed(sd)",
+        "    (sd: the state you pass to dcp.load, nested as you build it, e.g. {'model': ..., 'optim': ...})",
+        "Check it for real first:     python fix.py",
+        f"    (loads the checkpoint into the target job below with {sc.world_size} real processes, with this fix)",
+        '"""',
+        *body,
+        "",
+        f"CKPT = {checkpoint!r}",
+        "",
+        "",
+        "def planner():",
+        '    """A fresh fix planner (one per dcp.load call)."""',
+        f"    return dcpviz.RenamingLoadPlanner(rename, resized=resized, allow_partial_load={partial})",
+        "",
+        "",
+        "def load_fixed(sd, checkpoint_id=CKPT):",
+        '    """dcp.load with the fix: call it on every rank, as dcp.load."""',
+        "    dcp.load(sd, checkpoint_id=checkpoint_id, planner=planner())",
+        "",
+        "",
+        'if __name__ == "__main__":',
+        "    from dcpviz.engine.userspec import resolve_spec, saved_spec",
+        "",
+        "    def spec(name, flag):",
+        "        return resolve_spec(saved_spec(name, flag), flag) if name else None",
+        "",
+        "    target = dcpviz.Scenario(",
+        f"        model=spec({sc.model!r}, '--model'), world_size={sc.world_size}, mesh={tuple(sc.mesh)!r},",
+        f"        mesh_dim_names={tuple(sc.mesh_dim_names)!r}, recipe=spec({sc.recipe!r}, '--recipe'), dtype={dtype!r},",
+        f"        optimizer=spec({sc.optimizer!r}, '--optimizer'), state=spec({sc.state!r}, '--state'))",
+        "    result = dcpviz.run_load(CKPT, target, planner=planner())",
+        "    print(result.verdict.line)",
+        "    raise SystemExit(0 if result.ok and result.verdict.loads else 1)",
+        "",
+    ])

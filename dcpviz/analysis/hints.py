@@ -88,10 +88,11 @@ def _optimizer_hints(missing: set[str], unexpected: set[str]) -> list[Hint]:
             f"# nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with {api}",
             keys=tuple(sorted(u_opt)),
         ))
-    for k in m_opt:
-        missing.discard(k)
-    for k in u_opt:
-        unexpected.discard(k)
+    # Only the keys a hint names are explained; the rest (optimizer state of an added or dropped
+    # module, keyed the same way on both sides) is left for the rules after this one.
+    for h in hints:
+        missing.difference_update(h.keys)
+        unexpected.difference_update(h.keys)
     return hints
 
 

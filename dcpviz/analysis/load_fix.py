@@ -178,6 +178,25 @@ def _ambiguity_hint(amb: Ambiguity) -> Hint:
     return Hint("ambiguous", title, detail, fix, (), amb.keys, cause)
 
 
+def _possible_hint(ambs: list[Ambiguity]) -> list[Hint]:
+    """Keys no rule explains but some unread checkpoint key could fill: one hint for all."""
+    if not ambs:
+        return []
+    keys = tuple(a.a for a in ambs)
+    eg = ambs[0]
+    fix = (f"# choose a source per key, e.g. load.fix_planner(rename={{{eg.a!r}: {eg.candidates[0]!r}}}); "
+           + "; ".join(f"{a.a!r}: {' or '.join(repr(c) for c in a.candidates)}" for a in ambs[:5])
+           + ("; ..." if len(ambs) > 5 else ""))
+    return [Hint(
+        "ambiguous",
+        f"{len(keys)} target key(s) have a possible source in the checkpoint but no certain one",
+        f"{_examples(keys)}: unread checkpoint keys with the same leaf, layer and kind could fill them "
+        f"(e.g. {eg.a!r} from {' or '.join(repr(c) for c in eg.candidates)}), but no rule that holds for "
+        "other keys says which. They are not skipped silently: choose, or build the target as it was saved.",
+        fix, (), keys, f"{len(keys)} key(s) with a possible but uncertain source",
+    )]
+
+
 def _size_hint(match: Match, code: str) -> list[Hint]:
     if not match.resized:
         return []
@@ -244,7 +263,9 @@ def match_hints(trace: LoadTrace, match: Match, narrower) -> list[Hint]:
         hints.append(Hint("rename", f"{len(later)} more key(s) match once the rules above are applied",
                           f"e.g. {later[0][0]!r} -> {later[0][1]!r}.", code, later, tuple(m for m, _ in later),
                           f"{len(later)} key(s) with several causes"))
-    hints += [_ambiguity_hint(a) for a in match.ambiguities]
+    ties = [a for a in match.ambiguities if a.keys != (a.a,)]
+    hints += [_ambiguity_hint(a) for a in ties]
+    hints += _possible_hint([a for a in match.ambiguities if a.keys == (a.a,)])
     hints += _size_hint(match, code)
     hints += _reshaped_hint(match)
     hints += _dtype_hints(match, narrower)

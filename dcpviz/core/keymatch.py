@@ -131,8 +131,10 @@ def _compatible(t: KeyFacts, s: KeyFacts) -> bool:
 
 
 def _same(t: KeyFacts, s: KeyFacts) -> bool:
-    """Evidence for a rewrite: equal shapes (tensors) or two Python values (paired by name only)."""
-    return t.size == s.size
+    """Evidence for a rewrite: tensors of one shape with at least one dim. A Python value or a
+    scalar (an optimizer's ``step``) has no shape to agree on: it may follow a rewrite that other
+    keys establish, never establish one."""
+    return t.is_tensor and bool(t.size) and t.size == s.size
 
 
 def rewrite_of(t: str, s: str) -> tuple[str, str, str] | None:
@@ -378,7 +380,26 @@ def match_keys(target: Mapping[str, KeyFacts], saved: Mapping[str, KeyFacts],
             changed, ambiguities = _rewrites(st)
         if not changed:
             break
-    return _finish(st, ambiguities)
+    return _finish(st, ambiguities + _possible_sources(st, ambiguities))
+
+
+def _possible_sources(st: _State, known: list[Ambiguity]) -> list[Ambiguity]:
+    """Open target keys that no tie names yet but that some unread checkpoint key could fill (same
+    leaf, same layer indices, a compatible value): one Ambiguity per key, ``a`` the whole key. A
+    key with a possible source is never called 'not in the checkpoint' (the advice would be to
+    skip it, leaving loadable data unread)."""
+    seen = {m for amb in known for m in amb.keys}
+    by_bucket: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for u in sorted(st.free):
+        by_bucket[_bucket(st.canon[u])].append(u)
+    out = []
+    for m in st.open():
+        if m in seen:
+            continue
+        us = [u for u in by_bucket.get(_bucket(st.cur[m]), ()) if _compatible(st.target[m], st.saved[u])]
+        if us:
+            out.append(Ambiguity(m, tuple(us), (m,), tuple((m, u) for u in us)))
+    return out
 
 
 def _finish(st: _State, ambiguities: list[Ambiguity]) -> Match:

@@ -188,3 +188,66 @@ def test_nanogpt_compound_case_names_every_cause_and_the_fix_is_clean():
     assert fixed.ok and len(fixed.mismatches) == 0 and fixed.verdict.line.endswith("it loads cleanly.")
     assert broken.fix_code().count("dcp.load(") == 1
 
+
+
+def saved_values(ckpt) -> dict:
+    """Every tensor of the checkpoint, whole, read by a plain single-process dcp.load (the
+    independent fact the real multi-process load is checked against)."""
+    import torch.distributed.checkpoint as dcp
+
+    md = dcpviz.SafeFileSystemReader(ckpt).read_metadata().state_dict_metadata
+    full = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in md.items() if hasattr(m, "size")}
+    dcp.load(full, storage_reader=dcpviz.SafeFileSystemReader(ckpt))
+    return full
+
+
+def expected_after_fix(fqn, offsets, shape, planner, full, world):
+    """The digest a target chunk must have after a real load with the fix: the saved values in
+    the rows the checkpoint has, NaN (run_load's poison) in the new rows."""
+    import hashlib
+
+    src = planner.rename.get(fqn, fqn)
+    saved = full[src]
+    if not shape:
+        out = saved.clone()
+    else:
+        rows = -(-shape[0] // world)
+        sizes = (min(rows, shape[0] - offsets[0]), *shape[1:])
+        out = torch.full(sizes, float("nan"), dtype=saved.dtype)
+        have = max(0, min(sizes[0], saved.shape[0] - offsets[0]))
+        out[:have] = saved[offsets[0]:offsets[0] + have]
+    return hashlib.sha256(out.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
+SAVED_4 = SAVED.replace(world_size=4, mesh=(2, 2))
+TARGET_3 = TARGET.replace(world_size=3, mesh=(3,))
+
+
+@pytest.mark.slow
+def test_nanogpt_fix_loads_the_saved_values_for_real(tmp_path):
+    """The nanoGPT journey for real (HSDP 2x2 saved by 4 processes, FSDP on 3 resumes; the 8 -> 6
+    run of issue 19 takes the same path): the fix from the simulation, in a real dcp.load on every
+    rank, gives every renamed chunk its saved values, the grown rows their saved rows, and leaves
+    only the new rows as they were."""
+    ckpt = tmp_path / "ckpt"
+    saved = dcpviz.run_save(SAVED_4, ckpt, timeout=400)
+    assert saved.ok, saved.errors
+    planner = dcpviz.simulate_load(ckpt, TARGET_3).fix_planner()
+    fixed = dcpviz.run_load(ckpt, TARGET_3, planner=planner, timeout=400)
+    assert fixed.ok and fixed.verdict.loads and len(fixed.mismatches) == 0, (fixed.errors, fixed.verdict.line)
+    target_shapes = {}
+    from nanogpt_case import build_resume
+
+    with torch.device("meta"):
+        for k, v in build_resume().state_dict().items():  # the target's own shapes
+            target_shapes["model." + k] = tuple(v.shape)
+            for s in ("exp_avg", "exp_avg_sq", "step"):
+                target_shapes[f"optim.state.{k}.{s}"] = () if s == "step" else tuple(v.shape)
+    full = saved_values(ckpt)
+    checked = 0
+    for rank, digests in sorted(fixed.run_info.chunk_digests.items()):
+        for fqn, offsets, digest in digests:
+            want = expected_after_fix(fqn, offsets, target_shapes[fqn], planner, full, TARGET_3.world_size)
+            assert digest == want, (rank, fqn, offsets)
+            checked += 1
+    assert checked > 3 * 40

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
 from fix_cases import Case, draw_case, scenarios, truth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,3 +78,37 @@ def test_generator_of_compound_mismatches(data):
 def seeded_case(seed: int) -> Case:
     rnd = random.Random(seed)
     return draw_case(lambda name, options: options[rnd.randrange(len(options))])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [110, 284])
+def test_a_sample_loads_for_real(seed, tmp_path):
+    """Two generated compound cases, saved and loaded for real (2 gloo processes each) with the
+    fix from the simulation: seed 110 is torch.compile -> DDP, AdamW, bfloat16, a renamed norm, a
+    grown vocabulary, a dropped module; 284 is {"model": ...} -> flat torch.compile, two renames.
+    Every chunk of every rank holds the saved values (read whole by a plain dcp.load), cast to the
+    target's dtype, and NaN only in the grown rows."""
+    import torch
+    from test_load_fix import expected_after_fix, saved_values
+
+    case = seeded_case(seed)
+    saved_sc, target_sc = scenarios(case)
+    ckpt = tmp_path / "ckpt"
+    saved = dcpviz.run_save(saved_sc, ckpt, timeout=300)
+    assert saved.ok, saved.errors
+    broken = dcpviz.simulate_load(ckpt, target_sc)
+    planner = broken.fix_planner()
+    assert planner.rename and planner.resized
+    fixed = dcpviz.run_load(ckpt, target_sc, planner=planner, timeout=300)
+    assert fixed.ok and fixed.verdict.loads, (fixed.errors, fixed.verdict.line)
+    wanted = {tv.fqn: tv for tv in broken.trace.wanted}
+    full = saved_values(ckpt)
+    checked = 0
+    for _rank, digests in sorted(fixed.run_info.chunk_digests.items()):
+        for fqn, offsets, digest in digests:
+            tv = wanted[fqn]
+            want = expected_after_fix(fqn, offsets, tuple(tv.size), planner, full, target_sc.world_size,
+                                      getattr(torch, tv.dtype))
+            assert digest in want, (seed, fqn, offsets)
+            checked += 1
+    assert checked >= 2 * 10

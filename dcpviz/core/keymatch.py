@@ -383,9 +383,17 @@ def match_keys(target: Mapping[str, KeyFacts], saved: Mapping[str, KeyFacts],
     return _finish(st, ambiguities + _possible_sources(st, ambiguities))
 
 
+def _could_hold(t: KeyFacts, s: KeyFacts) -> bool:
+    """Could ``s`` be ``t`` saved before a resize: one kind, and for tensors one number of dims
+    with at most one dim changed."""
+    if not _compatible(t, s):
+        return False
+    return not t.is_tensor or sum(a != b for a, b in zip(t.size, s.size)) <= 1  # type: ignore[arg-type]
+
+
 def _possible_sources(st: _State, known: list[Ambiguity]) -> list[Ambiguity]:
     """Open target keys that no tie names yet but that some unread checkpoint key could fill (same
-    leaf, same layer indices, a compatible value): one Ambiguity per key, ``a`` the whole key. A
+    leaf, same layer indices, a value of one kind, at most one dim resized): one Ambiguity per key, ``a`` the whole key. A
     key with a possible source is never called 'not in the checkpoint' (the advice would be to
     skip it, leaving loadable data unread)."""
     seen = {m for amb in known for m in amb.keys}
@@ -396,7 +404,7 @@ def _possible_sources(st: _State, known: list[Ambiguity]) -> list[Ambiguity]:
     for m in st.open():
         if m in seen:
             continue
-        us = [u for u in by_bucket.get(_bucket(st.cur[m]), ()) if _compatible(st.target[m], st.saved[u])]
+        us = [u for u in by_bucket.get(_bucket(st.cur[m]), ()) if _could_hold(st.target[m], st.saved[u])]
         if us:
             out.append(Ambiguity(m, tuple(us), (m,), tuple((m, u) for u in us)))
     return out

@@ -1,17 +1,19 @@
 """Plain-language hints computed from a load's mismatches: the likely cause and the fix.
 
-Each hint names the concrete rename (a ``{target key: checkpoint key}`` mapping) or the option
-that would make the load go through, with a code line. The rules look at the keys DCP could not
-match — the target's 'missing' keys and the checkpoint's 'unexpected' ones — and at size and
-dtype mismatches:
+Each hint names what is wrong, the keys it explains and a fix that is code. The rules look at the
+keys DCP could not match — the target's 'missing' keys and the checkpoint's 'unexpected' ones —
+and at size and dtype mismatches:
 
-- a prefix on every key (``_orig_mod.`` from torch.compile, ``module.`` from DDP, ``model.``
-  from saving ``{"model": sd}``), in either direction;
-- keys that differ only by one renamed segment (``mlp`` vs ``feed_forward``);
+- every cause of a name or shape change at once, from one match (``analysis.load_fix`` on
+  ``core.keymatch``): wrapper segments anywhere in a key (``_orig_mod.``, DDP's ``module.``, FSDP1's
+  and activation checkpointing's wrappers), prefixes and nestings (``model.``), renamed modules,
+  resized and cast tensors, in model and optimizer keys alike. Certain or refused: ties are shown
+  as 'ambiguous' hints with their candidates. The fixable hints carry one code: the whole fix,
+  as a ``dcpviz.RenamingLoadPlanner`` on the state the user passes;
 - optimizer state keyed by parameter index on one side and by name on the other, or present on
-  one side only;
-- a changed dimension (a grown vocabulary) and dtype changes;
-- what is left: keys only the target has (allow_partial_load) or only the checkpoint has.
+  one side only, another optimizer class (``hints_training``);
+- what is left: keys nothing in the checkpoint could fill (allow_partial_load, naming every key
+  that keeps its initial value) or checkpoint keys nothing reads.
 """
 
 from __future__ import annotations
@@ -28,10 +30,6 @@ from dcpviz.analysis.load_fix import cumulative_fix, fix_code, match_hints, trac
 from dcpviz.core.keymatch import Match
 from dcpviz.core.trace import LoadTrace
 
-WRAPPER_PREFIXES = {
-    "_orig_mod.": "torch.compile",
-    "module.": "DistributedDataParallel / DataParallel",
-}
 # -- optimizer state -----------------------------------------------------------------------
 # param_groups.<i> is a list index in both forms (optim.state_dict() and get_state_dict); only
 # the state's keys say whether parameters are named by index or by FQN.

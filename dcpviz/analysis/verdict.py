@@ -176,7 +176,8 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
         keys = set(h.keys)
         explained |= keys
         if keys & breaking_keys:
-            breaking.append(h.cause or h.title)
+            if (h.cause or h.title) not in breaking:  # every cause named once (load_fix: one hint per rule)
+                breaking.append(h.cause or h.title)
         elif h.kind == "dtype":
             silent.append(h.title.replace(" were saved as ", " are saved as ").replace(" but the target holds ", ", cast silently to "))
         elif h.kind == "unexpected":

@@ -129,8 +129,16 @@ def test_python_values_are_never_paired_by_shape(state):
     assert not [h for h in load.hints if h.mapping]
 
 
-def test_fix_planner_is_cumulative(qkv4):
+def test_fix_planner_is_cumulative(mlp4, qkv4):
     """Finding: a second round's fix_planner dropped the first round's renames."""
+    target = fsdp(compiled_renamed_norm)
+    p1 = dcpviz.simulate_load(mlp4, target).fix_planner()
+    second = dcpviz.simulate_load(mlp4, target, planner=p1)
+    p2 = second.fix_planner()  # a second round (here nothing is left to add)
+    assert p1.rename and p1.rename.items() <= p2.rename.items()
+    again = dcpviz.simulate_load(mlp4, target, planner=p2)
+    assert again.ok and len(again.mismatches) == 0
+    # With a choice in the second round.
     target = fsdp(compiled_wqkv)
     first = dcpviz.simulate_load(qkv4, target)
     p1 = first.fix_planner()  # the certain part: the compile prefix on 'out'

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable")
     load.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     load.add_argument("--trace", type=Path, help="write the load trace (JSON) here")
+    load.add_argument("--emit-fix", type=Path, metavar="FILE",
+                      help="write a Python file that applies every certain fix (python FILE checks it with a real load)")
+    load.add_argument("--choose", action="append", default=[], metavar="TARGET=CHECKPOINT",
+                      help="your answer to an ambiguity the hints show, for --emit-fix (e.g. wq=q_proj, =ema.); repeatable")
     load.add_argument("--quiet", "-q", action="store_true", help="print just the verdict (the exit status says the rest)")
 
     show = sub.add_parser("show", help="print a saved trace (and optionally write its report)",
@@ -244,9 +248,27 @@ def _load(args: argparse.Namespace, console: Console) -> int:
         print(verdict.line)  # just the verdict, unwrapped (a script greps it)
     else:
         print_result(result, console)
-    _write_outputs(result, args, Console(quiet=True) if args.quiet else console)
+    out = Console(quiet=True) if args.quiet else console
+    _write_outputs(result, args, out)
+    if args.emit_fix:
+        _emit_fix(result, args, out)
     # A gate: 1 when dcp.load would raise or lose checkpoint data (or a check fails), 0 when clean.
     return 0 if verdict.clean and not failing(result.checks) else 1
+
+
+def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
+    """--emit-fix FILE: the fix as a runnable file (``analysis.load_fix.fix_file``)."""
+    from dcpviz.analysis.load_fix import fix_file
+
+    bad = [c for c in args.choose if "=" not in c]
+    if bad:
+        raise DcpvizError(f"--choose {bad[0]!r}: write TARGET=CHECKPOINT, e.g. --choose wq=q_proj or --choose =ema.")
+    choices = dict(c.split("=", 1) for c in args.choose)
+    text = fix_file(result.fix_code(rename=choices), str(args.saved), result.trace,
+                    "dcpviz " + " ".join(sys.argv[1:]))
+    args.emit_fix.write_text(text)
+    console.print(f"fix written to [bold]{escape(str(args.emit_fix))}[/] (python {escape(str(args.emit_fix))} "
+                  "checks it with a real load)")
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:

@@ -388,20 +388,37 @@ class LoadResult(_Result):
         """The errors (each message once, with its ranks) and the trace's notes, as one part."""
         return MessagesPart(tuple(self.error_lines()), tuple(self.trace.notes))
 
-    def fix_planner(self, allow_partial_load: bool | None = None) -> Any:
-        """A load planner that applies every rename the hints found (prefixes, renamed modules) at
-        once: ``dcp.load(sd, checkpoint_id=..., planner=load.fix_planner())`` as it is, or
-        ``simulate_load(saved, target, planner=load.fix_planner())`` to see what remains.
-        ``allow_partial_load``: default as this load's planner had it."""
+    def fix_planner(self, rename: dict[str, str] | None = None, allow_partial_load: bool | None = None) -> Any:
+        """A load planner that applies every certain fix at once — prefixes and wrapper segments
+        anywhere in a key, renamed modules, resized tensors (saved rows into the new shards) — on
+        the state as the user nests it: ``dcp.load(sd, checkpoint_id=..., planner=load.fix_planner())``,
+        or ``simulate_load(saved, target, planner=load.fix_planner())`` to see what remains.
+
+        ``rename``: your answers to the ambiguities the hints show, ``{target-side: checkpoint-side}``
+        — a segment (``{"wq": "q_proj"}``), a prefix (``{"": "ema."}``) or a whole key. Cumulative:
+        when this load already ran with a fix planner, its renames are kept. ``allow_partial_load``:
+        default as this load's planner had it."""
         # torch, deferred: the planner is a DefaultLoadPlanner subclass; results stay torch-free.
         from dcpviz.engine.fix_planner import RenamingLoadPlanner
 
-        rename: dict[str, str] = {}
-        for h in self.hints:
-            rename.update(h.mapping)
+        names, resized, allow_partial_load = self._fix(rename, allow_partial_load)
+        return RenamingLoadPlanner(names, resized=resized, allow_partial_load=allow_partial_load)
+
+    def fix_code(self, rename: dict[str, str] | None = None, allow_partial_load: bool | None = None) -> str:
+        """``fix_planner``'s fix as Python for the user's own job (``dcpviz load --emit-fix``):
+        ``sd`` is the state passed to ``dcp.load``, ``CKPT`` the checkpoint."""
+        from dcpviz.analysis.load_fix import fix_code
+
+        return fix_code(*self._fix(rename, allow_partial_load))
+
+    def _fix(self, rename: dict[str, str] | None, allow_partial_load: bool | None) -> tuple[dict[str, str], tuple[str, ...], bool]:
+        from dcpviz.analysis.load_fix import cumulative_fix, trace_match
+
+        choices = {str(k): str(v) for k, v in (rename or {}).items()}
+        names, resized = cumulative_fix(self.trace, trace_match(self.trace, choices or None))
         if allow_partial_load is None:
             allow_partial_load = bool(self.trace.planner.option("allow_partial_load", False))
-        return RenamingLoadPlanner(rename, allow_partial_load=allow_partial_load)
+        return names, resized, bool(allow_partial_load)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         """(label, HTML) rows that sum the load up: the verdict first, then target, checkpoint,

@@ -42,11 +42,10 @@ with torch.no_grad():
     for p in model.parameters():
         p.fill_(float("nan"))  # whatever the load does not fill stays NaN
 
-# -- the size hint's fix, as dcpviz prints it -----------------------------------------------
+# -- the size hint's fix, as dcpviz prints it: one dcp.load, the resized keys read at their saved shape --
 sd = model.state_dict()
 resized = {"output.weight", "tok_embeddings.weight"}
-dcp.load({k: v for k, v in sd.items() if k not in resized}, storage_reader=dcpviz.SafeFileSystemReader(CKPT))
-dcpviz.load_resized(sd, CKPT, resized)
+dcp.load(sd, storage_reader=dcpviz.SafeFileSystemReader(CKPT), planner=dcpviz.RenamingLoadPlanner(resized=resized))
 
 # -- check: saved rows are the saved values, new rows untouched, everything else loaded ------
 lines = []

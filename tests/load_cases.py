@@ -38,3 +38,52 @@ class NestedMLP(torch.nn.Module):
 
     def fsdp_units(self):
         return self.model.fsdp_units()
+
+
+class Attn(torch.nn.Module):
+    """An attention block with three projections of one shape (q, k, v look alike)."""
+
+    def __init__(self, names: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj"), dim: int = 8) -> None:
+        super().__init__()
+        self.names = names
+        for n in names:
+            setattr(self, n, torch.nn.Linear(dim, dim, bias=False))
+        self.out = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = (getattr(self, n)(x) for n in self.names)
+        return self.out(q * k + v)
+
+
+class QKV(torch.nn.Module):
+    """Two layers of ``Attn``: ``layers.{i}.q_proj.weight`` ..."""
+
+    def __init__(self, names: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj")) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([Attn(names) for _ in range(2)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def wqkv():
+    """The QKV model with its projections renamed wq/wk/wv: same shapes, no way to tell them apart."""
+    return QKV(("wq", "wk", "wv"))
+
+
+def compiled_wqkv():
+    return torch.compile(wqkv())
+
+
+def compiled_renamed_norm():
+    """torch.compile on the mlp whose norm is 'ln': a prefix and a rename at once."""
+    return torch.compile(RenamedNormMLP())
+
+
+def model_and_ema(model, optimizer, rank):
+    """{"model": ..., "ema": ...}: two equal trees (an EMA copy of the weights)."""
+    sd = model.state_dict()
+    ema = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()}
+    return {"model": sd, "ema": ema}

@@ -144,45 +144,50 @@ def _all_hints(hsdp8):
 
 
 def _run_fix(h) -> list:
-    """Run a rename/prefix hint's fix text on a state dict of its target keys; return what it
-    handed to dcp.load."""
+    """Run a hint's fix code as the user's job would (dcp.load stands in); return the
+    (state dict, planner) it handed to dcp.load."""
+    import torch.distributed.checkpoint as dcp
+
     calls: list = []
-
-    class dcp:  # noqa: N801 - stands for torch.distributed.checkpoint
-        @staticmethod
-        def load(sd, checkpoint_id):
-            calls.append(sd)
-
-    exec(h.fix, {"sd": {k: object() for k, _ in h.mapping}, "dcp": dcp, "CKPT": "ckpt"})
+    real = dcp.load
+    dcp.load = lambda sd, checkpoint_id, planner=None: calls.append((sd, planner))
+    try:
+        exec(h.fix, {"sd": {"model": {}}, "CKPT": "ckpt"})
+    finally:
+        dcp.load = real
     return calls
 
 
 def test_every_hint_fix_is_code_and_renames_run(hsdp8):
     pairs = _all_hints(hsdp8)
     assert {h.kind for _, h in pairs} >= {"prefix", "rename", "size", "dtype", "partial", "unexpected"}
-    for _, h in pairs:
+    for load, h in pairs:
         compile(h.fix, f"<fix of a {h.kind} hint>", "exec")
-        if h.kind not in ("prefix", "rename"):
+        if h.kind not in ("prefix", "rename", "size"):
             continue
-        # Run it: the state dict it hands to dcp.load has the checkpoint's keys.
-        (loaded,) = _run_fix(h)
-        flat = {f"model.{k}" for k in loaded["model"]} if set(loaded) == {"model"} else set(loaded)
-        assert flat == {c for _, c in h.mapping}, h
+        # Run it: one planner with the whole fix, on the state dict as the user passes it.
+        (sd, planner), = _run_fix(h)
+        assert sd == {"model": {}}
+        assert isinstance(planner, dcpviz.RenamingLoadPlanner)
+        assert dict(h.mapping).items() <= planner.rename.items(), h
+        assert planner.rename == load.fix_planner().rename and planner.resized == load.fix_planner().resized
 
 
-def test_load_resized_copies_the_saved_rows(tmp_path):
+def test_size_hint_fix_loads_saved_rows_into_a_nested_state(tmp_path):
+    """The size fix on a {"model": ...} state (issue 19: the hint's code and load_resized
+    assumed a flat dict keyed by checkpoint names)."""
     import torch.distributed.checkpoint as dcp
 
     saved = torch.arange(40, dtype=torch.float32).reshape(10, 4)
-    dcp.save({"emb": saved, "other": torch.ones(3)}, checkpoint_id=tmp_path)
-    sd = {"emb": torch.full((12, 4), -1.0), "other": torch.zeros(3)}
-    from dcpviz.analysis.hints import _size_hints
-    from dcpviz.core.trace import MismatchRecord
-
-    (hint,) = _size_hints([MismatchRecord("emb", "size", (0,), (10, 4), "float32", (12, 4), "float32")])
-    exec(hint.fix, {"sd": sd, "dcp": dcp, "CKPT": str(tmp_path), "dcpviz": dcpviz})  # the size hint's own fix, run
-    assert torch.equal(sd["emb"][:10], saved) and bool((sd["emb"][10:] == -1).all())
-    assert torch.equal(sd["other"], torch.ones(3))
+    dcp.save({"model": {"emb": saved, "other": torch.ones(3)}}, checkpoint_id=tmp_path)
+    sd = {"model": {"emb": torch.full((12, 4), -1.0), "other": torch.zeros(3)}}
+    dcp.load(sd, checkpoint_id=str(tmp_path), planner=dcpviz.RenamingLoadPlanner(resized=["model.emb"]))
+    assert torch.equal(sd["model"]["emb"][:10], saved) and bool((sd["model"]["emb"][10:] == -1).all())
+    assert torch.equal(sd["model"]["other"], torch.ones(3))
+    sd2 = {"model": {"emb": torch.full((12, 4), -1.0), "other": torch.zeros(3)}}
+    assert dcpviz.load_resized(sd2, tmp_path, ["model.emb"]) == {"model.emb": (10, 4)}
+    assert torch.equal(sd2["model"]["emb"][:10], saved) and bool((sd2["model"]["emb"][10:] == -1).all())
+    assert torch.equal(sd2["model"]["other"], torch.zeros(3))  # load_resized loads only the resized keys
 
 
 def test_expected_unused_keys_stop_being_problems(hsdp8, tmp_path):

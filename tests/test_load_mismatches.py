@@ -82,7 +82,8 @@ def test_torch_compile_prefix_lists_every_key_on_every_rank(mlp_fsdp4):
     h = load.hints[0]
     assert h.kind == "prefix" and "'_orig_mod.'" in h.title and "torch.compile" in h.detail
     assert h.rename == {"_orig_mod." + k: k for k in plain}
-    assert 'removeprefix("_orig_mod.")' in h.fix and "get_model_state_dict" in h.fix
+    assert "dcpviz.RenamingLoadPlanner(rename" in h.fix and "get_model_state_dict" in h.detail
+    assert all(f"{t!r}: {c!r}," in h.fix for t, c in h.rename.items())  # the whole mapping, as code
     assert len(load.hints) == 1  # the prefix explains everything
     table = load.hints_table
     assert table.loc[0, "kind"] == "prefix" and table.loc[0, "keys"] == len(plain)
@@ -99,7 +100,7 @@ def test_ddp_prefix_in_the_checkpoint(mlp_fsdp4):
     h = load.hints[0]
     assert h.kind == "prefix" and "'module.'" in h.title and "DistributedDataParallel" in h.detail
     assert h.rename == {k: "module." + k for k in plain}
-    assert '"module." + k' in h.fix
+    assert all(f"{t!r}: {c!r}," in h.fix for t, c in h.rename.items())
 
 
 def test_grown_vocabulary_is_two_size_mismatches_not_one(tiny_fsdp4):
@@ -164,7 +165,7 @@ def test_renamed_module_gets_a_rename_hint(mlp_fsdp4):
     assert set(by_kind(load, "unexpected")["fqn"]) == {"norm.weight", "norm.bias"}
     h = load.hints[0]
     assert h.kind == "rename" and h.rename == {"ln.weight": "norm.weight", "ln.bias": "norm.bias"}
-    assert 'rename = {"ln": "norm"}' in h.fix
+    assert "'ln.weight': 'norm.weight'," in h.fix and "planner=planner" in h.fix
 
 
 def test_different_shapes_are_not_called_a_rename(tiny_fsdp4):

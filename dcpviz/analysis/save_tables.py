@@ -513,8 +513,22 @@ def job_facts(trace: Any) -> dict[str, Any]:
         "optimizer": sc.optimizer,
         "state": sc.state,
         "planner": trace.planner.cls,
-        "planner_options": dict(trace.planner.options),
+        "planner_options": {k: _shown_option(k, v) for k, v in trace.planner.options},
     }
+
+
+def _shown_option(name: str, value: Any) -> Any:
+    """An option as the summary shows it: a fix planner's record of its fix (``fix_spec``, JSON
+    that ``analysis.load_fix.previous_fix`` reads from the trace) as counts, not pages of keys."""
+    if name == "fix_spec" and isinstance(value, str):
+        import json
+
+        try:
+            spec = json.loads(value)
+            return f"{len(spec.get('rename', []))} renamed, {len(spec.get('resized', []))} resized"
+        except (ValueError, AttributeError, TypeError):
+            return value[:40] + "…" if len(value) > 40 else value
+    return value
 
 
 def summary(trace: SaveTrace) -> dict[str, Any]:

@@ -271,9 +271,12 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
         keys = set(h.keys)
         explained |= keys
         if keys & breaking_keys:
-            breaking.append(h.cause or h.title)
+            if (h.cause or h.title) not in breaking:  # every cause named once (load_fix: one hint per rule)
+                breaking.append(h.cause or h.title)
         elif keys & losing_keys and h.kind not in ("partial", "unexpected"):
-            causes.append(h.cause or h.title[:1].lower() + h.title[1:])
+            cause = h.cause or h.title[:1].lower() + h.title[1:]
+            if cause not in causes:
+                causes.append(cause)
         elif keys & losing_keys:
             continue  # said by the loss itself, below
         elif h.kind == "dtype":

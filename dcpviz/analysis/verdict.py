@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES
+from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES, Hint
 from dcpviz.analysis.load_tables import KIND_ORDER, explanation
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 
@@ -259,6 +259,24 @@ def layout_change(trace: LoadTrace) -> str:
     return " ".join(changes)
 
 
+def _once(texts: list[str], text: str) -> None:
+    if text not in texts:
+        texts.append(text)
+
+
+def _silent_text(h: Hint, keys: set[str]) -> str:
+    """What a hint on keys DCP does not stop on says in the verdict's 'silent' part."""
+    if h.kind == "dtype":
+        return h.title.replace(" were saved as ", " are saved as ").replace(" but the target holds ", ", cast silently to ")
+    if h.kind == "unexpected":
+        return f"{len(keys)} checkpoint key(s) are read by no rank"
+    if h.kind == "partial":
+        return f"{len(keys)} key(s) keep their initial values (allow_partial_load)"
+    if h.kind == "optimizer":
+        return "the checkpoint's optimizer state is not loaded"
+    return h.cause or h.title[:1].lower() + h.title[1:]  # training-state hints, ...
+
+
 def verdict(trace: LoadTrace, hints: list) -> Verdict:
     """The verdict of a load: which hints name what breaks it, what is silent, what is harmless."""
     partial = _partial(trace)
@@ -271,24 +289,11 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
         keys = set(h.keys)
         explained |= keys
         if keys & breaking_keys:
-            if (h.cause or h.title) not in breaking:  # every cause named once (load_fix: one hint per rule)
-                breaking.append(h.cause or h.title)
+            _once(breaking, h.cause or h.title)  # every cause named once (load_fix: one hint per rule)
         elif keys & losing_keys and h.kind not in ("partial", "unexpected"):
-            cause = h.cause or h.title[:1].lower() + h.title[1:]
-            if cause not in causes:
-                causes.append(cause)
-        elif keys & losing_keys:
-            continue  # said by the loss itself, below
-        elif h.kind == "dtype":
-            silent.append(h.title.replace(" were saved as ", " are saved as ").replace(" but the target holds ", ", cast silently to "))
-        elif h.kind == "unexpected":
-            silent.append(f"{len(keys)} checkpoint key(s) are read by no rank")
-        elif h.kind == "partial":
-            silent.append(f"{len(keys)} key(s) keep their initial values (allow_partial_load)")
-        elif h.kind == "optimizer":
-            silent.append("the checkpoint's optimizer state is not loaded")
-        else:  # any other hint on keys DCP does not stop on (training-state hints, ...)
-            silent.append(h.cause or h.title[:1].lower() + h.title[1:])
+            _once(causes, h.cause or h.title[:1].lower() + h.title[1:])
+        elif not keys & losing_keys:  # a hint on lost keys is said by the loss itself, below
+            silent.append(_silent_text(h, keys))
     left = sorted(breaking_keys - explained)
     if left:
         breaking.append(f"{len(left)} key(s) DCP rejects ({left[0]!r}{', ...' if len(left) > 1 else ''})")

@@ -1,0 +1,354 @@
+"""Compare the values of two checkpoints chunk by chunk, streamed from disk in bounded memory.
+
+Each chunk of A is compared with the chunks of B that overlap it, so a checkpoint saved on 8
+ranks compares with one saved on 6. At most one chunk of each side is in memory at a time (plus
+fixed-size work blocks): peak memory is about 2x the largest chunk plus a constant.
+
+Reading is safe on untrusted files:
+- a DCP tensor record is a torch.save archive; its structure (dtype, shape, strides) comes from
+  ``torch.load(weights_only=True, map_location="meta")`` on a bounded slice of the file (torch's
+  weights-only unpickler; no data read), and its bytes are read straight into the tensor from the
+  archive's uncompressed data entry, after checking that entry's place and size in the archive;
+- a safetensors tensor is raw little-endian bytes at offsets its validated header gives;
+- a bytes entry (a non-tensor value) is compared as stored bytes and never unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import sys
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from dcpviz.core.diff_model import (
+    DCP_RECORD,
+    SAFETENSORS_RAW,
+    DiffSide,
+    RegionResult,
+    SideChunk,
+    SideEntry,
+    ValueResult,
+    overlap_pairs,
+)
+from dcpviz.core.errors import CheckpointError
+from dcpviz.engine.checkpoint import _Slice, check_inside
+from dcpviz.engine.convert import dtype_from_str
+
+BLOCK = 1 << 20  # elements per work block (a few float64 temporaries of this size)
+_BYTES_BLOCK = 1 << 20
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_OPEN = 32
+
+
+class ChunkReader:
+    """Reads one side's chunks; keeps a few files open."""
+
+    def __init__(self, side: DiffSide) -> None:
+        self.side = side
+        self.root = side.root
+        self._open: dict[str, Any] = {}
+        self.nbytes_read = 0
+
+    def close(self) -> None:
+        """Close every file this reader opened."""
+        for fh in self._open.values():
+            fh.close()
+        self._open.clear()
+
+    def _file(self, rel: str) -> Any:
+        fh = self._open.get(rel)
+        if fh is None:
+            from pathlib import Path
+
+            root = Path(self.root or ".")
+            path = check_inside(root, root / rel, f"{self.side.label} file {rel!r}")
+            if len(self._open) >= _MAX_OPEN:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+            fh = self._open[rel] = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        return fh
+
+    def tensor(self, entry: SideEntry, index: int) -> torch.Tensor:
+        """Chunk ``index`` of tensor ``entry`` as a CPU tensor."""
+        chunk = entry.chunks[index]
+        where = f"{self.side.label}: {entry.fqn!r} chunk {chunk.offsets} in {chunk.file!r}"
+        dtype = dtype_from_str(entry.dtype or "")
+        fh = self._file(str(chunk.file))
+        if self.side.storage == SAFETENSORS_RAW:
+            out = self._raw(fh, chunk, dtype, where)
+        elif self.side.storage == DCP_RECORD:
+            out = self._record(fh, chunk, dtype, where)
+        else:
+            raise CheckpointError(f"{where}: this side has no data to read.")
+        self.nbytes_read += int(chunk.length or 0)
+        return out
+
+    def _read_into(self, fh: Any, start: int, nbytes: int, where: str) -> torch.Tensor:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy()) if nbytes else memoryview(b"")
+        fh.seek(start)
+        got = 0
+        while got < nbytes:
+            n = fh.readinto(view[got:])
+            if not n:
+                raise CheckpointError(f"{where}: the file ends before the chunk does (truncated).")
+            got += n
+        return buf
+
+    def _raw(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> torch.Tensor:
+        if sys.byteorder != "little":
+            raise CheckpointError(f"{where}: safetensors data is little-endian; this machine is not.")
+        expect = math.prod(chunk.sizes) * dtype.itemsize
+        if chunk.length != expect:
+            raise CheckpointError(f"{where}: holds {chunk.length} bytes, its shape needs {expect}.")
+        return self._read_into(fh, int(chunk.offset or 0), expect, where).view(dtype).reshape(chunk.sizes)
+
+    def _record(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> torch.Tensor:
+        start, length = int(chunk.offset or 0), int(chunk.length or 0)
+        view = _Slice(fh, start, length)
+        if view.read(4) != _ZIP_MAGIC:
+            raise CheckpointError(f"{where} is corrupt: its record is not a torch.save archive.")
+        try:
+            meta = torch.load(io.BufferedReader(_Slice(fh, start, length), 1 << 16), weights_only=True, map_location="meta")
+        except Exception as exc:  # a refused global, a broken archive, ...
+            raise CheckpointError(f"{where}: its record is not a tensor torch's weights-only unpickler "
+                                  f"can read ({type(exc).__name__}: {str(exc)[:200]}).") from None
+        if not isinstance(meta, torch.Tensor) or meta.layout != torch.strided:
+            raise CheckpointError(f"{where}: its record holds a {type(meta).__name__}, not a dense tensor.")
+        if meta.dtype != dtype or tuple(meta.shape) != tuple(chunk.sizes):
+            raise CheckpointError(f"{where}: its record holds {tuple(meta.shape)} {meta.dtype}, but the "
+                                  f"metadata says {tuple(chunk.sizes)} {dtype}: corrupt or mixed-up files.")
+        storage = meta.untyped_storage()
+        nbytes, data_at = int(storage.nbytes()), getattr(storage, "_checkpoint_offset", None)
+        _check_data_entry(_Slice(fh, start, length), data_at, nbytes, length, where)
+        stride, soff = tuple(meta.stride()), int(meta.storage_offset())
+        if meta.numel():
+            last = soff + sum((s - 1) * st for s, st in zip(meta.shape, stride))
+            if soff < 0 or any(st < 0 for st in stride) or (last + 1) * dtype.itemsize > nbytes:
+                raise CheckpointError(f"{where}: its record's strides reach past its data: corrupt.")
+        if nbytes % dtype.itemsize:
+            raise CheckpointError(f"{where}: its record's data is not a whole number of {dtype} elements.")
+        buf = self._read_into(fh, start + int(data_at), nbytes, where)
+        return buf.view(dtype).as_strided(tuple(meta.shape), stride, soff)
+
+    def raw_bytes(self, chunk: SideChunk) -> Iterator[bytes]:
+        """A bytes entry's stored bytes, in bounded blocks."""
+        fh = self._file(str(chunk.file))
+        start, length = int(chunk.offset or 0), int(chunk.length or 0)
+        fh.seek(start)
+        done = 0
+        while done < length:
+            block = fh.read(min(_BYTES_BLOCK, length - done))
+            if not block:
+                raise CheckpointError(f"{self.side.label}: a bytes entry in {chunk.file!r} is truncated.")
+            done += len(block)
+            self.nbytes_read += len(block)
+            yield block
+
+
+def _check_data_entry(view: _Slice, data_at: Any, nbytes: int, length: int, where: str) -> None:
+    """The archive has an uncompressed entry holding exactly the tensor's bytes at ``data_at``,
+    little-endian (or no byteorder record, which torch reads as little-endian)."""
+    if not isinstance(data_at, int) or data_at < 0 or data_at + nbytes > length:
+        raise CheckpointError(f"{where}: its record's data lies outside the record: corrupt.")
+    try:
+        with zipfile.ZipFile(io.BufferedReader(_Slice(view._fh, view._start, view._len), 1 << 16)) as z:
+            for info in z.infolist():
+                if info.filename.endswith("/byteorder") and z.read(info)[:16] not in (b"little", b""):
+                    raise CheckpointError(f"{where}: its record is big-endian; dcpviz reads little-endian only.")
+            for info in z.infolist():
+                view.seek(info.header_offset)
+                head = view.read(30)
+                if len(head) < 30 or head[:4] != _ZIP_MAGIC:
+                    continue
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                if info.header_offset + 30 + name_len + extra_len == data_at:
+                    if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes:
+                        break
+                    return
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{where}: its record is not a readable archive ({exc}).") from None
+    raise CheckpointError(f"{where}: its record has no plain data entry of {nbytes} bytes where torch "
+                          "says the tensor's data is: corrupt, or not written by torch.save.")
+
+
+# -- comparing --------------------------------------------------------------------------------
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype and the same bits everywhere (NaNs with equal bits count as equal)."""
+    if a.dtype != b.dtype:
+        return False
+    bits = _BITS.get(a.dtype.itemsize)
+    if bits is None or a.dtype.is_complex:
+        return bool(torch.equal(a, b))
+    return bool(torch.equal(a.view(bits), b.view(bits)))
+
+
+def _blocks(a: torch.Tensor, b: torch.Tensor, prefix: tuple[int, ...] = ()) -> Iterator[tuple]:
+    """(index prefix, start along the next dim, block of a, block of b): views of at most
+    BLOCK elements, in row-major order."""
+    if a.dim() == 0 or a.numel() <= BLOCK:
+        yield prefix, 0, a, b
+        return
+    inner = math.prod(a.shape[1:])
+    if inner <= BLOCK:
+        rows = max(1, BLOCK // max(inner, 1))
+        for s in range(0, a.shape[0], rows):
+            yield prefix, s, a[s:s + rows], b[s:s + rows]
+        return
+    for s in range(a.shape[0]):
+        yield from _blocks(a[s], b[s], (*prefix, s))
+
+
+def _work_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    return torch.complex128 if (a.is_complex or b.is_complex) else torch.float64
+
+
+def compare_views(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> tuple[int, float, tuple[int, ...] | None]:
+    """(elements differing, max abs difference, first differing index) of two equal-shape views.
+    Exact by default (atol=rtol=0: equal values; NaN equals NaN); else |a-b| <= atol + rtol*|b|.
+    A NaN against a number differs by inf."""
+    if _bits_equal(a, b):
+        return 0, 0.0, None
+    work = _work_dtype(a.dtype, b.dtype)
+    differing, worst, first = 0, 0.0, None
+    for prefix, start, ba, bb in _blocks(a, b):
+        da, db = ba.to(work), bb.to(work)
+        bad = ~torch.isclose(da, db, rtol=rtol, atol=atol, equal_nan=True)
+        diff = (da - db).abs()
+        del da, db
+        # a NaN against a number differs by inf; NaN against NaN (or inf against inf) by 0
+        diff = torch.where(bad, diff.nan_to_num(nan=math.inf), diff.nan_to_num(nan=0.0))
+        if diff.numel():
+            worst = max(worst, float(diff.max()))
+        n = int(bad.sum())
+        if n:
+            differing += n
+            if first is None:
+                flat = int(torch.argmax(bad.reshape(-1).to(torch.uint8)))
+                local = _unravel(flat, tuple(bad.shape))
+                if local:
+                    local = (local[0] + start, *local[1:])
+                first = (*prefix, *local)
+    return differing, worst, first
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for d in reversed(shape):
+        out.append(flat % d if d else 0)
+        flat = flat // d if d else 0
+    return tuple(reversed(out))
+
+
+def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry,
+                   atol: float, rtol: float) -> tuple[ValueResult, list[RegionResult]]:
+    """Every overlap of ``ea``'s chunks with ``eb``'s, holding one chunk per side at a time."""
+    elements = math.prod(ea.shape or ())
+    regions: list[RegionResult] = []
+    cache_a: tuple[int, torch.Tensor | None] = (-1, None)
+    cache_b: tuple[int, torch.Tensor | None] = (-1, None)
+    for i, j, off, size in overlap_pairs(ea.chunks, eb.chunks):
+        if cache_a[0] != i:
+            cache_a = (-1, None)  # free the old chunk before reading the next
+            cache_a = (i, ra.tensor(ea, i))
+        if cache_b[0] != j:
+            cache_b = (-1, None)
+            cache_b = (j, rb.tensor(eb, j))
+        va = _region(cache_a[1], ea.chunks[i].offsets, off, size)
+        vb = _region(cache_b[1], eb.chunks[j].offsets, off, size)
+        n, worst, first = compare_views(va, vb, atol, rtol)
+        glob = tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
+        regions.append(RegionResult(ea.fqn, off, size, i, j, n, worst, glob))
+    compared = sum(math.prod(r.sizes) for r in regions)
+    differing = sum(r.differing for r in regions)
+    firsts = [r.first_diff for r in regions if r.first_diff is not None]
+    worst = max((r.max_abs_diff for r in regions), default=0.0)
+    status, reason = ("differs" if differing else "equal"), ""
+    if compared < elements:
+        reason = f"{elements - compared} elements are not stored on both sides"
+        status = "differs"
+    return ValueResult(ea.fqn, eb.fqn, "tensor", status, reason, elements, compared, differing, worst,
+                       min(firsts) if firsts else None), regions
+
+
+def _region(t: Any, chunk_offsets: tuple[int, ...], off: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    out = t
+    for d, (o, c, s) in enumerate(zip(off, chunk_offsets, size, strict=True)):
+        out = out.narrow(d, o - c, s)
+    return out
+
+
+def compare_bytes(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry) -> ValueResult:
+    """Two bytes entries, compared as stored bytes (never unpickled)."""
+    ca, cb = ea.chunks[0], eb.chunks[0]
+    la, lb = int(ca.length or 0), int(cb.length or 0)
+    pos, first = 0, None
+    ia, ib = ra.raw_bytes(ca), rb.raw_bytes(cb)
+    bufa, bufb = b"", b""
+    while first is None:
+        if not bufa:
+            bufa = next(ia, b"")
+        if not bufb:
+            bufb = next(ib, b"")
+        if not bufa or not bufb:
+            if bufa or bufb:
+                first = pos
+            break
+        n = min(len(bufa), len(bufb))
+        if bufa[:n] != bufb[:n]:
+            first = pos + next(k for k in range(n) if bufa[k] != bufb[k])
+        pos += n
+        bufa, bufb = bufa[n:], bufb[n:]
+    differs = first is not None or la != lb
+    if differs and first is None:
+        first = min(la, lb)
+    return ValueResult(ea.fqn, eb.fqn, "bytes", "differs" if differs else "equal",
+                       "" if not differs else f"stored bytes differ ({la} vs {lb} bytes)",
+                       la, min(la, lb), int(differs), 0.0, (first,) if differs else None)
+
+
+def compare_sides(a: DiffSide, b: DiffSide, pairs: tuple[tuple[str, str], ...], atol: float = 0.0,
+                  rtol: float = 0.0) -> tuple[list[ValueResult], list[RegionResult]]:
+    """Values of every (key of A, key of B) pair: tensors chunk by chunk, bytes entries as bytes.
+    A pair that cannot be compared (a trace side, another shape or kind) is 'skipped' with why."""
+    ea, eb = a.by_fqn(), b.by_fqn()
+    values: list[ValueResult] = []
+    regions: list[RegionResult] = []
+    ra, rb = ChunkReader(a), ChunkReader(b)
+    try:
+        for x, y in pairs:
+            u, v = ea[x], eb[y]
+            reason = _skip_reason(a, b, u, v)
+            if reason:
+                values.append(ValueResult(x, y, u.kind, "skipped", reason))
+            elif u.kind == "bytes":
+                values.append(compare_bytes(ra, u, rb, v))
+            else:
+                value, found = compare_tensor(ra, u, rb, v, atol, rtol)
+                values.append(value)
+                regions += found
+    finally:
+        ra.close()
+        rb.close()
+    return values, regions
+
+
+def _skip_reason(a: DiffSide, b: DiffSide, u: SideEntry, v: SideEntry) -> str:
+    for side in (a, b):
+        if side.storage not in (DCP_RECORD, SAFETENSORS_RAW):
+            return f"{side.label.split(':')[0]} is a save trace: it holds no values"
+    if u.kind != v.kind:
+        return "a tensor on one side, a bytes entry on the other"
+    if u.kind == "tensor" and u.shape != v.shape:
+        return "shapes differ"
+    return ""

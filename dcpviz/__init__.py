@@ -44,7 +44,14 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from dcpviz.api import diff, inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
+    from dcpviz.api import (
+        diff,
+        inspect_checkpoint,
+        run_load,
+        run_save,
+        simulate_load,
+        simulate_save,
+    )
     from dcpviz.engine.byteio import SafeLoadPlanner
     from dcpviz.engine.checkpoint import SafeFileSystemReader
     from dcpviz.engine.fix_planner import RenamingLoadPlanner, load_resized

@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dcpviz.core.diff_model import DCP_RECORD, NO_DATA, SAFETENSORS_RAW, DiffSide, SideChunk, SideEntry
+from dcpviz.core.diff_model import (
+    DCP_RECORD,
+    NO_DATA,
+    SAFETENSORS_RAW,
+    DiffSide,
+    SideChunk,
+    SideEntry,
+)
 from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.filenames import writer_from_file
 from dcpviz.core.safetensors import SHARDING_KEY, is_safetensors, read_folder, sharding_offsets

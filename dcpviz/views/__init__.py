@@ -6,11 +6,14 @@
     dcpviz.views.read_layout(load, fqn, rank)  a target rank's box over the saved chunks it reads
     dcpviz.views.read_volume(load)           bytes read per target rank (and deserialised)
     dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
+    dcpviz.views.diff_overview(diff)         which keys differ between two checkpoints, and how
+    dcpviz.views.diff_regions(diff, fqn)     which regions of one tensor differ
 """
 
 from dcpviz.views.dedup import dedup
+from dcpviz.views.diff import diff_overview, diff_regions
 from dcpviz.views.layout import chunk_layout
 from dcpviz.views.reads import read_layout, read_volume, resharding
 from dcpviz.views.volume import rank_volume
 
-__all__ = ["chunk_layout", "dedup", "rank_volume", "read_layout", "read_volume", "resharding"]
+__all__ = ["chunk_layout", "dedup", "diff_overview", "diff_regions", "rank_volume", "read_layout", "read_volume", "resharding"]

@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from dcpviz.core.diff_model import (
@@ -52,6 +53,7 @@ class ChunkReader:
         self.side = side
         self.root = side.root
         self._open: dict[str, Any] = {}
+        self._buf = torch.empty(0, dtype=torch.uint8)
         self.nbytes_read = 0
 
     def close(self) -> None:
@@ -74,7 +76,8 @@ class ChunkReader:
         return fh
 
     def tensor(self, entry: SideEntry, index: int) -> torch.Tensor:
-        """Chunk ``index`` of tensor ``entry`` as a CPU tensor."""
+        """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer,
+        valid until its next ``tensor`` call."""
         chunk = entry.chunks[index]
         where = f"{self.side.label}: {entry.fqn!r} chunk {chunk.offsets} in {chunk.file!r}"
         dtype = dtype_from_str(entry.dtype or "")
@@ -89,7 +92,12 @@ class ChunkReader:
         return out
 
     def _read_into(self, fh: Any, start: int, nbytes: int, where: str) -> torch.Tensor:
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        # One buffer per side, reused: the chunk read last is dropped before the next is read,
+        # and re-touching warm pages is several times faster than faulting in fresh ones.
+        if self._buf.numel() < nbytes:
+            self._buf = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = self._buf[:nbytes]
         view = memoryview(buf.numpy()) if nbytes else memoryview(b"")
         fh.seek(start)
         got = 0
@@ -190,7 +198,10 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     bits = _BITS.get(a.dtype.itemsize)
     if bits is None or a.dtype.is_complex:
         return bool(torch.equal(a, b))
-    return bool(torch.equal(a.view(bits), b.view(bits)))
+    a, b = a.view(bits), b.view(bits)
+    if a.is_contiguous() and b.is_contiguous():  # numpy's compare is the faster one here
+        return bool(np.array_equal(a.numpy(), b.numpy()))
+    return bool(torch.equal(a, b))
 
 
 def _blocks(a: torch.Tensor, b: torch.Tensor, prefix: tuple[int, ...] = ()) -> Iterator[tuple]:

@@ -165,6 +165,8 @@ class DiffResult:
     def __repr__(self) -> str:
         s = self.summary
         verdict = "same content" if s["same"] else f"differs in {len(self.differing)} key(s)"
+        if not self.compared_values:
+            verdict += " (values not compared)"
         return f"<DiffResult {verdict}; {s['keys_a']} keys in A, {s['keys_b']} in B>"
 
 

@@ -324,7 +324,7 @@ def compare_bytes(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry
     if differs and first is None:
         first = min(la, lb)
     return ValueResult(ea.fqn, eb.fqn, "bytes", "differs" if differs else "equal",
-                       "" if not differs else f"stored bytes differ ({la} vs {lb} bytes)",
+                       f"A stores {la} bytes, B {lb}" if la != lb else "",
                        la, min(la, lb), int(differs), 0.0, (first,) if differs else None)
 
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcpviz.analysis.diff_renames import rename_candidates
@@ -81,3 +81,44 @@ def test_rename_candidates_never_chosen_by_order():
     # q/k/v with equal shapes renamed to other names: candidates, nothing certain
     got = rename_candidates([e("a.wq.weight"), e("a.wk.weight")], [e("a.q_proj.weight"), e("a.k_proj.weight")])
     assert len(got) == 4 and not any(c.certain for c in got)
+
+
+def write_layout(folder, name: str, full: torch.Tensor, chunks: tuple[SideChunk, ...]) -> None:
+    """A safetensors folder holding ``full`` cut into ``chunks``, one file per chunk, with DCP's
+    sharding info (as DCP's Hugging Face writer writes per-rank shards)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    for n, c in enumerate(chunks):
+        piece = full[tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes))].contiguous()
+        info = json.dumps({name: {"saved_offsets": list(c.offsets)}})
+        save_file({name: piece}, folder / f"shard-{n}.safetensors", metadata={"DCP_SHARDING_INFO": info})
+
+
+@pytest.mark.parametrize("min_run", [0, 1 << 40])  # stream B's runs / read B's chunks whole
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=layouts, seed=st.integers(0, 2**16), n_changes=st.integers(0, 3))
+def test_chunk_by_chunk_equals_brute_force(tmp_path_factory, monkeypatch, min_run, case, seed, n_changes):
+    import dcpviz
+
+    monkeypatch.setattr(diff_values, "MIN_RUN_BYTES", min_run)
+    monkeypatch.setattr(diff_values, "BLOCK", 5)  # many blocks per run
+    shape, cuts_a, cuts_b = case
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape, generator=g)
+    b = a.clone()
+    for _ in range(n_changes):
+        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in shape)
+        b[idx] += 1 + float(torch.rand(1, generator=g))
+    root = tmp_path_factory.mktemp("layouts")
+    write_layout(root / "a", "t", a, grid(shape, cuts_a))
+    write_layout(root / "b", "t", b, grid(shape, cuts_b))
+    r = dcpviz.diff(root / "a", root / "b", values=True)
+    row = r.values.set_index("fqn").loc["t"]
+    bad = (a != b).nonzero().tolist()
+    assert row["compared"] == a.numel() and row["differing"] == len(bad)
+    assert row["first_diff"] == (tuple(bad[0]) if bad else None)
+    assert row["max_abs_diff"] == pytest.approx((a.double() - b.double()).abs().max().item())
+    assert r.exit_code == (1 if bad else 0)

@@ -16,11 +16,14 @@ Reading is safe on untrusted files:
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import struct
 import sys
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,29 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_OPEN = 32
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where a chunk's elements lie: storage bytes [start, start + nbytes) of an open file, seen
+    with ``shape``/``stride``/``storage_offset`` (in elements), checked against the metadata."""
+
+    fh: Any
+    start: int
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage_offset: int
+    where: str
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, step = [], 1
+    for d in reversed(shape):
+        out.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(out))
+
+
 class ChunkReader:
     """Reads one side's chunks; keeps a few files open."""
 
@@ -54,6 +80,7 @@ class ChunkReader:
         self.root = side.root
         self._open: dict[str, Any] = {}
         self._buf = torch.empty(0, dtype=torch.uint8)
+        self._block = torch.empty(0, dtype=torch.uint8)
         self.nbytes_read = 0
 
     def close(self) -> None:
@@ -65,8 +92,6 @@ class ChunkReader:
     def _file(self, rel: str) -> Any:
         fh = self._open.get(rel)
         if fh is None:
-            from pathlib import Path
-
             root = Path(self.root or ".")
             path = check_inside(root, root / rel, f"{self.side.label} file {rel!r}")
             if len(self._open) >= _MAX_OPEN:
@@ -75,29 +100,48 @@ class ChunkReader:
             fh = self._open[rel] = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
         return fh
 
-    def tensor(self, entry: SideEntry, index: int) -> torch.Tensor:
-        """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer,
-        valid until its next ``tensor`` call."""
+    def locate(self, entry: SideEntry, index: int) -> Located:
+        """Where chunk ``index`` of ``entry`` keeps its elements, checked (nothing read but the
+        record's directory and pickle, for DCP)."""
         chunk = entry.chunks[index]
         where = f"{self.side.label}: {entry.fqn!r} chunk {chunk.offsets} in {chunk.file!r}"
         dtype = dtype_from_str(entry.dtype or "")
         fh = self._file(str(chunk.file))
         if self.side.storage == SAFETENSORS_RAW:
-            out = self._raw(fh, chunk, dtype, where)
-        elif self.side.storage == DCP_RECORD:
-            out = self._record(fh, chunk, dtype, where)
-        else:
-            raise CheckpointError(f"{where}: this side has no data to read.")
-        self.nbytes_read += int(chunk.length or 0)
-        return out
+            return self._locate_raw(fh, chunk, dtype, where)
+        if self.side.storage == DCP_RECORD:
+            return self._locate_record(fh, chunk, dtype, where)
+        raise CheckpointError(f"{where}: this side has no data to read.")
 
-    def _read_into(self, fh: Any, start: int, nbytes: int, where: str) -> torch.Tensor:
+    def tensor(self, entry: SideEntry, index: int) -> torch.Tensor:
+        """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer,
+        valid until its next ``tensor`` call."""
+        loc = self.locate(entry, index)
+        buf = self._read_into(self._buf_for(loc.nbytes), loc.fh, loc.start, loc.nbytes, loc.where)
+        self.nbytes_read += loc.nbytes
+        return buf.view(loc.dtype).as_strided(loc.shape, loc.stride, loc.storage_offset)
+
+    def elements(self, loc: Located, first: int, count: int) -> torch.Tensor:
+        """``count`` elements of a located chunk's storage from element ``first`` (1-D): a view of
+        a small buffer, valid until the next call."""
+        nbytes = count * loc.dtype.itemsize
+        if self._block.numel() < nbytes:
+            self._block = torch.empty(0, dtype=torch.uint8)
+            self._block = torch.empty(nbytes, dtype=torch.uint8)
+        buf = self._read_into(self._block[:nbytes], loc.fh, loc.start + first * loc.dtype.itemsize, nbytes, loc.where)
+        self.nbytes_read += nbytes
+        return buf.view(loc.dtype)
+
+    def _buf_for(self, nbytes: int) -> torch.Tensor:
         # One buffer per side, reused: the chunk read last is dropped before the next is read,
         # and re-touching warm pages is several times faster than faulting in fresh ones.
         if self._buf.numel() < nbytes:
             self._buf = torch.empty(0, dtype=torch.uint8)  # free the old one first
             self._buf = torch.empty(nbytes, dtype=torch.uint8)
-        buf = self._buf[:nbytes]
+        return self._buf[:nbytes]
+
+    @staticmethod
+    def _read_into(buf: torch.Tensor, fh: Any, start: int, nbytes: int, where: str) -> torch.Tensor:
         view = memoryview(buf.numpy()) if nbytes else memoryview(b"")
         fh.seek(start)
         got = 0
@@ -108,15 +152,16 @@ class ChunkReader:
             got += n
         return buf
 
-    def _raw(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> torch.Tensor:
+    def _locate_raw(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> Located:
         if sys.byteorder != "little":
             raise CheckpointError(f"{where}: safetensors data is little-endian; this machine is not.")
         expect = math.prod(chunk.sizes) * dtype.itemsize
         if chunk.length != expect:
             raise CheckpointError(f"{where}: holds {chunk.length} bytes, its shape needs {expect}.")
-        return self._read_into(fh, int(chunk.offset or 0), expect, where).view(dtype).reshape(chunk.sizes)
+        return Located(fh, int(chunk.offset or 0), expect, dtype, tuple(chunk.sizes),
+                       _contiguous(tuple(chunk.sizes)), 0, where)
 
-    def _record(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> torch.Tensor:
+    def _locate_record(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> Located:
         start, length = int(chunk.offset or 0), int(chunk.length or 0)
         view = _Slice(fh, start, length)
         if view.read(4) != _ZIP_MAGIC:
@@ -141,8 +186,7 @@ class ChunkReader:
                 raise CheckpointError(f"{where}: its record's strides reach past its data: corrupt.")
         if nbytes % dtype.itemsize:
             raise CheckpointError(f"{where}: its record's data is not a whole number of {dtype} elements.")
-        buf = self._read_into(fh, start + int(data_at), nbytes, where)
-        return buf.view(dtype).as_strided(tuple(meta.shape), stride, soff)
+        return Located(fh, start + int(data_at), nbytes, dtype, tuple(meta.shape), stride, soff, where)
 
     def raw_bytes(self, chunk: SideChunk) -> Iterator[bytes]:
         """A bytes entry's stored bytes, in bounded blocks."""
@@ -263,7 +307,9 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry,
                    atol: float, rtol: float) -> tuple[ValueResult, list[RegionResult]]:
-    """Every overlap of ``ea``'s chunks with ``eb``'s, holding one chunk per side at a time."""
+    """Every overlap of ``ea``'s chunks with ``eb``'s. A's chunk is read whole (one at a time);
+    B's part of each overlap is streamed in small blocks where B stores it in long contiguous
+    runs (the usual row-major chunks), else B's chunk is read whole too (one at a time)."""
     elements = math.prod(ea.shape or ())
     regions: list[RegionResult] = []
     cache_a: tuple[int, torch.Tensor | None] = (-1, None)
@@ -272,12 +318,17 @@ def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntr
         if cache_a[0] != i:
             cache_a = (-1, None)  # free the old chunk before reading the next
             cache_a = (i, ra.tensor(ea, i))
-        if cache_b[0] != j:
-            cache_b = (-1, None)
-            cache_b = (j, rb.tensor(eb, j))
         va = _region(cache_a[1], ea.chunks[i].offsets, off, size)
-        vb = _region(cache_b[1], eb.chunks[j].offsets, off, size)
-        n, worst, first = compare_views(va, vb, atol, rtol)
+        found = None
+        if cache_b[0] != j:
+            loc = rb.locate(eb, j)
+            found = _compare_streamed(va, rb, loc, eb.chunks[j].offsets, off, size, atol, rtol)
+        if found is None:
+            if cache_b[0] != j:
+                cache_b = (-1, None)
+                cache_b = (j, rb.tensor(eb, j))
+            found = compare_views(va, _region(cache_b[1], eb.chunks[j].offsets, off, size), atol, rtol)
+        n, worst, first = found
         glob = tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
         regions.append(RegionResult(ea.fqn, off, size, i, j, n, worst, glob))
     compared = sum(math.prod(r.sizes) for r in regions)
@@ -290,6 +341,44 @@ def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntr
         status = "differs"
     return ValueResult(ea.fqn, eb.fqn, "tensor", status, reason, elements, compared, differing, worst,
                        min(firsts) if firsts else None), regions
+
+
+MIN_RUN_BYTES = 1 << 18  # shorter contiguous runs are read as one whole chunk instead
+
+
+def _compare_streamed(va: torch.Tensor, rb: ChunkReader, loc: Located, b_offsets: tuple[int, ...],
+                      off: tuple[int, ...], size: tuple[int, ...], atol: float,
+                      rtol: float) -> tuple[int, float, tuple[int, ...] | None] | None:
+    """Compare ``va`` (A's part of one overlap) with B's part, read from B's storage in blocks
+    of at most BLOCK elements; None when B's chunk is not row-major or its runs are short."""
+    shape = loc.shape
+    if not shape or loc.stride != _contiguous(shape) or 0 in size:
+        return None
+    lo = tuple(o - b for o, b in zip(off, b_offsets, strict=True))
+    # k: the outermost dim from which the overlap spans B's chunk fully: each index over the
+    # dims before k is one contiguous run of B's storage.
+    k = len(shape) - 1
+    while k > 0 and size[k] == shape[k]:
+        k -= 1
+    inner = math.prod(shape[k + 1:])
+    runs = math.prod(size[:k])
+    if (size[k] * inner * loc.dtype.itemsize < MIN_RUN_BYTES and runs > 1) or inner > BLOCK:
+        return None
+    rows = max(1, BLOCK // max(inner, 1))
+    differing, worst, first = 0, 0.0, None
+    for outer in itertools.product(*[range(s) for s in size[:k]]):
+        base = loc.storage_offset + sum((lo[d] + outer[d]) * loc.stride[d] for d in range(k))
+        a_run = va[outer] if outer else va
+        for r0 in range(0, size[k], rows):
+            nr = min(rows, size[k] - r0)
+            vb = rb.elements(loc, base + (lo[k] + r0) * loc.stride[k], nr * inner).view(nr, *shape[k + 1:])
+            n, w, f = compare_views(a_run.narrow(0, r0, nr), vb, atol, rtol)
+            worst = max(worst, w)
+            if n:
+                differing += n
+                if first is None:
+                    first = (*outer, f[0] + r0, *f[1:])
+    return differing, worst, first
 
 
 def _region(t: Any, chunk_offsets: tuple[int, ...], off: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:

@@ -90,14 +90,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=2.0, help="size of each checkpoint (GiB)")
     ap.add_argument("--dir", default=tempfile.gettempdir())
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints (prints where)")
+    ap.add_argument("--existing", help="a folder a --keep run left (a_8ranks, b_6ranks): skip the saves")
     args = ap.parse_args()
     n_tensors = max(1, round(args.gb * 1024 / (ROWS * COLS * 4 / 2**20)))
-    root = Path(tempfile.mkdtemp(prefix="dcpviz_bench_diff_", dir=args.dir))
+    root = Path(args.existing or tempfile.mkdtemp(prefix="dcpviz_bench_diff_", dir=args.dir))
     try:
         a, b = root / "a_8ranks", root / "b_6ranks"
-        made_a = make(a, 8, n_tensors, 29611)
-        made_b = make(b, 6, n_tensors, 29612)
+        made_a = made_b = 0.0
+        if not args.existing:
+            made_a = make(a, 8, n_tensors, 29611)
+            made_b = make(b, 6, n_tensors, 29612)
         largest = -(-ROWS // 6) * COLS * 4
         rows = []
         for attempt in (1, 2):
@@ -118,7 +121,9 @@ def main() -> None:
                   f"({ours / 2**30:.2f} GiB/s) | **{ratio:.2f}** | {peak / 2**20:.0f} MiB | {base / 2**20:.0f} MiB "
                   f"| {extra / 2**20:.0f} MiB | {2 * big / 2**20:.0f} MiB | {regions} |")
     finally:
-        if not args.keep:
+        if args.keep or args.existing:
+            print(f"checkpoints kept in {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ import struct
 import sys
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ class ChunkReader:
         self.side = side
         self.root = side.root
         self._open: dict[str, Any] = {}
-        self._buf = torch.empty(0, dtype=torch.uint8)
+        self._bufs = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
         self._block = torch.empty(0, dtype=torch.uint8)
         self.nbytes_read = 0
 
@@ -113,11 +114,11 @@ class ChunkReader:
             return self._locate_record(fh, chunk, dtype, where)
         raise CheckpointError(f"{where}: this side has no data to read.")
 
-    def tensor(self, entry: SideEntry, index: int) -> torch.Tensor:
-        """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer,
-        valid until its next ``tensor`` call."""
+    def tensor(self, entry: SideEntry, index: int, slot: int = 0) -> torch.Tensor:
+        """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer
+        ``slot`` (0 or 1), valid until the next ``tensor`` call on that slot."""
         loc = self.locate(entry, index)
-        buf = self._read_into(self._buf_for(loc.nbytes), loc.fh, loc.start, loc.nbytes, loc.where)
+        buf = self._read_into(self._buf_for(loc.nbytes, slot), loc.fh, loc.start, loc.nbytes, loc.where)
         self.nbytes_read += loc.nbytes
         return buf.view(loc.dtype).as_strided(loc.shape, loc.stride, loc.storage_offset)
 
@@ -132,13 +133,17 @@ class ChunkReader:
         self.nbytes_read += nbytes
         return buf.view(loc.dtype)
 
-    def _buf_for(self, nbytes: int) -> torch.Tensor:
-        # One buffer per side, reused: the chunk read last is dropped before the next is read,
-        # and re-touching warm pages is several times faster than faulting in fresh ones.
-        if self._buf.numel() < nbytes:
-            self._buf = torch.empty(0, dtype=torch.uint8)  # free the old one first
-            self._buf = torch.empty(nbytes, dtype=torch.uint8)
-        return self._buf[:nbytes]
+    def free(self, slot: int) -> None:
+        """Give buffer ``slot`` back (no tensor of it may be in use)."""
+        self._bufs[slot] = torch.empty(0, dtype=torch.uint8)
+
+    def _buf_for(self, nbytes: int, slot: int) -> torch.Tensor:
+        # Buffers are reused: the chunk read last into a slot is dropped before the next is read
+        # there, and re-touching warm pages is several times faster than faulting in fresh ones.
+        if self._bufs[slot].numel() < nbytes:
+            self._bufs[slot] = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._bufs[slot] = torch.empty(nbytes, dtype=torch.uint8)
+        return self._bufs[slot][:nbytes]
 
     @staticmethod
     def _read_into(buf: torch.Tensor, fh: Any, start: int, nbytes: int, where: str) -> torch.Tensor:
@@ -307,30 +312,35 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry,
                    atol: float, rtol: float) -> tuple[ValueResult, list[RegionResult]]:
-    """Every overlap of ``ea``'s chunks with ``eb``'s. A's chunk is read whole (one at a time);
-    B's part of each overlap is streamed in small blocks where B stores it in long contiguous
-    runs (the usual row-major chunks), else B's chunk is read whole too (one at a time)."""
+    """Every overlap of ``ea``'s chunks with ``eb``'s. A's chunks are read whole, the next one
+    in a second thread while the current one is compared (two in memory); B's part of each
+    overlap is streamed in small blocks where B stores it in long contiguous runs (the usual
+    row-major chunks), else B's chunk is read whole (then A's are not read ahead)."""
     elements = math.prod(ea.shape or ())
     regions: list[RegionResult] = []
-    cache_a: tuple[int, torch.Tensor | None] = (-1, None)
+    pairs = overlap_pairs(ea.chunks, eb.chunks)
+    order = list(dict.fromkeys(i for i, *_ in pairs))  # A's chunks in the order they are needed
+    located: dict[int, Located] = {}
     cache_b: tuple[int, torch.Tensor | None] = (-1, None)
-    for i, j, off, size in overlap_pairs(ea.chunks, eb.chunks):
-        if cache_a[0] != i:
-            cache_a = (-1, None)  # free the old chunk before reading the next
-            cache_a = (i, ra.tensor(ea, i))
-        va = _region(cache_a[1], ea.chunks[i].offsets, off, size)
-        found = None
-        if cache_b[0] != j:
-            loc = rb.locate(eb, j)
-            found = _compare_streamed(va, rb, loc, eb.chunks[j].offsets, off, size, atol, rtol)
-        if found is None:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = _ReadAhead(pool, ra, ea, order)
+        for i, j, off, size in pairs:
+            va = _region(ahead.get(i), ea.chunks[i].offsets, off, size)
+            found = None
             if cache_b[0] != j:
-                cache_b = (-1, None)
-                cache_b = (j, rb.tensor(eb, j))
-            found = compare_views(va, _region(cache_b[1], eb.chunks[j].offsets, off, size), atol, rtol)
-        n, worst, first = found
-        glob = tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
-        regions.append(RegionResult(ea.fqn, off, size, i, j, n, worst, glob))
+                loc = located.get(j) or located.setdefault(j, rb.locate(eb, j))
+                found = _compare_streamed(va, rb, loc, eb.chunks[j].offsets, off, size, atol, rtol)
+            if found is None:
+                ahead.stop()  # a whole chunk of B now takes the read-ahead's place in memory
+                if cache_b[0] != j:
+                    cache_b = (-1, None)
+                    cache_b = (j, rb.tensor(eb, j))
+                found = compare_views(va, _region(cache_b[1], eb.chunks[j].offsets, off, size), atol, rtol)
+            del va
+            n, worst, first = found
+            glob = tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
+            regions.append(RegionResult(ea.fqn, off, size, i, j, n, worst, glob))
+        ahead.stop()
     compared = sum(math.prod(r.sizes) for r in regions)
     differing = sum(r.differing for r in regions)
     firsts = [r.first_diff for r in regions if r.first_diff is not None]
@@ -341,6 +351,46 @@ def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntr
         status = "differs"
     return ValueResult(ea.fqn, eb.fqn, "tensor", status, reason, elements, compared, differing, worst,
                        min(firsts) if firsts else None), regions
+
+
+class _ReadAhead:
+    """A's chunks in ``order``, each read into the buffer slot the current one does not use,
+    the next one while the current one is compared (file reads release the GIL)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, reader: ChunkReader, entry: SideEntry, order: list[int]) -> None:
+        self.pool, self.reader, self.entry, self.order = pool, reader, entry, order
+        self.pos, self.current, self.pending = -1, (-1, None), None
+        self.enabled = True
+
+    def _submit(self, pos: int) -> None:
+        if self.enabled and pos < len(self.order):
+            self.pending = (pos, self.pool.submit(self.reader.tensor, self.entry, self.order[pos], pos % 2))
+
+    def get(self, index: int) -> torch.Tensor:
+        if self.current[0] == index:
+            return self.current[1]
+        self.pos += 1
+        assert self.order[self.pos] == index
+        self.current = (-1, None)  # the slot of the chunk before is free again
+        if self.pending is not None and self.pending[0] == self.pos:
+            tensor = self.pending[1].result()
+        elif self.enabled:
+            tensor = self.reader.tensor(self.entry, index, self.pos % 2)
+        else:  # one buffer only
+            self.reader.free(1)
+            tensor = self.reader.tensor(self.entry, index, 0)
+        self.pending = None
+        self.current = (index, tensor)
+        self._submit(self.pos + 1)
+        return tensor
+
+    def stop(self) -> None:
+        """No more reading ahead: wait for a read in flight, keep one A chunk in memory."""
+        self.enabled = False
+        if self.pending is not None:
+            self.pending[1].result()
+            self.pending = None
+            self.reader.free((self.pos + 1) % 2)  # the chunk read ahead, never used
 
 
 MIN_RUN_BYTES = 1 << 18  # shorter contiguous runs are read as one whole chunk instead

@@ -9,8 +9,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.analysis.diff_tables import pairing
 from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.checkpoint import read_checkpoint
+from dcpviz.engine.diff_source import open_side
+from dcpviz.engine.diff_values import compare_sides
 from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
 from dcpviz.engine.run_load import run_load_trace
 from dcpviz.engine.saved import SavedTrace
@@ -128,11 +131,6 @@ def diff(a: Any, b: Any, values: bool = False, atol: float = 0.0, rtol: float = 
     (|a-b| <= atol + rtol*|b|); bytes entries are compared as stored bytes, never unpickled.
     Returns a DiffResult: ``changes`` (the diff table), ``same``, ``exit_code`` and the details.
     """
-    # torch, deferred to the call: reading chunk values needs it, reading tables does not.
-    from dcpviz.analysis.diff_tables import pairing
-    from dcpviz.engine.diff_source import open_side
-    from dcpviz.engine.diff_values import compare_sides
-
     for name, tol in (("atol", atol), ("rtol", rtol)):
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
             raise DcpvizError(f"{name}={tol!r} must be a number >= 0.")

@@ -279,6 +279,7 @@ def _diff(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print(diff_renderable(result))
     if args.report:
+        # plotly, deferred: only a report needs it, and importing it costs about a second.
         from dcpviz.html_report import report
 
         path = report(result, args.report)

@@ -31,6 +31,8 @@ _LAZY = {
     "run_save": "dcpviz.api",
     "run_load": "dcpviz.api",
     "inspect_checkpoint": "dcpviz.api",
+    "diff": "dcpviz.api",
+    "DiffResult": "dcpviz.results_diff",
     "SafeFileSystemReader": "dcpviz.engine.checkpoint",
     "SafeLoadPlanner": "dcpviz.engine.byteio",
     "RecordingSavePlanner": "dcpviz.engine.recording",
@@ -44,7 +46,14 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from dcpviz.analysis.series import plan_series
-    from dcpviz.api import inspect_checkpoint, run_load, run_save, simulate_load, simulate_save
+    from dcpviz.api import (
+        diff,
+        inspect_checkpoint,
+        run_load,
+        run_save,
+        simulate_load,
+        simulate_save,
+    )
     from dcpviz.engine.byteio import SafeLoadPlanner
     from dcpviz.engine.checkpoint import SafeFileSystemReader
     from dcpviz.engine.fix_planner import RenamingLoadPlanner, load_resized
@@ -54,6 +63,7 @@ if TYPE_CHECKING:
     from dcpviz.engine.statedict import as_rank
     from dcpviz.html_report import report
     from dcpviz.results import LoadResult, SaveResult, load_trace
+    from dcpviz.results_diff import DiffResult
     from dcpviz.widgets import explore
 
 
@@ -80,6 +90,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DcpvizError",
+    "DiffResult",
     "LoadResult",
     "RecordingLoadPlanner",
     "RecordingSavePlanner",
@@ -91,6 +102,7 @@ __all__ = [
     "as_rank",
     "Scenario",
     "__version__",
+    "diff",
     "explore",
     "inspect_checkpoint",
     "load_resized",

@@ -9,7 +9,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.analysis.diff_tables import pairing
+from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.checkpoint import read_checkpoint
+from dcpviz.engine.diff_source import open_side
+from dcpviz.engine.diff_values import compare_sides
 from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
 from dcpviz.engine.run_load import run_load_trace
 from dcpviz.engine.saved import SavedTrace
@@ -17,6 +21,7 @@ from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.simulate import plan_save
 from dcpviz.engine.simulate_load import plan_load
 from dcpviz.results import LoadResult, SaveResult
+from dcpviz.results_diff import DiffResult
 
 
 def _as_source(value: Any) -> Any:
@@ -115,3 +120,25 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
     checks. Problems raise ``DcpvizError`` naming the entry and the file; nothing is written.
     """
     return checkpoint_info(read_checkpoint(checkpoint_dir, verify=verify))
+
+
+def diff(a: Any, b: Any, values: bool = False, atol: float = 0.0, rtol: float = 0.0) -> DiffResult:
+    """Compare two checkpoints: what changed between ``a`` and ``b``.
+
+    ``a``/``b``: each a DCP checkpoint directory, a safetensors folder (or file), a save trace
+    (.json) or a SaveResult, in any pairing. Keys only in one side, certain renames (and
+    candidates where the evidence allows more than one), shape and dtype changes, and the
+    layout (chunks, writer ranks, files, bytes; information only). ``values=True`` also compares
+    the contents chunk by chunk, streamed from disk (about 2x the largest chunk in memory): a box
+    of A against the overlapping boxes of B, exactly unless ``atol``/``rtol`` are given
+    (|a-b| <= atol + rtol*|b|); bytes entries are compared as stored bytes, never unpickled.
+    Returns a DiffResult: ``changes`` (the diff table), ``same``, ``exit_code`` and the details.
+    """
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
+            raise DcpvizError(f"{name}={tol!r} must be a number >= 0.")
+    side_a, side_b = open_side(_as_source(a), "A"), open_side(_as_source(b), "B")
+    found: tuple[list, list] = ([], [])
+    if values:
+        found = compare_sides(side_a, side_b, pairing(side_a, side_b).pairs, float(atol), float(rtol))
+    return DiffResult(side_a, side_b, *found, compared_values=bool(values), atol=float(atol), rtol=float(rtol))

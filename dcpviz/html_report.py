@@ -53,9 +53,9 @@ def report_html(result: Any, title: str | None = None) -> str:
 
 
 def report(result: Any, path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Write a self-contained HTML report of a save or load result to ``path``."""
-    if not callable(getattr(result, "parts", None)) or getattr(result, "kind", None) not in ("save", "load"):
-        raise DcpvizError(f"report() needs a save or load result, got {type(result).__name__}.")
+    """Write a self-contained HTML report of a save, load or diff result to ``path``."""
+    if not callable(getattr(result, "parts", None)) or getattr(result, "kind", None) not in ("save", "load", "diff"):
+        raise DcpvizError(f"report() needs a save, load or diff result, got {type(result).__name__}.")
     text = report_html(result, title)
     path = writable_file(path, "report")
     path.write_text(text, encoding="utf-8")

@@ -16,6 +16,7 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
+from dcpviz.widgets.diff import diff_app
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
@@ -247,7 +248,7 @@ def _load_app(result: Any, compare: Any = None) -> LoadExplorer:
 
 
 # Which app each kind of result gets (a table, not a branch: a new kind adds a line).
-APPS = {"save": Explorer, "load": _load_app}
+APPS = {"save": Explorer, "load": _load_app, "diff": diff_app}
 
 
 def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:

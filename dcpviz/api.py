@@ -30,6 +30,7 @@ def _as_source(value: Any) -> Any:
 
 def simulate_save(
     scenario: Scenario, planner: Any = None, *, progress: bool | None = None, fast: bool | None = None,
+    storage_writer: Any = None,
 ) -> SaveResult:
     """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
 
@@ -37,9 +38,11 @@ def simulate_save(
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
     ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
-    the planner on every rank.
+    the planner on every rank. ``storage_writer``: a StorageWriter (``FileSystemWriter``,
+    ``HuggingFaceStorageWriter``, ...) whose own planning steps run as dcp.save calls them,
+    writing nothing; ``file_plan`` and ``files`` then show what each rank writes where.
     """
-    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast)
+    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast, storage_writer=storage_writer)
     return SaveResult(trace, metadata=metadata)
 
 

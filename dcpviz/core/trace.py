@@ -217,6 +217,37 @@ class DedupAlternative:
 
 
 @dataclass(frozen=True)
+class FileItem:
+    """One item of one file, as a storage writer's own planning splits a final plan into files
+    (``engine/storage_plan.py``; nothing is written). ``stage``: 'write' (a rank's
+    ``write_data``) or 'consolidate' (the coordinator's consolidation into an output file).
+
+    ``nbytes``: the item's data bytes: a tensor chunk's elements x element size (DCP's
+    ``_item_size``; the stored length in a safetensors file), or a BYTE_IO entry's serialised
+    length (0 when unknown). ``item_type``: DCP's WriteItemType name.
+    """
+    rank: Rank
+    file: str
+    fqn: str
+    offsets: Box
+    sizes: Box
+    item_type: str
+    dtype: str
+    nbytes: Count
+    stage: str = "write"
+
+
+@dataclass(frozen=True)
+class StorageWriterInfo:
+    """The storage writer a simulated save planned with: class, module, the options that decide
+    its files (as text), and whether dcpviz could run its split into files."""
+    cls: str
+    module: str
+    options: tuple[tuple[str, str], ...] = ()
+    files_known: bool = True
+
+
+@dataclass(frozen=True)
 class SaveTrace:
     """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
     scenario: ScenarioInfo
@@ -238,6 +269,9 @@ class SaveTrace:
     # Added for checks (issue 12); defaults keep older traces readable.
     value_digests: tuple[ValueDigest, ...] = ()
     dedup_alternative: DedupAlternative | None = None
+    # Added for storage writers (issue 23): the writer's own file split of every final plan.
+    storage_writer: StorageWriterInfo | None = None
+    file_plan: tuple[FileItem, ...] = ()
     kind: str = field(default="save", init=False)
 
 

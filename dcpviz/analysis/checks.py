@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from dcpviz.analysis import load_tables
+from dcpviz.analysis import file_checks, load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.hints import OPTIM_STATE_NAMES
@@ -250,7 +250,7 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
     rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + key_sets(trace) + write_imbalance(trace))
+            + key_sets(trace) + write_imbalance(trace) + file_checks.file_plan_checks(trace))
     return _frame(rows)
 
 

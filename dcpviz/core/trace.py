@@ -245,6 +245,11 @@ class StorageWriterInfo:
     module: str
     options: tuple[tuple[str, str], ...] = ()
     files_known: bool = True
+    # Keys of the final plans that fqn_to_index_mapping lacks (DCP's write_data raises KeyError).
+    unmapped_keys: tuple[str, ...] = ()
+    # *.safetensors files already in the output folder that the save does not overwrite, with the
+    # keys their headers name (None: the header could not be read); DCP's HF reader reads them all.
+    stale_files: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -357,7 +357,7 @@ def plan_save(
         source="simulate",
         value_digests=tuple(run.digests),
         dedup_alternative=planned.alternative,
-        storage_writer=run.storage.info if run.storage is not None else None,
+        storage_writer=run.storage.facts(planned.file_plan) if run.storage is not None else None,
         file_plan=planned.file_plan,
         torch_version=torch_version(),
         dcpviz_version=__version__,

@@ -23,8 +23,10 @@ in file 1 without one), one whole tensor per key: those are the 'consolidate' ro
 from __future__ import annotations
 
 import copy
+import dataclasses
 import queue
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -200,6 +202,42 @@ class StoragePlanning:
                         sizes=tuple(int(s) for s in td.chunk.sizes) if td is not None else (),
                         item_type=it.type.name, dtype=dtype, nbytes=nbytes))
         return tuple(rows)
+
+    def facts(self, rows: tuple[FileItem, ...]) -> StorageWriterInfo:
+        """The writer's info plus what the checks need: keys the mapping lacks, and the
+        *.safetensors files already in the output folder that this save leaves in place."""
+        mapping = getattr(self._template, "fqn_to_index_mapping", None)
+        unmapped: set[str] = set()
+        if mapping is not None:
+            for plan in self.finals.values():
+                unmapped.update(it.index.fqn for it in plan.items if it.index.fqn not in mapping)
+        return dataclasses.replace(self.info, unmapped_keys=tuple(sorted(unmapped)),
+                                   stale_files=self._stale_files(rows))
+
+    def _stale_files(self, rows: tuple[FileItem, ...]) -> tuple:
+        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+
+        from dcpviz.core.errors import CheckpointError
+        from dcpviz.core.safetensors import SUFFIX, read_header
+
+        w = self._template
+        if not isinstance(w, HuggingFaceStorageWriter):
+            return ()
+        folder = Path(str(w.consolidated_output_path or w.path))
+        stage = "consolidate" if w.consolidated_output_path else "write"
+        planned = {r.file for r in rows if r.stage == stage}
+        if not folder.is_dir():
+            return ()
+        out: list[tuple[str, tuple[str, ...] | None]] = []
+        for p in sorted(folder.iterdir()):
+            if p.suffix != SUFFIX or p.name in planned or not p.is_file():
+                continue
+            try:
+                keys: tuple[str, ...] | None = tuple(e.name for e in read_header(p).entries)
+            except CheckpointError:
+                keys = None
+            out.append((p.name, keys))
+        return tuple(out)
 
     def consolidation(self, metadata: Any) -> tuple[FileItem, ...]:
         """The output files of HuggingFaceStorageWriter's consolidation (rank 0 writes them in

@@ -9,7 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.analysis.hf_tables import hf_checkpoint_info
 from dcpviz.core.errors import DcpvizError
+from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.engine.checkpoint import read_checkpoint
 from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
 from dcpviz.engine.run_load import run_load_trace
@@ -115,7 +117,13 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
     record is a torch.save archive of the chunk's exact size and every BYTE_IO value builds with
     torch's weights-only unpickler, ``'full'`` also checks every CRC, ``'none'`` skips record
     checks. Problems raise ``DcpvizError`` naming the entry and the file; nothing is written.
+
+    A Hugging Face safetensors folder (or file) gives the same tables from its headers alone
+    (an ``HFCheckpointInfo``: bounded, strict header parsing, no tensor data read, ``verify``
+    unused); a header that cannot be read raises ``DcpvizError``.
     """
+    if is_hf_folder(checkpoint_dir):
+        return hf_checkpoint_info(scan_folder(checkpoint_dir))
     return checkpoint_info(read_checkpoint(checkpoint_dir, verify=verify))
 
 

@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from dcpviz.analysis.checks import counts, failing, refused_checkpoint
+from dcpviz.analysis.hf_checks import folder_checks
 from dcpviz.core.errors import CheckpointError, DcpvizError
+from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.results import load_trace
 from dcpviz.terminal import checks_renderable, print_result
 
@@ -226,6 +228,8 @@ def _checks_of(path: Path) -> Any:
     safely (a BYTE_IO entry that would build an unsafe class, a broken record) is one error row."""
     if not path.exists():
         raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
+    if is_hf_folder(path):  # headers only; an unreadable file is a finding, not a refusal
+        return folder_checks(scan_folder(path))
     if not path.is_dir():
         return load_trace(path).checks
     # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).

@@ -58,6 +58,8 @@ def no_index(folder: HFFolder) -> list[Row]:
     """No index.json next to the files."""
     if folder.index is not None or folder.index_error or not folder.files:
         return []
+    if [f.name for f in folder.files] == ["model.safetensors"]:
+        return []  # the one-file layout Hugging Face loaders open without an index
     many = len(folder.files) > 1
     return [("warning", "no-index-json", "", (),
              f"no model.safetensors.index.json next to {len(folder.files)} safetensors file(s)"

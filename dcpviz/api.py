@@ -50,7 +50,7 @@ def simulate_save(
 
 def simulate_load(
     saved: Any, target: Scenario, planner: Any = None, *, progress: bool | None = None,
-    fast: bool | None = None, expected_unused: Iterable[str] = (),
+    fast: bool | None = None, expected_unused: Iterable[str] = (), key_map: Any = None,
 ) -> LoadResult:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
@@ -62,7 +62,18 @@ def simulate_load(
     ``expected_unused``: checkpoint keys (or glob patterns, ``"optim.*"``) left unread on
     purpose; they are no longer shown as problems. Returns a LoadResult; planner failures are
     in its ``errors`` and ``mismatches``.
+
+    A Hugging Face safetensors folder is planned against DCP's HuggingFaceStorageReader's own
+    metadata (headers only, each validated first); ``key_map`` ({hf_name: model_name} or a
+    callable) renames its keys as a state-dict adapter would (one-to-one, or a DcpvizError).
     """
+    if isinstance(saved, (str, os.PathLike)) and is_hf_folder(saved):
+        from dcpviz.engine.hf_load import hf_metadata  # torch: DCP's HF reader
+
+        saved = hf_metadata(saved, key_map)
+    elif key_map is not None:
+        raise DcpvizError("key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
+                          "load.fix_planner(rename=...) or a RenamingLoadPlanner.")
     trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
     return LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dcpviz.core.errors import DcpvizError
@@ -44,8 +45,6 @@ def _renamer(key_map: Any) -> Callable[[str], str]:
 
 def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:
     """DCP's HF reader's Metadata of the folder, keys renamed by ``key_map``, storage records dropped."""
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-
     root = Path(path)
     if root.is_file():
         raise DcpvizError(f"saved={str(root)!r} is a file; DCP's HF reader reads a folder: pass {str(root.parent)!r}.")

@@ -24,17 +24,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import queue
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint._hf_utils import _gen_file_name
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
+from torch.distributed.checkpoint.storage import StorageWriter
 from torch.futures import Future
 
-from dcpviz.core.errors import DcpvizError
+from dcpviz.core.errors import CheckpointError, DcpvizError
+from dcpviz.core.safetensors import SUFFIX, read_header
 from dcpviz.core.trace import FileItem, StorageWriterInfo
 
 _OPTIONS = ("thread_count", "single_file_per_rank", "serialization_format", "save_distributed",
@@ -93,8 +99,6 @@ def _capturing(writer: Any) -> Any:
 
 def _writes_through_queue(writer: Any) -> bool:
     """True for DCP's own writers, whose write_data only splits and hands files to _write_data."""
-    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
-
     own = {FileSystemWriter.write_data, HuggingFaceStorageWriter.write_data}
     return isinstance(writer, FileSystemWriter) and type(writer).write_data in own \
         and type(writer)._write_data is FileSystemWriter._write_data
@@ -128,8 +132,6 @@ class StoragePlanning:
     """One storage writer's planning over a simulated save: a copy of the writer per rank."""
 
     def __init__(self, writer: Any, world_size: int) -> None:
-        from torch.distributed.checkpoint.storage import StorageWriter
-
         if not isinstance(writer, StorageWriter):
             raise DcpvizError(f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
                               f"instance, got {type(writer).__name__}.")
@@ -151,8 +153,6 @@ class StoragePlanning:
     def local_step(self, plans: Sequence[SavePlan | None], fail: Callable[[int, BaseException], None],
                    ) -> list[SavePlan | None]:
         """Each rank's ``set_up_storage_writer`` + ``prepare_local_plan``, as dcp.save calls them."""
-        import inspect
-
         out: list[SavePlan | None] = []
         for r, plan in enumerate(plans):
             if plan is None:
@@ -215,11 +215,6 @@ class StoragePlanning:
                                    stale_files=self._stale_files(rows))
 
     def _stale_files(self, rows: tuple[FileItem, ...]) -> tuple:
-        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
-
-        from dcpviz.core.errors import CheckpointError
-        from dcpviz.core.safetensors import SUFFIX, read_header
-
         w = self._template
         if not isinstance(w, HuggingFaceStorageWriter):
             return ()
@@ -247,9 +242,6 @@ class StoragePlanning:
             return ()
         if metadata is None:
             return ()
-        from torch.distributed.checkpoint._hf_utils import _gen_file_name
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
         mapping = w.fqn_to_index_mapping
         if mapping is None:
             mapping = dict.fromkeys(metadata.state_dict_metadata.keys(), 1)

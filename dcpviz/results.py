@@ -304,6 +304,9 @@ class SaveResult(_Result):
         if len(self.dedup):
             out.append(TablePart("Dedup (items planned by more than one rank)", self.dedup, ("nbytes",)))
         out.append(TablePart("Checkpoint chunks", self.chunks, ("nbytes",)))
+        if self.trace.file_plan:  # simulated with a storage writer: its files
+            out.append(FigurePart("Files: what each rank writes where", "file_layout"))
+            out.append(TablePart("Files", self.files, ("nbytes",), max_rows=256))
         return out
 
     def _repr_html_(self) -> str:

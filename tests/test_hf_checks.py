@@ -137,3 +137,15 @@ def test_ranks_writing_one_file_name(tmp_path):
 def test_a_clean_export_has_no_storage_findings(tmp_path):
     sim = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "x"), save_distributed=True, enable_consolidation=True))
     assert sim.ok and sim.checks.empty, sim.checks
+
+
+def test_findings_survive_a_failing_write(tmp_path):
+    """A rank whose write_data raises (an unmapped key) is still checked from its final plan."""
+    sd = real(floats)
+    mapping = {k: 1 for k in sd}  # 'hp' and 'progress.step' unmapped
+    w = HuggingFaceStorageWriter(str(tmp_path / "s"), fqn_to_index_mapping=mapping, save_distributed=True,
+                                 enable_consolidation=True)
+    sim = simulate(lambda m, o, r: {**with_step(m, o, r), "hp": 3}, w)
+    assert set(found(sim, "unmapped-key").fqn) == {"hp"}
+    assert list(found(sim, "safetensors-non-tensor").fqn) == ["hp"]
+    assert list(found(sim, "consolidation-dtype").fqn) == ["progress.step"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dcpviz.core.trace import SaveTrace
+from dcpviz.core.trace import PlannedItem, SaveTrace
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]
 
@@ -44,19 +44,25 @@ def _is_hf(trace: SaveTrace) -> bool:
     return trace.storage_writer is not None and trace.storage_writer.cls == "HuggingFaceStorageWriter"
 
 
+def _final_items(trace: SaveTrace) -> list[tuple[int, PlannedItem]]:
+    """(rank, item) of every final plan: what each rank's write_data is given."""
+    return [(r, trace.items[i]) for r, rec in enumerate(trace.final_plans or ()) for i in rec.items]
+
+
 def non_tensor_values(trace: SaveTrace) -> list[Row]:
-    """Bytes entries planned into safetensors files: each such file will be unreadable."""
+    """Bytes entries planned into safetensors files: each such file will be unreadable. From the
+    final plans, so a rank whose write_data fails for another reason is still named."""
     if not is_safetensors_writer(trace):
         return []
+    file_of = {(f.rank, f.fqn): f.file for f in trace.file_plan if f.stage == "write"}
     by_file: dict[tuple[int, str], list[str]] = defaultdict(list)
     tensors: dict[tuple[int, str], int] = defaultdict(int)
-    for f in trace.file_plan:
-        if f.stage != "write":
-            continue
-        if f.item_type == "BYTE_IO":
-            by_file[(f.rank, f.file)].append(f.fqn)
+    for rank, item in _final_items(trace):
+        file = file_of.get((rank, item.fqn), "its file")
+        if item.item_type == "BYTE_IO":
+            by_file[(rank, file)].append(item.fqn)
         else:
-            tensors[(f.rank, f.file)] += 1
+            tensors[(rank, file)] += 1
     rows: list[Row] = []
     for (rank, file), keys in sorted(by_file.items()):
         rows.append((
@@ -76,10 +82,10 @@ def consolidation_dtypes(trace: SaveTrace) -> list[Row]:
         return []
     seen: dict[str, set[int]] = {}
     dtypes: dict[str, str] = {}
-    for f in trace.file_plan:
-        if f.stage == "write" and f.item_type != "BYTE_IO" and not _is_floating(f.dtype):
-            seen.setdefault(f.fqn, set()).add(f.rank)
-            dtypes[f.fqn] = f.dtype
+    for rank, item in _final_items(trace):
+        if item.item_type != "BYTE_IO" and item.dtype is not None and not _is_floating(item.dtype):
+            seen.setdefault(item.fqn, set()).add(rank)
+            dtypes[item.fqn] = item.dtype
     return [("error", "consolidation-dtype", fqn, tuple(sorted(ranks)),
              f"{fqn} is {dtypes[fqn]}: consolidation sizes every dtype with torch.finfo, so finish() raises "
              "TypeError after every shard is written, and no consolidated file or index.json is written.",

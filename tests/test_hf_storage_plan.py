@@ -150,3 +150,30 @@ def test_a_writer_that_is_not_dcps_own_gets_no_files(tmp_path):
 def test_not_a_storage_writer_is_refused():
     with pytest.raises(dcpviz.DcpvizError, match="StorageWriter"):
         dcpviz.simulate_save(one_rank(), storage_writer="out/")
+
+
+def test_a_file_plan_rank_outside_the_job_is_refused(tmp_path):
+    sim = dcpviz.simulate_save(one_rank(), storage_writer=HuggingFaceStorageWriter(str(tmp_path / "x")))
+    path = sim.to_json(tmp_path / "t.json")
+    doc = json.loads(path.read_text())
+    doc["trace"]["file_plan"][0]["rank"] = 5
+    path.write_text(json.dumps(doc))
+    with pytest.raises(dcpviz.DcpvizError, match="file_plan"):
+        dcpviz.load_trace(path)
+
+
+def test_file_layout_view_and_report(tmp_path):
+    sim = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
+                               storage_writer=FileSystemWriter(str(tmp_path / "x"), thread_count=2))
+    fig = dcpviz.views.file_layout(sim)
+    shown = sorted((tr.name, f, int(n)) for tr in fig.data for f, n in zip(tr.y, tr.x))
+    want = sorted((f"rank {r.rank}", r.file, int(r.nbytes)) for r in sim.file_plan.itertuples())
+    assert shown == want
+    html = dcpviz.report(sim, tmp_path / "r.html").read_text()
+    assert "Files: what each rank writes where" in html
+    with pytest.raises(dcpviz.DcpvizError, match="storage_writer"):
+        dcpviz.views.file_layout(dcpviz.simulate_save(one_rank()))
+    ck_dir = tmp_path / "hf"
+    real_save(real_floats(), HuggingFaceStorageWriter(str(ck_dir)))
+    fig = dcpviz.views.file_layout(dcpviz.inspect_checkpoint(ck_dir))
+    assert sum(len(tr.x) for tr in fig.data) == len(real_floats())

@@ -177,3 +177,17 @@ def test_file_layout_view_and_report(tmp_path):
     real_save(real_floats(), HuggingFaceStorageWriter(str(ck_dir)))
     fig = dcpviz.views.file_layout(dcpviz.inspect_checkpoint(ck_dir))
     assert sum(len(tr.x) for tr in fig.data) == len(real_floats())
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: FileSystemWriter(str(d), thread_count=3),
+    lambda d: HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True),
+])
+def test_shortcuts_give_the_plain_file_plan(tmp_path, make):
+    """The default shortcuts (plans shared by classes of ranks) change no file of the plan."""
+    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp")
+    fast = dcpviz.simulate_save(sc, storage_writer=make(tmp_path / "a"))
+    plain = dcpviz.simulate_save(sc, storage_writer=make(tmp_path / "a"), fast=False)
+    assert fast.ok and plain.ok
+    assert fast.file_plan.equals(plain.file_plan)
+    assert fast.hf_index() == plain.hf_index()

@@ -250,6 +250,12 @@ class SaveResult(_Result):
         own split of every final plan into files (``simulate_save(storage_writer=...)``)."""
         return file_tables.file_plan(self.trace)
 
+    @cached_property
+    def consolidation(self) -> pd.DataFrame:
+        """output_file, fqn, rank, shard_file, offsets, sizes, nbytes: which shard pieces
+        HuggingFaceStorageWriter's consolidation puts into which output file (empty without it)."""
+        return file_tables.consolidation(self.trace)
+
     def hf_index(self) -> dict | None:
         """The model.safetensors.index.json DCP's HuggingFaceStorageWriter would write, or None."""
         return file_tables.hf_index(self.trace)

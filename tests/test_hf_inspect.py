@@ -133,11 +133,14 @@ def test_fuzzed_files_give_tables_or_a_dcpviz_error(tmp_path_factory, noise, cut
     data = (good[:cut] + noise + good[cut + len(noise):])[:len(good) + 8]
     d = tmp_path_factory.mktemp("fuzz")
     (d / "model.safetensors").write_bytes(data)
+    rows = checks_of_cli_rows(d)  # the folder checks never raise: an unreadable file is a finding
     try:
         ck = dcpviz.inspect_checkpoint(d)
     except dcpviz.DcpvizError:
+        assert "safetensors-unreadable" in set(rows.check)
         return
     assert int(ck.storage["length"].sum()) <= len(data)
+    assert "safetensors-unreadable" not in set(rows.check)
 
 
 def test_cli_exit_codes(tmp_path):

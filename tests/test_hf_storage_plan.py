@@ -87,6 +87,10 @@ def test_hf_consolidation_output_equals_a_real_save(tmp_path):
         rows = sim.file_plan.query("stage == 'write' and file == @name")
         offs = sharding_offsets(header, name)
         assert sorted(zip(rows.fqn, rows.offsets)) == sorted((e.name, offs[e.name]) for e in header.entries)
+    # Every shard piece lands in the output file the index names for its key.
+    index = on_disk["weight_map"]
+    assert len(sim.consolidation) == len(sim.file_plan.query("stage == 'write'"))
+    assert all(index[r.fqn] == r.output_file for r in sim.consolidation.itertuples())
 
 
 @pytest.mark.parametrize("kwargs", [dict(thread_count=3), dict(thread_count=1), dict(single_file_per_rank=False)])

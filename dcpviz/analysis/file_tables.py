@@ -35,6 +35,20 @@ def planned_files(trace: SaveTrace) -> pd.DataFrame:
     return g.reset_index()[PLANNED_FILE_COLUMNS].astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
 
 
+CONSOLIDATION_COLUMNS = ["output_file", "fqn", "rank", "shard_file", "offsets", "sizes", "nbytes"]
+
+
+def consolidation(trace: SaveTrace) -> pd.DataFrame:
+    """Which shard pieces go into which consolidated output file: one row per piece a rank
+    wrote (``stage='write'``) of a key that consolidation writes into ``output_file``."""
+    out_of = {f.fqn: f.file for f in trace.file_plan if f.stage == "consolidate"}
+    rows = [(out_of[f.fqn], f.fqn, f.rank, f.file, tuple(f.offsets), tuple(f.sizes), f.nbytes)
+            for f in trace.file_plan if f.stage == "write" and f.fqn in out_of]
+    df = pd.DataFrame(rows, columns=CONSOLIDATION_COLUMNS)
+    df = df.sort_values(["output_file", "fqn", "offsets"], kind="stable").reset_index(drop=True)
+    return df.astype({"rank": "int64", "nbytes": "int64"})
+
+
 def hf_index(trace: SaveTrace) -> dict | None:
     """The ``model.safetensors.index.json`` DCP's HuggingFaceStorageWriter would write for this
     plan (``finish``: weight_map fqn -> file, total_size = the data bytes written), or None where

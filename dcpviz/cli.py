@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
     check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
-    check.add_argument("path", type=Path, help="a save or load trace (.json) or a checkpoint directory")
+    check.add_argument("path", type=Path, help="a save or load trace (.json), a checkpoint directory or a safetensors folder")
     check.add_argument("--json", action="store_true", help="print the findings as JSON (for CI)")
 
     _add_diff_parser(sub, fmt)

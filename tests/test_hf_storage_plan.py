@@ -195,3 +195,34 @@ def test_shortcuts_give_the_plain_file_plan(tmp_path, make):
     assert fast.ok and plain.ok
     assert fast.file_plan.equals(plain.file_plan)
     assert fast.hf_index() == plain.hf_index()
+
+
+@pytest.mark.slow
+def test_hf_distributed_save_on_gloo_ranks_equals_the_plan(tmp_path):
+    """3 gloo ranks, FSDP, DCP's HF writer with consolidation: every rank's shard file holds the
+    pieces the plan gave it (names, offsets, bytes from the real headers), and the consolidated
+    index is the predicted one."""
+    from hf_workers import floats as worker_floats
+    from hf_workers import hf_save_job
+
+    from dcpviz.engine.procs import launch
+
+    W = 3
+    keys = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "norm.weight", "norm.bias"]
+    mapping = {k: 1 + i % 2 for i, k in enumerate(keys)}
+    out = tmp_path / "real"
+    outcome = launch(hf_save_job, W, (str(out), mapping), backend="gloo", device="cpu", timeout=240)
+    assert outcome.ok, outcome.errors
+    sc = dcpviz.Scenario(model="mlp", world_size=W, recipe="fsdp", state=worker_floats)
+    sim = dcpviz.simulate_save(sc, storage_writer=HuggingFaceStorageWriter(
+        str(tmp_path / "sim"), fqn_to_index_mapping=mapping, save_distributed=True, enable_consolidation=True))
+    assert sim.ok, sim.errors
+    assert sim.hf_index() == json.loads((out / "model.safetensors.index.json").read_text())
+    real = set()
+    for p in (out / "sharded").glob("*.safetensors"):
+        header = read_header(p)
+        offs = sharding_offsets(header, p.name)
+        rank = int(p.name.split("-")[1]) - 1
+        real |= {(rank, p.name, e.name, offs[e.name], e.nbytes) for e in header.entries}
+    planned = {(r.rank, r.file, r.fqn, r.offsets, r.nbytes) for r in sim.file_plan.query("stage == 'write'").itertuples()}
+    assert planned == real

@@ -68,9 +68,9 @@ def simulate_load(
     callable) renames its keys as a state-dict adapter would (one-to-one, or a DcpvizError).
     """
     if isinstance(saved, (str, os.PathLike)) and is_hf_folder(saved):
-        from dcpviz.engine.hf_load import hf_metadata  # torch: DCP's HF reader
+        from dcpviz.engine.hf_load import hf_saved  # torch: DCP's HF reader
 
-        saved = hf_metadata(saved, key_map)
+        saved = hf_saved(saved, key_map)
     elif key_map is not None:
         raise DcpvizError("key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
                           "load.fix_planner(rename=...) or a RenamingLoadPlanner.")

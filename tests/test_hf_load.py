@@ -3,6 +3,7 @@ against a real dcp.load with DCP's HuggingFaceStorageReader (one process)."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -67,6 +68,9 @@ def test_plan_equals_a_real_hf_load(tmp_path):
     load = dcpviz.simulate_load(tmp_path, one_rank())
     assert load.ok, load.errors
     assert simulated(load) == real_load({k: torch.empty_like(v) for k, v in sd.items()}, tmp_path)
+    # Each read names the file it comes from, as the folder's index says.
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {(r.fqn, r.file) for r in load.read_items.itertuples()} == set(index.items())
 
 
 def test_key_map_plans_what_an_adapter_loads(tmp_path):

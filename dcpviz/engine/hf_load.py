@@ -24,6 +24,9 @@ from torch.distributed.checkpoint.metadata import Metadata
 
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.hf_folder import checkpoint_facts, scan_folder
+from dcpviz.core.trace import ChunkWriter
+from dcpviz.engine.convert import metadata_info
+from dcpviz.engine.saved import SavedCheckpoint
 
 
 def _renamer(key_map: Any) -> Callable[[str], str]:
@@ -41,6 +44,24 @@ def _renamer(key_map: Any) -> Callable[[str], str]:
             return out
         return call
     raise DcpvizError(f"key_map must be a dict {{hf_name: model_name}} or a callable, got {type(key_map).__name__}.")
+
+
+def hf_saved(path: str | os.PathLike[str], key_map: Any = None) -> SavedCheckpoint:
+    """The saved side of a load from the folder: DCP's HF reader's Metadata (renamed), and who
+    wrote each chunk where (the file; the rank of a distributed save's shard file)."""
+    md = hf_metadata(path, key_map)
+    rename = _renamer(key_map)
+    folder = scan_folder(path)
+    writers = []
+    for f in folder.files:
+        offs = dict(f.offsets)
+        for e in f.header.entries if f.header is not None else ():
+            writers.append(ChunkWriter(fqn=rename(e.name), offsets=offs.get(e.name, (0,) * len(e.shape)),
+                                       rank=f.rank if f.rank >= 0 else None, file=f.name, storage_nbytes=e.nbytes))
+    notes = [f"Safetensors folder {str(path)!r}: planned against DCP's HuggingFaceStorageReader.read_metadata "
+             f"({len(folder.files)} *.safetensors files, every one of which DCP's HF reader reads)."]
+    return SavedCheckpoint(metadata=md, info=metadata_info(md), scenario=None, writers=tuple(writers),
+                           source=f"safetensors folder {str(path)!r}", notes=notes)
 
 
 def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import queue
 from collections.abc import Callable, Sequence
@@ -87,12 +88,17 @@ class _FileQueueTaker(FileSystemWriter):
         return fut
 
 
+@functools.cache
+def _capturing_class(cls: type) -> type:
+    """``cls`` with _FileQueueTaker right above FileSystemWriter in its class order (one per class)."""
+    bases = (_FileQueueTaker,) if cls is FileSystemWriter else (cls, _FileQueueTaker)
+    return type(f"Simulated{cls.__name__}", bases, {"__module__": __name__})
+
+
 def _capturing(writer: Any) -> Any:
     """A copy of ``writer`` whose ``_write_data`` keeps the file queue (see _FileQueueTaker)."""
-    cls = type(writer)
-    bases = (_FileQueueTaker,) if cls is FileSystemWriter else (cls, _FileQueueTaker)
     w = copy.copy(writer)
-    w.__class__ = type(f"Simulated{cls.__name__}", bases, {"__module__": __name__})
+    w.__class__ = _capturing_class(type(writer))
     w._dcpviz_files = []
     return w
 

@@ -219,3 +219,22 @@ def test_quantized_pairs_are_information(tmp_path):
     rows = found(d, "quantized-pair")
     assert set(rows.severity) == {"info"} and len(rows) == 3
     assert cli_check(d) == 0
+
+
+@pytest.mark.parametrize("index, check", [
+    (b"not json", "index-unreadable"),
+    (b'{"weight_map": [1]}', "index-unreadable"),
+    (b'{"weight_map": {"emb": "../../etc/passwd"}}', "index-missing-file"),
+    (b'{"weight_map": {"fc1.weight": "model.safetensors"}}', "index-disagrees"),
+    (b'{"metadata": {"total_size": 1}, "weight_map": {"fc1.weight": "model.safetensors", '
+     b'"fc1.bias": "model.safetensors", "emb": "model.safetensors"}}', "index-total-size"),
+])
+def test_bad_index_files(tmp_path, index, check):
+    """An index is read bounded and strictly; the files it names are never opened by name."""
+    d = tmp_path / "x"
+    d.mkdir()
+    save_file(STATE, str(d / "model.safetensors"))
+    (d / "model.safetensors.index.json").write_bytes(index)
+    rows = checks_of_cli_rows(d)
+    assert check in set(rows.check)
+    assert cli_check(d) == (0 if check == "index-total-size" else 1)

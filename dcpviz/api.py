@@ -9,8 +9,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
+from dcpviz.analysis.hf_tables import hf_checkpoint_info
 from dcpviz.analysis.diff_tables import pairing
 from dcpviz.core.errors import DcpvizError
+from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.engine.checkpoint import read_checkpoint
 from dcpviz.engine.diff_source import open_side
 from dcpviz.engine.diff_values import compare_sides
@@ -33,6 +35,7 @@ def _as_source(value: Any) -> Any:
 
 def simulate_save(
     scenario: Scenario, planner: Any = None, *, progress: bool | None = None, fast: bool | None = None,
+    storage_writer: Any = None,
 ) -> SaveResult:
     """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
 
@@ -40,15 +43,17 @@ def simulate_save(
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
     ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
-    the planner on every rank.
+    the planner on every rank. ``storage_writer``: a StorageWriter (``FileSystemWriter``,
+    ``HuggingFaceStorageWriter``, ...) whose own planning steps run as dcp.save calls them,
+    writing nothing; ``file_plan`` and ``files`` then show what each rank writes where.
     """
-    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast)
+    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast, storage_writer=storage_writer)
     return SaveResult(trace, metadata=metadata)
 
 
 def simulate_load(
     saved: Any, target: Scenario, planner: Any = None, *, progress: bool | None = None,
-    fast: bool | None = None, expected_unused: Iterable[str] = (),
+    fast: bool | None = None, expected_unused: Iterable[str] = (), key_map: Any = None,
 ) -> LoadResult:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
@@ -60,7 +65,18 @@ def simulate_load(
     ``expected_unused``: checkpoint keys (or glob patterns, ``"optim.*"``) left unread on
     purpose; they are no longer shown as problems. Returns a LoadResult; planner failures are
     in its ``errors`` and ``mismatches``.
+
+    A Hugging Face safetensors folder is planned against DCP's HuggingFaceStorageReader's own
+    metadata (headers only, each validated first); ``key_map`` ({hf_name: model_name} or a
+    callable) renames its keys as a state-dict adapter would (one-to-one, or a DcpvizError).
     """
+    if isinstance(saved, (str, os.PathLike)) and is_hf_folder(saved):
+        from dcpviz.engine.hf_load import hf_saved  # torch: DCP's HF reader
+
+        saved = hf_saved(saved, key_map)
+    elif key_map is not None:
+        raise DcpvizError("key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
+                          "load.fix_planner(rename=...) or a RenamingLoadPlanner.")
     trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
     return LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
 
@@ -118,7 +134,13 @@ def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = 
     record is a torch.save archive of the chunk's exact size and every BYTE_IO value builds with
     torch's weights-only unpickler, ``'full'`` also checks every CRC, ``'none'`` skips record
     checks. Problems raise ``DcpvizError`` naming the entry and the file; nothing is written.
+
+    A Hugging Face safetensors folder (or file) gives the same tables from its headers alone
+    (an ``HFCheckpointInfo``: bounded, strict header parsing, no tensor data read, ``verify``
+    unused); a header that cannot be read raises ``DcpvizError``.
     """
+    if is_hf_folder(checkpoint_dir):
+        return hf_checkpoint_info(scan_folder(checkpoint_dir))
     return checkpoint_info(read_checkpoint(checkpoint_dir, verify=verify))
 
 

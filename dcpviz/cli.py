@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from dcpviz.analysis.checks import counts, failing, refused_checkpoint
+from dcpviz.analysis.hf_checks import folder_checks
 from dcpviz.core.errors import CheckpointError, DcpvizError
+from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.results import load_trace
 from dcpviz.terminal import checks_renderable, print_result
 
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
     check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
-    check.add_argument("path", type=Path, help="a save or load trace (.json) or a checkpoint directory")
+    check.add_argument("path", type=Path, help="a save or load trace (.json), a checkpoint directory or a safetensors folder")
     check.add_argument("--json", action="store_true", help="print the findings as JSON (for CI)")
 
     _add_diff_parser(sub, fmt)
@@ -285,6 +287,8 @@ def _checks_of(path: Path) -> Any:
     safely (a BYTE_IO entry that would build an unsafe class, a broken record) is one error row."""
     if not path.exists():
         raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
+    if is_hf_folder(path):  # headers only; an unreadable file is a finding, not a refusal
+        return folder_checks(scan_folder(path))
     if not path.is_dir():
         return load_trace(path).checks
     # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dcpviz.analysis import checks as checks_
-from dcpviz.analysis import load_tables
+from dcpviz.analysis import file_tables, load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis import verdict as verdicts
 from dcpviz.analysis.hints import Hint, compute_hints, hints_table
@@ -237,8 +237,28 @@ class SaveResult(_Result):
 
     @cached_property
     def files(self) -> pd.DataFrame:
-        """file, rank, items, nbytes: each data file DCP wrote (empty for a simulation)."""
+        """file, rank, items, nbytes: each data file DCP wrote; for a simulation with a storage
+        writer, each file its write_data would write (nbytes: data bytes); else empty."""
+        if not self.trace.metadata or not self.trace.metadata.storage:
+            if self.trace.file_plan:
+                return file_tables.planned_files(self.trace)
         return tables.files(self.trace)
+
+    @cached_property
+    def file_plan(self) -> pd.DataFrame:
+        """rank, file, fqn, offsets, sizes, item_type, dtype, nbytes, stage: the storage writer's
+        own split of every final plan into files (``simulate_save(storage_writer=...)``)."""
+        return file_tables.file_plan(self.trace)
+
+    @cached_property
+    def consolidation(self) -> pd.DataFrame:
+        """output_file, fqn, rank, shard_file, offsets, sizes, nbytes: which shard pieces
+        HuggingFaceStorageWriter's consolidation puts into which output file (empty without it)."""
+        return file_tables.consolidation(self.trace)
+
+    def hf_index(self) -> dict | None:
+        """The model.safetensors.index.json DCP's HuggingFaceStorageWriter would write, or None."""
+        return file_tables.hf_index(self.trace)
 
     @cached_property
     def storage_volume(self) -> pd.DataFrame:
@@ -290,6 +310,9 @@ class SaveResult(_Result):
         if len(self.dedup):
             out.append(TablePart("Dedup (items planned by more than one rank)", self.dedup, ("nbytes",)))
         out.append(TablePart("Checkpoint chunks", self.chunks, ("nbytes",)))
+        if self.trace.file_plan:  # simulated with a storage writer: its files
+            out.append(FigurePart("Files: what each rank writes where", "file_layout"))
+            out.append(TablePart("Files", self.files, ("nbytes",), max_rows=256))
         return out
 
     def _repr_html_(self) -> str:

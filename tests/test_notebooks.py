@@ -22,6 +22,8 @@ EXPECT = {
     "04_capture_your_job.ipynb": {WIDGET},
     "05_a_training_checkpoint.ipynb": {PLOTLY},
     "06_checks.ipynb": {WIDGET},
+    "07_diff.ipynb": {PLOTLY},
+    "08_export_to_hugging_face.ipynb": {PLOTLY},
 }
 
 # Notebooks whose figures and explorer survive `nbconvert --to html` (they set plotly's renderer to

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from dcpviz.analysis import load_tables
+from dcpviz.analysis import file_checks, load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.verdict import (
@@ -348,7 +348,8 @@ def unrecorded_plans(trace: SaveTrace) -> list[Row]:
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
     rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + unrecorded_plans(trace) + key_sets(trace) + write_imbalance(trace) + tied_weights(trace))
+            + unrecorded_plans(trace) + key_sets(trace) + write_imbalance(trace) + tied_weights(trace)
+            + file_checks.file_plan_checks(trace))
     return _frame(rows)
 
 

@@ -228,6 +228,42 @@ class DedupAlternative:
 
 
 @dataclass(frozen=True)
+class FileItem:
+    """One item of one file, as a storage writer's own planning splits a final plan into files
+    (``engine/storage_plan.py``; nothing is written). ``stage``: 'write' (a rank's
+    ``write_data``) or 'consolidate' (the coordinator's consolidation into an output file).
+
+    ``nbytes``: the item's data bytes: a tensor chunk's elements x element size (DCP's
+    ``_item_size``; the stored length in a safetensors file), or a BYTE_IO entry's serialised
+    length (0 when unknown). ``item_type``: DCP's WriteItemType name.
+    """
+    rank: Rank
+    file: str
+    fqn: str
+    offsets: Box
+    sizes: Box
+    item_type: str
+    dtype: str
+    nbytes: Count
+    stage: str = "write"
+
+
+@dataclass(frozen=True)
+class StorageWriterInfo:
+    """The storage writer a simulated save planned with: class, module, the options that decide
+    its files (as text), and whether dcpviz could run its split into files."""
+    cls: str
+    module: str
+    options: tuple[tuple[str, str], ...] = ()
+    files_known: bool = True
+    # Keys of the final plans that fqn_to_index_mapping lacks (DCP's write_data raises KeyError).
+    unmapped_keys: tuple[str, ...] = ()
+    # *.safetensors files already in the output folder that the save does not overwrite, with the
+    # keys their headers name (None: the header could not be read); DCP's HF reader reads them all.
+    stale_files: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+
+
+@dataclass(frozen=True)
 class SaveTrace:
     """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
     scenario: ScenarioInfo
@@ -252,6 +288,9 @@ class SaveTrace:
     # Added with issue 20: groups of keys that hold one tensor (tied weights, e.g. wte.weight and
     # lm_head.weight), from the state dict of rank 0 (simulate) or of the coordinator (capture).
     tied_keys: tuple[tuple[str, ...], ...] = ()
+    # Added for storage writers (issue 23): the writer's own file split of every final plan.
+    storage_writer: StorageWriterInfo | None = None
+    file_plan: tuple[FileItem, ...] = ()
     kind: str = field(default="save", init=False)
 
 

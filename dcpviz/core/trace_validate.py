@@ -93,6 +93,7 @@ def _save(trace: SaveTrace) -> None:
         _metadata(trace.metadata, "trace.metadata")
     world = trace.scenario.world_size
     _ranks((d.rank for d in trace.value_digests), world, "trace.value_digests[].rank")
+    _ranks((f.rank for f in trace.file_plan), world, "trace.file_plan[].rank")
     alt = trace.dedup_alternative
     if alt is not None and not len(alt.rank_items) == len(alt.rank_nbytes) == world:
         raise TraceFileError(

@@ -150,6 +150,8 @@ def _from_path(path: Path) -> SavedCheckpoint:
 
 def resolve_saved(saved: Any) -> SavedCheckpoint:
     """Turn ``saved`` into DCP Metadata plus writer facts; raise a DcpvizError naming the fix."""
+    if isinstance(saved, SavedCheckpoint):  # already resolved (a safetensors folder: engine/hf_load.py)
+        return saved
     if isinstance(saved, SavedTrace):
         if isinstance(saved.trace, LoadTrace):
             raise _wrong_kind(saved.label)

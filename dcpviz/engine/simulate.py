@@ -49,6 +49,7 @@ from dcpviz.engine.phases import (
 from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_save_planner
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import build_model_on_meta, rank_state_dict
+from dcpviz.engine.storage_plan import StoragePlanning
 from dcpviz.engine.validation import fast_validation
 from dcpviz.engine.world import fake_world, leaves_process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo
@@ -92,6 +93,7 @@ class _SaveRun:
     shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
+    storage: StoragePlanning | None = None  # the storage writer's own planning steps (engine/storage_plan.py)
 
     @property
     def world_size(self) -> int:
@@ -240,11 +242,12 @@ def _plans_and_metadata(out: Any) -> None:
 def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ...]:
     shared = len(set(run.rep_of.values())) < run.world_size
     with run.timer.phase("finish_plans"):
+        keep = run.storage.final if run.storage is not None else (lambda r, final: final)
         return finish_step(
             # Shared planners: DefaultSavePlanner.finish_plan returns the plan it is given; no
             # per-rank world needed.
             lambda r: run.planners[run.rep_of[r]] if shared else run.planners[r],
-            global_plans, run.world_size, lambda r, final: run.conv.record(final, run.sizes_of(r)),
+            global_plans, run.world_size, lambda r, final: run.conv.record(keep(r, final), run.sizes_of(r)),
             run.log, per_rank_world=not shared,
         )
 
@@ -259,23 +262,53 @@ class _Planned:
     metadata: Any = None
     validated: bool = True
     alternative: Any = None
+    file_plan: tuple = ()
+
+
+def _storage_steps(run: _SaveRun, local: list, when: str) -> list | None:
+    """The storage writer's steps where dcp.save calls them: 'local' after each rank's local
+    plan (a failing rank's plan becomes None), 'global' after the coordinator's global plan
+    (None when the writer raises, which fails the save)."""
+    if run.storage is None:
+        return local
+    if when == "local":
+        return run.storage.local_step(local, lambda r, exc: run.log.fail("local", r, exc))
+    try:
+        return run.storage.global_step(local)
+    except Exception as exc:
+        run.log.fail("global", None, exc)
+        return None
+
+
+def _files(run: _SaveRun, out: _Planned) -> None:
+    """The writer's split of every final plan into files, and consolidation's output files."""
+    if run.storage is None or out.final is None:
+        return
+    with run.timer.phase("storage_plan"):
+        rows = run.storage.file_plan(lambda r: run.planners[run.rep_of[r]], run.sizes_of,
+                                     lambda r, exc: run.log.fail("write", r, exc))
+        out.file_plan = rows + run.storage.consolidation(out.metadata)
 
 
 def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
     """Every rank's local plan, the coordinator's global plan, every rank's final plan (as
     dcp.save runs them), recorded."""
     out = _Planned()
-    local = _local_step(run, progress)
+    local = _storage_steps(run, _local_step(run, progress), "local")
     out.local = tuple(run.conv.record(p) if p is not None else None for p in local)
     if not all(p is not None for p in local):
         run.log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
         return out
     global_plans, out.metadata, out.validated = _global_plan(run, local)
+    if global_plans is not None and out.validated:
+        global_plans = _storage_steps(run, global_plans, "global")
+        out.validated = global_plans is not None
     if global_plans is not None:
         with run.timer.phase("convert"):
             out.global_ = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
     if out.validated and global_plans is not None:
         out.final = _finish(run, global_plans)
+        _files(run, out)
     with run.timer.phase("dedup_alternative"):
         out.alternative = dedup_alternative(run.planners[0], local, lambda r, p: run.conv.record(p, run.sizes_of(r)),
                                             run.conv.items, out.final or out.global_)
@@ -289,6 +322,7 @@ def plan_save(
     *,
     progress: bool | None = None,
     fast: bool | None = None,
+    storage_writer: Any = None,
 ) -> tuple[SaveTrace, Any]:
     """Plan a save of ``scenario`` with DCP's real planner on every rank; return the trace and
     DCP's Metadata (None when planning failed). ``dcpviz.simulate_save`` wraps them in a SaveResult.
@@ -298,7 +332,9 @@ def plan_save(
     ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
     the planner on every rank, and DCP's validation on the real metadata only (by default DCP's
-    validation first runs on stretched metadata, ``engine.validation``).
+    validation first runs on stretched metadata, ``engine.validation``). ``storage_writer``: a
+    StorageWriter whose own planning steps run on every rank's plans, as dcp.save calls them,
+    writing nothing (``engine.storage_plan``); the trace's ``file_plan`` holds its files.
     """
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"simulate_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
@@ -309,6 +345,8 @@ def plan_save(
         info = planner_info(make_planner(), DefaultSavePlanner)
         run = _set_up(scenario, make_planner, fast, timer, log)
         run.fast_checks = fast is not False and info.is_dcp_default
+        if storage_writer is not None:
+            run.storage = StoragePlanning(storage_writer, scenario.world_size)
         # Ranks viewed from one template leave no cyclic garbage behind, only millions of
         # acyclic objects that automatic collections would walk again and again. A recipe run
         # per rank does leave cycles (modules, hooks): the collector stays on for it.
@@ -335,6 +373,8 @@ def plan_save(
         value_digests=tuple(run.digests),
         dedup_alternative=planned.alternative,
         tied_keys=run.tied,
+        storage_writer=run.storage.facts(planned.file_plan) if run.storage is not None else None,
+        file_plan=planned.file_plan,
         torch_version=torch_version(),
         dcpviz_version=__version__,
         created=now(),

@@ -9,14 +9,16 @@
     dcpviz.views.plan_series(table)          periodic saves: plan-cache hits per rank, plan changes
     dcpviz.views.diff_overview(diff)         which keys differ between two checkpoints, and how
     dcpviz.views.diff_regions(diff, fqn)     which regions of one tensor differ
+    dcpviz.views.file_layout(save_or_ckpt)   which chunks sit in which file, by writer rank
 """
 
 from dcpviz.views.dedup import dedup
 from dcpviz.views.diff import diff_overview, diff_regions
+from dcpviz.views.files import file_layout
 from dcpviz.views.layout import chunk_layout
 from dcpviz.views.reads import read_layout, read_volume, resharding
 from dcpviz.views.series import plan_series
 from dcpviz.views.volume import rank_volume
 
-__all__ = ["chunk_layout", "dedup", "diff_overview", "diff_regions", "plan_series", "rank_volume",
-           "read_layout", "read_volume", "resharding"]
+__all__ = ["chunk_layout", "dedup", "diff_overview", "diff_regions", "file_layout", "plan_series",
+           "rank_volume", "read_layout", "read_volume", "resharding"]

@@ -1,0 +1,119 @@
+"""simulate_load(HF_DIR, scenario): planned against DCP's HF reader's own metadata, checked
+against a real dcp.load with DCP's HuggingFaceStorageReader (one process)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+import dcpviz
+from dcpviz.engine.models import build_model
+
+
+def floats(model, optimizer, rank):
+    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def model_state() -> dict:
+    torch.manual_seed(0)
+    return floats(build_model("mlp", "cpu"), None, 0)
+
+
+def to_hf(key: str) -> str:
+    """A torchtitan-like adapter: the model's names under HF's 'model.' prefix."""
+    return "model." + key
+
+
+class Capturing(DefaultLoadPlanner):
+    """DCP's load planner; keeps the local plan a real dcp.load made."""
+
+    plans: list = []
+
+    def create_local_plan(self):
+        plan = super().create_local_plan()
+        Capturing.plans.append(plan)
+        return plan
+
+
+def real_load(state: dict, path) -> set:
+    Capturing.plans = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, storage_reader=HuggingFaceStorageReader(str(path)), planner=Capturing())
+    (plan,) = Capturing.plans
+    return {(r.dest_index.fqn, tuple(r.dest_offsets), tuple(r.storage_offsets), tuple(r.lengths)) for r in plan.items}
+
+
+def simulated(load, rename=lambda k: k) -> set:
+    return {(rename(r.fqn), r.dest_offsets, r.storage_offsets, r.lengths) for r in load.read_items.itertuples()}
+
+
+def one_rank(**kw) -> dcpviz.Scenario:
+    return dcpviz.Scenario(model="mlp", world_size=1, recipe="replicate", state=floats, **kw)
+
+
+def test_plan_equals_a_real_hf_load(tmp_path):
+    sd = model_state()
+    mapping = {k: 1 + i % 2 for i, k in enumerate(sorted(sd))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path), fqn_to_index_mapping=mapping))
+    load = dcpviz.simulate_load(tmp_path, one_rank())
+    assert load.ok, load.errors
+    assert simulated(load) == real_load({k: torch.empty_like(v) for k, v in sd.items()}, tmp_path)
+    # Each read names the file it comes from, as the folder's index says.
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {(r.fqn, r.file) for r in load.read_items.itertuples()} == set(index.items())
+
+
+def test_key_map_plans_what_an_adapter_loads(tmp_path):
+    """A folder in HF names (written by safetensors itself); the model loads it through an adapter."""
+    sd = model_state()
+    save_file({to_hf(k): v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    plain = dcpviz.simulate_load(tmp_path, one_rank())
+    assert not plain.ok  # names differ: DCP's planner raises on the missing keys
+    inverse = {to_hf(k): k for k in sd}
+    for key_map in (inverse, lambda k: k.removeprefix("model.")):
+        load = dcpviz.simulate_load(tmp_path, one_rank(), key_map=key_map)
+        assert load.ok, load.errors
+        real = real_load({to_hf(k): torch.empty_like(v) for k, v in sd.items()}, tmp_path)
+        assert simulated(load, to_hf) == real
+
+
+def test_fp32_folder_into_a_bf16_model_is_a_cast(tmp_path):
+    sd = model_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path)))
+        target = {k: torch.empty_like(v, dtype=torch.bfloat16) for k, v in sd.items()}
+        dcp.load(target, storage_reader=HuggingFaceStorageReader(str(tmp_path)))  # no error, no warning
+    assert target["fc1.weight"].dtype == torch.bfloat16
+    load = dcpviz.simulate_load(tmp_path, one_rank(dtype="bfloat16"))
+    casts = load.checks[load.checks.check == "dtype-cast"]
+    assert set(casts.fqn) == set(sd)
+    same = dcpviz.simulate_load(tmp_path, one_rank())
+    assert (same.checks.check != "dtype-cast").all()
+
+
+def test_a_malformed_file_is_refused_before_dcps_reader(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(dcpviz.DcpvizError, match="model.safetensors"):
+        dcpviz.simulate_load(tmp_path, one_rank())
+
+
+def test_key_map_errors(tmp_path):
+    save_file({"a": torch.ones(2), "b": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(dcpviz.DcpvizError, match="one-to-one"):
+        dcpviz.simulate_load(tmp_path, one_rank(), key_map={"a": "x", "b": "x"})
+    with pytest.raises(dcpviz.DcpvizError, match="key_map"):
+        dcpviz.simulate_load(tmp_path, one_rank(), key_map=3)
+    sim = dcpviz.simulate_save(one_rank())
+    with pytest.raises(dcpviz.DcpvizError, match="safetensors"):
+        dcpviz.simulate_load(sim, one_rank(), key_map={"a": "b"})

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
-from dcpviz.analysis.hf_tables import hf_checkpoint_info
 from dcpviz.analysis.diff_tables import pairing
+from dcpviz.analysis.hf_tables import hf_checkpoint_info
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.engine.checkpoint import read_checkpoint

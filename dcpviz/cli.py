@@ -229,7 +229,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         _print_next_steps(console, args.report)
         return 0
     # A gate: 1 when the save plan fails or a check finds data loss or an error, 0 otherwise.
-    return 1 if result.trace.errors or failing(result.checks) else 0
+    return _gate(result)
 
 
 def _load(args: argparse.Namespace, console: Console) -> int:
@@ -256,8 +256,7 @@ def _load(args: argparse.Namespace, console: Console) -> int:
     _write_outputs(result, args, out)
     if args.emit_fix:
         _emit_fix(result, args, out)
-    # A gate: 1 when dcp.load would raise or lose checkpoint data (or a check fails), 0 when clean.
-    return 0 if verdict.clean and not failing(result.checks) else 1
+    return _gate(result)
 
 
 def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
@@ -275,11 +274,21 @@ def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
                   "checks it with a real load)")
 
 
+def _gate(result: Any) -> int:
+    """The exit status of a save or load result: 1 when the plan failed, a check fails, or
+    (a load) dcp.load would raise or lose checkpoint data; 0 when clean."""
+    if failing(result.checks):
+        return 1
+    if result.trace.kind == "load":
+        return 0 if result.verdict.clean else 1
+    return 1 if result.trace.errors else 0
+
+
 def _show(args: argparse.Namespace, console: Console) -> int:
     result = load_trace(args.trace)
     print_result(result, console)
     _write_outputs(result, args, console)
-    return 0
+    return _gate(result)
 
 
 def _checks_of(path: Path) -> Any:

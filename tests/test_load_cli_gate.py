@@ -114,3 +114,15 @@ def test_a_captured_trace_says_what_to_pass(mlp_trace, tmp_path, capsys):
     # With them it works (the model and recipe are the user's to name).
     assert main(["load", str(captured), "--model", "mlp", "--recipe", "fsdp", "-q"]) == 0
     capsys.readouterr()
+
+
+def test_show_is_a_gate_too(mlp_trace, tmp_path, capsys):
+    """`dcpviz show` of a load trace exits as `dcpviz load` did: 1 for a load that breaks, 0 for a
+    clean one (commands are gates on every subcommand)."""
+    saved = dcpviz.load_trace(mlp_trace)
+    clean = dcpviz.simulate_load(saved, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    broken = dcpviz.simulate_load(saved, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    assert clean.verdict.clean and not broken.verdict.clean
+    assert main(["show", str(clean.to_json(tmp_path / "clean.json"))]) == 0
+    assert main(["show", str(broken.to_json(tmp_path / "broken.json"))]) == 1
+    assert main(["show", str(mlp_trace)]) == 0

@@ -113,8 +113,8 @@ def regions_table(regions: list[RegionResult]) -> pd.DataFrame:
 
 def renames_table(p: Pairing) -> pd.DataFrame:
     """Rename candidates: certain ones are paired; the others are shown for the caller to choose."""
-    return pd.DataFrame([(c.fqn_a, c.fqn_b, c.shared_suffix, c.certain) for c in p.renames],
-                        columns=["fqn_a", "fqn_b", "shared_suffix", "certain"])
+    return pd.DataFrame([(c.fqn_a, c.fqn_b, c.shared_suffix, c.certain, c.rule) for c in p.renames],
+                        columns=["fqn_a", "fqn_b", "shared_suffix", "certain", "rule"])
 
 
 def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, layout: pd.DataFrame,
@@ -135,6 +135,8 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
             detail = (f"{t['dtype_a']} {_fmt(t['shape_a'])} -> {t['dtype_b']} {_fmt(t['shape_b'])}"
                       if t["change"] != "kind" else f"{t['kind_a']} -> {t['kind_b']}")
             kind = "kind" if t["change"] == "kind" else ("dtype" if "dtype" in t["change"] else "shape")
+            if x != y:  # renamed and changed: the row says both
+                detail = f"renamed {x} -> {y}; {detail}"
             rows.append((x, y, kind, detail))
         elif v is not None and v["status"] == "differs":
             detail = (f"{v['differing']} of {v['compared']} differ; max |a-b| {v['max_abs_diff']:.6g}; "

@@ -147,12 +147,8 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
             rows.append((x, y, "values differ", detail))
         elif x != y:
             rows.append((x, y, "renamed", f"{x} -> {y}"))
-        elif compared and (v is None or v["status"] == "skipped"):
-            rows.append((x, y, "not compared", v["reason"] if v is not None else ""))
-        elif not same_boxes.get(x, True):
-            rows.append((x, y, "layout only", "saved in other chunks; same content"))
         else:
-            rows.append((x, y, "same", ""))
+            rows.append((x, y, *_unchanged(compared, v, same_boxes.get(x, True))))
     for k in p.only_a:
         rows.append((k, "", "rename?" if k in candidates else "only in A",
                      ("maybe " + " | ".join(sorted(candidates[k]))) if k in candidates else ""))
@@ -164,6 +160,22 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
     frame["_o"] = frame["change"].map(order)
     frame["_k"] = frame["fqn"].where(frame["fqn"] != "", frame["fqn_b"])
     return frame.sort_values(["_o", "_k"], kind="stable").drop(columns=["_o", "_k"]).reset_index(drop=True)
+
+
+def _unchanged(compared: bool, v: dict | None, same_boxes: bool) -> tuple[str, str]:
+    """(change, detail) of a paired key with no content change found. Values asked for but not
+    compared (a trace side, a storage transform) are 'not compared' unless the layout differs:
+    then the layout is what is known ('layout only'), and the detail says the values were not
+    compared and why. 'same' only where values were compared equal or never asked for."""
+    skipped = compared and (v is None or v["status"] == "skipped")
+    why = (v["reason"] if v is not None else "") if skipped else ""
+    if not same_boxes:
+        values = ("values not compared" + (f": {why}" if why else "") if skipped or not compared
+                  else "same values")
+        return "layout only", f"saved in other chunks; {values}"
+    if skipped:
+        return "not compared", why
+    return "same", ""
 
 
 CONTENT_CHANGES = ("values differ", "dtype", "shape", "kind", "renamed", "rename?", "only in A", "only in B")

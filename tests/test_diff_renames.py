@@ -131,3 +131,15 @@ def test_same_renames_under_any_hash_seed():
     got = json.loads(outs[0])
     assert ["_orig_mod.head", "head", "True"] == got[0][:3]  # wrapper + cast: certain
     assert any(c[2] == "False" for c in got)  # the look-alikes and twins stay candidates
+
+
+def test_a_layer_index_is_never_renamed():
+    """A layer gone from A and another new in B are not one key renamed (the old rule, a shared
+    name tail, paired them); the matcher never rewrites a numeric segment."""
+    from dcpviz.analysis.diff_renames import rename_candidates
+    from dcpviz.core.diff_model import SideEntry
+
+    e = lambda n: SideEntry(n, "tensor", "float32", (4, 4), ())  # noqa: E731
+    assert rename_candidates([e("layers.3.w.weight")], [e("layers.4.w.weight")]) == ()
+    got = rename_candidates([e("layers.3.w.weight")], [e("layers.3.v.weight")])  # leaf kept, one key each
+    assert [(c.fqn_a, c.fqn_b, c.certain) for c in got] == [("layers.3.w.weight", "layers.3.v.weight", True)]

@@ -205,9 +205,26 @@ def test_trace_against_its_checkpoint(resharded, tmp_path):
     r = dcpviz.diff(trace, ck, values=True)
     assert r.exit_code == 0 and r.layout["same_boxes"].all()
     assert (r.values["status"] == "skipped").all()
+    assert set(r.changes["change"]) == {"not compared"}  # same chunks, values asked for: none to compare
+    assert all("save trace" in d for d in r.changes["detail"])
     # the plan of another layout: same content, other chunks
     assert dcpviz.diff(res, resharded[3][1]).exit_code == 0
     assert cli(trace, ck) == 0
+    # ... with --values: the layout is what is known; the detail says why values were not compared
+    other = resharded[3][1]
+    for values in (False, True):
+        r = dcpviz.diff(trace, other, values=values)
+        c = r.changes.set_index("fqn")
+        moved = ~r.layout.set_index("fqn")["same_boxes"]
+        assert moved.any() and r.exit_code == 0
+        assert (c.loc[moved[moved].index, "change"] == "layout only").all()
+        assert (c.loc[moved[~moved].index, "change"] == ("not compared" if values else "same")).all()
+        expect = "values not compared: A is a save trace" if values else "values not compared"
+        assert all(d.startswith("saved in other chunks; " + expect) for d in c.loc[moved[moved].index, "detail"])
+    # two checkpoints of other layouts, compared equal: the detail says so
+    r = dcpviz.diff(ck, other, values=True)
+    details = set(r.changes[r.changes["change"] == "layout only"]["detail"])
+    assert details == {"saved in other chunks; same values"}
 
 
 def test_dcp_against_safetensors(resharded, tmp_path):

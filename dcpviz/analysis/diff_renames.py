@@ -1,13 +1,15 @@
-"""Rename candidates between the keys only in A and the keys only in B: certain, or refused.
+"""Rename candidates between the keys only in A and the keys only in B: the load fix's matcher
+(``core.keymatch.match_keys``), so a diff and a load answer "which key is which" the same way.
 
-A key of A and a key of B are candidates when they are the same kind with the same shape and
-dtype and end in the same name segment ('...wq.weight' / '...wq.weight'). Shape alone decides
-nothing (q/k/v projections have equal shapes). Among a key's candidates, the ones sharing the
-longest dotted suffix are its best; a pair is certain only when each is the other's one best
-(``model.layers.0.wq.weight`` -> ``layers.0.wq.weight``). Everything else is shown as candidates,
-never chosen (no hash, set or dict order decides).
-
-One function, ``rename_candidates``, so a shared matcher (the load fix's) can replace it.
+B is the *target* side (the keys a job now asks for), A the *checkpoint* side (the keys it
+saved): a diff of Tuesday's checkpoint (A) with Wednesday's (B) asks which old key each new key
+comes from. Certain: a prefix (``model.`` or none), a wrapper segment (``_orig_mod.``,
+``module.``), a module renamed the same way on every layer (``attention_norm -> ln_1``), the one
+key left on each side. Refused (shown as candidates, never chosen): look-alike keys of one shape
+(``wq/wk/wv`` against ``q_proj/k_proj/v_proj``), twins of one tree (``model.`` and ``ema.``). A
+renamed key whose dtype or size changed too is still paired (the matcher reports it as cast or
+resized); the diff then shows the dtype or shape change under the rename. Deterministic: the
+matcher sorts everything, so no hash, set or dict order decides.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcpviz.core.diff_model import SideEntry
+from dcpviz.core.keymatch import KeyFacts, match_keys
 
 
 @dataclass(frozen=True)
 class RenameCandidate:
     """``fqn_a`` (only in A) may be ``fqn_b`` (only in B); ``certain`` when the evidence allows
-    no other pairing."""
+    no other pairing. ``rule``: the matcher's cause (``rewrite {'': 'model.'}``, ``wrapper
+    _orig_mod``) or, for a candidate, ``one of N`` (how many keys of A the key of B may be)."""
 
     fqn_a: str
     fqn_b: str
     shared_suffix: int  # dotted segments the two names end in
     certain: bool
+    rule: str = ""
 
 
 def _suffix(a: str, b: str) -> int:
@@ -37,32 +42,33 @@ def _suffix(a: str, b: str) -> int:
     return n
 
 
-def _signature(e: SideEntry) -> tuple:
-    return (e.kind, e.dtype, e.shape)
+def _facts(e: SideEntry) -> KeyFacts:
+    # A bytes entry is a Python value to the matcher: it pairs by name only, never by shape.
+    return KeyFacts(tuple(e.shape) if e.kind == "tensor" and e.shape is not None else None, e.dtype)
+
+
+def _rule_text(kind: str, a: str, b: str) -> str:
+    if kind == "wrapper":
+        return "wrapper " + (f"{b} in A" if b else "") + (" / " if a and b else "") + (f"{a} in B" if a else "")
+    if kind == "rewrite":
+        return f"rewrite {{{a!r}: {b!r}}} (B: A)"
+    return kind  # 'rewritten': equal once an earlier rewrite renamed it
 
 
 def rename_candidates(only_a: list[SideEntry], only_b: list[SideEntry]) -> tuple[RenameCandidate, ...]:
-    """Every candidate pair, sorted by (fqn_a, fqn_b); ``certain`` marks mutual unique best pairs."""
-    by_sig: dict[tuple, list[SideEntry]] = {}
-    for e in only_b:
-        by_sig.setdefault(_signature(e), []).append(e)
-    pairs: list[tuple[str, str, int]] = []
-    for ea in only_a:
-        for eb in by_sig.get(_signature(ea), ()):
-            n = _suffix(ea.fqn, eb.fqn)
-            if n >= 1:
-                pairs.append((ea.fqn, eb.fqn, n))
-    best_a: dict[str, int] = {}
-    best_b: dict[str, int] = {}
-    for a, b, n in pairs:
-        best_a[a] = max(best_a.get(a, 0), n)
-        best_b[b] = max(best_b.get(b, 0), n)
-    top_a: dict[str, list[str]] = {}
-    top_b: dict[str, list[str]] = {}
-    for a, b, n in pairs:
-        if n == best_a[a]:
-            top_a.setdefault(a, []).append(b)
-        if n == best_b[b]:
-            top_b.setdefault(b, []).append(a)
-    out = [RenameCandidate(a, b, n, top_a.get(a) == [b] and top_b.get(b) == [a]) for a, b, n in pairs]
-    return tuple(sorted(out, key=lambda c: (c.fqn_a, c.fqn_b)))
+    """Every candidate pair, sorted by (fqn_a, fqn_b): ``certain`` pairs are the matcher's
+    mapping, the others its ambiguities' candidate pairs."""
+    saved = {e.fqn: _facts(e) for e in only_a}
+    target = {e.fqn: _facts(e) for e in only_b}
+    m = match_keys(target, saved, missing=sorted(target), unexpected=sorted(saved))
+    why = {pair: _rule_text(r.kind, r.a, r.b) for r in m.rules for pair in r.pairs}
+    out = {(u, t): RenameCandidate(u, t, _suffix(u, t), True, why.get((t, u), "")) for t, u in m.mapping}
+    cands: dict[str, set[str]] = {}
+    for amb in m.ambiguities:
+        for t, u in amb.pairs:
+            cands.setdefault(t, set()).add(u)
+    for t in sorted(cands):
+        for u in sorted(cands[t]):
+            if (u, t) not in out:
+                out[(u, t)] = RenameCandidate(u, t, _suffix(u, t), False, f"one of {len(cands[t])}")
+    return tuple(out[k] for k in sorted(out))

@@ -113,8 +113,8 @@ def regions_table(regions: list[RegionResult]) -> pd.DataFrame:
 
 def renames_table(p: Pairing) -> pd.DataFrame:
     """Rename candidates: certain ones are paired; the others are shown for the caller to choose."""
-    return pd.DataFrame([(c.fqn_a, c.fqn_b, c.shared_suffix, c.certain) for c in p.renames],
-                        columns=["fqn_a", "fqn_b", "shared_suffix", "certain"])
+    return pd.DataFrame([(c.fqn_a, c.fqn_b, c.shared_suffix, c.certain, c.rule) for c in p.renames],
+                        columns=["fqn_a", "fqn_b", "shared_suffix", "certain", "rule"])
 
 
 def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, layout: pd.DataFrame,
@@ -135,6 +135,8 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
             detail = (f"{t['dtype_a']} {_fmt(t['shape_a'])} -> {t['dtype_b']} {_fmt(t['shape_b'])}"
                       if t["change"] != "kind" else f"{t['kind_a']} -> {t['kind_b']}")
             kind = "kind" if t["change"] == "kind" else ("dtype" if "dtype" in t["change"] else "shape")
+            if x != y:  # renamed and changed: the row says both
+                detail = f"renamed {x} -> {y}; {detail}"
             rows.append((x, y, kind, detail))
         elif v is not None and v["status"] == "differs":
             detail = (f"{v['differing']} of {v['compared']} differ; max |a-b| {v['max_abs_diff']:.6g}; "
@@ -145,12 +147,8 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
             rows.append((x, y, "values differ", detail))
         elif x != y:
             rows.append((x, y, "renamed", f"{x} -> {y}"))
-        elif compared and (v is None or v["status"] == "skipped"):
-            rows.append((x, y, "not compared", v["reason"] if v is not None else ""))
-        elif not same_boxes.get(x, True):
-            rows.append((x, y, "layout only", "saved in other chunks; same content"))
         else:
-            rows.append((x, y, "same", ""))
+            rows.append((x, y, *_unchanged(compared, v, same_boxes.get(x, True))))
     for k in p.only_a:
         rows.append((k, "", "rename?" if k in candidates else "only in A",
                      ("maybe " + " | ".join(sorted(candidates[k]))) if k in candidates else ""))
@@ -162,6 +160,22 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
     frame["_o"] = frame["change"].map(order)
     frame["_k"] = frame["fqn"].where(frame["fqn"] != "", frame["fqn_b"])
     return frame.sort_values(["_o", "_k"], kind="stable").drop(columns=["_o", "_k"]).reset_index(drop=True)
+
+
+def _unchanged(compared: bool, v: dict | None, same_boxes: bool) -> tuple[str, str]:
+    """(change, detail) of a paired key with no content change found. Values asked for but not
+    compared (a trace side, a storage transform) are 'not compared' unless the layout differs:
+    then the layout is what is known ('layout only'), and the detail says the values were not
+    compared and why. 'same' only where values were compared equal or never asked for."""
+    skipped = compared and (v is None or v["status"] == "skipped")
+    why = (v["reason"] if v is not None else "") if skipped else ""
+    if not same_boxes:
+        values = ("values not compared" + (f": {why}" if why else "") if skipped or not compared
+                  else "same values")
+        return "layout only", f"saved in other chunks; {values}"
+    if skipped:
+        return "not compared", why
+    return "same", ""
 
 
 CONTENT_CHANGES = ("values differ", "dtype", "shape", "kind", "renamed", "rename?", "only in A", "only in B")

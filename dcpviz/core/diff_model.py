@@ -25,6 +25,9 @@ class SideChunk:
     offset: int | None = None
     length: int | None = None
     rank: int | None = None
+    # DCP storage transforms the record was written through (compression, encryption: the
+    # ``transform_descriptors`` of its storage record); such bytes are not read, only described
+    transforms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,15 @@ def _dcp_side(path: Path, label: str) -> DiffSide:
     facts = read_checkpoint(path, verify="none")  # paths, bounds and metadata checked; records read later
     info = metadata_info(facts.metadata)
     where = {(fqn, tuple(off)): (rel, offset, length) for fqn, off, rel, offset, length, _rank in facts.storage_rows}
+    transforms = {
+        (idx.fqn, tuple(idx.offset) if idx.offset is not None else ()): tuple(s.transform_descriptors)
+        for idx, s in (getattr(facts.metadata, "storage_data", None) or {}).items()
+        if getattr(s, "transform_descriptors", None)
+    }
 
     def chunk(fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], key: tuple) -> SideChunk:
         rel, offset, length = where[key]
-        return SideChunk(offsets, sizes, rel, offset, length, writer_from_file(rel))
+        return SideChunk(offsets, sizes, rel, offset, length, writer_from_file(rel), transforms.get(key, ()))
 
     entries = [
         SideEntry(t.fqn, "tensor", t.dtype, tuple(t.size),
@@ -73,6 +78,10 @@ def _dcp_side(path: Path, label: str) -> DiffSide:
     ]
     entries += [SideEntry(k, "bytes", None, None, (chunk(k, (), (), (k, ())),)) for k in info.bytes_keys]
     notes = tuple(f"{label}: a stale data file no record points at: {name}" for name in facts.stale_files)
+    used = sorted({t for ts in transforms.values() for t in ts})
+    if used:
+        notes += (f"{label}: {len(transforms)} storage record(s) are written through storage transforms "
+                  f"({', '.join(used)}); dcpviz does not run them, so those keys' values are not compared.",)
     return DiffSide(f"{label}: {path}", "dcp", DCP_RECORD, str(facts.path), _sorted(entries), notes)
 
 

@@ -293,6 +293,11 @@ def _skip_reason(a: DiffSide, b: DiffSide, u: SideEntry, v: SideEntry) -> str:
     for side in (a, b):
         if side.storage not in (DCP_RECORD, SAFETENSORS_RAW):
             return f"{side.label.split(':')[0]} is a save trace: it holds no values"
+    for side, e in ((a, u), (b, v)):
+        used = sorted({t for c in e.chunks for t in c.transforms})
+        if used:
+            return (f"{side.label.split(':')[0]} stores it through storage transforms ({', '.join(used)}), "
+                    "which dcpviz does not run (no third-party code on checkpoint bytes)")
     if u.kind != v.kind:
         return "a tensor on one side, a bytes entry on the other"
     if u.kind == "tensor" and u.shape != v.shape:

@@ -91,6 +91,7 @@ def _with_expected_unused(trace: Any, expected_unused: Iterable[str]) -> Any:
 def run_save(
     scenario: Scenario, checkpoint_dir: str | os.PathLike[str], planner: Any = None, *,
     timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", progress: bool | None = None,
+    storage_writer: Any = None,
 ) -> SaveResult:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
@@ -100,7 +101,8 @@ def run_save(
     processes are stopped and the port freed whatever happens (also on Ctrl-C). ``progress``: a
     bar of ranks done and the phase each other rank is in (None: once the run has lasted 5 s)."""
     trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout,
-                                           start_method=start_method, progress=progress)
+                                           start_method=start_method, progress=progress,
+                                           storage_writer=storage_writer)
     result = SaveResult(trace, metadata=metadata)
     result.run_info = info
     return result

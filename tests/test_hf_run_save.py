@@ -95,3 +95,29 @@ def test_writer_into_another_folder_is_refused(tmp_path):
     with pytest.raises(dcpviz.DcpvizError, match="checkpoint_dir"):
         dcpviz.run_save(sc, tmp_path / "a", storage_writer=HuggingFaceStorageWriter(str(tmp_path / "b")))
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("pass_writer", [True, False])
+def test_capture_with_the_hf_writer(tmp_path, pass_writer):
+    """RecordingSavePlanner in a real 2-rank save through the HF writer: complete(md,
+    storage_writer=writer) reads the storage facts from the folder's headers (equal to what the
+    safetensors library reads); without the writer the trace says it has none, and why."""
+    from hf_workers import hf_capture_job
+
+    from dcpviz.engine.procs import launch
+
+    out, trace_path = tmp_path / "out", tmp_path / "trace.json"
+    outcome = launch(hf_capture_job, W, (str(out), str(trace_path), pass_writer), backend="gloo",
+                     device="cpu", timeout=240)
+    assert outcome.ok, outcome.errors
+    assert all(not p["problems"] for p in outcome.payloads.values())
+    cap = dcpviz.load_trace(trace_path)
+    if pass_writer:
+        assert _rows(cap.file_plan) == _oracle(out)
+        assert any("safetensors headers" in n for n in cap.trace.notes)
+        assert sorted(cap.files["file"]) == sorted(p for p in os.listdir(out) if p.endswith(".safetensors"))
+        writers = {(r.fqn, tuple(r.offsets)): r.rank for r in cap.chunks.itertuples()}
+        assert all(writers[(r.fqn, tuple(r.offsets))] == r.rank for r in cap.file_plan.itertuples())
+    else:
+        assert cap.file_plan.empty
+        assert any(n.startswith("Storage facts: none") and "storage_writer=writer" in n for n in cap.trace.notes)

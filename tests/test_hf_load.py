@@ -177,3 +177,40 @@ def test_same_shaped_renames_are_refused_with_candidates_then_load_once_answered
     assert again.ok and again.verdict.clean, again.verdict
     got = _real_fixed_load(tmp_path, load.fix_planner(rename={"wq": "q_proj", "wk": "k_proj"}), sd)
     assert all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+# -- quantized pairs: expected to stay unread -----------------------------------------------------
+def _quantized_folder(path) -> dict:
+    """The MLP's weights plus an fp8-style ``weight_scale_inv`` next to fc1.weight and an MXFP4
+    ``_blocks``/``_scales`` pair (written by safetensors itself), and a lone ``*_scales`` key."""
+    sd = model_state()
+    extra = {
+        "fc1.weight_scale_inv": torch.ones(2, 2),
+        "experts.gate_up_proj_blocks": torch.zeros(4, 8, dtype=torch.uint8),
+        "experts.gate_up_proj_scales": torch.zeros(4, dtype=torch.uint8),
+        "orphan_scales": torch.ones(3),
+    }
+    save_file({**{k: v.contiguous() for k, v in sd.items()}, **extra}, str(path / "model.safetensors"))
+    return sd
+
+
+def test_quantized_pairs_are_expected_unread_not_problems(tmp_path):
+    _quantized_folder(tmp_path)
+    load = dcpviz.simulate_load(tmp_path, one_rank())
+    assert load.ok, load.errors
+    p = load.problems.set_index("fqn")
+    pairs = ["experts.gate_up_proj_blocks", "experts.gate_up_proj_scales", "fc1.weight_scale_inv"]
+    assert list(p.loc[pairs, "severity"]) == ["expected"] * 3
+    assert all("quantized pair" in w for w in p.loc[pairs, "explanation"])
+    # A lone *_scales key is no pair: still an unread key, as before.
+    assert p.loc["orphan_scales", "severity"] == "silent"
+    assert any("quantized companion" in n for n in load.trace.notes)
+    assert load.verdict.expected == 3
+    assert not any("gate_up_proj" in str(k) for k in load.hints_table["title"])
+
+
+def test_quantized_pairs_follow_the_key_map(tmp_path):
+    _quantized_folder(tmp_path)
+    load = dcpviz.simulate_load(tmp_path, one_rank(), key_map=lambda k: "m." + k)
+    unread = set(load.problems.query("severity == 'expected'")["fqn"])
+    assert unread == {"m.experts.gate_up_proj_blocks", "m.experts.gate_up_proj_scales", "m.fc1.weight_scale_inv"}

@@ -70,27 +70,45 @@ def simulate_load(
     metadata (headers only, each validated first); ``key_map`` ({hf_name: model_name} or a
     callable) renames its keys as a state-dict adapter would (one-to-one, or a DcpvizError).
     """
+    quantized: dict[str, str] = {}
     if isinstance(saved, (str, os.PathLike)) and is_hf_folder(saved):
-        from dcpviz.engine.hf_load import hf_saved  # torch: DCP's HF reader
+        from dcpviz.engine.hf_load import hf_saved, quantized_unread  # torch: DCP's HF reader
 
+        quantized = quantized_unread(saved, key_map)
         saved = hf_saved(saved, key_map)
     elif key_map is not None:
         raise DcpvizError("key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
                           "load.fix_planner(rename=...) or a RenamingLoadPlanner.")
     trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
+    trace = _with_quantized(trace, quantized)
     return LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
+
+
+def _with_quantized(trace: Any, quantized: dict[str, str]) -> Any:
+    """A folder's quantized companions that the load leaves unread are expected (``expected``
+    rows, not unread data), with a note saying which and why."""
+    unread = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected" and m.fqn in quantized})
+    if not unread:
+        return trace
+    kinds = sorted({quantized[k] for k in unread})
+    note = (f"{len(unread)} quantized companion key(s) ({', '.join(kinds)}: {', '.join(unread[:3])}"
+            f"{', ...' if len(unread) > 3 else ''}) stay unread, as expected for a model holding "
+            "dequantized weights: DCP's QuantizedHuggingFaceStorageReader uses them to dequantize.")
+    return dataclasses.replace(trace, expected_unused=tuple(trace.expected_unused) + tuple(unread),
+                               notes=tuple(trace.notes) + (note,))
 
 
 def _with_expected_unused(trace: Any, expected_unused: Iterable[str]) -> Any:
     if isinstance(expected_unused, str):
         expected_unused = (expected_unused,)
     keys = tuple(str(k) for k in expected_unused)
-    return dataclasses.replace(trace, expected_unused=keys) if keys else trace
+    return dataclasses.replace(trace, expected_unused=tuple(trace.expected_unused) + keys) if keys else trace
 
 
 def run_save(
     scenario: Scenario, checkpoint_dir: str | os.PathLike[str], planner: Any = None, *,
     timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", progress: bool | None = None,
+    storage_writer: Any = None,
 ) -> SaveResult:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
@@ -100,7 +118,8 @@ def run_save(
     processes are stopped and the port freed whatever happens (also on Ctrl-C). ``progress``: a
     bar of ranks done and the phase each other rank is in (None: once the run has lasted 5 s)."""
     trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout,
-                                           start_method=start_method, progress=progress)
+                                           start_method=start_method, progress=progress,
+                                           storage_writer=storage_writer)
     result = SaveResult(trace, metadata=metadata)
     result.run_info = info
     return result

@@ -430,9 +430,9 @@ class LoadResult(_Result):
     def fix_code(self, rename: dict[str, str] | None = None, allow_partial_load: bool | None = None) -> str:
         """``fix_planner``'s fix as Python for the user's own job (``dcpviz load --emit-fix``):
         ``sd`` is the state passed to ``dcp.load``, ``CKPT`` the checkpoint."""
-        from dcpviz.analysis.load_fix import fix_code
+        from dcpviz.analysis.load_fix import fix_code, is_hf_source
 
-        return fix_code(*self._fix(rename, allow_partial_load))
+        return fix_code(*self._fix(rename, allow_partial_load), hf=is_hf_source(self.trace))
 
     def _fix(self, rename: dict[str, str] | None, allow_partial_load: bool | None) -> tuple[dict[str, str], tuple[str, ...], bool]:
         from dcpviz.analysis.load_fix import cumulative_fix, trace_match

@@ -33,3 +33,28 @@ def hf_save_job(rank: int, world: int, report: Any, path: str, mapping: dict | N
         warnings.simplefilter("ignore")
         dcp.save(floats(model, None, rank), storage_writer=writer)
     return {}
+
+
+def hf_capture_job(rank: int, world: int, report: Any, path: str, trace_path: str,
+                   pass_writer: bool) -> dict[str, Any]:
+    """fully_shard an MLP, save it through HuggingFaceStorageWriter(save_distributed=True) with a
+    RecordingSavePlanner; complete() with or without the writer."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from dcpviz import RecordingSavePlanner
+    from dcpviz.engine.models import build_model
+    from dcpviz.engine.recipes import apply_recipe
+
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("shard",))
+    model = apply_recipe("fsdp", build_model("mlp", "cpu"), mesh)
+    writer = HuggingFaceStorageWriter(path, save_distributed=True)
+    rec = RecordingSavePlanner(trace_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        md = dcp.save(floats(model, None, rank), storage_writer=writer, planner=rec)
+    rec.complete(md, storage_writer=writer if pass_writer else None)
+    return {"problems": list(rec.problems)}

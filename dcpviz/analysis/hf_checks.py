@@ -22,7 +22,7 @@ from collections import defaultdict
 import pandas as pd
 
 from dcpviz.analysis.checks import _capped, _frame
-from dcpviz.core.hf_folder import HFFolder
+from dcpviz.core.hf_folder import HFFolder, quantized_kind
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]
 _FRESH = "save into a new, empty folder (or delete the files left by the earlier save)"
@@ -169,17 +169,13 @@ def consolidation(folder: HFFolder) -> list[Row]:
              "consolidate_safetensors_files on sharded/")]
 
 
-_QUANT = (("weight_scale_inv", "fp8 block scales"), ("_scales", "MXFP4 scales"), ("_blocks", "MXFP4 blocks"))
-
-
 def quantized_pairs(folder: HFFolder) -> list[Row]:
     keys = sorted(_keys(folder))
     found: dict[str, list[str]] = defaultdict(list)
     for k in keys:
-        for suffix, what in _QUANT:
-            if k.endswith(suffix):
-                found[what].append(k)
-                break
+        what = quantized_kind(k)
+        if what is not None:
+            found[what].append(k)
     return [("info", "quantized-pair", ks[0], (),
              f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}): DCP's HuggingFaceStorageReader loads them as stored; "
              "QuantizedHuggingFaceStorageReader dequantizes the weights and leaves them unread.",

@@ -26,7 +26,13 @@ import pandas as pd
 
 from dcpviz.analysis.hint_base import _GROUP_NAMES, OPTIM_STATE_NAMES, Hint, _examples
 from dcpviz.analysis.hints_training import param_group_hints, training_state_hints
-from dcpviz.analysis.load_fix import cumulative_fix, fix_code, match_hints, trace_match
+from dcpviz.analysis.load_fix import (
+    cumulative_fix,
+    fix_code,
+    is_hf_source,
+    match_hints,
+    trace_match,
+)
 from dcpviz.core.keymatch import Match
 from dcpviz.core.trace import LoadTrace
 
@@ -122,7 +128,7 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool, matc
         else:
             rename, resized = cumulative_fix(trace, match)
             if rename or resized:
-                fix = fix_code(rename, resized, allow_partial_load=True)
+                fix = fix_code(rename, resized, allow_partial_load=True, hf=is_hf_source(trace))
             else:
                 fix = ("from torch.distributed.checkpoint import DefaultLoadPlanner\n"
                        "planner = DefaultLoadPlanner(allow_partial_load=True)\n"

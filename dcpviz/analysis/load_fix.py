@@ -87,10 +87,26 @@ def cumulative_fix(trace: LoadTrace, match: Match) -> tuple[dict[str, str], tupl
 
 
 # -- the fix as code --------------------------------------------------------------------------
-def fix_code(rename: Mapping[str, str], resized: Iterable[str] = (), allow_partial_load: bool = False) -> str:
+HF_SOURCE = "safetensors folder"  # how engine.hf_load names a Hugging Face folder (LoadTrace.saved_source)
+
+
+def is_hf_source(trace: LoadTrace) -> bool:
+    """The load read a Hugging Face safetensors folder: ``dcp.load`` needs DCP's HF reader for it."""
+    return trace.saved_source.startswith(HF_SOURCE)
+
+
+def _load_call(hf: bool, ckpt: str = "CKPT", planner: str = "planner") -> str:
+    if hf:  # a safetensors folder has no .metadata: checkpoint_id alone would pick FileSystemReader
+        return f"dcp.load(sd, storage_reader=dcp.HuggingFaceStorageReader({ckpt}), planner={planner})"
+    return f"dcp.load(sd, checkpoint_id={ckpt}, planner={planner})"
+
+
+def fix_code(rename: Mapping[str, str], resized: Iterable[str] = (), allow_partial_load: bool = False,
+             hf: bool = False) -> str:
     """Python that loads with every certain fix at once, in the user's own job: ``sd`` is the state
     dict passed to ``dcp.load`` (flat or nested, e.g. ``{"model": ..., "optim": ...}``), ``CKPT`` the
-    checkpoint. Keys are the flattened keys DCP plans with (``model.layers.0.w``)."""
+    checkpoint. Keys are the flattened keys DCP plans with (``model.layers.0.w``). ``hf``: CKPT is
+    a Hugging Face safetensors folder, read through DCP's ``HuggingFaceStorageReader``."""
     resized = sorted(resized)
     lines = ["import dcpviz", "import torch.distributed.checkpoint as dcp", ""]
     if rename:
@@ -107,7 +123,7 @@ def fix_code(rename: Mapping[str, str], resized: Iterable[str] = (), allow_parti
         lines.append("resized = []")
     partial = ", allow_partial_load=True" if allow_partial_load else ""
     lines.append(f"planner = dcpviz.RenamingLoadPlanner(rename, resized=resized{partial})")
-    lines.append("dcp.load(sd, checkpoint_id=CKPT, planner=planner)  # sd: the state you pass to dcp.load, as you nest it")
+    lines.append(_load_call(hf) + "  # sd: the state you pass to dcp.load, as you nest it")
     return "\n".join(lines)
 
 
@@ -256,7 +272,7 @@ def match_hints(trace: LoadTrace, match: Match, narrower) -> list[Hint]:
     per size change and per dtype change. The fixable ones carry the same code: the whole fix."""
     rename, resized = cumulative_fix(trace, match)
     partial = bool(trace.planner.option("allow_partial_load", False))
-    code = fix_code(rename, resized, partial)
+    code = fix_code(rename, resized, partial, hf=is_hf_source(trace))
     hints = [_rule_hint(r, code) for r in match.rules if r.kind != "rewritten"]
     later = tuple(p for r in match.rules if r.kind == "rewritten" for p in r.pairs)
     if later:
@@ -302,7 +318,7 @@ def fix_file(code: str, checkpoint: str, trace: LoadTrace, command: str = "") ->
         "",
         "def load_fixed(sd, checkpoint_id=CKPT):",
         '    """dcp.load with the fix: call it on every rank, as dcp.load."""',
-        "    dcp.load(sd, checkpoint_id=checkpoint_id, planner=planner())",
+        "    " + _load_call(is_hf_source(trace), "checkpoint_id", "planner()"),
         "",
         "",
         'if __name__ == "__main__":',

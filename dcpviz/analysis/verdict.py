@@ -17,6 +17,7 @@ import pandas as pd
 
 from dcpviz.analysis.hint_base import OPTIM_STATE_NAMES, Hint
 from dcpviz.analysis.load_tables import KIND_ORDER, explanation
+from dcpviz.core.hf_folder import quantized_kind
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 
 # What a mismatch means for dcp.load: it raises ('breaks'), it goes through but checkpoint data
@@ -139,6 +140,14 @@ def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), los
     return "breaks"
 
 
+def _expected_why(fqn: str) -> str:
+    what = quantized_kind(fqn)
+    if what is not None:
+        return (f"a quantized pair's {what}: expected to stay unread by a model holding dequantized "
+                "weights (DCP's QuantizedHuggingFaceStorageReader uses it to dequantize)")
+    return "declared unused on purpose (expected_unused)"
+
+
 def _desc(size, dtype) -> str | None:
     if size is None and dtype is None:
         return None
@@ -158,7 +167,7 @@ def problems(trace: LoadTrace) -> pd.DataFrame:
     for m in trace.mismatches:
         sev = severity(m, partial, trace.expected_unused, lossy)
         ranks = "no rank reads it" if m.kind == "unexpected" else rank_ranges(m.ranks, W)
-        why = "declared unused on purpose (expected_unused)" if sev == "expected" else explanation(m, partial)
+        why = _expected_why(m.fqn) if sev == "expected" else explanation(m, partial)
         if sev == "loses" and m.kind in ("missing", "unexpected"):
             why += (" — while allow_partial_load skips target keys, the checkpoint holds data no rank "
                     "reads: the load loses it (see the hints for where it belongs)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,37 @@ class HFFolder:
     index_total_size: int | None = None
     index_nbytes: int = 0
     sharded: HFFolder | None = None
+
+
+# Quantized checkpoints keep, next to a weight, keys that only a dequantizing reader uses
+# (DCP's QuantizedHuggingFaceStorageReader): a model holding dequantized weights leaves them unread.
+QUANTIZED_SUFFIXES = (("weight_scale_inv", "fp8 block scales"), ("_scales", "MXFP4 scales"),
+                      ("_blocks", "MXFP4 blocks"))
+
+
+def quantized_kind(key: str) -> str | None:
+    """What quantized companion ``key`` looks like by its name ('fp8 block scales', ...), or None."""
+    for suffix, what in QUANTIZED_SUFFIXES:
+        if key.endswith(suffix):
+            return what
+    return None
+
+
+def quantized_companions(keys: Iterable[str]) -> dict[str, str]:
+    """key -> what, for the keys that are a quantized pair's companion *as a pair*: an fp8
+    ``X.weight_scale_inv`` next to its ``X.weight``; MXFP4 ``X_blocks`` next to ``X_scales`` (both).
+    A lone key with such a suffix is not a pair: it stays an ordinary key."""
+    present = set(keys)
+    out: dict[str, str] = {}
+    for k in sorted(present):
+        what = quantized_kind(k)
+        if what == "fp8 block scales" and k.removesuffix("_scale_inv") in present:
+            out[k] = what
+        elif what == "MXFP4 scales" and k.removesuffix("_scales") + "_blocks" in present:
+            out[k] = what
+        elif what == "MXFP4 blocks" and k.removesuffix("_blocks") + "_scales" in present:
+            out[k] = what
+    return out
 
 
 def is_hf_folder(path: str | os.PathLike[str]) -> bool:

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dcpviz.core.errors import DcpvizError
-from dcpviz.core.hf_folder import checkpoint_facts, scan_folder
+from dcpviz.core.hf_folder import checkpoint_facts, quantized_companions, scan_folder
 from dcpviz.core.trace import ChunkWriter
 from dcpviz.engine.convert import metadata_info
 from dcpviz.engine.saved import SavedCheckpoint
@@ -83,3 +83,13 @@ def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:
         renamed[new] = md.state_dict_metadata[key]
     return Metadata(state_dict_metadata=renamed, planner_data=None, storage_data=None,
                     storage_meta=md.storage_meta)
+
+
+def quantized_unread(path: str | os.PathLike[str], key_map: Any = None) -> dict[str, str]:
+    """The folder's quantized companions (``core.hf_folder.quantized_companions``), by the names
+    the load plans with (after ``key_map``): DCP's plain HF reader offers them, a model holding
+    dequantized weights leaves them unread on purpose."""
+    rename = _renamer(key_map)
+    folder = scan_folder(path)
+    keys = {e.name for f in folder.files if f.header is not None for e in f.header.entries}
+    return {rename(k): what for k, what in quantized_companions(keys).items()}

@@ -405,21 +405,25 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         return self._inner.resolve_data(write_item)
 
     # -- after dcp.save --------------------------------------------------------------------
-    def complete(self, metadata: Any = None) -> Path | None:
+    def complete(self, metadata: Any = None, *, storage_writer: Any = None) -> Path | None:
         """On the coordinator: rewrite the trace with the storage facts ``storage_writer.finish``
         put into the checkpoint metadata (pass ``dcp.save``'s return value, or nothing: DCP's
-        FileSystemWriter fills in the very Metadata object this planner returned). Also adds the
+        FileSystemWriter fills in the very Metadata object this planner returned). A writer that
+        puts none there (DCP's ``HuggingFaceStorageWriter``): pass it as ``storage_writer`` and
+        the facts are read from the safetensors headers of the folder it wrote (the trace's
+        ``file_plan``); without it the trace says that it has no storage facts. Also adds the
         coordinator's own final plan check. Returns the trace path, or None on other ranks and
         when no trace could be built or written (then ``problems`` says why, and a
         ``RecordingWarning`` was issued: recording never raises into the user's job)."""
         if not self.is_coordinator or self._trace is None:
             return None
         t0 = time.perf_counter()
-        written = self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete, metadata)
+        written = self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete, metadata,
+                                      storage_writer)
         self._overhead += time.perf_counter() - t0
         return written
 
-    def _complete(self, metadata: Any) -> Path:
+    def _complete(self, metadata: Any, storage_writer: Any = None) -> Path:
         md = metadata if metadata is not None else self._metadata
         notes = list(self._trace.notes)
         if md is not None and getattr(md, "storage_data", None):
@@ -431,6 +435,8 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             )
         else:
             info = self._trace.metadata
+            notes = [n for n in notes if not n.startswith("Storage facts")]
+            notes.append(self._folder_facts(storage_writer))
         notes = [n for n in notes if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
         notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
@@ -444,6 +450,27 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         timings["recording_overhead"] = self._overhead
         self._trace = dataclasses.replace(self._trace, timings=tuple(timings.items()))
         return write_trace(self._trace, self.path)
+
+    def _folder_facts(self, writer: Any) -> str:
+        """Storage facts from the folder a metadata-less writer wrote (its safetensors headers);
+        the note saying where they came from, or why there are none."""
+        from dcpviz.core.errors import CheckpointError
+        from dcpviz.engine.hf_storage_facts import folder_file_plan
+        from dcpviz.engine.storage_plan import writer_info
+
+        if writer is None:
+            return ("Storage facts: none. The storage writer put no storage data into the metadata "
+                    "(DCP's HuggingFaceStorageWriter writes none); call planner.complete(md, "
+                    "storage_writer=writer) to read them from the safetensors headers of its folder.")
+        folder = getattr(writer, "consolidated_output_path", None) or getattr(writer, "path", None)
+        try:
+            if folder is None:
+                raise CheckpointError(f"{type(writer).__name__} has no path")
+            rows, note = folder_file_plan(str(folder), self._trace)
+        except CheckpointError as exc:
+            return f"Storage facts: none. They could not be read from the storage writer's folder: {exc}"
+        self._trace = dataclasses.replace(self._trace, storage_writer=writer_info(writer), file_plan=rows)
+        return note
 
     @property
     def trace(self) -> SaveTrace | None:

@@ -131,15 +131,17 @@ def _check_picklable(**objs: Any) -> None:
 
 # -- the worker's job ------------------------------------------------------------------------
 def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, backend: str, device: str,
-                    timeout: float, start_method: str | None, progress: bool | None = None) -> tuple[Any, Any]:
+                    timeout: float, start_method: str | None, progress: bool | None = None,
+                    extra: tuple = ()) -> tuple[Any, Any]:
     """Run ``job`` on every rank with a recording planner writing into a scratch directory;
-    return the launch outcome and the coordinator's trace (None if none was written)."""
+    return the launch outcome and the coordinator's trace (None if none was written).
+    ``extra``: more arguments for ``job`` (after the device)."""
     _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
                      optimizer=scenario.optimizer, state=scenario.state)
     work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
     try:
         trace_path = work / "trace.json"
-        outcome = launch(job, scenario.world_size, (scenario, planner, str(root), str(trace_path), device),
+        outcome = launch(job, scenario.world_size, (scenario, planner, str(root), str(trace_path), device, *extra),
                          backend=backend, device=device, timeout=timeout, start_method=start_method,
                          progress=progress)
         return outcome, (read_trace(trace_path) if trace_path.is_file() else None)
@@ -148,8 +150,9 @@ def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, back
 
 
 def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
-             checkpoint_dir: str, trace_path: str, device: str) -> dict[str, Any]:
-    """Runs in each worker, inside the process group."""
+             checkpoint_dir: str, trace_path: str, device: str, storage_writer: Any = None) -> dict[str, Any]:
+    """Runs in each worker, inside the process group (``storage_writer``: each rank's own copy
+    of the user's writer, as a real job builds one per rank; None: DCP's FileSystemWriter)."""
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
@@ -169,7 +172,10 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     rec = RecordingSavePlanner(trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(),
                                scenario=scenario)
     try:
-        md = dcp.save(state, checkpoint_id=checkpoint_dir, planner=rec)
+        if storage_writer is not None:
+            md = dcp.save(state, storage_writer=storage_writer, planner=rec)
+        else:
+            md = dcp.save(state, checkpoint_id=checkpoint_dir, planner=rec)
     except BaseException as exc:
         exc.dcpviz_payload = {"record": rec.rank_record()}
         raise
@@ -189,13 +195,19 @@ def run_save_trace(
     timeout: float = DEFAULT_TIMEOUT_S,
     start_method: str = "spawn",
     progress: bool | None = None,
+    storage_writer: Any = None,
 ) -> tuple[SaveTrace, Any, Any]:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
     ``scenario.device == 'cuda'``), ``dcp.save`` into ``checkpoint_dir`` (new or empty) through
     a RecordingSavePlanner. Returns (trace, Metadata, run info); ``dcpviz.run_save`` makes a SaveResult: the plans (same tables as simulate_save) plus
     ``storage``, ``files`` and ``storage_volume`` from the checkpoint written, and ``run_info``.
     A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
-    processes are stopped and the port freed whatever happens (also on Ctrl-C)."""
+    processes are stopped and the port freed whatever happens (also on Ctrl-C).
+
+    ``storage_writer``: a StorageWriter whose path is ``checkpoint_dir`` (e.g.
+    ``HuggingFaceStorageWriter(checkpoint_dir)``); every rank saves through its own copy. A writer
+    that writes no ``.metadata`` (the HF writer) gets its storage facts from the folder's
+    safetensors headers: the trace's ``file_plan`` (``engine.hf_storage_facts``)."""
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
@@ -208,13 +220,15 @@ def run_save_trace(
     info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
     _check_empty_dir(Path(checkpoint_dir))
     _check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
-                     optimizer=scenario.optimizer, state=scenario.state)
+                     optimizer=scenario.optimizer, state=scenario.state, storage_writer=storage_writer)
+    if storage_writer is not None:
+        check_writer_path(storage_writer, Path(checkpoint_dir))
     # Created only now that every check passed; taken away again if the run writes nothing.
     run_dir = RunDir.create(Path(checkpoint_dir))
     root = run_dir.path
     try:
         outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method,
-                                        progress)
+                                        progress, extra=(storage_writer,))
     except BaseException:
         run_dir.remove_if_unused()
         raise
@@ -222,12 +236,45 @@ def run_save_trace(
         run_dir.remove_if_unused()
     md = None
     errors = list(outcome.errors)
-    if outcome.ok:
-
+    if outcome.ok and (storage_writer is None or (root / ".metadata").is_file()):
         md = read_metadata(root)
     trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
+    if storage_writer is not None:
+        trace = with_writer_files(trace, storage_writer, root if outcome.ok and md is None else None)
     outcome.info.chunk_digests = digests_of(outcome.payloads)
     return trace, md, outcome.info
+
+
+def check_writer_path(writer: Any, checkpoint_dir: Path) -> None:
+    """The writer must write into ``checkpoint_dir`` (the folder run_save checks and reads)."""
+    from torch.distributed.checkpoint.storage import StorageWriter
+
+    if not isinstance(writer, StorageWriter):
+        raise DcpvizError(f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
+                          f"instance, got {type(writer).__name__}.")
+    out = getattr(writer, "consolidated_output_path", None) or getattr(writer, "path", None)
+    if out is None or Path(str(out)).absolute() != checkpoint_dir.absolute():
+        raise DcpvizError(f"storage_writer writes into {str(out)!r}, not checkpoint_dir="
+                          f"{str(checkpoint_dir)!r}: build it with the same folder, e.g. "
+                          f"HuggingFaceStorageWriter({str(checkpoint_dir)!r}).")
+
+
+def with_writer_files(trace: SaveTrace, writer: Any, folder: Path | None) -> SaveTrace:
+    """The trace with the writer's info and, for a writer that wrote no .metadata, the files it
+    left in ``folder`` as read from their safetensors headers."""
+    from dcpviz.core.errors import CheckpointError
+    from dcpviz.engine.hf_storage_facts import folder_file_plan
+    from dcpviz.engine.storage_plan import writer_info
+
+    trace = dataclasses.replace(trace, storage_writer=writer_info(writer))
+    if folder is None:
+        return trace
+    try:
+        rows, note = folder_file_plan(folder, trace)
+    except CheckpointError as exc:
+        err = ErrorRecord("storage", None, "StorageUnreadable", f"no storage facts: {exc}")
+        return dataclasses.replace(trace, errors=trace.errors + (err,))
+    return dataclasses.replace(trace, file_plan=rows, notes=trace.notes + (note,))
 
 
 def digests_of(payloads: dict[int, dict[str, Any]]) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:

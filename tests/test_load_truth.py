@@ -322,3 +322,18 @@ def test_any_cut_of_a_data_file_fails_the_simulated_load_iff_it_fails_the_real_o
     load = dcpviz.simulate_load(path, PAIR)
     assert (not load.verdict.loads) == real_failed
     assert real_failed == (key != "zzz" and cut < 1.0)
+
+
+def _nested_under_model(model, optimizer, rank):
+    return {"model": model.state_dict()}
+
+
+def test_a_cast_next_to_a_prefix_is_silent_not_breaking():
+    """A checkpoint saved as {"model": ...} in fp32, loaded flat into a bf16 model: the prefix
+    breaks the load; the cast does not (DCP's copy_ casts), even though its keys are the missing ones."""
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_nested_under_model))
+    load = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", dtype="bfloat16"))
+    v = load.verdict
+    assert len(v.breaking) == 1 and "model." in v.breaking[0]
+    assert not any("cast" in b for b in v.breaking)
+    assert any("cast" in s for s in v.silent)

@@ -297,7 +297,9 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
     for h in hints:
         keys = set(h.keys)
         explained |= keys
-        if keys & breaking_keys:
+        if h.kind == "dtype":  # DCP's copy_ casts: never what breaks or loses a load
+            silent.append(_silent_text(h, keys))
+        elif keys & breaking_keys:
             _once(breaking, h.cause or h.title)  # every cause named once (load_fix: one hint per rule)
         elif keys & losing_keys and h.kind not in ("partial", "unexpected"):
             _once(causes, h.cause or h.title[:1].lower() + h.title[1:])

@@ -69,9 +69,28 @@ class DiffResult:
                                 self.compared_values)
 
     @property
+    def unverified(self) -> list[str]:
+        """Keys whose values were asked for (``values=True``) but could not be compared (a trace
+        side, a storage transform): their content is not known to be the same."""
+        if not self.compared_values or not len(self.values):
+            return []
+        return sorted(self.values.loc[self.values["status"] == "skipped", "fqn"].tolist())
+
+    @property
     def same(self) -> bool:
-        """True when the content is the same (layout differences allowed)."""
-        return not dt.differs(self.changes)
+        """True when the content is known to be the same (layout differences allowed). With
+        ``values=True``, values that could not be compared are not called the same."""
+        return not dt.differs(self.changes) and not self.unverified
+
+    @property
+    def verdict(self) -> str:
+        """The answer in words: same content, differs in N keys, or not known (values asked for
+        but not comparable)."""
+        if self.same:
+            return "same content"
+        if self.differing:
+            return f"content differs in {len(self.differing)} key(s)"
+        return f"not known to be the same: values of {len(self.unverified)} key(s) could not be compared"
 
     @property
     def exit_code(self) -> int:
@@ -107,8 +126,8 @@ class DiffResult:
     def summary_rows(self) -> list[tuple[str, str]]:
         """(label, HTML) rows for the report."""
         s = self.summary
-        verdict = ("<b style='color:#1b7f3b'>same content</b>" if s["same"]
-                   else "<b style='color:#b00020'>content differs</b>")
+        colour = "#1b7f3b" if s["same"] else "#b00020"
+        verdict = f"<b style='color:{colour}'>{html.escape(self.verdict)}</b>"
         counts = ", ".join(f"{n} {c}" for c, n in s["changes"].items())
         return [("A", html.escape(self.a.label)), ("B", html.escape(self.b.label)), ("verdict", verdict),
                 ("keys", f"{s['keys_a']} in A, {s['keys_b']} in B"), ("changes", html.escape(counts)),
@@ -117,7 +136,7 @@ class DiffResult:
 
     def report_title(self) -> str:
         """The report's default title."""
-        return "dcpviz diff · " + ("same content" if self.same else f"{len(self.differing)} key(s) differ")
+        return "dcpviz diff · " + self.verdict
 
     def report_intro(self) -> str:
         """One line under the title."""
@@ -164,7 +183,7 @@ class DiffResult:
 
     def __repr__(self) -> str:
         s = self.summary
-        verdict = "same content" if s["same"] else f"differs in {len(self.differing)} key(s)"
+        verdict = self.verdict
         if not self.compared_values:
             verdict += " (values not compared)"
         return f"<DiffResult {verdict}; {s['keys_a']} keys in A, {s['keys_b']} in B>"

@@ -17,7 +17,7 @@ def diff_renderable(result: Any, max_rows: int = 40) -> Group:
     same = result.same
     head = Text.from_markup(
         f"[bold]{escape(result.a.label)}[/]\n[bold]{escape(result.b.label)}[/]\n"
-        + ("[bold green]same content[/]" if same else f"[bold red]content differs[/] in {len(result.differing)} key(s)")
+        + (f"[bold green]{escape(result.verdict)}[/]" if same else f"[bold red]{escape(result.verdict)}[/]")
         + ("" if result.compared_values else " (keys, shapes and dtypes; values not compared)")
     )
     changes = result.changes

@@ -203,3 +203,24 @@ def test_the_replay_picks_what_dcps_own_global_plans_kept():
     assert d.replay_agrees.all()
     assert any(r != min(c) for r, c in zip(dcps, d.candidates))
     assert any(r != max(c) for r, c in zip(dcps, d.candidates))
+
+
+# -- rank-specific values, two ranks ----------------------------------------------------------
+def _loader_position_per_rank(model, optimizer, rank):
+    """Each rank's data-loader position under one shared key: 0 on rank 0, 100 on rank 1."""
+    return {"model": model.state_dict(), "loader": {"position": 100 * rank}, "shared": 7}
+
+
+def test_two_ranks_with_two_values_lose_one(tmp_path):
+    """Two ranks, two different values under one key: DCP keeps one rank's copy (the rank whose
+    global plan holds the key, read from DCP's own plans here), the other rank's value is lost.
+    The same value on both ranks ('shared') loses nothing."""
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp",
+                                                state=_loader_position_per_rank))
+    t = save.trace
+    holders = [r for r, plan in enumerate(t.global_plans) for i in plan.items if t.items[i].fqn == "loader.position"]
+    assert len(holders) == 1
+    lost = save.checks[(save.checks.check == "rank-specific-value") & (save.checks.severity == "data-loss")]
+    assert list(lost.fqn) == ["loader.position"]
+    assert tuple(lost.ranks.iloc[0]) == (1 - holders[0],)
+    assert "2 different values" in lost.message.iloc[0]

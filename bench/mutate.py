@@ -1,0 +1,162 @@
+"""Mutation testing (``make mutate``): do the tests catch bugs planted where a wrong answer is costly?
+
+For each target below, mutmut (3.x) copies the repository into a scratch directory
+(``bench/.mutate/<target>/``, ignored by git), plants one small change at a time (a ``>=`` made
+``>``, a ``True`` made ``False``, a constant changed, ...) in the target's module, and runs the
+target's narrow, fast test selection against it. A mutant the tests fail on is *killed*; one they
+pass on *survived*: either a test is missing or the change is *equivalent* (it cannot change
+any answer). ``EQUIVALENT`` below lists the survivors shown to be equivalent, each with why.
+
+One worker (``--max-children 1``): the machine this was written on has 2 cores shared with other
+work. Slow (minutes per target); not for every CI run. Usage:
+
+    python bench/mutate.py                  # every target, then bench/MUTATION.md
+    python bench/mutate.py trace_validate   # one target (the table keeps the others' last rows)
+    python bench/mutate.py --survivors NAME # list NAME's survivors with their diffs
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".mutate"
+TABLE = ROOT / "bench" / "MUTATION.md"
+RAW = ROOT / "bench" / "mutation_results.json"
+
+# name -> (modules to mutate, mutant-name globs to keep (None: all), test selection)
+TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
+    "trace_validate": (
+        ["dcpviz/core/trace_validate.py"], None,
+        ["tests/test_trace_errors.py", "tests/test_trace.py", "tests/test_planted_bugs.py",
+         "tests/test_mutation_kills.py"],
+    ),
+    "safe_readers": (
+        ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"], None,
+        ["tests/test_byte_io.py", "tests/test_checkpoint.py", "tests/test_checkpoint_links.py",
+         "tests/test_metadata_errors.py", "tests/test_mutation_kills.py"],
+    ),
+    "dedup_replay": (
+        ["dcpviz/analysis/save_tables.py"],
+        ["dcpviz.analysis.save_tables.x__dedup_frame__mutmut_*", "dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_*",
+         "dcpviz.analysis.save_tables.xǁ_FewestWhyǁ*"],
+        ["tests/test_dedup.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
+    ),
+    "verdict": (
+        ["dcpviz/analysis/verdict.py"], None,
+        ["tests/test_planted_bugs.py", "tests/test_mutation_kills.py", "tests/test_load_mismatches.py"],
+    ),
+    "checks": (
+        ["dcpviz/analysis/checks.py"], None,
+        ["tests/test_checks.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
+    ),
+    "hints_and_fix": (
+        ["dcpviz/analysis/hints.py", "dcpviz/engine/fix_planner.py"], None,
+        ["tests/test_load_mismatches.py", "tests/test_training_state_load.py", "tests/test_mutation_kills.py"],
+    ),
+}
+
+# Survivors shown equivalent (no input can tell them apart): mutant name -> why.
+EQUIVALENT: dict[str, str] = {}
+
+
+def _copy_tree(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file() and not name.startswith("bench/.mutate"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _config(modules: list[str], tests: list[str]) -> str:
+    q = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["dcpviz"]\n'
+        f"only_mutate = {q(modules)}\n"
+        f"pytest_add_cli_args_test_selection = {q(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x"]\n'
+        'process_isolation = "forkserver"\n'  # torch is not fork-safe after the stats run
+        "use_git_change_detection = false\n"
+    )
+
+
+def run_target(name: str) -> dict:
+    modules, keep, tests = TARGETS[name]
+    work = WORK / name
+    _copy_tree(work)
+    with open(work / "pyproject.toml", "a") as fh:
+        fh.write(_config(modules, tests))
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *(keep or [])]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
+                         capture_output=True, text=True).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    if keep:
+        pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
+        status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
+    counts: dict[str, int] = {}
+    for v in status.values():
+        counts[v] = counts.get(v, 0) + 1
+    survivors = sorted(k for k, v in status.items() if v != "killed")
+    equivalent = [k for k in survivors if k in EQUIVALENT]
+    total = len(status)
+    killed = counts.get("killed", 0)
+    return {"target": name, "modules": modules, "tests": tests, "mutants": total, "killed": killed,
+            "survived": len(survivors) - len(equivalent), "equivalent": len(equivalent), "statuses": counts,
+            "survivors": [k for k in survivors if k not in EQUIVALENT], "equivalent_names": equivalent,
+            "rc": proc.returncode, "seconds": round(time.time() - t0)}
+
+
+def write_table(results: dict[str, dict]) -> None:
+    lines = ["# Mutation testing (`make mutate`, bench/mutate.py, mutmut 3, one worker)", "",
+             "Kill rate = (killed + equivalent) / mutants. Survivors listed in bench/mutation_results.json;",
+             "equivalent ones are explained in bench/mutate.py's EQUIVALENT.", "",
+             "| module | mutants | killed | survived | equivalent | kill rate | tests | time |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for name in TARGETS:
+        r = results.get(name)
+        if r is None:
+            lines.append(f"| {name} | not run | | | | | | |")
+            continue
+        rate = (r["killed"] + r["equivalent"]) / r["mutants"] if r["mutants"] else float("nan")
+        mods = ", ".join(m.removeprefix("dcpviz/") for m in r["modules"])
+        tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
+        lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {r['survived']} | {r['equivalent']} "
+                     f"| {rate:.0%} | {tests} | {r['seconds']} s |")
+    TABLE.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--survivors"]:
+        work = WORK / argv[1]
+        for k in json.loads(RAW.read_text())[argv[1]]["survivors"]:
+            print(subprocess.run([sys.executable, "-m", "mutmut", "show", k], cwd=work,
+                                 capture_output=True, text=True).stdout)
+        return 0
+    results = json.loads(RAW.read_text()) if RAW.exists() else {}
+    for name in argv or list(TARGETS):
+        print(f"mutating {name} ...", flush=True)
+        results[name] = run_target(name)
+        r = results[name]
+        print(f"  {r['mutants']} mutants, {r['killed']} killed, {r['survived']} survived, "
+              f"{r['equivalent']} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)
+        RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        write_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""Tests written for mutants that survived `make mutate` (bench/mutate.py), each asserting a fact
+that does not come from the code under test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dcpviz
+from dcpviz.core.trace import MAX_COUNT
+
+
+# -- trace validation: each rule refuses its bad file and names the field (README: an error
+# names the input); the facts are hand-edited trace files, one rule broken at a time ----------
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("docs")
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), fast=False)
+    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=3, recipe="fsdp"))
+    bad = dcpviz.simulate_load(save, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    return {name: json.loads(r.to_json(root / f"{name}.json").read_text())
+            for name, r in (("save", save), ("load", load), ("mismatch", bad))}
+
+
+def _load(doc, tmp_path, text=None):
+    path = tmp_path / "edited.json"
+    path.write_text(text if text is not None else json.dumps(doc))
+    return dcpviz.load_trace(path)
+
+
+def _refused(doc, tmp_path, field, text=None):
+    with pytest.raises(dcpviz.DcpvizError) as err:
+        _load(doc, tmp_path, text)
+    assert field in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def _edit(docs, name):
+    return json.loads(json.dumps(docs[name]))
+
+
+def test_item_offsets_and_sizes_of_other_lengths(docs, tmp_path):
+    doc = _edit(docs, "save")
+    assert len(doc["trace"]["items"][0]["offsets"]) == 2
+    doc["trace"]["items"][0]["sizes"] = doc["trace"]["items"][0]["sizes"][:1]
+    assert "has 2 offsets but 1 sizes" in _refused(doc, tmp_path, "trace.items[0]")
+
+
+@pytest.mark.parametrize("field", ["sizes", "global_size"])
+def test_an_item_box_over_max_count_elements(docs, tmp_path, field):
+    doc = _edit(docs, "save")
+    doc["trace"]["items"][0][field] = [2**27, 2**26 + 1]  # one row over 2**53 elements
+    _refused(doc, tmp_path, f"trace.items[0].{field}")
+
+
+def test_a_box_of_exactly_max_count_elements_is_accepted(docs, tmp_path):
+    doc = _edit(docs, "load")
+    doc["trace"]["reads"][0]["lengths"] = [2**27, 2**26]
+    assert 2**27 * 2**26 == MAX_COUNT
+    assert _load(doc, tmp_path).trace.reads[0].lengths == (2**27, 2**26)
+
+
+def test_a_timing_that_is_not_finite(docs, tmp_path):
+    """JSON cannot carry one (the decoder refuses 1e400); a trace built in memory can."""
+    import dataclasses
+
+    from dcpviz.core.trace_validate import validate_trace
+
+    trace = _load(docs["save"], tmp_path).trace
+    validate_trace(trace, "save")
+    with pytest.raises(dcpviz.DcpvizError, match=r"trace.timings\['value_digests'\] is inf"):
+        validate_trace(dataclasses.replace(trace, timings=(("value_digests", float("inf")),)), "save")
+
+
+def test_a_value_digest_of_a_rank_outside_the_world(docs, tmp_path):
+    doc = _edit(docs, "save")
+    assert doc["trace"]["value_digests"]
+    doc["trace"]["value_digests"][0]["rank"] = 2
+    _refused(doc, tmp_path, "trace.value_digests[].rank")
+
+
+def test_a_dedup_alternative_with_counts_for_another_world(docs, tmp_path):
+    doc = _edit(docs, "save")
+    doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1, 2], "rank_nbytes": [4, 8]}
+    _load(doc, tmp_path)
+    doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1, 2], "rank_nbytes": [4]}
+    _refused(doc, tmp_path, "trace.dedup_alternative has 2 item counts and 1 byte counts")
+    doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1], "rank_nbytes": [4]}
+    _refused(doc, tmp_path, "trace.dedup_alternative")
+
+
+def test_a_saved_scenario_whose_mesh_is_not_its_world(docs, tmp_path):
+    doc = _edit(docs, "load")
+    doc["trace"]["saved_scenario"]["mesh"] = [3]
+    _refused(doc, tmp_path, "trace.saved_scenario.mesh [3] holds 3 ranks but world_size is 2")
+
+
+def test_more_wanted_lists_than_ranks(docs, tmp_path):
+    doc = _edit(docs, "load")
+    doc["trace"]["wanted_by_rank"].append([0])
+    _refused(doc, tmp_path, "trace.wanted_by_rank has 4 entries but world_size is 3")
+
+
+@pytest.mark.parametrize("where", ["size", "chunk"])
+def test_a_wanted_box_over_max_count_elements(docs, tmp_path, where):
+    doc = _edit(docs, "load")
+    big = [2**27, 2**26 + 1]
+    if where == "size":
+        doc["trace"]["wanted"][0]["size"] = big
+        _refused(doc, tmp_path, "trace.wanted[0].size")
+    else:
+        doc["trace"]["wanted"][0]["chunks"][0]["sizes"] = big
+        _refused(doc, tmp_path, "trace.wanted[0].chunks[0].sizes")
+
+
+def test_reads_whose_boxes_differ_in_length_or_are_too_big(docs, tmp_path):
+    doc = _edit(docs, "load")
+    assert len(doc["trace"]["reads"][0]["lengths"]) == 2
+    doc["trace"]["reads"][0]["lengths"] = doc["trace"]["reads"][0]["lengths"][:1]
+    _refused(doc, tmp_path, "trace.reads[0]: dest_offsets, storage_offsets and lengths differ in length")
+    doc = _edit(docs, "load")
+    doc["trace"]["reads"][0]["lengths"] = [2**27, 2**26 + 1]
+    _refused(doc, tmp_path, "trace.reads[0].lengths")
+
+
+def test_a_mismatch_on_a_rank_outside_the_world(docs, tmp_path):
+    doc = _edit(docs, "mismatch")
+    doc["trace"]["mismatches"][0]["ranks"] = [2]
+    _refused(doc, tmp_path, "trace.mismatches[].ranks: rank 2 is not below world_size 2")

@@ -13,6 +13,7 @@ work. Slow (minutes per target); not for every CI run. Usage:
     python bench/mutate.py                  # every target, then bench/MUTATION.md
     python bench/mutate.py trace_validate   # one target (the table keeps the others' last rows)
     python bench/mutate.py --survivors NAME # list NAME's survivors with their diffs
+    python bench/mutate.py --again NAME     # re-test NAME's survivors against the tests as they are now
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
          "tests/test_mutation_kills.py"],
     ),
     "safe_readers": (
-        ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"], None,
+        ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"],
+        # checkpoint.py: the unpickler, the metadata readers and the path guards (not the table
+        # building of inspect_checkpoint, which the fuzz and checkpoint tests cover otherwise)
+        ["dcpviz.engine.byteio.*", "dcpviz.engine.metadata_check.*",
+         "dcpviz.engine.checkpoint.xǁ_MetadataUnpicklerǁ*", "dcpviz.engine.checkpoint.x_read_metadata*",
+         "dcpviz.engine.checkpoint.x_check_inside*", "dcpviz.engine.checkpoint.x__check_storage_paths*",
+         "dcpviz.engine.checkpoint.xǁSafeFileSystemReaderǁ*"],
         ["tests/test_byte_io.py", "tests/test_checkpoint.py", "tests/test_checkpoint_links.py",
          "tests/test_metadata_errors.py", "tests/test_mutation_kills.py"],
     ),
@@ -91,14 +98,21 @@ def _config(modules: list[str], tests: list[str]) -> str:
     )
 
 
-def run_target(name: str) -> dict:
+def run_target(name: str, again: list[str] | None = None) -> dict:
+    """Mutate target ``name`` in a fresh copy; ``again``: only re-test these mutants (the last
+    run's survivors) in the existing copy, with the tests as they are now."""
     modules, keep, tests = TARGETS[name]
     work = WORK / name
-    _copy_tree(work)
-    with open(work / "pyproject.toml", "a") as fh:
-        fh.write(_config(modules, tests))
+    if again is None:
+        _copy_tree(work)
+        with open(work / "pyproject.toml", "a") as fh:
+            fh.write(_config(modules, tests))
+    else:
+        for test in tests + ["tests/conftest.py"]:
+            shutil.copy2(ROOT / test, work / test)
     t0 = time.time()
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *(keep or [])]
+    names = again if again is not None else (keep or [])
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
@@ -147,9 +161,12 @@ def main(argv: list[str]) -> int:
                                  capture_output=True, text=True).stdout)
         return 0
     results = json.loads(RAW.read_text()) if RAW.exists() else {}
-    for name in argv or list(TARGETS):
+    again = argv[:1] == ["--again"]
+    for name in (argv[1:] if again else argv) or list(TARGETS):
         print(f"mutating {name} ...", flush=True)
-        results[name] = run_target(name)
+        seconds = results[name]["seconds"] if again else 0
+        results[name] = run_target(name, results[name]["survivors"] if again else None)
+        results[name]["seconds"] += seconds
         r = results[name]
         print(f"  {r['mutants']} mutants, {r['killed']} killed, {r['survived']} survived, "
               f"{r['equivalent']} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)

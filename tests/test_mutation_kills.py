@@ -128,3 +128,31 @@ def test_a_mismatch_on_a_rank_outside_the_world(docs, tmp_path):
     doc = _edit(docs, "mismatch")
     doc["trace"]["mismatches"][0]["ranks"] = [2]
     _refused(doc, tmp_path, "trace.mismatches[].ranks: rank 2 is not below world_size 2")
+
+
+def test_a_trace_of_the_other_kind(docs, tmp_path):
+    from dcpviz.core.trace_validate import validate_trace
+
+    trace = _load(docs["save"], tmp_path).trace
+    with pytest.raises(dcpviz.DcpvizError, match="trace.kind is 'save' but the file says it is a 'load' trace"):
+        validate_trace(trace, "load")
+
+
+def test_saved_chunks_outside_their_tensor_or_of_another_rank(docs, tmp_path):
+    doc = _edit(docs, "save")
+    tensors = doc["trace"]["metadata"]["tensors"]
+    t = next(i for i, t in enumerate(tensors) if len(t["size"]) == 2 and t["size"][0] > 100)
+    fqn, rows = tensors[t]["fqn"], tensors[t]["size"][0]
+    chunk = tensors[t]["chunks"][0]
+    chunk["offsets"], chunk["sizes"] = [rows - 10, 0], [20, chunk["sizes"][1]]  # 10 rows past the end
+    _refused(doc, tmp_path, f"trace.metadata.tensors[{fqn!r}].chunks[0] lies outside the tensor")
+    chunk["offsets"], chunk["sizes"] = [rows - 20, 0], [20, chunk["sizes"][1]]  # ends exactly at the end
+    _load(doc, tmp_path)
+    chunk["offsets"] = [0]
+    _refused(doc, tmp_path, f"trace.metadata.tensors[{fqn!r}].chunks[0] is not a box of a 2-d tensor")
+
+
+def test_an_error_on_a_rank_outside_the_world_names_the_field(docs, tmp_path):
+    doc = _edit(docs, "save")
+    doc["trace"]["errors"] = [{"phase": "local", "rank": 2, "exc_type": "ValueError", "message": "x"}]
+    _refused(doc, tmp_path, "trace.errors[].rank: rank 2 is not below world_size 2")

@@ -14,6 +14,7 @@ work. Slow (minutes per target); not for every CI run. Usage:
     python bench/mutate.py trace_validate   # one target (the table keeps the others' last rows)
     python bench/mutate.py --survivors NAME # list NAME's survivors with their diffs
     python bench/mutate.py --again NAME     # re-test NAME's survivors against the tests as they are now
+    python bench/mutate.py --table          # rewrite bench/MUTATION.md from the last results
 """
 
 from __future__ import annotations
@@ -70,7 +71,15 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "dcpviz.core.trace_validate.x__elements__mutmut_4":
+        "`len(box) > 1` made `>= 1`: the decoder bounds every single count by MAX_COUNT "
+        "(core/trace.py's Count), so a 1-d box never holds more than MAX_COUNT elements and "
+        "an empty one holds 1; the rule answers the same for every box that decodes.",
+    "dcpviz.core.trace_validate.x__load__mutmut_4":
+        "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
+        "is falsy like False.",
+}
 
 
 def _copy_tree(dest: Path) -> None:
@@ -125,13 +134,15 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
     for v in status.values():
         counts[v] = counts.get(v, 0) + 1
     survivors = sorted(k for k, v in status.items() if v != "killed")
-    equivalent = [k for k in survivors if k in EQUIVALENT]
-    total = len(status)
-    killed = counts.get("killed", 0)
-    return {"target": name, "modules": modules, "tests": tests, "mutants": total, "killed": killed,
-            "survived": len(survivors) - len(equivalent), "equivalent": len(equivalent), "statuses": counts,
-            "survivors": [k for k in survivors if k not in EQUIVALENT], "equivalent_names": equivalent,
+    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status),
+            "killed": counts.get("killed", 0), "statuses": counts, "survivors": survivors,
             "rc": proc.returncode, "seconds": round(time.time() - t0)}
+
+
+def _split(r: dict) -> tuple[list[str], list[str]]:
+    """(survivors not shown equivalent, equivalent ones) of a target's result."""
+    names = r["survivors"] + r.get("equivalent_names", [])
+    return [k for k in names if k not in EQUIVALENT], [k for k in names if k in EQUIVALENT]
 
 
 def write_table(results: dict[str, dict]) -> None:
@@ -145,11 +156,18 @@ def write_table(results: dict[str, dict]) -> None:
         if r is None:
             lines.append(f"| {name} | not run | | | | | | |")
             continue
-        rate = (r["killed"] + r["equivalent"]) / r["mutants"] if r["mutants"] else float("nan")
+        survived, equivalent = _split(r)
+        rate = (r["killed"] + len(equivalent)) / r["mutants"] if r["mutants"] else float("nan")
         mods = ", ".join(m.removeprefix("dcpviz/") for m in r["modules"])
         tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
-        lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {r['survived']} | {r['equivalent']} "
+        lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {len(survived)} | {len(equivalent)} "
                      f"| {rate:.0%} | {tests} | {r['seconds']} s |")
+    lines += ["", "## Survivors shown equivalent", ""]
+    lines += [f"- `{k}`: {why}" for k, why in EQUIVALENT.items()]
+    lines += ["", "## Survivors not yet killed nor shown equivalent", ""]
+    for name in TARGETS:
+        if name in results:
+            lines += [f"- `{k}`" for k in _split(results[name])[0]]
     TABLE.write_text("\n".join(lines) + "\n")
 
 
@@ -161,15 +179,19 @@ def main(argv: list[str]) -> int:
                                  capture_output=True, text=True).stdout)
         return 0
     results = json.loads(RAW.read_text()) if RAW.exists() else {}
+    if argv[:1] == ["--table"]:
+        write_table(results)
+        return 0
     again = argv[:1] == ["--again"]
     for name in (argv[1:] if again else argv) or list(TARGETS):
         print(f"mutating {name} ...", flush=True)
         seconds = results[name]["seconds"] if again else 0
-        results[name] = run_target(name, results[name]["survivors"] if again else None)
+        results[name] = run_target(name, sum(_split(results[name]), []) if again else None)
         results[name]["seconds"] += seconds
         r = results[name]
-        print(f"  {r['mutants']} mutants, {r['killed']} killed, {r['survived']} survived, "
-              f"{r['equivalent']} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)
+        survived, equivalent = _split(r)
+        print(f"  {r['mutants']} mutants, {r['killed']} killed, {len(survived)} survived, "
+              f"{len(equivalent)} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)
         RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         write_table(results)
     return 0

@@ -77,7 +77,7 @@ def test_a_value_digest_of_a_rank_outside_the_world(docs, tmp_path):
     doc = _edit(docs, "save")
     assert doc["trace"]["value_digests"]
     doc["trace"]["value_digests"][0]["rank"] = 2
-    _refused(doc, tmp_path, "trace.value_digests[].rank")
+    _refused(doc, tmp_path, "trace.value_digests[].rank: rank 2 is not below world_size 2")
 
 
 def test_a_dedup_alternative_with_counts_for_another_world(docs, tmp_path):

@@ -76,6 +76,10 @@ EQUIVALENT: dict[str, str] = {
         "`len(box) > 1` made `>= 1`: the decoder bounds every single count by MAX_COUNT "
         "(core/trace.py's Count), so a 1-d box never holds more than MAX_COUNT elements and "
         "an empty one holds 1; the rule answers the same for every box that decodes.",
+    **{f"dcpviz.analysis.save_tables.xǁ_FewestWhyǁ{fn}__mutmut_{n}":
+       "the memo of formatted text (`self.sizes` / `self.charges`) skipped or keyed by None: the "
+       "text is formatted again, equal to the remembered one (a speed memo, not an answer)"
+       for fn in ("fmt", "charge") for n in (1, 2)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -156,3 +156,38 @@ def test_an_error_on_a_rank_outside_the_world_names_the_field(docs, tmp_path):
     doc = _edit(docs, "save")
     doc["trace"]["errors"] = [{"phase": "local", "rank": 2, "exc_type": "ValueError", "message": "x"}]
     _refused(doc, tmp_path, "trace.errors[].rank: rank 2 is not below world_size 2")
+
+
+# -- the dedup replay's explanation: the rule it states, with tallies the test chooses -----------
+def test_why_names_the_tie_then_each_higher_tally_in_order():
+    from dcpviz.analysis.save_tables import _FewestWhy
+
+    why = _FewestWhy(None)
+    assert why(1, (0, 1, 2, 3), (100, 50, 50, 200), {}) == (
+        "rank 1: 50 B = rank 2: 50 B (a tie: the first candidate wins) < rank 0: 100 B < rank 3: 200 B")
+    assert why(0, (0, 1), (7, 9), {}) == "rank 0: 7 B < rank 1: 9 B"
+
+
+def test_why_names_three_higher_tallies_and_counts_the_rest():
+    from dcpviz.analysis.save_tables import MAX_WHY_GROUPS, _FewestWhy
+
+    assert MAX_WHY_GROUPS == 3
+    why = _FewestWhy(None)
+    three = why(0, (0, 1, 2, 3), (1, 2, 3, 4), {})
+    assert three == "rank 0: 1 B < rank 1: 2 B < rank 2: 3 B < rank 3: 4 B"
+    five = why(0, (0, 1, 2, 3, 4, 5), (1, 2, 3, 4, 5, 6), {})
+    assert five == "rank 0: 1 B < rank 1: 2 B < rank 2: 3 B < rank 3: 4 B < 2 more"
+
+
+def test_why_blames_the_loser_charged_most_beyond_what_it_stores():
+    from dcpviz.analysis.save_tables import _FewestWhy, item_columns
+
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    cols = item_columns(save.trace)
+    items = save.trace.items
+    shard = next(i for i, it in enumerate(items) if it.fqn == "fc1.weight")
+    other = next(i for i, it in enumerate(items) if it.fqn == "fc2.weight")
+    # rank 1 was over-charged more than rank 3: rank 1 is named, though rank 3 is the higher rank
+    text = _FewestWhy(cols)(0, (0, 1, 3), (0, 10, 20), {1: (900, shard), 3: (100, other)})
+    assert text.startswith("rank 0: 0 B < rank 1: 10 B < rank 3: 20 B — rank 1 was charged the whole 190×16 tensor")
+    assert "shard of fc1.weight" in text

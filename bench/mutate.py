@@ -41,12 +41,14 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
     ),
     "safe_readers": (
         ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"],
-        # checkpoint.py: the unpickler, the metadata readers and the path guards (not the table
-        # building of inspect_checkpoint, which the fuzz and checkpoint tests cover otherwise)
-        ["dcpviz.engine.byteio.*", "dcpviz.engine.metadata_check.*",
-         "dcpviz.engine.checkpoint.xǁ_MetadataUnpicklerǁ*", "dcpviz.engine.checkpoint.x_read_metadata*",
-         "dcpviz.engine.checkpoint.x_check_inside*", "dcpviz.engine.checkpoint.x__check_storage_paths*",
-         "dcpviz.engine.checkpoint.xǁSafeFileSystemReaderǁ*"],
+        # What stands between a checkpoint and plain pickle: the metadata unpickler and its
+        # reader, the path guards, and the BYTE_IO loader (not the table building of
+        # inspect_checkpoint nor metadata_check's structure rules, which the fuzz and checkpoint
+        # tests cover otherwise; add "dcpviz.engine.metadata_check.*" for those)
+        ["dcpviz.engine.byteio.x_load_byte_io*", "dcpviz.engine.byteio.x_sanitized_stream*",
+         "dcpviz.engine.byteio.x__read_all*", "dcpviz.engine.checkpoint.xǁ_MetadataUnpicklerǁ*",
+         "dcpviz.engine.checkpoint.x_read_metadata*", "dcpviz.engine.checkpoint.x_check_inside*",
+         "dcpviz.engine.checkpoint.x__check_storage_paths*"],
         ["tests/test_byte_io.py", "tests/test_checkpoint.py", "tests/test_checkpoint_links.py",
          "tests/test_metadata_errors.py", "tests/test_mutation_kills.py"],
     ),
@@ -80,6 +82,14 @@ EQUIVALENT: dict[str, str] = {
        "the memo of formatted text (`self.sizes` / `self.charges`) skipped or keyed by None: the "
        "text is formatted again, equal to the remembered one (a speed memo, not an answer)"
        for fn in ("fmt", "charge") for n in (1, 2)},
+    **{f"dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_{n}":
+       "`np.full(n, -1, dtype=np.int64)` without the dtype: numpy infers int64 from -1 on the "
+       "64-bit platforms torch supports, and _dedup_types casts the column to int64 anyway"
+       for n in (4, 7)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the unrecorded-option default False made None or left out (PlannerInfo.option's default "
+       "is None): `bool(None)` is False, the same rule"
+       for n in (8, 10)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

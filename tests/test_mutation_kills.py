@@ -191,3 +191,62 @@ def test_why_blames_the_loser_charged_most_beyond_what_it_stores():
     text = _FewestWhy(cols)(0, (0, 1, 3), (0, 10, 20), {1: (900, shard), 3: (100, other)})
     assert text.startswith("rank 0: 0 B < rank 1: 10 B < rank 3: 20 B — rank 1 was charged the whole 190×16 tensor")
     assert "shard of fc1.weight" in text
+
+
+@pytest.fixture(scope="module")
+def hsdp_doc(tmp_path_factory):
+    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"))
+    return json.loads(save.to_json(tmp_path_factory.mktemp("hsdp") / "t.json").read_text())
+
+
+def _holders(doc, item):
+    """Ranks whose global plan holds an item with ``item``'s key (fqn and offsets)."""
+    t = doc["trace"]
+    key = (t["items"][item]["fqn"], t["items"][item]["offsets"])
+    return [r for r, p in enumerate(t["global_plans"]) for i in p["items"]
+            if (t["items"][i]["fqn"], t["items"][i]["offsets"]) == key]
+
+
+def test_a_replicated_item_kept_by_no_rank_or_two_has_no_chosen_rank(hsdp_doc, tmp_path):
+    """chosen_rank is the one rank whose global plan holds the item, -1 where the trace's global
+    plans hold it on no rank or on several (hand-edited here: the test knows which)."""
+    t = hsdp_doc["trace"]
+    last = max(i for p in t["local_plans"] for i in p["items"])  # the last item any rank planned
+    key = (t["items"][last]["fqn"], t["items"][last]["offsets"])
+    same = [i for i, it in enumerate(t["items"]) if (it["fqn"], it["offsets"]) == key]
+    assert len(_holders(hsdp_doc, last)) == 1
+    none = json.loads(json.dumps(hsdp_doc))
+    for p in none["trace"]["global_plans"]:
+        p["items"] = [i for i in p["items"] if i not in same]
+    row = _load(none, tmp_path).dedup.set_index(["fqn", "offsets"]).loc[[(key[0], tuple(key[1]))]]
+    assert list(row.chosen_rank) == [-1]
+    two = json.loads(json.dumps(hsdp_doc))
+    (holder,) = _holders(hsdp_doc, last)
+    planners = [r for r, p in enumerate(t["local_plans"]) for i in p["items"] if i in same]
+    other = next(r for r in planners if r != holder)
+    two["trace"]["global_plans"][other]["items"].append(next(i for i in t["local_plans"][other]["items"] if i in same))
+    row = _load(two, tmp_path).dedup.set_index(["fqn", "offsets"]).loc[[(key[0], tuple(key[1]))]]
+    assert list(row.chosen_rank) == [-1]
+
+
+def test_an_unrecorded_dedup_option_is_dcps_default(hsdp_doc, tmp_path):
+    """A planner whose options lack dedup_save_to_lowest_rank: DCP's default (False), so the
+    replay states the fewest-planned-bytes rule and agrees with the plans."""
+    import inspect
+
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    assert inspect.signature(DefaultSavePlanner).parameters["dedup_save_to_lowest_rank"].default is False
+    doc = json.loads(json.dumps(hsdp_doc))
+    doc["trace"]["planner"]["options"] = [o for o in doc["trace"]["planner"]["options"]
+                                          if o[0] != "dedup_save_to_lowest_rank"]
+    d = _load(doc, tmp_path).dedup
+    assert len(d) and (d.rule == "fewest planned bytes").all() and d.replay_agrees.all()
+
+
+def test_without_global_plans_no_item_has_a_chosen_rank(hsdp_doc, tmp_path):
+    """A save whose coordinator step never produced plans (global_plans null in the file)."""
+    doc = json.loads(json.dumps(hsdp_doc))
+    doc["trace"]["global_plans"] = doc["trace"]["final_plans"] = None
+    d = _load(doc, tmp_path).dedup
+    assert len(d) and (d.chosen_rank == -1).all() and not d.replay_agrees.any()

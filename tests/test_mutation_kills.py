@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import dcpviz
 from dcpviz.core.trace import MAX_COUNT
@@ -250,3 +251,111 @@ def test_without_global_plans_no_item_has_a_chosen_rank(hsdp_doc, tmp_path):
     doc["trace"]["global_plans"] = doc["trace"]["final_plans"] = None
     d = _load(doc, tmp_path).dedup
     assert len(d) and (d.chosen_rank == -1).all() and not d.replay_agrees.any()
+
+
+# -- the safe readers: hand-made pickles and directories, each refused with its reason -------------
+def test_metadata_with_a_persistent_reference_is_refused():
+    import io
+    import pickle
+
+    from dcpviz.engine.checkpoint import read_metadata_bytes
+
+    class Ref(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "storage-0" if obj == "x" else None
+
+    buf = io.BytesIO()
+    Ref(buf).dump(["x"])
+    with pytest.raises(dcpviz.DcpvizError, match="refusing persistent references in 'planted.metadata'"):
+        read_metadata_bytes(buf.getvalue(), "'planted.metadata'")
+
+
+def test_metadata_that_is_not_a_metadata_object_or_not_a_pickle():
+    import collections
+    import pickle
+
+    from dcpviz.engine.checkpoint import read_metadata_bytes
+
+    with pytest.raises(dcpviz.DcpvizError, match="src holds a OrderedDict, not DCP Metadata"):
+        read_metadata_bytes(pickle.dumps(collections.OrderedDict(a=1)), "src")
+    with pytest.raises(dcpviz.DcpvizError, match=r"src is not a readable DCP metadata file \(UnpicklingError"):
+        read_metadata_bytes(b"\x80\x05garbage", "src")
+
+
+def test_a_torch_dtype_is_admitted_and_other_torch_names_are_not():
+    import pickle
+
+    from dcpviz.engine.checkpoint import read_metadata_bytes
+
+    # A dtype (what TensorProperties holds) passes the unpickler: the refusal is then only that
+    # the object is not Metadata.
+    with pytest.raises(dcpviz.DcpvizError, match="holds a dtype, not DCP Metadata"):
+        read_metadata_bytes(pickle.dumps(torch.bfloat16), "src")
+    with pytest.raises(dcpviz.DcpvizError, match="refusing to unpickle torch.zeros from src"):
+        read_metadata_bytes(b"ctorch\nzeros\n.", "src")  # GLOBAL torch.zeros, STOP
+
+
+def test_read_metadata_names_each_wrong_path(tmp_path):
+    from dcpviz.engine.checkpoint import read_metadata
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(dcpviz.DcpvizError, match=r"is a file, not a checkpoint directory"):
+        read_metadata(tmp_path / "file")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / ".metadata").write_bytes(b"x")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / ".metadata").symlink_to(tmp_path / "outside" / ".metadata")
+    with pytest.raises(dcpviz.DcpvizError, match=r"\.metadata of .*ckpt.* points outside the checkpoint directory"):
+        read_metadata(tmp_path / "ckpt")
+
+
+def test_a_storage_record_outside_the_checkpoint_is_refused(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    path = tmp_path / "ckpt"
+    dcp.save({"w": torch.ones(4)}, checkpoint_id=path)
+    from dcpviz.engine.checkpoint import _check_storage_paths, read_metadata
+
+    md = read_metadata(path)
+    _check_storage_paths(path, md)
+    (index, info), = list(md.storage_data.items())
+    md.storage_data[index] = type(info)(relative_path="/etc/passwd", offset=info.offset, length=info.length)
+    with pytest.raises(dcpviz.DcpvizError, match=r"entry 'w' points outside the checkpoint directory \('/etc/passwd'\)"):
+        _check_storage_paths(path, md)
+    md.storage_data[index] = type(info)(relative_path="../x.distcp", offset=info.offset, length=info.length)
+    with pytest.raises(dcpviz.DcpvizError, match=r"entry 'w' \('../x.distcp'\) points outside"):
+        _check_storage_paths(path, md)
+
+
+def test_a_byte_io_record_is_read_from_the_start_of_its_stream():
+    import io
+
+    from dcpviz.engine.byteio import load_byte_io, sanitized_stream
+
+    buf = io.BytesIO()
+    torch.save({"step": 7}, buf)  # the stream is left at its end, as a reader may hand it over
+    assert load_byte_io(buf, "entry") == {"step": 7}
+    out = sanitized_stream(buf, "entry")
+    assert out.tell() == 0 and torch.load(out, weights_only=True) == {"step": 7}
+    assert load_byte_io(buf.getvalue(), "entry") == {"step": 7}
+
+
+def test_a_refused_builtin_is_named_with_its_module():
+    import io
+    import pickle
+
+    from dcpviz.engine.byteio import load_byte_io
+
+    class Evil:
+        def __reduce__(self):
+            return (eval, ("1",))
+
+    # A plain pickle (torch names the global in its message, without "builtins.") and a
+    # torch.save archive (torch's static scan names it): both name builtins.eval.
+    saved = io.BytesIO()
+    torch.save(Evil(), saved)
+    for data in (pickle.dumps(Evil(), protocol=2), saved.getvalue()):
+        with pytest.raises(dcpviz.DcpvizError, match=r"refusing to load entry: unpickling it would build builtins\.eval,"):
+            load_byte_io(data, "entry")
+    with pytest.raises(dcpviz.DcpvizError, match=r"refusing to load entry: it is not a value torch's weights-only"):
+        load_byte_io(b"not a pickle", "entry")

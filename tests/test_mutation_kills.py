@@ -359,3 +359,43 @@ def test_a_refused_builtin_is_named_with_its_module():
             load_byte_io(data, "entry")
     with pytest.raises(dcpviz.DcpvizError, match=r"refusing to load entry: it is not a value torch's weights-only"):
         load_byte_io(b"not a pickle", "entry")
+
+
+def test_candidate_planned_bytes_are_dcps_running_tallies(hsdp_doc, tmp_path):
+    """Each row's tallies, recomputed by the test the way DCP's dedup_save_plans counts (keys in
+    the order first planned, rank then plan order; the rank DCP's global plans kept is charged
+    tensor_storage_size(), or 1 for a non-tensor)."""
+    save = _load(hsdp_doc, tmp_path)
+    t = save.trace
+    key = lambda i: (t.items[i].fqn, tuple(t.items[i].offsets or ()))  # noqa: E731
+    kept = {key(i): r for r, p in enumerate(t.global_plans) for i in p.items}
+    order: dict = {}
+    for plan in t.local_plans:
+        for i in plan.items:
+            order.setdefault(key(i), i)
+    tally = [0] * t.scenario.world_size
+    expected = {}
+    for k, i in order.items():
+        cands = sorted({r for r, p in enumerate(t.local_plans) for j in p.items if key(j) == k})
+        if len(cands) > 1:
+            expected[k] = tuple(tally[c] for c in cands)
+        tally[kept[k]] += t.items[i].dcp_size or 1
+    d = save.dedup
+    assert {(f, o): b for f, o, b in zip(d.fqn, d.offsets, d.candidate_planned_bytes)} == expected
+
+
+def test_an_item_planned_twice_by_one_rank_alone_is_no_dedup(docs, tmp_path):
+    """The dedup table has one row per item planned by more than one rank; one rank listing
+    an item twice (hand-edited) is not two ranks."""
+    doc = _edit(docs, "save")  # FSDP: each rank plans its own shards alone
+    t = doc["trace"]
+    before = _load(doc, tmp_path).dedup
+    planned = {}
+    for r, p in enumerate(t["local_plans"]):
+        for i in p["items"]:
+            planned.setdefault((t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ())), set()).add(r)
+    alone = next(i for i in t["local_plans"][0]["items"]
+                 if planned[(t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ()))] == {0})
+    t["local_plans"][0]["items"].append(alone)
+    after = _load(doc, tmp_path).dedup
+    assert list(after.fqn) == list(before.fqn) and t["items"][alone]["fqn"] not in set(after.fqn) - set(before.fqn)

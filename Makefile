@@ -25,7 +25,9 @@ demo: $(STAMP)
 
 # A fresh order every run; the seed is printed first so a failure replays with `make test SEED=N`
 # (or: pytest -p randomly --randomly-seed=N). Tests must pass alone, per file and in any order.
-SEED ?= $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
+ifndef SEED  # drawn once (a `?=` would draw again at each use)
+SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
+endif
 
 test: $(STAMP)
 	$(BIN)/lint-imports

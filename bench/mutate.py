@@ -15,6 +15,7 @@ work. Slow (minutes per target); not for every CI run. Usage:
     python bench/mutate.py --survivors NAME # list NAME's survivors with their diffs
     python bench/mutate.py --again NAME     # re-test NAME's survivors against the tests as they are now
     python bench/mutate.py --table          # rewrite bench/MUTATION.md from the last results
+    python bench/mutate.py --partial NAME   # tabulate an interrupted run's tested mutants
 """
 
 from __future__ import annotations
@@ -153,6 +154,25 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
             "rc": proc.returncode, "seconds": round(time.time() - t0)}
 
 
+def partial_result(name: str) -> dict:
+    """The mutants of an interrupted run that were tested (mutmut's .meta files), untested left out."""
+    modules, keep, tests = TARGETS[name]
+    status: dict[str, str] = {}
+    for meta in (WORK / name / "mutants").rglob("*.py.meta"):
+        for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+            if code is not None:
+                status[k] = "killed" if code == 1 else "survived" if code == 0 else f"exit {code}"
+    if keep:
+        pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
+        status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
+    counts: dict[str, int] = {}
+    for v in status.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status), "partial": True,
+            "killed": counts.get("killed", 0), "statuses": counts,
+            "survivors": sorted(k for k, v in status.items() if v != "killed"), "rc": None, "seconds": 0}
+
+
 def _split(r: dict) -> tuple[list[str], list[str]]:
     """(survivors not shown equivalent, equivalent ones) of a target's result."""
     names = r["survivors"] + r.get("equivalent_names", [])
@@ -174,6 +194,8 @@ def write_table(results: dict[str, dict]) -> None:
         rate = (r["killed"] + len(equivalent)) / r["mutants"] if r["mutants"] else float("nan")
         mods = ", ".join(m.removeprefix("dcpviz/") for m in r["modules"])
         tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
+        if r.get("partial"):
+            mods += "; stopped early: tested mutants only"
         lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {len(survived)} | {len(equivalent)} "
                      f"| {rate:.0%} | {tests} | {r['seconds']} s |")
     lines += ["", "## Survivors shown equivalent", ""]
@@ -193,6 +215,11 @@ def main(argv: list[str]) -> int:
                                  capture_output=True, text=True).stdout)
         return 0
     results = json.loads(RAW.read_text()) if RAW.exists() else {}
+    if argv[:1] == ["--partial"]:  # a target stopped before the end: tabulate what was tested
+        results[argv[1]] = partial_result(argv[1])
+        RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        write_table(results)
+        return 0
     if argv[:1] == ["--table"]:
         write_table(results)
         return 0

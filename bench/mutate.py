@@ -91,6 +91,12 @@ EQUIVALENT: dict[str, str] = {
        "the unrecorded-option default False made None or left out (PlannerInfo.option's default "
        "is None): `bool(None)` is False, the same rule"
        for n in (8, 10)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the default (0, -1) of `worst.get` given another item index: only its [0] is ever read "
+       "(`worst[pick]` is set to real (bytes, item) pairs), so the index cannot matter"
+       for n in (101, 102)},
+    "dcpviz.analysis.save_tables.x__dedup_frame__mutmut_32":
+        "`np.where(dcp_size > 0, dcp_size, 1)` made `> 1`: a dcp_size of 1 is charged 1 either way",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -103,6 +103,19 @@ EQUIVALENT: dict[str, str] = {
 }
 
 
+# Survivors neither killed nor equivalent yet: mutant name -> what it changes (open work).
+NOT_KILLED: dict[str, str] = {
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the bookkeeping of the loser 'charged the whole tensor' that a why names (`worst`): "
+       "a threshold of 1 byte, ties, or another key; no test layout tells these apart"
+       for n in (100, 103, 95, 96, 35)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the charge of an item whose recorded dcp_size is 0 (DCP adds `tensor_storage_size() or 1`); "
+       "the traces the tests build record no such item, so the branch is not exercised"
+       for n in (31, 33)},
+}
+
+
 def _copy_tree(dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -209,7 +222,7 @@ def write_table(results: dict[str, dict]) -> None:
     lines += ["", "## Survivors not yet killed nor shown equivalent", ""]
     for name in TARGETS:
         if name in results:
-            lines += [f"- `{k}`" for k in _split(results[name])[0]]
+            lines += [f"- `{k}`" + (f": {NOT_KILLED[k]}" if k in NOT_KILLED else "") for k in _split(results[name])[0]]
     TABLE.write_text("\n".join(lines) + "\n")
 
 

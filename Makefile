@@ -1,12 +1,15 @@
 # dcpviz: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install, simulate the default scenario, write report.html
 #   make test   create/update .venv, check the import layers (lint-imports), run the whole test suite
+#               in a random order (pytest-randomly); it prints the seed, replay with `make test SEED=N`
+#   make mutate mutation testing (mutmut, one worker) of the modules where a wrong answer is costly;
+#               slow (tens of minutes), not for every CI run; the table goes to bench/MUTATION.md
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dcpviz-installed
 
-.PHONY: demo test lint bench bench-scale clean
+.PHONY: demo test lint bench bench-scale mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +23,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/dcpviz demo --report report.html
 
+# A fresh order every run; the seed is printed first so a failure replays with `make test SEED=N`
+# (or: pytest -p randomly --randomly-seed=N). Tests must pass alone, per file and in any order.
+ifndef SEED  # drawn once (a `?=` would draw again at each use)
+SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
+endif
+
 test: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -ra
+	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED))"
+	$(BIN)/python -m pytest -q -ra -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples
@@ -33,6 +43,9 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/bench_scale.py
+
+mutate: $(STAMP)
+	$(BIN)/python bench/mutate.py
 
 clean:
 	rm -rf $(VENV) report.html .pytest_cache

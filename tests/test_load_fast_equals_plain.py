@@ -10,7 +10,8 @@ asked for, every mismatch (with DCP's messages), every error.
 
 Layouts: even, uneven, empty shards, strided (TP+FSDP), replicated dims, a 3-D mesh, world
 sizes up and down, nested state dicts, optimizer state, partial loads, and corrupted metadata.
-The last tests break one shortcut at a time and check that this comparison notices.
+The last tests break one shortcut's key at a time (never its self-check) and show that the
+self-check notices and keeps the trace exact, and that without the self-check the break shows.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 import dcpviz
-from dcpviz.engine import convert_load, overlap, simulate_load
+from dcpviz.engine import convert_load, overlap, storageless
 from dcpviz.engine.recipes import fsdp_units, tp_plan_of
-from dcpviz.engine.world import map_state_dict
 
 S = dcpviz.Scenario
 
@@ -209,98 +209,90 @@ def test_shortcuts_give_the_plain_trace_on_corrupted_metadata(corrupt, target):
     assert differences(fast, plain) == []
 
 
-# -- the comparison notices a broken shortcut ---------------------------------------------------
-def _any_spec_chunk_list(self, original, obj):
+# -- each shortcut's self-check catches the shortcut broken alone ----------------------------------
+# A sabotage breaks only the shortcut's key (what it takes two questions to be the same), never its
+# self-check. With the self-check in place the fast trace must still equal the plain one, and the
+# self-check must be what noticed (it answered False at least once); with the self-check disabled
+# as well, the same sabotage must show in the trace (so the sabotage is real).
+def _chunk_lists_by_dtype(obj):
     """ChunkLists keyed by dtype alone: every DTensor of a rank gets the first one's chunks."""
-    if type(obj) is not torch.distributed.tensor.DTensor:
-        return original(obj)
-    key = ("any", obj.dtype)
-    if key not in self._lists:
-        out = original(obj)
-        self._lists[key] = (obj._spec, out)
-        self._owned[id(out)] = out
-    return self._lists[key][1]
+    return ("any spec", obj.dtype), ()
 
 
-def _unchecked_memo(self, original, fqn, tensor_md, local_chunks):
+def _memo_by_layout_alone(self, tensor_md, local_chunks):
     """The layout memo keyed by saved layout alone (local boxes forgotten)."""
-    layout = self._layout_for(tensor_md)
-    hit = self._memo.get(("broken", layout))
-    if hit is None:
-        items = original(fqn, tensor_md, local_chunks)
-        self._memo[("broken", layout)] = [fqn, items, True]
-        return items
-    return overlap.relabel(hit[1], fqn)
+    layout = self._layout_for(tensor_md) if self.memo_on and local_chunks else None
+    return None if layout is None else ("layout alone", layout)
 
 
-def _target_values_by_fqn_suffix(self, fqn, value):
-    """TargetValues keyed by the last part of the name (layers of different shapes mixed up)."""
-    key = fqn.rsplit(".", 1)[-1]
-    if key not in self._parts:
-        tv = convert_load.target_value(fqn, value, self._chunk_list)
-        self._parts[key] = (None, (tv.kind, tv.size, tv.dtype, tv.chunks, tv.placements))
-        return tv
-    return convert_load.TargetValue(fqn, *self._parts[key][1])
-
-
-def _record_memo_without_itemsize(ri, itemsizes, memo=None):
-    """read_record's memo without the saved dtype in its key."""
-    if memo is None:
-        return REAL_READ_RECORD(ri, itemsizes)
-    key = (ri.dest_offsets, ri.lengths)
-    if key not in memo:
-        memo[key] = REAL_READ_RECORD(ri, itemsizes)
-    return dataclasses.replace(memo[key], fqn=ri.dest_index.fqn)
-
-
-REAL_READ_RECORD = convert_load.read_record
-
-
-def _read_items_by_layout_alone(self, original, fqn, md, obj):
+def _spec_key_without_spec(layout, obj):
     """Read items per spec keyed by the saved layout alone (the rank's spec forgotten)."""
-    layout = self._layout_for(md) if self._tensors.get(id(md)) is md else None
-    hit = self._by_spec.get(("broken", layout)) if layout is not None else None
-    if hit is not None:
-        return overlap.relabel(hit, fqn)
-    items = original(fqn, md, obj)
-    if layout is not None and all(ri.dest_index.fqn == fqn for ri in items):
-        self._by_spec[("broken", layout)] = items
-    return items
+    return (layout, "any spec", obj.dtype), ()
 
 
-REAL_TO_STORAGELESS = simulate_load.to_storageless
+def _target_values_by_dtype(value):
+    """TargetValues keyed by dtype alone (layers of different shapes mixed up)."""
+    return ("any spec", value.dtype), ()
 
 
-def _one_dtensor_per_dtype(obj, mode, cache=None, shared=None):
+def _record_key_without_itemsize(ri, itemsizes):
+    """read_record's memo key without the saved dtype's element size."""
+    return REAL_RECORD_KEY(ri, itemsizes)[:-2] + REAL_RECORD_KEY(ri, itemsizes)[-1:]
+
+
+def _shared_by_dtype(value):
     """Shared storage-less DTensors keyed by dtype alone (every layer gets the first one)."""
-    if shared is None:
-        return REAL_TO_STORAGELESS(obj, mode, cache, shared)
-    first: dict = {}
+    return ("any", value.dtype), ()
 
-    def one(value):
-        if isinstance(value, torch.distributed.tensor.DTensor):
-            return first.setdefault(value.dtype, value)
-        return value
 
-    return REAL_TO_STORAGELESS(map_state_dict(obj, one), mode, cache, shared)
+REAL_RECORD_KEY = convert_load.record_key
 
+# (shortcut, owner of its key, key's name, broken key, owner of its self-check, self-check's name)
 SABOTAGE = [
-    (overlap.ChunkLists, "chunk_list", _any_spec_chunk_list),
-    (overlap.ReadPruner, "read_items", _unchecked_memo),
-    (convert_load.TargetValues, "value", _target_values_by_fqn_suffix),
-    (convert_load, "read_record", _record_memo_without_itemsize),
-    (overlap.ReadPruner, "create_read_items", _read_items_by_layout_alone),
-    (simulate_load, "to_storageless", _one_dtensor_per_dtype),
+    ("ChunkLists", overlap.ChunkLists, "_key", staticmethod(_chunk_lists_by_dtype), overlap.ChunkLists, "_agrees"),
+    ("read-items memo", overlap.ReadPruner, "_memo_key", _memo_by_layout_alone, overlap.ReadPruner, "_agrees"),
+    ("read items per spec", overlap.ReadPruner, "_spec_key", staticmethod(_spec_key_without_spec),
+     overlap.ReadPruner, "_agrees"),
+    ("TargetValues", convert_load.TargetValues, "_key", staticmethod(_target_values_by_dtype),
+     convert_load.TargetValues, "_agrees"),
+    ("read_record memo", convert_load, "record_key", _record_key_without_itemsize, convert_load, "record_agrees"),
+    ("storage-less sharing", storageless, "shared_key", _shared_by_dtype, storageless, "describes"),
 ]
 
 
-@pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[2].__name__.strip("_"))
-def test_a_broken_shortcut_is_caught(sabotage, monkeypatch):
-    owner, name, broken = sabotage
+def _sabotaged_pair():
     s = S(model="llama-tiny", world_size=32, recipe="fsdp", dtype="bfloat16")
     target = S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp")
     md = copy.deepcopy(saved(s).metadata)
     change_dtype(md)  # one saved tensor in another dtype: the read volume depends on it
+    return both(md, target)
+
+
+@pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
+def test_the_self_check_catches_a_broken_shortcut(sabotage, monkeypatch):
+    _, owner, name, broken, check_owner, check_name = sabotage
     monkeypatch.setattr(owner, name, broken)
-    fast, plain = both(md, target)
+    check = getattr(check_owner, check_name)
+    answers = []
+
+    def spy(*args):
+        answers.append(check(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy)
+    fast, plain = _sabotaged_pair()
+    assert False in answers, "the self-check never saw the broken shortcut"
+    assert differences(fast, plain) == []
+
+
+@pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
+def test_a_broken_shortcut_without_its_self_check_shows(sabotage, monkeypatch):
+    _, owner, name, broken, check_owner, check_name = sabotage
+    monkeypatch.setattr(owner, name, broken)
+
+    def agree(*args):
+        return True
+
+    monkeypatch.setattr(check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree)
+    fast, plain = _sabotaged_pair()
     assert differences(fast, plain) != []

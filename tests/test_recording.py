@@ -83,9 +83,28 @@ def test_capture_storage_equals_the_checkpoint_on_disk(captured):
 
 
 def test_capture_opens_in_the_explorer(captured):
+    """The explorer on the captured trace shows what the job did, checked against facts outside
+    dcpviz: the job's model (examples/capture_job.py: Linear(16, 190), ReLU, Linear(190, 3),
+    FSDP over 2 ranks, so rows 0-95 on rank 0 and 95-190 on rank 1, and the bytes of each rank's
+    chunks of those parameters)."""
     cwd, _ = captured
     app = dcpviz.explore(dcpviz.load_trace(cwd / "out.json"))
-    assert app is not None
+    assert list(app.tabs.titles[:5]) == ["Layout", "Dedup", "Volume", "Phases", "Tables"]
+    app.tabs.select("Layout")
+    listed = {m for g in app.group_picker.options for m in app._group_members[g]}
+    assert listed == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    app.group_picker.value = next(g for g in app.group_picker.options if "0.weight" in app._group_members[g])
+    app.member_picker.value = "0.weight"
+    tiles = [t for t in app.layout_figure.data if (t.meta or {}).get("role") == "tiles"]
+    rows = {t.meta["writer"]: (min(y for y in t.y if y is not None), max(y for y in t.y if y is not None))
+            for t in tiles}
+    assert rows == {0: (0, 95), 1: (95, 190)}
+    app.tabs.select("Volume")
+    (bars,) = [t for t in app.volume_fig.data if t.type == "bar"]  # (a mean line besides)
+    # FSDP2 shards dim 0 as torch.chunk does: the bytes of each rank's chunks of the same model.
+    model = torch.nn.Sequential(torch.nn.Linear(16, 190), torch.nn.ReLU(), torch.nn.Linear(190, 3))
+    owned = {r: sum(p.chunk(2, dim=0)[r].nbytes for p in model.parameters()) for r in (0, 1)}
+    assert {int(x): int(y) for x, y in zip(bars.x, bars.y)} == owned == {0: 7988, 1: 7224}
 
 
 # -- in one process (no process group: dcp.save plans for a world of 1) -------------------------

@@ -166,7 +166,7 @@ def test_param_group_keys_are_not_taken_for_index_keyed_state(adamw_save):
     assert not any("keyed by" in h.title for h in hints), [h.title for h in hints]
 
 
-def test_every_training_state_hint_fix_is_code(adamw_save, titan_save):
+def test_every_training_state_hint_fix_is_code(adamw_save, titan_save, tmp_path):
     """Issue 15: a hint's fix is code (a comment where the fix is a decision, not a line)."""
     loads = [
         dcpviz.simulate_load(adamw_save, target(optimizer="adamw", state=raw_optim_state)),
@@ -183,3 +183,36 @@ def test_every_training_state_hint_fix_is_code(adamw_save, titan_save):
     assert len({h.title for h in hints}) >= 7
     for h in hints:
         compile(h.fix, f"<fix of {h.title!r}>", "exec")
+    # A fix that is code is run, in a real process, on the mistake it names (an optimizer with no
+    # state yet, loaded from a real checkpoint): it must give back the saved moments. A comment
+    # in its place would compile and fix nothing.
+    (no_state,) = [h for h in loads[0].hints if "no state yet" in h.title]
+    assert not no_state.fix.lstrip().startswith("#")
+    _run_fix_on_a_real_checkpoint(no_state.fix, tmp_path)
+
+
+def _run_fix_on_a_real_checkpoint(fix: str, tmp_path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from dcpviz.engine.models import build_model
+
+    def job(seed):
+        torch.manual_seed(seed)
+        model = build_model("mlp", device="cpu")
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    model, optim = job(0)
+    for p in model.parameters():  # (dcpviz's mlp has no forward: gradients set by hand)
+        p.grad = torch.randn_like(p)
+    optim.step()
+    saved = {n: optim.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}
+    model_sd, optim_sd = get_state_dict(model, optim)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp_path / "ckpt")
+
+    model, optim = job(1)  # the resuming job: a fresh optimizer, no state yet
+    namespace = {"model": model, "optim": optim, "CKPT": str(tmp_path / "ckpt"), "dcp": dcp,
+                 "get_state_dict": get_state_dict, "set_state_dict": set_state_dict}
+    exec(compile(fix, "<fix>", "exec"), namespace)
+    for n, p in model.named_parameters():
+        assert torch.equal(optim.state[p]["exp_avg"], saved[n]), n

@@ -34,19 +34,26 @@ def read_record(ri: ReadItem, itemsizes: dict[str, int], memo: dict | None = Non
 
     ``memo`` keeps the converted boxes of each distinct item shape (everything but the key's
     name): the layers of a model read alike, and ranks share boxes, so most items convert by a
-    dict lookup. The key holds every input the conversion reads besides the name."""
-    if memo is not None:
-        dest, src = ri.dest_index, ri.storage_index
-        renamed = src.fqn != dest.fqn
-        key = (ri.type, dest.offset, ri.dest_offsets, src.offset, src.index, ri.storage_offsets, ri.lengths,
-               itemsizes.get(src.fqn, 1), src.fqn if renamed else None)
-        fields = memo.get(key)
-        if fields is None:
+    dict lookup. The key (``record_key``) holds every input the conversion reads besides the
+    name. Checked, not assumed: the first repeat of each key is converted as well and compared
+    (``record_agrees``); a difference turns the memo off for good (it stays in ``memo``)."""
+    if memo is not None and not memo.get(_MEMO_OFF):
+        key = record_key(ri, itemsizes)
+        hit = memo.get(key)
+        if hit is None:
             rec = read_record(ri, itemsizes)
-            memo[key] = (rec.item_type, rec.dest_chunk_offsets, rec.dest_offsets, rec.saved_offsets,
-                         rec.saved_chunk, rec.storage_offsets, rec.lengths, rec.nbytes, rec.storage_fqn)
+            memo[key] = [_record_fields(rec), False]
             return rec
-        return ReadRecord(dest.fqn, *fields)
+        fields, checked = hit
+        if checked:
+            return ReadRecord(ri.dest_index.fqn, *fields)
+        rec = read_record(ri, itemsizes)
+        if not record_agrees(ReadRecord(ri.dest_index.fqn, *fields), rec):
+            memo.clear()
+            memo[_MEMO_OFF] = True  # the conversion reads something the key leaves out
+            return rec
+        hit[1] = True
+        return ReadRecord(ri.dest_index.fqn, *fields)  # equal to rec; a check that wrongly agrees shows
     lengths = _box(ri.lengths)
     dest, src = ri.dest_index, ri.storage_index
     is_bytes = ri.type.name == "BYTE_IO"
@@ -62,6 +69,27 @@ def read_record(ri: ReadItem, itemsizes: dict[str, int], memo: dict | None = Non
         nbytes=0 if is_bytes else math.prod(lengths) * itemsizes.get(src.fqn, 1),
         storage_fqn=None if src.fqn == dest.fqn else src.fqn,
     )
+
+
+_MEMO_OFF = ("memo off",)  # read_record's memo: set once a repeat converted differently
+
+
+def record_key(ri: ReadItem, itemsizes: dict[str, int]) -> tuple:
+    """Everything ``read_record`` reads from ``ri`` and ``itemsizes`` but the key's name."""
+    dest, src = ri.dest_index, ri.storage_index
+    renamed = src.fqn != dest.fqn
+    return (ri.type, dest.offset, ri.dest_offsets, src.offset, src.index, ri.storage_offsets, ri.lengths,
+            itemsizes.get(src.fqn, 1), src.fqn if renamed else None)
+
+
+def _record_fields(rec: ReadRecord) -> tuple:
+    return (rec.item_type, rec.dest_chunk_offsets, rec.dest_offsets, rec.saved_offsets, rec.saved_chunk,
+            rec.storage_offsets, rec.lengths, rec.nbytes, rec.storage_fqn)
+
+
+def record_agrees(memo: ReadRecord, plain: ReadRecord) -> bool:
+    """The self-check of ``read_record``'s memo: the remembered record is the plain conversion."""
+    return memo == plain
 
 
 def load_plan_record(
@@ -120,21 +148,40 @@ class TargetValues:
     def __init__(self, chunk_lists: Any = None) -> None:
         self._chunk_list = _create_chunk_list if chunk_lists is None else (
             lambda value: chunk_lists.chunk_list(_create_chunk_list, value))
-        self._parts: dict[tuple, tuple[Any, tuple]] = {}  # (id(spec), dtype) -> (spec, fields but fqn)
+        self._parts: dict[tuple, list] = {}  # key -> [guards, fields but fqn, checked]
+        self.on = True
 
     def clear(self) -> None:
         """Forget the previous rank's specs."""
         self._parts.clear()
 
+    @staticmethod
+    def _key(value: Any) -> tuple[tuple, tuple]:
+        """(memo key, objects the key stands for: a hit must hold these very objects)."""
+        return (id(value._spec), value.dtype), (value._spec,)
+
+    @staticmethod
+    def _agrees(memo: TargetValue, plain: TargetValue) -> bool:
+        """The self-check: the remembered fields are ``target_value``'s own."""
+        return memo == plain
+
     def value(self, fqn: str, value: Any) -> TargetValue:
-        """``target_value(fqn, value)``."""
-        if type(value) is not DTensor or hasattr(value._local_tensor, "__create_chunk_list__"):
+        """``target_value(fqn, value)``; checked, not assumed: the first repeat of each spec is
+        converted as well and compared; a difference turns the memo off (``on``)."""
+        if not self.on or type(value) is not DTensor or hasattr(value._local_tensor, "__create_chunk_list__"):
             return target_value(fqn, value, self._chunk_list)
-        spec = value._spec
-        key = (id(spec), value.dtype)
+        key, guards = self._key(value)
         hit = self._parts.get(key)
-        if hit is None or hit[0] is not spec:
+        if hit is None or len(hit[0]) != len(guards) or not all(a is b for a, b in zip(hit[0], guards)):
             tv = target_value(fqn, value, self._chunk_list)
-            self._parts[key] = (spec, (tv.kind, tv.size, tv.dtype, tv.chunks, tv.placements))
+            self._parts[key] = [guards, (tv.kind, tv.size, tv.dtype, tv.chunks, tv.placements), False]
             return tv
-        return TargetValue(fqn, *hit[1])
+        if hit[2]:
+            return TargetValue(fqn, *hit[1])
+        tv = target_value(fqn, value, self._chunk_list)
+        if not self._agrees(TargetValue(fqn, *hit[1]), tv):
+            self.on = False
+            self._parts.clear()
+            return tv
+        hit[2] = True
+        return TargetValue(fqn, *hit[1])  # equal to tv; a check that wrongly agrees shows

@@ -205,13 +205,17 @@ class ChunkLists:
     and every key of the layout gets that very list. Every answer came out of DCP for the same
     spec on the same rank; ``clear`` between ranks (the mesh coordinate changes). The specs are
     held, so an ``id`` never stands for a collected object.
+
+    Checked, not assumed: the first repeat of each spec is asked of DCP as well and its boxes
+    compared (``_agrees``); a difference turns the memo off (``on``) for the rest of the run.
     """
 
     def __init__(self) -> None:
-        self._lists: dict[tuple, tuple[Any, list]] = {}  # (id(spec), dtype) -> (spec, DCP's list)
+        self._lists: dict[tuple, list] = {}  # key -> [guards, DCP's list, checked]
         self._owned: dict[int, list] = {}  # id(list) -> a list handed out (kept alive here)
         self._boxes: dict[int, tuple | None] = {}  # id(owned list) -> its boxes
         self.hits = 0
+        self.on = True
 
     def clear(self) -> None:
         """Forget the previous rank's answers."""
@@ -219,25 +223,41 @@ class ChunkLists:
         self._owned.clear()
         self._boxes.clear()
 
+    @staticmethod
+    def _key(obj: Any) -> tuple[tuple, tuple]:
+        """(memo key, objects the key stands for: a hit must hold these very objects)."""
+        return (id(obj._spec), obj.dtype), (obj._spec,)
+
+    @staticmethod
+    def _agrees(memo: list, dcp: list) -> bool:
+        """The self-check: the memo's answer has DCP's boxes."""
+        return _chunk_key(memo) == _chunk_key(dcp)
+
     def chunk_list(self, original: Callable[[Any], list], obj: Any) -> list:
         """``original(obj)`` (DCP's ``_create_chunk_list``), asked once per spec of this rank."""
-        if type(obj) is not DTensor or hasattr(obj._local_tensor, "__create_chunk_list__"):
+        if not self.on or type(obj) is not DTensor or hasattr(obj._local_tensor, "__create_chunk_list__"):
             return original(obj)
-        spec = obj._spec
-        key = (id(spec), obj.dtype)
+        key, guards = self._key(obj)
         hit = self._lists.get(key)
-        if hit is not None and hit[0] is spec:
+        if hit is not None and len(hit[0]) == len(guards) and all(a is b for a, b in zip(hit[0], guards)):
+            if not hit[2]:
+                out = original(obj)
+                if not self._agrees(hit[1], out):
+                    self.on = False  # DCP's chunk lists are not what this memo assumes
+                    self.clear()
+                    return out
+                hit[2] = True
             self.hits += 1
             return hit[1]
         out = original(obj)
-        self._lists[key] = (spec, out)
+        self._lists[key] = [guards, out, False]
         self._owned[id(out)] = out
         return out
 
     def known(self, spec: Any, dtype: Any) -> list | None:
         """The list handed out for ``spec`` on this rank, if any."""
-        hit = self._lists.get((id(spec), dtype))
-        return hit[1] if hit is not None and hit[0] is spec else None
+        hit = self._lists.get((id(spec), dtype)) if self.on else None
+        return hit[1] if hit is not None and hit[0] and hit[0][0] is spec else None
 
     def boxes(self, local_chunks: list) -> tuple | None:
         """``_chunk_key(local_chunks)``, worked out once for each list this memo handed out."""
@@ -315,14 +335,20 @@ class ReadPruner:
         same = list(first_items) if fqn == first_fqn else relabel(first_items, fqn)
         if not checked:
             planned = pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
-            if [read_fields(ri) for ri in planned] != [read_fields(ri) for ri in same]:
+            if not self._agrees(same, planned):
                 self.memo_on = False  # DCP's read planning is not what this memo assumes
                 self._memo.clear()
                 return planned
+            # Equal to DCP's answer; the memo's is given, so a check that wrongly agrees shows.
             hit[2] = True
-            return planned
-        self.memo_hits += 1
+        else:
+            self.memo_hits += 1
         return same
+
+    @staticmethod
+    def _agrees(memo: list, dcp: list) -> bool:
+        """The self-check: the memo's ReadItems are DCP's, field by field."""
+        return [read_fields(ri) for ri in memo] == [read_fields(ri) for ri in dcp]
 
     def _memo_key(self, tensor_md: Any, local_chunks: list) -> tuple | None:
         """(layout of the saved chunks, local boxes): what the memo answers for (None: no memo)."""
@@ -353,20 +379,36 @@ class ReadPruner:
             return original(fqn, md, obj)
         spec = obj._spec
         layout = self._layout_for(md)
-        key = (layout, id(spec), obj.dtype)
+        key, guards = self._spec_key(layout, obj)
         seen = self._by_spec.get(key)
-        if seen is not None and seen[0] is spec:
+        if seen is not None and len(seen[0]) == len(guards) and all(a is b for a, b in zip(seen[0], guards)):
             hit = self._memo.get(seen[1])
             if hit is not None and hit[2]:
-                self.memo_hits += 1
-                return list(hit[1]) if fqn == hit[0] else relabel(hit[1], fqn)
+                same = list(hit[1]) if fqn == hit[0] else relabel(hit[1], fqn)
+                if seen[2]:
+                    self.memo_hits += 1
+                    return same
+                # The first repeat of each spec is planned by DCP as well (the self-check).
+                items = original(fqn, md, obj)
+                if not self._agrees(same, items):
+                    self.memo_on = False
+                    self._memo.clear()
+                    self._by_spec.clear()
+                    return items
+                seen[2] = True
+                return same
         items = original(fqn, md, obj)
         if layout is not None and seen is None:
             local = self.chunk_lists.known(spec, obj.dtype)
             inner = self._memo_key(md, local) if local else None
             if inner is not None:
-                self._by_spec[key] = (spec, inner)
+                self._by_spec[key] = [guards, inner, False]
         return items
+
+    @staticmethod
+    def _spec_key(layout: int | None, obj: Any) -> tuple[tuple, tuple]:
+        """(key of a spec's repeat, objects the key stands for: a hit must hold these very objects)."""
+        return (layout, id(obj._spec), obj.dtype), (obj._spec,)
 
     @contextmanager
     def active(self) -> Iterator[bool]:

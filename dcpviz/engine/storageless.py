@@ -53,18 +53,25 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None, shared: dict 
     and spec objects (``fastpath.rank_view`` shares both among a layout's keys). DCP's load
     planning reads a value's type, size, mesh coordinate and chunk list, never its identity, so
     keys holding one object plan as keys holding equal ones (tests/test_load_fast_equals_plain.py).
-    Pass a fresh dict per state dict: it holds the objects its ids stand for."""
+    Pass a fresh dict per state dict: it holds the objects its ids stand for. Checked, not
+    assumed: a shared DTensor is handed out only if it describes the value (``describes``);
+    otherwise sharing stops for this state dict."""
 
     def conv(value: Any) -> Any:
         if isinstance(value, DTensor):
-            key = (id(value._local_tensor), id(value._spec))
-            hit = shared.get(key) if shared is not None and type(value) is DTensor else None
-            if hit is not None and hit[0] is value._local_tensor and hit[1] is value._spec:
-                return hit[2]
+            share = shared is not None and type(value) is DTensor and not shared.get(_SHARING_OFF)
+            key, guards = shared_key(value) if share else (None, ())
+            hit = shared.get(key) if share else None
+            if hit is not None and len(hit[0]) == len(guards) and all(a is b for a, b in zip(hit[0], guards)):
+                if describes(hit[1], value):
+                    return hit[1]
+                shared.clear()
+                shared[_SHARING_OFF] = True
+                share = False
             local = _fake_like(value._local_tensor, mode, cache)
             out = DTensor(local, value._spec, requires_grad=False)
-            if shared is not None and type(value) is DTensor:
-                shared[key] = (value._local_tensor, value._spec, out)
+            if share:
+                shared[key] = (guards, out)
             return out
         if isinstance(value, torch.Tensor):
             return _fake_like(value, mode, cache)
@@ -72,3 +79,18 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None, shared: dict 
 
     return map_state_dict(obj, conv)
 
+
+_SHARING_OFF = ("sharing off",)
+
+
+def shared_key(value: Any) -> tuple[tuple, tuple]:
+    """(key of ``to_storageless``'s ``shared``, objects it stands for: a hit holds these very objects)."""
+    return (id(value._local_tensor), id(value._spec)), (value._local_tensor, value._spec)
+
+
+def describes(fake: Any, value: Any) -> bool:
+    """The self-check of sharing: ``fake`` is ``value`` without storage — the same spec object
+    and a local tensor of the same type, shape, stride and dtype (all DCP's planning reads)."""
+    a, b = fake._local_tensor, value._local_tensor
+    return (fake._spec is value._spec and tuple(a.shape) == tuple(b.shape) and a.stride() == b.stride()
+            and a.dtype == b.dtype and type(fake) is type(value))

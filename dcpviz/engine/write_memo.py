@@ -22,7 +22,7 @@ rest of the simulation. The memo is active only inside one rank's ``create_local
 ``DefaultSavePlanner`` itself (``simulate_save``), forgets everything after it (the spec and
 local tensor it keys on are held while it remembers them, so their ids stay unique), and
 is not used when ``default_planner._create_write_items`` is not DCP's own function.
-``tests/test_write_memo.py`` compares it with DCP's plain local plans on many layouts.
+``tests/test_save_shortcuts.py`` compares it with DCP's plain local plans on many layouts.
 """
 
 from __future__ import annotations

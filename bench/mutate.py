@@ -1,0 +1,265 @@
+"""Mutation testing (``make mutate``): do the tests catch bugs planted where a wrong answer is costly?
+
+For each target below, mutmut (3.x) copies the repository into a scratch directory
+(``bench/.mutate/<target>/``, ignored by git), plants one small change at a time (a ``>=`` made
+``>``, a ``True`` made ``False``, a constant changed, ...) in the target's module, and runs the
+target's narrow, fast test selection against it. A mutant the tests fail on is *killed*; one they
+pass on *survived*: either a test is missing or the change is *equivalent* (it cannot change
+any answer). ``EQUIVALENT`` below lists the survivors shown to be equivalent, each with why.
+
+One worker (``--max-children 1``): the machine this was written on has 2 cores shared with other
+work. Slow (minutes per target); not for every CI run. Usage:
+
+    python bench/mutate.py                  # every target, then bench/MUTATION.md
+    python bench/mutate.py trace_validate   # one target (the table keeps the others' last rows)
+    python bench/mutate.py --survivors NAME # list NAME's survivors with their diffs
+    python bench/mutate.py --again NAME     # re-test NAME's survivors against the tests as they are now
+    python bench/mutate.py --table          # rewrite bench/MUTATION.md from the last results
+    python bench/mutate.py --partial NAME   # tabulate an interrupted run's tested mutants
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".mutate"
+TABLE = ROOT / "bench" / "MUTATION.md"
+RAW = ROOT / "bench" / "mutation_results.json"
+
+# name -> (modules to mutate, mutant-name globs to keep (None: all), test selection)
+TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
+    "trace_validate": (
+        ["dcpviz/core/trace_validate.py"], None,
+        ["tests/test_trace_errors.py", "tests/test_trace.py", "tests/test_planted_bugs.py",
+         "tests/test_mutation_kills.py"],
+    ),
+    "safe_readers": (
+        ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"],
+        # What stands between a checkpoint and plain pickle: the metadata unpickler and its
+        # reader, the path guards, and the BYTE_IO loader (not the table building of
+        # inspect_checkpoint nor metadata_check's structure rules, which the fuzz and checkpoint
+        # tests cover otherwise; add "dcpviz.engine.metadata_check.*" for those)
+        ["dcpviz.engine.byteio.x_load_byte_io*", "dcpviz.engine.byteio.x_sanitized_stream*",
+         "dcpviz.engine.byteio.x__read_all*", "dcpviz.engine.checkpoint.xǁ_MetadataUnpicklerǁ*",
+         "dcpviz.engine.checkpoint.x_read_metadata*", "dcpviz.engine.checkpoint.x_check_inside*",
+         "dcpviz.engine.checkpoint.x__check_storage_paths*"],
+        ["tests/test_byte_io.py", "tests/test_checkpoint.py", "tests/test_checkpoint_links.py",
+         "tests/test_metadata_errors.py", "tests/test_mutation_kills.py"],
+    ),
+    "dedup_replay": (
+        ["dcpviz/analysis/save_tables.py"],
+        ["dcpviz.analysis.save_tables.x__dedup_frame__mutmut_*", "dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_*",
+         "dcpviz.analysis.save_tables.xǁ_FewestWhyǁ*"],
+        ["tests/test_dedup.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
+    ),
+    "verdict": (
+        ["dcpviz/analysis/verdict.py"], None,
+        ["tests/test_planted_bugs.py", "tests/test_mutation_kills.py", "tests/test_load_mismatches.py"],
+    ),
+    "checks": (
+        ["dcpviz/analysis/checks.py"], None,
+        ["tests/test_checks.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
+    ),
+    "hints_and_fix": (
+        ["dcpviz/analysis/hints.py", "dcpviz/engine/fix_planner.py"], None,
+        ["tests/test_load_mismatches.py", "tests/test_training_state_load.py", "tests/test_mutation_kills.py"],
+    ),
+}
+
+# Survivors shown equivalent (no input can tell them apart): mutant name -> why.
+EQUIVALENT: dict[str, str] = {
+    "dcpviz.core.trace_validate.x__elements__mutmut_4":
+        "`len(box) > 1` made `>= 1`: the decoder bounds every single count by MAX_COUNT "
+        "(core/trace.py's Count), so a 1-d box never holds more than MAX_COUNT elements and "
+        "an empty one holds 1; the rule answers the same for every box that decodes.",
+    **{f"dcpviz.analysis.save_tables.xǁ_FewestWhyǁ{fn}__mutmut_{n}":
+       "the memo of formatted text (`self.sizes` / `self.charges`) skipped or keyed by None: the "
+       "text is formatted again, equal to the remembered one (a speed memo, not an answer)"
+       for fn in ("fmt", "charge") for n in (1, 2)},
+    **{f"dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_{n}":
+       "`np.full(n, -1, dtype=np.int64)` without the dtype: numpy infers int64 from -1 on the "
+       "64-bit platforms torch supports, and _dedup_types casts the column to int64 anyway"
+       for n in (4, 7)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the unrecorded-option default False made None or left out (PlannerInfo.option's default "
+       "is None): `bool(None)` is False, the same rule"
+       for n in (8, 10)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the default (0, -1) of `worst.get` given another item index: only its [0] is ever read "
+       "(`worst[pick]` is set to real (bytes, item) pairs), so the index cannot matter"
+       for n in (101, 102)},
+    "dcpviz.analysis.save_tables.x__dedup_frame__mutmut_32":
+        "`np.where(dcp_size > 0, dcp_size, 1)` made `> 1`: a dcp_size of 1 is charged 1 either way",
+    **{f"dcpviz.engine.byteio.x_load_byte_io__mutmut_{n}":
+       "`weights_only=True` left out or None: torch.load's default is weights_only=True since "
+       "torch 2.6 and the project pins torch 2.13 (a move to False is a different mutant)"
+       for n in (8, 10)},
+    "dcpviz.core.trace_validate.x__load__mutmut_4":
+        "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
+        "is falsy like False.",
+}
+
+
+# Survivors neither killed nor equivalent yet: mutant name -> what it changes (open work).
+NOT_KILLED: dict[str, str] = {
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the bookkeeping of the loser 'charged the whole tensor' that a why names (`worst`): "
+       "a threshold of 1 byte, ties, or another key; no test layout tells these apart"
+       for n in (100, 103, 95, 96, 35)},
+    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+       "the charge of an item whose recorded dcp_size is 0 (DCP adds `tensor_storage_size() or 1`); "
+       "the traces the tests build record no such item, so the branch is not exercised"
+       for n in (31, 33)},
+}
+
+
+def _copy_tree(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file() and not name.startswith("bench/.mutate"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _config(modules: list[str], tests: list[str]) -> str:
+    q = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["dcpviz"]\n'
+        f"only_mutate = {q(modules)}\n"
+        f"pytest_add_cli_args_test_selection = {q(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x"]\n'
+        'process_isolation = "forkserver"\n'  # torch is not fork-safe after the stats run
+        "use_git_change_detection = false\n"
+    )
+
+
+def run_target(name: str, again: list[str] | None = None) -> dict:
+    """Mutate target ``name`` in a fresh copy; ``again``: only re-test these mutants (the last
+    run's survivors) in the existing copy, with the tests as they are now."""
+    modules, keep, tests = TARGETS[name]
+    work = WORK / name
+    if again is None:
+        _copy_tree(work)
+        with open(work / "pyproject.toml", "a") as fh:
+            fh.write(_config(modules, tests))
+    else:
+        for test in tests + ["tests/conftest.py"]:
+            shutil.copy2(ROOT / test, work / test)
+    t0 = time.time()
+    names = again if again is not None else (keep or [])
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
+                         capture_output=True, text=True).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    if keep:
+        pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
+        status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
+    counts: dict[str, int] = {}
+    for v in status.values():
+        counts[v] = counts.get(v, 0) + 1
+    survivors = sorted(k for k, v in status.items() if v != "killed")
+    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status),
+            "killed": counts.get("killed", 0), "statuses": counts, "survivors": survivors,
+            "rc": proc.returncode, "seconds": round(time.time() - t0)}
+
+
+def partial_result(name: str) -> dict:
+    """The mutants of an interrupted run that were tested (mutmut's .meta files), untested left out."""
+    modules, keep, tests = TARGETS[name]
+    status: dict[str, str] = {}
+    for meta in (WORK / name / "mutants").rglob("*.py.meta"):
+        for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+            if code is not None:
+                status[k] = "killed" if code == 1 else "survived" if code == 0 else f"exit {code}"
+    if keep:
+        pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
+        status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
+    counts: dict[str, int] = {}
+    for v in status.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status), "partial": True,
+            "killed": counts.get("killed", 0), "statuses": counts,
+            "survivors": sorted(k for k, v in status.items() if v != "killed"), "rc": None, "seconds": 0}
+
+
+def _split(r: dict) -> tuple[list[str], list[str]]:
+    """(survivors not shown equivalent, equivalent ones) of a target's result."""
+    names = r["survivors"] + r.get("equivalent_names", [])
+    return [k for k in names if k not in EQUIVALENT], [k for k in names if k in EQUIVALENT]
+
+
+def write_table(results: dict[str, dict]) -> None:
+    lines = ["# Mutation testing (`make mutate`, bench/mutate.py, mutmut 3, one worker)", "",
+             "Kill rate = (killed + equivalent) / mutants. Survivors listed in bench/mutation_results.json;",
+             "equivalent ones are explained in bench/mutate.py's EQUIVALENT.", "",
+             "| module | mutants | killed | survived | equivalent | kill rate | tests | time |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for name in TARGETS:
+        r = results.get(name)
+        if r is None:
+            lines.append(f"| {name} | not run | | | | | | |")
+            continue
+        survived, equivalent = _split(r)
+        rate = (r["killed"] + len(equivalent)) / r["mutants"] if r["mutants"] else float("nan")
+        mods = ", ".join(m.removeprefix("dcpviz/") for m in r["modules"])
+        tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
+        if r.get("partial"):
+            mods += "; stopped early: tested mutants only"
+        lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {len(survived)} | {len(equivalent)} "
+                     f"| {rate:.0%} | {tests} | {r['seconds']} s |")
+    lines += ["", "## Survivors shown equivalent", ""]
+    lines += [f"- `{k}`: {why}" for k, why in EQUIVALENT.items()]
+    lines += ["", "## Survivors not yet killed nor shown equivalent", ""]
+    for name in TARGETS:
+        if name in results:
+            lines += [f"- `{k}`" + (f": {NOT_KILLED[k]}" if k in NOT_KILLED else "") for k in _split(results[name])[0]]
+    TABLE.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--survivors"]:
+        work = WORK / argv[1]
+        for k in json.loads(RAW.read_text())[argv[1]]["survivors"]:
+            print(subprocess.run([sys.executable, "-m", "mutmut", "show", k], cwd=work,
+                                 capture_output=True, text=True).stdout)
+        return 0
+    results = json.loads(RAW.read_text()) if RAW.exists() else {}
+    if argv[:1] == ["--partial"]:  # a target stopped before the end: tabulate what was tested
+        results[argv[1]] = partial_result(argv[1])
+        RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        write_table(results)
+        return 0
+    if argv[:1] == ["--table"]:
+        write_table(results)
+        return 0
+    again = argv[:1] == ["--again"]
+    for name in (argv[1:] if again else argv) or list(TARGETS):
+        print(f"mutating {name} ...", flush=True)
+        seconds = results[name]["seconds"] if again else 0
+        results[name] = run_target(name, sum(_split(results[name]), []) if again else None)
+        results[name]["seconds"] += seconds
+        r = results[name]
+        survived, equivalent = _split(r)
+        print(f"  {r['mutants']} mutants, {r['killed']} killed, {len(survived)} survived, "
+              f"{len(equivalent)} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)
+        RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        write_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

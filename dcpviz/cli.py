@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
     check.add_argument("path", type=Path, help="a save or load trace (.json), a checkpoint directory or a safetensors folder")
     check.add_argument("--json", action="store_true", help="print the findings as JSON (for CI)")
+    check.add_argument("--report", type=Path, help="write a self-contained HTML report here (a checkpoint: "
+                                                    "its checks, files, chunks and file layout)")
 
     _add_diff_parser(sub, fmt)
 
@@ -291,32 +293,50 @@ def _show(args: argparse.Namespace, console: Console) -> int:
     return _gate(result)
 
 
-def _checks_of(path: Path) -> Any:
-    """The checks of a trace file or a checkpoint directory; a directory that cannot be read
-    safely (a BYTE_IO entry that would build an unsafe class, a broken record) is one error row."""
+def _checked(path: Path) -> tuple[Any, Any]:
+    """The checks of a trace file, a checkpoint directory or a safetensors folder, and what a
+    report of it renders (None where the checkpoint cannot be read: a directory that cannot be
+    read safely — a BYTE_IO entry that would build an unsafe class, a broken record — is one
+    error row)."""
     if not path.exists():
         raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
-    if is_hf_folder(path):  # headers only; an unreadable file is a finding, not a refusal
-        return folder_checks(scan_folder(path))
-    if not path.is_dir():
-        return load_trace(path).checks
     # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).
+    if is_hf_folder(path):  # headers only; an unreadable file is a finding, not a refusal
+        from dcpviz.api import inspect_checkpoint
+
+        try:
+            info = inspect_checkpoint(path)
+        except DcpvizError:
+            return folder_checks(scan_folder(path)), None
+        return info.checks, info
+    if not path.is_dir():
+        result = load_trace(path)
+        return result.checks, result
     from dcpviz.api import inspect_checkpoint
 
     try:
-        return inspect_checkpoint(path).checks
+        info = inspect_checkpoint(path)
     except CheckpointError as exc:
-        return refused_checkpoint(str(path), str(exc))
+        return refused_checkpoint(str(path), str(exc)), None
+    return info.checks, info
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    checks = _checks_of(args.path)
+    checks, subject = _checked(args.path)
     if args.json:
         rows = [{**row, "ranks": [int(r) for r in row["ranks"]]} for row in checks.to_dict("records")]
         doc = {"path": str(args.path), "failing": failing(checks), "counts": counts(checks), "checks": rows}
         print(json.dumps(doc, indent=1))
     else:
         console.print(checks_renderable(checks, str(args.path)))
+    if args.report:
+        out = Console(quiet=True) if args.json else console
+        if subject is None:
+            out.print("no report: the checkpoint cannot be read (the checks above say why)")
+        else:
+            from dcpviz.html_report import report  # plotly, deferred: only a report needs it
+
+            out.print(f"report written to [bold]{escape(str(report(subject, args.report)))}[/]")
     return 1 if failing(checks) else 0
 
 

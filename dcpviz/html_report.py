@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from dcpviz import views
+from dcpviz.analysis.checkpoint_tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import writable_file
-from dcpviz.results import FigurePart, HintsPart, MessagesPart, TablePart
+from dcpviz.results import CheckpointReport, FigurePart, HintsPart, MessagesPart, TablePart
 from dcpviz.views.html import MAX_TABLE_ROWS, figure_html, hints_html, page, table_html
 
 
@@ -53,9 +54,14 @@ def report_html(result: Any, title: str | None = None) -> str:
 
 
 def report(result: Any, path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Write a self-contained HTML report of a save, load or diff result to ``path``."""
-    if not callable(getattr(result, "parts", None)) or getattr(result, "kind", None) not in ("save", "load", "diff"):
-        raise DcpvizError(f"report() needs a save, load or diff result, got {type(result).__name__}.")
+    """Write a self-contained HTML report of a save, load or diff result, or of a checkpoint
+    (``dcpviz.inspect_checkpoint``: a DCP directory or a safetensors folder), to ``path``."""
+    if isinstance(result, CheckpointInfo):
+        result = CheckpointReport(result)
+    if not callable(getattr(result, "parts", None)) or getattr(result, "kind", None) not in (
+            "save", "load", "diff", "checkpoint"):
+        raise DcpvizError(f"report() needs a save, load or diff result or a checkpoint "
+                          f"(dcpviz.inspect_checkpoint), got {type(result).__name__}.")
     text = report_html(result, title)
     path = writable_file(path, "report")
     path.write_text(text, encoding="utf-8")

@@ -565,3 +565,54 @@ def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:
     """Open a trace written by ``result.to_json``, the CLI, or a recording planner."""
     trace = read_trace(path)
     return SaveResult(trace) if isinstance(trace, SaveTrace) else LoadResult(trace)
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """A checkpoint as the report and the explorer render it: a DCP directory or a safetensors
+    folder read by ``dcpviz.inspect_checkpoint`` (its CheckpointInfo), with the parts the
+    renderers draw (checks, notes, the file layout, the tables)."""
+
+    info: Any
+    kind: str = field(default="checkpoint", init=False)
+
+    @property
+    def storage(self) -> pd.DataFrame:
+        """Where each chunk sits (``views.file_layout`` draws it)."""
+        return self.info.storage
+
+    @property
+    def checks(self) -> pd.DataFrame:
+        return self.info.checks
+
+    @property
+    def safetensors(self) -> bool:
+        return getattr(self.info, "folder", None) is not None
+
+    def report_title(self) -> str:
+        return f"dcpviz checkpoint · {Path(self.info.path).name}"
+
+    def report_intro(self) -> str:
+        how = ("safetensors headers only (bounded, no pickle, no tensor data)" if self.safetensors
+               else ".metadata through a restricted unpickler (no tensor data)")
+        return f"{self.info.path}: read from {how}."
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        t = self.info.totals
+        rows = [("format", "safetensors folder" if self.safetensors else "DCP checkpoint directory"),
+                ("checks", html.escape(checks_.counts_line(self.checks)))]
+        rows += [(html.escape(str(k)), html.escape(fmt_bytes(int(v)) if "nbytes" in str(k) else str(v)))
+                 for k, v in t.items()]
+        return rows
+
+    def parts(self) -> list[Part]:
+        found = self.checks
+        out: list[Part] = []
+        if len(found):
+            out.append(TablePart(f"Checks: {checks_.counts_line(found)}", found, max_rows=64))
+        out.append(MessagesPart((), tuple(self.info.notes)))
+        if len(self.storage):
+            out.append(FigurePart("Files: which chunks sit in which file, by writer rank", "file_layout"))
+        out.append(TablePart("Files", self.info.files, ("nbytes",), max_rows=256))
+        out.append(TablePart("Chunks", self.info.chunks, ("nbytes",)))
+        return out

@@ -12,9 +12,11 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from dcpviz import views
+from dcpviz.analysis.checkpoint_tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html
+from dcpviz.widgets.checkpoint import checkpoint_app
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.diff import diff_app
 from dcpviz.widgets.figure import figure_widget, replace_figure
@@ -248,12 +250,14 @@ def _load_app(result: Any, compare: Any = None) -> LoadExplorer:
 
 
 # Which app each kind of result gets (a table, not a branch: a new kind adds a line).
-APPS = {"save": Explorer, "load": _load_app, "diff": diff_app}
+APPS = {"save": Explorer, "load": _load_app, "diff": diff_app, "checkpoint": checkpoint_app}
 
 
 def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
     """The explorer app for a result: the save explorer (pass ``compare=`` a second save result
     to compare volumes) or the load debugger."""
+    if isinstance(result, CheckpointInfo):  # inspect_checkpoint's result: a DCP directory or an HF folder
+        return checkpoint_app(result, compare=compare)
     app = APPS.get(getattr(result, "kind", None))
     if app is None:
         raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")

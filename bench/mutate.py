@@ -97,10 +97,6 @@ EQUIVALENT: dict[str, str] = {
        for n in (101, 102)},
     "dcpviz.analysis.save_tables.x__dedup_frame__mutmut_32":
         "`np.where(dcp_size > 0, dcp_size, 1)` made `> 1`: a dcp_size of 1 is charged 1 either way",
-    **{f"dcpviz.engine.byteio.x_load_byte_io__mutmut_{n}":
-       "`weights_only=True` left out or None: torch.load's default is weights_only=True since "
-       "torch 2.6 and the project pins torch 2.13 (a move to False is a different mutant)"
-       for n in (8, 10)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -218,3 +218,15 @@ def test_other_dangerous_globals_refused(global_):
     payload = f"c{module}\n{name}\n(S'1'\ntR.".encode()
     with pytest.raises(dcpviz.DcpvizError, match=f"refusing to load the record.*{module}.{name}"):
         load_byte_io(payload, "the record")
+
+
+def test_refuses_code_even_when_torch_is_told_to_load_unsafely(tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 flips torch.load's *default* to the full unpickler: the
+    safe reader must ask for weights_only=True explicitly, so the environment cannot undo it."""
+    marker = tmp_path / "ran"
+    buf = io.BytesIO()
+    torch.save(_RunsCode(marker), buf)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(dcpviz.DcpvizError, match="system"):
+        load_byte_io(buf.getvalue(), "planted")
+    assert not marker.exists()

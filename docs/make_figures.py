@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/make_figures.py            # figures (kaleido) and screenshots (Chromium)
     .venv/bin/python docs/make_figures.py --figures  # figures only
+    .venv/bin/python docs/make_figures.py --hf       # notebook 08's sections (hf_export_*.png) only
 
 Figures are static PNGs of the views (kaleido drives the system Chromium). Screenshots are taken
 in Chromium (Debian's /usr/bin/chromium, driven by Playwright) of what a person opens: the HTML
@@ -13,6 +14,7 @@ test (tests/test_browser.py, DCPVIZ_UPDATE_DOCS=1) screenshots them in JupyterLa
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -123,11 +125,46 @@ def load_report_result() -> dcpviz.LoadResult:
     return dcpviz.simulate_load(save, dcpviz.Scenario(model=RenamedNorm, world_size=6, recipe="fsdp"))
 
 
+# Notebook 08 (export to Hugging Face): each picture is one section, from its heading to the next.
+HF_SHOTS = {"hf_export_plan_checks.png": "1. Plan the export", "hf_export_file_layout.png": "The file plan",
+            "hf_export_load_fix.png": "6. No key mapping"}
+
+
+def hf_export_shots() -> None:
+    """Sections of notebook 08 executed in a fresh kernel and exported, in Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    html = executed_notebook_html("08_export_to_hugging_face.ipynb", Path(tempfile.mkdtemp(prefix="dcpviz-hf-")))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(html.as_uri())
+        page.wait_for_timeout(1500)  # plotly draws after load
+        cells = page.locator(".jp-Cell")
+        texts = [cells.nth(i).inner_text() for i in range(cells.count())]
+        heads = [i for i, t in enumerate(texts) if "jp-MarkdownCell" in (cells.nth(i).get_attribute("class") or "")]
+        for png, start in HF_SHOTS.items():
+            first = next(i for i, t in enumerate(texts) if t.strip().startswith(start))
+            last = next((h - 1 for h in heads if h > first and re.match(r"\d+\. ", texts[h].lstrip())),
+                        len(texts) - 1)
+            a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
+            page.set_viewport_size({"width": 1280, "height": int(b["y"] + b["height"] - a["y"]) + 40})
+            a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
+            page.screenshot(path=str(OUT / png), full_page=True,
+                            clip={"x": 0, "y": a["y"], "width": 1280, "height": b["y"] + b["height"] - a["y"]})
+            print("wrote", OUT / png)
+        browser.close()
+
+
 def main(argv: list[str]) -> None:
     OUT.mkdir(exist_ok=True)
+    if "--hf" in argv:
+        hf_export_shots()
+        return
     figures()
     if "--figures" not in argv:
         screenshots()
+        hf_export_shots()
 
 
 if __name__ == "__main__":

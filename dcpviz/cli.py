@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from dcpviz.analysis.checks import counts, failing, refused_checkpoint
 from dcpviz.analysis.hf_checks import folder_checks
+from dcpviz.analysis.load_fix import fix_file
 from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.results import load_trace
@@ -263,8 +264,6 @@ def _load(args: argparse.Namespace, console: Console) -> int:
 
 def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
     """--emit-fix FILE: the fix as a runnable file (``analysis.load_fix.fix_file``)."""
-    from dcpviz.analysis.load_fix import fix_file
-
     bad = [c for c in args.choose if "=" not in c]
     if bad:
         raise DcpvizError(f"--choose {bad[0]!r}: write TARGET=CHECKPOINT, e.g. --choose wq=q_proj or --choose =ema.")
@@ -300,24 +299,20 @@ def _checked(path: Path) -> tuple[Any, Any]:
     error row)."""
     if not path.exists():
         raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
-    # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).
-    if is_hf_folder(path):  # headers only; an unreadable file is a finding, not a refusal
-        from dcpviz.api import inspect_checkpoint
-
-        try:
-            info = inspect_checkpoint(path)
-        except DcpvizError:
-            return folder_checks(scan_folder(path)), None
-        return info.checks, info
-    if not path.is_dir():
+    if not path.is_dir() and not is_hf_folder(path):
         result = load_trace(path)
         return result.checks, result
+    # torch, deferred: only a checkpoint directory needs it (traces are checked without torch).
     from dcpviz.api import inspect_checkpoint
 
     try:
         info = inspect_checkpoint(path)
-    except CheckpointError as exc:
-        return refused_checkpoint(str(path), str(exc)), None
+    except DcpvizError as exc:
+        if is_hf_folder(path):  # headers only: an unreadable file is a finding, not a refusal
+            return folder_checks(scan_folder(path)), None
+        if isinstance(exc, CheckpointError):
+            return refused_checkpoint(str(path), str(exc)), None
+        raise
     return info.checks, info
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dcpviz.analysis import checks as checks_
-from dcpviz.analysis import file_tables, load_tables
+from dcpviz.analysis import file_tables, load_fix, load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis import verdict as verdicts
 from dcpviz.analysis.hints import Hint, compute_hints, hints_table
@@ -430,15 +430,11 @@ class LoadResult(_Result):
     def fix_code(self, rename: dict[str, str] | None = None, allow_partial_load: bool | None = None) -> str:
         """``fix_planner``'s fix as Python for the user's own job (``dcpviz load --emit-fix``):
         ``sd`` is the state passed to ``dcp.load``, ``CKPT`` the checkpoint."""
-        from dcpviz.analysis.load_fix import fix_code, is_hf_source
-
-        return fix_code(*self._fix(rename, allow_partial_load), hf=is_hf_source(self.trace))
+        return load_fix.fix_code(*self._fix(rename, allow_partial_load), hf=load_fix.is_hf_source(self.trace))
 
     def _fix(self, rename: dict[str, str] | None, allow_partial_load: bool | None) -> tuple[dict[str, str], tuple[str, ...], bool]:
-        from dcpviz.analysis.load_fix import cumulative_fix, trace_match
-
         choices = {str(k): str(v) for k, v in (rename or {}).items()}
-        names, resized = cumulative_fix(self.trace, trace_match(self.trace, choices or None))
+        names, resized = load_fix.cumulative_fix(self.trace, load_fix.trace_match(self.trace, choices or None))
         if allow_partial_load is None:
             allow_partial_load = bool(self.trace.planner.option("allow_partial_load", False))
         return names, resized, bool(allow_partial_load)

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 
 from dcpviz.analysis.hint_base import Hint, _examples
+from dcpviz.analysis.verdict import is_expected_unused
 from dcpviz.core.keymatch import (
     WRAPPER_SEGMENTS,
     Ambiguity,
@@ -30,8 +31,6 @@ from dcpviz.core.trace import LoadTrace
 
 
 def _unexpected(trace: LoadTrace) -> list[str]:
-    from dcpviz.analysis.verdict import is_expected_unused
-
     return [m.fqn for m in trace.mismatches if m.kind == "unexpected" and not is_expected_unused(m.fqn, trace.expected_unused)]
 
 

@@ -6,6 +6,7 @@ DataFrame out. Offsets and sizes are tuples of ints; ranks are global ranks.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection
 from typing import Any
@@ -521,8 +522,6 @@ def _shown_option(name: str, value: Any) -> Any:
     """An option as the summary shows it: a fix planner's record of its fix (``fix_spec``, JSON
     that ``analysis.load_fix.previous_fix`` reads from the trace) as counts, not pages of keys."""
     if name == "fix_spec" and isinstance(value, str):
-        import json
-
         try:
             spec = json.loads(value)
             return f"{len(spec.get('rename', []))} renamed, {len(spec.get('resized', []))} resized"

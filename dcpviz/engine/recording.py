@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
 from dcpviz.core.components import captured_components
-from dcpviz.core.errors import DcpvizError, RecordingWarning
+from dcpviz.core.errors import CheckpointError, DcpvizError, RecordingWarning
 from dcpviz.core.trace import (
     ErrorRecord,
     PlannedItem,
@@ -51,10 +51,12 @@ from dcpviz.engine.convert import (
     tensor_layouts,
 )
 from dcpviz.engine.digests import tied_keys, value_digests_of
+from dcpviz.engine.hf_storage_facts import folder_file_plan
 from dcpviz.engine.phases import now, scenario_info, torch_version
 from dcpviz.engine.planners import set_up_save_planner
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.simulate import unvalidated_global_plan
+from dcpviz.engine.storage_plan import writer_info
 
 
 class CarriedPlannerData(dict):
@@ -454,10 +456,6 @@ class RecordingSavePlanner(Recorder, SavePlanner):
     def _folder_facts(self, writer: Any) -> str:
         """Storage facts from the folder a metadata-less writer wrote (its safetensors headers);
         the note saying where they came from, or why there are none."""
-        from dcpviz.core.errors import CheckpointError
-        from dcpviz.engine.hf_storage_facts import folder_file_plan
-        from dcpviz.engine.storage_plan import writer_info
-
         if writer is None:
             return ("Storage facts: none. The storage writer put no storage data into the metadata "
                     "(DCP's HuggingFaceStorageWriter writes none); call planner.complete(md, "

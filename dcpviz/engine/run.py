@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcpviz.core.errors import DcpvizError
+from torch.distributed.checkpoint.storage import StorageWriter
+
+from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.trace import ErrorRecord, PlannedItem, PlanRecord, SaveTrace
 from dcpviz.core.trace_codec import read_trace
 from dcpviz.core.version import __version__
 from dcpviz.engine.checkpoint import read_metadata
 from dcpviz.engine.convert import ItemTable, metadata_info, planner_info
 from dcpviz.engine.digests import chunk_digests
+from dcpviz.engine.hf_storage_facts import folder_file_plan
 from dcpviz.engine.materialize import materialize
 from dcpviz.engine.phases import now, scenario_info, torch_version
 from dcpviz.engine.planners import planner_factory
@@ -35,6 +38,7 @@ from dcpviz.engine.recipes import apply_recipe
 from dcpviz.engine.recording import RecordingSavePlanner, planned_items_from_plain
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.storage_plan import writer_info
 from dcpviz.engine.training_state import (
     make_optimizer,
     planner_state_dict,
@@ -247,8 +251,6 @@ def run_save_trace(
 
 def check_writer_path(writer: Any, checkpoint_dir: Path) -> None:
     """The writer must write into ``checkpoint_dir`` (the folder run_save checks and reads)."""
-    from torch.distributed.checkpoint.storage import StorageWriter
-
     if not isinstance(writer, StorageWriter):
         raise DcpvizError(f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
                           f"instance, got {type(writer).__name__}.")
@@ -262,10 +264,6 @@ def check_writer_path(writer: Any, checkpoint_dir: Path) -> None:
 def with_writer_files(trace: SaveTrace, writer: Any, folder: Path | None) -> SaveTrace:
     """The trace with the writer's info and, for a writer that wrote no .metadata, the files it
     left in ``folder`` as read from their safetensors headers."""
-    from dcpviz.core.errors import CheckpointError
-    from dcpviz.engine.hf_storage_facts import folder_file_plan
-    from dcpviz.engine.storage_plan import writer_info
-
     trace = dataclasses.replace(trace, storage_writer=writer_info(writer))
     if folder is None:
         return trace

@@ -104,6 +104,6 @@ def test_show_load_prints_markup_literally(save, tmp_path, capsys, monkeypatch):
     mismatched = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
     key = mismatched.trace.mismatches[0].fqn
     path = _renamed(mismatched, tmp_path, key, "sched[/warmup].x", "[bold red]fc1[/]x")
-    assert main(["show", path]) == 0
+    assert main(["show", path]) == 1  # a load that breaks: show is a gate too
     out = capsys.readouterr().out
     assert "sched[/warmup].x" in out and "[bold red]fc1[/]x" in out

@@ -285,7 +285,8 @@ PROGRESS_AFTER_S = 5.0
 
 
 class RunProgress:
-    """A bar on stderr (a widget in notebooks) for a real run: ranks done out of the world, and
+    """A text bar on stderr (in notebooks too: a widget output has no HTML copy, so an exported
+    notebook would lose it) for a real run: ranks done out of the world, and
     how many ranks are in each phase (build, save, load, ...). ``show``: True from the start,
     None once the run has lasted PROGRESS_AFTER_S (short runs stay quiet), False never."""
 
@@ -300,7 +301,7 @@ class RunProgress:
         if self.bar is None:
             if self.show is None and time.monotonic() - self.t0 < PROGRESS_AFTER_S:
                 return
-            from tqdm.auto import tqdm  # deferred: only a run long enough to need a bar
+            from tqdm.std import tqdm  # deferred: only a run long enough to need a bar
 
             # Asked for (True): shown even where TQDM_DISABLE quiets bars by default.
             extra = {"disable": False} if self.show else {}

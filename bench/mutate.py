@@ -161,16 +161,20 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True).stdout
     status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    return {"target": name, "modules": modules, "tests": tests, **_tally(status, keep),
+            "rc": proc.returncode, "seconds": round(time.time() - t0)}
+
+
+def _tally(status: dict[str, str], keep: list[str] | None) -> dict:
+    """Mutants (those ``keep``'s patterns select), killed, counts per status, survivors."""
     if keep:
         pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
         status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
     counts: dict[str, int] = {}
     for v in status.values():
         counts[v] = counts.get(v, 0) + 1
-    survivors = sorted(k for k, v in status.items() if v != "killed")
-    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status),
-            "killed": counts.get("killed", 0), "statuses": counts, "survivors": survivors,
-            "rc": proc.returncode, "seconds": round(time.time() - t0)}
+    return {"mutants": len(status), "killed": counts.get("killed", 0), "statuses": counts,
+            "survivors": sorted(k for k, v in status.items() if v != "killed")}
 
 
 def partial_result(name: str) -> dict:
@@ -181,15 +185,8 @@ def partial_result(name: str) -> dict:
         for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
             if code is not None:
                 status[k] = "killed" if code == 1 else "survived" if code == 0 else f"exit {code}"
-    if keep:
-        pats = [re.compile(re.escape(k).replace(r"\*", ".*") + "$") for k in keep]
-        status = {k: v for k, v in status.items() if any(p.match(k) for p in pats)}
-    counts: dict[str, int] = {}
-    for v in status.values():
-        counts[v] = counts.get(v, 0) + 1
-    return {"target": name, "modules": modules, "tests": tests, "mutants": len(status), "partial": True,
-            "killed": counts.get("killed", 0), "statuses": counts,
-            "survivors": sorted(k for k, v in status.items() if v != "killed"), "rc": None, "seconds": 0}
+    return {"target": name, "modules": modules, "tests": tests, **_tally(status, keep), "partial": True,
+            "rc": None, "seconds": 0}
 
 
 def _split(r: dict) -> tuple[list[str], list[str]]:

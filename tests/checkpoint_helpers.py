@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch.distributed.checkpoint as dcp
+
 
 def write_fsdp_mlp_checkpoint(path: str, world_size: int = 2) -> str:
     """dcp.save of the 'mlp' preset under fully_shard on ``world_size`` real gloo processes.
@@ -14,4 +18,12 @@ def write_fsdp_mlp_checkpoint(path: str, world_size: int = 2) -> str:
 
     res = dcpviz.run_save(dcpviz.Scenario(model="mlp", world_size=world_size, recipe="fsdp", device="cpu"), path)
     assert res.ok, res.errors
+    return str(path)
+
+
+def save_one_process(sd: dict, path) -> str:
+    """A real single-process dcp.save into ``path`` (its 'no process group' warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(sd, checkpoint_id=str(path), no_dist=True)
     return str(path)

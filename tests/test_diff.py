@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from checkpoint_helpers import save_one_process
 
 import dcpviz
 from dcpviz.cli import main
@@ -21,12 +22,7 @@ from dcpviz.cli import main
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
 
 
-def save(sd: dict, path) -> str:
-    """A real single-process dcp.save."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.save(sd, checkpoint_id=str(path), no_dist=True)
-    return str(path)
+save = save_one_process  # a real single-process dcp.save
 
 
 def load_plain(path, like: dict) -> dict:

@@ -13,18 +13,14 @@ import warnings
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
+from checkpoint_helpers import save_one_process
 
 import dcpviz
 
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
 
 
-def save(sd: dict, path) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.save(sd, checkpoint_id=str(path), no_dist=True)
-    return str(path)
+save = save_one_process  # a real single-process dcp.save
 
 
 def block(seed: int = 0, layers: int = 2) -> dict:

@@ -107,6 +107,13 @@ def unmapped_keys(trace: SaveTrace) -> list[Row]:
              "add every saved key to fqn_to_index_mapping (or drop the keys from the state dict)")]
 
 
+def _stale_row(severity: str, name: str, keys: list[str], which: str, effect: str) -> Row:
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return (severity, "stale-safetensors", keys[0], (),
+            f"{name}, left by an earlier save, holds {len(keys)} key(s) {which} ({shown}): DCP's HF reader "
+            f"{effect}.", "save into a new, empty folder (or delete the old files first)")
+
+
 def stale_files(trace: SaveTrace) -> list[Row]:
     """Existing *.safetensors files the save leaves in its output folder: DCP's HF reader reads them."""
     info = trace.storage_writer
@@ -124,17 +131,11 @@ def stale_files(trace: SaveTrace) -> list[Row]:
         again = sorted(k for k in keys if k in saved)
         gone = sorted(k for k in keys if k not in saved)
         if again:
-            rows.append(("data-loss", "stale-safetensors", again[0], (),
-                         f"{name}, left by an earlier save, holds {len(again)} key(s) this save writes again "
-                         f"({', '.join(again[:3])}{', ...' if len(again) > 3 else ''}): DCP's HF reader reads "
-                         "both files, and which copy a load gets depends on the folder listing order.",
-                         "save into a new, empty folder (or delete the old files first)"))
+            rows.append(_stale_row("data-loss", name, again, "this save writes again", "reads both files, and "
+                                   "which copy a load gets depends on the folder listing order"))
         if gone:
-            rows.append(("warning", "stale-safetensors", gone[0], (),
-                         f"{name}, left by an earlier save, holds {len(gone)} key(s) this save does not write "
-                         f"({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): DCP's HF reader brings "
-                         "them back in every load of this folder.",
-                         "save into a new, empty folder (or delete the old files first)"))
+            rows.append(_stale_row("warning", name, gone, "this save does not write",
+                                   "brings them back in every load of this folder"))
     return rows
 
 

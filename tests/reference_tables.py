@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.save_tables import DEDUP_COLUMNS, PHASE_COLUMNS, _flatten, item_columns
+from dcpviz.analysis.save.tables import DEDUP_COLUMNS, PHASE_COLUMNS, _flatten, item_columns
 from dcpviz.core.trace import SaveTrace
 from dcpviz.core.units import fmt_bytes
 

@@ -32,10 +32,10 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 import dcpviz
-from dcpviz.engine.convert.save import load as convert_load
+from dcpviz.engine.convert import load as convert_load
 from dcpviz.engine.job.recipes import fsdp_units, tp_plan_of
 from dcpviz.engine.shortcuts import overlap
-from dcpviz.engine.simulate.save import storageless
+from dcpviz.engine.simulate import storageless
 
 S = dcpviz.Scenario
 

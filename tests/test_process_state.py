@@ -112,7 +112,7 @@ def test_simulation_restores_logging_a_torch_call_changed(warm_imports, monkeypa
     """Whatever a fake world does to logging configuration is undone (the hook here stands in
     for torch code that sets a level or adds a handler while a rank is simulated)."""
     from dcpviz.engine.shortcuts import fastpath
-    from dcpviz.engine.simulate.save import save as simulate
+    from dcpviz.engine.simulate import save as simulate
 
     target = logging.getLogger("torch.distributed")
     before = (target.level, tuple(target.handlers), target.propagate)

@@ -62,6 +62,7 @@ from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import rank_state_dict
 from dcpviz.engine.job.training_state import SPMD_STATE_PRESETS
 from dcpviz.engine.job.world import fake_world, rank_mesh
+from dcpviz.engine.shortcuts.guards import patched
 
 
 class Leaves:
@@ -338,13 +339,9 @@ class ViewFlattening:
         def _flatten_sharded_tensors(sd: Any) -> Any:
             return dict(sd) if any(sd is m for m in made) else second(sd)
 
-        default_planner.flatten_state_dict = flatten_state_dict
-        default_planner._flatten_sharded_tensors = _flatten_sharded_tensors
-        try:
+        with patched((default_planner, "flatten_state_dict", flatten_state_dict),
+                     (default_planner, "_flatten_sharded_tensors", _flatten_sharded_tensors)):
             yield True
-        finally:
-            default_planner.flatten_state_dict = flatten
-            default_planner._flatten_sharded_tensors = second
 
 
 def mattering_dims(template: dict[str, Any], root_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -426,11 +423,8 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
             hit = cache[key] = original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
         return hit
 
-    _utils._get_shard_size_and_offsets = memo
-    try:
+    with patched((_utils, "_get_shard_size_and_offsets", memo)):
         yield cache
-    finally:
-        _utils._get_shard_size_and_offsets = original
 
 
 @contextmanager
@@ -452,8 +446,5 @@ def memoized_local_shapes() -> Iterator[dict]:
             hit = cache[key] = original(global_shape, mesh, placements, skip_offset=skip_offset)
         return hit
 
-    planner_helpers.compute_local_shape_and_global_offset = memo
-    try:
+    with patched((planner_helpers, "compute_local_shape_and_global_offset", memo)):
         yield cache
-    finally:
-        planner_helpers.compute_local_shape_and_global_offset = original

@@ -53,6 +53,8 @@ from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMe
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.tensor import DTensor
 
+from dcpviz.engine.shortcuts.guards import is_dcp_function, patched, plain_ints
+
 MIN_CHUNKS = 16
 """Below this many saved chunks DCP's own scan is as cheap as the index."""
 
@@ -70,9 +72,6 @@ class ChunkIndex:
     reach: frozenset[int]  # for each dim, one chunk reaching the largest saved extent
 
 
-def _plain_ints(values: Any, ndim: int) -> bool:
-    return len(values) == ndim and all(type(v) is int for v in values)
-
 
 def build_index(tensor_md: TensorStorageMetadata, min_chunks: int | None = None) -> ChunkIndex | None:
     """The index of ``tensor_md``'s chunks, or None where DCP's own full scan must run
@@ -83,7 +82,7 @@ def build_index(tensor_md: TensorStorageMetadata, min_chunks: int | None = None)
     if ndim == 0 or not isinstance(chunks, list) or len(chunks) < least:
         return None
     for c in chunks:
-        if not (_plain_ints(c.offsets, ndim) and _plain_ints(c.sizes, ndim)):
+        if not (plain_ints(c.offsets, ndim) and plain_ints(c.sizes, ndim)):
             return None
     starts, order, largest, reach = [], [], [], set()
     for d in range(ndim):
@@ -102,7 +101,7 @@ def candidates(index: ChunkIndex, local_chunks: list) -> list[int] | None:
     chunks = index.chunks
     picked: set[int] = set(index.reach)
     for lc in local_chunks:
-        if not (_plain_ints(lc.offsets, ndim) and _plain_ints(lc.sizes, ndim)):
+        if not (plain_ints(lc.offsets, ndim) and plain_ints(lc.sizes, ndim)):
             return None
         lo_off = lc.offsets
         lo_end = [o + s for o, s in zip(lc.offsets, lc.sizes)]
@@ -140,13 +139,6 @@ def pruned_read_items(
         si = ri.storage_index
         out.append(_with_indexes(ri, ri.dest_index, MetadataIndex(si.fqn, si.offset, picked[si.index])))
     return out
-
-
-def _is_dcp_function(fn: Any, name: str = "create_read_items_for_chunk_list") -> bool:
-    return (
-        getattr(fn, "__module__", None) == "torch.distributed.checkpoint.planner_helpers"
-        and getattr(fn, "__qualname__", None) == name
-    )
 
 
 # ReadItem's fields as this module builds them; any other shape (a newer torch) goes through
@@ -420,8 +412,9 @@ class ReadPruner:
         original = planner_helpers.create_read_items_for_chunk_list
         original_chunks = planner_helpers._create_chunk_list
         original_items = default_planner._create_read_items
-        if not (_is_dcp_function(original) and _is_dcp_function(original_chunks, "_create_chunk_list")
-                and _is_dcp_function(original_items, "_create_read_items")):
+        if not (is_dcp_function(original, "create_read_items_for_chunk_list")
+                and is_dcp_function(original_chunks, "_create_chunk_list")
+                and is_dcp_function(original_items, "_create_read_items")):
             yield False
             return
 
@@ -436,13 +429,9 @@ class ReadPruner:
         def _create_read_items(fqn: str, md: Any, obj: Any) -> list:
             return self.create_read_items(original_items, fqn, md, obj)
 
-        planner_helpers.create_read_items_for_chunk_list = create_read_items_for_chunk_list
+        patches = [(planner_helpers, "create_read_items_for_chunk_list", create_read_items_for_chunk_list)]
         if memo is not None:
-            planner_helpers._create_chunk_list = _create_chunk_list
-            default_planner._create_read_items = _create_read_items
-        try:
+            patches += [(planner_helpers, "_create_chunk_list", _create_chunk_list),
+                        (default_planner, "_create_read_items", _create_read_items)]
+        with patched(*patches):
             yield True
-        finally:
-            planner_helpers.create_read_items_for_chunk_list = original
-            planner_helpers._create_chunk_list = original_chunks
-            default_planner._create_read_items = original_items

@@ -50,12 +50,11 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from dcpviz.engine.shortcuts.guards import DEFAULT_PLANNER, is_dcp_function, patched, plain_ints
+
 MIN_CHUNKS = 64
 """Fewer chunks than this are checked quickly along any dim."""
 
-
-def _plain_ints(values: Any, ndim: int) -> bool:
-    return len(values) == ndim and all(type(v) is int for v in values)
 
 
 def stretch_for(value: Any, min_chunks: int | None = None) -> tuple[int, int] | None:
@@ -67,10 +66,10 @@ def stretch_for(value: Any, min_chunks: int | None = None) -> tuple[int, int] | 
     size, chunks = value.size, value.chunks
     ndim = len(size)
     least = MIN_CHUNKS if min_chunks is None else min_chunks
-    if ndim < 2 or len(chunks) < max(least, 2) or not _plain_ints(size, ndim):
+    if ndim < 2 or len(chunks) < max(least, 2) or not plain_ints(size, ndim):
         return None
     for c in chunks:
-        if not (_plain_ints(c.offsets, ndim) and _plain_ints(c.sizes, ndim)):
+        if not (plain_ints(c.offsets, ndim) and plain_ints(c.sizes, ndim)):
             return None
     sweep = max(range(ndim), key=lambda d: size[d])  # DCP's own choice
     distinct = [len({c.offsets[d] for c in chunks}) for d in range(ndim)]
@@ -153,16 +152,6 @@ def screening_metadata(metadata: Metadata, min_chunks: int | None = None) -> Met
     return stretched if stretched is not None else distinct
 
 
-@contextmanager
-def _logger_silenced(logger: Any) -> Iterator[None]:
-    was = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = was
-
-
 def validate(original: Callable[..., list[str]], global_plan: list, metadata: Metadata, min_chunks: int | None = None) -> list[str]:
     """DCP's verdict on ``metadata``: from the screening metadata when it finds nothing, else
     from DCP's own run on the real metadata (its messages and warnings)."""
@@ -171,18 +160,11 @@ def validate(original: Callable[..., list[str]], global_plan: list, metadata: Me
     except Exception:  # anything unexpected in the metadata: DCP's own run decides
         screen = None
     if screen is not None:
-        with _logger_silenced(default_planner.logger):
+        with patched((default_planner.logger, "disabled", True)):
             errors = original(global_plan, screen)
         if not errors:
             return []
     return original(global_plan, metadata)
-
-
-def _is_dcp_function(fn: Any) -> bool:
-    return (
-        getattr(fn, "__module__", None) == "torch.distributed.checkpoint.default_planner"
-        and getattr(fn, "__qualname__", None) == "_validate_global_plan"
-    )
 
 
 @contextmanager
@@ -191,15 +173,12 @@ def fast_validation() -> Iterator[bool]:
     ``create_global_plan``) is ``validate`` around DCP's own. Yields False and changes nothing
     when that function is not DCP's own (someone patched it)."""
     original = default_planner._validate_global_plan
-    if not _is_dcp_function(original):
+    if not is_dcp_function(original, "_validate_global_plan", DEFAULT_PLANNER):
         yield False
         return
 
     def _validate_global_plan(global_plan: list, metadata: Metadata) -> list[str]:
         return validate(original, global_plan, metadata)
 
-    default_planner._validate_global_plan = _validate_global_plan
-    try:
+    with patched((default_planner, "_validate_global_plan", _validate_global_plan)):
         yield True
-    finally:
-        default_planner._validate_global_plan = original

@@ -37,6 +37,8 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import WriteItem
 from torch.distributed.tensor import DTensor
 
+from dcpviz.engine.shortcuts.guards import is_dcp_function, patched
+
 
 def write_fields(wi: Any) -> tuple:
     """Every field of a WriteItem (``MetadataIndex.index`` is left out of ``==``, not here)."""
@@ -65,14 +67,6 @@ def renamed(items: list, fqn: str) -> list:
         state["index"] = _with_name(wi.index, fqn)
         out.append(new)
     return out
-
-
-def _is_dcp_function(fn: Any) -> bool:
-    return (
-        fn is planner_helpers._create_write_items
-        and getattr(fn, "__module__", None) == "torch.distributed.checkpoint.planner_helpers"
-        and getattr(fn, "__qualname__", None) == "_create_write_items"
-    )
 
 
 class WriteItemMemo:
@@ -122,16 +116,16 @@ class WriteItemMemo:
         ``create_local_plan`` calls per key) goes through the memo; on leaving, the memo forgets
         its groups. Yields False and changes nothing when the helper is not DCP's own."""
         original = default_planner._create_write_items
-        if not self.on or not _is_dcp_function(original):
+        if (not self.on or original is not planner_helpers._create_write_items
+                or not is_dcp_function(original, "_create_write_items")):
             yield False
             return
 
         def _create_write_items(fqn: str, object: Any) -> list:  # noqa: A002 - DCP's own parameter name
             return self.write_items(original, fqn, object)
 
-        default_planner._create_write_items = _create_write_items
         try:
-            yield True
+            with patched((default_planner, "_create_write_items", _create_write_items)):
+                yield True
         finally:
-            default_planner._create_write_items = original
             self._memo.clear()

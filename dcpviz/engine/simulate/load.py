@@ -110,6 +110,58 @@ def young_gc_only(on: bool = True) -> Iterator[Any]:
         gc.enable()
 
 
+@dataclass(frozen=True)
+class _Speedups:
+    """The exact shortcuts a load takes (none with ``fast=False``), chosen once."""
+
+    chunk_lists: ChunkLists | None = None  # DCP's _create_chunk_list once per spec of a rank
+    pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (shortcuts/overlap.py)
+    target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
+    read_boxes: dict | None = None  # convert.load.read_record's memo (None: every item on its own)
+    lean: bool = False  # let go of each rank's state dict once planned
+
+    @classmethod
+    def choose(cls, fast: bool | None, md: Any, is_dcp_default: bool) -> _Speedups:
+        """Every shortcut unless ``fast`` is False; the read pruner only for DCP's own planner."""
+        if fast is False:
+            return cls()
+        chunk_lists = ChunkLists()
+        pruner = ReadPruner(md, chunk_lists=chunk_lists) if is_dcp_default else None
+        return cls(chunk_lists, pruner, TargetValues(chunk_lists), {}, True)
+
+    def new_rank(self) -> None:
+        """Forget the answers that hold for one rank's mesh coordinate only."""
+        if self.pruner is not None:
+            self.pruner.new_rank()
+        elif self.chunk_lists is not None:
+            self.chunk_lists.clear()
+        if self.target_values is not None:
+            self.target_values.clear()
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """Which ranks are planned (a representative per class of ranks) and how their state dicts
+    are made (rank 0's template rebound, or each rank's own)."""
+
+    template: Any
+    shortcuts: bool  # the template is used and the planner is DCP's own
+    rep_of: dict[int, int]
+    sharing: dict[int, int]  # representative -> the last rank reusing its facts
+
+
+@dataclass
+class _KeyFacts:
+    """What the scan of every rank's keys against the checkpoint gathers."""
+
+    wanted: ItemTable = field(default_factory=ItemTable)
+    wanted_by_rank: list[tuple[int, ...]] = field(default_factory=list)
+    wanted_fqns: set[str] = field(default_factory=set)
+    read_storage_fqns: set[str] = field(default_factory=set)
+    collector: MismatchCollector = field(default_factory=MismatchCollector)
+    per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
+
+
 @dataclass
 class _LoadRun:
     """One simulated load in progress: what every phase reads and adds to."""
@@ -118,32 +170,20 @@ class _LoadRun:
     make_planner: Any
     metadata: Any
     itemsizes: Any
-    template: Any
-    shortcuts: bool
-    rep_of: dict[int, int]
+    classes: _Classes
+    speed: _Speedups
     timer: Timer
     log: Log
+    keys: _KeyFacts = field(default_factory=_KeyFacts)
     mode: Any = field(default_factory=new_fake_mode)
+    fakes: dict = field(default_factory=dict)  # storageless tensors shared by the ranks of a template
     reads: ItemTable = field(default_factory=ItemTable)
-    wanted: ItemTable = field(default_factory=ItemTable)
-    collector: MismatchCollector = field(default_factory=MismatchCollector)
+    plan_memo: dict[int, tuple[LoadPlan, PlanRecord]] = field(default_factory=dict)
     planners: list[Any] = field(default_factory=list)
     local: list[LoadPlan | None] = field(default_factory=list)
     local_records: list[PlanRecord | None] = field(default_factory=list)
-    wanted_by_rank: list[tuple[int, ...]] = field(default_factory=list)
-    wanted_fqns: set[str] = field(default_factory=set)
-    read_storage_fqns: set[str] = field(default_factory=set)
-    plan_memo: dict[int, tuple[LoadPlan, PlanRecord]] = field(default_factory=dict)
-    read_boxes: dict | None = None  # convert_load.read_record's memo (None: every item converted on its own)
-    fakes: dict = field(default_factory=dict)
-    per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
     rebound: int = 0
     components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
-    pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (engine/shortcuts/overlap.py)
-    chunk_lists: ChunkLists | None = None  # DCP's _create_chunk_list once per spec of a rank
-    target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
-    sharing: dict[int, int] = field(default_factory=dict)  # representative -> last rank reusing its facts
-    lean: bool = False  # let go of each rank's state dict once planned (fast is not False)
     collect_young: Any = None  # call between ranks (young_gc_only); None: GC runs by itself
 
     @property
@@ -151,12 +191,12 @@ class _LoadRun:
         return self.target.world_size
 
     def record(self, plan: LoadPlan) -> PlanRecord:
-        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo, self.read_boxes)
+        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo, self.speed.read_boxes)
 
 
 def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, info: Any, timer: Timer, log: Log) -> _LoadRun:
-    """The target on meta, the template state dict where the recipe is SPMD, and the classes of
-    ranks that share a plan."""
+    """The target on meta, the template state dict where the recipe is SPMD, the classes of
+    ranks that share a plan, and the exact shortcuts this load takes."""
     sim = target if target.device == "meta" else target.replace(device="meta")
     template, rebound = None, 0
     with timer.phase("build_state_dicts"):
@@ -165,55 +205,38 @@ def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, inf
     shortcuts = template is not None and info.is_dcp_default
     rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
-    # DCP's read planning on the saved chunks that can overlap (exact; see engine/shortcuts/overlap.py).
-    # With it, DCP's _create_chunk_list once per DTensor spec of a rank (exact; see ChunkLists).
-    chunk_lists = ChunkLists() if fast is not False else None
-    pruner = ReadPruner(md, chunk_lists=chunk_lists) if fast is not False and info.is_dcp_default else None
     sharing = {rep: r for r, rep in sorted(rep_of.items()) if rep != r}
-    return _LoadRun(sim, make_planner, md, saved_itemsizes(md), template, shortcuts, rep_of, timer, log,
-                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound,
-                    pruner=pruner, chunk_lists=chunk_lists,
-                    target_values=TargetValues(chunk_lists) if fast is not False else None,
-                    read_boxes={} if fast is not False else None, sharing=sharing, lean=fast is not False)
+    return _LoadRun(sim, make_planner, md, saved_itemsizes(md), _Classes(template, shortcuts, rep_of, sharing),
+                    _Speedups.choose(fast, md, info.is_dcp_default), timer, log,
+                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound)
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
     """Rank ``r`` has the same plan and the same keys as its representative ``rep``."""
     run.local[r], run.local_records[r], run.planners[r] = run.local[rep], run.local_records[rep], run.planners[rep]
-    values, wanted_ids, messages, renames, read_dest = run.per_rep[rep]
-    if run.sharing[rep] == r:
-        del run.per_rep[rep]  # the last rank of the class: nobody asks for these again
-    run.wanted_by_rank.append(wanted_ids)
+    keys = run.keys
+    values, wanted_ids, messages, renames, read_dest = keys.per_rep[rep]
+    if run.classes.sharing[rep] == r:
+        del keys.per_rep[rep]  # the last rank of the class: nobody asks for these again
+    keys.wanted_by_rank.append(wanted_ids)
     with run.timer.phase("mismatch_scan"):
-        run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
+        keys.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
 
 
 def _plan_rank(run: _LoadRun, r: int) -> None:
     """One rank's set up and local plan, as dcp.load runs them, then its keys against the checkpoint."""
     md = run.metadata
-    with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if run.shortcuts else nullcontext()):
+    classes, speed = run.classes, run.speed
+    with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if classes.shortcuts else nullcontext()):
         t0 = time.perf_counter()
-        if run.pruner is not None:
-            run.pruner.new_rank()  # answers by spec hold for one rank's mesh coordinate
-        elif run.chunk_lists is not None:
-            run.chunk_lists.clear()
-        if run.target_values is not None:
-            run.target_values.clear()
-        if run.template is not None:
-            state_dict = fastpath.rank_view(run.template, r, {})
-        else:
-            state_dict, n = rank_state_dict(run.target, r)
-            run.rebound += n
-        if r == 0:
-            run.components = training_state_components(run.target, state_dict)
-        state_dict = to_storageless(state_dict, run.mode, run.fakes if run.shortcuts else None,
-                                    {} if run.shortcuts else None)
+        speed.new_rank()
+        state_dict = _rank_state(run, r)
         t1 = time.perf_counter()
         p = run.make_planner()
         run.planners[r] = p
         failed = False
         try:
-            with run.pruner.active() if run.pruner is not None else nullcontext():
+            with speed.pruner.active() if speed.pruner is not None else nullcontext():
                 p.set_up_planner(state_dict, md, r == 0)
                 plan = p.create_local_plan()
             run.local[r] = plan
@@ -223,11 +246,25 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
             failed = True
         t2 = time.perf_counter()
         _check_keys(run, r, p, state_dict, failed)
-        if run.lean:
+        if speed.lean:
             _drop_state(p)
         run.timer.add("build_state_dicts", t1 - t0)
         run.timer.add("local_plans", t2 - t1)
         run.timer.add("mismatch_scan", time.perf_counter() - t2)
+
+
+def _rank_state(run: _LoadRun, r: int) -> dict[str, Any]:
+    """Rank ``r``'s state dict (the template's view, or its own), storageless for the planner."""
+    classes = run.classes
+    if classes.template is not None:
+        state_dict = fastpath.rank_view(classes.template, r, {})
+    else:
+        state_dict, n = rank_state_dict(run.target, r)
+        run.rebound += n
+    if r == 0:
+        run.components = training_state_components(run.target, state_dict)
+    return to_storageless(state_dict, run.mode, run.fakes if classes.shortcuts else None,
+                          {} if classes.shortcuts else None)
 
 
 def _drop_state(planner: Any) -> None:
@@ -242,29 +279,31 @@ def _drop_state(planner: Any) -> None:
 def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], failed: bool) -> None:
     """Every key of rank ``r`` against the checkpoint, with DCP's own message where it fails."""
     flat = planner_view(p, state_dict)
-    value_of = run.target_values.value if run.target_values is not None else target_value
+    keys = run.keys
+    value_of = run.speed.target_values.value if run.speed.target_values is not None else target_value
     values: list[TargetValue] = [value_of(k, v) for k, v in flat.items()]
-    wanted_ids = tuple(run.wanted.add(tv) for tv in values)
-    run.wanted_by_rank.append(wanted_ids)
-    run.wanted_fqns.update(flat)
+    wanted_ids = tuple(keys.wanted.add(tv) for tv in values)
+    keys.wanted_by_rank.append(wanted_ids)
+    keys.wanted_fqns.update(flat)
     plan = run.local[r]
     renames, read_dest, read_src = read_facts(
         (ri.dest_index.fqn, ri.storage_index.fqn) for ri in (plan.items if plan is not None else ())
     )
-    run.read_storage_fqns |= read_src
+    keys.read_storage_fqns |= read_src
     messages = None
     if failed:
         strict = not bool(getattr(p, "allow_partial_load", False))
         messages = dcp_key_messages(flat, run.metadata, strict)
-    run.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
-    if r in run.sharing:
-        run.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
+    keys.collector.add_rank(r, values, run.metadata, messages, renames, read_dest)
+    if r in run.classes.sharing:
+        keys.per_rep[r] = (values, wanted_ids, messages, renames, read_dest)
 
 
 def _local_step(run: _LoadRun, progress: bool | None) -> None:
-    bar = progress_bar(len(set(run.rep_of.values())), "load plans", progress)
+    rep_of = run.classes.rep_of
+    bar = progress_bar(len(set(rep_of.values())), "load plans", progress)
     for r in range(run.world_size):
-        rep = run.rep_of[r]
+        rep = rep_of[r]
         if rep != r:
             _share_plan(run, r, rep)
             continue
@@ -392,9 +431,9 @@ def _plan_load(saved: Any, target: Scenario, planner: Any, progress: bool | None
         local_plans=tuple(run.local_records),
         global_plans=global_records,
         final_plans=final_records,
-        wanted=tuple(run.wanted.items),
-        wanted_by_rank=tuple(run.wanted_by_rank),
-        mismatches=run.collector.records(md, run.wanted_fqns, run.read_storage_fqns),
+        wanted=tuple(run.keys.wanted.items),
+        wanted_by_rank=tuple(run.keys.wanted_by_rank),
+        mismatches=run.keys.collector.records(md, run.keys.wanted_fqns, run.keys.read_storage_fqns),
         errors=tuple(log.errors),
         timings=tuple(timer.totals.items()),
         notes=tuple(log.notes),

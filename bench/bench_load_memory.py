@@ -56,7 +56,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import dcpviz
-    from dcpviz.analysis.save.tables import _fmt_bytes
+    from dcpviz.core.units import fmt_bytes as _fmt_bytes
 
     saved_mesh = tuple(int(d) for d in args.saved_mesh.split("x"))
     n_params, size = model_bytes(args.model, args.dtype)

@@ -120,7 +120,6 @@ def renames_table(p: Pairing) -> pd.DataFrame:
 def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, layout: pd.DataFrame,
                   values: pd.DataFrame, compared: bool) -> pd.DataFrame:
     """The diff table: one row per key of A or B, content changes first."""
-    rows = []
     same_boxes = dict(zip(layout["fqn"], layout["same_boxes"]))
     by_value = {f: r for f, r in zip(values["fqn"], values.to_dict("records"))}
     candidates: dict[str, list[str]] = {}
@@ -128,27 +127,8 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
         if not c.certain:
             candidates.setdefault(c.fqn_a, []).append(c.fqn_b)
             candidates.setdefault(c.fqn_b, []).append(c.fqn_a)
-    for t in tensors.to_dict("records"):
-        x, y = t["fqn"], t["fqn_b"]
-        v = by_value.get(x)
-        if t["change"]:
-            detail = (f"{t['dtype_a']} {_fmt(t['shape_a'])} -> {t['dtype_b']} {_fmt(t['shape_b'])}"
-                      if t["change"] != "kind" else f"{t['kind_a']} -> {t['kind_b']}")
-            kind = "kind" if t["change"] == "kind" else ("dtype" if "dtype" in t["change"] else "shape")
-            if x != y:  # renamed and changed: the row says both
-                detail = f"renamed {x} -> {y}; {detail}"
-            rows.append((x, y, kind, detail))
-        elif v is not None and v["status"] == "differs":
-            detail = (f"{v['differing']} of {v['compared']} differ; max |a-b| {v['max_abs_diff']:.6g}; "
-                      f"first at {_fmt(v['first_diff'])}") if v["kind"] == "tensor" else \
-                f"stored bytes differ from byte {v['first_diff'][0] if v['first_diff'] else 0}"
-            if v["reason"]:
-                detail += f" ({v['reason']})"
-            rows.append((x, y, "values differ", detail))
-        elif x != y:
-            rows.append((x, y, "renamed", f"{x} -> {y}"))
-        else:
-            rows.append((x, y, *_unchanged(compared, v, same_boxes.get(x, True))))
+    rows = [_paired_row(t, by_value.get(t["fqn"]), compared, same_boxes.get(t["fqn"], True))
+            for t in tensors.to_dict("records")]
     for k in p.only_a:
         rows.append((k, "", "rename?" if k in candidates else "only in A",
                      ("maybe " + " | ".join(sorted(candidates[k]))) if k in candidates else ""))
@@ -160,6 +140,28 @@ def changes_table(a: DiffSide, b: DiffSide, p: Pairing, tensors: pd.DataFrame, l
     frame["_o"] = frame["change"].map(order)
     frame["_k"] = frame["fqn"].where(frame["fqn"] != "", frame["fqn_b"])
     return frame.sort_values(["_o", "_k"], kind="stable").drop(columns=["_o", "_k"]).reset_index(drop=True)
+
+
+def _paired_row(t: dict, v: dict | None, compared: bool, same_boxes: bool) -> tuple[str, str, str, str]:
+    """The row of a key both sides hold (``t``: its tensors row; ``v``: its values row, if any)."""
+    x, y = t["fqn"], t["fqn_b"]
+    if t["change"]:
+        detail = (f"{t['dtype_a']} {_fmt(t['shape_a'])} -> {t['dtype_b']} {_fmt(t['shape_b'])}"
+                  if t["change"] != "kind" else f"{t['kind_a']} -> {t['kind_b']}")
+        kind = "kind" if t["change"] == "kind" else ("dtype" if "dtype" in t["change"] else "shape")
+        if x != y:  # renamed and changed: the row says both
+            detail = f"renamed {x} -> {y}; {detail}"
+        return x, y, kind, detail
+    if v is not None and v["status"] == "differs":
+        detail = (f"{v['differing']} of {v['compared']} differ; max |a-b| {v['max_abs_diff']:.6g}; "
+                  f"first at {_fmt(v['first_diff'])}") if v["kind"] == "tensor" else \
+            f"stored bytes differ from byte {v['first_diff'][0] if v['first_diff'] else 0}"
+        if v["reason"]:
+            detail += f" ({v['reason']})"
+        return x, y, "values differ", detail
+    if x != y:
+        return x, y, "renamed", f"{x} -> {y}"
+    return (x, y, *_unchanged(compared, v, same_boxes))
 
 
 def _unchanged(compared: bool, v: dict | None, same_boxes: bool) -> tuple[str, str]:

@@ -708,23 +708,29 @@ def phase_changes(trace: SaveTrace) -> pd.DataFrame:
         for r, (a, b) in enumerate(zip(before, after)):
             if a is not None and b is not None and a.items == b.items:
                 continue  # the same plan: nothing changed (finish_plan's default)
-            a_ids = set(a.items) if a is not None else set()
-            b_ids = set(b.items) if b is not None else set()
-            # Keyed in set order, as before: the rows' order follows it.
-            a_keys = {key[i]: i for i in a_ids}
-            b_keys = {key[i]: i for i in b_ids}
-            for k, i in a_keys.items():
-                if k not in b_keys:
-                    rows.append(row(phase, r, i, "dropped by dedup" if phase == "global" else "removed"))
-                elif b_keys[k] != i and phase == "final":
-                    rows.append(row(phase, r, i, "changed"))
-            for k, i in b_keys.items():
-                if k not in a_keys:
-                    rows.append(row(phase, r, i, "added"))
+            rows.extend(row(phase, r, i, change) for i, change in _plan_changes(phase, a, b, key))
 
     diff("global", trace.local_plans, trace.global_plans)
     diff("final", trace.global_plans, trace.final_plans)
     return pd.DataFrame(rows, columns=PHASE_COLUMNS).astype({"rank": "int64", "nbytes": "int64"})
+
+
+def _plan_changes(phase: str, a: PlanRecord | None, b: PlanRecord | None, key: list) -> list[tuple[int, str]]:
+    """(item, change) for each item of one rank's plan that ``phase`` dropped, added or altered
+    (``a``: the plan before it, ``b``: after; ``key``: each item's identity)."""
+    a_ids = set(a.items) if a is not None else set()
+    b_ids = set(b.items) if b is not None else set()
+    # Keyed in set order, as before: the rows' order follows it.
+    a_keys = {key[i]: i for i in a_ids}
+    b_keys = {key[i]: i for i in b_ids}
+    out = []
+    for k, i in a_keys.items():
+        if k not in b_keys:
+            out.append((i, "dropped by dedup" if phase == "global" else "removed"))
+        elif b_keys[k] != i and phase == "final":
+            out.append((i, "changed"))
+    out += [(i, "added") for k, i in b_keys.items() if k not in a_keys]
+    return out
 
 
 def phase_volume(trace: SaveTrace) -> pd.DataFrame:

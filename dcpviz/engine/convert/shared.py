@@ -127,30 +127,37 @@ def metadata_info(md: Metadata) -> MetadataInfo:
             )
         else:
             bytes_keys.append(fqn)
-    planner_data = []
-    if isinstance(md.planner_data, dict):
-        for fqn, path in md.planner_data.items():
-            if isinstance(path, (tuple, list)) and all(isinstance(p, (str, int)) for p in path):
-                planner_data.append((str(fqn), tuple(path)))
-    storage = []
-    if isinstance(md.storage_data, dict):
-        for index, info in md.storage_data.items():
-            if isinstance(index, MetadataIndex) and hasattr(info, "relative_path"):
-                storage.append(
-                    StorageEntry(
-                        fqn=index.fqn,
-                        offsets=box(index.offset) if index.offset is not None else None,
-                        relative_path=str(info.relative_path),
-                        offset=int(info.offset),
-                        length=int(info.length),
-                    )
-                )
     return MetadataInfo(
         tensors=tuple(tensors),
         bytes_keys=tuple(bytes_keys),
-        planner_data=tuple(planner_data),
-        storage=tuple(storage),
+        planner_data=_planner_data(md.planner_data),
+        storage=_storage_entries(md.storage_data),
         version=getattr(md, "version", None),
+    )
+
+
+def _planner_data(data: Any) -> tuple[tuple[str, tuple], ...]:
+    """The metadata's planner_data (key -> its object path), where it is one."""
+    if not isinstance(data, dict):
+        return ()
+    return tuple((str(fqn), tuple(path)) for fqn, path in data.items()
+                 if isinstance(path, (tuple, list)) and all(isinstance(p, (str, int)) for p in path))
+
+
+def _storage_entries(data: Any) -> tuple[StorageEntry, ...]:
+    """The metadata's storage_data (where each chunk lies), where it is DCP's file storage."""
+    if not isinstance(data, dict):
+        return ()
+    return tuple(
+        StorageEntry(
+            fqn=index.fqn,
+            offsets=box(index.offset) if index.offset is not None else None,
+            relative_path=str(info.relative_path),
+            offset=int(info.offset),
+            length=int(info.length),
+        )
+        for index, info in data.items()
+        if isinstance(index, MetadataIndex) and hasattr(info, "relative_path")
     )
 
 

@@ -232,27 +232,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         "Local and final plans are each rank's own (reported by its recording planner); the global "
         "plans and metadata are the coordinator's.",
     ]
-    # Each rank's own local plan (exact BYTE_IO sizes); where a rank reported nothing, the plan
-    # the coordinator received.
-    local: list[PlanRecord | None] = []
-    byte_sizes: dict[int, dict[str, int]] = {}
-    for r in range(W):
-        own = _rank_items(payloads, r, "local")
-        rec = (payloads.get(r) or {}).get("record") or {}
-        byte_sizes[r] = rec.get("byte_sizes", {})
-        if own is not None:
-            local.append(PlanRecord(items=tuple(table.add(i) for i in own), usable=bool(rec.get("local_usable", True))))
-        elif base is not None and base.local_plans[r] is not None:
-            local.append(_remap(base, base.local_plans[r], table, {}))
-        else:
-            local.append(None)
+    local, byte_sizes = _local_plans(payloads, base, table, W)
     if base is not None:
-        mismatched = [r for r in range(W) if local[r] is not None and base.local_plans[r] is not None
-                      and _keys(table.items, local[r]) != _keys(base.items, base.local_plans[r])]
-        if mismatched:
-            errors.append(ErrorRecord("record", None, "RecordingMismatch",
-                                      f"ranks {mismatched}: the local plan a rank made differs from the one the "
-                                      "coordinator received (a storage writer's prepare_local_plan changed it?)"))
+        errors += _local_mismatch(base, table, local)
     global_plans = None
     if base is not None and base.global_plans is not None:
         global_plans = tuple(_remap(base, p, table, byte_sizes.get(r, {})) for r, p in enumerate(base.global_plans))
@@ -292,7 +274,7 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         notes=tuple(notes),
         layouts=base.layouts if base is not None else (),
         source="run",
-        # Every rank's value digests reached the coordinator with its local plan (recording.py).
+        # Every rank's value digests reached the coordinator with its local plan (capture/save.py).
         value_digests=base.value_digests if base is not None else (),
         dedup_alternative=base.dedup_alternative if base is not None else None,
         tied_keys=base.tied_keys if base is not None else (),
@@ -300,6 +282,36 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         dcpviz_version=__version__,
         created=now(),
     )
+
+
+def _local_plans(payloads: dict[int, dict[str, Any]], base: SaveTrace | None, table: ItemTable,
+                 W: int) -> tuple[list[PlanRecord | None], dict[int, dict[str, int]]]:
+    """Each rank's own local plan (exact BYTE_IO sizes); where a rank reported nothing, the plan
+    the coordinator received. Also each rank's BYTE_IO sizes."""
+    local: list[PlanRecord | None] = []
+    byte_sizes: dict[int, dict[str, int]] = {}
+    for r in range(W):
+        own = _rank_items(payloads, r, "local")
+        rec = (payloads.get(r) or {}).get("record") or {}
+        byte_sizes[r] = rec.get("byte_sizes", {})
+        if own is not None:
+            local.append(PlanRecord(items=tuple(table.add(i) for i in own), usable=bool(rec.get("local_usable", True))))
+        elif base is not None and base.local_plans[r] is not None:
+            local.append(_remap(base, base.local_plans[r], table, {}))
+        else:
+            local.append(None)
+    return local, byte_sizes
+
+
+def _local_mismatch(base: SaveTrace, table: ItemTable, local: list[PlanRecord | None]) -> list[ErrorRecord]:
+    """An error where a rank's own local plan differs from the one the coordinator received."""
+    mismatched = [r for r, plan in enumerate(local) if plan is not None and base.local_plans[r] is not None
+                  and _keys(table.items, plan) != _keys(base.items, base.local_plans[r])]
+    if not mismatched:
+        return []
+    return [ErrorRecord("record", None, "RecordingMismatch",
+                        f"ranks {mismatched}: the local plan a rank made differs from the one the "
+                        "coordinator received (a storage writer's prepare_local_plan changed it?)")]
 
 
 def _remap(base: SaveTrace, plan: PlanRecord, table: ItemTable, sizes: dict[str, int]) -> PlanRecord:

@@ -6,7 +6,7 @@ scenario's model and recipe, meshes rebound to r) with storage-less tensors, a f
 ``dcp.load``: if every rank planned, the coordinator's ``create_global_plan`` and each rank's
 ``finish_plan``; if any rank failed, no global plan (dcp.load raises a CheckpointException
 listing each failing rank). Planner failures are recorded, never raised; every mismatch on every
-rank is collected besides (see ``mismatch.py``).
+rank is collected besides (see ``planning/mismatch.py``).
 """
 
 from __future__ import annotations

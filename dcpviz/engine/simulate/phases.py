@@ -1,9 +1,10 @@
 """The DCP phase loop both directions share: set up -> local -> global -> finish, timed by one
 Timer, planner failures recorded as data (never raised), and the notes both directions write.
 
-``simulate`` (save) and ``simulate_load`` supply what differs: how a rank's state dict and local
-plan are made, and how a plan is recorded. Recording planners (``recording*``) share the trace
-helpers here (scenario, versions, time).
+``save`` (simulate_save) and ``load`` (simulate_load) supply what differs: how a rank's state
+dict and local plan are made, and how a plan is recorded. The trace stamps every source shares
+(scenario, versions, time) are in ``engine/planning/stamps.py``, so the recording planners need
+nothing from here.
 """
 
 from __future__ import annotations

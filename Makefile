@@ -1,6 +1,7 @@
 # dcpviz: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install, simulate the default scenario, write report.html
-#   make test   create/update .venv, check the import layers (lint-imports), run the whole test suite
+#   make test   create/update .venv, check style (ruff format --check, ruff check) and the import
+#               layers (lint-imports), run the whole test suite
 #               in a random order (pytest-randomly); it prints the seed, replay with `make test SEED=N`
 #   make mutate mutation testing (mutmut, one worker) of the modules where a wrong answer is costly;
 #               slow (tens of minutes), not for every CI run; the table goes to bench/MUTATION.md
@@ -30,6 +31,8 @@ SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
 endif
 
 test: $(STAMP)
+	$(BIN)/ruff format --check dcpviz tests bench examples
+	$(BIN)/ruff check dcpviz tests bench examples
 	$(BIN)/lint-imports
 	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED))"
 	$(BIN)/python -m pytest -q -ra -p randomly --randomly-seed=$(SEED)

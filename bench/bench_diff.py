@@ -67,7 +67,7 @@ def cat_seconds(dirs: list[Path]) -> tuple[float, int]:
 
 _DIFF = """
 import json, resource, sys, time
-import dcpviz, dcpviz.api, dcpviz.engine.diff_values
+import dcpviz, dcpviz.api, dcpviz.engine.diff.values
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 r = dcpviz.diff(sys.argv[1], sys.argv[2], values=True)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from dcpviz.engine.digests import value_digest, value_digests_of
+from dcpviz.engine.values.digests import value_digest, value_digests_of
 
 
 def _best(fn, repeats: int) -> tuple[float, float]:

@@ -36,8 +36,8 @@ def gib(n: float) -> str:
 def model_bytes(model: str, dtype: str) -> tuple[int, int]:
     import torch
 
-    from dcpviz.engine.models import build_model
-    from dcpviz.engine.scenario import DTYPES
+    from dcpviz.engine.job.models import build_model
+    from dcpviz.engine.job.scenario import DTYPES
 
     m = build_model(model, "meta")
     n = sum(p.numel() for p in m.parameters())
@@ -56,7 +56,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import dcpviz
-    from dcpviz.analysis.save_tables import _fmt_bytes
+    from dcpviz.core.units import fmt_bytes as _fmt_bytes
 
     saved_mesh = tuple(int(d) for d in args.saved_mesh.split("x"))
     n_params, size = model_bytes(args.model, args.dtype)

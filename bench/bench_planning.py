@@ -46,7 +46,7 @@ def _peak_gb() -> float:
 def _meta_model():
     import torch
 
-    from dcpviz.engine.models import PRESETS
+    from dcpviz.engine.job.models import PRESETS
 
     with torch.device("meta"):
         return PRESETS["llama3-70b"]().to(torch.bfloat16)
@@ -63,7 +63,7 @@ def dcp_load_per_rank(md, recipe: str, mesh: tuple[int, ...], names: tuple[str, 
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     # dcpviz's fake process group only: set_up_planner asks it for a device.
-    from dcpviz.engine.world import fake_world
+    from dcpviz.engine.job.world import fake_world
 
     W = 1
     for d in mesh:
@@ -87,7 +87,7 @@ def dcp_load_per_rank(md, recipe: str, mesh: tuple[int, ...], names: tuple[str, 
 
 def same_reads(result, plans) -> tuple[int, int]:
     """Ranks whose trace local plan equals DCP's ReadItems, every field, in order."""
-    from dcpviz.engine.convert_load import read_record, saved_itemsizes
+    from dcpviz.engine.convert.load import read_record, saved_itemsizes
 
     sizes = saved_itemsizes(result.metadata)
     tr = result.trace
@@ -153,7 +153,7 @@ def simulate_with_floor(sc, floors: dict | None = None):
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     import dcpviz
-    from dcpviz.engine.world import fake_world
+    from dcpviz.engine.job.world import fake_world
 
     captured: dict = {}
     real = DefaultSavePlanner.create_global_plan

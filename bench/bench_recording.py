@@ -42,9 +42,9 @@ def bench_job(rank: int, world: int, report, scenario, root: str, repeats: int) 
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     from dcpviz import RecordingSavePlanner
-    from dcpviz.engine.materialize import materialize
-    from dcpviz.engine.recipes import apply_recipe
-    from dcpviz.engine.statedict import build_mesh, build_model_on_meta
+    from dcpviz.engine.job.recipes import apply_recipe
+    from dcpviz.engine.job.statedict import build_mesh, build_model_on_meta
+    from dcpviz.engine.values.materialize import materialize
 
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario))
     materialize(model, torch.device("cpu"))
@@ -68,7 +68,7 @@ def bench_job(rank: int, world: int, report, scenario, root: str, repeats: int) 
 
 def part1(repeats: int) -> None:
     import dcpviz
-    from dcpviz.engine.procs import launch
+    from dcpviz.engine.run.procs import launch
 
     print(f"Part 1: real gloo jobs on CPU, coordinator's dcp.save wall time, median of {repeats} "
           f"(machine: {os.cpu_count()} CPUs)")
@@ -130,7 +130,7 @@ def _carrying(plans, result):
     planner_data (the simulation's digests of rank 0, as every rank of these SPMD jobs holds)."""
     import dataclasses
 
-    from dcpviz.engine.recording import CarriedPlannerData
+    from dcpviz.engine.capture.save import CarriedPlannerData
 
     own = tuple(d for d in result.trace.value_digests if d.rank == 0)
     return [dataclasses.replace(p, planner_data=CarriedPlannerData(p.planner_data,
@@ -144,8 +144,8 @@ def part2(cases, repeats: int = 3) -> None:
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     import dcpviz
-    from dcpviz.engine.recording import RecordingSavePlanner
-    from dcpviz.engine.world import fake_world
+    from dcpviz.engine.capture.save import RecordingSavePlanner
+    from dcpviz.engine.job.world import fake_world
 
     print(f"\nPart 2: the coordinator's create_global_plan on real-size local plans (one process, best of {repeats})")
     print(f"{'model':<11}{'recipe':<7}{'W':>6}{'items':>9}{'DCP s':>8}{'recorded s':>12}{'overhead s':>12}"

@@ -41,26 +41,26 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
          "tests/test_mutation_kills.py"],
     ),
     "safe_readers": (
-        ["dcpviz/engine/byteio.py", "dcpviz/engine/checkpoint.py", "dcpviz/engine/metadata_check.py"],
+        ["dcpviz/engine/checkpoint/byteio.py", "dcpviz/engine/checkpoint/reader.py", "dcpviz/engine/checkpoint/metadata_check.py"],
         # What stands between a checkpoint and plain pickle: the metadata unpickler and its
         # reader, the path guards, and the BYTE_IO loader (not the table building of
         # inspect_checkpoint nor metadata_check's structure rules, which the fuzz and checkpoint
-        # tests cover otherwise; add "dcpviz.engine.metadata_check.*" for those)
-        ["dcpviz.engine.byteio.x_load_byte_io*", "dcpviz.engine.byteio.x_sanitized_stream*",
-         "dcpviz.engine.byteio.x__read_all*", "dcpviz.engine.checkpoint.xǁ_MetadataUnpicklerǁ*",
-         "dcpviz.engine.checkpoint.x_read_metadata*", "dcpviz.engine.checkpoint.x_check_inside*",
-         "dcpviz.engine.checkpoint.x__check_storage_paths*"],
+        # tests cover otherwise; add "dcpviz.engine.checkpoint.metadata_check.*" for those)
+        ["dcpviz.engine.checkpoint.byteio.x_load_byte_io*", "dcpviz.engine.checkpoint.byteio.x_sanitized_stream*",
+         "dcpviz.engine.checkpoint.byteio.x__read_all*", "dcpviz.engine.checkpoint.reader.xǁ_MetadataUnpicklerǁ*",
+         "dcpviz.engine.checkpoint.reader.x_read_metadata*", "dcpviz.engine.checkpoint.reader.x_check_inside*",
+         "dcpviz.engine.checkpoint.reader.x__check_storage_paths*"],
         ["tests/test_byte_io.py", "tests/test_checkpoint.py", "tests/test_checkpoint_links.py",
          "tests/test_metadata_errors.py", "tests/test_mutation_kills.py"],
     ),
     "dedup_replay": (
-        ["dcpviz/analysis/save_tables.py"],
-        ["dcpviz.analysis.save_tables.x__dedup_frame__mutmut_*", "dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_*",
-         "dcpviz.analysis.save_tables.xǁ_FewestWhyǁ*"],
+        ["dcpviz/analysis/save/tables.py"],
+        ["dcpviz.analysis.save.tables.x__dedup_frame__mutmut_*", "dcpviz.analysis.save.tables.x__chosen_ranks__mutmut_*",
+         "dcpviz.analysis.save.tables.xǁ_FewestWhyǁ*"],
         ["tests/test_dedup.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
     ),
     "verdict": (
-        ["dcpviz/analysis/verdict.py"], None,
+        ["dcpviz/analysis/load/verdict.py"], None,
         ["tests/test_planted_bugs.py", "tests/test_mutation_kills.py", "tests/test_load_mismatches.py"],
     ),
     "checks": (
@@ -68,7 +68,7 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
         ["tests/test_checks.py", "tests/test_planted_bugs.py", "tests/test_mutation_kills.py"],
     ),
     "hints_and_fix": (
-        ["dcpviz/analysis/hints.py", "dcpviz/engine/fix_planner.py"], None,
+        ["dcpviz/analysis/load/hints.py", "dcpviz/engine/checkpoint/fix_planner.py"], None,
         ["tests/test_load_mismatches.py", "tests/test_training_state_load.py", "tests/test_mutation_kills.py"],
     ),
 }
@@ -79,23 +79,23 @@ EQUIVALENT: dict[str, str] = {
         "`len(box) > 1` made `>= 1`: the decoder bounds every single count by MAX_COUNT "
         "(core/trace.py's Count), so a 1-d box never holds more than MAX_COUNT elements and "
         "an empty one holds 1; the rule answers the same for every box that decodes.",
-    **{f"dcpviz.analysis.save_tables.xǁ_FewestWhyǁ{fn}__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.xǁ_FewestWhyǁ{fn}__mutmut_{n}":
        "the memo of formatted text (`self.sizes` / `self.charges`) skipped or keyed by None: the "
        "text is formatted again, equal to the remembered one (a speed memo, not an answer)"
        for fn in ("fmt", "charge") for n in (1, 2)},
-    **{f"dcpviz.analysis.save_tables.x__chosen_ranks__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.x__chosen_ranks__mutmut_{n}":
        "`np.full(n, -1, dtype=np.int64)` without the dtype: numpy infers int64 from -1 on the "
        "64-bit platforms torch supports, and _dedup_types casts the column to int64 anyway"
        for n in (4, 7)},
-    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.x__dedup_frame__mutmut_{n}":
        "the unrecorded-option default False made None or left out (PlannerInfo.option's default "
        "is None): `bool(None)` is False, the same rule"
        for n in (8, 10)},
-    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.x__dedup_frame__mutmut_{n}":
        "the default (0, -1) of `worst.get` given another item index: only its [0] is ever read "
        "(`worst[pick]` is set to real (bytes, item) pairs), so the index cannot matter"
        for n in (101, 102)},
-    "dcpviz.analysis.save_tables.x__dedup_frame__mutmut_32":
+    "dcpviz.analysis.save.tables.x__dedup_frame__mutmut_32":
         "`np.where(dcp_size > 0, dcp_size, 1)` made `> 1`: a dcp_size of 1 is charged 1 either way",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
@@ -105,11 +105,11 @@ EQUIVALENT: dict[str, str] = {
 
 # Survivors neither killed nor equivalent yet: mutant name -> what it changes (open work).
 NOT_KILLED: dict[str, str] = {
-    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.x__dedup_frame__mutmut_{n}":
        "the bookkeeping of the loser 'charged the whole tensor' that a why names (`worst`): "
        "a threshold of 1 byte, ties, or another key; no test layout tells these apart"
        for n in (100, 103, 95, 96, 35)},
-    **{f"dcpviz.analysis.save_tables.x__dedup_frame__mutmut_{n}":
+    **{f"dcpviz.analysis.save.tables.x__dedup_frame__mutmut_{n}":
        "the charge of an item whose recorded dcp_size is 0 (DCP adds `tensor_storage_size() or 1`); "
        "the traces the tests build record no such item, so the branch is not exercised"
        for n in (31, 33)},

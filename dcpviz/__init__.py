@@ -33,19 +33,19 @@ _LAZY = {
     "inspect_checkpoint": "dcpviz.api",
     "diff": "dcpviz.api",
     "DiffResult": "dcpviz.results_diff",
-    "SafeFileSystemReader": "dcpviz.engine.checkpoint",
-    "SafeLoadPlanner": "dcpviz.engine.byteio",
-    "RecordingSavePlanner": "dcpviz.engine.recording",
-    "RecordingLoadPlanner": "dcpviz.engine.recording_load",
-    "as_rank": "dcpviz.engine.statedict",
-    "RenamingLoadPlanner": "dcpviz.engine.fix_planner",
-    "load_resized": "dcpviz.engine.fix_planner",
-    "Scenario": "dcpviz.engine.scenario",
-    "plan_series": "dcpviz.analysis.series",
+    "SafeFileSystemReader": "dcpviz.engine.checkpoint.reader",
+    "SafeLoadPlanner": "dcpviz.engine.checkpoint.byteio",
+    "RecordingSavePlanner": "dcpviz.engine.capture.save",
+    "RecordingLoadPlanner": "dcpviz.engine.capture.load",
+    "as_rank": "dcpviz.engine.job.statedict",
+    "RenamingLoadPlanner": "dcpviz.engine.checkpoint.fix_planner",
+    "load_resized": "dcpviz.engine.checkpoint.fix_planner",
+    "Scenario": "dcpviz.engine.job.scenario",
+    "plan_series": "dcpviz.analysis.save.series",
 }
 
 if TYPE_CHECKING:
-    from dcpviz.analysis.series import plan_series
+    from dcpviz.analysis.save.series import plan_series
     from dcpviz.api import (
         diff,
         inspect_checkpoint,
@@ -54,13 +54,13 @@ if TYPE_CHECKING:
         simulate_load,
         simulate_save,
     )
-    from dcpviz.engine.byteio import SafeLoadPlanner
-    from dcpviz.engine.checkpoint import SafeFileSystemReader
-    from dcpviz.engine.fix_planner import RenamingLoadPlanner, load_resized
-    from dcpviz.engine.recording import RecordingSavePlanner
-    from dcpviz.engine.recording_load import RecordingLoadPlanner
-    from dcpviz.engine.scenario import Scenario
-    from dcpviz.engine.statedict import as_rank
+    from dcpviz.engine.capture.load import RecordingLoadPlanner
+    from dcpviz.engine.capture.save import RecordingSavePlanner
+    from dcpviz.engine.checkpoint.byteio import SafeLoadPlanner
+    from dcpviz.engine.checkpoint.fix_planner import RenamingLoadPlanner, load_resized
+    from dcpviz.engine.checkpoint.reader import SafeFileSystemReader
+    from dcpviz.engine.job.scenario import Scenario
+    from dcpviz.engine.job.statedict import as_rank
     from dcpviz.html_report import report
     from dcpviz.results import LoadResult, SaveResult, load_trace
     from dcpviz.results_diff import DiffResult

@@ -8,20 +8,21 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from dcpviz.analysis.checkpoint_tables import CheckpointInfo, checkpoint_info
-from dcpviz.analysis.diff_tables import pairing
-from dcpviz.analysis.hf_tables import hf_checkpoint_info
+from dcpviz.analysis.checkpoint.hf_tables import hf_checkpoint_info
+from dcpviz.analysis.checkpoint.tables import CheckpointInfo, checkpoint_info
+from dcpviz.analysis.diff.tables import pairing
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.hf_folder import is_hf_folder, scan_folder
-from dcpviz.engine.checkpoint import read_checkpoint
-from dcpviz.engine.diff_source import open_side
-from dcpviz.engine.diff_values import compare_sides
-from dcpviz.engine.run import DEFAULT_TIMEOUT_S, run_save_trace
-from dcpviz.engine.run_load import run_load_trace
-from dcpviz.engine.saved import SavedTrace
-from dcpviz.engine.scenario import Scenario
-from dcpviz.engine.simulate import plan_save
-from dcpviz.engine.simulate_load import plan_load
+from dcpviz.engine.checkpoint.reader import read_checkpoint
+from dcpviz.engine.checkpoint.saved import SavedTrace
+from dcpviz.engine.diff.source import open_side
+from dcpviz.engine.diff.values import compare_sides
+from dcpviz.engine.job.scenario import Scenario
+from dcpviz.engine.run.launch import DEFAULT_TIMEOUT_S
+from dcpviz.engine.run.load import run_load_trace
+from dcpviz.engine.run.save import run_save_trace
+from dcpviz.engine.simulate.load import plan_load
+from dcpviz.engine.simulate.save import plan_save
 from dcpviz.results import LoadResult, SaveResult
 from dcpviz.results_diff import DiffResult
 
@@ -41,7 +42,7 @@ def simulate_save(
 
     ``planner``: a SavePlanner instance (copied per rank), class, or factory; default
     ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
-    ``engine.fastpath`` where they apply (named recipes, DCP's default planner); True also
+    ``engine.shortcuts.fastpath`` where they apply (named recipes, DCP's default planner); True also
     trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
     the planner on every rank. ``storage_writer``: a StorageWriter (``FileSystemWriter``,
     ``HuggingFaceStorageWriter``, ...) whose own planning steps run as dcp.save calls them,
@@ -60,7 +61,7 @@ def simulate_load(
     ``saved``: a SaveResult, a save-trace file, a checkpoint directory (only its metadata is
     read, safely) or DCP Metadata. ``target``: a dcpviz.Scenario. ``planner``: None
     (``DefaultLoadPlanner()``), a LoadPlanner instance (deep-copied per rank), class or factory.
-    ``fast``: as in simulate_save — the shortcuts of ``engine.fastpath`` (one recipe run, one
+    ``fast``: as in simulate_save — the shortcuts of ``engine.shortcuts.fastpath`` (one recipe run, one
     plan per class of ranks, memoised offsets) where they are exact; False plans every rank.
     ``expected_unused``: checkpoint keys (or glob patterns, ``"optim.*"``) left unread on
     purpose; they are no longer shown as problems. Returns a LoadResult; planner failures are
@@ -72,7 +73,10 @@ def simulate_load(
     """
     quantized: dict[str, str] = {}
     if isinstance(saved, (str, os.PathLike)) and is_hf_folder(saved):
-        from dcpviz.engine.hf_load import hf_saved, quantized_unread  # torch: DCP's HF reader
+        from dcpviz.engine.storage.hf_load import (  # torch: DCP's HF reader
+            hf_saved,
+            quantized_unread,
+        )
 
         quantized = quantized_unread(saved, key_map)
         saved = hf_saved(saved, key_map)

@@ -15,9 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from dcpviz.analysis.checkpoint.hf_checks import folder_checks
 from dcpviz.analysis.checks import counts, failing, refused_checkpoint
-from dcpviz.analysis.hf_checks import folder_checks
-from dcpviz.analysis.load_fix import fix_file
+from dcpviz.analysis.load.fix import fix_file
 from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.hf_folder import is_hf_folder, scan_folder
 from dcpviz.results import load_trace
@@ -139,7 +139,7 @@ def _as_saved(flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str
     if flag_value is not None or not saved_name:
         return flag_value
     # deferred with the rest of engine/: only the commands that simulate need it.
-    from dcpviz.engine.userspec import CALLABLE_PREFIX
+    from dcpviz.engine.job.userspec import CALLABLE_PREFIX
 
     if saved_name.startswith(CALLABLE_PREFIX):
         dotted = saved_name.removeprefix(CALLABLE_PREFIX)
@@ -158,8 +158,8 @@ def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
     """The job from the flags; flags left out take the saved job's values (``saved``: a
     ScenarioInfo) where those are presets; the saved job's own factories are named, never run."""
     # torch, deferred: only the commands that simulate need a Scenario.
-    from dcpviz.engine.scenario import AS_BUILT, Scenario
-    from dcpviz.engine.userspec import resolve_spec
+    from dcpviz.engine.job.scenario import AS_BUILT, Scenario
+    from dcpviz.engine.job.userspec import resolve_spec
 
     model, recipe, dtype, world = args.model, args.recipe, args.dtype, args.world_size
     optimizer, state = args.optimizer, args.state
@@ -213,7 +213,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     from dcpviz.api import simulate_save
-    from dcpviz.engine.scenario import Scenario
+    from dcpviz.engine.job.scenario import Scenario
 
     if args.command == "demo":
         scenario = Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
@@ -240,7 +240,7 @@ def _load(args: argparse.Namespace, console: Console) -> int:
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     from dcpviz.api import simulate_load
-    from dcpviz.engine.saved import resolve_saved
+    from dcpviz.engine.checkpoint.saved import resolve_saved
 
     saved = args.saved
     if not saved.exists():
@@ -263,7 +263,7 @@ def _load(args: argparse.Namespace, console: Console) -> int:
 
 
 def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
-    """--emit-fix FILE: the fix as a runnable file (``analysis.load_fix.fix_file``)."""
+    """--emit-fix FILE: the fix as a runnable file (``analysis.load.fix.fix_file``)."""
     bad = [c for c in args.choose if "=" not in c]
     if bad:
         raise DcpvizError(f"--choose {bad[0]!r}: write TARGET=CHECKPOINT, e.g. --choose wq=q_proj or --choose =ema.")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dcpviz import views
-from dcpviz.analysis.checkpoint_tables import CheckpointInfo
+from dcpviz.analysis.checkpoint.tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import writable_file
 from dcpviz.results import CheckpointReport, FigurePart, HintsPart, MessagesPart, TablePart

@@ -13,10 +13,11 @@ from typing import Any
 import pandas as pd
 
 from dcpviz.analysis import checks as checks_
-from dcpviz.analysis import file_tables, load_fix, load_tables
-from dcpviz.analysis import save_tables as tables
-from dcpviz.analysis import verdict as verdicts
-from dcpviz.analysis.hints import Hint, compute_hints, hints_table
+from dcpviz.analysis.load import fix as load_fix
+from dcpviz.analysis.load import tables as load_tables
+from dcpviz.analysis.load import verdict as verdicts
+from dcpviz.analysis.load.hints import Hint, compute_hints, hints_table
+from dcpviz.analysis.save import file_tables, tables
 from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
 from dcpviz.core.trace_codec import read_trace
 from dcpviz.core.units import fmt_bytes
@@ -275,7 +276,7 @@ class SaveResult(_Result):
         """DCP's Metadata: the object DCP built, or one rebuilt from the trace's facts."""
         if self._metadata is None and self.trace.metadata is not None:
             # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
-            from dcpviz.engine.convert import torch_metadata
+            from dcpviz.engine.convert.shared import torch_metadata
 
             self._metadata = torch_metadata(self.trace.metadata)
         return self._metadata
@@ -422,7 +423,7 @@ class LoadResult(_Result):
         when this load already ran with a fix planner, its renames are kept. ``allow_partial_load``:
         default as this load's planner had it."""
         # torch, deferred: the planner is a DefaultLoadPlanner subclass; results stay torch-free.
-        from dcpviz.engine.fix_planner import RenamingLoadPlanner
+        from dcpviz.engine.checkpoint.fix_planner import RenamingLoadPlanner
 
         names, resized, allow_partial_load = self._fix(rename, allow_partial_load)
         return RenamingLoadPlanner(names, resized=resized, allow_partial_load=allow_partial_load)
@@ -496,7 +497,7 @@ class LoadResult(_Result):
         """The checkpoint's DCP Metadata the load was planned against."""
         if self._metadata is None:
             # torch, deferred: rebuilding DCP's Metadata is the one part of a result that needs it.
-            from dcpviz.engine.convert import torch_metadata
+            from dcpviz.engine.convert.shared import torch_metadata
 
             self._metadata = torch_metadata(self.trace.saved)
         return self._metadata

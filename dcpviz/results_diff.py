@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from dcpviz.analysis import diff_tables as dt
+from dcpviz.analysis.diff import tables as dt
 from dcpviz.core.diff_model import DiffSide, RegionResult, ValueResult
 from dcpviz.core.trace import writable_file
 from dcpviz.results import FigurePart, MessagesPart, Part, TablePart

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from dcpviz.analysis.checks import counts_line
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.verdict import load_status
+from dcpviz.analysis.load.verdict import load_status
 from dcpviz.core.units import fmt_bytes
 
 

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint import DefaultSavePlanner
 
 import dcpviz
 import dcpviz.views as V
-from dcpviz.engine.models import MLP
+from dcpviz.engine.job.models import MLP
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "img"

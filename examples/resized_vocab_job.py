@@ -16,9 +16,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.device_mesh import init_device_mesh
 
 import dcpviz
-from dcpviz.engine.materialize import fill_by_position, local_boxes, position_values
-from dcpviz.engine.models import LLAMA_CONFIGS, Transformer
-from dcpviz.engine.recipes import apply_recipe
+from dcpviz.engine.job.models import LLAMA_CONFIGS, Transformer
+from dcpviz.engine.job.recipes import apply_recipe
+from dcpviz.engine.values.materialize import fill_by_position, local_boxes, position_values
 
 CKPT, MODEL, OLD, NEW = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dist.init_process_group("gloo")

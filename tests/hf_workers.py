@@ -21,8 +21,8 @@ def hf_save_job(rank: int, world: int, report: Any, path: str, mapping: dict | N
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dcpviz.engine.models import build_model
-    from dcpviz.engine.recipes import apply_recipe
+    from dcpviz.engine.job.models import build_model
+    from dcpviz.engine.job.recipes import apply_recipe
 
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("shard",))
@@ -45,8 +45,8 @@ def hf_capture_job(rank: int, world: int, report: Any, path: str, trace_path: st
     from torch.distributed.device_mesh import init_device_mesh
 
     from dcpviz import RecordingSavePlanner
-    from dcpviz.engine.models import build_model
-    from dcpviz.engine.recipes import apply_recipe
+    from dcpviz.engine.job.models import build_model
+    from dcpviz.engine.job.recipes import apply_recipe
 
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("shard",))

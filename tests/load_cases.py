@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import dcpviz
-from dcpviz.engine.models import MLP
+from dcpviz.engine.job.models import MLP
 
 
 def compiled_mlp():

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.save_tables import DEDUP_COLUMNS, PHASE_COLUMNS, _flatten, item_columns
+from dcpviz.analysis.save.tables import DEDUP_COLUMNS, PHASE_COLUMNS, _flatten, item_columns
 from dcpviz.core.trace import SaveTrace
 from dcpviz.core.units import fmt_bytes
 
@@ -28,21 +28,8 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
     cols = item_columns(trace)
     W = trace.scenario.world_size
     lowest = bool(trace.planner.option("dedup_save_to_lowest_rank", False))
-    # Mirror dedup_save_plans' data structures exactly, so set iteration order (tie-breaks) match.
-    plan_sets: dict[int, set[int]] = defaultdict(set)
-    last_item: dict[int, int] = {}
-    for r, plan in enumerate(trace.local_plans):
-        if plan is None:
-            continue
-        for i in plan.items:
-            k = int(cols.key[i])
-            plan_sets[k].add(r)
-            last_item[k] = i
-    kept_by: dict[int, list[int]] = defaultdict(list)
-    if trace.global_plans is not None:
-        for r, plan in enumerate(trace.global_plans):
-            for i in plan.items:
-                kept_by[int(cols.key[i])].append(r)
+    plan_sets, last_item = _planned_by(trace, cols)
+    kept_by = _kept_by(trace, cols)
     tally = [0] * W
     worst: dict[int, tuple[int, int]] = {}  # rank -> (bytes charged beyond what it stores, item)
     rows: list[tuple] = []
@@ -74,6 +61,31 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
             worst[pick] = (over, i)
     df = pd.DataFrame(rows, columns=DEDUP_COLUMNS)
     return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+
+
+def _planned_by(trace: SaveTrace, cols) -> tuple[dict[int, set[int]], dict[int, int]]:
+    """item key -> the ranks whose local plans hold it; item key -> its last item index."""
+    # Mirror dedup_save_plans' data structures exactly, so set iteration order (tie-breaks) match.
+    plan_sets: dict[int, set[int]] = defaultdict(set)
+    last_item: dict[int, int] = {}
+    for r, plan in enumerate(trace.local_plans):
+        if plan is None:
+            continue
+        for i in plan.items:
+            k = int(cols.key[i])
+            plan_sets[k].add(r)
+            last_item[k] = i
+    return plan_sets, last_item
+
+
+def _kept_by(trace: SaveTrace, cols) -> dict[int, list[int]]:
+    """item key -> the ranks whose global plans (DCP's real dedup) keep it."""
+    kept_by: dict[int, list[int]] = defaultdict(list)
+    if trace.global_plans is not None:
+        for r, plan in enumerate(trace.global_plans):
+            for i in plan.items:
+                kept_by[int(cols.key[i])].append(r)
+    return kept_by
 
 
 def _shape(size: tuple[int, ...]) -> str:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
-from dcpviz.engine.models import MLP
+from dcpviz.engine.job.models import MLP
 
 
 class FailingLocalPlanner(DefaultSavePlanner):

@@ -22,7 +22,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import dcpviz
-from dcpviz.engine.byteio import load_byte_io
+from dcpviz.engine.checkpoint.byteio import load_byte_io
 
 PLANTED_KEY = "extra.str"  # dcp.save flattens nested dicts into dotted keys
 
@@ -198,7 +198,7 @@ def test_inspect_reports_a_planted_record(saved, tmp_path, verify):
 def test_run_load_refuses_a_planted_record_before_starting_workers(tmp_path):
     """A checkpoint of the mlp preset plus a planted BYTE_IO entry: run_load refuses it in the
     parent, naming the entry and the class (no worker ever reads it)."""
-    from dcpviz.engine.models import PRESETS
+    from dcpviz.engine.job.models import PRESETS
 
     marker = tmp_path / "pwned"
     path = tmp_path / "ckpt"

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, Def
 import dcpviz
 from dcpviz.analysis.checks import CHECK_COLUMNS
 from dcpviz.cli import main
-from dcpviz.engine.models import MLP
+from dcpviz.engine.job.models import MLP
 
 
 def rows(result_or_checks, check, severity=None):
@@ -289,7 +289,7 @@ def test_carried_digests_leave_even_an_unwrapped_coordinators_metadata_alone():
     import copy
 
     from dcpviz.core.trace import ValueDigest
-    from dcpviz.engine.recording import CarriedPlannerData, strip_carried
+    from dcpviz.engine.capture.save import CarriedPlannerData, strip_carried
 
     p = DefaultSavePlanner()
     p.set_up_planner({"a": {"w": torch.ones(2)}, "n": 3}, is_coordinator=True)

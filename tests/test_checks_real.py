@@ -7,9 +7,9 @@ import pytest
 from run_helpers import capture_rank_values_job, mlp_with_rank_state
 
 import dcpviz
-from dcpviz.engine.byteio import load_byte_io
-from dcpviz.engine.checkpoint import read_metadata
-from dcpviz.engine.procs import launch
+from dcpviz.engine.checkpoint.byteio import load_byte_io
+from dcpviz.engine.checkpoint.reader import read_metadata
+from dcpviz.engine.run.procs import launch
 
 
 def _stored_value(ckpt, storage, fqn):

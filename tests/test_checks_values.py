@@ -26,8 +26,8 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import dcpviz
 from dcpviz import cli
-from dcpviz.engine.byteio import load_byte_io
-from dcpviz.engine.procs import launch
+from dcpviz.engine.checkpoint.byteio import load_byte_io
+from dcpviz.engine.run.procs import launch
 
 
 def _stored_value(ckpt, storage, fqn):
@@ -256,7 +256,7 @@ def _reordered(value):
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(value=_VALUES)
 def test_digests_of_equal_values_are_equal_whatever_the_insertion_order(value):
-    from dcpviz.engine.digests import value_digest
+    from dcpviz.engine.values.digests import value_digest
 
     assert _reordered(value) == value
     assert value_digest(_reordered(value)) == value_digest(value) is not None
@@ -267,7 +267,7 @@ def test_digests_do_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = ("from dcpviz.engine.digests import value_digest; "
+    code = ("from dcpviz.engine.values.digests import value_digest; "
             "print(value_digest({'names': {f'layer{i}.weight' for i in range(50)}, 'n': {'a': 1, 'b': {2, 3}}}))")
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}

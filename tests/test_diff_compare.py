@@ -12,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcpviz.analysis.diff_renames import rename_candidates
+from dcpviz.analysis.diff.renames import rename_candidates
 from dcpviz.core.diff_model import SideChunk, SideEntry, overlap_pairs
-from dcpviz.engine import diff_values
-from dcpviz.engine.diff_values import compare_views
+from dcpviz.engine.diff import values as diff_values
+from dcpviz.engine.diff.values import compare_views
 
 
 def grid(shape: tuple[int, ...], cuts: list[list[int]]) -> tuple[SideChunk, ...]:

@@ -106,7 +106,7 @@ def test_renamed_and_cast(tmp_path):
 
 _SCRIPT = """
 import json
-from dcpviz.analysis.diff_renames import rename_candidates
+from dcpviz.analysis.diff.renames import rename_candidates
 from dcpviz.core.diff_model import SideEntry
 e = lambda n, s=(4, 4), d="float32": SideEntry(n, "tensor", d, s, ())
 a = [e(f"{p}.layers.{i}.{w}.weight") for p in ("model", "ema") for i in range(3) for w in ("wq", "wk", "wv")]
@@ -132,7 +132,7 @@ def test_same_renames_under_any_hash_seed():
 def test_a_layer_index_is_never_renamed():
     """A layer gone from A and another new in B are not one key renamed (the old rule, a shared
     name tail, paired them); the matcher never rewrites a numeric segment."""
-    from dcpviz.analysis.diff_renames import rename_candidates
+    from dcpviz.analysis.diff.renames import rename_candidates
     from dcpviz.core.diff_model import SideEntry
 
     e = lambda n: SideEntry(n, "tensor", "float32", (4, 4), ())  # noqa: E731

@@ -7,7 +7,7 @@ import torch
 from reference import chunk_rows, hand_state_dict, plan_items, trace_items
 
 import dcpviz
-from dcpviz.engine.models import PRESETS
+from dcpviz.engine.job.models import PRESETS
 
 CASES = [
     # model, recipe, mesh, names — uneven dims (190 rows / 4) and shards smaller than the
@@ -59,7 +59,7 @@ def test_fsdp_offsets_follow_torch_chunk_arithmetic():
 def test_strided_tp_fsdp_offsets_are_not_rank_times_size():
     """DESIGN.md: on a 2x2 (dp, tp) mesh, rank 1 holds rows 4-5 of 8 and rank 2 rows 2-3."""
     def strided_model():
-        from dcpviz.engine.models import LlamaConfig, Transformer
+        from dcpviz.engine.job.models import LlamaConfig, Transformer
 
         return Transformer(LlamaConfig(dim=8, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=8, vocab_size=16))
 
@@ -75,7 +75,7 @@ def test_strided_tp_fsdp_offsets_are_not_rank_times_size():
 def test_hazard_is_caught_without_rebinding(monkeypatch):
     """Without rebinding meshes, per-rank fully_shard in one process hands ranks another rank's
     coordinate; the hand-built comparison must then fail (this test proves the check can fail)."""
-    import dcpviz.engine.statedict as statedict
+    import dcpviz.engine.job.statedict as statedict
 
     monkeypatch.setattr(statedict, "rebind_to_rank", lambda sd, rank: (sd, 0))
     mesh, names = (2, 4), ("replicate", "shard")

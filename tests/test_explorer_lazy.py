@@ -20,7 +20,7 @@ from run_helpers import mlp_with_rank_state
 
 import dcpviz
 import dcpviz.views as V
-from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.save import tables
 from dcpviz.views.dedup import dedup_detail_figure, dedup_overview_figure
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.panels import LazyTabs

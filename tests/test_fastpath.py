@@ -1,11 +1,11 @@
-"""Every shortcut of engine/fastpath.py gives exactly the full per-rank path's plans."""
+"""Every shortcut of engine/shortcuts/fastpath.py gives exactly the full per-rank path's plans."""
 
 import pytest
 import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import dcpviz
-from dcpviz.engine.models import MLP
+from dcpviz.engine.job.models import MLP
 
 LAYOUTS = [
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
@@ -85,8 +85,8 @@ def test_non_spmd_recipe_falls_back_to_every_rank():
 
 
 def test_template_ranks_get_their_own_local_shapes():
-    from dcpviz.engine import fastpath
-    from dcpviz.engine.world import fake_world
+    from dcpviz.engine.job.world import fake_world
+    from dcpviz.engine.shortcuts import fastpath
 
     sc = dcpviz.Scenario(model="mlp", world_size=8, recipe="fsdp")
     template, _ = fastpath.template_state_dict(sc, [])
@@ -170,8 +170,8 @@ def test_nested_template_ranks_get_their_own_offsets():
     """Each rank's view holds its own shard of a DTensor four levels down (DTensor's own offsets)."""
     from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
 
-    from dcpviz.engine import fastpath
-    from dcpviz.engine.world import fake_world
+    from dcpviz.engine.job.world import fake_world
+    from dcpviz.engine.shortcuts import fastpath
 
     sc = dcpviz.Scenario(model=NestedStateNet, world_size=2, recipe="fsdp")
     template, _ = fastpath.template_state_dict(sc, [])
@@ -195,7 +195,7 @@ def test_tensors_hidden_from_dcp_traversal_disable_the_template():
             return {**flat, "pair": (flat["fc1.bias"], 1)}
 
     notes = []
-    from dcpviz.engine import fastpath
+    from dcpviz.engine.shortcuts import fastpath
 
     template, _ = fastpath.template_state_dict(dcpviz.Scenario(model=TupleNet, world_size=2, recipe="fsdp"), notes)
     assert template is None and "'pair' holds tensors" in notes[0]

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import dcpviz
 from dcpviz.cli import main
-from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
+from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_metadata
 
 FUZZ = dict(
     derandomize=True, database=None, deadline=None,

@@ -119,7 +119,7 @@ def test_malformed_headers_are_refused(tmp_path, data):
 
 
 def checks_of_cli_rows(d):
-    from dcpviz.analysis.hf_checks import folder_checks
+    from dcpviz.analysis.checkpoint.hf_checks import folder_checks
     from dcpviz.core.hf_folder import scan_folder
 
     return folder_checks(scan_folder(d))
@@ -190,7 +190,7 @@ def test_failed_consolidation_found_on_disk(tmp_path):
         save({**STATE, "step": torch.zeros((), dtype=torch.int64)},
              HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True))
     assert not list(d.glob("*.safetensors"))
-    from dcpviz.analysis.hf_checks import folder_checks
+    from dcpviz.analysis.checkpoint.hf_checks import folder_checks
     from dcpviz.core.hf_folder import HFFolder, scan_folder
 
     sub = scan_folder(d / "sharded")

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceSt
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 import dcpviz
-from dcpviz.engine.models import build_model
+from dcpviz.engine.job.models import build_model
 
 
 def floats(model, optimizer, rank):

@@ -104,7 +104,7 @@ def test_capture_with_the_hf_writer(tmp_path, pass_writer):
     safetensors library reads); without the writer the trace says it has none, and why."""
     from hf_workers import hf_capture_job
 
-    from dcpviz.engine.procs import launch
+    from dcpviz.engine.run.procs import launch
 
     out, trace_path = tmp_path / "out", tmp_path / "trace.json"
     outcome = launch(hf_capture_job, W, (str(out), str(trace_path), pass_writer), backend="gloo",

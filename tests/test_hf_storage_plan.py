@@ -18,7 +18,7 @@ from torch.distributed.checkpoint import FileSystemWriter, HuggingFaceStorageWri
 
 import dcpviz
 from dcpviz.core.safetensors import read_header, sharding_offsets
-from dcpviz.engine.models import build_model
+from dcpviz.engine.job.models import build_model
 
 
 def floats(model, optimizer, rank):
@@ -205,7 +205,7 @@ def test_hf_distributed_save_on_gloo_ranks_equals_the_plan(tmp_path):
     from hf_workers import floats as worker_floats
     from hf_workers import hf_save_job
 
-    from dcpviz.engine.procs import launch
+    from dcpviz.engine.run.procs import launch
 
     W = 3
     keys = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "norm.weight", "norm.bias"]

@@ -90,7 +90,7 @@ def test_a_trace_never_imports_the_saved_factory_but_the_flag_does(mlp_trace, tm
     says what to pass); passed by the user as --model, it is used."""
     (tmp_path / "usermodels_mark.py").write_text(
         "import pathlib\npathlib.Path('imported').write_text('yes')\n"
-        "def build():\n    from dcpviz.engine.models import MLP\n    return MLP()\n"
+        "def build():\n    from dcpviz.engine.job.models import MLP\n    return MLP()\n"
     )
     trace = with_scenario(mlp_trace, tmp_path / "t.json", model="callable:usermodels_mark.build",
                           recipe="callable:usermodels_mark.shard")

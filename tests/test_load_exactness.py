@@ -10,7 +10,7 @@ import torch
 from reference import chunk_rows, hand_metadata, hand_state_dict, load_plan_items, result_reads
 
 import dcpviz
-from dcpviz.engine.models import PRESETS
+from dcpviz.engine.job.models import PRESETS
 
 # (model, saved recipe, saved mesh, saved names, target recipe, target mesh, target names)
 CASES = [
@@ -101,7 +101,7 @@ def test_resharding_matrix_adds_up_and_writers_come_from_the_save():
 def test_comparison_catches_the_one_process_hazard(monkeypatch):
     """Without rebinding meshes, target ranks get another rank's coordinate; the hand-built
     comparison must then fail (proves the exactness test can fail)."""
-    import dcpviz.engine.statedict as statedict
+    import dcpviz.engine.job.statedict as statedict
 
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
     monkeypatch.setattr(statedict, "rebind_to_rank", lambda sd, rank: (sd, 0))

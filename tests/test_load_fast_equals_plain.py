@@ -2,7 +2,7 @@
 
 The plain path builds every rank's state dict with the recipe, hands DCP's DefaultLoadPlanner
 every key, lets DCP scan every saved chunk, and converts every ReadItem and value on its own.
-The shortcuts (engine/fastpath.py's template and plan classes, engine/overlap.py's pruned
+The shortcuts (engine/shortcuts/fastpath.py's template and plan classes, engine/shortcuts/overlap.py's pruned
 scan, checked memo, chunk lists per spec and read items per spec, convert_load's memos, shared
 storage-less DTensors, the planner state let go after planning) must change nothing a trace
 holds: each rank's local, global and final plans (every ReadRecord, in order), what each rank
@@ -32,8 +32,10 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 import dcpviz
-from dcpviz.engine import convert_load, overlap, storageless
-from dcpviz.engine.recipes import fsdp_units, tp_plan_of
+from dcpviz.engine.convert import load as convert_load
+from dcpviz.engine.job.recipes import fsdp_units, tp_plan_of
+from dcpviz.engine.shortcuts import overlap
+from dcpviz.engine.simulate import storageless
 
 S = dcpviz.Scenario
 

@@ -159,7 +159,7 @@ def test_partial_load_is_offered_only_for_keys_without_a_source(mlp4):
     assert not [h for h in load.hints if "allow_partial_load" in h.fix]
     import dataclasses
 
-    from dcpviz.engine.models import LLAMA_CONFIGS, Transformer
+    from dcpviz.engine.job.models import LLAMA_CONFIGS, Transformer
 
     tiny = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
 
@@ -277,7 +277,7 @@ def test_cli_emit_fix_writes_a_file_that_loads(tmp_path):
 
     import torch.distributed.checkpoint as dcp
 
-    from dcpviz.engine.models import MLP
+    from dcpviz.engine.job.models import MLP
 
     torch.manual_seed(0)
     src = MLP()

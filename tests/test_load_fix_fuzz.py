@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dcpviz
-from dcpviz.analysis.load_fix import trace_match
+from dcpviz.analysis.load.fix import trace_match
 
 EXAMPLES = int(os.environ.get("DCPVIZ_FUZZ_EXAMPLES", "12"))
 

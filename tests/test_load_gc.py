@@ -9,8 +9,8 @@ import weakref
 import pytest
 
 import dcpviz
-from dcpviz.engine import simulate_load
-from dcpviz.engine.simulate_load import young_gc_only
+from dcpviz.engine.simulate import load as simulate_load
+from dcpviz.engine.simulate.load import young_gc_only
 
 
 def _save():

@@ -16,8 +16,8 @@ from load_cases import NestedMLP, RenamedNormMLP, compiled_mlp
 from rich.console import Console
 
 import dcpviz
-from dcpviz.analysis.verdict import rank_ranges
-from dcpviz.engine.models import LLAMA_CONFIGS, Transformer
+from dcpviz.analysis.load.verdict import rank_ranges
+from dcpviz.engine.job.models import LLAMA_CONFIGS, Transformer
 from dcpviz.html_report import report_html
 from dcpviz.results import MessagesPart, TablePart
 from dcpviz.terminal import print_result

@@ -60,7 +60,7 @@ def test_a_4_tib_model_plans_without_any_storage():
 def test_the_storage_check_can_fail(monkeypatch):
     """Without the storage-less conversion DCP materialises the meta tensors; the recording
     planner must see real storage then (small model: the allocation is harmless)."""
-    import dcpviz.engine.simulate_load as sl
+    import dcpviz.engine.simulate.load as sl
 
     monkeypatch.setattr(sl, "to_storageless", lambda sd, mode, *more: sd)
     RecordingPlanner.seen = []

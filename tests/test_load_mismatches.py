@@ -16,7 +16,7 @@ from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
 import dcpviz
 from dcpviz.core.trace import MismatchRecord
-from dcpviz.engine.models import LLAMA_CONFIGS, MLP, Transformer
+from dcpviz.engine.job.models import LLAMA_CONFIGS, MLP, Transformer
 
 
 def flat_keys(factory) -> list[str]:
@@ -185,7 +185,7 @@ def _with_mismatches(trace, records):
 
 
 def test_optimizer_key_shapes(mlp_fsdp4):
-    from dcpviz.analysis.hints import compute_hints
+    from dcpviz.analysis.load.hints import compute_hints
 
     base = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")).trace
     by_name = [MismatchRecord(f"optim.state.fc1.weight.{s}", "missing", (0, 1), current_size=(190, 16), current_dtype="float32")

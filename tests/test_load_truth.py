@@ -18,8 +18,8 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemWriter
 
 import dcpviz
 from dcpviz.analysis.checks import failing
-from dcpviz.engine.checkpoint import read_metadata
-from dcpviz.engine.models import MLP
+from dcpviz.engine.checkpoint.reader import read_metadata
+from dcpviz.engine.job.models import MLP
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

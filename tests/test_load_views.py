@@ -62,7 +62,7 @@ def test_load_explorer_and_report(load, tmp_path):
 
 def test_report_puts_hints_first_for_a_broken_load(tmp_path):
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
-    target = dcpviz.Scenario(model=lambda: __import__("dcpviz.engine.models").engine.models.MLP(hidden=200), world_size=4, recipe="fsdp")
+    target = dcpviz.Scenario(model=lambda: __import__("dcpviz.engine.job.models").engine.job.models.MLP(hidden=200), world_size=4, recipe="fsdp")
     load = dcpviz.simulate_load(save, target)
     assert not load.ok and len(load.hints)
     text = dcpviz.report(load, tmp_path / "bad.html").read_text()

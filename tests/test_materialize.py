@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 import dcpviz
-from dcpviz.engine.materialize import materialize
-from dcpviz.engine.recipes import apply_recipe
-from dcpviz.engine.statedict import build_mesh, build_model_on_meta
-from dcpviz.engine.world import fake_world
+from dcpviz.engine.job.recipes import apply_recipe
+from dcpviz.engine.job.statedict import build_mesh, build_model_on_meta
+from dcpviz.engine.job.world import fake_world
+from dcpviz.engine.values.materialize import materialize
 
 
 def materialized_state(scenario: dcpviz.Scenario, rank: int) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def test_replicas_agree_and_shards_differ_on_hsdp():
 
 
 def test_every_dtype_gets_position_values():
-    from dcpviz.engine.materialize import position_values
+    from dcpviz.engine.values.materialize import position_values
 
     for dtype in (torch.float32, torch.bfloat16, torch.float64, torch.complex64, torch.int64,
                   torch.uint8, torch.bool, torch.float8_e4m3fn):
@@ -68,7 +68,7 @@ def test_sharded_tensor_shards_get_their_global_positions():
         TensorProperties,
     )
 
-    from dcpviz.engine.materialize import fill_by_position, position_values
+    from dcpviz.engine.values.materialize import fill_by_position, position_values
 
     with fake_world(1, 2):
         shards = [ShardMetadata(shard_offsets=[3 * r, 0], shard_sizes=[3, 4], placement=f"rank:{r}/cpu") for r in (0, 1)]

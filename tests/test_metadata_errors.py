@@ -12,7 +12,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 
 import dcpviz
 from dcpviz.core.errors import CheckpointError
-from dcpviz.engine.checkpoint import METADATA_FILE, read_metadata
+from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_metadata
 
 
 def write_small_checkpoint(path) -> str:

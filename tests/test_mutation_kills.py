@@ -161,7 +161,7 @@ def test_an_error_on_a_rank_outside_the_world_names_the_field(docs, tmp_path):
 
 # -- the dedup replay's explanation: the rule it states, with tallies the test chooses -----------
 def test_why_names_the_tie_then_each_higher_tally_in_order():
-    from dcpviz.analysis.save_tables import _FewestWhy
+    from dcpviz.analysis.save.tables import _FewestWhy
 
     why = _FewestWhy(None)
     assert why(1, (0, 1, 2, 3), (100, 50, 50, 200), {}) == (
@@ -170,7 +170,7 @@ def test_why_names_the_tie_then_each_higher_tally_in_order():
 
 
 def test_why_names_three_higher_tallies_and_counts_the_rest():
-    from dcpviz.analysis.save_tables import MAX_WHY_GROUPS, _FewestWhy
+    from dcpviz.analysis.save.tables import MAX_WHY_GROUPS, _FewestWhy
 
     assert MAX_WHY_GROUPS == 3
     why = _FewestWhy(None)
@@ -181,7 +181,7 @@ def test_why_names_three_higher_tallies_and_counts_the_rest():
 
 
 def test_why_blames_the_loser_charged_most_beyond_what_it_stores():
-    from dcpviz.analysis.save_tables import _FewestWhy, item_columns
+    from dcpviz.analysis.save.tables import _FewestWhy, item_columns
 
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     cols = item_columns(save.trace)
@@ -258,7 +258,7 @@ def test_metadata_with_a_persistent_reference_is_refused():
     import io
     import pickle
 
-    from dcpviz.engine.checkpoint import read_metadata_bytes
+    from dcpviz.engine.checkpoint.reader import read_metadata_bytes
 
     class Ref(pickle.Pickler):
         def persistent_id(self, obj):
@@ -274,7 +274,7 @@ def test_metadata_that_is_not_a_metadata_object_or_not_a_pickle():
     import collections
     import pickle
 
-    from dcpviz.engine.checkpoint import read_metadata_bytes
+    from dcpviz.engine.checkpoint.reader import read_metadata_bytes
 
     with pytest.raises(dcpviz.DcpvizError, match="src holds a OrderedDict, not DCP Metadata"):
         read_metadata_bytes(pickle.dumps(collections.OrderedDict(a=1)), "src")
@@ -285,7 +285,7 @@ def test_metadata_that_is_not_a_metadata_object_or_not_a_pickle():
 def test_a_torch_dtype_is_admitted_and_other_torch_names_are_not():
     import pickle
 
-    from dcpviz.engine.checkpoint import read_metadata_bytes
+    from dcpviz.engine.checkpoint.reader import read_metadata_bytes
 
     # A dtype (what TensorProperties holds) passes the unpickler: the refusal is then only that
     # the object is not Metadata.
@@ -296,7 +296,7 @@ def test_a_torch_dtype_is_admitted_and_other_torch_names_are_not():
 
 
 def test_read_metadata_names_each_wrong_path(tmp_path):
-    from dcpviz.engine.checkpoint import read_metadata
+    from dcpviz.engine.checkpoint.reader import read_metadata
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(dcpviz.DcpvizError, match=r"is a file, not a checkpoint directory"):
@@ -314,7 +314,7 @@ def test_a_storage_record_outside_the_checkpoint_is_refused(tmp_path):
 
     path = tmp_path / "ckpt"
     dcp.save({"w": torch.ones(4)}, checkpoint_id=path)
-    from dcpviz.engine.checkpoint import _check_storage_paths, read_metadata
+    from dcpviz.engine.checkpoint.reader import _check_storage_paths, read_metadata
 
     md = read_metadata(path)
     _check_storage_paths(path, md)
@@ -330,7 +330,7 @@ def test_a_storage_record_outside_the_checkpoint_is_refused(tmp_path):
 def test_a_byte_io_record_is_read_from_the_start_of_its_stream():
     import io
 
-    from dcpviz.engine.byteio import load_byte_io, sanitized_stream
+    from dcpviz.engine.checkpoint.byteio import load_byte_io, sanitized_stream
 
     buf = io.BytesIO()
     torch.save({"step": 7}, buf)  # the stream is left at its end, as a reader may hand it over
@@ -344,7 +344,7 @@ def test_a_refused_builtin_is_named_with_its_module():
     import io
     import pickle
 
-    from dcpviz.engine.byteio import load_byte_io
+    from dcpviz.engine.checkpoint.byteio import load_byte_io
 
     class Evil:
         def __reduce__(self):

@@ -1,4 +1,4 @@
-"""engine/overlap.py: DCP's read planning on the candidate chunks gives DCP's own ReadItems, field
+"""engine/shortcuts/overlap.py: DCP's read planning on the candidate chunks gives DCP's own ReadItems, field
 by field (order and storage_index.index included), on generated layouts: even, uneven, empty,
 strided (shuffled chunk lists), replicated, N-D, world sizes up and down, and corrupted metadata."""
 
@@ -21,9 +21,9 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 import dcpviz
-from dcpviz.engine import overlap
-from dcpviz.engine.models import PRESETS
-from dcpviz.engine.world import fake_world
+from dcpviz.engine.job.models import PRESETS
+from dcpviz.engine.job.world import fake_world
+from dcpviz.engine.shortcuts import overlap
 
 DCP_READS = planner_helpers.create_read_items_for_chunk_list
 

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict import _init_optim_state, get_state_dict
 
 import dcpviz
-from dcpviz.engine.models import build_model
+from dcpviz.engine.job.models import build_model
 
 
 # -- the verdict ------------------------------------------------------------------------------

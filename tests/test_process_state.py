@@ -111,7 +111,8 @@ def _recipe_failing_on_rank2(model, mesh):
 def test_simulation_restores_logging_a_torch_call_changed(warm_imports, monkeypatch):
     """Whatever a fake world does to logging configuration is undone (the hook here stands in
     for torch code that sets a level or adds a handler while a rank is simulated)."""
-    from dcpviz.engine import fastpath, simulate
+    from dcpviz.engine.shortcuts import fastpath
+    from dcpviz.engine.simulate import save as simulate
 
     target = logging.getLogger("torch.distributed")
     before = (target.level, tuple(target.handlers), target.propagate)
@@ -134,8 +135,8 @@ def _stale_meshes_on_rank1(sc) -> tuple[int, list[str]]:
     DTensors it has, and which carry another rank's mesh coordinate."""
     from torch.distributed.tensor import DTensor
 
-    from dcpviz.engine import statedict, world
-    from dcpviz.engine.recipes import apply_recipe
+    from dcpviz.engine.job import statedict, world
+    from dcpviz.engine.job.recipes import apply_recipe
 
     with world.fake_world(1, sc.world_size):
         model = apply_recipe(sc.recipe, statedict.build_model_on_meta(sc), statedict.build_mesh(sc))

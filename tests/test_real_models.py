@@ -17,8 +17,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 import dcpviz
-from dcpviz.engine.models import PRESETS
-from dcpviz.engine.recipes import RECIPES
+from dcpviz.engine.job.models import PRESETS
+from dcpviz.engine.job.recipes import RECIPES
 
 transformers = pytest.importorskip("transformers")
 

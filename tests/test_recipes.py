@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import dcpviz
-from dcpviz.engine.recipes import fsdp_units
+from dcpviz.engine.job.recipes import fsdp_units
 
 
 class CausalSelfAttention(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import dcpviz
-from dcpviz.engine import recording
+from dcpviz.engine.capture import save as recording
 
 
 def _state_dict():

@@ -59,7 +59,7 @@ def test_run_load_from_a_script_without_main_guard_is_refused(tmp_path):
 @pytest.mark.parametrize("guard", ['if __name__ == "__main__":', "if '__main__' == __name__:"])
 def test_a_guarded_script_passes(tmp_path, guard):
     proc = _run_script(tmp_path, f"""
-        from dcpviz.engine.procs import check_main_guard
+        from dcpviz.engine.run.procs import check_main_guard
 
         def main():
             check_main_guard("spawn", "run_save")
@@ -73,7 +73,7 @@ def test_a_guarded_script_passes(tmp_path, guard):
 
 def test_fork_needs_no_guard(tmp_path):
     proc = _run_script(tmp_path, """
-        from dcpviz.engine.procs import check_main_guard
+        from dcpviz.engine.run.procs import check_main_guard
         check_main_guard("fork", "run_save")
         print("passed")
     """)

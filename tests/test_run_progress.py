@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import dcpviz
-from dcpviz.engine.procs import PROGRESS_AFTER_S, RunInfo, RunProgress, _Gather
+from dcpviz.engine.run.procs import PROGRESS_AFTER_S, RunInfo, RunProgress, _Gather
 
 
 def gather(world: int, phases: dict[int, str], done: tuple[int, ...]) -> _Gather:

@@ -25,11 +25,12 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 import dcpviz
 from dcpviz.core.trace import ChunkInfo, PlanRecord
-from dcpviz.engine import fastpath, write_memo
-from dcpviz.engine.convert import ItemTable, PlanConverter, metadata_info, planned_item
-from dcpviz.engine.statedict import rank_state_dict
-from dcpviz.engine.world import fake_world, process_as_found
-from dcpviz.engine.write_memo import WriteItemMemo, write_fields
+from dcpviz.engine.convert.save import PlanConverter, planned_item
+from dcpviz.engine.convert.shared import ItemTable, metadata_info
+from dcpviz.engine.job.statedict import rank_state_dict
+from dcpviz.engine.job.world import fake_world, process_as_found
+from dcpviz.engine.shortcuts import fastpath, write_memo
+from dcpviz.engine.shortcuts.write_memo import WriteItemMemo, write_fields
 
 SCENARIOS = [
     dcpviz.Scenario(model="mlp", world_size=8, recipe="fsdp"),  # uneven: 190 rows on 8, last rank empty

@@ -12,7 +12,7 @@ from torch.distributed.checkpoint import DefaultSavePlanner
 
 import dcpviz
 from dcpviz.analysis import checks
-from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.save import tables
 
 S = dcpviz.Scenario
 CASES = {

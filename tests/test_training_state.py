@@ -12,7 +12,7 @@ import torch.distributed as dist
 from reference import hand_state_dict, plan_items, trace_items
 
 import dcpviz
-from dcpviz.engine.models import PRESETS
+from dcpviz.engine.job.models import PRESETS
 
 OPTIMIZER_CASES = [
     ("mlp", "fsdp", (4,), ("shard",), "adamw"),
@@ -27,7 +27,7 @@ MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "adam": ("exp_avg", "exp_avg_sq")
 
 def hand_param_group(optimizer: str, fqns: list[str]) -> dict:
     """One param group as get_state_dict gives it: the optimizer's hyper-parameters, params by FQN."""
-    from dcpviz.engine.training_state import OPTIMIZERS
+    from dcpviz.engine.job.training_state import OPTIMIZERS
 
     group = dict(OPTIMIZERS[optimizer]([torch.nn.Parameter(torch.empty(1))]).param_groups[0])
     group["params"] = list(fqns)

@@ -29,7 +29,7 @@ def two_groups(params):
 
 
 def without_scheduler(model, optimizer, rank):
-    from dcpviz.engine.training_state import torchtitan_state
+    from dcpviz.engine.job.training_state import torchtitan_state
 
     state = torchtitan_state(model, optimizer, rank)
     del state["lr_scheduler"]
@@ -153,7 +153,7 @@ def test_param_group_keys_are_not_taken_for_index_keyed_state(adamw_save):
     names in the checkpoint but by parameter names in the target")."""
     import dataclasses
 
-    from dcpviz.analysis.hints import compute_hints
+    from dcpviz.analysis.load.hints import compute_hints
     from dcpviz.core.trace import MismatchRecord
 
     base = dcpviz.simulate_load(adamw_save, target(optimizer="adamw")).trace
@@ -195,7 +195,7 @@ def _run_fix_on_a_real_checkpoint(fix: str, tmp_path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from dcpviz.engine.models import build_model
+    from dcpviz.engine.job.models import build_model
 
     def job(seed):
         torch.manual_seed(seed)

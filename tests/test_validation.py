@@ -1,4 +1,4 @@
-"""engine/validation.py: DCP's save validation on stretched metadata gives DCP's own verdict, and
+"""engine/shortcuts/validation.py: DCP's save validation on stretched metadata gives DCP's own verdict, and
 on any problem DCP's own messages and warnings, on generated layouts (even, uneven, empty, N-D,
 shuffled, replicated) and corrupted ones (overlaps, gaps, out of bounds, negative sizes)."""
 
@@ -25,8 +25,8 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import SavePlan
 
 import dcpviz
-from dcpviz.engine import validation
-from dcpviz.engine.models import PRESETS
+from dcpviz.engine.job.models import PRESETS
+from dcpviz.engine.shortcuts import validation
 
 DCP_VALIDATE = default_planner._validate_global_plan
 

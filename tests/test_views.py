@@ -10,7 +10,7 @@ from torch.distributed.checkpoint import DefaultSavePlanner
 
 import dcpviz
 import dcpviz.views as V
-from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.save import tables
 from dcpviz.core.errors import DcpvizError
 
 

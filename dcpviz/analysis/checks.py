@@ -24,10 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from dcpviz.analysis import file_checks, load_tables
-from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.verdict import (
+from dcpviz.analysis.load import tables as load_tables
+from dcpviz.analysis.load.verdict import (
     bytes_over_tensor,
     is_optimizer_key,
     lossy_keys,
@@ -35,7 +34,8 @@ from dcpviz.analysis.verdict import (
     rank_ranges,
     skipped_keys,
 )
-from dcpviz.analysis.verdict import unread_keys as unread_checkpoint_keys
+from dcpviz.analysis.load.verdict import unread_keys as unread_checkpoint_keys
+from dcpviz.analysis.save import file_checks, tables
 from dcpviz.core.components import component_of
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import STRUCTURE_PREFIX, LoadTrace, SaveTrace

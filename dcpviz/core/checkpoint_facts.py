@@ -1,5 +1,5 @@
 """What reading a checkpoint directory found, as plain rows: the sources layer reads and
-checks the directory, the analysis layer makes the tables (``analysis.checkpoint_tables``)."""
+checks the directory, the analysis layer makes the tables (``analysis.checkpoint.tables``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class CheckpointFacts:
-    """Rows read from a checked DCP checkpoint directory (see ``engine.checkpoint.read_checkpoint``).
+    """Rows read from a checked DCP checkpoint directory (see ``engine.checkpoint.reader.read_checkpoint``).
 
     ``chunk_rows``: (fqn, chunk_index, offsets, sizes, dtype, nbytes, kind, global_size) ·
     ``storage_rows``: (fqn, offsets, file, offset, length, rank) · ``file_sizes``: bytes on disk of

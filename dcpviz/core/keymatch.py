@@ -259,6 +259,17 @@ def _rewrites(st: _State) -> tuple[bool, list[Ambiguity]]:
     # One coincidental pair is not a pattern (unless one target key is all that is left): it
     # neither applies nor competes with a rewrite that holds for many keys.
     pattern = {rw: len(ps) >= 2 or (len(ps) == 1 and len(st.cur) == 1) for rw, ps in support.items()}
+    certain = _certain_rewrites(rules, pattern)
+    for a, b in certain:
+        _apply_rewrite(st, a, b, rules[(a, b)])
+    if certain:
+        return True, []
+    return False, _ambiguities(rules, support)
+
+
+def _certain_rewrites(rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
+                      pattern: Mapping[tuple[str, str], bool]) -> list[tuple[str, str]]:
+    """The patterns (in order) whose every pair is the only one either of its keys has."""
     claimed: dict[str, set[str]] = defaultdict(set)
     elsewhere: dict[str, set[str]] = defaultdict(set)  # m -> every u a pattern maps it to
     for rw, ps in rules.items():
@@ -266,27 +277,22 @@ def _rewrites(st: _State) -> tuple[bool, list[Ambiguity]]:
             for m, u, _ in ps:
                 claimed[u].add(m)
                 elsewhere[m].add(u)
-    certain = []
-    for rw in sorted(rules):
-        if not pattern[rw]:
-            continue
-        if all(elsewhere[m] == {u} and claimed[u] == {m} for m, u, _ in rules[rw]):
-            certain.append(rw)
-    for a, b in certain:
-        ps = rules[(a, b)]
-        fronts = sorted({x for _, _, x in ps})
-        st.take([(m, u) for m, u, _ in ps if m in st.cur and u in st.free], "rewrite", *_rewrite_name(a, b))
-        # The rewrite holds for every key under the same front: rename the other open keys too,
-        # so a second cause on them (a rename under a prefix) is found next round.
-        for m in st.open():
-            name = st.cur[m]
-            for x in fronts:
-                if name.startswith(x + a):
-                    st.cur[m] = x + b + name[len(x + a):]
-                    break
-    if certain:
-        return True, []
-    return False, _ambiguities(rules, support)
+    return [rw for rw in sorted(rules) if pattern[rw]
+            and all(elsewhere[m] == {u} and claimed[u] == {m} for m, u, _ in rules[rw])]
+
+
+def _apply_rewrite(st: _State, a: str, b: str, ps: list[tuple[str, str, str]]) -> None:
+    """Take the pairs of the certain rewrite ``a`` -> ``b``, then rename the other open keys."""
+    fronts = sorted({x for _, _, x in ps})
+    st.take([(m, u) for m, u, _ in ps if m in st.cur and u in st.free], "rewrite", *_rewrite_name(a, b))
+    # The rewrite holds for every key under the same front: rename the other open keys too,
+    # so a second cause on them (a rename under a prefix) is found next round.
+    for m in st.open():
+        name = st.cur[m]
+        for x in fronts:
+            if name.startswith(x + a):
+                st.cur[m] = x + b + name[len(x + a):]
+                break
 
 
 def _ambiguities(rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
@@ -320,6 +326,20 @@ def _cprefix(prefix: str) -> str:
     return c + "." if c else ""
 
 
+def _chosen_name(name: str, key: str, a: str, b: str) -> str | None:
+    """The target key ``key`` (now called ``name``) after the choice ``{a: b}``, or None where the
+    choice does not reach it."""
+    if a == "" or a.endswith("."):
+        pa, pb = _cprefix(a), _cprefix(b)
+        return pb + name[len(pa):] if name.startswith(pa) else None
+    if "." in a:
+        return canonical(b) if canonical(a) == name or a == key else None
+    segs = _segs(name)
+    if a not in segs[:-1]:
+        return None  # never a leaf
+    return _join(b if s == a else s for s in segs[:-1]) + "." + segs[-1]
+
+
 def _apply_choice(st: _State, a: str, b: str) -> bool:
     """The caller's choice ``{a: b}``: a whole key (a dot inside, none at the end), a prefix ('' or
     ending with '.') or one segment name (never a leaf); applied to the open target keys whose
@@ -329,21 +349,9 @@ def _apply_choice(st: _State, a: str, b: str) -> bool:
         by_canon[st.canon[u]].append(u)
     pairs = []
     for m in st.open():
-        name = st.cur[m]
-        if a == "" or a.endswith("."):
-            pa, pb = _cprefix(a), _cprefix(b)
-            if not name.startswith(pa):
-                continue
-            new = pb + name[len(pa):]
-        elif "." in a:
-            if canonical(a) != name and a != m:
-                continue
-            new = canonical(b)
-        else:
-            segs = _segs(name)
-            if a not in segs[:-1]:
-                continue  # never a leaf
-            new = _join(b if s == a else s for s in segs[:-1]) + "." + segs[-1]
+        new = _chosen_name(st.cur[m], m, a, b)
+        if new is None:
+            continue
         us = [u for u in by_canon.get(new, ()) if _compatible(st.target[m], st.saved[u])]
         if len(us) == 1:
             pairs.append((m, us[0]))

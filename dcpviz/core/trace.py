@@ -208,7 +208,7 @@ class ValueDigest:
     value, a bytes entry, the local shard of a replicated DTensor): DCP's dedup keeps one rank's
     copy of such a key, so whether the ranks' values agree decides whether anything is lost.
     Only values that exist are fingerprinted (never a meta tensor); every byte is hashed, after
-    canonicalising sets and dict order (``engine.digests.value_digest``)."""
+    canonicalising sets and dict order (``engine.values.digests.value_digest``)."""
 
     fqn: str
     rank: Rank
@@ -230,7 +230,7 @@ class DedupAlternative:
 @dataclass(frozen=True)
 class FileItem:
     """One item of one file, as a storage writer's own planning splits a final plan into files
-    (``engine/storage_plan.py``; nothing is written). ``stage``: 'write' (a rank's
+    (``engine/storage/writer_plan.py``; nothing is written). ``stage``: 'write' (a rank's
     ``write_data``) or 'consolidate' (the coordinator's consolidation into an output file).
 
     ``nbytes``: the item's data bytes: a tensor chunk's elements x element size (DCP's

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dcpviz.analysis import save_tables as tables
+from dcpviz.analysis.save import tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.inputs import need_component, need_name, need_result

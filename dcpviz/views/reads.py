@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dcpviz.analysis import load_tables
+from dcpviz.analysis.load import tables as load_tables
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes

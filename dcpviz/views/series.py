@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from dcpviz.analysis.series import SERIES_COLUMNS
+from dcpviz.analysis.save.series import SERIES_COLUMNS
 from dcpviz.core.errors import DcpvizError
 from dcpviz.views.style import base_layout
 
@@ -15,7 +15,7 @@ _COLORS = ["#f58518", "#4c78a8", "#bbbbbb"]
 
 
 def plan_series(table: pd.DataFrame) -> go.Figure:
-    """Heatmap of ``analysis.series.plan_series``'s table (``dcpviz.plan_series(saves)``): one
+    """Heatmap of ``analysis.save.series.plan_series``'s table (``dcpviz.plan_series(saves)``): one
     cell per save and rank, blue where the rank's local plan came from DCP's plan cache, orange
     where it sent a new plan, grey where the trace does not hold it; the cell's text gives the
     items added / removed since the previous save."""

@@ -12,7 +12,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from dcpviz import views
-from dcpviz.analysis.checkpoint_tables import CheckpointInfo
+from dcpviz.analysis.checkpoint.tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import table_html

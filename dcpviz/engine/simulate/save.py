@@ -1,0 +1,371 @@
+"""simulate_save: DCP's real save planner, every rank of a W-rank job, in this one process.
+
+For each rank r: that rank's fake world, its real sharded state dict (meta tensors), a fresh
+planner, ``set_up_planner`` + ``create_local_plan``. Then the coordinator's
+``create_global_plan`` over all local plans (dedup, metadata, validation), then each rank's
+``finish_plan``, in the order ``dcp.save`` calls them. Failures are recorded, not raised.
+At scale, ``fastpath`` shortcuts (exact for DCP's default planner) avoid repeated work.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
+
+from dcpviz.core.errors import DcpvizError
+from dcpviz.core.gc_pause import gc_paused
+from dcpviz.core.trace import PlanRecord, SaveTrace
+from dcpviz.core.version import __version__
+from dcpviz.engine.convert.save import (
+    PlanConverter,
+    byte_item_sizes,
+    dedup_alternative,
+    tensor_layouts,
+)
+from dcpviz.engine.convert.shared import metadata_info, planner_info
+from dcpviz.engine.job.scenario import Scenario
+from dcpviz.engine.job.statedict import build_model_on_meta, rank_state_dict
+from dcpviz.engine.job.world import fake_world, leaves_process_as_found
+from dcpviz.engine.planning.planners import (
+    isolated_plan_cache,
+    planner_factory,
+    set_up_save_planner,
+    unvalidated_global_plan,
+)
+from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
+from dcpviz.engine.shortcuts import fastpath
+from dcpviz.engine.shortcuts.validation import fast_validation
+from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
+from dcpviz.engine.simulate.phases import (
+    Log,
+    Timer,
+    finish_step,
+    global_step,
+    progress_bar,
+    rebound_note,
+    representatives,
+    training_state_components,
+    wants_template,
+)
+from dcpviz.engine.storage.writer_plan import StoragePlanning
+from dcpviz.engine.values.digests import tied_keys, tied_parameter_names, value_digests_of
+
+
+@dataclass
+class _SaveRun:
+    """One simulated save in progress: what every phase reads and adds to."""
+
+    scenario: Scenario
+    make_planner: Any
+    template: Any
+    shortcuts: bool
+    rep_of: dict[int, int]
+    timer: Timer = field(default_factory=Timer)
+    log: Log = field(default_factory=Log)
+    conv: PlanConverter = field(default_factory=PlanConverter)
+    planners: dict[int, Any] = field(default_factory=dict)
+    local_by_rep: dict[int, SavePlan] = field(default_factory=dict)
+    sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
+    layouts: tuple = ()
+    digests: list = field(default_factory=list)  # ValueDigests of the ranks whose own state dict was built
+    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
+    tied: tuple[tuple[str, ...], ...] = ()  # rank 0's keys that hold one tensor (tied weights)
+    rebound: int = 0
+    fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/shortcuts/validation.py)
+    views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
+    shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
+    write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
+    flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
+    storage: StoragePlanning | None = None  # the storage writer's own planning steps (engine/storage/writer_plan.py)
+
+    @property
+    def world_size(self) -> int:
+        return self.scenario.world_size
+
+    def sizes_of(self, rank: int) -> dict[str, int] | None:
+        """BYTE_IO sizes follow each item to the rank that writes it (as in run_save)."""
+        return self.sizes_by_rep.get(self.rep_of[rank])
+
+
+def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Timer, log: Log) -> _SaveRun:
+    """The probe planner, the template state dict where the recipe is SPMD, and the classes of
+    ranks that share a plan."""
+    probe = make_planner()
+    template, rebound = None, 0
+    if wants_template(fast, scenario) and fastpath.plans_leaves(probe):
+        with timer.phase("build_state_dicts"):
+            template, rebound = fastpath.template_state_dict(scenario, log.notes, check=not isinstance(scenario.recipe, str))
+    shortcuts = template is not None and fastpath.can_share_plans(probe)
+    rep_of = representatives(scenario, template, shortcuts, "local", log)
+    run = _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    if template is not None:
+        with timer.phase("build_state_dicts"):
+            run.views = fastpath.TemplateView(template)
+    if shortcuts and fast is not False:
+        run.write_memo = WriteItemMemo()
+        run.flattening = fastpath.ViewFlattening(run.views)
+    return run
+
+
+def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
+    """Rank ``r``'s state dict: the template's view (one DTensor per layout group where DCP's
+    default planner plans every key on its own) with its leaves, or the rank's own (no leaves)."""
+    if run.views is None:
+        state_dict, n = rank_state_dict(run.scenario, r)
+        run.rebound += n
+        return state_dict, None
+    with fastpath.memoized_shard_steps(run.shard_steps):
+        return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
+
+
+def _tied_names(scenario: Any) -> tuple[tuple[str, ...], ...]:
+    """The model's tied parameter names (meta tensors hold no storage to compare), from one more
+    build of the model on meta; none where that fails (the checks then say nothing of ties)."""
+    try:
+        return tied_parameter_names(build_model_on_meta(scenario))
+    except Exception:  # noqa: BLE001 - a note-worthy model failure is reported by the build itself
+        return ()
+
+
+def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r: int) -> SavePlan:
+    """DCP's set_up_planner + create_local_plan for rank ``r``, with the exact shortcuts that
+    apply to DefaultSavePlanner itself (memoised DTensor offsets, flattening and WriteItems)."""
+    if not run.shortcuts:
+        with torch.no_grad():
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+            return p.create_local_plan()
+    memo = run.write_memo.active() if run.write_memo is not None else nullcontext()
+    flat = run.flattening.active(state_dict, leaves) if run.flattening is not None and leaves is not None else nullcontext()
+    # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
+    with torch.no_grad(), fastpath.memoized_shard_steps(run.shard_steps), fastpath.memoized_local_shapes(), memo:
+        with flat:
+            set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
+        return p.create_local_plan()
+
+
+def _plan_rank(run: _SaveRun, r: int) -> None:
+    """One rank's local step, as dcp.save runs it."""
+    W = run.world_size
+    with fake_world(r, W):
+        t0 = time.perf_counter()
+        state_dict, leaves = _rank_state(run, r)
+        if r == 0:
+            run.layouts = tensor_layouts(state_dict)
+            run.components = training_state_components(run.scenario, state_dict)
+        t1 = time.perf_counter()
+        run.timer.add("build_state_dicts", t1 - t0)
+        p = run.make_planner()
+        if run.template is None or r == 0:
+            # Values known only where this rank's own state dict was built: a template view would
+            # hand rank 0's Python values to every rank and hide any that differ. Keys as the
+            # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
+            with run.timer.phase("value_digests"):
+                flatten = bool(getattr(p, "flatten_state_dict", True))
+                run.digests += value_digests_of(state_dict, r, flatten=flatten)
+                if r == 0:
+                    run.tied = tied_keys(state_dict, flatten, _tied_names(run.scenario))
+        t1 = time.perf_counter()
+        run.planners[r] = p
+        try:
+            plan = _local_plan(run, p, state_dict, leaves, r)
+            sizes = byte_item_sizes(p, plan.items)
+        except Exception as exc:  # a planner failure is data
+            run.timer.add("local_plans", time.perf_counter() - t1)
+            run.log.fail("local", r, exc)
+            return
+        run.timer.add("local_plans", time.perf_counter() - t1)
+    run.local_by_rep[r], run.sizes_by_rep[r] = plan, sizes
+    with run.timer.phase("convert"):
+        run.conv.record(plan, sizes)
+
+
+def _local_step(run: _SaveRun, progress: bool | None) -> list[SavePlan | None]:
+    """Every representative rank's local plan; every rank's plan (its representative's)."""
+    reps = sorted(set(run.rep_of.values()))
+    bar = progress_bar(len(reps), "local plans", progress)
+    for r in reps:
+        _plan_rank(run, r)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return [run.local_by_rep.get(run.rep_of[r]) for r in range(run.world_size)]
+
+
+def _global_plan(run: _SaveRun, local: list[SavePlan]) -> tuple[Any, Any, bool]:
+    """(global plans, Metadata, validated): DCP's coordinator step; where validation rejects the
+    plan, what DCP's default coordinator had built before (so it can still be looked at)."""
+    coordinator = run.planners[0]
+
+    def checks() -> Any:
+        # DCP's validation on metadata stretched so its sweep prunes (exact; engine/shortcuts/validation.py).
+        return fast_validation() if run.fast_checks else nullcontext()
+
+    with run.timer.phase("global_plan"):
+        out, exc = global_step(coordinator, local, run.world_size, run.log, check=_plans_and_metadata, context=checks())
+        if exc is None:
+            return out[0], out[1], True
+        with fake_world(0, run.world_size), checks():
+            fallback = unvalidated_global_plan(coordinator, list(local))
+    if fallback is None:
+        return None, None, False
+    run.log.notes.append(
+        "The coordinator rejected the global plan; the global plan and metadata "
+        "shown are DCP's dedup + create_default_global_save_plan output before "
+        "validation (what was planned so far)."
+    )
+    return fallback[0], fallback[1], False
+
+
+def _plans_and_metadata(out: Any) -> None:
+    """create_global_plan of a save returns (plans, Metadata); anything else fails like unpacking."""
+    _plans, _md = out
+
+
+def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ...]:
+    shared = len(set(run.rep_of.values())) < run.world_size
+    with run.timer.phase("finish_plans"):
+        keep = run.storage.final if run.storage is not None else (lambda r, final: final)
+        return finish_step(
+            # Shared planners: DefaultSavePlanner.finish_plan returns the plan it is given; no
+            # per-rank world needed.
+            lambda r: run.planners[run.rep_of[r]] if shared else run.planners[r],
+            global_plans, run.world_size, lambda r, final: run.conv.record(keep(r, final), run.sizes_of(r)),
+            run.log, per_rank_world=not shared,
+        )
+
+
+@dataclass
+class _Planned:
+    """What the phases after set-up produced, as trace records (plus DCP's Metadata)."""
+
+    local: tuple = ()
+    global_: tuple | None = None
+    final: tuple | None = None
+    metadata: Any = None
+    validated: bool = True
+    alternative: Any = None
+    file_plan: tuple = ()
+
+
+def _storage_steps(run: _SaveRun, local: list, when: str) -> list | None:
+    """The storage writer's steps where dcp.save calls them: 'local' after each rank's local
+    plan (a failing rank's plan becomes None), 'global' after the coordinator's global plan
+    (None when the writer raises, which fails the save)."""
+    if run.storage is None:
+        return local
+    if when == "local":
+        return run.storage.local_step(local, lambda r, exc: run.log.fail("local", r, exc))
+    try:
+        return run.storage.global_step(local)
+    except Exception as exc:
+        run.log.fail("global", None, exc)
+        return None
+
+
+def _files(run: _SaveRun, out: _Planned) -> None:
+    """The writer's split of every final plan into files, and consolidation's output files."""
+    if run.storage is None or out.final is None:
+        return
+    with run.timer.phase("storage_plan"):
+        rows = run.storage.file_plan(lambda r: run.planners[run.rep_of[r]], run.sizes_of,
+                                     lambda r, exc: run.log.fail("write", r, exc))
+        out.file_plan = rows + run.storage.consolidation(out.metadata)
+
+
+def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
+    """Every rank's local plan, the coordinator's global plan, every rank's final plan (as
+    dcp.save runs them), recorded."""
+    out = _Planned()
+    local = _storage_steps(run, _local_step(run, progress), "local")
+    out.local = tuple(run.conv.record(p) if p is not None else None for p in local)
+    if not all(p is not None for p in local):
+        run.log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        return out
+    global_plans, out.metadata, out.validated = _global_plan(run, local)
+    if global_plans is not None and out.validated:
+        global_plans = _storage_steps(run, global_plans, "global")
+        out.validated = global_plans is not None
+    if global_plans is not None:
+        with run.timer.phase("convert"):
+            out.global_ = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
+    if out.validated and global_plans is not None:
+        out.final = _finish(run, global_plans)
+        _files(run, out)
+    with run.timer.phase("dedup_alternative"):
+        out.alternative = dedup_alternative(run.planners[0], local, lambda r, p: run.conv.record(p, run.sizes_of(r)),
+                                            run.conv.items, out.final or out.global_)
+    return out
+
+
+@leaves_process_as_found
+def plan_save(
+    scenario: Scenario,
+    planner: Any = None,
+    *,
+    progress: bool | None = None,
+    fast: bool | None = None,
+    storage_writer: Any = None,
+) -> tuple[SaveTrace, Any]:
+    """Plan a save of ``scenario`` with DCP's real planner on every rank; return the trace and
+    DCP's Metadata (None when planning failed). ``dcpviz.simulate_save`` wraps them in a SaveResult.
+
+    ``planner``: a SavePlanner instance (copied per rank), class, or factory; default
+    ``DefaultSavePlanner()``. ``fast``: None (default) uses the exact shortcuts of
+    ``engine.shortcuts.fastpath`` where they apply (named recipes, DCP's default planner); True also
+    trusts a callable recipe to be SPMD (checked on sample ranks); False runs the recipe and
+    the planner on every rank, and DCP's validation on the real metadata only (by default DCP's
+    validation first runs on stretched metadata, ``engine.shortcuts.validation``). ``storage_writer``: a
+    StorageWriter whose own planning steps run on every rank's plans, as dcp.save calls them,
+    writing nothing (``engine.storage.writer_plan``); the trace's ``file_plan`` holds its files.
+    """
+    if not isinstance(scenario, Scenario):
+        raise DcpvizError(f"simulate_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
+    make_planner = planner_factory(planner, SavePlanner, DefaultSavePlanner)
+    timer, log = Timer(), Log()
+    t_start = time.perf_counter()
+    with isolated_plan_cache():
+        info = planner_info(make_planner(), DefaultSavePlanner)
+        run = _set_up(scenario, make_planner, fast, timer, log)
+        run.fast_checks = fast is not False and info.is_dcp_default
+        if storage_writer is not None:
+            run.storage = StoragePlanning(storage_writer, scenario.world_size)
+        # Ranks viewed from one template leave no cyclic garbage behind, only millions of
+        # acyclic objects that automatic collections would walk again and again. A recipe run
+        # per rank does leave cycles (modules, hooks): the collector stays on for it.
+        with gc_paused() if run.views is not None else nullcontext():
+            planned = _plan_and_record(run, progress)
+            with timer.phase("convert"):
+                md_info = metadata_info(planned.metadata) if planned.metadata is not None else None
+    rebound_note(run.rebound, log)
+    timer.add("total", time.perf_counter() - t_start)
+    trace = SaveTrace(
+        scenario=replace(scenario_info(scenario), components=run.components),
+        planner=info,
+        items=tuple(run.conv.items),
+        local_plans=planned.local,
+        global_plans=planned.global_,
+        final_plans=planned.final,
+        metadata=md_info,
+        errors=tuple(log.errors),
+        global_plan_validated=planned.validated,
+        timings=tuple(timer.totals.items()),
+        notes=tuple(log.notes),
+        layouts=run.layouts,
+        source="simulate",
+        value_digests=tuple(run.digests),
+        dedup_alternative=planned.alternative,
+        tied_keys=run.tied,
+        storage_writer=run.storage.facts(planned.file_plan) if run.storage is not None else None,
+        file_plan=planned.file_plan,
+        torch_version=torch_version(),
+        dcpviz_version=__version__,
+        created=now(),
+    )
+    return trace, planned.metadata

@@ -15,13 +15,13 @@ from dcpviz import views
 from dcpviz.analysis.checkpoint_tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
-from dcpviz.views.html import table_html
+from dcpviz.views.html import header_html, table_html
 from dcpviz.widgets.checkpoint import checkpoint_app
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.diff import diff_app
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -53,7 +53,7 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     # -- header ---------------------------------------------------------------------------
     def _header_html(self) -> str:
-        return summary_html(self.result.summary_rows(), self.result.errors)
+        return header_html(self.result)
 
     # -- layout tab -----------------------------------------------------------------------
     _hold_layout = False  # True while _on_group sets the pickers

@@ -102,6 +102,15 @@ def _heading(column: str) -> str:
     return column.replace("nbytes", "bytes").replace("_", " ")
 
 
+def _texts(shown: pd.DataFrame, columns: tuple[str, ...], byte_cols: tuple[str, ...], name_width: int) -> list[list[str]]:
+    """Each shown row's cells as text, names shortened in the middle to ``name_width``."""
+    rows = []
+    for _, row in shown.iterrows():
+        cells = [_cell(col, row[col], byte_cols) for col in columns]
+        rows.append([middle(c, name_width) if col in NAME_COLUMNS else c for col, c in zip(columns, cells)])
+    return rows
+
+
 def _rows(part: TablePart) -> pd.DataFrame:
     brief = part.brief
     df = part.frame
@@ -115,11 +124,7 @@ def table_renderable(part: TablePart, width: int) -> Table:
     middle, long text folded, the rest in the report."""
     brief = part.brief
     shown = _rows(part)
-    name_width = _name_width(brief, width)
-    rows = []
-    for _, row in shown.iterrows():
-        cells = [_cell(col, row[col], part.byte_cols) for col in brief.columns]
-        rows.append([middle(c, name_width) if col in NAME_COLUMNS else c for col, c in zip(brief.columns, cells)])
+    rows = _texts(shown, brief.columns, part.byte_cols, _name_width(brief, width))
     t = Table(title=brief.title or part.title, expand=any(c in TEXT_COLUMNS for c in brief.columns))
     for i, col in enumerate(brief.columns):
         widest = max((len(r[i]) for r in rows), default=0)

@@ -48,22 +48,22 @@ def table_html(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, byte_cols: tupl
     """A sortable HTML table; byte columns are shown human-readable but sort by value."""
     shown = df.head(max_rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    body = []
-    for row in shown.itertuples(index=False):
-        cells = []
-        for col, value in zip(shown.columns, row):
-            if col in RANK_COLUMNS and isinstance(value, (tuple, list)):
-                cells.append(f"<td>{html.escape(ranges(value)) if value else '–'}</td>")
-            elif col in byte_cols and _is_number(value):
-                cells.append(f'<td class="num" data-v="{int(value)}">{fmt_bytes(value)}</td>')
-            elif _is_number(value):
-                cells.append(f'<td class="num">{value}</td>')
-            else:
-                cells.append(f"<td>{html.escape(_plain(value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    body = ["<tr>" + "".join(_td(col, value, byte_cols) for col, value in zip(shown.columns, row)) + "</tr>"
+            for row in shown.itertuples(index=False)]
     more = f'<p class="note">first {max_rows} of {len(df)} rows</p>' if len(df) > max_rows else ""
     return (f'{TABLE_CSS}<div class="scroll"><table class="sortable dcpviz-table"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>{more}')
+
+
+def _td(col: str, value: Any, byte_cols: tuple[str, ...]) -> str:
+    """One cell: ranks as ranges, bytes human-readable (sorting by value), numbers right-aligned."""
+    if col in RANK_COLUMNS and isinstance(value, (tuple, list)):
+        return f"<td>{html.escape(ranges(value)) if value else '–'}</td>"
+    if col in byte_cols and _is_number(value):
+        return f'<td class="num" data-v="{int(value)}">{fmt_bytes(value)}</td>'
+    if _is_number(value):
+        return f'<td class="num">{value}</td>'
+    return f"<td>{html.escape(_plain(value))}</td>"
 
 
 def _is_number(v: Any) -> bool:

@@ -232,13 +232,9 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
     if dropped:
         _replica_legend(fig)
     what = "bytes entry" if header.kind == "bytes" else "scalar (0-d tensor)"
-    hover = (
-        f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes']) if b is not None else ''}"
-        + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else "")
-    )
     fig.add_trace(go.Scatter(
         x=[0.5], y=[0.5], mode="text", text=[label], textfont=dict(color=text_color(color), size=16),
-        hovertext=[hover], hoverinfo="text", showlegend=False, meta={"role": "labels"},
+        hovertext=[_tile_hover(what, b, coords, dropped)], hoverinfo="text", showlegend=False, meta={"role": "labels"},
     ))
     fig.update_layout(**base_layout(title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01),
                                     height=320, width=TILE_WIDTH, margin=dict(l=20, r=20, t=100, b=50),
@@ -246,6 +242,14 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
     fig.update_xaxes(visible=False, range=[-0.02, 1.02])
     fig.update_yaxes(visible=False, range=[-0.05, 1.05])
     return fig
+
+
+def _tile_hover(what: str, b: Any, coords: dict[int, tuple[int, ...]], dropped: tuple[int, ...]) -> str:
+    if b is None:
+        return what
+    writer = int(b["writer"])
+    return (f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes'])}"
+            + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else ""))
 
 
 def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:

@@ -1,4 +1,4 @@
-"""The explorer: a summary header and tabs for Layout, Dedup, Volume, Phases and Tables.
+"""The explorer: a summary header and tabs for Layout, Dedup, Volume, Phases, Tables and Checks.
 
 Every number on screen comes from a result's tables or a view; controls only choose what to
 show, and update the figures in place.

@@ -185,18 +185,22 @@ def rank_volume(
     if by not in (None, "module", "component"):
         raise DcpvizError(f"by={by!r}: use by=None, by='module' or by='component'.")
     if compare is None:
-        label = names[0] if names else _label(result)
-        stacked = result.volume_by_module(depth) if by == "module" else None
-        if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
-            stacked = result.volume_by_component.rename(columns={"component": "module"})
-        return rank_volume_figure([(label, result.rank_volume)], by_module=stacked,
-                                  parts="components" if by == "component" else "modules")
+        return _one(result, by, depth, names[0] if names else _label(result))
     if by is not None:
         raise DcpvizError(f"compare= draws totals side by side; drop by={by!r} to compare two results.")
     a, b = names or (_label(result), _label(compare))
     if a == b:
         a, b = f"{a} (1)", f"{b} (2)"
     return rank_volume_figure([(a, result.rank_volume), (b, compare.rank_volume)])
+
+
+def _one(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
+    """One save's bars: totals, or stacked by module or by component."""
+    stacked = result.volume_by_module(depth) if by == "module" else None
+    if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
+        stacked = result.volume_by_component.rename(columns={"component": "module"})
+    return rank_volume_figure([(label, result.rank_volume)], by_module=stacked,
+                              parts="components" if by == "component" else "modules")
 
 
 def _label(result: Any) -> str:

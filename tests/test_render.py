@@ -223,3 +223,35 @@ def test_user_code_values_stay_unknown():
     assert "progress._extra_state.epoch" in by_fqn.index
     row = by_fqn.loc["progress._extra_state.epoch"]
     assert "did not build" in row["message"] and 0 not in tuple(row["ranks"])
+
+
+def test_short_dims_tick_whole_elements(hsdp):
+    """fc2.bias (3 elements) had ticks at 0.5, 1.5, 2.5: half an element means nothing."""
+    assert V.chunk_layout(hsdp, "fc2.bias").layout.xaxis.dtick == 1
+    assert V.chunk_layout(hsdp, "fc2.weight").layout.yaxis.dtick == 1
+    assert V.chunk_layout(hsdp, "fc1.weight").layout.yaxis.dtick is None  # 190 rows: plotly's own ticks
+
+
+def test_heatmaps_draw_no_grid_through_their_cells(hsdp):
+    """Notebook 04's resharding-by-file heatmap had grid lines through the empty cells and the
+    file names above them."""
+    load = dcpviz.simulate_load(hsdp, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
+    fig = V.resharding(load)
+    assert fig.layout.xaxis.showgrid is False and fig.layout.yaxis.showgrid is False
+
+
+def test_a_fix_written_as_code_keeps_its_lines(hsdp):
+    """The load report showed the fix's code in an inline <code>, which runs its lines together."""
+    from dcpviz.engine.models import MLP
+    from dcpviz.views.html import hints_html
+
+    class Renamed(MLP):
+        def __init__(self):
+            super().__init__()
+            self.ln = self.norm
+            del self.norm
+
+    load = dcpviz.simulate_load(hsdp, dcpviz.Scenario(model=Renamed, world_size=4, recipe="fsdp"))
+    fix = next(h.fix for h in load.hints if "\n" in h.fix)
+    out = hints_html(load.hints)
+    assert "<pre" in out and fix.splitlines()[1] in out.split("<pre", 1)[1]

@@ -64,7 +64,7 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
     n_cols = max(size[col_dim], 1)
     pad = n_cols * 0.015
     fig.update_xaxes(title=f"dim {col_dim} (elements, 0:{size[col_dim]})", range=[-pad, n_cols + pad],
-                     showgrid=False, zeroline=False)
+                     showgrid=False, zeroline=False, **_whole(n_cols))
     if row_dim is None:
         fig.update_yaxes(visible=False, range=[-0.1, 1.1])
         return
@@ -79,10 +79,15 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
         lines.append(f"not to scale: rows {scale:.2g}× taller")
     if note:
         lines.append(note)
-    fig.update_yaxes(title="<br>".join(lines), range=[n_rows + rpad, -rpad],
+    fig.update_yaxes(title="<br>".join(lines), range=[n_rows + rpad, -rpad], **_whole(n_rows),
                      scaleanchor="x", scaleratio=scale, constrain="domain", showgrid=False, zeroline=False)
     fig.update_xaxes(constrain="domain")
     fit_axis_title(fig, lines)
+
+
+def _whole(n: int) -> dict:
+    """Ticks on whole elements for a short dim (plotly would put one at 0.5)."""
+    return {"dtick": 1, "tick0": 0} if n <= 12 else {}
 
 
 TITLE_CHAR = 7  # pixels per character of a 12 px axis title (generous: a line never overflows)

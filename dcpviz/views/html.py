@@ -93,10 +93,8 @@ def hints_html(hints: list[Any]) -> str:
     """Hints as an ordered list, most likely first (empty when there are none)."""
     if not hints:
         return ""
-    items = "".join(
-        f"<li><b>{html.escape(h.title)}</b><br>{html.escape(h.detail)}<br>fix: <code>{html.escape(h.fix)}</code></li>"
-        for h in hints
-    )
+    items = "".join(f"<li><b>{html.escape(h.title)}</b><br>{html.escape(h.detail)}<br>{_fix_html(h.fix)}</li>"
+                    for h in hints)
     return f'<div class="hints"><h2>What is likely wrong</h2><ol>{items}</ol></div>'
 
 
@@ -144,3 +142,12 @@ def messages_html(errors: Any = (), notes: Any = ()) -> str:
     """Errors as failures, notes as quiet lines."""
     return "\n".join([*(f'<p class="bad">{html.escape(e)}</p>' for e in errors),
                       *(f'<p class="note">note: {html.escape(n)}</p>' for n in notes)])
+
+
+def _fix_html(fix: str) -> str:
+    """A one-line fix inline; a fix that is code over several lines as a block, lines kept (inline,
+    the browser ran them into one line)."""
+    if "\n" in fix:
+        return ('fix:<pre style="background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px">'
+                f"{html.escape(fix)}</pre>")
+    return f"fix: <code>{html.escape(fix)}</code>"

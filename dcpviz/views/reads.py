@@ -235,8 +235,9 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
         ), x=0.01),
         height=max(360, min(900, 190 + 18 * z.shape[0])), margin=dict(l=70, r=20, t=130, b=30),
     ))
-    fig.update_xaxes(title=label, type="category", side="top")
-    fig.update_yaxes(title="target rank", type="category", autorange="reversed")
+    # No grid: on a heatmap its lines cross the empty cells and the column labels above them.
+    fig.update_xaxes(title=label, type="category", side="top", showgrid=False)
+    fig.update_yaxes(title="target rank", type="category", autorange="reversed", showgrid=False)
     return fig
 
 

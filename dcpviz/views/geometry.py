@@ -76,7 +76,7 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
     scale = row_scale(size, row_dim, col_dim)
     lines = [f"dim {row_dim} (elements, 0:{size[row_dim]})"]
     if scale != 1.0:
-        lines.append(f"not to scale: rows {scale:.2g}× taller")
+        lines.append(f"not to scale: 1 row drawn as {scale:.2g} columns")
     if note:
         lines.append(note)
     fig.update_yaxes(title="<br>".join(lines), range=[n_rows + rpad, -rpad], **_whole(n_rows),

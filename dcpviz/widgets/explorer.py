@@ -16,6 +16,7 @@ from dcpviz.analysis.checkpoint_tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 from dcpviz.views.html import header_html, table_html
+from dcpviz.views.style import base_layout
 from dcpviz.widgets.checkpoint import checkpoint_app
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.diff import diff_app
@@ -233,8 +234,8 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             if len(sub) and (p == phase or p == "local"):
                 fig.add_trace(go.Bar(x=sub["rank"], y=sub["nbytes"], name=f"{p} plans", marker_color=color,
                                      hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
-        fig.update_layout(barmode="overlay", height=320, title=f"Bytes per rank after the {phase} phase (over the local plans)",
-                          template="plotly_white", xaxis_title="rank", yaxis_title="bytes")
+        fig.update_layout(**base_layout(barmode="overlay", height=320, xaxis_title="rank", yaxis_title="bytes",
+                                        title=f"Bytes per rank after the {phase} phase (over the local plans)"))
         fig.update_xaxes(type="category" if len(vol["rank"].unique()) <= 64 else "linear")  # every rank named
         replace_figure(self.phase_fig, fig)
         self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""

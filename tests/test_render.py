@@ -255,3 +255,14 @@ def test_a_fix_written_as_code_keeps_its_lines(hsdp):
     fix = next(h.fix for h in load.hints if "\n" in h.fix)
     out = hints_html(load.hints)
     assert "<pre" in out and fix.splitlines()[1] in out.split("<pre", 1)[1]
+
+
+def test_every_rank_digests_equal_the_plain_path():
+    """The independent fact behind the demo's fix: planning every rank from its own state
+    (fast=False) gives every rank's digests, and they are rank 0's — the shortcut now records the
+    same digests, so the checks agree."""
+    sc = dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", optimizer="adamw")
+    fast, plain = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
+    assert fast.trace.value_digests == plain.trace.value_digests
+    assert {d.rank for d in fast.trace.value_digests} == set(range(4))
+    pd.testing.assert_frame_equal(fast.checks, plain.checks)

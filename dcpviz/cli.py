@@ -323,7 +323,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         doc = {"path": str(args.path), "failing": failing(checks), "counts": counts(checks), "checks": rows}
         print(json.dumps(doc, indent=1))
     else:
-        console.print(checks_renderable(checks, str(args.path)))
+        console.print(checks_renderable(checks, str(args.path), console.width))
     if args.report:
         out = Console(quiet=True) if args.json else console
         if subject is None:
@@ -358,13 +358,12 @@ def _add_diff_parser(sub: Any, fmt: Any) -> None:
 def _diff(args: argparse.Namespace, console: Console) -> int:
     # torch, deferred: reading chunk values needs it.
     from dcpviz.api import diff
-    from dcpviz.terminal_diff import diff_renderable
 
     result = diff(args.a, args.b, values=args.values, atol=args.atol, rtol=args.rtol)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
-        console.print(diff_renderable(result))
+        print_result(result, console)
     if args.report:
         # plotly, deferred: only a report needs it, and importing it costs about a second.
         from dcpviz.html_report import report

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,46 +20,15 @@ from dcpviz.analysis.save import file_tables, tables
 from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
 from dcpviz.core.trace_codec import read_trace
 from dcpviz.core.units import fmt_bytes
-
-
-# -- parts: what a renderer shows of a result, in order (no renderer branches on the kind) --------
-@dataclass(frozen=True)
-class TablePart:
-    """A titled table; ``byte_cols`` are shown human-readable."""
-
-    title: str
-    frame: pd.DataFrame
-    byte_cols: tuple[str, ...] = ()
-    max_rows: int | None = None
-
-
-@dataclass(frozen=True)
-class FigurePart:
-    """A titled figure: ``dcpviz.views.<view>(result, *args, **kwargs)`` (named, so results need
-    not import the views layer above them)."""
-
-    title: str
-    view: str
-    args: tuple = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class HintsPart:
-    """Likely causes and their fixes, most likely first."""
-
-    hints: tuple[Hint, ...]
-
-
-@dataclass(frozen=True)
-class MessagesPart:
-    """Errors (shown as failures) and notes."""
-
-    errors: tuple[str, ...]
-    notes: tuple[str, ...]
-
-
-Part = TablePart | FigurePart | HintsPart | MessagesPart
+from dcpviz.parts import (  # noqa: F401 - the parts are re-exported: results supply them
+    Brief,
+    FigurePart,
+    HintsPart,
+    MessagesPart,
+    Part,
+    SummaryRow,
+    TablePart,
+)
 
 
 def pick_layout_tensors(tensors: pd.DataFrame, limit: int = 6) -> list[str]:
@@ -102,6 +70,9 @@ def pick_read_tensors(load: Any, limit: int = 3) -> list[str]:
     return picks[:limit]
 
 
+READ_NOTE = "saved-chunk bytes: whole saved chunks, which FileSystemReader deserialises before narrowing"
+
+
 class _Result:
     """What both result kinds share: the trace, its scenario, errors, JSON."""
 
@@ -128,10 +99,7 @@ class _Result:
 
     def checks_part(self) -> list[Part]:
         """The checks as the report's first part, when there is any finding."""
-        found = self.checks  # type: ignore[attr-defined]
-        if not len(found):
-            return []
-        return [TablePart(f"Checks: {checks_.counts_line(found)}", found, max_rows=64)]
+        return checks_part(self.checks)  # type: ignore[attr-defined]
 
     def checks_line(self) -> str:
         """The checks in a few words, for repr: '1 data-loss, 2 warning'."""
@@ -141,9 +109,18 @@ class _Result:
         """The errors and the trace's notes, as one part."""
         return MessagesPart(tuple(self.errors), tuple(self.trace.notes))
 
+    def header_parts(self) -> list[Part]:
+        """Under an explorer's summary: the errors and notes."""
+        return [self.messages()]
+
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the trace as versioned JSON (``dcpviz.load_trace`` opens it again)."""
         return write_trace(self.trace, path)
+
+    def _repr_html_(self) -> str:
+        # The repr as preformatted text; the summary as a table is the views' job
+        # (``dcpviz.explore(result)`` or ``dcpviz.report``).
+        return f"<pre>{html.escape(repr(self))}</pre>"
 
 
 class SaveResult(_Result):
@@ -281,8 +258,8 @@ class SaveResult(_Result):
             self._metadata = torch_metadata(self.trace.metadata)
         return self._metadata
 
-    def summary_rows(self) -> list[tuple[str, str]]:
-        """(label, HTML) rows that sum the save up: model, job, planner, items, bytes, status."""
+    def summary_rows(self) -> list[SummaryRow]:
+        """The save in a few lines: model, job, planner, items, bytes, status."""
         return _save_summary_rows(self.summary)
 
     def report_title(self) -> str:
@@ -300,26 +277,26 @@ class SaveResult(_Result):
         """What the report shows, in order: messages, volume, dedup and layout figures, tables."""
         modules = self.volume_by_module(1)["module"].nunique()
         out: list[Part] = [*self.checks_part(), self.messages(),
-                           FigurePart("Write volume per rank", "rank_volume", kwargs={"by": "module" if modules > 1 else None})]
+                           FigurePart("Write volume per rank", "rank_volume",
+                                      kwargs={"by": "module" if modules > 1 else None})]
         if self.volume_by_component["component"].nunique() > 1:  # a training state: how much is optimizer
             out.append(FigurePart("Write volume per rank, by component", "rank_volume", kwargs={"by": "component"}))
         if len(self.dedup):
             out.append(FigurePart("Dedup decisions", "dedup"))
         out += [FigurePart(f"Chunk layout: {fqn}", "chunk_layout", (fqn,)) for fqn in pick_layout_tensors(self.tensors)]
         out.append(TablePart("Tensors (alike layers collapsed)", self.tensor_groups.drop(columns=["members", "pattern"]), ("nbytes",)))
-        out.append(TablePart("Bytes per rank", self.rank_volume, ("nbytes", "planned_nbytes"), max_rows=1024))
+        out.append(TablePart("Bytes per rank", self.rank_volume, ("nbytes", "planned_nbytes"), max_rows=1024,
+                             brief=Brief(("rank", "coordinate", "items", "nbytes", "planned_items", "planned_nbytes"),
+                                         rows=16, sort_by="nbytes")))
         if len(self.dedup):
-            out.append(TablePart("Dedup (items planned by more than one rank)", self.dedup, ("nbytes",)))
+            out.append(TablePart("Dedup (items planned by more than one rank)", self.dedup, ("nbytes",),
+                                 brief=Brief(("fqn", "offsets", "candidates", "chosen_rank", "why"),
+                                             headings={"chosen_rank": "writer"})))
         out.append(TablePart("Checkpoint chunks", self.chunks, ("nbytes",)))
         if self.trace.file_plan:  # simulated with a storage writer: its files
             out.append(FigurePart("Files: what each rank writes where", "file_layout"))
             out.append(TablePart("Files", self.files, ("nbytes",), max_rows=256))
         return out
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in self.summary_rows())
-        errors = "".join(f"<div style='color:#b00020'>{e}</div>" for e in self.errors)
-        return f"<div><b>dcpviz SaveResult</b><table>{rows}</table>{errors}</div>"
 
     def __repr__(self) -> str:
         s = self.summary
@@ -412,6 +389,11 @@ class LoadResult(_Result):
         """The errors (each message once, with its ranks) and the trace's notes, as one part."""
         return MessagesPart(tuple(self.error_lines()), tuple(self.trace.notes))
 
+    def header_parts(self) -> list[Part]:
+        """Under an explorer's summary: the errors (the verdict's first row says what they mean),
+        then the hints, most likely first."""
+        return [MessagesPart(tuple(self.error_lines()), ()), HintsPart(tuple(self.hints))]
+
     def fix_planner(self, rename: dict[str, str] | None = None, allow_partial_load: bool | None = None) -> Any:
         """A load planner that applies every certain fix at once — prefixes and wrapper segments
         anywhere in a key, renamed modules, resized tensors (saved rows into the new shards) — on
@@ -440,12 +422,17 @@ class LoadResult(_Result):
             allow_partial_load = bool(self.trace.planner.option("allow_partial_load", False))
         return names, resized, bool(allow_partial_load)
 
-    def summary_rows(self) -> list[tuple[str, str]]:
-        """(label, HTML) rows that sum the load up: the verdict first, then target, checkpoint,
-        planner, reads, status."""
+    def summary_rows(self) -> list[SummaryRow]:
+        """The load in a few lines: the verdict first, then target, checkpoint, planner, reads,
+        status."""
         v = self.verdict
-        line = f'<span class="{"good" if v.clean else "bad"}"><b>{html.escape(v.line)}</b></span>'
-        return [("verdict", line), *_load_summary_rows(self.summary, v)]
+        return [SummaryRow("verdict", v.line, "good" if v.clean else "bad"), *_load_summary_rows(self.summary, v),
+                SummaryRow("checks", self.checks_line())]
+
+    def checks_part(self) -> list[Part]:
+        """The checks as the report's first part; the terminal leaves the rows to the verdict,
+        hints and problems, which say the same per key (the summary counts them)."""
+        return checks_part(self.checks, brief=False)
 
     def report_title(self) -> str:
         """The report's default title."""
@@ -462,7 +449,10 @@ class LoadResult(_Result):
         out: list[Part] = [*self.checks_part(), HintsPart(tuple(self.hints))]
         if len(self.problems):
             out.append(TablePart("Problems (one row per key and message; every rank below)",
-                                 self.problems.drop(columns=["n_ranks"])))
+                                 self.problems.drop(columns=["n_ranks"]),
+                                 brief=Brief(("severity", "kind", "fqn", "saved", "current", "ranks", "message"),
+                                             rows=20, title=f"problems: {len(self.problems)} (one row per key and "
+                                             "message; every rank in result.mismatches)")))
         out.append(self.messages())
         if len(self.mismatches):
             out.append(TablePart("Mismatches (every key, every rank)", self.mismatches.drop(
@@ -476,7 +466,12 @@ class LoadResult(_Result):
             if self.read_items["file"].notna().any():
                 out.append(FigurePart("Resharding: target rank × storage file", "resharding", kwargs={"by": "file"}))
             out += [FigurePart(f"What target rank 0 reads of {fqn}", "read_layout", (fqn, 0)) for fqn in pick_read_tensors(self)]
-        out.append(TablePart("Reads per target rank", self.rank_volume, ("nbytes", "chunk_nbytes", "wanted_nbytes"), max_rows=1024))
+        on_disk = bool(self.read_items["file"].notna().any())
+        cols = ("rank", "coordinate", "reads", "nbytes", "chunk_nbytes", "writers") + (("files",) if on_disk else ())
+        out.append(TablePart("Reads per target rank", self.rank_volume, ("nbytes", "chunk_nbytes", "wanted_nbytes"),
+                             max_rows=1024, brief=Brief(cols, rows=16, sort_by="nbytes",
+                                                        headings={"chunk_nbytes": "saved-chunk bytes"}),
+                             note=READ_NOTE))
         out.append(TablePart("Read items", self.read_items, ("nbytes", "chunk_nbytes", "storage_nbytes")))
         return out
 
@@ -512,50 +507,63 @@ class LoadResult(_Result):
         )
 
 
-def _save_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
-    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
-    status = '<span class="good">valid</span>' if s["validated"] else f'<span class="bad">{s["errors"]} error(s)</span>'
+def _mesh(names: Any, dims: Any) -> str:
+    return " × ".join(f"{n}={d}" for n, d in zip(names, dims))
+
+
+def _save_summary_rows(s: dict[str, Any]) -> list[SummaryRow]:
     opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
     rows = [
-        ("model", f"{html.escape(s['model'])} ({s['dtype']})"),
-        ("job", f"{html.escape(s['recipe'])} on {s['world_size']} ranks, mesh {mesh}"),
-        ("planner", html.escape(f"{s['planner']}({opts})")),
-        ("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
-        ("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
+        SummaryRow("model", f"{s['model']} ({s['dtype']})"),
+        SummaryRow("job", f"{s['recipe']} on {s['world_size']} ranks, mesh {_mesh(s['mesh_dim_names'], s['mesh'])}"),
+        SummaryRow("planner", f"{s['planner']}({opts})"),
+        SummaryRow("checkpoint", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries"),
+        SummaryRow("items", f"{s['items_planned']} planned → {s['items_written']} written after dedup"),
     ]
     if s.get("optimizer") or s.get("state"):  # a training state, not only the model's
         parts = [f"optimizer {s['optimizer']}" if s.get("optimizer") else "no optimizer",
                  f"app state {s['state']}" if s.get("state") else "{'model', 'optim'} from get_state_dict"]
-        rows.insert(2, ("state", html.escape(" · ".join(parts))))
+        rows.insert(2, SummaryRow("state", " · ".join(parts)))
     if s["total_bytes"] is not None:
-        rows.append(
-            ("bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
-             f"max {fmt_bytes(s['max_rank_bytes'])} · imbalance (max ÷ mean) {s['imbalance']:.2f}")
-        )
-    rows.append(("status", status))
+        rows.append(SummaryRow(
+            "bytes", f"{fmt_bytes(s['total_bytes'])} total · per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
+            f"max {fmt_bytes(s['max_rank_bytes'])} · imbalance (max ÷ mean) {s['imbalance']:.2f}"))
+    rows.append(SummaryRow("status", "valid", "good") if s["validated"]
+                else SummaryRow("status", f"{s['errors']} error(s)", "bad"))
     return rows
 
 
-def _load_summary_rows(s: dict[str, Any], v: verdicts.Verdict) -> list[tuple[str, str]]:
-    mesh = " × ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
-    rows = [("target", html.escape(f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, mesh {mesh}"))]
+def _load_summary_rows(s: dict[str, Any], v: verdicts.Verdict) -> list[SummaryRow]:
+    mesh = _mesh(s["mesh_dim_names"], s["mesh"])
+    rows = [SummaryRow("target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, mesh {mesh}")]
     saved = s["saved_scenario"]
     what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
     if saved is not None:
-        what += f"; saved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks"
-    rows.append(("checkpoint", html.escape(what)))
+        what += (f"; saved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks, "
+                 f"mesh {_mesh(saved.mesh_dim_names, saved.mesh)}")
+    rows.append(SummaryRow("checkpoint", what))
     opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
-    rows.append(("planner", html.escape(f"{s['planner']}({opts})")))
+    rows.append(SummaryRow("planner", f"{s['planner']}({opts})"))
     if s["reads"]:
         amp = s["chunk_bytes"] / s["total_bytes"] if s["total_bytes"] else float("nan")
-        rows.append(("reads", f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all · per rank "
-                              f"max {fmt_bytes(s['max_rank_bytes'])} · {fmt_bytes(s['chunk_bytes'])} of saved chunks "
-                              f"deserialised ({amp:.2f}×)"))
+        rows.append(SummaryRow("reads", f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} "
+                               f"in all · per rank max {fmt_bytes(s['max_rank_bytes'])}, mean "
+                               f"{fmt_bytes(s['mean_rank_bytes'])} · {fmt_bytes(s['chunk_bytes'])} of saved chunks "
+                               f"deserialised ({amp:.2f}×)"))
     if s["mismatch_keys"]:
-        rows.append(("mismatches", ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items())))
+        rows.append(SummaryRow("mismatches", ", ".join(f"{n} {k}" for k, n in s["mismatch_keys"].items())))
     said, tone = verdicts.load_status(s, v)
-    rows.append(("status", f'<span class="{"good" if tone == "good" else "bad"}">{html.escape(said)}</span>'))
+    rows.append(SummaryRow("status", said, tone if tone in ("good", "warn") else "bad"))
     return rows
+
+
+def checks_part(found: pd.DataFrame, brief: bool = True) -> list[Part]:
+    """The checks as a result's first part, when there is any finding (``brief``: in the
+    terminal too)."""
+    if not len(found):
+        return []
+    return [TablePart(f"Checks: {checks_.counts_line(found)}", found, max_rows=64,
+                      brief=Brief(("severity", "check", "fqn", "ranks", "message"), rows=8) if brief else None)]
 
 
 def load_trace(path: str | os.PathLike[str]) -> SaveResult | LoadResult:
@@ -594,20 +602,19 @@ class CheckpointReport:
                else ".metadata through a restricted unpickler (no tensor data)")
         return f"{self.info.path}: read from {how}."
 
-    def summary_rows(self) -> list[tuple[str, str]]:
+    def summary_rows(self) -> list[SummaryRow]:
         t = self.info.totals
-        rows = [("format", "safetensors folder" if self.safetensors else "DCP checkpoint directory"),
-                ("checks", html.escape(checks_.counts_line(self.checks)))]
-        rows += [(html.escape(str(k)), html.escape(fmt_bytes(int(v)) if "nbytes" in str(k) else str(v)))
-                 for k, v in t.items()]
+        rows = [SummaryRow("format", "safetensors folder" if self.safetensors else "DCP checkpoint directory"),
+                SummaryRow("checks", checks_.counts_line(self.checks))]
+        rows += [SummaryRow(str(k), fmt_bytes(int(v)) if "nbytes" in str(k) else str(v)) for k, v in t.items()]
         return rows
 
+    def header_parts(self) -> list[Part]:
+        """Under an explorer's summary: what reading the checkpoint noted."""
+        return [MessagesPart((), tuple(self.info.notes))]
+
     def parts(self) -> list[Part]:
-        found = self.checks
-        out: list[Part] = []
-        if len(found):
-            out.append(TablePart(f"Checks: {checks_.counts_line(found)}", found, max_rows=64))
-        out.append(MessagesPart((), tuple(self.info.notes)))
+        out: list[Part] = [*checks_part(self.checks), MessagesPart((), tuple(self.info.notes))]
         if len(self.storage):
             out.append(FigurePart("Files: which chunks sit in which file, by writer rank", "file_layout"))
         out.append(TablePart("Files", self.info.files, ("nbytes",), max_rows=256))

@@ -15,7 +15,7 @@ import pandas as pd
 from dcpviz.analysis.diff import tables as dt
 from dcpviz.core.diff_model import DiffSide, RegionResult, ValueResult
 from dcpviz.core.trace import writable_file
-from dcpviz.results import FigurePart, MessagesPart, Part, TablePart
+from dcpviz.parts import Brief, FigurePart, MessagesPart, Part, SummaryRow, TablePart
 
 
 class DiffResult:
@@ -123,16 +123,16 @@ class DiffResult:
                 "changes": {c: int(counts.get(c, 0)) for c in dt.CHANGES if counts.get(c, 0)},
                 "values_compared": self.compared_values, "atol": self.atol, "rtol": self.rtol}
 
-    def summary_rows(self) -> list[tuple[str, str]]:
-        """(label, HTML) rows for the report."""
+    def summary_rows(self) -> list[SummaryRow]:
+        """The diff in a few lines: A, B, the verdict, key counts, changes, how values were compared."""
         s = self.summary
-        colour = "#1b7f3b" if s["same"] else "#b00020"
-        verdict = f"<b style='color:{colour}'>{html.escape(self.verdict)}</b>"
         counts = ", ".join(f"{n} {c}" for c, n in s["changes"].items())
-        return [("A", html.escape(self.a.label)), ("B", html.escape(self.b.label)), ("verdict", verdict),
-                ("keys", f"{s['keys_a']} in A, {s['keys_b']} in B"), ("changes", html.escape(counts)),
-                ("values", "compared" + (f" (atol={self.atol}, rtol={self.rtol})" if self.atol or self.rtol else
-                                         " exactly") if s["values_compared"] else "not compared")]
+        tolerance = f" (atol={self.atol}, rtol={self.rtol})" if self.atol or self.rtol else " exactly"
+        values = ("compared" + tolerance) if s["values_compared"] else "not compared (keys, shapes and dtypes only)"
+        return [SummaryRow("A", self.a.label), SummaryRow("B", self.b.label),
+                SummaryRow("verdict", self.verdict, "good" if s["same"] else "bad"),
+                SummaryRow("keys", f"{s['keys_a']} in A, {s['keys_b']} in B"), SummaryRow("changes", counts),
+                SummaryRow("values", values)]
 
     def report_title(self) -> str:
         """The report's default title."""
@@ -146,13 +146,18 @@ class DiffResult:
         """Notes of what was not compared."""
         return MessagesPart((), tuple(self.notes))
 
+    def header_parts(self) -> list[Part]:
+        """Under an explorer's summary: what was not compared."""
+        return [self.messages()]
+
     def parts(self) -> list[Part]:
         """What the report shows: notes, the figures, the diff table, then the details."""
         out: list[Part] = [self.messages(), FigurePart("What differs", "diff_overview")]
         if len(self.regions):
             bad = self.regions[self.regions["differing"] > 0]["fqn"].drop_duplicates().tolist()[:3]
             out += [FigurePart(f"Regions compared: {fqn}", "diff_regions", (fqn,)) for fqn in bad]
-        out.append(TablePart("Diff", self.changes))
+        out.append(TablePart("Diff", self.changes, brief=Brief(
+            ("fqn", "fqn_b", "change", "detail"), rows=40, headings={"fqn": "key (A)", "fqn_b": "key (B)"})))
         if len(self.renames):
             out.append(TablePart("Rename candidates", self.renames))
         if len(self.values):
@@ -178,8 +183,8 @@ class DiffResult:
         return out
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in self.summary_rows())
-        return f"<div><b>dcpviz DiffResult</b><table>{rows}</table></div>"
+        # The repr as preformatted text; the summary as a table is the views' job.
+        return f"<pre>{html.escape(repr(self))}</pre>"
 
     def __repr__(self) -> str:
         s = self.summary

@@ -1,7 +1,14 @@
-"""Tidy terminal rendering of results (rich): a header, per-rank volumes, dedup, errors."""
+"""The terminal renderer (rich): any result, drawn from what it supplies (``dcpviz.parts``).
+
+The summary rows become a header panel; each part follows in the result's order: a table's
+``brief`` (its columns and first rows, names shortened in the middle to fit the width), hints
+as panels, errors and notes as lines. Figures are left to the report and the explorer. No
+branch on the kind of result: a save, a load, a diff and a checkpoint go through one path.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -12,8 +19,24 @@ from rich.text import Text
 
 from dcpviz.analysis.checks import counts_line
 from dcpviz.analysis.groups import ranges
-from dcpviz.analysis.load.verdict import load_status
 from dcpviz.core.units import fmt_bytes
+from dcpviz.parts import Brief, FigurePart, HintsPart, MessagesPart, SummaryRow, TablePart
+
+TONE_STYLE = {"good": "bold green", "bad": "bold red", "warn": "bold yellow"}
+# Cells whose value says how bad or what kind of change a row is are coloured by that value.
+VALUE_STYLE = {
+    "data-loss": "bold red", "error": "red", "warning": "yellow", "info": "dim",  # check severities
+    "breaks": "bold red", "loses": "bold red", "silent": "yellow", "expected": "dim",  # load problems
+    "same": "green", "layout only": "cyan", "not compared": "yellow", "renamed": "magenta",  # diff changes
+}
+SEVERITY_STYLE = {k: VALUE_STYLE[k] for k in ("data-loss", "error", "warning", "info")}
+NAME_COLUMNS = ("fqn", "fqn_b", "group", "file")  # the user's names: shortened in the middle
+ID_COLUMNS = ("severity", "check", "kind", "change")  # short fixed words: never cut
+TEXT_COLUMNS = ("message", "why", "detail", "fix", "explanation")  # folded over lines
+NUMBER_COLUMNS = ("rank", "items", "nbytes", "planned_items", "planned_nbytes", "reads", "chunk_nbytes",
+                  "writers", "files", "chosen_rank")
+MAX_ERRORS = 8
+MIN_NAME = 12  # a shortened name keeps at least this many characters
 
 
 def add_row(table: Table, *cells: Any) -> None:
@@ -22,114 +45,111 @@ def add_row(table: Table, *cells: Any) -> None:
     table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
 
 
-def save_summary_renderable(result: Any, max_ranks: int = 16) -> Group:
-    """A SaveResult's summary as rich renderables (header, per-rank table)."""
-    s = result.summary
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold cyan")
-    head.add_column()
-    mesh = " x ".join(f"{n}={d}" for n, d in zip(s["mesh_dim_names"], s["mesh"]))
-    add_row(head, "model", f"{s['model']}  ({s['dtype']})")
-    add_row(head, "job", f"{s['recipe']} on {s['world_size']} ranks, mesh {mesh}")
-    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
-    add_row(head, "planner", f"{s['planner']}({opts})")
-    add_row(head, "tensors", f"{s['tensors']} tensors, {s['bytes_entries']} bytes entries")
-    add_row(head, "items", f"{s['items_planned']} planned -> {s['items_written']} written after dedup")
-    if s["total_bytes"] is not None:
-        add_row(
-            head, "bytes",
-            f"{fmt_bytes(s['total_bytes'])} total; per rank mean {fmt_bytes(s['mean_rank_bytes'])}, "
-            f"max {fmt_bytes(s['max_rank_bytes'])}, imbalance (max/mean) {s['imbalance']:.2f}",
-        )
-    status = Text("valid", style="bold green") if s["validated"] else Text(f"{s['errors']} error(s)", style="bold red")
-    add_row(head, "status", status)
-    parts: list[Any] = [Panel(head, title="dcpviz save plan", expand=False)]
-
-    vol = result.rank_volume
-    t = Table(title="bytes written per rank (final plans)", show_lines=False)
-    for col in ("rank", "coordinate", "items", "bytes", "planned items", "planned bytes"):
-        t.add_column(col, justify="right")
-    shown = vol if len(vol) <= max_ranks else vol.sort_values("nbytes", ascending=False).head(max_ranks)
-    for _, row in shown.iterrows():
-        add_row(
-            t, str(row["rank"]), str(row["coordinate"]), _na(row["items"]), _na(row["nbytes"], fmt_bytes),
-            str(row["planned_items"]), fmt_bytes(row["planned_nbytes"]),
-        )
-    if len(vol) > max_ranks:
-        t.caption = f"the {max_ranks} heaviest of {len(vol)} ranks"
-    parts.append(t)
-
-    d = result.dedup
-    if len(d):
-        dt = Table(title=f"dedup: {len(d)} items planned by more than one rank")
-        for col in ("fqn", "offsets", "candidates", "writer", "why"):
-            dt.add_column(col)
-        for _, row in d.head(12).iterrows():
-            cands = row["candidates"]
-            cand = ",".join(map(str, cands)) if len(cands) <= 8 else f"{len(cands)} ranks"
-            add_row(dt, row["fqn"], str(row["offsets"]), cand, str(row["chosen_rank"]), row["why"])
-        if len(d) > 12:
-            dt.caption = f"first 12 of {len(d)}"
-        parts.append(dt)
-    for err in result.errors:
-        parts.append(Text(err, style="red"))
-    for note in result.trace.notes:
-        parts.append(Text(f"note: {note}", style="dim"))
-    return Group(*parts)
+def middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle, both ends kept (the start says which
+    module, the end which parameter): 'layers.0.att…wq.weight'."""
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    keep = width - 1
+    head = keep // 2
+    return text[:head] + "…" + text[len(text) - (keep - head):]
 
 
-def _na(value: Any, fmt=str) -> str:
+def _na(value: Any, fmt: Callable[[Any], str] = str) -> str:
+    """A cell's text: '-' for a missing value (None, NaN, NA), ``fmt(value)`` otherwise —
+    tuples and lists included, which ``pd.isna`` answers element by element."""
     try:
-
         if pd.isna(value):
             return "-"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # an array-like: pd.isna gives one answer per element
         pass
     return fmt(value)
 
 
-def print_result(result: Any, console: Console | None = None) -> None:
-    """Print a save or load result's summary to the terminal (rich)."""
-    console = console or Console()
-    console.print(RENDERABLES[result.kind](result))
+def _cell(column: str, value: Any, byte_cols: tuple[str, ...]) -> str:
+    if column in byte_cols:
+        return _na(value, lambda v: fmt_bytes(int(v)))
+    if column in ("ranks", "candidates") and isinstance(value, (tuple, list)):
+        return ranges(value) if value else "-"
+    return _na(value)
 
 
+def _name_width(brief: Brief, width: int) -> int:
+    """How wide a name column may be: its share of the width the other columns leave."""
+    names = sum(c in NAME_COLUMNS for c in brief.columns) or 1
+    texts = sum(c in TEXT_COLUMNS for c in brief.columns)
+    others = len(brief.columns) - names - texts
+    free = width - 9 * others - 16 * texts - 3 * len(brief.columns)
+    return max(MIN_NAME, free // names)
 
-def _mesh(names: tuple[str, ...], dims: tuple[int, ...]) -> str:
-    return " x ".join(f"{n}={d}" for n, d in zip(names, dims))
+
+def _add_column(table: Table, column: str, heading: str, widest: int) -> None:
+    """Text folds over lines; a name keeps the width it was shortened to; numbers align right."""
+    if column in TEXT_COLUMNS:
+        table.add_column(heading, overflow="fold", ratio=3, min_width=16)
+    elif column in NAME_COLUMNS:
+        table.add_column(heading, no_wrap=True, overflow="ellipsis", min_width=max(widest, len(heading)))
+    elif column in ID_COLUMNS:
+        table.add_column(heading, no_wrap=True, min_width=widest)
+    else:
+        table.add_column(heading, overflow="fold", justify="right" if column in NUMBER_COLUMNS else "left")
 
 
-def _header(result: Any) -> Panel:
-    s = result.summary
+def _heading(column: str) -> str:
+    """A column's heading: 'nbytes' reads 'bytes', underscores are spaces."""
+    return column.replace("nbytes", "bytes").replace("_", " ")
+
+
+def _texts(shown: pd.DataFrame, columns: tuple[str, ...], byte_cols: tuple[str, ...], name_width: int) -> list[list[str]]:
+    """Each shown row's cells as text, names shortened in the middle to ``name_width``."""
+    rows = []
+    for _, row in shown.iterrows():
+        cells = [_cell(col, row[col], byte_cols) for col in columns]
+        rows.append([middle(c, name_width) if col in NAME_COLUMNS else c for col, c in zip(columns, cells)])
+    return rows
+
+
+def _rows(part: TablePart) -> pd.DataFrame:
+    brief = part.brief
+    df = part.frame
+    if brief.sort_by is not None and len(df) > brief.rows:
+        df = df.sort_values(brief.sort_by, ascending=False, na_position="first", kind="stable")
+    return df.head(brief.rows)
+
+
+def table_renderable(part: TablePart, width: int) -> Table:
+    """A table part's brief as a rich table that fits ``width`` columns: names shortened in the
+    middle, long text folded, the rest in the report."""
+    brief = part.brief
+    shown = _rows(part)
+    rows = _texts(shown, brief.columns, part.byte_cols, _name_width(brief, width))
+    t = Table(title=brief.title or part.title, expand=any(c in TEXT_COLUMNS for c in brief.columns))
+    for i, col in enumerate(brief.columns):
+        widest = max((len(r[i]) for r in rows), default=0)
+        _add_column(t, col, brief.headings.get(col, _heading(col)), widest)
+    for cells in rows:
+        add_row(t, *(Text(c, style=VALUE_STYLE.get(c, "")) for c in cells))
+    notes = [f"first {len(shown)} of {len(part.frame)}; all in the report"] if len(shown) < len(part.frame) else []
+    t.caption = "; ".join(notes + ([part.note] if part.note else [])) or None
+    return t
+
+
+def header_renderable(title: str, rows: Iterable[SummaryRow]) -> Panel:
+    """The summary rows as a labelled panel."""
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold cyan")
+    head.add_column(style="bold cyan", no_wrap=True)
     head.add_column()
-    v = result.verdict
-    add_row(head, "verdict", Text(v.line, style="bold green" if v.clean else "bold red"))
-    add_row(head, "target", f"{s['model']} ({s['dtype']}), {s['recipe']} on {s['world_size']} ranks, "
-                  f"mesh {_mesh(s['mesh_dim_names'], s['mesh'])}")
-    saved = s["saved_scenario"]
-    what = f"{s['saved_source']}: {s['saved_tensors']} tensors, {s['saved_bytes_entries']} bytes entries"
-    if saved is not None:
-        what += (f"\nsaved by {saved.model} ({saved.dtype}), {saved.recipe} on {saved.world_size} ranks, "
-                 f"mesh {_mesh(saved.mesh_dim_names, saved.mesh)}")
-    add_row(head, "checkpoint", what)
-    opts = ", ".join(f"{k}={v}" for k, v in s["planner_options"].items())
-    add_row(head, "planner", f"{s['planner']}({opts})")
-    if s["reads"]:
-        add_row(
-            head, "reads",
-            f"{s['reads']} read items ({s['plans']} plans), {fmt_bytes(s['total_bytes'])} in all; per rank "
-            f"max {fmt_bytes(s['max_rank_bytes'])}, mean {fmt_bytes(s['mean_rank_bytes'])}",
-        )
-    said, tone = load_status(s, v)
-    add_row(head, "status", Text(said, style={"bad": "bold red", "warn": "bold yellow"}.get(tone, "bold green")))
-    return Panel(head, title="dcpviz load plan", expand=False)
+    for row in rows:
+        add_row(head, row.label, Text(row.text, style=TONE_STYLE.get(row.tone, "")))
+    return Panel(head, title=Text(title), expand=False)
 
 
-def _hints(result: Any) -> list[Any]:
-    out: list[Any] = []
-    for h in result.hints:
+def hints_renderable(hints: Iterable[Any]) -> list[Panel]:
+    """One panel per hint: what is likely wrong, the fix, the renames it would apply."""
+    out = []
+    for h in hints:
         body = Text()
         body.append(h.detail + "\n")
         body.append("fix: ", style="bold")
@@ -138,94 +158,53 @@ def _hints(result: Any) -> list[Any]:
             shown = ", ".join(f"{a!r}: {b!r}" for a, b in h.mapping[:3])
             more = f", ... ({len(h.mapping)} in all)" if len(h.mapping) > 3 else ""
             body.append(f"\nrename {{target key: checkpoint key}}: {{{shown}{more}}}", style="dim")
-        out.append(Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow", expand=True))
+        out.append(Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow"))
     return out
 
 
-_SEVERITY_STYLE = {"breaks": "bold red", "loses": "bold red", "silent": "yellow", "expected": "dim"}
+def messages_renderable(part: MessagesPart) -> list[Text]:
+    """Errors in red (the first few, each once), notes dimmed."""
+    out = [Text(e, style="red") for e in part.errors[:MAX_ERRORS]]
+    if len(part.errors) > MAX_ERRORS:
+        out.append(Text(f"... {len(part.errors) - MAX_ERRORS} more errors in result.errors", style="red"))
+    return out + [Text(f"note: {n}", style="dim") for n in part.notes]
 
 
-def _mismatches(result: Any, max_rows: int) -> Table | None:
-    df = result.problems
-    if not len(df):
-        return None
-    t = Table(title=f"problems: {len(df)} (one row per key and message; every rank in result.mismatches)")
-    for col in ("", "kind", "fqn", "saved", "current", "ranks", "DCP's message (dim: dcpviz's note)"):
-        t.add_column(col, overflow="fold")
-    for i, row in enumerate(df.itertuples(index=False)):
-        if i >= max_rows:
-            t.caption = f"first {max_rows} of {len(df)}; all in result.problems"
-            break
-        add_row(t, Text(row.severity, style=_SEVERITY_STYLE.get(row.severity, "")), row.kind, row.fqn,
-                str(row.saved or "-"), str(row.current or "-"), row.ranks,
-                row.message or Text(row.explanation, style="dim"))
-    return t
+def _part_renderables(part: Any, width: int) -> list[Any]:
+    if isinstance(part, TablePart):
+        return [table_renderable(part, width)] if part.brief is not None and len(part.frame) else []
+    if isinstance(part, HintsPart):
+        return hints_renderable(part.hints)
+    if isinstance(part, MessagesPart):
+        return messages_renderable(part)
+    if isinstance(part, FigurePart):
+        return []  # figures are drawn by the report and the explorer
+    raise TypeError(f"no terminal rendering for {type(part).__name__}")
 
 
-def _volume(result: Any, max_ranks: int) -> Table:
-    vol = result.rank_volume
-    t = Table(title="reads per target rank")
-    on_disk = bool(result.read_items["file"].notna().any())
-    cols = ["rank", "coordinate", "reads", "bytes", "saved-chunk bytes", "writers"] + (["files"] if on_disk else [])
-    for col in cols:
-        t.add_column(col, justify="right")
-    shown = vol if len(vol) <= max_ranks else vol.sort_values("nbytes", ascending=False, na_position="first").head(max_ranks)
-    for _, row in shown.iterrows():
-        cells = [str(row["rank"]), str(row["coordinate"]), _na(row["reads"]), _na(row["nbytes"], fmt_bytes),
-                 _na(row["chunk_nbytes"], fmt_bytes), _na(row["writers"])]
-        add_row(t, *cells, *([_na(row["files"])] if on_disk else []))
-    if len(vol) > max_ranks:
-        t.caption = f"the {max_ranks} heaviest of {len(vol)} ranks"
-    t.caption = ((t.caption + "; ") if t.caption else "") + (
-        "saved-chunk bytes: whole saved chunks, which FileSystemReader deserialises before narrowing")
-    return t
+def renderable(result: Any, width: int = 100) -> Group:
+    """Any result (save, load, diff, checkpoint) for the terminal: its summary, then its parts."""
+    out: list[Any] = [header_renderable(result.report_title(), result.summary_rows())]
+    for part in result.parts():
+        out += _part_renderables(part, width)
+    return Group(*out)
 
 
-def _na(value: Any, fmt: Any = str) -> str:
-    return "-" if pd.isna(value) else fmt(value)
-
-
-def load_summary_renderable(result: Any, max_ranks: int = 16, max_mismatches: int = 20) -> Group:
-    """Header (the verdict first), hints (most likely cause first), one row per problem with its
-    ranks, per-rank reads (or why there are none), errors (each message once) and notes."""
-    parts: list[Any] = [_header(result), *_hints(result)]
-    mm = _mismatches(result, max_mismatches)
-    if mm is not None:
-        parts.append(mm)
-    if result.nothing_planned:
-        parts.append(Text(result.nothing_planned_reason(), style="yellow"))
-    else:
-        parts.append(_volume(result, max_ranks))
-    errors = result.error_lines()
-    for err in errors[:8]:
-        parts.append(Text(err, style="red"))
-    if len(errors) > 8:
-        parts.append(Text(f"... {len(errors) - 8} more errors in result.errors", style="red"))
-    for note in result.trace.notes:
-        parts.append(Text(f"note: {note}", style="dim"))
-    return Group(*parts)
-
-
-# Which renderable each kind of result gets (a table, not a branch: a new kind adds a line).
-RENDERABLES = {"save": save_summary_renderable, "load": load_summary_renderable}
+def print_result(result: Any, console: Console | None = None) -> None:
+    """Print a result to the terminal (rich), fitted to the console's width."""
+    console = console or Console()
+    console.print(renderable(result, console.width))
 
 
 # -- checks ---------------------------------------------------------------------------------------
-SEVERITY_STYLE = {"data-loss": "bold red", "error": "red", "warning": "yellow", "info": "dim"}
-
-
-def checks_renderable(checks: pd.DataFrame, source: str = "") -> Group:
-    """The checks table (``result.checks``) for the terminal: one row per finding, worst first."""
+def checks_renderable(checks: pd.DataFrame, source: str = "", width: int = 100) -> Group:
+    """The checks table (``result.checks``) for the terminal: one row per finding, worst first,
+    with its fix."""
     title = f"dcpviz check{(' ' + source) if source else ''}: {counts_line(checks)}"
     if not len(checks):
         return Group(Text(title, style="green"))
-    t = Table(title=title, show_lines=True, expand=True)
-    t.add_column("severity", no_wrap=True)
-    t.add_column("check", no_wrap=True)
-    for col in ("fqn", "ranks", "message", "fix"):
-        t.add_column(col, overflow="fold", ratio=4 if col in ("message", "fix") else 1)
-    for row in checks.itertuples(index=False):
-        ranks = ranges(row.ranks)
-        add_row(t, Text(row.severity, style=SEVERITY_STYLE.get(row.severity, "")), row.check, row.fqn, ranks,
-                row.message, row.fix)
+    part = TablePart(title, checks, brief=Brief(("severity", "check", "fqn", "ranks", "message", "fix"),
+                                                rows=len(checks)))
+    t = table_renderable(part, width)
+    t.show_lines = True
     return Group(t)

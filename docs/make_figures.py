@@ -144,16 +144,26 @@ def hf_export_shots() -> None:
         texts = [cells.nth(i).inner_text() for i in range(cells.count())]
         heads = [i for i, t in enumerate(texts) if "jp-MarkdownCell" in (cells.nth(i).get_attribute("class") or "")]
         for png, start in HF_SHOTS.items():
-            first = next(i for i, t in enumerate(texts) if t.strip().startswith(start))
-            last = next((h - 1 for h in heads if h > first and re.match(r"\d+\. ", texts[h].lstrip())),
-                        len(texts) - 1)
-            a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
-            page.set_viewport_size({"width": 1280, "height": int(b["y"] + b["height"] - a["y"]) + 40})
-            a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
-            page.screenshot(path=str(OUT / png), full_page=True,
-                            clip={"x": 0, "y": a["y"], "width": 1280, "height": b["y"] + b["height"] - a["y"]})
+            _section_shot(page, cells, _section(texts, heads, start), OUT / png)
             print("wrote", OUT / png)
         browser.close()
+
+
+def _section(texts: list[str], heads: list[int], start: str) -> tuple[int, int]:
+    """The cells from the one that starts with ``start`` to the one before the next numbered heading."""
+    first = next(i for i, t in enumerate(texts) if t.strip().startswith(start))
+    last = next((h - 1 for h in heads if h > first and re.match(r"\d+\. ", texts[h].lstrip())), len(texts) - 1)
+    return first, last
+
+
+def _section_shot(page, cells, span: tuple[int, int], path: Path) -> None:
+    """One picture of cells ``span`` (the viewport grown to hold them)."""
+    first, last = span
+    a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
+    page.set_viewport_size({"width": 1280, "height": int(b["y"] + b["height"] - a["y"]) + 40})
+    a, b = cells.nth(first).bounding_box(), cells.nth(last).bounding_box()
+    page.screenshot(path=str(path), full_page=True,
+                    clip={"x": 0, "y": a["y"], "width": 1280, "height": b["y"] + b["height"] - a["y"]})
 
 
 def main(argv: list[str]) -> None:

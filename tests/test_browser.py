@@ -131,9 +131,9 @@ def test_tour_explorer_renders_and_updates(lab):
             figure = page.locator(".dcpviz-explorer .js-plotly-plot").first
             figure.wait_for(timeout=120_000)
             expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text("tok_embeddings.weight", timeout=60_000)
-            # The summary header and all five tabs are there.
+            # The summary header and all six tabs are there.
             expect(explorer).to_contain_text("imbalance")
-            for tab in ("Layout", "Dedup", "Volume", "Phases", "Tables"):
+            for tab in ("Layout", "Dedup", "Volume", "Phases", "Tables", "Checks"):
                 expect(page.locator(".dcpviz-explorer .lm-TabBar-tab", has_text=tab).first).to_be_visible()
             before = figure.locator("path").count()
 
@@ -178,6 +178,9 @@ def _screenshot_tabs(page, explorer) -> dict[str, str]:
             expect(panel.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=60_000)
         elif title == "Tables":
             expect(panel.locator("table").first).to_be_visible(timeout=60_000)
+            # JupyterLab's own styles ran the headers together: the table carries its spacing.
+            pad = panel.locator("table th").first.evaluate("e => parseFloat(getComputedStyle(e).paddingLeft)")
+            assert pad >= 4, f"Tables headers have {pad}px padding"
         page.wait_for_timeout(800)
         buttons = panel.locator(".widget-toggle-button")
         for j in range(buttons.count()):

@@ -37,13 +37,12 @@ from dcpviz.analysis.load.verdict import (
 from dcpviz.analysis.load.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.analysis.save import file_checks, tables
 from dcpviz.core.components import component_of
+from dcpviz.core.kinds import FAILING, SEVERITIES, MismatchKind, Severity, count_text
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
 from dcpviz.core.trace import STRUCTURE_PREFIX, LoadTrace, SaveTrace
 from dcpviz.core.units import fmt_bytes
 
 CHECK_COLUMNS = ["severity", "check", "fqn", "ranks", "message", "fix"]
-SEVERITIES = ("data-loss", "error", "warning", "info")
-FAILING = ("data-loss", "error")  # what makes `dcpviz check` exit 1
 
 AMPLIFICATION_THRESHOLD = 2.0  # bytes deserialised / bytes kept, per rank
 FRAMING_THRESHOLD = 0.10  # framing bytes / data bytes of a checkpoint
@@ -145,7 +144,7 @@ def rank_specific_values(trace: SaveTrace) -> list[Row]:
             distinct = len(set(known.values()))
             if replica:
                 lost_rows.append((
-                    "data-loss", "replicas-differ", row.fqn, lost,
+                    Severity.DATA_LOSS, "replicas-differ", row.fqn, lost,
                     f"{row.fqn!r} is a replicated DTensor, but its replicas on {len(cands)} ranks hold "
                     f"{distinct} different values (chunk at {list(offsets)}); DCP writes one replica, "
                     f"rank {survivor}'s, and the values of {_ranks_text(lost)} are lost (not on disk).",
@@ -154,7 +153,7 @@ def rank_specific_values(trace: SaveTrace) -> list[Row]:
                 continue
             unflattened = not trace.planner.option("flatten_state_dict", True)
             lost_rows.append((
-                "data-loss", "rank-specific-value", row.fqn, lost,
+                Severity.DATA_LOSS, "rank-specific-value", row.fqn, lost,
                 f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
                 f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
                 f"those of {_ranks_text(lost)} are lost (not on disk)."
@@ -164,15 +163,17 @@ def rank_specific_values(trace: SaveTrace) -> list[Row]:
             ))
         elif len(known) < len(cands) and not replica:
             unknown = tuple(r for r in cands if r not in known)
+            why = ("no copy has values here (a simulation builds tensors on the meta device)" if not known
+                   else f"the values of {_ranks_text(unknown)} are not known here (this source did not "
+                   "build those ranks' state)")
             unknown_rows.append((
-                "warning", "rank-specific-value", row.fqn, unknown,
+                Severity.WARNING, "rank-specific-value", row.fqn, unknown,
                 f"{len(cands)} ranks save {row.fqn!r} under one key and DCP keeps only rank {survivor}'s "
-                f"copy; the values of {_ranks_text(unknown)} are not known here (meta tensors, or a rank "
-                "this source did not build), so whether they differ cannot be told.",
+                f"copy; {why}, so whether the copies differ cannot be told.",
                 "if the value can differ between ranks (an RNG state, a counter, a position): "
                 + _PER_RANK_FIX + "; run_save or a RecordingSavePlanner checks the real values",
             ))
-    return lost_rows + _capped(unknown_rows, "warning", "rank-specific-value",
+    return lost_rows + _capped(unknown_rows, Severity.WARNING, "rank-specific-value",
                                "are kept from one rank with other ranks' values unknown", _PER_RANK_FIX)
 
 
@@ -188,14 +189,14 @@ def key_sets(trace: SaveTrace) -> list[Row]:
             continue
         lacking = tuple(sorted(everyone - ranks))
         rows.append((
-            "warning", "key-sets-differ", fqn, lacking,
+            Severity.WARNING, "key-sets-differ", fqn, lacking,
             f"{fqn!r} is saved by {len(ranks)} of {len(everyone)} ranks ({_ranks_text(ranks)}); "
             f"{_ranks_text(lacking)} lack it. On load a rank reads only the keys its own state dict "
             "has: a rank that lacks it restores nothing for it, and a target rank that asks for a "
             "key no rank saved fails (missing key).",
             fix,
         ))
-    return _capped(rows, "warning", "key-sets-differ", "are saved by some ranks only", fix)
+    return _capped(rows, Severity.WARNING, "key-sets-differ", "are saved by some ranks only", fix)
 
 
 def write_imbalance(trace: SaveTrace) -> list[Row]:
@@ -217,7 +218,7 @@ def write_imbalance(trace: SaveTrace) -> list[Row]:
     if alt is None:
         fix = (f"try DefaultSavePlanner(dedup_save_to_lowest_rank={not option}), or shard the plain "
                "tensors (FSDP) so every rank holds its own part")
-        return [("warning", "write-imbalance", "", heavy, message, fix)]
+        return [(Severity.WARNING, "write-imbalance", "", heavy, message, fix)]
     alt_mean = sum(alt.rank_nbytes) / len(alt.rank_nbytes)
     alt_max = max(alt.rank_nbytes)
     alt_imb = alt_max / alt_mean if alt_mean > 0 else float("nan")
@@ -228,7 +229,7 @@ def write_imbalance(trace: SaveTrace) -> list[Row]:
     else:
         fix = ("the other dedup option is no better: the imbalance comes from the layout (what each "
                "rank holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks")
-    return [("warning", "write-imbalance", "", heavy, message, fix)]
+    return [(Severity.WARNING, "write-imbalance", "", heavy, message, fix)]
 
 
 def _overlap(a: Any, b: Any) -> int:
@@ -270,12 +271,12 @@ def chunk_coverage(trace: SaveTrace) -> list[Row]:
         shared = _overlaps(t.chunks)
         covered = sum(math.prod(c.sizes) for c in t.chunks) - shared
         if shared:
-            rows.append(("error", "chunks-overlap", t.fqn, (),
+            rows.append((Severity.ERROR, "chunks-overlap", t.fqn, (),
                          f"the saved chunks of {t.fqn!r} overlap ({shared} elements saved twice), which DCP's "
                          "validation rejects (older DCP only logged it).",
                          "give every element one owner: check the placements / the planner's chunks"))
         if covered < total:
-            rows.append(("data-loss", "chunks-missing", t.fqn, (),
+            rows.append((Severity.DATA_LOSS, "chunks-missing", t.fqn, (),
                          f"the saved chunks of {t.fqn!r} cover at most {covered} of its {total} elements: part "
                          "of the tensor is not saved.",
                          "make the chunks cover the tensor: check the placements / the planner's chunks"))
@@ -299,7 +300,7 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
     rows: list[Row] = []
     for (phase, exc_type, message), ranks in by_message.items():
         where = rank_ranges(ranks, trace.scenario.world_size) if ranks else "the coordinator"
-        rows.append(("error", f"{phase}-failed", "", tuple(sorted(set(ranks))),
+        rows.append((Severity.ERROR, f"{phase}-failed", "", tuple(sorted(set(ranks))),
                      f"[{phase}, {where}] {exc_type}: {message}",
                      _READ_FIX if phase == "read" and trace.kind == "load" else fix))
     return rows
@@ -320,7 +321,7 @@ def tied_weights(trace: SaveTrace) -> list[Row]:
             continue
         extra = int(sum(int(per_key[k]) for k in written[1:]))
         rows.append((
-            "info", "tied-weights-saved-twice", written[0], (),
+            Severity.INFO, "tied-weights-saved-twice", written[0], (),
             f"{', '.join(repr(k) for k in written)} are one tensor (tied weights), and DCP writes each "
             f"key in full: {fmt_bytes(extra)} on disk for {len(written) - 1} extra "
             f"cop{'y' if len(written) == 2 else 'ies'}. On load both keys are read into the one tensor.",
@@ -337,7 +338,7 @@ def unrecorded_plans(trace: SaveTrace) -> list[Row]:
     ranks = tuple(r for r, p in enumerate(trace.local_plans) if p is not None and not p.usable)
     if not ranks:
         return []
-    return [("warning", "plans-not-recorded", "", ranks,
+    return [(Severity.WARNING, "plans-not-recorded", "", ranks,
              f"the local plans of {_ranks_text(ranks)} are DCP's empty 'unchanged' markers "
              "(enable_plan_caching), not the cached plans DCP used: what those ranks write is not in "
              "this trace, and no check can see it.",
@@ -370,17 +371,17 @@ def unread_keys(trace: LoadTrace) -> list[Row]:
     lost_fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
                 "them unused on purpose (expected_unused)")
     lost = [k for k in rest if k in lossy]
-    rows: list[Row] = [("data-loss", "unread-keys", k, (),
+    rows: list[Row] = [(Severity.DATA_LOSS, "unread-keys", k, (),
                         f"the checkpoint holds {k!r} but no target rank asks for it, while allow_partial_load "
                         "skips a target key of its shape: the load leaves its data behind.",
                         lost_fix) for k in lost]
-    rows = _capped(rows, "data-loss", "unread-keys", "are in the checkpoint and read by no rank", lost_fix)
-    plain: list[Row] = [("warning", "unread-keys", k, (),
+    rows = _capped(rows, Severity.DATA_LOSS, "unread-keys", "are in the checkpoint and read by no rank", lost_fix)
+    plain: list[Row] = [(Severity.WARNING, "unread-keys", k, (),
                          f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
                          fix) for k in rest if k not in lossy]
-    rows += _capped(plain, "warning", "unread-keys", "are in the checkpoint and read by no rank", fix)
+    rows += _capped(plain, Severity.WARNING, "unread-keys", "are in the checkpoint and read by no rank", fix)
     if optim:
-        sev = "data-loss" if any(k in lossy for k in optim) else "warning"
+        sev = Severity.DATA_LOSS if any(k in lossy for k in optim) else Severity.WARNING
         rows.append((sev, "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
                      f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
                      "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
@@ -394,12 +395,12 @@ def dtype_casts(trace: LoadTrace) -> list[Row]:
     """Tensors saved in one dtype and loaded into another: Tensor.copy_ casts silently."""
     rows: list[Row] = []
     for m in trace.mismatches:
-        if m.kind == "dtype":
-            rows.append(("warning", "dtype-cast", m.fqn, tuple(m.ranks),
+        if m.kind == MismatchKind.DTYPE:
+            rows.append((Severity.WARNING, "dtype-cast", m.fqn, tuple(m.ranks),
                          f"{m.fqn!r} was saved as {m.saved_dtype} and is loaded into {m.current_dtype}: DCP "
                          "does not check dtypes, it casts with Tensor.copy_ (precision may be lost).",
                          f"load into a {m.saved_dtype} tensor and cast yourself, or accept the cast"))
-    return _capped(rows, "warning", "dtype-cast", "are cast silently",
+    return _capped(rows, Severity.WARNING, "dtype-cast", "are cast silently",
                    "load into tensors of the saved dtype and cast yourself")
 
 
@@ -420,20 +421,20 @@ def partial_load(trace: LoadTrace) -> list[Row]:
     lost: list[Row] = []
     hidden: list[Row] = []
     for m in trace.mismatches:
-        if m.kind != "missing":
+        if m.kind != MismatchKind.MISSING:
             continue
         said = (f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it without a word, "
                 "so it keeps its initial value.")
         src = sources.get(m.fqn, ())
         if src:
-            lost.append(("data-loss", "partial-load-leaves-data-unread", m.fqn, tuple(m.ranks),
+            lost.append((Severity.DATA_LOSS, "partial-load-leaves-data-unread", m.fqn, tuple(m.ranks),
                          f"{said} The checkpoint holds {len(src)} unread key(s) that could hold its data "
                          f"({', '.join(src[:3])}{', ...' if len(src) > 3 else ''}). {restored}", lost_fix))
         else:
-            hidden.append(("warning", "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix))
-    return (_capped(lost, "data-loss", "partial-load-leaves-data-unread", "are skipped while their data is unread",
+            hidden.append((Severity.WARNING, "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix))
+    return (_capped(lost, Severity.DATA_LOSS, "partial-load-leaves-data-unread", "are skipped while their data is unread",
                     lost_fix)
-            + _capped(hidden, "warning", "partial-load-hides-missing", "are skipped silently", fix))
+            + _capped(hidden, Severity.WARNING, "partial-load-hides-missing", "are skipped silently", fix))
 
 
 def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
@@ -443,13 +444,13 @@ def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
     rows: list[Row] = []
     for m in trace.mismatches:
         if bytes_over_tensor(m) and not m.message:
-            rows.append(("data-loss", "bytes-replace-tensor", m.fqn, tuple(m.ranks),
+            rows.append((Severity.DATA_LOSS, "bytes-replace-tensor", m.fqn, tuple(m.ranks),
                          f"the checkpoint holds a Python value (bytes) under {m.fqn!r} where the target holds "
                          f"a {m.current_dtype} tensor {tuple(m.current_size or ())}: dcp.load replaces the state "
                          "dict's entry with the saved value and never writes the tensor (a model's parameter "
                          "keeps its initial value; load_state_dict then gets a non-tensor).",
                          "save a tensor under this key, or load it into a Python value and convert it yourself"))
-    return _capped(rows, "data-loss", "bytes-replace-tensor", "are replaced by saved Python values",
+    return _capped(rows, Severity.DATA_LOSS, "bytes-replace-tensor", "are replaced by saved Python values",
                    "save tensors under these keys, or load them into Python values")
 
 
@@ -469,7 +470,7 @@ def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> l
     files = vol["files"].astype("float64").max()
     source = "files" if reads["file"].notna().any() else "writer ranks"
     spread = int(files if source == "files" else vol["writers"].astype("float64").max())
-    return [("warning", "read-amplification", "", tuple(int(r) for r in heavy["rank"]),
+    return [(Severity.WARNING, "read-amplification", "", tuple(int(r) for r in heavy["rank"]),
              f"{len(heavy)} target ranks deserialise more than {AMPLIFICATION_THRESHOLD:g}x the bytes they keep: "
              f"rank {int(worst['rank'])} reads {fmt_bytes(int(worst['chunk_nbytes']))} of saved chunks to keep "
              f"{fmt_bytes(int(worst['nbytes']))} ({amp[heavy.index].max():.1f}x); a rank reads from up to "
@@ -493,7 +494,7 @@ def checkpoint_checks(info: Any) -> pd.DataFrame:
     stale = files[files["items"] == 0]
     if len(stale):
         names = list(stale["file"])
-        rows.append(("warning", "stale-files", "", tuple(sorted({int(r) for r in stale["rank"] if r >= 0})),
+        rows.append((Severity.WARNING, "stale-files", "", tuple(sorted({int(r) for r in stale["rank"] if r >= 0})),
                      f"{len(names)} data files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}; "
                      f"{fmt_bytes(int(stale['nbytes'].sum()))}) are referenced by no record: left by an earlier "
                      "save into this directory (DCP replaces .metadata, deletes nothing).",
@@ -501,7 +502,7 @@ def checkpoint_checks(info: Any) -> pd.DataFrame:
     t = info.totals
     data, framing = int(t["tensor_nbytes"]), int(t["framing_nbytes"])
     if data > 0 and framing / data > FRAMING_THRESHOLD:
-        rows.append(("info", "framing-overhead", "", (),
+        rows.append((Severity.INFO, "framing-overhead", "", (),
                      f"torch.save's framing around each of the {t['chunks']} chunks takes {fmt_bytes(framing)} "
                      f"for {fmt_bytes(data)} of data ({framing / data:.0%}): many small chunks.",
                      "fewer, larger chunks (shard fewer small tensors, or keep small ones unsharded)"))
@@ -512,7 +513,7 @@ def refused_checkpoint(path: str, message: str) -> pd.DataFrame:
     """The checks of a checkpoint directory that could not be read safely: one 'error' row (a
     BYTE_IO entry that would build a class outside the safe list, a broken record, ...)."""
     unsafe = "refusing to" in message
-    return _frame([("error", "unsafe-entry" if unsafe else "unreadable-checkpoint", "", (),
+    return _frame([(Severity.ERROR, "unsafe-entry" if unsafe else "unreadable-checkpoint", "", (),
                     message, "do not load it with plain DCP; re-save it from a trusted job"
                     if unsafe else "re-save the checkpoint; see the message for the entry and file")])
 
@@ -524,9 +525,9 @@ def counts(checks: pd.DataFrame) -> dict[str, int]:
 
 
 def counts_line(checks: pd.DataFrame) -> str:
-    """'1 data-loss, 2 warning' (or 'no findings')."""
+    """'1 data-loss, 1 error, 6 warnings' (or 'no findings')."""
     c = counts(checks)
-    return ", ".join(f"{n} {s}" for s, n in c.items()) or "no findings"
+    return ", ".join(count_text(s, n) for s, n in c.items()) or "no findings"
 
 
 def failing(checks: pd.DataFrame) -> bool:

@@ -30,24 +30,7 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
     planned = d.explode("candidates").groupby(["group", "candidates"]).size()
     chosen = d.groupby(["group", "chosen_rank"]).agg(items=("fqn", "size"), nbytes=("nbytes", "sum"))
     order = list(d.groupby("group", sort=False).size().index)[:max_rows]
-    z = np.full((len(order), world_size), np.nan)  # blank: did not plan any item of the group
-    hover = np.empty((len(order), world_size), dtype=object)
-    hover[:] = ""
-    row_of = {g: i for i, g in enumerate(order)}
-    planned_n = planned.to_dict()  # plain dicts and lists: ~10k cells at 1024 ranks
-    for (g, r), n in planned_n.items():
-        if g in row_of and 0 <= int(r) < world_size:
-            z[row_of[g], int(r)] = 0
-            hover[row_of[g], int(r)] = f"{g}<br>rank {int(r)}: planned {n} replicated item(s), chosen for none"
-    for (g, r), items, nbytes in zip(chosen.index, chosen["items"].tolist(), chosen["nbytes"].tolist()):
-        if g in row_of and 0 <= int(r) < world_size:
-            i = row_of[g]
-            z[i, int(r)] = items
-            n_planned = planned_n.get((g, r), 0)
-            hover[i, int(r)] = (
-                f"{g}<br>rank {int(r)}: chosen for {int(items)} of the {n_planned} replicated item(s) "
-                f"it planned<br>writes {fmt_bytes(nbytes)} of them"
-            )
+    z, hover = _overview_cells(order, planned.to_dict(), chosen, world_size)
     fig = go.Figure(
         go.Heatmap(
             z=z, x=list(range(world_size)), y=order, hoverinfo="text", text=hover, zmin=0,
@@ -55,25 +38,45 @@ def dedup_overview_figure(dedup_df: pd.DataFrame, groups: pd.DataFrame, world_si
             colorbar=count_colorbar(z.ravel(), "items<br>chosen"), xgap=1 if world_size <= 64 else 0, ygap=1,
         )
     )
-    n_items = len(dedup_df)
     fig.update_layout(
         **base_layout(
-            title=dict(
-                text=(
-                    f"<b>Dedup: who writes each replicated item</b><br><sup>{n_items} items planned by more than "
-                    f"one rank, in {d.group.nunique()} groups; each is written once."
-                    + (f" Showing the first {max_rows} groups." if len(d.group.unique()) > max_rows else "")
-                    + "<br>Dark: chosen to write · light: planned, dropped · blank: not planned · "
-                    "dedup(result, fqn=…) for one tensor</sup>"
-                ),
-                x=0.01,
-            ),
+            title=dict(text=_overview_title(len(dedup_df), d.group.nunique(), max_rows), x=0.01),
             height=max(340, 170 + 22 * len(order)), margin=dict(l=60, r=20, t=150, b=30),
         )
     )
     fig.update_xaxes(title="rank", type="linear" if world_size > 64 else "category", side="top")
     fig.update_yaxes(autorange="reversed", title=None)
     return fig
+
+
+def _overview_cells(order: list[str], planned_n: dict, chosen: pd.DataFrame, world_size: int) -> tuple:
+    """(z, hover) of the overview: items chosen per group and rank; 0 where a rank planned
+    items of the group and was chosen for none; blank where it planned none. Plain dicts and
+    lists: ~10k cells at 1024 ranks."""
+    z = np.full((len(order), world_size), np.nan)
+    hover = np.empty((len(order), world_size), dtype=object)
+    hover[:] = ""
+    row_of = {g: i for i, g in enumerate(order)}
+    for (g, r), n in planned_n.items():
+        if g in row_of and 0 <= int(r) < world_size:
+            z[row_of[g], int(r)] = 0
+            hover[row_of[g], int(r)] = f"{g}<br>rank {int(r)}: planned {n} replicated item(s), chosen for none"
+    for (g, r), items, nbytes in zip(chosen.index, chosen["items"].tolist(), chosen["nbytes"].tolist()):
+        if g in row_of and 0 <= int(r) < world_size:
+            z[row_of[g], int(r)] = items
+            hover[row_of[g], int(r)] = (
+                f"{g}<br>rank {int(r)}: chosen for {int(items)} of the {planned_n.get((g, r), 0)} replicated "
+                f"item(s) it planned<br>writes {fmt_bytes(nbytes)} of them"
+            )
+    return z, hover
+
+
+def _overview_title(n_items: int, n_groups: int, max_rows: int) -> str:
+    return (f"<b>Dedup: who writes each replicated item</b><br><sup>{n_items} items planned by more than "
+            f"one rank, in {n_groups} groups; each is written once."
+            + (f" Showing the first {max_rows} groups." if n_groups > max_rows else "")
+            + "<br>Dark: chosen to write · light: planned, dropped · blank: not planned · "
+            "dedup(result, fqn=…) for one tensor</sup>")
 
 
 def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go.Figure:
@@ -84,19 +87,8 @@ def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go
     rows = [str(o) for o in d["offsets"]]
     z = np.zeros((len(d), len(ranks)))
     hover = np.empty((len(d), len(ranks)), dtype=object)
-    hover[:] = ""
     for i, row in enumerate(d.itertuples(index=False)):
-        for r in ranks:
-            j = col[r]
-            hover[i, j] = f"{fqn} chunk at {row.offsets}<br>rank {r}: did not plan it"
-        for r, tally in zip(row.candidates, row.candidate_planned_bytes):
-            j = col[r]
-            state = 2 if r == row.chosen_rank else 1
-            z[i, j] = state
-            hover[i, j] = (
-                f"{fqn} chunk at {row.offsets} ({fmt_bytes(row.nbytes)})<br>rank {r}: {STATE_NAMES[state]}<br>"
-                f"rank {r}'s planned bytes when DCP decided: {fmt_bytes(tally)}<br>{row.why}"
-            )
+        _detail_row(z[i], hover[i], row, fqn, ranks, col)
     fig = go.Figure(
         go.Heatmap(
             z=z, x=[str(r) for r in ranks], y=rows, zmin=0, zmax=2, colorscale=STATE_SCALE, hoverinfo="text", text=hover,
@@ -118,6 +110,19 @@ def dedup_detail_figure(dedup_df: pd.DataFrame, fqn: str, world_size: int) -> go
     fig.update_xaxes(title="rank", type="category", side="top")
     fig.update_yaxes(title="chunk offsets", autorange="reversed", type="category")
     return fig
+
+
+def _detail_row(z: np.ndarray, hover: np.ndarray, row: Any, fqn: str, ranks: list[int], col: dict[int, int]) -> None:
+    """One replicated chunk's cells: not planned / planned and dropped / chosen, with why."""
+    for r in ranks:
+        hover[col[r]] = f"{fqn} chunk at {row.offsets}<br>rank {r}: did not plan it"
+    for r, tally in zip(row.candidates, row.candidate_planned_bytes):
+        state = 2 if r == row.chosen_rank else 1
+        z[col[r]] = state
+        hover[col[r]] = (
+            f"{fqn} chunk at {row.offsets} ({fmt_bytes(row.nbytes)})<br>rank {r}: {STATE_NAMES[state]}<br>"
+            f"rank {r}'s planned bytes when DCP decided: {fmt_bytes(tally)}<br>{row.why}"
+        )
 
 
 def dedup(result: Any, *, fqn: str | None = None, max_rows: int = 80, component: str | None = None) -> go.Figure:

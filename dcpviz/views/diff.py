@@ -58,21 +58,25 @@ def diff_regions(result: Any, fqn: str, *, dims: tuple[int, int] | None = None) 
     fig = go.Figure()
     for differs, color, name in ((False, SAME, "equal"), (True, DIFFERS, "differs")):
         rows = regions[(regions["differing"] > 0) == differs]
-        if rows.empty:
-            continue
-        xs, ys = rects_path(project(o, s, row_dim, col_dim) for o, s in zip(rows["offsets"], rows["sizes"]))
-        fig.add_trace(go.Scatter(x=xs, y=ys, fill="toself", mode="lines", name=name, fillcolor=color,
-                                 line={"color": "white", "width": 1}, opacity=0.8, hoverinfo="skip"))
-        cx = [(a + b) / 2 for a, b, *_ in (project(o, s, row_dim, col_dim) for o, s in zip(rows["offsets"], rows["sizes"]))]
-        cy = [(c + d) / 2 for *_, c, d in (project(o, s, row_dim, col_dim) for o, s in zip(rows["offsets"], rows["sizes"]))]
-        text = [f"A chunk {a} x B chunk {b}<br>offsets {o}, sizes {s}<br>{n} differ, max |a-b| {m:.6g}"
-                + (f"<br>first at {f}" if f else "")
-                for a, b, o, s, n, m, f in zip(rows["chunk_a"], rows["chunk_b"], rows["offsets"], rows["sizes"],
-                                               rows["differing"], rows["max_abs_diff"], rows["first_diff"])]
-        fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker={"size": 6, "color": color}, text=text,
-                                 hovertemplate="%{text}<extra></extra>", showlegend=False))
+        if not rows.empty:
+            _add_regions(fig, rows, (row_dim, col_dim), color, name)
     set_box_axes(fig, tuple(shape), row_dim, col_dim)
     bad = int((regions["differing"] > 0).sum())
     fig.update_layout(title=f"{fqn}: {bad} of {len(regions)} compared regions differ", font_family=FONT,
                       height=box_height(tuple(shape), row_dim, col_dim))
     return fig
+
+
+def _add_regions(fig: go.Figure, rows: Any, dims: tuple[int | None, int], color: str, name: str) -> None:
+    """Equal or differing regions: one filled path, and a marker with the facts at each centre."""
+    rects = [project(o, s, *dims) for o, s in zip(rows["offsets"], rows["sizes"])]
+    xs, ys = rects_path(rects)
+    fig.add_trace(go.Scatter(x=xs, y=ys, fill="toself", mode="lines", name=name, fillcolor=color,
+                             line={"color": "white", "width": 1}, opacity=0.8, hoverinfo="skip"))
+    text = [f"A chunk {a} x B chunk {b}<br>offsets {o}, sizes {s}<br>{n} differ, max |a-b| {m:.6g}"
+            + (f"<br>first at {f}" if f else "")
+            for a, b, o, s, n, m, f in zip(rows["chunk_a"], rows["chunk_b"], rows["offsets"], rows["sizes"],
+                                           rows["differing"], rows["max_abs_diff"], rows["first_diff"])]
+    fig.add_trace(go.Scatter(x=[(r[0] + r[1]) / 2 for r in rects], y=[(r[2] + r[3]) / 2 for r in rects],
+                             mode="markers", marker={"size": 6, "color": color}, text=text,
+                             hovertemplate="%{text}<extra></extra>", showlegend=False))

@@ -64,20 +64,42 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
     n_cols = max(size[col_dim], 1)
     pad = n_cols * 0.015
     fig.update_xaxes(title=f"dim {col_dim} (elements, 0:{size[col_dim]})", range=[-pad, n_cols + pad],
-                     showgrid=False, zeroline=False)
+                     showgrid=False, zeroline=False, **_whole(n_cols))
     if row_dim is None:
         fig.update_yaxes(visible=False, range=[-0.1, 1.1])
         return
     n_rows = max(size[row_dim], 1)
     rpad = n_rows * 0.015
     # Row 0 at the top, as in a matrix; the column axis stays below so its title never meets
-    # the figure's title.
+    # the figure's title. The row axis title is a few short lines, and the figure is tall enough
+    # for them: one long line ran up past the plot into the figure's subtitle.
     scale = row_scale(size, row_dim, col_dim)
+    lines = [f"dim {row_dim} (elements, 0:{size[row_dim]})"]
     if scale != 1.0:
-        note += f" — not to scale: rows drawn {scale:.2g}× as tall as columns are wide"
-    fig.update_yaxes(title=f"dim {row_dim} (elements, 0:{size[row_dim]}){note}", range=[n_rows + rpad, -rpad],
+        lines.append(f"not to scale: 1 row drawn as {scale:.2g} columns")
+    if note:
+        lines.append(note)
+    fig.update_yaxes(title="<br>".join(lines), range=[n_rows + rpad, -rpad], **_whole(n_rows),
                      scaleanchor="x", scaleratio=scale, constrain="domain", showgrid=False, zeroline=False)
     fig.update_xaxes(constrain="domain")
+    fit_axis_title(fig, lines)
+
+
+def _whole(n: int) -> dict:
+    """Ticks on whole elements for a short dim (plotly would put one at 0.5)."""
+    return {"dtick": 1, "tick0": 0} if n <= 12 else {}
+
+
+TITLE_CHAR = 7  # pixels per character of a 12 px axis title (generous: a line never overflows)
+
+
+def fit_axis_title(fig: go.Figure, lines: list[str]) -> None:
+    """Make the plot area at least as tall as the row axis title's longest line, so the title
+    (drawn along the axis, centred) stays beside the plot."""
+    m = fig.layout.margin
+    need = int((m.t or 0) + (m.b or 0) + TITLE_CHAR * max(len(x) for x in lines) + 20)
+    if (fig.layout.height or 0) < need:
+        fig.update_layout(height=need)
 
 
 def box_height(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> int:

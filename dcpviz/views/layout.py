@@ -54,97 +54,135 @@ def chunk_layout_figure(
     if header.kind == "bytes" or nd == 0:
         return _single_tile(boxes, header, world_size, coords, highlight_rank)
     row_dim, col_dim = pick_dims(nd, dims, list(boxes["offsets"]))
+    tiles, empties = _project_tiles(boxes, row_dim, col_dim)
+    fig = go.Figure()
+    labels = _TileLabels(coords, world_size, label=len(tiles) <= MAX_LABELS)
+    for rect, members in tiles.items():
+        labels.add(rect, members)
+    _add_tiles(fig, labels.by_writer, tiles, world_size, coords, highlight_rank)
+    fig.add_trace(labels.trace())
+    if any(m.dropped_by for members in tiles.values() for m in members):
+        _replica_legend(fig)
+    if empties:
+        _add_empties(fig, empties, coords, row_dim, col_dim)
+    _lay_out(fig, header, boxes, empties, (row_dim, col_dim))
+    return fig
 
-    # Project chunks on (row_dim, col_dim); chunks that differ only in other dims share a tile.
+
+def _project_tiles(boxes: pd.DataFrame, row_dim: int | None, col_dim: int) -> tuple[dict, list]:
+    """Chunks projected on (row_dim, col_dim): chunks that differ only in other dims share a
+    tile. Empty shards apart (they have no area to draw)."""
     tiles: dict[tuple[int, int, int, int], list[Any]] = {}
     empties = []
     for b in boxes.itertuples(index=False):
         if b.is_empty:
             empties.append(b)
-            continue
-        tiles.setdefault(project(b.offsets, b.sizes, row_dim, col_dim), []).append(b)
+        else:
+            tiles.setdefault(project(b.offsets, b.sizes, row_dim, col_dim), []).append(b)
+    return tiles, empties
 
-    fig = go.Figure()
-    by_writer: dict[int, list[float]] = {}
-    xs, ys, labels, hovers, text_colors = [], [], [], [], []
-    label_ok = len(tiles) <= MAX_LABELS
-    for rect, members in tiles.items():
+
+class _TileLabels:
+    """Each tile's centre, label (the writer in bold, dropped replicas after it) and hover."""
+
+    def __init__(self, coords: dict[int, tuple[int, ...]], world_size: int, label: bool) -> None:
+        self.coords, self.world_size, self.label = coords, world_size, label
+        self.by_writer: dict[int, list] = {}
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.texts: list[str] = []
+        self.hovers: list[str] = []
+        self.colors: list[str] = []
+
+    def add(self, rect: tuple, members: list[Any]) -> None:
         writers = sorted({m.writer for m in members})
-        main = writers[0]
-        by_writer.setdefault(main, []).append(rect)
-        xs.append((rect[0] + rect[1]) / 2)
-        ys.append((rect[2] + rect[3]) / 2)
+        self.by_writer.setdefault(writers[0], []).append(rect)
+        self.xs.append((rect[0] + rect[1]) / 2)
+        self.ys.append((rect[2] + rect[3]) / 2)
         dropped = sorted({r for m in members for r in m.dropped_by})
-        lab = "<b>" + fmt_ranks(writers) + "</b>"
-        if dropped:
-            lab += f"<br>({fmt_ranks(dropped)})"
-        labels.append(lab if label_ok else "")
-        text_colors.append(text_color(rank_color(main, world_size)))
-        lines = []
-        for m in members:
-            spans = " × ".join(fmt_span(o, s) for o, s in zip(m.offsets, m.sizes))
-            lines.append(
-                f"writer: rank {m.writer}{_coord_text(coords, m.writer)}<br>"
-                f"box [{spans}]<br>offsets {m.offsets} sizes {m.sizes}<br>{fmt_bytes(m.nbytes)}"
-                + (f"<br>also planned, dropped by dedup: {fmt_ranks(m.dropped_by)}" if m.dropped_by else "")
-            )
-        hovers.append("<br>—<br>".join(lines[:6]) + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else ""))
+        text = "<b>" + fmt_ranks(writers) + "</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
+        self.texts.append(text if self.label else "")
+        self.colors.append(text_color(rank_color(writers[0], self.world_size)))
+        lines = [self._hover_line(m) for m in members]
+        self.hovers.append("<br>—<br>".join(lines[:6]) + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else ""))
 
+    def _hover_line(self, m: Any) -> str:
+        spans = " × ".join(fmt_span(o, s) for o, s in zip(m.offsets, m.sizes))
+        return (f"writer: rank {m.writer}{_coord_text(self.coords, m.writer)}<br>"
+                f"box [{spans}]<br>offsets {m.offsets} sizes {m.sizes}<br>{fmt_bytes(m.nbytes)}"
+                + (f"<br>also planned, dropped by dedup: {fmt_ranks(m.dropped_by)}" if m.dropped_by else ""))
+
+    def trace(self) -> go.Scatter:
+        return go.Scatter(
+            x=self.xs, y=self.ys, mode="text" if self.label else "markers", text=self.texts,
+            textfont=dict(color=self.colors, size=11), marker=dict(size=2, opacity=0),
+            hovertext=self.hovers, hoverinfo="text", showlegend=False, name="chunks", meta={"role": "labels"},
+        )
+
+
+def _add_tiles(fig: go.Figure, by_writer: dict[int, list], tiles: dict, world_size: int,
+               coords: dict[int, tuple[int, ...]], highlight_rank: int | None) -> None:
+    """One filled path per writer (its tiles), and a square swatch per writer in the legend."""
     for writer in sorted(by_writer):
         px, py = rects_path(by_writer[writer])
         color = rank_color(writer, world_size)
         dim = highlight_rank is not None and writer != highlight_rank and not _touches(tiles, highlight_rank, writer)
-        fig.add_trace(
-            go.Scatter(
-                x=px, y=py, mode="lines", fill="toself", fillcolor=color,
-                line=dict(color="white" if highlight_rank is None or dim else "black", width=1 if dim or highlight_rank is None else 3),
-                opacity=0.25 if dim else 1.0, hoverinfo="skip", legendgroup=f"r{writer}", showlegend=False,
-                name=f"chunks written by rank {writer}", meta={"writer": writer, "role": "tiles"},
-            )
-        )
+        plain = highlight_rank is None or dim
+        fig.add_trace(go.Scatter(
+            x=px, y=py, mode="lines", fill="toself", fillcolor=color,
+            line=dict(color="white" if plain else "black", width=1 if plain else 3),
+            opacity=0.25 if dim else 1.0, hoverinfo="skip", legendgroup=f"r{writer}", showlegend=False,
+            name=f"chunks written by rank {writer}", meta={"writer": writer, "role": "tiles"},
+        ))
         if len(by_writer) <= 32:  # a square swatch per writer in the legend
-            fig.add_trace(
-                go.Scatter(
-                    x=[None], y=[None], mode="markers", marker=dict(symbol="square", size=12, color=color),
-                    name=f"rank {writer}{_coord_text(coords, writer)}" if writer >= 0 else "writer unknown",
-                    legendgroup=f"r{writer}",
-                )
-            )
-    fig.add_trace(
-        go.Scatter(
-            x=xs, y=ys, mode="text" if label_ok else "markers", text=labels,
-            textfont=dict(color=text_colors, size=11), marker=dict(size=2, opacity=0),
-            hovertext=hovers, hoverinfo="text", showlegend=False, name="chunks", meta={"role": "labels"},
-        )
-    )
-    if any(m.dropped_by for members in tiles.values() for m in members):
-        _replica_legend(fig)
-    if empties:
-        ex = [e.offsets[col_dim] for e in empties]
-        ey = [(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties]
-        fig.add_trace(
-            go.Scatter(
-                x=ex, y=ey, mode="markers", marker=dict(symbol="x-thin", size=12, line=dict(width=2, color=EMPTY)),
-                name="empty shard", hoverinfo="text", meta={"role": "empty", "writers": [e.writer for e in empties]},
-                hovertext=[
-                    f"empty shard: rank {e.writer}{_coord_text(coords, e.writer)} holds 0 elements<br>"
-                    f"offsets {e.offsets} sizes {e.sizes}"
-                    + (f"<br>also planned by {fmt_ranks(e.dropped_by)}" if e.dropped_by else "")
-                    for e in empties
-                ],
-            )
-        )
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="markers", marker=dict(symbol="square", size=12, color=color),
+                name=f"rank {writer}{_coord_text(coords, writer)}" if writer >= 0 else "writer unknown",
+                legendgroup=f"r{writer}",
+            ))
+
+
+def _add_empties(fig: go.Figure, empties: list, coords: dict, row_dim: int | None, col_dim: int) -> None:
+    """Empty shards as markers at their offsets (never skipped)."""
+    fig.add_trace(go.Scatter(
+        x=[e.offsets[col_dim] for e in empties],
+        y=[(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties],
+        mode="markers", marker=dict(symbol="x-thin", size=12, line=dict(width=2, color=EMPTY)),
+        name="empty shard", hoverinfo="text", meta={"role": "empty", "writers": [e.writer for e in empties]},
+        hovertext=[
+            f"empty shard: rank {e.writer}{_coord_text(coords, e.writer)} holds 0 elements<br>"
+            f"offsets {e.offsets} sizes {e.sizes}"
+            + (f"<br>also planned by {fmt_ranks(e.dropped_by)}" if e.dropped_by else "")
+            for e in empties
+        ],
+    ))
+
+
+LEGEND_ROW = 30  # pixels per legend entry (plotly draws a swatch row about 29 px apart)
+
+
+def legend_height(fig: go.Figure) -> int:
+    """Pixels the legend needs: its title and one row per entry shown."""
+    entries = sum(1 for t in fig.data if t.showlegend is not False and t.name)
+    return LEGEND_ROW * (entries + 1)
+
+
+def _lay_out(fig: go.Figure, header: TensorHeader, boxes: pd.DataFrame, empties: list,
+             dims: tuple[int | None, int]) -> None:
+    """Title (with the empty shards), legend, axes in elements; tall enough for the legend."""
+    row_dim, col_dim = dims
+    size = tuple(header.size)
     title = _title(header, boxes)
     if empties:
         title += f"<br><sup>empty shards (0 elements): ranks {fmt_ranks(sorted({e.writer for e in empties}), 12)}</sup>"
-    other = [d for d in range(nd) if d not in (row_dim, col_dim)]
+    margin = dict(l=70, r=20, t=100 + (20 if empties else 0), b=50)
+    height = max(box_height(size, row_dim, col_dim), legend_height(fig) + margin["t"] + margin["b"])
     fig.update_layout(**base_layout(
         title=dict(text=title, x=0.01, xanchor="left"), legend=dict(title="writer (mesh coord)"),
-        margin=dict(l=70, r=20, t=100, b=50), height=box_height(size, row_dim, col_dim),
+        margin=margin, height=height,
     ))
-    note = f" — dims {other} summarised in hover" if other else ""
-    set_box_axes(fig, size, row_dim, col_dim, note)
-    return fig
+    other = [d for d in range(len(size)) if d not in (row_dim, col_dim)]
+    set_box_axes(fig, size, row_dim, col_dim, f"dims {other} in hover" if other else "")
 
 
 REPLICA_LEGEND = "<b>n</b> writes it · (n) = replica dropped by dedup"
@@ -173,38 +211,45 @@ def _title(header: TensorHeader, boxes: pd.DataFrame) -> str:
     )
 
 
+TILE_WIDTH = 520  # a scalar's or bytes entry's figure: the tile spans the plot, its label fits
+
+
 def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure:
-    """Scalars and bytes entries: one tile naming the writer and the replicas."""
+    """Scalars and bytes entries: one tile, as wide as the plot, naming the writer and the
+    replicas (a square tile clipped a list of seven ranks)."""
     fig = go.Figure()
     b = boxes.iloc[0] if len(boxes) else None
     writer = int(b["writer"]) if b is not None else -1
     color = rank_color(writer, world_size)
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1, 1, 0, 0], y=[0, 0, 1, 1, 0], mode="lines", fill="toself", fillcolor=color,
-            line=dict(color="black" if highlight_rank == writer else "white", width=3 if highlight_rank == writer else 1),
-            hoverinfo="skip", name=f"rank {writer}", meta={"writer": writer, "role": "tiles"},
-        )
-    )
+    mark = highlight_rank == writer
+    fig.add_trace(go.Scatter(
+        x=[0, 1, 1, 0, 0], y=[0, 0, 1, 1, 0], mode="lines", fill="toself", fillcolor=color,
+        line=dict(color="black" if mark else "white", width=3 if mark else 1),
+        hoverinfo="skip", name=f"rank {writer}", meta={"writer": writer, "role": "tiles"},
+    ))
     dropped = tuple(b["dropped_by"]) if b is not None else ()
     label = f"<b>{writer}</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
     if dropped:
         _replica_legend(fig)
     what = "bytes entry" if header.kind == "bytes" else "scalar (0-d tensor)"
-    hover = (
-        f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes']) if b is not None else ''}"
-        + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else "")
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[0.5], y=[0.5], mode="text", text=[label], textfont=dict(color=text_color(color), size=16),
-            hovertext=[hover], hoverinfo="text", showlegend=False,
-        )
-    )
-    fig.update_layout(**base_layout(title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01), height=300, width=420))
-    fig.update_xaxes(visible=False, range=[-0.05, 1.05])
-    fig.update_yaxes(visible=False, range=[-0.05, 1.05], scaleanchor="x")
+    fig.add_trace(go.Scatter(
+        x=[0.5], y=[0.5], mode="text", text=[label], textfont=dict(color=text_color(color), size=16),
+        hovertext=[_tile_hover(what, b, coords, dropped)], hoverinfo="text", showlegend=False, meta={"role": "labels"},
+    ))
+    fig.update_layout(**base_layout(title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01),
+                                    height=320, width=TILE_WIDTH, margin=dict(l=20, r=20, t=100, b=50),
+                                    legend=dict(orientation="h", yanchor="top", y=-0.02, x=0)))
+    fig.update_xaxes(visible=False, range=[-0.02, 1.02])
+    fig.update_yaxes(visible=False, range=[-0.05, 1.05])
     return fig
+
+
+def _tile_hover(what: str, b: Any, coords: dict[int, tuple[int, ...]], dropped: tuple[int, ...]) -> str:
+    if b is None:
+        return what
+    writer = int(b["writer"])
+    return (f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes'])}"
+            + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else ""))
 
 
 def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:

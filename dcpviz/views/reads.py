@@ -30,88 +30,111 @@ def read_layout_figure(
 ) -> go.Figure:
     """Saved chunks (faint, by writer) under the boxes ``rank`` reads (solid) and the box it
     holds (black outline). Frames from ``load_tables.saved_boxes`` / ``read_boxes``."""
-    nd = len(saved_size)
-    fig = go.Figure()
-    if nd == 0:
-        saved_size, nd = (1,), 1  # a scalar: one cell
+    if len(saved_size) == 0:  # a scalar: one cell
+        saved_size = (1,)
         saved = saved.assign(offsets=[(0,)] * len(saved), sizes=[(1,)] * len(saved))
         reads = reads.assign(offsets=[(0,)] * len(reads), sizes=[(1,)] * len(reads))
         wanted = [((0,), (1,)) for _ in wanted]
-    row_dim, col_dim = pick_dims(nd, dims, list(saved["offsets"]))
+    dims = pick_dims(len(saved_size), dims, list(saved["offsets"]))
     W = max(saved_world, int(saved["writer_rank"].max()) + 1 if len(saved) else 1)
-    for writer, grp in saved.groupby("writer_rank", sort=True):
-        color = rank_color(int(writer), W)
-        rects = [project(o, s, row_dim, col_dim) for o, s in zip(grp["offsets"], grp["sizes"])]
-        xs, ys = rects_path(rects)
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.22, line=dict(color=color, width=1),
-            hoverinfo="skip", name=f"saved by rank {writer}", legendgroup=f"w{writer}",
-            meta={"role": "saved", "writer": int(writer)},
-        ))
-    # Hover for saved chunks at their centres.
-    cx, cy, ht = [], [], []
-    for row in saved.itertuples(index=False):
-        x0, x1, y0, y1 = project(row.offsets, row.sizes, row_dim, col_dim)
-        cx.append((x0 + x1) / 2)
-        cy.append((y0 + y1) / 2)
-        spans = " × ".join(fmt_span(o, s) for o, s in zip(row.offsets, row.sizes))
-        ht.append(
-            f"saved chunk [{spans}]<br>written by rank {row.writer_rank}" + (f" in {row.file}" if row.file else "")
-            + f"<br>{fmt_bytes(row.nbytes)}" + (f"<br>rank {rank} reads {fmt_bytes(row.read_nbytes)} of it" if row.read_by_rank else "")
-        )
-    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=3, opacity=0), hovertext=ht,
-                             hoverinfo="text", showlegend=False, meta={"role": "saved-hover"}))
-    for writer, grp in reads.groupby("writer_rank", sort=True):
-        color = rank_color(int(writer), W)
-        rects = [project(o, s, row_dim, col_dim) for o, s in zip(grp["offsets"], grp["sizes"])]
-        xs, ys = rects_path(rects)
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.95, line=dict(color="white", width=1),
-            name=f"read from rank {writer}'s chunk", legendgroup=f"w{writer}", hoverinfo="skip",
-            meta={"role": "reads", "writer": int(writer)},
-        ))
+    fig = go.Figure()
+    _add_boxes(fig, saved, dims, W, "saved")
+    fig.add_trace(_hover_at_centres(dims, saved, [_saved_hover(row, rank) for row in saved.itertuples(index=False)],
+                                    3, "saved-hover"))
+    _add_boxes(fig, reads, dims, W, "reads")
     if len(reads):
-        cx = [(project(o, s, row_dim, col_dim)[0] + project(o, s, row_dim, col_dim)[1]) / 2 for o, s in zip(reads["offsets"], reads["sizes"])]
-        cy = [(project(o, s, row_dim, col_dim)[2] + project(o, s, row_dim, col_dim)[3]) / 2 for o, s in zip(reads["offsets"], reads["sizes"])]
-        ht = [
-            f"rank {rank} reads [{' × '.join(fmt_span(o, s) for o, s in zip(r.offsets, r.sizes))}]<br>"
-            f"from rank {r.writer_rank}'s chunk at {r.saved_offsets}" + (f" ({r.file})" if r.file else "")
-            + f"<br>{fmt_bytes(r.nbytes)} read; the whole {fmt_bytes(r.chunk_nbytes)} chunk is deserialised"
-            for r in reads.itertuples(index=False)
-        ]
-        fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=4, opacity=0), hovertext=ht,
-                                 hoverinfo="text", showlegend=False, meta={"role": "reads-hover"}))
-        if len(reads) <= MAX_LABELS:  # the writer on each read box: no colour lookup past 24 ranks
-            fig.add_trace(go.Scatter(
-                x=cx, y=cy, mode="text", text=[f"from {int(r)}" for r in reads["writer_rank"]], hoverinfo="skip",
-                textfont=dict(size=11, color=[text_color(rank_color(int(r), W)) for r in reads["writer_rank"]]),
-                showlegend=False, meta={"role": "read-labels"},
-            ))
+        _add_read_labels(fig, reads, dims, W, rank)
     if wanted:
-        rects = [project(o, s, row_dim, col_dim) for o, s in wanted]
-        xs, ys = rects_path(rects)
+        _add_wanted(fig, wanted, dims, rank)
+    sub = _read_subtitle(saved, reads, rank, (saved_size, saved_dtype), (target_size, target_dtype))
+    fig.update_layout(**base_layout(
+        title=dict(text=f"<b>{fqn}</b> — what target rank {rank} reads<br><sup>{sub}</sup>", x=0.01),
+        height=box_height(saved_size, *dims), margin=dict(l=70, r=20, t=100, b=50),
+        legend=dict(title="faint: saved chunks · solid: reads · dashed: held by the rank"),
+    ))
+    set_box_axes(fig, saved_size, *dims)
+    return fig
+
+
+def _rects(frame: pd.DataFrame, dims: tuple[int | None, int]) -> list[tuple]:
+    return [project(o, s, *dims) for o, s in zip(frame["offsets"], frame["sizes"])]
+
+
+def _add_boxes(fig: go.Figure, frame: pd.DataFrame, dims: tuple[int | None, int], W: int, role: str) -> None:
+    """One filled path per writer: faint for the saved chunks, solid for the reads."""
+    for writer, grp in frame.groupby("writer_rank", sort=True):
+        color = rank_color(int(writer), W)
+        xs, ys = rects_path(_rects(grp, dims))
+        saved = role == "saved"
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", line=dict(color="black", width=3, dash="dash"),
-            name=f"rank {rank} holds", hoverinfo="skip", meta={"role": "wanted", "boxes": [list(map(list, b)) for b in wanted]},
+            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.22 if saved else 0.95,
+            line=dict(color=color if saved else "white", width=1), hoverinfo="skip",
+            name=f"saved by rank {writer}" if saved else f"read from rank {writer}'s chunk",
+            legendgroup=f"w{writer}", meta={"role": role, "writer": int(writer)},
         ))
-    shape = "×".join(map(str, saved_size))
+
+
+def _centres(frame: pd.DataFrame, dims: tuple[int | None, int]) -> tuple[list[float], list[float]]:
+    rects = _rects(frame, dims)
+    return [(r[0] + r[1]) / 2 for r in rects], [(r[2] + r[3]) / 2 for r in rects]
+
+
+def _hover_at_centres(dims: tuple[int | None, int], frame: pd.DataFrame, text: list[str], size: int,
+                      role: str) -> go.Scatter:
+    """Invisible markers at the boxes' centres that carry their hover text."""
+    cx, cy = _centres(frame, dims)
+    return go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=size, opacity=0), hovertext=text,
+                      hoverinfo="text", showlegend=False, meta={"role": role})
+
+
+def _saved_hover(row: Any, rank: int) -> str:
+    spans = " × ".join(fmt_span(o, s) for o, s in zip(row.offsets, row.sizes))
+    return (f"saved chunk [{spans}]<br>written by rank {row.writer_rank}" + (f" in {row.file}" if row.file else "")
+            + f"<br>{fmt_bytes(row.nbytes)}"
+            + (f"<br>rank {rank} reads {fmt_bytes(row.read_nbytes)} of it" if row.read_by_rank else ""))
+
+
+def _read_hover(r: Any, rank: int) -> str:
+    return (f"rank {rank} reads [{' × '.join(fmt_span(o, s) for o, s in zip(r.offsets, r.sizes))}]<br>"
+            f"from rank {r.writer_rank}'s chunk at {r.saved_offsets}" + (f" ({r.file})" if r.file else "")
+            + f"<br>{fmt_bytes(r.nbytes)} read; the whole {fmt_bytes(r.chunk_nbytes)} chunk is deserialised")
+
+
+def _add_read_labels(fig: go.Figure, reads: pd.DataFrame, dims: tuple[int | None, int], W: int, rank: int) -> None:
+    """Hover on each read box, and the writer written on it (while there are few enough)."""
+    fig.add_trace(_hover_at_centres(dims, reads, [_read_hover(r, rank) for r in reads.itertuples(index=False)],
+                                    4, "reads-hover"))
+    if len(reads) > MAX_LABELS:
+        return
+    cx, cy = _centres(reads, dims)
+    fig.add_trace(go.Scatter(  # the writer on each read box: no colour lookup past 24 ranks
+        x=cx, y=cy, mode="text", text=[f"from {int(r)}" for r in reads["writer_rank"]], hoverinfo="skip",
+        textfont=dict(size=11, color=[text_color(rank_color(int(r), W)) for r in reads["writer_rank"]]),
+        showlegend=False, meta={"role": "read-labels"},
+    ))
+
+
+def _add_wanted(fig: go.Figure, wanted: list[tuple], dims: tuple[int | None, int], rank: int) -> None:
+    """The boxes the target rank holds, dashed."""
+    xs, ys = rects_path([project(o, s, *dims) for o, s in wanted])
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="lines", line=dict(color="black", width=3, dash="dash"),
+        name=f"rank {rank} holds", hoverinfo="skip", meta={"role": "wanted", "boxes": [list(map(list, b)) for b in wanted]},
+    ))
+
+
+def _read_subtitle(saved: pd.DataFrame, reads: pd.DataFrame, rank: int, saved_kind: tuple, target_kind: tuple) -> str:
+    """Saved shape and dtype, chunks, what the rank reads; a target shape or dtype that differs."""
+    (saved_size, saved_dtype), (target_size, target_dtype) = saved_kind, target_kind
     mismatch = ""
     if target_size is not None and tuple(target_size) != tuple(saved_size):
         mismatch += f" · <b>target shape {'×'.join(map(str, target_size))} ≠ saved</b>"
     if target_dtype is not None and target_dtype != saved_dtype:
         mismatch += f" · <b>target dtype {target_dtype} ≠ saved {saved_dtype}</b>"
     n_writers = reads["writer_rank"].nunique() if len(reads) else 0
-    sub = (
-        f"saved shape {shape} · {saved_dtype} · {len(saved)} saved chunks · target rank {rank} reads "
-        f"{fmt_bytes(reads['nbytes'].sum() if len(reads) else 0)} in {len(reads)} reads from {n_writers} writer(s){mismatch}"
-    )
-    fig.update_layout(**base_layout(
-        title=dict(text=f"<b>{fqn}</b> — what target rank {rank} reads<br><sup>{sub}</sup>", x=0.01),
-        height=box_height(saved_size, row_dim, col_dim), margin=dict(l=70, r=20, t=100, b=50),
-        legend=dict(title="faint: saved chunks · solid: reads · dashed: held by the rank"),
-    ))
-    set_box_axes(fig, saved_size, row_dim, col_dim)
-    return fig
+    return (f"saved shape {'×'.join(map(str, saved_size))} · {saved_dtype} · {len(saved)} saved chunks · target rank "
+            f"{rank} reads {fmt_bytes(reads['nbytes'].sum() if len(reads) else 0)} in {len(reads)} reads from "
+            f"{n_writers} writer(s){mismatch}")
 
 
 def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
@@ -212,8 +235,9 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
         ), x=0.01),
         height=max(360, min(900, 190 + 18 * z.shape[0])), margin=dict(l=70, r=20, t=130, b=30),
     ))
-    fig.update_xaxes(title=label, type="category", side="top")
-    fig.update_yaxes(title="target rank", type="category", autorange="reversed")
+    # No grid: on a heatmap its lines cross the empty cells and the column labels above them.
+    fig.update_xaxes(title=label, type="category", side="top", showgrid=False)
+    fig.update_yaxes(title="target rank", type="category", autorange="reversed", showgrid=False)
     return fig
 
 

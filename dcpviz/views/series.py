@@ -28,10 +28,9 @@ def plan_series(table: pd.DataFrame) -> go.Figure:
         return fig
     state = table["local_cached"].astype(int).where(table["known"], 2)
     z = table.assign(state=state).pivot(index="rank", columns="save", values="state")
-    text = table.assign(t=[
-        ("" if not k else f"+{a} −{r}" if a or r else "=") + (" ✎" if g else "")
-        for k, a, r, g in zip(table["known"], table["added"], table["removed"], table["global_changed"])
-    ]).pivot(index="rank", columns="save", values="t")
+    text = table.assign(t=[_cell_text(*row) for row in zip(table["known"], table["added"], table["removed"],
+                                                            table["global_changed"])]
+                        ).pivot(index="rank", columns="save", values="t")
     scale = [[edge / 3, c] for i, c in enumerate(_COLORS) for edge in (i, i + 1)]  # one band each
     fig.add_trace(go.Heatmap(
         z=z.values, x=list(z.columns), y=list(z.index), text=text.values, texttemplate="%{text}",
@@ -45,3 +44,10 @@ def plan_series(table: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title="save", dtick=1)
     fig.update_yaxes(title="rank", autorange="reversed")
     return fig
+
+
+def _cell_text(known: bool, added: int, removed: int, changed: bool) -> str:
+    """'+a −r' items since the last save ('=' none), '✎' where what the rank writes changed."""
+    if not known:
+        return " ✎" if changed else ""
+    return (f"+{added} −{removed}" if added or removed else "=") + (" ✎" if changed else "")

@@ -73,6 +73,9 @@ def base_layout(**kw) -> dict:
     """The plotly layout every view starts from (``kw`` overrides)."""
     layout = dict(
         template="plotly_white",
+        # Also spelled out: the explorer's FigureWidget drew the default template's blue-grey
+        # plot area although the figure names plotly_white.
+        plot_bgcolor="#ffffff", paper_bgcolor="#ffffff",
         font=dict(family=FONT, size=12),
         margin=dict(l=60, r=20, t=80, b=50),
         hoverlabel=dict(font=dict(family="Menlo, Consolas, monospace", size=12)),

@@ -25,79 +25,109 @@ def balance(nbytes: pd.Series) -> dict[str, float]:
     return {"mean": mean, "max": mx, "argmax": int(v.idxmax()) if len(v) else -1, "imbalance": mx / mean if mean > 0 else float("nan")}
 
 
+THIN = 0.02  # a stacked segment under this share of the tallest bar is too thin to see
+
+
 def rank_volume_figure(
     volumes: list[tuple[str, pd.DataFrame]],
     *,
     by_module: pd.DataFrame | None = None,
     title: str = "Bytes written per rank (final plans, after dedup)",
+    parts: str = "modules",
 ) -> go.Figure:
     """Bars of ``nbytes`` per rank from one or more ``rank_volume`` frames (side by side), or
-    one frame stacked by module (``by_module``: rank, module, nbytes)."""
+    one frame stacked by module (``by_module``: rank, module, nbytes; ``parts`` names what the
+    stacks are: 'modules' or 'components')."""
     fig = go.Figure()
-    notes = []
     many = max(len(v) for _, v in volumes) > 64
     if by_module is not None:
-        name, vol = volumes[0]
-        vol, missing = _drawable(vol)
-        if missing:
-            notes.append(f"{name}: {missing}")
-        totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
-        keep = list(totals.index[:MAX_MODULES])
-        mod = by_module.assign(module=by_module["module"].where(by_module["module"].isin(keep), "other"))
-        pivot = mod.pivot_table(index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0)
-        pivot = pivot.reindex(index=vol["rank"], fill_value=0)
-        for i, m in enumerate([*keep, "other"] if "other" in pivot.columns else keep):
-            fig.add_trace(
-                go.Bar(
-                    x=pivot.index, y=pivot[m], name=m, marker_color=MODULE_COLORS[i % len(MODULE_COLORS)],
-                    marker_line_width=0,
-                    hovertemplate=f"rank %{{x}}<br>{m}: %{{customdata}}<extra></extra>",
-                    customdata=[fmt_bytes(v) for v in pivot[m]],
-                )
-            )
-        fig.update_layout(barmode="stack")
-        b = balance(vol["nbytes"])
-        notes.append(_note(name, b))
-        _mean_line(fig, b["mean"], "all modules")
+        notes = _stacked(fig, volumes[0], by_module, parts)
     else:
-        for i, (name, vol) in enumerate(volumes):
-            vol, missing = _drawable(vol)
-            if missing:
-                notes.append(f"{name}: {missing}")
-            b = balance(vol["nbytes"])
-            colors = [rank_color(int(r), len(vol)) for r in vol["rank"]] if len(volumes) == 1 and not many else None
-            fig.add_trace(
-                go.Bar(
-                    x=vol["rank"], y=vol["nbytes"], name=name, offsetgroup=str(i),
-                    marker_color=colors if colors else MODULE_COLORS[i % len(MODULE_COLORS)],
-                    marker_line_width=0,
-                    customdata=np.stack(
-                        [
-                            [fmt_bytes(v) for v in vol["nbytes"]],
-                            vol["items"].astype(str),
-                            [str(c) for c in vol.get("coordinate", [""] * len(vol))],
-                            [fmt_bytes(v) for v in vol.get("planned_nbytes", vol["nbytes"])],
-                        ],
-                        axis=-1,
-                    ),
-                    hovertemplate=(
-                        f"<b>{name}</b><br>rank %{{x}} %{{customdata[2]}}<br>writes %{{customdata[0]}} in "
-                        "%{customdata[1]} items<br>planned %{customdata[3]} before dedup<extra></extra>"
-                    ),
-                )
-            )
-            _mean_line(fig, b["mean"], name if len(volumes) > 1 else "", MEAN_DASHES[i % len(MEAN_DASHES)])
-            notes.append(_note(name, b))
-        fig.update_layout(barmode="group", bargap=0.05 if many else 0.2)
+        notes = _side_by_side(fig, volumes, many)
     fig.update_layout(
         **base_layout(
-            title=dict(text=f"<b>{title}</b><br><sup>{' · '.join(notes)}</sup>", x=0.01),
-            height=420, legend=dict(orientation="h", y=-0.2),
+            title=dict(text=f"<b>{title}</b><br><sup>{'<br>'.join(notes)}</sup>", x=0.01),
+            height=420 + 16 * max(0, len(notes) - 1), legend=dict(orientation="h", y=-0.2),
         )
     )
     fig.update_xaxes(title="rank", type="linear" if many else "category")
     fig.update_yaxes(title="bytes written", tickformat="~s", ticksuffix="B")
     return fig
+
+
+def _module_pivot(vol: pd.DataFrame, by_module: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """rank x module bytes (the largest MAX_MODULES modules, the rest as 'other'), and the
+    stacking order."""
+    totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
+    keep = list(totals.index[:MAX_MODULES])
+    mod = by_module.assign(module=by_module["module"].where(by_module["module"].isin(keep), "other"))
+    pivot = mod.pivot_table(index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0)
+    pivot = pivot.reindex(index=vol["rank"], fill_value=0)
+    return pivot, [*keep, "other"] if "other" in pivot.columns else keep
+
+
+def _stacked(fig: go.Figure, volume: tuple[str, pd.DataFrame], by_module: pd.DataFrame, parts: str) -> list[str]:
+    """One stacked bar per rank, a segment per module; the legend gives each module's bytes,
+    and the subtitle names the modules too thin to see at this scale."""
+    name, vol = volume
+    vol, missing = _drawable(vol)
+    notes = [f"{name}: {missing}"] if missing else []
+    pivot, order = _module_pivot(vol, by_module)
+    top = float(pivot.sum(axis=1).max()) if len(pivot) else 0.0
+    thin = []
+    for i, m in enumerate(order):
+        total = int(pivot[m].sum())
+        if top > 0 and 0 < pivot[m].max() < THIN * top:
+            thin.append(f"{m} ({fmt_bytes(total)})")
+        fig.add_trace(
+            go.Bar(
+                x=pivot.index, y=pivot[m], name=f"{m} · {fmt_bytes(total)}",
+                marker_color=MODULE_COLORS[i % len(MODULE_COLORS)], marker_line_width=0,
+                hovertemplate=f"rank %{{x}}<br>{m}: %{{customdata}}<extra></extra>",
+                customdata=[fmt_bytes(v) for v in pivot[m]], meta={"module": m},
+            )
+        )
+    fig.update_layout(barmode="stack")
+    b = balance(vol["nbytes"])
+    notes.append(_note(name, b))
+    if thin:
+        notes.append(f"too thin to see at this scale (hover a bar's top, or see the table): {', '.join(thin)}")
+    _mean_line(fig, b["mean"], f"all {parts}")
+    return notes
+
+
+def _side_by_side(fig: go.Figure, volumes: list[tuple[str, pd.DataFrame]], many: bool) -> list[str]:
+    """One bar per rank per frame, grouped; a dashed mean line for each."""
+    notes = []
+    for i, (name, vol) in enumerate(volumes):
+        vol, missing = _drawable(vol)
+        if missing:
+            notes.append(f"{name}: {missing}")
+        b = balance(vol["nbytes"])
+        colors = [rank_color(int(r), len(vol)) for r in vol["rank"]] if len(volumes) == 1 and not many else None
+        fig.add_trace(go.Bar(
+            x=vol["rank"], y=vol["nbytes"], name=name, offsetgroup=str(i),
+            marker_color=colors if colors else MODULE_COLORS[i % len(MODULE_COLORS)], marker_line_width=0,
+            customdata=_hover_data(vol),
+            hovertemplate=(
+                f"<b>{name}</b><br>rank %{{x}} %{{customdata[2]}}<br>writes %{{customdata[0]}} in "
+                "%{customdata[1]} items<br>planned %{customdata[3]} before dedup<extra></extra>"
+            ),
+        ))
+        _mean_line(fig, b["mean"], name if len(volumes) > 1 else "", MEAN_DASHES[i % len(MEAN_DASHES)])
+        notes.append(_note(name, b))
+    fig.update_layout(barmode="group", bargap=0.05 if many else 0.2)
+    return notes
+
+
+def _hover_data(vol: pd.DataFrame) -> np.ndarray:
+    """Per bar: bytes, items, mesh coordinate, bytes planned before dedup."""
+    return np.stack([
+        [fmt_bytes(v) for v in vol["nbytes"]],
+        vol["items"].astype(str),
+        [str(c) for c in vol.get("coordinate", [""] * len(vol))],
+        [fmt_bytes(v) for v in vol.get("planned_nbytes", vol["nbytes"])],
+    ], axis=-1)
 
 
 def _drawable(vol: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -155,17 +185,22 @@ def rank_volume(
     if by not in (None, "module", "component"):
         raise DcpvizError(f"by={by!r}: use by=None, by='module' or by='component'.")
     if compare is None:
-        label = names[0] if names else _label(result)
-        stacked = result.volume_by_module(depth) if by == "module" else None
-        if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
-            stacked = result.volume_by_component.rename(columns={"component": "module"})
-        return rank_volume_figure([(label, result.rank_volume)], by_module=stacked)
+        return _one(result, by, depth, names[0] if names else _label(result))
     if by is not None:
         raise DcpvizError(f"compare= draws totals side by side; drop by={by!r} to compare two results.")
     a, b = names or (_label(result), _label(compare))
     if a == b:
         a, b = f"{a} (1)", f"{b} (2)"
     return rank_volume_figure([(a, result.rank_volume), (b, compare.rank_volume)])
+
+
+def _one(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
+    """One save's bars: totals, or stacked by module or by component."""
+    stacked = result.volume_by_module(depth) if by == "module" else None
+    if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
+        stacked = result.volume_by_component.rename(columns={"component": "module"})
+    return rank_volume_figure([(label, result.rank_volume)], by_module=stacked,
+                              parts="components" if by == "component" else "modules")
 
 
 def _label(result: Any) -> str:

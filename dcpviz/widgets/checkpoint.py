@@ -11,9 +11,9 @@ import ipywidgets as w
 from dcpviz import views
 from dcpviz.core.errors import DcpvizError
 from dcpviz.results import CheckpointReport
-from dcpviz.views.html import table_html
+from dcpviz.views.html import header_html, parts_tables_html
+from dcpviz.widgets.checks_tab import checks_widget
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import summary_html
 
 
 class CheckpointExplorer(w.VBox):
@@ -21,14 +21,12 @@ class CheckpointExplorer(w.VBox):
 
     def __init__(self, report: CheckpointReport) -> None:
         self.result = report
-        self.header = w.HTML(summary_html(report.summary_rows(), []) +
-                             "".join(f"<p>note: {n}</p>" for n in report.info.notes))
-        checks = report.checks
-        self.checks = w.HTML(table_html(checks) if len(checks) else "<p>No findings.</p>")
+        self.header = w.HTML(header_html(report))
+        self.checks = checks_widget(report.checks)
         self.layout_fig = figure_widget()
         if len(report.storage):
             replace_figure(self.layout_fig, views.file_layout(report))
-        self.tables = w.HTML(table_html(report.info.files) + table_html(report.info.chunks))
+        self.tables = w.HTML(parts_tables_html(report.parts()))
         self.tabs = w.Tab([self.checks, self.layout_fig, self.tables])
         for i, title in enumerate(("Checks", "Files", "Tables")):
             self.tabs.set_title(i, title)

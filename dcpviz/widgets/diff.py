@@ -9,9 +9,8 @@ import ipywidgets as w
 
 from dcpviz import views
 from dcpviz.core.errors import DcpvizError
-from dcpviz.views.html import table_html
+from dcpviz.views.html import header_html, table_html
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import summary_html
 
 
 class DiffExplorer(w.VBox):
@@ -19,8 +18,7 @@ class DiffExplorer(w.VBox):
 
     def __init__(self, result: Any) -> None:
         self.result = result
-        self.header = w.HTML(summary_html(result.summary_rows(), []) +
-                             "".join(f"<p>note: {n}</p>" for n in result.notes))
+        self.header = w.HTML(header_html(result))
         self.overview = figure_widget()
         replace_figure(self.overview, views.diff_overview(result))
         regions = result.regions

@@ -1,4 +1,4 @@
-"""The explorer: a summary header and tabs for Layout, Dedup, Volume, Phases and Tables.
+"""The explorer: a summary header and tabs for Layout, Dedup, Volume, Phases, Tables and Checks.
 
 Every number on screen comes from a result's tables or a view; controls only choose what to
 show, and update the figures in place.
@@ -15,13 +15,14 @@ from dcpviz import views
 from dcpviz.analysis.checkpoint.tables import CheckpointInfo
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
-from dcpviz.views.html import table_html
+from dcpviz.views.html import header_html, table_html
+from dcpviz.views.style import base_layout
 from dcpviz.widgets.checkpoint import checkpoint_app
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.diff import diff_app
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
-from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 
 PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
 PHASE_TEXT = {
@@ -53,7 +54,7 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     # -- header ---------------------------------------------------------------------------
     def _header_html(self) -> str:
-        return summary_html(self.result.summary_rows(), self.result.errors)
+        return header_html(self.result)
 
     # -- layout tab -----------------------------------------------------------------------
     _hold_layout = False  # True while _on_group sets the pickers
@@ -233,8 +234,8 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             if len(sub) and (p == phase or p == "local"):
                 fig.add_trace(go.Bar(x=sub["rank"], y=sub["nbytes"], name=f"{p} plans", marker_color=color,
                                      hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
-        fig.update_layout(barmode="overlay", height=320, title=f"Bytes per rank after the {phase} phase (over the local plans)",
-                          template="plotly_white", xaxis_title="rank", yaxis_title="bytes")
+        fig.update_layout(**base_layout(barmode="overlay", height=320, xaxis_title="rank", yaxis_title="bytes",
+                                        title=f"Bytes per rank after the {phase} phase (over the local plans)"))
         fig.update_xaxes(type="category" if len(vol["rank"].unique()) <= 64 else "linear")  # every rank named
         replace_figure(self.phase_fig, fig)
         self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""

@@ -10,10 +10,10 @@ import ipywidgets as w
 
 from dcpviz import views
 from dcpviz.results import pick_read_tensors
-from dcpviz.views.html import hints_html, table_html
+from dcpviz.views.html import header_html, table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
-from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel, summary_html
+from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 
 LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
@@ -29,8 +29,8 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     def __init__(self, load: Any) -> None:
         self.result = load
-        # The verdict is the summary's first row; each error message once, with its ranks.
-        self.header = w.HTML(summary_html(load.summary_rows(), load.error_lines()) + hints_html(load.hints))
+        # The verdict is the summary's first row; each error message once, with its ranks; hints.
+        self.header = w.HTML(header_html(load))
         # Each tab is built when first opened (``tabs.select("Volume")`` or a click).
         if load.nothing_planned:  # no reads to draw: the problems first, and why the read tabs are gone
             pages = [("Problems", self._mismatch_tab), ("Reads", self._nothing_planned_tab), ("Tables", self._tables_tab)]

@@ -139,12 +139,3 @@ class TablesPanel(w.VBox):
         if self.table_sort.value and self.table_sort.value != "(table order)":
             df = df.sort_values(self.table_sort.value, ascending=not self.table_desc.value, kind="stable")
         self.table_out.value = table_html(df, max_rows=self.table_rows.value, byte_cols=BYTE_COLUMNS)
-
-
-def summary_html(rows: list[tuple[str, str]], errors: list[str]) -> str:
-    """Summary rows and errors as an HTML table."""
-    body = "".join(
-        f'<tr><td style="font-weight:600;color:#2a5d9f;padding-right:12px">{k}</td><td>{v}</td></tr>' for k, v in rows
-    )
-    errs = "".join(f'<div style="color:#b00020">{e}</div>' for e in errors)
-    return f'<div class="dcpviz-summary"><table>{body}</table>{errs}</div>'

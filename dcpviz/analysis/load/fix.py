@@ -27,11 +27,12 @@ from dcpviz.core.keymatch import (
     compose,
     match_keys,
 )
+from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import LoadTrace
 
 
 def _unexpected(trace: LoadTrace) -> list[str]:
-    return [m.fqn for m in trace.mismatches if m.kind == "unexpected" and not is_expected_unused(m.fqn, trace.expected_unused)]
+    return [m.fqn for m in trace.mismatches if m.kind == MismatchKind.UNEXPECTED and not is_expected_unused(m.fqn, trace.expected_unused)]
 
 
 def trace_facts(trace: LoadTrace) -> tuple[dict[str, KeyFacts], dict[str, KeyFacts]]:
@@ -43,9 +44,9 @@ def trace_facts(trace: LoadTrace) -> tuple[dict[str, KeyFacts], dict[str, KeyFac
     saved = {t.fqn: KeyFacts(tuple(t.size), t.dtype) for t in trace.saved.tensors}
     saved.update({k: KeyFacts(None) for k in trace.saved.bytes_keys})
     for m in trace.mismatches:
-        if m.kind == "missing" and m.fqn not in target:
+        if m.kind == MismatchKind.MISSING and m.fqn not in target:
             target[m.fqn] = KeyFacts(tuple(m.current_size) if m.current_size is not None else None, m.current_dtype)
-        elif m.kind == "unexpected" and m.fqn not in saved:
+        elif m.kind == MismatchKind.UNEXPECTED and m.fqn not in saved:
             saved[m.fqn] = KeyFacts(tuple(m.saved_size) if m.saved_size is not None else None, m.saved_dtype)
     return target, saved
 
@@ -56,7 +57,7 @@ def trace_match(trace: LoadTrace, choices: Mapping[str, str] | None = None,
     unused on purpose are not offered as sources)."""
     target, saved = trace_facts(trace)
     if missing is None:
-        missing = [m.fqn for m in trace.mismatches if m.kind == "missing"]
+        missing = [m.fqn for m in trace.mismatches if m.kind == MismatchKind.MISSING]
     if unexpected is None:
         unexpected = _unexpected(trace)
     return match_keys(target, saved, sorted(set(missing)), sorted(set(unexpected)), choices)

@@ -34,6 +34,7 @@ from dcpviz.analysis.load.fix import (
 from dcpviz.analysis.load.hint_base import _GROUP_NAMES, OPTIM_STATE_NAMES, Hint, _examples
 from dcpviz.analysis.load.hints_training import param_group_hints, training_state_hints
 from dcpviz.core.keymatch import Match
+from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import LoadTrace
 
 # -- optimizer state -----------------------------------------------------------------------
@@ -161,9 +162,9 @@ def compute_hints(trace: LoadTrace, choices: dict[str, str] | None = None) -> li
     Prefixes, wrapper segments, renamed modules, resized and cast tensors come from one match of
     the missing keys with the unread ones (``analysis.load.fix``: every cause at once, certain
     or shown as a tie); ``choices`` are the caller's answers to the ties."""
-    missing = {m.fqn for m in trace.mismatches if m.kind == "missing"}
+    missing = {m.fqn for m in trace.mismatches if m.kind == MismatchKind.MISSING}
     # Keys declared unused on purpose are no longer a problem to explain.
-    unexpected = {m.fqn for m in trace.mismatches if m.kind == "unexpected"
+    unexpected = {m.fqn for m in trace.mismatches if m.kind == MismatchKind.UNEXPECTED
                   and not any(m.fqn == p or fnmatch.fnmatchcase(m.fqn, p) for p in trace.expected_unused)}
     partial = bool(trace.planner.option("allow_partial_load", False))
     hints = param_group_hints(trace, missing, unexpected)

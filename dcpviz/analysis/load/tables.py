@@ -14,6 +14,7 @@ import pandas as pd
 
 from dcpviz.analysis.save.tables import components_of, job_facts
 from dcpviz.core.errors import DcpvizError
+from dcpviz.core.kinds import MISMATCH_ORDER, MismatchKind
 from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
 from dcpviz.core.units import itemsize as dtype_itemsize
 
@@ -31,7 +32,7 @@ MISMATCH_COLUMNS = [
     "rank", "fqn", "kind", "saved", "current", "message", "dcp_raised", "explanation",
     "saved_size", "saved_dtype", "current_size", "current_dtype",
 ]
-KIND_ORDER = {"missing": 0, "size": 1, "type": 2, "other": 3, "dtype": 4, "unexpected": 5}
+KIND_ORDER = MISMATCH_ORDER
 
 
 def read_plans(trace: LoadTrace) -> tuple[tuple[PlanRecord | None, ...], str]:
@@ -235,32 +236,32 @@ def _desc(size: tuple[int, ...] | None, dtype: str | None) -> str:
 
 
 def _saved_current(m: Any) -> tuple[str | None, str | None]:
-    if m.kind == "size":
+    if m.kind == MismatchKind.SIZE:
         return str(tuple(m.saved_size)), str(tuple(m.current_size))
-    if m.kind == "dtype":
+    if m.kind == MismatchKind.DTYPE:
         return m.saved_dtype, m.current_dtype
-    if m.kind == "missing":
+    if m.kind == MismatchKind.MISSING:
         return None, _desc(m.current_size, m.current_dtype)
-    if m.kind == "unexpected":
+    if m.kind == MismatchKind.UNEXPECTED:
         return _desc(m.saved_size, m.saved_dtype), None
     return _desc(m.saved_size, m.saved_dtype), _desc(m.current_size, m.current_dtype)
 
 
 def explanation(m: Any, partial: bool) -> str:
     """What the mismatch means for dcp.load, in plain words (ours, not DCP's)."""
-    if m.kind == "missing":
+    if m.kind == MismatchKind.MISSING:
         if partial:
             return ("not in the checkpoint; allow_partial_load=True makes DCP skip it, so it keeps "
                     "its initial value")
         return "the target wants this key but the checkpoint has none; DCP raises (strict load)"
-    if m.kind == "unexpected":
+    if m.kind == MismatchKind.UNEXPECTED:
         return "in the checkpoint but no target rank asks for it; DCP ignores it silently"
-    if m.kind == "size":
+    if m.kind == MismatchKind.SIZE:
         return "the global shape changed; DCP refuses to load a tensor into a different shape"
-    if m.kind == "dtype":
+    if m.kind == MismatchKind.DTYPE:
         return (f"DCP does not check dtypes: FileSystemReader copies with Tensor.copy_, casting "
                 f"{m.saved_dtype} to {m.current_dtype} silently")
-    if m.kind == "type":
+    if m.kind == MismatchKind.TYPE:
         if m.saved_size is not None:
             return "saved as a tensor, but the target holds a non-tensor value here"
         return ("saved as bytes (a non-tensor), but the target holds a tensor: DCP plans a bytes "

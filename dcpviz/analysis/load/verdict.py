@@ -18,6 +18,7 @@ import pandas as pd
 from dcpviz.analysis.load.hint_base import OPTIM_STATE_NAMES, Hint
 from dcpviz.analysis.load.tables import KIND_ORDER, explanation
 from dcpviz.core.hf_folder import quantized_kind
+from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 
 # What a mismatch means for dcp.load: it raises ('breaks'), it goes through but checkpoint data
@@ -60,13 +61,13 @@ def bytes_over_tensor(m: MismatchRecord) -> bool:
     """Saved as bytes (a Python value) where the target holds a tensor: dcp.load plans a bytes
     read and ``load_bytes`` replaces the state dict's entry with the saved value; the target's
     tensor (a model's parameter) is never written, and nothing is raised."""
-    return m.kind == "type" and m.saved_size is None and m.current_size is not None
+    return m.kind == MismatchKind.TYPE and m.saved_size is None and m.current_size is not None
 
 
 def unread_keys(trace: LoadTrace) -> list[str]:
     """Checkpoint keys no target rank reads, those declared unused (expected_unused) left out."""
     return sorted({m.fqn for m in trace.mismatches
-                   if m.kind == "unexpected" and not is_expected_unused(m.fqn, trace.expected_unused)})
+                   if m.kind == MismatchKind.UNEXPECTED and not is_expected_unused(m.fqn, trace.expected_unused)})
 
 
 def skipped_keys(trace: LoadTrace) -> list[str]:
@@ -74,7 +75,7 @@ def skipped_keys(trace: LoadTrace) -> list[str]:
     initial values."""
     if not _partial(trace):
         return []
-    return sorted({m.fqn for m in trace.mismatches if m.kind == "missing"})
+    return sorted({m.fqn for m in trace.mismatches if m.kind == MismatchKind.MISSING})
 
 
 def is_optimizer_key(key: str) -> bool:
@@ -94,9 +95,9 @@ def possible_sources(trace: LoadTrace) -> dict[str, tuple[str, ...]]:
     unread = set(unread_keys(trace))
     shape: dict[str, tuple | None] = {}
     for m in trace.mismatches:
-        if m.fqn in skipped and m.kind == "missing":
+        if m.fqn in skipped and m.kind == MismatchKind.MISSING:
             shape[m.fqn] = tuple(m.current_size) if m.current_size is not None else None
-        elif m.fqn in unread and m.kind == "unexpected":
+        elif m.fqn in unread and m.kind == MismatchKind.UNEXPECTED:
             shape[m.fqn] = tuple(m.saved_size) if m.saved_size is not None else None
     by_side_shape: dict[tuple, list[str]] = defaultdict(list)
     for u in sorted(unread):
@@ -127,15 +128,15 @@ def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), los
     dcp.load goes through but checkpoint data does not reach the target (a bytes entry over a
     tensor; a key in ``lossy`` (``lossy_keys``): a skipped key with a source, or that unread
     source), else 'silent'."""
-    if m.kind == "unexpected":
+    if m.kind == MismatchKind.UNEXPECTED:
         if is_expected_unused(m.fqn, expected):
             return "expected"
         return "loses" if m.fqn in lossy else "silent"
     if bytes_over_tensor(m) and not m.message:
         return "loses"
-    if m.kind == "missing" and partial:
+    if m.kind == MismatchKind.MISSING and partial:
         return "loses" if m.fqn in lossy else "silent"
-    if m.kind == "dtype":
+    if m.kind == MismatchKind.DTYPE:
         return "silent"
     return "breaks"
 
@@ -166,9 +167,9 @@ def problems(trace: LoadTrace) -> pd.DataFrame:
     rows = []
     for m in trace.mismatches:
         sev = severity(m, partial, trace.expected_unused, lossy)
-        ranks = "no rank reads it" if m.kind == "unexpected" else rank_ranges(m.ranks, W)
+        ranks = "no rank reads it" if m.kind == MismatchKind.UNEXPECTED else rank_ranges(m.ranks, W)
         why = _expected_why(m.fqn) if sev == "expected" else explanation(m, partial)
-        if sev == "loses" and m.kind in ("missing", "unexpected"):
+        if sev == "loses" and m.kind in (MismatchKind.MISSING, MismatchKind.UNEXPECTED):
             why += (" — while allow_partial_load skips target keys, the checkpoint holds data no rank "
                     "reads: the load loses it (see the hints for where it belongs)")
         rows.append((sev, m.kind, m.fqn, _desc(m.saved_size, m.saved_dtype), _desc(m.current_size, m.current_dtype),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from dcpviz.core.kinds import Severity
 from dcpviz.core.trace import PlannedItem, SaveTrace
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]
@@ -66,7 +67,7 @@ def non_tensor_values(trace: SaveTrace) -> list[Row]:
     rows: list[Row] = []
     for (rank, file), keys in sorted(by_file.items()):
         rows.append((
-            "data-loss", "safetensors-non-tensor", keys[0], (rank,),
+            Severity.DATA_LOSS, "safetensors-non-tensor", keys[0], (rank,),
             f"{len(keys)} non-tensor value(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}) go into "
             f"{file} (rank {rank}) as raw bytes in front of its safetensors header: the save succeeds, but the "
             f"file cannot be opened ('header too large') and its {tensors[(rank, file)]} tensor(s) are lost.",
@@ -86,7 +87,7 @@ def consolidation_dtypes(trace: SaveTrace) -> list[Row]:
         if item.item_type != "BYTE_IO" and item.dtype is not None and not _is_floating(item.dtype):
             seen.setdefault(item.fqn, set()).add(rank)
             dtypes[item.fqn] = item.dtype
-    return [("error", "consolidation-dtype", fqn, tuple(sorted(ranks)),
+    return [(Severity.ERROR, "consolidation-dtype", fqn, tuple(sorted(ranks)),
              f"{fqn} is {dtypes[fqn]}: consolidation sizes every dtype with torch.finfo, so finish() raises "
              "TypeError after every shard is written, and no consolidated file or index.json is written.",
              "drop integer/bool buffers from the export (or cast them to a floating dtype), or save without "
@@ -100,7 +101,7 @@ def unmapped_keys(trace: SaveTrace) -> list[Row]:
     if info is None or not info.unmapped_keys:
         return []
     keys = info.unmapped_keys
-    return [("error", "unmapped-key", keys[0], (),
+    return [(Severity.ERROR, "unmapped-key", keys[0], (),
              f"{len(keys)} key(s) are not in fqn_to_index_mapping ({', '.join(keys[:4])}"
              f"{', ...' if len(keys) > 4 else ''}): DCP's write_data raises a bare KeyError in the middle of "
              "the save, after other files may have been written.",
@@ -123,7 +124,7 @@ def stale_files(trace: SaveTrace) -> list[Row]:
     rows: list[Row] = []
     for name, keys in info.stale_files:
         if keys is None:
-            rows.append(("error", "stale-safetensors", "", (),
+            rows.append((Severity.ERROR, "stale-safetensors", "", (),
                          f"{name} is already in the output folder and cannot be read: DCP's HF reader reads "
                          "every *.safetensors file in the folder, so a load will fail on it.",
                          "save into a new, empty folder (or delete the old files first)"))
@@ -131,10 +132,10 @@ def stale_files(trace: SaveTrace) -> list[Row]:
         again = sorted(k for k in keys if k in saved)
         gone = sorted(k for k in keys if k not in saved)
         if again:
-            rows.append(_stale_row("data-loss", name, again, "this save writes again", "reads both files, and "
+            rows.append(_stale_row(Severity.DATA_LOSS, name, again, "this save writes again", "reads both files, and "
                                    "which copy a load gets depends on the folder listing order"))
         if gone:
-            rows.append(_stale_row("warning", name, gone, "this save does not write",
+            rows.append(_stale_row(Severity.WARNING, name, gone, "this save does not write",
                                    "brings them back in every load of this folder"))
     return rows
 
@@ -143,7 +144,7 @@ def no_index(trace: SaveTrace) -> list[Row]:
     """A distributed HF save without consolidation writes no model.safetensors.index.json."""
     opts = _opts(trace)
     if _is_hf(trace) and opts.get("save_distributed") == "True" and opts.get("enable_consolidation") != "True":
-        return [("warning", "no-index-json", "", (),
+        return [(Severity.WARNING, "no-index-json", "", (),
                  "save_distributed=True without enable_consolidation writes per-rank shard files and no "
                  "model.safetensors.index.json: Hugging Face loaders cannot open the folder.",
                  "enable_consolidation=True (or consolidate afterwards with DCP's "
@@ -157,7 +158,7 @@ def shared_file_names(trace: SaveTrace) -> list[Row]:
     for f in trace.file_plan:
         if f.stage == "write":
             ranks[f.file].add(f.rank)
-    return [("data-loss", "ranks-share-a-file", "", tuple(sorted(rs)),
+    return [(Severity.DATA_LOSS, "ranks-share-a-file", "", tuple(sorted(rs)),
              f"{len(rs)} ranks write the same file {name}: each overwrites the others', so only one rank's "
              "items survive.",
              "save_distributed=True (one shard file per rank), or save a full state dict from one rank")

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import MismatchRecord, TargetValue
 from dcpviz.engine.convert.shared import dtype_str
 
@@ -68,19 +69,19 @@ def classify(tv: TargetValue, storage_fqn: str, metadata: Metadata) -> Found | N
     sd_md = metadata.state_dict_metadata
     cur = {"current_size": tv.size, "current_dtype": tv.dtype}
     if storage_fqn not in sd_md:
-        return Found(tv.fqn, "missing", **cur)
+        return Found(tv.fqn, MismatchKind.MISSING, **cur)
     md = sd_md[storage_fqn]
     saved_size, saved_dtype = _saved_facts(md)
     facts = {"saved_size": saved_size, "saved_dtype": saved_dtype, **cur}
     if isinstance(md, TensorStorageMetadata):
         if tv.size is None:
-            return Found(tv.fqn, "type", **facts)
+            return Found(tv.fqn, MismatchKind.TYPE, **facts)
         if saved_size != tv.size:
-            return Found(tv.fqn, "size", **facts)
+            return Found(tv.fqn, MismatchKind.SIZE, **facts)
         if tv.dtype is not None and saved_dtype != tv.dtype:
-            return Found(tv.fqn, "dtype", **facts)
+            return Found(tv.fqn, MismatchKind.DTYPE, **facts)
     elif isinstance(md, BytesStorageMetadata) and tv.size is not None:
-        return Found(tv.fqn, "type", **facts)
+        return Found(tv.fqn, MismatchKind.TYPE, **facts)
     return None
 
 
@@ -132,12 +133,12 @@ class MismatchCollector:
                 found = self._classified[key]
             else:
                 found = self._classified[key] = classify(tv, storage_fqn, metadata)
-            if found is not None and found.kind == "missing" and read_fqns and tv.fqn in read_fqns:
+            if found is not None and found.kind == MismatchKind.MISSING and read_fqns and tv.fqn in read_fqns:
                 found = None
             msg = dcp_messages.get(tv.fqn)
             if msg is not None:
                 if found is None:
-                    found = Found(tv.fqn, "other", current_size=tv.size, current_dtype=tv.dtype)
+                    found = Found(tv.fqn, MismatchKind.OTHER, current_size=tv.size, current_dtype=tv.dtype)
                 found = Found(
                     found.fqn, found.kind, found.saved_size, found.saved_dtype,
                     found.current_size, found.current_dtype, msg,
@@ -159,5 +160,5 @@ class MismatchCollector:
             if fqn in wanted_fqns or fqn in read_storage_fqns:
                 continue
             size, dtype = _saved_facts(md)
-            out.append(MismatchRecord(fqn=fqn, kind="unexpected", ranks=(), saved_size=size, saved_dtype=dtype))
+            out.append(MismatchRecord(fqn=fqn, kind=MismatchKind.UNEXPECTED, ranks=(), saved_size=size, saved_dtype=dtype))
         return tuple(out)

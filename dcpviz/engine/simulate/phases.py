@@ -92,8 +92,9 @@ def representatives(scenario: Scenario, template: Any, shortcuts: bool, what: st
     n_reps = len(set(rep_of.values()))
     if n_reps < W:
         log.notes.append(
-            f"{n_reps} representative ranks planned for {W}: ranks that differ only along mesh dims "
-            f"where every DTensor is replicated share DCP's default {what} plan (exact; see engine/shortcuts/fastpath.py)."
+            f"{n_reps} representative ranks planned for {W}: ranks that hold the same shards (they differ "
+            f"only along mesh dims where every DTensor is replicated) get the same {what} plan from DCP's "
+            "default planner, so one plan stands for each group (exact; pass fast=False to plan every rank)."
         )
     return rep_of
 

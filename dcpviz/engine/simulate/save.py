@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.gc_pause import gc_paused
-from dcpviz.core.trace import PlanRecord, SaveTrace
+from dcpviz.core.trace import PlanRecord, SaveTrace, ValueDigest
 from dcpviz.core.version import __version__
 from dcpviz.engine.convert.save import (
     PlanConverter,
@@ -124,6 +124,23 @@ def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
         return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
 
 
+def same_values_on_every_rank(scenario: Scenario) -> bool:
+    """Whether every rank holds rank 0's Python values by construction: dcpviz's own model and
+    recipe, a preset optimizer (or none) and the model's own state (or an SPMD preset) — code
+    that does not read the rank. A callable anywhere is user code that may (an RNG state, a
+    data-loader position), so its other ranks stay unknown."""
+    return (isinstance(scenario.model, str) and isinstance(scenario.recipe, str)
+            and (scenario.optimizer is None or isinstance(scenario.optimizer, str))
+            and fastpath.per_rank_state_reason(scenario) is None)
+
+
+def _as_every_rank(digests: list[ValueDigest], world_size: int) -> list[ValueDigest]:
+    """Rank 0's digests of whole values (Python values, bytes entries, plain tensors with
+    values) for ranks 1..W-1, which hold the same values (``same_values_on_every_rank``)."""
+    whole = [d for d in digests if d.offsets is None]
+    return [replace(d, rank=r) for r in range(1, world_size) for d in whole]
+
+
 def _tied_names(scenario: Any) -> tuple[tuple[str, ...], ...]:
     """The model's tied parameter names (meta tensors hold no storage to compare), from one more
     build of the model on meta; none where that fails (the checks then say nothing of ties)."""
@@ -167,7 +184,10 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
             # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
             with run.timer.phase("value_digests"):
                 flatten = bool(getattr(p, "flatten_state_dict", True))
-                run.digests += value_digests_of(state_dict, r, flatten=flatten)
+                mine = value_digests_of(state_dict, r, flatten=flatten)
+                run.digests += mine
+                if run.template is not None and same_values_on_every_rank(run.scenario):
+                    run.digests += _as_every_rank(mine, run.world_size)
                 if r == 0:
                     run.tied = tied_keys(state_dict, flatten, _tied_names(run.scenario))
         t1 = time.perf_counter()

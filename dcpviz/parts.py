@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
-from dcpviz.analysis.hints import Hint
+from dcpviz.analysis.load.hints import Hint
 
 TONES = ("", "good", "bad", "warn")  # how a summary value is coloured: plain, fine, broken, careful
 

@@ -11,9 +11,7 @@ import dcpviz
 
 ROOT = Path(dcpviz.__file__).parent
 
-# The second `_na` of terminal.py (issue 21): the render work, which owns terminal.py, removes
-# it; drop this entry with it.
-KNOWN = {("terminal.py", "<module>", "_na")}
+KNOWN: set[tuple[str, str, str]] = set()  # (file, scope, name) allowed twice: none
 
 
 def _replaces(node: ast.AST) -> bool:

@@ -66,3 +66,18 @@ def hand_titan_state_dict(model: str, mesh: tuple[int, ...], names: tuple[str, .
         local = torch.empty(local_shape, dtype=value.dtype, device="meta")
         out[fqn] = DTensor.from_local(local, dm, pl, run_check=False, shape=value.shape, stride=value.stride())
     return out
+
+
+def hand_titan_metadata(model: str, mesh: tuple[int, ...], names: tuple[str, ...], stages):
+    """The Metadata DCP builds for a save under recipe 'torchtitan': DCP's save planner on the
+    hand-built per-rank state dicts, then DCP's own global plan. Independent of dcpviz's engine."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    planners, plans = [], []
+    for rank in range(math.prod(mesh)):
+        p = DefaultSavePlanner()
+        p.set_up_planner(hand_titan_state_dict(model, mesh, names, rank, stages), storage_meta=None,
+                         is_coordinator=(rank == 0))
+        planners.append(p)
+        plans.append(p.create_local_plan())
+    return planners[0].create_global_plan(plans)[1]

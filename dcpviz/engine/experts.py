@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-from dcpviz.engine.models import Attention, FeedForward, LlamaConfig, RMSNorm, Transformer
+from dcpviz.engine.models import PRESETS, Attention, FeedForward, LlamaConfig, RMSNorm, Transformer
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,10 @@ class MoETransformer(nn.Module):
     def fsdp_units(self) -> list[nn.Module]:
         """The modules a training script wraps with fully_shard: the blocks."""
         return list(self.layers.values())
+
+
+# Registered with the other presets (models.py cannot import this module: it builds on models').
+PRESETS.update({name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()})
 
 
 def moe_blocks(model: nn.Module) -> list[nn.Module]:

@@ -181,18 +181,11 @@ class MLP(nn.Module):
         return [self.fc1, self.fc2]
 
 
-def _moe_preset(name: str) -> nn.Module:
-    # engine/experts.py builds on this module's blocks: imported when a MoE preset is built.
-    from dcpviz.engine.experts import MOE_CONFIGS, MoETransformer
-
-    return MoETransformer(MOE_CONFIGS[name])
-
-
 PRESETS: dict[str, Callable[[], nn.Module]] = {
     "mlp": MLP,
     **{name: (lambda cfg=cfg: Transformer(cfg)) for name, cfg in LLAMA_CONFIGS.items()},
-    # Mixture-of-experts decoders with torchtitan's grouped experts (engine/experts.py).
-    **{name: (lambda name=name: _moe_preset(name)) for name in ("moe-tiny", "mixtral-8x7b")},
+    # engine/experts.py adds the mixture-of-experts decoders ("moe-tiny", "mixtral-8x7b"), built
+    # on this module's blocks; engine/scenario.py imports it, so every Scenario sees them.
 }
 
 

@@ -22,6 +22,7 @@ from dcpviz.core.components import state_components
 from dcpviz.core.trace import ErrorRecord, PlanRecord, ScenarioInfo
 from dcpviz.engine import fastpath
 from dcpviz.engine.scenario import Scenario
+from dcpviz.engine.titan_recipe import per_stage_state
 from dcpviz.engine.world import fake_world
 
 
@@ -104,8 +105,6 @@ def wants_template(fast: bool | None, scenario: Scenario) -> bool:
     """Whether the recipe runs once and other ranks get rank 0's state dict rebound: when the
     recipe is known to be SPMD (the named ones are, torchtitan's pipeline stages aside), or the
     user says so with fast=True."""
-    from dcpviz.engine.titan_recipe import per_stage_state
-
     if per_stage_state(scenario):
         return False  # stages hold different modules: rank 0's state cannot stand for them
     return fast is True or (fast is None and isinstance(scenario.recipe, str))

@@ -14,6 +14,9 @@ import torch
 from dcpviz.core.errors import ScenarioError, did_you_mean
 from dcpviz.engine.models import check_model_spec, model_name
 from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
+
+# Registers recipe "torchtitan" (and, through engine/experts.py, the MoE presets).
+from dcpviz.engine.titan_recipe import titan_dim_names
 from dcpviz.engine.training_state import check_optimizer_spec, check_state_spec, spec_name
 
 DTYPES: dict[str, torch.dtype] = {
@@ -149,8 +152,6 @@ class Scenario:
     def _normalise_dim_names(self, mesh: tuple[int, ...]) -> tuple[str, ...]:
         names = self.mesh_dim_names
         if self.recipe == "torchtitan":
-            from dcpviz.engine.titan_recipe import titan_dim_names
-
             return titan_dim_names(mesh, names)
         if names is None:
             default = RECIPES[self.recipe].dim_names if isinstance(self.recipe, str) else None

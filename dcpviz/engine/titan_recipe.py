@@ -39,6 +39,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 from dcpviz.core.errors import DcpvizError, ScenarioError, did_you_mean
 from dcpviz.engine.experts import moe_blocks, num_experts_of, shard_experts
 from dcpviz.engine.pipeline_stages import check_pipelinable, keep_stage, stage_modules
+from dcpviz.engine.recipes import RECIPES, Recipe, fsdp_units, tp_plan_of
 
 TITAN_DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 _EXAMPLE = "e.g. mesh=(2, 2, 2), mesh_dim_names=('pp', 'dp_shard', 'tp')"
@@ -155,8 +156,6 @@ def apply_torchtitan(model: nn.Module, mesh: Any) -> nn.Module:
     tp_mesh = mesh["tp"] if "tp" in sizes else None
     ep_mesh = mesh["ep"] if "ep" in sizes else None
     if tp_mesh is not None:
-        from dcpviz.engine.recipes import tp_plan_of
-
         present = {n for n, _ in model.named_modules()}
         plan = {k: v for k, v in tp_plan_of(model).items() if "*" in k or k in present}
         parallelize_module(model, tp_mesh, plan)
@@ -183,8 +182,6 @@ def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, 
     layers = getattr(model, "layers", None)
     blocks = list(layers.values() if isinstance(layers, nn.ModuleDict) else layers or [])
     if not blocks:
-        from dcpviz.engine.recipes import fsdp_units
-
         blocks = fsdp_units(model)
     ep = sizes.get("ep", 1)
     for block in blocks:
@@ -199,3 +196,9 @@ def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, 
     if isinstance(norm, nn.Module) and isinstance(output, nn.Module):
         fully_shard([norm, output], mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
+
+
+RECIPES["torchtitan"] = Recipe(
+    "torchtitan", None, None, apply_torchtitan,
+    "torchtitan's PP, HSDP, FSDP, TP, EP, chosen by mesh_dim_names (pp, dp_replicate, dp_shard, ep, cp, tp)",
+)

@@ -24,9 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-from dcpviz.engine.models import PRESETS, Attention, FeedForward, LlamaConfig, RMSNorm, Transformer
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 
 
 @dataclass(frozen=True)
@@ -45,10 +43,9 @@ class MoEConfig:
     norm_eps: float = 1e-5
 
     @property
-    def attention(self) -> LlamaConfig:
-        """The attention sizes as a LlamaConfig (ffn unused)."""
-        return LlamaConfig(self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.expert_dim,
-                           self.vocab_size, self.norm_eps)
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.dim // self.n_heads
 
 
 # Mixtral 8x7B's published shapes (Mistral AI's params.json / Hugging Face config: hidden 4096,
@@ -61,6 +58,38 @@ MOE_CONFIGS: dict[str, MoEConfig] = {
     "mixtral-8x7b": MoEConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, expert_dim=14336,
                               num_experts=8, vocab_size=32000, top_k=2),
 }
+
+
+# The attention, norm and MLP blocks have the Llama preset's names and shapes (models.py); they
+# are repeated here because models.py registers these presets and so cannot be imported here.
+class RMSNorm(nn.Module):
+    """An RMSNorm's parameter (``weight``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention's projections (``wq``, ``wk``, ``wv``, ``wo``)."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        hd = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+
+class FeedForward(nn.Module):
+    """A gated MLP (``w1``, ``w2``, ``w3``): the shared experts."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
 
 
 class GroupedExperts(nn.Module):
@@ -113,10 +142,10 @@ class MoEBlock(nn.Module):
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
-        self.attention = Attention(cfg.attention)
+        self.attention = Attention(cfg)
         self.moe = MoE(cfg)
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm = RMSNorm(cfg.dim)
+        self.ffn_norm = RMSNorm(cfg.dim)
 
 
 class MoETransformer(nn.Module):
@@ -127,14 +156,24 @@ class MoETransformer(nn.Module):
         self.config = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleDict({str(i): MoEBlock(cfg) for i in range(cfg.n_layers)})
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
     def tp_plan(self) -> dict[str, Any]:
         """The parallelize_module part of torchtitan's TP plan: the Llama attention plan and the
         shared experts (colwise w1/w3, rowwise w2). The routed experts and the router are not
         ParallelStyles of torch; recipe 'torchtitan' shards them (``shard_experts``)."""
-        plan = {k: v for k, v in Transformer.tp_plan().items() if "feed_forward" not in k}
+        plan: dict[str, Any] = {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+            "layers.*.attention_norm": SequenceParallel(),
+            "layers.*.attention.wq": ColwiseParallel(),
+            "layers.*.attention.wk": ColwiseParallel(),
+            "layers.*.attention.wv": ColwiseParallel(),
+            "layers.*.attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "layers.*.ffn_norm": SequenceParallel(),
+        }
         if self.config.shared_expert_dim:
             plan.update({
                 "layers.*.moe.shared_experts.w1": ColwiseParallel(),
@@ -146,10 +185,6 @@ class MoETransformer(nn.Module):
     def fsdp_units(self) -> list[nn.Module]:
         """The modules a training script wraps with fully_shard: the blocks."""
         return list(self.layers.values())
-
-
-# Registered with the other presets (models.py cannot import this module: it builds on models').
-PRESETS.update({name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()})
 
 
 def moe_blocks(model: nn.Module) -> list[nn.Module]:

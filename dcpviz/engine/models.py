@@ -21,6 +21,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.engine.experts import MOE_CONFIGS, MoETransformer
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,8 @@ class MLP(nn.Module):
 PRESETS: dict[str, Callable[[], nn.Module]] = {
     "mlp": MLP,
     **{name: (lambda cfg=cfg: Transformer(cfg)) for name, cfg in LLAMA_CONFIGS.items()},
-    # engine/experts.py adds the mixture-of-experts decoders ("moe-tiny", "mixtral-8x7b"), built
-    # on this module's blocks; engine/scenario.py imports it, so every Scenario sees them.
+    # Mixture-of-experts decoders with torchtitan's grouped experts (engine/experts.py).
+    **{name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()},
 }
 
 

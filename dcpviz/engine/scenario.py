@@ -14,8 +14,6 @@ import torch
 from dcpviz.core.errors import ScenarioError, did_you_mean
 from dcpviz.engine.models import check_model_spec, model_name
 from dcpviz.engine.recipes import RECIPES, recipe_mesh_ndim, recipe_name
-
-# Registers recipe "torchtitan" (and, through engine/experts.py, the MoE presets).
 from dcpviz.engine.titan_recipe import titan_dim_names
 from dcpviz.engine.training_state import check_optimizer_spec, check_state_spec, spec_name
 

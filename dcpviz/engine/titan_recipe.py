@@ -29,6 +29,7 @@ experts first, on their own mesh, when EP is on), ``[norm, output]`` together, t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
@@ -39,7 +40,6 @@ from torch.distributed.tensor.parallel import parallelize_module
 from dcpviz.core.errors import DcpvizError, ScenarioError, did_you_mean
 from dcpviz.engine.experts import moe_blocks, num_experts_of, shard_experts
 from dcpviz.engine.pipeline_stages import check_pipelinable, keep_stage, stage_modules
-from dcpviz.engine.recipes import RECIPES, Recipe, fsdp_units, tp_plan_of
 
 TITAN_DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 _EXAMPLE = "e.g. mesh=(2, 2, 2), mesh_dim_names=('pp', 'dp_shard', 'tp')"
@@ -143,8 +143,11 @@ def _fsdp_meshes(mesh: Any, sizes: dict[str, int]) -> tuple[Any, Any]:
     return dp, edp
 
 
-def apply_torchtitan(model: nn.Module, mesh: Any) -> nn.Module:
-    """torchtitan's parallelisms on ``model`` for this rank (see the module docstring)."""
+def apply_torchtitan(model: nn.Module, mesh: Any, tp_plan_of: Callable[[nn.Module], dict],
+                     fsdp_units: Callable[[nn.Module], list]) -> nn.Module:
+    """torchtitan's parallelisms on ``model`` for this rank (see the module docstring).
+    ``tp_plan_of`` and ``fsdp_units``: the recipes' own (``engine/recipes.py``), for models that
+    are not torchtitan-shaped."""
     sizes = _sizes(mesh)
     unknown = [n for n in sizes if n not in TITAN_DIMS]
     if unknown:
@@ -170,11 +173,12 @@ def apply_torchtitan(model: nn.Module, mesh: Any) -> nn.Module:
                 "Add a 'dp_shard' dim (HSDP) or drop the other dims."
             )
         return model
-    _apply_fsdp(model, dp_mesh, edp_mesh, sizes)
+    _apply_fsdp(model, dp_mesh, edp_mesh, sizes, fsdp_units)
     return model
 
 
-def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, int]) -> None:
+def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, int],
+                fsdp_units: Callable[[nn.Module], list]) -> None:
     """torchtitan's ``apply_fsdp`` units, in its order."""
     if getattr(model, "tok_embeddings", None) is not None:
         fully_shard(model.tok_embeddings, mesh=dp_mesh)
@@ -197,8 +201,3 @@ def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, 
         fully_shard([norm, output], mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
 
-
-RECIPES["torchtitan"] = Recipe(
-    "torchtitan", None, None, apply_torchtitan,
-    "torchtitan's PP, HSDP, FSDP, TP, EP, chosen by mesh_dim_names (pp, dp_replicate, dp_shard, ep, cp, tp)",
-)

@@ -97,3 +97,18 @@ def test_meshes_the_model_cannot_take_are_refused(model, mesh, names, needle):
     sc = dcpviz.Scenario(model=model, world_size=math.prod(mesh), mesh=mesh, mesh_dim_names=names, recipe="torchtitan")
     with pytest.raises(DcpvizError, match=needle):
         dcpviz.simulate_save(sc)
+
+
+def test_stage_templates_are_used_and_equal_the_per_rank_path():
+    """With pp, each stage's first rank builds a template for its stage (engine/stage_templates.py);
+    every plan, the global plan and the Metadata equal those of every rank building its own."""
+    sc = dcpviz.Scenario(model="moe-tiny", world_size=8, mesh=(2, 2, 2), mesh_dim_names=("pp", "dp_shard", "ep"),
+                         recipe="torchtitan")
+    fast, plain = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
+    assert any("pipeline stages" in n for n in fast.trace.notes)
+    assert not any("pipeline stages" in n for n in plain.trace.notes)
+    for phase in ("local_plans", "global_plans", "final_plans"):
+        a = [[fast.trace.items[i] for i in p.items] for p in getattr(fast.trace, phase)]
+        b = [[plain.trace.items[i] for i in p.items] for p in getattr(plain.trace, phase)]
+        assert a == b, phase
+    assert fast.trace.metadata == plain.trace.metadata

@@ -22,7 +22,7 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.core.gc_pause import gc_paused
 from dcpviz.core.trace import PlanRecord, SaveTrace
 from dcpviz.core.version import __version__
-from dcpviz.engine import fastpath
+from dcpviz.engine import fastpath, stage_templates
 from dcpviz.engine.convert import (
     PlanConverter,
     byte_item_sizes,
@@ -50,6 +50,7 @@ from dcpviz.engine.planners import isolated_plan_cache, planner_factory, set_up_
 from dcpviz.engine.scenario import Scenario
 from dcpviz.engine.statedict import build_model_on_meta, rank_state_dict
 from dcpviz.engine.storage_plan import StoragePlanning
+from dcpviz.engine.titan_recipe import per_stage_state
 from dcpviz.engine.validation import fast_validation
 from dcpviz.engine.world import fake_world, leaves_process_as_found
 from dcpviz.engine.write_memo import WriteItemMemo
@@ -108,6 +109,8 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
     """The probe planner, the template state dict where the recipe is SPMD, and the classes of
     ranks that share a plan."""
     probe = make_planner()
+    if per_stage_state(scenario) and fast is not False and fastpath.can_share_plans(probe):
+        return _set_up_stages(scenario, make_planner, timer, log)
     template, rebound = None, 0
     if wants_template(fast, scenario) and fastpath.plans_leaves(probe):
         with timer.phase("build_state_dicts"):
@@ -121,6 +124,22 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
     if shortcuts and fast is not False:
         run.write_memo = WriteItemMemo()
         run.flattening = fastpath.ViewFlattening(run.views)
+    return run
+
+
+def _set_up_stages(scenario: Scenario, make_planner: Any, timer: Timer, log: Log) -> _SaveRun:
+    """Pipeline stages: one template per stage (``engine/stage_templates.py``), else every rank's own."""
+    with timer.phase("build_state_dicts"):
+        templates = stage_templates.stage_templates(scenario, log.notes)
+    if templates is None:
+        rep_of = {r: r for r in range(scenario.world_size)}
+        return _SaveRun(scenario, make_planner, None, False, rep_of, timer=timer, log=log)
+    rep_of = stage_templates.stage_plan_classes(scenario, templates)
+    run = _SaveRun(scenario, make_planner, templates[0], True, rep_of, timer=timer, log=log)
+    with timer.phase("build_state_dicts"):
+        run.views = stage_templates.StageViews(templates, stage_templates.stage_size(scenario))
+    run.write_memo = WriteItemMemo()
+    run.flattening = stage_templates.StageFlattening(run.views)
     return run
 
 

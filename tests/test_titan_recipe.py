@@ -76,7 +76,8 @@ def test_key_sets_differ_per_stage_and_cover_the_model():
 
 
 @pytest.mark.parametrize("kw,needle", [
-    (dict(mesh=(2, 2), mesh_dim_names=("pp", "fsdp")), "'fsdp' is not a torchtitan parallel dim"),
+    (dict(mesh=(2, 2), mesh_dim_names=("pp", "fsdp")), "'fsdp' is not a torchtitan parallel dim. Did you mean 'dp_shard'"),
+    (dict(mesh=(2, 2), mesh_dim_names=("pp", "dp_shrd")), "'dp_shrd' is not a torchtitan parallel dim"),
     (dict(mesh=(2, 2), mesh_dim_names=("tp", "pp")), "torchtitan's order"),
     (dict(mesh=(2, 2), mesh_dim_names=None), "chooses the parallelisms by mesh_dim_names"),
     (dict(mesh=(2, 4), mesh_dim_names=("pp", "tp")), "holds 8 ranks but world_size=4"),

@@ -42,6 +42,9 @@ from dcpviz.engine.experts import moe_blocks, num_experts_of, shard_experts
 from dcpviz.engine.pipeline_stages import check_pipelinable, keep_stage, stage_modules
 
 TITAN_DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
+# Names other recipes and frameworks use for torchtitan's dims (the error says which one is meant).
+_ALIASES = {"fsdp": "dp_shard", "shard": "dp_shard", "dp": "dp_shard", "replicate": "dp_replicate",
+            "ddp": "dp_replicate", "hsdp": "dp_replicate", "pipeline": "pp", "expert": "ep", "context": "cp"}
 _EXAMPLE = "e.g. mesh=(2, 2, 2), mesh_dim_names=('pp', 'dp_shard', 'tp')"
 
 
@@ -62,8 +65,9 @@ def titan_dim_names(mesh: tuple[int, ...], names: Any) -> tuple[str, ...]:
         )
     for n in names:
         if n not in TITAN_DIMS:
+            hint = f" Did you mean {_ALIASES[n]!r}?" if n in _ALIASES else did_you_mean(n, TITAN_DIMS)
             raise ScenarioError(
-                f"mesh_dim_names={names}: {n!r} is not a torchtitan parallel dim.{did_you_mean(n, TITAN_DIMS)} "
+                f"mesh_dim_names={names}: {n!r} is not a torchtitan parallel dim.{hint} "
                 f"Use names from {TITAN_DIMS}, {_EXAMPLE}."
             )
     if len(set(names)) != len(names):

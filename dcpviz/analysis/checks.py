@@ -27,6 +27,7 @@ import pandas as pd
 from dcpviz.analysis import file_checks, load_tables
 from dcpviz.analysis import save_tables as tables
 from dcpviz.analysis.groups import ranges
+from dcpviz.analysis.stage_checks import COLLISION_FIX, stage_key_rows
 from dcpviz.analysis.verdict import (
     bytes_over_tensor,
     is_optimizer_key,
@@ -182,9 +183,13 @@ def key_sets(trace: SaveTrace) -> list[Row]:
     everyone = {r for r, p in enumerate(trace.local_plans) if p is not None}
     fix = ("fine if every rank loads with the same keys it saved; a job that resumes on another "
            "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
+    # Pipeline stages: keys per stage are by design; a key several stages save loses data.
+    collisions, per_stage, by_stage = stage_key_rows(trace.scenario, holders, everyone)
+    stage_rows = _capped(collisions, "data-loss", "stages-share-a-key",
+                         "are saved by several pipeline stages under one key", COLLISION_FIX) + per_stage
     rows: list[Row] = []
     for fqn, ranks in holders.items():
-        if ranks == everyone:
+        if ranks == everyone or fqn in by_stage:
             continue
         lacking = tuple(sorted(everyone - ranks))
         rows.append((
@@ -195,7 +200,7 @@ def key_sets(trace: SaveTrace) -> list[Row]:
             "key no rank saved fails (missing key).",
             fix,
         ))
-    return _capped(rows, "warning", "key-sets-differ", "are saved by some ranks only", fix)
+    return stage_rows + _capped(rows, "warning", "key-sets-differ", "are saved by some ranks only", fix)
 
 
 def write_imbalance(trace: SaveTrace) -> list[Row]:

@@ -25,3 +25,13 @@ def parallelism_change(saved: Any, target: Any) -> str:
     if before != after:
         return f"the layout {before} → {after}"
     return ""
+
+
+def stage_of_rank(scenario: Any) -> Any:
+    """rank -> pipeline stage for a torchtitan scenario with pp > 1 (``pp`` is the outermost dim,
+    so a stage is a block of consecutive ranks); None otherwise."""
+    names, mesh = tuple(scenario.mesh_dim_names or ()), tuple(scenario.mesh or ())
+    if scenario.recipe != "torchtitan" or not names or names[0] != "pp" or mesh[0] < 2:
+        return None
+    per_stage = scenario.world_size // mesh[0]
+    return lambda rank: rank // per_stage

@@ -95,6 +95,7 @@ class _SaveRun:
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
     storage: StoragePlanning | None = None  # the storage writer's own planning steps (engine/storage_plan.py)
+    release_views: bool = False  # drop each planner's state dict once planned (engine/stage_templates.py)
 
     @property
     def world_size(self) -> int:
@@ -140,6 +141,7 @@ def _set_up_stages(scenario: Scenario, make_planner: Any, timer: Timer, log: Log
         run.views = stage_templates.StageViews(templates, stage_templates.stage_size(scenario))
     run.write_memo = WriteItemMemo()
     run.flattening = stage_templates.StageFlattening(run.views)
+    run.release_views = True  # DefaultSavePlanner itself (can_share_plans): exact
     return run
 
 
@@ -210,6 +212,10 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
             run.log.fail("local", r, exc)
             return
         run.timer.add("local_plans", time.perf_counter() - t1)
+    if run.release_views and run.storage is None:
+        # DefaultSavePlanner's coordinator and finish steps never read it; its rank's DTensors
+        # and per-rank meshes would otherwise live until the end (W of them).
+        p.state_dict = None
     run.local_by_rep[r], run.sizes_by_rep[r] = plan, sizes
     with run.timer.phase("convert"):
         run.conv.record(plan, sizes)

@@ -136,11 +136,13 @@ def _fsdp_meshes(mesh: Any, sizes: dict[str, int]) -> tuple[Any, Any]:
     if not shard_dims:
         return None, None
     if len(shard_dims) == 1:
-        shard_name = shard_dims[0]
+        shard_name, flat = shard_dims[0], mesh[shard_dims[0]]
     else:
         shard_name = "dp_shard_cp"
-        mesh[tuple(shard_dims)]._flatten(shard_name)
-    dp = mesh[("dp_replicate", shard_name)] if "dp_replicate" in sizes else mesh[shard_name]
+        # The flattened mesh itself (torch deprecates slicing a flattened dim from the root);
+        # HSDP's 2-D mesh still needs the slice, as torchtitan's ParallelDims took it.
+        flat = mesh[tuple(shard_dims)]._flatten(shard_name)
+    dp = mesh[("dp_replicate", shard_name)] if "dp_replicate" in sizes else flat
     edp = None
     if "ep" in sizes and "dp_shard" in sizes:
         edp = mesh[("dp_replicate", "dp_shard")] if "dp_replicate" in sizes else mesh["dp_shard"]

@@ -94,8 +94,8 @@ def _module_name(fqn: str) -> str:
 
 
 def modules_label(fqns: Any) -> str:
-    """'tok_embeddings, layers 0-1' for a stage's keys: its top-level modules, layer numbers
-    collapsed into ranges, in first-seen order."""
+    """'layers 0-1, tok_embeddings' for a stage's keys: its top-level modules, layer numbers
+    collapsed into ranges, in name order (the writers' item order depends on dedup)."""
     order: list[str] = []
     numbers: dict[str, list[int]] = {}
     for fqn in fqns:
@@ -106,7 +106,7 @@ def modules_label(fqns: Any) -> str:
             numbers[head] = []
         if num:
             numbers[head].append(int(num))
-    return ", ".join(f"{h} {ranges(numbers[h])}" if numbers[h] else h for h in order)
+    return ", ".join(f"{h} {ranges(numbers[h])}" if numbers[h] else h for h in sorted(order))
 
 
 def stage_rank_volume(trace: Any) -> pd.DataFrame:
@@ -200,7 +200,7 @@ def stage_label(stage: Any) -> str:
 
 
 def stage_summary(frame: pd.DataFrame) -> str:
-    """One line per stage: 'stage 0 (ranks 0-3): tok_embeddings, layers 0-1 · 1.9 MB (50%)'."""
+    """One line per stage: 'stage 0 (ranks 0-3): layers 0-1, tok_embeddings · 1.9 MB (50%)'."""
     return "\n".join(
         f"{stage_label(r.stage)} (ranks {ranges(r.ranks)}): {r.modules} · {fmt_bytes(r.nbytes)} ({r.share:.0%})"
         for r in frame.itertuples()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -150,3 +152,23 @@ def test_refusals(tp_save):
         dcpviz.views.expert_volume(plain)
     with pytest.raises(DcpvizError, match="need a save"):
         stage_tables.stage_volume(object())
+
+
+def test_stage_tables_and_views_open_a_trace_without_torch(ep_save, tmp_path):
+    """A 4-D job's trace read where torch is not installed: the same tables and figures."""
+    from test_no_torch import _env
+
+    path = ep_save.to_json(tmp_path / "save.json")
+    script = (
+        "import sys, dcpviz\n"
+        "from dcpviz.analysis import stage_tables as T\n"
+        "s = dcpviz.load_trace(sys.argv[1])\n"
+        "print(T.stage_volume(s)['nbytes'].tolist(), T.expert_volume(s)['nbytes'].tolist())\n"
+        "dcpviz.views.stage_volume(s); dcpviz.views.expert_volume(s)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(path)], env=_env(tmp_path / "site"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == (f"{stage_tables.stage_volume(ep_save)['nbytes'].tolist()} "
+                                  f"{stage_tables.expert_volume(ep_save)['nbytes'].tolist()}")

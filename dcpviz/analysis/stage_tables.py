@@ -131,25 +131,29 @@ def stage_volume(trace: Any) -> pd.DataFrame:
     The stage ``<NA>`` (one row) when the trace records no mesh dims."""
     items = _written_items(trace)
     stage = stage_of_ranks(trace)
-    items = items.assign(stage=stage.reindex(items["rank"].to_numpy()).to_numpy())
+    # One group key per stage, NA included (-1 never is a stage: coordinates are >= 0).
+    code = stage.fillna(-1).to_numpy(dtype=np.int64)
+    items = items.assign(stage_code=code[items["rank"].to_numpy(dtype=np.int64)])
     kept = items[items["kept"].astype(bool)]
     total = int(kept["nbytes"].sum())
+    written = kept.groupby("stage_code", sort=True)
+    planned = items.groupby("stage_code", sort=True)["nbytes"].sum()
+    nbytes, count, keys = written["nbytes"].sum(), written.size(), written["fqn"].nunique()
+    fqns = {c: pd.unique(g) for c, g in written["fqn"]}
     rows = []
-    for st, members in stage.groupby(stage, dropna=False, sort=True):
-        ranks = tuple(int(r) for r in members.index)
-        mine = kept[kept["rank"].isin(ranks)]
-        planned = items[items["rank"].isin(ranks)]
-        nbytes = int(mine["nbytes"].sum())
+    for c, members in pd.Series(stage.index, index=stage.index).groupby(code, sort=True):
+        c = int(c)
+        n = int(nbytes.get(c, 0))
         rows.append({
-            "stage": st,
-            "ranks": ranks,
-            "n_ranks": len(ranks),
-            "modules": modules_label(pd.unique(mine["fqn"])),
-            "keys": int(mine["fqn"].nunique()),
-            "items": len(mine),
-            "nbytes": nbytes,
-            "planned_nbytes": int(planned["nbytes"].sum()),
-            "share": nbytes / total if total else 0.0,
+            "stage": pd.NA if c < 0 else c,
+            "ranks": tuple(int(r) for r in members),
+            "n_ranks": len(members),
+            "modules": modules_label(fqns.get(c, ())),
+            "keys": int(keys.get(c, 0)),
+            "items": int(count.get(c, 0)),
+            "nbytes": n,
+            "planned_nbytes": int(planned.get(c, 0)),
+            "share": n / total if total else 0.0,
         })
     frame = pd.DataFrame(rows, columns=STAGE_VOLUME_COLUMNS)
     frame["stage"] = frame["stage"].astype("Int64")
@@ -168,8 +172,10 @@ def expert_volume(trace: Any) -> pd.DataFrame:
     bytes after dedup, and its share of all expert bytes written. Empty when the save has no
     grouped experts."""
     kept = _kept_with_stage(trace)
-    mask = [is_grouped_expert(f, tuple(g)) for f, g in zip(kept["fqn"], kept["global_size"])]
-    ex = kept[np.asarray(mask, dtype=bool)] if len(kept) else kept
+    # Decided once per key (a key has one global size), not once per item.
+    per_key = kept.drop_duplicates("fqn")
+    experts = {f for f, g in zip(per_key["fqn"], per_key["global_size"]) if is_grouped_expert(f, tuple(g))}
+    ex = kept[kept["fqn"].isin(experts)]
     if ex.empty:
         return pd.DataFrame(columns=EXPERT_VOLUME_COLUMNS)
     ex = ex.assign(expert_start=[int(o[0]) for o in ex["offsets"]],

@@ -24,12 +24,13 @@ EXPECT = {
     "06_checks.ipynb": {WIDGET},
     "07_diff.ipynb": {PLOTLY},
     "08_export_to_hugging_face.ipynb": {PLOTLY},
+    "09_a_4d_job.ipynb": {PLOTLY},
 }
 
 # Notebooks whose figures and explorer survive `nbconvert --to html` (they set plotly's renderer to
 # add an HTML copy of each figure; the explorer adds a static summary to its display bundle).
 EXPORTED = {"01_tour.ipynb", "02_planner_behaviour.ipynb", "03_debug_a_load.ipynb", "04_capture_your_job.ipynb",
-            "08_export_to_hugging_face.ipynb"}
+            "08_export_to_hugging_face.ipynb", "09_a_4d_job.ipynb"}
 
 
 def _notebooks():

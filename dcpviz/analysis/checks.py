@@ -36,6 +36,7 @@ from dcpviz.analysis.load.verdict import (
 )
 from dcpviz.analysis.load.verdict import unread_keys as unread_checkpoint_keys
 from dcpviz.analysis.save import file_checks, tables
+from dcpviz.analysis.save.stage_checks import COLLISION_FIX, stage_key_rows
 from dcpviz.core.components import component_of
 from dcpviz.core.kinds import FAILING, SEVERITIES, MismatchKind, Severity, count_text
 from dcpviz.core.plans import IMBALANCE_THRESHOLD
@@ -183,9 +184,13 @@ def key_sets(trace: SaveTrace) -> list[Row]:
     everyone = {r for r, p in enumerate(trace.local_plans) if p is not None}
     fix = ("fine if every rank loads with the same keys it saved; a job that resumes on another "
            "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
+    # Pipeline stages: keys per stage are by design; a key several stages save loses data.
+    collisions, per_stage, by_stage = stage_key_rows(trace.scenario, holders, everyone)
+    stage_rows = _capped(collisions, "data-loss", "stages-share-a-key",
+                         "are saved by several pipeline stages under one key", COLLISION_FIX) + per_stage
     rows: list[Row] = []
     for fqn, ranks in holders.items():
-        if ranks == everyone:
+        if ranks == everyone or fqn in by_stage:
             continue
         lacking = tuple(sorted(everyone - ranks))
         rows.append((
@@ -196,7 +201,7 @@ def key_sets(trace: SaveTrace) -> list[Row]:
             "key no rank saved fails (missing key).",
             fix,
         ))
-    return _capped(rows, Severity.WARNING, "key-sets-differ", "are saved by some ranks only", fix)
+    return stage_rows + _capped(rows, Severity.WARNING, "key-sets-differ", "are saved by some ranks only", fix)
 
 
 def write_imbalance(trace: SaveTrace) -> list[Row]:

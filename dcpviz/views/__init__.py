@@ -18,6 +18,8 @@ from dcpviz.views.files import file_layout
 from dcpviz.views.layout import chunk_layout
 from dcpviz.views.reads import read_layout, read_volume, resharding
 from dcpviz.views.series import plan_series
+from dcpviz.views.stages import expert_volume as expert_volume
+from dcpviz.views.stages import stage_volume as stage_volume
 from dcpviz.views.volume import rank_volume
 
 __all__ = ["chunk_layout", "dedup", "diff_overview", "diff_regions", "file_layout", "plan_series",

@@ -17,6 +17,7 @@ import pandas as pd
 
 from dcpviz.analysis.load.hint_base import OPTIM_STATE_NAMES, Hint
 from dcpviz.analysis.load.tables import KIND_ORDER, explanation
+from dcpviz.analysis.parallel_dims import parallelism_change
 from dcpviz.core.hf_folder import quantized_kind
 from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
@@ -259,6 +260,8 @@ def layout_change(trace: LoadTrace) -> str:
     if saved is None:
         return ""
     changes = []
+    if "torchtitan" in (saved.recipe, target.recipe):
+        return parallelism_change(saved, target)
     if saved.world_size != target.world_size:
         changes.append(f"resharding {saved.world_size} → {target.world_size} ranks")
     elif tuple(saved.mesh) != tuple(target.mesh):

@@ -21,6 +21,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.engine.job.experts import MOE_CONFIGS, MoETransformer
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ LLAMA_CONFIGS: dict[str, LlamaConfig] = {
     "llama-tiny": LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=190, vocab_size=1000),
     "llama3-8b": LlamaConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256),
     "llama3-70b": LlamaConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256),
+    # torchtitan's llama3 "405B" args: dim 16384, 126 layers, 128 heads, 8 kv heads; its ffn width
+    # 53248 comes from ffn_dim_multiplier=1.2, multiple_of=4096 (torchtitan/models/llama3/__init__.py).
+    "llama3-405b": LlamaConfig(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256),
 }
 
 
@@ -181,6 +185,8 @@ class MLP(nn.Module):
 PRESETS: dict[str, Callable[[], nn.Module]] = {
     "mlp": MLP,
     **{name: (lambda cfg=cfg: Transformer(cfg)) for name, cfg in LLAMA_CONFIGS.items()},
+    # Mixture-of-experts decoders with torchtitan's grouped experts (engine/job/experts.py).
+    **{name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()},
 }
 
 

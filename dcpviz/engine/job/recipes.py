@@ -16,6 +16,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import parallelize_module
 
 from dcpviz.core.errors import DcpvizError, UserCodeError
+from dcpviz.engine.job.titan_recipe import apply_torchtitan
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,11 @@ def tp_fsdp(model: nn.Module, mesh: Any) -> nn.Module:
     return _fully_shard_all(model, mesh[dp_name])
 
 
+def torchtitan(model: nn.Module, mesh: Any) -> nn.Module:
+    """torchtitan's parallelisms, chosen by the mesh's dim names (``engine/job/titan_recipe.py``)."""
+    return apply_torchtitan(model, mesh, tp_plan_of, fsdp_units)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -203,6 +209,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("hsdp", 2, ("replicate", "shard"), hsdp, "fully_shard on a 2-D replicate x shard mesh"),
         Recipe("tp", 1, ("tp",), tp, "parallelize_module with the model's TP plan"),
         Recipe("tp+fsdp", 2, ("dp", "tp"), tp_fsdp, "TP on the dim named 'tp' (inner by default), fully_shard on the other"),
+        Recipe("torchtitan", None, None, torchtitan,
+               "torchtitan's PP, HSDP, FSDP, TP, EP, chosen by mesh_dim_names (pp, dp_replicate, dp_shard, ep, cp, tp)"),
     )
 }
 

@@ -14,6 +14,7 @@ import torch
 from dcpviz.core.errors import ScenarioError, did_you_mean
 from dcpviz.engine.job.models import check_model_spec, model_name
 from dcpviz.engine.job.recipes import RECIPES, recipe_mesh_ndim, recipe_name
+from dcpviz.engine.job.titan_recipe import titan_dim_names
 from dcpviz.engine.job.training_state import check_optimizer_spec, check_state_spec, spec_name
 
 DTYPES: dict[str, torch.dtype] = {
@@ -52,8 +53,9 @@ class Scenario:
     world_size: number of ranks.
     mesh: device-mesh shape; defaults to ``(world_size,)`` for 1-D recipes.
     mesh_dim_names: names of the mesh dims; default per recipe (e.g. ``("replicate", "shard")``).
-    recipe: ``"replicate"``, ``"fsdp"``, ``"hsdp"``, ``"tp"``, ``"tp+fsdp"`` or a callable
-        ``(model, device_mesh) -> model``.
+    recipe: ``"replicate"``, ``"fsdp"``, ``"hsdp"``, ``"tp"``, ``"tp+fsdp"``, ``"torchtitan"``
+        (parallelisms chosen by ``mesh_dim_names`` from ``pp``, ``dp_replicate``, ``dp_shard``,
+        ``ep``, ``cp``, ``tp``; ``engine/job/titan_recipe.py``) or a callable ``(model, device_mesh) -> model``.
     dtype: None (default) keeps the model's own dtypes, tensor by tensor. A dtype (``"bfloat16"``,
         ``torch.float16``, ...) does what ``model.to(dtype)`` does to floating-point parameters
         and buffers, and leaves complex tensors (RoPE's ``freqs_cis``) and integer tensors (step
@@ -147,6 +149,8 @@ class Scenario:
 
     def _normalise_dim_names(self, mesh: tuple[int, ...]) -> tuple[str, ...]:
         names = self.mesh_dim_names
+        if self.recipe == "torchtitan":
+            return titan_dim_names(mesh, names)
         if names is None:
             default = RECIPES[self.recipe].dim_names if isinstance(self.recipe, str) else None
             if default is not None and len(default) == len(mesh):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from dcpviz.core.components import state_components
 from dcpviz.core.trace import ErrorRecord, PlanRecord
 from dcpviz.engine.job.scenario import Scenario
+from dcpviz.engine.job.titan_recipe import per_stage_state
 from dcpviz.engine.job.world import fake_world
 from dcpviz.engine.planning.stamps import error_record
 from dcpviz.engine.shortcuts import fastpath
@@ -77,7 +78,10 @@ def progress_bar(total: int, desc: str, progress: bool | None) -> Any:
 # -- set up -------------------------------------------------------------------------------------
 def wants_template(fast: bool | None, scenario: Scenario) -> bool:
     """Whether the recipe runs once and other ranks get rank 0's state dict rebound: when the
-    recipe is known to be SPMD (the named ones are), or the user says so with fast=True."""
+    recipe is known to be SPMD (the named ones are, torchtitan's pipeline stages aside), or the
+    user says so with fast=True."""
+    if per_stage_state(scenario):
+        return False  # stages hold different modules: rank 0's state cannot stand for them
     return fast is True or (fast is None and isinstance(scenario.recipe, str))
 
 

@@ -31,6 +31,7 @@ from dcpviz.engine.convert.save import (
 from dcpviz.engine.convert.shared import metadata_info, planner_info
 from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import build_model_on_meta, rank_state_dict
+from dcpviz.engine.job.titan_recipe import per_stage_state
 from dcpviz.engine.job.world import fake_world, leaves_process_as_found
 from dcpviz.engine.planning.planners import (
     isolated_plan_cache,
@@ -39,7 +40,7 @@ from dcpviz.engine.planning.planners import (
     unvalidated_global_plan,
 )
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
-from dcpviz.engine.shortcuts import fastpath
+from dcpviz.engine.shortcuts import fastpath, stage_templates
 from dcpviz.engine.shortcuts.validation import fast_validation
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 from dcpviz.engine.simulate.phases import (
@@ -83,6 +84,7 @@ class _SaveRun:
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
     storage: StoragePlanning | None = None  # the storage writer's own planning steps (engine/storage/writer_plan.py)
+    release_views: bool = False  # drop each planner's state dict once planned (engine/shortcuts/stage_templates.py)
 
     @property
     def world_size(self) -> int:
@@ -97,6 +99,8 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
     """The probe planner, the template state dict where the recipe is SPMD, and the classes of
     ranks that share a plan."""
     probe = make_planner()
+    if per_stage_state(scenario) and fast is not False and fastpath.can_share_plans(probe):
+        return _set_up_stages(scenario, make_planner, timer, log)
     template, rebound = None, 0
     if wants_template(fast, scenario) and fastpath.plans_leaves(probe):
         with timer.phase("build_state_dicts"):
@@ -110,6 +114,23 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
     if shortcuts and fast is not False:
         run.write_memo = WriteItemMemo()
         run.flattening = fastpath.ViewFlattening(run.views)
+    return run
+
+
+def _set_up_stages(scenario: Scenario, make_planner: Any, timer: Timer, log: Log) -> _SaveRun:
+    """Pipeline stages: one template per stage (``engine/shortcuts/stage_templates.py``), else every rank's own."""
+    with timer.phase("build_state_dicts"):
+        templates = stage_templates.stage_templates(scenario, log.notes)
+    if templates is None:
+        rep_of = {r: r for r in range(scenario.world_size)}
+        return _SaveRun(scenario, make_planner, None, False, rep_of, timer=timer, log=log)
+    rep_of = stage_templates.stage_plan_classes(scenario, templates)
+    run = _SaveRun(scenario, make_planner, templates[0], True, rep_of, timer=timer, log=log)
+    with timer.phase("build_state_dicts"):
+        run.views = stage_templates.StageViews(templates, stage_templates.stage_size(scenario))
+    run.write_memo = WriteItemMemo()
+    run.flattening = stage_templates.StageFlattening(run.views)
+    run.release_views = True  # DefaultSavePlanner itself (can_share_plans): exact
     return run
 
 
@@ -200,6 +221,10 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
             run.log.fail("local", r, exc)
             return
         run.timer.add("local_plans", time.perf_counter() - t1)
+    if run.release_views and run.storage is None:
+        # DefaultSavePlanner's coordinator and finish steps never read it; its rank's DTensors
+        # and per-rank meshes would otherwise live until the end (W of them).
+        p.state_dict = None
     run.local_by_rep[r], run.sizes_by_rep[r] = plan, sizes
     with run.timer.phase("convert"):
         run.conv.record(plan, sizes)

@@ -238,6 +238,7 @@ def test_heatmaps_draw_no_grid_through_their_cells(hsdp):
     load = dcpviz.simulate_load(hsdp, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
     fig = V.resharding(load)
     assert fig.layout.xaxis.showgrid is False and fig.layout.yaxis.showgrid is False
+    assert fig.layout.xaxis.zeroline is False
 
 
 def test_a_fix_written_as_code_keeps_its_lines(hsdp):

@@ -236,8 +236,8 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
         height=max(360, min(900, 190 + 18 * z.shape[0])), margin=dict(l=70, r=20, t=130, b=30),
     ))
     # No grid: on a heatmap its lines cross the empty cells and the column labels above them.
-    fig.update_xaxes(title=label, type="category", side="top", showgrid=False)
-    fig.update_yaxes(title="target rank", type="category", autorange="reversed", showgrid=False)
+    fig.update_xaxes(title=label, type="category", side="top", showgrid=False, zeroline=False)
+    fig.update_yaxes(title="target rank", type="category", autorange="reversed", showgrid=False, zeroline=False)
     return fig
 
 

@@ -161,7 +161,7 @@ def test_stage_tables_and_views_open_a_trace_without_torch(ep_save, tmp_path):
     path = ep_save.to_json(tmp_path / "save.json")
     script = (
         "import sys, dcpviz\n"
-        "from dcpviz.analysis import stage_tables as T\n"
+        "from dcpviz.analysis.save import stage_tables as T\n"
         "s = dcpviz.load_trace(sys.argv[1])\n"
         "print(T.stage_volume(s)['nbytes'].tolist(), T.expert_volume(s)['nbytes'].tolist())\n"
         "dcpviz.views.stage_volume(s); dcpviz.views.expert_volume(s)\n"

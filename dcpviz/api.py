@@ -12,7 +12,7 @@ from dcpviz.analysis.checkpoint.hf_tables import hf_checkpoint_info
 from dcpviz.analysis.checkpoint.tables import CheckpointInfo, checkpoint_info
 from dcpviz.analysis.diff.tables import pairing
 from dcpviz.core.errors import DcpvizError
-from dcpviz.core.hf_folder import is_hf_folder, scan_folder
+from dcpviz.core.hf.folder import is_hf_folder, scan_folder
 from dcpviz.engine.checkpoint.reader import read_checkpoint
 from dcpviz.engine.checkpoint.saved import SavedTrace
 from dcpviz.engine.diff.source import open_side

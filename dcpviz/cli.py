@@ -19,7 +19,7 @@ from dcpviz.analysis.checkpoint.hf_checks import folder_checks
 from dcpviz.analysis.checks import counts, failing, refused_checkpoint
 from dcpviz.analysis.load.fix import fix_file
 from dcpviz.core.errors import CheckpointError, DcpvizError
-from dcpviz.core.hf_folder import is_hf_folder, scan_folder
+from dcpviz.core.hf.folder import is_hf_folder, scan_folder
 from dcpviz.results import load_trace
 from dcpviz.terminal import checks_renderable, print_result
 

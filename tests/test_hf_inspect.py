@@ -120,7 +120,7 @@ def test_malformed_headers_are_refused(tmp_path, data):
 
 def checks_of_cli_rows(d):
     from dcpviz.analysis.checkpoint.hf_checks import folder_checks
-    from dcpviz.core.hf_folder import scan_folder
+    from dcpviz.core.hf.folder import scan_folder
 
     return folder_checks(scan_folder(d))
 
@@ -191,7 +191,7 @@ def test_failed_consolidation_found_on_disk(tmp_path):
              HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True))
     assert not list(d.glob("*.safetensors"))
     from dcpviz.analysis.checkpoint.hf_checks import folder_checks
-    from dcpviz.core.hf_folder import HFFolder, scan_folder
+    from dcpviz.core.hf.folder import HFFolder, scan_folder
 
     sub = scan_folder(d / "sharded")
     rows = folder_checks(HFFolder(d, (), None, sharded=sub))

@@ -17,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter, HuggingFaceStorageWriter
 
 import dcpviz
-from dcpviz.core.safetensors import read_header, sharding_offsets
+from dcpviz.core.hf.safetensors import read_header, sharding_offsets
 from dcpviz.engine.job.models import build_model
 
 

@@ -1,4 +1,4 @@
-"""The safetensors header reader (dcpviz.core.safetensors): files written by the safetensors
+"""The safetensors header reader (dcpviz.core.hf.safetensors): files written by the safetensors
 library read back exactly; fuzzed and mutated headers give a correct result or a DcpvizError,
 and whatever it accepts the safetensors library accepts with the same tensors; folders with an
 index, traversal and links out of the folder are refused."""
@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 from dcpviz.core.errors import CheckpointError, DcpvizError
-from dcpviz.core.safetensors import parse_header, read_folder, read_header
+from dcpviz.core.hf.safetensors import parse_header, read_folder, read_header
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
           torch.int16, torch.int32, torch.int64, torch.bool]

@@ -1,4 +1,4 @@
-"""Checks of a Hugging Face safetensors folder on disk (``core.hf_folder.HFFolder``). No torch.
+"""Checks of a Hugging Face safetensors folder on disk (``core.hf.folder.HFFolder``). No torch.
 
 What DCP's HF reader (torch 2.13) would do with the folder, and what HF loaders need:
 
@@ -22,7 +22,7 @@ from collections import defaultdict
 import pandas as pd
 
 from dcpviz.analysis.checks import _capped, _frame
-from dcpviz.core.hf_folder import HFFolder, quantized_kind
+from dcpviz.core.hf.folder import HFFolder, quantized_kind
 from dcpviz.core.kinds import Severity
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]

@@ -1,7 +1,7 @@
 """The tables of a Hugging Face safetensors folder: what ``inspect_checkpoint`` returns for it.
 
 The same chunks / storage / files tables and totals as for a DCP directory (``checkpoint_tables``),
-built from headers only (``core.hf_folder``): one chunk per tensor per file, at DCP's sharding
+built from headers only (``core.hf.folder``): one chunk per tensor per file, at DCP's sharding
 offsets where a shard file has them; ``storage.offset`` is the tensor's first byte in its file;
 ``files.rank`` is the writer of a distributed save's shard file (-1 for other names).
 """
@@ -17,7 +17,7 @@ import pandas as pd
 from dcpviz.analysis.checkpoint.hf_checks import folder_checks
 from dcpviz.analysis.checkpoint.tables import CheckpointInfo, checkpoint_info
 from dcpviz.analysis.checks import counts_line
-from dcpviz.core.hf_folder import HFFolder, checkpoint_facts, shard_rank
+from dcpviz.core.hf.folder import HFFolder, checkpoint_facts, shard_rank
 
 
 @dataclass

@@ -18,7 +18,7 @@ import pandas as pd
 from dcpviz.analysis.load.hint_base import OPTIM_STATE_NAMES, Hint
 from dcpviz.analysis.load.tables import KIND_ORDER, explanation
 from dcpviz.analysis.parallel_dims import parallelism_change
-from dcpviz.core.hf_folder import quantized_kind
+from dcpviz.core.hf.folder import quantized_kind
 from dcpviz.core.kinds import MismatchKind
 from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 

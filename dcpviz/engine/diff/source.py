@@ -3,7 +3,7 @@
 
 A DCP directory is read as ``inspect_checkpoint`` reads it (restricted unpickler for
 ``.metadata``; every storage record inside the directory and within its file); a safetensors
-folder by its headers only (``core.safetensors``). Nothing is unpickled, no data read here.
+folder by its headers only (``core.hf.safetensors``). Nothing is unpickled, no data read here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dcpviz.core.diff_model import (
 )
 from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.filenames import writer_from_file
-from dcpviz.core.safetensors import SHARDING_KEY, is_safetensors, read_folder, sharding_offsets
+from dcpviz.core.hf.safetensors import SHARDING_KEY, is_safetensors, read_folder, sharding_offsets
 from dcpviz.core.trace import LoadTrace, SaveTrace
 from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_checkpoint
 from dcpviz.engine.checkpoint.saved import SavedTrace, resolve_saved

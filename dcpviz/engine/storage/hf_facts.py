@@ -3,7 +3,7 @@
 
 FileSystemWriter's ``finish`` puts (file, offset, length) into the checkpoint metadata; the HF
 writer does not (it writes ``model.safetensors.index.json`` at most). The facts then come from
-the files themselves (``core.hf_folder``: bounded headers, no tensor data): one ``FileItem`` per
+the files themselves (``core.hf.folder``: bounded headers, no tensor data): one ``FileItem`` per
 (file, key) in the same form as ``simulate_save(storage_writer=...)``'s file plan, so a real
 save's ``file_plan``/``files`` can be compared with the simulated ones. Which rank wrote a file:
 its DCP shard name where it has one (``shard-0000N-...``), else the rank whose final (or global)
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from dcpviz.core.errors import CheckpointError
-from dcpviz.core.hf_folder import HFFolder, is_hf_folder, scan_folder
+from dcpviz.core.hf.folder import HFFolder, is_hf_folder, scan_folder
 from dcpviz.core.trace import FileItem, PlanRecord, SaveTrace
 
 

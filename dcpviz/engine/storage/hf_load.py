@@ -3,7 +3,7 @@
 ``HuggingFaceStorageReader.read_metadata`` (torch 2.13) builds the Metadata a ``dcp.load`` plans
 against from every ``*.safetensors`` file's header (through the ``safetensors`` library: header
 only, no pickle, no tensor data). Before it runs, every file's header is read and validated by
-dcpviz's own bounded parser (``core.hf_folder``), so a malformed file is refused with a
+dcpviz's own bounded parser (``core.hf.folder``), so a malformed file is refused with a
 DcpvizError instead of reaching it. The reader's per-chunk storage records (file, shape, dtype)
 are kept out of the Metadata handed to the planner: DCP's load planner never reads them.
 
@@ -23,7 +23,7 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dcpviz.core.errors import DcpvizError
-from dcpviz.core.hf_folder import checkpoint_facts, quantized_companions, scan_folder
+from dcpviz.core.hf.folder import checkpoint_facts, quantized_companions, scan_folder
 from dcpviz.core.trace import ChunkWriter
 from dcpviz.engine.checkpoint.saved import SavedCheckpoint
 from dcpviz.engine.convert.shared import metadata_info
@@ -86,7 +86,7 @@ def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:
 
 
 def quantized_unread(path: str | os.PathLike[str], key_map: Any = None) -> dict[str, str]:
-    """The folder's quantized companions (``core.hf_folder.quantized_companions``), by the names
+    """The folder's quantized companions (``core.hf.folder.quantized_companions``), by the names
     the load plans with (after ``key_map``): DCP's plain HF reader offers them, a model holding
     dequantized weights leaves them unread on purpose."""
     rename = _renamer(key_map)

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.storage import StorageWriter
 from torch.futures import Future
 
 from dcpviz.core.errors import CheckpointError, DcpvizError
-from dcpviz.core.safetensors import SUFFIX, read_header
+from dcpviz.core.hf.safetensors import SUFFIX, read_header
 from dcpviz.core.trace import FileItem, StorageWriterInfo
 
 _OPTIONS = ("thread_count", "single_file_per_rank", "serialization_format", "save_distributed",

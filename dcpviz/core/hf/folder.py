@@ -4,7 +4,7 @@
 ``*.safetensors`` file in the folder, whatever ``model.safetensors.index.json`` says: a file's
 tensors are chunks at the offsets of DCP's "DCP_SHARDING_INFO" (zeros without it), a key in
 several files is several chunks. ``scan_folder`` reads every such file's header (bounded, strict:
-``core.safetensors``) and the index, keeping a file it cannot read as an error instead of
+``core.hf.safetensors``) and the index, keeping a file it cannot read as an error instead of
 stopping, so the checks can name every problem; ``checkpoint_facts`` turns a readable folder into
 the same rows ``inspect_checkpoint`` gives for a DCP directory, and refuses an unreadable one.
 No torch, no pickle, no tensor data read.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dcpviz.core.checkpoint_facts import CheckpointFacts
 from dcpviz.core.errors import CheckpointError
-from dcpviz.core.safetensors import (
+from dcpviz.core.hf.safetensors import (
     INDEX_FILE,
     MAX_INDEX_BYTES,
     SUFFIX,

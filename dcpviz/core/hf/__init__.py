@@ -1,0 +1,2 @@
+"""Hugging Face files read without torch: safetensors headers (bounded, no pickle) and what a
+folder of them holds (config, index, shards)."""

@@ -61,7 +61,14 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
     ),
     "verdict": (
         ["dcpviz/analysis/verdict.py"], None,
-        ["tests/test_planted_bugs.py", "tests/test_mutation_kills.py", "tests/test_load_mismatches.py"],
+        # one-process tests only (test_load_journey's real runs and CLI tests left out)
+        ["tests/test_mutation_kills_verdict.py",
+         "tests/test_planted_bugs.py::test_the_verdict_names_the_hint_whose_key_dcp_raises_on",
+         *[f"tests/test_load_journey.py::{t}" for t in (
+             "test_rank_ranges", "test_verdict_names_the_harmless_change_and_what_breaks",
+             "test_one_row_per_problem_with_its_ranks", "test_expected_unused_keys_stop_being_problems",
+             "test_verdict_names_training_state_hints_that_do_not_stop_the_load")],
+         "tests/test_load_mismatches.py"],
     ),
     "checks": (
         ["dcpviz/analysis/checks.py"], None,
@@ -151,7 +158,7 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
         with open(work / "pyproject.toml", "a") as fh:
             fh.write(_config(modules, tests))
     else:
-        for test in tests + ["tests/conftest.py"]:
+        for test in {t.split("::")[0] for t in tests} | {"tests/conftest.py"}:
             shutil.copy2(ROOT / test, work / test)
     t0 = time.time()
     names = again if again is not None else (keep or [])
@@ -209,7 +216,7 @@ def write_table(results: dict[str, dict]) -> None:
         survived, equivalent = _split(r)
         rate = (r["killed"] + len(equivalent)) / r["mutants"] if r["mutants"] else float("nan")
         mods = ", ".join(m.removeprefix("dcpviz/") for m in r["modules"])
-        tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
+        tests = ", ".join(dict.fromkeys(t.removeprefix("tests/").split("::")[0] for t in r["tests"]))
         if r.get("partial"):
             mods += "; stopped early: tested mutants only"
         lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {len(survived)} | {len(equivalent)} "

@@ -67,8 +67,7 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
          *[f"tests/test_load_journey.py::{t}" for t in (
              "test_rank_ranges", "test_verdict_names_the_harmless_change_and_what_breaks",
              "test_one_row_per_problem_with_its_ranks", "test_expected_unused_keys_stop_being_problems",
-             "test_verdict_names_training_state_hints_that_do_not_stop_the_load")],
-         "tests/test_load_mismatches.py"],
+             "test_verdict_names_training_state_hints_that_do_not_stop_the_load")]],
     ),
     "checks": (
         ["dcpviz/analysis/checks.py"], None,

@@ -90,7 +90,7 @@ def test_unread_and_skipped_keys():
 
 
 @pytest.mark.parametrize(("key", "optim"), [
-    ("state.0.exp_avg", True), ("optim.state.fc.weight.step", True), ("optimizer.x", True),
+    ("state.0.exp_avg", True), ("optim.state.fc.weight.step", True), ("optimizer.x", True), ("optim.x", True),
     ("param_groups.0.lr", True), ("model.state.weight", False), ("layer.exp_avg", False),
     ("model.optim", False), ("model.weight", False), ("exp_avg", False),
 ])
@@ -219,6 +219,9 @@ def test_error_groups_and_lines():
     assert v.error_lines(t, skip_messages=["m"]) == ["[global, coordinator] RuntimeError: g",
                                                      "[local, rank 2] KeyError: n"]
     assert v.error_lines(t)[0] == "[local, ranks 0, 1] KeyError: m"
+    everywhere = [ErrorRecord("finish", r, "E", "all") for r in range(4)]
+    assert v.error_groups(everywhere, 4)["ranks"].tolist() == ["all 4 ranks"]
+    assert v.error_lines(_trace(errors=everywhere)) == ["[finish, all 4 ranks] E: all"]
 
 
 # -- the verdict line --------------------------------------------------------------------------

@@ -192,11 +192,26 @@ def test_problems_of_a_partial_load_that_loses_data_say_so():
     sev = dict(zip(df["fqn"], df["severity"]))
     suffix = (" — while allow_partial_load skips target keys, the checkpoint holds data no rank "
               "reads: the load loses it (see the hints for where it belongs)")
-    assert why["model.a"].endswith(suffix) and why["ck.a"].endswith(suffix)
+    assert why["model.a"] == ("not in the checkpoint; allow_partial_load=True makes DCP skip it, so it keeps "
+                              "its initial value" + suffix)
+    assert why["model.b"] == ("not in the checkpoint; allow_partial_load=True makes DCP skip it, so it keeps "
+                              "its initial value")
+    assert why["ck.a"] == "in the checkpoint but no target rank asks for it; DCP ignores it silently" + suffix
     assert not why["model.b"].endswith(suffix) and not why["ck.z"].endswith(suffix)
     assert (sev["model.a"], sev["ck.a"], sev["model.b"], sev["ck.z"], sev["ck.e"]) == (
         "loses", "loses", "silent", "silent", "expected")
     assert list(df["fqn"][:4]) == ["model.a", "model.v", "optim.state.model.a.exp_avg", "ck.a"]
+
+
+def test_a_kind_this_dcpviz_does_not_know_sorts_last_within_its_severity():
+    """A trace from a newer dcpviz may carry a mismatch kind this one does not know: dcp.load
+    raised on it ('breaks'), and it is listed after the known kinds of its severity, before any
+    lesser severity."""
+    t = _trace([M("a", "missing", [0], current=(2,)), M("z", "newkind", [0]), M("b", "size", [0]),
+                M("d", "dtype", [0]), M("u", "unexpected", saved=(2,))], partial=True)
+    df = v.problems(t)
+    assert list(zip(df["severity"], df["fqn"])) == [
+        ("breaks", "b"), ("breaks", "z"), ("loses", "a"), ("loses", "u"), ("silent", "d")]
 
 
 def test_problems_of_no_mismatch():

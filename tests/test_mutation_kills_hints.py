@@ -1,0 +1,273 @@
+"""Tests written for the load fix's and the hints' surviving mutants (bench/mutate.py:
+analysis/hints.py, analysis/load_fix.py).
+
+The facts: a fix is executed (its code runs ``dcp.load`` on a real checkpoint, one process, and
+the target's tensors then hold the saved values); the rest are hand-computed expectations on
+hand-built traces (the key sets a target and a checkpoint differ by, worked out here)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from dcpviz.analysis import hints as h
+from dcpviz.analysis import load_fix as lf
+from dcpviz.core.keymatch import KeyFacts
+from dcpviz.core.trace import LoadTrace, MismatchRecord, PlannerInfo, ScenarioInfo, TargetValue
+
+
+def _trace(target: dict, saved: dict, partial=None, fix_spec=None, expected=(), source="checkpoint /x",
+           bytes_keys=()):
+    """A load trace of a target state dict {key: tensor} against a checkpoint {key: tensor}: the
+    missing and unexpected keys are the two key sets' differences, worked out here."""
+    options = tuple(x for x in (("allow_partial_load", partial), ("fix_spec", fix_spec)) if x[1] is not None)
+    mismatches = [MismatchRecord(k, "missing", (0,), None, None, tuple(v.shape), str(v.dtype))
+                  for k, v in sorted(target.items()) if k not in saved]
+    mismatches += [MismatchRecord(k, "unexpected", (), tuple(v.shape), str(v.dtype))
+                   for k, v in sorted(saved.items()) if k not in target]
+    mismatches += [MismatchRecord(k, "unexpected", ()) for k in bytes_keys if k not in target]
+    meta = NS(tensors=[NS(fqn=k, size=tuple(v.shape), dtype=str(v.dtype)) for k, v in saved.items()],
+              bytes_keys=tuple(bytes_keys))
+    return LoadTrace(
+        scenario=ScenarioInfo("mlp", 1, (1,), ("dp",), "fsdp", "float32", "cpu"),
+        planner=PlannerInfo("DefaultLoadPlanner", "x", options), saved=meta, saved_scenario=None,
+        saved_writers=(), reads=(), local_plans=(), global_plans=None, final_plans=None,
+        wanted=tuple(TargetValue(k, "Tensor", tuple(v.shape), str(v.dtype)) for k, v in target.items()),
+        wanted_by_rank=(), mismatches=tuple(mismatches), expected_unused=tuple(expected), saved_source=source)
+
+
+def _run_fix(code: str, sd: dict, ckpt) -> dict:
+    exec(compile(code, "<fix>", "exec"), {"sd": sd, "CKPT": str(ckpt)})
+    return sd
+
+
+# -- the fix, executed -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    saved = {"model.fc.weight": torch.randn(4, 3), "model.fc.bias": torch.randn(4), "model.emb": torch.randn(5, 3)}
+    path = tmp_path_factory.mktemp("fix") / "ckpt"
+    dcp.save({k: v.clone() for k, v in saved.items()}, checkpoint_id=path)
+    return path, saved
+
+
+def test_fix_code_by_hand():
+    assert lf.fix_code({"b": "y.b", "a": "x.a"}, ["w", "e"], allow_partial_load=True) == "\n".join([
+        "import dcpviz", "import torch.distributed.checkpoint as dcp", "",
+        "rename = {  # target key -> checkpoint key (the flattened keys DCP plans with)",
+        "    'a': 'x.a',", "    'b': 'y.b',", "}",
+        "resized = [  # loaded at their saved shape: saved rows into the new tensors, the rest keep their values",
+        "    'e',", "    'w',", "]",
+        "planner = dcpviz.RenamingLoadPlanner(rename, resized=resized, allow_partial_load=True)",
+        "dcp.load(sd, checkpoint_id=CKPT, planner=planner)  # sd: the state you pass to dcp.load, as you nest it"])
+    assert lf.fix_code({}, hf=True).split("\n")[3:] == [
+        "rename = {}", "resized = []", "planner = dcpviz.RenamingLoadPlanner(rename, resized=resized)",
+        "dcp.load(sd, storage_reader=dcp.HuggingFaceStorageReader(CKPT), planner=planner)  # sd: the state you "
+        "pass to dcp.load, as you nest it"]
+
+
+def test_a_prefix_fix_runs_and_loads_the_saved_values(ckpt):
+    path, saved = ckpt
+    target = {"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(4), "emb": torch.zeros(5, 3)}
+    hints = h.compute_hints(_trace(target, saved))
+    assert [x.kind for x in hints] == ["prefix"]
+    (hint,) = hints
+    assert hint.title == "The checkpoint's keys carry the prefix 'model.' that the target's keys lack"
+    assert hint.cause == "a 'model.' prefix in the checkpoint"
+    assert sorted(hint.keys) == ["emb", "fc.bias", "fc.weight"]
+    with pytest.raises(CheckpointException, match="Missing key in checkpoint state_dict"):  # the fact
+        dcp.load({k: v.clone() for k, v in target.items()}, checkpoint_id=path)
+    loaded = _run_fix(hint.fix, target, path)
+    for k, v in loaded.items():
+        assert torch.equal(v, saved["model." + k]), k
+
+
+def test_a_resize_and_a_new_key_fix_runs(ckpt):
+    """A target whose embedding grew 5 -> 7 rows and that has a key the checkpoint lacks: the
+    fix loads the saved rows, keeps the new rows and the new key as they were."""
+    path, saved = ckpt
+    target = {"model.fc.weight": torch.zeros(4, 3), "model.fc.bias": torch.zeros(4),
+              "model.emb": torch.full((7, 3), 9.0), "model.head": torch.full((2,), 3.0)}
+    trace = _trace({k: v for k, v in target.items()}, saved)
+    # the size mismatch DCP reports for the grown embedding
+    trace = type(trace)(**{**{f: getattr(trace, f) for f in trace.__dataclass_fields__ if f != "kind"},
+                           "mismatches": trace.mismatches + (MismatchRecord(
+                               "model.emb", "size", (0,), (5, 3), "torch.float32", (7, 3), "torch.float32", "size"),)})
+    hints = h.compute_hints(trace)
+    partial = [x for x in hints if x.kind == "partial"]
+    assert len(partial) == 1 and partial[0].keys == ("model.head",)
+    assert partial[0].title == "1 target key(s) are not in the checkpoint"
+    assert partial[0].cause == "1 key(s) missing from the checkpoint"
+    fix = partial[0].fix
+    assert fix.endswith("\n# these 1 key(s) keep their initial values: 'model.head'")
+    loaded = _run_fix(fix, target, path)
+    assert torch.equal(loaded["model.fc.weight"], saved["model.fc.weight"])
+    assert torch.equal(loaded["model.head"], torch.full((2,), 3.0))
+
+
+def test_a_partial_load_fix_without_renames_runs(ckpt):
+    path, saved = ckpt
+    target = {"model.fc.weight": torch.zeros(4, 3), "model.new": torch.ones(2)}
+    (hint,) = [x for x in h.compute_hints(_trace(target, {k: saved[k] for k in ("model.fc.weight",)}))
+               if x.kind == "partial"]
+    assert hint.fix == ("from torch.distributed.checkpoint import DefaultLoadPlanner\n"
+                        "planner = DefaultLoadPlanner(allow_partial_load=True)\n"
+                        "dcp.load(sd, checkpoint_id=CKPT, planner=planner)\n"
+                        "# these 1 key(s) keep their initial values: 'model.new'")
+    assert hint.detail == ("'model.new': no checkpoint key could fill them. If that is intended (new layers, a new "
+                           "head), they can keep their initial values.")
+    loaded = _run_fix("import torch.distributed.checkpoint as dcp\n" + hint.fix, target, path)
+    assert torch.equal(loaded["model.fc.weight"], saved["model.fc.weight"])
+    assert torch.equal(loaded["model.new"], torch.ones(2))
+
+
+# -- what an earlier fix did -------------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "rename", "resized"), [
+    (None, {}, ()), ("", {}, ()), ("not json", {}, ()), ("[1, 2]", {}, ()), ('{"rename": 5}', {}, ()),
+    (json.dumps({"rename": [["a", "x.a"]], "resized": ["w"]}), {"a": "x.a"}, ("w",)),
+    (json.dumps({"rename": [["a", "x.a"]]}), {"a": "x.a"}, ()),
+    (json.dumps({"resized": [3]}), {}, ("3",)),
+])
+def test_previous_fix_reads_the_planners_spec(spec, rename, resized):
+    assert lf.previous_fix(_trace({}, {}, fix_spec=spec)) == (rename, resized)
+
+
+def test_a_spec_that_is_not_text_is_no_fix():
+    t = _trace({}, {})
+    t2 = type(t)(**{**{f: getattr(t, f) for f in t.__dataclass_fields__ if f != "kind"},
+                    "planner": PlannerInfo("P", "x", (("fix_spec", 5),))})
+    assert lf.previous_fix(t2) == ({}, ())
+
+
+def test_cumulative_fix_keeps_the_first_round_and_names_resized_by_the_users_key():
+    spec = json.dumps({"rename": [["a", "x.a"], ["b", "x.b"]], "resized": ["r0"]})
+    t = _trace({}, {}, fix_spec=spec)
+    match = NS(rename={"x.b": "y.b", "c": "x.c"}, resized=(("x.a", "z.a", (5,), (7,)), ("d", "d", (1,), (2,))))
+    assert lf.cumulative_fix(t, match) == ({"a": "x.a", "b": "y.b", "c": "x.c"}, ("a", "d", "r0"))
+
+
+def test_trace_facts_and_match_take_the_mismatches_keys_too():
+    t = _trace({"a": torch.zeros(2)}, {"m.a": torch.zeros(2)}, bytes_keys=["step"])
+    target, saved = lf.trace_facts(t)
+    assert target == {"a": KeyFacts((2,), "torch.float32")}
+    assert saved == {"m.a": KeyFacts((2,), "torch.float32"), "step": KeyFacts(None)}
+    extra = type(t)(**{**{f: getattr(t, f) for f in t.__dataclass_fields__ if f != "kind"},
+                       "mismatches": t.mismatches + (MismatchRecord("n", "missing", (0,), None, None, (3,), "torch.int64"),
+                                                     MismatchRecord("u", "unexpected", (), (4,), "torch.bfloat16"),
+                                                     MismatchRecord("v", "unexpected", ()))})
+    target, saved = lf.trace_facts(extra)
+    assert target["n"] == KeyFacts((3,), "torch.int64") and target["a"] == KeyFacts((2,), "torch.float32")
+    assert saved["u"] == KeyFacts((4,), "torch.bfloat16") and saved["v"] == KeyFacts(None, None)
+    assert lf.trace_match(t).rename == {"a": "m.a"}
+    declared = _trace({"a": torch.zeros(2)}, {"m.a": torch.zeros(2)}, expected=["m.*"])
+    assert lf.trace_match(declared).rename == {} and lf.trace_match(declared).missing == ("a",)
+
+
+def test_is_hf_source():
+    assert lf.is_hf_source(_trace({}, {}, source="safetensors folder /x"))
+    assert not lf.is_hf_source(_trace({}, {}, source="checkpoint /x safetensors folder"))
+
+
+# -- optimizer state ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("key", "form"), [
+    ("optim.state.0.exp_avg", "index"), ("state.12.step", "index"), ("optim.state.fc.weight.exp_avg", "name"),
+    ("optim.param_groups.0.lr", "name"), ("optim.param_groups.0.foo", None), ("model.state.weight", None),
+    ("xstate.0.exp_avg", None), ("state.0.exp_avg.x1", None), ("fc.exp_avg", None), ("param_groups", None),
+])
+def test_optim_key_forms(key, form):
+    assert h._optim_key(key) == form
+
+
+def test_index_vs_name_optimizer_hint_by_hand():
+    missing = {"optim.state.0.exp_avg", "optim.state.1.exp_avg", "model.x"}
+    unexpected = {"optim.state.fc.weight.exp_avg", "optim.state.fc.bias.exp_avg", "ckpt.y"}
+    (hint,) = h._optimizer_hints(missing, unexpected)
+    assert hint.kind == "optimizer"
+    assert hint.title == "Optimizer state is keyed by parameter names in the checkpoint but by parameter indices in the target"
+    assert hint.detail == ("checkpoint keys like 'optim.state.fc.bias.exp_avg' and 1 more, target keys like "
+                           "'optim.state.0.exp_avg' and 1 more: optimizer.state_dict() keys state by parameter "
+                           "index, get_optimizer_state_dict by FQN.")
+    assert hint.fix == ("# use torch.distributed.checkpoint.state_dict.get_optimizer_state_dict(model, optim) to "
+                        "save and set_optimizer_state_dict(model, optim, sd) to load, on both sides")
+    assert hint.keys == ("optim.state.0.exp_avg", "optim.state.1.exp_avg", "optim.state.fc.bias.exp_avg",
+                         "optim.state.fc.weight.exp_avg")
+    assert hint.cause == "optimizer state keyed by index on one side, by name on the other"
+    assert missing == {"model.x"} and unexpected == {"ckpt.y"}  # the keys it explains are taken
+    (other,) = h._optimizer_hints({"optim.state.fc.exp_avg"}, {"optim.state.3.exp_avg"})
+    assert other.title == "Optimizer state is keyed by parameter indices in the checkpoint but by parameter names in the target"
+
+
+def test_one_sided_optimizer_hints_by_hand():
+    missing = {"optim.state.a.exp_avg", "optim.state.b.exp_avg", "optim.state.c.step"}
+    (hint,) = h._optimizer_hints(missing, {"x"})
+    assert (hint.title, hint.detail, hint.fix, hint.keys, hint.cause) == (
+        "The target loads optimizer state the checkpoint does not have",
+        "3 optimizer keys ('optim.state.a.exp_avg', 'optim.state.b.exp_avg' and 1 more) are missing: a model-only "
+        "checkpoint?",
+        "load the model alone: dcp.load({'model': model_sd}, ...); or "
+        "planner=DefaultLoadPlanner(allow_partial_load=True) to leave the optimizer state as initialised",
+        ("optim.state.a.exp_avg", "optim.state.b.exp_avg", "optim.state.c.step"),
+        "optimizer state the checkpoint does not have")
+    assert missing == set()
+    unexpected = {"optim.state.0.exp_avg"}
+    (hint,) = h._optimizer_hints(set(), unexpected)
+    assert (hint.title, hint.detail, hint.fix, hint.keys, hint.cause) == (
+        "The checkpoint carries optimizer state the target does not load",
+        "1 optimizer keys ('optim.state.0.exp_avg') are read by no rank; DCP ignores them.",
+        "# nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with "
+        "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict(model, optim) to save and "
+        "set_optimizer_state_dict(model, optim, sd) to load, on both sides",
+        ("optim.state.0.exp_avg",), "")
+    assert unexpected == set()
+    same_form = ({"optim.state.a.exp_avg"}, {"optim.state.b.exp_avg"})
+    assert h._optimizer_hints(*same_form) == [] and same_form == ({"optim.state.a.exp_avg"}, {"optim.state.b.exp_avg"})
+    assert h._optimizer_hints({"a"}, {"b"}) == []
+
+
+@pytest.mark.parametrize(("a", "b", "narrower"), [
+    ("bfloat16", "float32", True), ("float32", "bfloat16", False), ("float16", "bfloat16", True),
+    ("bfloat16", "float16", True), ("float16", "float16", False), ("float32", "float32", False),
+    ("int64", "float32", True), ("float32", "int64", False), ("float8_e4m3fn", "float16", True),
+    ("float64", "float32", False),
+])
+def test_narrower_by_bits(a, b, narrower):
+    assert h._narrower(a, b) is narrower
+
+
+def test_leftover_hints_by_hand():
+    t = _trace({}, {}, partial=True)
+    match = NS(rename={}, resized=())
+    (hint,) = h._leftover_hints({"n2", "n1"}, set(), True, match, t)
+    assert (hint.kind, hint.title, hint.detail, hint.fix, hint.keys, hint.cause) == (
+        "partial", "2 target key(s) are not in the checkpoint and keep their initial values",
+        "'n1', 'n2': allow_partial_load=True makes DCP skip them.",
+        "# nothing to do if these are new (e.g. a new head); otherwise check the checkpoint", ("n1", "n2"), "")
+    (hint,) = h._leftover_hints(set(), {"u3", "u1", "u2", "u4"}, False, match, t)
+    assert (hint.kind, hint.title, hint.detail, hint.fix, hint.keys) == (
+        "unexpected", "4 checkpoint key(s) are read by no target rank",
+        "'u1', 'u2', 'u3' and 1 more. DCP ignores them silently: if the target should have them, its model is "
+        "missing modules.",
+        "# nothing to do if they are dropped on purpose (declare them: simulate_load(..., expected_unused=[...])); "
+        "otherwise add the modules to the target", ("u1", "u2", "u3", "u4"))
+    assert h._leftover_hints(set(), set(), False, match, t) == []
+    hf = _trace({}, {}, source="safetensors folder /x")
+    (hint,) = h._leftover_hints({"n"}, set(), False, NS(rename={"a": "b"}, resized=()), hf)
+    assert "dcp.HuggingFaceStorageReader(CKPT)" in hint.fix and "allow_partial_load=True" in hint.fix
+
+
+def test_compute_hints_leaves_declared_keys_alone_and_tables_them():
+    t = _trace({"new": torch.zeros(3)}, {"old.x": torch.zeros(5), "ema.x": torch.zeros(5)}, expected=["ema.*"])
+    hints = h.compute_hints(t)
+    assert [(x.kind, x.keys) for x in hints] == [("partial", ("new",)), ("unexpected", ("old.x",))]
+    partial = h.compute_hints(_trace({"new": torch.zeros(3)}, {}, partial=True))
+    assert [(x.kind, x.title) for x in partial] == [
+        ("partial", "1 target key(s) are not in the checkpoint and keep their initial values")]
+    df = h.hints_table(hints)
+    assert list(df.columns) == h.HINT_COLUMNS
+    assert df.to_dict("records")[0] == {"kind": "partial", "title": hints[0].title, "detail": hints[0].detail,
+                                        "fix": hints[0].fix, "keys": 1, "mapping": {}}

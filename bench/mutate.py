@@ -158,7 +158,7 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
     run's survivors) in the existing copy, with the tests as they are now."""
     modules, keep, tests = TARGETS[name]
     work = WORK / name
-    if again is None:
+    if again is None or not (work / "mutants").is_dir():  # a fresh copy (an --again without one too)
         _copy_tree(work)
         with open(work / "pyproject.toml", "a") as fh:
             fh.write(_config(modules, tests))
@@ -173,6 +173,8 @@ def run_target(name: str, again: list[str] | None = None) -> dict:
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True).stdout
     status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    if again is not None:  # only the re-tested ones: main() adds the earlier run's killed
+        status = {k: status.get(k, "not checked") for k in again}
     return {"target": name, "modules": modules, "tests": tests, **_tally(status, keep),
             "rc": proc.returncode, "seconds": round(time.time() - t0)}
 
@@ -254,9 +256,15 @@ def main(argv: list[str]) -> int:
     again = argv[:1] == ["--again"]
     for name in (argv[1:] if again else argv) or list(TARGETS):
         print(f"mutating {name} ...", flush=True)
-        seconds = results[name]["seconds"] if again else 0
-        results[name] = run_target(name, sum(_split(results[name]), []) if again else None)
-        results[name]["seconds"] += seconds
+        if again:  # the earlier run's killed stand; its survivors get the re-test's verdicts
+            prev = results[name]
+            new = run_target(name, sum(_split(prev), []))
+            statuses = {**new["statuses"], "killed": prev["killed"] + new["killed"]}
+            results[name] = {**prev, "killed": statuses["killed"], "statuses": statuses,
+                             "survivors": new["survivors"], "equivalent_names": [], "rc": new["rc"],
+                             "tests": new["tests"], "seconds": prev["seconds"] + new["seconds"]}
+        else:
+            results[name] = run_target(name)
         r = results[name]
         survived, equivalent = _split(r)
         print(f"  {r['mutants']} mutants, {r['killed']} killed, {len(survived)} survived, "

@@ -556,3 +556,13 @@ def test_tied_weights_row_by_hand():
     assert "del sd['fc1.weight']" in row[5]
     assert c.tied_weights(dataclasses.replace(t, tied_keys=(("wte.weight", "gone"),))) == []
     assert c.tied_weights(dataclasses.replace(t, global_plans=None)) == []
+
+
+def test_frame_keeps_each_severitys_rows_in_their_order():
+    """Most severe first, and within a severity the order the checks gave (a stable sort: many
+    rows, where an unstable sort reorders ties)."""
+    sevs = ["info", "warning", "error", "data-loss"]
+    rows = [(sevs[(i * 7) % 4], "x", f"k{i:03d}", (), "", "") for i in range(200)]
+    df = c._frame(rows)
+    expected = [r[2] for s in ("data-loss", "error", "warning", "info") for r in rows if r[0] == s]
+    assert list(df["fqn"]) == expected and list(df.index) == list(range(200))

@@ -106,6 +106,20 @@ EQUIVALENT: dict[str, str] = {
        for n in (101, 102)},
     "dcpviz.analysis.save_tables.x__dedup_frame__mutmut_32":
         "`np.where(dcp_size > 0, dcp_size, 1)` made `> 1`: a dcp_size of 1 is charged 1 either way",
+    **{f"dcpviz.analysis.verdict.x_error_lines__mutmut_{n}":
+       "`df.itertuples(index=False)` made `index=True` / `index=None`: each row is read by field name "
+       "(r.phase, r.ranks, ...), never by position, so an added Index field changes nothing"
+       for n in (8, 9)},
+    "dcpviz.analysis.verdict.x_verdict__mutmut_32":
+        "`_silent_text(h, keys)` given None for a dtype hint: the dtype branch reads only the hint's "
+        "title, never the keys",
+    "dcpviz.analysis.verdict.x_problems__mutmut_93":
+        "the severity weight 10 made 11: every kind's rank is at most 9 (fillna(9)), so severity "
+        "still decides first and kind second, the same order",
+    **{f"dcpviz.analysis.verdict.x_problems__mutmut_{n}":
+       "the `kind=` of a sort on two columns ([\"_o\", \"fqn\"]) changed or left out: pandas applies "
+       "`kind` only when sorting on one column, and (order, fqn) leaves no ties but equal rows"
+       for n in (103, 105, 111, 112)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

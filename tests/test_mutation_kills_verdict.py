@@ -314,7 +314,8 @@ def test_verdict_on_partial_load_losses():
     t = _partial_case()
     hints = [_hint("rename", ["model.a", "ck.a"], cause="a renamed module ('model' → 'ck')"),
              _hint("rename", ["model.a"], title="Renamed"),
-             _hint("partial", ["model.b", "model.a"]),
+             _hint("partial", ["model.b", "model.a"], title="Partial hint"),  # said by the loss itself
+             _hint("unexpected", ["ck.z", "ck.c"], title="Unexpected hint"),  # said by the loss itself
              _hint("unexpected", ["ck.z"]),
              _hint("optimizer", ["ck.v"], title="Title here"),
              _hint("rename", ["ck.c"], cause="renamed")]  # a cause named once
@@ -360,7 +361,10 @@ def test_verdict_on_planner_errors():
     got = v.verdict(_trace([M("s", "size", [0])], errors=local), [])
     assert got.breaking == ("1 key(s) DCP rejects ('s')",)
     # an error alone (no breaking phrase) still means dcp.load fails
-    assert not v.verdict(_trace(errors=[ErrorRecord("read", None, "E", "x")]), []).loads
+    coordinator_read = v.verdict(_trace(errors=[ErrorRecord("read", None, "E", "x")]), [])
+    assert not coordinator_read.loads and coordinator_read.breaking == ()
+    everywhere = v.verdict(_trace(errors=[ErrorRecord("read", r, "E", "x") for r in range(4)]), [])
+    assert everywhere.breaking == ("all 4 ranks read data files that are missing or shorter than .metadata says",)
 
 
 @pytest.mark.parametrize(("summary", "verdict", "status"), [

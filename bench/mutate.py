@@ -118,7 +118,7 @@ EQUIVALENT: dict[str, str] = {
         "still decides first and kind second, the same order",
     **{f"dcpviz.analysis.verdict.x_problems__mutmut_{n}":
        "the `kind=` of a sort on two columns ([\"_o\", \"fqn\"]) changed or left out: pandas applies "
-       "`kind` only when sorting on one column, and (order, fqn) leaves no ties but equal rows"
+       "`kind` only when sorting on one column; on several it always uses its stable lexsort"
        for n in (103, 105, 111, 112)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "

@@ -120,6 +120,17 @@ EQUIVALENT: dict[str, str] = {
        "the `kind=` of a sort on two columns ([\"_o\", \"fqn\"]) changed or left out: pandas applies "
        "`kind` only when sorting on one column; on several it always uses its stable lexsort"
        for n in (103, 105, 111, 112)},
+    **{f"dcpviz.analysis.verdict.x__partial__mutmut_{n}":
+       "the unrecorded allow_partial_load default False made None or left out (PlannerInfo.option's "
+       "default is None): `bool(None)` is False, the same rule"
+       for n in (3, 5)},
+    "dcpviz.analysis.verdict.x_possible_sources__mutmut_9":
+        "`m.fqn in skipped and m.kind == 'missing'` made `or`: the skipped keys are exactly the "
+        "'missing' ones, and a key the checkpoint lacks has no record of another kind (size, type, "
+        "dtype and unexpected all need the checkpoint to hold it)",
+    "dcpviz.analysis.verdict.x_possible_sources__mutmut_19":
+        "`m.fqn in unread and m.kind == 'unexpected'` made `or`: it adds only the shapes of keys "
+        "declared unused, and shapes are looked up for skipped and unread keys alone",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -294,6 +294,8 @@ def main(argv: list[str]) -> int:
         survived, equivalent = _split(r)
         print(f"  {r['mutants']} mutants, {r['killed']} killed, {len(survived)} survived, "
               f"{len(equivalent)} equivalent ({r['seconds']} s; {r['statuses']})", flush=True)
+        # another target may have finished meanwhile: keep its entry, write this one
+        results = {**(json.loads(RAW.read_text()) if RAW.exists() else {}), name: r}
         RAW.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         write_table(results)
     return 0

@@ -271,3 +271,222 @@ def test_compute_hints_leaves_declared_keys_alone_and_tables_them():
     assert list(df.columns) == h.HINT_COLUMNS
     assert df.to_dict("records")[0] == {"kind": "partial", "title": hints[0].title, "detail": hints[0].detail,
                                         "fix": hints[0].fix, "keys": 1, "mapping": {}}
+
+
+# -- the hint of each rule, by hand --------------------------------------------------------------
+from dcpviz.core.keymatch import Ambiguity, Match, Rule  # noqa: E402
+
+NEXT_TIME = (" Next time, get_model_state_dict(model) / get_state_dict(model, optim) "
+             "(torch.distributed.checkpoint.state_dict) build keys without it.")
+
+
+def _fields(hint):
+    return (hint.kind, hint.title, hint.detail, hint.fix, hint.mapping, hint.keys, hint.cause)
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    (Rule("wrapper", "", "_orig_mod", (("fc.w", "_orig_mod.fc.w"), ("fc.b", "_orig_mod.fc.b"))), (
+        "prefix", "The checkpoint's keys carry the wrapper segment '_orig_mod.' that the other side's lack",
+        "2 keys are equal but for it ('_orig_mod': torch.compile), wherever it stands in the key; "
+        "e.g. 'fc.w' -> '_orig_mod.fc.w'." + NEXT_TIME, "a '_orig_mod.' prefix (torch.compile)")),
+    (Rule("wrapper", "module, _fsdp_wrapped_module", "", (("module._fsdp_wrapped_module.w", "w"),)), (
+        "prefix",
+        "The target's keys carry the wrapper segment 'module.', '_fsdp_wrapped_module.' that the other side's lack",
+        "1 keys are equal but for it ('module': DistributedDataParallel / DataParallel; '_fsdp_wrapped_module': "
+        "FSDP1's wrapper), wherever it stands in the key; e.g. 'module._fsdp_wrapped_module.w' -> 'w'." + NEXT_TIME,
+        "a 'module.' prefix (DistributedDataParallel / DataParallel) on the target, a '_fsdp_wrapped_module.' "
+        "prefix (FSDP1's wrapper) on the target")),
+    (Rule("wrapper", "", "_checkpoint_wrapped_module", (("w", "_checkpoint_wrapped_module.w"),)), (
+        "prefix", "The checkpoint's keys carry the wrapper segment '_checkpoint_wrapped_module.' that the other "
+        "side's lack", "1 keys are equal but for it ('_checkpoint_wrapped_module': activation checkpointing's "
+        "wrapper), wherever it stands in the key; e.g. 'w' -> '_checkpoint_wrapped_module.w'.",
+        "a '_checkpoint_wrapped_module.' prefix (activation checkpointing's wrapper)")),
+    (Rule("choice", "wq", "q_proj", (("l.wq", "l.q_proj"),)), (
+        "rename", "Your choice {'wq': 'q_proj'} maps 1 key(s)", "e.g. 'l.wq' -> 'l.q_proj'.",
+        "your choice {'wq': 'q_proj'}")),
+    (Rule("rewrite", "feed_forward", "mlp", (("l.feed_forward.w", "l.mlp.w"), ("m.feed_forward.w", "m.mlp.w"))), (
+        "rename", "The segment 'feed_forward' in the target's keys is 'mlp' in the checkpoint's",
+        "2 keys differ only by that one segment, in every layer and component (e.g. 'l.feed_forward.w' -> "
+        "'l.mlp.w'): a renamed module.", "a renamed module ('mlp' → 'feed_forward')")),
+    (Rule("rewrite", "", "model.", (("w", "model.w"),)), (
+        "prefix", "The checkpoint's keys carry the prefix 'model.' that the target's keys lack",
+        "1 checkpoint keys are target keys with 'model.' in front — the checkpoint was saved as "
+        "{'model': state_dict} (e.g. 'w' -> 'model.w').", "a 'model.' prefix in the checkpoint")),
+    (Rule("rewrite", "", "app.", (("w", "app.w"),)), (
+        "prefix", "The checkpoint's keys carry the prefix 'app.' that the target's keys lack",
+        "1 checkpoint keys are target keys with 'app.' in front (e.g. 'w' -> 'app.w').",
+        "a 'app.' prefix in the checkpoint")),
+    (Rule("rewrite", "model.", "", (("model.w", "w"),)), (
+        "prefix", "The target's keys carry the prefix 'model.' that the checkpoint's keys lack",
+        "1 target keys are checkpoint keys with 'model.' in front — the target is nested as {'model': ...} "
+        "but the checkpoint was saved flat (e.g. 'model.w' -> 'w').", "a 'model.' prefix on the target")),
+    (Rule("rewrite", "app.", "", (("app.w", "w"),)), (
+        "prefix", "The target's keys carry the prefix 'app.' that the checkpoint's keys lack",
+        "1 target keys are checkpoint keys with 'app.' in front (e.g. 'app.w' -> 'w').",
+        "a 'app.' prefix on the target")),
+    (Rule("rewrite", "x.", "y.", (("x.w", "y.w"),)), (
+        "prefix", "'x.' in the target's keys is 'y.' in the checkpoint's", "1 keys differ only there "
+        "(e.g. 'x.w' -> 'y.w').", "'x.' saved as 'y.'")),
+    (Rule("rewrite", "x", "y.", (("x.w", "y..w"),)), (
+        "prefix", "'x' in the target's keys is 'y.' in the checkpoint's", "1 keys differ only there "
+        "(e.g. 'x.w' -> 'y..w').", "'x' saved as 'y.'")),
+    (Rule("rewrite", "x.", "y", (("x.w", "yw"),)), (
+        "prefix", "'x.' in the target's keys is 'y' in the checkpoint's", "1 keys differ only there "
+        "(e.g. 'x.w' -> 'yw').", "'x.' saved as 'y'")),
+])
+def test_rule_hints_by_hand(rule, expected):
+    kind, title, detail, cause = expected
+    assert _fields(lf._rule_hint(rule, "CODE")) == (kind, title, detail, "CODE", rule.pairs,
+                                                    tuple(m for m, _ in rule.pairs), cause)
+
+
+def test_ambiguity_hints_by_hand():
+    tie = Ambiguity("wq", ("q_proj", "k_proj"), ("l.0.wq", "l.1.wq"),
+                    (("l.0.wq", "l.0.q_proj"), ("l.0.wq", "l.0.k_proj"), ("l.1.wq", "l.1.q_proj")))
+    assert _fields(lf._ambiguity_hint(tie)) == (
+        "ambiguous", "Ambiguous: 'wq' in the target's keys could be 'q_proj' or 'k_proj' in the checkpoint",
+        "2 target key(s) ('l.0.wq', 'l.1.wq') have 2 candidate sources of equal shape; names and shapes do not "
+        "say which, so nothing is loaded from either until you choose.",
+        "# choose for each ambiguous name, e.g. load.fix_planner(rename={'wq': 'q_proj'}); candidates for 'wq': "
+        "'q_proj', 'k_proj'", (), ("l.0.wq", "l.1.wq"), "an ambiguous rename ('wq' could be 'q_proj' or 'k_proj')")
+    one = Ambiguity("", ("model.",), ("a", "b"), (("b", "model.b"), ("a", "model.a")))
+    assert _fields(lf._ambiguity_hint(one)) == (
+        "ambiguous", "the target's root '' may be 'model.' in the checkpoint, but one pair is not a pattern",
+        "'a', 'b' could load from 'model.a', 'model.b': equal shapes, one key. dcpviz does not apply it by itself.",
+        "# choose for each ambiguous name, e.g. load.fix_planner(rename={'': 'model.'}); candidates for '': "
+        "'model.'", (), ("a", "b"), "a possible rename (the target's root '' → 'model.', not certain)")
+
+
+def test_possible_sources_hint_by_hand():
+    ambs = [Ambiguity(f"t{i}", (f"s{i}", f"r{i}"), (f"t{i}",), ()) for i in range(6)]
+    assert lf._possible_hint([]) == []
+    (hint,) = lf._possible_hint(ambs)
+    listed = "; ".join(f"'t{i}': 's{i}' or 'r{i}'" for i in range(5))
+    assert _fields(hint) == (
+        "ambiguous", "6 target key(s) have a possible source in the checkpoint but no certain one",
+        "'t0', 't1', 't2' and 3 more: unread checkpoint keys with the same leaf, layer and kind could fill them "
+        "(e.g. 't0' from 's0' or 'r0'), but no rule that holds for other keys says which. They are not skipped "
+        "silently: choose, or build the target as it was saved.",
+        "# choose a source per key, e.g. load.fix_planner(rename={'t0': 's0'}); " + listed + "; ...",
+        (), tuple(f"t{i}" for i in range(6)), "6 key(s) with a possible but uncertain source")
+    (five,) = lf._possible_hint(ambs[:5])
+    assert five.fix.endswith("'t4': 's4' or 'r4'")
+
+
+def _match(**kw):
+    base = dict(mapping=(), rules=(), ambiguities=(), resized=(), reshaped=(), cast=(), missing=(), unexpected=())
+    return Match(**{**base, **kw})
+
+
+def test_size_hints_by_hand():
+    DETAIL = (". DCP cannot reshape; the fix reads each saved tensor at its saved shape and copies the rows both "
+              "shapes share into the new (sharded) tensor; the rest keep their values.")
+    match = _match(resized=(("tok_embeddings.weight", "tok_embeddings.weight", (5, 3), (7, 3)),
+                            ("output.weight", "model.output.weight", (5, 3), (7, 3)),
+                            ("fc.w", "fc.w", (4, 4), (2, 2)), ("norm", "norm", (8,), (6,))))
+    assert [_fields(x) for x in lf._size_hint(match, "CODE")] == [
+        ("size", "A dimension grew from 5 to 7 in 2 tensor(s) — a resized vocabulary?",
+         "'output.weight', 'tok_embeddings.weight'" + DETAIL, "CODE", (("output.weight", "model.output.weight"),),
+         ("output.weight", "tok_embeddings.weight"), "a resized vocabulary"),
+        ("size", "A dimension shrank from 8 to 6 in 1 tensor(s)", "'norm'" + DETAIL, "CODE", (), ("norm",),
+         "1 resized tensor(s)"),
+        ("size", "1 tensor(s) changed shape from (4, 4) to (2, 2)", "'fc.w'" + DETAIL, "CODE", (), ("fc.w",),
+         "1 resized tensor(s)"),
+    ]
+    assert lf._size_hint(_match(), "CODE") == []
+    (same,) = lf._size_hint(_match(resized=(("lm_head.w", "x", (3, 2), (3, 4)),)), "C")
+    assert same.title == "A dimension grew from 2 to 4 in 1 tensor(s) — a resized vocabulary?"
+
+
+def test_reshaped_and_dtype_hints_by_hand():
+    assert lf._reshaped_hint(_match()) == []
+    (hint,) = lf._reshaped_hint(_match(reshaped=(("a", "b", (4,), (2, 2)), ("c", "c", (1,), (1, 1)))))
+    assert _fields(hint) == (
+        "size", "2 tensor(s) changed their number of dims",
+        "'a', 'c' (e.g. saved (4,), target (2, 2)): no load fills them as they are.",
+        "# reshape the saved tensor yourself (load it at its saved shape with dcp.load into a plain tensor), or "
+        "build the target as it was saved", (), ("a", "c"), "2 reshaped tensor(s)")
+    match = _match(cast=(("b", "b", "float32", "bfloat16"), ("a", "a", "float32", "bfloat16"),
+                         ("c", "c", "bfloat16", "float32")))
+    assert [_fields(x) for x in lf._dtype_hints(match, h._narrower)] == [
+        ("dtype", "1 tensor(s) were saved as bfloat16 but the target holds float32",
+         "'c'. DCP does not check dtypes: the load succeeds and Tensor.copy_ casts bfloat16 -> float32 silently.",
+         "model.to(torch.bfloat16)  # if the cast is unintended: build the target in the saved dtype before "
+         "loading (in dcpviz: Scenario(dtype='bfloat16'))", (), ("c",), "1 tensor(s) cast bfloat16 → float32"),
+        ("dtype", "2 tensor(s) were saved as float32 but the target holds bfloat16",
+         "'a', 'b'. DCP does not check dtypes: the load succeeds and Tensor.copy_ casts float32 -> bfloat16 "
+         "silently (precision is lost).",
+         "model.to(torch.float32)  # if the cast is unintended: build the target in the saved dtype before "
+         "loading (in dcpviz: Scenario(dtype='float32'))", (), ("a", "b"), "2 tensor(s) cast float32 → bfloat16"),
+    ]
+
+
+def test_match_hints_put_every_rule_tie_and_change_in_order():
+    tie = Ambiguity("wq", ("q_proj", "k_proj"), ("l.0.wq", "l.1.wq"), ())
+    lone = Ambiguity("t0", ("s0",), ("t0",), ())
+    match = _match(mapping=(("a", "model.a"), ("x.b", "y.b")),
+                   rules=(Rule("rewrite", "", "model.", (("a", "model.a"),)), Rule("rewritten", "", "", (("x.b", "y.b"),))),
+                   ambiguities=(tie, lone), resized=(("a", "model.a", (5,), (7,)),),
+                   reshaped=(("r", "r", (4,), (2, 2)),), cast=(("c", "c", "float32", "bfloat16"),))
+    trace = _trace({}, {}, partial=True)
+    hints = lf.match_hints(trace, match, h._narrower)
+    code = lf.fix_code({"a": "model.a", "x.b": "y.b"}, ["a"], True)
+    assert [x.kind for x in hints] == ["prefix", "rename", "ambiguous", "ambiguous", "size", "size", "dtype"]
+    assert hints[0].fix == hints[1].fix == hints[4].fix == code
+    assert _fields(hints[1]) == ("rename", "1 more key(s) match once the rules above are applied",
+                                 "e.g. 'x.b' -> 'y.b'.", code, (("x.b", "y.b"),), ("x.b",),
+                                 "1 key(s) with several causes")
+    assert hints[2].keys == ("l.0.wq", "l.1.wq") and hints[3].keys == ("t0",)
+    assert "dcp.HuggingFaceStorageReader(CKPT)" in lf.match_hints(
+        _trace({}, {}, source="safetensors folder /x"), match, h._narrower)[0].fix
+    assert lf.match_hints(_trace({}, {}), _match(), h._narrower) == []
+    unpartial = lf.match_hints(_trace({}, {}), match, h._narrower)
+    assert unpartial[0].fix == lf.fix_code({"a": "model.a", "x.b": "y.b"}, ["a"], False)
+
+
+# -- the fix as a file, executed -----------------------------------------------------------------
+def test_fix_file_by_hand_and_executed(ckpt):
+    path, saved = ckpt
+    code = lf.fix_code({"w": "model.fc.weight"}, [])
+    trace = _trace({}, {})
+    text = lf.fix_file(code, str(path), trace, command="dcpviz load X --emit-fix")
+    assert text.split("\n")[:7] == [
+        f'"""The load fix dcpviz found for {path} (written by `dcpviz load X --emit-fix`).', "",
+        "In your job, on every rank:  from fix import load_fixed; load_fixed(sd)",
+        "    (sd: the state you pass to dcp.load, nested as you build it, e.g. {'model': ..., 'optim': ...})",
+        "Check it for real first:     python fix.py",
+        "    (loads the checkpoint into the target job below with 1 real processes, with this fix)", '"""']
+    assert text.split('"""', 2)[2].split("\n")[1:] == [
+        "import dcpviz", "import torch.distributed.checkpoint as dcp", "",
+        "rename = {  # target key -> checkpoint key (the flattened keys DCP plans with)",
+        "    'w': 'model.fc.weight',", "}", "resized = []", "", f"CKPT = {str(path)!r}", "", "",
+        "def planner():", '    """A fresh fix planner (one per dcp.load call)."""',
+        "    return dcpviz.RenamingLoadPlanner(rename, resized=resized, allow_partial_load=False)", "", "",
+        "def load_fixed(sd, checkpoint_id=CKPT):", '    """dcp.load with the fix: call it on every rank, as dcp.load."""',
+        "    dcp.load(sd, checkpoint_id=checkpoint_id, planner=planner())", "", "",
+        'if __name__ == "__main__":', "    from dcpviz.engine.userspec import resolve_spec, saved_spec", "",
+        "    def spec(name, flag):", "        return resolve_spec(saved_spec(name, flag), flag) if name else None", "",
+        "    target = dcpviz.Scenario(",
+        "        model=spec('mlp', '--model'), world_size=1, mesh=(1,),",
+        "        mesh_dim_names=('dp',), recipe=spec('fsdp', '--recipe'), dtype='float32',",
+        "        optimizer=spec('', '--optimizer'), state=spec('', '--state'))",
+        "    result = dcpviz.run_load(CKPT, target, planner=planner())",
+        "    print(result.verdict.line)",
+        "    raise SystemExit(0 if result.ok and result.verdict.loads else 1)", ""]
+    ns = {"__name__": "fix"}
+    exec(compile(text, "fix.py", "exec"), ns)
+    sd = {"w": torch.zeros(4, 3)}
+    ns["load_fixed"](sd)  # the file's fix, run: the saved values arrive under the user's key
+    assert torch.equal(sd["w"], saved["model.fc.weight"])
+    plain = lf.fix_file(lf.fix_code({}, [], allow_partial_load=True), "C", _trace({}, {}, source="safetensors folder"))
+    assert plain.split("\n")[0] == '"""The load fix dcpviz found for C.'
+    assert "allow_partial_load=True)" in plain and "planner = " not in plain and "\ndcp.load(" not in plain
+    assert "    dcp.load(sd, storage_reader=dcp.HuggingFaceStorageReader(checkpoint_id), planner=planner())" in plain
+    built = dataclass_replace_scenario(trace, dtype="as built")
+    assert "dtype=None," in lf.fix_file(code, "C", built)
+
+
+def dataclass_replace_scenario(trace, **kw):
+    import dataclasses
+
+    return dataclasses.replace(trace, scenario=dataclasses.replace(trace.scenario, **kw))

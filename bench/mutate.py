@@ -126,6 +126,20 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.analysis.verdict.x_possible_sources__mutmut_19":
         "`m.fqn in unread and m.kind == 'unexpected'` made `or`: it adds only the shapes of keys "
         "declared unused, and shapes are looked up for skipped and unread keys alone",
+    "dcpviz.analysis.checks.x__overlaps__mutmut_7":
+        "`boxes[0].offsets` made `boxes[1].offsets`: every chunk of one tensor has as many offsets "
+        "as the tensor has dims, so both are empty or neither",
+    **{f"dcpviz.analysis.checks.x__overlaps__mutmut_{n}":
+       "the sweep's dim picked without its key (the last dim): the sweep is exact along any dim "
+       "(boxes sorted by start; one that starts at or after a box's end there shares nothing with "
+       "it, nor do those after it); the key only picks the dim that makes it fastest"
+       for n in (11, 13)},
+    "dcpviz.analysis.checks.x__overlaps__mutmut_25":
+        "the sweep's stop `>= end` made `> end`: a box that starts exactly where another ends "
+        "shares no element with it (_overlap counts 0), so going on one box further adds nothing",
+    "dcpviz.analysis.checks.x_counts__mutmut_3":
+        "`value_counts() if len(checks) else {}` made to always count: an empty frame's counts are "
+        "empty too, and the dict built from them is {} either way",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -566,3 +566,15 @@ def test_frame_keeps_each_severitys_rows_in_their_order():
     df = c._frame(rows)
     expected = [r[2] for s in ("data-loss", "error", "warning", "info") for r in rows if r[0] == s]
     assert list(df["fqn"]) == expected and list(df.index) == list(range(200))
+
+
+def test_checkpoint_checks_at_their_edges():
+    """Rank 0's stale file counts; three stale names are listed without '...'; one byte of data
+    with one byte of framing is 100% framing."""
+    files = pd.DataFrame({"file": ["a", "b", "c", "d"], "rank": [0, 0, 1, 2], "items": [0, 0, 0, 5],
+                          "nbytes": [1, 1, 1, 1]})
+    info = NS(files=files, totals={"tensor_nbytes": 1, "framing_nbytes": 1, "chunks": 1})
+    rows = [tuple(r) for r in c.checkpoint_checks(info).itertuples(index=False)]
+    assert [r[:4] for r in rows] == [("warning", "stale-files", "", (0, 1)), ("info", "framing-overhead", "", ())]
+    assert rows[0][4].startswith("3 data files (a, b, c; 3 B) are referenced by no record")
+    assert "takes 1 B for 1 B of data (100%)" in rows[1][4]

@@ -140,6 +140,10 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.analysis.checks.x_counts__mutmut_3":
         "`value_counts() if len(checks) else {}` made to always count: an empty frame's counts are "
         "empty too, and the dict built from them is {} either way",
+    **{f"dcpviz.analysis.checks.x_write_imbalance__mutmut_{n}":
+       "the unrecorded dedup_save_to_lowest_rank default False made None or left out "
+       "(PlannerInfo.option's default is None): `bool(None)` is False, the same rule"
+       for n in (30, 32)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

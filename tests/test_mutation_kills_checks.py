@@ -578,3 +578,53 @@ def test_checkpoint_checks_at_their_edges():
     assert [r[:4] for r in rows] == [("warning", "stale-files", "", (0, 1)), ("info", "framing-overhead", "", ())]
     assert rows[0][4].startswith("3 data files (a, b, c; 3 B) are referenced by no record")
     assert "takes 1 B for 1 B of data (100%)" in rows[1][4]
+
+
+def _volumes(monkeypatch, nbytes):
+    """write_imbalance on hand-given bytes per rank (what save_tables.rank_volume would say)."""
+    vol = pd.DataFrame({"rank": list(range(len(nbytes))), "nbytes": pd.array(nbytes, dtype="Int64")})
+    monkeypatch.setattr(c.tables, "rank_volume", lambda trace: vol)
+
+
+def _plain_trace(options=()):
+    return NS(planner=PlannerInfo("DefaultSavePlanner", "x", tuple(options)), dedup_alternative=None)
+
+
+@pytest.mark.parametrize(("nbytes", "heavy"), [
+    ([0, 0, 0, 0], None),  # nothing written: no imbalance (and no division by zero)
+    ([1, 0, 0, 0], (0,)),  # one byte is 4x the mean of a quarter byte
+    ([3, 1], None),  # exactly 1.5x the mean is not over it
+    ([9, 6, 1, 0], (0,)),  # rank 1 writes exactly 1.5x the mean: not among the heaviest
+    ([None, None], None),  # no final plans: volumes unknown, no finding
+    ([], None),
+])
+def test_write_imbalance_threshold_by_hand(monkeypatch, nbytes, heavy):
+    _volumes(monkeypatch, nbytes)
+    rows = c.write_imbalance(_plain_trace())
+    if heavy is None:
+        assert rows == []
+        return
+    (row,) = rows
+    assert row[:4] == ("warning", "write-imbalance", "", heavy)
+    assert "with dedup_save_to_lowest_rank=False;" in row[4]  # not recorded: DCP's default
+
+
+def test_write_imbalance_names_the_recorded_option(monkeypatch):
+    _volumes(monkeypatch, [8, 0])
+    (row,) = c.write_imbalance(_plain_trace((("dedup_save_to_lowest_rank", True),)))
+    assert row == ("warning", "write-imbalance", "", (0,),
+                   "rank volume is uneven: max 8 B vs mean 4 B per rank (imbalance 2.00, over 1.5) with "
+                   "dedup_save_to_lowest_rank=True; the heaviest are rank 0, and the save takes as long as its "
+                   "slowest rank.",
+                   "try DefaultSavePlanner(dedup_save_to_lowest_rank=False), or shard the plain tensors (FSDP) so "
+                   "every rank holds its own part")
+
+
+def test_chunk_coverage_with_an_overlap_and_a_gap():
+    """Rows 0-3 and 2-5 of 8: rows 2-3 twice, rows 6-7 nowhere; 6 of 8 rows covered, by hand."""
+    chunks = (_box((0, 0), (4, 2)), _box((2, 0), (4, 2)))
+    assert _brute((8, 2), chunks) == (4, 4)
+    rows = c.chunk_coverage(NS(metadata=NS(tensors=[NS(fqn="w", size=(8, 2), chunks=chunks)])))
+    assert [r[1] for r in rows] == ["chunks-overlap", "chunks-missing"]
+    assert "(4 elements saved twice)" in rows[0][4]
+    assert "cover at most 12 of its 16 elements" in rows[1][4]

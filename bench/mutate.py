@@ -144,6 +144,12 @@ EQUIVALENT: dict[str, str] = {
        "the unrecorded dedup_save_to_lowest_rank default False made None or left out "
        "(PlannerInfo.option's default is None): `bool(None)` is False, the same rule"
        for n in (30, 32)},
+    "dcpviz.analysis.checks.x_tied_weights__mutmut_1":
+        "`not tied_keys or global_plans is None` made `and`: without global plans no item is kept "
+        "(write_items' kept is NA, read as False), so no group has two written keys; without tied "
+        "keys the loop has nothing to do. Either way no row",
+    "dcpviz.analysis.checks.x_write_imbalance__mutmut_68":
+        "`float(\"nan\")` made `float(\"NAN\")`: float() reads nan in any case, the same value",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -628,3 +628,15 @@ def test_chunk_coverage_with_an_overlap_and_a_gap():
     assert [r[1] for r in rows] == ["chunks-overlap", "chunks-missing"]
     assert "(4 elements saved twice)" in rows[0][4]
     assert "cover at most 12 of its 16 elements" in rows[1][4]
+
+
+def test_write_imbalance_of_a_tiny_alternative(monkeypatch):
+    """The other option's numbers of a save of one byte: max 1 B over a mean of half a byte."""
+    _volumes(monkeypatch, [8, 0])
+    trace = NS(planner=PlannerInfo("DefaultSavePlanner", "x", ()),
+               dedup_alternative=NS(lowest_rank=True, rank_nbytes=(1, 0)))
+    (row,) = c.write_imbalance(trace)
+    assert row[4].endswith("With dedup_save_to_lowest_rank=True (DCP's dedup on the same local plans): max 1 B, "
+                           "imbalance 2.00.")
+    assert row[5] == ("the other dedup option is no better: the imbalance comes from the layout (what each rank "
+                      "holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks")

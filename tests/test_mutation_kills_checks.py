@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 
 from dcpviz.analysis import checks as c
-from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord, PlannerInfo, ScenarioInfo, TargetValue
+from dcpviz.core.trace import (
+    ErrorRecord,
+    LoadTrace,
+    MismatchRecord,
+    PlannerInfo,
+    ScenarioInfo,
+    TargetValue,
+)
 
 
 def _scenario(world_size=4, components=()):

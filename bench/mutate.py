@@ -150,6 +150,11 @@ EQUIVALENT: dict[str, str] = {
         "keys the loop has nothing to do. Either way no row",
     "dcpviz.analysis.checks.x_write_imbalance__mutmut_68":
         "`float(\"nan\")` made `float(\"NAN\")`: float() reads nan in any case, the same value",
+    **{f"dcpviz.analysis.checks.x_tied_weights__mutmut_{n}":
+       "`kept.fillna(False)` made `fillna(True)` / `fillna(None)`: with global plans (the check "
+       "returns before without them) every item's kept is True or False (write_items leaves it NA "
+       "only when there is no dedup to read), so there is nothing to fill"
+       for n in (8, 11)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -647,3 +647,32 @@ def test_write_imbalance_of_a_tiny_alternative(monkeypatch):
                            "imbalance 2.00.")
     assert row[5] == ("the other dedup option is no better: the imbalance comes from the layout (what each rank "
                       "holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks")
+
+
+def _nine_keys_on_rank_0(model, optimizer, rank):
+    sd = {"model": model.state_dict()}
+    if rank == 0:
+        sd.update({f"extra{i}": i for i in range(9)})
+    return sd
+
+
+def test_keys_only_some_ranks_save_are_capped():
+    t = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_nine_keys_on_rank_0)).trace
+    rows = c.key_sets(t)
+    assert len(rows) == 8 and all(r[:2] == ("warning", "key-sets-differ") and r[3] == (1,) for r in rows)
+    assert rows[-1][2] == "(2 more keys)" and rows[-1][4].startswith("2 more keys are saved by some ranks only (extra")
+    assert rows[-1][5] == rows[0][5] == (
+        "fine if every rank loads with the same keys it saved; a job that resumes on another "
+        "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
+
+
+def test_a_tied_group_with_one_written_key_does_not_hide_the_next():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tied_models import tied_lm
+
+    t = dcpviz.simulate_save(dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp")).trace
+    two = dataclasses.replace(t, tied_keys=(("wte.weight", "gone"), ("wte.weight", "lm_head.weight")))
+    assert [r[2] for r in c.tied_weights(two)] == ["wte.weight"]

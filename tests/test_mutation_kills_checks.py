@@ -676,3 +676,68 @@ def test_a_tied_group_with_one_written_key_does_not_hide_the_next():
     t = dcpviz.simulate_save(dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp")).trace
     two = dataclasses.replace(t, tied_keys=(("wte.weight", "gone"), ("wte.weight", "lm_head.weight")))
     assert [r[2] for r in c.tied_weights(two)] == ["wte.weight"]
+
+
+def _read_volumes(monkeypatch, files_known):
+    """read_amplification on hand-given per-rank read volumes (what load_tables would say)."""
+    reads = pd.DataFrame({"file": ["__0_0.distcp" if files_known else None, None]})
+    vol = pd.DataFrame({"rank": [0, 1, 2, 3], "planned": [True, True, True, False],
+                        "nbytes": [10, 1, 0, 10], "chunk_nbytes": [30, 2, 50, 100],
+                        "files": [3, 5, 2, 9], "writers": [2, 4, 1, 7]})
+    trace = object()
+
+    def rank_volume(t, r):
+        assert t is trace and r is reads
+        return vol
+
+    def read_items(t):
+        assert t is trace
+        return reads
+
+    monkeypatch.setattr(c.load_tables, "rank_volume", rank_volume)
+    monkeypatch.setattr(c.load_tables, "read_items", read_items)
+    return trace, reads
+
+
+@pytest.mark.parametrize("files_known", [True, False])
+def test_read_amplification_by_hand(monkeypatch, files_known):
+    """Rank 0 reads 30 B to keep 10 (3x: over 2x); rank 1 reads 2 B to keep 1 (2x: not over);
+    rank 2 keeps nothing and rank 3 planned nothing (both left out). Ranks 0-1 read from up to 5
+    files, or from up to 4 writer ranks where the files are not known."""
+    trace, reads = _read_volumes(monkeypatch, files_known)
+    spread = "5 files" if files_known else "4 writer ranks"
+    expected = [("warning", "read-amplification", "", (0,),
+                 "1 target ranks deserialise more than 2x the bytes they keep: rank 0 reads 30 B of saved chunks "
+                 f"to keep 10 B (3.0x); a rank reads from up to {spread}. DCP loads each saved chunk whole before "
+                 "taking the part a rank needs.",
+                 "load with the layout it was saved with (same sharded dim), or reshard offline once "
+                 "(dcp_to_torch_save / a one-off conversion) instead of at every restart")]
+    assert c.read_amplification(trace) == expected
+    assert c.read_amplification(trace, reads) == expected
+
+
+def test_read_amplification_takes_the_reads_it_is_given(monkeypatch):
+    given = pd.DataFrame({"file": [None, None]})
+
+    def rank_volume(t, r):
+        assert r is given
+        return _vol_of(r)
+
+    def read_items(t):
+        raise AssertionError("the reads were given")
+
+    monkeypatch.setattr(c.load_tables, "rank_volume", rank_volume)
+    monkeypatch.setattr(c.load_tables, "read_items", read_items)
+    (row,) = c.read_amplification(object(), given)
+    assert "a rank reads from up to 4 writer ranks." in row[4]
+
+
+def _vol_of(_):
+    return pd.DataFrame({"rank": [0, 1, 2, 3], "planned": [True, True, True, False], "nbytes": [10, 1, 0, 10],
+                         "chunk_nbytes": [30, 2, 50, 100], "files": [3, 5, 2, 9], "writers": [2, 4, 1, 7]})
+
+
+def test_no_read_amplification_without_heavy_or_planned_ranks(monkeypatch):
+    for vol in (_vol_of(None).assign(chunk_nbytes=[20, 2, 50, 100]), _vol_of(None).assign(planned=False)):
+        monkeypatch.setattr(c.load_tables, "rank_volume", lambda t, r, vol=vol: vol)
+        assert c.read_amplification(object(), pd.DataFrame({"file": [None]})) == []

@@ -155,6 +155,10 @@ EQUIVALENT: dict[str, str] = {
        "returns before without them) every item's kept is True or False (write_items leaves it NA "
        "only when there is no dedup to read), so there is nothing to fill"
        for n in (8, 11)},
+    **{f"dcpviz.analysis.checks.x_read_amplification__mutmut_{n}":
+       "`.astype(\"float64\")` made `.astype(None)`: pandas reads a dtype of None as numpy's "
+       "default, float64, the same cast"
+       for n in (22, 27, 37, 58)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

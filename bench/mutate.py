@@ -159,6 +159,11 @@ EQUIVALENT: dict[str, str] = {
        "`.astype(\"float64\")` made `.astype(None)`: pandas reads a dtype of None as numpy's "
        "default, float64, the same cast"
        for n in (22, 27, 37, 58)},
+    **{f"dcpviz.analysis.checks.x_partial_load__mutmut_{n}":
+       "`sources.get(m.fqn, ())` with the default None or left out: possible_sources has an entry "
+       "(maybe empty) for every skipped key, and every 'missing' key is skipped here, so the "
+       "default is never used"
+       for n in (29, 31)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

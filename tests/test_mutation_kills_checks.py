@@ -741,3 +741,26 @@ def test_no_read_amplification_without_heavy_or_planned_ranks(monkeypatch):
     for vol in (_vol_of(None).assign(chunk_nbytes=[20, 2, 50, 100]), _vol_of(None).assign(planned=False)):
         monkeypatch.setattr(c.load_tables, "rank_volume", lambda t, r, vol=vol: vol)
         assert c.read_amplification(object(), pd.DataFrame({"file": [None]})) == []
+
+
+def test_bytes_over_tensors_beyond_eight_are_summed_up():
+    ms = [M(f"t{i}", "type", [0], current=(2,), current_dtype="torch.float32") for i in range(9)]
+    rows = c.bytes_replace_tensors(_trace(ms))
+    assert len(rows) == 8 and rows[6][2] == "t6"
+    assert rows[7] == ("data-loss", "bytes-replace-tensor", "(2 more keys)", (0,),
+                       "2 more keys are replaced by saved Python values (t7, t8, ...).",
+                       "save tensors under these keys, or load them into Python values")
+
+
+def test_load_checks_pass_the_reads_on(monkeypatch):
+    given = pd.DataFrame({"file": []})
+    seen = []
+    monkeypatch.setattr(c, "read_amplification", lambda trace, reads=None: seen.append(reads) or [])
+    c.load_checks(_trace(), given)
+    assert seen == [given] and seen[0] is given
+
+
+def test_partial_load_reads_past_other_kinds():
+    t = _trace([M("s", "size", [0]), M("u", "unexpected", saved=(9,)), M("m", "missing", [0], current=(2,))],
+               partial=True)
+    assert [r[2] for r in c.partial_load(t)] == ["m"]

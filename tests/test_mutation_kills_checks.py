@@ -764,3 +764,43 @@ def test_partial_load_reads_past_other_kinds():
     t = _trace([M("s", "size", [0]), M("u", "unexpected", saved=(9,)), M("m", "missing", [0], current=(2,))],
                partial=True)
     assert [r[2] for r in c.partial_load(t)] == ["m"]
+
+
+def test_without_global_plans_the_survivor_is_dcps_rule_replayed(two_ranks):
+    """A trace that holds no global plans names the survivor by DCP's dedup rule replayed: the
+    rank DCP's own global plans kept (read from the full trace)."""
+    kept = _kept_by(two_ranks, "loader.position")
+    bare = dataclasses.replace(two_ranks, global_plans=None, final_plans=None)
+    (row,) = _rows(bare, "loader.position")
+    assert row[3] == (1 - kept,) and f"keeps only rank {kept}'s copy" in row[4]
+
+
+def test_three_ranks_with_one_value_unknown():
+    """Ranks 0 and 1 known and different, rank 2 unknown: the ranks whose known value differs
+    from the survivor's are lost; if the survivor's own value is unknown, every known one is."""
+    t = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=3, recipe="fsdp",
+                                             state=_position_per_rank)).trace
+    kept = _kept_by(t, "loader.position")
+    others = [r for r in range(3) if r != kept]
+    (row,) = _rows(_digests(t, "loader.position", {kept: "a", others[0]: "b"}), "loader.position")
+    assert row[:4] == ("data-loss", "rank-specific-value", "loader.position", (others[0],))
+    assert "the ranks hold 2 different values" in row[4]
+    (row,) = _rows(_digests(t, "loader.position", {others[0]: "a", others[1]: "b"}), "loader.position")
+    assert row[3] == tuple(others)
+
+
+def _nine_plain_values(model, optimizer, rank):
+    return {"model": model.state_dict(), **{f"v{i}": i for i in range(9)}}
+
+
+def test_many_values_of_unknown_ranks_are_capped():
+    t = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_nine_plain_values)).trace
+    t = dataclasses.replace(t, value_digests=tuple(d for d in t.value_digests if d.rank == 0))
+    rows = c.rank_specific_values(t)
+    # the model's progress.step (a meta tensor: no value on either rank), its two extra-state
+    # values and v0-v8 (rank 1's values unknown): twelve rows, seven shown and five summed up
+    assert [r[2] for r in rows[:7]] == ["model.progress.step", "model.progress._extra_state.epoch",
+                                        "model.progress._extra_state.note", "v0", "v1", "v2", "v3"]
+    assert rows[7] == ("warning", "rank-specific-value", "(5 more keys)", (1,),
+                       "5 more keys are kept from one rank with other ranks' values unknown (v4, v5, v6, ...).",
+                       PER_RANK_FIX)

@@ -164,6 +164,9 @@ EQUIVALENT: dict[str, str] = {
        "(maybe empty) for every skipped key, and every 'missing' key is skipped here, so the "
        "default is never used"
        for n in (29, 31)},
+    "dcpviz.analysis.checks.x__frame__mutmut_23":
+        "`kind=\"stable\"` made `kind=\"STABLE\"`: numpy reads a sort kind by its first letter in "
+        "either case, so it is the same stable sort",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -124,8 +124,8 @@ def test_unread_rows_capped_separately_for_lost_and_plain():
     ms = [M(f"u{i}", "unexpected") for i in range(9)]
     rows = c.unread_keys(_trace(ms))
     assert [r[2] for r in rows] == [f"u{i}" for i in range(7)] + ["(2 more keys)"]
-    assert rows[7][4] == "2 more keys are in the checkpoint and read by no rank (u7, u8, ...)."
-    assert rows[7][5] == FIX_UNREAD
+    assert rows[7] == ("warning", "unread-keys", "(2 more keys)", (),
+                       "2 more keys are in the checkpoint and read by no rank (u7, u8, ...).", FIX_UNREAD)
 
 
 def test_partial_load_rows_by_hand():
@@ -804,3 +804,25 @@ def test_many_values_of_unknown_ranks_are_capped():
     assert rows[7] == ("warning", "rank-specific-value", "(5 more keys)", (1,),
                        "5 more keys are kept from one rank with other ranks' values unknown (v4, v5, v6, ...).",
                        PER_RANK_FIX)
+
+
+def test_lost_unread_keys_beyond_eight_are_summed_up():
+    ms = [M("m", "missing", [0], current=(2,))] + [M(f"s{i}", "unexpected", saved=(2,)) for i in range(9)]
+    rows = c.unread_keys(_trace(ms, partial=True))
+    assert [r[2] for r in rows] == [f"s{i}" for i in range(7)] + ["(2 more keys)"]
+    assert rows[7] == ("data-loss", "unread-keys", "(2 more keys)", (),
+                       "2 more keys are in the checkpoint and read by no rank (s7, s8, ...).", FIX_LOST)
+
+
+def test_unread_optimizer_state_by_component_and_examples():
+    """A key whose recorded component is 'optimizer' is optimizer state; the message names three
+    examples, not four."""
+    ms = [M(k, "unexpected") for k in ("opt.a", "opt.b", "opt.c", "opt.d")]
+    (row,) = c.unread_keys(_trace(ms, saved_components=(("opt", "optimizer"),)))
+    assert row[:3] == ("warning", "optimizer-state-not-read", "(4 keys)")
+    assert "(4 keys, e.g. opt.a, opt.b, opt.c) that no target rank reads" in row[4]
+
+
+def test_planner_errors_on_every_rank():
+    errors = [ErrorRecord("local", r, "KeyError", "m") for r in range(4)]
+    assert c.planner_errors(_trace(errors=errors))[0][4] == "[local, all 4 ranks] KeyError: m"

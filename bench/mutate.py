@@ -289,6 +289,10 @@ def write_table(results: dict[str, dict]) -> None:
             mods += "; stopped early: tested mutants only"
         lines.append(f"| {name} ({mods}) | {r['mutants']} | {r['killed']} | {len(survived)} | {len(equivalent)} "
                      f"| {rate:.0%} | {tests} | {r['seconds']} s |")
+    lines += ["", "Not mutated yet: analysis/hints_training.py, analysis/hint_base.py, core/keymatch.py (the "
+              "matcher), engine/fix_planner.py; of the checks, file_checks.py and hf_checks.py.",
+              "A row 'stopped early' counts the mutants that were tested before the run was stopped "
+              "(mutmut runs the fastest first); the rest were not tested."]
     lines += ["", "## Survivors shown equivalent", ""]
     lines += [f"- `{k}`: {why}" for k, why in EQUIVALENT.items()]
     lines += ["", "## Survivors not yet killed nor shown equivalent", ""]

@@ -826,3 +826,34 @@ def test_unread_optimizer_state_by_component_and_examples():
 def test_planner_errors_on_every_rank():
     errors = [ErrorRecord("local", r, "KeyError", "m") for r in range(4)]
     assert c.planner_errors(_trace(errors=errors))[0][4] == "[local, all 4 ranks] KeyError: m"
+
+
+def test_the_survivor_is_whose_global_plan_holds_the_value(two_ranks):
+    """A planner that keeps the other rank's copy than DCP's rule would (a custom dedup): the
+    global plans decide, not the rule replayed."""
+    kept = _kept_by(two_ranks, "loader.position")
+    ids = {r: i for r, p in enumerate(two_ranks.local_plans) for i in p.items
+           if two_ranks.items[i].fqn == "loader.position"}
+    plans = list(two_ranks.global_plans)
+    plans[kept] = dataclasses.replace(plans[kept], items=tuple(i for i in plans[kept].items if i != ids[kept]))
+    other = 1 - kept
+    plans[other] = dataclasses.replace(plans[other], items=tuple(sorted(plans[other].items + (ids[other],))))
+    swapped = dataclasses.replace(two_ranks, global_plans=tuple(plans), final_plans=tuple(plans))
+    (row,) = _rows(swapped, "loader.position")
+    assert row[3] == (kept,) and f"keeps only rank {other}'s copy" in row[4]
+
+
+def test_an_unrecorded_flatten_option_is_dcps_default(two_ranks):
+    t = dataclasses.replace(two_ranks, planner=dataclasses.replace(two_ranks.planner, options=()))
+    (row,) = _rows(t, "loader.position")
+    assert row[4].endswith("are lost (not on disk).") and row[5] == PER_RANK_FIX
+
+
+def test_two_replicated_dtensors_that_differ_are_both_named(hsdp):
+    t = hsdp
+    for fqn in ("fc1.bias", "fc2.bias"):
+        first = min(tuple(it.offsets) for it in t.items if it.fqn == fqn)
+        holders = sorted({r for r, p in enumerate(t.local_plans) for i in p.items
+                          if t.items[i].fqn == fqn and tuple(t.items[i].offsets) == first})
+        t = _digests(t, fqn, {holders[0]: "a", holders[1]: "b"}, offsets=first)
+    assert [r[2] for r in c.rank_specific_values(t) if r[1] == "replicas-differ"] == ["fc1.bias", "fc2.bias"]

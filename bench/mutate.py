@@ -167,6 +167,14 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.analysis.checks.x__frame__mutmut_23":
         "`kind=\"stable\"` made `kind=\"STABLE\"`: numpy reads a sort kind by its first letter in "
         "either case, so it is the same stable sort",
+    **{f"dcpviz.analysis.checks.x_rank_specific_values__mutmut_{n}":
+       "`itertuples(index=False)` made `index=True` / `index=None`: each row is read by field name "
+       "(row.fqn, row.candidates, ...), never by position, so an added Index field changes nothing"
+       for n in (6, 8)},
+    "dcpviz.analysis.checks.x_rank_specific_values__mutmut_21":
+        "`tuple(row.offsets) if row.offsets is not None else None` made to always take the tuple: "
+        "save_tables.dedup gives every row a tuple of offsets (() for a bytes entry or a 0-d tensor), "
+        "never None",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

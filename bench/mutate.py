@@ -173,8 +173,8 @@ EQUIVALENT: dict[str, str] = {
        for n in (6, 8)},
     "dcpviz.analysis.checks.x_rank_specific_values__mutmut_21":
         "`tuple(row.offsets) if row.offsets is not None else None` made to always take the tuple: "
-        "save_tables.dedup gives every row a tuple of offsets (() for a bytes entry or a 0-d tensor), "
-        "never None",
+        "save_tables' item columns turn a bytes entry's None offsets into () (_box), so a dedup row's "
+        "offsets are never None",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -857,3 +857,17 @@ def test_two_replicated_dtensors_that_differ_are_both_named(hsdp):
                           if t.items[i].fqn == fqn and tuple(t.items[i].offsets) == first})
         t = _digests(t, fqn, {holders[0]: "a", holders[1]: "b"}, offsets=first)
     assert [r[2] for r in c.rank_specific_values(t) if r[1] == "replicas-differ"] == ["fc1.bias", "fc2.bias"]
+
+
+def test_partial_load_rows_beyond_eight_are_summed_up():
+    lost = [M(f"m{i}", "missing", [0], current=(2,)) for i in range(9)] + [M("src", "unexpected", saved=(2,))]
+    hidden = [M(f"h{i}", "missing", [1], current=(3,)) for i in range(9)]
+    rows = c.partial_load(_trace(lost + hidden, partial=True))
+    assert len(rows) == 16
+    assert rows[7] == ("data-loss", "partial-load-leaves-data-unread", "(2 more keys)", (0,),
+                       "2 more keys are skipped while their data is unread (m7, m8, ...).",
+                       "map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
+                       "allow_partial_load only for keys with no source in the checkpoint")
+    assert rows[15] == ("warning", "partial-load-hides-missing", "(2 more keys)", (1,),
+                        "2 more keys are skipped silently (h7, h8, ...).",
+                        "check the key names (load.hints); use allow_partial_load only for keys you mean to skip")

@@ -490,3 +490,32 @@ def dataclass_replace_scenario(trace, **kw):
     import dataclasses
 
     return dataclasses.replace(trace, scenario=dataclasses.replace(trace.scenario, **kw))
+
+
+def test_narrower_of_two_unknown_dtypes_is_false():
+    assert h._narrower("int64", "int32") is False
+
+
+def test_two_wrapper_segments_in_the_checkpoint_are_each_named():
+    rule = Rule("wrapper", "", "module, _orig_mod", (("w", "module._orig_mod.w"),))
+    assert lf._rule_hint(rule, "C").cause == ("a 'module.' prefix (DistributedDataParallel / DataParallel), "
+                                              "a '_orig_mod.' prefix (torch.compile)")
+
+
+def test_a_tie_is_no_missing_key_and_a_choice_settles_it():
+    """wq/wk against q_proj/k_proj, all of one shape (DESIGN's look-alike hazard): a tie, and the
+    tied keys are not also called missing or unread; the caller's choice settles it."""
+    target = {f"l{i}.attn.{n}.weight": torch.zeros(2) for i in range(2) for n in ("wq", "wk")}
+    saved = {f"l{i}.attn.{n}.weight": torch.zeros(2) for i in range(2) for n in ("q_proj", "k_proj")}
+    hints = h.compute_hints(_trace(target, saved))
+    assert [x.kind for x in hints] == ["ambiguous", "ambiguous"]
+    chosen = h.compute_hints(_trace(target, saved), choices={"wq": "q_proj", "wk": "k_proj"})
+    assert [(x.kind, x.title) for x in chosen] == [("rename", "Your choice {'wk': 'k_proj'} maps 2 key(s)"),
+                                                   ("rename", "Your choice {'wq': 'q_proj'} maps 2 key(s)")]
+
+
+def test_a_prefix_with_a_cast_says_both(ckpt):
+    target = {"fc.bias": torch.zeros(4, dtype=torch.bfloat16)}
+    hints = h.compute_hints(_trace(target, {"model.fc.bias": torch.zeros(4)}))
+    assert [x.kind for x in hints] == ["prefix", "dtype"]
+    assert hints[1].detail.endswith("casts torch.float32 -> torch.bfloat16 silently.")

@@ -175,6 +175,16 @@ EQUIVALENT: dict[str, str] = {
         "`tuple(row.offsets) if row.offsets is not None else None` made to always take the tuple: "
         "save_tables' item columns turn a bytes entry's None offsets into () (_box), so a dedup row's "
         "offsets are never None",
+    "dcpviz.analysis.hints.x__narrower__mutmut_6":
+        "an unknown dtype's width 0 made 1 on the left: every known width is 8 or more, so "
+        "`1 < width` and `0 < width` agree, and against an unknown right side both are False",
+    **{f"dcpviz.analysis.hints.x_compute_hints__mutmut_{n}":
+       "the unrecorded allow_partial_load default False made None or left out (PlannerInfo.option's "
+       "default is None): `bool(None)` is False, the same rule"
+       for n in (21, 23)},
+    "dcpviz.analysis.load_fix.x__ambiguity_hint__mutmut_31":
+        "the separator of a join over `candidates[:1]` changed: a join of at most one item never "
+        "uses its separator",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

@@ -519,3 +519,31 @@ def test_a_prefix_with_a_cast_says_both(ckpt):
     hints = h.compute_hints(_trace(target, {"model.fc.bias": torch.zeros(4)}))
     assert [x.kind for x in hints] == ["prefix", "dtype"]
     assert hints[1].detail.endswith("casts torch.float32 -> torch.bfloat16 silently.")
+
+
+def test_another_optimizer_kind_and_a_prefix_at_once():
+    """AdamW's param group (lr, betas) against SGD's (lr, momentum), plus a 'model.' prefix: the
+    optimizer hint takes its keys first, the prefix hint follows, and nothing else is said."""
+    import dataclasses
+
+    t = _trace({"w": torch.zeros(2)}, {"model.w": torch.zeros(2)},
+               bytes_keys=["optim.param_groups.0.lr", "optim.param_groups.0.momentum"])
+    wanted = t.wanted + tuple(TargetValue(k, "float", None, None)
+                              for k in ("optim.param_groups.0.lr", "optim.param_groups.0.betas"))
+    mismatches = tuple(m for m in t.mismatches if m.fqn != "optim.param_groups.0.lr") + (
+        MismatchRecord("optim.param_groups.0.betas", "missing", (0,)),)
+    t = dataclasses.replace(t, wanted=wanted, mismatches=mismatches)
+    hints = h.compute_hints(t)
+    assert [(x.kind, x.keys) for x in hints] == [
+        ("optimizer", ("optim.param_groups.0.betas", "optim.param_groups.0.momentum")), ("prefix", ("w",))]
+    assert lf.trace_facts(t)[0]["optim.param_groups.0.betas"] == KeyFacts(None, None)
+
+
+def test_a_missing_key_next_to_a_rename_keeps_the_rename_in_its_fix(ckpt):
+    path, saved = ckpt
+    target = {"fc.weight": torch.zeros(4, 3), "new": torch.ones(2)}
+    (hint,) = [x for x in h.compute_hints(_trace(target, {"model.fc.weight": saved["model.fc.weight"]}))
+               if x.kind == "partial"]
+    assert "    'fc.weight': 'model.fc.weight'," in hint.fix.split("\n")
+    loaded = _run_fix(hint.fix, target, path)
+    assert torch.equal(loaded["fc.weight"], saved["model.fc.weight"]) and torch.equal(loaded["new"], torch.ones(2))

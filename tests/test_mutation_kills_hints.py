@@ -541,8 +541,8 @@ def test_another_optimizer_kind_and_a_prefix_at_once():
 
 def test_a_missing_key_next_to_a_rename_keeps_the_rename_in_its_fix(ckpt):
     path, saved = ckpt
-    target = {"fc.weight": torch.zeros(4, 3), "new": torch.ones(2)}
-    (hint,) = [x for x in h.compute_hints(_trace(target, {"model.fc.weight": saved["model.fc.weight"]}))
+    target = {"fc.weight": torch.zeros(4, 3), "fc.bias": torch.zeros(4), "new": torch.ones(2)}
+    (hint,) = [x for x in h.compute_hints(_trace(target, {k: saved[k] for k in ("model.fc.weight", "model.fc.bias")}))
                if x.kind == "partial"]
     assert "    'fc.weight': 'model.fc.weight'," in hint.fix.split("\n")
     loaded = _run_fix(hint.fix, target, path)

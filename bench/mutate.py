@@ -185,6 +185,18 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.analysis.load_fix.x__ambiguity_hint__mutmut_31":
         "the separator of a join over `candidates[:1]` changed: a join of at most one item never "
         "uses its separator",
+    **{f"dcpviz.analysis.load_fix.x_match_hints__mutmut_{n}":
+       "the unrecorded allow_partial_load default False made None or left out (PlannerInfo.option's "
+       "default is None): `bool(None)` is False, the same rule"
+       for n in (9, 11)},
+    "dcpviz.analysis.load_fix.x_previous_fix__mutmut_4":
+        "`option(\"fix_spec\", None)` without its default: PlannerInfo.option's default is None",
+    "dcpviz.analysis.load_fix.x_previous_fix__mutmut_7":
+        "`not isinstance(spec, str) or not spec` made `and`: what the early return no longer catches "
+        "(a non-text value, an empty text) json.loads refuses inside the try (TypeError, ValueError), "
+        "which returns the same ({}, ())",
+    "dcpviz.analysis.load_fix.x__size_hint__mutmut_53":
+        "`b > a` made `b >= a`: a and b are the sizes of the one dim that differs, so they are never equal",
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

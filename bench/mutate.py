@@ -197,6 +197,11 @@ EQUIVALENT: dict[str, str] = {
         "which returns the same ({}, ())",
     "dcpviz.analysis.load_fix.x__size_hint__mutmut_53":
         "`b > a` made `b >= a`: a and b are the sizes of the one dim that differs, so they are never equal",
+    **{f"dcpviz.engine.checkpoint.x__check_storage_paths__mutmut_{n}":
+       "the default of a storage record's missing relative_path ('') made None or 'XXXX': "
+       "root / '', root / 'None' and root / 'XXXX' all lie inside the directory, so the guard "
+       "passes either way (DCP's _StorageInfo always has a relative_path)"
+       for n in (13, 19)},
     "dcpviz.core.trace_validate.x__load__mutmut_4":
         "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
         "is falsy like False.",

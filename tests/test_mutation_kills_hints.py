@@ -547,3 +547,26 @@ def test_a_missing_key_next_to_a_rename_keeps_the_rename_in_its_fix(ckpt):
     assert "    'fc.weight': 'model.fc.weight'," in hint.fix.split("\n")
     loaded = _run_fix(hint.fix, target, path)
     assert torch.equal(loaded["fc.weight"], saved["model.fc.weight"]) and torch.equal(loaded["new"], torch.ones(2))
+
+
+def test_optimizer_hints_are_of_kind_optimizer():
+    cases = [({"optim.state.0.exp_avg"}, {"optim.state.fc.exp_avg"}), ({"optim.state.a.exp_avg"}, set()),
+             (set(), {"optim.state.0.exp_avg"})]
+    assert [[x.kind for x in h._optimizer_hints(set(m), set(u))] for m, u in cases] == [["optimizer"]] * 3
+
+
+def test_size_hints_in_order_of_their_text_and_an_embedding_is_a_vocabulary():
+    match = _match(resized=(("a", "a", (5,), (7,)), ("b", "b", (10,), (12,)),
+                            ("tok_embed.w", "tok_embed.w", (3, 2), (3, 4))))
+    assert [x.title for x in lf._size_hint(match, "C")] == [
+        "A dimension grew from 10 to 12 in 1 tensor(s)",  # repr order: "('dim', 10" before "('dim', 2"
+        "A dimension grew from 2 to 4 in 1 tensor(s) — a resized vocabulary?",
+        "A dimension grew from 5 to 7 in 1 tensor(s)"]
+
+
+def test_a_missing_python_value_has_no_size():
+    t = _trace({}, {})
+    import dataclasses
+
+    t = dataclasses.replace(t, mismatches=(MismatchRecord("step", "missing", (0,)),))
+    assert lf.trace_facts(t)[0] == {"step": KeyFacts(None, None)}

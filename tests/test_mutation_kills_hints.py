@@ -570,3 +570,15 @@ def test_a_missing_python_value_has_no_size():
 
     t = dataclasses.replace(t, mismatches=(MismatchRecord("step", "missing", (0,)),))
     assert lf.trace_facts(t)[0] == {"step": KeyFacts(None, None)}
+
+
+@pytest.mark.parametrize("key", ["output.weight", "wte.weight", "lm_head.weight"])
+def test_each_vocabulary_name_alone_is_a_vocabulary(key):
+    (hint,) = lf._size_hint(_match(resized=((key, key, (5, 2), (7, 2)),)), "C")
+    assert hint.cause == "a resized vocabulary"
+
+
+def test_unread_optimizer_state_names_two_examples():
+    (hint,) = h._optimizer_hints(set(), {f"optim.state.{i}.exp_avg" for i in range(4)})
+    assert hint.detail == ("4 optimizer keys ('optim.state.0.exp_avg', 'optim.state.1.exp_avg' and 2 more) are "
+                           "read by no rank; DCP ignores them.")

@@ -399,3 +399,66 @@ def test_an_item_planned_twice_by_one_rank_alone_is_no_dedup(docs, tmp_path):
     t["local_plans"][0]["items"].append(alone)
     after = _load(doc, tmp_path).dedup
     assert list(after.fqn) == list(before.fqn) and t["items"][alone]["fqn"] not in set(after.fqn) - set(before.fqn)
+
+
+def test_the_safe_readers_messages_in_full(tmp_path):
+    """Each refusal says what it refused and what to do (README: an error names the input and the
+    fix), word for word."""
+    import pickle
+    import re
+
+    from dcpviz.engine.checkpoint.reader import read_metadata, read_metadata_bytes
+
+    def refused(fn, *args):
+        with pytest.raises(dcpviz.DcpvizError) as err:
+            fn(*args)
+        return str(err.value)
+
+    assert refused(read_metadata_bytes, b"ctorch\nzeros\n.", "src") == (
+        "refusing to unpickle torch.zeros from src: a DCP .metadata file only holds checkpoint metadata "
+        "classes. The file may be malicious or not a DCP checkpoint; do not open it with "
+        "torch.distributed.checkpoint either.")
+    assert re.fullmatch(r"<bytes> is not a readable DCP metadata file \(UnpicklingError: .*\)\. It may be "
+                        r"truncated or corrupt; re-save the checkpoint\.", refused(read_metadata_bytes, b"\x80\x05junk"))
+    assert refused(read_metadata_bytes, pickle.dumps(3)) == "<bytes> holds a int, not DCP Metadata."
+    missing = tmp_path / "nope"
+    assert refused(read_metadata, missing) == f"checkpoint directory {str(missing)!r} does not exist."
+    (tmp_path / "file").write_text("x")
+    assert refused(read_metadata, tmp_path / "file") == (
+        f"{str(tmp_path / 'file')!r} is a file, not a checkpoint directory. Pass the directory that dcp.save "
+        "wrote (it contains .metadata and __*_*.distcp files).")
+    (tmp_path / "empty").mkdir()
+    assert refused(read_metadata, tmp_path / "empty") == (
+        f"{str(tmp_path / 'empty')!r} is not a DCP checkpoint: it has no .metadata file. Pass the directory "
+        "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none.")
+    (tmp_path / "empty" / ".metadata").mkdir()  # a folder named .metadata is no file either
+    assert "it has no .metadata file" in refused(read_metadata, tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / ".metadata").write_bytes(b"\x80\x05junk")
+    assert refused(read_metadata, tmp_path / "bad").startswith(
+        f"{str(tmp_path / 'bad' / '.metadata')!r} is not a readable DCP metadata file")
+
+
+def test_storage_records_by_hand(tmp_path):
+    """Storage records that name a file outside the directory, keyed by a MetadataIndex or by
+    anything else, with or without a path; a checkpoint of no storage record passes."""
+    from collections import namedtuple
+    from types import SimpleNamespace as NS
+
+    from dcpviz.engine.checkpoint.reader import _check_storage_paths
+
+    Index = namedtuple("Index", "fqn")
+
+    def refused(md):
+        with pytest.raises(dcpviz.DcpvizError) as err:
+            _check_storage_paths(tmp_path, md)
+        return str(err.value)
+
+    assert refused(NS(storage_data={Index("w"): NS(relative_path="/abs/x")})) == (
+        "entry 'w' points outside the checkpoint directory ('/abs/x'); refusing to read it.")
+    assert refused(NS(storage_data={"plain-key": NS(relative_path="../up")})).startswith(
+        "entry 'plain-key' ('../up') points outside the checkpoint directory")
+    _check_storage_paths(tmp_path, NS(storage_data={Index("w"): NS(relative_path="__0_0.distcp")}))
+    _check_storage_paths(tmp_path, NS(storage_data={Index("w"): NS()}))  # no path: the directory itself
+    _check_storage_paths(tmp_path, NS(storage_data=None))
+    _check_storage_paths(tmp_path, NS())

@@ -196,7 +196,7 @@ def key_sets(trace: SaveTrace) -> list[Row]:
         rows.append((
             Severity.WARNING, "key-sets-differ", fqn, lacking,
             f"{fqn!r} is saved by {len(ranks)} of {len(everyone)} ranks ({_ranks_text(ranks)}); "
-            f"{_ranks_text(lacking)} lack it. On load a rank reads only the keys its own state dict "
+            f"{_ranks_text(lacking)} lack{'s' if len(lacking) == 1 else ''} it. On load a rank reads only the keys its own state dict "
             "has: a rank that lacks it restores nothing for it, and a target rank that asks for a "
             "key no rank saved fails (missing key).",
             fix,

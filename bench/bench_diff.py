@@ -41,9 +41,19 @@ def _worker(rank: int, world: int, port: int, path: str, n_tensors: int) -> None
     r0, r1 = min(rank * step, ROWS), min((rank + 1) * step, ROWS)
     sd = {}
     for t in range(n_tensors):
-        local = (torch.arange(r0 * COLS, r1 * COLS, dtype=torch.int64) % 65521).to(torch.float32).mul_(1e-3).add_(t)
-        sd[f"layers.{t}.weight"] = DTensor.from_local(local.reshape(r1 - r0, COLS), mesh, [Shard(0)],
-                                                      shape=torch.Size((ROWS, COLS)), stride=(COLS, 1))
+        local = (
+            (torch.arange(r0 * COLS, r1 * COLS, dtype=torch.int64) % 65521)
+            .to(torch.float32)
+            .mul_(1e-3)
+            .add_(t)
+        )
+        sd[f"layers.{t}.weight"] = DTensor.from_local(
+            local.reshape(r1 - r0, COLS),
+            mesh,
+            [Shard(0)],
+            shape=torch.Size((ROWS, COLS)),
+            stride=(COLS, 1),
+        )
     dcp.save(sd, checkpoint_id=path)
     dist.barrier()
     dist.destroy_process_group()
@@ -53,7 +63,9 @@ def make(path: Path, world: int, n_tensors: int, port: int) -> float:
     import torch.multiprocessing as mp
 
     t0 = time.perf_counter()
-    mp.start_processes(_worker, args=(world, port, str(path), n_tensors), nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(world, port, str(path), n_tensors), nprocs=world, start_method="spawn"
+    )
     return time.perf_counter() - t0
 
 
@@ -82,7 +94,13 @@ print(json.dumps({"seconds": s, "base_kb": base, "peak_kb": peak, "exit": r.exit
 
 def diff_run(a: Path, b: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", _DIFF, str(a), str(b)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _DIFF, str(a), str(b)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,7 +109,9 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.0, help="size of each checkpoint (GiB)")
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints (prints where)")
-    ap.add_argument("--existing", help="a folder a --keep run left (a_8ranks, b_6ranks): skip the saves")
+    ap.add_argument(
+        "--existing", help="a folder a --keep run left (a_8ranks, b_6ranks): skip the saves"
+    )
     args = ap.parse_args()
     n_tensors = max(1, round(args.gb * 1024 / (ROWS * COLS * 4 / 2**20)))
     root = Path(args.existing or tempfile.mkdtemp(prefix="dcpviz_bench_diff_", dir=args.dir))
@@ -109,17 +129,37 @@ def main() -> None:
             assert d["exit"] == 0 and d["compared"] == d["elements"], d
             raw, ours = nbytes / cat_s, nbytes / d["seconds"]
             extra = (d["peak_kb"] - d["base_kb"]) * 1024
-            rows.append((attempt, nbytes, cat_s, raw, d["seconds"], ours, ours / raw, d["base_kb"] * 1024,
-                         d["peak_kb"] * 1024, extra, largest, d["regions"]))
-        print(f"\n{n_tensors} tensors of {ROWS}x{COLS} float32; A saved on 8 ranks ({made_a:.0f} s), "
-              f"B on 6 ranks ({made_b:.0f} s); largest chunk {largest / 2**20:.1f} MiB")
-        print("| run | bytes read (A+B) | cat -> /dev/null | diff --values | ratio | peak RSS | RSS after imports "
-              "| peak - imports | 2 x largest chunk | regions |")
+            rows.append(
+                (
+                    attempt,
+                    nbytes,
+                    cat_s,
+                    raw,
+                    d["seconds"],
+                    ours,
+                    ours / raw,
+                    d["base_kb"] * 1024,
+                    d["peak_kb"] * 1024,
+                    extra,
+                    largest,
+                    d["regions"],
+                )
+            )
+        print(
+            f"\n{n_tensors} tensors of {ROWS}x{COLS} float32; A saved on 8 ranks ({made_a:.0f} s), "
+            f"B on 6 ranks ({made_b:.0f} s); largest chunk {largest / 2**20:.1f} MiB"
+        )
+        print(
+            "| run | bytes read (A+B) | cat -> /dev/null | diff --values | ratio | peak RSS | RSS after imports "
+            "| peak - imports | 2 x largest chunk | regions |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
-        for (n, nbytes, cat_s, raw, ds, ours, ratio, base, peak, extra, big, regions) in rows:
-            print(f"| {n} | {nbytes / 2**30:.2f} GiB | {cat_s:.2f} s ({raw / 2**30:.2f} GiB/s) | {ds:.2f} s "
-                  f"({ours / 2**30:.2f} GiB/s) | **{ratio:.2f}** | {peak / 2**20:.0f} MiB | {base / 2**20:.0f} MiB "
-                  f"| {extra / 2**20:.0f} MiB | {2 * big / 2**20:.0f} MiB | {regions} |")
+        for n, nbytes, cat_s, raw, ds, ours, ratio, base, peak, extra, big, regions in rows:
+            print(
+                f"| {n} | {nbytes / 2**30:.2f} GiB | {cat_s:.2f} s ({raw / 2**30:.2f} GiB/s) | {ds:.2f} s "
+                f"({ours / 2**30:.2f} GiB/s) | **{ratio:.2f}** | {peak / 2**20:.0f} MiB | {base / 2**20:.0f} MiB "
+                f"| {extra / 2**20:.0f} MiB | {2 * big / 2**20:.0f} MiB | {regions} |"
+            )
     finally:
         if args.keep or args.existing:
             print(f"checkpoints kept in {root}")

@@ -36,25 +36,39 @@ def main() -> None:
     args = ap.parse_args()
     nbytes = int(args.gib * (1 << 30))
     gb = nbytes / 1e9
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {nbytes / (1 << 30):.2f} GiB per case")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {nbytes / (1 << 30):.2f} GiB per case"
+    )
 
     big = torch.randn(nbytes // 4)
     best, med = _best(lambda: value_digest(big), args.repeats)
-    print(f"one float32 tensor     : {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median ({gb / best:.1f} GB/s)")
+    print(
+        f"one float32 tensor     : {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median ({gb / best:.1f} GB/s)"
+    )
 
     bf16 = torch.randn(nbytes // 2, dtype=torch.bfloat16)
     best, med = _best(lambda: value_digest(bf16), args.repeats)
-    print(f"one bfloat16 tensor    : {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median ({gb / best:.1f} GB/s)")
+    print(
+        f"one bfloat16 tensor    : {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median ({gb / best:.1f} GB/s)"
+    )
 
     n = 4096
     small = {f"layers.{i}.w": t for i, t in enumerate(big.chunk(n))}
     best, med = _best(lambda: value_digests_of(small, 0), args.repeats)
-    print(f"{n} tensors (same bytes): {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median "
-          f"({best / n * 1e6:.1f} us per key)")
+    print(
+        f"{n} tensors (same bytes): {best / gb:.3f} s/GB best, {med / gb:.3f} s/GB median "
+        f"({best / n * 1e6:.1f} us per key)"
+    )
 
-    objs = {"loader": {f"shard{i}": {"pos": i, "seen": {f"f{j}" for j in range(8)}} for i in range(10_000)}}
+    objs = {
+        "loader": {
+            f"shard{i}": {"pos": i, "seen": {f"f{j}" for j in range(8)}} for i in range(10_000)
+        }
+    }
     best, med = _best(lambda: value_digest(objs), args.repeats)
-    print(f"Python values          : 10k nested dicts with sets, {best * 1e3:.1f} ms best, {med * 1e3:.1f} ms median")
+    print(
+        f"Python values          : 10k nested dicts with sets, {best * 1e3:.1f} ms best, {med * 1e3:.1f} ms median"
+    )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def make_trace(cache: Path) -> Path:
     if not cache.exists():
         import dcpviz
 
-        sc = dcpviz.Scenario(model="llama3-70b", world_size=1024, mesh=(8, 128), recipe="hsdp", dtype="bfloat16")
+        sc = dcpviz.Scenario(
+            model="llama3-70b", world_size=1024, mesh=(8, 128), recipe="hsdp", dtype="bfloat16"
+        )
         dcpviz.simulate_save(sc).to_json(cache)
     return cache
 
@@ -97,15 +99,23 @@ def best(runs: list[dict]) -> dict:
     for key, value in runs[0].items():
         if isinstance(value, float):
             out[key] = (max if key == "peak RSS MB" else min)(r[key] for r in runs)
-    out["tabs"] = {t: None if v is None else min(r["tabs"][t] for r in runs) for t, v in runs[0]["tabs"].items()}
+    out["tabs"] = {
+        t: None if v is None else min(r["tabs"][t] for r in runs)
+        for t, v in runs[0]["tabs"].items()
+    }
     return out
 
 
 def measure(code: Path, trace: Path, warm: bool) -> dict:
     """One fresh process with ``code`` first on the path."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold"],
-                          env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
     if proc.returncode or not line:
         raise SystemExit(f"child failed with {code}:\n{proc.stderr[-3000:]}")
@@ -125,9 +135,18 @@ def table(name: str, runs: dict[str, dict[str, dict]]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(get(runs[c]) for c in cols) + " |")
 
     row("trace decode", lambda r: fmt(r["trace decode"]))
-    row("plotly FigureWidget import (warm runs, before the clock)",
-        lambda r: fmt(r["plotly FigureWidget import"]) if "plotly FigureWidget import" in r else "in the next row")
-    row("explorer, first view ready", lambda r: f"**{r['explorer, first view ready']:.2f} s** ({r['first tab']})")
+    row(
+        "plotly FigureWidget import (warm runs, before the clock)",
+        lambda r: (
+            fmt(r["plotly FigureWidget import"])
+            if "plotly FigureWidget import" in r
+            else "in the next row"
+        ),
+    )
+    row(
+        "explorer, first view ready",
+        lambda r: f"**{r['explorer, first view ready']:.2f} s** ({r['first tab']})",
+    )
     row("  of which full GC passes over the decoded trace", lambda r: fmt(r["full GC"]))
     titles = list(dict.fromkeys(t for r in runs.values() for t in r["tabs"]))
     for title in titles:
@@ -138,28 +157,43 @@ def table(name: str, runs: dict[str, dict[str, dict]]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", type=Path, help="a save trace (default: the W=1024 HSDP 70B save, simulated once)")
+    ap.add_argument(
+        "--trace",
+        type=Path,
+        help="a save trace (default: the W=1024 HSDP 70B save, simulated once)",
+    )
     ap.add_argument("--load-trace", type=Path, help="a load trace for the load explorer")
     ap.add_argument("--old", type=Path, help="another checkout to compare with (e.g. main's)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown"
+    )
     args = ap.parse_args()
     save = args.trace or make_trace(args.cache)
     codes = {"new": ROOT}
     if args.old:
         codes = {"old": args.old.resolve(), **codes}
     uptime = os.getloadavg()
-    print(f"load average before: {uptime[0]:.2f} {uptime[1]:.2f} {uptime[2]:.2f}; {os.cpu_count()} CPUs")
+    print(
+        f"load average before: {uptime[0]:.2f} {uptime[1]:.2f} {uptime[2]:.2f}; {os.cpu_count()} CPUs"
+    )
     started = time.perf_counter()
     for name, trace in (("save explorer", save), ("load explorer", args.load_trace)):
         if trace is None:
             continue
-        runs = {f"{code} {mode}": best([measure(path, trace, mode == "plotly warm") for _ in range(args.repeat)])
-                for mode in ("cold", "plotly warm") for code, path in codes.items()}
+        runs = {
+            f"{code} {mode}": best(
+                [measure(path, trace, mode == "plotly warm") for _ in range(args.repeat)]
+            )
+            for mode in ("cold", "plotly warm")
+            for code, path in codes.items()
+        }
         print("\n".join(table(f"{name}: {trace.name}", runs)) + "\n")
     uptime = os.getloadavg()
-    print(f"load average after: {uptime[0]:.2f} {uptime[1]:.2f} {uptime[2]:.2f}; "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"load average after: {uptime[0]:.2f} {uptime[1]:.2f} {uptime[2]:.2f}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def _sample(W: int, n: int) -> list[int]:
     return sorted({0, 1, W // 3, W // 2, W - 2, W - 1, *range(0, W, max(1, W // n))})[:n]
 
 
-def dcp_load_per_rank(md, recipe: str, mesh: tuple[int, ...], names: tuple[str, ...], ranks: list[int]):
+def dcp_load_per_rank(
+    md, recipe: str, mesh: tuple[int, ...], names: tuple[str, ...], ranks: list[int]
+):
     """DCP's own DefaultLoadPlanner on independently built DTensors:
     (set_up_planner + create_local_plan seconds per rank, create_local_plan alone, plans)."""
     from reference import hand_state_dict
@@ -112,8 +114,14 @@ def load_row(label, saved, target, recipe, mesh, names, sample) -> dict:
     plan_sum = sum(planning) / len(planning) * target.world_size
     ok, n = same_reads(res, plans)
     return {
-        "case": label, "simulate_s": sim, "dcp_sum_s": dcp_sum, "dcp_rank_s": sum(secs) / len(secs),
-        "ratio": sim / dcp_sum, "dcp_plan_only_s": plan_sum, "exact": f"{ok}/{n} sampled ranks", "timings": dict(res.trace.timings),
+        "case": label,
+        "simulate_s": sim,
+        "dcp_sum_s": dcp_sum,
+        "dcp_rank_s": sum(secs) / len(secs),
+        "ratio": sim / dcp_sum,
+        "dcp_plan_only_s": plan_sum,
+        "exact": f"{ok}/{n} sampled ranks",
+        "timings": dict(res.trace.timings),
         "peak_gb": _peak_gb(),
     }
 
@@ -121,21 +129,41 @@ def load_row(label, saved, target, recipe, mesh, names, sample) -> dict:
 def run_load256(sample: int) -> list[dict]:
     import dcpviz
 
-    saved = dcpviz.simulate_save(dcpviz.Scenario(
-        model="llama3-70b", world_size=256, mesh=(32, 8), recipe="tp+fsdp", dtype="bfloat16"), progress=False)
+    saved = dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model="llama3-70b", world_size=256, mesh=(32, 8), recipe="tp+fsdp", dtype="bfloat16"
+        ),
+        progress=False,
+    )
     target = dcpviz.Scenario(model="llama3-70b", world_size=256, recipe="fsdp", dtype="bfloat16")
-    return [load_row("load: TP+FSDP 32x8 -> FSDP 256", saved, target, "fsdp", (256,), ("shard",), sample)]
+    return [
+        load_row(
+            "load: TP+FSDP 32x8 -> FSDP 256", saved, target, "fsdp", (256,), ("shard",), sample
+        )
+    ]
 
 
 def run_load1024(sample: int) -> list[dict]:
     import dcpviz
 
-    sc = dcpviz.Scenario(model="llama3-70b", world_size=1024, mesh=(128, 8), recipe="tp+fsdp", dtype="bfloat16")
+    sc = dcpviz.Scenario(
+        model="llama3-70b", world_size=1024, mesh=(128, 8), recipe="tp+fsdp", dtype="bfloat16"
+    )
     saved = dcpviz.simulate_save(sc, progress=False)
     target = dcpviz.Scenario(model="llama3-70b", world_size=256, recipe="fsdp", dtype="bfloat16")
     return [
-        load_row("load: TP+FSDP 128x8 -> same (resume)", saved, sc, "tp+fsdp", (128, 8), ("dp", "tp"), sample),
-        load_row("load: TP+FSDP 128x8 -> FSDP 256", saved, target, "fsdp", (256,), ("shard",), sample),
+        load_row(
+            "load: TP+FSDP 128x8 -> same (resume)",
+            saved,
+            sc,
+            "tp+fsdp",
+            (128, 8),
+            ("dp", "tp"),
+            sample,
+        ),
+        load_row(
+            "load: TP+FSDP 128x8 -> FSDP 256", saved, target, "fsdp", (256,), ("shard",), sample
+        ),
     ]
 
 
@@ -198,17 +226,26 @@ def run_save(label: str, mesh: tuple[int, int], recipe: str) -> list[dict]:
     """simulate_save against DCP's coordinator floor on the same local plans."""
     import dcpviz
 
-    sc = dcpviz.Scenario(model="llama3-70b", world_size=mesh[0] * mesh[1], mesh=mesh, recipe=recipe, dtype="bfloat16")
+    sc = dcpviz.Scenario(
+        model="llama3-70b", world_size=mesh[0] * mesh[1], mesh=mesh, recipe=recipe, dtype="bfloat16"
+    )
     floors: dict = {}
     res, sim, floor, exact = simulate_with_floor(sc, floors)
     assert res.ok, res.errors
     peak = _peak_gb()
-    return [{
-        "case": label, "simulate_s": sim, "floor_s": floor, "ratio": sim / floor,
-        "floor_gc_paused_s": floors["gc_paused"], "simulate_only_s": floors["simulate_only"],
-        "exact": "global plan + Metadata identical" if exact else "DIFFERENT", "timings": dict(res.trace.timings),
-        "peak_gb": peak,
-    }]
+    return [
+        {
+            "case": label,
+            "simulate_s": sim,
+            "floor_s": floor,
+            "ratio": sim / floor,
+            "floor_gc_paused_s": floors["gc_paused"],
+            "simulate_only_s": floors["simulate_only"],
+            "exact": "global plan + Metadata identical" if exact else "DIFFERENT",
+            "timings": dict(res.trace.timings),
+            "peak_gb": peak,
+        }
+    ]
 
 
 def run_case(name: str, sample: int) -> list[dict]:
@@ -233,22 +270,33 @@ def main() -> None:
         print(json.dumps(run_case(args[0], sample)))
         return
     for name in args or CASES:
-        proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", name], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             print(f"{name}: FAILED {proc.stderr.strip().splitlines()[-3:]}", flush=True)
             continue
         for row in json.loads(proc.stdout.strip().splitlines()[-1]):
             if "floor_s" in row:
-                fig = (f"{row['simulate_s']:7.1f}s (simulate_save alone {row['simulate_only_s']:.1f}s, the rest is "
-                       f"gc.collect() of what it and this bench's captured plans leave) vs floor {row['floor_s']:6.1f}s "
-                       f"(GC paused: {row['floor_gc_paused_s']:.1f}s, ratio {row['simulate_s'] / row['floor_gc_paused_s']:.2f})")
+                fig = (
+                    f"{row['simulate_s']:7.1f}s (simulate_save alone {row['simulate_only_s']:.1f}s, the rest is "
+                    f"gc.collect() of what it and this bench's captured plans leave) vs floor {row['floor_s']:6.1f}s "
+                    f"(GC paused: {row['floor_gc_paused_s']:.1f}s, ratio {row['simulate_s'] / row['floor_gc_paused_s']:.2f})"
+                )
             else:
-                fig = (f"{row['simulate_s']:7.1f}s vs DCP {row['dcp_sum_s']:6.1f}s "
-                       f"({row['dcp_rank_s'] * 1000:.0f} ms/rank x W, extrapolated from sampled ranks; "
-                       f"create_local_plan alone {row['dcp_plan_only_s']:.1f}s)")
-            print(f"{row['case']:<40} {fig}  ratio {row['ratio']:.2f}  exact: {row['exact']}  "
-                  f"peak {row['peak_gb']:.2f} GB", flush=True)
-            print("    " + ", ".join(f"{k} {v:.1f}s" for k, v in row["timings"].items()), flush=True)
+                fig = (
+                    f"{row['simulate_s']:7.1f}s vs DCP {row['dcp_sum_s']:6.1f}s "
+                    f"({row['dcp_rank_s'] * 1000:.0f} ms/rank x W, extrapolated from sampled ranks; "
+                    f"create_local_plan alone {row['dcp_plan_only_s']:.1f}s)"
+                )
+            print(
+                f"{row['case']:<40} {fig}  ratio {row['ratio']:.2f}  exact: {row['exact']}  "
+                f"peak {row['peak_gb']:.2f} GB",
+                flush=True,
+            )
+            print(
+                "    " + ", ".join(f"{k} {v:.1f}s" for k, v in row["timings"].items()), flush=True
+            )
 
 
 if __name__ == "__main__":

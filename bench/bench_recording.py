@@ -29,8 +29,11 @@ REAL_CASES = [
     ("mlp", "hsdp", 4, (2, 2)),
     ("llama-tiny", "tp+fsdp", 4, (2, 2)),
 ]
-SCALE_CASES = [("llama3-8b", "fsdp", 64, (64,)), ("llama3-8b", "fsdp", 256, (256,)),
-               ("llama3-70b", "hsdp", 1024, (8, 128))]
+SCALE_CASES = [
+    ("llama3-8b", "fsdp", 64, (64,)),
+    ("llama3-8b", "fsdp", 256, (256,)),
+    ("llama3-70b", "hsdp", 1024, (8, 128)),
+]
 
 
 # -- part 1: real processes ------------------------------------------------------------------
@@ -52,7 +55,11 @@ def bench_job(rank: int, world: int, report, scenario, root: str, repeats: int) 
     plain, rec, overhead = [], [], []
     for i in range(repeats + 1):  # the first round warms up and is dropped
         for kind in ("plain", "rec"):
-            planner = DefaultSavePlanner() if kind == "plain" else RecordingSavePlanner(f"{root}/t{i}.json")
+            planner = (
+                DefaultSavePlanner()
+                if kind == "plain"
+                else RecordingSavePlanner(f"{root}/t{i}.json")
+            )
             dist.barrier()
             t0 = time.perf_counter()
             dcp.save(sd, checkpoint_id=f"{root}/{kind}{i}", planner=planner)
@@ -70,21 +77,29 @@ def part1(repeats: int) -> None:
     import dcpviz
     from dcpviz.engine.run.procs import launch
 
-    print(f"Part 1: real gloo jobs on CPU, coordinator's dcp.save wall time, median of {repeats} "
-          f"(machine: {os.cpu_count()} CPUs)")
-    print(f"{'model':<11}{'recipe':<9}{'W':>3}{'plain ms':>10}{'recorded ms':>13}{'diff ms':>9}"
-          f"{'self-measured ms':>18}")
+    print(
+        f"Part 1: real gloo jobs on CPU, coordinator's dcp.save wall time, median of {repeats} "
+        f"(machine: {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"{'model':<11}{'recipe':<9}{'W':>3}{'plain ms':>10}{'recorded ms':>13}{'diff ms':>9}"
+        f"{'self-measured ms':>18}"
+    )
     for model, recipe, world, mesh in REAL_CASES:
         sc = dcpviz.Scenario(model=model, world_size=world, mesh=mesh, recipe=recipe, device="cpu")
         with tempfile.TemporaryDirectory() as root:
-            out = launch(bench_job, world, (sc, root, repeats), backend="gloo", device="cpu", timeout=600)
+            out = launch(
+                bench_job, world, (sc, root, repeats), backend="gloo", device="cpu", timeout=600
+            )
         if not out.ok:
             print(model, recipe, "failed:", [str(e) for e in out.errors])
             continue
         c = out.payloads[0]
         plain, rec = statistics.median(c["plain"]) * 1e3, statistics.median(c["rec"]) * 1e3
         own = statistics.median(c["overhead"]) * 1e3
-        print(f"{model:<11}{recipe:<9}{world:>3}{plain:>10.1f}{rec:>13.1f}{rec - plain:>9.1f}{own:>18.2f}")
+        print(
+            f"{model:<11}{recipe:<9}{world:>3}{plain:>10.1f}{rec:>13.1f}{rec - plain:>9.1f}{own:>18.2f}"
+        )
 
 
 # -- part 2: the coordinator alone at scale ------------------------------------------------------
@@ -112,15 +127,17 @@ def _plans_from(result):
             if it.item_type == "BYTE_IO":
                 items.append(WriteItem(index=MetadataIndex(it.fqn), type=WriteItemType.BYTE_IO))
                 continue
-            items.append(WriteItem(
-                index=MetadataIndex(it.fqn, torch.Size(it.offsets)),
-                type=WriteItemType[it.item_type],
-                tensor_data=TensorWriteData(
-                    chunk=ChunkStorageMetadata(torch.Size(it.offsets), torch.Size(it.sizes)),
-                    properties=TensorProperties(dtype=getattr(torch, it.dtype)),
-                    size=torch.Size(it.global_size),
-                ),
-            ))
+            items.append(
+                WriteItem(
+                    index=MetadataIndex(it.fqn, torch.Size(it.offsets)),
+                    type=WriteItemType[it.item_type],
+                    tensor_data=TensorWriteData(
+                        chunk=ChunkStorageMetadata(torch.Size(it.offsets), torch.Size(it.sizes)),
+                        properties=TensorProperties(dtype=getattr(torch, it.dtype)),
+                        size=torch.Size(it.global_size),
+                    ),
+                )
+            )
         plans.append(SavePlan(items, planner_data={}))
     return plans
 
@@ -133,9 +150,15 @@ def _carrying(plans, result):
     from dcpviz.engine.capture.save import CarriedPlannerData
 
     own = tuple(d for d in result.trace.value_digests if d.rank == 0)
-    return [dataclasses.replace(p, planner_data=CarriedPlannerData(p.planner_data,
-                                tuple(dataclasses.replace(d, rank=r) for d in own)))
-            for r, p in enumerate(plans)]
+    return [
+        dataclasses.replace(
+            p,
+            planner_data=CarriedPlannerData(
+                p.planner_data, tuple(dataclasses.replace(d, rank=r) for d in own)
+            ),
+        )
+        for r, p in enumerate(plans)
+    ]
 
 
 def part2(cases, repeats: int = 3) -> None:
@@ -147,11 +170,17 @@ def part2(cases, repeats: int = 3) -> None:
     from dcpviz.engine.capture.save import RecordingSavePlanner
     from dcpviz.engine.job.world import fake_world
 
-    print(f"\nPart 2: the coordinator's create_global_plan on real-size local plans (one process, best of {repeats})")
-    print(f"{'model':<11}{'recipe':<7}{'W':>6}{'items':>9}{'DCP s':>8}{'recorded s':>12}{'overhead s':>12}"
-          f"{'trace MB':>10}")
+    print(
+        f"\nPart 2: the coordinator's create_global_plan on real-size local plans (one process, best of {repeats})"
+    )
+    print(
+        f"{'model':<11}{'recipe':<7}{'W':>6}{'items':>9}{'DCP s':>8}{'recorded s':>12}{'overhead s':>12}"
+        f"{'trace MB':>10}"
+    )
     for model, recipe, world, mesh in cases:
-        sc = dcpviz.Scenario(model=model, world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16")
+        sc = dcpviz.Scenario(
+            model=model, world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16"
+        )
         result = dcpviz.simulate_save(sc, progress=False)
         plans = _plans_from(result)
         n = sum(len(p.items) for p in plans)
@@ -162,15 +191,18 @@ def part2(cases, repeats: int = 3) -> None:
                 t0 = time.perf_counter()
                 DefaultSavePlanner(flatten_state_dict=False).create_global_plan(a)
                 dcp_s = min(dcp_s, time.perf_counter() - t0)
-                rec = RecordingSavePlanner(Path(root) / "t.json", DefaultSavePlanner(flatten_state_dict=False),
-                                           scenario=sc)
+                rec = RecordingSavePlanner(
+                    Path(root) / "t.json", DefaultSavePlanner(flatten_state_dict=False), scenario=sc
+                )
                 rec.is_coordinator = True
                 b = _carrying(copy.deepcopy(plans), result)
                 t0 = time.perf_counter()
                 rec.create_global_plan(b)
                 rec_s = min(rec_s, time.perf_counter() - t0)
             size = os.path.getsize(Path(root) / "t.json") / 1e6
-        print(f"{model:<11}{recipe:<7}{world:>6}{n:>9}{dcp_s:>8.2f}{rec_s:>12.2f}{rec_s - dcp_s:>12.2f}{size:>10.1f}")
+        print(
+            f"{model:<11}{recipe:<7}{world:>6}{n:>9}{dcp_s:>8.2f}{rec_s:>12.2f}{rec_s - dcp_s:>12.2f}{size:>10.1f}"
+        )
 
 
 def main() -> None:

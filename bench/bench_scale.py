@@ -47,15 +47,22 @@ def run_case(world: int, mesh: tuple[int, ...], recipe: str, reshard: bool) -> d
     import dcpviz
     import dcpviz.views as V
 
-    sc = dcpviz.Scenario(model="llama3-70b", world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16")
+    sc = dcpviz.Scenario(
+        model="llama3-70b", world_size=world, mesh=mesh, recipe=recipe, dtype="bfloat16"
+    )
     t0 = time.perf_counter()
     res = dcpviz.simulate_save(sc, progress=False)
     simulate = time.perf_counter() - t0
     timings = dict(res.trace.timings)
     out = {
-        "W": world, "mesh": "x".join(map(str, mesh)), "recipe": recipe, "simulate_s": simulate,
-        "floor_s": timings["global_plan"], "items": sum(len(p.items) for p in res.trace.local_plans),
-        "errors": len(res.errors), "rss_gb": _rss_gb(),
+        "W": world,
+        "mesh": "x".join(map(str, mesh)),
+        "recipe": recipe,
+        "simulate_s": simulate,
+        "floor_s": timings["global_plan"],
+        "items": sum(len(p.items) for p in res.trace.local_plans),
+        "errors": len(res.errors),
+        "rss_gb": _rss_gb(),
     }
     t0 = time.perf_counter()
     _ = res.write_items, res.dedup, res.chunks, res.tensors, res.tensor_groups
@@ -75,7 +82,9 @@ def run_case(world: int, mesh: tuple[int, ...], recipe: str, reshard: bool) -> d
     out["resume_ok"] = resume.ok and not len(resume.mismatches)
     out["resume_rss_gb"] = _rss_gb()
     if reshard:
-        target = dcpviz.Scenario(model="llama3-70b", world_size=world, recipe="fsdp", dtype="bfloat16")
+        target = dcpviz.Scenario(
+            model="llama3-70b", world_size=world, recipe="fsdp", dtype="bfloat16"
+        )
         t0 = time.perf_counter()
         dcpviz.simulate_load(res, target, progress=False)
         out["reshard_s"] = time.perf_counter() - t0
@@ -90,23 +99,36 @@ def main() -> None:
     args = ap.parse_args()
     if args.case:
         w, mesh, recipe, reshard = args.case
-        print(json.dumps(run_case(int(w), tuple(int(d) for d in mesh.split("x")), recipe, reshard == "1")))
+        print(
+            json.dumps(
+                run_case(int(w), tuple(int(d) for d in mesh.split("x")), recipe, reshard == "1")
+            )
+        )
         return
     cases = [c for c in CASES if not args.quick or c[0] <= 256]
-    print(f"# dcpviz scale bench · {platform.node()} · {os.cpu_count()} cores · python {platform.python_version()}")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} · llama3-70b (bf16), DefaultSavePlanner; load target: FSDP over the same W")
-    head = (f"{'W':>5} {'mesh':>7} {'recipe':>8} {'items':>8} {'simulate':>9} {'floor':>7} {'ratio':>6} {'rss GB':>7} "
-            f"{'tables':>7} {'figures':>8} {'report':>7} {'MB':>5} {'resume':>7} {'rss GB':>7} {'reshard':>8}")
+    print(
+        f"# dcpviz scale bench · {platform.node()} · {os.cpu_count()} cores · python {platform.python_version()}"
+    )
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} · llama3-70b (bf16), DefaultSavePlanner; load target: FSDP over the same W"
+    )
+    head = (
+        f"{'W':>5} {'mesh':>7} {'recipe':>8} {'items':>8} {'simulate':>9} {'floor':>7} {'ratio':>6} {'rss GB':>7} "
+        f"{'tables':>7} {'figures':>8} {'report':>7} {'MB':>5} {'resume':>7} {'rss GB':>7} {'reshard':>8}"
+    )
     print(head)
     print("-" * len(head))
     for w, mesh, recipe in cases:
         reshard = "1" if (w <= 256 or args.full) else "0"
         proc = subprocess.run(
             [sys.executable, __file__, "--case", str(w), "x".join(map(str, mesh)), recipe, reshard],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
-            print(f"{w:>5} {'x'.join(map(str, mesh)):>7} {recipe:>8}  FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+            print(
+                f"{w:>5} {'x'.join(map(str, mesh)):>7} {recipe:>8}  FAILED: {proc.stderr.strip().splitlines()[-1:]}"
+            )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         reshard_s = f"{r['reshard_s']:7.1f}s" if "reshard_s" in r else "       -"

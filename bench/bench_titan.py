@@ -33,18 +33,29 @@ def run_case(mesh: tuple[int, ...]) -> dict:
     import dcpviz
 
     torch.set_num_threads(1)
-    sc = dcpviz.Scenario(model="llama3-405b", world_size=math.prod(mesh), mesh=mesh,
-                         mesh_dim_names=("pp", "dp_shard", "tp"), recipe="torchtitan", dtype="bfloat16")
+    sc = dcpviz.Scenario(
+        model="llama3-405b",
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=("pp", "dp_shard", "tp"),
+        recipe="torchtitan",
+        dtype="bfloat16",
+    )
     floors: dict = {}
     res, sim, floor, exact = simulate_with_floor(sc, floors)
     assert res.ok, res.errors
     return {
         "case": f"save: llama3-405b pp{mesh[0]} x dp_shard{mesh[1]} x tp{mesh[2]} (W={sc.world_size:,})",
-        "simulate_s": sim, "simulate_only_s": floors["simulate_only"], "floor_s": floor,
-        "floor_gc_paused_s": floors["gc_paused"], "ratio": sim / floor,
+        "simulate_s": sim,
+        "simulate_only_s": floors["simulate_only"],
+        "floor_s": floor,
+        "floor_gc_paused_s": floors["gc_paused"],
+        "ratio": sim / floor,
         "items": sum(len(p.items) for p in res.trace.local_plans),
         "exact": "global plan + Metadata identical" if exact else "DIFFERENT",
-        "timings": dict(res.trace.timings), "peak_gb": _peak_gb(), "notes": list(res.trace.notes),
+        "timings": dict(res.trace.timings),
+        "peak_gb": _peak_gb(),
+        "notes": list(res.trace.notes),
     }
 
 
@@ -60,10 +71,12 @@ def main() -> None:
     if proc.returncode != 0:
         raise SystemExit(f"FAILED: {proc.stderr.strip().splitlines()[-5:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{row['case']}: simulate {row['simulate_s']:.1f}s (simulate_save alone {row['simulate_only_s']:.1f}s) "
-          f"vs DCP's coordinator {row['floor_s']:.1f}s (GC paused {row['floor_gc_paused_s']:.1f}s): "
-          f"ratio {row['ratio']:.2f}; {row['items']:,} write items; exact: {row['exact']}; "
-          f"peak RSS {row['peak_gb']:.2f} GB")
+    print(
+        f"{row['case']}: simulate {row['simulate_s']:.1f}s (simulate_save alone {row['simulate_only_s']:.1f}s) "
+        f"vs DCP's coordinator {row['floor_s']:.1f}s (GC paused {row['floor_gc_paused_s']:.1f}s): "
+        f"ratio {row['ratio']:.2f}; {row['items']:,} write items; exact: {row['exact']}; "
+        f"peak RSS {row['peak_gb']:.2f} GB"
+    )
     print("    " + ", ".join(f"{k} {v:.1f}s" for k, v in row["timings"].items()))
     for note in row["notes"]:
         print("    note: " + note)

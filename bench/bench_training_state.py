@@ -29,17 +29,29 @@ def run_case(optimizer: str | None, state: str | None) -> dict:
     floor, as in bench_planning.py)."""
     import dcpviz
 
-    sc = dcpviz.Scenario(model="llama3-70b", world_size=256, mesh=(2, 128), recipe="hsdp", dtype="bfloat16",
-                         optimizer=optimizer, state=state)
+    sc = dcpviz.Scenario(
+        model="llama3-70b",
+        world_size=256,
+        mesh=(2, 128),
+        recipe="hsdp",
+        dtype="bfloat16",
+        optimizer=optimizer,
+        state=state,
+    )
     res, simulate, floor, exact = simulate_with_floor(sc)
     timings = dict(res.trace.timings)
     by = res.volume_by_component.groupby("component").nbytes.sum()
     return {
-        "optimizer": optimizer or "-", "state": state or "-", "simulate_s": simulate, "floor_s": floor,
-        "items": sum(len(p.items) for p in res.trace.local_plans), "errors": len(res.errors),
+        "optimizer": optimizer or "-",
+        "state": state or "-",
+        "simulate_s": simulate,
+        "floor_s": floor,
+        "items": sum(len(p.items) for p in res.trace.local_plans),
+        "errors": len(res.errors),
         "exact": exact,
         "optim_share": float(by.drop("model", errors="ignore").sum() / by.sum()),
-        "build_s": timings.get("build_state_dicts", 0.0), "local_s": timings.get("local_plans", 0.0),
+        "build_s": timings.get("build_state_dicts", 0.0),
+        "local_s": timings.get("local_plans", 0.0),
     }
 
 
@@ -55,20 +67,29 @@ def main() -> None:
         print(json.dumps(run_case(opt, state)))
         return
     print(f"# dcpviz training-state bench · {platform.node()} · python {platform.python_version()}")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} · llama3-70b (bf16) HSDP 2x128, W=256, DefaultSavePlanner")
-    head = (f"{'optimizer':>9} {'items':>8} {'simulate':>9} {'floor':>7} {'ratio':>6} {'build':>7} {'local':>7} "
-            f"{'optim share':>11} {'exact':>6}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} · llama3-70b (bf16) HSDP 2x128, W=256, DefaultSavePlanner"
+    )
+    head = (
+        f"{'optimizer':>9} {'items':>8} {'simulate':>9} {'floor':>7} {'ratio':>6} {'build':>7} {'local':>7} "
+        f"{'optim share':>11} {'exact':>6}"
+    )
     print(head)
     print("-" * len(head))
     for opt, state in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--case", opt or "-", state or "-"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", opt or "-", state or "-"],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"{opt or '-':>9}  FAILED: {proc.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{r['optimizer']:>9} {r['items']:>8} {r['simulate_s']:8.1f}s {r['floor_s']:6.2f}s "
-              f"{r['simulate_s'] / r['floor_s']:5.1f}x {r['build_s']:6.1f}s {r['local_s']:6.1f}s {r['optim_share']:10.1%} {'yes' if r['exact'] else 'NO':>6}")
+        print(
+            f"{r['optimizer']:>9} {r['items']:>8} {r['simulate_s']:8.1f}s {r['floor_s']:6.2f}s "
+            f"{r['simulate_s'] / r['floor_s']:5.1f}x {r['build_s']:6.1f}s {r['local_s']:6.1f}s {r['optim_share']:10.1%} {'yes' if r['exact'] else 'NO':>6}"
+        )
 
 
 if __name__ == "__main__":

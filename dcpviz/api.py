@@ -35,7 +35,11 @@ def _as_source(value: Any) -> Any:
 
 
 def simulate_save(
-    scenario: Scenario, planner: Any = None, *, progress: bool | None = None, fast: bool | None = None,
+    scenario: Scenario,
+    planner: Any = None,
+    *,
+    progress: bool | None = None,
+    fast: bool | None = None,
     storage_writer: Any = None,
 ) -> SaveResult:
     """Plan a save of ``scenario`` with DCP's real planner on every rank; return a SaveResult.
@@ -48,13 +52,21 @@ def simulate_save(
     ``HuggingFaceStorageWriter``, ...) whose own planning steps run as dcp.save calls them,
     writing nothing; ``file_plan`` and ``files`` then show what each rank writes where.
     """
-    trace, metadata = plan_save(scenario, planner, progress=progress, fast=fast, storage_writer=storage_writer)
+    trace, metadata = plan_save(
+        scenario, planner, progress=progress, fast=fast, storage_writer=storage_writer
+    )
     return SaveResult(trace, metadata=metadata)
 
 
 def simulate_load(
-    saved: Any, target: Scenario, planner: Any = None, *, progress: bool | None = None,
-    fast: bool | None = None, expected_unused: Iterable[str] = (), key_map: Any = None,
+    saved: Any,
+    target: Scenario,
+    planner: Any = None,
+    *,
+    progress: bool | None = None,
+    fast: bool | None = None,
+    expected_unused: Iterable[str] = (),
+    key_map: Any = None,
 ) -> LoadResult:
     """Plan loading ``saved`` into ``target`` with DCP's real load planner on every target rank.
 
@@ -81,8 +93,10 @@ def simulate_load(
         quantized = quantized_unread(saved, key_map)
         saved = hf_saved(saved, key_map)
     elif key_map is not None:
-        raise DcpvizError("key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
-                          "load.fix_planner(rename=...) or a RenamingLoadPlanner.")
+        raise DcpvizError(
+            "key_map applies to a Hugging Face safetensors folder; for a DCP checkpoint use "
+            "load.fix_planner(rename=...) or a RenamingLoadPlanner."
+        )
     trace, metadata = plan_load(_as_source(saved), target, planner, progress=progress, fast=fast)
     trace = _with_quantized(trace, quantized)
     return LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
@@ -91,27 +105,43 @@ def simulate_load(
 def _with_quantized(trace: Any, quantized: dict[str, str]) -> Any:
     """A folder's quantized companions that the load leaves unread are expected (``expected``
     rows, not unread data), with a note saying which and why."""
-    unread = sorted({m.fqn for m in trace.mismatches if m.kind == "unexpected" and m.fqn in quantized})
+    unread = sorted(
+        {m.fqn for m in trace.mismatches if m.kind == "unexpected" and m.fqn in quantized}
+    )
     if not unread:
         return trace
     kinds = sorted({quantized[k] for k in unread})
-    note = (f"{len(unread)} quantized companion key(s) ({', '.join(kinds)}: {', '.join(unread[:3])}"
-            f"{', ...' if len(unread) > 3 else ''}) stay unread, as expected for a model holding "
-            "dequantized weights: DCP's QuantizedHuggingFaceStorageReader uses them to dequantize.")
-    return dataclasses.replace(trace, expected_unused=tuple(trace.expected_unused) + tuple(unread),
-                               notes=tuple(trace.notes) + (note,))
+    note = (
+        f"{len(unread)} quantized companion key(s) ({', '.join(kinds)}: {', '.join(unread[:3])}"
+        f"{', ...' if len(unread) > 3 else ''}) stay unread, as expected for a model holding "
+        "dequantized weights: DCP's QuantizedHuggingFaceStorageReader uses them to dequantize."
+    )
+    return dataclasses.replace(
+        trace,
+        expected_unused=tuple(trace.expected_unused) + tuple(unread),
+        notes=tuple(trace.notes) + (note,),
+    )
 
 
 def _with_expected_unused(trace: Any, expected_unused: Iterable[str]) -> Any:
     if isinstance(expected_unused, str):
         expected_unused = (expected_unused,)
     keys = tuple(str(k) for k in expected_unused)
-    return dataclasses.replace(trace, expected_unused=tuple(trace.expected_unused) + keys) if keys else trace
+    return (
+        dataclasses.replace(trace, expected_unused=tuple(trace.expected_unused) + keys)
+        if keys
+        else trace
+    )
 
 
 def run_save(
-    scenario: Scenario, checkpoint_dir: str | os.PathLike[str], planner: Any = None, *,
-    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", progress: bool | None = None,
+    scenario: Scenario,
+    checkpoint_dir: str | os.PathLike[str],
+    planner: Any = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    start_method: str = "spawn",
+    progress: bool | None = None,
     storage_writer: Any = None,
 ) -> SaveResult:
     """Save ``scenario`` for real: ``world_size`` processes (gloo on CPU; nccl when
@@ -121,17 +151,28 @@ def run_save(
     A worker that raises, dies or times out gives a result whose ``errors`` name the rank; all
     processes are stopped and the port freed whatever happens (also on Ctrl-C). ``progress``: a
     bar of ranks done and the phase each other rank is in (None: once the run has lasted 5 s)."""
-    trace, metadata, info = run_save_trace(scenario, checkpoint_dir, planner, timeout=timeout,
-                                           start_method=start_method, progress=progress,
-                                           storage_writer=storage_writer)
+    trace, metadata, info = run_save_trace(
+        scenario,
+        checkpoint_dir,
+        planner,
+        timeout=timeout,
+        start_method=start_method,
+        progress=progress,
+        storage_writer=storage_writer,
+    )
     result = SaveResult(trace, metadata=metadata)
     result.run_info = info
     return result
 
 
 def run_load(
-    checkpoint_dir: str | os.PathLike[str], target_scenario: Scenario, planner: Any = None, *,
-    timeout: float = DEFAULT_TIMEOUT_S, start_method: str = "spawn", expected_unused: Iterable[str] = (),
+    checkpoint_dir: str | os.PathLike[str],
+    target_scenario: Scenario,
+    planner: Any = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    start_method: str = "spawn",
+    expected_unused: Iterable[str] = (),
     progress: bool | None = None,
 ) -> LoadResult:
     """Load the checkpoint in ``checkpoint_dir`` into ``target_scenario`` with ``world_size`` real
@@ -140,15 +181,22 @@ def run_load(
     and ``run_info`` (processes, per-rank phase times, digests of the chunks each rank loaded).
     A rank that fails (a missing key, a size mismatch) comes back in ``errors`` with its rank.
     ``expected_unused``: as in simulate_load. ``progress``: as in run_save."""
-    trace, metadata, info = run_load_trace(checkpoint_dir, target_scenario, planner, timeout=timeout,
-                                           start_method=start_method, progress=progress)
+    trace, metadata, info = run_load_trace(
+        checkpoint_dir,
+        target_scenario,
+        planner,
+        timeout=timeout,
+        start_method=start_method,
+        progress=progress,
+    )
     result = LoadResult(_with_expected_unused(trace, expected_unused), metadata=metadata)
     result.run_info = info
     return result
 
 
-
-def inspect_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointInfo:
+def inspect_checkpoint(
+    checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers"
+) -> CheckpointInfo:
     """Read a DCP checkpoint directory without executing anything from it, and check it; return
     its chunks, storage records and files as tables (a CheckpointInfo).
 
@@ -185,5 +233,9 @@ def diff(a: Any, b: Any, values: bool = False, atol: float = 0.0, rtol: float = 
     side_a, side_b = open_side(_as_source(a), "A"), open_side(_as_source(b), "B")
     found: tuple[list, list] = ([], [])
     if values:
-        found = compare_sides(side_a, side_b, pairing(side_a, side_b).pairs, float(atol), float(rtol))
-    return DiffResult(side_a, side_b, *found, compared_values=bool(values), atol=float(atol), rtol=float(rtol))
+        found = compare_sides(
+            side_a, side_b, pairing(side_a, side_b).pairs, float(atol), float(rtol)
+        )
+    return DiffResult(
+        side_a, side_b, *found, compared_values=bool(values), atol=float(atol), rtol=float(rtol)
+    )

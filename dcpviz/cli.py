@@ -33,7 +33,9 @@ def _mesh(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(p) for p in text.lower().replace(",", "x").split("x") if p)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--mesh {text!r}: write the mesh as 2x4 (ints joined by 'x')") from None
+        raise argparse.ArgumentTypeError(
+            f"--mesh {text!r}: write the mesh as 2x4 (ints joined by 'x')"
+        ) from None
     if not dims:
         raise argparse.ArgumentTypeError(f"--mesh {text!r}: write the mesh as 2x4")
     return dims
@@ -44,30 +46,59 @@ _SPEC = "a preset or your own zero-argument factory as pkg.module:function"
 
 def _add_scenario_flags(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The target job's flags; ``defaults`` holds each flag's default, or None for 'as saved'."""
+
     def said(name: str, what: str) -> str:
         value = defaults[name]
         return f"(default: {value})" if value is not None else f"(default: {what})"
 
-    p.add_argument("--model", default=defaults["model"],
-                   help=f"mlp, llama-tiny, llama3-8b, llama3-70b, or {_SPEC} returning an nn.Module, "
-                        f"e.g. --model mypkg.models:build {said('model', 'the saved model')}")
-    p.add_argument("--world-size", "-W", type=int, default=defaults["world_size"],
-                   help=f"number of ranks {said('world_size', 'the saved world size')}")
-    p.add_argument("--mesh", type=_mesh, default=None,
-                   help="mesh shape, e.g. 2x4 (default: 1-D, or the saved mesh when the world size is the saved one)")
-    p.add_argument("--mesh-dim-names", default=None, help="comma-separated, e.g. replicate,shard (default: the recipe's)")
-    p.add_argument("--recipe", default=defaults["recipe"],
-                   help=f"replicate, fsdp, hsdp, tp, tp+fsdp, or {_SPEC} taking (model, device_mesh), "
-                        f"e.g. --recipe mypkg.parallel:shard {said('recipe', 'the saved recipe')}")
-    p.add_argument("--dtype", default=defaults["dtype"],
-                   help="cast floating-point parameters, e.g. bfloat16 "
-                        + said("dtype", "the saved one; else the model's own dtypes"))
-    p.add_argument("--optimizer", default=defaults["optimizer"],
-                   help=f"adamw, adam, sgd, none, or {_SPEC} taking the parameters and returning an Optimizer: "
-                        f"its state is in the state dict too {said('optimizer', 'the saved one')}")
-    p.add_argument("--state", default=defaults["state"],
-                   help=f"dcp-tutorial, torchtitan, none, or {_SPEC} taking (model, optimizer, rank): the dict "
-                        f"passed to dcp.save / dcp.load {said('state', 'the saved one')}")
+    p.add_argument(
+        "--model",
+        default=defaults["model"],
+        help=f"mlp, llama-tiny, llama3-8b, llama3-70b, or {_SPEC} returning an nn.Module, "
+        f"e.g. --model mypkg.models:build {said('model', 'the saved model')}",
+    )
+    p.add_argument(
+        "--world-size",
+        "-W",
+        type=int,
+        default=defaults["world_size"],
+        help=f"number of ranks {said('world_size', 'the saved world size')}",
+    )
+    p.add_argument(
+        "--mesh",
+        type=_mesh,
+        default=None,
+        help="mesh shape, e.g. 2x4 (default: 1-D, or the saved mesh when the world size is the saved one)",
+    )
+    p.add_argument(
+        "--mesh-dim-names",
+        default=None,
+        help="comma-separated, e.g. replicate,shard (default: the recipe's)",
+    )
+    p.add_argument(
+        "--recipe",
+        default=defaults["recipe"],
+        help=f"replicate, fsdp, hsdp, tp, tp+fsdp, or {_SPEC} taking (model, device_mesh), "
+        f"e.g. --recipe mypkg.parallel:shard {said('recipe', 'the saved recipe')}",
+    )
+    p.add_argument(
+        "--dtype",
+        default=defaults["dtype"],
+        help="cast floating-point parameters, e.g. bfloat16 "
+        + said("dtype", "the saved one; else the model's own dtypes"),
+    )
+    p.add_argument(
+        "--optimizer",
+        default=defaults["optimizer"],
+        help=f"adamw, adam, sgd, none, or {_SPEC} taking the parameters and returning an Optimizer: "
+        f"its state is in the state dict too {said('optimizer', 'the saved one')}",
+    )
+    p.add_argument(
+        "--state",
+        default=defaults["state"],
+        help=f"dcp-tutorial, torchtitan, none, or {_SPEC} taking (model, optimizer, rank): the dict "
+        f"passed to dcp.save / dcp.load {said('state', 'the saved one')}",
+    )
 
 
 _EPILOG_SIMULATE = """examples:
@@ -88,51 +119,133 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fmt = argparse.RawDescriptionHelpFormatter
-    sim = sub.add_parser("simulate", help="simulate DCP's save planner on every rank of a scenario",
-                         epilog=_EPILOG_SIMULATE, formatter_class=fmt)
-    _add_scenario_flags(sim, {"model": "mlp", "world_size": 8, "recipe": "hsdp", "dtype": "bfloat16", "optimizer": "none",
-                              "state": "none"})
-    sim.add_argument("--dedup-to-lowest-rank", action="store_true", help="DefaultSavePlanner(dedup_save_to_lowest_rank=True)")
-    sim.add_argument("--no-flatten", action="store_true", help="DefaultSavePlanner(flatten_state_dict=False)")
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate DCP's save planner on every rank of a scenario",
+        epilog=_EPILOG_SIMULATE,
+        formatter_class=fmt,
+    )
+    _add_scenario_flags(
+        sim,
+        {
+            "model": "mlp",
+            "world_size": 8,
+            "recipe": "hsdp",
+            "dtype": "bfloat16",
+            "optimizer": "none",
+            "state": "none",
+        },
+    )
+    sim.add_argument(
+        "--dedup-to-lowest-rank",
+        action="store_true",
+        help="DefaultSavePlanner(dedup_save_to_lowest_rank=True)",
+    )
+    sim.add_argument(
+        "--no-flatten", action="store_true", help="DefaultSavePlanner(flatten_state_dict=False)"
+    )
     sim.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     sim.add_argument("--trace", type=Path, help="write the trace (JSON) here")
     sim.add_argument("--quiet", "-q", action="store_true", help="no terminal summary")
 
-    load = sub.add_parser("load", help="simulate DCP's load planner: a checkpoint (dir or save trace) into your job's layout",
-                          epilog=_EPILOG_LOAD, formatter_class=fmt)
-    load.add_argument("saved", type=Path, help="a checkpoint directory (only .metadata is read, safely) or a save trace (.json)")
-    _add_scenario_flags(load, {"model": None, "world_size": None, "recipe": None, "dtype": None, "optimizer": None,
-                               "state": None})
-    load.add_argument("--allow-partial-load", action="store_true", help="DefaultLoadPlanner(allow_partial_load=True)")
-    load.add_argument("--expected-unused", action="append", default=[], metavar="KEY",
-                      help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable")
+    load = sub.add_parser(
+        "load",
+        help="simulate DCP's load planner: a checkpoint (dir or save trace) into your job's layout",
+        epilog=_EPILOG_LOAD,
+        formatter_class=fmt,
+    )
+    load.add_argument(
+        "saved",
+        type=Path,
+        help="a checkpoint directory (only .metadata is read, safely) or a save trace (.json)",
+    )
+    _add_scenario_flags(
+        load,
+        {
+            "model": None,
+            "world_size": None,
+            "recipe": None,
+            "dtype": None,
+            "optimizer": None,
+            "state": None,
+        },
+    )
+    load.add_argument(
+        "--allow-partial-load",
+        action="store_true",
+        help="DefaultLoadPlanner(allow_partial_load=True)",
+    )
+    load.add_argument(
+        "--expected-unused",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a checkpoint key (or glob, e.g. 'optim.*') left unread on purpose; repeatable",
+    )
     load.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     load.add_argument("--trace", type=Path, help="write the load trace (JSON) here")
-    load.add_argument("--emit-fix", type=Path, metavar="FILE",
-                      help="write a Python file that applies every certain fix (python FILE checks it with a real load)")
-    load.add_argument("--choose", action="append", default=[], metavar="TARGET=CHECKPOINT",
-                      help="your answer to an ambiguity the hints show, for --emit-fix (e.g. wq=q_proj, =ema.); repeatable")
-    load.add_argument("--quiet", "-q", action="store_true", help="print just the verdict (the exit status says the rest)")
+    load.add_argument(
+        "--emit-fix",
+        type=Path,
+        metavar="FILE",
+        help="write a Python file that applies every certain fix (python FILE checks it with a real load)",
+    )
+    load.add_argument(
+        "--choose",
+        action="append",
+        default=[],
+        metavar="TARGET=CHECKPOINT",
+        help="your answer to an ambiguity the hints show, for --emit-fix (e.g. wq=q_proj, =ema.); repeatable",
+    )
+    load.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="print just the verdict (the exit status says the rest)",
+    )
 
-    show = sub.add_parser("show", help="print a saved trace (and optionally write its report)",
-                          epilog=_EPILOG_SHOW, formatter_class=fmt)
-    show.add_argument("trace", type=Path, help="a trace file (.json) from --trace, result.to_json or a recording planner")
+    show = sub.add_parser(
+        "show",
+        help="print a saved trace (and optionally write its report)",
+        epilog=_EPILOG_SHOW,
+        formatter_class=fmt,
+    )
+    show.add_argument(
+        "trace",
+        type=Path,
+        help="a trace file (.json) from --trace, result.to_json or a recording planner",
+    )
     show.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
-    check = sub.add_parser("check", help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error")
-    check.add_argument("path", type=Path, help="a save or load trace (.json), a checkpoint directory or a safetensors folder")
+    check = sub.add_parser(
+        "check",
+        help="what DCP does silently that loses data, fails or costs; exit 1 on data-loss or error",
+    )
+    check.add_argument(
+        "path",
+        type=Path,
+        help="a save or load trace (.json), a checkpoint directory or a safetensors folder",
+    )
     check.add_argument("--json", action="store_true", help="print the findings as JSON (for CI)")
-    check.add_argument("--report", type=Path, help="write a self-contained HTML report here (a checkpoint: "
-                                                    "its checks, files, chunks and file layout)")
+    check.add_argument(
+        "--report",
+        type=Path,
+        help="write a self-contained HTML report here (a checkpoint: "
+        "its checks, files, chunks and file layout)",
+    )
 
     _add_diff_parser(sub, fmt)
 
-    demo = sub.add_parser("demo", help="the default scenario: terminal summary, report.html, next steps")
+    demo = sub.add_parser(
+        "demo", help="the default scenario: terminal summary, report.html, next steps"
+    )
     demo.add_argument("--report", type=Path, default=Path("report.html"))
     return parser
 
 
-def _as_saved(flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str, str]], what: str) -> Any:
+def _as_saved(
+    flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str, str]], what: str
+) -> Any:
     """A flag the user left out takes the saved job's value only when it is a preset name:
     dcpviz never imports or calls a name read from a trace or a checkpoint (a trace is data).
     A saved callable or a captured job adds (the flag to pass, what was saved) to ``needs``."""
@@ -148,8 +261,12 @@ def _as_saved(flag_value: Any, saved_name: str, flag: str, needs: list[tuple[str
         needs.append((f"{flag} {spec}", f"{what} was {dotted}"))
         return None
     if saved_name == "captured":
-        needs.append((f"{flag} pkg.module:function",
-                      f"{what} is not known (the trace was captured from your own job by a recording planner)"))
+        needs.append(
+            (
+                f"{flag} pkg.module:function",
+                f"{what} is not known (the trace was captured from your own job by a recording planner)",
+            )
+        )
         return None
     return saved_name
 
@@ -163,31 +280,47 @@ def _scenario_from(args: argparse.Namespace, saved: Any = None) -> Any:
 
     model, recipe, dtype, world = args.model, args.recipe, args.dtype, args.world_size
     optimizer, state = args.optimizer, args.state
-    mesh, names = args.mesh, tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None
+    mesh, names = (
+        args.mesh,
+        tuple(n.strip() for n in args.mesh_dim_names.split(",")) if args.mesh_dim_names else None,
+    )
     if world is not None and world < 1:
-        raise DcpvizError(f"--world-size {world}: the number of ranks must be a positive int (e.g. -W 8).")
+        raise DcpvizError(
+            f"--world-size {world}: the number of ranks must be a positive int (e.g. -W 8)."
+        )
     if saved is not None:
         needs: list[tuple[str, str]] = []
         model = _as_saved(model, saved.model, "--model", needs, "the saved model factory")
         recipe = _as_saved(recipe, saved.recipe, "--recipe", needs, "the saved recipe")
         dtype = dtype or (None if saved.dtype == AS_BUILT else saved.dtype)
         world = world or saved.world_size
-        optimizer = _as_saved(optimizer, saved.optimizer, "--optimizer", needs, "the saved optimizer")
+        optimizer = _as_saved(
+            optimizer, saved.optimizer, "--optimizer", needs, "the saved optimizer"
+        )
         state = _as_saved(state, saved.state, "--state", needs, "the saved state")
         if needs:
             said = "; ".join(what for _, what in needs)
             flags = " ".join(flag for flag, _ in needs)
-            raise DcpvizError(f"{said[:1].upper()}{said[1:]}. dcpviz never imports or calls a name found in a "
-                              f"trace or checkpoint: pass it yourself, e.g. {flags}")
+            raise DcpvizError(
+                f"{said[:1].upper()}{said[1:]}. dcpviz never imports or calls a name found in a "
+                f"trace or checkpoint: pass it yourself, e.g. {flags}"
+            )
         if mesh is None and world == saved.world_size and recipe == saved.recipe:
             mesh, names = tuple(saved.mesh), names or tuple(saved.mesh_dim_names)
     if model is None:
-        raise DcpvizError("the checkpoint does not say which model saved it: pass --model, e.g. "
-                          "--model mypkg.models:build (a zero-argument function returning your nn.Module).")
+        raise DcpvizError(
+            "the checkpoint does not say which model saved it: pass --model, e.g. "
+            "--model mypkg.models:build (a zero-argument function returning your nn.Module)."
+        )
     return Scenario(
-        model=resolve_spec(model, "--model"), world_size=world if world is not None else 8, mesh=mesh,
-        mesh_dim_names=names, recipe=resolve_spec(recipe or "fsdp", "--recipe"), dtype=dtype,
-        optimizer=_none(resolve_spec(optimizer, "--optimizer")), state=_none(resolve_spec(state, "--state")),
+        model=resolve_spec(model, "--model"),
+        world_size=world if world is not None else 8,
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe=resolve_spec(recipe or "fsdp", "--recipe"),
+        dtype=dtype,
+        optimizer=_none(resolve_spec(optimizer, "--optimizer")),
+        state=_none(resolve_spec(state, "--state")),
     )
 
 
@@ -205,7 +338,9 @@ def _write_outputs(result: Any, args: argparse.Namespace, console: Console) -> N
         from dcpviz.html_report import report
 
         path = report(result, args.report)
-        console.print(f"report written to [bold]{escape(str(path))}[/] (open it in any browser; works offline)")
+        console.print(
+            f"report written to [bold]{escape(str(path))}[/] (open it in any browser; works offline)"
+        )
 
 
 def _simulate(args: argparse.Namespace, console: Console) -> int:
@@ -244,9 +379,12 @@ def _load(args: argparse.Namespace, console: Console) -> int:
 
     saved = args.saved
     if not saved.exists():
-        raise DcpvizError(f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file.")
+        raise DcpvizError(
+            f"{str(saved)!r} does not exist: pass a checkpoint directory or a save trace file."
+        )
     result = simulate_load(
-        saved, _scenario_from(args, resolve_saved(saved).scenario),
+        saved,
+        _scenario_from(args, resolve_saved(saved).scenario),
         planner=DefaultLoadPlanner(allow_partial_load=args.allow_partial_load),
         expected_unused=args.expected_unused,
     )
@@ -266,13 +404,21 @@ def _emit_fix(result: Any, args: argparse.Namespace, console: Console) -> None:
     """--emit-fix FILE: the fix as a runnable file (``analysis.load.fix.fix_file``)."""
     bad = [c for c in args.choose if "=" not in c]
     if bad:
-        raise DcpvizError(f"--choose {bad[0]!r}: write TARGET=CHECKPOINT, e.g. --choose wq=q_proj or --choose =ema.")
+        raise DcpvizError(
+            f"--choose {bad[0]!r}: write TARGET=CHECKPOINT, e.g. --choose wq=q_proj or --choose =ema."
+        )
     choices = dict(c.split("=", 1) for c in args.choose)
-    text = fix_file(result.fix_code(rename=choices), str(args.saved), result.trace,
-                    "dcpviz " + " ".join(sys.argv[1:]))
+    text = fix_file(
+        result.fix_code(rename=choices),
+        str(args.saved),
+        result.trace,
+        "dcpviz " + " ".join(sys.argv[1:]),
+    )
     args.emit_fix.write_text(text)
-    console.print(f"fix written to [bold]{escape(str(args.emit_fix))}[/] (python {escape(str(args.emit_fix))} "
-                  "checks it with a real load)")
+    console.print(
+        f"fix written to [bold]{escape(str(args.emit_fix))}[/] (python {escape(str(args.emit_fix))} "
+        "checks it with a real load)"
+    )
 
 
 def _gate(result: Any) -> int:
@@ -298,7 +444,9 @@ def _checked(path: Path) -> tuple[Any, Any]:
     read safely — a BYTE_IO entry that would build an unsafe class, a broken record — is one
     error row)."""
     if not path.exists():
-        raise DcpvizError(f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory.")
+        raise DcpvizError(
+            f"{str(path)!r} does not exist: pass a save or load trace (.json) or a checkpoint directory."
+        )
     if not path.is_dir() and not is_hf_folder(path):
         result = load_trace(path)
         return result.checks, result
@@ -319,8 +467,15 @@ def _checked(path: Path) -> tuple[Any, Any]:
 def _check(args: argparse.Namespace, console: Console) -> int:
     checks, subject = _checked(args.path)
     if args.json:
-        rows = [{**row, "ranks": [int(r) for r in row["ranks"]]} for row in checks.to_dict("records")]
-        doc = {"path": str(args.path), "failing": failing(checks), "counts": counts(checks), "checks": rows}
+        rows = [
+            {**row, "ranks": [int(r) for r in row["ranks"]]} for row in checks.to_dict("records")
+        ]
+        doc = {
+            "path": str(args.path),
+            "failing": failing(checks),
+            "counts": counts(checks),
+            "checks": rows,
+        }
         print(json.dumps(doc, indent=1))
     else:
         console.print(checks_renderable(checks, str(args.path), console.width))
@@ -344,13 +499,30 @@ exit status: 0 same content (a layout-only difference is the same content), 1 di
 
 
 def _add_diff_parser(sub: Any, fmt: Any) -> None:
-    d = sub.add_parser("diff", help="what changed between two checkpoints (DCP, safetensors or save traces); "
-                                    "exit 1 when the content differs", epilog=_EPILOG_DIFF, formatter_class=fmt)
-    d.add_argument("a", type=Path, help="a DCP checkpoint directory, a safetensors folder or file, or a save trace")
+    d = sub.add_parser(
+        "diff",
+        help="what changed between two checkpoints (DCP, safetensors or save traces); "
+        "exit 1 when the content differs",
+        epilog=_EPILOG_DIFF,
+        formatter_class=fmt,
+    )
+    d.add_argument(
+        "a",
+        type=Path,
+        help="a DCP checkpoint directory, a safetensors folder or file, or a save trace",
+    )
     d.add_argument("b", type=Path, help="the same kinds, in any pairing")
-    d.add_argument("--values", action="store_true", help="compare contents chunk by chunk (streamed, bounded memory)")
-    d.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for --values (default: exact)")
-    d.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for --values (default: exact)")
+    d.add_argument(
+        "--values",
+        action="store_true",
+        help="compare contents chunk by chunk (streamed, bounded memory)",
+    )
+    d.add_argument(
+        "--atol", type=float, default=0.0, help="absolute tolerance for --values (default: exact)"
+    )
+    d.add_argument(
+        "--rtol", type=float, default=0.0, help="relative tolerance for --values (default: exact)"
+    )
     d.add_argument("--json", action="store_true", help="print the whole result as JSON")
     d.add_argument("--report", type=Path, help="write a self-contained HTML report here")
 
@@ -374,8 +546,14 @@ def _diff(args: argparse.Namespace, console: Console) -> int:
     return result.exit_code
 
 
-_COMMANDS = {"simulate": _simulate, "demo": _simulate, "load": _load, "show": _show, "check": _check,
-             "diff": _diff}
+_COMMANDS = {
+    "simulate": _simulate,
+    "demo": _simulate,
+    "load": _load,
+    "show": _show,
+    "check": _check,
+    "diff": _diff,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,11 @@ from dcpviz.views.html import (
 def _table(part: TablePart) -> str:
     rows = MAX_TABLE_ROWS if part.max_rows is None else part.max_rows
     note = f'<p class="note">{html.escape(part.note)}</p>' if part.note else ""
-    return f"<h2>{html.escape(part.title)}</h2>\n" + table_html(part.frame, max_rows=rows, byte_cols=part.byte_cols) + note
+    return (
+        f"<h2>{html.escape(part.title)}</h2>\n"
+        + table_html(part.frame, max_rows=rows, byte_cols=part.byte_cols)
+        + note
+    )
 
 
 def _figure(result: Any, part: FigurePart, first: bool) -> str:
@@ -55,8 +59,11 @@ def part_html(result: Any, part: Any, first_figure: bool) -> str:
 def report_html(result: Any, title: str | None = None) -> str:
     """The whole report page of a result: title, summary, then each of its parts."""
     title = title or result.report_title()
-    out = [f"<h1>{html.escape(title)}</h1>", f'<p class="note">{html.escape(result.report_intro())}</p>',
-           summary_html(result.summary_rows())]
+    out = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{html.escape(result.report_intro())}</p>',
+        summary_html(result.summary_rows()),
+    ]
     figures = 0
     for part in result.parts():
         out.append(part_html(result, part, first_figure=figures == 0))
@@ -70,8 +77,10 @@ def report(result: Any, path: str | os.PathLike[str], title: str | None = None) 
     if isinstance(result, CheckpointInfo):
         result = CheckpointReport(result)
     if not is_renderable(result):
-        raise DcpvizError(f"report() needs a save, load or diff result or a checkpoint "
-                          f"(dcpviz.inspect_checkpoint), got {type(result).__name__}.")
+        raise DcpvizError(
+            f"report() needs a save, load or diff result or a checkpoint "
+            f"(dcpviz.inspect_checkpoint), got {type(result).__name__}."
+        )
     text = report_html(result, title)
     path = writable_file(path, "report")
     path.write_text(text, encoding="utf-8")

@@ -25,9 +25,17 @@ class DiffResult:
 
     kind = "diff"
 
-    def __init__(self, a: DiffSide, b: DiffSide, values: list[ValueResult] | None = None,
-                 regions: list[RegionResult] | None = None, *, compared_values: bool = False,
-                 atol: float = 0.0, rtol: float = 0.0) -> None:
+    def __init__(
+        self,
+        a: DiffSide,
+        b: DiffSide,
+        values: list[ValueResult] | None = None,
+        regions: list[RegionResult] | None = None,
+        *,
+        compared_values: bool = False,
+        atol: float = 0.0,
+        rtol: float = 0.0,
+    ) -> None:
         self.a, self.b = a, b
         self._values, self._regions = list(values or ()), list(regions or ())
         self.compared_values, self.atol, self.rtol = compared_values, atol, rtol
@@ -65,8 +73,15 @@ class DiffResult:
     @cached_property
     def changes(self) -> pd.DataFrame:
         """The diff table: one row per key of A or B (content changes first)."""
-        return dt.changes_table(self.a, self.b, self.pairing, self.tensors, self.layout, self.values,
-                                self.compared_values)
+        return dt.changes_table(
+            self.a,
+            self.b,
+            self.pairing,
+            self.tensors,
+            self.layout,
+            self.values,
+            self.compared_values,
+        )
 
     @property
     def unverified(self) -> list[str]:
@@ -108,8 +123,12 @@ class DiffResult:
         """What the diff could not look at, and files it ignored."""
         out = [*self.a.notes, *self.b.notes]
         if not self.compared_values:
-            out.append("Values were not compared (keys, shapes, dtypes only): pass values=True / --values.")
-        skipped = self.values[self.values["status"] == "skipped"] if len(self.values) else self.values
+            out.append(
+                "Values were not compared (keys, shapes, dtypes only): pass values=True / --values."
+            )
+        skipped = (
+            self.values[self.values["status"] == "skipped"] if len(self.values) else self.values
+        )
         if len(skipped):
             out.append(f"{len(skipped)} key(s) not compared by value: {skipped['reason'].iloc[0]}.")
         return out
@@ -118,21 +137,38 @@ class DiffResult:
     def summary(self) -> dict[str, Any]:
         """Counts of each change kind, plus the verdict."""
         counts = self.changes["change"].value_counts()
-        return {"a": self.a.label, "b": self.b.label, "same": self.same,
-                "keys_a": len(self.a.entries), "keys_b": len(self.b.entries),
-                "changes": {c: int(counts.get(c, 0)) for c in dt.CHANGES if counts.get(c, 0)},
-                "values_compared": self.compared_values, "atol": self.atol, "rtol": self.rtol}
+        return {
+            "a": self.a.label,
+            "b": self.b.label,
+            "same": self.same,
+            "keys_a": len(self.a.entries),
+            "keys_b": len(self.b.entries),
+            "changes": {c: int(counts.get(c, 0)) for c in dt.CHANGES if counts.get(c, 0)},
+            "values_compared": self.compared_values,
+            "atol": self.atol,
+            "rtol": self.rtol,
+        }
 
     def summary_rows(self) -> list[SummaryRow]:
         """The diff in a few lines: A, B, the verdict, key counts, changes, how values were compared."""
         s = self.summary
         counts = ", ".join(f"{n} {c}" for c, n in s["changes"].items())
-        tolerance = f" (atol={self.atol}, rtol={self.rtol})" if self.atol or self.rtol else " exactly"
-        values = ("compared" + tolerance) if s["values_compared"] else "not compared (keys, shapes and dtypes only)"
-        return [SummaryRow("A", self.a.label), SummaryRow("B", self.b.label),
-                SummaryRow("verdict", self.verdict, "good" if s["same"] else "bad"),
-                SummaryRow("keys", f"{s['keys_a']} in A, {s['keys_b']} in B"), SummaryRow("changes", counts),
-                SummaryRow("values", values)]
+        tolerance = (
+            f" (atol={self.atol}, rtol={self.rtol})" if self.atol or self.rtol else " exactly"
+        )
+        values = (
+            ("compared" + tolerance)
+            if s["values_compared"]
+            else "not compared (keys, shapes and dtypes only)"
+        )
+        return [
+            SummaryRow("A", self.a.label),
+            SummaryRow("B", self.b.label),
+            SummaryRow("verdict", self.verdict, "good" if s["same"] else "bad"),
+            SummaryRow("keys", f"{s['keys_a']} in A, {s['keys_b']} in B"),
+            SummaryRow("changes", counts),
+            SummaryRow("values", values),
+        ]
 
     def report_title(self) -> str:
         """The report's default title."""
@@ -140,7 +176,9 @@ class DiffResult:
 
     def report_intro(self) -> str:
         """One line under the title."""
-        return "Two checkpoints compared key by key" + (", chunk by chunk." if self.compared_values else ".")
+        return "Two checkpoints compared key by key" + (
+            ", chunk by chunk." if self.compared_values else "."
+        )
 
     def messages(self) -> MessagesPart:
         """Notes of what was not compared."""
@@ -156,8 +194,17 @@ class DiffResult:
         if len(self.regions):
             bad = self.regions[self.regions["differing"] > 0]["fqn"].drop_duplicates().tolist()[:3]
             out += [FigurePart(f"Regions compared: {fqn}", "diff_regions", (fqn,)) for fqn in bad]
-        out.append(TablePart("Diff", self.changes, brief=Brief(
-            ("fqn", "fqn_b", "change", "detail"), rows=40, headings={"fqn": "key (A)", "fqn_b": "key (B)"})))
+        out.append(
+            TablePart(
+                "Diff",
+                self.changes,
+                brief=Brief(
+                    ("fqn", "fqn_b", "change", "detail"),
+                    rows=40,
+                    headings={"fqn": "key (A)", "fqn_b": "key (B)"},
+                ),
+            )
+        )
         if len(self.renames):
             out.append(TablePart("Rename candidates", self.renames))
         if len(self.values):
@@ -167,14 +214,24 @@ class DiffResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The whole result as plain JSON-able data."""
+
         def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
-        return {"a": self.a.label, "b": self.b.label, "same": self.same, "exit_code": self.exit_code,
-                "summary": self.summary, "notes": self.notes,
-                "changes": records(self.changes), "renames": records(self.renames),
-                "tensors": records(self.tensors), "values": records(self.values),
-                "regions": records(self.regions), "layout": records(self.layout)}
+        return {
+            "a": self.a.label,
+            "b": self.b.label,
+            "same": self.same,
+            "exit_code": self.exit_code,
+            "summary": self.summary,
+            "notes": self.notes,
+            "changes": records(self.changes),
+            "renames": records(self.renames),
+            "tensors": records(self.tensors),
+            "values": records(self.values),
+            "regions": records(self.regions),
+            "layout": records(self.layout),
+        }
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write ``to_dict()`` as JSON."""

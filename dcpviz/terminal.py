@@ -25,16 +25,35 @@ from dcpviz.parts import Brief, FigurePart, HintsPart, MessagesPart, SummaryRow,
 TONE_STYLE = {"good": "bold green", "bad": "bold red", "warn": "bold yellow"}
 # Cells whose value says how bad or what kind of change a row is are coloured by that value.
 VALUE_STYLE = {
-    "data-loss": "bold red", "error": "red", "warning": "yellow", "info": "dim",  # check severities
-    "breaks": "bold red", "loses": "bold red", "silent": "yellow", "expected": "dim",  # load problems
-    "same": "green", "layout only": "cyan", "not compared": "yellow", "renamed": "magenta",  # diff changes
+    "data-loss": "bold red",
+    "error": "red",
+    "warning": "yellow",
+    "info": "dim",  # check severities
+    "breaks": "bold red",
+    "loses": "bold red",
+    "silent": "yellow",
+    "expected": "dim",  # load problems
+    "same": "green",
+    "layout only": "cyan",
+    "not compared": "yellow",
+    "renamed": "magenta",  # diff changes
 }
 SEVERITY_STYLE = {k: VALUE_STYLE[k] for k in ("data-loss", "error", "warning", "info")}
 NAME_COLUMNS = ("fqn", "fqn_b", "group", "file")  # the user's names: shortened in the middle
 ID_COLUMNS = ("severity", "check", "kind", "change")  # short fixed words: never cut
 TEXT_COLUMNS = ("message", "why", "detail", "fix", "explanation")  # folded over lines
-NUMBER_COLUMNS = ("rank", "items", "nbytes", "planned_items", "planned_nbytes", "reads", "chunk_nbytes",
-                  "writers", "files", "chosen_rank")
+NUMBER_COLUMNS = (
+    "rank",
+    "items",
+    "nbytes",
+    "planned_items",
+    "planned_nbytes",
+    "reads",
+    "chunk_nbytes",
+    "writers",
+    "files",
+    "chosen_rank",
+)
 MAX_ERRORS = 8
 MIN_NAME = 12  # a shortened name keeps at least this many characters
 
@@ -54,7 +73,7 @@ def middle(text: str, width: int) -> str:
         return text[:width]
     keep = width - 1
     head = keep // 2
-    return text[:head] + "…" + text[len(text) - (keep - head):]
+    return text[:head] + "…" + text[len(text) - (keep - head) :]
 
 
 def _na(value: Any, fmt: Callable[[Any], str] = str) -> str:
@@ -90,11 +109,15 @@ def _add_column(table: Table, column: str, heading: str, widest: int) -> None:
     if column in TEXT_COLUMNS:
         table.add_column(heading, overflow="fold", ratio=3, min_width=16)
     elif column in NAME_COLUMNS:
-        table.add_column(heading, no_wrap=True, overflow="ellipsis", min_width=max(widest, len(heading)))
+        table.add_column(
+            heading, no_wrap=True, overflow="ellipsis", min_width=max(widest, len(heading))
+        )
     elif column in ID_COLUMNS:
         table.add_column(heading, no_wrap=True, min_width=widest)
     else:
-        table.add_column(heading, overflow="fold", justify="right" if column in NUMBER_COLUMNS else "left")
+        table.add_column(
+            heading, overflow="fold", justify="right" if column in NUMBER_COLUMNS else "left"
+        )
 
 
 def _heading(column: str) -> str:
@@ -102,12 +125,16 @@ def _heading(column: str) -> str:
     return column.replace("nbytes", "bytes").replace("_", " ")
 
 
-def _texts(shown: pd.DataFrame, columns: tuple[str, ...], byte_cols: tuple[str, ...], name_width: int) -> list[list[str]]:
+def _texts(
+    shown: pd.DataFrame, columns: tuple[str, ...], byte_cols: tuple[str, ...], name_width: int
+) -> list[list[str]]:
     """Each shown row's cells as text, names shortened in the middle to ``name_width``."""
     rows = []
     for _, row in shown.iterrows():
         cells = [_cell(col, row[col], byte_cols) for col in columns]
-        rows.append([middle(c, name_width) if col in NAME_COLUMNS else c for col, c in zip(columns, cells)])
+        rows.append(
+            [middle(c, name_width) if col in NAME_COLUMNS else c for col, c in zip(columns, cells)]
+        )
     return rows
 
 
@@ -131,7 +158,11 @@ def table_renderable(part: TablePart, width: int) -> Table:
         _add_column(t, col, brief.headings.get(col, _heading(col)), widest)
     for cells in rows:
         add_row(t, *(Text(c, style=VALUE_STYLE.get(c, "")) for c in cells))
-    notes = [f"first {len(shown)} of {len(part.frame)}; all in the report"] if len(shown) < len(part.frame) else []
+    notes = (
+        [f"first {len(shown)} of {len(part.frame)}; all in the report"]
+        if len(shown) < len(part.frame)
+        else []
+    )
     t.caption = "; ".join(notes + ([part.note] if part.note else [])) or None
     return t
 
@@ -158,7 +189,9 @@ def hints_renderable(hints: Iterable[Any]) -> list[Panel]:
             shown = ", ".join(f"{a!r}: {b!r}" for a, b in h.mapping[:3])
             more = f", ... ({len(h.mapping)} in all)" if len(h.mapping) > 3 else ""
             body.append(f"\nrename {{target key: checkpoint key}}: {{{shown}{more}}}", style="dim")
-        out.append(Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow"))
+        out.append(
+            Panel(body, title=Text(f"hint: {h.title}"), title_align="left", border_style="yellow")
+        )
     return out
 
 
@@ -166,7 +199,9 @@ def messages_renderable(part: MessagesPart) -> list[Text]:
     """Errors in red (the first few, each once), notes dimmed."""
     out = [Text(e, style="red") for e in part.errors[:MAX_ERRORS]]
     if len(part.errors) > MAX_ERRORS:
-        out.append(Text(f"... {len(part.errors) - MAX_ERRORS} more errors in result.errors", style="red"))
+        out.append(
+            Text(f"... {len(part.errors) - MAX_ERRORS} more errors in result.errors", style="red")
+        )
     return out + [Text(f"note: {n}", style="dim") for n in part.notes]
 
 
@@ -203,8 +238,11 @@ def checks_renderable(checks: pd.DataFrame, source: str = "", width: int = 100) 
     title = f"dcpviz check{(' ' + source) if source else ''}: {counts_line(checks)}"
     if not len(checks):
         return Group(Text(title, style="green"))
-    part = TablePart(title, checks, brief=Brief(("severity", "check", "fqn", "ranks", "message", "fix"),
-                                                rows=len(checks)))
+    part = TablePart(
+        title,
+        checks,
+        brief=Brief(("severity", "check", "fqn", "ranks", "message", "fix"), rows=len(checks)),
+    )
     t = table_renderable(part, width)
     t.show_lines = True
     return Group(t)

@@ -35,11 +35,19 @@ def build_model(mesh) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trace", default="out.json", help="where rank 0 writes the dcpviz trace")
-    parser.add_argument("--checkpoint", default="capture_ckpt", help="checkpoint directory to save into")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu: gloo; cuda: NCCL with one GPU per rank (LOCAL_RANK)")
+    parser.add_argument(
+        "--checkpoint", default="capture_ckpt", help="checkpoint directory to save into"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu: gloo; cuda: NCCL with one GPU per rank (LOCAL_RANK)",
+    )
     args = parser.parse_args()
 
     # Keep gloo's and NCCL's sockets on loopback (this example runs on one machine).

@@ -17,9 +17,13 @@ class Block(nn.Module):
     def __init__(self, norm2: str = "ln_2") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(EMBD)
-        self.attn = nn.ModuleDict({"c_attn": nn.Linear(EMBD, 3 * EMBD), "c_proj": nn.Linear(EMBD, EMBD)})
+        self.attn = nn.ModuleDict(
+            {"c_attn": nn.Linear(EMBD, 3 * EMBD), "c_proj": nn.Linear(EMBD, EMBD)}
+        )
         setattr(self, norm2, nn.LayerNorm(EMBD))
-        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(EMBD, 4 * EMBD), "c_proj": nn.Linear(4 * EMBD, EMBD)})
+        self.mlp = nn.ModuleDict(
+            {"c_fc": nn.Linear(EMBD, 4 * EMBD), "c_proj": nn.Linear(4 * EMBD, EMBD)}
+        )
         self.norm2_name = norm2
 
     def forward(self, x):
@@ -30,10 +34,14 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, vocab: int = VOCAB, norm2: str = "ln_2") -> None:
         super().__init__()
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(vocab, EMBD), "wpe": nn.Embedding(BLOCK, EMBD),
-            "h": nn.ModuleList([Block(norm2) for _ in range(LAYERS)]), "ln_f": nn.LayerNorm(EMBD),
-        })
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(vocab, EMBD),
+                "wpe": nn.Embedding(BLOCK, EMBD),
+                "h": nn.ModuleList([Block(norm2) for _ in range(LAYERS)]),
+                "ln_f": nn.LayerNorm(EMBD),
+            }
+        )
         self.lm_head = nn.Linear(EMBD, vocab, bias=False)
 
     def forward(self, idx):
@@ -61,6 +69,12 @@ def compiled_state(model, optimizer, rank):
     return {"model": model.state_dict(), "optim": get_optimizer_state_dict(model, optimizer)}
 
 
-SAVED = dcpviz.Scenario(model=build_trained, world_size=8, mesh=(2, 4), recipe="hsdp", optimizer="adamw",
-                        state=compiled_state)
+SAVED = dcpviz.Scenario(
+    model=build_trained,
+    world_size=8,
+    mesh=(2, 4),
+    recipe="hsdp",
+    optimizer="adamw",
+    state=compiled_state,
+)
 TARGET = dcpviz.Scenario(model=build_resume, world_size=6, recipe="fsdp", optimizer="adamw")

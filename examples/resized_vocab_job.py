@@ -7,6 +7,7 @@ The saved values are a function of each element's key and global position, so ev
 checks what it holds after the load against them: the saved rows of the resized tensors, the
 new rows left as they were (NaN here), every other tensor exactly as saved.
 """
+
 import dataclasses
 import sys
 
@@ -45,7 +46,11 @@ with torch.no_grad():
 # -- the size hint's fix, as dcpviz prints it: one dcp.load, the resized keys read at their saved shape --
 sd = model.state_dict()
 resized = {"output.weight", "tok_embeddings.weight"}
-dcp.load(sd, storage_reader=dcpviz.SafeFileSystemReader(CKPT), planner=dcpviz.RenamingLoadPlanner(resized=resized))
+dcp.load(
+    sd,
+    storage_reader=dcpviz.SafeFileSystemReader(CKPT),
+    planner=dcpviz.RenamingLoadPlanner(resized=resized),
+)
 
 # -- check: saved rows are the saved values, new rows untouched, everything else loaded ------
 lines = []
@@ -53,13 +58,20 @@ for key, value in sd.items():
     for local, offsets, sizes in local_boxes(value):
         rows = max(0, min(OLD, offsets[0] + sizes[0]) - offsets[0]) if key in resized else sizes[0]
         if rows:
-            want = position_values(key, (OLD, *value.shape[1:]) if key in resized else tuple(value.shape),
-                                   offsets, (rows, *sizes[1:]), value.dtype)
+            want = position_values(
+                key,
+                (OLD, *value.shape[1:]) if key in resized else tuple(value.shape),
+                offsets,
+                (rows, *sizes[1:]),
+                value.dtype,
+            )
             assert torch.equal(local[:rows], want), (rank, key)
         assert bool(local[rows:].isnan().all()), (rank, key)
         if key in resized:
-            lines.append(f"rank {rank}: {key} rows {offsets[0]}-{offsets[0] + sizes[0] - 1}: "
-                  f"{rows} saved rows loaded, {sizes[0] - rows} new rows left as they were")
+            lines.append(
+                f"rank {rank}: {key} rows {offsets[0]}-{offsets[0] + sizes[0] - 1}: "
+                f"{rows} saved rows loaded, {sizes[0] - rows} new rows left as they were"
+            )
 everyone = [None] * dist.get_world_size()
 dist.all_gather_object(everyone, lines)
 if rank == 0:

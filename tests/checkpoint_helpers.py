@@ -16,7 +16,9 @@ def write_fsdp_mlp_checkpoint(path: str, world_size: int = 2) -> str:
     """
     import dcpviz
 
-    res = dcpviz.run_save(dcpviz.Scenario(model="mlp", world_size=world_size, recipe="fsdp", device="cpu"), path)
+    res = dcpviz.run_save(
+        dcpviz.Scenario(model="mlp", world_size=world_size, recipe="fsdp", device="cpu"), path
+    )
     assert res.ok, res.errors
     return str(path)
 

@@ -106,7 +106,9 @@ class NestState:
         sd = model.state_dict()
         out = {"model": sd}
         if self.ema:
-            out["ema"] = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()}
+            out["ema"] = {
+                k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()
+            }
         return out
 
 
@@ -128,8 +130,12 @@ class Case:
 def draw_case(choice) -> Case:
     layers = choice("layers", [1, 2, 3])
     qkv = choice("qkv", [None, ("q", "k", "v")])
-    saved = Spec(layers, qkv=qkv, extras=choice("saved_extras", [(), (("side", 6),)]),
-                 wrap=choice("saved_wrap", ["", "compile", "ddp"]))
+    saved = Spec(
+        layers,
+        qkv=qkv,
+        extras=choice("saved_extras", [(), (("side", 6),)]),
+        wrap=choice("saved_wrap", ["", "compile", "ddp"]),
+    )
     renames: list[tuple[str, str]] = []
     ambiguous: tuple[str, ...] = ()
     norm = "norm_a"
@@ -146,9 +152,14 @@ def draw_case(choice) -> Case:
             tq = ("wq", "wk", "wv")
             renames += [("q", "wq"), ("k", "wk"), ("v", "wv")]
             ambiguous = ("wq", "wk", "wv")
-    target = Spec(layers, norm=norm, qkv=tq, vocab=saved.vocab + choice("grow", [0, 0, 4]),
-                  extras=choice("target_extras", [(), (("adapter", 5),)]),
-                  wrap=choice("target_wrap", ["", "compile", "ddp"]))
+    target = Spec(
+        layers,
+        norm=norm,
+        qkv=tq,
+        vocab=saved.vocab + choice("grow", [0, 0, 4]),
+        extras=choice("target_extras", [(), (("adapter", 5),)]),
+        wrap=choice("target_wrap", ["", "compile", "ddp"]),
+    )
     optimizers = choice("optimizers", [(None, None), ("adamw", "adamw"), ("sgd", "adamw")])
     if optimizers == (None, None):
         nest = choice("nest", ["", "saved", "target", "ema"])
@@ -159,7 +170,9 @@ def draw_case(choice) -> Case:
     if nest == "ema":
         ambiguous = ("*",)
     dtype = choice("dtype", [None, None, "bfloat16"])
-    return Case(saved, target, saved_state, target_state, optimizers, dtype, tuple(renames), ambiguous)
+    return Case(
+        saved, target, saved_state, target_state, optimizers, dtype, tuple(renames), ambiguous
+    )
 
 
 WRAPPERS = {"_orig_mod", "module"}
@@ -189,8 +202,19 @@ def truth(case: Case, target_keys, saved_keys) -> dict[str, list[str]]:
 def scenarios(case: Case, world_size: int = 2):
     import dcpviz
 
-    saved = dcpviz.Scenario(model=Build(case.saved), world_size=world_size, recipe="fsdp",
-                            optimizer=case.optimizers[0], state=case.saved_state)
-    target = dcpviz.Scenario(model=Build(case.target), world_size=world_size, recipe="fsdp",
-                             optimizer=case.optimizers[1], state=case.target_state, dtype=case.dtype)
+    saved = dcpviz.Scenario(
+        model=Build(case.saved),
+        world_size=world_size,
+        recipe="fsdp",
+        optimizer=case.optimizers[0],
+        state=case.saved_state,
+    )
+    target = dcpviz.Scenario(
+        model=Build(case.target),
+        world_size=world_size,
+        recipe="fsdp",
+        optimizer=case.optimizers[1],
+        state=case.target_state,
+        dtype=case.dtype,
+    )
     return saved, target

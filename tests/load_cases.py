@@ -14,7 +14,9 @@ def compiled_mlp():
 
 def compiled_target_load(saved):
     """Load ``saved`` into a torch.compile'd mlp: every key gains '_orig_mod.'."""
-    return dcpviz.simulate_load(saved, dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp"))
+    return dcpviz.simulate_load(
+        saved, dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp")
+    )
 
 
 class RenamedNormMLP(MLP):
@@ -43,7 +45,9 @@ class NestedMLP(torch.nn.Module):
 class Attn(torch.nn.Module):
     """An attention block with three projections of one shape (q, k, v look alike)."""
 
-    def __init__(self, names: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj"), dim: int = 8) -> None:
+    def __init__(
+        self, names: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj"), dim: int = 8
+    ) -> None:
         super().__init__()
         self.names = names
         for n in names:

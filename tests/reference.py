@@ -19,7 +19,15 @@ def tp_rule(fqn: str, llama: bool):
     q/k/v/w1/w3/output and rowwise-sharded embedding -> Shard(0); rowwise o/w2 -> Shard(1) on
     the weight, Replicate on a bias; SequenceParallel norms -> Replicate), or None: not in the
     plan, stays a plain tensor."""
-    colwise = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output", "fc1")
+    colwise = (
+        "attention.wq",
+        "attention.wk",
+        "attention.wv",
+        "feed_forward.w1",
+        "feed_forward.w3",
+        "output",
+        "fc1",
+    )
     rowwise = ("attention.wo", "feed_forward.w2", "fc2")
     dotted = f".{fqn}"
     if fqn.startswith("tok_embeddings."):
@@ -57,7 +65,11 @@ def placements_for(recipe: str, fqn: str, is_param: bool, mesh_shape: tuple[int,
 def rank_mesh(mesh_shape, names, rank):
     W = math.prod(mesh_shape)
     return DeviceMesh(
-        "cpu", torch.arange(W).reshape(mesh_shape), mesh_dim_names=names, _init_backend=False, _rank=rank
+        "cpu",
+        torch.arange(W).reshape(mesh_shape),
+        mesh_dim_names=names,
+        _init_backend=False,
+        _rank=rank,
     )
 
 
@@ -77,12 +89,18 @@ def hand_state_dict(model: torch.nn.Module, recipe: str, mesh_shape, names, rank
             # Not in the TP plan: FSDP shards it over the dp dim only (this rank's dp column).
             coord = mesh.get_coordinate()
             column = torch.arange(math.prod(mesh_shape)).reshape(mesh_shape)[:, coord[1]]
-            m = DeviceMesh("cpu", column, mesh_dim_names=(names[0],), _init_backend=False, _rank=rank)
+            m = DeviceMesh(
+                "cpu", column, mesh_dim_names=(names[0],), _init_backend=False, _rank=rank
+            )
         local_shape, _ = compute_local_shape_and_global_offset(value.shape, m, pl)
         local = torch.empty(local_shape, dtype=value.dtype, device="meta")
-        dt = DTensor.from_local(local, m, pl, run_check=False, shape=value.shape, stride=value.stride())
+        dt = DTensor.from_local(
+            local, m, pl, run_check=False, shape=value.shape, stride=value.stride()
+        )
         # The reference itself must not be hit by the dispatch-cache hazard.
-        assert dt.device_mesh.get_coordinate() == m.get_coordinate(), "reference DTensor lost its rank's mesh"
+        assert dt.device_mesh.get_coordinate() == m.get_coordinate(), (
+            "reference DTensor lost its rank's mesh"
+        )
         out[fqn] = dt
     return out
 
@@ -99,7 +117,10 @@ def item_tuple(wi):
     if td is None:
         return (wi.index.fqn, wi.type.name, None, None, None)
     return (
-        wi.index.fqn, wi.type.name, tuple(td.chunk.offsets), tuple(td.chunk.sizes),
+        wi.index.fqn,
+        wi.type.name,
+        tuple(td.chunk.offsets),
+        tuple(td.chunk.sizes),
         str(td.properties.dtype).removeprefix("torch."),
     )
 
@@ -163,8 +184,13 @@ def _opt_box(b):
 
 def read_tuple(ri):
     return (
-        ri.dest_index.fqn, ri.type.name, _opt_box(ri.dest_index.offset), _opt_box(ri.dest_offsets),
-        ri.storage_index.fqn, _opt_box(ri.storage_index.offset), _opt_box(ri.storage_offsets),
+        ri.dest_index.fqn,
+        ri.type.name,
+        _opt_box(ri.dest_index.offset),
+        _opt_box(ri.dest_offsets),
+        ri.storage_index.fqn,
+        _opt_box(ri.storage_index.offset),
+        _opt_box(ri.storage_offsets),
         _opt_box(ri.lengths),
     )
 
@@ -174,8 +200,16 @@ def result_reads(result, rank: int):
     df = result.read_items
     df = df[df["rank"] == rank]
     out = [
-        (r.fqn, r.item_type, r.dest_chunk_offsets, r.dest_offsets, r.storage_fqn or r.fqn,
-         r.saved_offsets, r.storage_offsets, r.lengths)
+        (
+            r.fqn,
+            r.item_type,
+            r.dest_chunk_offsets,
+            r.dest_offsets,
+            r.storage_fqn or r.fqn,
+            r.saved_offsets,
+            r.storage_offsets,
+            r.lengths,
+        )
         for r in df.itertuples()
     ]
     return sorted(out, key=sort_key)

@@ -45,13 +45,24 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
             chosen = kept_by.get(k, [])
             chosen_rank = chosen[0] if len(chosen) == 1 else -1
             if lowest:
-                rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
+                rule, why = (
+                    "lowest rank",
+                    f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate",
+                )
             else:
                 rule, why = "fewest planned bytes", _fewest_why(pick, cand, before, worst, cols)
             rows.append(
                 (
-                    cols.fqn[i], cols.offsets[i], cand, chosen_rank, int(cols.nbytes[i]), before,
-                    pick, pick == chosen_rank, rule, why,
+                    cols.fqn[i],
+                    cols.offsets[i],
+                    cand,
+                    chosen_rank,
+                    int(cols.nbytes[i]),
+                    before,
+                    pick,
+                    pick == chosen_rank,
+                    rule,
+                    why,
                 )
             )
         dcp = int(cols.dcp_size[i])
@@ -60,7 +71,9 @@ def dedup(trace: SaveTrace) -> pd.DataFrame:
         if over > worst.get(pick, (0, -1))[0]:
             worst[pick] = (over, i)
     df = pd.DataFrame(rows, columns=DEDUP_COLUMNS)
-    return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+    return df.astype(
+        {"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"}
+    )
 
 
 def _planned_by(trace: SaveTrace, cols) -> tuple[dict[int, set[int]], dict[int, int]]:
@@ -100,7 +113,11 @@ MAX_WHY_GROUPS = 3  # loser tallies named in a why; the rest are summarised
 
 
 def _fewest_why(
-    pick: int, cand: tuple[int, ...], before: tuple[int, ...], worst: dict[int, tuple[int, int]], cols: Any
+    pick: int,
+    cand: tuple[int, ...],
+    before: tuple[int, ...],
+    worst: dict[int, tuple[int, int]],
+    cols: Any,
 ) -> str:
     """Why ``pick`` won under DCP's fewest-planned-bytes rule, with the losers' tallies, and the
     whole-tensor charge that inflated a loser's tally (DCP counts ``tensor_storage_size()``)."""
@@ -151,8 +168,6 @@ def key_holders(trace: SaveTrace) -> dict[str, set[int]]:
     return dict(holders)
 
 
-
-
 def phase_changes(trace: SaveTrace) -> pd.DataFrame:
     """What each planning phase changed, item by item.
 
@@ -172,15 +187,43 @@ def phase_changes(trace: SaveTrace) -> pd.DataFrame:
             b_keys = {int(cols.key[i]): i for i in b_ids}
             for k, i in a_keys.items():
                 if k not in b_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "dropped by dedup" if phase == "global" else "removed", int(cols.nbytes[i])))
+                    rows.append(
+                        (
+                            phase,
+                            r,
+                            cols.fqn[i],
+                            cols.offsets[i],
+                            cols.sizes[i],
+                            "dropped by dedup" if phase == "global" else "removed",
+                            int(cols.nbytes[i]),
+                        )
+                    )
                 elif b_keys[k] != i and phase == "final":
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "changed", int(cols.nbytes[i])))
+                    rows.append(
+                        (
+                            phase,
+                            r,
+                            cols.fqn[i],
+                            cols.offsets[i],
+                            cols.sizes[i],
+                            "changed",
+                            int(cols.nbytes[i]),
+                        )
+                    )
             for k, i in b_keys.items():
                 if k not in a_keys:
-                    rows.append((phase, r, cols.fqn[i], cols.offsets[i], cols.sizes[i], "added", int(cols.nbytes[i])))
+                    rows.append(
+                        (
+                            phase,
+                            r,
+                            cols.fqn[i],
+                            cols.offsets[i],
+                            cols.sizes[i],
+                            "added",
+                            int(cols.nbytes[i]),
+                        )
+                    )
 
     diff("global", trace.local_plans, trace.global_plans)
     diff("final", trace.global_plans, trace.final_plans)
     return pd.DataFrame(rows, columns=PHASE_COLUMNS).astype({"rank": "int64", "nbytes": "int64"})
-
-

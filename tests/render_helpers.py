@@ -13,9 +13,29 @@ import dcpviz
 import dcpviz.views as V
 from dcpviz.cli import main
 
-SAVE_TABLES = ("write_items", "dedup", "rank_volume", "chunks", "tensors", "tensor_groups", "phase_changes",
-               "phase_volume", "storage", "files", "storage_volume", "checks")
-LOAD_TABLES = ("read_items", "rank_volume", "resharding", "mismatches", "hints", "hints_table", "checks")
+SAVE_TABLES = (
+    "write_items",
+    "dedup",
+    "rank_volume",
+    "chunks",
+    "tensors",
+    "tensor_groups",
+    "phase_changes",
+    "phase_volume",
+    "storage",
+    "files",
+    "storage_volume",
+    "checks",
+)
+LOAD_TABLES = (
+    "read_items",
+    "rank_volume",
+    "resharding",
+    "mismatches",
+    "hints",
+    "hints_table",
+    "checks",
+)
 
 
 def render_everywhere(result: Any, trace_path: Path, out_dir: Path) -> None:

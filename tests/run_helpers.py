@@ -59,8 +59,14 @@ class SwapShardsPlanner(DefaultLoadPlanner):
         first, second = (tuple(c.offsets) for c in chunks)
         other = {first: second, second: first}
         items = [
-            dataclasses.replace(ri, storage_index=MetadataIndex(ri.storage_index.fqn, other[tuple(ri.storage_index.offset)]))
-            if ri.storage_index.fqn == self.key else ri
+            dataclasses.replace(
+                ri,
+                storage_index=MetadataIndex(
+                    ri.storage_index.fqn, other[tuple(ri.storage_index.offset)]
+                ),
+            )
+            if ri.storage_index.fqn == self.key
+            else ri
             for ri in plan.items
         ]
         return dataclasses.replace(plan, items=items)
@@ -111,8 +117,12 @@ def capture_rank_values_job(rank, world, report, ckpt_dir, trace_path, plain_dir
 
     import dcpviz
 
-    state = {"w": torch.full((4,), float(rank)), "loader": {"position": 100 * rank}, "shared": 7,
-             "bias": torch.ones(3)}
+    state = {
+        "w": torch.full((4,), float(rank)),
+        "loader": {"position": 100 * rank},
+        "shared": 7,
+        "bias": torch.ones(3),
+    }
     rec = dcpviz.RecordingSavePlanner(trace_path)
     md = dcp.save(state, checkpoint_id=ckpt_dir, planner=rec)
     rec.complete(md)
@@ -128,8 +138,9 @@ def periodic_cached_saves_job(rank, world, report, root):
 
     import dcpviz
 
-    rec = dcpviz.RecordingSavePlanner(os.path.join(root, "plan_{n}.json"),
-                                      DefaultSavePlanner(enable_plan_caching=True))
+    rec = dcpviz.RecordingSavePlanner(
+        os.path.join(root, "plan_{n}.json"), DefaultSavePlanner(enable_plan_caching=True)
+    )
     for step in range(3):
         state = {"w": torch.ones(4), "loader": {"position": 100 * rank + step}}
         if step == 2 and rank == 1:
@@ -161,13 +172,21 @@ def diverged_values_job(rank, world, report, root):
         names |= {f"tmp{i}" for i in range(1000)}
         names -= {f"tmp{i}" for i in range(1000)}
     order = sorted(names) if rank == 0 else sorted(names, reverse=True)
-    state = {"rep": rep, "same_rep": same_rep, "big": big, "names": names,
-             "table": {k: 1 for k in order}}
+    state = {
+        "rep": rep,
+        "same_rep": same_rep,
+        "big": big,
+        "names": names,
+        "table": {k: 1 for k in order},
+    }
     rec = dcpviz.RecordingSavePlanner(os.path.join(root, "t.json"))
     md = dcp.save(state, checkpoint_id=os.path.join(root, "ck"), planner=rec)
     rec.complete(md)
-    return {"problems": list(rec.problems), "hashseed": os.environ.get("PYTHONHASHSEED"),
-            "set_order": list(names)[:3]}
+    return {
+        "problems": list(rec.problems),
+        "hashseed": os.environ.get("PYTHONHASHSEED"),
+        "set_order": list(names)[:3],
+    }
 
 
 def gathered_position_state(model, optimizer, rank):

@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROME_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -47,9 +52,17 @@ def lab(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     port, token = _free_port(), secrets.token_hex(16)
     cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}",
-        "--ServerApp.port_retries=0", "--LabApp.news_url=", "--ServerApp.open_browser=False",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root / 'notebooks'}",
+        "--ServerApp.port_retries=0",
+        "--LabApp.news_url=",
+        "--ServerApp.open_browser=False",
     ]
     if os.geteuid() == 0:  # CI machines run as root
         cmd.append("--allow-root")
@@ -62,12 +75,19 @@ def lab(tmp_path_factory):
         '{"windowingMode": "none", "autoStartDefaultKernel": true}'
     )
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    (
+        settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    ).write_text('{"fetchNews": "false"}')
     env = dict(
-        os.environ, JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTER_RUNTIME_DIR=str(root / "runtime"),
-        JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(root / "config"),
+        JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
     )
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -77,10 +97,15 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    pytest.fail("JupyterLab exited:\n" + (root / "jupyterlab.log").read_text()[-3000:])
+                    pytest.fail(
+                        "JupyterLab exited:\n" + (root / "jupyterlab.log").read_text()[-3000:]
+                    )
                 time.sleep(0.5)
         else:
-            pytest.fail("JupyterLab did not start in 90 s:\n" + (root / "jupyterlab.log").read_text()[-3000:])
+            pytest.fail(
+                "JupyterLab did not start in 90 s:\n"
+                + (root / "jupyterlab.log").read_text()[-3000:]
+            )
         yield base, token
     finally:
         _stop(proc)
@@ -120,8 +145,12 @@ def test_tour_explorer_renders_and_updates(lab):
             except Exception:
                 pass
             # Wait for the kernel, then Run > Run All Cells.
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
-            expect(page.locator(".jp-Toolbar-kernelName").first).to_contain_text("Python", timeout=60_000)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                timeout=120_000
+            )
+            expect(page.locator(".jp-Toolbar-kernelName").first).to_contain_text(
+                "Python", timeout=60_000
+            )
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
 
@@ -130,17 +159,23 @@ def test_tour_explorer_renders_and_updates(lab):
             explorer.scroll_into_view_if_needed()
             figure = page.locator(".dcpviz-explorer .js-plotly-plot").first
             figure.wait_for(timeout=120_000)
-            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text("tok_embeddings.weight", timeout=60_000)
+            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text(
+                "tok_embeddings.weight", timeout=60_000
+            )
             # The summary header and all six tabs are there.
             expect(explorer).to_contain_text("imbalance")
             for tab in ("Layout", "Dedup", "Volume", "Phases", "Tables", "Checks"):
-                expect(page.locator(".dcpviz-explorer .lm-TabBar-tab", has_text=tab).first).to_be_visible()
+                expect(
+                    page.locator(".dcpviz-explorer .lm-TabBar-tab", has_text=tab).first
+                ).to_be_visible()
             before = figure.locator("path").count()
 
             # Pick another tensor: the same figure redraws with it.
             picker = page.locator(".dcpviz-explorer .widget-select select").first
             picker.select_option(label="output.weight")
-            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text("output.weight", timeout=60_000)
+            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text(
+                "output.weight", timeout=60_000
+            )
             assert figure.locator("path").count() > 0 and before > 0
             # Screenshots: a tall viewport so the whole explorer fits in one picture.
             page.set_viewport_size({"width": 1400, "height": 2200})
@@ -148,7 +183,10 @@ def test_tour_explorer_renders_and_updates(lab):
             page.wait_for_timeout(500)
             explorer.screenshot(path=str(ARTIFACTS / "explorer_widget.png"))
             page.screenshot(path=str(ARTIFACTS / "explorer_jupyterlab.png"), full_page=False)
-            shots = {"explorer_widget.png": "explorer_jupyterlab.png", **_screenshot_tabs(page, explorer)}
+            shots = {
+                "explorer_widget.png": "explorer_jupyterlab.png",
+                **_screenshot_tabs(page, explorer),
+            }
             if os.environ.get("DCPVIZ_UPDATE_DOCS") == "1":
                 for artifact, doc in shots.items():
                     shutil.copy(ARTIFACTS / artifact, ROOT / "docs" / "img" / doc)
@@ -173,18 +211,24 @@ def _screenshot_tabs(page, explorer) -> dict[str, str]:
         cut = label.evaluate("e => e.scrollWidth > e.clientWidth + 1")
         assert not cut, f"tab title {title!r} is cut"
         tab.click()
-        panel = page.locator(".dcpviz-explorer .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)").first
+        panel = page.locator(
+            ".dcpviz-explorer .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)"
+        ).first
         if title in ("Dedup", "Volume", "Phases"):
             expect(panel.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=60_000)
         elif title == "Tables":
             expect(panel.locator("table").first).to_be_visible(timeout=60_000)
             # JupyterLab's own styles ran the headers together: the table carries its spacing.
-            pad = panel.locator("table th").first.evaluate("e => parseFloat(getComputedStyle(e).paddingLeft)")
+            pad = panel.locator("table th").first.evaluate(
+                "e => parseFloat(getComputedStyle(e).paddingLeft)"
+            )
             assert pad >= 4, f"Tables headers have {pad}px padding"
         page.wait_for_timeout(800)
         buttons = panel.locator(".widget-toggle-button")
         for j in range(buttons.count()):
-            assert not buttons.nth(j).evaluate("e => e.scrollWidth > e.clientWidth + 1"), f"{title}: button label cut"
+            assert not buttons.nth(j).evaluate("e => e.scrollWidth > e.clientWidth + 1"), (
+                f"{title}: button label cut"
+            )
         name = f"explorer_tab_{title.lower()}.png"
         explorer.screenshot(path=str(ARTIFACTS / name))
         shots[name] = name

@@ -114,8 +114,9 @@ def _plant(path: Path, key: str, payload: object) -> Path:
     offset = data_file.stat().st_size
     with open(data_file, "ab") as fh:
         fh.write(buf.getvalue())
-    md.storage_data[index] = type(info)(relative_path=info.relative_path, offset=offset,
-                                        length=len(buf.getvalue()))
+    md.storage_data[index] = type(info)(
+        relative_path=info.relative_path, offset=offset, length=len(buf.getvalue())
+    )
     with open(path / ".metadata", "wb") as fh:
         pickle.dump(md, fh)
     return path
@@ -211,7 +212,9 @@ def test_run_load_refuses_a_planted_record_before_starting_workers(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("global_", ["builtins.eval", "builtins.exec", "subprocess.Popen", "torch.load"])
+@pytest.mark.parametrize(
+    "global_", ["builtins.eval", "builtins.exec", "subprocess.Popen", "torch.load"]
+)
 def test_other_dangerous_globals_refused(global_):
     """A bare pickle (legacy torch.save format) calling a dangerous global."""
     module, name = global_.rsplit(".", 1)

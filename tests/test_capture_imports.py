@@ -12,8 +12,20 @@ import pytest
 
 # Module names (after "dcpviz.engine.") a recorder must not load, in this layout and the flat
 # one it replaced (so the test says the same thing about either).
-FORBIDDEN = ("simulate", "shortcuts", "fastpath", "validation", "write_memo", "overlap",
-             "phases", "models", "recipes", "job.models", "job.recipes", "storageless")
+FORBIDDEN = (
+    "simulate",
+    "shortcuts",
+    "fastpath",
+    "validation",
+    "write_memo",
+    "overlap",
+    "phases",
+    "models",
+    "recipes",
+    "job.models",
+    "job.recipes",
+    "storageless",
+)
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -24,8 +36,12 @@ def _loaded_after(statement: str) -> list[str]:
 
 def _forbidden(loaded: list[str]) -> list[str]:
     prefix = "dcpviz.engine."
-    return [m for m in loaded if m.startswith(prefix)
-            and any(m[len(prefix):] == f or m[len(prefix):].startswith(f + ".") for f in FORBIDDEN)]
+    return [
+        m
+        for m in loaded
+        if m.startswith(prefix)
+        and any(m[len(prefix) :] == f or m[len(prefix) :].startswith(f + ".") for f in FORBIDDEN)
+    ]
 
 
 @pytest.mark.parametrize("name", ["RecordingSavePlanner", "RecordingLoadPlanner"])

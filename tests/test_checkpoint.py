@@ -20,7 +20,12 @@ import dcpviz
 def saved(tmp_path_factory) -> Path:
     """A real (single-process) DCP checkpoint: tensors, a 0-d tensor and a bytes entry."""
     path = tmp_path_factory.mktemp("ck") / "ckpt"
-    sd = {"w": torch.randn(8, 4), "b": torch.arange(3.0), "step": torch.tensor(5), "extra": {"epoch": 3}}
+    sd = {
+        "w": torch.randn(8, 4),
+        "b": torch.arange(3.0),
+        "step": torch.tensor(5),
+        "extra": {"epoch": 3},
+    }
     dcp.save(sd, checkpoint_id=path)
     return path
 
@@ -32,8 +37,10 @@ def ckpt(saved, tmp_path) -> Path:
 
 
 def _snapshot(path: Path) -> dict[str, tuple]:
-    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(path.iterdir())}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(path.iterdir())
+    }
 
 
 def _metadata(path: Path):
@@ -126,7 +133,7 @@ def test_corrupt_record_header(ckpt):
     rec = _record(ckpt, "w")
     f = ckpt / rec.relative_path
     data = bytearray(f.read_bytes())
-    data[rec.offset: rec.offset + 8] = b"garbage!"
+    data[rec.offset : rec.offset + 8] = b"garbage!"
     f.write_bytes(bytes(data))
     with pytest.raises(dcpviz.DcpvizError, match="'w' chunk .* corrupt"):
         dcpviz.inspect_checkpoint(ckpt)
@@ -138,7 +145,7 @@ def test_corrupt_tensor_bytes_caught_by_full_verify(ckpt):
     rec = _record(ckpt, "w")
     f = ckpt / rec.relative_path
     data = bytearray(f.read_bytes())
-    blob = bytes(data[rec.offset: rec.offset + rec.length])
+    blob = bytes(data[rec.offset : rec.offset + rec.length])
     start = rec.offset + blob.index(b"data/0") + 64  # inside the 128 data bytes of 'w'
     for i in range(start, start + 16):
         data[i] ^= 0xFF
@@ -155,7 +162,9 @@ def test_record_with_wrong_data_size(ckpt):
     b = next(k for k in md.storage_data if k.fqn == "b")
     md.storage_data[w] = md.storage_data[b]
     _write_metadata(ckpt, md)
-    with pytest.raises(dcpviz.DcpvizError, match="holds 12 bytes of tensor data but the metadata's chunk needs 128"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match="holds 12 bytes of tensor data but the metadata's chunk needs 128"
+    ):
         dcpviz.inspect_checkpoint(ckpt)
 
 
@@ -191,7 +200,9 @@ def test_planted_metadata_runs_nothing(ckpt, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("global_", ["builtins.eval", "builtins.exec", "subprocess.Popen", "torch.load"])
+@pytest.mark.parametrize(
+    "global_", ["builtins.eval", "builtins.exec", "subprocess.Popen", "torch.load"]
+)
 def test_other_dangerous_globals_refused(ckpt, global_):
     module, name = global_.rsplit(".", 1)
     payload = f"c{module}\n{name}\n(S'1'\ntR.".encode()  # protocol 0: GLOBAL, a call
@@ -201,9 +212,19 @@ def test_other_dangerous_globals_refused(ckpt, global_):
 
 
 def test_safe_reader_loads_like_dcp(saved):
-    sd = {"w": torch.zeros(8, 4), "b": torch.zeros(3), "step": torch.tensor(0), "extra": {"epoch": 0}}
+    sd = {
+        "w": torch.zeros(8, 4),
+        "b": torch.zeros(3),
+        "step": torch.tensor(0),
+        "extra": {"epoch": 0},
+    }
     dcp.load(sd, storage_reader=dcpviz.SafeFileSystemReader(saved))
-    ref = {"w": torch.zeros(8, 4), "b": torch.zeros(3), "step": torch.tensor(0), "extra": {"epoch": 0}}
+    ref = {
+        "w": torch.zeros(8, 4),
+        "b": torch.zeros(3),
+        "step": torch.tensor(0),
+        "extra": {"epoch": 0},
+    }
     dcp.load(ref, checkpoint_id=saved)  # DCP's own reader (plain pickle): our own checkpoint
     assert torch.equal(sd["w"], ref["w"]) and torch.equal(sd["b"], torch.arange(3.0))
     assert sd["extra"]["epoch"] == 3 and int(sd["step"]) == 5

@@ -18,7 +18,11 @@ from torch.distributed.checkpoint import HuggingFaceStorageWriter
 import dcpviz
 from dcpviz.cli import main
 
-STATE = {"fc1.weight": torch.arange(12.0).reshape(4, 3), "fc1.bias": torch.ones(4), "emb": torch.zeros(5, 2)}
+STATE = {
+    "fc1.weight": torch.arange(12.0).reshape(4, 3),
+    "fc1.bias": torch.ones(4),
+    "emb": torch.zeros(5, 2),
+}
 
 
 def _save(sd, **kw):
@@ -64,7 +68,9 @@ def test_report_and_explorer_of_a_safetensors_folder(folders, tmp_path):
     expected = {}
     for name in files:
         with safe_open(str(folders / "hf" / name), framework="pt") as f:
-            expected[name] = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+            expected[name] = sum(
+                f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+            )
     assert _bars(dcpviz.views.file_layout(info)) == expected
     app = dcpviz.explore(info)
     assert [app.tabs.get_title(i) for i in range(3)] == ["Checks", "Files", "Tables"]
@@ -80,7 +86,13 @@ def test_check_report_flag(folders, tmp_path, capsys):
     # and no report can be drawn from it, which is said
     assert main(["check", str(folders / "broken"), "--report", str(tmp_path / "b.html")]) == 1
     out = capsys.readouterr().out
-    assert "safetensors-unreadable" in out and "no report" in out and not (tmp_path / "b.html").exists()
-    assert main(["check", str(folders / "dcp"), "--json", "--report", str(tmp_path / "d.html")]) == 0
+    assert (
+        "safetensors-unreadable" in out
+        and "no report" in out
+        and not (tmp_path / "b.html").exists()
+    )
+    assert (
+        main(["check", str(folders / "dcp"), "--json", "--report", str(tmp_path / "d.html")]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)  # --json stays pure JSON
     assert doc["failing"] is False and Path(tmp_path / "d.html").exists()

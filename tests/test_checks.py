@@ -28,12 +28,17 @@ def rows(result_or_checks, check, severity=None):
 @pytest.fixture(scope="module")
 def per_rank_value():
     """Every rank built (fast=False): each rank's own extra state, 1000*rank and 17+rank."""
-    return dcpviz.simulate_save(dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp"), fast=False)
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp"), fast=False
+    )
 
 
 def test_rank_specific_values_are_data_loss_naming_survivor_and_lost_ranks(per_rank_value):
     lost = rows(per_rank_value, "rank-specific-value", "data-loss")
-    assert set(lost["fqn"]) == {"rank_state._extra_state.sample_idx", "rank_state._extra_state.seed"}
+    assert set(lost["fqn"]) == {
+        "rank_state._extra_state.sample_idx",
+        "rank_state._extra_state.seed",
+    }
     dd = per_rank_value.dedup.set_index("fqn")
     for row in lost.itertuples():
         survivor = int(dd.loc[row.fqn, "chosen_rank"])  # from DCP's real global plan
@@ -44,7 +49,9 @@ def test_rank_specific_values_are_data_loss_naming_survivor_and_lost_ranks(per_r
 
 
 def test_values_equal_on_every_rank_are_no_finding():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), fast=False)
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), fast=False
+    )
     # progress._extra_state is the same dict on every rank: planned by all, nothing lost.
     assert "progress._extra_state.epoch" in set(res.dedup["fqn"])
     assert not len(rows(res, "rank-specific-value", "data-loss"))
@@ -59,14 +66,18 @@ def test_meta_tensors_have_no_values_so_a_warning():
 
 
 def test_the_fast_path_knows_rank_0_only_so_a_warning_not_a_false_all_clear():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp"))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp")
+    )
     warn = rows(res, "rank-specific-value", "warning")
     assert "rank_state._extra_state.seed" in set(warn["fqn"])
     assert not len(rows(res, "rank-specific-value", "data-loss"))
 
 
 def test_the_fix_per_rank_keys_makes_the_data_loss_go_away():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model=mlp_with_per_rank_keys, world_size=4, recipe="fsdp"), fast=False)
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model=mlp_with_per_rank_keys, world_size=4, recipe="fsdp"), fast=False
+    )
     assert not len(rows(res, "rank-specific-value", "data-loss"))
     # ... and says what per-rank keys mean instead: key sets differ between ranks.
     differ = rows(res, "key-sets-differ")
@@ -89,7 +100,9 @@ def test_write_imbalance_names_ranks_and_the_other_option():
     # The alternative's numbers are what DCP plans with the other option.
     other = dcpviz.simulate_save(sc, DefaultSavePlanner(dedup_save_to_lowest_rank=False))
     alt = lowest.trace.dedup_alternative
-    assert alt.lowest_rank is False and list(alt.rank_nbytes) == other.rank_volume["nbytes"].tolist()
+    assert (
+        alt.lowest_rank is False and list(alt.rank_nbytes) == other.rank_volume["nbytes"].tolist()
+    )
     assert list(other.trace.dedup_alternative.rank_nbytes) == lowest.rank_volume["nbytes"].tolist()
 
 
@@ -115,8 +128,11 @@ class ShiftingPlanner(DefaultSavePlanner):
         for wi in plan.items:
             if wi.index.fqn == "fc1.weight":
                 chunk = dataclasses.replace(wi.tensor_data.chunk, offsets=torch.Size([50, 0]))
-                wi = dataclasses.replace(wi, index=dataclasses.replace(wi.index, offset=torch.Size([50, 0])),
-                                         tensor_data=dataclasses.replace(wi.tensor_data, chunk=chunk))
+                wi = dataclasses.replace(
+                    wi,
+                    index=dataclasses.replace(wi.index, offset=torch.Size([50, 0])),
+                    tensor_data=dataclasses.replace(wi.tensor_data, chunk=chunk),
+                )
             items.append(wi)
         return dataclasses.replace(plan, items=items)
 
@@ -132,11 +148,15 @@ class DroppingPlanner(DefaultSavePlanner):
         plan = super().create_local_plan()
         if dist.get_rank() != 1:
             return plan
-        return dataclasses.replace(plan, items=[wi for wi in plan.items if wi.index.fqn != "fc1.weight"])
+        return dataclasses.replace(
+            plan, items=[wi for wi in plan.items if wi.index.fqn != "fc1.weight"]
+        )
 
 
 def test_overlapping_chunks_are_an_error_dcp_raised():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), ShiftingPlanner())
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), ShiftingPlanner()
+    )
     assert not res.ok
     assert len(rows(res, "global-failed", "error")) == 1
     assert list(rows(res, "chunks-overlap", "error")["fqn"]) == ["fc1.weight"]
@@ -146,7 +166,9 @@ def test_overlapping_chunks_are_an_error_dcp_raised():
 
 
 def test_missing_chunks_are_data_loss():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), DroppingPlanner())
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), DroppingPlanner()
+    )
     assert list(rows(res, "chunks-missing", "data-loss")["fqn"]) == ["fc1.weight"]
     assert len(rows(res, "global-failed", "error")) == 1
 
@@ -156,7 +178,9 @@ def test_a_valid_plan_has_no_errors(per_rank_value):
 
 
 # -- the trace alone: to_json / load_trace / dcpviz check -----------------------------------------
-def test_checks_survive_a_trace_round_trip_and_dcpviz_check_exits_on_data_loss(per_rank_value, tmp_path, capsys):
+def test_checks_survive_a_trace_round_trip_and_dcpviz_check_exits_on_data_loss(
+    per_rank_value, tmp_path, capsys
+):
     path = per_rank_value.to_json(tmp_path / "save.json")
     again = dcpviz.load_trace(path)
     pd.testing.assert_frame_equal(again.checks, per_rank_value.checks)
@@ -166,11 +190,15 @@ def test_checks_survive_a_trace_round_trip_and_dcpviz_check_exits_on_data_loss(p
     doc = json.loads(capsys.readouterr().out)
     assert doc["failing"] and doc["counts"]["data-loss"] == 2
     assert {r["fqn"] for r in doc["checks"] if r["severity"] == "data-loss"} == {
-        "rank_state._extra_state.sample_idx", "rank_state._extra_state.seed"}
+        "rank_state._extra_state.sample_idx",
+        "rank_state._extra_state.seed",
+    }
 
 
 def test_dcpviz_check_exits_0_without_data_loss_or_error(tmp_path, capsys):
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), fast=False)
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), fast=False
+    )
     assert main(["check", str(res.to_json(tmp_path / "ok.json"))]) == 0
     assert main(["check", str(tmp_path / "nope.json")]) == 2  # a user mistake, one line
 
@@ -182,7 +210,9 @@ def test_report_shows_checks_first_and_explorer_opens_them(per_rank_value, tmp_p
     assert text.index("Checks: 2 data-loss") < text.index("Write volume per rank")
     app = dcpviz.explore(per_rank_value)
     assert app.tabs.titles[app.tabs.selected_index] == "Checks"
-    quiet = dcpviz.explore(dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")))
+    quiet = dcpviz.explore(
+        dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    )
     assert quiet.tabs.selected_index == 0 and "Checks" in quiet.tabs.titles
 
 
@@ -205,9 +235,16 @@ def mlp_with_extra_buffer():
 
 
 def test_keys_no_rank_reads(fsdp_save):
-    load = dcpviz.simulate_load(fsdp_save, dcpviz.Scenario(model=mlp_without_progress, world_size=4, recipe="fsdp"))
-    assert set(rows(load, "unread-keys", "warning")["fqn"]) >= {"progress.step", "progress._extra_state.epoch"}
-    same = dcpviz.simulate_load(fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        fsdp_save, dcpviz.Scenario(model=mlp_without_progress, world_size=4, recipe="fsdp")
+    )
+    assert set(rows(load, "unread-keys", "warning")["fqn"]) >= {
+        "progress.step",
+        "progress._extra_state.epoch",
+    }
+    same = dcpviz.simulate_load(
+        fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp")
+    )
     assert not len(rows(same, "unread-keys")) and not len(same.checks)
     app = dcpviz.explore(load)  # the load debugger gets the tab too; warnings do not open it
     assert app.tabs.titles[-1] == "Checks" and app.tabs.selected_index == 0
@@ -215,7 +252,9 @@ def test_keys_no_rank_reads(fsdp_save):
 
 
 def test_silent_dtype_casts(fsdp_save):
-    load = dcpviz.simulate_load(fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", dtype="bfloat16"))
+    load = dcpviz.simulate_load(
+        fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", dtype="bfloat16")
+    )
     casts = rows(load, "dtype-cast", "warning")
     assert "fc1.weight" in set(casts["fqn"]) and "float32" in casts["message"].iloc[0]
 
@@ -239,7 +278,9 @@ def test_read_amplification_on_a_reshard(fsdp_save):
     vol = tp.rank_volume
     ratio = vol["chunk_nbytes"].astype(float) / vol["nbytes"].astype(float)
     assert set(amp["ranks"].iloc[0]) == set(vol["rank"][ratio > 2.0])
-    same = dcpviz.simulate_load(fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
+    same = dcpviz.simulate_load(
+        fsdp_save, dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp")
+    )
     assert not len(rows(same, "read-amplification"))
 
 
@@ -250,7 +291,9 @@ def test_optimizer_state_in_the_checkpoint_not_read(tmp_path):
         p.grad = torch.ones_like(p)
     opt.step()  # Adam's moments exist now
     dcp.save({**model.state_dict(), "optim": opt.state_dict()}, checkpoint_id=tmp_path / "ck")
-    load = dcpviz.simulate_load(tmp_path / "ck", dcpviz.Scenario(model="mlp", world_size=1, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        tmp_path / "ck", dcpviz.Scenario(model="mlp", world_size=1, recipe="fsdp")
+    )
     row = rows(load, "optimizer-state-not-read", "warning")
     assert len(row) == 1 and "Adam" in row["message"].iloc[0]
     assert not len(rows(load, "unread-keys"))  # not counted twice
@@ -294,12 +337,18 @@ def test_carried_digests_leave_even_an_unwrapped_coordinators_metadata_alone():
     p = DefaultSavePlanner()
     p.set_up_planner({"a": {"w": torch.ones(2)}, "n": 3}, is_coordinator=True)
     plan = p.create_local_plan()
-    carried = type(plan)(plan.items, planner_data=CarriedPlannerData(plan.planner_data, (ValueDigest("n", 0, "ab"),)))
+    carried = type(plan)(
+        plan.items, planner_data=CarriedPlannerData(plan.planner_data, (ValueDigest("n", 0, "ab"),))
+    )
     _, md_plain = copy.deepcopy(p).create_global_plan([plan])
     _, md_carried = copy.deepcopy(p).create_global_plan([carried])
     assert md_carried.planner_data == md_plain.planner_data == {"a.w": ("a", "w"), "n": ("n",)}
     clean, digests, every = strip_carried([carried])
-    assert clean[0].planner_data is plan.planner_data and digests == [ValueDigest("n", 0, "ab")] and every
+    assert (
+        clean[0].planner_data is plan.planner_data
+        and digests == [ValueDigest("n", 0, "ab")]
+        and every
+    )
 
 
 def test_new_trace_fields_are_validated_and_optional(per_rank_value, tmp_path):
@@ -307,7 +356,9 @@ def test_new_trace_fields_are_validated_and_optional(per_rank_value, tmp_path):
     old = json.loads(json.dumps(doc))
     del old["trace"]["value_digests"], old["trace"]["dedup_alternative"]
     (tmp_path / "old.json").write_text(json.dumps(old))
-    assert dcpviz.load_trace(tmp_path / "old.json").trace.value_digests == ()  # an older trace still reads
+    assert (
+        dcpviz.load_trace(tmp_path / "old.json").trace.value_digests == ()
+    )  # an older trace still reads
     bad = json.loads(json.dumps(doc))
     bad["trace"]["value_digests"][0]["rank"] = 4  # world_size is 4
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -337,27 +388,37 @@ def state_with_rng_per_rank(model, optimizer, rank):
 
 
 def test_a_state_callables_per_rank_value_is_data_loss_in_simulate_save():
-    res = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rank_rng))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rank_rng)
+    )
     lost = rows(res, "rank-specific-value", "data-loss")
     assert list(lost["fqn"]) == ["rng"]
     survivor = int(res.dedup.set_index("fqn").loc["rng", "chosen_rank"])
     assert set(lost["ranks"].iloc[0]) == {0, 1, 2, 3} - {survivor}
     assert "epoch" not in set(res.checks["fqn"])  # the same on every rank
-    fixed = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rng_per_rank))
+    fixed = dcpviz.simulate_save(
+        dcpviz.Scenario(world_size=4, recipe="fsdp", state=state_with_rng_per_rank)
+    )
     assert not len(rows(fixed, "rank-specific-value", "data-loss"))
 
 
 def test_torchtitan_dataloader_keys_are_per_rank_keys_not_data_loss():
-    res = dcpviz.simulate_save(dcpviz.Scenario(world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan"))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan")
+    )
     assert not len(rows(res, "rank-specific-value", "data-loss"))
     assert {f"dataloader.dp_rank_{r}" for r in range(4)} <= set(rows(res, "key-sets-differ")["fqn"])
 
 
 def test_optimizer_state_of_a_training_checkpoint_not_read_by_a_model_only_load():
     save = dcpviz.simulate_save(dcpviz.Scenario(world_size=2, recipe="fsdp", optimizer="adamw"))
-    load = dcpviz.simulate_load(save, dcpviz.Scenario(world_size=2, recipe="fsdp", state=state_model_only))
+    load = dcpviz.simulate_load(
+        save, dcpviz.Scenario(world_size=2, recipe="fsdp", state=state_model_only)
+    )
     assert len(rows(load, "optimizer-state-not-read", "warning")) == 1
-    again = dcpviz.simulate_load(save, dcpviz.Scenario(world_size=2, recipe="fsdp", optimizer="adamw"))
+    again = dcpviz.simulate_load(
+        save, dcpviz.Scenario(world_size=2, recipe="fsdp", optimizer="adamw")
+    )
     assert not len(rows(again, "optimizer-state-not-read"))
 
 

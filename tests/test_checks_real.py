@@ -31,12 +31,17 @@ def test_run_save_names_the_lost_values_and_they_are_not_on_disk(real_rank_state
     res, ckpt = real_rank_state
     assert res.ok, res.errors
     lost = res.checks[res.checks["severity"] == "data-loss"]
-    assert set(lost["fqn"]) == {"rank_state._extra_state.sample_idx", "rank_state._extra_state.seed"}
+    assert set(lost["fqn"]) == {
+        "rank_state._extra_state.sample_idx",
+        "rank_state._extra_state.seed",
+    }
     for row in lost.itertuples():
         survivor = int(res.dedup.set_index("fqn").loc[row.fqn, "chosen_rank"])
         assert set(row.ranks) == {0, 1, 2} - {survivor}
         on_disk = _stored_value(ckpt, res.storage, row.fqn)
-        value = {"sample_idx": lambda r: 1000 * r, "seed": lambda r: 17 + r}[row.fqn.rsplit(".", 1)[1]]
+        value = {"sample_idx": lambda r: 1000 * r, "seed": lambda r: 17 + r}[
+            row.fqn.rsplit(".", 1)[1]
+        ]
         assert on_disk == value(survivor)  # the survivor's value is the one on disk ...
         assert all(on_disk != value(r) for r in row.ranks)  # ... and the others' are nowhere
     assert not (res.checks["check"] == "rank-specific-value").sum() - len(lost)  # every value known
@@ -51,8 +56,15 @@ def test_run_save_equal_values_are_no_finding(real_rank_state):
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     root = tmp_path_factory.mktemp("capture_values")
-    out = launch(capture_rank_values_job, 2, (str(root / "ck"), str(root / "t.json"), str(root / "plain")),
-                 backend="gloo", device="cpu", timeout=120, start_method="forkserver")
+    out = launch(
+        capture_rank_values_job,
+        2,
+        (str(root / "ck"), str(root / "t.json"), str(root / "plain")),
+        backend="gloo",
+        device="cpu",
+        timeout=120,
+        start_method="forkserver",
+    )
     assert out.ok, out.errors
     return root, out
 
@@ -61,12 +73,16 @@ def test_capture_carries_every_ranks_digests_to_the_coordinator(captured):
     root, out = captured
     res = dcpviz.load_trace(root / "t.json")
     assert res.trace.source == "capture" and not any(p["problems"] for p in out.payloads.values())
-    assert {(d.fqn, d.rank) for d in res.trace.value_digests} == {(k, r) for k in ("w", "loader.position", "shared", "bias") for r in (0, 1)}
+    assert {(d.fqn, d.rank) for d in res.trace.value_digests} == {
+        (k, r) for k in ("w", "loader.position", "shared", "bias") for r in (0, 1)
+    }
     lost = res.checks[res.checks["severity"] == "data-loss"]
     assert set(lost["fqn"]) == {"w", "loader.position"}  # differ per rank; 'shared', 'bias' agree
     survivor = int(res.dedup.set_index("fqn").loc["loader.position", "chosen_rank"])
     assert _stored_value(root / "ck", res.storage, "loader.position") == 100 * survivor
-    assert res.trace.dedup_alternative is not None and res.trace.dedup_alternative.lowest_rank is True
+    assert (
+        res.trace.dedup_alternative is not None and res.trace.dedup_alternative.lowest_rank is True
+    )
 
 
 def test_capture_with_digests_changes_no_dcp_decision(captured):
@@ -74,5 +90,11 @@ def test_capture_with_digests_changes_no_dcp_decision(captured):
     rec, plain = read_metadata(root / "ck"), read_metadata(root / "plain")
     assert rec.state_dict_metadata == plain.state_dict_metadata
     assert rec.planner_data == plain.planner_data  # the carrier never reaches DCP's metadata
-    strip = lambda m: {(k.fqn, k.offset): (v.relative_path, v.offset, v.length) for k, v in m.storage_data.items()}  # noqa: E731
+
+    def strip(m):
+        return {
+            (k.fqn, k.offset): (v.relative_path, v.offset, v.length)
+            for k, v in m.storage_data.items()
+        }
+
     assert strip(rec) == strip(plain)

@@ -48,8 +48,15 @@ def _load_tensor(ckpt, fqn, like):
 @pytest.fixture(scope="module")
 def diverged(tmp_path_factory):
     root = tmp_path_factory.mktemp("diverged")
-    out = launch(diverged_values_job, 2, (str(root),), backend="gloo", device="cpu", timeout=120,
-                 start_method="forkserver")
+    out = launch(
+        diverged_values_job,
+        2,
+        (str(root),),
+        backend="gloo",
+        device="cpu",
+        timeout=120,
+        start_method="forkserver",
+    )
     assert out.ok, out.errors
     assert out.payloads[0]["set_order"] != out.payloads[1]["set_order"]  # the set pickles apart
     return root, dcpviz.load_trace(root / "t.json")
@@ -80,14 +87,23 @@ def test_equal_sets_and_reordered_dicts_are_no_finding(diverged):
     root, res = diverged
     flagged = set(res.checks[res.checks["severity"] == "data-loss"]["fqn"])
     assert flagged == {"rep", "big"}
-    assert _stored_value(root / "ck", res.storage, "names") == {f"layer{i}.weight" for i in range(40)}
+    assert _stored_value(root / "ck", res.storage, "names") == {
+        f"layer{i}.weight" for i in range(40)
+    }
 
 
 @pytest.fixture(scope="module")
 def periodic(tmp_path_factory):
     root = tmp_path_factory.mktemp("periodic")
-    out = launch(periodic_cached_saves_job, 2, (str(root),), backend="gloo", device="cpu", timeout=120,
-                 start_method="forkserver")
+    out = launch(
+        periodic_cached_saves_job,
+        2,
+        (str(root),),
+        backend="gloo",
+        device="cpu",
+        timeout=120,
+        start_method="forkserver",
+    )
     assert out.ok, out.errors
     assert not any(p["problems"] for p in out.payloads.values())
     return root, [dcpviz.load_trace(root / f"plan_{n}.json") for n in range(3)]
@@ -139,14 +155,19 @@ def test_flatten_false_loses_shards_found_by_run_save_and_simulate(tmp_path):
     with open(tmp_path / "ck" / res.storage.set_index("fqn").loc["model", "file"], "rb") as fh:
         row = res.storage.set_index("fqn").loc["model"]
         fh.seek(int(row["offset"]))
-        model = torch.load(io.BytesIO(fh.read(int(row["length"]))), weights_only=False)  # our own file
+        model = torch.load(
+            io.BytesIO(fh.read(int(row["length"]))), weights_only=False
+        )  # our own file
     shard = model["fc1.weight"]
     rows = shard.to_local().shape[0]
     assert rows < shard.shape[0]  # one shard, not the tensor
     assert lost.set_index("fqn").loc["model", "ranks"] == (1 - survivor,)
     sim = dcpviz.simulate_save(sc, planner=planner)
     sim_lost = sim.checks[sim.checks["severity"] == "data-loss"]
-    assert set(sim_lost["fqn"]) == {"model", "optim"}  # shards at other offsets: certain, even on meta
+    assert set(sim_lost["fqn"]) == {
+        "model",
+        "optim",
+    }  # shards at other offsets: certain, even on meta
 
 
 def test_simulation_of_unknown_values_is_never_data_loss():
@@ -157,7 +178,9 @@ def test_simulation_of_unknown_values_is_never_data_loss():
     assert set(sim.checks[sim.checks["check"] == "rank-specific-value"]["severity"]) == {"warning"}
 
 
-@pytest.mark.parametrize("state", [gathered_position_state, broadcast_seed_state, full_tensor_state])
+@pytest.mark.parametrize(
+    "state", [gathered_position_state, broadcast_seed_state, full_tensor_state]
+)
 def test_a_collective_under_simulation_is_refused_naming_run_save(state):
     import torch.distributed as dist
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
@@ -194,10 +217,16 @@ def test_an_equal_set_is_no_finding_in_run_save(tmp_path):
     assert "frozen" not in set(res.checks["fqn"]), res.checks
 
 
-@pytest.mark.parametrize("factory, says", [
-    (lbfgs_optimizer, r"LBFGS.*needs a closure"),
-    (optimizer_with_a_foreign_parameter, r"holds a parameter that is not the model's.*shape \(3,\)"),
-])
+@pytest.mark.parametrize(
+    "factory, says",
+    [
+        (lbfgs_optimizer, r"LBFGS.*needs a closure"),
+        (
+            optimizer_with_a_foreign_parameter,
+            r"holds a parameter that is not the model's.*shape \(3,\)",
+        ),
+    ],
+)
 def test_optimizer_factories_dcp_cannot_save_are_a_dcpviz_error(factory, says):
     sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer=factory)
     with pytest.raises(dcpviz.DcpvizError, match=says):
@@ -217,11 +246,17 @@ def test_tied_weights_written_twice_are_an_info_row_with_the_bytes_on_disk(tmp_p
     assert on_disk >= 64 * 16 * 4  # the whole tensor, once more
     assert "4.0 KB" in row.iloc[0]["message"] and not cli_failing(res)
     sim = dcpviz.simulate_save(sc)
-    assert list(sim.checks[sim.checks["check"] == "tied-weights-saved-twice"]["fqn"]) == ["wte.weight"]
+    assert list(sim.checks[sim.checks["check"] == "tied-weights-saved-twice"]["fqn"]) == [
+        "wte.weight"
+    ]
     untied = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
     assert "tied-weights-saved-twice" not in set(untied.checks["check"])
-    ema = dcpviz.simulate_save(dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp", state=ema_clone_state))
-    assert ema.trace.tied_keys == (("model.wte.weight", "model.lm_head.weight"),)  # the clones are not tied
+    ema = dcpviz.simulate_save(
+        dcpviz.Scenario(model=tied_lm, world_size=2, recipe="fsdp", state=ema_clone_state)
+    )
+    assert ema.trace.tied_keys == (
+        ("model.wte.weight", "model.lm_head.weight"),
+    )  # the clones are not tied
 
 
 def cli_failing(res):
@@ -231,7 +266,9 @@ def cli_failing(res):
 
 
 _VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=6)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=6)
+    ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
         st.dictionaries(st.text(max_size=4), inner, max_size=4),
@@ -249,7 +286,9 @@ def _reordered(value):
         return [_reordered(v) for v in value]
     if isinstance(value, frozenset):
         grown = set(value) | {f"tmp{i}" for i in range(200)}
-        return frozenset(grown - {f"tmp{i}" for i in range(200)} | (value & {f"tmp{i}" for i in range(200)}))
+        return frozenset(
+            grown - {f"tmp{i}" for i in range(200)} | (value & {f"tmp{i}" for i in range(200)})
+        )
     return value
 
 
@@ -267,10 +306,20 @@ def test_digests_do_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = ("from dcpviz.engine.values.digests import value_digest; "
-            "print(value_digest({'names': {f'layer{i}.weight' for i in range(50)}, 'n': {'a': 1, 'b': {2, 3}}}))")
-    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    code = (
+        "from dcpviz.engine.values.digests import value_digest; "
+        "print(value_digest({'names': {f'layer{i}.weight' for i in range(50)}, 'n': {'a': 1, 'b': {2, 3}}}))"
+    )
+    out = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
     assert len(out) == 1
 
 

@@ -49,7 +49,9 @@ def test_a_gloo_cpu_checkpoint_reshards_onto_the_gpu(tmp_path):
     saved = dcpviz.run_save(cpu, tmp_path / "ck", timeout=300)
     assert saved.ok, saved.errors
     on_cpu = dcpviz.run_load(tmp_path / "ck", dcpviz.Scenario(**ONE_GPU, device="cpu"), timeout=300)
-    on_gpu = dcpviz.run_load(tmp_path / "ck", dcpviz.Scenario(**ONE_GPU, device="cuda"), timeout=300)
+    on_gpu = dcpviz.run_load(
+        tmp_path / "ck", dcpviz.Scenario(**ONE_GPU, device="cuda"), timeout=300
+    )
     assert on_cpu.ok and on_gpu.ok, (on_cpu.errors, on_gpu.errors)
     assert on_gpu.run_info.backend == "nccl" and on_cpu.run_info.backend == "gloo"
     assert _loaded_digests(on_gpu) == _loaded_digests(on_cpu)
@@ -58,10 +60,25 @@ def test_a_gloo_cpu_checkpoint_reshards_onto_the_gpu(tmp_path):
 def test_torchrun_capture_with_nccl(tmp_path):
     """`torchrun --nproc_per_node 1 examples/capture_job.py --device cuda` records a trace whose
     plans equal the simulation of the same layout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(ROOT / "examples" / "capture_job.py"), "--trace", "out.json", "--checkpoint", "ck",
-           "--device", "cuda"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        str(ROOT / "examples" / "capture_job.py"),
+        "--trace",
+        "out.json",
+        "--checkpoint",
+        "ck",
+        "--device",
+        "cuda",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = dcpviz.load_trace(tmp_path / "out.json")

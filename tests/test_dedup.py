@@ -28,7 +28,9 @@ def test_hsdp_keeps_each_shard_exactly_once(default):
     kept = wi[wi.kept]
     assert not kept.duplicated(["fqn", "offsets"]).any()
     # Every shard that was planned is written by exactly one rank...
-    assert set(map(tuple, wi[["fqn", "offsets"]].values.tolist())) == set(map(tuple, kept[["fqn", "offsets"]].values.tolist()))
+    assert set(map(tuple, wi[["fqn", "offsets"]].values.tolist())) == set(
+        map(tuple, kept[["fqn", "offsets"]].values.tolist())
+    )
     # ...each shard was planned by its two replicas (same shard coordinate, both replica rows).
     shards = default.dedup[default.dedup.fqn == "fc1.weight"]
     assert sorted(shards.candidates) == [(0, 4), (1, 5), (2, 6), (3, 7)]
@@ -87,7 +89,9 @@ class OverlappingPlanner(DefaultSavePlanner):
                 wi = dataclasses.replace(
                     wi,
                     index=MetadataIndex(wi.index.fqn, off),
-                    tensor_data=TensorWriteData(ChunkStorageMetadata(off, size), td.properties, td.size),
+                    tensor_data=TensorWriteData(
+                        ChunkStorageMetadata(off, size), td.properties, td.size
+                    ),
                 )
             items.append(wi)
         self.plan = dataclasses.replace(plan, items=items)
@@ -95,9 +99,13 @@ class OverlappingPlanner(DefaultSavePlanner):
 
 
 def test_overlapping_planner_yields_dcps_validation_text():
-    result = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), planner=OverlappingPlanner)
+    result = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"), planner=OverlappingPlanner
+    )
     assert not result.ok
-    assert any("Failed to validate global plan" in e and "overlapping chunks" in e for e in result.errors)
+    assert any(
+        "Failed to validate global plan" in e and "overlapping chunks" in e for e in result.errors
+    )
     assert result.trace.global_plan_validated is False
     # What was planned so far is still there to look at.
     assert len(result.write_items) > 0 and len(result.chunks) > 0
@@ -130,9 +138,13 @@ def test_user_model_and_user_recipe():
 def test_why_names_the_losers_tallies_and_the_whole_tensor_charge():
     """The dedup lesson, told: on llama-tiny HSDP 2x4, rank 0 wins the 1000x64 embedding's shard
     first, is charged the whole tensor for it, and so loses the layers to rank 4."""
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     d = save.dedup.set_index("fqn", drop=False)
-    emb = save.write_items[(save.write_items.fqn == "tok_embeddings.weight") & (save.write_items["rank"] == 0)].iloc[0]
+    emb = save.write_items[
+        (save.write_items.fqn == "tok_embeddings.weight") & (save.write_items["rank"] == 0)
+    ].iloc[0]
     assert emb["global_size"] == (1000, 64) and emb["sizes"] == (250, 64)
     wk = d[(d.fqn == "layers.0.attention.wk.weight") & (d.candidates == (0, 4))].iloc[0]
     tallies = dict(zip(wk.candidates, wk.candidate_planned_bytes))
@@ -145,7 +157,9 @@ def test_why_names_the_losers_tallies_and_the_whole_tensor_charge():
     # Every row names its winner's tally first and each losing tally (up to three groups).
     for row in save.dedup.itertuples():
         tally = dict(zip(row.candidates, row.candidate_planned_bytes))
-        assert row.why.startswith(f"rank {row.chosen_rank}: {dcpviz.core.units.fmt_bytes(tally[row.chosen_rank])}")
+        assert row.why.startswith(
+            f"rank {row.chosen_rank}: {dcpviz.core.units.fmt_bytes(tally[row.chosen_rank])}"
+        )
         for b in sorted({t for t in tally.values() if t > tally[row.chosen_rank]})[:3]:
             assert f": {dcpviz.core.units.fmt_bytes(b)}" in row.why
 

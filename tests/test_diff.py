@@ -74,14 +74,18 @@ def test_one_element_changed(tmp_path, capsys):
     assert r.exit_code == 1 and r.differing == ["emb.weight"]
     row = r.values.set_index("fqn").loc["emb.weight"]
     assert row["differing"] == 1 and row["first_diff"] == (11, 2)
-    assert row["max_abs_diff"] == pytest.approx(abs(float(sd2["emb.weight"][11, 2] - sd["emb.weight"][11, 2])))
+    assert row["max_abs_diff"] == pytest.approx(
+        abs(float(sd2["emb.weight"][11, 2] - sd["emb.weight"][11, 2]))
+    )
     # without values only the structure is compared: same content as far as it can tell
     assert dcpviz.diff(a, b).exit_code == 0
     # a tolerance above the change makes it equal
     assert dcpviz.diff(a, b, values=True, atol=0.6).exit_code == 0
     assert cli(a, b, "--values", "--json") == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["exit_code"] == 1 and [c["fqn"] for c in doc["changes"] if c["change"] == "values differ"] == ["emb.weight"]
+    assert doc["exit_code"] == 1 and [
+        c["fqn"] for c in doc["changes"] if c["change"] == "values differ"
+    ] == ["emb.weight"]
 
 
 def test_cast(tmp_path):
@@ -93,8 +97,12 @@ def test_cast(tmp_path):
     t = r.tensors.set_index("fqn").loc["layers.0.wq.weight"]
     assert (t["dtype_a"], t["dtype_b"]) == ("float32", "bfloat16")
     # the values are compared across dtypes: the rounding is the difference
-    expect = (sd["layers.0.wq.weight"].double() - sd2["layers.0.wq.weight"].double()).abs().max().item()
-    assert r.values.set_index("fqn").loc["layers.0.wq.weight", "max_abs_diff"] == pytest.approx(expect)
+    expect = (
+        (sd["layers.0.wq.weight"].double() - sd2["layers.0.wq.weight"].double()).abs().max().item()
+    )
+    assert r.values.set_index("fqn").loc["layers.0.wq.weight", "max_abs_diff"] == pytest.approx(
+        expect
+    )
     assert cli(a, b) == 1
 
 
@@ -110,13 +118,25 @@ def test_renamed_certain_and_ambiguous(tmp_path):
     assert sorted(zip(certain["fqn_a"], certain["fqn_b"])) == sorted((k, f"model.{k}") for k in sd)
     assert set(r.values["status"]) == {"equal"}  # renamed keys' values are compared and equal
     # q/k have equal shapes: renamed to q_proj/k_proj, nothing is certain, both are candidates
-    sd3 = {("layers.0.q_proj.weight" if k == "layers.0.wq.weight" else
-            "layers.0.k_proj.weight" if k == "layers.0.wk.weight" else k): v for k, v in sd.items()}
+    sd3 = {
+        (
+            "layers.0.q_proj.weight"
+            if k == "layers.0.wq.weight"
+            else "layers.0.k_proj.weight"
+            if k == "layers.0.wk.weight"
+            else k
+        ): v
+        for k, v in sd.items()
+    }
     c = save(sd3, tmp_path / "c")
     r = dcpviz.diff(a, c)
     assert r.exit_code == 1
-    assert changed(r) == {"layers.0.wq.weight": "rename?", "layers.0.wk.weight": "rename?",
-                          "layers.0.q_proj.weight": "rename?", "layers.0.k_proj.weight": "rename?"}
+    assert changed(r) == {
+        "layers.0.wq.weight": "rename?",
+        "layers.0.wk.weight": "rename?",
+        "layers.0.q_proj.weight": "rename?",
+        "layers.0.k_proj.weight": "rename?",
+    }
     assert not r.renames["certain"].any() and len(r.renames) == 4
     assert cli(a, c) == 1
 
@@ -141,7 +161,9 @@ def test_bytes_entries_compared_as_bytes_never_unpickled(tmp_path):
     evil = io.BytesIO(pickle.dumps(Evil()))
     sd = {"w": torch.ones(2), "hp": {"lr": 0.1}, "blob": evil}
     a = save(sd, tmp_path / "a")
-    b = save({"w": torch.ones(2), "hp": {"lr": 0.2}, "blob": io.BytesIO(evil.getvalue())}, tmp_path / "b")
+    b = save(
+        {"w": torch.ones(2), "hp": {"lr": 0.2}, "blob": io.BytesIO(evil.getvalue())}, tmp_path / "b"
+    )
     r = dcpviz.diff(a, b, values=True)
     assert not marker.exists()
     assert changed(r) == {"hp.lr": "values differ"}
@@ -155,7 +177,9 @@ def resharded(tmp_path_factory):
     root = tmp_path_factory.mktemp("resharded")
     out = {}
     for w in (2, 3):
-        res = dcpviz.run_save(dcpviz.Scenario(model="mlp", world_size=w, recipe="fsdp", device="cpu"), root / f"w{w}")
+        res = dcpviz.run_save(
+            dcpviz.Scenario(model="mlp", world_size=w, recipe="fsdp", device="cpu"), root / f"w{w}"
+        )
         assert res.ok, res.errors
         out[w] = (res, str(root / f"w{w}"))
     return out
@@ -170,29 +194,38 @@ def test_resharded_but_equal(resharded):
     assert set(changed(r).values()) == {"layout only"}
     # every element of every tensor compared, across chunk boundaries
     tensors = r.values[r.values["kind"] == "tensor"]
-    assert (tensors["compared"] == tensors["elements"]).all() and (tensors["status"] == "equal").all()
+    assert (tensors["compared"] == tensors["elements"]).all() and (
+        tensors["status"] == "equal"
+    ).all()
     assert cli(a, b, "--values") == 0
 
 
 def test_resharded_one_element_changed(resharded, tmp_path):
     _, a = resharded[2]
     _, b = resharded[3]
-    like = {k: torch.empty(e.size, dtype=e.properties.dtype)
-            for k, e in dcpviz.inspect_checkpoint(a).metadata.state_dict_metadata.items()
-            if hasattr(e, "size")}
+    like = {
+        k: torch.empty(e.size, dtype=e.properties.dtype)
+        for k, e in dcpviz.inspect_checkpoint(a).metadata.state_dict_metadata.items()
+        if hasattr(e, "size")
+    }
     plain = load_plain(a, like)
     plain["fc1.weight"][100, 3] += 1.0  # row 100: in rank 1's chunk of A, rank 2's... of B
     c = save(plain, tmp_path / "c")
     r = dcpviz.diff(b, c, values=True)
     bytes_keys = {k for k in changed(r) if k.startswith("progress.")}  # not saved in c
     assert {k: ch for k, ch in changed(r).items() if ch != "layout only"} == {
-        "fc1.weight": "values differ", **dict.fromkeys(bytes_keys, "only in A")}
+        "fc1.weight": "values differ",
+        **dict.fromkeys(bytes_keys, "only in A"),
+    }
     assert bytes_keys and r.exit_code == 1
     row = r.values.set_index("fqn").loc["fc1.weight"]
     assert (row["differing"], row["first_diff"]) == (1, (100, 3))
     assert row["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)
     bad = r.regions[(r.regions["fqn"] == "fc1.weight") & (r.regions["differing"] > 0)]
-    assert len(bad) == 1 and bad.iloc[0]["offsets"][0] <= 100 < bad.iloc[0]["offsets"][0] + bad.iloc[0]["sizes"][0]
+    assert (
+        len(bad) == 1
+        and bad.iloc[0]["offsets"][0] <= 100 < bad.iloc[0]["offsets"][0] + bad.iloc[0]["sizes"][0]
+    )
 
 
 def test_trace_against_its_checkpoint(resharded, tmp_path):
@@ -203,7 +236,9 @@ def test_trace_against_its_checkpoint(resharded, tmp_path):
     assert r.exit_code == 1 and not r.differing and r.layout["same_boxes"].all()
     assert r.unverified and r.verdict.startswith("not known to be the same")
     assert (r.values["status"] == "skipped").all()
-    assert set(r.changes["change"]) == {"not compared"}  # same chunks, values asked for: none to compare
+    assert set(r.changes["change"]) == {
+        "not compared"
+    }  # same chunks, values asked for: none to compare
     assert all("save trace" in d for d in r.changes["detail"])
     # the plan of another layout: same content, other chunks
     assert dcpviz.diff(res, resharded[3][1]).exit_code == 0
@@ -216,9 +251,14 @@ def test_trace_against_its_checkpoint(resharded, tmp_path):
         moved = ~r.layout.set_index("fqn")["same_boxes"]
         assert moved.any() and r.exit_code == (1 if values else 0) and not r.differing
         assert (c.loc[moved[moved].index, "change"] == "layout only").all()
-        assert (c.loc[moved[~moved].index, "change"] == ("not compared" if values else "same")).all()
+        assert (
+            c.loc[moved[~moved].index, "change"] == ("not compared" if values else "same")
+        ).all()
         expect = "values not compared: A is a save trace" if values else "values not compared"
-        assert all(d.startswith("saved in other chunks; " + expect) for d in c.loc[moved[moved].index, "detail"])
+        assert all(
+            d.startswith("saved in other chunks; " + expect)
+            for d in c.loc[moved[moved].index, "detail"]
+        )
     # two checkpoints of other layouts, compared equal: the detail says so
     r = dcpviz.diff(ck, other, values=True)
     details = set(r.changes[r.changes["change"] == "layout only"]["detail"])
@@ -229,9 +269,11 @@ def test_dcp_against_safetensors(resharded, tmp_path):
     from safetensors.torch import save_file
 
     _, a = resharded[3]
-    like = {k: torch.empty(e.size, dtype=e.properties.dtype)
-            for k, e in dcpviz.inspect_checkpoint(a).metadata.state_dict_metadata.items()
-            if hasattr(e, "size")}
+    like = {
+        k: torch.empty(e.size, dtype=e.properties.dtype)
+        for k, e in dcpviz.inspect_checkpoint(a).metadata.state_dict_metadata.items()
+        if hasattr(e, "size")
+    }
     plain = load_plain(a, like)
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -241,7 +283,9 @@ def test_dcp_against_safetensors(resharded, tmp_path):
     r = dcpviz.diff(a, folder, values=True)
     # the safetensors folder holds no progress.* values: those are only in A, tensors equal
     content = {k: ch for k, ch in changed(r).items() if ch != "layout only"}
-    assert content and all(k.startswith("progress.") and ch == "only in A" for k, ch in content.items())
+    assert content and all(
+        k.startswith("progress.") and ch == "only in A" for k, ch in content.items()
+    )
     v = r.values.set_index("fqn")
     assert (v.loc[list(tensors), "status"] == "equal").all()
     # one element changed in the safetensors copy
@@ -251,7 +295,12 @@ def test_dcp_against_safetensors(resharded, tmp_path):
     assert r.values.set_index("fqn").loc["norm.weight", "first_diff"] == (1,)
     assert "norm.weight" in r.differing and cli(folder, a, "--values") == 1
     # a single file works as well
-    assert dcpviz.diff(folder / "model-1.safetensors", a, values=True).values["status"].eq("equal").all()
+    assert (
+        dcpviz.diff(folder / "model-1.safetensors", a, values=True)
+        .values["status"]
+        .eq("equal")
+        .all()
+    )
 
 
 def test_dcp_against_dcp_hugging_face_writer(tmp_path):

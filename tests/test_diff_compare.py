@@ -28,8 +28,14 @@ def grid(shape: tuple[int, ...], cuts: list[list[int]]) -> tuple[SideChunk, ...]
 
 
 layouts = st.tuples(st.integers(1, 9), st.integers(1, 9)).flatmap(
-    lambda shape: st.tuples(st.just(shape), *[st.lists(st.lists(st.integers(0, 9), max_size=3), min_size=2, max_size=2)
-                                              for _ in range(2)]))
+    lambda shape: st.tuples(
+        st.just(shape),
+        *[
+            st.lists(st.lists(st.integers(0, 9), max_size=3), min_size=2, max_size=2)
+            for _ in range(2)
+        ],
+    )
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -44,7 +50,11 @@ def test_overlap_pairs_cover_every_element_once(case):
             assert idx not in seen
             seen[idx] = (i, j)
             ca, cb = a[i], b[j]
-            assert all(c.offsets[d] <= idx[d] < c.offsets[d] + c.sizes[d] for c in (ca, cb) for d in range(2))
+            assert all(
+                c.offsets[d] <= idx[d] < c.offsets[d] + c.sizes[d]
+                for c in (ca, cb)
+                for d in range(2)
+            )
     assert len(seen) == math.prod(shape)
 
 
@@ -71,15 +81,25 @@ def test_compare_views_against_brute_force(monkeypatch, block):
 
 def test_rename_candidates_never_chosen_by_order():
     e = lambda name, shape=(4, 4): SideEntry(name, "tensor", "float32", shape, ())  # noqa: E731
-    only_a = [e("model.l.0.wq.weight"), e("model.l.0.wk.weight"), e("model.l.1.wq.weight"), e("model.norm", (4,))]
+    only_a = [
+        e("model.l.0.wq.weight"),
+        e("model.l.0.wk.weight"),
+        e("model.l.1.wq.weight"),
+        e("model.norm", (4,)),
+    ]
     only_b = [e("l.0.wq.weight"), e("l.0.wk.weight"), e("l.1.wq.weight"), e("norm2", (4,))]
     for order in (1, -1):
         got = rename_candidates(only_a[::order], only_b[::order])
         certain = sorted((c.fqn_a, c.fqn_b) for c in got if c.certain)
-        assert certain == [("model.l.0.wk.weight", "l.0.wk.weight"), ("model.l.0.wq.weight", "l.0.wq.weight"),
-                           ("model.l.1.wq.weight", "l.1.wq.weight")]
+        assert certain == [
+            ("model.l.0.wk.weight", "l.0.wk.weight"),
+            ("model.l.0.wq.weight", "l.0.wq.weight"),
+            ("model.l.1.wq.weight", "l.1.wq.weight"),
+        ]
     # q/k/v with equal shapes renamed to other names: candidates, nothing certain
-    got = rename_candidates([e("a.wq.weight"), e("a.wk.weight")], [e("a.q_proj.weight"), e("a.k_proj.weight")])
+    got = rename_candidates(
+        [e("a.wq.weight"), e("a.wk.weight")], [e("a.q_proj.weight"), e("a.k_proj.weight")]
+    )
     assert len(got) == 4 and not any(c.certain for c in got)
 
 
@@ -94,13 +114,19 @@ def write_layout(folder, name: str, full: torch.Tensor, chunks: tuple[SideChunk,
     for n, c in enumerate(chunks):
         piece = full[tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes))].contiguous()
         info = json.dumps({name: {"saved_offsets": list(c.offsets)}})
-        save_file({name: piece}, folder / f"shard-{n}.safetensors", metadata={"DCP_SHARDING_INFO": info})
+        save_file(
+            {name: piece}, folder / f"shard-{n}.safetensors", metadata={"DCP_SHARDING_INFO": info}
+        )
 
 
 @pytest.mark.parametrize("min_run", [0, 1 << 40])  # stream B's runs / read B's chunks whole
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=layouts, seed=st.integers(0, 2**16), n_changes=st.integers(0, 3))
-def test_chunk_by_chunk_equals_brute_force(tmp_path_factory, monkeypatch, min_run, case, seed, n_changes):
+def test_chunk_by_chunk_equals_brute_force(
+    tmp_path_factory, monkeypatch, min_run, case, seed, n_changes
+):
     import dcpviz
 
     monkeypatch.setattr(diff_values, "MIN_RUN_BYTES", min_run)

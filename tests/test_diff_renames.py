@@ -52,15 +52,19 @@ def changed(r) -> dict[str, str]:
 @pytest.mark.parametrize("name", ["prefix", "compile wrapper", "layer-consistent rename"])
 def test_certain_renames(tmp_path, name):
     sd = block()
-    fn = {"prefix": lambda k: f"model.{k}",
-          "compile wrapper": lambda k: f"_orig_mod.{k}",
-          "layer-consistent rename": lambda k: k.replace("attention_norm", "ln_1")}[name]
+    fn = {
+        "prefix": lambda k: f"model.{k}",
+        "compile wrapper": lambda k: f"_orig_mod.{k}",
+        "layer-consistent rename": lambda k: k.replace("attention_norm", "ln_1"),
+    }[name]
     a, b = save(sd, tmp_path / "a"), save(renamed(sd, fn), tmp_path / "b")
     r = dcpviz.diff(a, b, values=True)
     moved = sorted((k, fn(k)) for k in sd if fn(k) != k)
     assert certain(r) == moved and r.renames["certain"].all()
     assert {changed(r)[x] for x, _ in moved} == {"renamed"} and len(changed(r)) == len(moved)
-    assert set(r.values["status"]) == {"equal"} and len(r.values) == len(sd)  # renamed keys compared
+    assert set(r.values["status"]) == {"equal"} and len(r.values) == len(
+        sd
+    )  # renamed keys compared
     # a rename is a change of the keys: a job asking for B's names cannot load A as it is
     assert r.exit_code == 1
     rules = set(r.renames["rule"])
@@ -77,7 +81,9 @@ def test_look_alike_and_ema_twins_refused(tmp_path):
     assert not r.renames["certain"].any()
     qkv_a = sorted(k for k in one if ".attn." in k)
     qkv_b = sorted(k for k in other if ".attn." in k)
-    assert sorted(zip(r.renames["fqn_a"], r.renames["fqn_b"])) == sorted((x, y) for x in qkv_a for y in qkv_b)
+    assert sorted(zip(r.renames["fqn_a"], r.renames["fqn_b"])) == sorted(
+        (x, y) for x in qkv_a for y in qkv_b
+    )
     assert {changed(r)[k] for k in qkv_a + qkv_b} == {"rename?"} and r.exit_code == 1
     # EMA twins: A holds the model twice (model. and ema.), B once: which one B is, is a choice
     twins = {**renamed(sd, lambda k: f"model.{k}"), **renamed(sd, lambda k: f"ema.{k}")}
@@ -98,7 +104,12 @@ def test_renamed_and_cast(tmp_path):
     row = r.changes.set_index("fqn").loc["layers.0.mlp.weight"]
     assert row["change"] == "dtype" and row["fqn_b"] == "model.layers.0.mlp.weight"
     assert "renamed" in row["detail"] and "bfloat16" in row["detail"]
-    expect = (sd["layers.0.mlp.weight"].double() - sd2["model.layers.0.mlp.weight"].double()).abs().max().item()
+    expect = (
+        (sd["layers.0.mlp.weight"].double() - sd2["model.layers.0.mlp.weight"].double())
+        .abs()
+        .max()
+        .item()
+    )
     v = r.values.set_index("fqn").loc["layers.0.mlp.weight"]
     assert v["fqn_b"] == "model.layers.0.mlp.weight" and v["max_abs_diff"] == pytest.approx(expect)
     assert r.exit_code == 1
@@ -121,7 +132,9 @@ def test_same_renames_under_any_hash_seed():
     outs = []
     for seed in ("0", "1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=os.pathsep.join(sys.path))
-        done = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True
+        )
         outs.append(done.stdout)
     assert outs[0] == outs[1] == outs[2]
     got = json.loads(outs[0])
@@ -137,5 +150,9 @@ def test_a_layer_index_is_never_renamed():
 
     e = lambda n: SideEntry(n, "tensor", "float32", (4, 4), ())  # noqa: E731
     assert rename_candidates([e("layers.3.w.weight")], [e("layers.4.w.weight")]) == ()
-    got = rename_candidates([e("layers.3.w.weight")], [e("layers.3.v.weight")])  # leaf kept, one key each
-    assert [(c.fqn_a, c.fqn_b, c.certain) for c in got] == [("layers.3.w.weight", "layers.3.v.weight", True)]
+    got = rename_candidates(
+        [e("layers.3.w.weight")], [e("layers.3.v.weight")]
+    )  # leaf kept, one key each
+    assert [(c.fqn_a, c.fqn_b, c.certain) for c in got] == [
+        ("layers.3.w.weight", "layers.3.v.weight", True)
+    ]

@@ -56,7 +56,9 @@ def save(sd: dict, path, transformed: bool = False) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if transformed:
-            dcp.save(sd, storage_writer=FileSystemWriter(str(path), _extensions=[Invert()]), no_dist=True)
+            dcp.save(
+                sd, storage_writer=FileSystemWriter(str(path), _extensions=[Invert()]), no_dist=True
+            )
         else:
             dcp.save(sd, checkpoint_id=str(path), no_dist=True)
     return str(path)
@@ -64,13 +66,21 @@ def save(sd: dict, path, transformed: bool = False) -> str:
 
 def state() -> dict:
     g = torch.Generator().manual_seed(0)
-    return {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g), "hp": {"lr": 0.1}}
+    return {
+        "w": torch.randn(4, 3, generator=g),
+        "b": torch.randn(3, generator=g),
+        "hp": {"lr": 0.1},
+    }
 
 
 def test_transformed_records_are_not_compared_the_rest_is(tmp_path, capsys):
     sd = state()
     a = save(sd, tmp_path / "a")
-    b = save({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()}, tmp_path / "b", True)
+    b = save(
+        {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()},
+        tmp_path / "b",
+        True,
+    )
     md = dcp.FileSystemReader(b).read_metadata()  # the save really wrote transform descriptors
     assert all(s.transform_descriptors == ["stream.invert/1"] for s in md.storage_data.values())
     r = dcpviz.diff(a, b, values=True)
@@ -86,7 +96,9 @@ def test_transformed_records_are_not_compared_the_rest_is(tmp_path, capsys):
     sd2 = {"w": sd["w"].to(torch.float64), "b": sd["b"].clone(), "new": torch.zeros(2)}
     c2 = save(sd2, tmp_path / "c", True)
     r = dcpviz.diff(a, c2, values=True)
-    got = dict(zip(r.changes["fqn"].where(r.changes["fqn"] != "", r.changes["fqn_b"]), r.changes["change"]))
+    got = dict(
+        zip(r.changes["fqn"].where(r.changes["fqn"] != "", r.changes["fqn_b"]), r.changes["change"])
+    )
     assert got == {"w": "dtype", "b": "not compared", "hp.lr": "only in A", "new": "only in B"}
     assert r.exit_code == 1 and main(["diff", a, c2, "--values", "--json"]) == 1
     capsys.readouterr()

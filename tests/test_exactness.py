@@ -31,17 +31,24 @@ def _expected(model, recipe, mesh, names, rank):
 
 
 @pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
-@pytest.mark.parametrize("model,recipe,mesh,names", CASES, ids=[f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}" for c in CASES])
+@pytest.mark.parametrize(
+    "model,recipe,mesh,names",
+    CASES,
+    ids=[f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}" for c in CASES],
+)
 def test_every_rank_matches_hand_built_dtensors(model, recipe, mesh, names, fast):
     W = 1
     for d in mesh:
         W *= d
     result = dcpviz.simulate_save(
-        dcpviz.Scenario(model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe=recipe), fast=fast
+        dcpviz.Scenario(model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe=recipe),
+        fast=fast,
     )
     assert result.ok, result.errors
     for rank in range(W):
-        assert trace_items(result, rank) == _expected(model, recipe, mesh, names, rank), f"rank {rank}"
+        assert trace_items(result, rank) == _expected(model, recipe, mesh, names, rank), (
+            f"rank {rank}"
+        )
 
 
 def test_fsdp_offsets_follow_torch_chunk_arithmetic():
@@ -58,10 +65,13 @@ def test_fsdp_offsets_follow_torch_chunk_arithmetic():
 
 def test_strided_tp_fsdp_offsets_are_not_rank_times_size():
     """DESIGN.md: on a 2x2 (dp, tp) mesh, rank 1 holds rows 4-5 of 8 and rank 2 rows 2-3."""
+
     def strided_model():
         from dcpviz.engine.job.models import LlamaConfig, Transformer
 
-        return Transformer(LlamaConfig(dim=8, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=8, vocab_size=16))
+        return Transformer(
+            LlamaConfig(dim=8, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=8, vocab_size=16)
+        )
 
     result = dcpviz.simulate_save(
         dcpviz.Scenario(model=strided_model, world_size=4, mesh=(2, 2), recipe="tp+fsdp")
@@ -81,8 +91,12 @@ def test_hazard_is_caught_without_rebinding(monkeypatch):
     mesh, names = (2, 4), ("replicate", "shard")
     # The per-rank path is where the hazard lives (the shortcut path builds each rank's DTensors
     # without going through DTensor's dispatch).
-    result = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=mesh, recipe="hsdp"), fast=False)
-    mismatched = [r for r in range(8) if trace_items(result, r) != _expected("mlp", "hsdp", mesh, names, r)]
+    result = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=mesh, recipe="hsdp"), fast=False
+    )
+    mismatched = [
+        r for r in range(8) if trace_items(result, r) != _expected("mlp", "hsdp", mesh, names, r)
+    ]
     assert mismatched, "the hazard went unnoticed"
     # ...and DCP's own validation sees the damage too.
     assert any("invalid fill" in e or "overlapping" in e for e in result.errors)
@@ -97,7 +111,9 @@ def test_distribute_tensor_recipe_matches_hand_built():
         for mod in model.modules():
             for name, p in list(mod.named_parameters(recurse=False)):
                 if p.dim() == 2:
-                    mod.register_parameter(name, torch.nn.Parameter(distribute_tensor(p, mesh, [Shard(1)])))
+                    mod.register_parameter(
+                        name, torch.nn.Parameter(distribute_tensor(p, mesh, [Shard(1)]))
+                    )
         return model
 
     res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe=cols))
@@ -113,8 +129,14 @@ def test_distribute_tensor_recipe_matches_hand_built():
         for fqn, v in m.state_dict().items():
             if isinstance(v, torch.Tensor) and v.dim() == 2 and fqn.endswith("weight"):
                 shape, _ = compute_local_shape_and_global_offset(v.shape, mesh, [Shard(1)])
-                sd[fqn] = DTensor.from_local(torch.empty(shape, device="meta"), mesh, [Shard(1)], run_check=False,
-                                             shape=v.shape, stride=v.stride())
+                sd[fqn] = DTensor.from_local(
+                    torch.empty(shape, device="meta"),
+                    mesh,
+                    [Shard(1)],
+                    run_check=False,
+                    shape=v.shape,
+                    stride=v.stride(),
+                )
             else:
                 sd[fqn] = v
         assert trace_items(res, rank) == plan_items(sd, rank), rank

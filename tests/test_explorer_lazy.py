@@ -40,12 +40,16 @@ def save(request):
 @pytest.fixture(scope="module")
 def data_loss():
     """A save whose checks fail (per-rank values lost to dedup): its explorer opens on Checks."""
-    return dcpviz.simulate_save(dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp"), fast=False)
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model=mlp_with_rank_state, world_size=4, recipe="fsdp"), fast=False
+    )
 
 
 @pytest.fixture(scope="module")
 def load():
-    saved = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    saved = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     return dcpviz.simulate_load(saved, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
 
 
@@ -69,12 +73,28 @@ def state(x: Any) -> Any:
     if isinstance(x, go.FigureWidget):
         return {"figure": figure(x)}
     if isinstance(x, LazyTabs):
-        return {"titles": x.titles, "selected": x.selected_index,
-                "pages": [state(x.page(i)) for i in range(len(x.titles))]}
-    shown = {"type": type(x).__name__, "display": x.layout.display, "classes": tuple(x._dom_classes)}
+        return {
+            "titles": x.titles,
+            "selected": x.selected_index,
+            "pages": [state(x.page(i)) for i in range(len(x.titles))],
+        }
+    shown = {
+        "type": type(x).__name__,
+        "display": x.layout.display,
+        "classes": tuple(x._dom_classes),
+    }
     if isinstance(x, w.Box):
         return {**shown, "children": [state(c) for c in x.children]}
-    keys = ("value", "_options_labels", "description", "placeholder", "rows", "min", "max", "disabled")
+    keys = (
+        "value",
+        "_options_labels",
+        "description",
+        "placeholder",
+        "rows",
+        "min",
+        "max",
+        "disabled",
+    )
     return {**shown, **{k: getattr(x, k) for k in keys if x.has_trait(k)}}
 
 
@@ -126,13 +146,17 @@ def test_tabs_show_the_views_and_tables_directly(save):
     app.tabs.select("Volume")
     assert figure(app.volume_fig) == shown(V.rank_volume(save, by=None, depth=1))
     tables_panel = app.tabs.select("Tables")
-    assert tables_panel.table_out.value == V.html.table_html(save.rank_volume, max_rows=100,
-                                                               byte_cols=dcpviz.widgets.panels.BYTE_COLUMNS)
+    assert tables_panel.table_out.value == V.html.table_html(
+        save.rank_volume, max_rows=100, byte_cols=dcpviz.widgets.panels.BYTE_COLUMNS
+    )
 
 
 def test_load_explorer_tabs_are_lazy_and_equal_the_eager_ones(load):
     app = dcpviz.explore(load)
-    assert app.tabs.titles[0] == "Reads" and [app.tabs.is_built(i) for i in range(len(app.tabs.titles))][1:] == [False] * 5
+    assert (
+        app.tabs.titles[0] == "Reads"
+        and [app.tabs.is_built(i) for i in range(len(app.tabs.titles))][1:] == [False] * 5
+    )
     reference = state(eager(load))
     for i in reversed(range(len(app.tabs.titles))):
         app.tabs.select(i)
@@ -147,9 +171,13 @@ def test_one_tensor_tables_equal_the_whole_tables_filtered(save):
     for fqn in save.tensors["fqn"]:
         mine = every_item[every_item["fqn"] == fqn].reset_index(drop=True)
         pd.testing.assert_frame_equal(tables.write_items(save.trace, fqn), mine)
-        pd.testing.assert_frame_equal(tables.chunks(save.trace, fqn),
-                                      every_chunk[every_chunk["fqn"] == fqn].reset_index(drop=True))
-        pd.testing.assert_frame_equal(save.tensor_boxes(fqn), tables.tensor_boxes(every_item, every_chunk, fqn))
+        pd.testing.assert_frame_equal(
+            tables.chunks(save.trace, fqn),
+            every_chunk[every_chunk["fqn"] == fqn].reset_index(drop=True),
+        )
+        pd.testing.assert_frame_equal(
+            save.tensor_boxes(fqn), tables.tensor_boxes(every_item, every_chunk, fqn)
+        )
 
 
 def test_dedup_views_from_the_choices_equal_those_from_the_whole_table(save):

@@ -11,7 +11,9 @@ LAYOUTS = [
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp"),
-    dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", mesh_dim_names=("tp", "dp")),
+    dcpviz.Scenario(
+        model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", mesh_dim_names=("tp", "dp")
+    ),
     dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="fsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="tp"),
     dcpviz.Scenario(model="mlp", world_size=5, recipe="replicate"),
@@ -24,7 +26,11 @@ def plans(result):
     return resolve(t.local_plans), resolve(t.global_plans), resolve(t.final_plans)
 
 
-@pytest.mark.parametrize("scenario", LAYOUTS, ids=lambda s: f"{s.model}-{s.recipe}-{'x'.join(map(str, s.mesh))}-{'.'.join(s.mesh_dim_names)}")
+@pytest.mark.parametrize(
+    "scenario",
+    LAYOUTS,
+    ids=lambda s: f"{s.model}-{s.recipe}-{'x'.join(map(str, s.mesh))}-{'.'.join(s.mesh_dim_names)}",
+)
 def test_shortcuts_equal_full_path(scenario):
     fast = dcpviz.simulate_save(scenario)
     full = dcpviz.simulate_save(scenario, fast=False)
@@ -35,7 +41,9 @@ def test_shortcuts_equal_full_path(scenario):
 
 
 def test_replicated_dims_share_plans():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp")
+    )
     assert any("2 representative ranks planned for 8" in n for n in res.trace.notes)
     # Shared plan objects still give every rank its own, correct, local plan record.
     assert res.trace.local_plans[0] == res.trace.local_plans[2] == res.trace.local_plans[6]
@@ -52,7 +60,10 @@ class CountingPlanner(DefaultSavePlanner):
 
 def test_other_planners_plan_every_rank():
     CountingPlanner.calls = 0
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"), planner=CountingPlanner)
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"),
+        planner=CountingPlanner,
+    )
     assert CountingPlanner.calls == 8 and not any("representative" in n for n in res.trace.notes)
     caching = dcpviz.simulate_save(
         dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"),
@@ -98,13 +109,24 @@ def test_template_ranks_get_their_own_local_shapes():
 
 
 LOAD_CASES = [
-    (dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"), dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp")),
-    (dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp"), dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp")),
-    (dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"), dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="replicate")),
+    (
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(4, 2), recipe="hsdp"),
+    ),
+    (
+        dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp"),
+        dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp"),
+    ),
+    (
+        dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        dcpviz.Scenario(model="llama-tiny", world_size=6, recipe="replicate"),
+    ),
 ]
 
 
-@pytest.mark.parametrize("saved,target", LOAD_CASES, ids=["hsdp-to-hsdp", "fsdp-to-tp+fsdp", "hsdp-to-replicate"])
+@pytest.mark.parametrize(
+    "saved,target", LOAD_CASES, ids=["hsdp-to-hsdp", "fsdp-to-tp+fsdp", "hsdp-to-replicate"]
+)
 def test_load_shortcuts_equal_full_path(saved, target):
     save = dcpviz.simulate_save(saved)
     fast = dcpviz.simulate_load(save, target)
@@ -113,7 +135,9 @@ def test_load_shortcuts_equal_full_path(saved, target):
     resolve = lambda tr, plans: [tuple(tr.reads[i] for i in p.items) for p in plans]  # noqa: E731
     for phase in ("local_plans", "global_plans", "final_plans"):
         assert resolve(t, getattr(t, phase)) == resolve(u, getattr(u, phase)), phase
-    assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank]
+    assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [
+        tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank
+    ]
     assert t.mismatches == u.mismatches
 
 
@@ -147,7 +171,9 @@ NESTED_LAYOUTS = [
 ]
 
 
-@pytest.mark.parametrize("scenario", NESTED_LAYOUTS, ids=lambda s: f"nested-{s.recipe}-{'x'.join(map(str, s.mesh))}")
+@pytest.mark.parametrize(
+    "scenario", NESTED_LAYOUTS, ids=lambda s: f"nested-{s.recipe}-{'x'.join(map(str, s.mesh))}"
+)
 def test_shortcuts_equal_full_path_on_nested_state_dicts(scenario):
     fast = dcpviz.simulate_save(scenario)
     full = dcpviz.simulate_save(scenario, fast=False)
@@ -157,10 +183,19 @@ def test_shortcuts_equal_full_path_on_nested_state_dicts(scenario):
     assert fast.trace.metadata == full.trace.metadata
     assert fast.trace.layouts == full.trace.layouts
     keys = set(fast.write_items.fqn)
-    assert {"model.fc1.weight", "stack.0", "deep.norm.params.1.bias", "buffers.1.step", "epoch", "names"} <= keys
+    assert {
+        "model.fc1.weight",
+        "stack.0",
+        "deep.norm.params.1.bias",
+        "buffers.1.step",
+        "epoch",
+        "names",
+    } <= keys
     # The nested DTensors are found: their placements are shown, and on a mesh whose first
     # dim replicates (hsdp 4x2), ranks still share plans by their shard coordinate.
-    sharded = {"model.fc1.weight", "stack.0"} | ({"deep.norm.params.0"} if "sdp" in scenario.recipe else set())
+    sharded = {"model.fc1.weight", "stack.0"} | (
+        {"deep.norm.params.0"} if "sdp" in scenario.recipe else set()
+    )
     assert {lay.fqn for lay in fast.trace.layouts} >= sharded
     if scenario.recipe == "hsdp":
         assert any("2 representative ranks planned for 8" in n for n in fast.trace.notes)
@@ -197,13 +232,21 @@ def test_tensors_hidden_from_dcp_traversal_disable_the_template():
     notes = []
     from dcpviz.engine.shortcuts import fastpath
 
-    template, _ = fastpath.template_state_dict(dcpviz.Scenario(model=TupleNet, world_size=2, recipe="fsdp"), notes)
+    template, _ = fastpath.template_state_dict(
+        dcpviz.Scenario(model=TupleNet, world_size=2, recipe="fsdp"), notes
+    )
     assert template is None and "'pair' holds tensors" in notes[0]
 
 
 NESTED_LOAD_CASES = [
-    (dcpviz.Scenario(model=NestedStateNet, world_size=2, recipe="fsdp"), dcpviz.Scenario(model=NestedStateNet, world_size=8, mesh=(4, 2), recipe="hsdp")),
-    (dcpviz.Scenario(model=NestedStateNet, world_size=8, mesh=(2, 4), recipe="hsdp"), dcpviz.Scenario(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="tp+fsdp")),
+    (
+        dcpviz.Scenario(model=NestedStateNet, world_size=2, recipe="fsdp"),
+        dcpviz.Scenario(model=NestedStateNet, world_size=8, mesh=(4, 2), recipe="hsdp"),
+    ),
+    (
+        dcpviz.Scenario(model=NestedStateNet, world_size=8, mesh=(2, 4), recipe="hsdp"),
+        dcpviz.Scenario(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="tp+fsdp"),
+    ),
 ]
 
 
@@ -218,7 +261,9 @@ def test_load_shortcuts_equal_full_path_on_nested_state_dicts(saved, target):
     resolve = lambda tr, plans: [tuple(tr.reads[i] for i in p.items) for p in plans]  # noqa: E731
     for phase in ("local_plans", "global_plans", "final_plans"):
         assert resolve(t, getattr(t, phase)) == resolve(u, getattr(u, phase)), phase
-    assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank]
+    assert [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] == [
+        tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank
+    ]
     assert t.mismatches == u.mismatches
 
 
@@ -230,7 +275,10 @@ def test_a_planner_that_does_not_flatten_gets_every_ranks_own_state_dict():
     def make():
         return DefaultSavePlanner(flatten_state_dict=False)
 
-    fast, full = dcpviz.simulate_save(sc, planner=make), dcpviz.simulate_save(sc, planner=make, fast=False)
+    fast, full = (
+        dcpviz.simulate_save(sc, planner=make),
+        dcpviz.simulate_save(sc, planner=make, fast=False),
+    )
     assert fast.ok and full.ok
     assert plans(fast) == plans(full)
     assert not any("representative" in n for n in fast.trace.notes)

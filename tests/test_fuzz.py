@@ -32,7 +32,9 @@ from dcpviz.cli import main
 from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_metadata
 
 FUZZ = dict(
-    derandomize=True, database=None, deadline=None,
+    derandomize=True,
+    database=None,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -50,7 +52,9 @@ _JUNK = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([1e40, -0.0, 0.5]),
     st.text(max_size=12),
-    st.sampled_from(["[bold red]fc1[/]x", "sched[/warmup].x", "../../etc/passwd", "save", "load", ""]),
+    st.sampled_from(
+        ["[bold red]fc1[/]x", "sched[/warmup].x", "../../etc/passwd", "save", "load", ""]
+    ),
     st.lists(st.integers(-3, 10**6), max_size=4),
     st.dictionaries(st.text(max_size=4), st.integers(-3, 3), max_size=3),
 )
@@ -60,11 +64,16 @@ def _alike(value: Any) -> st.SearchStrategy:
     if isinstance(value, bool):
         return st.booleans()
     if isinstance(value, int):
-        return st.one_of(st.integers(-2, 2 * abs(value) + 2), st.sampled_from([0, 2**20, 2**53, 2**53 + 1]))
+        return st.one_of(
+            st.integers(-2, 2 * abs(value) + 2), st.sampled_from([0, 2**20, 2**53, 2**53 + 1])
+        )
     if isinstance(value, float):
         return st.floats(allow_nan=False)
     if isinstance(value, str):
-        return st.one_of(st.text(max_size=8), st.sampled_from(["bogus", "Size", "_C", "[/x]", "SHARD", "BYTE_IO"]))
+        return st.one_of(
+            st.text(max_size=8),
+            st.sampled_from(["bogus", "Size", "_C", "[/x]", "SHARD", "BYTE_IO"]),
+        )
     if isinstance(value, list):
         return st.lists(st.integers(-1, 300), max_size=max(len(value), 3))
     return _JUNK
@@ -108,17 +117,28 @@ def _listing(root: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def trace_docs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_traces")
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"))
-    load = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
-    resume = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
-    return [json.loads(r.to_json(root / f"{i}.json").read_text()) for i, r in enumerate((save, load, resume))]
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp")
+    )
+    load = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
+    resume = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    )
+    return [
+        json.loads(r.to_json(root / f"{i}.json").read_text())
+        for i, r in enumerate((save, load, resume))
+    ]
 
 
 def _descend(draw, doc: Any) -> tuple[Any, Any]:
     """A random (container, key) inside ``doc``, biased towards going deep."""
     parent, key = None, None
     node = doc
-    while isinstance(node, (dict, list)) and node and (parent is None or draw(st.integers(0, 5)) > 0):
+    while (
+        isinstance(node, (dict, list)) and node and (parent is None or draw(st.integers(0, 5)) > 0)
+    ):
         key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
         parent, node = node, node[key]
     return parent, key
@@ -131,7 +151,9 @@ def mutated_trace(draw, docs: list[dict]) -> str:
         parent, key = _descend(draw, doc)
         if parent is None:
             continue
-        action = draw(st.sampled_from(["replace", "replace", "alike", "alike", "drop", "cut", "double"]))
+        action = draw(
+            st.sampled_from(["replace", "replace", "alike", "alike", "drop", "cut", "double"])
+        )
         if action == "replace":
             parent[key] = draw(_JUNK)
         elif action == "alike":  # a value of the same type: gets past the decoder, tests the rules
@@ -146,16 +168,34 @@ def mutated_trace(draw, docs: list[dict]) -> str:
         text = text.replace(token, raw)
     if draw(st.integers(0, 9)) == 0:  # damage the text itself
         at = draw(st.integers(0, len(text) - 1))
-        text = text[:at] if draw(st.booleans()) else text[:at] + draw(st.sampled_from("{}[],:\"\\x0")) + text[at + 1:]
+        text = (
+            text[:at]
+            if draw(st.booleans())
+            else text[:at] + draw(st.sampled_from('{}[],:"\\x0')) + text[at + 1 :]
+        )
     return text
 
 
 def _use(result) -> None:
     """Everything a user reads off a result: summary, repr, every table."""
     _ = result.summary, repr(result), result.errors
-    names = (("write_items", "dedup", "rank_volume", "chunks", "tensors", "tensor_groups", "phase_changes",
-              "phase_volume", "storage", "files", "storage_volume") if result.kind == "save" else
-             ("read_items", "rank_volume", "resharding", "mismatches", "hints", "hints_table"))
+    names = (
+        (
+            "write_items",
+            "dedup",
+            "rank_volume",
+            "chunks",
+            "tensors",
+            "tensor_groups",
+            "phase_changes",
+            "phase_volume",
+            "storage",
+            "files",
+            "storage_volume",
+        )
+        if result.kind == "save"
+        else ("read_items", "rank_volume", "resharding", "mismatches", "hints", "hints_table")
+    )
     for name in names:
         getattr(result, name)
 
@@ -177,7 +217,11 @@ def test_fuzz_traces(trace_docs, data):
         if result is not None:
             _use(result)
         with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
-            assert main(["show", str(path)]) in (0, 1, 2)  # 1: the trace shows a problem; 2: one "dcpviz: error:" line
+            assert main(["show", str(path)]) in (
+                0,
+                1,
+                2,
+            )  # 1: the trace shows a problem; 2: one "dcpviz: error:" line
         assert _listing(root) == before
 
 
@@ -204,7 +248,11 @@ def checkpoint_metadata(checkpoint):
 
 
 _PICKLE_JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=8),
     st.sampled_from(["float32", "../x.distcp", "sub/../__0_0.distcp", "/etc/passwd"]),
     st.lists(st.integers(-3, 100), max_size=4).map(tuple),
     st.lists(st.integers(0, 100), max_size=4).map(torch.Size),
@@ -226,8 +274,12 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
 
 
 def _get(obj: Any, how: str, where: Any) -> Any:
-    return {"value": lambda: obj[where], "key": lambda: where, "item": lambda: obj[where],
-            "attr": lambda: getattr(obj, where)}[how]()
+    return {
+        "value": lambda: obj[where],
+        "key": lambda: where,
+        "item": lambda: obj[where],
+        "attr": lambda: getattr(obj, where),
+    }[how]()
 
 
 def _set(obj: Any, how: str, where: Any, value: Any) -> None:
@@ -271,10 +323,18 @@ def checkpoint_damage(draw, files: list[str]) -> tuple[str, Any]:
     kind = draw(st.sampled_from(["metadata", "metadata", "metadata", "metadata bytes", "data"]))
     if kind == "data":
         name = draw(st.sampled_from(files))
-        return kind, (name, draw(st.sampled_from(["cut", "flip", "delete", "append"])),
-                      draw(st.integers(0, 10**6)), draw(st.binary(min_size=1, max_size=8)))
+        return kind, (
+            name,
+            draw(st.sampled_from(["cut", "flip", "delete", "append"])),
+            draw(st.integers(0, 10**6)),
+            draw(st.binary(min_size=1, max_size=8)),
+        )
     if kind == "metadata bytes":
-        return kind, (draw(st.integers(0, 10**6)), draw(st.binary(min_size=0, max_size=4)), draw(st.booleans()))
+        return kind, (
+            draw(st.integers(0, 10**6)),
+            draw(st.binary(min_size=0, max_size=4)),
+            draw(st.booleans()),
+        )
     return kind, None
 
 
@@ -286,7 +346,7 @@ def _damage_file(path: Path, op: str, at: int, junk: bytes) -> None:
     elif op == "cut":
         path.write_bytes(data[:at])
     elif op == "flip":
-        path.write_bytes(data[:at] + junk + data[at + len(junk):])
+        path.write_bytes(data[:at] + junk + data[at + len(junk) :])
     else:
         path.write_bytes(data + junk)
 
@@ -308,7 +368,9 @@ def test_fuzz_checkpoints(checkpoint, checkpoint_metadata, data, verify):
             (ckpt / METADATA_FILE).write_bytes(blob)
         elif kind == "metadata bytes":
             at, junk, cut = args
-            _damage_file(ckpt / METADATA_FILE, "cut" if cut and not junk else "flip", at, junk or b"\x00")
+            _damage_file(
+                ckpt / METADATA_FILE, "cut" if cut and not junk else "flip", at, junk or b"\x00"
+            )
         else:
             name, op, at, junk = args
             _damage_file(ckpt / name, op, at, junk)

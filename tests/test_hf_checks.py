@@ -16,7 +16,11 @@ from dcpviz.engine.job.models import build_model
 
 
 def floats(model, optimizer, rank):
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 def with_hp(model, optimizer, rank):
@@ -73,7 +77,9 @@ def test_integer_tensor_under_consolidation_fails_after_the_shards(tmp_path):
     rows = found(simulate(with_step, writer(tmp_path / "sim")), "consolidation-dtype")
     assert list(rows.fqn) == ["progress.step"] and list(rows.severity) == ["error"]
     # Without consolidation the same state is fine.
-    plain = simulate(with_step, HuggingFaceStorageWriter(str(tmp_path / "p"), save_distributed=True))
+    plain = simulate(
+        with_step, HuggingFaceStorageWriter(str(tmp_path / "p"), save_distributed=True)
+    )
     assert found(plain, "consolidation-dtype").empty
 
 
@@ -82,7 +88,9 @@ def test_key_missing_from_the_mapping_raises_mid_save(tmp_path):
     mapping = {k: 1 for k in sorted(sd) if k != "norm.bias"}
     with pytest.raises(CheckpointException, match="KeyError: 'norm.bias'"):
         save(sd, HuggingFaceStorageWriter(str(tmp_path / "real"), fqn_to_index_mapping=mapping))
-    sim = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "sim"), fqn_to_index_mapping=mapping))
+    sim = simulate(
+        floats, HuggingFaceStorageWriter(str(tmp_path / "sim"), fqn_to_index_mapping=mapping)
+    )
     rows = found(sim, "unmapped-key")
     assert list(rows.fqn) == ["norm.bias"] and list(rows.severity) == ["error"]
     assert any("KeyError" in e for e in sim.errors)  # the writer's own write_data raised it
@@ -96,7 +104,12 @@ def test_stale_files_are_read_back_by_dcps_reader(tmp_path):
     """An earlier save with three files and one more key; the new save writes one file."""
     out = tmp_path / "out"
     old = {**real(floats), "old.weight": torch.ones(4)}
-    save(old, HuggingFaceStorageWriter(str(out), fqn_to_index_mapping={k: 1 + i % 3 for i, k in enumerate(sorted(old))}))
+    save(
+        old,
+        HuggingFaceStorageWriter(
+            str(out), fqn_to_index_mapping={k: 1 + i % 3 for i, k in enumerate(sorted(old))}
+        ),
+    )
     # Predicted before the new save: the old files stay, with keys written again and a deleted key.
     sim = simulate(floats, HuggingFaceStorageWriter(str(out)))
     rows = found(sim, "stale-safetensors")
@@ -108,7 +121,9 @@ def test_stale_files_are_read_back_by_dcps_reader(tmp_path):
     assert "old.weight" in md.state_dict_metadata
     assert len(md.state_dict_metadata["fc1.weight"].chunks) == 2
     # A new folder has none of it.
-    assert found(simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "new"))), "stale-safetensors").empty
+    assert found(
+        simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "new"))), "stale-safetensors"
+    ).empty
 
 
 def test_distributed_save_without_consolidation_writes_no_index(tmp_path):
@@ -117,7 +132,12 @@ def test_distributed_save_without_consolidation_writes_no_index(tmp_path):
     sim = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "sim"), save_distributed=True))
     assert list(found(sim, "no-index-json").severity) == ["warning"]
     assert sim.hf_index() is None
-    ok = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "sim2"), save_distributed=True, enable_consolidation=True))
+    ok = simulate(
+        floats,
+        HuggingFaceStorageWriter(
+            str(tmp_path / "sim2"), save_distributed=True, enable_consolidation=True
+        ),
+    )
     assert found(ok, "no-index-json").empty
 
 
@@ -130,12 +150,19 @@ def test_ranks_writing_one_file_name(tmp_path):
         assert list(rows.severity) == ["data-loss"] and rows.ranks.iloc[0] == (0, 1)
     else:
         pytest.fail("dedup put every key on one rank; this test needs both ranks writing")
-    dist = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "d"), save_distributed=True), world_size=2)
+    dist = simulate(
+        floats, HuggingFaceStorageWriter(str(tmp_path / "d"), save_distributed=True), world_size=2
+    )
     assert found(dist, "ranks-share-a-file").empty
 
 
 def test_a_clean_export_has_no_storage_findings(tmp_path):
-    sim = simulate(floats, HuggingFaceStorageWriter(str(tmp_path / "x"), save_distributed=True, enable_consolidation=True))
+    sim = simulate(
+        floats,
+        HuggingFaceStorageWriter(
+            str(tmp_path / "x"), save_distributed=True, enable_consolidation=True
+        ),
+    )
     assert sim.ok and sim.checks.empty, sim.checks
 
 
@@ -143,8 +170,12 @@ def test_findings_survive_a_failing_write(tmp_path):
     """A rank whose write_data raises (an unmapped key) is still checked from its final plan."""
     sd = real(floats)
     mapping = {k: 1 for k in sd}  # 'hp' and 'progress.step' unmapped
-    w = HuggingFaceStorageWriter(str(tmp_path / "s"), fqn_to_index_mapping=mapping, save_distributed=True,
-                                 enable_consolidation=True)
+    w = HuggingFaceStorageWriter(
+        str(tmp_path / "s"),
+        fqn_to_index_mapping=mapping,
+        save_distributed=True,
+        enable_consolidation=True,
+    )
     sim = simulate(lambda m, o, r: {**with_step(m, o, r), "hp": 3}, w)
     assert set(found(sim, "unmapped-key").fqn) == {"hp"}
     assert list(found(sim, "safetensors-non-tensor").fqn) == ["hp"]

@@ -24,8 +24,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import dcpviz
 
-STATE = {"fc1.weight": torch.arange(12.0).reshape(4, 3), "fc1.bias": torch.ones(4, dtype=torch.bfloat16),
-         "emb": torch.arange(10.0, dtype=torch.float16).reshape(5, 2)}
+STATE = {
+    "fc1.weight": torch.arange(12.0).reshape(4, 3),
+    "fc1.bias": torch.ones(4, dtype=torch.bfloat16),
+    "emb": torch.arange(10.0, dtype=torch.float16).reshape(5, 2),
+}
 
 
 def save(sd, writer):
@@ -39,8 +42,11 @@ def checks_of(path):
 
 
 def cli_check(path) -> int:
-    return subprocess.run([sys.executable, "-m", "dcpviz", "check", str(path)], capture_output=True,
-                          cwd=Path(__file__).resolve().parents[1]).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "dcpviz", "check", str(path)],
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).returncode
 
 
 def _reader_chunks(path):
@@ -48,8 +54,15 @@ def _reader_chunks(path):
     out = set()
     for fqn, t in md.state_dict_metadata.items():
         for c in t.chunks:
-            out.add((fqn, tuple(c.offsets), tuple(c.sizes), str(t.properties.dtype).removeprefix("torch."),
-                     tuple(t.size)))
+            out.add(
+                (
+                    fqn,
+                    tuple(c.offsets),
+                    tuple(c.sizes),
+                    str(t.properties.dtype).removeprefix("torch."),
+                    tuple(t.size),
+                )
+            )
     return out
 
 
@@ -57,7 +70,12 @@ def _reader_chunks(path):
 def test_tables_equal_dcps_hf_reader_and_the_bytes(tmp_path, kind):
     d = tmp_path / kind
     if kind == "mapped":
-        save(STATE, HuggingFaceStorageWriter(str(d), fqn_to_index_mapping={"fc1.weight": 1, "fc1.bias": 2, "emb": 2}))
+        save(
+            STATE,
+            HuggingFaceStorageWriter(
+                str(d), fqn_to_index_mapping={"fc1.weight": 1, "fc1.bias": 2, "emb": 2}
+            ),
+        )
     elif kind == "distributed":
         save(STATE, HuggingFaceStorageWriter(str(d), save_distributed=True))
     else:
@@ -69,7 +87,7 @@ def test_tables_equal_dcps_hf_reader_and_the_bytes(tmp_path, kind):
     assert mine == _reader_chunks(d)
     # Every storage record points at exactly the tensor's bytes.
     for r in ck.storage.itertuples():
-        raw = (d / r.file).read_bytes()[r.offset:r.offset + r.length]
+        raw = (d / r.file).read_bytes()[r.offset : r.offset + r.length]
         want = load_file(str(d / r.file))[r.fqn]
         assert raw == want.contiguous().view(torch.uint8).numpy().tobytes()
     for r in ck.files.itertuples():
@@ -84,7 +102,9 @@ def test_consolidated_shards_chunks_and_offsets(tmp_path):
     save(STATE, HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True))
     ck = dcpviz.inspect_checkpoint(d)
     assert ck.checks.empty, ck.checks
-    assert {(r.fqn, r.offsets) for r in ck.chunks.itertuples()} == {(k, (0,) * v.dim()) for k, v in STATE.items()}
+    assert {(r.fqn, r.offsets) for r in ck.chunks.itertuples()} == {
+        (k, (0,) * v.dim()) for k, v in STATE.items()
+    }
     shards = dcpviz.inspect_checkpoint(d / "sharded")
     assert {r[0] for r in _reader_chunks(d / "sharded")} == set(shards.chunks.fqn)
 
@@ -101,15 +121,20 @@ def _header(doc) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-@pytest.mark.parametrize("data", [
-    b"\x00" * 4,                                                    # shorter than the length
-    struct.pack("<Q", 10**12) + b"{}",                              # header larger than the limit
-    struct.pack("<Q", 100) + b"{}",                                 # runs past the end
-    _header([1, 2]),                                                # not an object
-    _header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),  # data missing
-    _header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}) + b"\0" * 4,  # wrong size
-    _header({"x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}}) + b"\0",  # unknown dtype
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00" * 4,  # shorter than the length
+        struct.pack("<Q", 10**12) + b"{}",  # header larger than the limit
+        struct.pack("<Q", 100) + b"{}",  # runs past the end
+        _header([1, 2]),  # not an object
+        _header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),  # data missing
+        _header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}})
+        + b"\0" * 4,  # wrong size
+        _header({"x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}})
+        + b"\0",  # unknown dtype
+    ],
+)
 def test_malformed_headers_are_refused(tmp_path, data):
     d = _bad(tmp_path, "bad", data)
     with pytest.raises(dcpviz.DcpvizError):
@@ -125,12 +150,21 @@ def checks_of_cli_rows(d):
     return folder_checks(scan_folder(d))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=300), st.integers(0, 299))
 def test_fuzzed_files_give_tables_or_a_dcpviz_error(tmp_path_factory, noise, cut):
-    good = _header({"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-                    "__metadata__": {"format": "pt"}}) + b"\1" * 16
-    data = (good[:cut] + noise + good[cut + len(noise):])[:len(good) + 8]
+    good = (
+        _header(
+            {
+                "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                "__metadata__": {"format": "pt"},
+            }
+        )
+        + b"\1" * 16
+    )
+    data = (good[:cut] + noise + good[cut + len(noise) :])[: len(good) + 8]
     d = tmp_path_factory.mktemp("fuzz")
     (d / "model.safetensors").write_bytes(data)
     rows = checks_of_cli_rows(d)  # the folder checks never raise: an unreadable file is a finding
@@ -167,7 +201,12 @@ def test_non_tensor_value_found_on_disk(tmp_path):
 def test_stale_files_found_on_disk(tmp_path):
     d = tmp_path / "x"
     old = {**STATE, "old.weight": torch.ones(3)}
-    save(old, HuggingFaceStorageWriter(str(d), fqn_to_index_mapping={k: 1 + i for i, k in enumerate(sorted(old))}))
+    save(
+        old,
+        HuggingFaceStorageWriter(
+            str(d), fqn_to_index_mapping={k: 1 + i for i, k in enumerate(sorted(old))}
+        ),
+    )
     save(STATE, HuggingFaceStorageWriter(str(d)))
     md = HuggingFaceStorageReader(str(d)).read_metadata()
     assert "old.weight" in md.state_dict_metadata  # what DCP's reader really does
@@ -187,8 +226,10 @@ def test_missing_index_found_on_disk(tmp_path):
 def test_failed_consolidation_found_on_disk(tmp_path):
     d = tmp_path / "x"
     with pytest.raises(CheckpointException, match="finfo"):
-        save({**STATE, "step": torch.zeros((), dtype=torch.int64)},
-             HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True))
+        save(
+            {**STATE, "step": torch.zeros((), dtype=torch.int64)},
+            HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True),
+        )
     assert not list(d.glob("*.safetensors"))
     from dcpviz.analysis.checkpoint.hf_checks import folder_checks
     from dcpviz.core.hf.folder import HFFolder, scan_folder
@@ -213,22 +254,34 @@ def test_duplicate_chunks_without_an_index(tmp_path):
 def test_quantized_pairs_are_information(tmp_path):
     d = tmp_path / "q"
     d.mkdir()
-    save_file({"l.weight": torch.zeros(4, 4, dtype=torch.uint8), "l.weight_scale_inv": torch.ones(1, 1),
-               "e.w_blocks": torch.zeros(2, 8, dtype=torch.uint8), "e.w_scales": torch.zeros(2, dtype=torch.uint8)},
-              str(d / "model.safetensors"))
+    save_file(
+        {
+            "l.weight": torch.zeros(4, 4, dtype=torch.uint8),
+            "l.weight_scale_inv": torch.ones(1, 1),
+            "e.w_blocks": torch.zeros(2, 8, dtype=torch.uint8),
+            "e.w_scales": torch.zeros(2, dtype=torch.uint8),
+        },
+        str(d / "model.safetensors"),
+    )
     rows = found(d, "quantized-pair")
     assert set(rows.severity) == {"info"} and len(rows) == 3
     assert cli_check(d) == 0
 
 
-@pytest.mark.parametrize("index, check", [
-    (b"not json", "index-unreadable"),
-    (b'{"weight_map": [1]}', "index-unreadable"),
-    (b'{"weight_map": {"emb": "../../etc/passwd"}}', "index-missing-file"),
-    (b'{"weight_map": {"fc1.weight": "model.safetensors"}}', "index-disagrees"),
-    (b'{"metadata": {"total_size": 1}, "weight_map": {"fc1.weight": "model.safetensors", '
-     b'"fc1.bias": "model.safetensors", "emb": "model.safetensors"}}', "index-total-size"),
-])
+@pytest.mark.parametrize(
+    "index, check",
+    [
+        (b"not json", "index-unreadable"),
+        (b'{"weight_map": [1]}', "index-unreadable"),
+        (b'{"weight_map": {"emb": "../../etc/passwd"}}', "index-missing-file"),
+        (b'{"weight_map": {"fc1.weight": "model.safetensors"}}', "index-disagrees"),
+        (
+            b'{"metadata": {"total_size": 1}, "weight_map": {"fc1.weight": "model.safetensors", '
+            b'"fc1.bias": "model.safetensors", "emb": "model.safetensors"}}',
+            "index-total-size",
+        ),
+    ],
+)
 def test_bad_index_files(tmp_path, index, check):
     """An index is read bounded and strictly; the files it names are never opened by name."""
     d = tmp_path / "x"

@@ -18,7 +18,11 @@ from dcpviz.engine.job.models import build_model
 
 
 def floats(model, optimizer, rank):
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 def model_state() -> dict:
@@ -48,11 +52,17 @@ def real_load(state: dict, path) -> set:
         warnings.simplefilter("ignore")
         dcp.load(state, storage_reader=HuggingFaceStorageReader(str(path)), planner=Capturing())
     (plan,) = Capturing.plans
-    return {(r.dest_index.fqn, tuple(r.dest_offsets), tuple(r.storage_offsets), tuple(r.lengths)) for r in plan.items}
+    return {
+        (r.dest_index.fqn, tuple(r.dest_offsets), tuple(r.storage_offsets), tuple(r.lengths))
+        for r in plan.items
+    }
 
 
 def simulated(load, rename=lambda k: k) -> set:
-    return {(rename(r.fqn), r.dest_offsets, r.storage_offsets, r.lengths) for r in load.read_items.itertuples()}
+    return {
+        (rename(r.fqn), r.dest_offsets, r.storage_offsets, r.lengths)
+        for r in load.read_items.itertuples()
+    }
 
 
 def one_rank(**kw) -> dcpviz.Scenario:
@@ -64,7 +74,9 @@ def test_plan_equals_a_real_hf_load(tmp_path):
     mapping = {k: 1 + i % 2 for i, k in enumerate(sorted(sd))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path), fqn_to_index_mapping=mapping))
+        dcp.save(
+            sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path), fqn_to_index_mapping=mapping)
+        )
     load = dcpviz.simulate_load(tmp_path, one_rank())
     assert load.ok, load.errors
     assert simulated(load) == real_load({k: torch.empty_like(v) for k, v in sd.items()}, tmp_path)
@@ -76,7 +88,9 @@ def test_plan_equals_a_real_hf_load(tmp_path):
 def test_key_map_plans_what_an_adapter_loads(tmp_path):
     """A folder in HF names (written by safetensors itself); the model loads it through an adapter."""
     sd = model_state()
-    save_file({to_hf(k): v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {to_hf(k): v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors")
+    )
     plain = dcpviz.simulate_load(tmp_path, one_rank())
     assert not plain.ok  # names differ: DCP's planner raises on the missing keys
     inverse = {to_hf(k): k for k in sd}
@@ -93,7 +107,9 @@ def test_fp32_folder_into_a_bf16_model_is_a_cast(tmp_path):
         warnings.simplefilter("ignore")
         dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path)))
         target = {k: torch.empty_like(v, dtype=torch.bfloat16) for k, v in sd.items()}
-        dcp.load(target, storage_reader=HuggingFaceStorageReader(str(tmp_path)))  # no error, no warning
+        dcp.load(
+            target, storage_reader=HuggingFaceStorageReader(str(tmp_path))
+        )  # no error, no warning
     assert target["fc1.weight"].dtype == torch.bfloat16
     load = dcpviz.simulate_load(tmp_path, one_rank(dtype="bfloat16"))
     casts = load.checks[load.checks.check == "dtype-cast"]
@@ -135,7 +151,10 @@ def test_model_prefix_fix_is_certain_and_loads_the_right_values(tmp_path):
     sd = model_state()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({to_hf(k): v for k, v in sd.items()}, storage_writer=HuggingFaceStorageWriter(str(tmp_path)))
+        dcp.save(
+            {to_hf(k): v for k, v in sd.items()},
+            storage_writer=HuggingFaceStorageWriter(str(tmp_path)),
+        )
     load = dcpviz.simulate_load(tmp_path, one_rank())
     assert not load.ok
     assert list(load.hints_table["kind"]) == ["prefix"]
@@ -148,7 +167,11 @@ def test_model_prefix_fix_is_certain_and_loads_the_right_values(tmp_path):
 
 
 def llama_floats(model, optimizer, rank):
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 HF_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj"}
@@ -190,7 +213,9 @@ def _quantized_folder(path) -> dict:
         "experts.gate_up_proj_scales": torch.zeros(4, dtype=torch.uint8),
         "orphan_scales": torch.ones(3),
     }
-    save_file({**{k: v.contiguous() for k, v in sd.items()}, **extra}, str(path / "model.safetensors"))
+    save_file(
+        {**{k: v.contiguous() for k, v in sd.items()}, **extra}, str(path / "model.safetensors")
+    )
     return sd
 
 
@@ -213,4 +238,8 @@ def test_quantized_pairs_follow_the_key_map(tmp_path):
     _quantized_folder(tmp_path)
     load = dcpviz.simulate_load(tmp_path, one_rank(), key_map=lambda k: "m." + k)
     unread = set(load.problems.query("severity == 'expected'")["fqn"])
-    assert unread == {"m.experts.gate_up_proj_blocks", "m.experts.gate_up_proj_scales", "m.fc1.weight_scale_inv"}
+    assert unread == {
+        "m.experts.gate_up_proj_blocks",
+        "m.experts.gate_up_proj_scales",
+        "m.fc1.weight_scale_inv",
+    }

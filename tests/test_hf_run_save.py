@@ -30,12 +30,24 @@ def _oracle(folder) -> set[tuple]:
                 shape = tuple(sl.get_shape())
                 t = f.get_tensor(key)
                 off = tuple(info.get(key, {}).get("saved_offsets", (0,) * len(shape)))
-                out.add((name, key, off, shape, str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()))
+                out.add(
+                    (
+                        name,
+                        key,
+                        off,
+                        shape,
+                        str(t.dtype).removeprefix("torch."),
+                        t.numel() * t.element_size(),
+                    )
+                )
     return out
 
 
 def _rows(df) -> set[tuple]:
-    return {(r.file, r.fqn, tuple(r.offsets), tuple(r.sizes), r.dtype, int(r.nbytes)) for r in df.itertuples()}
+    return {
+        (r.file, r.fqn, tuple(r.offsets), tuple(r.sizes), r.dtype, int(r.nbytes))
+        for r in df.itertuples()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +58,9 @@ def hf_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf") / "out"
     writer = HuggingFaceStorageWriter(str(root), save_distributed=True, enable_consolidation=True)
     run = dcpviz.run_save(sc, root, storage_writer=writer)
-    sim_writer = HuggingFaceStorageWriter(str(tmp_path_factory.mktemp("sim") / "o"), save_distributed=True,
-                                          enable_consolidation=True)
+    sim_writer = HuggingFaceStorageWriter(
+        str(tmp_path_factory.mktemp("sim") / "o"), save_distributed=True, enable_consolidation=True
+    )
     return sc, run, dcpviz.simulate_save(sc, storage_writer=sim_writer), root
 
 
@@ -93,7 +106,9 @@ def test_writer_into_another_folder_is_refused(tmp_path):
 
     sc = dcpviz.Scenario(model="mlp", world_size=W, recipe="fsdp", state=floats)
     with pytest.raises(dcpviz.DcpvizError, match="checkpoint_dir"):
-        dcpviz.run_save(sc, tmp_path / "a", storage_writer=HuggingFaceStorageWriter(str(tmp_path / "b")))
+        dcpviz.run_save(
+            sc, tmp_path / "a", storage_writer=HuggingFaceStorageWriter(str(tmp_path / "b"))
+        )
     assert not (tmp_path / "a").exists()
 
 
@@ -107,17 +122,28 @@ def test_capture_with_the_hf_writer(tmp_path, pass_writer):
     from dcpviz.engine.run.procs import launch
 
     out, trace_path = tmp_path / "out", tmp_path / "trace.json"
-    outcome = launch(hf_capture_job, W, (str(out), str(trace_path), pass_writer), backend="gloo",
-                     device="cpu", timeout=240)
+    outcome = launch(
+        hf_capture_job,
+        W,
+        (str(out), str(trace_path), pass_writer),
+        backend="gloo",
+        device="cpu",
+        timeout=240,
+    )
     assert outcome.ok, outcome.errors
     assert all(not p["problems"] for p in outcome.payloads.values())
     cap = dcpviz.load_trace(trace_path)
     if pass_writer:
         assert _rows(cap.file_plan) == _oracle(out)
         assert any("safetensors headers" in n for n in cap.trace.notes)
-        assert sorted(cap.files["file"]) == sorted(p for p in os.listdir(out) if p.endswith(".safetensors"))
+        assert sorted(cap.files["file"]) == sorted(
+            p for p in os.listdir(out) if p.endswith(".safetensors")
+        )
         writers = {(r.fqn, tuple(r.offsets)): r.rank for r in cap.chunks.itertuples()}
         assert all(writers[(r.fqn, tuple(r.offsets))] == r.rank for r in cap.file_plan.itertuples())
     else:
         assert cap.file_plan.empty
-        assert any(n.startswith("Storage facts: none") and "storage_writer=writer" in n for n in cap.trace.notes)
+        assert any(
+            n.startswith("Storage facts: none") and "storage_writer=writer" in n
+            for n in cap.trace.notes
+        )

@@ -23,7 +23,11 @@ from dcpviz.engine.job.models import build_model
 
 def floats(model, optimizer, rank):
     """The model's floating tensors only: what an HF export holds."""
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
 
 
 def real_floats() -> dict:
@@ -50,7 +54,10 @@ def test_hf_index_equals_a_real_save(tmp_path, with_mapping):
     sd = real_floats()
     mapping = mapping_of(sd) if with_mapping else None
     sim_dir = tmp_path / "sim"
-    sim = dcpviz.simulate_save(one_rank(), storage_writer=HuggingFaceStorageWriter(str(sim_dir), fqn_to_index_mapping=mapping))
+    sim = dcpviz.simulate_save(
+        one_rank(),
+        storage_writer=HuggingFaceStorageWriter(str(sim_dir), fqn_to_index_mapping=mapping),
+    )
     assert sim.ok, sim.errors
     assert not sim_dir.exists()  # the simulation wrote nothing, not even the folder
     real_save(sd, HuggingFaceStorageWriter(str(tmp_path / "real"), fqn_to_index_mapping=mapping))
@@ -71,8 +78,9 @@ def test_hf_consolidation_output_equals_a_real_save(tmp_path):
     mapping = mapping_of(sd)
 
     def writer(d):
-        return HuggingFaceStorageWriter(str(d), fqn_to_index_mapping=mapping, save_distributed=True,
-                                        enable_consolidation=True)
+        return HuggingFaceStorageWriter(
+            str(d), fqn_to_index_mapping=mapping, save_distributed=True, enable_consolidation=True
+        )
 
     sim = dcpviz.simulate_save(one_rank(), storage_writer=writer(tmp_path / "sim"))
     assert sim.ok, sim.errors
@@ -86,21 +94,27 @@ def test_hf_consolidation_output_equals_a_real_save(tmp_path):
         header = read_header(tmp_path / "real" / "sharded" / name)
         rows = sim.file_plan.query("stage == 'write' and file == @name")
         offs = sharding_offsets(header, name)
-        assert sorted(zip(rows.fqn, rows.offsets)) == sorted((e.name, offs[e.name]) for e in header.entries)
+        assert sorted(zip(rows.fqn, rows.offsets)) == sorted(
+            (e.name, offs[e.name]) for e in header.entries
+        )
     # Every shard piece lands in the output file the index names for its key.
     index = on_disk["weight_map"]
     assert len(sim.consolidation) == len(sim.file_plan.query("stage == 'write'"))
     assert all(index[r.fqn] == r.output_file for r in sim.consolidation.itertuples())
 
 
-@pytest.mark.parametrize("kwargs", [dict(thread_count=3), dict(thread_count=1), dict(single_file_per_rank=False)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(thread_count=3), dict(thread_count=1), dict(single_file_per_rank=False)]
+)
 def test_filesystem_writer_files_equal_a_real_save(tmp_path, kwargs):
     """The default writer's split (DCP's _split_by_size_and_type over thread_count files, or one
     file per item) and file names, against the .metadata a real dcp.save wrote (read safely)."""
     torch.manual_seed(0)
     model = build_model("mlp", "cpu")
-    sim = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=1, recipe="replicate"),
-                               storage_writer=FileSystemWriter(str(tmp_path / "sim"), **kwargs))
+    sim = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=1, recipe="replicate"),
+        storage_writer=FileSystemWriter(str(tmp_path / "sim"), **kwargs),
+    )
     assert sim.ok, sim.errors
     assert not (tmp_path / "sim").exists()
     real_save(model.state_dict(), FileSystemWriter(str(tmp_path / "real"), **kwargs))
@@ -128,14 +142,18 @@ def test_existing_checkpoint_fails_as_in_dcp(tmp_path):
     raises in prepare_local_plan, recorded on the rank (not raised, nothing written)."""
     real_save(real_floats(), FileSystemWriter(str(tmp_path)))
     before = sorted(os.listdir(tmp_path))
-    sim = dcpviz.simulate_save(one_rank(), storage_writer=FileSystemWriter(str(tmp_path), overwrite=False))
+    sim = dcpviz.simulate_save(
+        one_rank(), storage_writer=FileSystemWriter(str(tmp_path), overwrite=False)
+    )
     assert not sim.ok
     assert any("Checkpoint already exists" in e for e in sim.errors)
     assert sorted(os.listdir(tmp_path)) == before
 
 
 def test_file_plan_survives_the_trace_file(tmp_path):
-    sim = dcpviz.simulate_save(one_rank(), storage_writer=HuggingFaceStorageWriter(str(tmp_path / "x")))
+    sim = dcpviz.simulate_save(
+        one_rank(), storage_writer=HuggingFaceStorageWriter(str(tmp_path / "x"))
+    )
     back = dcpviz.load_trace(sim.to_json(tmp_path / "t.json"))
     assert back.file_plan.equals(sim.file_plan)
     assert back.hf_index() == sim.hf_index()
@@ -157,7 +175,9 @@ def test_not_a_storage_writer_is_refused():
 
 
 def test_a_file_plan_rank_outside_the_job_is_refused(tmp_path):
-    sim = dcpviz.simulate_save(one_rank(), storage_writer=HuggingFaceStorageWriter(str(tmp_path / "x")))
+    sim = dcpviz.simulate_save(
+        one_rank(), storage_writer=HuggingFaceStorageWriter(str(tmp_path / "x"))
+    )
     path = sim.to_json(tmp_path / "t.json")
     doc = json.loads(path.read_text())
     doc["trace"]["file_plan"][0]["rank"] = 5
@@ -167,8 +187,10 @@ def test_a_file_plan_rank_outside_the_job_is_refused(tmp_path):
 
 
 def test_file_layout_view_and_report(tmp_path):
-    sim = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
-                               storage_writer=FileSystemWriter(str(tmp_path / "x"), thread_count=2))
+    sim = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
+        storage_writer=FileSystemWriter(str(tmp_path / "x"), thread_count=2),
+    )
     fig = dcpviz.views.file_layout(sim)
     shown = sorted((tr.name, f, int(n)) for tr in fig.data for f, n in zip(tr.y, tr.x))
     want = sorted((f"rank {r.rank}", r.file, int(r.nbytes)) for r in sim.file_plan.itertuples())
@@ -183,10 +205,15 @@ def test_file_layout_view_and_report(tmp_path):
     assert sum(len(tr.x) for tr in fig.data) == len(real_floats())
 
 
-@pytest.mark.parametrize("make", [
-    lambda d: FileSystemWriter(str(d), thread_count=3),
-    lambda d: HuggingFaceStorageWriter(str(d), save_distributed=True, enable_consolidation=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: FileSystemWriter(str(d), thread_count=3),
+        lambda d: HuggingFaceStorageWriter(
+            str(d), save_distributed=True, enable_consolidation=True
+        ),
+    ],
+)
 def test_shortcuts_give_the_plain_file_plan(tmp_path, make):
     """The default shortcuts (plans shared by classes of ranks) change no file of the plan."""
     sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp")
@@ -214,8 +241,15 @@ def test_hf_distributed_save_on_gloo_ranks_equals_the_plan(tmp_path):
     outcome = launch(hf_save_job, W, (str(out), mapping), backend="gloo", device="cpu", timeout=240)
     assert outcome.ok, outcome.errors
     sc = dcpviz.Scenario(model="mlp", world_size=W, recipe="fsdp", state=worker_floats)
-    sim = dcpviz.simulate_save(sc, storage_writer=HuggingFaceStorageWriter(
-        str(tmp_path / "sim"), fqn_to_index_mapping=mapping, save_distributed=True, enable_consolidation=True))
+    sim = dcpviz.simulate_save(
+        sc,
+        storage_writer=HuggingFaceStorageWriter(
+            str(tmp_path / "sim"),
+            fqn_to_index_mapping=mapping,
+            save_distributed=True,
+            enable_consolidation=True,
+        ),
+    )
     assert sim.ok, sim.errors
     assert sim.hf_index() == json.loads((out / "model.safetensors.index.json").read_text())
     real = set()
@@ -224,5 +258,8 @@ def test_hf_distributed_save_on_gloo_ranks_equals_the_plan(tmp_path):
         offs = sharding_offsets(header, p.name)
         rank = int(p.name.split("-")[1]) - 1
         real |= {(rank, p.name, e.name, offs[e.name], e.nbytes) for e in header.entries}
-    planned = {(r.rank, r.file, r.fqn, r.offsets, r.nbytes) for r in sim.file_plan.query("stage == 'write'").itertuples()}
+    planned = {
+        (r.rank, r.file, r.fqn, r.offsets, r.nbytes)
+        for r in sim.file_plan.query("stage == 'write'").itertuples()
+    }
     assert planned == real

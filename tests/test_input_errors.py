@@ -12,17 +12,23 @@ from dcpviz.core.errors import UserCodeError
 
 @pytest.fixture(scope="module")
 def save():
-    return dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"))
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp")
+    )
 
 
 @pytest.fixture(scope="module")
 def load(save):
-    return dcpviz.simulate_load(save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    return dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    )
 
 
 # -- real runs: checked before any directory or process exists ------------------------------
-@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")},
-                                    {"start_method": "bogus"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"start_method": "bogus"}],
+)
 def test_run_options(tmp_path, kwargs):
     sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
     name = next(iter(kwargs))
@@ -39,7 +45,9 @@ def recipe_returning_a_number(model, mesh):
 
 def test_recipe_must_return_a_module():
     sc = dcpviz.Scenario(model="mlp", world_size=2, recipe=recipe_returning_a_number)
-    with pytest.raises(UserCodeError, match="recipe_returning_a_number returned a value of type int"):
+    with pytest.raises(
+        UserCodeError, match="recipe_returning_a_number returned a value of type int"
+    ):
         dcpviz.simulate_save(sc)
 
 
@@ -85,7 +93,9 @@ def test_resharding_by_file_needs_a_checkpoint_on_disk(load):
 def _renamed(result, tmp_path, old: str, new: str, model: str) -> str:
     text = result.to_json(tmp_path / "orig.json").read_text()
     assert f'"{old}"' in text
-    text = text.replace(f'"{old}"', json.dumps(new)).replace('"model":"mlp"', f'"model":{json.dumps(model)}')
+    text = text.replace(f'"{old}"', json.dumps(new)).replace(
+        '"model":"mlp"', f'"model":{json.dumps(model)}'
+    )
     path = tmp_path / "marked.json"
     path.write_text(text)
     return str(path)
@@ -101,7 +111,9 @@ def test_show_prints_markup_literally(save, tmp_path, capsys):
 
 def test_show_load_prints_markup_literally(save, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "240")  # a wide terminal: no cell folds the key
-    mismatched = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    mismatched = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
     key = mismatched.trace.mismatches[0].fqn
     path = _renamed(mismatched, tmp_path, key, "sched[/warmup].x", "[bold red]fc1[/]x")
     assert main(["show", path]) == 1  # a load that breaks: show is a gate too

@@ -13,20 +13,32 @@ def facts(d):
 
 
 def test_wrapper_segments_anywhere_and_inside_optimizer_state():
-    saved = facts({
-        "model.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w": (4, 4),
-        "model.layers.1._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w": (4, 4),
-        "optim.state._orig_mod.layers.0.attn.w.exp_avg": (4, 4),
-        "app.model.module.head.w": (2, 4),
-    })
-    target = facts({
-        "model.layers.0.attn.w": (4, 4), "model.layers.1.attn.w": (4, 4),
-        "optim.state.layers.0.attn.w.exp_avg": (4, 4), "app.model.head.w": (2, 4),
-    })
+    saved = facts(
+        {
+            "model.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w": (4, 4),
+            "model.layers.1._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w": (4, 4),
+            "optim.state._orig_mod.layers.0.attn.w.exp_avg": (4, 4),
+            "app.model.module.head.w": (2, 4),
+        }
+    )
+    target = facts(
+        {
+            "model.layers.0.attn.w": (4, 4),
+            "model.layers.1.attn.w": (4, 4),
+            "optim.state.layers.0.attn.w.exp_avg": (4, 4),
+            "app.model.head.w": (2, 4),
+        }
+    )
     m = match_keys(target, saved)
     assert m.missing == () and m.unexpected == () and m.ambiguities == ()
-    assert m.rename["model.layers.1.attn.w"] == "model.layers.1._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w"
-    assert m.rename["optim.state.layers.0.attn.w.exp_avg"] == "optim.state._orig_mod.layers.0.attn.w.exp_avg"
+    assert (
+        m.rename["model.layers.1.attn.w"]
+        == "model.layers.1._fsdp_wrapped_module._checkpoint_wrapped_module.attn.w"
+    )
+    assert (
+        m.rename["optim.state.layers.0.attn.w.exp_avg"]
+        == "optim.state._orig_mod.layers.0.attn.w.exp_avg"
+    )
     assert m.rename["app.model.head.w"] == "app.model.module.head.w"
 
 
@@ -47,43 +59,75 @@ def test_prefix_then_rename_then_resize_in_one_match():
 
 
 def test_look_alikes_are_refused_and_a_choice_decides():
-    saved = facts({f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("q_proj", "k_proj", "v_proj")})
+    saved = facts(
+        {f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("q_proj", "k_proj", "v_proj")}
+    )
     target = facts({f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("wq", "wk", "wv")})
     m = match_keys(target, saved)
     assert m.mapping == ()
-    assert {(a.a, a.candidates) for a in m.ambiguities} == {(w, ("k_proj", "q_proj", "v_proj")) for w in ("wq", "wk", "wv")}
+    assert {(a.a, a.candidates) for a in m.ambiguities} == {
+        (w, ("k_proj", "q_proj", "v_proj")) for w in ("wq", "wk", "wv")
+    }
     chosen = match_keys(target, saved, choices={"wq": "q_proj", "wk": "k_proj", "wv": "v_proj"})
     assert chosen.rename["l.1.wv.weight"] == "l.1.v_proj.weight" and chosen.missing == ()
 
 
 def test_twins_are_refused_whatever_the_prefix_length():
-    saved = facts({f"{p}{k}": (4,) for p in ("model.", "ema.", "ema_model_shadow.") for k in ("a.w", "b.w")})
+    saved = facts(
+        {f"{p}{k}": (4,) for p in ("model.", "ema.", "ema_model_shadow.") for k in ("a.w", "b.w")}
+    )
     target = facts({"a.w": (4,), "b.w": (4,)})
     m = match_keys(target, saved)
-    assert m.mapping == () and set(m.ambiguities[0].candidates) == {"model.", "ema.", "ema_model_shadow."}
-    assert match_keys(target, saved, choices={"": "ema."}).rename == {"a.w": "ema.a.w", "b.w": "ema.b.w"}
+    assert m.mapping == () and set(m.ambiguities[0].candidates) == {
+        "model.",
+        "ema.",
+        "ema_model_shadow.",
+    }
+    assert match_keys(target, saved, choices={"": "ema."}).rename == {
+        "a.w": "ema.a.w",
+        "b.w": "ema.b.w",
+    }
 
 
 def test_leaves_python_values_and_scalars_never_pair():
-    saved = facts({"optim.param_groups.0.momentum": None, "optim.state.w.momentum_buffer": (4,),
-                   "optim.state.w.step": (), "x.step": ()})
+    saved = facts(
+        {
+            "optim.param_groups.0.momentum": None,
+            "optim.state.w.momentum_buffer": (4,),
+            "optim.state.w.step": (),
+            "x.step": (),
+        }
+    )
     target = facts({"optim.param_groups.0.eps": None, "optim.state.w.exp_avg": (4,), "y.step": ()})
     m = match_keys(target, saved)
     assert m.mapping == ()  # no leaf is renamed; one scalar is no evidence
 
 
 def test_same_answer_for_any_input_order():
-    saved = {f"model.{p}.{i}.{n}": (4, 4) for p in ("enc", "dec") for i in range(2) for n in ("q.w", "k.w")}
-    saved.update({f"ema.{p}.{i}.{n}": (4, 4) for p in ("enc",) for i in range(2) for n in ("q.w", "k.w")})
-    target = {f"{p}.{i}.{n}": (4, 4) for p in ("enc", "dec") for i in range(2) for n in ("wq.w", "k.w")}
+    saved = {
+        f"model.{p}.{i}.{n}": (4, 4)
+        for p in ("enc", "dec")
+        for i in range(2)
+        for n in ("q.w", "k.w")
+    }
+    saved.update(
+        {f"ema.{p}.{i}.{n}": (4, 4) for p in ("enc",) for i in range(2) for n in ("q.w", "k.w")}
+    )
+    target = {
+        f"{p}.{i}.{n}": (4, 4) for p in ("enc", "dec") for i in range(2) for n in ("wq.w", "k.w")
+    }
     first = match_keys(facts(target), facts(saved))
     for seed in range(5):
         rnd = random.Random(seed)
         t, s = list(target.items()), list(saved.items())
         rnd.shuffle(t)
         rnd.shuffle(s)
-        again = match_keys(facts(dict(t)), facts(dict(s)), missing=[k for k, _ in t if k not in saved],
-                           unexpected=[k for k, _ in s if k not in target])
+        again = match_keys(
+            facts(dict(t)),
+            facts(dict(s)),
+            missing=[k for k, _ in t if k not in saved],
+            unexpected=[k for k, _ in s if k not in target],
+        )
         assert again == first
 
 

@@ -53,7 +53,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -88,12 +88,16 @@ def test_no_import_cycle_among_dcpviz_modules():
 NOT_YET_HOISTED = {
     ("engine/run/save.py", "save_job"),
     ("engine/run/save.py", "run_save_trace"),
-    ("engine/run/load.py", "load_job"), ("engine/run/load.py", "run_load_trace"),
+    ("engine/run/load.py", "load_job"),
+    ("engine/run/load.py", "run_load_trace"),
     ("engine/simulate/load.py", "__enter__"),
     ("engine/simulate/load.py", "__exit__"),
-    ("engine/job/training_state.py", "state_dict"), ("engine/job/training_state.py", "load_state_dict"),
-    ("engine/job/training_state.py", "_options"), ("engine/job/training_state.py", "data_parallel_rank"),
-    ("engine/job/training_state.py", "saved_object"), ("engine/job/training_state.py", "restore_after_load"),
+    ("engine/job/training_state.py", "state_dict"),
+    ("engine/job/training_state.py", "load_state_dict"),
+    ("engine/job/training_state.py", "_options"),
+    ("engine/job/training_state.py", "data_parallel_rank"),
+    ("engine/job/training_state.py", "saved_object"),
+    ("engine/job/training_state.py", "restore_after_load"),
     ("engine/job/training_state.py", "planner_state_dict"),
 }
 
@@ -134,5 +138,9 @@ def test_every_import_inside_a_function_says_why():
             seen.add((rel, fn))
             if (rel, fn) not in NOT_YET_HOISTED and not _has_reason(lines, line, import_lines):
                 silent.append(f"dcpviz/{rel}:{line} in {fn}(): {lines[line - 1].strip()}")
-    assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(silent)
-    assert NOT_YET_HOISTED <= seen, f"hoisted, remove from NOT_YET_HOISTED: {sorted(NOT_YET_HOISTED - seen)}"
+    assert not silent, "imports inside functions without a comment saying why:\n" + "\n".join(
+        silent
+    )
+    assert NOT_YET_HOISTED <= seen, (
+        f"hoisted, remove from NOT_YET_HOISTED: {sorted(NOT_YET_HOISTED - seen)}"
+    )

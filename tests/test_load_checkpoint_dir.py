@@ -48,7 +48,9 @@ def test_reads_name_their_writer_and_file(ckpt):
 
 
 def test_checkpoint_with_a_mismatched_target(ckpt):
-    load = dcpviz.simulate_load(ckpt, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        ckpt, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
     assert len(load.errors) == 2
     hints = {h.kind: h for h in load.hints}
     assert set(hints) == {"size", "partial", "unexpected"}

@@ -33,14 +33,21 @@ def with_scenario(trace_path: Path, out: Path, **fields) -> Path:
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dcpviz", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dcpviz", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_clean_load_exits_0_and_quiet_prints_just_the_verdict(mlp_trace, capsys):
     assert main(["load", str(mlp_trace), "-W", "2", "-q"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().splitlines() == [out.strip()] and out.startswith("Resharding 4 → 2 ranks is fine")
+    assert out.strip().splitlines() == [out.strip()] and out.startswith(
+        "Resharding 4 → 2 ranks is fine"
+    )
 
 
 def test_failing_load_exits_1_and_quiet_prints_the_verdict(mlp_trace, capsys, monkeypatch):
@@ -55,13 +62,38 @@ def test_failing_load_exits_1_and_quiet_prints_the_verdict(mlp_trace, capsys, mo
 def test_data_losing_load_exits_1(mlp_trace, capsys, monkeypatch):
     """allow_partial_load past a compile prefix goes through and restores nothing: exit 1."""
     monkeypatch.chdir(TESTS)
-    code = main(["load", str(mlp_trace), "--model", "load_cases:compiled_mlp", "-W", "2", "-q",
-                 "--allow-partial-load"])
+    code = main(
+        [
+            "load",
+            str(mlp_trace),
+            "--model",
+            "load_cases:compiled_mlp",
+            "-W",
+            "2",
+            "-q",
+            "--allow-partial-load",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "loses data" in out and "restores 0 of" in out
     # Declared unused on purpose, the same load is clean.
-    assert main(["load", str(mlp_trace), "--model", "load_cases:compiled_mlp", "-W", "2", "-q",
-                 "--allow-partial-load", "--expected-unused", "*"]) == 0
+    assert (
+        main(
+            [
+                "load",
+                str(mlp_trace),
+                "--model",
+                "load_cases:compiled_mlp",
+                "-W",
+                "2",
+                "-q",
+                "--allow-partial-load",
+                "--expected-unused",
+                "*",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
 
 
@@ -85,22 +117,43 @@ def test_a_trace_naming_os_abort_is_never_called(mlp_trace, tmp_path):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_a_trace_never_imports_the_saved_factory_but_the_flag_does(mlp_trace, tmp_path, monkeypatch, capsys):
+def test_a_trace_never_imports_the_saved_factory_but_the_flag_does(
+    mlp_trace, tmp_path, monkeypatch, capsys
+):
     """A module whose import leaves a mark: named in the trace, it is not imported (the message
     says what to pass); passed by the user as --model, it is used."""
     (tmp_path / "usermodels_mark.py").write_text(
         "import pathlib\npathlib.Path('imported').write_text('yes')\n"
         "def build():\n    from dcpviz.engine.job.models import MLP\n    return MLP()\n"
     )
-    trace = with_scenario(mlp_trace, tmp_path / "t.json", model="callable:usermodels_mark.build",
-                          recipe="callable:usermodels_mark.shard")
+    trace = with_scenario(
+        mlp_trace,
+        tmp_path / "t.json",
+        model="callable:usermodels_mark.build",
+        recipe="callable:usermodels_mark.shard",
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["load", str(trace), "-W", "2"]) == 2
     err = capsys.readouterr().err
     assert not (tmp_path / "imported").exists()
     assert "--model usermodels_mark:build --recipe usermodels_mark:shard" in err
     assert "the saved model factory was usermodels_mark.build" in err.lower()
-    assert main(["load", str(trace), "-W", "2", "--model", "usermodels_mark:build", "--recipe", "fsdp", "-q"]) == 0
+    assert (
+        main(
+            [
+                "load",
+                str(trace),
+                "-W",
+                "2",
+                "--model",
+                "usermodels_mark:build",
+                "--recipe",
+                "fsdp",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "imported").exists()
     sys.modules.pop("usermodels_mark", None)
     capsys.readouterr()
@@ -110,7 +163,10 @@ def test_a_captured_trace_says_what_to_pass(mlp_trace, tmp_path, capsys):
     captured = with_scenario(mlp_trace, tmp_path / "c.json", model="captured", recipe="captured")
     assert main(["load", str(captured)]) == 2
     err = capsys.readouterr().err
-    assert "--model pkg.module:function --recipe pkg.module:function" in err and "recording planner" in err
+    assert (
+        "--model pkg.module:function --recipe pkg.module:function" in err
+        and "recording planner" in err
+    )
     # With them it works (the model and recipe are the user's to name).
     assert main(["load", str(captured), "--model", "mlp", "--recipe", "fsdp", "-q"]) == 0
     capsys.readouterr()
@@ -120,8 +176,12 @@ def test_show_is_a_gate_too(mlp_trace, tmp_path, capsys):
     """`dcpviz show` of a load trace exits as `dcpviz load` did: 1 for a load that breaks, 0 for a
     clean one (commands are gates on every subcommand)."""
     saved = dcpviz.load_trace(mlp_trace)
-    clean = dcpviz.simulate_load(saved, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
-    broken = dcpviz.simulate_load(saved, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    clean = dcpviz.simulate_load(
+        saved, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    )
+    broken = dcpviz.simulate_load(
+        saved, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
     assert clean.verdict.clean and not broken.verdict.clean
     assert main(["show", str(clean.to_json(tmp_path / "clean.json"))]) == 0
     assert main(["show", str(broken.to_json(tmp_path / "broken.json"))]) == 1

@@ -28,13 +28,28 @@ def _meta_model(name):
 
 @pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
 @pytest.mark.parametrize("model,s_recipe,s_mesh,s_names,t_recipe,t_mesh,t_names", CASES, ids=IDS)
-def test_every_target_rank_reads_what_dcp_plans(model, s_recipe, s_mesh, s_names, t_recipe, t_mesh, t_names, fast):
+def test_every_target_rank_reads_what_dcp_plans(
+    model, s_recipe, s_mesh, s_names, t_recipe, t_mesh, t_names, fast
+):
     llama = model != "mlp"
-    save = dcpviz.simulate_save(dcpviz.Scenario(
-        model=model, world_size=math.prod(s_mesh), mesh=s_mesh, mesh_dim_names=s_names, recipe=s_recipe), fast=fast)
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model=model,
+            world_size=math.prod(s_mesh),
+            mesh=s_mesh,
+            mesh_dim_names=s_names,
+            recipe=s_recipe,
+        ),
+        fast=fast,
+    )
     W = math.prod(t_mesh)
-    load = dcpviz.simulate_load(save, dcpviz.Scenario(
-        model=model, world_size=W, mesh=t_mesh, mesh_dim_names=t_names, recipe=t_recipe), fast=fast)
+    load = dcpviz.simulate_load(
+        save,
+        dcpviz.Scenario(
+            model=model, world_size=W, mesh=t_mesh, mesh_dim_names=t_names, recipe=t_recipe
+        ),
+        fast=fast,
+    )
     assert load.ok, load.errors
     assert len(load.mismatches) == 0
     md = hand_metadata(_meta_model(model), s_recipe, s_mesh, s_names, llama)
@@ -50,13 +65,17 @@ def test_every_target_rank_reads_what_dcp_plans(model, s_recipe, s_mesh, s_names
 
 def test_uneven_fsdp6_rows_follow_torch_chunk_arithmetic():
     """Torch-free check: each FSDP-6 rank fills rows torch.chunk gives it, from HSDP's 4 row shards."""
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
     ri = load.read_items
     for rank in range(6):
         rows = ri[(ri["rank"] == rank) & (ri["fqn"] == "fc1.weight")]
         start, size = chunk_rows(190, 6, rank)
-        covered = sorted((r.saved_offsets[0] + r.storage_offsets[0], r.lengths[0]) for r in rows.itertuples())
+        covered = sorted(
+            (r.saved_offsets[0] + r.storage_offsets[0], r.lengths[0]) for r in rows.itertuples()
+        )
         # The reads tile the rank's rows [start, start+size) with no gap or overlap...
         pos = start
         for s, n in covered:
@@ -67,13 +86,18 @@ def test_uneven_fsdp6_rows_follow_torch_chunk_arithmetic():
         for r in rows.itertuples():
             k = next(k for k in range(4) if chunk_rows(190, 4, k)[0] == r.saved_offsets[0])
             s0, n0 = chunk_rows(190, 4, k)
-            assert s0 <= r.saved_offsets[0] + r.storage_offsets[0] and r.saved_offsets[0] + r.storage_offsets[0] + r.lengths[0] <= s0 + n0
+            assert (
+                s0 <= r.saved_offsets[0] + r.storage_offsets[0]
+                and r.saved_offsets[0] + r.storage_offsets[0] + r.lengths[0] <= s0 + n0
+            )
 
 
 def test_identity_reshard_reads_only_what_each_rank_wrote():
     """FSDP 8 -> FSDP 8: every rank reads its own shards only; the writer matrix is diagonal."""
     save = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=8, recipe="fsdp"))
-    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="llama-tiny", world_size=8, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        save, dcpviz.Scenario(model="llama-tiny", world_size=8, recipe="fsdp")
+    )
     m = load.resharding_matrix()
     assert m.shape == (8, 8)
     off_diagonal = m.to_numpy() - torch.diag(torch.tensor(m.to_numpy().diagonal())).numpy()
@@ -83,7 +107,9 @@ def test_identity_reshard_reads_only_what_each_rank_wrote():
 
 
 def test_resharding_matrix_adds_up_and_writers_come_from_the_save():
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
     m = load.resharding_matrix()
     assert m.sum(axis=1).tolist() == load.rank_volume["nbytes"].astype("int64").tolist()
@@ -103,14 +129,20 @@ def test_comparison_catches_the_one_process_hazard(monkeypatch):
     comparison must then fail (proves the exactness test can fail)."""
     import dcpviz.engine.job.statedict as statedict
 
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     monkeypatch.setattr(statedict, "rebind_to_rank", lambda sd, rank: (sd, 0))
     # The per-rank path is where the hazard lives (shortcuts build DTensors without dispatch).
-    load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"), fast=False)
+    load = dcpviz.simulate_load(
+        save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"), fast=False
+    )
     md = hand_metadata(_meta_model("mlp"), "hsdp", (2, 4), ("replicate", "shard"), False)
     m = _meta_model("mlp")
     wrong = [
-        r for r in range(6)
-        if result_reads(load, r) != load_plan_items(hand_state_dict(m, "fsdp", (6,), ("shard",), r, False), md)
+        r
+        for r in range(6)
+        if result_reads(load, r)
+        != load_plan_items(hand_state_dict(m, "fsdp", (6,), ("shard",), r, False), md)
     ]
     assert wrong, "the hazard went unnoticed"

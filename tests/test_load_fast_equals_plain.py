@@ -48,13 +48,17 @@ def differences(fast, plain) -> list[str]:
     def reads(tr, plans):
         if plans is None:
             return None
-        return [None if p is None else (p.usable, tuple(tr.reads[i] for i in p.items)) for p in plans]
+        return [
+            None if p is None else (p.usable, tuple(tr.reads[i] for i in p.items)) for p in plans
+        ]
 
     for phase in ("local_plans", "global_plans", "final_plans"):
         a, b = reads(t, getattr(t, phase)), reads(u, getattr(u, phase))
         if a != b:
             out.append(phase)
-    if [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] != [tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank]:
+    if [tuple(t.wanted[i] for i in w) for w in t.wanted_by_rank] != [
+        tuple(u.wanted[i] for i in w) for w in u.wanted_by_rank
+    ]:
         out.append("wanted_by_rank")
     for name in ("mismatches", "errors", "scenario", "planner", "saved", "saved_writers"):
         if getattr(t, name) != getattr(u, name):
@@ -76,39 +80,126 @@ MESH3 = dict(mesh=(2, 2, 2), mesh_dim_names=("replicate", "shard", "tp"))
 
 # (id, saved scenario, target scenario, simulate_load keywords)
 LAYOUTS = [
-    ("even-resume-fsdp8", S(model="llama-tiny", world_size=8, recipe="fsdp"), S(model="llama-tiny", world_size=8, recipe="fsdp"), {}),
-    ("uneven-hsdp2x4-to-fsdp6", S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"), S(model="mlp", world_size=6, recipe="fsdp"), {}),
-    ("empty-shards-fsdp8-resume", S(model="mlp", world_size=8, recipe="fsdp"), S(model="mlp", world_size=8, recipe="fsdp"), {}),
-    ("empty-shards-hsdp-to-fsdp24", S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"), S(model="mlp", world_size=24, recipe="fsdp"), {}),
-    ("strided-tp+fsdp4x2-resume", S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
-     S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"), {}),
-    ("strided-tp+fsdp4x2-to-tp-outer2x4", S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
-     S(model="llama-tiny", world_size=8, mesh=(2, 4), mesh_dim_names=("tp", "dp"), recipe="tp+fsdp"), {}),
-    ("strided-fsdp32-to-tp+fsdp4x2", S(model="llama-tiny", world_size=32, recipe="fsdp"),
-     S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"), {}),
-    ("replicated-ddp3-to-fsdp4", S(model="mlp", world_size=3, recipe="replicate"), S(model="mlp", world_size=4, recipe="fsdp"), {}),
-    ("replicated-fsdp4-to-hsdp2x4", S(model="llama-tiny", world_size=4, recipe="fsdp"),
-     S(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"), {}),
-    ("up-fsdp4-to-fsdp16", S(model="llama-tiny", world_size=4, recipe="fsdp"), S(model="llama-tiny", world_size=16, recipe="fsdp"), {}),
-    ("down-tp+fsdp16-to-fsdp3", S(model="llama-tiny", world_size=16, mesh=(8, 2), recipe="tp+fsdp"),
-     S(model="llama-tiny", world_size=3, recipe="fsdp"), {}),
-    ("3d-hsdp+tp-resume", S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3),
-     S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3), {"fast": True}),
-    ("3d-fsdp16-to-hsdp+tp", S(model="llama-tiny", world_size=16, recipe="fsdp"),
-     S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3), {"fast": True}),
-    ("nested-fsdp2-to-tp+fsdp2x2", S(model=NestedStateNet, world_size=2, recipe="fsdp"),
-     S(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="tp+fsdp"), {}),
-    ("adamw-tp+fsdp2x2-to-fsdp4", S(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", optimizer="adamw"),
-     S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"), {}),
-    ("adamw-fsdp32-to-tp+fsdp4x2", S(model="llama-tiny", world_size=32, recipe="fsdp", optimizer="adamw"),
-     S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", optimizer="adamw"), {}),
-    ("model-only-into-adamw-fails", S(model="llama-tiny", world_size=4, recipe="fsdp"),
-     S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"), {}),
-    ("partial-load-into-adamw", S(model="llama-tiny", world_size=4, recipe="fsdp"),
-     S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"),
-     {"planner": DefaultLoadPlanner(allow_partial_load=True)}),
-    ("other-dtype-target", S(model="llama-tiny", world_size=32, recipe="fsdp"),
-     S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", dtype="bfloat16"), {}),
+    (
+        "even-resume-fsdp8",
+        S(model="llama-tiny", world_size=8, recipe="fsdp"),
+        S(model="llama-tiny", world_size=8, recipe="fsdp"),
+        {},
+    ),
+    (
+        "uneven-hsdp2x4-to-fsdp6",
+        S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        S(model="mlp", world_size=6, recipe="fsdp"),
+        {},
+    ),
+    (
+        "empty-shards-fsdp8-resume",
+        S(model="mlp", world_size=8, recipe="fsdp"),
+        S(model="mlp", world_size=8, recipe="fsdp"),
+        {},
+    ),
+    (
+        "empty-shards-hsdp-to-fsdp24",
+        S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        S(model="mlp", world_size=24, recipe="fsdp"),
+        {},
+    ),
+    (
+        "strided-tp+fsdp4x2-resume",
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
+        {},
+    ),
+    (
+        "strided-tp+fsdp4x2-to-tp-outer2x4",
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
+        S(
+            model="llama-tiny",
+            world_size=8,
+            mesh=(2, 4),
+            mesh_dim_names=("tp", "dp"),
+            recipe="tp+fsdp",
+        ),
+        {},
+    ),
+    (
+        "strided-fsdp32-to-tp+fsdp4x2",
+        S(model="llama-tiny", world_size=32, recipe="fsdp"),
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
+        {},
+    ),
+    (
+        "replicated-ddp3-to-fsdp4",
+        S(model="mlp", world_size=3, recipe="replicate"),
+        S(model="mlp", world_size=4, recipe="fsdp"),
+        {},
+    ),
+    (
+        "replicated-fsdp4-to-hsdp2x4",
+        S(model="llama-tiny", world_size=4, recipe="fsdp"),
+        S(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        {},
+    ),
+    (
+        "up-fsdp4-to-fsdp16",
+        S(model="llama-tiny", world_size=4, recipe="fsdp"),
+        S(model="llama-tiny", world_size=16, recipe="fsdp"),
+        {},
+    ),
+    (
+        "down-tp+fsdp16-to-fsdp3",
+        S(model="llama-tiny", world_size=16, mesh=(8, 2), recipe="tp+fsdp"),
+        S(model="llama-tiny", world_size=3, recipe="fsdp"),
+        {},
+    ),
+    (
+        "3d-hsdp+tp-resume",
+        S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3),
+        S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3),
+        {"fast": True},
+    ),
+    (
+        "3d-fsdp16-to-hsdp+tp",
+        S(model="llama-tiny", world_size=16, recipe="fsdp"),
+        S(model="llama-tiny", world_size=8, recipe=hsdp_tp, **MESH3),
+        {"fast": True},
+    ),
+    (
+        "nested-fsdp2-to-tp+fsdp2x2",
+        S(model=NestedStateNet, world_size=2, recipe="fsdp"),
+        S(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="tp+fsdp"),
+        {},
+    ),
+    (
+        "adamw-tp+fsdp2x2-to-fsdp4",
+        S(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", optimizer="adamw"),
+        S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"),
+        {},
+    ),
+    (
+        "adamw-fsdp32-to-tp+fsdp4x2",
+        S(model="llama-tiny", world_size=32, recipe="fsdp", optimizer="adamw"),
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", optimizer="adamw"),
+        {},
+    ),
+    (
+        "model-only-into-adamw-fails",
+        S(model="llama-tiny", world_size=4, recipe="fsdp"),
+        S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"),
+        {},
+    ),
+    (
+        "partial-load-into-adamw",
+        S(model="llama-tiny", world_size=4, recipe="fsdp"),
+        S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"),
+        {"planner": DefaultLoadPlanner(allow_partial_load=True)},
+    ),
+    (
+        "other-dtype-target",
+        S(model="llama-tiny", world_size=32, recipe="fsdp"),
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp", dtype="bfloat16"),
+        {},
+    ),
 ]
 
 _SAVES: dict = {}
@@ -151,7 +242,11 @@ def _base_metadata():
 
 
 def _tensor_keys(md):
-    return [k for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata) and len(v.size) == 2]
+    return [
+        k
+        for k, v in md.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata) and len(v.size) == 2
+    ]
 
 
 def drop_key(md):
@@ -170,7 +265,9 @@ def change_dtype(md):
 
 def chunk_of_wrong_ndim(md):
     v = md.state_dict_metadata[_tensor_keys(md)[0]]
-    v.chunks[5] = ChunkStorageMetadata(offsets=torch.Size([v.chunks[5].offsets[0]]), sizes=torch.Size([v.chunks[5].sizes[0]]))
+    v.chunks[5] = ChunkStorageMetadata(
+        offsets=torch.Size([v.chunks[5].offsets[0]]), sizes=torch.Size([v.chunks[5].sizes[0]])
+    )
 
 
 def chunk_offsets_not_ints(md):
@@ -195,15 +292,27 @@ def missing_chunks(md):
     del v.chunks[7:20]
 
 
-CORRUPTIONS = [drop_key, grow_size, change_dtype, chunk_of_wrong_ndim, chunk_offsets_not_ints, tensor_saved_as_bytes,
-               chunks_reversed_and_overlapping, missing_chunks]
+CORRUPTIONS = [
+    drop_key,
+    grow_size,
+    change_dtype,
+    chunk_of_wrong_ndim,
+    chunk_offsets_not_ints,
+    tensor_saved_as_bytes,
+    chunks_reversed_and_overlapping,
+    missing_chunks,
+]
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("target", [
-    S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
-    S(model="llama-tiny", world_size=6, recipe="fsdp"),
-], ids=["tp+fsdp4x2", "fsdp6"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        S(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="tp+fsdp"),
+        S(model="llama-tiny", world_size=6, recipe="fsdp"),
+    ],
+    ids=["tp+fsdp4x2", "fsdp6"],
+)
 def test_shortcuts_give_the_plain_trace_on_corrupted_metadata(corrupt, target):
     md = copy.deepcopy(_base_metadata())
     corrupt(md)
@@ -251,13 +360,46 @@ REAL_RECORD_KEY = convert_load.record_key
 
 # (shortcut, owner of its key, key's name, broken key, owner of its self-check, self-check's name)
 SABOTAGE = [
-    ("ChunkLists", overlap.ChunkLists, "_key", staticmethod(_chunk_lists_by_dtype), overlap.ChunkLists, "_agrees"),
-    ("read-items memo", overlap.ReadPruner, "_memo_key", _memo_by_layout_alone, overlap.ReadPruner, "_agrees"),
-    ("read items per spec", overlap.ReadPruner, "_spec_key", staticmethod(_spec_key_without_spec),
-     overlap.ReadPruner, "_agrees"),
-    ("TargetValues", convert_load.TargetValues, "_key", staticmethod(_target_values_by_dtype),
-     convert_load.TargetValues, "_agrees"),
-    ("read_record memo", convert_load, "record_key", _record_key_without_itemsize, convert_load, "record_agrees"),
+    (
+        "ChunkLists",
+        overlap.ChunkLists,
+        "_key",
+        staticmethod(_chunk_lists_by_dtype),
+        overlap.ChunkLists,
+        "_agrees",
+    ),
+    (
+        "read-items memo",
+        overlap.ReadPruner,
+        "_memo_key",
+        _memo_by_layout_alone,
+        overlap.ReadPruner,
+        "_agrees",
+    ),
+    (
+        "read items per spec",
+        overlap.ReadPruner,
+        "_spec_key",
+        staticmethod(_spec_key_without_spec),
+        overlap.ReadPruner,
+        "_agrees",
+    ),
+    (
+        "TargetValues",
+        convert_load.TargetValues,
+        "_key",
+        staticmethod(_target_values_by_dtype),
+        convert_load.TargetValues,
+        "_agrees",
+    ),
+    (
+        "read_record memo",
+        convert_load,
+        "record_key",
+        _record_key_without_itemsize,
+        convert_load,
+        "record_agrees",
+    ),
     ("storage-less sharing", storageless, "shared_key", _shared_by_dtype, storageless, "describes"),
 ]
 
@@ -281,7 +423,9 @@ def test_the_self_check_catches_a_broken_shortcut(sabotage, monkeypatch):
         answers.append(check(*args))
         return answers[-1]
 
-    monkeypatch.setattr(check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy)
+    monkeypatch.setattr(
+        check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy
+    )
     fast, plain = _sabotaged_pair()
     assert False in answers, "the self-check never saw the broken shortcut"
     assert differences(fast, plain) == []
@@ -295,6 +439,8 @@ def test_a_broken_shortcut_without_its_self_check_shows(sabotage, monkeypatch):
     def agree(*args):
         return True
 
-    monkeypatch.setattr(check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree)
+    monkeypatch.setattr(
+        check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree
+    )
     fast, plain = _sabotaged_pair()
     assert differences(fast, plain) != []

@@ -41,7 +41,9 @@ def test_prefix_and_rename_on_a_flat_dict_fixed_at_once(mlp4):
     target = fsdp(compiled_renamed_norm)
     broken = dcpviz.simulate_load(mlp4, target)
     line = broken.verdict.line
-    assert "'_orig_mod.' prefix (torch.compile)" in line and "a renamed module ('norm' → 'ln')" in line
+    assert (
+        "'_orig_mod.' prefix (torch.compile)" in line and "a renamed module ('norm' → 'ln')" in line
+    )
     planner = broken.fix_planner()
     assert planner.rename["_orig_mod.ln.weight"] == "norm.weight"
     fixed = dcpviz.simulate_load(mlp4, target, planner=planner)
@@ -91,8 +93,14 @@ def test_identical_under_any_hash_seed():
     code = HASH_PROBE.format(tests=str(HERE))
     outs = []
     for seed in ("0", "4242"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": seed,
+            "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)]),
+        }
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         outs.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1]
@@ -105,7 +113,9 @@ def test_identical_under_any_hash_seed():
 def test_ema_twin_is_refused_not_shorter_prefix_wins():
     """Finding: a {"model", "ema"} checkpoint into a flat model loaded the EMA weights (the
     shorter prefix won)."""
-    saved = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=model_and_ema))
+    saved = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=model_and_ema)
+    )
     broken = dcpviz.simulate_load(saved, fsdp("mlp"))
     assert broken.fix_planner().rename == {}
     (amb,) = [h for h in broken.hints if h.kind == "ambiguous"]
@@ -122,7 +132,9 @@ def test_python_values_are_never_paired_by_shape(state):
     """Finding: SGD -> AdamW paired hyper-parameters by shape (momentum -> eps; a real load set
     eps=0.9): with torchtitan's flattened optimizer state (param_groups keyed by parameter name),
     'momentum' was paired with 'betas', 'momentum_buffer' with 'exp_avg'."""
-    saved = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="sgd", state=state))
+    saved = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="sgd", state=state)
+    )
     load = dcpviz.simulate_load(saved, fsdp("mlp", optimizer="adamw", state=state))
     rename = load.fix_planner().rename
     assert rename == {}
@@ -164,13 +176,18 @@ def test_partial_load_is_offered_only_for_keys_without_a_source(mlp4):
     tiny = dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
 
     def three_layers():
-        return torch.compile(Transformer(dataclasses.replace(LLAMA_CONFIGS["llama-tiny"], n_layers=3)))
+        return torch.compile(
+            Transformer(dataclasses.replace(LLAMA_CONFIGS["llama-tiny"], n_layers=3))
+        )
 
     load = dcpviz.simulate_load(tiny, fsdp(three_layers))
     (partial,) = [h for h in load.hints if h.kind == "partial"]
     assert set(partial.keys) == {k for k in partial.keys if k.startswith("_orig_mod.layers.2.")}
     assert all(repr(k) in partial.fix for k in partial.keys)  # every key that stays as initialised
-    assert "allow_partial_load=True" in partial.fix and "'_orig_mod.norm.weight': 'norm.weight'" in partial.fix
+    assert (
+        "allow_partial_load=True" in partial.fix
+        and "'_orig_mod.norm.weight': 'norm.weight'" in partial.fix
+    )
 
 
 def test_nanogpt_compound_case_names_every_cause_and_the_fix_is_clean():
@@ -181,21 +198,38 @@ def test_nanogpt_compound_case_names_every_cause_and_the_fix_is_clean():
     saved = dcpviz.simulate_save(SAVED)
     broken = dcpviz.simulate_load(saved, TARGET)
     line = broken.verdict.line
-    for cause in ("'_orig_mod.' prefix (torch.compile)", "a renamed module ('ln_2' → 'norm2')", "a resized vocabulary"):
+    for cause in (
+        "'_orig_mod.' prefix (torch.compile)",
+        "a renamed module ('ln_2' → 'norm2')",
+        "a resized vocabulary",
+    ):
         assert cause in line, line
     assert not [h for h in broken.hints if "allow_partial_load" in h.fix]
     (rename,) = [h for h in broken.hints if h.kind == "rename"]
-    assert {k.split(".")[0] for k in rename.keys} == {"model", "optim"}  # model and optimizer keys alike
+    assert {k.split(".")[0] for k in rename.keys} == {
+        "model",
+        "optim",
+    }  # model and optimizer keys alike
     (size,) = [h for h in broken.hints if h.kind == "size"]
     assert {k.split(".")[0] for k in size.keys} == {"model", "optim"}
     planner = broken.fix_planner()
-    assert planner.rename["model.transformer.h.1.norm2.weight"] == "model._orig_mod.transformer.h.1.ln_2.weight"
-    assert planner.rename["optim.state.transformer.h.0.norm2.bias.exp_avg"] == "optim.state.transformer.h.0.ln_2.bias.exp_avg"
-    assert "model.transformer.wte.weight" in planner.resized and "optim.state.lm_head.weight.exp_avg" in planner.resized
+    assert (
+        planner.rename["model.transformer.h.1.norm2.weight"]
+        == "model._orig_mod.transformer.h.1.ln_2.weight"
+    )
+    assert (
+        planner.rename["optim.state.transformer.h.0.norm2.bias.exp_avg"]
+        == "optim.state.transformer.h.0.ln_2.bias.exp_avg"
+    )
+    assert (
+        "model.transformer.wte.weight" in planner.resized
+        and "optim.state.lm_head.weight.exp_avg" in planner.resized
+    )
     fixed = dcpviz.simulate_load(saved, TARGET, planner=planner)
-    assert fixed.ok and len(fixed.mismatches) == 0 and fixed.verdict.line.endswith("it loads cleanly.")
+    assert (
+        fixed.ok and len(fixed.mismatches) == 0 and fixed.verdict.line.endswith("it loads cleanly.")
+    )
     assert broken.fix_code().count("dcp.load(") == 1
-
 
 
 def saved_values(ckpt) -> dict:
@@ -204,7 +238,11 @@ def saved_values(ckpt) -> dict:
     import torch.distributed.checkpoint as dcp
 
     md = dcpviz.SafeFileSystemReader(ckpt).read_metadata().state_dict_metadata
-    full = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in md.items() if hasattr(m, "size")}
+    full = {
+        k: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+        for k, m in md.items()
+        if hasattr(m, "size")
+    }
     dcp.load(full, storage_reader=dcpviz.SafeFileSystemReader(ckpt))
     return full
 
@@ -216,10 +254,14 @@ def expected_after_fix(fqn, offsets, shape, planner, full, world, dtype=None) ->
     import hashlib
 
     src = planner.rename.get(fqn, fqn)
-    saved = full[src] if dtype is None else full[src].to(dtype)  # DCP's copy_ casts to the target's dtype
+    saved = (
+        full[src] if dtype is None else full[src].to(dtype)
+    )  # DCP's copy_ casts to the target's dtype
 
     def digest(t):
-        return hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+        return hashlib.sha256(
+            t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        ).hexdigest()[:16]
 
     if not shape:
         return {digest(saved.clone())}
@@ -231,7 +273,7 @@ def expected_after_fix(fqn, offsets, shape, planner, full, world, dtype=None) ->
         t = torch.full(sizes, float("nan"), dtype=saved.dtype)
         if nan == "all ones":
             t.view(-1).view(torch.uint8).fill_(0xFF)
-        t[:have] = saved[offsets[0]:offsets[0] + have]
+        t[:have] = saved[offsets[0] : offsets[0] + have]
         out.add(digest(t))
     return out
 
@@ -251,7 +293,10 @@ def test_nanogpt_fix_loads_the_saved_values_for_real(tmp_path):
     assert saved.ok, saved.errors
     planner = dcpviz.simulate_load(ckpt, TARGET_3).fix_planner()
     fixed = dcpviz.run_load(ckpt, TARGET_3, planner=planner, timeout=400)
-    assert fixed.ok and fixed.verdict.loads and len(fixed.mismatches) == 0, (fixed.errors, fixed.verdict.line)
+    assert fixed.ok and fixed.verdict.loads and len(fixed.mismatches) == 0, (
+        fixed.errors,
+        fixed.verdict.line,
+    )
     target_shapes = {}
     from nanogpt_case import build_resume
 
@@ -264,7 +309,9 @@ def test_nanogpt_fix_loads_the_saved_values_for_real(tmp_path):
     checked = 0
     for rank, digests in sorted(fixed.run_info.chunk_digests.items()):
         for fqn, offsets, digest in digests:
-            want = expected_after_fix(fqn, offsets, target_shapes[fqn], planner, full, TARGET_3.world_size)
+            want = expected_after_fix(
+                fqn, offsets, target_shapes[fqn], planner, full, TARGET_3.world_size
+            )
             assert digest in want, (rank, fqn, offsets)
             checked += 1
     assert checked > 3 * 40
@@ -284,10 +331,29 @@ def test_cli_emit_fix_writes_a_file_that_loads(tmp_path):
     ckpt = tmp_path / "ckpt"
     dcp.save(src.state_dict(), checkpoint_id=ckpt)
     fix = tmp_path / "fix.py"
-    run = subprocess.run([sys.executable, "-m", "dcpviz", "load", str(ckpt), "--model", "load_cases:compiled_renamed_norm",
-                          "-W", "2", "--recipe", "fsdp", "--emit-fix", str(fix), "-q"],
-                         capture_output=True, text=True, cwd=HERE, timeout=300,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcpviz",
+            "load",
+            str(ckpt),
+            "--model",
+            "load_cases:compiled_renamed_norm",
+            "-W",
+            "2",
+            "--recipe",
+            "fsdp",
+            "--emit-fix",
+            str(fix),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])},
+    )
     assert fix.exists(), run.stderr[-2000:]
     spec = importlib.util.spec_from_file_location("fix", fix)
     mod = importlib.util.module_from_spec(spec)
@@ -298,5 +364,10 @@ def test_cli_emit_fix_writes_a_file_that_loads(tmp_path):
         for p in model.parameters():
             p.fill_(float("nan"))
     mod.load_fixed(model.state_dict())  # the user's own state dict, as they pass it to dcp.load
-    assert torch.equal(model._orig_mod.ln.weight, src.norm.weight) and torch.equal(model._orig_mod.fc1.weight, src.fc1.weight)
-    assert "python fix.py" in fix.read_text() and "dcpviz.run_load(CKPT, target, planner=planner())" in fix.read_text()
+    assert torch.equal(model._orig_mod.ln.weight, src.norm.weight) and torch.equal(
+        model._orig_mod.fc1.weight, src.fc1.weight
+    )
+    assert (
+        "python fix.py" in fix.read_text()
+        and "dcpviz.run_load(CKPT, target, planner=planner())" in fix.read_text()
+    )

@@ -49,7 +49,9 @@ def check_case(case: Case) -> dict:
     refused = {m for m, _ in candidates}
     for t, us in tr.items():
         if len(us) == 1 and us[0] != t and planner.rename.get(t) != us[0]:
-            assert (t, us[0]) in candidates, f"{t!r} (from {us[0]!r}) neither fixed nor offered\n{where}"
+            assert (t, us[0]) in candidates, (
+                f"{t!r} (from {us[0]!r}) neither fixed nor offered\n{where}"
+            )
         if len(us) > 1:
             assert t not in planner.rename and t in refused, f"{t!r} has {us}\n{where}"
     # The fix re-simulates clean, but for the keys named as refused or without a source.
@@ -62,13 +64,21 @@ def check_case(case: Case) -> dict:
     assert not len(fixed.mismatches.query("kind in ('size', 'type', 'other')")), where
     if not left:
         assert fixed.ok and fixed.verdict.loads, f"{fixed.verdict.line}\n{where}"
-    return {"rename": sorted(planner.rename.items()), "resized": list(planner.resized),
-            "hints": [(h.kind, h.title, list(h.keys)) for h in broken.hints], "verdict": broken.verdict.line,
-            "fixed": fixed.verdict.line}
+    return {
+        "rename": sorted(planner.rename.items()),
+        "resized": list(planner.resized),
+        "hints": [(h.kind, h.title, list(h.keys)) for h in broken.hints],
+        "verdict": broken.verdict.line,
+        "fixed": fixed.verdict.line,
+    }
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(st.data())
 def test_generator_of_compound_mismatches(data):
     case = draw_case(lambda name, options: data.draw(st.sampled_from(options), label=name))
@@ -107,8 +117,15 @@ def test_a_sample_loads_for_real(seed, tmp_path):
     for _rank, digests in sorted(fixed.run_info.chunk_digests.items()):
         for fqn, offsets, digest in digests:
             tv = wanted[fqn]
-            want = expected_after_fix(fqn, offsets, tuple(tv.size), planner, full, target_sc.world_size,
-                                      getattr(torch, tv.dtype))
+            want = expected_after_fix(
+                fqn,
+                offsets,
+                tuple(tv.size),
+                planner,
+                full,
+                target_sc.world_size,
+                getattr(torch, tv.dtype),
+            )
             assert digest in want, (seed, fqn, offsets)
             checked += 1
     assert checked >= 2 * 10

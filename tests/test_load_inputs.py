@@ -73,7 +73,9 @@ def test_failed_save_has_nothing_to_load():
         def create_local_plan(self):
             raise RuntimeError("boom")
 
-    bad = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), planner=Broken)
+    bad = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), planner=Broken
+    )
     with pytest.raises(dcpviz.DcpvizError, match="no checkpoint metadata: its save plan failed"):
         dcpviz.simulate_load(bad, TARGET)
 
@@ -97,7 +99,9 @@ def test_planner_failures_are_data_with_phase_and_rank(save):
             return plan
 
     g = dcpviz.simulate_load(save, TARGET, FailsGlobally)
-    assert [(e.phase, e.rank, e.message) for e in g.trace.errors] == [("global", None, "no global plan today")]
+    assert [(e.phase, e.rank, e.message) for e in g.trace.errors] == [
+        ("global", None, "no global plan today")
+    ]
     assert g.trace.final_plans is None and len(g.read_items) > 0  # local plans are still shown
     f = dcpviz.simulate_load(save, TARGET, FailsOnRank1())
     assert [(e.phase, e.rank, e.exc_type) for e in f.trace.errors] == [("finish", 1, "KeyError")]
@@ -121,12 +125,18 @@ def test_repr_and_terminal_output(save):
     from rich.console import Console
 
     from dcpviz.terminal import print_result
+
     load = compiled_target_load(save)
     console = Console(record=True, width=160)
     print_result(load, console)
     text = console.export_text()
     # Verdict, hints, one row per problem; no read table when no rank planned (issue 15), and why.
-    assert text.index("verdict") < text.index("hint:") < text.index("problems:") < text.index("No reads to show")
+    assert (
+        text.index("verdict")
+        < text.index("hint:")
+        < text.index("problems:")
+        < text.index("No reads to show")
+    )
     assert "reads per target rank" not in text
     assert "_orig_mod." in text and "dcp.load would fail" in text
     assert "9 missing" in repr(load)

@@ -42,7 +42,9 @@ class Huge(nn.Module):
 def _load(monkeypatch=None):
     RecordingPlanner.seen = []
     save = dcpviz.simulate_save(dcpviz.Scenario(model=Huge, world_size=4, recipe="fsdp"))
-    return dcpviz.simulate_load(save, dcpviz.Scenario(model=Huge, world_size=8, recipe="fsdp"), RecordingPlanner)
+    return dcpviz.simulate_load(
+        save, dcpviz.Scenario(model=Huge, world_size=8, recipe="fsdp"), RecordingPlanner
+    )
 
 
 def test_a_4_tib_model_plans_without_any_storage():
@@ -65,5 +67,7 @@ def test_the_storage_check_can_fail(monkeypatch):
     monkeypatch.setattr(sl, "to_storageless", lambda sd, mode, *more: sd)
     RecordingPlanner.seen = []
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
-    dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), RecordingPlanner)
+    dcpviz.simulate_load(
+        save, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), RecordingPlanner
+    )
     assert RecordingPlanner.seen and all(real > 0 for _, real in RecordingPlanner.seen)

@@ -70,15 +70,26 @@ def by_kind(result, kind):
 
 
 def test_torch_compile_prefix_lists_every_key_on_every_rank(mlp_fsdp4):
-    load = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model=compiled_mlp, world_size=4, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        mlp_fsdp4, dcpviz.Scenario(model=compiled_mlp, world_size=4, recipe="fsdp")
+    )
     plain = flat_keys(MLP)
     missing = by_kind(load, "missing")
     # Every target key, on every rank — DCP itself only names the first one per rank.
-    assert set(zip(missing["rank"], missing["fqn"])) == {(r, "_orig_mod." + k) for r in range(4) for k in plain}
-    assert all(m == f"Missing key in checkpoint state_dict: {f}." for f, m in zip(missing["fqn"], missing["message"]))
+    assert set(zip(missing["rank"], missing["fqn"])) == {
+        (r, "_orig_mod." + k) for r in range(4) for k in plain
+    }
+    assert all(
+        m == f"Missing key in checkpoint state_dict: {f}."
+        for f, m in zip(missing["fqn"], missing["message"])
+    )
     assert set(by_kind(load, "unexpected")["fqn"]) == set(plain)
-    assert len(load.errors) == 4 and all("Missing key in checkpoint state_dict: _orig_mod." in e for e in load.errors)
-    assert load.trace.global_plans is None and len(load.read_items) == 0  # as dcp.load: no global step
+    assert len(load.errors) == 4 and all(
+        "Missing key in checkpoint state_dict: _orig_mod." in e for e in load.errors
+    )
+    assert (
+        load.trace.global_plans is None and len(load.read_items) == 0
+    )  # as dcp.load: no global step
     h = load.hints[0]
     assert h.kind == "prefix" and "'_orig_mod.'" in h.title and "torch.compile" in h.detail
     assert h.rename == {"_orig_mod." + k: k for k in plain}
@@ -104,14 +115,18 @@ def test_ddp_prefix_in_the_checkpoint(mlp_fsdp4):
 
 
 def test_grown_vocabulary_is_two_size_mismatches_not_one(tiny_fsdp4):
-    load = dcpviz.simulate_load(tiny_fsdp4, dcpviz.Scenario(model=big_vocab, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        tiny_fsdp4, dcpviz.Scenario(model=big_vocab, world_size=2, recipe="fsdp")
+    )
     size = by_kind(load, "size")
     assert set(zip(size["rank"], size["fqn"])) == {
         (r, f) for r in range(2) for f in ("tok_embeddings.weight", "output.weight")
     }
     for row in size.itertuples():
-        assert row.message == (f"Size mismatch between saved torch.Size([1000, 64]) and current: "
-                               f"torch.Size([1024, 64]) for {row.fqn}")
+        assert row.message == (
+            f"Size mismatch between saved torch.Size([1000, 64]) and current: "
+            f"torch.Size([1024, 64]) for {row.fqn}"
+        )
         assert (row.saved, row.current) == ("(1000, 64)", "(1024, 64)")
     assert set(load.mismatches["kind"]) == {"size"}
     # DCP's own errors name only the first bad key of each rank.
@@ -123,7 +138,9 @@ def test_grown_vocabulary_is_two_size_mismatches_not_one(tiny_fsdp4):
 
 def test_dtype_change_plans_but_is_listed(tiny_fsdp4):
     load = dcpviz.simulate_load(
-        tiny_fsdp4, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp", dtype="bfloat16"))
+        tiny_fsdp4,
+        dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp", dtype="bfloat16"),
+    )
     assert load.ok and load.trace.final_plans is not None  # DCP does not check dtypes
     dt = by_kind(load, "dtype")
     assert set(dt["fqn"]) == set(flat_keys(lambda: Transformer(LLAMA_CONFIGS["llama-tiny"])))
@@ -136,11 +153,16 @@ def test_dtype_change_plans_but_is_listed(tiny_fsdp4):
 
 
 def test_partial_model_with_allow_partial_load(tiny_fsdp4):
-    new = set(flat_keys(three_layers)) - set(flat_keys(lambda: Transformer(LLAMA_CONFIGS["llama-tiny"])))
+    new = set(flat_keys(three_layers)) - set(
+        flat_keys(lambda: Transformer(LLAMA_CONFIGS["llama-tiny"]))
+    )
     assert new and all(k.startswith("layers.2.") for k in new)
     target = dcpviz.Scenario(model=three_layers, world_size=2, recipe="fsdp")
     # An instance (deep-copied per rank), a class-like factory and a lambda all work.
-    for planner in (DefaultLoadPlanner(allow_partial_load=True), lambda: DefaultLoadPlanner(allow_partial_load=True)):
+    for planner in (
+        DefaultLoadPlanner(allow_partial_load=True),
+        lambda: DefaultLoadPlanner(allow_partial_load=True),
+    ):
         load = dcpviz.simulate_load(tiny_fsdp4, target, planner)
         assert load.ok, load.errors
         missing = by_kind(load, "missing")
@@ -149,18 +171,25 @@ def test_partial_model_with_allow_partial_load(tiny_fsdp4):
         assert set(load.mismatches["kind"]) == {"missing"}
         # Everything else is read: the reads cover every saved key.
         assert set(load.read_items["fqn"]) == set(load.metadata.state_dict_metadata)
-        assert [h.kind for h in load.hints] == ["partial"] and "keep their initial values" in load.hints[0].title
+        assert [h.kind for h in load.hints] == [
+            "partial"
+        ] and "keep their initial values" in load.hints[0].title
     # Strict: DCP raises on each rank at the first new key; all nine are listed, with DCP's text.
     strict = dcpviz.simulate_load(tiny_fsdp4, target)
     assert len(strict.errors) == 2
     missing = by_kind(strict, "missing")
     assert set(missing["fqn"]) == new and len(missing) == 2 * len(new)
-    assert (missing["message"] == missing["fqn"].map(lambda f: f"Missing key in checkpoint state_dict: {f}.")).all()
+    assert (
+        missing["message"]
+        == missing["fqn"].map(lambda f: f"Missing key in checkpoint state_dict: {f}.")
+    ).all()
     assert strict.hints[0].kind == "partial" and "allow_partial_load=True" in strict.hints[0].fix
 
 
 def test_renamed_module_gets_a_rename_hint(mlp_fsdp4):
-    load = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model=RenamedNorm, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        mlp_fsdp4, dcpviz.Scenario(model=RenamedNorm, world_size=2, recipe="fsdp")
+    )
     assert set(by_kind(load, "missing")["fqn"]) == {"ln.weight", "ln.bias"}
     assert set(by_kind(load, "unexpected")["fqn"]) == {"norm.weight", "norm.bias"}
     h = load.hints[0]
@@ -171,12 +200,15 @@ def test_renamed_module_gets_a_rename_hint(mlp_fsdp4):
 def test_different_shapes_are_not_called_a_rename(tiny_fsdp4):
     """A target missing one layer and holding another: same names but for the layer index. The
     rename rule must not pair tensors of different shapes or different layer numbers."""
+
     def shifted() -> nn.Module:
         m = Transformer(dataclasses.replace(LLAMA_CONFIGS["llama-tiny"], n_layers=3))
         del m.layers["0"]
         return m
 
-    load = dcpviz.simulate_load(tiny_fsdp4, dcpviz.Scenario(model=shifted, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        tiny_fsdp4, dcpviz.Scenario(model=shifted, world_size=2, recipe="fsdp")
+    )
     assert {h.kind for h in load.hints} <= {"partial", "unexpected"}
 
 
@@ -187,17 +219,35 @@ def _with_mismatches(trace, records):
 def test_optimizer_key_shapes(mlp_fsdp4):
     from dcpviz.analysis.load.hints import compute_hints
 
-    base = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")).trace
-    by_name = [MismatchRecord(f"optim.state.fc1.weight.{s}", "missing", (0, 1), current_size=(190, 16), current_dtype="float32")
-               for s in ("exp_avg", "exp_avg_sq")]
-    by_index = [MismatchRecord(f"optim.state.0.{s}", "unexpected", (), saved_size=(190, 16), saved_dtype="float32")
-                for s in ("exp_avg", "exp_avg_sq")]
+    base = dcpviz.simulate_load(
+        mlp_fsdp4, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    ).trace
+    by_name = [
+        MismatchRecord(
+            f"optim.state.fc1.weight.{s}",
+            "missing",
+            (0, 1),
+            current_size=(190, 16),
+            current_dtype="float32",
+        )
+        for s in ("exp_avg", "exp_avg_sq")
+    ]
+    by_index = [
+        MismatchRecord(
+            f"optim.state.0.{s}", "unexpected", (), saved_size=(190, 16), saved_dtype="float32"
+        )
+        for s in ("exp_avg", "exp_avg_sq")
+    ]
     hints = compute_hints(_with_mismatches(base, by_name + by_index))
     assert [h.kind for h in hints] == ["optimizer"]
-    assert "parameter indices in the checkpoint but by parameter names in the target" in hints[0].title
+    assert (
+        "parameter indices in the checkpoint but by parameter names in the target" in hints[0].title
+    )
     assert "set_optimizer_state_dict" in hints[0].fix
     only_target = compute_hints(_with_mismatches(base, by_name))
-    assert [h.kind for h in only_target] == ["optimizer"] and "does not have" in only_target[0].title
+    assert [h.kind for h in only_target] == ["optimizer"] and "does not have" in only_target[
+        0
+    ].title
 
 
 class TypeSwapped(MLP):
@@ -216,13 +266,18 @@ class TypeSwapped(MLP):
 
 
 def test_bytes_vs_tensor_is_a_type_mismatch(mlp_fsdp4):
-    load = dcpviz.simulate_load(mlp_fsdp4, dcpviz.Scenario(model=TypeSwapped, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        mlp_fsdp4, dcpviz.Scenario(model=TypeSwapped, world_size=2, recipe="fsdp")
+    )
     t = by_kind(load, "type").set_index(["fqn", "rank"])
-    assert set(t.index) == {(f, r) for f in ("progress.step", "progress._extra_state.epoch") for r in range(2)}
+    assert set(t.index) == {
+        (f, r) for f in ("progress.step", "progress._extra_state.epoch") for r in range(2)
+    }
     # DCP raises on the tensor-saved key, with its own text, and plans the other silently.
     assert t.loc[("progress.step", 0), "message"] == (
         "Invalid checkpoint metadata for progress.step, expected BytesStorageMetadata but found "
-        "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>")
+        "<class 'torch.distributed.checkpoint.metadata.TensorStorageMetadata'>"
+    )
     assert t.loc[("progress._extra_state.epoch", 0), "message"] == ""
     assert "not updated" in t.loc[("progress._extra_state.epoch", 0), "explanation"]
     assert set(load.mismatches["kind"]) == {"type"}

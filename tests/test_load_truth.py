@@ -66,17 +66,26 @@ def test_partial_load_past_a_compile_prefix_is_data_loss(mlp_ckpt, tmp_path, cap
     after = target.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # not one tensor restored
 
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp"),
-                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    load = dcpviz.simulate_load(
+        mlp_ckpt,
+        dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp"),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     v = load.verdict
     assert v.loads and not v.clean and v.losing
     n = len({w.fqn for w in load.trace.wanted})
-    assert f"restores 0 of {n} target keys" in v.line and "loses data" in v.line and "_orig_mod." in v.line
+    assert (
+        f"restores 0 of {n} target keys" in v.line
+        and "loses data" in v.line
+        and "_orig_mod." in v.line
+    )
     assert not v.line.startswith("It loads")
     assert set(load.problems["severity"]) == {"loses"}
     checks = load.checks
     assert failing(checks)
-    assert {"partial-load-leaves-data-unread", "unread-keys"} <= set(checks[checks.severity == "data-loss"].check)
+    assert {"partial-load-leaves-data-unread", "unread-keys"} <= set(
+        checks[checks.severity == "data-loss"].check
+    )
     assert check_exit(load, tmp_path) == 1
     capsys.readouterr()
 
@@ -84,6 +93,7 @@ def test_partial_load_past_a_compile_prefix_is_data_loss(mlp_ckpt, tmp_path, cap
 def test_partial_load_of_keys_with_no_source_stays_a_warning(mlp_ckpt, tmp_path, capsys):
     """allow_partial_load for a module the checkpoint never had, every checkpoint key read:
     nothing loadable is left behind, so no data loss (real dcp.load restores every saved key)."""
+
     class Bigger(MLP):
         def __init__(self) -> None:
             super().__init__()
@@ -97,8 +107,11 @@ def test_partial_load_of_keys_with_no_source_stays_a_warning(mlp_ckpt, tmp_path,
     saved = MLP().state_dict()
     assert torch.equal(target.state_dict()["fc1.weight"], saved["fc1.weight"])
 
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=Bigger, world_size=2, recipe="fsdp"),
-                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    load = dcpviz.simulate_load(
+        mlp_ckpt,
+        dcpviz.Scenario(model=Bigger, world_size=2, recipe="fsdp"),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     assert load.verdict.clean and not load.verdict.losing
     assert set(load.problems["severity"]) == {"silent"}
     assert not failing(load.checks) and "partial-load-hides-missing" in set(load.checks.check)
@@ -114,11 +127,17 @@ def test_partial_load_past_a_rename_is_data_loss_and_names_the_source(mlp_ckpt, 
     torch.manual_seed(1)
     target = RenamedNormMLP()
     ln = target.ln.weight.detach().clone()
-    assert real_load(target.state_dict(), mlp_ckpt, DefaultLoadPlanner(allow_partial_load=True)) is None
+    assert (
+        real_load(target.state_dict(), mlp_ckpt, DefaultLoadPlanner(allow_partial_load=True))
+        is None
+    )
     assert torch.equal(target.ln.weight, ln)
 
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=RenamedNormMLP, world_size=2, recipe="fsdp"),
-                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    load = dcpviz.simulate_load(
+        mlp_ckpt,
+        dcpviz.Scenario(model=RenamedNormMLP, world_size=2, recipe="fsdp"),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     assert load.verdict.loads and not load.verdict.clean
     lost = load.checks[load.checks.check == "partial-load-leaves-data-unread"].set_index("fqn")
     assert set(lost.index) == {"ln.weight", "ln.bias"} and set(lost.severity) == {"data-loss"}
@@ -131,15 +150,22 @@ def test_a_skipped_module_with_only_optimizer_state_unread_is_no_data_loss(tmp_p
     """A model-only target with a new module, from a checkpoint that also holds optimizer state
     of that module's shape: the moments cannot fill a parameter, so nothing loadable is left
     behind (a warning, not data loss)."""
+
     class Bigger(MLP):
         def __init__(self) -> None:
             super().__init__()
             self.extra = nn.Linear(3, 2, bias=False)
 
     torch.manual_seed(0)
-    ck = real_save({**MLP().state_dict(), "optim.state.extra.weight.exp_avg": torch.zeros(2, 3)}, tmp_path / "ck")
-    load = dcpviz.simulate_load(ck, dcpviz.Scenario(model=Bigger, world_size=2, recipe="fsdp"),
-                                planner=DefaultLoadPlanner(allow_partial_load=True))
+    ck = real_save(
+        {**MLP().state_dict(), "optim.state.extra.weight.exp_avg": torch.zeros(2, 3)},
+        tmp_path / "ck",
+    )
+    load = dcpviz.simulate_load(
+        ck,
+        dcpviz.Scenario(model=Bigger, world_size=2, recipe="fsdp"),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     assert load.verdict.clean, load.verdict.line
     assert not failing(load.checks), load.checks[["severity", "check", "fqn"]]
     assert {"partial-load-hides-missing", "optimizer-state-not-read"} <= set(load.checks.check)
@@ -149,8 +175,12 @@ def test_a_skipped_module_with_only_optimizer_state_unread_is_no_data_loss(tmp_p
 def test_declared_unused_keys_are_not_data_loss(mlp_ckpt, tmp_path, capsys):
     """The same compiled target, with every checkpoint key declared unused on purpose: no
     surface calls it data loss or lists the declared keys as unread."""
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp"),
-                                planner=DefaultLoadPlanner(allow_partial_load=True), expected_unused=["*"])
+    load = dcpviz.simulate_load(
+        mlp_ckpt,
+        dcpviz.Scenario(model=compiled_mlp, world_size=2, recipe="fsdp"),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+        expected_unused=["*"],
+    )
     assert load.verdict.clean and "left unread on purpose" in load.verdict.line
     assert "loses" not in set(load.problems["severity"])
     assert "unread-keys" not in set(load.checks.check) and not failing(load.checks)
@@ -220,7 +250,9 @@ def test_bytes_where_the_target_holds_a_tensor_loads_and_loses_it(mlp_ckpt, tmp_
     assert sd["progress._extra_state"]["epoch"] == 0  # the saved Python value took the entry
     assert torch.equal(tensor, torch.full((2,), -1.0))  # the tensor itself was never written
 
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=EpochTensor, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        mlp_ckpt, dcpviz.Scenario(model=EpochTensor, world_size=2, recipe="fsdp")
+    )
     v = load.verdict
     assert v.loads and not v.breaking and not v.clean
     assert any("never written" in s and "progress._extra_state.epoch" in s for s in v.losing)
@@ -237,7 +269,9 @@ def test_a_tensor_where_the_target_holds_a_python_value_breaks_as_dcp_says(mlp_c
     """Real dcp.load raises on it; the verdict says it breaks, with DCP's own text."""
     exc = real_load(IntStep().state_dict(), mlp_ckpt)
     assert exc is not None
-    load = dcpviz.simulate_load(mlp_ckpt, dcpviz.Scenario(model=IntStep, world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        mlp_ckpt, dcpviz.Scenario(model=IntStep, world_size=2, recipe="fsdp")
+    )
     assert not load.verdict.loads and load.verdict.breaking
     p = load.problems.set_index("fqn")
     assert p.loc["progress.step", "severity"] == "breaks"
@@ -256,7 +290,9 @@ class Pair(nn.Module):
 def pair_ckpt(tmp_path):
     """a, b and an extra key 'zzz' the target never reads, one data file each."""
     real_save({**Pair().state_dict(), "zzz": torch.randn(16)}, tmp_path / "ck", thread_count=3)
-    files = {k.fqn: str(s.relative_path) for k, s in read_metadata(tmp_path / "ck").storage_data.items()}
+    files = {
+        k.fqn: str(s.relative_path) for k, s in read_metadata(tmp_path / "ck").storage_data.items()
+    }
     assert len(set(files.values())) == 3
     return tmp_path / "ck", files
 
@@ -282,7 +318,9 @@ def test_a_damaged_data_file_that_is_read_fails_the_load(pair_ckpt, tmp_path, ca
     v = load.verdict
     assert not v.loads and "missing or shorter than .metadata says" in v.line
     read = [e for e in load.trace.errors if e.phase == "read"]
-    assert read and {e.exc_type for e in read} == {want} and all(files["b"] in e.message for e in read)
+    assert (
+        read and {e.exc_type for e in read} == {want} and all(files["b"] in e.message for e in read)
+    )
     assert "read-failed" in set(load.checks.check) and failing(load.checks)
     assert check_exit(load, tmp_path) == 1
     capsys.readouterr()
@@ -302,13 +340,19 @@ def test_a_damaged_data_file_no_rank_reads_does_not_fail_the_load(pair_ckpt):
 def pair_template(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     real_save({**Pair().state_dict(), "zzz": torch.randn(16)}, root / "ck", thread_count=3)
-    files = {k.fqn: str(s.relative_path) for k, s in read_metadata(root / "ck").storage_data.items()}
+    files = {
+        k.fqn: str(s.relative_path) for k, s in read_metadata(root / "ck").storage_data.items()
+    }
     return root / "ck", files
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(key=st.sampled_from(["a", "b", "zzz"]), cut=st.floats(0.0, 1.0))
-def test_any_cut_of_a_data_file_fails_the_simulated_load_iff_it_fails_the_real_one(pair_template, tmp_path_factory, key, cut):
+def test_any_cut_of_a_data_file_fails_the_simulated_load_iff_it_fails_the_real_one(
+    pair_template, tmp_path_factory, key, cut
+):
     """A data file cut anywhere (0 bytes kept .. all kept): the simulated verdict fails exactly
     when real dcp.load does, and only on a file some rank reads."""
     import shutil
@@ -331,8 +375,12 @@ def _nested_under_model(model, optimizer, rank):
 def test_a_cast_next_to_a_prefix_is_silent_not_breaking():
     """A checkpoint saved as {"model": ...} in fp32, loaded flat into a bf16 model: the prefix
     breaks the load; the cast does not (DCP's copy_ casts), even though its keys are the missing ones."""
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_nested_under_model))
-    load = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", dtype="bfloat16"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_nested_under_model)
+    )
+    load = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", dtype="bfloat16")
+    )
     v = load.verdict
     assert len(v.breaking) == 1 and "model." in v.breaking[0]
     assert not any("cast" in b for b in v.breaking)

@@ -8,7 +8,9 @@ import dcpviz.views as V
 
 @pytest.fixture(scope="module")
 def load():
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     return dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=6, recipe="fsdp"))
 
 
@@ -19,7 +21,9 @@ def _rects(trace):
 
 def test_read_layout_draws_exactly_the_reads(load):
     fig = V.read_layout(load, "fc1.weight", 2)
-    reads = load.read_items[(load.read_items["rank"] == 2) & (load.read_items["fqn"] == "fc1.weight")]
+    reads = load.read_items[
+        (load.read_items["rank"] == 2) & (load.read_items["fqn"] == "fc1.weight")
+    ]
     drawn = set()
     for tr in fig.data:
         if tr.meta and tr.meta.get("role") == "reads":
@@ -31,7 +35,9 @@ def test_read_layout_draws_exactly_the_reads(load):
         expected.add((r.writer_rank, (col0, col0 + r.lengths[1], row0, row0 + r.lengths[0])))
     assert drawn == expected and expected
     wanted = next(t for t in fig.data if t.meta and t.meta.get("role") == "wanted")
-    assert [tuple(map(tuple, b)) for b in wanted.meta["boxes"]] == [((64, 0), (32, 16))]  # torch.chunk(190, 6)[2]
+    assert [tuple(map(tuple, b)) for b in wanted.meta["boxes"]] == [
+        ((64, 0), (32, 16))
+    ]  # torch.chunk(190, 6)[2]
     saved = {r for t in fig.data if t.meta and t.meta.get("role") == "saved" for r in _rects(t)}
     assert len(saved) == 4
 
@@ -54,7 +60,10 @@ def test_load_explorer_and_report(load, tmp_path):
     assert "dcpviz-load-explorer" in app._dom_classes
     app.fqn_picker.value = "fc2.weight"
     app.rank_picker.value = 5
-    assert "fc2.weight" in app.read_fig.layout.title.text and "rank 5" in app.read_fig.layout.title.text
+    assert (
+        "fc2.weight" in app.read_fig.layout.title.text
+        and "rank 5" in app.read_fig.layout.title.text
+    )
     path = dcpviz.report(load, tmp_path / "load.html")
     text = path.read_text()
     assert "Resharding" in text and text.count("Plotly.newPlot") >= 3
@@ -62,7 +71,11 @@ def test_load_explorer_and_report(load, tmp_path):
 
 def test_report_puts_hints_first_for_a_broken_load(tmp_path):
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"))
-    target = dcpviz.Scenario(model=lambda: __import__("dcpviz.engine.job.models").engine.job.models.MLP(hidden=200), world_size=4, recipe="fsdp")
+    target = dcpviz.Scenario(
+        model=lambda: __import__("dcpviz.engine.job.models").engine.job.models.MLP(hidden=200),
+        world_size=4,
+        recipe="fsdp",
+    )
     load = dcpviz.simulate_load(save, target)
     assert not load.ok and len(load.hints)
     text = dcpviz.report(load, tmp_path / "bad.html").read_text()

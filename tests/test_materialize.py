@@ -17,14 +17,21 @@ def materialized_state(scenario: dcpviz.Scenario, rank: int) -> dict[str, torch.
     from torch.distributed.tensor import DTensor
 
     with fake_world(rank, scenario.world_size):
-        model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario, "cpu"))
+        model = apply_recipe(
+            scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario, "cpu")
+        )
         materialize(model, "cpu")
-        return {k: (v.to_local() if isinstance(v, DTensor) else v).clone()
-                for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        return {
+            k: (v.to_local() if isinstance(v, DTensor) else v).clone()
+            for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor)
+        }
 
 
 def test_fsdp_shards_assemble_into_the_unsharded_values():
-    whole = materialized_state(dcpviz.Scenario(model="llama-tiny", world_size=1, recipe="replicate"), 0)
+    whole = materialized_state(
+        dcpviz.Scenario(model="llama-tiny", world_size=1, recipe="replicate"), 0
+    )
     sc = dcpviz.Scenario(model="llama-tiny", world_size=3, recipe="fsdp")
     shards = [materialized_state(sc, r) for r in range(3)]
     for key, full in whole.items():
@@ -48,14 +55,24 @@ def test_replicas_agree_and_shards_differ_on_hsdp():
 def test_every_dtype_gets_position_values():
     from dcpviz.engine.values.materialize import position_values
 
-    for dtype in (torch.float32, torch.bfloat16, torch.float64, torch.complex64, torch.int64,
-                  torch.uint8, torch.bool, torch.float8_e4m3fn):
+    for dtype in (
+        torch.float32,
+        torch.bfloat16,
+        torch.float64,
+        torch.complex64,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+        torch.float8_e4m3fn,
+    ):
         top = position_values("w", (4, 6), (0, 0), (2, 6), dtype)
         bottom = position_values("w", (4, 6), (2, 0), (2, 6), dtype)
         assert top.dtype == dtype and top.shape == (2, 6)
         assert not torch.equal(top.view(torch.uint8), bottom.view(torch.uint8)), dtype
         whole = position_values("w", (4, 6), (0, 0), (4, 6), dtype)
-        assert torch.equal(torch.cat([top, bottom]).view(torch.uint8), whole.view(torch.uint8)), dtype
+        assert torch.equal(torch.cat([top, bottom]).view(torch.uint8), whole.view(torch.uint8)), (
+            dtype
+        )
 
 
 def test_sharded_tensor_shards_get_their_global_positions():
@@ -71,9 +88,16 @@ def test_sharded_tensor_shards_get_their_global_positions():
     from dcpviz.engine.values.materialize import fill_by_position, position_values
 
     with fake_world(1, 2):
-        shards = [ShardMetadata(shard_offsets=[3 * r, 0], shard_sizes=[3, 4], placement=f"rank:{r}/cpu") for r in (0, 1)]
-        md = ShardedTensorMetadata(shards, torch.Size([6, 4]), TensorProperties(dtype=torch.float32))
-        st = ShardedTensor._init_from_local_shards_and_global_metadata([STShard(torch.zeros(3, 4), shards[1])], md)
+        shards = [
+            ShardMetadata(shard_offsets=[3 * r, 0], shard_sizes=[3, 4], placement=f"rank:{r}/cpu")
+            for r in (0, 1)
+        ]
+        md = ShardedTensorMetadata(
+            shards, torch.Size([6, 4]), TensorProperties(dtype=torch.float32)
+        )
+        st = ShardedTensor._init_from_local_shards_and_global_metadata(
+            [STShard(torch.zeros(3, 4), shards[1])], md
+        )
         fill_by_position({"w": st})
         whole = position_values("w", (6, 4), (0, 0), (6, 4), torch.float32)
         assert torch.equal(st.local_shards()[0].tensor, whole[3:])

@@ -17,7 +17,11 @@ from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_metadata
 
 def write_small_checkpoint(path) -> str:
     """A real one-process dcp.save: a matrix, a vector and a Python value (a BYTE_IO entry)."""
-    state = {"w": torch.arange(16, dtype=torch.float32).reshape(4, 4), "b": torch.ones(3), "step": 7}
+    state = {
+        "w": torch.arange(16, dtype=torch.float32).reshape(4, 4),
+        "b": torch.ones(3),
+        "step": 7,
+    }
     dcp.save(state, checkpoint_id=str(path))
     return str(path)
 
@@ -51,7 +55,9 @@ def _int_offset(md):
 
 def _record_path(md):
     info = md.storage_data[_storage_key(md, "w")]
-    md.storage_data[_storage_key(md, "w")] = dataclasses.replace(info, relative_path="sub/../" + info.relative_path)
+    md.storage_data[_storage_key(md, "w")] = dataclasses.replace(
+        info, relative_path="sub/../" + info.relative_path
+    )
 
 
 def _dtype_string(md):
@@ -59,18 +65,37 @@ def _dtype_string(md):
 
 
 CASES = {
-    "state_dict_metadata=None": (lambda md: setattr(md, "state_dict_metadata", None), "state_dict_metadata"),
-    "state_dict_metadata=list": (lambda md: setattr(md, "state_dict_metadata", [1, 2]), "state_dict_metadata"),
-    "storage_data=list": (lambda md: setattr(md, "storage_data", list(md.storage_data.items())), "storage_data"),
+    "state_dict_metadata=None": (
+        lambda md: setattr(md, "state_dict_metadata", None),
+        "state_dict_metadata",
+    ),
+    "state_dict_metadata=list": (
+        lambda md: setattr(md, "state_dict_metadata", [1, 2]),
+        "state_dict_metadata",
+    ),
+    "storage_data=list": (
+        lambda md: setattr(md, "storage_data", list(md.storage_data.items())),
+        "storage_data",
+    ),
     "dtype string": (_dtype_string, "state_dict_metadata['w'].properties.dtype"),
     "int offset": (_int_offset, "MetadataIndex.offset"),
-    "chunks=None": (lambda md: setattr(md.state_dict_metadata["w"], "chunks", None), "state_dict_metadata['w'].chunks"),
+    "chunks=None": (
+        lambda md: setattr(md.state_dict_metadata["w"], "chunks", None),
+        "state_dict_metadata['w'].chunks",
+    ),
     "record path": (_record_path, "relative_path"),
     "negative length": (
-        lambda md: setattr(md.storage_data[_storage_key(md, "b")], "length", -1), "storage_data['b'].length"),
+        lambda md: setattr(md.storage_data[_storage_key(md, "b")], "length", -1),
+        "storage_data['b'].length",
+    ),
     "chunk outside": (
-        lambda md: setattr(md.state_dict_metadata["b"].chunks[0], "sizes", torch.Size([9])), "lies outside"),
-    "entry of another type": (lambda md: md.state_dict_metadata.__setitem__("w", md.storage_meta), "['w']"),
+        lambda md: setattr(md.state_dict_metadata["b"].chunks[0], "sizes", torch.Size([9])),
+        "lies outside",
+    ),
+    "entry of another type": (
+        lambda md: md.state_dict_metadata.__setitem__("w", md.storage_meta),
+        "['w']",
+    ),
 }
 
 
@@ -85,7 +110,9 @@ def test_wrong_types_name_the_field(ckpt, tmp_path, case):
 
 
 def test_load_planning_refuses_it_too(ckpt, tmp_path):
-    bad = _with_metadata(ckpt, tmp_path, lambda md: setattr(md.state_dict_metadata["w"], "chunks", None))
+    bad = _with_metadata(
+        ckpt, tmp_path, lambda md: setattr(md.state_dict_metadata["w"], "chunks", None)
+    )
     with pytest.raises(CheckpointError, match="chunks"):
         dcpviz.simulate_load(bad, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
 

@@ -17,11 +17,17 @@ from dcpviz.core.trace import MAX_COUNT
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), fast=False)
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), fast=False
+    )
     load = dcpviz.simulate_load(save, dcpviz.Scenario(model="mlp", world_size=3, recipe="fsdp"))
-    bad = dcpviz.simulate_load(save, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
-    return {name: json.loads(r.to_json(root / f"{name}.json").read_text())
-            for name, r in (("save", save), ("load", load), ("mismatch", bad))}
+    bad = dcpviz.simulate_load(
+        save, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
+    return {
+        name: json.loads(r.to_json(root / f"{name}.json").read_text())
+        for name, r in (("save", save), ("load", load), ("mismatch", bad))
+    }
 
 
 def _load(doc, tmp_path, text=None):
@@ -71,7 +77,9 @@ def test_a_timing_that_is_not_finite(docs, tmp_path):
     trace = _load(docs["save"], tmp_path).trace
     validate_trace(trace, "save")
     with pytest.raises(dcpviz.DcpvizError, match=r"trace.timings\['value_digests'\] is inf"):
-        validate_trace(dataclasses.replace(trace, timings=(("value_digests", float("inf")),)), "save")
+        validate_trace(
+            dataclasses.replace(trace, timings=(("value_digests", float("inf")),)), "save"
+        )
 
 
 def test_a_value_digest_of_a_rank_outside_the_world(docs, tmp_path):
@@ -83,9 +91,17 @@ def test_a_value_digest_of_a_rank_outside_the_world(docs, tmp_path):
 
 def test_a_dedup_alternative_with_counts_for_another_world(docs, tmp_path):
     doc = _edit(docs, "save")
-    doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1, 2], "rank_nbytes": [4, 8]}
+    doc["trace"]["dedup_alternative"] = {
+        "lowest_rank": True,
+        "rank_items": [1, 2],
+        "rank_nbytes": [4, 8],
+    }
     _load(doc, tmp_path)
-    doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1, 2], "rank_nbytes": [4]}
+    doc["trace"]["dedup_alternative"] = {
+        "lowest_rank": True,
+        "rank_items": [1, 2],
+        "rank_nbytes": [4],
+    }
     _refused(doc, tmp_path, "trace.dedup_alternative has 2 item counts and 1 byte counts")
     doc["trace"]["dedup_alternative"] = {"lowest_rank": True, "rank_items": [1], "rank_nbytes": [4]}
     _refused(doc, tmp_path, "trace.dedup_alternative")
@@ -119,7 +135,9 @@ def test_reads_whose_boxes_differ_in_length_or_are_too_big(docs, tmp_path):
     doc = _edit(docs, "load")
     assert len(doc["trace"]["reads"][0]["lengths"]) == 2
     doc["trace"]["reads"][0]["lengths"] = doc["trace"]["reads"][0]["lengths"][:1]
-    _refused(doc, tmp_path, "trace.reads[0]: dest_offsets, storage_offsets and lengths differ in length")
+    _refused(
+        doc, tmp_path, "trace.reads[0]: dest_offsets, storage_offsets and lengths differ in length"
+    )
     doc = _edit(docs, "load")
     doc["trace"]["reads"][0]["lengths"] = [2**27, 2**26 + 1]
     _refused(doc, tmp_path, "trace.reads[0].lengths")
@@ -135,7 +153,9 @@ def test_a_trace_of_the_other_kind(docs, tmp_path):
     from dcpviz.core.trace_validate import validate_trace
 
     trace = _load(docs["save"], tmp_path).trace
-    with pytest.raises(dcpviz.DcpvizError, match="trace.kind is 'save' but the file says it is a 'load' trace"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match="trace.kind is 'save' but the file says it is a 'load' trace"
+    ):
         validate_trace(trace, "load")
 
 
@@ -145,17 +165,27 @@ def test_saved_chunks_outside_their_tensor_or_of_another_rank(docs, tmp_path):
     t = next(i for i, t in enumerate(tensors) if len(t["size"]) == 2 and t["size"][0] > 100)
     fqn, rows = tensors[t]["fqn"], tensors[t]["size"][0]
     chunk = tensors[t]["chunks"][0]
-    chunk["offsets"], chunk["sizes"] = [rows - 10, 0], [20, chunk["sizes"][1]]  # 10 rows past the end
+    chunk["offsets"], chunk["sizes"] = (
+        [rows - 10, 0],
+        [20, chunk["sizes"][1]],
+    )  # 10 rows past the end
     _refused(doc, tmp_path, f"trace.metadata.tensors[{fqn!r}].chunks[0] lies outside the tensor")
-    chunk["offsets"], chunk["sizes"] = [rows - 20, 0], [20, chunk["sizes"][1]]  # ends exactly at the end
+    chunk["offsets"], chunk["sizes"] = (
+        [rows - 20, 0],
+        [20, chunk["sizes"][1]],
+    )  # ends exactly at the end
     _load(doc, tmp_path)
     chunk["offsets"] = [0]
-    _refused(doc, tmp_path, f"trace.metadata.tensors[{fqn!r}].chunks[0] is not a box of a 2-d tensor")
+    _refused(
+        doc, tmp_path, f"trace.metadata.tensors[{fqn!r}].chunks[0] is not a box of a 2-d tensor"
+    )
 
 
 def test_an_error_on_a_rank_outside_the_world_names_the_field(docs, tmp_path):
     doc = _edit(docs, "save")
-    doc["trace"]["errors"] = [{"phase": "local", "rank": 2, "exc_type": "ValueError", "message": "x"}]
+    doc["trace"]["errors"] = [
+        {"phase": "local", "rank": 2, "exc_type": "ValueError", "message": "x"}
+    ]
     _refused(doc, tmp_path, "trace.errors[].rank: rank 2 is not below world_size 2")
 
 
@@ -165,7 +195,8 @@ def test_why_names_the_tie_then_each_higher_tally_in_order():
 
     why = _FewestWhy(None)
     assert why(1, (0, 1, 2, 3), (100, 50, 50, 200), {}) == (
-        "rank 1: 50 B = rank 2: 50 B (a tie: the first candidate wins) < rank 0: 100 B < rank 3: 200 B")
+        "rank 1: 50 B = rank 2: 50 B (a tie: the first candidate wins) < rank 0: 100 B < rank 3: 200 B"
+    )
     assert why(0, (0, 1), (7, 9), {}) == "rank 0: 7 B < rank 1: 9 B"
 
 
@@ -190,13 +221,17 @@ def test_why_blames_the_loser_charged_most_beyond_what_it_stores():
     other = next(i for i, it in enumerate(items) if it.fqn == "fc2.weight")
     # rank 1 was over-charged more than rank 3: rank 1 is named, though rank 3 is the higher rank
     text = _FewestWhy(cols)(0, (0, 1, 3), (0, 10, 20), {1: (900, shard), 3: (100, other)})
-    assert text.startswith("rank 0: 0 B < rank 1: 10 B < rank 3: 20 B — rank 1 was charged the whole 190×16 tensor")
+    assert text.startswith(
+        "rank 0: 0 B < rank 1: 10 B < rank 3: 20 B — rank 1 was charged the whole 190×16 tensor"
+    )
     assert "shard of fc1.weight" in text
 
 
 @pytest.fixture(scope="module")
 def hsdp_doc(tmp_path_factory):
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp")
+    )
     return json.loads(save.to_json(tmp_path_factory.mktemp("hsdp") / "t.json").read_text())
 
 
@@ -204,8 +239,12 @@ def _holders(doc, item):
     """Ranks whose global plan holds an item with ``item``'s key (fqn and offsets)."""
     t = doc["trace"]
     key = (t["items"][item]["fqn"], t["items"][item]["offsets"])
-    return [r for r, p in enumerate(t["global_plans"]) for i in p["items"]
-            if (t["items"][i]["fqn"], t["items"][i]["offsets"]) == key]
+    return [
+        r
+        for r, p in enumerate(t["global_plans"])
+        for i in p["items"]
+        if (t["items"][i]["fqn"], t["items"][i]["offsets"]) == key
+    ]
 
 
 def test_a_replicated_item_kept_by_no_rank_or_two_has_no_chosen_rank(hsdp_doc, tmp_path):
@@ -225,7 +264,9 @@ def test_a_replicated_item_kept_by_no_rank_or_two_has_no_chosen_rank(hsdp_doc, t
     (holder,) = _holders(hsdp_doc, last)
     planners = [r for r, p in enumerate(t["local_plans"]) for i in p["items"] if i in same]
     other = next(r for r in planners if r != holder)
-    two["trace"]["global_plans"][other]["items"].append(next(i for i in t["local_plans"][other]["items"] if i in same))
+    two["trace"]["global_plans"][other]["items"].append(
+        next(i for i in t["local_plans"][other]["items"] if i in same)
+    )
     row = _load(two, tmp_path).dedup.set_index(["fqn", "offsets"]).loc[[(key[0], tuple(key[1]))]]
     assert list(row.chosen_rank) == [-1]
 
@@ -237,10 +278,14 @@ def test_an_unrecorded_dedup_option_is_dcps_default(hsdp_doc, tmp_path):
 
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-    assert inspect.signature(DefaultSavePlanner).parameters["dedup_save_to_lowest_rank"].default is False
+    assert (
+        inspect.signature(DefaultSavePlanner).parameters["dedup_save_to_lowest_rank"].default
+        is False
+    )
     doc = json.loads(json.dumps(hsdp_doc))
-    doc["trace"]["planner"]["options"] = [o for o in doc["trace"]["planner"]["options"]
-                                          if o[0] != "dedup_save_to_lowest_rank"]
+    doc["trace"]["planner"]["options"] = [
+        o for o in doc["trace"]["planner"]["options"] if o[0] != "dedup_save_to_lowest_rank"
+    ]
     d = _load(doc, tmp_path).dedup
     assert len(d) and (d.rule == "fewest planned bytes").all() and d.replay_agrees.all()
 
@@ -266,7 +311,9 @@ def test_metadata_with_a_persistent_reference_is_refused():
 
     buf = io.BytesIO()
     Ref(buf).dump(["x"])
-    with pytest.raises(dcpviz.DcpvizError, match="refusing persistent references in 'planted.metadata'"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match="refusing persistent references in 'planted.metadata'"
+    ):
         read_metadata_bytes(buf.getvalue(), "'planted.metadata'")
 
 
@@ -278,7 +325,9 @@ def test_metadata_that_is_not_a_metadata_object_or_not_a_pickle():
 
     with pytest.raises(dcpviz.DcpvizError, match="src holds a OrderedDict, not DCP Metadata"):
         read_metadata_bytes(pickle.dumps(collections.OrderedDict(a=1)), "src")
-    with pytest.raises(dcpviz.DcpvizError, match=r"src is not a readable DCP metadata file \(UnpicklingError"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match=r"src is not a readable DCP metadata file \(UnpicklingError"
+    ):
         read_metadata_bytes(b"\x80\x05garbage", "src")
 
 
@@ -305,7 +354,9 @@ def test_read_metadata_names_each_wrong_path(tmp_path):
     (tmp_path / "outside" / ".metadata").write_bytes(b"x")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / ".metadata").symlink_to(tmp_path / "outside" / ".metadata")
-    with pytest.raises(dcpviz.DcpvizError, match=r"\.metadata of .*ckpt.* points outside the checkpoint directory"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match=r"\.metadata of .*ckpt.* points outside the checkpoint directory"
+    ):
         read_metadata(tmp_path / "ckpt")
 
 
@@ -318,11 +369,18 @@ def test_a_storage_record_outside_the_checkpoint_is_refused(tmp_path):
 
     md = read_metadata(path)
     _check_storage_paths(path, md)
-    (index, info), = list(md.storage_data.items())
-    md.storage_data[index] = type(info)(relative_path="/etc/passwd", offset=info.offset, length=info.length)
-    with pytest.raises(dcpviz.DcpvizError, match=r"entry 'w' points outside the checkpoint directory \('/etc/passwd'\)"):
+    ((index, info),) = list(md.storage_data.items())
+    md.storage_data[index] = type(info)(
+        relative_path="/etc/passwd", offset=info.offset, length=info.length
+    )
+    with pytest.raises(
+        dcpviz.DcpvizError,
+        match=r"entry 'w' points outside the checkpoint directory \('/etc/passwd'\)",
+    ):
         _check_storage_paths(path, md)
-    md.storage_data[index] = type(info)(relative_path="../x.distcp", offset=info.offset, length=info.length)
+    md.storage_data[index] = type(info)(
+        relative_path="../x.distcp", offset=info.offset, length=info.length
+    )
     with pytest.raises(dcpviz.DcpvizError, match=r"entry 'w' \('../x.distcp'\) points outside"):
         _check_storage_paths(path, md)
 
@@ -355,9 +413,14 @@ def test_a_refused_builtin_is_named_with_its_module():
     saved = io.BytesIO()
     torch.save(Evil(), saved)
     for data in (pickle.dumps(Evil(), protocol=2), saved.getvalue()):
-        with pytest.raises(dcpviz.DcpvizError, match=r"refusing to load entry: unpickling it would build builtins\.eval,"):
+        with pytest.raises(
+            dcpviz.DcpvizError,
+            match=r"refusing to load entry: unpickling it would build builtins\.eval,",
+        ):
             load_byte_io(data, "entry")
-    with pytest.raises(dcpviz.DcpvizError, match=r"refusing to load entry: it is not a value torch's weights-only"):
+    with pytest.raises(
+        dcpviz.DcpvizError, match=r"refusing to load entry: it is not a value torch's weights-only"
+    ):
         load_byte_io(b"not a pickle", "entry")
 
 
@@ -393,12 +456,19 @@ def test_an_item_planned_twice_by_one_rank_alone_is_no_dedup(docs, tmp_path):
     planned = {}
     for r, p in enumerate(t["local_plans"]):
         for i in p["items"]:
-            planned.setdefault((t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ())), set()).add(r)
-    alone = next(i for i in t["local_plans"][0]["items"]
-                 if planned[(t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ()))] == {0})
+            planned.setdefault(
+                (t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ())), set()
+            ).add(r)
+    alone = next(
+        i
+        for i in t["local_plans"][0]["items"]
+        if planned[(t["items"][i]["fqn"], tuple(t["items"][i]["offsets"] or ()))] == {0}
+    )
     t["local_plans"][0]["items"].append(alone)
     after = _load(doc, tmp_path).dedup
-    assert list(after.fqn) == list(before.fqn) and t["items"][alone]["fqn"] not in set(after.fqn) - set(before.fqn)
+    assert list(after.fqn) == list(before.fqn) and t["items"][alone]["fqn"] not in set(
+        after.fqn
+    ) - set(before.fqn)
 
 
 def test_the_safe_readers_messages_in_full(tmp_path):
@@ -417,26 +487,35 @@ def test_the_safe_readers_messages_in_full(tmp_path):
     assert refused(read_metadata_bytes, b"ctorch\nzeros\n.", "src") == (
         "refusing to unpickle torch.zeros from src: a DCP .metadata file only holds checkpoint metadata "
         "classes. The file may be malicious or not a DCP checkpoint; do not open it with "
-        "torch.distributed.checkpoint either.")
-    assert re.fullmatch(r"<bytes> is not a readable DCP metadata file \(UnpicklingError: .*\)\. It may be "
-                        r"truncated or corrupt; re-save the checkpoint\.", refused(read_metadata_bytes, b"\x80\x05junk"))
+        "torch.distributed.checkpoint either."
+    )
+    assert re.fullmatch(
+        r"<bytes> is not a readable DCP metadata file \(UnpicklingError: .*\)\. It may be "
+        r"truncated or corrupt; re-save the checkpoint\.",
+        refused(read_metadata_bytes, b"\x80\x05junk"),
+    )
     assert refused(read_metadata_bytes, pickle.dumps(3)) == "<bytes> holds a int, not DCP Metadata."
     missing = tmp_path / "nope"
-    assert refused(read_metadata, missing) == f"checkpoint directory {str(missing)!r} does not exist."
+    assert (
+        refused(read_metadata, missing) == f"checkpoint directory {str(missing)!r} does not exist."
+    )
     (tmp_path / "file").write_text("x")
     assert refused(read_metadata, tmp_path / "file") == (
         f"{str(tmp_path / 'file')!r} is a file, not a checkpoint directory. Pass the directory that dcp.save "
-        "wrote (it contains .metadata and __*_*.distcp files).")
+        "wrote (it contains .metadata and __*_*.distcp files)."
+    )
     (tmp_path / "empty").mkdir()
     assert refused(read_metadata, tmp_path / "empty") == (
         f"{str(tmp_path / 'empty')!r} is not a DCP checkpoint: it has no .metadata file. Pass the directory "
-        "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none.")
+        "that dcp.save(..., checkpoint_id=DIR) wrote; a save that crashed before finishing leaves none."
+    )
     (tmp_path / "empty" / ".metadata").mkdir()  # a folder named .metadata is no file either
     assert "it has no .metadata file" in refused(read_metadata, tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / ".metadata").write_bytes(b"\x80\x05junk")
     assert refused(read_metadata, tmp_path / "bad").startswith(
-        f"{str(tmp_path / 'bad' / '.metadata')!r} is not a readable DCP metadata file")
+        f"{str(tmp_path / 'bad' / '.metadata')!r} is not a readable DCP metadata file"
+    )
 
 
 def test_storage_records_by_hand(tmp_path):
@@ -455,10 +534,14 @@ def test_storage_records_by_hand(tmp_path):
         return str(err.value)
 
     assert refused(NS(storage_data={Index("w"): NS(relative_path="/abs/x")})) == (
-        "entry 'w' points outside the checkpoint directory ('/abs/x'); refusing to read it.")
+        "entry 'w' points outside the checkpoint directory ('/abs/x'); refusing to read it."
+    )
     assert refused(NS(storage_data={"plain-key": NS(relative_path="../up")})).startswith(
-        "entry 'plain-key' ('../up') points outside the checkpoint directory")
+        "entry 'plain-key' ('../up') points outside the checkpoint directory"
+    )
     _check_storage_paths(tmp_path, NS(storage_data={Index("w"): NS(relative_path="__0_0.distcp")}))
-    _check_storage_paths(tmp_path, NS(storage_data={Index("w"): NS()}))  # no path: the directory itself
+    _check_storage_paths(
+        tmp_path, NS(storage_data={Index("w"): NS()})
+    )  # no path: the directory itself
     _check_storage_paths(tmp_path, NS(storage_data=None))
     _check_storage_paths(tmp_path, NS())

@@ -37,10 +37,20 @@ def fields(items) -> list[tuple]:
     out = []
     for ri in items:
         d, s = ri.dest_index, ri.storage_index
-        out.append((
-            ri.type, d.fqn, _box(d.offset), d.index, _box(ri.dest_offsets),
-            s.fqn, _box(s.offset), s.index, _box(ri.storage_offsets), _box(ri.lengths),
-        ))
+        out.append(
+            (
+                ri.type,
+                d.fqn,
+                _box(d.offset),
+                d.index,
+                _box(ri.dest_offsets),
+                s.fqn,
+                _box(s.offset),
+                s.index,
+                _box(ri.storage_offsets),
+                _box(ri.lengths),
+            )
+        )
     return out
 
 
@@ -83,7 +93,9 @@ def corrupted(draw, chunks: list, size: tuple[int, ...]) -> list:
     """Overlaps, gaps, out-of-bounds boxes, negative sizes, another ndim, non-int offsets."""
     chunks = list(chunks)
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["shift", "grow", "negative", "drop", "ndim", "float", "duplicate"]))
+        kind = draw(
+            st.sampled_from(["shift", "grow", "negative", "drop", "ndim", "float", "duplicate"])
+        )
         if not chunks:
             break
         i = draw(st.integers(0, len(chunks) - 1))
@@ -103,7 +115,9 @@ def corrupted(draw, chunks: list, size: tuple[int, ...]) -> list:
             chunks[i] = chunk(off + [0], sz + [1])
             continue
         elif kind == "float":
-            chunks[i] = ChunkStorageMetadata(offsets=[*off[:d], float(off[d]), *off[d + 1:]], sizes=sz)
+            chunks[i] = ChunkStorageMetadata(
+                offsets=[*off[:d], float(off[d]), *off[d + 1 :]], sizes=sz
+            )
             continue
         else:
             chunks.insert(draw(st.integers(0, len(chunks))), c)
@@ -128,9 +142,21 @@ def layouts(draw):
     if draw(st.booleans()):
         local = [draw(st.sampled_from(target))]
     else:
-        local = draw(st.lists(st.sampled_from(target), min_size=1, max_size=3, unique_by=lambda c: (tuple(c.offsets), tuple(c.sizes))))
+        local = draw(
+            st.lists(
+                st.sampled_from(target),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda c: (tuple(c.offsets), tuple(c.sizes)),
+            )
+        )
     if draw(st.integers(0, 5)) == 0:  # boxes that are not a partition's, even out of bounds
-        local.append(chunk([draw(st.integers(-3, n + 3)) for n in size], [draw(st.integers(0, n + 3)) for n in size]))
+        local.append(
+            chunk(
+                [draw(st.integers(-3, n + 3)) for n in size],
+                [draw(st.integers(0, n + 3)) for n in size],
+            )
+        )
     props = TensorProperties(dtype=torch.float32)
     return TensorStorageMetadata(properties=props, size=torch.Size(size), chunks=list(saved)), local
 
@@ -154,16 +180,25 @@ def test_pruned_reads_equal_dcps_own_field_by_field(layout):
 def test_layers_alike_share_dcps_reads_with_their_own_names(layout):
     md, local = layout
     # Three keys saved alike (as 80 layers are), one checkpoint.
-    entries = {k: TensorStorageMetadata(md.properties, md.size, list(md.chunks)) for k in ("a", "b", "c")}
+    entries = {
+        k: TensorStorageMetadata(md.properties, md.size, list(md.chunks)) for k in ("a", "b", "c")
+    }
     pruner = overlap.ReadPruner(Metadata(state_dict_metadata=entries), min_chunks=1)
     for k in ("a", "b", "c", "b"):
         expected = outcome(lambda k=k: DCP_READS(k, entries[k], local))
-        assert outcome(lambda k=k: pruner.read_items(DCP_READS, k, entries[k], local)) == expected, k
+        assert (
+            outcome(lambda k=k: pruner.read_items(DCP_READS, k, entries[k], local)) == expected
+        ), k
 
 
 def test_the_memo_turns_itself_off_when_dcp_disagrees():
     saved = [chunk((i, 0), (1, 8)) for i in range(32)]
-    entries = {k: TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size((32, 8)), list(saved)) for k in "abc"}
+    entries = {
+        k: TensorStorageMetadata(
+            TensorProperties(dtype=torch.float32), torch.Size((32, 8)), list(saved)
+        )
+        for k in "abc"
+    }
     pruner = overlap.ReadPruner(Metadata(state_dict_metadata=entries))
     local = [chunk((4, 0), (2, 8))]
 
@@ -171,29 +206,50 @@ def test_the_memo_turns_itself_off_when_dcp_disagrees():
         items = DCP_READS(fqn, md, local_chunks)
         return items[::-1] if fqn == "b" else items
 
-    assert fields(pruner.read_items(name_dependent, "a", entries["a"], local)) == fields(name_dependent("a", entries["a"], local))
-    assert fields(pruner.read_items(name_dependent, "b", entries["b"], local)) == fields(name_dependent("b", entries["b"], local))
+    assert fields(pruner.read_items(name_dependent, "a", entries["a"], local)) == fields(
+        name_dependent("a", entries["a"], local)
+    )
+    assert fields(pruner.read_items(name_dependent, "b", entries["b"], local)) == fields(
+        name_dependent("b", entries["b"], local)
+    )
     assert not pruner.memo_on
-    assert fields(pruner.read_items(name_dependent, "c", entries["c"], local)) == fields(name_dependent("c", entries["c"], local))
+    assert fields(pruner.read_items(name_dependent, "c", entries["c"], local)) == fields(
+        name_dependent("c", entries["c"], local)
+    )
 
 
 def test_a_grid_layout_is_really_pruned():
     # TP+FSDP-like wk: 1024 row chunks, swept along dim 1 by DCP; a FSDP-256 rank's rows meet 4 of them.
     saved = [chunk((i * 1, 0), (1, 64)) for i in range(1024)]
-    md = TensorStorageMetadata(TensorProperties(dtype=torch.bfloat16), torch.Size((1024, 64)), saved)
+    md = TensorStorageMetadata(
+        TensorProperties(dtype=torch.bfloat16), torch.Size((1024, 64)), saved
+    )
     local = [chunk((8, 0), (4, 64))]
     index = overlap.build_index(md)
     picked = overlap.candidates(index, local)
     assert picked is not None and len(picked) < 10, picked
-    assert fields(overlap.pruned_read_items(DCP_READS, "w", md, local, index)) == fields(DCP_READS("w", md, local))
+    assert fields(overlap.pruned_read_items(DCP_READS, "w", md, local, index)) == fields(
+        DCP_READS("w", md, local)
+    )
 
 
 def test_small_or_scalar_or_malformed_tensors_are_not_indexed():
     props = TensorProperties(dtype=torch.float32)
-    assert overlap.build_index(TensorStorageMetadata(props, torch.Size((4,)), [chunk((0,), (4,))])) is None
-    assert overlap.build_index(TensorStorageMetadata(props, torch.Size(()), [chunk((), ())] * 20), min_chunks=1) is None
+    assert (
+        overlap.build_index(TensorStorageMetadata(props, torch.Size((4,)), [chunk((0,), (4,))]))
+        is None
+    )
+    assert (
+        overlap.build_index(
+            TensorStorageMetadata(props, torch.Size(()), [chunk((), ())] * 20), min_chunks=1
+        )
+        is None
+    )
     mixed = [chunk((i,), (1,)) for i in range(19)] + [chunk((19, 0), (1, 1))]
-    assert overlap.build_index(TensorStorageMetadata(props, torch.Size((20,)), mixed), min_chunks=1) is None
+    assert (
+        overlap.build_index(TensorStorageMetadata(props, torch.Size((20,)), mixed), min_chunks=1)
+        is None
+    )
 
 
 # -- the patch is scoped ---------------------------------------------------------------------
@@ -252,7 +308,9 @@ PLANNER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", PLANNER_CASES, ids=lambda c: f"{c[0]}-{c[1]}{c[2]}-to-{c[4]}{c[5]}")
+@pytest.mark.parametrize(
+    "case", PLANNER_CASES, ids=lambda c: f"{c[0]}-{c[1]}{c[2]}-to-{c[4]}{c[5]}"
+)
 def test_dcp_load_planner_with_pruning_equals_without(case):
     model, s_recipe, s_mesh, s_names, t_recipe, t_mesh, t_names = case
     llama = model != "mlp"

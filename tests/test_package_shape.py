@@ -18,19 +18,28 @@ def _packages() -> list[Path]:
 
 
 def test_no_folder_holds_more_than_fifteen_modules():
-    big = {p.relative_to(ROOT).as_posix() or ".": n for p in _packages()
-           if (n := len([m for m in p.glob("*.py") if m.name != "__init__.py"])) > MAX_MODULES}
+    big = {
+        p.relative_to(ROOT).as_posix() or ".": n
+        for p in _packages()
+        if (n := len([m for m in p.glob("*.py") if m.name != "__init__.py"])) > MAX_MODULES
+    }
     assert big == {}
 
 
 def test_every_sub_package_says_what_lives_there():
-    silent = [p.relative_to(ROOT).as_posix() for p in _packages()
-              if p != ROOT and not ast.get_docstring(ast.parse((p / "__init__.py").read_text()))]
+    silent = [
+        p.relative_to(ROOT).as_posix()
+        for p in _packages()
+        if p != ROOT and not ast.get_docstring(ast.parse((p / "__init__.py").read_text()))
+    ]
     assert silent == []
 
 
 def test_the_readme_layout_names_every_folder():
-    layout = README[README.index("## Layout"):] if "## Layout" in README else README
-    missing = [p.relative_to(ROOT).as_posix() for p in _packages()
-               if p != ROOT and f"{p.name}/" not in layout]
+    layout = README[README.index("## Layout") :] if "## Layout" in README else README
+    missing = [
+        p.relative_to(ROOT).as_posix()
+        for p in _packages()
+        if p != ROOT and f"{p.name}/" not in layout
+    ]
     assert missing == []

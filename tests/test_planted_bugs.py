@@ -57,8 +57,16 @@ def test_the_verdict_names_the_hint_whose_key_dcp_raises_on(named_checkpoint):
     raised_on = re.findall(r"Missing key in checkpoint state_dict: (optim\S+)\.", str(raised.value))
     assert raised_on and raised_on[0].startswith("optim.state.0."), str(raised.value)[-500:]
 
-    load = dcpviz.simulate_load(named_checkpoint, dcpviz.Scenario(
-        model="mlp", world_size=1, recipe="fsdp", optimizer="adamw", state=_index_keyed_optimizer))
+    load = dcpviz.simulate_load(
+        named_checkpoint,
+        dcpviz.Scenario(
+            model="mlp",
+            world_size=1,
+            recipe="fsdp",
+            optimizer="adamw",
+            state=_index_keyed_optimizer,
+        ),
+    )
     assert not load.verdict.loads
     # The hint that explains the key DCP raised on also names keys DCP does not raise on (the
     # checkpoint's name-keyed moments, read by no rank): it breaks the load all the same.
@@ -98,8 +106,11 @@ def _read(doc, tmp_path):
 
 def _use(result):
     """Read every table a user reads (a bad index shows up here as an IndexError)."""
-    for name in ("write_items", "dedup", "rank_volume", "chunks") if result.kind == "save" else (
-            "read_items", "rank_volume", "mismatches", "hints"):
+    for name in (
+        ("write_items", "dedup", "rank_volume", "chunks")
+        if result.kind == "save"
+        else ("read_items", "rank_volume", "mismatches", "hints")
+    ):
         getattr(result, name)
 
 
@@ -164,8 +175,10 @@ class HighestRankDedup(DefaultSavePlanner):
         for rank, plan in enumerate(all_plans):
             for item in plan.items:
                 highest[item.index] = rank
-        kept = [dataclasses.replace(p, items=[i for i in p.items if highest[i.index] == r])
-                for r, p in enumerate(all_plans)]
+        kept = [
+            dataclasses.replace(p, items=[i for i in p.items if highest[i.index] == r])
+            for r, p in enumerate(all_plans)
+        ]
         return super().create_global_plan(kept)  # DCP's own dedup then finds nothing to drop
 
 
@@ -189,7 +202,9 @@ def test_the_replay_picks_what_dcps_own_global_plans_kept():
     DCP's coordinator returned (the rank whose global plan still holds the item); the layout is
     one where DCP's balance picks neither the lowest nor always the highest candidate, so a
     replay of another rule fails here."""
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
     t = save.trace
     kept = {}
     for rank, plan in enumerate(t.global_plans):
@@ -215,12 +230,20 @@ def test_two_ranks_with_two_values_lose_one(tmp_path):
     """Two ranks, two different values under one key: DCP keeps one rank's copy (the rank whose
     global plan holds the key, read from DCP's own plans here), the other rank's value is lost.
     The same value on both ranks ('shared') loses nothing."""
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp",
-                                                state=_loader_position_per_rank))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", state=_loader_position_per_rank)
+    )
     t = save.trace
-    holders = [r for r, plan in enumerate(t.global_plans) for i in plan.items if t.items[i].fqn == "loader.position"]
+    holders = [
+        r
+        for r, plan in enumerate(t.global_plans)
+        for i in plan.items
+        if t.items[i].fqn == "loader.position"
+    ]
     assert len(holders) == 1
-    lost = save.checks[(save.checks.check == "rank-specific-value") & (save.checks.severity == "data-loss")]
+    lost = save.checks[
+        (save.checks.check == "rank-specific-value") & (save.checks.severity == "data-loss")
+    ]
     assert list(lost.fqn) == ["loader.position"]
     assert tuple(lost.ranks.iloc[0]) == (1 - holders[0],)
     assert "2 different values" in lost.message.iloc[0]

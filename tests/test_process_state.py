@@ -29,8 +29,10 @@ def _dtensor_cache_size() -> int:
 def _process_state() -> dict:
     """Every piece of global state a fake world touches, in comparable form."""
     world = c10d._world
-    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
     return {
         "excepthook": sys.excepthook,
         "initialized": dist.is_initialized(),
@@ -46,7 +48,9 @@ def _process_state() -> dict:
         "tags_to_pg": {k: list(v) for k, v in world.tags_to_pg.items()},
         "pg_to_tag": dict(world.pg_to_tag),
         "pg_coalesce_state": dict(world.pg_coalesce_state),
-        "loggers": {lg.name: (lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in loggers},
+        "loggers": {
+            lg.name: (lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in loggers
+        },
         "logging_disable": logging.root.manager.disable,
         "dtensor_cache": _dtensor_cache_size(),
     }
@@ -141,8 +145,11 @@ def _stale_meshes_on_rank1(sc) -> tuple[int, list[str]]:
     with world.fake_world(1, sc.world_size):
         model = apply_recipe(sc.recipe, statedict.build_model_on_meta(sc), statedict.build_mesh(sc))
         dtensors = {k: v for k, v in model.state_dict().items() if isinstance(v, DTensor)}
-        stale = [k for k, v in dtensors.items()
-                 if v.device_mesh.get_coordinate() != world.expected_coordinate(v.device_mesh, 1)]
+        stale = [
+            k
+            for k, v in dtensors.items()
+            if v.device_mesh.get_coordinate() != world.expected_coordinate(v.device_mesh, 1)
+        ]
     return len(dtensors), stale
 
 
@@ -173,8 +180,13 @@ def test_as_rank_leaves_process_as_found(warm_imports):
 def _plan_cache_entries() -> dict:
     from torch.distributed.checkpoint.planner import SavePlanner
 
-    names = ("_cached_save_plan", "_cached_final_save_plan", "_cached_all_plans",
-             "_cached_global_plan", "_cached_metadata")
+    names = (
+        "_cached_save_plan",
+        "_cached_final_save_plan",
+        "_cached_all_plans",
+        "_cached_global_plan",
+        "_cached_metadata",
+    )
     return {n: dict(getattr(SavePlanner, n)) for n in names}
 
 
@@ -184,6 +196,8 @@ def test_simulation_with_plan_caching_leaves_dcps_plan_cache_as_found(warm_impor
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
     before = _plan_cache_entries()
-    dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
-                         planner=DefaultSavePlanner(enable_plan_caching=True))
+    dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp"),
+        planner=DefaultSavePlanner(enable_plan_caching=True),
+    )
     assert _plan_cache_entries() == before

@@ -24,21 +24,42 @@ transformers = pytest.importorskip("transformers")
 
 
 def hf_gpt2():
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=100,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(cfg)
 
 
 def hf_llama():
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        tie_word_embeddings=True,
+    )
     return transformers.LlamaForCausalLM(cfg)
 
 
 def hf_mixtral():
-    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, vocab_size=100, num_local_experts=4,
-                                     num_experts_per_tok=2)
+    cfg = transformers.MixtralConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
     return transformers.MixtralForCausalLM(cfg)
 
 
@@ -59,8 +80,9 @@ def hand_model_state(model, recipe, mesh_shape, names, rank):
             continue
         local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, placements)
         local = torch.empty(local_shape, dtype=value.dtype, device="meta")
-        out[fqn] = DTensor.from_local(local, mesh, placements, run_check=False, shape=value.shape,
-                                      stride=value.stride())
+        out[fqn] = DTensor.from_local(
+            local, mesh, placements, run_check=False, shape=value.shape, stride=value.stride()
+        )
     return out
 
 
@@ -71,23 +93,34 @@ def hand_state(model_factory, recipe, mesh, names, rank, optimizer):
     if optimizer is None:
         return model_sd
     fqns = [n for n, _ in model.named_parameters()]  # a tied parameter once, under its first name
-    state = {f: {"step": torch.tensor(0.0), **{m: model_sd[f] for m in MOMENTS[optimizer]}} for f in fqns}
-    return {"model": model_sd, "optim": {"state": state, "param_groups": [hand_param_group(optimizer, fqns)]}}
+    state = {
+        f: {"step": torch.tensor(0.0), **{m: model_sd[f] for m in MOMENTS[optimizer]}} for f in fqns
+    }
+    return {
+        "model": model_sd,
+        "optim": {"state": state, "param_groups": [hand_param_group(optimizer, fqns)]},
+    }
 
 
 @pytest.mark.parametrize("optimizer", [None, "adamw"])
 @pytest.mark.parametrize("recipe,mesh,names", FSDP_LAYOUTS)
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
 def test_real_models_agree_with_hand_built_dtensors(model, recipe, mesh, names, optimizer):
-    sc = dcpviz.Scenario(model=model, world_size=math.prod(mesh), mesh=mesh, recipe=recipe, optimizer=optimizer)
+    sc = dcpviz.Scenario(
+        model=model, world_size=math.prod(mesh), mesh=mesh, recipe=recipe, optimizer=optimizer
+    )
     res = dcpviz.simulate_save(sc)
     assert res.ok, res.errors
     for rank in range(sc.world_size):
-        assert trace_items(res, rank) == plan_items(hand_state(model, recipe, mesh, names, rank, optimizer), rank), rank
+        assert trace_items(res, rank) == plan_items(
+            hand_state(model, recipe, mesh, names, rank, optimizer), rank
+        ), rank
 
 
 def test_mixture_of_experts_weights_are_3d_and_sharded_on_the_expert_dim():
-    res = dcpviz.simulate_save(dcpviz.Scenario(model=hf_mixtral, world_size=4, recipe="fsdp", optimizer="adamw"))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model=hf_mixtral, world_size=4, recipe="fsdp", optimizer="adamw")
+    )
     chunks = res.chunks
     experts = chunks[chunks.fqn.str.endswith("experts.gate_up_proj.exp_avg")]
     assert len(experts) > 0 and all(len(s) == 3 for s in experts.sizes)
@@ -95,7 +128,14 @@ def test_mixture_of_experts_weights_are_3d_and_sharded_on_the_expert_dim():
     assert {s[0] for s in experts.sizes} == {1}
 
 
-PRESET_LAYOUTS = {"replicate": (2,), "fsdp": (4,), "hsdp": (2, 2), "tp": (2,), "tp+fsdp": (2, 2), "torchtitan": (2, 2)}
+PRESET_LAYOUTS = {
+    "replicate": (2,),
+    "fsdp": (4,),
+    "hsdp": (2, 2),
+    "tp": (2,),
+    "tp+fsdp": (2, 2),
+    "torchtitan": (2, 2),
+}
 # Published shapes at scale, checked in tests/test_titan_presets.py (their plans take the code
 # paths of llama3-70b and moe-tiny; ~3 minutes more here).
 SHAPE_ONLY_PRESETS = {"llama3-405b", "mixtral-8x7b"}
@@ -108,10 +148,20 @@ PRESET_NAMES = {"torchtitan": ("dp_shard", "tp")}
 @pytest.mark.parametrize("model", sorted(set(PRESETS) - SHAPE_ONLY_PRESETS))
 def test_every_preset_model_plans_under_every_recipe(model, recipe, optimizer):
     mesh = PRESET_LAYOUTS[recipe]
-    res = dcpviz.simulate_save(dcpviz.Scenario(model=model, world_size=math.prod(mesh), mesh=mesh, recipe=recipe,
-                                               mesh_dim_names=PRESET_NAMES.get(recipe), optimizer=optimizer))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model=model,
+            world_size=math.prod(mesh),
+            mesh=mesh,
+            recipe=recipe,
+            mesh_dim_names=PRESET_NAMES.get(recipe),
+            optimizer=optimizer,
+        )
+    )
     assert res.ok, res.errors
-    assert set(res.write_items.component) == ({"model"} if optimizer is None else {"model", "optim"})
+    assert set(res.write_items.component) == (
+        {"model"} if optimizer is None else {"model", "optim"}
+    )
 
 
 @pytest.mark.parametrize("model", [hf_llama, hf_gpt2], ids=lambda m: m.__name__)

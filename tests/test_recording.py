@@ -58,7 +58,13 @@ def test_torchrun_capture_opens_with_load_trace(captured):
     t = res.trace
     assert t.source == "capture" and res.ok
     sc = t.scenario
-    assert (sc.world_size, sc.mesh, sc.mesh_dim_names, sc.device, sc.dtype) == (2, (2,), ("shard",), "cpu", "float32")
+    assert (sc.world_size, sc.mesh, sc.mesh_dim_names, sc.device, sc.dtype) == (
+        2,
+        (2,),
+        ("shard",),
+        "cpu",
+        "float32",
+    )
     assert t.planner.cls == "DefaultSavePlanner" and t.planner.is_dcp_default
     assert len(t.local_plans) == 2 and len(t.global_plans) == 2 and t.final_plans is None
     assert any("final plans" in n for n in t.notes)
@@ -93,11 +99,18 @@ def test_capture_opens_in_the_explorer(captured):
     app.tabs.select("Layout")
     listed = {m for g in app.group_picker.options for m in app._group_members[g]}
     assert listed == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    app.group_picker.value = next(g for g in app.group_picker.options if "0.weight" in app._group_members[g])
+    app.group_picker.value = next(
+        g for g in app.group_picker.options if "0.weight" in app._group_members[g]
+    )
     app.member_picker.value = "0.weight"
     tiles = [t for t in app.layout_figure.data if (t.meta or {}).get("role") == "tiles"]
-    rows = {t.meta["writer"]: (min(y for y in t.y if y is not None), max(y for y in t.y if y is not None))
-            for t in tiles}
+    rows = {
+        t.meta["writer"]: (
+            min(y for y in t.y if y is not None),
+            max(y for y in t.y if y is not None),
+        )
+        for t in tiles
+    }
     assert rows == {0: (0, 95), 1: (95, 190)}
     app.tabs.select("Volume")
     (bars,) = [t for t in app.volume_fig.data if t.type == "bar"]  # (a mean line besides)
@@ -124,23 +137,38 @@ def test_wrapping_changes_no_decision(tmp_path):
     md = dcp.save(_state_dict(), checkpoint_id=tmp_path / "rec", planner=rec)
     a, b = _metadata(tmp_path / "plain"), _metadata(tmp_path / "rec")
     assert a.state_dict_metadata == b.state_dict_metadata and a.planner_data == b.planner_data
-    strip = lambda m: {(k.fqn, k.offset): (v.relative_path, v.offset, v.length) for k, v in m.storage_data.items()}  # noqa: E731
+
+    def strip(m):
+        return {
+            (k.fqn, k.offset): (v.relative_path, v.offset, v.length)
+            for k, v in m.storage_data.items()
+        }
+
     assert strip(a) == strip(b)
     for name in sorted(os.listdir(tmp_path / "plain")):
         if name.endswith(".distcp"):
-            assert os.path.getsize(tmp_path / "plain" / name) == os.path.getsize(tmp_path / "rec" / name)
+            assert os.path.getsize(tmp_path / "plain" / name) == os.path.getsize(
+                tmp_path / "rec" / name
+            )
     # Before complete(): plans and metadata, no storage facts yet (they did not exist).
     res = dcpviz.load_trace(tmp_path / "t.json")
     assert res.storage.empty and res.trace.metadata is not None
     assert rec.complete(md) == tmp_path / "t.json"
     res = dcpviz.load_trace(tmp_path / "t.json")
     assert len(res.storage) == len(b.storage_data)
-    assert rec.mappings["nested.b"] == ("nested", "b")  # the wrapped planner's attributes show through
+    assert rec.mappings["nested.b"] == (
+        "nested",
+        "b",
+    )  # the wrapped planner's attributes show through
 
 
 def test_planner_options_are_recorded(tmp_path):
     inner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
-    dcp.save(_state_dict(), checkpoint_id=tmp_path / "c", planner=dcpviz.RecordingSavePlanner(tmp_path / "t.json", inner))
+    dcp.save(
+        _state_dict(),
+        checkpoint_id=tmp_path / "c",
+        planner=dcpviz.RecordingSavePlanner(tmp_path / "t.json", inner),
+    )
     planner = dcpviz.load_trace(tmp_path / "t.json").trace.planner
     assert planner.option("dedup_save_to_lowest_rank") is True
 
@@ -192,7 +220,11 @@ def test_a_failing_local_load_plan_writes_no_trace(tmp_path):
     dcp.save(_state_dict(), checkpoint_id=tmp_path / "c")
     rec = dcpviz.RecordingLoadPlanner(tmp_path / "load.json")
     with pytest.raises(CheckpointException, match="Missing key in checkpoint state_dict: extra"):
-        dcp.load({"w": torch.zeros(6, 4), "extra": torch.zeros(2)}, checkpoint_id=tmp_path / "c", planner=rec)
+        dcp.load(
+            {"w": torch.zeros(6, 4), "extra": torch.zeros(2)},
+            checkpoint_id=tmp_path / "c",
+            planner=rec,
+        )
     assert not (tmp_path / "load.json").exists()
     assert "extra" in rec.rank_record()["messages"]  # DCP's verdict on each key was kept
 

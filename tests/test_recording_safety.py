@@ -91,13 +91,16 @@ def test_load_goes_on_when_the_trace_cannot_be_written(tmp_path):
 
 
 @pytest.mark.parametrize("cls", [dcpviz.RecordingSavePlanner, dcpviz.RecordingLoadPlanner])
-@pytest.mark.parametrize("template, match", [
-    ("plan_{rank}.json", r"placeholder \{rank\}"),
-    ("plan_{}.json", r"placeholder \{\}"),
-    ("plan_{n.real}.json", r"placeholder \{n.real\}"),
-    ("plan_{n.json", "not a valid path template"),
-    ("plan_{n:s}.json", "integer"),
-])
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        ("plan_{rank}.json", r"placeholder \{rank\}"),
+        ("plan_{}.json", r"placeholder \{\}"),
+        ("plan_{n.real}.json", r"placeholder \{n.real\}"),
+        ("plan_{n.json", "not a valid path template"),
+        ("plan_{n:s}.json", "integer"),
+    ],
+)
 def test_bad_path_templates_fail_when_the_planner_is_built(tmp_path, cls, template, match):
     with pytest.raises(dcpviz.DcpvizError, match=match):
         cls(str(tmp_path / template))
@@ -107,6 +110,9 @@ def test_good_path_templates(tmp_path):
     rec = dcpviz.RecordingSavePlanner(str(tmp_path / "save_{n:03d}.json"))
     for step in range(2):
         dcp.save(_state_dict(), checkpoint_id=tmp_path / f"c{step}", planner=rec)
-    assert sorted(p.name for p in tmp_path.glob("save_*.json")) == ["save_000.json", "save_001.json"]
+    assert sorted(p.name for p in tmp_path.glob("save_*.json")) == [
+        "save_000.json",
+        "save_001.json",
+    ]
     plain = dcpviz.RecordingSavePlanner(tmp_path / "plain.json")
     assert plain.path == tmp_path / "plain.json"

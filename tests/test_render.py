@@ -25,12 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def hsdp():
-    return dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
 
 
 @pytest.fixture(scope="module")
 def llama():
-    return dcpviz.simulate_save(dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
 
 
 def _plain(text: str) -> str:
@@ -40,11 +44,22 @@ def _plain(text: str) -> str:
 # -- one protocol -------------------------------------------------------------------------------
 def test_no_name_is_defined_twice_in_a_renderer():
     """terminal.py defined ``_na`` twice: the second, without its guard, replaced the first."""
-    for path in [ROOT / "dcpviz" / "terminal.py", ROOT / "dcpviz" / "html_report.py", ROOT / "dcpviz" / "results.py",
-                 *sorted((ROOT / "dcpviz" / "views").glob("*.py")), *sorted((ROOT / "dcpviz" / "widgets").glob("*.py"))]:
-        names = [n.name for n in ast.parse(path.read_text()).body
-                 if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
-        assert len(names) == len(set(names)), (path.name, sorted({n for n in names if names.count(n) > 1}))
+    for path in [
+        ROOT / "dcpviz" / "terminal.py",
+        ROOT / "dcpviz" / "html_report.py",
+        ROOT / "dcpviz" / "results.py",
+        *sorted((ROOT / "dcpviz" / "views").glob("*.py")),
+        *sorted((ROOT / "dcpviz" / "widgets").glob("*.py")),
+    ]:
+        names = [
+            n.name
+            for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        ]
+        assert len(names) == len(set(names)), (
+            path.name,
+            sorted({n for n in names if names.count(n) > 1}),
+        )
 
 
 def test_na_keeps_its_guard_for_tuples():
@@ -69,7 +84,9 @@ def test_every_result_kind_renders_through_the_one_protocol(hsdp, tmp_path):
         html = report_html(result)
         assert all(row.label in html for row in result.summary_rows())
         assert result.summary_rows()[0].label in header_html(result)
-        assert "<span" not in "".join(r.text for r in result.summary_rows())  # plain text: no markup below views
+        assert "<span" not in "".join(
+            r.text for r in result.summary_rows()
+        )  # plain text: no markup below views
 
 
 def test_summary_text_is_escaped_once_by_the_renderer(hsdp):
@@ -82,13 +99,27 @@ def test_summary_text_is_escaped_once_by_the_renderer(hsdp):
 
 
 def test_severities_and_mismatch_kinds_are_enums_equal_to_their_text(hsdp):
-    assert SEVERITIES == ("data-loss", "error", "warning", "info") and FAILING == ("data-loss", "error")
+    assert SEVERITIES == ("data-loss", "error", "warning", "info") and FAILING == (
+        "data-loss",
+        "error",
+    )
     assert Severity.DATA_LOSS == "data-loss" and f"{Severity.WARNING}" == "warning"
-    assert [str(k) for k in MismatchKind] == ["missing", "size", "type", "other", "dtype", "unexpected"]
+    assert [str(k) for k in MismatchKind] == [
+        "missing",
+        "size",
+        "type",
+        "other",
+        "dtype",
+        "unexpected",
+    ]
     # The tables hold the members, which compare and serialise as their text.
     assert set(hsdp.checks["severity"]) <= set(SEVERITIES)
-    load = dcpviz.simulate_load(hsdp, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
-    assert (load.mismatches["kind"] == "missing").any() and (load.mismatches["kind"] == MismatchKind.MISSING).any()
+    load = dcpviz.simulate_load(
+        hsdp, dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
+    assert (load.mismatches["kind"] == "missing").any() and (
+        load.mismatches["kind"] == MismatchKind.MISSING
+    ).any()
     assert {m.kind for m in load.trace.mismatches} <= set(MismatchKind)
 
 
@@ -134,7 +165,9 @@ def test_terminal_at_80_columns_keeps_names_readable(llama, tmp_path, monkeypatc
 
 def test_middle_keeps_both_ends():
     cut = middle("layers.0.attention.wq.weight", 22)
-    assert len(cut) == 22 and cut.startswith("layers.0.a") and cut.endswith("wq.weight") and "…" in cut
+    assert (
+        len(cut) == 22 and cut.startswith("layers.0.a") and cut.endswith("wq.weight") and "…" in cut
+    )
     assert middle("fc1.weight", 22) == "fc1.weight"
 
 
@@ -146,8 +179,11 @@ def _plot_height(fig) -> float:
 
 def test_row_axis_title_stays_beside_the_plot(hsdp, llama):
     """fc2.weight (3×190): one long axis title ran up past the plot into the subtitle."""
-    for fig in (V.chunk_layout(hsdp, "fc2.weight"), V.chunk_layout(llama, "tok_embeddings.weight"),
-                V.chunk_layout(hsdp, "fc1.weight")):
+    for fig in (
+        V.chunk_layout(hsdp, "fc2.weight"),
+        V.chunk_layout(llama, "tok_embeddings.weight"),
+        V.chunk_layout(hsdp, "fc1.weight"),
+    ):
         lines = _plain(fig.layout.yaxis.title.text.replace("<br>", "\n")).split("\n")
         assert 7 * max(map(len, lines)) <= _plot_height(fig), lines
 
@@ -184,7 +220,9 @@ def test_thin_modules_are_named_not_left_invisible(hsdp):
 
 def test_component_chart_says_components():
     """Notebook 05's legend said 'all modules: mean' over a chart of components."""
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="adamw"))
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="adamw")
+    )
     fig = V.rank_volume(res, by="component")
     means = [t.name for t in fig.data if t.meta and t.meta.get("role") == "mean"]
     assert means and means[0].startswith("all components: mean")
@@ -229,7 +267,9 @@ def test_short_dims_tick_whole_elements(hsdp):
     """fc2.bias (3 elements) had ticks at 0.5, 1.5, 2.5: half an element means nothing."""
     assert V.chunk_layout(hsdp, "fc2.bias").layout.xaxis.dtick == 1
     assert V.chunk_layout(hsdp, "fc2.weight").layout.yaxis.dtick == 1
-    assert V.chunk_layout(hsdp, "fc1.weight").layout.yaxis.dtick is None  # 190 rows: plotly's own ticks
+    assert (
+        V.chunk_layout(hsdp, "fc1.weight").layout.yaxis.dtick is None
+    )  # 190 rows: plotly's own ticks
 
 
 def test_heatmaps_draw_no_grid_through_their_cells(hsdp):

@@ -19,7 +19,9 @@ from dcpviz.cli import main
 @pytest.fixture(scope="module")
 def failed_save(tmp_path_factory):
     root = tmp_path_factory.mktemp("failed_save")
-    res = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), planner=FailingLocalPlanner)
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), planner=FailingLocalPlanner
+    )
     assert res.errors and res.trace.global_plans is None
     path = res.to_json(root / "t.json")
     return dcpviz.load_trace(path), path, root
@@ -36,7 +38,9 @@ def test_a_save_whose_local_plan_failed_renders_everywhere(failed_save):
 def no_reads(tmp_path_factory):
     root = tmp_path_factory.mktemp("no_reads")
     save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
-    load = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
+    )
     assert load.rank_volume["nbytes"].isna().all()  # the usual "won't load": no rank reads
     path = load.to_json(root / "l.json")
     return dcpviz.load_trace(path), path, root
@@ -49,7 +53,9 @@ def test_a_load_where_no_rank_reads_renders_everywhere(no_reads):
 
 
 @pytest.mark.parametrize("field", ["wanted_by_rank", "local_plans", "global_plans", "final_plans"])
-def test_a_per_rank_list_shorter_than_the_world_is_refused_and_check_exits_2(no_reads, tmp_path, field, capsys):
+def test_a_per_rank_list_shorter_than_the_world_is_refused_and_check_exits_2(
+    no_reads, tmp_path, field, capsys
+):
     load, path, _ = no_reads
     doc = json.loads(path.read_text())
     if doc["trace"][field] is None:

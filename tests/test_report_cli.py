@@ -11,7 +11,9 @@ import dcpviz
 
 @pytest.fixture(scope="module")
 def hsdp():
-    return dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
 
 
 def test_report_is_self_contained(hsdp, tmp_path):
@@ -28,12 +30,31 @@ def test_report_is_self_contained(hsdp, tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dcpviz", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dcpviz", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_cli_simulate_writes_trace_and_report(tmp_path):
-    r = run_cli("simulate", "--model", "llama-tiny", "-W", "4", "--mesh", "2x2", "--recipe", "tp+fsdp",
-                "--trace", str(tmp_path / "t.json"), "--report", str(tmp_path / "r.html"))
+    r = run_cli(
+        "simulate",
+        "--model",
+        "llama-tiny",
+        "-W",
+        "4",
+        "--mesh",
+        "2x2",
+        "--recipe",
+        "tp+fsdp",
+        "--trace",
+        str(tmp_path / "t.json"),
+        "--report",
+        str(tmp_path / "r.html"),
+    )
     assert r.returncode == 0, r.stderr
     assert "tp+fsdp on 4 ranks" in r.stdout and "valid" in r.stdout
     res = dcpviz.load_trace(tmp_path / "t.json")
@@ -62,16 +83,45 @@ def test_cli_bad_input_is_one_clear_line(args, needle, tmp_path):
 
 def test_cli_show_malformed_trace(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text('{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": {"scenario": []}}')
+    bad.write_text(
+        '{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": {"scenario": []}}'
+    )
     r = run_cli("show", str(bad))
     assert r.returncode == 2 and "malformed" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_load_from_a_save_trace(tmp_path):
-    assert run_cli("simulate", "-W", "8", "--mesh", "2x4", "--recipe", "hsdp", "--model", "mlp",
-                   "--trace", str(tmp_path / "s.json"), "-q").returncode == 0
-    r = run_cli("load", str(tmp_path / "s.json"), "--model", "mlp", "-W", "6", "--recipe", "fsdp",
-                "--trace", str(tmp_path / "l.json"), "--report", str(tmp_path / "l.html"))
+    assert (
+        run_cli(
+            "simulate",
+            "-W",
+            "8",
+            "--mesh",
+            "2x4",
+            "--recipe",
+            "hsdp",
+            "--model",
+            "mlp",
+            "--trace",
+            str(tmp_path / "s.json"),
+            "-q",
+        ).returncode
+        == 0
+    )
+    r = run_cli(
+        "load",
+        str(tmp_path / "s.json"),
+        "--model",
+        "mlp",
+        "-W",
+        "6",
+        "--recipe",
+        "fsdp",
+        "--trace",
+        str(tmp_path / "l.json"),
+        "--report",
+        str(tmp_path / "l.html"),
+    )
     assert r.returncode == 0, r.stderr
     assert "plans cleanly" in r.stdout
     assert dcpviz.load_trace(tmp_path / "l.json").kind == "load"
@@ -88,7 +138,11 @@ def test_demo_next_steps_include_a_load_and_each_runs(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    steps = [line.split("#")[0].split() for line in out.splitlines() if line.strip().startswith(".venv/bin/dcpviz ")]
+    steps = [
+        line.split("#")[0].split()
+        for line in out.splitlines()
+        if line.strip().startswith(".venv/bin/dcpviz ")
+    ]
     assert any(s[1] == "load" for s in steps), out
     for step in steps:
         if "--help" in step:
@@ -96,5 +150,7 @@ def test_demo_next_steps_include_a_load_and_each_runs(tmp_path, monkeypatch, cap
         assert main(step[1:]) == 0, shlex.join(step)
         said = capsys.readouterr().out
         if step[1] == "load":
-            assert "mismatch" not in said.lower() or "no mismatch" in said.lower(), said  # the same model: it loads
+            assert "mismatch" not in said.lower() or "no mismatch" in said.lower(), (
+                said
+            )  # the same model: it loads
     assert (tmp_path / "plan.json").exists() and (tmp_path / "load.html").stat().st_size > 0

@@ -47,7 +47,11 @@ def test_model_factory_raising_outside_dcp(tmp_path):
     res = dcpviz.run_save(sc, tmp_path / "ck", timeout=120)
     assert not res.ok
     first = res.trace.errors[0]
-    assert first.rank == 1 and first.phase == "build" and "planted failure in the model factory" in first.message
+    assert (
+        first.rank == 1
+        and first.phase == "build"
+        and "planted failure in the model factory" in first.message
+    )
     _gone(res.run_info)
 
 
@@ -69,17 +73,26 @@ def test_ctrl_c_stops_every_process(tmp_path):
     script = textwrap.dedent(f"""
         import dcpviz, run_helpers
         sc = dcpviz.Scenario(model=run_helpers.model_sleeping_everywhere, world_size=2, recipe="fsdp")
-        dcpviz.run_save(sc, {str(tmp_path / 'ck')!r}, timeout=300)
+        dcpviz.run_save(sc, {str(tmp_path / "ck")!r}, timeout=300)
     """)
-    env = {**os.environ, "DCPVIZ_TEST_PID_DIR": str(pid_dir),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "DCPVIZ_TEST_PID_DIR": str(pid_dir),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 90
-        while len(list(pid_dir.iterdir())) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        while (
+            len(list(pid_dir.iterdir())) < 2 and time.monotonic() < deadline and proc.poll() is None
+        ):
             time.sleep(0.2)
         pids = [int(p.stem) for p in pid_dir.iterdir()]
-        assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else "workers never started"
+        assert len(pids) == 2, (
+            proc.stderr.read() if proc.poll() is not None else "workers never started"
+        )
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:

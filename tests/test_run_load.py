@@ -38,8 +38,14 @@ def test_reads_equal_simulate_load_in_dcp_load_order(loaded, phase):
 def test_values_mismatches_and_tables_equal_simulate_load(loaded):
     _, _, run, sim, _ = loaded
     assert run.trace.mismatches == sim.trace.mismatches == ()
-    wanted = [sorted((run.trace.wanted[i] for i in ids), key=lambda v: v.fqn) for ids in run.trace.wanted_by_rank]
-    assert wanted == [sorted((sim.trace.wanted[i] for i in ids), key=lambda v: v.fqn) for ids in sim.trace.wanted_by_rank]
+    wanted = [
+        sorted((run.trace.wanted[i] for i in ids), key=lambda v: v.fqn)
+        for ids in run.trace.wanted_by_rank
+    ]
+    assert wanted == [
+        sorted((sim.trace.wanted[i] for i in ids), key=lambda v: v.fqn)
+        for ids in sim.trace.wanted_by_rank
+    ]
     assert run.trace.saved == sim.trace.saved and run.trace.saved_writers == sim.trace.saved_writers
     cols = ["rank", "reads", "nbytes"]
     assert run.rank_volume[cols].equals(sim.rank_volume[cols])
@@ -69,7 +75,9 @@ def test_a_failing_load_names_ranks_and_keys_like_simulate_load(real_save, tmp_p
     target = dcpviz.Scenario(model="llama-tiny", world_size=2, recipe="fsdp")
     res = dcpviz.run_load(ckpt, target, timeout=240)
     assert not res.ok
-    assert {e.rank for e in res.trace.errors} == {0, 1} and {e.phase for e in res.trace.errors} == {"plan"}
+    assert {e.rank for e in res.trace.errors} == {0, 1} and {e.phase for e in res.trace.errors} == {
+        "plan"
+    }
     assert "Missing key in checkpoint state_dict" in res.trace.errors[0].message
     sim = dcpviz.simulate_load(ckpt, target)
     assert set(res.trace.mismatches) == set(sim.trace.mismatches) and res.trace.mismatches

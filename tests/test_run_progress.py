@@ -9,7 +9,11 @@ from dcpviz.engine.run.procs import PROGRESS_AFTER_S, RunInfo, RunProgress, _Gat
 
 
 def gather(world: int, phases: dict[int, str], done: tuple[int, ...]) -> _Gather:
-    g = _Gather(info=RunInfo(backend="gloo", device="cpu", world_size=world, start_method="spawn"), world=world, t0=time.monotonic())
+    g = _Gather(
+        info=RunInfo(backend="gloo", device="cpu", world_size=world, start_method="spawn"),
+        world=world,
+        t0=time.monotonic(),
+    )
     g.info.phases.update(phases)
     g.payloads.update({r: {} for r in done})
     return g
@@ -35,7 +39,9 @@ def test_a_short_run_stays_quiet_and_a_long_one_shows_ranks_and_phases(capsys):
 
 
 def test_a_real_run_reports_progress(tmp_path, capsys):
-    res = dcpviz.run_save(dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), tmp_path / "ck", progress=True)
+    res = dcpviz.run_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"), tmp_path / "ck", progress=True
+    )
     assert res.ok, res.errors
     err = capsys.readouterr().err
     assert "real run" in err and "2/2" in err

@@ -66,10 +66,19 @@ def test_storage_matches_an_independent_read_of_the_checkpoint(pair):
 
     _, run, _, ckpt = pair
     md = FileSystemReader(str(ckpt)).read_metadata()
-    dcp_view = sorted((k.fqn, tuple(k.offset or ()), s.relative_path, s.offset, s.length)
-                      for k, s in md.storage_data.items())
-    ours = sorted(zip(run.storage["fqn"], run.storage["offsets"], run.storage["file"], run.storage["offset"],
-                      run.storage["length"]))
+    dcp_view = sorted(
+        (k.fqn, tuple(k.offset or ()), s.relative_path, s.offset, s.length)
+        for k, s in md.storage_data.items()
+    )
+    ours = sorted(
+        zip(
+            run.storage["fqn"],
+            run.storage["offsets"],
+            run.storage["file"],
+            run.storage["offset"],
+            run.storage["length"],
+        )
+    )
     assert ours == dcp_view
     for row in run.storage.itertuples():  # DCP names each rank's file __<rank>_<n>.distcp
         assert row.file.startswith(f"__{row.rank}_"), row
@@ -110,7 +119,12 @@ def test_uneven_and_strided_shards_were_really_written(pair):
         # FSDP over TP gives strided shards: rank 1 (dp 0, tp 1) holds rows 32-47, rank 2 rows
         # 16-31 — not rank * 16 — and those are the bytes in each rank's file.
         wq = st[st.fqn == "layers.0.attention.wq.weight"]
-        assert dict(zip(wq["rank"], wq["offsets"])) == {0: (0, 0), 1: (32, 0), 2: (16, 0), 3: (48, 0)}
+        assert dict(zip(wq["rank"], wq["offsets"])) == {
+            0: (0, 0),
+            1: (32, 0),
+            2: (16, 0),
+            3: (48, 0),
+        }
     else:
         # fc2.bias has 3 rows over 2 shards: a 2-row and a 1-row chunk, both on disk.
         rows = st[st.fqn == "fc2.bias"]

@@ -29,7 +29,11 @@ def test_real_save_plans_equal_the_simulation(adamw_run):
     sim = dcpviz.simulate_save(sc)
     cols = ["rank", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "kept", "component"]
     assert run.write_items[cols].equals(sim.write_items[cols])
-    assert run.trace.scenario.components == sim.trace.scenario.components == (("model", "model"), ("optim", "optim"))
+    assert (
+        run.trace.scenario.components
+        == sim.trace.scenario.components
+        == (("model", "model"), ("optim", "optim"))
+    )
 
 
 def test_restored_moments_equal_the_saved_ones_byte_for_byte(adamw_run):
@@ -37,7 +41,12 @@ def test_restored_moments_equal_the_saved_ones_byte_for_byte(adamw_run):
     load = dcpviz.run_load(ckpt, sc, timeout=240)
     assert load.ok, load.errors
     assert by_key(load.run_info.chunk_digests) == by_key(saved.run_info.chunk_digests)
-    moments = {f for chunks in saved.run_info.chunk_digests.values() for f, _, _ in chunks if f.endswith("exp_avg_sq")}
+    moments = {
+        f
+        for chunks in saved.run_info.chunk_digests.values()
+        for f, _, _ in chunks
+        if f.endswith("exp_avg_sq")
+    }
     assert moments and all(f.startswith("optim.state.") for f in moments)
 
 
@@ -55,8 +64,14 @@ def test_resharded_moments_equal_a_save_made_on_the_target_layout(adamw_run, tmp
 
 
 def test_torchtitan_state_saves_and_loads_for_real(tmp_path):
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", optimizer="adamw",
-                         state="torchtitan")
+    sc = dcpviz.Scenario(
+        model="llama-tiny",
+        world_size=4,
+        mesh=(2, 2),
+        recipe="tp+fsdp",
+        optimizer="adamw",
+        state="torchtitan",
+    )
     saved = dcpviz.run_save(sc, tmp_path / "ckpt", timeout=240)
     assert saved.ok, saved.errors
     sim = dcpviz.simulate_save(sc)
@@ -65,4 +80,8 @@ def test_torchtitan_state_saves_and_loads_for_real(tmp_path):
     load = dcpviz.run_load(tmp_path / "ckpt", sc, timeout=240)
     assert load.ok, load.errors
     assert by_key(load.run_info.chunk_digests) == by_key(saved.run_info.chunk_digests)
-    assert any(f.startswith("optimizer.state.") for c in saved.run_info.chunk_digests.values() for f, _, _ in c)
+    assert any(
+        f.startswith("optimizer.state.")
+        for c in saved.run_info.chunk_digests.values()
+        for f, _, _ in c
+    )

@@ -20,15 +20,35 @@ from safetensors.torch import save_file
 from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.hf.safetensors import parse_header, read_folder, read_header
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
-          torch.int16, torch.int32, torch.int64, torch.bool]
-NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
-         torch.float64: "float64", torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16",
-         torch.int32: "int32", torch.int64: "int64", torch.bool: "bool"}
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+]
+NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float64: "float64",
+    torch.int8: "int8",
+    torch.uint8: "uint8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.bool: "bool",
+}
 
 tensor_dicts = st.dictionaries(
-    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12).filter(
-        lambda s: s != "__metadata__"),
+    st.text(
+        st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+    ).filter(lambda s: s != "__metadata__"),
     st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 4), max_size=3)),
     max_size=5,
 )
@@ -45,10 +65,11 @@ def agrees(data: bytes) -> None:
     except DcpvizError:
         return
     lib = st_load(data)  # the library must accept what dcpviz accepts
-    assert {e.name: (NAMES[lib[e.name].dtype], tuple(lib[e.name].shape)) for e in header.entries} == {
-        k: (NAMES[v.dtype], tuple(v.shape)) for k, v in lib.items()}
+    assert {
+        e.name: (NAMES[lib[e.name].dtype], tuple(lib[e.name].shape)) for e in header.entries
+    } == {k: (NAMES[v.dtype], tuple(v.shape)) for k, v in lib.items()}
     for e in header.entries:
-        raw = data[header.data_start + e.begin: header.data_start + e.end]
+        raw = data[header.data_start + e.begin : header.data_start + e.end]
         assert raw == lib[e.name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
@@ -59,7 +80,8 @@ def test_library_files_read_exactly(spec):
     data = st_save(tensors, metadata={"format": "pt"})
     header = parse_header(data, len(data))
     assert {e.name: (e.dtype, e.shape) for e in header.entries} == {
-        k: (NAMES[v.dtype], tuple(v.shape)) for k, v in tensors.items()}
+        k: (NAMES[v.dtype], tuple(v.shape)) for k, v in tensors.items()
+    }
     assert dict(header.metadata) == {"format": "pt"}
     agrees(data)
 
@@ -84,10 +106,14 @@ def test_random_bytes(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers(-2, 2**65) | st.text(max_size=5),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                    max_leaves=12),
-       st.binary(max_size=40))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-2, 2**65) | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+        max_leaves=12,
+    ),
+    st.binary(max_size=40),
+)
 def test_arbitrary_json_headers(doc, tail):
     text = json.dumps(doc).encode()
     agrees(struct.pack("<Q", len(text)) + text + tail)
@@ -98,17 +124,30 @@ def header_file(path, doc: dict, data: bytes = b"") -> None:
     path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
-@pytest.mark.parametrize("doc, data, match", [
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "do not hold"),
-    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-      "y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "overlaps"),
-    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "gap"),
-    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9, "extra bytes"),
-    ({"x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}}, b"\0", "does not read"),
-    ({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"", "non-negative"),
-    ({"x": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "non-negative"),
-    ({"__metadata__": {"a": 1}}, b"", "strings"),
-])
+@pytest.mark.parametrize(
+    "doc, data, match",
+    [
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "do not hold"),
+        (
+            {
+                "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            },
+            b"\0" * 4,
+            "overlaps",
+        ),
+        ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "gap"),
+        ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9, "extra bytes"),
+        ({"x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 1]}}, b"\0", "does not read"),
+        ({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"", "non-negative"),
+        (
+            {"x": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "non-negative",
+        ),
+        ({"__metadata__": {"a": 1}}, b"", "strings"),
+    ],
+)
 def test_bad_headers_named(tmp_path, doc, data, match):
     header_file(tmp_path / "m.safetensors", doc, data)
     with pytest.raises(CheckpointError, match=match):
@@ -129,7 +168,10 @@ def test_folder_with_index(tmp_path):
     save_file({"a": torch.ones(2), "b": torch.zeros(3)}, tmp_path / "m1.safetensors")
     save_file({"c": torch.ones(1)}, tmp_path / "m2.safetensors")
     save_file({"stale": torch.ones(1)}, tmp_path / "old.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "m1.safetensors", "b": "m1.safetensors", "c": "m2.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "m1.safetensors", "b": "m1.safetensors", "c": "m2.safetensors"},
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     folder = read_folder(tmp_path)
     assert [n for n, _ in folder.files] == ["m1.safetensors", "m2.safetensors"]

@@ -33,13 +33,19 @@ from dcpviz.engine.shortcuts import fastpath, write_memo
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo, write_fields
 
 SCENARIOS = [
-    dcpviz.Scenario(model="mlp", world_size=8, recipe="fsdp"),  # uneven: 190 rows on 8, last rank empty
+    dcpviz.Scenario(
+        model="mlp", world_size=8, recipe="fsdp"
+    ),  # uneven: 190 rows on 8, last rank empty
     dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="tp"),
     dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp"),
     dcpviz.Scenario(model="llama-tiny", world_size=6, mesh=(3, 2), recipe="tp+fsdp"),
-    dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(4, 2), recipe="hsdp", optimizer="adamw"),
-    dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw"),
+    dcpviz.Scenario(
+        model="llama-tiny", world_size=8, mesh=(4, 2), recipe="hsdp", optimizer="adamw"
+    ),
+    dcpviz.Scenario(
+        model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw"
+    ),
     dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", optimizer="adamw"),
     dcpviz.Scenario(model=NestedStateNet, world_size=4, mesh=(2, 2), recipe="tp+fsdp"),
     dcpviz.Scenario(model=NestedStateNet, world_size=8, mesh=(4, 2), recipe="hsdp"),
@@ -60,23 +66,37 @@ def plain_plan(sc: dcpviz.Scenario, r: int):
         return p.create_local_plan()
 
 
-def shortcut_plan(view: fastpath.TemplateView, sc: dcpviz.Scenario, r: int, memo: WriteItemMemo, steps: dict,
-                  flattening: fastpath.ViewFlattening | None = None):
+def shortcut_plan(
+    view: fastpath.TemplateView,
+    sc: dcpviz.Scenario,
+    r: int,
+    memo: WriteItemMemo,
+    steps: dict,
+    flattening: fastpath.ViewFlattening | None = None,
+):
     """What simulate_save does for rank ``r`` with every save shortcut on."""
     with fake_world(r, sc.world_size):
         with fastpath.memoized_shard_steps(steps):
             sd, leaves = view.view_with_leaves(r, {}, share_dtensors=True)
         p = DefaultSavePlanner()
         flat = flattening.active(sd, leaves) if flattening is not None else nullcontext()
-        with torch.no_grad(), fastpath.memoized_shard_steps(steps), fastpath.memoized_local_shapes(), memo.active():
+        with (
+            torch.no_grad(),
+            fastpath.memoized_shard_steps(steps),
+            fastpath.memoized_local_shapes(),
+            memo.active(),
+        ):
             with flat:
                 p.set_up_planner(sd, is_coordinator=(r == 0))
             return p.create_local_plan()
 
 
 def same_plan(a, b) -> bool:
-    return ([write_fields(w) for w in a.items] == [write_fields(w) for w in b.items]
-            and a.planner_data == b.planner_data and a.usable == b.usable)
+    return (
+        [write_fields(w) for w in a.items] == [write_fields(w) for w in b.items]
+        and a.planner_data == b.planner_data
+        and a.usable == b.usable
+    )
 
 
 def template_view(sc: dcpviz.Scenario) -> fastpath.TemplateView:
@@ -91,7 +111,9 @@ def test_local_plans_equal_dcps_on_each_ranks_own_state_dict(sc):
         view = template_view(sc)
         memo, steps, flattening = WriteItemMemo(), {}, fastpath.ViewFlattening(view)
         for r in range(sc.world_size):
-            assert same_plan(shortcut_plan(view, sc, r, memo, steps, flattening), plain_plan(sc, r)), f"rank {r}"
+            assert same_plan(
+                shortcut_plan(view, sc, r, memo, steps, flattening), plain_plan(sc, r)
+            ), f"rank {r}"
     assert memo.on and flattening.on and flattening.hits == sc.world_size
     if sc.model == "llama-tiny":  # layers repeat: the memo was used, and checked
         assert memo.hits > 0 and memo.checks > 0
@@ -103,8 +125,14 @@ def test_a_wrong_rename_is_caught_by_the_memos_own_check(monkeypatch):
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
     def wrong(items, fqn):
-        return [write_memo.WriteItem(index=MetadataIndex(fqn, [o + 1 for o in wi.index.offset]), type=wi.type,
-                                     tensor_data=wi.tensor_data) for wi in items]
+        return [
+            write_memo.WriteItem(
+                index=MetadataIndex(fqn, [o + 1 for o in wi.index.offset]),
+                type=wi.type,
+                tensor_data=wi.tensor_data,
+            )
+            for wi in items
+        ]
 
     monkeypatch.setattr(write_memo, "renamed", wrong)
     sc = dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp")
@@ -151,13 +179,17 @@ def test_the_comparison_sees_a_wrong_rename_when_nothing_checks_it(monkeypatch):
 
 
 def test_a_flattening_that_differs_from_dcps_is_caught_on_the_first_view():
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw")
+    sc = dcpviz.Scenario(
+        model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw"
+    )
     with process_as_found():
         view = template_view(sc)
         wrong = fastpath.ViewFlattening(view)
         wrong.keys = wrong.keys[1:] + wrong.keys[:1]  # DCP's order is not this
         for r in (0, 3):
-            assert same_plan(shortcut_plan(view, sc, r, WriteItemMemo(), {}, wrong), plain_plan(sc, r))
+            assert same_plan(
+                shortcut_plan(view, sc, r, WriteItemMemo(), {}, wrong), plain_plan(sc, r)
+            )
     assert not wrong.on and wrong.hits == 0
 
 
@@ -168,7 +200,9 @@ def test_the_comparison_sees_a_wrong_flattening_when_nothing_checks_it():
         wrong = fastpath.ViewFlattening(view)
         wrong.checked = True  # skip the check
         wrong.mappings = {k: (*path, "x") for k, path in wrong.mappings.items()}
-        assert not same_plan(shortcut_plan(view, sc, 1, WriteItemMemo(), {}, wrong), plain_plan(sc, 1))
+        assert not same_plan(
+            shortcut_plan(view, sc, 1, WriteItemMemo(), {}, wrong), plain_plan(sc, 1)
+        )
 
 
 def test_flattening_is_left_alone_when_dcps_helpers_were_replaced(monkeypatch):
@@ -195,8 +229,9 @@ def test_memo_is_off_for_other_planners_and_dcps_helper_is_restored():
     fast = dcpviz.simulate_save(sc, planner=Subclass)
     full = dcpviz.simulate_save(sc, planner=Subclass, fast=False)
     assert seen and all(seen)
-    assert fast.ok and [fast.trace.items[i] for p in fast.trace.local_plans for i in p.items] == \
-        [full.trace.items[i] for p in full.trace.local_plans for i in p.items]
+    assert fast.ok and [fast.trace.items[i] for p in fast.trace.local_plans for i in p.items] == [
+        full.trace.items[i] for p in full.trace.local_plans for i in p.items
+    ]
     default = dcpviz.simulate_save(sc)
     assert default.ok
     assert default_planner._create_write_items is planner_helpers._create_write_items
@@ -234,7 +269,10 @@ def test_template_views_hold_what_each_rank_holds(sc):
                         assert got.placements == mine.placements and got.shape == mine.shape
                         assert got.device_mesh == mine.device_mesh
                         assert got.device_mesh.get_coordinate() == mine.device_mesh.get_coordinate()
-                        assert got.to_local().shape == mine.to_local().shape and got.dtype == mine.dtype
+                        assert (
+                            got.to_local().shape == mine.to_local().shape
+                            and got.dtype == mine.dtype
+                        )
             dts = [k for k, v in apart.items() if isinstance(v, DTensor)]
             assert len({id(apart[k]) for k in dts}) == len(dts)
             groups = {(shared[k].shape, shared[k].placements) for k in dts}
@@ -255,21 +293,36 @@ SHARD_QUESTIONS = [
 
 @pytest.mark.parametrize("shape,mesh,placements", SHARD_QUESTIONS)
 def test_memoised_shard_steps_give_dtensors_answers(shape, mesh, placements):
-    coords = [(i,) if len(mesh) == 1 else (i, j) for i in range(mesh[0]) for j in range(mesh[-1] if len(mesh) > 1 else 1)]
-    plain = {(c, skip): _compute_local_shape_and_global_offset(shape, mesh, list(c), placements, skip)
-             for c in coords for skip in (False, True)}
+    coords = [
+        (i,) if len(mesh) == 1 else (i, j)
+        for i in range(mesh[0])
+        for j in range(mesh[-1] if len(mesh) > 1 else 1)
+    ]
+    plain = {
+        (c, skip): _compute_local_shape_and_global_offset(shape, mesh, list(c), placements, skip)
+        for c in coords
+        for skip in (False, True)
+    }
     cache: dict = {}
     for _ in range(2):  # the second round is answered from the cache
         with fastpath.memoized_shard_steps(cache):
             for (c, skip), want in plain.items():
-                assert _compute_local_shape_and_global_offset(shape, mesh, list(c), placements, skip) == want
+                assert (
+                    _compute_local_shape_and_global_offset(shape, mesh, list(c), placements, skip)
+                    == want
+                )
     assert cache
 
 
 # -- conversion --------------------------------------------------------------------------------
 def plain_records(plans, table: ItemTable, sizes=None) -> list[PlanRecord]:
     """Every item converted on its own and interned by value: what PlanConverter must equal."""
-    return [PlanRecord(items=tuple(table.add(planned_item(wi, sizes)) for wi in p.items), usable=p.usable) for p in plans]
+    return [
+        PlanRecord(
+            items=tuple(table.add(planned_item(wi, sizes)) for wi in p.items), usable=p.usable
+        )
+        for p in plans
+    ]
 
 
 @pytest.mark.parametrize("sc", [SCENARIOS[3], SCENARIOS[5], SCENARIOS[9]], ids=_id)
@@ -330,7 +383,11 @@ def test_conversion_of_unusual_items_equals_converting_each_on_its_own():
             return 12345
 
     def td(off, size, dtype=torch.float32):
-        return TensorWriteData(ChunkStorageMetadata(torch.Size(off), torch.Size(size)), TensorProperties(dtype), torch.Size([8, 8]))
+        return TensorWriteData(
+            ChunkStorageMetadata(torch.Size(off), torch.Size(size)),
+            TensorProperties(dtype),
+            torch.Size([8, 8]),
+        )
 
     shared = td([0, 0], [4, 8])
 
@@ -339,10 +396,24 @@ def test_conversion_of_unusual_items_equals_converting_each_on_its_own():
         return cls(index=MetadataIndex(fqn, offset), type=kind, tensor_data=data)
 
     plans = [
-        SavePlan([item("a", shared), item("b", shared), item("c", shared, off=[1, 1]),
-                  item("a", shared, kind=WriteItemType.TENSOR), WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO)]),
-        SavePlan([item("a", td([0, 0], [4, 8])), item("a", shared, cls=BigItem), item("b", td([4, 0], [4, 8], torch.bfloat16)),
-                  item("d", td([], [])), WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO)]),
+        SavePlan(
+            [
+                item("a", shared),
+                item("b", shared),
+                item("c", shared, off=[1, 1]),
+                item("a", shared, kind=WriteItemType.TENSOR),
+                WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO),
+            ]
+        ),
+        SavePlan(
+            [
+                item("a", td([0, 0], [4, 8])),
+                item("a", shared, cls=BigItem),
+                item("b", td([4, 0], [4, 8], torch.bfloat16)),
+                item("d", td([], [])),
+                WriteItem(index=MetadataIndex("x"), type=WriteItemType.BYTE_IO),
+            ]
+        ),
         SavePlan([item("a", shared), item("c", td([0, 0], [4, 8]), off=[1, 1])], usable=False),
     ]
     sizes = [{"x": 10}, {"x": 20}, None]
@@ -381,9 +452,14 @@ def test_per_rank_values_take_the_plain_path_and_match_it():
     def state(model, optimizer, rank):
         return {"model": model.state_dict(), "extra": [rank, {"seen": torch.tensor([rank])}]}
 
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", state=state)
+    sc = dcpviz.Scenario(
+        model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp", state=state
+    )
     fast, full = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
     assert fast.ok and full.ok
     resolve = lambda t: [[t.items[i] for i in p.items] for p in t.local_plans]  # noqa: E731
     assert resolve(fast.trace) == resolve(full.trace)
-    assert fast.trace.value_digests == full.trace.value_digests and len({d.rank for d in fast.trace.value_digests}) == 4
+    assert (
+        fast.trace.value_digests == full.trace.value_digests
+        and len({d.rank for d in fast.trace.value_digests}) == 4
+    )

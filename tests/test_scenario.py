@@ -10,7 +10,10 @@ from dcpviz.core.errors import ScenarioError
 @pytest.mark.parametrize(
     "kwargs,needles",
     [
-        (dict(world_size=8, mesh=(2, 3), recipe="hsdp"), ["mesh=(2, 3)", "world_size=8", "mesh=(2, 4)"]),
+        (
+            dict(world_size=8, mesh=(2, 3), recipe="hsdp"),
+            ["mesh=(2, 3)", "world_size=8", "mesh=(2, 4)"],
+        ),
         (dict(world_size=8, recipe="hsdp"), ["needs a 2-D mesh", "mesh=(2, 4)"]),
         (dict(world_size=8, mesh=(8,), recipe="tp+fsdp"), ["needs a 2-D mesh", "1-D"]),
         (dict(world_size=7, recipe="hsdp"), ["needs a 2-D mesh", "mesh=(1, 7)"]),
@@ -19,14 +22,19 @@ from dcpviz.core.errors import ScenarioError
         (dict(world_size=5, mesh=(2.5, 2), recipe="hsdp"), ["mesh=(2.5, 2)", "tuple of ints"]),
         (dict(world_size=4, mesh=(2.0, 2), recipe="hsdp"), ["tuple of ints"]),
         (dict(world_size=8, mesh="24", recipe="hsdp"), ["tuple of ints"]),
-        (dict(world_size=8, mesh=(2, 4), recipe="hsdp", mesh_dim_names=("shard", "replicate")),
-         ["other way round", "mesh_dim_names=('replicate', 'shard') with mesh=(4, 2)"]),
+        (
+            dict(world_size=8, mesh=(2, 4), recipe="hsdp", mesh_dim_names=("shard", "replicate")),
+            ["other way round", "mesh_dim_names=('replicate', 'shard') with mesh=(4, 2)"],
+        ),
         (dict(model="llama3-7b"), ["llama3-7b", "Did you mean", "llama3-70b"]),
         (dict(model=42), ["neither a preset name nor a callable"]),
         (dict(recipe="fdsp"), ["fdsp", "Did you mean 'fsdp'"]),
         (dict(world_size=0), ["world_size=0", "positive"]),
         (dict(dtype="float13"), ["float13", "Use one of"]),
-        (dict(world_size=8, mesh=(2, 4), recipe="hsdp", mesh_dim_names=("a",)), ["one name per mesh dim"]),
+        (
+            dict(world_size=8, mesh=(2, 4), recipe="hsdp", mesh_dim_names=("a",)),
+            ["one name per mesh dim"],
+        ),
         (dict(world_size=4, mesh=(2, 2), recipe="hsdp", mesh_dim_names=("a", "a")), ["repeats"]),
         (dict(device="tpu"), ["device='tpu'"]),
     ],
@@ -40,8 +48,12 @@ def test_bad_scenarios_name_the_input_and_fix(kwargs, needles):
 
 
 def test_defaults_and_normalisation():
-    sc = dcpviz.Scenario(model="mlp", world_size=8, mesh=[2, 4], recipe="hsdp", dtype=torch.bfloat16)
-    assert sc.mesh == (2, 4) and sc.mesh_dim_names == ("replicate", "shard") and sc.dtype == "bfloat16"
+    sc = dcpviz.Scenario(
+        model="mlp", world_size=8, mesh=[2, 4], recipe="hsdp", dtype=torch.bfloat16
+    )
+    assert (
+        sc.mesh == (2, 4) and sc.mesh_dim_names == ("replicate", "shard") and sc.dtype == "bfloat16"
+    )
     assert sc.coordinate(5) == (1, 1)
     assert dcpviz.Scenario(world_size=6).mesh == (6,)
     assert dcpviz.Scenario(dtype="bf16").dtype == "bfloat16"

@@ -17,14 +17,25 @@ from dcpviz.analysis.save import tables
 S = dcpviz.Scenario
 CASES = {
     "hsdp": (S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"), {}),
-    "hsdp-lowest-rank": (S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
-                         {"planner": DefaultSavePlanner(dedup_save_to_lowest_rank=True)}),
+    "hsdp-lowest-rank": (
+        S(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"),
+        {"planner": DefaultSavePlanner(dedup_save_to_lowest_rank=True)},
+    ),
     "replicate-ties": (S(model="mlp", world_size=4, recipe="replicate"), {}),
     "strided-tp+fsdp": (S(model="llama-tiny", world_size=4, mesh=(2, 2), recipe="tp+fsdp"), {}),
     "uneven-fsdp": (S(model="llama-tiny", world_size=6, recipe="fsdp"), {}),
     "training-state": (S(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw"), {}),
-    "torchtitan-hsdp": (S(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="hsdp", optimizer="adamw",
-                          state="torchtitan"), {}),
+    "torchtitan-hsdp": (
+        S(
+            model="llama-tiny",
+            world_size=8,
+            mesh=(2, 4),
+            recipe="hsdp",
+            optimizer="adamw",
+            state="torchtitan",
+        ),
+        {},
+    ),
     "per-rank-values": (S(model=mlp_with_rank_state, world_size=4, recipe="fsdp"), {"fast": False}),
 }
 
@@ -40,10 +51,16 @@ def test_dedup_equals_the_plain_replay(trace):
     assert len(expected) or trace.scenario.recipe == "fsdp"
     pd.testing.assert_frame_equal(tables.dedup(trace), expected)
     tables.item_columns(trace).memo.clear()
-    for fqns in (set(), {expected["fqn"].iloc[0]} if len(expected) else {"x"}, set(expected["fqn"][::2])):
+    for fqns in (
+        set(),
+        {expected["fqn"].iloc[0]} if len(expected) else {"x"},
+        set(expected["fqn"][::2]),
+    ):
         subset = expected[expected["fqn"].isin(fqns)].reset_index(drop=True)
         # The same rows; no row at all is an empty dedup table (object columns, not str ones).
-        pd.testing.assert_frame_equal(tables.dedup(trace, fqns=fqns), subset, check_dtype=len(subset) > 0)
+        pd.testing.assert_frame_equal(
+            tables.dedup(trace, fqns=fqns), subset, check_dtype=len(subset) > 0
+        )
     pd.testing.assert_frame_equal(tables.dedup(trace), expected)  # cached, and a copy each time
     mine = tables.dedup(trace)
     mine["why"] = ""  # a caller changing its frame changes no one else's
@@ -69,7 +86,9 @@ def test_the_dedup_overlapping_planner_case():
     """A planner that sends overlapping chunks: the tables still match the plain loops."""
     from test_dedup import OverlappingPlanner
 
-    res = dcpviz.simulate_save(S(model="mlp", world_size=4, recipe="fsdp"), planner=OverlappingPlanner)
+    res = dcpviz.simulate_save(
+        S(model="mlp", world_size=4, recipe="fsdp"), planner=OverlappingPlanner
+    )
     assert not res.ok
     pd.testing.assert_frame_equal(tables.dedup(res.trace), plain.dedup(res.trace))
     assert list(tables.key_holders(res.trace).items()) == list(plain.key_holders(res.trace).items())
@@ -81,7 +100,9 @@ def test_phase_changes_equal_the_plain_diff(trace):
 
 def test_dedup_choices_are_the_dedup_tables_first_columns(trace):
     expected = plain.dedup(trace)[tables.CHOICE_COLUMNS]
-    pd.testing.assert_frame_equal(tables.dedup_choices(trace), expected, check_dtype=len(expected) > 0)
+    pd.testing.assert_frame_equal(
+        tables.dedup_choices(trace), expected, check_dtype=len(expected) > 0
+    )
 
 
 def test_writer_index_answers_as_writer_ranks(trace):

@@ -44,8 +44,12 @@ def test_mixtral_has_grouped_experts_and_the_published_size():
 @pytest.mark.parametrize("model", ["llama3-405b", "mixtral-8x7b"])
 def test_big_presets_plan_under_torchtitan(model):
     # No pp for 405B here: stages are planned rank by rank (~10 s each for 126 layers on meta).
-    names = ("pp", "dp_shard", "ep") if model == "mixtral-8x7b" else ("dp_replicate", "dp_shard", "tp")
-    sc = dcpviz.Scenario(model=model, world_size=8, mesh=(2, 2, 2), mesh_dim_names=names, recipe="torchtitan")
+    names = (
+        ("pp", "dp_shard", "ep") if model == "mixtral-8x7b" else ("dp_replicate", "dp_shard", "tp")
+    )
+    sc = dcpviz.Scenario(
+        model=model, world_size=8, mesh=(2, 2, 2), mesh_dim_names=names, recipe="torchtitan"
+    )
     res = dcpviz.simulate_save(sc)
     assert res.ok, res.errors
     assert res.metadata is not None

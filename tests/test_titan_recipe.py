@@ -16,9 +16,16 @@ from dcpviz.engine.job.pipeline_stages import stage_modules
 # Stages worked by hand from torchtitan's generate_llm_fqn_per_model_part (embeddings and
 # norm+output weigh one layer each; effective layers split evenly, the first stages take the rest).
 LLAMA_TINY_PP2 = {0: ["tok_embeddings", "layers.0"], 1: ["layers.1", "norm", "output"]}
-MOE_TINY_PP2 = {0: ["tok_embeddings", "layers.0", "layers.1"], 1: ["layers.2", "layers.3", "norm", "output"]}
-MOE_TINY_PP4 = {0: ["tok_embeddings", "layers.0"], 1: ["layers.1", "layers.2"], 2: ["layers.3"],
-                3: ["norm", "output"]}
+MOE_TINY_PP2 = {
+    0: ["tok_embeddings", "layers.0", "layers.1"],
+    1: ["layers.2", "layers.3", "norm", "output"],
+}
+MOE_TINY_PP4 = {
+    0: ["tok_embeddings", "layers.0"],
+    1: ["layers.1", "layers.2"],
+    2: ["layers.3"],
+    3: ["norm", "output"],
+}
 
 CASES = [
     # model, mesh, names, stages
@@ -36,12 +43,18 @@ CASES = [
 
 
 @pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
-@pytest.mark.parametrize("model,mesh,names,stages", CASES,
-                         ids=[f"{c[0]}-{'x'.join(f'{n}{s}' for n, s in zip(c[2], c[1]))}" for c in CASES])
+@pytest.mark.parametrize(
+    "model,mesh,names,stages",
+    CASES,
+    ids=[f"{c[0]}-{'x'.join(f'{n}{s}' for n, s in zip(c[2], c[1]))}" for c in CASES],
+)
 def test_every_rank_matches_hand_built_dtensors(model, mesh, names, stages, fast):
     W = math.prod(mesh)
     result = dcpviz.simulate_save(
-        dcpviz.Scenario(model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe="torchtitan"), fast=fast
+        dcpviz.Scenario(
+            model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe="torchtitan"
+        ),
+        fast=fast,
     )
     assert result.ok, result.errors
     for rank in range(W):
@@ -62,7 +75,9 @@ def test_stage_split_follows_torchtitan_by_hand():
 
 
 def test_key_sets_differ_per_stage_and_cover_the_model():
-    sc = dcpviz.Scenario(model="moe-tiny", world_size=4, mesh=(4,), mesh_dim_names=("pp",), recipe="torchtitan")
+    sc = dcpviz.Scenario(
+        model="moe-tiny", world_size=4, mesh=(4,), mesh_dim_names=("pp",), recipe="torchtitan"
+    )
     res = dcpviz.simulate_save(sc)
     assert res.ok, res.errors
     wi = res.write_items
@@ -75,27 +90,50 @@ def test_key_sets_differ_per_stage_and_cover_the_model():
     assert set().union(*keys.values()) == whole
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(mesh=(2, 2), mesh_dim_names=("pp", "fsdp")), "'fsdp' is not a torchtitan parallel dim. Did you mean 'dp_shard'"),
-    (dict(mesh=(2, 2), mesh_dim_names=("pp", "dp_shrd")), "'dp_shrd' is not a torchtitan parallel dim"),
-    (dict(mesh=(2, 2), mesh_dim_names=("tp", "pp")), "torchtitan's order"),
-    (dict(mesh=(2, 2), mesh_dim_names=None), "chooses the parallelisms by mesh_dim_names"),
-    (dict(mesh=(2, 4), mesh_dim_names=("pp", "tp")), "holds 8 ranks but world_size=4"),
-    (dict(mesh=(4,), mesh_dim_names=("ep",)), "Add a 'dp_shard' dim"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (
+            dict(mesh=(2, 2), mesh_dim_names=("pp", "fsdp")),
+            "'fsdp' is not a torchtitan parallel dim. Did you mean 'dp_shard'",
+        ),
+        (
+            dict(mesh=(2, 2), mesh_dim_names=("pp", "dp_shrd")),
+            "'dp_shrd' is not a torchtitan parallel dim",
+        ),
+        (dict(mesh=(2, 2), mesh_dim_names=("tp", "pp")), "torchtitan's order"),
+        (dict(mesh=(2, 2), mesh_dim_names=None), "chooses the parallelisms by mesh_dim_names"),
+        (dict(mesh=(2, 4), mesh_dim_names=("pp", "tp")), "holds 8 ranks but world_size=4"),
+        (dict(mesh=(4,), mesh_dim_names=("ep",)), "Add a 'dp_shard' dim"),
+    ],
+)
 def test_bad_meshes_are_refused_with_the_fix(kw, needle):
     with pytest.raises(DcpvizError, match=needle):
         dcpviz.Scenario(model="moe-tiny", world_size=4, recipe="torchtitan", **kw)
 
 
-@pytest.mark.parametrize("model,mesh,names,needle", [
-    ("llama-tiny", (8,), ("pp",), "torchtitan refuses more stages"),
-    ("moe-tiny", (1, 3), ("dp_shard", "ep"), r"does not divide the model's 4 experts.*ep in \[1, 2, 4\]"),
-    ("llama-tiny", (1, 2), ("dp_shard", "ep"), "has no MoE blocks"),
-    ("mlp", (2,), ("pp",), "lacks tok_embeddings"),
-])
+@pytest.mark.parametrize(
+    "model,mesh,names,needle",
+    [
+        ("llama-tiny", (8,), ("pp",), "torchtitan refuses more stages"),
+        (
+            "moe-tiny",
+            (1, 3),
+            ("dp_shard", "ep"),
+            r"does not divide the model's 4 experts.*ep in \[1, 2, 4\]",
+        ),
+        ("llama-tiny", (1, 2), ("dp_shard", "ep"), "has no MoE blocks"),
+        ("mlp", (2,), ("pp",), "lacks tok_embeddings"),
+    ],
+)
 def test_meshes_the_model_cannot_take_are_refused(model, mesh, names, needle):
-    sc = dcpviz.Scenario(model=model, world_size=math.prod(mesh), mesh=mesh, mesh_dim_names=names, recipe="torchtitan")
+    sc = dcpviz.Scenario(
+        model=model,
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe="torchtitan",
+    )
     with pytest.raises(DcpvizError, match=needle):
         dcpviz.simulate_save(sc)
 
@@ -103,8 +141,13 @@ def test_meshes_the_model_cannot_take_are_refused(model, mesh, names, needle):
 def test_stage_templates_are_used_and_equal_the_per_rank_path():
     """With pp, each stage's first rank builds a template for its stage (engine/shortcuts/stage_templates.py);
     every plan, the global plan and the Metadata equal those of every rank building its own."""
-    sc = dcpviz.Scenario(model="moe-tiny", world_size=8, mesh=(2, 2, 2), mesh_dim_names=("pp", "dp_shard", "ep"),
-                         recipe="torchtitan")
+    sc = dcpviz.Scenario(
+        model="moe-tiny",
+        world_size=8,
+        mesh=(2, 2, 2),
+        mesh_dim_names=("pp", "dp_shard", "ep"),
+        recipe="torchtitan",
+    )
     fast, plain = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
     assert any("pipeline stages" in n for n in fast.trace.notes)
     assert not any("pipeline stages" in n for n in plain.trace.notes)

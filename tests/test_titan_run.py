@@ -7,7 +7,13 @@ import pytest
 
 import dcpviz
 
-SCENARIO = dict(model="moe-tiny", world_size=4, mesh=(2, 2), mesh_dim_names=("pp", "dp_shard"), recipe="torchtitan")
+SCENARIO = dict(
+    model="moe-tiny",
+    world_size=4,
+    mesh=(2, 2),
+    mesh_dim_names=("pp", "dp_shard"),
+    recipe="torchtitan",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,9 @@ def test_real_load_into_other_stages_reads_what_the_simulation_plans(pair):
     its own stage's keys to dcp.load (key sets differ on every rank), and the load neither hangs
     nor fails; each rank reads what simulate_load plans (in dcp.load's sorted key order)."""
     _, _, ckpt = pair
-    target = dcpviz.Scenario(model="moe-tiny", world_size=4, mesh=(4,), mesh_dim_names=("pp",), recipe="torchtitan")
+    target = dcpviz.Scenario(
+        model="moe-tiny", world_size=4, mesh=(4,), mesh_dim_names=("pp",), recipe="torchtitan"
+    )
     run = dcpviz.run_load(ckpt, target, timeout=240)
     assert run.ok, run.errors
     sim = dcpviz.simulate_load(ckpt, target)
@@ -55,6 +63,8 @@ def test_real_load_into_other_stages_reads_what_the_simulation_plans(pair):
     for phase in ("local_plans", "final_plans"):
         real = [[run.trace.reads[i] for i in p.items] for p in getattr(run.trace, phase)]
         simulated = [[sim.trace.reads[i] for i in p.items] for p in getattr(sim.trace, phase)]
-        assert [sorted(map(repr, r)) for r in real] == [sorted(map(repr, r)) for r in simulated], phase
+        assert [sorted(map(repr, r)) for r in real] == [sorted(map(repr, r)) for r in simulated], (
+            phase
+        )
     keys = [{run.trace.reads[i].fqn for i in p.items} for p in run.trace.final_plans]
     assert all(not keys[a] & keys[b] for a in range(4) for b in range(a + 1, 4))

@@ -20,20 +20,33 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import ScenarioInfo
 
 # torchtitan's split of moe-tiny (4 layers) into 2 stages, worked by hand (tests/test_titan_recipe.py).
-MOE_TINY_PP2 = {0: ["tok_embeddings", "layers.0", "layers.1"], 1: ["layers.2", "layers.3", "norm", "output"]}
+MOE_TINY_PP2 = {
+    0: ["tok_embeddings", "layers.0", "layers.1"],
+    1: ["layers.2", "layers.3", "norm", "output"],
+}
 
 
 @pytest.fixture(scope="module")
 def tp_save():
-    sc = dcpviz.Scenario(model="moe-tiny", world_size=8, mesh=(2, 2, 2), mesh_dim_names=("pp", "dp_shard", "tp"),
-                         recipe="torchtitan")
+    sc = dcpviz.Scenario(
+        model="moe-tiny",
+        world_size=8,
+        mesh=(2, 2, 2),
+        mesh_dim_names=("pp", "dp_shard", "tp"),
+        recipe="torchtitan",
+    )
     return dcpviz.simulate_save(sc)
 
 
 @pytest.fixture(scope="module")
 def ep_save():
-    sc = dcpviz.Scenario(model="moe-tiny", world_size=8, mesh=(2, 2, 2), mesh_dim_names=("pp", "dp_shard", "ep"),
-                         recipe="torchtitan")
+    sc = dcpviz.Scenario(
+        model="moe-tiny",
+        world_size=8,
+        mesh=(2, 2, 2),
+        mesh_dim_names=("pp", "dp_shard", "ep"),
+        recipe="torchtitan",
+    )
     return dcpviz.simulate_save(sc)
 
 
@@ -68,7 +81,8 @@ def test_stage_bytes_equal_dcp_metadata_split_by_torchtitans_rule(which, request
     # pp is the outermost dim: a stage is a block of consecutive ranks.
     assert table["ranks"].tolist() == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert table["keys"].tolist() == [
-        sum(_hand_stage(f) == s for f in save.metadata.state_dict_metadata) for s in (0, 1)]
+        sum(_hand_stage(f) == s for f in save.metadata.state_dict_metadata) for s in (0, 1)
+    ]
     assert table["modules"].tolist() == ["layers 0-1, tok_embeddings", "layers 2-3, norm, output"]
     assert table["share"].sum() == pytest.approx(1.0)
     # Planned bytes (before dedup) are at least what is written; the per-rank table adds up.
@@ -88,7 +102,12 @@ def test_expert_shards_equal_the_expert_chunks_dcp_recorded(ep_save):
     got = {(int(r.stage), r.expert_start, r.expert_stop): r.nbytes for r in table.itertuples()}
     assert got == hand
     # ep2 x dp_shard2 over 4 experts: one expert per rank of a stage (EP Shard(0), then FSDP Shard(0)).
-    assert sorted({(r.expert_start, r.expert_stop) for r in table.itertuples()}) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert sorted({(r.expert_start, r.expert_stop) for r in table.itertuples()}) == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+    ]
     assert table["experts"].tolist()[:4] == ["experts 0", "experts 1", "experts 2", "experts 3"]
     assert all(len(r) == 1 for r in table["ranks"])
     assert table["share"].sum() == pytest.approx(1.0)
@@ -97,7 +116,12 @@ def test_expert_shards_equal_the_expert_chunks_dcp_recorded(ep_save):
 def test_tp_experts_are_split_on_the_expert_dim_by_fsdp_only(tp_save):
     table = stage_tables.expert_volume(tp_save)
     # No EP: FSDP's Shard(0) over dp_shard=2 splits the experts in halves; TP splits within them.
-    assert table[["stage", "expert_start", "expert_stop"]].values.tolist() == [[0, 0, 2], [0, 2, 4], [1, 0, 2], [1, 2, 4]]
+    assert table[["stage", "expert_start", "expert_stop"]].values.tolist() == [
+        [0, 0, 2],
+        [0, 2, 4],
+        [1, 0, 2],
+        [1, 2, 4],
+    ]
     assert table["ranks"].tolist() == [(0, 1), (2, 3), (4, 5), (6, 7)]
 
 
@@ -119,8 +143,15 @@ def test_figures_draw_the_tables(which, request):
 
 
 def test_stage_comes_from_the_pp_coordinate_only():
-    info = ScenarioInfo(model="m", world_size=8, mesh=(2, 2, 2), mesh_dim_names=("dp_replicate", "pp", "tp"),
-                        recipe="torchtitan", dtype="", device="meta")
+    info = ScenarioInfo(
+        model="m",
+        world_size=8,
+        mesh=(2, 2, 2),
+        mesh_dim_names=("dp_replicate", "pp", "tp"),
+        recipe="torchtitan",
+        dtype="",
+        device="meta",
+    )
     trace = type("T", (), {"scenario": info, "kind": "save"})()
     assert stage_tables.stage_of_ranks(trace).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
     no_pp = dataclasses.replace(info, mesh_dim_names=("dp_shard", "cp", "tp"))
@@ -131,8 +162,9 @@ def test_stage_comes_from_the_pp_coordinate_only():
 
 
 def test_unrecorded_mesh_names_give_one_unknown_stage_not_a_guess(tp_save):
-    trace = dataclasses.replace(tp_save.trace, scenario=dataclasses.replace(tp_save.trace.scenario,
-                                                                           mesh_dim_names=()))
+    trace = dataclasses.replace(
+        tp_save.trace, scenario=dataclasses.replace(tp_save.trace.scenario, mesh_dim_names=())
+    )
     table = stage_tables.stage_volume(trace)
     assert len(table) == 1 and pd.isna(table["stage"].iloc[0])
     assert table["ranks"].iloc[0] == tuple(range(8))
@@ -146,7 +178,9 @@ def test_refusals(tp_save):
         stage_tables.stage_volume(failed)
     with pytest.raises(DcpvizError, match="needs a save result"):
         dcpviz.views.stage_volume(tp_save.trace)
-    plain = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=2, mesh=(2,), recipe="fsdp"))
+    plain = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, mesh=(2,), recipe="fsdp")
+    )
     assert stage_tables.expert_volume(plain).empty
     with pytest.raises(DcpvizError, match="no grouped expert tensors"):
         dcpviz.views.expert_volume(plain)
@@ -167,8 +201,15 @@ def test_stage_tables_and_views_open_a_trace_without_torch(ep_save, tmp_path):
         "dcpviz.views.stage_volume(s); dcpviz.views.expert_volume(s)\n"
         "assert 'torch' not in sys.modules\n"
     )
-    run = subprocess.run([sys.executable, "-c", script, str(path)], env=_env(tmp_path / "site"),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        env=_env(tmp_path / "site"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip() == (f"{stage_tables.stage_volume(ep_save)['nbytes'].tolist()} "
-                                  f"{stage_tables.expert_volume(ep_save)['nbytes'].tolist()}")
+    assert run.stdout.strip() == (
+        f"{stage_tables.stage_volume(ep_save)['nbytes'].tolist()} "
+        f"{stage_tables.expert_volume(ep_save)['nbytes'].tolist()}"
+    )

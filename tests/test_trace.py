@@ -11,7 +11,9 @@ from dcpviz.core.trace import VERSION
 
 @pytest.fixture(scope="module")
 def hsdp():
-    return dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp"))
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=8, mesh=(2, 4), recipe="hsdp")
+    )
 
 
 def test_round_trip_is_exact(hsdp, tmp_path):
@@ -42,9 +44,18 @@ def test_no_pickle_in_the_file(hsdp, tmp_path):
     [
         ("not json at all", "not valid JSON"),
         ('{"hello": 1}', "not a dcpviz trace"),
-        ('{"schema": "dcpviz.trace", "version": 99, "kind": "save", "trace": {}}', "newer than this dcpviz"),
-        ('{"schema": "dcpviz.trace", "version": 1, "kind": "bake", "trace": {}}', "unknown trace kind"),
-        ('{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": {"scenario": 3}}', "malformed"),
+        (
+            '{"schema": "dcpviz.trace", "version": 99, "kind": "save", "trace": {}}',
+            "newer than this dcpviz",
+        ),
+        (
+            '{"schema": "dcpviz.trace", "version": 1, "kind": "bake", "trace": {}}',
+            "unknown trace kind",
+        ),
+        (
+            '{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": {"scenario": 3}}',
+            "malformed",
+        ),
     ],
 )
 def test_bad_trace_files(tmp_path, content, needle):

@@ -14,8 +14,12 @@ from dcpviz.core.trace import VERSION
 def docs(tmp_path_factory):
     """Plain JSON of a real save trace and a real load trace (W=4, 2x2 HSDP)."""
     root = tmp_path_factory.mktemp("traces")
-    save = dcpviz.simulate_save(dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp"))
-    load = dcpviz.simulate_load(save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=4, mesh=(2, 2), recipe="hsdp")
+    )
+    load = dcpviz.simulate_load(
+        save, target=dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    )
     return {
         "save": json.loads(save.to_json(root / "save.json").read_text()),
         "load": json.loads(load.to_json(root / "load.json").read_text()),
@@ -44,8 +48,13 @@ def _mutated(doc: dict, change) -> str:
 
 def test_deep_nesting_is_an_error(tmp_path):
     depth = 100_000
-    _fails(tmp_path, '{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": '
-           + "[" * depth + "]" * depth + "}")
+    _fails(
+        tmp_path,
+        '{"schema": "dcpviz.trace", "version": 1, "kind": "save", "trace": '
+        + "[" * depth
+        + "]" * depth
+        + "}",
+    )
     _fails(tmp_path, "[" * depth + "]" * depth)
 
 
@@ -53,7 +62,11 @@ def test_huge_integers_are_errors(tmp_path, docs):
     huge = "9" * 5000
     text = json.dumps(docs["save"]).replace('"nbytes":', f'"nbytes": {huge}, "x":', 1)
     _fails(tmp_path, text, "nbytes")
-    _fails(tmp_path, f'{{"schema": "dcpviz.trace", "version": {huge}, "kind": "save", "trace": {{}}}}', "version")
+    _fails(
+        tmp_path,
+        f'{{"schema": "dcpviz.trace", "version": {huge}, "kind": "save", "trace": {{}}}}',
+        "version",
+    )
 
 
 @pytest.mark.parametrize("index", [10**6, -1])
@@ -68,8 +81,14 @@ def test_item_positions_out_of_range(tmp_path, docs, index):
 @pytest.mark.parametrize("kind", ["save", "load"])
 @pytest.mark.parametrize(
     "field,value",
-    [("mesh", [0, 2]), ("world_size", 0), ("world_size", -4), ("world_size", 10**12),
-     ("world_size", 10**9), ("mesh", [3, 3])],
+    [
+        ("mesh", [0, 2]),
+        ("world_size", 0),
+        ("world_size", -4),
+        ("world_size", 10**12),
+        ("world_size", 10**9),
+        ("mesh", [3, 3]),
+    ],
 )
 def test_impossible_worlds(tmp_path, docs, kind, field, value):
     def change(t):
@@ -126,7 +145,9 @@ def test_load_trace_positions(tmp_path, docs):
     _fails(tmp_path, _mutated(docs["load"], rank), "trace.errors")
 
     def chunk(t):
-        t["saved"]["tensors"][0]["chunks"][0]["offsets"] = [10**6] * len(t["saved"]["tensors"][0]["size"])
+        t["saved"]["tensors"][0]["chunks"][0]["offsets"] = [10**6] * len(
+            t["saved"]["tensors"][0]["size"]
+        )
 
     _fails(tmp_path, _mutated(docs["load"], chunk), "trace.saved.tensors")
 
@@ -146,10 +167,20 @@ def test_trace_reading_needs_no_torch():
     root = Path(dcpviz.__file__).parent / "core"
     for name in ("trace.py", "trace_codec.py", "trace_validate.py", "errors.py"):
         tree = ast.parse((root / name).read_text())
-        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
-                     if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
-        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        imported = {
+            a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import)
+            for a in n.names
+        }
+        imported |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        relative = {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+        }
         assert not imported & {"torch", "plotly", "pandas"}, (name, imported)
         assert relative <= {"errors", "trace", "trace_validate", "trace_codec"}, (name, relative)
 

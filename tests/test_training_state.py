@@ -22,7 +22,11 @@ OPTIMIZER_CASES = [
     ("llama-tiny", "tp+fsdp", (2, 2), ("dp", "tp"), "adamw"),
     ("mlp", "replicate", (2,), ("dp",), "adamw"),
 ]
-MOMENTS = {"adamw": ("exp_avg", "exp_avg_sq"), "adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
+MOMENTS = {
+    "adamw": ("exp_avg", "exp_avg_sq"),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "sgd": ("momentum_buffer",),
+}
 
 
 def hand_param_group(optimizer: str, fqns: list[str]) -> dict:
@@ -47,19 +51,32 @@ def hand_training_state(model_name, recipe, mesh, names, rank, optimizer):
         for m in MOMENTS[optimizer]:
             entry[m] = model_sd[fqn]
         state[fqn] = entry
-    return {"model": model_sd, "optim": {"state": state, "param_groups": [hand_param_group(optimizer, params)]}}
+    return {
+        "model": model_sd,
+        "optim": {"state": state, "param_groups": [hand_param_group(optimizer, params)]},
+    }
 
 
 @pytest.mark.parametrize("model,recipe,mesh,names,optimizer", OPTIMIZER_CASES)
-def test_optimizer_write_items_equal_dcp_on_hand_built_dtensors(model, recipe, mesh, names, optimizer):
+def test_optimizer_write_items_equal_dcp_on_hand_built_dtensors(
+    model, recipe, mesh, names, optimizer
+):
     import math
 
-    sc = dcpviz.Scenario(model=model, world_size=math.prod(mesh), mesh=mesh, mesh_dim_names=names,
-                         recipe=recipe, optimizer=optimizer)
+    sc = dcpviz.Scenario(
+        model=model,
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe=recipe,
+        optimizer=optimizer,
+    )
     res = dcpviz.simulate_save(sc)
     assert res.ok, res.errors
     for rank in range(sc.world_size):
-        expected = plan_items(hand_training_state(model, recipe, mesh, names, rank, optimizer), rank)
+        expected = plan_items(
+            hand_training_state(model, recipe, mesh, names, rank, optimizer), rank
+        )
         assert trace_items(res, rank) == expected, f"rank {rank}"
     moments = res.write_items[res.write_items.fqn.str.endswith(MOMENTS[optimizer][0])]
     assert len(moments) > 0 and set(moments.component) == {"optim"}
@@ -71,8 +88,13 @@ def user_state(model, optimizer, rank):
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     assert dist.get_rank() == rank
-    return {"model": model_sd, "optim": optim_sd, "rng": torch.tensor([rank, 7]),
-            "loader": {f"rank_{rank}": {"offset": 100 * rank}}, "step": 12}
+    return {
+        "model": model_sd,
+        "optim": optim_sd,
+        "rng": torch.tensor([rank, 7]),
+        "loader": {f"rank_{rank}": {"offset": 100 * rank}},
+        "step": 12,
+    }
 
 
 STATES = [None, "dcp-tutorial", "torchtitan", user_state]
@@ -89,8 +111,14 @@ def resolved_plans(result):
 def test_fast_path_equals_per_rank_path_for_every_state(state, recipe, mesh):
     import math
 
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=math.prod(mesh), mesh=mesh, recipe=recipe,
-                         optimizer="adamw", state=state)
+    sc = dcpviz.Scenario(
+        model="llama-tiny",
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        recipe=recipe,
+        optimizer="adamw",
+        state=state,
+    )
     fast, full = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
     assert fast.ok and full.ok, (fast.errors, full.errors)
     assert resolved_plans(fast) == resolved_plans(full)
@@ -100,27 +128,49 @@ def test_fast_path_equals_per_rank_path_for_every_state(state, recipe, mesh):
 
 
 def test_user_state_keeps_each_ranks_own_values():
-    sc = dcpviz.Scenario(model="mlp", world_size=4, recipe="fsdp", optimizer="adamw", state=user_state)
+    sc = dcpviz.Scenario(
+        model="mlp", world_size=4, recipe="fsdp", optimizer="adamw", state=user_state
+    )
     res = dcpviz.simulate_save(sc)
     wi = res.write_items
-    assert sorted(wi[wi.fqn.str.startswith("loader.")].fqn) == [f"loader.rank_{r}.offset" for r in range(4)]
+    assert sorted(wi[wi.fqn.str.startswith("loader.")].fqn) == [
+        f"loader.rank_{r}.offset" for r in range(4)
+    ]
     comps = dict(res.trace.scenario.components)
-    assert comps == {"model": "model", "optim": "optim", "rng": "rng", "loader": "loader", "step": "step"}
+    assert comps == {
+        "model": "model",
+        "optim": "optim",
+        "rng": "rng",
+        "loader": "loader",
+        "step": "step",
+    }
     # DCP keeps one rank's copy of a plain tensor saved under one key by every rank.
     assert wi[(wi.fqn == "rng") & wi.kept.astype(bool)].shape[0] == 1
 
 
-@pytest.mark.parametrize("recipe,mesh,dp_keys", [
-    ("hsdp", (2, 2), {0: 0, 1: 1, 2: 2, 3: 3}),
-    ("tp+fsdp", (2, 2), {0: 0, 1: 0, 2: 1, 3: 1}),  # ("dp", "tp"): dp is the outer coordinate
-    ("tp", (4,), {0: 0, 1: 0, 2: 0, 3: 0}),
-])
+@pytest.mark.parametrize(
+    "recipe,mesh,dp_keys",
+    [
+        ("hsdp", (2, 2), {0: 0, 1: 1, 2: 2, 3: 3}),
+        ("tp+fsdp", (2, 2), {0: 0, 1: 0, 2: 1, 3: 1}),  # ("dp", "tp"): dp is the outer coordinate
+        ("tp", (4,), {0: 0, 1: 0, 2: 0, 3: 0}),
+    ],
+)
 def test_torchtitan_dataloader_has_one_key_per_dp_rank(recipe, mesh, dp_keys):
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, mesh=mesh, recipe=recipe, optimizer="adamw",
-                         state="torchtitan")
+    sc = dcpviz.Scenario(
+        model="llama-tiny",
+        world_size=4,
+        mesh=mesh,
+        recipe=recipe,
+        optimizer="adamw",
+        state="torchtitan",
+    )
     wi = dcpviz.simulate_save(sc).write_items
-    got = {r.rank: int(r.fqn.removeprefix("dataloader.dp_rank_")) for r in wi.itertuples()
-           if r.fqn.startswith("dataloader.dp_rank_")}
+    got = {
+        r.rank: int(r.fqn.removeprefix("dataloader.dp_rank_"))
+        for r in wi.itertuples()
+        if r.fqn.startswith("dataloader.dp_rank_")
+    }
     assert got == dp_keys
     assert set(wi.component) == {"model", "optimizer", "lr_scheduler", "dataloader", "train_state"}
     # torchtitan's model keys sit at the top level and are still the model's.
@@ -128,7 +178,9 @@ def test_torchtitan_dataloader_has_one_key_per_dp_rank(recipe, mesh, dp_keys):
 
 
 def test_tutorial_app_state_components_are_its_parts():
-    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="adamw", state="dcp-tutorial")
+    sc = dcpviz.Scenario(
+        model="mlp", world_size=2, recipe="fsdp", optimizer="adamw", state="dcp-tutorial"
+    )
     res = dcpviz.simulate_save(sc)
     assert res.ok
     assert set(res.write_items.fqn.str.split(".").str[1]) == {"model", "optim"}
@@ -146,7 +198,10 @@ def test_optimizer_moments_are_twice_the_model_bytes_in_the_volume_table():
     steps = 4 * len(list(PRESETS["llama-tiny"]().parameters()))
     assert 2 * 4 * n_params + steps < by["optim"] < 1.01 * (2 * 4 * n_params)
     fig = dcpviz.views.rank_volume(res, by="component")
-    assert {(t.meta or {}).get("module") for t in fig.data} >= {"model", "optim"}  # names carry bytes
+    assert {(t.meta or {}).get("module") for t in fig.data} >= {
+        "model",
+        "optim",
+    }  # names carry bytes
 
 
 def test_scenario_refuses_unknown_optimizer_and_state():
@@ -166,7 +221,9 @@ def test_scenario_refuses_unknown_optimizer_and_state():
 
 
 def test_trace_records_optimizer_state_and_components(tmp_path):
-    sc = dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp", optimizer="sgd", state="torchtitan")
+    sc = dcpviz.Scenario(
+        model="mlp", world_size=2, recipe="fsdp", optimizer="sgd", state="torchtitan"
+    )
     res = dcpviz.simulate_save(sc)
     res.to_json(tmp_path / "t.json")
     back = dcpviz.load_trace(tmp_path / "t.json")
@@ -190,24 +247,54 @@ def test_traces_without_the_new_fields_still_read(tmp_path):
 
 
 def test_explorer_picks_tensors_and_stacks_volume_by_component():
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan")
+    sc = dcpviz.Scenario(
+        model="llama-tiny", world_size=4, recipe="fsdp", optimizer="adamw", state="torchtitan"
+    )
     res = dcpviz.simulate_save(sc)
     groups = res.tensor_groups
-    assert set(groups.component) == {"model", "optimizer", "lr_scheduler", "dataloader", "train_state"}
+    assert set(groups.component) == {
+        "model",
+        "optimizer",
+        "lr_scheduler",
+        "dataloader",
+        "train_state",
+    }
     ex = dcpviz.explore(res)
     assert [v for _, v in ex.component_picker.options][1:] == list(dict.fromkeys(groups.component))
     ex.component_picker.value = "optimizer"
-    assert ex.group_picker.options and all(g.startswith("optimizer.") for g in ex.group_picker.options)
+    assert ex.group_picker.options and all(
+        g.startswith("optimizer.") for g in ex.group_picker.options
+    )
     ex.volume_mode.value = "component"
-    bars = [t for t in ex.volume_fig.data if (t.meta or {}).get("role") != "mean"]  # the mean is a legend entry
+    bars = [
+        t for t in ex.volume_fig.data if (t.meta or {}).get("role") != "mean"
+    ]  # the mean is a legend entry
     assert {t.meta["module"] for t in bars} == set(groups.component)  # legend names carry bytes
 
 
 def test_cli_and_report_show_the_training_state(tmp_path, capsys):
     from dcpviz.cli import main
 
-    main(["simulate", "--model", "mlp", "-W", "2", "--recipe", "fsdp", "--optimizer", "adamw", "--state", "dcp-tutorial",
-          "--trace", str(tmp_path / "t.json"), "--report", str(tmp_path / "r.html"), "-q"])
+    main(
+        [
+            "simulate",
+            "--model",
+            "mlp",
+            "-W",
+            "2",
+            "--recipe",
+            "fsdp",
+            "--optimizer",
+            "adamw",
+            "--state",
+            "dcp-tutorial",
+            "--trace",
+            str(tmp_path / "t.json"),
+            "--report",
+            str(tmp_path / "r.html"),
+            "-q",
+        ]
+    )
     info = dcpviz.load_trace(tmp_path / "t.json").trace.scenario
     assert (info.optimizer, info.state) == ("adamw", "dcp-tutorial")
     assert "optimizer adamw · app state dcp-tutorial" in (tmp_path / "r.html").read_text()
@@ -217,12 +304,21 @@ def test_cli_and_report_show_the_training_state(tmp_path, capsys):
 def test_training_state_simulation_leaves_process_as_found(state):
     from test_process_state import _process_state, _traceback_text
 
-    sc = dcpviz.Scenario(model="llama-tiny", world_size=8, mesh=(2, 4), recipe="tp+fsdp", optimizer="adamw", state=state)
+    sc = dcpviz.Scenario(
+        model="llama-tiny",
+        world_size=8,
+        mesh=(2, 4),
+        recipe="tp+fsdp",
+        optimizer="adamw",
+        state=state,
+    )
     dcpviz.simulate_save(sc.replace(world_size=2, mesh=(1, 2)))  # lazy imports are not state
     before = _process_state()
     before_loggers = before.pop("loggers")
     save = dcpviz.simulate_save(sc)
-    load = dcpviz.simulate_load(save, sc.replace(world_size=4, mesh=None, mesh_dim_names=None, recipe="fsdp"))
+    load = dcpviz.simulate_load(
+        save, sc.replace(world_size=4, mesh=None, mesh_dim_names=None, recipe="fsdp")
+    )
     assert save.ok and len(load.read_items) > 0
     after = _process_state()
     after_loggers = after.pop("loggers")

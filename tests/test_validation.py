@@ -133,11 +133,17 @@ def repeated_layouts(draw):
     for i, value in enumerate(entries):
         for j in range(draw(st.integers(1, 4))):
             how = draw(st.sampled_from(["shared", "copy", "moved", "resized"]))
-            chunks = value.chunks if how == "shared" else [chunk(c.offsets, c.sizes) for c in value.chunks]
+            chunks = (
+                value.chunks
+                if how == "shared"
+                else [chunk(c.offsets, c.sizes) for c in value.chunks]
+            )
             size = value.size
             if how == "moved" and chunks:
                 c = chunks[-1]
-                chunks[-1] = chunk((c.offsets[0] + draw(st.integers(1, 3)), *c.offsets[1:]), c.sizes)
+                chunks[-1] = chunk(
+                    (c.offsets[0] + draw(st.integers(1, 3)), *c.offsets[1:]), c.sizes
+                )
             if how == "resized":
                 size = torch.Size((size[0] + 1, *size[1:]))
             sd[f"t{i}.{j}"] = TensorStorageMetadata(value.properties, size, chunks)
@@ -152,14 +158,21 @@ def repeated_layouts(draw):
 def test_one_tensor_per_layout_gives_dcps_verdict_messages_and_logs(case):
     plans, md = case
     expected = run_logged(lambda: DCP_VALIDATE(plans, md))
-    assert run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md, min_chunks=2)) == expected
+    assert (
+        run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md, min_chunks=2)) == expected
+    )
     assert run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md)) == expected
 
 
 def test_layers_are_screened_once_per_layout():
     good = _wk_like().state_dict_metadata["wk"]
-    sd = {f"layers.{i}.wk": TensorStorageMetadata(good.properties, good.size, good.chunks) for i in range(80)}
-    sd["layers.7.wv"] = TensorStorageMetadata(good.properties, good.size, [chunk(c.offsets, c.sizes) for c in good.chunks])
+    sd = {
+        f"layers.{i}.wk": TensorStorageMetadata(good.properties, good.size, good.chunks)
+        for i in range(80)
+    }
+    sd["layers.7.wv"] = TensorStorageMetadata(
+        good.properties, good.size, [chunk(c.offsets, c.sizes) for c in good.chunks]
+    )
     sd["extra"] = BytesStorageMetadata()
     md = Metadata(state_dict_metadata=sd)
     screen = validation.screening_metadata(md)
@@ -167,26 +180,40 @@ def test_layers_are_screened_once_per_layout():
     moved = list(good.chunks)
     moved[3] = chunk((moved[3].offsets[0] + 1, 0), moved[3].sizes)
     sd["layers.79.wk"] = TensorStorageMetadata(good.properties, good.size, moved)
-    assert list(validation.screening_metadata(md).state_dict_metadata) == ["layers.0.wk", "layers.79.wk"]
+    assert list(validation.screening_metadata(md).state_dict_metadata) == [
+        "layers.0.wk",
+        "layers.79.wk",
+    ]
     plans = [SavePlan([])] * 2
     expected = run_logged(lambda: DCP_VALIDATE(plans, md))
-    assert expected[0][1] and run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md)) == expected
+    assert (
+        expected[0][1]
+        and run_logged(lambda: validation.validate(DCP_VALIDATE, plans, md)) == expected
+    )
 
 
 def _wk_like(rows: int = 128, cols: int = 512, parts: int = 128):
     step = rows // parts
     chunks = [chunk((i * step, 0), (step, cols)) for i in range(parts)]
-    return Metadata(state_dict_metadata={
-        "wk": TensorStorageMetadata(TensorProperties(dtype=torch.bfloat16), torch.Size((rows, cols)), chunks)
-    })
+    return Metadata(
+        state_dict_metadata={
+            "wk": TensorStorageMetadata(
+                TensorProperties(dtype=torch.bfloat16), torch.Size((rows, cols)), chunks
+            )
+        }
+    )
 
 
 def test_row_sharded_wide_tensor_is_stretched_and_passes():
     md = _wk_like()
     assert validation.stretch_for(md.state_dict_metadata["wk"]) == (0, 5)  # 128*5 > 512
     stretched = validation.stretched_metadata(md)
-    assert stretched is not None and stretched.state_dict_metadata["wk"].size == torch.Size((640, 512))
-    assert md.state_dict_metadata["wk"].size == torch.Size((128, 512))  # the real metadata untouched
+    assert stretched is not None and stretched.state_dict_metadata["wk"].size == torch.Size(
+        (640, 512)
+    )
+    assert md.state_dict_metadata["wk"].size == torch.Size(
+        (128, 512)
+    )  # the real metadata untouched
     calls = []
 
     def counting(plans, m):
@@ -231,7 +258,11 @@ def _local_plans(model: str, mesh, names, recipe: str):
     plans = []
     for rank in range(math.prod(mesh)):
         p = DefaultSavePlanner()
-        p.set_up_planner(hand_state_dict(m, recipe, mesh, names, rank, model != "mlp"), storage_meta=None, is_coordinator=rank == 0)
+        p.set_up_planner(
+            hand_state_dict(m, recipe, mesh, names, rank, model != "mlp"),
+            storage_meta=None,
+            is_coordinator=rank == 0,
+        )
         plans.append(p.create_local_plan())
     return plans
 
@@ -256,7 +287,9 @@ def _corrupt(plans, rank: int, fqn: str, shift: int):
         if wi.index.fqn == fqn and wi.tensor_data is not None:
             c = wi.tensor_data.chunk
             moved = chunk((c.offsets[0] + shift, *c.offsets[1:]), c.sizes)
-            wi = dataclasses.replace(wi, tensor_data=dataclasses.replace(wi.tensor_data, chunk=moved))
+            wi = dataclasses.replace(
+                wi, tensor_data=dataclasses.replace(wi.tensor_data, chunk=moved)
+            )
         items.append(wi)
     out = list(plans)
     out[rank] = dataclasses.replace(plans[rank], items=items)
@@ -266,7 +299,9 @@ def _corrupt(plans, rank: int, fqn: str, shift: int):
 def test_dcp_coordinator_with_shortcut_equals_without(monkeypatch):
     monkeypatch.setattr(validation, "MIN_CHUNKS", 2)
     plans = _local_plans("llama-tiny", (4, 4), ("dp", "tp"), "tp+fsdp")
-    assert validation.stretched_metadata(_coordinator(plans, False)[0][1][1]) is not None, "nothing to stretch"
+    assert validation.stretched_metadata(_coordinator(plans, False)[0][1][1]) is not None, (
+        "nothing to stretch"
+    )
     ok_plain, ok_fast = _coordinator(plans, False), _coordinator(plans, True)
     assert ok_plain[0][0] == "ok" and ok_fast == ok_plain
     bad = _corrupt(plans, 5, "layers.0.attention.wk.weight", 1)
@@ -279,7 +314,9 @@ def test_simulate_save_uses_it_and_matches_the_plain_path(monkeypatch):
     monkeypatch.setattr(validation, "MIN_CHUNKS", 2)
     stretched = []
     real = validation.stretched_metadata
-    monkeypatch.setattr(validation, "stretched_metadata", lambda md, m=None: stretched.append(1) or real(md, m))
+    monkeypatch.setattr(
+        validation, "stretched_metadata", lambda md, m=None: stretched.append(1) or real(md, m)
+    )
     sc = dcpviz.Scenario(model="llama-tiny", world_size=16, mesh=(4, 4), recipe="tp+fsdp")
     fast = dcpviz.simulate_save(sc)
     assert stretched and fast.ok

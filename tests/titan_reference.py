@@ -20,19 +20,35 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from dcpviz.engine.job.models import PRESETS
 
 
-def _sub_mesh(grid: torch.Tensor, names: tuple[str, ...], coord: dict[str, int], use: list[list[str]], rank: int):
+def _sub_mesh(
+    grid: torch.Tensor,
+    names: tuple[str, ...],
+    coord: dict[str, int],
+    use: list[list[str]],
+    rank: int,
+):
     """The rank's mesh over the dim groups in ``use`` (each group flattened row-major), the other
     dims fixed at the rank's coordinate."""
     keep = [n for group in use for n in group]
     index = tuple(slice(None) if n in keep else coord[n] for n in names)
     sub = grid[index]  # dims left: the kept ones, in mesh order (== order of use: torchtitan's)
     shape = [math.prod(grid.shape[names.index(n)] for n in group) for group in use]
-    return DeviceMesh("cpu", sub.reshape(shape), mesh_dim_names=tuple(f"g{i}" for i in range(len(use))),
-                      _init_backend=False, _rank=rank)
+    return DeviceMesh(
+        "cpu",
+        sub.reshape(shape),
+        mesh_dim_names=tuple(f"g{i}" for i in range(len(use))),
+        _init_backend=False,
+        _rank=rank,
+    )
 
 
-def hand_titan_state_dict(model: str, mesh: tuple[int, ...], names: tuple[str, ...], rank: int,
-                          stages: dict[int, list[str]] | None):
+def hand_titan_state_dict(
+    model: str,
+    mesh: tuple[int, ...],
+    names: tuple[str, ...],
+    rank: int,
+    stages: dict[int, list[str]] | None,
+):
     """Rank ``rank``'s state dict under recipe 'torchtitan', by hand."""
     with torch.device("meta"):
         m = PRESETS[model]()
@@ -53,18 +69,28 @@ def hand_titan_state_dict(model: str, mesh: tuple[int, ...], names: tuple[str, .
             continue
         if ".moe.experts." in fqn and "ep" in names:
             E = value.shape[0]
-            fsdp = _StridedShard(0, split_factor=size["ep"]) if size["dp_shard"] * size["ep"] <= E else Shard(1)
+            fsdp = (
+                _StridedShard(0, split_factor=size["ep"])
+                if size["dp_shard"] * size["ep"] <= E
+                else Shard(1)
+            )
             use = ([["dp_replicate"]] if "dp_replicate" in names else []) + [["dp_shard"], ["ep"]]
             pl = ([Replicate()] if "dp_replicate" in names else []) + [fsdp, Shard(0)]
         else:
             tp = tp_rule(fqn, llama=True) if "tp" in names else None
-            use = ([["dp_replicate"]] if "dp_replicate" in names else []) + [fsdp_dims] + ([["tp"]] if tp else [])
+            use = (
+                ([["dp_replicate"]] if "dp_replicate" in names else [])
+                + [fsdp_dims]
+                + ([["tp"]] if tp else [])
+            )
             fsdp = _StridedShard(0, split_factor=size["tp"]) if tp == Shard(0) else Shard(0)
             pl = ([Replicate()] if "dp_replicate" in names else []) + [fsdp] + ([tp] if tp else [])
         dm = _sub_mesh(grid, names, coord, use, rank)
         local_shape, _ = compute_local_shape_and_global_offset(value.shape, dm, pl)
         local = torch.empty(local_shape, dtype=value.dtype, device="meta")
-        out[fqn] = DTensor.from_local(local, dm, pl, run_check=False, shape=value.shape, stride=value.stride())
+        out[fqn] = DTensor.from_local(
+            local, dm, pl, run_check=False, shape=value.shape, stride=value.stride()
+        )
     return out
 
 
@@ -76,8 +102,11 @@ def hand_titan_metadata(model: str, mesh: tuple[int, ...], names: tuple[str, ...
     planners, plans = [], []
     for rank in range(math.prod(mesh)):
         p = DefaultSavePlanner()
-        p.set_up_planner(hand_titan_state_dict(model, mesh, names, rank, stages), storage_meta=None,
-                         is_coordinator=(rank == 0))
+        p.set_up_planner(
+            hand_titan_state_dict(model, mesh, names, rank, stages),
+            storage_meta=None,
+            is_coordinator=(rank == 0),
+        )
         planners.append(p)
         plans.append(p.create_local_plan())
     return planners[0].create_global_plan(plans)[1]

@@ -56,7 +56,12 @@ def _frame(rows: Iterable[Row]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows), columns=CHECK_COLUMNS)
     if len(df):
         order = df["severity"].map({s: i for i, s in enumerate(SEVERITIES)})
-        df = df.assign(_o=order).sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+        df = (
+            df.assign(_o=order)
+            .sort_values("_o", kind="stable")
+            .drop(columns="_o")
+            .reset_index(drop=True)
+        )
     return df
 
 
@@ -69,12 +74,18 @@ def _capped(rows: list[Row], severity: str, check: str, what: str, fix: str) -> 
     """At most MAX_ROWS_PER_CHECK rows; the rest summed up in one more row."""
     if len(rows) <= MAX_ROWS_PER_CHECK:
         return rows
-    rest = rows[MAX_ROWS_PER_CHECK - 1:]
+    rest = rows[MAX_ROWS_PER_CHECK - 1 :]
     ranks = tuple(sorted({r for row in rest for r in row[3]}))
     keys = ", ".join(row[2] for row in rest[:3])
-    summary = (severity, check, f"({len(rest)} more keys)", ranks,
-               f"{len(rest)} more keys {what} ({keys}, ...).", fix)
-    return rows[:MAX_ROWS_PER_CHECK - 1] + [summary]
+    summary = (
+        severity,
+        check,
+        f"({len(rest)} more keys)",
+        ranks,
+        f"{len(rest)} more keys {what} ({keys}, ...).",
+        fix,
+    )
+    return rows[: MAX_ROWS_PER_CHECK - 1] + [summary]
 
 
 # -- save ---------------------------------------------------------------------------------------
@@ -106,7 +117,9 @@ _REPLICA_FIX = (
 )
 
 
-def _digests_by_key(trace: SaveTrace) -> tuple[dict[str, dict[int, str]], dict[tuple, dict[int, str]]]:
+def _digests_by_key(
+    trace: SaveTrace,
+) -> tuple[dict[str, dict[int, str]], dict[tuple, dict[int, str]]]:
     """Digests of whole values (by fqn) and of replicated DTensor chunks (by fqn and offsets)."""
     whole: dict[str, dict[int, str]] = defaultdict(dict)
     chunks: dict[tuple, dict[int, str]] = defaultdict(dict)
@@ -130,78 +143,129 @@ def rank_specific_values(trace: SaveTrace) -> list[Row]:
         cands = tuple(int(r) for r in row.candidates)
         survivor = int(row.chosen_rank) if row.chosen_rank >= 0 else int(row.replay_rank)
         offsets = tuple(row.offsets) if row.offsets is not None else None
-        by_rank = chunks.get((row.fqn, offsets)) if (row.fqn, offsets) in chunks else whole.get(row.fqn, {})
+        by_rank = (
+            chunks.get((row.fqn, offsets))
+            if (row.fqn, offsets) in chunks
+            else whole.get(row.fqn, {})
+        )
         known = {r: by_rank[r] for r in cands if r in by_rank}
         replica = row.fqn in dtensors and (row.fqn, offsets) in chunks
         if any(d.startswith(STRUCTURE_PREFIX) for d in known.values()):
             # Structure only (tensors without values): different structures are different values
             # for certain; equal ones, or a mix with value digests, tell nothing.
-            if not (all(d.startswith(STRUCTURE_PREFIX) for d in known.values())
-                    and len(set(known.values())) > 1):
+            if not (
+                all(d.startswith(STRUCTURE_PREFIX) for d in known.values())
+                and len(set(known.values())) > 1
+            ):
                 known = {}
         if len(set(known.values())) > 1:
             keep = known.get(survivor)
             lost = tuple(r for r in cands if r in known and known[r] != keep)
             distinct = len(set(known.values()))
             if replica:
-                lost_rows.append((
-                    Severity.DATA_LOSS, "replicas-differ", row.fqn, lost,
-                    f"{row.fqn!r} is a replicated DTensor, but its replicas on {len(cands)} ranks hold "
-                    f"{distinct} different values (chunk at {list(offsets)}); DCP writes one replica, "
-                    f"rank {survivor}'s, and the values of {_ranks_text(lost)} are lost (not on disk).",
-                    _REPLICA_FIX,
-                ))
+                lost_rows.append(
+                    (
+                        Severity.DATA_LOSS,
+                        "replicas-differ",
+                        row.fqn,
+                        lost,
+                        f"{row.fqn!r} is a replicated DTensor, but its replicas on {len(cands)} ranks hold "
+                        f"{distinct} different values (chunk at {list(offsets)}); DCP writes one replica, "
+                        f"rank {survivor}'s, and the values of {_ranks_text(lost)} are lost (not on disk).",
+                        _REPLICA_FIX,
+                    )
+                )
                 continue
             unflattened = not trace.planner.option("flatten_state_dict", True)
-            lost_rows.append((
-                Severity.DATA_LOSS, "rank-specific-value", row.fqn, lost,
-                f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
-                f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
-                f"those of {_ranks_text(lost)} are lost (not on disk)."
-                + (" With flatten_state_dict=False each rank's whole nested value (its shards "
-                   "included) is one bytes entry." if unflattened else ""),
-                _UNFLATTENED_FIX if unflattened else _PER_RANK_FIX,
-            ))
+            lost_rows.append(
+                (
+                    Severity.DATA_LOSS,
+                    "rank-specific-value",
+                    row.fqn,
+                    lost,
+                    f"{len(cands)} ranks save {row.fqn!r} under one key, so DCP treats it as a replica and "
+                    f"keeps only rank {survivor}'s copy; the ranks hold {distinct} different values, and "
+                    f"those of {_ranks_text(lost)} are lost (not on disk)."
+                    + (
+                        " With flatten_state_dict=False each rank's whole nested value (its shards "
+                        "included) is one bytes entry."
+                        if unflattened
+                        else ""
+                    ),
+                    _UNFLATTENED_FIX if unflattened else _PER_RANK_FIX,
+                )
+            )
         elif len(known) < len(cands) and not replica:
             unknown = tuple(r for r in cands if r not in known)
-            why = ("no copy has values here (a simulation builds tensors on the meta device)" if not known
-                   else f"the values of {_ranks_text(unknown)} are not known here (this source did not "
-                   "build those ranks' state)")
-            unknown_rows.append((
-                Severity.WARNING, "rank-specific-value", row.fqn, unknown,
-                f"{len(cands)} ranks save {row.fqn!r} under one key and DCP keeps only rank {survivor}'s "
-                f"copy; {why}, so whether the copies differ cannot be told.",
-                "if the value can differ between ranks (an RNG state, a counter, a position): "
-                + _PER_RANK_FIX + "; run_save or a RecordingSavePlanner checks the real values",
-            ))
-    return lost_rows + _capped(unknown_rows, Severity.WARNING, "rank-specific-value",
-                               "are kept from one rank with other ranks' values unknown", _PER_RANK_FIX)
+            why = (
+                "no copy has values here (a simulation builds tensors on the meta device)"
+                if not known
+                else f"the values of {_ranks_text(unknown)} are not known here (this source did not "
+                "build those ranks' state)"
+            )
+            unknown_rows.append(
+                (
+                    Severity.WARNING,
+                    "rank-specific-value",
+                    row.fqn,
+                    unknown,
+                    f"{len(cands)} ranks save {row.fqn!r} under one key and DCP keeps only rank {survivor}'s "
+                    f"copy; {why}, so whether the copies differ cannot be told.",
+                    "if the value can differ between ranks (an RNG state, a counter, a position): "
+                    + _PER_RANK_FIX
+                    + "; run_save or a RecordingSavePlanner checks the real values",
+                )
+            )
+    return lost_rows + _capped(
+        unknown_rows,
+        Severity.WARNING,
+        "rank-specific-value",
+        "are kept from one rank with other ranks' values unknown",
+        _PER_RANK_FIX,
+    )
 
 
 def key_sets(trace: SaveTrace) -> list[Row]:
     """Keys only some ranks save: which ranks lack them, and what that means on load."""
     holders = tables.key_holders(trace)
     everyone = {r for r, p in enumerate(trace.local_plans) if p is not None}
-    fix = ("fine if every rank loads with the same keys it saved; a job that resumes on another "
-           "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)")
+    fix = (
+        "fine if every rank loads with the same keys it saved; a job that resumes on another "
+        "number of ranks must map these keys itself (allow_partial_load hides the ones it misses)"
+    )
     # Pipeline stages: keys per stage are by design; a key several stages save loses data.
     collisions, per_stage, by_stage = stage_key_rows(trace.scenario, holders, everyone)
-    stage_rows = _capped(collisions, "data-loss", "stages-share-a-key",
-                         "are saved by several pipeline stages under one key", COLLISION_FIX) + per_stage
+    stage_rows = (
+        _capped(
+            collisions,
+            "data-loss",
+            "stages-share-a-key",
+            "are saved by several pipeline stages under one key",
+            COLLISION_FIX,
+        )
+        + per_stage
+    )
     rows: list[Row] = []
     for fqn, ranks in holders.items():
         if ranks == everyone or fqn in by_stage:
             continue
         lacking = tuple(sorted(everyone - ranks))
-        rows.append((
-            Severity.WARNING, "key-sets-differ", fqn, lacking,
-            f"{fqn!r} is saved by {len(ranks)} of {len(everyone)} ranks ({_ranks_text(ranks)}); "
-            f"{_ranks_text(lacking)} lack{'s' if len(lacking) == 1 else ''} it. On load a rank reads only the keys its own state dict "
-            "has: a rank that lacks it restores nothing for it, and a target rank that asks for a "
-            "key no rank saved fails (missing key).",
-            fix,
-        ))
-    return stage_rows + _capped(rows, Severity.WARNING, "key-sets-differ", "are saved by some ranks only", fix)
+        rows.append(
+            (
+                Severity.WARNING,
+                "key-sets-differ",
+                fqn,
+                lacking,
+                f"{fqn!r} is saved by {len(ranks)} of {len(everyone)} ranks ({_ranks_text(ranks)}); "
+                f"{_ranks_text(lacking)} lack{'s' if len(lacking) == 1 else ''} it. On load a rank reads only the keys its own state dict "
+                "has: a rank that lacks it restores nothing for it, and a target rank that asks for a "
+                "key no rank saved fails (missing key).",
+                fix,
+            )
+        )
+    return stage_rows + _capped(
+        rows, Severity.WARNING, "key-sets-differ", "are saved by some ranks only", fix
+    )
 
 
 def write_imbalance(trace: SaveTrace) -> list[Row]:
@@ -215,25 +279,33 @@ def write_imbalance(trace: SaveTrace) -> list[Row]:
         return []
     heavy = tuple(int(r) for r, b in zip(vol["rank"], nbytes) if b > IMBALANCE_THRESHOLD * mean)
     option = bool(trace.planner.option("dedup_save_to_lowest_rank", False))
-    message = (f"rank volume is uneven: max {fmt_bytes(mx)} vs mean {fmt_bytes(mean)} per rank "
-               f"(imbalance {mx / mean:.2f}, over {IMBALANCE_THRESHOLD}) with "
-               f"dedup_save_to_lowest_rank={option}; the heaviest are {_ranks_text(heavy)}, and the "
-               "save takes as long as its slowest rank.")
+    message = (
+        f"rank volume is uneven: max {fmt_bytes(mx)} vs mean {fmt_bytes(mean)} per rank "
+        f"(imbalance {mx / mean:.2f}, over {IMBALANCE_THRESHOLD}) with "
+        f"dedup_save_to_lowest_rank={option}; the heaviest are {_ranks_text(heavy)}, and the "
+        "save takes as long as its slowest rank."
+    )
     alt = trace.dedup_alternative
     if alt is None:
-        fix = (f"try DefaultSavePlanner(dedup_save_to_lowest_rank={not option}), or shard the plain "
-               "tensors (FSDP) so every rank holds its own part")
+        fix = (
+            f"try DefaultSavePlanner(dedup_save_to_lowest_rank={not option}), or shard the plain "
+            "tensors (FSDP) so every rank holds its own part"
+        )
         return [(Severity.WARNING, "write-imbalance", "", heavy, message, fix)]
     alt_mean = sum(alt.rank_nbytes) / len(alt.rank_nbytes)
     alt_max = max(alt.rank_nbytes)
     alt_imb = alt_max / alt_mean if alt_mean > 0 else float("nan")
-    message += (f" With dedup_save_to_lowest_rank={alt.lowest_rank} (DCP's dedup on the same local "
-                f"plans): max {fmt_bytes(alt_max)}, imbalance {alt_imb:.2f}.")
+    message += (
+        f" With dedup_save_to_lowest_rank={alt.lowest_rank} (DCP's dedup on the same local "
+        f"plans): max {fmt_bytes(alt_max)}, imbalance {alt_imb:.2f}."
+    )
     if alt_imb < mx / mean:
         fix = f"planner=DefaultSavePlanner(dedup_save_to_lowest_rank={alt.lowest_rank})"
     else:
-        fix = ("the other dedup option is no better: the imbalance comes from the layout (what each "
-               "rank holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks")
+        fix = (
+            "the other dedup option is no better: the imbalance comes from the layout (what each "
+            "rank holds); shard the plain tensors (FSDP) or write the replicated ones from more ranks"
+        )
     return [(Severity.WARNING, "write-imbalance", "", heavy, message, fix)]
 
 
@@ -258,7 +330,7 @@ def _overlaps(chunks: tuple[Any, ...]) -> int:
     shared = 0
     for i, a in enumerate(boxes):
         end = a.offsets[dim] + a.sizes[dim]
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             if b.offsets[dim] >= end:
                 break
             shared += _overlap(a, b)
@@ -276,20 +348,36 @@ def chunk_coverage(trace: SaveTrace) -> list[Row]:
         shared = _overlaps(t.chunks)
         covered = sum(math.prod(c.sizes) for c in t.chunks) - shared
         if shared:
-            rows.append((Severity.ERROR, "chunks-overlap", t.fqn, (),
-                         f"the saved chunks of {t.fqn!r} overlap ({shared} elements saved twice), which DCP's "
-                         "validation rejects (older DCP only logged it).",
-                         "give every element one owner: check the placements / the planner's chunks"))
+            rows.append(
+                (
+                    Severity.ERROR,
+                    "chunks-overlap",
+                    t.fqn,
+                    (),
+                    f"the saved chunks of {t.fqn!r} overlap ({shared} elements saved twice), which DCP's "
+                    "validation rejects (older DCP only logged it).",
+                    "give every element one owner: check the placements / the planner's chunks",
+                )
+            )
         if covered < total:
-            rows.append((Severity.DATA_LOSS, "chunks-missing", t.fqn, (),
-                         f"the saved chunks of {t.fqn!r} cover at most {covered} of its {total} elements: part "
-                         "of the tensor is not saved.",
-                         "make the chunks cover the tensor: check the placements / the planner's chunks"))
+            rows.append(
+                (
+                    Severity.DATA_LOSS,
+                    "chunks-missing",
+                    t.fqn,
+                    (),
+                    f"the saved chunks of {t.fqn!r} cover at most {covered} of its {total} elements: part "
+                    "of the tensor is not saved.",
+                    "make the chunks cover the tensor: check the placements / the planner's chunks",
+                )
+            )
     return rows
 
 
-_READ_FIX = ("copy the checkpoint's data files again (or re-save it): .metadata names each file and "
-             "the bytes it must hold")
+_READ_FIX = (
+    "copy the checkpoint's data files again (or re-save it): .metadata names each file and "
+    "the bytes it must hold"
+)
 
 
 def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
@@ -300,14 +388,24 @@ def planner_errors(trace: SaveTrace | LoadTrace) -> list[Row]:
         ranks = by_message[(e.phase, e.exc_type, e.message[:500])]
         if e.rank is not None:
             ranks.append(e.rank)
-    fix = ("see the message; the load hints and mismatches name the keys" if trace.kind == "load"
-           else "see the message (planner, layout or storage)")
+    fix = (
+        "see the message; the load hints and mismatches name the keys"
+        if trace.kind == "load"
+        else "see the message (planner, layout or storage)"
+    )
     rows: list[Row] = []
     for (phase, exc_type, message), ranks in by_message.items():
         where = rank_ranges(ranks, trace.scenario.world_size) if ranks else "the coordinator"
-        rows.append((Severity.ERROR, f"{phase}-failed", "", tuple(sorted(set(ranks))),
-                     f"[{phase}, {where}] {exc_type}: {message}",
-                     _READ_FIX if phase == "read" and trace.kind == "load" else fix))
+        rows.append(
+            (
+                Severity.ERROR,
+                f"{phase}-failed",
+                "",
+                tuple(sorted(set(ranks))),
+                f"[{phase}, {where}] {exc_type}: {message}",
+                _READ_FIX if phase == "read" and trace.kind == "load" else fix,
+            )
+        )
     return rows
 
 
@@ -325,14 +423,19 @@ def tied_weights(trace: SaveTrace) -> list[Row]:
         if len(written) < 2:
             continue
         extra = int(sum(int(per_key[k]) for k in written[1:]))
-        rows.append((
-            Severity.INFO, "tied-weights-saved-twice", written[0], (),
-            f"{', '.join(repr(k) for k in written)} are one tensor (tied weights), and DCP writes each "
-            f"key in full: {fmt_bytes(extra)} on disk for {len(written) - 1} extra "
-            f"cop{'y' if len(written) == 2 else 'ies'}. On load both keys are read into the one tensor.",
-            "nothing to fix for correctness; to save the bytes, drop the tied key from the state dict "
-            f"before dcp.save (e.g. del sd[{written[-1]!r}]) and tie the weights again after loading",
-        ))
+        rows.append(
+            (
+                Severity.INFO,
+                "tied-weights-saved-twice",
+                written[0],
+                (),
+                f"{', '.join(repr(k) for k in written)} are one tensor (tied weights), and DCP writes each "
+                f"key in full: {fmt_bytes(extra)} on disk for {len(written) - 1} extra "
+                f"cop{'y' if len(written) == 2 else 'ies'}. On load both keys are read into the one tensor.",
+                "nothing to fix for correctness; to save the bytes, drop the tied key from the state dict "
+                f"before dcp.save (e.g. del sd[{written[-1]!r}]) and tie the weights again after loading",
+            )
+        )
     return rows
 
 
@@ -343,19 +446,33 @@ def unrecorded_plans(trace: SaveTrace) -> list[Row]:
     ranks = tuple(r for r, p in enumerate(trace.local_plans) if p is not None and not p.usable)
     if not ranks:
         return []
-    return [(Severity.WARNING, "plans-not-recorded", "", ranks,
-             f"the local plans of {_ranks_text(ranks)} are DCP's empty 'unchanged' markers "
-             "(enable_plan_caching), not the cached plans DCP used: what those ranks write is not in "
-             "this trace, and no check can see it.",
-             "capture with this dcpviz's RecordingSavePlanner (it records the cached plans DCP "
-             "really uses), or save without enable_plan_caching")]
+    return [
+        (
+            Severity.WARNING,
+            "plans-not-recorded",
+            "",
+            ranks,
+            f"the local plans of {_ranks_text(ranks)} are DCP's empty 'unchanged' markers "
+            "(enable_plan_caching), not the cached plans DCP used: what those ranks write is not in "
+            "this trace, and no check can see it.",
+            "capture with this dcpviz's RecordingSavePlanner (it records the cached plans DCP "
+            "really uses), or save without enable_plan_caching",
+        )
+    ]
 
 
 def save_checks(trace: SaveTrace) -> pd.DataFrame:
     """Every check of a save trace, most severe first."""
-    rows = (rank_specific_values(trace) + chunk_coverage(trace) + planner_errors(trace)
-            + unrecorded_plans(trace) + key_sets(trace) + write_imbalance(trace) + tied_weights(trace)
-            + file_checks.file_plan_checks(trace))
+    rows = (
+        rank_specific_values(trace)
+        + chunk_coverage(trace)
+        + planner_errors(trace)
+        + unrecorded_plans(trace)
+        + key_sets(trace)
+        + write_imbalance(trace)
+        + tied_weights(trace)
+        + file_checks.file_plan_checks(trace)
+    )
     return _frame(rows)
 
 
@@ -369,30 +486,67 @@ def unread_keys(trace: LoadTrace) -> list[Row]:
     lossy = lossy_keys(trace)
     saved = trace.saved_scenario
     prefixes = dict(saved.components) if saved is not None else {}
-    optim = [k for k in unexpected if is_optimizer_key(k)
-             or component_of(k, prefixes) in ("optim", "optimizer")]
+    optim = [
+        k
+        for k in unexpected
+        if is_optimizer_key(k) or component_of(k, prefixes) in ("optim", "optimizer")
+    ]
     rest = [k for k in unexpected if k not in set(optim)]
     fix = "load them (add the keys to the state dict you pass to dcp.load), or drop them on purpose"
-    lost_fix = ("map the target's keys to these (load.hints names the prefix or rename), or declare "
-                "them unused on purpose (expected_unused)")
+    lost_fix = (
+        "map the target's keys to these (load.hints names the prefix or rename), or declare "
+        "them unused on purpose (expected_unused)"
+    )
     lost = [k for k in rest if k in lossy]
-    rows: list[Row] = [(Severity.DATA_LOSS, "unread-keys", k, (),
-                        f"the checkpoint holds {k!r} but no target rank asks for it, while allow_partial_load "
-                        "skips a target key of its shape: the load leaves its data behind.",
-                        lost_fix) for k in lost]
-    rows = _capped(rows, Severity.DATA_LOSS, "unread-keys", "are in the checkpoint and read by no rank", lost_fix)
-    plain: list[Row] = [(Severity.WARNING, "unread-keys", k, (),
-                         f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
-                         fix) for k in rest if k not in lossy]
-    rows += _capped(plain, Severity.WARNING, "unread-keys", "are in the checkpoint and read by no rank", fix)
+    rows: list[Row] = [
+        (
+            Severity.DATA_LOSS,
+            "unread-keys",
+            k,
+            (),
+            f"the checkpoint holds {k!r} but no target rank asks for it, while allow_partial_load "
+            "skips a target key of its shape: the load leaves its data behind.",
+            lost_fix,
+        )
+        for k in lost
+    ]
+    rows = _capped(
+        rows,
+        Severity.DATA_LOSS,
+        "unread-keys",
+        "are in the checkpoint and read by no rank",
+        lost_fix,
+    )
+    plain: list[Row] = [
+        (
+            Severity.WARNING,
+            "unread-keys",
+            k,
+            (),
+            f"the checkpoint holds {k!r} but no target rank asks for it: DCP ignores it silently.",
+            fix,
+        )
+        for k in rest
+        if k not in lossy
+    ]
+    rows += _capped(
+        plain, Severity.WARNING, "unread-keys", "are in the checkpoint and read by no rank", fix
+    )
     if optim:
         sev = Severity.DATA_LOSS if any(k in lossy for k in optim) else Severity.WARNING
-        rows.append((sev, "optimizer-state-not-read", optim[0] if len(optim) == 1 else f"({len(optim)} keys)", (),
-                     f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
-                     "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
-                     "without an error.",
-                     "load the optimizer too: get_state_dict(model, optim) -> {'model': ..., 'optim': ...} "
-                     "in dcp.load, then set_state_dict(model, optim, ...)"))
+        rows.append(
+            (
+                sev,
+                "optimizer-state-not-read",
+                optim[0] if len(optim) == 1 else f"({len(optim)} keys)",
+                (),
+                f"the checkpoint holds optimizer state ({len(optim)} keys, e.g. {', '.join(optim[:3])}) that no "
+                "target rank reads: a resumed run starts its optimizer afresh (Adam's moments reset) "
+                "without an error.",
+                "load the optimizer too: get_state_dict(model, optim) -> {'model': ..., 'optim': ...} "
+                "in dcp.load, then set_state_dict(model, optim, ...)",
+            )
+        )
     return rows
 
 
@@ -401,12 +555,24 @@ def dtype_casts(trace: LoadTrace) -> list[Row]:
     rows: list[Row] = []
     for m in trace.mismatches:
         if m.kind == MismatchKind.DTYPE:
-            rows.append((Severity.WARNING, "dtype-cast", m.fqn, tuple(m.ranks),
-                         f"{m.fqn!r} was saved as {m.saved_dtype} and is loaded into {m.current_dtype}: DCP "
-                         "does not check dtypes, it casts with Tensor.copy_ (precision may be lost).",
-                         f"load into a {m.saved_dtype} tensor and cast yourself, or accept the cast"))
-    return _capped(rows, Severity.WARNING, "dtype-cast", "are cast silently",
-                   "load into tensors of the saved dtype and cast yourself")
+            rows.append(
+                (
+                    Severity.WARNING,
+                    "dtype-cast",
+                    m.fqn,
+                    tuple(m.ranks),
+                    f"{m.fqn!r} was saved as {m.saved_dtype} and is loaded into {m.current_dtype}: DCP "
+                    "does not check dtypes, it casts with Tensor.copy_ (precision may be lost).",
+                    f"load into a {m.saved_dtype} tensor and cast yourself, or accept the cast",
+                )
+            )
+    return _capped(
+        rows,
+        Severity.WARNING,
+        "dtype-cast",
+        "are cast silently",
+        "load into tensors of the saved dtype and cast yourself",
+    )
 
 
 def partial_load(trace: LoadTrace) -> list[Row]:
@@ -420,26 +586,44 @@ def partial_load(trace: LoadTrace) -> list[Row]:
     sources = possible_sources(trace)
     n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
     restored = f"The load restores {n_target - len(skipped)} of {n_target} target keys."
-    lost_fix = ("map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
-                "allow_partial_load only for keys with no source in the checkpoint")
+    lost_fix = (
+        "map the target's keys to the checkpoint's (load.hints, load.fix_planner()); use "
+        "allow_partial_load only for keys with no source in the checkpoint"
+    )
     fix = "check the key names (load.hints); use allow_partial_load only for keys you mean to skip"
     lost: list[Row] = []
     hidden: list[Row] = []
     for m in trace.mismatches:
         if m.kind != MismatchKind.MISSING:
             continue
-        said = (f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it without a word, "
-                "so it keeps its initial value.")
+        said = (
+            f"{m.fqn!r} is not in the checkpoint; allow_partial_load=True makes DCP skip it without a word, "
+            "so it keeps its initial value."
+        )
         src = sources.get(m.fqn, ())
         if src:
-            lost.append((Severity.DATA_LOSS, "partial-load-leaves-data-unread", m.fqn, tuple(m.ranks),
-                         f"{said} The checkpoint holds {len(src)} unread key(s) that could hold its data "
-                         f"({', '.join(src[:3])}{', ...' if len(src) > 3 else ''}). {restored}", lost_fix))
+            lost.append(
+                (
+                    Severity.DATA_LOSS,
+                    "partial-load-leaves-data-unread",
+                    m.fqn,
+                    tuple(m.ranks),
+                    f"{said} The checkpoint holds {len(src)} unread key(s) that could hold its data "
+                    f"({', '.join(src[:3])}{', ...' if len(src) > 3 else ''}). {restored}",
+                    lost_fix,
+                )
+            )
         else:
-            hidden.append((Severity.WARNING, "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix))
-    return (_capped(lost, Severity.DATA_LOSS, "partial-load-leaves-data-unread", "are skipped while their data is unread",
-                    lost_fix)
-            + _capped(hidden, Severity.WARNING, "partial-load-hides-missing", "are skipped silently", fix))
+            hidden.append(
+                (Severity.WARNING, "partial-load-hides-missing", m.fqn, tuple(m.ranks), said, fix)
+            )
+    return _capped(
+        lost,
+        Severity.DATA_LOSS,
+        "partial-load-leaves-data-unread",
+        "are skipped while their data is unread",
+        lost_fix,
+    ) + _capped(hidden, Severity.WARNING, "partial-load-hides-missing", "are skipped silently", fix)
 
 
 def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
@@ -449,14 +633,26 @@ def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
     rows: list[Row] = []
     for m in trace.mismatches:
         if bytes_over_tensor(m) and not m.message:
-            rows.append((Severity.DATA_LOSS, "bytes-replace-tensor", m.fqn, tuple(m.ranks),
-                         f"the checkpoint holds a Python value (bytes) under {m.fqn!r} where the target holds "
-                         f"a {m.current_dtype} tensor {tuple(m.current_size or ())}: dcp.load replaces the state "
-                         "dict's entry with the saved value and never writes the tensor (a model's parameter "
-                         "keeps its initial value; load_state_dict then gets a non-tensor).",
-                         "save a tensor under this key, or load it into a Python value and convert it yourself"))
-    return _capped(rows, Severity.DATA_LOSS, "bytes-replace-tensor", "are replaced by saved Python values",
-                   "save tensors under these keys, or load them into Python values")
+            rows.append(
+                (
+                    Severity.DATA_LOSS,
+                    "bytes-replace-tensor",
+                    m.fqn,
+                    tuple(m.ranks),
+                    f"the checkpoint holds a Python value (bytes) under {m.fqn!r} where the target holds "
+                    f"a {m.current_dtype} tensor {tuple(m.current_size or ())}: dcp.load replaces the state "
+                    "dict's entry with the saved value and never writes the tensor (a model's parameter "
+                    "keeps its initial value; load_state_dict then gets a non-tensor).",
+                    "save a tensor under this key, or load it into a Python value and convert it yourself",
+                )
+            )
+    return _capped(
+        rows,
+        Severity.DATA_LOSS,
+        "bytes-replace-tensor",
+        "are replaced by saved Python values",
+        "save tensors under these keys, or load them into Python values",
+    )
 
 
 def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> list[Row]:
@@ -475,19 +671,32 @@ def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> l
     files = vol["files"].astype("float64").max()
     source = "files" if reads["file"].notna().any() else "writer ranks"
     spread = int(files if source == "files" else vol["writers"].astype("float64").max())
-    return [(Severity.WARNING, "read-amplification", "", tuple(int(r) for r in heavy["rank"]),
-             f"{len(heavy)} target ranks deserialise more than {AMPLIFICATION_THRESHOLD:g}x the bytes they keep: "
-             f"rank {int(worst['rank'])} reads {fmt_bytes(int(worst['chunk_nbytes']))} of saved chunks to keep "
-             f"{fmt_bytes(int(worst['nbytes']))} ({amp[heavy.index].max():.1f}x); a rank reads from up to "
-             f"{spread} {source}. DCP loads each saved chunk whole before taking the part a rank needs.",
-             "load with the layout it was saved with (same sharded dim), or reshard offline once "
-             "(dcp_to_torch_save / a one-off conversion) instead of at every restart")]
+    return [
+        (
+            Severity.WARNING,
+            "read-amplification",
+            "",
+            tuple(int(r) for r in heavy["rank"]),
+            f"{len(heavy)} target ranks deserialise more than {AMPLIFICATION_THRESHOLD:g}x the bytes they keep: "
+            f"rank {int(worst['rank'])} reads {fmt_bytes(int(worst['chunk_nbytes']))} of saved chunks to keep "
+            f"{fmt_bytes(int(worst['nbytes']))} ({amp[heavy.index].max():.1f}x); a rank reads from up to "
+            f"{spread} {source}. DCP loads each saved chunk whole before taking the part a rank needs.",
+            "load with the layout it was saved with (same sharded dim), or reshard offline once "
+            "(dcp_to_torch_save / a one-off conversion) instead of at every restart",
+        )
+    ]
 
 
 def load_checks(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every check of a load trace, most severe first."""
-    rows = (planner_errors(trace) + bytes_replace_tensors(trace) + unread_keys(trace) + dtype_casts(trace)
-            + partial_load(trace) + read_amplification(trace, reads))
+    rows = (
+        planner_errors(trace)
+        + bytes_replace_tensors(trace)
+        + unread_keys(trace)
+        + dtype_casts(trace)
+        + partial_load(trace)
+        + read_amplification(trace, reads)
+    )
     return _frame(rows)
 
 
@@ -499,18 +708,32 @@ def checkpoint_checks(info: Any) -> pd.DataFrame:
     stale = files[files["items"] == 0]
     if len(stale):
         names = list(stale["file"])
-        rows.append((Severity.WARNING, "stale-files", "", tuple(sorted({int(r) for r in stale["rank"] if r >= 0})),
-                     f"{len(names)} data files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}; "
-                     f"{fmt_bytes(int(stale['nbytes'].sum()))}) are referenced by no record: left by an earlier "
-                     "save into this directory (DCP replaces .metadata, deletes nothing).",
-                     "save each checkpoint into a new directory (step_{n}/), or delete the stale files"))
+        rows.append(
+            (
+                Severity.WARNING,
+                "stale-files",
+                "",
+                tuple(sorted({int(r) for r in stale["rank"] if r >= 0})),
+                f"{len(names)} data files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}; "
+                f"{fmt_bytes(int(stale['nbytes'].sum()))}) are referenced by no record: left by an earlier "
+                "save into this directory (DCP replaces .metadata, deletes nothing).",
+                "save each checkpoint into a new directory (step_{n}/), or delete the stale files",
+            )
+        )
     t = info.totals
     data, framing = int(t["tensor_nbytes"]), int(t["framing_nbytes"])
     if data > 0 and framing / data > FRAMING_THRESHOLD:
-        rows.append((Severity.INFO, "framing-overhead", "", (),
-                     f"torch.save's framing around each of the {t['chunks']} chunks takes {fmt_bytes(framing)} "
-                     f"for {fmt_bytes(data)} of data ({framing / data:.0%}): many small chunks.",
-                     "fewer, larger chunks (shard fewer small tensors, or keep small ones unsharded)"))
+        rows.append(
+            (
+                Severity.INFO,
+                "framing-overhead",
+                "",
+                (),
+                f"torch.save's framing around each of the {t['chunks']} chunks takes {fmt_bytes(framing)} "
+                f"for {fmt_bytes(data)} of data ({framing / data:.0%}): many small chunks.",
+                "fewer, larger chunks (shard fewer small tensors, or keep small ones unsharded)",
+            )
+        )
     return _frame(rows)
 
 
@@ -518,9 +741,20 @@ def refused_checkpoint(path: str, message: str) -> pd.DataFrame:
     """The checks of a checkpoint directory that could not be read safely: one 'error' row (a
     BYTE_IO entry that would build a class outside the safe list, a broken record, ...)."""
     unsafe = "refusing to" in message
-    return _frame([(Severity.ERROR, "unsafe-entry" if unsafe else "unreadable-checkpoint", "", (),
-                    message, "do not load it with plain DCP; re-save it from a trusted job"
-                    if unsafe else "re-save the checkpoint; see the message for the entry and file")])
+    return _frame(
+        [
+            (
+                Severity.ERROR,
+                "unsafe-entry" if unsafe else "unreadable-checkpoint",
+                "",
+                (),
+                message,
+                "do not load it with plain DCP; re-save it from a trusted job"
+                if unsafe
+                else "re-save the checkpoint; see the message for the entry and file",
+            )
+        ]
+    )
 
 
 def counts(checks: pd.DataFrame) -> dict[str, int]:

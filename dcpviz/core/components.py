@@ -11,8 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-KNOWN_COMPONENTS = frozenset({"model", "optim", "optimizer", "lr_scheduler", "lr_schedulers", "dataloader",
-                              "data_loader", "train_state", "rng", "scheduler", "app"})
+KNOWN_COMPONENTS = frozenset(
+    {
+        "model",
+        "optim",
+        "optimizer",
+        "lr_scheduler",
+        "lr_schedulers",
+        "dataloader",
+        "data_loader",
+        "train_state",
+        "rng",
+        "scheduler",
+        "app",
+    }
+)
 
 
 def state_components(state_dict: Mapping[str, Any], app_state: bool) -> tuple[tuple[str, str], ...]:

@@ -67,7 +67,9 @@ def intersect(off_a: Box, size_a: Box, off_b: Box, size_b: Box) -> tuple[Box, Bo
     return lo, tuple(h - low for low, h in zip(lo, hi))
 
 
-def overlap_pairs(a: tuple[SideChunk, ...], b: tuple[SideChunk, ...]) -> list[tuple[int, int, Box, Box]]:
+def overlap_pairs(
+    a: tuple[SideChunk, ...], b: tuple[SideChunk, ...]
+) -> list[tuple[int, int, Box, Box]]:
     """(index in a, index in b, offsets, sizes) of every overlap, ordered by a's chunk offsets
     then b's, so consecutive pairs mostly reuse the chunk of b read last. A sweep along the
     first dim keeps this O(n log n + pairs) for the usual row-sharded layouts."""

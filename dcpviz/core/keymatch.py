@@ -150,7 +150,7 @@ def rewrite_of(t: str, s: str) -> tuple[str, str, str] | None:
     x = 0
     while x < min(len(ts), len(ss)) - r and ts[x] == ss[x]:
         x += 1
-    a, b = ts[x:len(ts) - r], ss[x:len(ss) - r]
+    a, b = ts[x : len(ts) - r], ss[x : len(ss) - r]
     if not a and not b:
         return None
     if len(a) + len(b) > MAX_REWRITE_SEGMENTS or any(seg.isdigit() for seg in (*a, *b)):
@@ -173,8 +173,13 @@ def _rewrite_name(a: str, b: str) -> tuple[str, str]:
 class _State:
     """Matching in progress, on names without wrapper segments (``canonical``)."""
 
-    def __init__(self, target: Mapping[str, KeyFacts], saved: Mapping[str, KeyFacts],
-                 missing: Iterable[str], unexpected: Iterable[str]) -> None:
+    def __init__(
+        self,
+        target: Mapping[str, KeyFacts],
+        saved: Mapping[str, KeyFacts],
+        missing: Iterable[str],
+        unexpected: Iterable[str],
+    ) -> None:
         self.target, self.saved = target, saved
         self.cur = {m: canonical(m) for m in sorted(missing)}  # open target key -> its name so far
         self.free = set(unexpected)  # checkpoint keys no target key reads yet
@@ -200,7 +205,11 @@ def _unique_pairs(cands: Mapping[str, set[str]]) -> list[tuple[str, str]]:
     for us in cands.values():
         for u in us:
             claims[u] += 1
-    return sorted((m, next(iter(us))) for m, us in cands.items() if len(us) == 1 and claims[next(iter(us))] == 1)
+    return sorted(
+        (m, next(iter(us)))
+        for m, us in cands.items()
+        if len(us) == 1 and claims[next(iter(us))] == 1
+    )
 
 
 def _wrapper_name(m: str, u: str) -> tuple[str, str]:
@@ -216,8 +225,10 @@ def _equal_names(st: _State) -> bool:
     by_canon: dict[str, set[str]] = defaultdict(set)
     for u in st.free:
         by_canon[st.canon[u]].add(u)
-    cands = {m: {u for u in by_canon.get(st.cur[m], ()) if _compatible(st.target[m], st.saved[u])}
-             for m in st.open()}
+    cands = {
+        m: {u for u in by_canon.get(st.cur[m], ()) if _compatible(st.target[m], st.saved[u])}
+        for m in st.open()
+    }
     pairs = _unique_pairs({m: us for m, us in cands.items() if us})
     groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for m, u in pairs:
@@ -255,10 +266,15 @@ def _rewrites(st: _State) -> tuple[bool, list[Ambiguity]]:
     """Apply every certain rewrite; where none is, the candidates that are left, as ties."""
     rules = _rewrite_candidates(st)
     # A rewrite is evidence only where it pairs values of one shape (Python values: by name).
-    support = {rw: [(m, u) for m, u, _ in ps if _same(st.target[m], st.saved[u])] for rw, ps in rules.items()}
+    support = {
+        rw: [(m, u) for m, u, _ in ps if _same(st.target[m], st.saved[u])]
+        for rw, ps in rules.items()
+    }
     # One coincidental pair is not a pattern (unless one target key is all that is left): it
     # neither applies nor competes with a rewrite that holds for many keys.
-    pattern = {rw: len(ps) >= 2 or (len(ps) == 1 and len(st.cur) == 1) for rw, ps in support.items()}
+    pattern = {
+        rw: len(ps) >= 2 or (len(ps) == 1 and len(st.cur) == 1) for rw, ps in support.items()
+    }
     certain = _certain_rewrites(rules, pattern)
     for a, b in certain:
         _apply_rewrite(st, a, b, rules[(a, b)])
@@ -267,8 +283,10 @@ def _rewrites(st: _State) -> tuple[bool, list[Ambiguity]]:
     return False, _ambiguities(rules, support)
 
 
-def _certain_rewrites(rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
-                      pattern: Mapping[tuple[str, str], bool]) -> list[tuple[str, str]]:
+def _certain_rewrites(
+    rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
+    pattern: Mapping[tuple[str, str], bool],
+) -> list[tuple[str, str]]:
     """The patterns (in order) whose every pair is the only one either of its keys has."""
     claimed: dict[str, set[str]] = defaultdict(set)
     elsewhere: dict[str, set[str]] = defaultdict(set)  # m -> every u a pattern maps it to
@@ -277,26 +295,33 @@ def _certain_rewrites(rules: Mapping[tuple[str, str], list[tuple[str, str, str]]
             for m, u, _ in ps:
                 claimed[u].add(m)
                 elsewhere[m].add(u)
-    return [rw for rw in sorted(rules) if pattern[rw]
-            and all(elsewhere[m] == {u} and claimed[u] == {m} for m, u, _ in rules[rw])]
+    return [
+        rw
+        for rw in sorted(rules)
+        if pattern[rw] and all(elsewhere[m] == {u} and claimed[u] == {m} for m, u, _ in rules[rw])
+    ]
 
 
 def _apply_rewrite(st: _State, a: str, b: str, ps: list[tuple[str, str, str]]) -> None:
     """Take the pairs of the certain rewrite ``a`` -> ``b``, then rename the other open keys."""
     fronts = sorted({x for _, _, x in ps})
-    st.take([(m, u) for m, u, _ in ps if m in st.cur and u in st.free], "rewrite", *_rewrite_name(a, b))
+    st.take(
+        [(m, u) for m, u, _ in ps if m in st.cur and u in st.free], "rewrite", *_rewrite_name(a, b)
+    )
     # The rewrite holds for every key under the same front: rename the other open keys too,
     # so a second cause on them (a rename under a prefix) is found next round.
     for m in st.open():
         name = st.cur[m]
         for x in fronts:
             if name.startswith(x + a):
-                st.cur[m] = x + b + name[len(x + a):]
+                st.cur[m] = x + b + name[len(x + a) :]
                 break
 
 
-def _ambiguities(rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
-                 support: Mapping[tuple[str, str], list[tuple[str, str]]]) -> list[Ambiguity]:
+def _ambiguities(
+    rules: Mapping[tuple[str, str], list[tuple[str, str, str]]],
+    support: Mapping[tuple[str, str], list[tuple[str, str]]],
+) -> list[Ambiguity]:
     """What no certain rewrite explains: per target-side text, every supported checkpoint-side
     text (a tie, or one pair that is not yet a pattern)."""
     # Shown per target key: the candidates of the best-supported rewrites that reach it (a
@@ -331,7 +356,7 @@ def _chosen_name(name: str, key: str, a: str, b: str) -> str | None:
     choice does not reach it."""
     if a == "" or a.endswith("."):
         pa, pb = _cprefix(a), _cprefix(b)
-        return pb + name[len(pa):] if name.startswith(pa) else None
+        return pb + name[len(pa) :] if name.startswith(pa) else None
     if "." in a:
         return canonical(b) if canonical(a) == name or a == key else None
     segs = _segs(name)
@@ -364,9 +389,13 @@ def _apply_choice(st: _State, a: str, b: str) -> bool:
     return bool(pairs)
 
 
-def match_keys(target: Mapping[str, KeyFacts], saved: Mapping[str, KeyFacts],
-               missing: Iterable[str] | None = None, unexpected: Iterable[str] | None = None,
-               choices: Mapping[str, str] | None = None) -> Match:
+def match_keys(
+    target: Mapping[str, KeyFacts],
+    saved: Mapping[str, KeyFacts],
+    missing: Iterable[str] | None = None,
+    unexpected: Iterable[str] | None = None,
+    choices: Mapping[str, str] | None = None,
+) -> Match:
     """Match target keys to checkpoint keys (see the module doc).
 
     ``target`` / ``saved``: every key with its facts. ``missing`` / ``unexpected``: the keys to
@@ -412,7 +441,11 @@ def _possible_sources(st: _State, known: list[Ambiguity]) -> list[Ambiguity]:
     for m in st.open():
         if m in seen:
             continue
-        us = [u for u in by_bucket.get(_bucket(st.cur[m]), ()) if _could_hold(st.target[m], st.saved[u])]
+        us = [
+            u
+            for u in by_bucket.get(_bucket(st.cur[m]), ())
+            if _could_hold(st.target[m], st.saved[u])
+        ]
         if us:
             out.append(Ambiguity(m, tuple(us), (m,), tuple((m, u) for u in us)))
     return out

@@ -32,8 +32,12 @@ class Severity(StrEnum):
 SEVERITIES = tuple(Severity)  # worst first
 FAILING = (Severity.DATA_LOSS, Severity.ERROR)  # what makes `dcpviz check` exit 1
 # How a count of findings reads: '1 error, 6 warnings' ('data-loss' and 'info' do not take an s).
-_PLURAL = {Severity.DATA_LOSS: "data-loss", Severity.ERROR: "errors", Severity.WARNING: "warnings",
-           Severity.INFO: "info"}
+_PLURAL = {
+    Severity.DATA_LOSS: "data-loss",
+    Severity.ERROR: "errors",
+    Severity.WARNING: "warnings",
+    Severity.INFO: "info",
+}
 
 
 def count_text(severity: str, n: int) -> str:

@@ -40,6 +40,7 @@ STRUCTURE_PREFIX = "s:"
 @dataclass(frozen=True)
 class ScenarioInfo:
     """The job a trace describes: model, world size, mesh and its dim names, recipe, dtype, device."""
+
     model: str
     world_size: Extent
     mesh: tuple[Extent, ...]
@@ -143,6 +144,7 @@ class PlanRecord:
 @dataclass(frozen=True)
 class ChunkInfo:
     """One saved chunk of a tensor: where it starts and its size, per dimension."""
+
     offsets: Box
     sizes: Box
 
@@ -150,6 +152,7 @@ class ChunkInfo:
 @dataclass(frozen=True)
 class TensorEntry:
     """One tensor of the checkpoint metadata: global size, dtype, its chunks."""
+
     fqn: str
     size: Box
     dtype: str
@@ -192,6 +195,7 @@ class TensorLayout:
 @dataclass(frozen=True)
 class ErrorRecord:
     """A failure recorded as data: the phase, the rank (None: the coordinator), the exception's type and text."""
+
     phase: str  # 'build' | 'local' | 'global' | 'finish' | 'write' | ...
     rank: Rank | None
     exc_type: str
@@ -237,6 +241,7 @@ class FileItem:
     ``_item_size``; the stored length in a safetensors file), or a BYTE_IO entry's serialised
     length (0 when unknown). ``item_type``: DCP's WriteItemType name.
     """
+
     rank: Rank
     file: str
     fqn: str
@@ -252,6 +257,7 @@ class FileItem:
 class StorageWriterInfo:
     """The storage writer a simulated save planned with: class, module, the options that decide
     its files (as text), and whether dcpviz could run its split into files."""
+
     cls: str
     module: str
     options: tuple[tuple[str, str], ...] = ()
@@ -266,6 +272,7 @@ class StorageWriterInfo:
 @dataclass(frozen=True)
 class SaveTrace:
     """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
+
     scenario: ScenarioInfo
     planner: PlannerInfo
     items: tuple[PlannedItem, ...]
@@ -447,5 +454,7 @@ def writable_file(path: str | os.PathLike[str], what: str) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file where a folder should be, no permission
-        raise DcpvizError(f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}.") from None
+        raise DcpvizError(
+            f"cannot create the folder for the {what} {str(path)!r}: {exc.strerror or exc}."
+        ) from None
     return path

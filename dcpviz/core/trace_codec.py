@@ -57,7 +57,9 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     try:
         data = path.read_bytes()
     except OSError as exc:  # unreadable: permissions, an I/O error
-        raise TraceFileError(f"cannot read trace file {str(path)!r}: {exc.strerror or exc}.") from None
+        raise TraceFileError(
+            f"cannot read trace file {str(path)!r}: {exc.strerror or exc}."
+        ) from None
     return decode_trace(data, repr(str(path)))
 
 
@@ -80,9 +82,13 @@ def decode_trace(data: bytes | str, source: str = "<bytes>") -> Trace:
         with gc_paused():
             trace = _decoder(_KINDS[kind]).decode(env.trace)
     except msgspec.ValidationError as exc:
-        raise TraceFileError(f"{source} is malformed: {_where(exc, 'trace')}. Re-create the trace.") from None
+        raise TraceFileError(
+            f"{source} is malformed: {_where(exc, 'trace')}. Re-create the trace."
+        ) from None
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise TraceFileError(f"{source} is malformed: {_reason(exc)}. Re-create the trace.") from None
+        raise TraceFileError(
+            f"{source} is malformed: {_reason(exc)}. Re-create the trace."
+        ) from None
     _validate(trace, kind, source)
     return trace
 
@@ -90,7 +96,9 @@ def decode_trace(data: bytes | str, source: str = "<bytes>") -> Trace:
 def trace_from_dict(doc: Any, source: str = "<dict>") -> Trace:
     """A trace from plain data (e.g. ``json.load`` of a trace file), checked like a file."""
     if not isinstance(doc, dict):
-        raise TraceFileError(f"{source} is not a dcpviz trace (no \"schema\": \"{SCHEMA}\"). {_NOT_A_TRACE}")
+        raise TraceFileError(
+            f'{source} is not a dcpviz trace (no "schema": "{SCHEMA}"). {_NOT_A_TRACE}'
+        )
     kind = _check_envelope(doc.get("schema"), doc.get("version"), doc.get("kind"), source)
     trace = decode_plain(_KINDS[kind], doc.get("trace"), "trace", source)
     _validate(trace, kind, source)
@@ -103,13 +111,17 @@ def decode_plain(tp: type[T], value: Any, where: str, source: str = "<data>") ->
     try:
         return msgspec.convert(value, type=tp)
     except (msgspec.ValidationError, RecursionError) as exc:
-        raise TraceFileError(f"{source} is malformed: {_where(exc, where)}. Re-create the trace.") from None
+        raise TraceFileError(
+            f"{source} is malformed: {_where(exc, where)}. Re-create the trace."
+        ) from None
 
 
 def _check_envelope(schema: Any, version: Any, kind: Any, source: str) -> str:
     """The trace's kind, once schema, version and kind say it is one this dcpviz reads."""
     if schema != SCHEMA:
-        raise TraceFileError(f"{source} is not a dcpviz trace (no \"schema\": \"{SCHEMA}\"). {_NOT_A_TRACE}")
+        raise TraceFileError(
+            f'{source} is not a dcpviz trace (no "schema": "{SCHEMA}"). {_NOT_A_TRACE}'
+        )
     if type(version) is not int:
         raise TraceFileError(f"{source}: trace version {_short(version)} is not an integer.")
     if version > VERSION:
@@ -123,7 +135,9 @@ def _check_envelope(schema: Any, version: Any, kind: Any, source: str) -> str:
             "Re-create the trace with this dcpviz."
         )
     if not isinstance(kind, str) or kind not in _KINDS:
-        raise TraceFileError(f"{source}: unknown trace kind {_short(kind)}; expected 'save' or 'load'.")
+        raise TraceFileError(
+            f"{source}: unknown trace kind {_short(kind)}; expected 'save' or 'load'."
+        )
     return kind
 
 
@@ -136,7 +150,9 @@ def _validate(trace: Trace, kind: str, source: str) -> None:
 
 def _short(value: Any, limit: int = 60) -> str:
     """A value for a message: a huge one (a 5000-digit int) is cut, never fully printed."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "<a huge integer>"
+    text = (
+        repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "<a huge integer>"
+    )
     return text if len(text) <= limit else text[:limit] + "..."
 
 

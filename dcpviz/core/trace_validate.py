@@ -26,7 +26,9 @@ from dcpviz.core.trace import (
 def validate_trace(trace: Trace, kind: str) -> None:
     """Raise TraceFileError (naming the field) unless ``trace`` is a consistent ``kind`` trace."""
     if trace.kind != kind:
-        raise TraceFileError(f"trace.kind is {trace.kind!r} but the file says it is a {kind!r} trace")
+        raise TraceFileError(
+            f"trace.kind is {trace.kind!r} but the file says it is a {kind!r} trace"
+        )
     _scenario(trace.scenario, "trace.scenario", captured=trace.source == "capture")
     world = trace.scenario.world_size
     table = trace.items if isinstance(trace, SaveTrace) else trace.reads
@@ -55,10 +57,14 @@ def _plans(plans: Sequence[PlanRecord | None] | None, world: int, n_items: int, 
     if plans is None:
         return
     if len(plans) != world:
-        raise TraceFileError(f"{where} has {len(plans)} plans but world_size is {world} (one per rank)")
+        raise TraceFileError(
+            f"{where} has {len(plans)} plans but world_size is {world} (one per rank)"
+        )
     for rank, plan in enumerate(plans):
         if plan is not None and plan.cached and not plan.usable:
-            raise TraceFileError(f"{where}[{rank}] is both cached (a plan recorded in full) and unusable")
+            raise TraceFileError(
+                f"{where}[{rank}] is both cached (a plan recorded in full) and unusable"
+            )
         if plan is not None and plan.items and max(plan.items) >= n_items:
             raise TraceFileError(
                 f"{where}[{rank}].items refers to item {max(plan.items)} but the table holds {n_items}"
@@ -74,7 +80,9 @@ def _ranks(ranks: Iterable[int], world: int, where: str) -> None:
 def _timings(timings: Sequence[tuple[str, float]]) -> None:
     for name, seconds in timings:
         if not math.isfinite(seconds):
-            raise TraceFileError(f"trace.timings[{name!r}] is {seconds}, not a finite number of seconds")
+            raise TraceFileError(
+                f"trace.timings[{name!r}] is {seconds}, not a finite number of seconds"
+            )
 
 
 def _elements(box: Sequence[int] | None, where: str) -> None:
@@ -85,8 +93,14 @@ def _elements(box: Sequence[int] | None, where: str) -> None:
 
 def _save(trace: SaveTrace) -> None:
     for i, item in enumerate(trace.items):
-        if item.offsets is not None and item.sizes is not None and len(item.offsets) != len(item.sizes):
-            raise TraceFileError(f"trace.items[{i}] has {len(item.offsets)} offsets but {len(item.sizes)} sizes")
+        if (
+            item.offsets is not None
+            and item.sizes is not None
+            and len(item.offsets) != len(item.sizes)
+        ):
+            raise TraceFileError(
+                f"trace.items[{i}] has {len(item.offsets)} offsets but {len(item.sizes)} sizes"
+            )
         _elements(item.sizes, f"trace.items[{i}].sizes")
         _elements(item.global_size, f"trace.items[{i}].global_size")
     if trace.metadata is not None:
@@ -112,8 +126,11 @@ def _load(trace: LoadTrace, world: int) -> None:
             "(one per rank)"
         )
     if trace.saved_scenario is not None:
-        _ranks((w.rank for w in trace.saved_writers if w.rank is not None),
-               trace.saved_scenario.world_size, "trace.saved_writers[].rank")
+        _ranks(
+            (w.rank for w in trace.saved_writers if w.rank is not None),
+            trace.saved_scenario.world_size,
+            "trace.saved_writers[].rank",
+        )
     for rank, ids in enumerate(trace.wanted_by_rank):
         if ids and max(ids) >= len(trace.wanted):
             raise TraceFileError(
@@ -126,7 +143,9 @@ def _load(trace: LoadTrace, world: int) -> None:
     for i, r in enumerate(trace.reads):
         _elements(r.lengths, f"trace.reads[{i}].lengths")
         if not len(r.dest_offsets) == len(r.storage_offsets) == len(r.lengths):
-            raise TraceFileError(f"trace.reads[{i}]: dest_offsets, storage_offsets and lengths differ in length")
+            raise TraceFileError(
+                f"trace.reads[{i}]: dest_offsets, storage_offsets and lengths differ in length"
+            )
     _ranks((r for m in trace.mismatches for r in m.ranks), world, "trace.mismatches[].ranks")
 
 
@@ -140,4 +159,6 @@ def _metadata(md: MetadataInfo, where: str) -> None:
                     f"{where}.tensors[{t.fqn!r}].chunks[{j}] is not a box of a {len(t.size)}-d tensor"
                 )
             if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.size)):
-                raise TraceFileError(f"{where}.tensors[{t.fqn!r}].chunks[{j}] lies outside the tensor {list(t.size)}")
+                raise TraceFileError(
+                    f"{where}.tensors[{t.fqn!r}].chunks[{j}] lies outside the tensor {list(t.size)}"
+                )

@@ -1,15 +1,15 @@
 """Figures: pure functions from results/tables to plotly Figures.
 
-    dcpviz.views.chunk_layout(result, fqn)   one tensor's chunks, coloured by writer rank
-    dcpviz.views.rank_volume(result)         bytes per rank, mean / max / imbalance
-    dcpviz.views.dedup(result)               who planned / who writes replicated items
-    dcpviz.views.read_layout(load, fqn, rank)  a target rank's box over the saved chunks it reads
-    dcpviz.views.read_volume(load)           bytes read per target rank (and deserialised)
-    dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
-    dcpviz.views.plan_series(table)          periodic saves: plan-cache hits per rank, plan changes
-    dcpviz.views.diff_overview(diff)         which keys differ between two checkpoints, and how
-    dcpviz.views.diff_regions(diff, fqn)     which regions of one tensor differ
-    dcpviz.views.file_layout(save_or_ckpt)   which chunks sit in which file, by writer rank
+dcpviz.views.chunk_layout(result, fqn)   one tensor's chunks, coloured by writer rank
+dcpviz.views.rank_volume(result)         bytes per rank, mean / max / imbalance
+dcpviz.views.dedup(result)               who planned / who writes replicated items
+dcpviz.views.read_layout(load, fqn, rank)  a target rank's box over the saved chunks it reads
+dcpviz.views.read_volume(load)           bytes read per target rank (and deserialised)
+dcpviz.views.resharding(load)            target rank x writer rank (or file) heatmap
+dcpviz.views.plan_series(table)          periodic saves: plan-cache hits per rank, plan changes
+dcpviz.views.diff_overview(diff)         which keys differ between two checkpoints, and how
+dcpviz.views.diff_regions(diff, fqn)     which regions of one tensor differ
+dcpviz.views.file_layout(save_or_ckpt)   which chunks sit in which file, by writer rank
 """
 
 from dcpviz.views.dedup import dedup
@@ -22,5 +22,15 @@ from dcpviz.views.stages import expert_volume as expert_volume
 from dcpviz.views.stages import stage_volume as stage_volume
 from dcpviz.views.volume import rank_volume
 
-__all__ = ["chunk_layout", "dedup", "diff_overview", "diff_regions", "file_layout", "plan_series",
-           "rank_volume", "read_layout", "read_volume", "resharding"]
+__all__ = [
+    "chunk_layout",
+    "dedup",
+    "diff_overview",
+    "diff_regions",
+    "file_layout",
+    "plan_series",
+    "rank_volume",
+    "read_layout",
+    "read_volume",
+    "resharding",
+]

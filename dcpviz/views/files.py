@@ -29,17 +29,24 @@ def _frame(source: Any) -> tuple[pd.DataFrame, int, str]:
     elif getattr(source, "kind", None) == "save" and hasattr(source, "file_plan"):
         df = source.file_plan
         if df.empty:
-            raise DcpvizError("views.file_layout: this save has no file plan; simulate it with "
-                              "dcpviz.simulate_save(scenario, storage_writer=...) (FileSystemWriter, "
-                              "HuggingFaceStorageWriter, ...).")
+            raise DcpvizError(
+                "views.file_layout: this save has no file plan; simulate it with "
+                "dcpviz.simulate_save(scenario, storage_writer=...) (FileSystemWriter, "
+                "HuggingFaceStorageWriter, ...)."
+            )
         return _norm(df), source.trace.scenario.world_size, "What each rank writes into which file"
-    elif hasattr(source, "storage") and isinstance(getattr(source, "storage", None), pd.DataFrame) \
-            and not hasattr(source, "trace"):
+    elif (
+        hasattr(source, "storage")
+        and isinstance(getattr(source, "storage", None), pd.DataFrame)
+        and not hasattr(source, "trace")
+    ):
         df = source.storage
         title = "What each file of the checkpoint holds"
     else:
-        raise DcpvizError(f"views.file_layout needs a SaveResult with a storage writer, a CheckpointInfo "
-                          f"(dcpviz.inspect_checkpoint) or a DataFrame, got {type(source).__name__}.")
+        raise DcpvizError(
+            f"views.file_layout needs a SaveResult with a storage writer, a CheckpointInfo "
+            f"(dcpviz.inspect_checkpoint) or a DataFrame, got {type(source).__name__}."
+        )
     df = _norm(df)
     return df, int(df["rank"].max()) + 1 if len(df) else 1, title
 
@@ -49,7 +56,9 @@ def _norm(df: pd.DataFrame) -> pd.DataFrame:
         df = df.rename(columns={"length": "nbytes"})
     need = {"file", "fqn", "nbytes", "rank"}
     if not need <= set(df.columns):
-        raise DcpvizError(f"views.file_layout: the table needs columns {sorted(need)}, got {list(df.columns)}.")
+        raise DcpvizError(
+            f"views.file_layout: the table needs columns {sorted(need)}, got {list(df.columns)}."
+        )
     if "stage" not in df.columns:
         df = df.assign(stage="write")
     if "offsets" not in df.columns:
@@ -60,9 +69,13 @@ def _norm(df: pd.DataFrame) -> pd.DataFrame:
 def file_layout(source: Any, *, max_files: int = MAX_FILES) -> go.Figure:
     """Stacked bars: one per file, one segment per item, coloured by writer rank (grey: unknown)."""
     df, world, title = _frame(source)
-    order = (df.assign(_w=(df["stage"] != "write").astype(int)).groupby("file", sort=False)
-             .agg(_w=("_w", "max"), total=("nbytes", "sum")).reset_index()
-             .sort_values(["_w", "file"], kind="stable"))
+    order = (
+        df.assign(_w=(df["stage"] != "write").astype(int))
+        .groupby("file", sort=False)
+        .agg(_w=("_w", "max"), total=("nbytes", "sum"))
+        .reset_index()
+        .sort_values(["_w", "file"], kind="stable")
+    )
     note = ""
     if len(order) > max_files:
         keep = set(order.nlargest(max_files, "total")["file"])
@@ -74,15 +87,33 @@ def file_layout(source: Any, *, max_files: int = MAX_FILES) -> go.Figure:
         part = df[(df["rank"] == rank) & df["file"].isin(files)]
         if part.empty:
             continue
-        fig.add_trace(go.Bar(
-            y=part["file"], x=part["nbytes"], orientation="h", name=f"rank {rank}" if rank >= 0 else "rank unknown",
-            marker_color=rank_color(int(rank), world), marker_line_width=1, marker_line_color="white",
-            customdata=[(f, str(tuple(o)), fmt_bytes(int(n)), s) for f, o, n, s in
-                        zip(part["fqn"], part["offsets"], part["nbytes"], part["stage"], strict=True)],
-            hovertemplate="%{y}<br>%{customdata[0]} at %{customdata[1]}<br>%{customdata[2]} (%{customdata[3]})"
-                          "<extra>%{fullData.name}</extra>"))
-    fig.update_layout(**base_layout(title={"text": title + note}, barmode="stack",
-                                    height=max(260, 28 * len(files) + 120), margin=dict(l=260, r=20, t=80, b=50)))
+        fig.add_trace(
+            go.Bar(
+                y=part["file"],
+                x=part["nbytes"],
+                orientation="h",
+                name=f"rank {rank}" if rank >= 0 else "rank unknown",
+                marker_color=rank_color(int(rank), world),
+                marker_line_width=1,
+                marker_line_color="white",
+                customdata=[
+                    (f, str(tuple(o)), fmt_bytes(int(n)), s)
+                    for f, o, n, s in zip(
+                        part["fqn"], part["offsets"], part["nbytes"], part["stage"], strict=True
+                    )
+                ],
+                hovertemplate="%{y}<br>%{customdata[0]} at %{customdata[1]}<br>%{customdata[2]} (%{customdata[3]})"
+                "<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_layout(
+        **base_layout(
+            title={"text": title + note},
+            barmode="stack",
+            height=max(260, 28 * len(files) + 120),
+            margin=dict(l=260, r=20, t=80, b=50),
+        )
+    )
     fig.update_yaxes(categoryorder="array", categoryarray=files[::-1], title=None)
     fig.update_xaxes(title="bytes")
     return fig

@@ -11,7 +11,9 @@ from dcpviz.core.errors import DcpvizError
 Rect = tuple[float, float, float, float]  # col0, col1, row0, row1
 
 
-def project(offsets: tuple[int, ...], sizes: tuple[int, ...], row_dim: int | None, col_dim: int) -> Rect:
+def project(
+    offsets: tuple[int, ...], sizes: tuple[int, ...], row_dim: int | None, col_dim: int
+) -> Rect:
     """A chunk's rectangle on (row_dim, col_dim); 1-D tensors (row_dim None) span rows 0..1."""
     r0 = offsets[row_dim] if row_dim is not None else 0
     rs = sizes[row_dim] if row_dim is not None else 1
@@ -28,7 +30,9 @@ def rects_path(rects: Iterable[Rect]) -> tuple[list, list]:
     return xs, ys
 
 
-def pick_dims(nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]) -> tuple[int | None, int]:
+def pick_dims(
+    nd: int, dims: tuple[int, int] | None, chunk_offsets: Iterable[tuple[int, ...]]
+) -> tuple[int | None, int]:
     """(row_dim, col_dim) to draw; for N-D without ``dims``, the two dims split the most."""
 
     if nd == 1:
@@ -58,13 +62,20 @@ def row_scale(size: tuple[int, ...], row_dim: int | None, col_dim: int) -> float
     return min(max(1.0, low), high)
 
 
-def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col_dim: int, note: str = "") -> None:
+def set_box_axes(
+    fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col_dim: int, note: str = ""
+) -> None:
     """Axes in elements: a strip for 1-D, the real aspect (rows down) for 2-D and up, stretched
     to a minimum width for thin tensors (the axis title says so)."""
     n_cols = max(size[col_dim], 1)
     pad = n_cols * 0.015
-    fig.update_xaxes(title=f"dim {col_dim} (elements, 0:{size[col_dim]})", range=[-pad, n_cols + pad],
-                     showgrid=False, zeroline=False, **_whole(n_cols))
+    fig.update_xaxes(
+        title=f"dim {col_dim} (elements, 0:{size[col_dim]})",
+        range=[-pad, n_cols + pad],
+        showgrid=False,
+        zeroline=False,
+        **_whole(n_cols),
+    )
     if row_dim is None:
         fig.update_yaxes(visible=False, range=[-0.1, 1.1])
         return
@@ -79,8 +90,16 @@ def set_box_axes(fig: go.Figure, size: tuple[int, ...], row_dim: int | None, col
         lines.append(f"not to scale: 1 row drawn as {scale:.2g} columns")
     if note:
         lines.append(note)
-    fig.update_yaxes(title="<br>".join(lines), range=[n_rows + rpad, -rpad], **_whole(n_rows),
-                     scaleanchor="x", scaleratio=scale, constrain="domain", showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        title="<br>".join(lines),
+        range=[n_rows + rpad, -rpad],
+        **_whole(n_rows),
+        scaleanchor="x",
+        scaleratio=scale,
+        constrain="domain",
+        showgrid=False,
+        zeroline=False,
+    )
     fig.update_xaxes(constrain="domain")
     fit_axis_title(fig, lines)
 

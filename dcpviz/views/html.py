@@ -44,15 +44,23 @@ rows.forEach(function(r){b.appendChild(r);});});});
 """
 
 
-def table_html(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, byte_cols: tuple[str, ...] = ()) -> str:
+def table_html(
+    df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, byte_cols: tuple[str, ...] = ()
+) -> str:
     """A sortable HTML table; byte columns are shown human-readable but sort by value."""
     shown = df.head(max_rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    body = ["<tr>" + "".join(_td(col, value, byte_cols) for col, value in zip(shown.columns, row)) + "</tr>"
-            for row in shown.itertuples(index=False)]
+    body = [
+        "<tr>"
+        + "".join(_td(col, value, byte_cols) for col, value in zip(shown.columns, row))
+        + "</tr>"
+        for row in shown.itertuples(index=False)
+    ]
     more = f'<p class="note">first {max_rows} of {len(df)} rows</p>' if len(df) > max_rows else ""
-    return (f'{TABLE_CSS}<div class="scroll"><table class="sortable dcpviz-table"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>{more}')
+    return (
+        f'{TABLE_CSS}<div class="scroll"><table class="sortable dcpviz-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>{more}"
+    )
 
 
 def _td(col: str, value: Any, byte_cols: tuple[str, ...]) -> str:
@@ -67,7 +75,11 @@ def _td(col: str, value: Any, byte_cols: tuple[str, ...]) -> str:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and v == v
+    return (
+        isinstance(v, (int, float, np.integer, np.floating))
+        and not isinstance(v, (bool, np.bool_))
+        and v == v
+    )
 
 
 def _plain(v: Any) -> str:
@@ -93,8 +105,10 @@ def hints_html(hints: list[Any]) -> str:
     """Hints as an ordered list, most likely first (empty when there are none)."""
     if not hints:
         return ""
-    items = "".join(f"<li><b>{html.escape(h.title)}</b><br>{html.escape(h.detail)}<br>{_fix_html(h.fix)}</li>"
-                    for h in hints)
+    items = "".join(
+        f"<li><b>{html.escape(h.title)}</b><br>{html.escape(h.detail)}<br>{_fix_html(h.fix)}</li>"
+        for h in hints
+    )
     return f'<div class="hints"><h2>What is likely wrong</h2><ol>{items}</ol></div>'
 
 
@@ -103,14 +117,18 @@ def summary_html(rows: list[SummaryRow], errors: list[str] = ()) -> str:
     then its errors."""
     body = "".join(
         f'<tr><td style="font-weight:600;color:#2a5d9f;padding-right:12px;white-space:nowrap">'
-        f"{html.escape(r.label)}</td><td>{_toned(r)}</td></tr>" for r in rows
+        f"{html.escape(r.label)}</td><td>{_toned(r)}</td></tr>"
+        for r in rows
     )
     errs = "".join(f'<div style="color:#b00020">{html.escape(e)}</div>' for e in errors)
     return f'<div class="dcpviz-summary"><table class="summary">{body}</table>{errs}</div>'
 
 
-_TONE_STYLE = {"good": "color:#137333;font-weight:600", "bad": "color:#b00020;font-weight:600",
-               "warn": "color:#9a6700;font-weight:600"}
+_TONE_STYLE = {
+    "good": "color:#137333;font-weight:600",
+    "bad": "color:#b00020;font-weight:600",
+    "warn": "color:#9a6700;font-weight:600",
+}
 
 
 def _toned(row: SummaryRow) -> str:
@@ -121,9 +139,12 @@ def _toned(row: SummaryRow) -> str:
 
 def parts_tables_html(parts: list[Any]) -> str:
     """The table parts of a result, each under its title (an explorer's Tables tab)."""
-    return "".join(f"<h4>{html.escape(p.title)}</h4>" + table_html(p.frame, MAX_TABLE_ROWS if p.max_rows is None
-                                                                    else p.max_rows, p.byte_cols)
-                   for p in parts if isinstance(p, TablePart) and not p.title.startswith("Checks"))
+    return "".join(
+        f"<h4>{html.escape(p.title)}</h4>"
+        + table_html(p.frame, MAX_TABLE_ROWS if p.max_rows is None else p.max_rows, p.byte_cols)
+        for p in parts
+        if isinstance(p, TablePart) and not p.title.startswith("Checks")
+    )
 
 
 def header_html(result: Any) -> str:
@@ -140,14 +161,20 @@ def header_html(result: Any) -> str:
 
 def messages_html(errors: Any = (), notes: Any = ()) -> str:
     """Errors as failures, notes as quiet lines."""
-    return "\n".join([*(f'<p class="bad">{html.escape(e)}</p>' for e in errors),
-                      *(f'<p class="note">note: {html.escape(n)}</p>' for n in notes)])
+    return "\n".join(
+        [
+            *(f'<p class="bad">{html.escape(e)}</p>' for e in errors),
+            *(f'<p class="note">note: {html.escape(n)}</p>' for n in notes),
+        ]
+    )
 
 
 def _fix_html(fix: str) -> str:
     """A one-line fix inline; a fix that is code over several lines as a block, lines kept (inline,
     the browser ran them into one line)."""
     if "\n" in fix:
-        return ('fix:<pre style="background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px">'
-                f"{html.escape(fix)}</pre>")
+        return (
+            'fix:<pre style="background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px">'
+            f"{html.escape(fix)}</pre>"
+        )
     return f"fix: <code>{html.escape(fix)}</code>"

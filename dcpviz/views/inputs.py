@@ -7,15 +7,23 @@ from typing import Any
 
 from dcpviz.core.errors import DcpvizError, did_you_mean
 
-_MADE_BY = {"save": "simulate_save, run_save or load_trace of a save trace",
-            "load": "simulate_load, run_load or load_trace of a load trace"}
+_MADE_BY = {
+    "save": "simulate_save, run_save or load_trace of a save trace",
+    "load": "simulate_load, run_load or load_trace of a load trace",
+}
 
 
 def need_result(result: Any, kind: str, view: str, arg: str = "result") -> None:
     """``result`` must be a SaveResult (``kind='save'``) or a LoadResult (``'load'``)."""
     if getattr(result, "kind", None) != kind or not hasattr(result, "trace"):
-        got = f"a {type(result).__name__}" if getattr(result, "kind", None) is None else f"a {result.kind} result"
-        raise DcpvizError(f"views.{view}: {arg}= needs a {kind} result (from {_MADE_BY[kind]}), got {got}.")
+        got = (
+            f"a {type(result).__name__}"
+            if getattr(result, "kind", None) is None
+            else f"a {result.kind} result"
+        )
+        raise DcpvizError(
+            f"views.{view}: {arg}= needs a {kind} result (from {_MADE_BY[kind]}), got {got}."
+        )
 
 
 def need_name(fqn: Any, view: str) -> None:
@@ -39,4 +47,6 @@ def need_component(component: Any, known: Any, view: str) -> None:
 def need_rank(rank: Any, world_size: int, view: str) -> None:
     """Refuse a rank outside the job with a DcpvizError naming the range."""
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise DcpvizError(f"views.{view}: rank={rank!r} is outside the target job (ranks 0..{world_size - 1}).")
+        raise DcpvizError(
+            f"views.{view}: rank={rank!r} is outside the target job (ranks 0..{world_size - 1})."
+        )

@@ -26,6 +26,7 @@ MAX_LABELS = 300  # beyond this many tiles, labels go (hover keeps every fact)
 @dataclass(frozen=True)
 class TensorHeader:
     """What a layout figure says about its tensor: size, dtype, kind, chunks."""
+
     fqn: str
     size: tuple[int, ...]
     dtype: str
@@ -100,62 +101,115 @@ class _TileLabels:
         self.xs.append((rect[0] + rect[1]) / 2)
         self.ys.append((rect[2] + rect[3]) / 2)
         dropped = sorted({r for m in members for r in m.dropped_by})
-        text = "<b>" + fmt_ranks(writers) + "</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
+        text = (
+            "<b>" + fmt_ranks(writers) + "</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
+        )
         self.texts.append(text if self.label else "")
         self.colors.append(text_color(rank_color(writers[0], self.world_size)))
         lines = [self._hover_line(m) for m in members]
-        self.hovers.append("<br>—<br>".join(lines[:6]) + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else ""))
+        self.hovers.append(
+            "<br>—<br>".join(lines[:6])
+            + (f"<br>… {len(lines) - 6} more chunks" if len(lines) > 6 else "")
+        )
 
     def _hover_line(self, m: Any) -> str:
         spans = " × ".join(fmt_span(o, s) for o, s in zip(m.offsets, m.sizes))
-        return (f"writer: rank {m.writer}{_coord_text(self.coords, m.writer)}<br>"
-                f"box [{spans}]<br>offsets {m.offsets} sizes {m.sizes}<br>{fmt_bytes(m.nbytes)}"
-                + (f"<br>also planned, dropped by dedup: {fmt_ranks(m.dropped_by)}" if m.dropped_by else ""))
+        return (
+            f"writer: rank {m.writer}{_coord_text(self.coords, m.writer)}<br>"
+            f"box [{spans}]<br>offsets {m.offsets} sizes {m.sizes}<br>{fmt_bytes(m.nbytes)}"
+            + (
+                f"<br>also planned, dropped by dedup: {fmt_ranks(m.dropped_by)}"
+                if m.dropped_by
+                else ""
+            )
+        )
 
     def trace(self) -> go.Scatter:
         return go.Scatter(
-            x=self.xs, y=self.ys, mode="text" if self.label else "markers", text=self.texts,
-            textfont=dict(color=self.colors, size=11), marker=dict(size=2, opacity=0),
-            hovertext=self.hovers, hoverinfo="text", showlegend=False, name="chunks", meta={"role": "labels"},
+            x=self.xs,
+            y=self.ys,
+            mode="text" if self.label else "markers",
+            text=self.texts,
+            textfont=dict(color=self.colors, size=11),
+            marker=dict(size=2, opacity=0),
+            hovertext=self.hovers,
+            hoverinfo="text",
+            showlegend=False,
+            name="chunks",
+            meta={"role": "labels"},
         )
 
 
-def _add_tiles(fig: go.Figure, by_writer: dict[int, list], tiles: dict, world_size: int,
-               coords: dict[int, tuple[int, ...]], highlight_rank: int | None) -> None:
+def _add_tiles(
+    fig: go.Figure,
+    by_writer: dict[int, list],
+    tiles: dict,
+    world_size: int,
+    coords: dict[int, tuple[int, ...]],
+    highlight_rank: int | None,
+) -> None:
     """One filled path per writer (its tiles), and a square swatch per writer in the legend."""
     for writer in sorted(by_writer):
         px, py = rects_path(by_writer[writer])
         color = rank_color(writer, world_size)
-        dim = highlight_rank is not None and writer != highlight_rank and not _touches(tiles, highlight_rank, writer)
+        dim = (
+            highlight_rank is not None
+            and writer != highlight_rank
+            and not _touches(tiles, highlight_rank, writer)
+        )
         plain = highlight_rank is None or dim
-        fig.add_trace(go.Scatter(
-            x=px, y=py, mode="lines", fill="toself", fillcolor=color,
-            line=dict(color="white" if plain else "black", width=1 if plain else 3),
-            opacity=0.25 if dim else 1.0, hoverinfo="skip", legendgroup=f"r{writer}", showlegend=False,
-            name=f"chunks written by rank {writer}", meta={"writer": writer, "role": "tiles"},
-        ))
-        if len(by_writer) <= 32:  # a square swatch per writer in the legend
-            fig.add_trace(go.Scatter(
-                x=[None], y=[None], mode="markers", marker=dict(symbol="square", size=12, color=color),
-                name=f"rank {writer}{_coord_text(coords, writer)}" if writer >= 0 else "writer unknown",
+        fig.add_trace(
+            go.Scatter(
+                x=px,
+                y=py,
+                mode="lines",
+                fill="toself",
+                fillcolor=color,
+                line=dict(color="white" if plain else "black", width=1 if plain else 3),
+                opacity=0.25 if dim else 1.0,
+                hoverinfo="skip",
                 legendgroup=f"r{writer}",
-            ))
+                showlegend=False,
+                name=f"chunks written by rank {writer}",
+                meta={"writer": writer, "role": "tiles"},
+            )
+        )
+        if len(by_writer) <= 32:  # a square swatch per writer in the legend
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    marker=dict(symbol="square", size=12, color=color),
+                    name=f"rank {writer}{_coord_text(coords, writer)}"
+                    if writer >= 0
+                    else "writer unknown",
+                    legendgroup=f"r{writer}",
+                )
+            )
 
 
-def _add_empties(fig: go.Figure, empties: list, coords: dict, row_dim: int | None, col_dim: int) -> None:
+def _add_empties(
+    fig: go.Figure, empties: list, coords: dict, row_dim: int | None, col_dim: int
+) -> None:
     """Empty shards as markers at their offsets (never skipped)."""
-    fig.add_trace(go.Scatter(
-        x=[e.offsets[col_dim] for e in empties],
-        y=[(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties],
-        mode="markers", marker=dict(symbol="x-thin", size=12, line=dict(width=2, color=EMPTY)),
-        name="empty shard", hoverinfo="text", meta={"role": "empty", "writers": [e.writer for e in empties]},
-        hovertext=[
-            f"empty shard: rank {e.writer}{_coord_text(coords, e.writer)} holds 0 elements<br>"
-            f"offsets {e.offsets} sizes {e.sizes}"
-            + (f"<br>also planned by {fmt_ranks(e.dropped_by)}" if e.dropped_by else "")
-            for e in empties
-        ],
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[e.offsets[col_dim] for e in empties],
+            y=[(e.offsets[row_dim] if row_dim is not None else 0.5) for e in empties],
+            mode="markers",
+            marker=dict(symbol="x-thin", size=12, line=dict(width=2, color=EMPTY)),
+            name="empty shard",
+            hoverinfo="text",
+            meta={"role": "empty", "writers": [e.writer for e in empties]},
+            hovertext=[
+                f"empty shard: rank {e.writer}{_coord_text(coords, e.writer)} holds 0 elements<br>"
+                f"offsets {e.offsets} sizes {e.sizes}"
+                + (f"<br>also planned by {fmt_ranks(e.dropped_by)}" if e.dropped_by else "")
+                for e in empties
+            ],
+        )
+    )
 
 
 LEGEND_ROW = 30  # pixels per legend entry (plotly draws a swatch row about 29 px apart)
@@ -167,8 +221,13 @@ def legend_height(fig: go.Figure) -> int:
     return LEGEND_ROW * (entries + 1)
 
 
-def _lay_out(fig: go.Figure, header: TensorHeader, boxes: pd.DataFrame, empties: list,
-             dims: tuple[int | None, int]) -> None:
+def _lay_out(
+    fig: go.Figure,
+    header: TensorHeader,
+    boxes: pd.DataFrame,
+    empties: list,
+    dims: tuple[int | None, int],
+) -> None:
     """Title (with the empty shards), legend, axes in elements; tall enough for the legend."""
     row_dim, col_dim = dims
     size = tuple(header.size)
@@ -177,10 +236,14 @@ def _lay_out(fig: go.Figure, header: TensorHeader, boxes: pd.DataFrame, empties:
         title += f"<br><sup>empty shards (0 elements): ranks {fmt_ranks(sorted({e.writer for e in empties}), 12)}</sup>"
     margin = dict(l=70, r=20, t=100 + (20 if empties else 0), b=50)
     height = max(box_height(size, row_dim, col_dim), legend_height(fig) + margin["t"] + margin["b"])
-    fig.update_layout(**base_layout(
-        title=dict(text=title, x=0.01, xanchor="left"), legend=dict(title="writer (mesh coord)"),
-        margin=margin, height=height,
-    ))
+    fig.update_layout(
+        **base_layout(
+            title=dict(text=title, x=0.01, xanchor="left"),
+            legend=dict(title="writer (mesh coord)"),
+            margin=margin,
+            height=height,
+        )
+    )
     other = [d for d in range(len(size)) if d not in (row_dim, col_dim)]
     set_box_axes(fig, size, row_dim, col_dim, f"dims {other} in hover" if other else "")
 
@@ -190,12 +253,22 @@ REPLICA_LEGEND = "<b>n</b> writes it · (n) = replica dropped by dedup"
 
 def _replica_legend(fig: go.Figure) -> None:
     """A legend line that reads the tile labels: the writer in bold, dropped replicas in parentheses."""
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=dict(size=0, opacity=0),
-                             name=REPLICA_LEGEND, meta={"role": "key"}))
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            marker=dict(size=0, opacity=0),
+            name=REPLICA_LEGEND,
+            meta={"role": "key"},
+        )
+    )
 
 
 def _touches(tiles: dict, rank: int, writer: int) -> bool:
-    return any(rank in m.planned_by for members in tiles.values() for m in members if m.writer == writer)
+    return any(
+        rank in m.planned_by for members in tiles.values() for m in members if m.writer == writer
+    )
 
 
 def _title(header: TensorHeader, boxes: pd.DataFrame) -> str:
@@ -222,37 +295,66 @@ def _single_tile(boxes, header, world_size, coords, highlight_rank) -> go.Figure
     writer = int(b["writer"]) if b is not None else -1
     color = rank_color(writer, world_size)
     mark = highlight_rank == writer
-    fig.add_trace(go.Scatter(
-        x=[0, 1, 1, 0, 0], y=[0, 0, 1, 1, 0], mode="lines", fill="toself", fillcolor=color,
-        line=dict(color="black" if mark else "white", width=3 if mark else 1),
-        hoverinfo="skip", name=f"rank {writer}", meta={"writer": writer, "role": "tiles"},
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1, 1, 0, 0],
+            y=[0, 0, 1, 1, 0],
+            mode="lines",
+            fill="toself",
+            fillcolor=color,
+            line=dict(color="black" if mark else "white", width=3 if mark else 1),
+            hoverinfo="skip",
+            name=f"rank {writer}",
+            meta={"writer": writer, "role": "tiles"},
+        )
+    )
     dropped = tuple(b["dropped_by"]) if b is not None else ()
     label = f"<b>{writer}</b>" + (f"<br>({fmt_ranks(dropped)})" if dropped else "")
     if dropped:
         _replica_legend(fig)
     what = "bytes entry" if header.kind == "bytes" else "scalar (0-d tensor)"
-    fig.add_trace(go.Scatter(
-        x=[0.5], y=[0.5], mode="text", text=[label], textfont=dict(color=text_color(color), size=16),
-        hovertext=[_tile_hover(what, b, coords, dropped)], hoverinfo="text", showlegend=False, meta={"role": "labels"},
-    ))
-    fig.update_layout(**base_layout(title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01),
-                                    height=320, width=TILE_WIDTH, margin=dict(l=20, r=20, t=100, b=50),
-                                    legend=dict(orientation="h", yanchor="top", y=-0.02, x=0)))
+    fig.add_trace(
+        go.Scatter(
+            x=[0.5],
+            y=[0.5],
+            mode="text",
+            text=[label],
+            textfont=dict(color=text_color(color), size=16),
+            hovertext=[_tile_hover(what, b, coords, dropped)],
+            hoverinfo="text",
+            showlegend=False,
+            meta={"role": "labels"},
+        )
+    )
+    fig.update_layout(
+        **base_layout(
+            title=dict(text=_title(header, boxes) + f"<br><sup>{what}</sup>", x=0.01),
+            height=320,
+            width=TILE_WIDTH,
+            margin=dict(l=20, r=20, t=100, b=50),
+            legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
+        )
+    )
     fig.update_xaxes(visible=False, range=[-0.02, 1.02])
     fig.update_yaxes(visible=False, range=[-0.05, 1.05])
     return fig
 
 
-def _tile_hover(what: str, b: Any, coords: dict[int, tuple[int, ...]], dropped: tuple[int, ...]) -> str:
+def _tile_hover(
+    what: str, b: Any, coords: dict[int, tuple[int, ...]], dropped: tuple[int, ...]
+) -> str:
     if b is None:
         return what
     writer = int(b["writer"])
-    return (f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes'])}"
-            + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else ""))
+    return (
+        f"{what}<br>writer: rank {writer}{_coord_text(coords, writer)}<br>{fmt_bytes(b['nbytes'])}"
+        + (f"<br>also planned, dropped by dedup: {fmt_ranks(dropped, 16)}" if dropped else "")
+    )
 
 
-def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None) -> go.Figure:
+def chunk_layout(
+    result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None
+) -> go.Figure:
     """The chunk layout of ``fqn`` in a save result (see module docstring)."""
 
     need_result(result, "save", "chunk_layout")
@@ -260,12 +362,15 @@ def chunk_layout(result: Any, fqn: str, *, dims: tuple[int, int] | None = None, 
     tens = result.tensors
     match = tens[tens["fqn"] == fqn]
     if match.empty:
-
         raise DcpvizError(f"{fqn!r} is not in this checkpoint.{did_you_mean(fqn, tens['fqn'])}")
     row = match.iloc[0]
     header = TensorHeader(
-        fqn=fqn, size=tuple(row["size"]), dtype=row["dtype"], placements=row["placements"],
-        mesh=row["mesh"], kind=row["kind"],
+        fqn=fqn,
+        size=tuple(row["size"]),
+        dtype=row["dtype"],
+        placements=row["placements"],
+        mesh=row["mesh"],
+        kind=row["kind"],
     )
     boxes = result.tensor_boxes(fqn)
     W = result.trace.scenario.world_size

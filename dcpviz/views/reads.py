@@ -1,8 +1,8 @@
 """Load views: what each target rank reads, from whom, and how the bytes move.
 
-    read_layout(load, fqn, rank)   the rank's box drawn over the saved chunks it reads from
-    read_volume(load)              bytes read per target rank, and what DCP deserialises for them
-    resharding(load)               target rank x writer rank (or file) heatmap of bytes read
+read_layout(load, fqn, rank)   the rank's box drawn over the saved chunks it reads from
+read_volume(load)              bytes read per target rank, and what DCP deserialises for them
+resharding(load)               target rank x writer rank (or file) heatmap of bytes read
 """
 
 from __future__ import annotations
@@ -24,9 +24,17 @@ MAX_LABELS = 300  # beyond this many read boxes, labels go (hover keeps every fa
 
 
 def read_layout_figure(
-    saved: pd.DataFrame, reads: pd.DataFrame, wanted: list[tuple], fqn: str, rank: int,
-    saved_size: tuple[int, ...], saved_dtype: str, target_size: tuple[int, ...] | None, target_dtype: str | None,
-    saved_world: int, dims: tuple[int, int] | None = None,
+    saved: pd.DataFrame,
+    reads: pd.DataFrame,
+    wanted: list[tuple],
+    fqn: str,
+    rank: int,
+    saved_size: tuple[int, ...],
+    saved_dtype: str,
+    target_size: tuple[int, ...] | None,
+    target_dtype: str | None,
+    saved_world: int,
+    dims: tuple[int, int] | None = None,
 ) -> go.Figure:
     """Saved chunks (faint, by writer) under the boxes ``rank`` reads (solid) and the box it
     holds (black outline). Frames from ``load_tables.saved_boxes`` / ``read_boxes``."""
@@ -39,19 +47,31 @@ def read_layout_figure(
     W = max(saved_world, int(saved["writer_rank"].max()) + 1 if len(saved) else 1)
     fig = go.Figure()
     _add_boxes(fig, saved, dims, W, "saved")
-    fig.add_trace(_hover_at_centres(dims, saved, [_saved_hover(row, rank) for row in saved.itertuples(index=False)],
-                                    3, "saved-hover"))
+    fig.add_trace(
+        _hover_at_centres(
+            dims,
+            saved,
+            [_saved_hover(row, rank) for row in saved.itertuples(index=False)],
+            3,
+            "saved-hover",
+        )
+    )
     _add_boxes(fig, reads, dims, W, "reads")
     if len(reads):
         _add_read_labels(fig, reads, dims, W, rank)
     if wanted:
         _add_wanted(fig, wanted, dims, rank)
     sub = _read_subtitle(saved, reads, rank, (saved_size, saved_dtype), (target_size, target_dtype))
-    fig.update_layout(**base_layout(
-        title=dict(text=f"<b>{fqn}</b> — what target rank {rank} reads<br><sup>{sub}</sup>", x=0.01),
-        height=box_height(saved_size, *dims), margin=dict(l=70, r=20, t=100, b=50),
-        legend=dict(title="faint: saved chunks · solid: reads · dashed: held by the rank"),
-    ))
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=f"<b>{fqn}</b> — what target rank {rank} reads<br><sup>{sub}</sup>", x=0.01
+            ),
+            height=box_height(saved_size, *dims),
+            margin=dict(l=70, r=20, t=100, b=50),
+            legend=dict(title="faint: saved chunks · solid: reads · dashed: held by the rank"),
+        )
+    )
     set_box_axes(fig, saved_size, *dims)
     return fig
 
@@ -60,18 +80,29 @@ def _rects(frame: pd.DataFrame, dims: tuple[int | None, int]) -> list[tuple]:
     return [project(o, s, *dims) for o, s in zip(frame["offsets"], frame["sizes"])]
 
 
-def _add_boxes(fig: go.Figure, frame: pd.DataFrame, dims: tuple[int | None, int], W: int, role: str) -> None:
+def _add_boxes(
+    fig: go.Figure, frame: pd.DataFrame, dims: tuple[int | None, int], W: int, role: str
+) -> None:
     """One filled path per writer: faint for the saved chunks, solid for the reads."""
     for writer, grp in frame.groupby("writer_rank", sort=True):
         color = rank_color(int(writer), W)
         xs, ys = rects_path(_rects(grp, dims))
         saved = role == "saved"
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, opacity=0.22 if saved else 0.95,
-            line=dict(color=color if saved else "white", width=1), hoverinfo="skip",
-            name=f"saved by rank {writer}" if saved else f"read from rank {writer}'s chunk",
-            legendgroup=f"w{writer}", meta={"role": role, "writer": int(writer)},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                fill="toself",
+                fillcolor=color,
+                opacity=0.22 if saved else 0.95,
+                line=dict(color=color if saved else "white", width=1),
+                hoverinfo="skip",
+                name=f"saved by rank {writer}" if saved else f"read from rank {writer}'s chunk",
+                legendgroup=f"w{writer}",
+                meta={"role": role, "writer": int(writer)},
+            )
+        )
 
 
 def _centres(frame: pd.DataFrame, dims: tuple[int | None, int]) -> tuple[list[float], list[float]]:
@@ -79,51 +110,95 @@ def _centres(frame: pd.DataFrame, dims: tuple[int | None, int]) -> tuple[list[fl
     return [(r[0] + r[1]) / 2 for r in rects], [(r[2] + r[3]) / 2 for r in rects]
 
 
-def _hover_at_centres(dims: tuple[int | None, int], frame: pd.DataFrame, text: list[str], size: int,
-                      role: str) -> go.Scatter:
+def _hover_at_centres(
+    dims: tuple[int | None, int], frame: pd.DataFrame, text: list[str], size: int, role: str
+) -> go.Scatter:
     """Invisible markers at the boxes' centres that carry their hover text."""
     cx, cy = _centres(frame, dims)
-    return go.Scatter(x=cx, y=cy, mode="markers", marker=dict(size=size, opacity=0), hovertext=text,
-                      hoverinfo="text", showlegend=False, meta={"role": role})
+    return go.Scatter(
+        x=cx,
+        y=cy,
+        mode="markers",
+        marker=dict(size=size, opacity=0),
+        hovertext=text,
+        hoverinfo="text",
+        showlegend=False,
+        meta={"role": role},
+    )
 
 
 def _saved_hover(row: Any, rank: int) -> str:
     spans = " × ".join(fmt_span(o, s) for o, s in zip(row.offsets, row.sizes))
-    return (f"saved chunk [{spans}]<br>written by rank {row.writer_rank}" + (f" in {row.file}" if row.file else "")
-            + f"<br>{fmt_bytes(row.nbytes)}"
-            + (f"<br>rank {rank} reads {fmt_bytes(row.read_nbytes)} of it" if row.read_by_rank else ""))
+    return (
+        f"saved chunk [{spans}]<br>written by rank {row.writer_rank}"
+        + (f" in {row.file}" if row.file else "")
+        + f"<br>{fmt_bytes(row.nbytes)}"
+        + (f"<br>rank {rank} reads {fmt_bytes(row.read_nbytes)} of it" if row.read_by_rank else "")
+    )
 
 
 def _read_hover(r: Any, rank: int) -> str:
-    return (f"rank {rank} reads [{' × '.join(fmt_span(o, s) for o, s in zip(r.offsets, r.sizes))}]<br>"
-            f"from rank {r.writer_rank}'s chunk at {r.saved_offsets}" + (f" ({r.file})" if r.file else "")
-            + f"<br>{fmt_bytes(r.nbytes)} read; the whole {fmt_bytes(r.chunk_nbytes)} chunk is deserialised")
+    return (
+        f"rank {rank} reads [{' × '.join(fmt_span(o, s) for o, s in zip(r.offsets, r.sizes))}]<br>"
+        f"from rank {r.writer_rank}'s chunk at {r.saved_offsets}"
+        + (f" ({r.file})" if r.file else "")
+        + f"<br>{fmt_bytes(r.nbytes)} read; the whole {fmt_bytes(r.chunk_nbytes)} chunk is deserialised"
+    )
 
 
-def _add_read_labels(fig: go.Figure, reads: pd.DataFrame, dims: tuple[int | None, int], W: int, rank: int) -> None:
+def _add_read_labels(
+    fig: go.Figure, reads: pd.DataFrame, dims: tuple[int | None, int], W: int, rank: int
+) -> None:
     """Hover on each read box, and the writer written on it (while there are few enough)."""
-    fig.add_trace(_hover_at_centres(dims, reads, [_read_hover(r, rank) for r in reads.itertuples(index=False)],
-                                    4, "reads-hover"))
+    fig.add_trace(
+        _hover_at_centres(
+            dims,
+            reads,
+            [_read_hover(r, rank) for r in reads.itertuples(index=False)],
+            4,
+            "reads-hover",
+        )
+    )
     if len(reads) > MAX_LABELS:
         return
     cx, cy = _centres(reads, dims)
-    fig.add_trace(go.Scatter(  # the writer on each read box: no colour lookup past 24 ranks
-        x=cx, y=cy, mode="text", text=[f"from {int(r)}" for r in reads["writer_rank"]], hoverinfo="skip",
-        textfont=dict(size=11, color=[text_color(rank_color(int(r), W)) for r in reads["writer_rank"]]),
-        showlegend=False, meta={"role": "read-labels"},
-    ))
+    fig.add_trace(
+        go.Scatter(  # the writer on each read box: no colour lookup past 24 ranks
+            x=cx,
+            y=cy,
+            mode="text",
+            text=[f"from {int(r)}" for r in reads["writer_rank"]],
+            hoverinfo="skip",
+            textfont=dict(
+                size=11, color=[text_color(rank_color(int(r), W)) for r in reads["writer_rank"]]
+            ),
+            showlegend=False,
+            meta={"role": "read-labels"},
+        )
+    )
 
 
-def _add_wanted(fig: go.Figure, wanted: list[tuple], dims: tuple[int | None, int], rank: int) -> None:
+def _add_wanted(
+    fig: go.Figure, wanted: list[tuple], dims: tuple[int | None, int], rank: int
+) -> None:
     """The boxes the target rank holds, dashed."""
     xs, ys = rects_path([project(o, s, *dims) for o, s in wanted])
-    fig.add_trace(go.Scatter(
-        x=xs, y=ys, mode="lines", line=dict(color="black", width=3, dash="dash"),
-        name=f"rank {rank} holds", hoverinfo="skip", meta={"role": "wanted", "boxes": [list(map(list, b)) for b in wanted]},
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines",
+            line=dict(color="black", width=3, dash="dash"),
+            name=f"rank {rank} holds",
+            hoverinfo="skip",
+            meta={"role": "wanted", "boxes": [list(map(list, b)) for b in wanted]},
+        )
+    )
 
 
-def _read_subtitle(saved: pd.DataFrame, reads: pd.DataFrame, rank: int, saved_kind: tuple, target_kind: tuple) -> str:
+def _read_subtitle(
+    saved: pd.DataFrame, reads: pd.DataFrame, rank: int, saved_kind: tuple, target_kind: tuple
+) -> str:
     """Saved shape and dtype, chunks, what the rank reads; a target shape or dtype that differs."""
     (saved_size, saved_dtype), (target_size, target_dtype) = saved_kind, target_kind
     mismatch = ""
@@ -132,12 +207,16 @@ def _read_subtitle(saved: pd.DataFrame, reads: pd.DataFrame, rank: int, saved_ki
     if target_dtype is not None and target_dtype != saved_dtype:
         mismatch += f" · <b>target dtype {target_dtype} ≠ saved {saved_dtype}</b>"
     n_writers = reads["writer_rank"].nunique() if len(reads) else 0
-    return (f"saved shape {'×'.join(map(str, saved_size))} · {saved_dtype} · {len(saved)} saved chunks · target rank "
-            f"{rank} reads {fmt_bytes(reads['nbytes'].sum() if len(reads) else 0)} in {len(reads)} reads from "
-            f"{n_writers} writer(s){mismatch}")
+    return (
+        f"saved shape {'×'.join(map(str, saved_size))} · {saved_dtype} · {len(saved)} saved chunks · target rank "
+        f"{rank} reads {fmt_bytes(reads['nbytes'].sum() if len(reads) else 0)} in {len(reads)} reads from "
+        f"{n_writers} writer(s){mismatch}"
+    )
 
 
-def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None) -> go.Figure:
+def read_layout(
+    load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None = None
+) -> go.Figure:
     """For one tensor, target rank ``rank``'s box over the saved chunks it reads from."""
 
     need_result(load, "load", "read_layout", "load")
@@ -146,12 +225,16 @@ def read_layout(load: Any, fqn: str, rank: int, *, dims: tuple[int, int] | None 
     need_rank(rank, tr.scenario.world_size, "read_layout")
     entry = next((t for t in tr.saved.tensors if t.fqn == fqn), None)
     if entry is None:
-        raise DcpvizError(f"{fqn!r} is not a tensor in the checkpoint.{did_you_mean(fqn, [t.fqn for t in tr.saved.tensors])}")
+        raise DcpvizError(
+            f"{fqn!r} is not a tensor in the checkpoint.{did_you_mean(fqn, [t.fqn for t in tr.saved.tensors])}"
+        )
     saved = load_tables.saved_boxes(tr, load.read_items, fqn, rank)
     reads = load_tables.read_boxes(load.read_items, fqn, rank)
     t_size, t_dtype, wanted = load_tables.wanted_boxes(tr, fqn, rank)
     saved_world = tr.saved_scenario.world_size if tr.saved_scenario else 1
-    return read_layout_figure(saved, reads, wanted, fqn, rank, entry.size, entry.dtype, t_size, t_dtype, saved_world, dims)
+    return read_layout_figure(
+        saved, reads, wanted, fqn, rank, entry.size, entry.dtype, t_size, t_dtype, saved_world, dims
+    )
 
 
 def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
@@ -163,29 +246,61 @@ def read_volume_figure(vol: pd.DataFrame) -> go.Figure:
     note = ""
     if unplanned.any():
         ranks = [int(r) for r in vol.loc[unplanned, "rank"]]
-        note = ("no rank has a load plan (planning failed; see load.errors and load.mismatches)"
-                if unplanned.all() else
-                f"no load plan for rank(s) {', '.join(map(str, ranks[:8]))}{', ...' if len(ranks) > 8 else ''}")
+        note = (
+            "no rank has a load plan (planning failed; see load.errors and load.mismatches)"
+            if unplanned.all()
+            else f"no load plan for rank(s) {', '.join(map(str, ranks[:8]))}{', ...' if len(ranks) > 8 else ''}"
+        )
         note = f" · {note}: shown as 0"
-        vol = vol.assign(**{c: vol[c].fillna(0) for c in ("nbytes", "chunk_nbytes", "wanted_nbytes") if c in vol})
+        vol = vol.assign(
+            **{c: vol[c].fillna(0) for c in ("nbytes", "chunk_nbytes", "wanted_nbytes") if c in vol}
+        )
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=vol["rank"], y=vol["chunk_nbytes"], name="saved chunks deserialised", marker_color="#c6dbef",
-                         hovertemplate="rank %{x}: deserialises %{y:,} bytes of saved chunks<extra></extra>"))
-    fig.add_trace(go.Bar(x=vol["rank"], y=vol["nbytes"], name="bytes read", marker_color="#2171b5",
-                         hovertemplate="rank %{x}: reads %{y:,} bytes<extra></extra>"))
-    fig.add_trace(go.Scatter(x=vol["rank"], y=vol["wanted_nbytes"], mode="markers", name="bytes its shards hold",
-                             marker=dict(symbol="line-ew-open", size=18, color="black", line=dict(width=2)),
-                             hovertemplate="rank %{x}: its shards hold %{y:,} bytes<extra></extra>"))
+    fig.add_trace(
+        go.Bar(
+            x=vol["rank"],
+            y=vol["chunk_nbytes"],
+            name="saved chunks deserialised",
+            marker_color="#c6dbef",
+            hovertemplate="rank %{x}: deserialises %{y:,} bytes of saved chunks<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=vol["rank"],
+            y=vol["nbytes"],
+            name="bytes read",
+            marker_color="#2171b5",
+            hovertemplate="rank %{x}: reads %{y:,} bytes<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=vol["rank"],
+            y=vol["wanted_nbytes"],
+            mode="markers",
+            name="bytes its shards hold",
+            marker=dict(symbol="line-ew-open", size=18, color="black", line=dict(width=2)),
+            hovertemplate="rank %{x}: its shards hold %{y:,} bytes<extra></extra>",
+        )
+    )
     read = float(vol["nbytes"].astype("float64").sum())
     chunk = float(vol["chunk_nbytes"].astype("float64").sum())
     amp = chunk / read if read else float("nan")
-    fig.update_layout(**base_layout(
-        title=dict(text=(
-            f"<b>Bytes read per target rank</b><br><sup>{fmt_bytes(read)} read in all · {fmt_bytes(chunk)} of saved "
-            f"chunks deserialised to serve them ({amp:.2f}× read amplification) · max rank {fmt_bytes(vol['nbytes'].max() if len(vol) else 0)}{note}</sup>"
-        ), x=0.01),
-        barmode="overlay", height=420, legend=dict(orientation="h", y=-0.2),
-    ))
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=(
+                    f"<b>Bytes read per target rank</b><br><sup>{fmt_bytes(read)} read in all · {fmt_bytes(chunk)} of saved "
+                    f"chunks deserialised to serve them ({amp:.2f}× read amplification) · max rank {fmt_bytes(vol['nbytes'].max() if len(vol) else 0)}{note}</sup>"
+                ),
+                x=0.01,
+            ),
+            barmode="overlay",
+            height=420,
+            legend=dict(orientation="h", y=-0.2),
+        )
+    )
     many = len(vol) > 64
     fig.update_xaxes(title="target rank", type="linear" if many else "category")
     fig.update_yaxes(title="bytes", tickformat="~s", ticksuffix="B")
@@ -221,27 +336,54 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
     z = matrix.to_numpy(dtype="float64")
     z = np.where(z > 0, z, np.nan)
     label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
-    hover = [[f"target rank {r}<br>{label} {c}<br>{values}: {fmt_bytes(v) if values != 'reads' else int(v)}" if v == v else ""
-              for c, v in zip(matrix.columns, row)] for r, row in zip(matrix.index, z)]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index], text=hover, hoverinfo="text",
-        colorscale="Blues", colorbar=dict(title="bytes") if values != "reads" else count_colorbar(z.ravel(), "reads"),
-        xgap=1 if z.shape[1] <= 64 else 0, ygap=1 if z.shape[0] <= 64 else 0,
-    ))
-    fig.update_layout(**base_layout(
-        title=dict(text=(
-            f"<b>Resharding: who reads from whom</b><br><sup>rows: target ranks · columns: {label} · cell: {values} "
-            "read; a diagonal means no resharding</sup>"
-        ), x=0.01),
-        height=max(360, min(900, 190 + 18 * z.shape[0])), margin=dict(l=70, r=20, t=130, b=30),
-    ))
+    hover = [
+        [
+            f"target rank {r}<br>{label} {c}<br>{values}: {fmt_bytes(v) if values != 'reads' else int(v)}"
+            if v == v
+            else ""
+            for c, v in zip(matrix.columns, row)
+        ]
+        for r, row in zip(matrix.index, z)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[str(c) for c in matrix.columns],
+            y=[str(i) for i in matrix.index],
+            text=hover,
+            hoverinfo="text",
+            colorscale="Blues",
+            colorbar=dict(title="bytes")
+            if values != "reads"
+            else count_colorbar(z.ravel(), "reads"),
+            xgap=1 if z.shape[1] <= 64 else 0,
+            ygap=1 if z.shape[0] <= 64 else 0,
+        )
+    )
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=(
+                    f"<b>Resharding: who reads from whom</b><br><sup>rows: target ranks · columns: {label} · cell: {values} "
+                    "read; a diagonal means no resharding</sup>"
+                ),
+                x=0.01,
+            ),
+            height=max(360, min(900, 190 + 18 * z.shape[0])),
+            margin=dict(l=70, r=20, t=130, b=30),
+        )
+    )
     # No grid: on a heatmap its lines cross the empty cells and the column labels above them.
     fig.update_xaxes(title=label, type="category", side="top", showgrid=False, zeroline=False)
-    fig.update_yaxes(title="target rank", type="category", autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        title="target rank", type="category", autorange="reversed", showgrid=False, zeroline=False
+    )
     return fig
 
 
-def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None) -> go.Figure:
+def resharding(
+    load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None
+) -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read;
     ``component=`` ("model", "optim", ...) keeps one part of a training state."""
 
@@ -249,4 +391,6 @@ def resharding(load: Any, *, by: str = "writer_rank", values: str = "nbytes", co
     reads = _component_reads(load, component, "resharding")
     if reads is None:
         return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
-    return resharding_figure(load_tables.resharding_matrix(load.trace, by, values, reads), by, values)
+    return resharding_figure(
+        load_tables.resharding_matrix(load.trace, by, values, reads), by, values
+    )

@@ -20,26 +20,43 @@ def plan_series(table: pd.DataFrame) -> go.Figure:
     where it sent a new plan, grey where the trace does not hold it; the cell's text gives the
     items added / removed since the previous save."""
     if not isinstance(table, pd.DataFrame) or not set(SERIES_COLUMNS) <= set(table.columns):
-        raise DcpvizError("views.plan_series: pass dcpviz.plan_series(saves) (a DataFrame with columns "
-                          f"{SERIES_COLUMNS}).")
+        raise DcpvizError(
+            "views.plan_series: pass dcpviz.plan_series(saves) (a DataFrame with columns "
+            f"{SERIES_COLUMNS})."
+        )
     fig = go.Figure()
     if not len(table):
         fig.update_layout(**base_layout(title="Plan cache per save: no saves"))
         return fig
     state = table["local_cached"].astype(int).where(table["known"], 2)
     z = table.assign(state=state).pivot(index="rank", columns="save", values="state")
-    text = table.assign(t=[_cell_text(*row) for row in zip(table["known"], table["added"], table["removed"],
-                                                            table["global_changed"])]
-                        ).pivot(index="rank", columns="save", values="t")
+    text = table.assign(
+        t=[
+            _cell_text(*row)
+            for row in zip(
+                table["known"], table["added"], table["removed"], table["global_changed"]
+            )
+        ]
+    ).pivot(index="rank", columns="save", values="t")
     scale = [[edge / 3, c] for i, c in enumerate(_COLORS) for edge in (i, i + 1)]  # one band each
-    fig.add_trace(go.Heatmap(
-        z=z.values, x=list(z.columns), y=list(z.index), text=text.values, texttemplate="%{text}",
-        zmin=-0.5, zmax=2.5, colorscale=[[p, c] for p, c in scale],
-        colorbar={"tickvals": [0, 1, 2], "ticktext": _STATES},
-        hovertemplate="save %{x}, rank %{y}: %{text}<extra></extra>",
-    ))
-    layout = base_layout(title="Plan cache per save and rank (+added −removed items since the last save; "
-                         "✎ what the rank writes changed)")
+    fig.add_trace(
+        go.Heatmap(
+            z=z.values,
+            x=list(z.columns),
+            y=list(z.index),
+            text=text.values,
+            texttemplate="%{text}",
+            zmin=-0.5,
+            zmax=2.5,
+            colorscale=[[p, c] for p, c in scale],
+            colorbar={"tickvals": [0, 1, 2], "ticktext": _STATES},
+            hovertemplate="save %{x}, rank %{y}: %{text}<extra></extra>",
+        )
+    )
+    layout = base_layout(
+        title="Plan cache per save and rank (+added −removed items since the last save; "
+        "✎ what the rank writes changed)"
+    )
     fig.update_layout(**layout)
     fig.update_xaxes(title="save", dtick=1)
     fig.update_yaxes(title="rank", autorange="reversed")

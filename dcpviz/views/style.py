@@ -9,9 +9,30 @@ from dcpviz.analysis.groups import ranges
 # A qualitative palette (D3's ten, then the rest of Light24) for up to 24 ranks; beyond that,
 # hues spaced by the golden angle so neighbouring ranks never look alike.
 _QUALITATIVE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#FD3216", "#00FE35", "#6A76FC", "#FED4C4", "#FE00CE", "#0DF9FF",
-    "#F6F926", "#FF9616", "#479B55", "#EEA6FB", "#DC587D", "#D626FF", "#6E899C", "#00B5F7",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#FD3216",
+    "#00FE35",
+    "#6A76FC",
+    "#FED4C4",
+    "#FE00CE",
+    "#0DF9FF",
+    "#F6F926",
+    "#FF9616",
+    "#479B55",
+    "#EEA6FB",
+    "#DC587D",
+    "#D626FF",
+    "#6E899C",
+    "#00B5F7",
 ]
 UNKNOWN = "#bbbbbb"
 EMPTY = "#444444"
@@ -41,8 +62,6 @@ def luminance(hex_color: str) -> float:
 def text_color(fill: str) -> str:
     """Black on light tiles, white on dark ones (the contrast-maximising choice)."""
     return "#000000" if luminance(fill) > 0.179 else "#ffffff"
-
-
 
 
 def fmt_span(offset: int, size: int) -> str:
@@ -75,7 +94,8 @@ def base_layout(**kw) -> dict:
         template="plotly_white",
         # Also spelled out: the explorer's FigureWidget drew the default template's blue-grey
         # plot area although the figure names plotly_white.
-        plot_bgcolor="#ffffff", paper_bgcolor="#ffffff",
+        plot_bgcolor="#ffffff",
+        paper_bgcolor="#ffffff",
         font=dict(family=FONT, size=12),
         margin=dict(l=60, r=20, t=80, b=50),
         hoverlabel=dict(font=dict(family="Menlo, Consolas, monospace", size=12)),
@@ -85,6 +105,13 @@ def base_layout(**kw) -> dict:
     if isinstance(title, dict):
         # Titles hang from the top edge, so a long subtitle grows down into the margin and never
         # meets an axis title drawn above the plot (dedup, resharding put the rank axis on top).
-        layout["title"] = {"x": 0.01, "xanchor": "left", "yref": "container", "y": 1.0, "yanchor": "top",
-                           "pad": {"t": 28}, **title}
+        layout["title"] = {
+            "x": 0.01,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 1.0,
+            "yanchor": "top",
+            "pad": {"t": 28},
+            **title,
+        }
     return layout

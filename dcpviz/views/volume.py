@@ -13,7 +13,18 @@ from dcpviz.core.units import fmt_bytes
 from dcpviz.views.inputs import need_result
 from dcpviz.views.style import base_layout, rank_color
 
-MODULE_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac"]
+MODULE_COLORS = [
+    "#4c78a8",
+    "#f58518",
+    "#54a24b",
+    "#e45756",
+    "#72b7b2",
+    "#eeca3b",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#bab0ac",
+]
 MAX_MODULES = 9  # the rest stack as "other"
 
 
@@ -22,7 +33,12 @@ def balance(nbytes: pd.Series) -> dict[str, float]:
     v = nbytes.astype("float64")
     mean = float(v.mean()) if len(v) else 0.0
     mx = float(v.max()) if len(v) else 0.0
-    return {"mean": mean, "max": mx, "argmax": int(v.idxmax()) if len(v) else -1, "imbalance": mx / mean if mean > 0 else float("nan")}
+    return {
+        "mean": mean,
+        "max": mx,
+        "argmax": int(v.idxmax()) if len(v) else -1,
+        "imbalance": mx / mean if mean > 0 else float("nan"),
+    }
 
 
 THIN = 0.02  # a stacked segment under this share of the tallest bar is too thin to see
@@ -47,7 +63,8 @@ def rank_volume_figure(
     fig.update_layout(
         **base_layout(
             title=dict(text=f"<b>{title}</b><br><sup>{'<br>'.join(notes)}</sup>", x=0.01),
-            height=420 + 16 * max(0, len(notes) - 1), legend=dict(orientation="h", y=-0.2),
+            height=420 + 16 * max(0, len(notes) - 1),
+            legend=dict(orientation="h", y=-0.2),
         )
     )
     fig.update_xaxes(title="rank", type="linear" if many else "category")
@@ -60,13 +77,19 @@ def _module_pivot(vol: pd.DataFrame, by_module: pd.DataFrame) -> tuple[pd.DataFr
     stacking order."""
     totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
     keep = list(totals.index[:MAX_MODULES])
-    mod = by_module.assign(module=by_module["module"].where(by_module["module"].isin(keep), "other"))
-    pivot = mod.pivot_table(index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0)
+    mod = by_module.assign(
+        module=by_module["module"].where(by_module["module"].isin(keep), "other")
+    )
+    pivot = mod.pivot_table(
+        index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0
+    )
     pivot = pivot.reindex(index=vol["rank"], fill_value=0)
     return pivot, [*keep, "other"] if "other" in pivot.columns else keep
 
 
-def _stacked(fig: go.Figure, volume: tuple[str, pd.DataFrame], by_module: pd.DataFrame, parts: str) -> list[str]:
+def _stacked(
+    fig: go.Figure, volume: tuple[str, pd.DataFrame], by_module: pd.DataFrame, parts: str
+) -> list[str]:
     """One stacked bar per rank, a segment per module; the legend gives each module's bytes,
     and the subtitle names the modules too thin to see at this scale."""
     name, vol = volume
@@ -81,17 +104,23 @@ def _stacked(fig: go.Figure, volume: tuple[str, pd.DataFrame], by_module: pd.Dat
             thin.append(f"{m} ({fmt_bytes(total)})")
         fig.add_trace(
             go.Bar(
-                x=pivot.index, y=pivot[m], name=f"{m} · {fmt_bytes(total)}",
-                marker_color=MODULE_COLORS[i % len(MODULE_COLORS)], marker_line_width=0,
+                x=pivot.index,
+                y=pivot[m],
+                name=f"{m} · {fmt_bytes(total)}",
+                marker_color=MODULE_COLORS[i % len(MODULE_COLORS)],
+                marker_line_width=0,
                 hovertemplate=f"rank %{{x}}<br>{m}: %{{customdata}}<extra></extra>",
-                customdata=[fmt_bytes(v) for v in pivot[m]], meta={"module": m},
+                customdata=[fmt_bytes(v) for v in pivot[m]],
+                meta={"module": m},
             )
         )
     fig.update_layout(barmode="stack")
     b = balance(vol["nbytes"])
     notes.append(_note(name, b))
     if thin:
-        notes.append(f"too thin to see at this scale (hover a bar's top, or see the table): {', '.join(thin)}")
+        notes.append(
+            f"too thin to see at this scale (hover a bar's top, or see the table): {', '.join(thin)}"
+        )
     _mean_line(fig, b["mean"], f"all {parts}")
     return notes
 
@@ -104,17 +133,29 @@ def _side_by_side(fig: go.Figure, volumes: list[tuple[str, pd.DataFrame]], many:
         if missing:
             notes.append(f"{name}: {missing}")
         b = balance(vol["nbytes"])
-        colors = [rank_color(int(r), len(vol)) for r in vol["rank"]] if len(volumes) == 1 and not many else None
-        fig.add_trace(go.Bar(
-            x=vol["rank"], y=vol["nbytes"], name=name, offsetgroup=str(i),
-            marker_color=colors if colors else MODULE_COLORS[i % len(MODULE_COLORS)], marker_line_width=0,
-            customdata=_hover_data(vol),
-            hovertemplate=(
-                f"<b>{name}</b><br>rank %{{x}} %{{customdata[2]}}<br>writes %{{customdata[0]}} in "
-                "%{customdata[1]} items<br>planned %{customdata[3]} before dedup<extra></extra>"
-            ),
-        ))
-        _mean_line(fig, b["mean"], name if len(volumes) > 1 else "", MEAN_DASHES[i % len(MEAN_DASHES)])
+        colors = (
+            [rank_color(int(r), len(vol)) for r in vol["rank"]]
+            if len(volumes) == 1 and not many
+            else None
+        )
+        fig.add_trace(
+            go.Bar(
+                x=vol["rank"],
+                y=vol["nbytes"],
+                name=name,
+                offsetgroup=str(i),
+                marker_color=colors if colors else MODULE_COLORS[i % len(MODULE_COLORS)],
+                marker_line_width=0,
+                customdata=_hover_data(vol),
+                hovertemplate=(
+                    f"<b>{name}</b><br>rank %{{x}} %{{customdata[2]}}<br>writes %{{customdata[0]}} in "
+                    "%{customdata[1]} items<br>planned %{customdata[3]} before dedup<extra></extra>"
+                ),
+            )
+        )
+        _mean_line(
+            fig, b["mean"], name if len(volumes) > 1 else "", MEAN_DASHES[i % len(MEAN_DASHES)]
+        )
         notes.append(_note(name, b))
     fig.update_layout(barmode="group", bargap=0.05 if many else 0.2)
     return notes
@@ -122,12 +163,15 @@ def _side_by_side(fig: go.Figure, volumes: list[tuple[str, pd.DataFrame]], many:
 
 def _hover_data(vol: pd.DataFrame) -> np.ndarray:
     """Per bar: bytes, items, mesh coordinate, bytes planned before dedup."""
-    return np.stack([
-        [fmt_bytes(v) for v in vol["nbytes"]],
-        vol["items"].astype(str),
-        [str(c) for c in vol.get("coordinate", [""] * len(vol))],
-        [fmt_bytes(v) for v in vol.get("planned_nbytes", vol["nbytes"])],
-    ], axis=-1)
+    return np.stack(
+        [
+            [fmt_bytes(v) for v in vol["nbytes"]],
+            vol["items"].astype(str),
+            [str(c) for c in vol.get("coordinate", [""] * len(vol))],
+            [fmt_bytes(v) for v in vol.get("planned_nbytes", vol["nbytes"])],
+        ],
+        axis=-1,
+    )
 
 
 def _drawable(vol: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -142,11 +186,15 @@ def _drawable(vol: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     items = vol["planned_items"] if "planned_items" in vol else pd.Series(0, index=vol.index)
     if nbytes.isna().all():
         note = "no global plan (planning failed): bars are the bytes each rank planned before dedup"
-        filled = vol.assign(nbytes=planned.fillna(0).astype("int64"), items=items.fillna(0).astype("int64"))
+        filled = vol.assign(
+            nbytes=planned.fillna(0).astype("int64"), items=items.fillna(0).astype("int64")
+        )
     else:
         ranks = [int(r) for r in vol.loc[nbytes.isna(), "rank"]]
         note = f"no final plan for rank(s) {', '.join(map(str, ranks[:8]))}{', ...' if len(ranks) > 8 else ''} (shown as 0)"
-        filled = vol.assign(nbytes=nbytes.fillna(0).astype("int64"), items=vol["items"].fillna(0).astype("int64"))
+        filled = vol.assign(
+            nbytes=nbytes.fillna(0).astype("int64"), items=vol["items"].fillna(0).astype("int64")
+        )
     return filled, note
 
 
@@ -164,8 +212,16 @@ def _mean_line(fig: go.Figure, mean: float, label: str, dash: str = "dash") -> N
     """A dashed line at the mean, named in the legend (a label on the plot would sit on the bars)."""
     fig.add_hline(y=mean, line_dash=dash, line_color="#333", line_width=1)
     text = f"{label}: mean {fmt_bytes(mean)}" if label else f"mean {fmt_bytes(mean)}"
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(dash=dash, color="#333", width=1),
-                             name=text, meta={"role": "mean", "mean": mean}))
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="lines",
+            line=dict(dash=dash, color="#333", width=1),
+            name=text,
+            meta={"role": "mean", "mean": mean},
+        )
+    )
 
 
 def rank_volume(
@@ -187,7 +243,9 @@ def rank_volume(
     if compare is None:
         return _one(result, by, depth, names[0] if names else _label(result))
     if by is not None:
-        raise DcpvizError(f"compare= draws totals side by side; drop by={by!r} to compare two results.")
+        raise DcpvizError(
+            f"compare= draws totals side by side; drop by={by!r} to compare two results."
+        )
     a, b = names or (_label(result), _label(compare))
     if a == b:
         a, b = f"{a} (1)", f"{b} (2)"
@@ -199,8 +257,11 @@ def _one(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
     stacked = result.volume_by_module(depth) if by == "module" else None
     if by == "component":  # stacked like modules: model / optim / lr_scheduler / ...
         stacked = result.volume_by_component.rename(columns={"component": "module"})
-    return rank_volume_figure([(label, result.rank_volume)], by_module=stacked,
-                              parts="components" if by == "component" else "modules")
+    return rank_volume_figure(
+        [(label, result.rank_volume)],
+        by_module=stacked,
+        parts="components" if by == "component" else "modules",
+    )
 
 
 def _label(result: Any) -> str:

@@ -36,5 +36,9 @@ class CheckpointExplorer(w.VBox):
 def checkpoint_app(result: Any, compare: Any = None) -> CheckpointExplorer:
     """explore() for a checkpoint (``dcpviz.inspect_checkpoint``'s result)."""
     if compare is not None:
-        raise DcpvizError("explore(checkpoint, compare=...): to compare two checkpoints use dcpviz.diff(a, b).")
-    return CheckpointExplorer(result if isinstance(result, CheckpointReport) else CheckpointReport(result))
+        raise DcpvizError(
+            "explore(checkpoint, compare=...): to compare two checkpoints use dcpviz.diff(a, b)."
+        )
+    return CheckpointExplorer(
+        result if isinstance(result, CheckpointReport) else CheckpointReport(result)
+    )

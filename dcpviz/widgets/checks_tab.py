@@ -17,8 +17,10 @@ TITLE = "Checks"
 
 def checks_widget(checks: Any) -> w.Widget:
     """The findings as a table, with a one-line count above it."""
-    head = w.HTML(f"<b>{counts_line(checks)}</b> — what DCP does silently here that loses data, fails or costs; "
-                  "each row says what happens and the fix.")
+    head = w.HTML(
+        f"<b>{counts_line(checks)}</b> — what DCP does silently here that loses data, fails or costs; "
+        "each row says what happens and the fix."
+    )
     body = w.HTML(table_html(checks, max_rows=200) if len(checks) else "")
     return w.VBox([head, body])
 

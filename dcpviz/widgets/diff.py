@@ -22,8 +22,16 @@ class DiffExplorer(w.VBox):
         self.overview = figure_widget()
         replace_figure(self.overview, views.diff_overview(result))
         regions = result.regions
-        keys = (regions.assign(bad=regions["differing"] > 0).sort_values(["bad", "fqn"], ascending=[False, True])
-                ["fqn"].drop_duplicates().tolist()) if len(regions) else []
+        keys = (
+            (
+                regions.assign(bad=regions["differing"] > 0)
+                .sort_values(["bad", "fqn"], ascending=[False, True])["fqn"]
+                .drop_duplicates()
+                .tolist()
+            )
+            if len(regions)
+            else []
+        )
         self.picker = w.Dropdown(options=keys, description="tensor", layout={"width": "60%"})
         self.regions_fig = figure_widget()
         self.picker.observe(lambda _change: self._show_regions(), names="value")

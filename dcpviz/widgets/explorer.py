@@ -24,7 +24,11 @@ from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 
-PHASES = [("1 · local plans", "local"), ("2 · global plan (dedup)", "global"), ("3 · final plans", "final")]
+PHASES = [
+    ("1 · local plans", "local"),
+    ("2 · global plan (dedup)", "global"),
+    ("3 · final plans", "final"),
+]
 PHASE_TEXT = {
     "local": "Each rank's <code>create_local_plan()</code>: every rank plans every item it holds; "
     "replicas (plain tensors, Replicate dims) are planned by several ranks.",
@@ -33,7 +37,15 @@ PHASE_TEXT = {
     "final": "Each rank's <code>finish_plan()</code> on the plan the coordinator sent back; "
     "DCP's default returns it unchanged.",
 }
-TABLES = ["rank_volume", "write_items", "dedup", "chunks", "tensors", "tensor_groups", "phase_changes"]
+TABLES = [
+    "rank_volume",
+    "write_items",
+    "dedup",
+    "chunks",
+    "tensors",
+    "tensor_groups",
+    "phase_changes",
+]
 
 
 class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
@@ -46,8 +58,13 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         self.header = w.HTML(self._header_html())
         # Each tab is built when first opened (``tabs.select("Dedup")`` or a click): on a
         # 1024-rank trace building them all up front took seconds the first view does not need.
-        pages = [("Layout", self._layout_tab), ("Dedup", self._dedup_tab), ("Volume", self._volume_tab),
-                 ("Phases", self._phase_tab), ("Tables", self._tables_tab)]
+        pages = [
+            ("Layout", self._layout_tab),
+            ("Dedup", self._dedup_tab),
+            ("Volume", self._volume_tab),
+            ("Phases", self._phase_tab),
+            ("Tables", self._tables_tab),
+        ]
         self.tabs = tabs_with_checks(pages, result)
         super().__init__([self.header, self.tabs])
         self.add_class("dcpviz-explorer")
@@ -59,8 +76,19 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     # -- layout tab -----------------------------------------------------------------------
     _hold_layout = False  # True while _on_group sets the pickers
     TAB_OF = {
-        **dict.fromkeys(["search", "component_picker", "group_picker", "member_picker", "rank_picker", "dim_rows",
-                         "dim_cols", "layout_fig"], "Layout"),
+        **dict.fromkeys(
+            [
+                "search",
+                "component_picker",
+                "group_picker",
+                "member_picker",
+                "rank_picker",
+                "dim_rows",
+                "dim_cols",
+                "layout_fig",
+            ],
+            "Layout",
+        ),
         **dict.fromkeys(["dedup_picker", "dedup_fig"], "Dedup"),
         **dict.fromkeys(["volume_mode", "volume_depth", "volume_fig"], "Volume"),
         **dict.fromkeys(["phase", "phase_text", "phase_fig", "phase_table"], "Phases"),
@@ -71,16 +99,31 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         groups = self.result.tensor_groups
         self._group_members = dict(zip(groups["group"], groups["members"]))
         self._group_component = dict(zip(groups["group"], groups["component"]))
-        self.search = w.Text(placeholder="filter tensors (substring)", description="search", layout=w.Layout(width="320px"))
+        self.search = w.Text(
+            placeholder="filter tensors (substring)",
+            description="search",
+            layout=w.Layout(width="320px"),
+        )
         # A training state's parts (model, optim, lr_scheduler, ...): pick one to list its tensors.
         parts = list(dict.fromkeys(groups["component"]))
-        self.component_picker = w.Dropdown(options=[("all", "")] + [(c, c) for c in parts], value="", description="component")
+        self.component_picker = w.Dropdown(
+            options=[("all", "")] + [(c, c) for c in parts], value="", description="component"
+        )
         self.component_picker.layout.display = "" if len(parts) > 1 else "none"
         self.component_picker.observe(self._on_search, "value")
-        self.group_picker = w.Select(options=list(groups["group"]), rows=10, description="tensor", layout=w.Layout(width="460px"))
+        self.group_picker = w.Select(
+            options=list(groups["group"]),
+            rows=10,
+            description="tensor",
+            layout=w.Layout(width="460px"),
+        )
         self.member_picker = w.Dropdown(description="layer", layout=w.Layout(width="460px"))
         W = self.result.trace.scenario.world_size
-        self.rank_picker = w.Dropdown(options=[("none", -1)] + [(str(r), r) for r in range(W)], value=-1, description="highlight")
+        self.rank_picker = w.Dropdown(
+            options=[("none", -1)] + [(str(r), r) for r in range(W)],
+            value=-1,
+            description="highlight",
+        )
         self.dim_rows = w.Dropdown(description="rows dim")
         self.dim_cols = w.Dropdown(description="cols dim")
         self.layout_fig = figure_widget()
@@ -92,15 +135,26 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         if len(groups):
             self.group_picker.value = groups["group"].iloc[0]
             self._on_group()
-        controls = w.VBox([w.HBox([self.search, self.component_picker]), self.group_picker, self.member_picker, w.HBox([self.rank_picker]), w.HBox([self.dim_rows, self.dim_cols])])
+        controls = w.VBox(
+            [
+                w.HBox([self.search, self.component_picker]),
+                self.group_picker,
+                self.member_picker,
+                w.HBox([self.rank_picker]),
+                w.HBox([self.dim_rows, self.dim_cols]),
+            ]
+        )
         return w.VBox([controls, self.layout_fig])
 
     def _on_search(self, change: Any = None) -> None:
         text = self.search.value.strip().lower()
         part = self.component_picker.value
-        options = [g for g, members in self._group_members.items()
-                   if (not part or self._group_component[g] == part)
-                   and (not text or any(text in m.lower() for m in members) or text in g.lower())]
+        options = [
+            g
+            for g, members in self._group_members.items()
+            if (not part or self._group_component[g] == part)
+            and (not text or any(text in m.lower() for m in members) or text in g.lower())
+        ]
         current = self.group_picker.value
         self.group_picker.options = options
         if current in options:
@@ -145,7 +199,9 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
                 return
             dims = (self.dim_rows.value, self.dim_cols.value)
         rank = self.rank_picker.value
-        fig = views.chunk_layout(self.result, fqn, dims=dims, highlight_rank=None if rank < 0 else rank)
+        fig = views.chunk_layout(
+            self.result, fqn, dims=dims, highlight_rank=None if rank < 0 else rank
+        )
         replace_figure(self.layout_fig, fig)
 
     @property
@@ -157,7 +213,9 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     def _dedup_tab(self) -> w.Widget:
         d = self.result.dedup_choices  # the dedup table's rows, without the replay's reasons
         fqns = list(dict.fromkeys(d["fqn"]))
-        self.dedup_picker = w.Dropdown(options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show")
+        self.dedup_picker = w.Dropdown(
+            options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show"
+        )
         self.dedup_fig = figure_widget()
         self._has_dedup = bool(len(d))
         self.dedup_picker.observe(self._draw_dedup, "value")
@@ -179,7 +237,9 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             options.append(("by component", "component"))
         if self.compare is not None:
             options.append(("compare", "compare"))
-        self.volume_mode = w.ToggleButtons(options=options, value="compare" if self.compare is not None else "total")
+        self.volume_mode = w.ToggleButtons(
+            options=options, value="compare" if self.compare is not None else "total"
+        )
         self.volume_depth = w.BoundedIntText(value=1, min=1, max=4, description="depth")
         self.volume_fig = figure_widget()
         self.volume_mode.observe(self._draw_volume, "value")
@@ -193,15 +253,25 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         if mode == "compare":
             fig = views.rank_volume(self.result, compare=self.compare)
         else:
-            fig = views.rank_volume(self.result, by=mode if mode in ("module", "component") else None,
-                                    depth=self.volume_depth.value)
+            fig = views.rank_volume(
+                self.result,
+                by=mode if mode in ("module", "component") else None,
+                depth=self.volume_depth.value,
+            )
         replace_figure(self.volume_fig, fig)
 
     # -- phase stepper --------------------------------------------------------------------
     def _phase_tab(self) -> w.Widget:
-        available = {p for p in ("local", "global", "final") if (p == "local" or getattr(self.result.trace, f"{p}_plans") is not None)}
-        self.phase = w.ToggleButtons(options=[(label, key) for label, key in PHASES if key in available], value="local",
-                                     style={"button_width": "auto"})  # fixed widths cut "2 · global plan (dedup)"
+        available = {
+            p
+            for p in ("local", "global", "final")
+            if (p == "local" or getattr(self.result.trace, f"{p}_plans") is not None)
+        }
+        self.phase = w.ToggleButtons(
+            options=[(label, key) for label, key in PHASES if key in available],
+            value="local",
+            style={"button_width": "auto"},
+        )  # fixed widths cut "2 · global plan (dedup)"
         self.phase_text = w.HTML()
         self.phase_fig = figure_widget()
         self.phase_table = w.HTML()
@@ -220,7 +290,9 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         text = PHASE_TEXT[phase]
         n_items = int(cur["items"].sum())
         if phase == "local":
-            text += f"<br><b>{n_items}</b> items planned in total, {fmt_bytes(cur['nbytes'].sum())}."
+            text += (
+                f"<br><b>{n_items}</b> items planned in total, {fmt_bytes(cur['nbytes'].sum())}."
+            )
         else:
             dropped = here[here["change"] != "added"]
             text += (
@@ -232,13 +304,31 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         for p, color in (("local", "#c6dbef"), ("global", "#6baed6"), ("final", "#08519c")):
             sub = vol[vol["phase"] == p]
             if len(sub) and (p == phase or p == "local"):
-                fig.add_trace(go.Bar(x=sub["rank"], y=sub["nbytes"], name=f"{p} plans", marker_color=color,
-                                     hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>"))
-        fig.update_layout(**base_layout(barmode="overlay", height=320, xaxis_title="rank", yaxis_title="bytes",
-                                        title=f"Bytes per rank after the {phase} phase (over the local plans)"))
-        fig.update_xaxes(type="category" if len(vol["rank"].unique()) <= 64 else "linear")  # every rank named
+                fig.add_trace(
+                    go.Bar(
+                        x=sub["rank"],
+                        y=sub["nbytes"],
+                        name=f"{p} plans",
+                        marker_color=color,
+                        hovertemplate="rank %{x}: %{y:,} bytes<extra>" + p + "</extra>",
+                    )
+                )
+        fig.update_layout(
+            **base_layout(
+                barmode="overlay",
+                height=320,
+                xaxis_title="rank",
+                yaxis_title="bytes",
+                title=f"Bytes per rank after the {phase} phase (over the local plans)",
+            )
+        )
+        fig.update_xaxes(
+            type="category" if len(vol["rank"].unique()) <= 64 else "linear"
+        )  # every rank named
         replace_figure(self.phase_fig, fig)
-        self.phase_table.value = table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""
+        self.phase_table.value = (
+            table_html(here, max_rows=200, byte_cols=("nbytes",)) if len(here) else ""
+        )
 
     # -- tables tab -----------------------------------------------------------------------
     def _tables_tab(self) -> w.Widget:
@@ -257,9 +347,13 @@ APPS = {"save": Explorer, "load": _load_app, "diff": diff_app, "checkpoint": che
 def explore(result: Any, compare: Any = None) -> Explorer | LoadExplorer:
     """The explorer app for a result: the save explorer (pass ``compare=`` a second save result
     to compare volumes) or the load debugger."""
-    if isinstance(result, CheckpointInfo):  # inspect_checkpoint's result: a DCP directory or an HF folder
+    if isinstance(
+        result, CheckpointInfo
+    ):  # inspect_checkpoint's result: a DCP directory or an HF folder
         return checkpoint_app(result, compare=compare)
     app = APPS.get(getattr(result, "kind", None))
     if app is None:
-        raise DcpvizError(f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}.")
+        raise DcpvizError(
+            f"explore() needs a result from simulate_save/load_trace, got {type(result).__name__}."
+        )
     return app(result, compare=compare)

@@ -21,6 +21,7 @@ LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_tab
 class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
     """The load debugger app: hints, mismatches, reads, resharding, tables, checks;
     ``tabs.select(title)`` opens a tab as a click does."""
+
     TAB_OF = {
         **dict.fromkeys(["search", "fqn_picker", "rank_picker", "read_fig"], "Reads"),
         "volume_fig": "Volume",
@@ -32,11 +33,22 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         # The verdict is the summary's first row; each error message once, with its ranks; hints.
         self.header = w.HTML(header_html(load))
         # Each tab is built when first opened (``tabs.select("Volume")`` or a click).
-        if load.nothing_planned:  # no reads to draw: the problems first, and why the read tabs are gone
-            pages = [("Problems", self._mismatch_tab), ("Reads", self._nothing_planned_tab), ("Tables", self._tables_tab)]
+        if (
+            load.nothing_planned
+        ):  # no reads to draw: the problems first, and why the read tabs are gone
+            pages = [
+                ("Problems", self._mismatch_tab),
+                ("Reads", self._nothing_planned_tab),
+                ("Tables", self._tables_tab),
+            ]
         else:
-            pages = [("Reads", self._reads_tab), ("Volume", self._volume_tab), ("Resharding", self._resharding_tab),
-                     ("Mismatches", self._mismatch_tab), ("Tables", self._tables_tab)]
+            pages = [
+                ("Reads", self._reads_tab),
+                ("Volume", self._volume_tab),
+                ("Resharding", self._resharding_tab),
+                ("Mismatches", self._mismatch_tab),
+                ("Tables", self._tables_tab),
+            ]
         self.tabs = tabs_with_checks(pages, load)
         super().__init__([self.header, self.tabs])
         self.add_class("dcpviz-explorer")
@@ -52,8 +64,13 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         tensors = [t.fqn for t in self.result.trace.saved.tensors]
         first = (pick_read_tensors(self.result, 1) or tensors or [""])[0]
         self.search = w.Text(placeholder="filter tensors (substring)", description="search")
-        self.fqn_picker = w.Select(options=tensors, value=first if first in tensors else None, rows=8, description="tensor",
-                                   layout=w.Layout(width="460px"))
+        self.fqn_picker = w.Select(
+            options=tensors,
+            value=first if first in tensors else None,
+            rows=8,
+            description="tensor",
+            layout=w.Layout(width="460px"),
+        )
         W = self.result.trace.scenario.world_size
         self.rank_picker = w.Dropdown(options=list(range(W)), value=0, description="target rank")
         self.read_fig = figure_widget()
@@ -76,7 +93,10 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     def _draw_reads(self, change: Any = None) -> None:
         if self.fqn_picker.value:
-            replace_figure(self.read_fig, views.read_layout(self.result, self.fqn_picker.value, self.rank_picker.value))
+            replace_figure(
+                self.read_fig,
+                views.read_layout(self.result, self.fqn_picker.value, self.rank_picker.value),
+            )
 
     def _volume_tab(self) -> w.Widget:
         self.volume_fig = figure_widget()
@@ -89,7 +109,14 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         if len(self.result.read_items) and self.result.read_items["file"].notna().any():
             options.append(("by storage file", "file"))
         self.reshard_by = w.ToggleButtons(options=options, value="writer_rank")
-        self.reshard_values = w.ToggleButtons(options=[("bytes read", "nbytes"), ("reads", "reads"), ("chunk bytes deserialised", "chunk_nbytes")], value="nbytes")
+        self.reshard_values = w.ToggleButtons(
+            options=[
+                ("bytes read", "nbytes"),
+                ("reads", "reads"),
+                ("chunk bytes deserialised", "chunk_nbytes"),
+            ],
+            value="nbytes",
+        )
         self.reshard_fig = figure_widget()
         self.reshard_by.observe(self._draw_resharding, "value")
         self.reshard_values.observe(self._draw_resharding, "value")
@@ -98,14 +125,27 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     def _draw_resharding(self, change: Any = None) -> None:
         if len(self.result.read_items):
-            replace_figure(self.reshard_fig, views.resharding(self.result, by=self.reshard_by.value, values=self.reshard_values.value))
+            replace_figure(
+                self.reshard_fig,
+                views.resharding(
+                    self.result, by=self.reshard_by.value, values=self.reshard_values.value
+                ),
+            )
 
     def _mismatch_tab(self) -> w.Widget:
         mm = self.result.mismatches
         if not len(mm):
-            return w.HTML("<p>No mismatches: every key the target wants is in the checkpoint with its shape and dtype.</p>")
+            return w.HTML(
+                "<p>No mismatches: every key the target wants is in the checkpoint with its shape and dtype.</p>"
+            )
         # Hints are in the header (once); here one row per problem, then every rank.
         problems = self.result.problems.drop(columns=["n_ranks"])
-        per_rank = mm.drop(columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore")
-        return w.HTML("<h4>One row per problem</h4>" + table_html(problems, max_rows=500)
-                      + "<h4>Every key, every rank</h4>" + table_html(per_rank, max_rows=500))
+        per_rank = mm.drop(
+            columns=["saved_size", "saved_dtype", "current_size", "current_dtype"], errors="ignore"
+        )
+        return w.HTML(
+            "<h4>One row per problem</h4>"
+            + table_html(problems, max_rows=500)
+            + "<h4>Every key, every rank</h4>"
+            + table_html(per_rank, max_rows=500)
+        )

@@ -55,8 +55,11 @@ class LazyTabs(w.Tab):
         # The selected page is built before its box, so the front end gets it with the box's
         # first state rather than as a later update to a box it may already be drawing.
         first = self._built[selected] = self._builders[selected]()
-        super().__init__(children=[w.VBox([first] if i == selected else []) for i in range(len(pages))],
-                         titles=[title for title, _ in pages], selected_index=selected)
+        super().__init__(
+            children=[w.VBox([first] if i == selected else []) for i in range(len(pages))],
+            titles=[title for title, _ in pages],
+            selected_index=selected,
+        )
         self.observe(self._on_select, "selected_index")
 
     def page(self, key: int | str) -> w.Widget:
@@ -116,11 +119,13 @@ class TablesPanel(w.VBox):
         for ctl in (self.table_filter, self.table_sort, self.table_desc, self.table_rows):
             ctl.observe(self._draw, "value")
         self._on_table()
-        super().__init__([
-            w.HBox([self.table_name, self.table_filter]),
-            w.HBox([self.table_sort, self.table_desc, self.table_rows]),
-            self.table_out,
-        ])
+        super().__init__(
+            [
+                w.HBox([self.table_name, self.table_filter]),
+                w.HBox([self.table_sort, self.table_desc, self.table_rows]),
+                self.table_out,
+            ]
+        )
 
     def frame(self) -> pd.DataFrame:
         """The DataFrame of the table selected in the panel."""
@@ -137,5 +142,9 @@ class TablesPanel(w.VBox):
         if text and "fqn" in df.columns:
             df = df[df["fqn"].astype(str).str.contains(text, regex=False)]
         if self.table_sort.value and self.table_sort.value != "(table order)":
-            df = df.sort_values(self.table_sort.value, ascending=not self.table_desc.value, kind="stable")
-        self.table_out.value = table_html(df, max_rows=self.table_rows.value, byte_cols=BYTE_COLUMNS)
+            df = df.sort_values(
+                self.table_sort.value, ascending=not self.table_desc.value, kind="stable"
+            )
+        self.table_out.value = table_html(
+            df, max_rows=self.table_rows.value, byte_cols=BYTE_COLUMNS
+        )

@@ -45,13 +45,28 @@ def unreadable(folder: HFFolder) -> list[Row]:
     rows: list[Row] = []
     for f in folder.files:
         if f.header is None:
-            rows.append((Severity.DATA_LOSS, "safetensors-unreadable", "", (f.rank,) if f.rank >= 0 else (),
-                         f"{f.name} cannot be read: {f.error}",
-                         "re-export; save only tensors through DCP's HF writer (a non-tensor value is "
-                         "written as raw bytes in front of the header)"))
+            rows.append(
+                (
+                    Severity.DATA_LOSS,
+                    "safetensors-unreadable",
+                    "",
+                    (f.rank,) if f.rank >= 0 else (),
+                    f"{f.name} cannot be read: {f.error}",
+                    "re-export; save only tensors through DCP's HF writer (a non-tensor value is "
+                    "written as raw bytes in front of the header)",
+                )
+            )
     if folder.index_error:
-        rows.append((Severity.ERROR, "index-unreadable", "", (), folder.index_error,
-                     "re-export, or delete the broken model.safetensors.index.json"))
+        rows.append(
+            (
+                Severity.ERROR,
+                "index-unreadable",
+                "",
+                (),
+                folder.index_error,
+                "re-export, or delete the broken model.safetensors.index.json",
+            )
+        )
     return rows
 
 
@@ -62,12 +77,22 @@ def no_index(folder: HFFolder) -> list[Row]:
     if [f.name for f in folder.files] == ["model.safetensors"]:
         return []  # the one-file layout Hugging Face loaders open without an index
     many = len(folder.files) > 1
-    return [(Severity.WARNING, "no-index-json", "", (),
-             f"no model.safetensors.index.json next to {len(folder.files)} safetensors file(s)"
-             + (": Hugging Face loaders cannot open a folder of several files without it." if many else
-                ": Hugging Face loaders look for model.safetensors or an index."),
-             "save with DCP's HF writer without save_distributed, or with enable_consolidation=True "
-             "(it writes the index)")]
+    return [
+        (
+            Severity.WARNING,
+            "no-index-json",
+            "",
+            (),
+            f"no model.safetensors.index.json next to {len(folder.files)} safetensors file(s)"
+            + (
+                ": Hugging Face loaders cannot open a folder of several files without it."
+                if many
+                else ": Hugging Face loaders look for model.safetensors or an index."
+            ),
+            "save with DCP's HF writer without save_distributed, or with enable_consolidation=True "
+            "(it writes the index)",
+        )
+    ]
 
 
 def index_checks(folder: HFFolder) -> list[Row]:
@@ -80,9 +105,16 @@ def index_checks(folder: HFFolder) -> list[Row]:
     missing = sorted({v for v in mapped.values() if v not in names})
     for name in missing:
         keys = sorted(k for k, v in mapped.items() if v == name)
-        rows.append((Severity.ERROR, "index-missing-file", keys[0], (),
-                     f"the index maps {len(keys)} key(s) to {name}, which is not in the folder.",
-                     "re-export the folder; copy every shard file with the index"))
+        rows.append(
+            (
+                Severity.ERROR,
+                "index-missing-file",
+                keys[0],
+                (),
+                f"the index maps {len(keys)} key(s) to {name}, which is not in the folder.",
+                "re-export the folder; copy every shard file with the index",
+            )
+        )
     keys = _keys(folder)
     for f in folder.files:
         if f.header is None or f.name not in set(mapped.values()):
@@ -91,9 +123,17 @@ def index_checks(folder: HFFolder) -> list[Row]:
         said = {k for k, v in mapped.items() if v == f.name}
         if held != said:
             odd = sorted(held ^ said)
-            rows.append((Severity.ERROR, "index-disagrees", odd[0], (),
-                         f"the index and {f.name} disagree about {len(odd)} key(s) ({', '.join(odd[:3])}): "
-                         "the index belongs to another save.", "re-export the folder"))
+            rows.append(
+                (
+                    Severity.ERROR,
+                    "index-disagrees",
+                    odd[0],
+                    (),
+                    f"the index and {f.name} disagree about {len(odd)} key(s) ({', '.join(odd[:3])}): "
+                    "the index belongs to another save.",
+                    "re-export the folder",
+                )
+            )
     return rows + unindexed_files(folder) + _total_size(folder, missing)
 
 
@@ -108,17 +148,37 @@ def unindexed_files(folder: HFFolder) -> list[Row]:
     for f in folder.files:
         if f.header is None or f.name in indexed:
             continue
-        again = sorted(e.name for e in f.header.entries if any(n != f.name for n, _o in keys[e.name]))
-        gone = sorted(e.name for e in f.header.entries if e.name not in mapped and e.name not in again)
+        again = sorted(
+            e.name for e in f.header.entries if any(n != f.name for n, _o in keys[e.name])
+        )
+        gone = sorted(
+            e.name for e in f.header.entries if e.name not in mapped and e.name not in again
+        )
         if again:
-            rows.append((Severity.DATA_LOSS, "stale-safetensors", again[0], (),
-                         f"{f.name} is not in the index but DCP's HF reader reads every *.safetensors file: "
-                         f"{len(again)} key(s) it holds are also in other files ({', '.join(again[:3])}), so a "
-                         "load gets a second, older chunk (which one wins depends on the listing order).", _FRESH))
+            rows.append(
+                (
+                    Severity.DATA_LOSS,
+                    "stale-safetensors",
+                    again[0],
+                    (),
+                    f"{f.name} is not in the index but DCP's HF reader reads every *.safetensors file: "
+                    f"{len(again)} key(s) it holds are also in other files ({', '.join(again[:3])}), so a "
+                    "load gets a second, older chunk (which one wins depends on the listing order).",
+                    _FRESH,
+                )
+            )
         if gone:
-            rows.append((Severity.WARNING, "stale-safetensors", gone[0], (),
-                         f"{f.name} is not in the index but DCP's HF reader reads it: {len(gone)} key(s) the "
-                         f"index does not have come back ({', '.join(gone[:3])}).", _FRESH))
+            rows.append(
+                (
+                    Severity.WARNING,
+                    "stale-safetensors",
+                    gone[0],
+                    (),
+                    f"{f.name} is not in the index but DCP's HF reader reads it: {len(gone)} key(s) the "
+                    f"index does not have come back ({', '.join(gone[:3])}).",
+                    _FRESH,
+                )
+            )
     return rows
 
 
@@ -127,12 +187,24 @@ def _total_size(folder: HFFolder, missing: list[str]) -> list[Row]:
     indexed = set(dict(folder.index or ()).values())
     unread = any(f.header is None for f in folder.files if f.name in indexed)
     if folder.index_total_size is not None and not missing and not unread:
-        data = sum(e.nbytes for f in folder.files if f.header is not None and f.name in indexed
-                   for e in f.header.entries)
+        data = sum(
+            e.nbytes
+            for f in folder.files
+            if f.header is not None and f.name in indexed
+            for e in f.header.entries
+        )
         if data != folder.index_total_size:
-            rows.append((Severity.WARNING, "index-total-size", "", (),
-                         f"the index says total_size {folder.index_total_size} but its files hold {data} "
-                         "bytes of tensor data.", "re-export the folder"))
+            rows.append(
+                (
+                    Severity.WARNING,
+                    "index-total-size",
+                    "",
+                    (),
+                    f"the index says total_size {folder.index_total_size} but its files hold {data} "
+                    "bytes of tensor data.",
+                    "re-export the folder",
+                )
+            )
     return rows
 
 
@@ -147,10 +219,17 @@ def duplicate_chunks(folder: HFFolder) -> list[Row]:
             seen[off].append(name)
         for off, files in sorted(seen.items()):
             if len(files) > 1:
-                rows.append((Severity.ERROR, "duplicate-chunk", key, (),
-                             f"{key} at offsets {off} is in {len(files)} files ({', '.join(files[:3])}): DCP's HF "
-                             "reader keeps one of them by listing order; an earlier save's file is left here.",
-                             _FRESH))
+                rows.append(
+                    (
+                        Severity.ERROR,
+                        "duplicate-chunk",
+                        key,
+                        (),
+                        f"{key} at offsets {off} is in {len(files)} files ({', '.join(files[:3])}): DCP's HF "
+                        "reader keeps one of them by listing order; an earlier save's file is left here.",
+                        _FRESH,
+                    )
+                )
     return _capped(rows, Severity.ERROR, "duplicate-chunk", "are in several files", _FRESH)
 
 
@@ -159,15 +238,33 @@ def consolidation(folder: HFFolder) -> list[Row]:
     sub = folder.sharded
     if sub is None or folder.index is not None:
         return []
-    ints = sorted({e.name for f in sub.files if f.header is not None for e in f.header.entries
-                   if not e.dtype.startswith(("float", "bfloat", "complex"))})
-    why = (f" It holds non-floating tensors ({', '.join(ints[:3])}), which make consolidation's torch.finfo "
-           "raise TypeError." if ints else "")
-    return [(Severity.ERROR, "consolidation-incomplete", ints[0] if ints else "", (),
-             f"{len(sub.files)} shard file(s) in sharded/ and no consolidated index.json: the save's "
-             f"consolidation did not finish.{why}",
-             "drop or cast integer/bool tensors before exporting, then run DCP's "
-             "consolidate_safetensors_files on sharded/")]
+    ints = sorted(
+        {
+            e.name
+            for f in sub.files
+            if f.header is not None
+            for e in f.header.entries
+            if not e.dtype.startswith(("float", "bfloat", "complex"))
+        }
+    )
+    why = (
+        f" It holds non-floating tensors ({', '.join(ints[:3])}), which make consolidation's torch.finfo "
+        "raise TypeError."
+        if ints
+        else ""
+    )
+    return [
+        (
+            Severity.ERROR,
+            "consolidation-incomplete",
+            ints[0] if ints else "",
+            (),
+            f"{len(sub.files)} shard file(s) in sharded/ and no consolidated index.json: the save's "
+            f"consolidation did not finish.{why}",
+            "drop or cast integer/bool tensors before exporting, then run DCP's "
+            "consolidate_safetensors_files on sharded/",
+        )
+    ]
 
 
 def quantized_pairs(folder: HFFolder) -> list[Row]:
@@ -177,14 +274,27 @@ def quantized_pairs(folder: HFFolder) -> list[Row]:
         what = quantized_kind(k)
         if what is not None:
             found[what].append(k)
-    return [(Severity.INFO, "quantized-pair", ks[0], (),
-             f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}): DCP's HuggingFaceStorageReader loads them as stored; "
-             "QuantizedHuggingFaceStorageReader dequantizes the weights and leaves them unread.",
-             "load with QuantizedHuggingFaceStorageReader, and pass these keys as expected_unused")
-            for what, ks in sorted(found.items())]
+    return [
+        (
+            Severity.INFO,
+            "quantized-pair",
+            ks[0],
+            (),
+            f"{len(ks)} {what} key(s) ({', '.join(ks[:3])}): DCP's HuggingFaceStorageReader loads them as stored; "
+            "QuantizedHuggingFaceStorageReader dequantizes the weights and leaves them unread.",
+            "load with QuantizedHuggingFaceStorageReader, and pass these keys as expected_unused",
+        )
+        for what, ks in sorted(found.items())
+    ]
 
 
 def folder_checks(folder: HFFolder) -> pd.DataFrame:
     """Every check of a safetensors folder, most severe first."""
-    return _frame(unreadable(folder) + no_index(folder) + index_checks(folder) + duplicate_chunks(folder)
-                  + consolidation(folder) + quantized_pairs(folder))
+    return _frame(
+        unreadable(folder)
+        + no_index(folder)
+        + index_checks(folder)
+        + duplicate_chunks(folder)
+        + consolidation(folder)
+        + quantized_pairs(folder)
+    )

@@ -38,18 +38,28 @@ class HFCheckpointInfo(CheckpointInfo):
 
     def __repr__(self) -> str:
         t = self.totals
-        return (f"<HFCheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
-                f"{t['files']} safetensors files, {t['disk_nbytes']} bytes on disk; "
-                f"checks: {counts_line(self.checks)}>")
+        return (
+            f"<HFCheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
+            f"{t['files']} safetensors files, {t['disk_nbytes']} bytes on disk; "
+            f"checks: {counts_line(self.checks)}>"
+        )
 
 
 def hf_checkpoint_info(folder: HFFolder) -> HFCheckpointInfo:
     """Tables, totals and checks of a readable safetensors folder (CheckpointError otherwise)."""
     base = checkpoint_info(checkpoint_facts(folder))
-    files = base.files.assign(rank=[shard_rank(n) for n in base.files["file"]]).astype({"rank": "int64"})
+    files = base.files.assign(rank=[shard_rank(n) for n in base.files["file"]]).astype(
+        {"rank": "int64"}
+    )
     # A safetensors file is its header plus the data of its tensors: the header bytes are not a gap.
-    notes = [f"{len(folder.files)} safetensors files; DCP's HF reader reads every one of them"
-             + (f"; the index maps {len(folder.index)} keys" if folder.index is not None else "; no index.json")]
+    notes = [
+        f"{len(folder.files)} safetensors files; DCP's HF reader reads every one of them"
+        + (
+            f"; the index maps {len(folder.index)} keys"
+            if folder.index is not None
+            else "; no index.json"
+        )
+    ]
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(CheckpointInfo)}
     fields.update(files=files, notes=notes)
     return HFCheckpointInfo(**fields, folder=folder)

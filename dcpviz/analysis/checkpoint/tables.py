@@ -40,19 +40,34 @@ class CheckpointInfo:
 
     def __repr__(self) -> str:
         t = self.totals
-        return (f"<CheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
-                f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk; "
-                f"checks: {counts_line(self.checks)}>")
+        return (
+            f"<CheckpointInfo {str(self.path)!r}: {t['tensors']} tensors in {t['chunks']} chunks, "
+            f"{t['bytes_entries']} bytes entries, {t['files']} files, {t['disk_nbytes']} bytes on disk; "
+            f"checks: {counts_line(self.checks)}>"
+        )
 
 
 def checkpoint_info(facts: CheckpointFacts) -> CheckpointInfo:
     """Chunks, storage and files tables, totals and notes of a checked checkpoint."""
-    storage = pd.DataFrame(facts.storage_rows, columns=["fqn", "offsets", "file", "offset", "length", "rank"])
+    storage = pd.DataFrame(
+        facts.storage_rows, columns=["fqn", "offsets", "file", "offset", "length", "rank"]
+    )
     storage = storage.sort_values(["file", "offset"], kind="stable").reset_index(drop=True)
     storage = storage.astype({"offset": "int64", "length": "int64", "rank": "int64"})
     files = _files(facts, storage)
-    chunks = pd.DataFrame(facts.chunk_rows, columns=["fqn", "chunk_index", "offsets", "sizes", "dtype", "nbytes",
-                                                     "kind", "global_size"])
+    chunks = pd.DataFrame(
+        facts.chunk_rows,
+        columns=[
+            "fqn",
+            "chunk_index",
+            "offsets",
+            "sizes",
+            "dtype",
+            "nbytes",
+            "kind",
+            "global_size",
+        ],
+    )
     chunks = chunks.astype({"chunk_index": "int64", "nbytes": "int64"})
     data_nbytes = int(chunks["nbytes"].sum())
     totals = {
@@ -69,8 +84,15 @@ def checkpoint_info(facts: CheckpointFacts) -> CheckpointInfo:
         "metadata_nbytes": facts.metadata_nbytes,
         "dcp_version": facts.dcp_version,
     }
-    return CheckpointInfo(path=facts.path, metadata=facts.metadata, chunks=chunks, storage=storage, files=files,
-                          totals=totals, notes=_notes(facts, files))
+    return CheckpointInfo(
+        path=facts.path,
+        metadata=facts.metadata,
+        chunks=chunks,
+        storage=storage,
+        files=files,
+        totals=totals,
+        notes=_notes(facts, files),
+    )
 
 
 def _files(facts: CheckpointFacts, storage: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +103,9 @@ def _files(facts: CheckpointFacts, storage: pd.DataFrame) -> pd.DataFrame:
         n_stored = int(stored.loc[rel, "stored_nbytes"]) if rel in stored.index else 0
         rows.append((rel, facts.file_sizes[rel], file_rank(rel), n_items, n_stored))
     files = pd.DataFrame(rows, columns=["file", "nbytes", "rank", "items", "stored_nbytes"])
-    return files.astype({"nbytes": "int64", "rank": "int64", "items": "int64", "stored_nbytes": "int64"})
+    return files.astype(
+        {"nbytes": "int64", "rank": "int64", "items": "int64", "stored_nbytes": "int64"}
+    )
 
 
 def _notes(facts: CheckpointFacts, files: pd.DataFrame) -> list[str]:
@@ -94,8 +118,14 @@ def _notes(facts: CheckpointFacts, files: pd.DataFrame) -> list[str]:
             "(DCP overwrites .metadata but does not delete old data files)."
         )
     referenced = set(facts.referenced_files)
-    gaps = [r for r in files.itertuples(index=False) if r.file in referenced and r.nbytes != r.stored_nbytes]
+    gaps = [
+        r
+        for r in files.itertuples(index=False)
+        if r.file in referenced and r.nbytes != r.stored_nbytes
+    ]
     if gaps:
-        notes.append(f"{len(gaps)} files hold bytes no record refers to (e.g. {gaps[0].file}: "
-                     f"{gaps[0].nbytes} on disk, {gaps[0].stored_nbytes} referenced).")
+        notes.append(
+            f"{len(gaps)} files hold bytes no record refers to (e.g. {gaps[0].file}: "
+            f"{gaps[0].nbytes} on disk, {gaps[0].stored_nbytes} referenced)."
+        )
     return notes

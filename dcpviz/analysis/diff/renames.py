@@ -49,20 +49,30 @@ def _facts(e: SideEntry) -> KeyFacts:
 
 def _rule_text(kind: str, a: str, b: str) -> str:
     if kind == "wrapper":
-        return "wrapper " + (f"{b} in A" if b else "") + (" / " if a and b else "") + (f"{a} in B" if a else "")
+        return (
+            "wrapper "
+            + (f"{b} in A" if b else "")
+            + (" / " if a and b else "")
+            + (f"{a} in B" if a else "")
+        )
     if kind == "rewrite":
         return f"rewrite {{{a!r}: {b!r}}} (B: A)"
     return kind  # 'rewritten': equal once an earlier rewrite renamed it
 
 
-def rename_candidates(only_a: list[SideEntry], only_b: list[SideEntry]) -> tuple[RenameCandidate, ...]:
+def rename_candidates(
+    only_a: list[SideEntry], only_b: list[SideEntry]
+) -> tuple[RenameCandidate, ...]:
     """Every candidate pair, sorted by (fqn_a, fqn_b): ``certain`` pairs are the matcher's
     mapping, the others its ambiguities' candidate pairs."""
     saved = {e.fqn: _facts(e) for e in only_a}
     target = {e.fqn: _facts(e) for e in only_b}
     m = match_keys(target, saved, missing=sorted(target), unexpected=sorted(saved))
     why = {pair: _rule_text(r.kind, r.a, r.b) for r in m.rules for pair in r.pairs}
-    out = {(u, t): RenameCandidate(u, t, _suffix(u, t), True, why.get((t, u), "")) for t, u in m.mapping}
+    out = {
+        (u, t): RenameCandidate(u, t, _suffix(u, t), True, why.get((t, u), ""))
+        for t, u in m.mapping
+    }
     cands: dict[str, set[str]] = {}
     for amb in m.ambiguities:
         for t, u in amb.pairs:

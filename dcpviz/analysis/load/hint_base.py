@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIM_STATE_NAMES = {
-    "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "step", "sum", "square_avg",
-    "acc_delta", "mu", "eta", "prev", "step_size",
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "momentum_buffer",
+    "step",
+    "sum",
+    "square_avg",
+    "acc_delta",
+    "mu",
+    "eta",
+    "prev",
+    "step_size",
 }
 _GROUP_NAMES = {"lr", "betas", "eps", "weight_decay", "amsgrad", "momentum", "params", "initial_lr"}
 
@@ -26,7 +36,9 @@ class Hint:
     fix: str
     mapping: tuple[tuple[str, str], ...] = ()
     keys: tuple[str, ...] = ()
-    cause: str = ""  # a short phrase for the verdict line ("a renamed module ('mlp' → 'feed_forward')")
+    cause: str = (
+        ""  # a short phrase for the verdict line ("a renamed module ('mlp' → 'feed_forward')")
+    )
 
     @property
     def rename(self) -> dict[str, str]:

@@ -49,7 +49,9 @@ def _optim_key(key: str) -> str | None:
     if _BY_INDEX.search(key):
         return "index"
     segs = key.split(".")
-    if ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or ("param_groups" in segs and segs[-1] in _GROUP_NAMES):
+    if ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or (
+        "param_groups" in segs and segs[-1] in _GROUP_NAMES
+    ):
         return "name"
     return None
 
@@ -63,36 +65,46 @@ def _optimizer_hints(missing: set[str], unexpected: set[str]) -> list[Hint]:
         return []
     m_kinds, u_kinds = Counter(m[k] for k in m_opt), Counter(u[k] for k in u_opt)
     hints = []
-    api = ("torch.distributed.checkpoint.state_dict.get_optimizer_state_dict(model, optim) to save "
-           "and set_optimizer_state_dict(model, optim, sd) to load, on both sides")
+    api = (
+        "torch.distributed.checkpoint.state_dict.get_optimizer_state_dict(model, optim) to save "
+        "and set_optimizer_state_dict(model, optim, sd) to load, on both sides"
+    )
     if m_opt and u_opt and set(m_kinds) != set(u_kinds):
         t_form = "parameter names" if "name" in m_kinds else "parameter indices"
         c_form = "parameter names" if "name" in u_kinds else "parameter indices"
-        hints.append(Hint(
-            "optimizer",
-            f"Optimizer state is keyed by {c_form} in the checkpoint but by {t_form} in the target",
-            f"checkpoint keys like {_examples(sorted(u_opt), 1)}, target keys like {_examples(sorted(m_opt), 1)}: "
-            "optimizer.state_dict() keys state by parameter index, get_optimizer_state_dict by FQN.",
-            f"# use {api}",
-            keys=tuple(sorted(m_opt | u_opt)), cause="optimizer state keyed by index on one side, by name on the other",
-        ))
+        hints.append(
+            Hint(
+                "optimizer",
+                f"Optimizer state is keyed by {c_form} in the checkpoint but by {t_form} in the target",
+                f"checkpoint keys like {_examples(sorted(u_opt), 1)}, target keys like {_examples(sorted(m_opt), 1)}: "
+                "optimizer.state_dict() keys state by parameter index, get_optimizer_state_dict by FQN.",
+                f"# use {api}",
+                keys=tuple(sorted(m_opt | u_opt)),
+                cause="optimizer state keyed by index on one side, by name on the other",
+            )
+        )
     elif m_opt and not u_opt:
-        hints.append(Hint(
-            "optimizer",
-            "The target loads optimizer state the checkpoint does not have",
-            f"{len(m_opt)} optimizer keys ({_examples(sorted(m_opt), 2)}) are missing: a model-only checkpoint?",
-            "load the model alone: dcp.load({'model': model_sd}, ...); or "
-            "planner=DefaultLoadPlanner(allow_partial_load=True) to leave the optimizer state as initialised",
-            keys=tuple(sorted(m_opt)), cause="optimizer state the checkpoint does not have",
-        ))
+        hints.append(
+            Hint(
+                "optimizer",
+                "The target loads optimizer state the checkpoint does not have",
+                f"{len(m_opt)} optimizer keys ({_examples(sorted(m_opt), 2)}) are missing: a model-only checkpoint?",
+                "load the model alone: dcp.load({'model': model_sd}, ...); or "
+                "planner=DefaultLoadPlanner(allow_partial_load=True) to leave the optimizer state as initialised",
+                keys=tuple(sorted(m_opt)),
+                cause="optimizer state the checkpoint does not have",
+            )
+        )
     elif u_opt and not m_opt:
-        hints.append(Hint(
-            "optimizer",
-            "The checkpoint carries optimizer state the target does not load",
-            f"{len(u_opt)} optimizer keys ({_examples(sorted(u_opt), 2)}) are read by no rank; DCP ignores them.",
-            f"# nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with {api}",
-            keys=tuple(sorted(u_opt)),
-        ))
+        hints.append(
+            Hint(
+                "optimizer",
+                "The checkpoint carries optimizer state the target does not load",
+                f"{len(u_opt)} optimizer keys ({_examples(sorted(u_opt), 2)}) are read by no rank; DCP ignores them.",
+                f"# nothing to do for inference or a fresh optimizer; to resume training, add the optimizer with {api}",
+                keys=tuple(sorted(u_opt)),
+            )
+        )
     # Only the keys a hint names are explained; the rest (optimizer state of an added or dropped
     # module, keyed the same way on both sides) is left for the rules after this one.
     for h in hints:
@@ -101,7 +113,14 @@ def _optimizer_hints(missing: set[str], unexpected: set[str]) -> list[Hint]:
     return hints
 
 
-_BITS = {"float64": 64, "float32": 32, "bfloat16": 16, "float16": 16, "float8_e4m3fn": 8, "float8_e5m2": 8}
+_BITS = {
+    "float64": 64,
+    "float32": 32,
+    "bfloat16": 16,
+    "float16": 16,
+    "float8_e4m3fn": 8,
+    "float8_e5m2": 8,
+}
 
 
 def _narrower(a: str, b: str) -> bool:
@@ -109,8 +128,9 @@ def _narrower(a: str, b: str) -> bool:
 
 
 # -- the rest ------------------------------------------------------------------------------
-def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool, match: Match,
-                    trace: LoadTrace) -> list[Hint]:
+def _leftover_hints(
+    missing: set[str], unexpected: set[str], partial: bool, match: Match, trace: LoadTrace
+) -> list[Hint]:
     """Keys with no possible source (``missing``: nothing in the checkpoint could fill them) and
     checkpoint keys nothing reads. Only for the former is allow_partial_load offered, naming every
     key that keeps its initial value."""
@@ -119,40 +139,50 @@ def _leftover_hints(missing: set[str], unexpected: set[str], partial: bool, matc
         keys = tuple(sorted(missing))
         named = ", ".join(repr(k) for k in keys)
         if partial:
-            hints.append(Hint(
-                "partial",
-                f"{len(keys)} target key(s) are not in the checkpoint and keep their initial values",
-                f"{named}: allow_partial_load=True makes DCP skip them.",
-                "# nothing to do if these are new (e.g. a new head); otherwise check the checkpoint",
-                keys=keys,
-            ))
+            hints.append(
+                Hint(
+                    "partial",
+                    f"{len(keys)} target key(s) are not in the checkpoint and keep their initial values",
+                    f"{named}: allow_partial_load=True makes DCP skip them.",
+                    "# nothing to do if these are new (e.g. a new head); otherwise check the checkpoint",
+                    keys=keys,
+                )
+            )
         else:
             rename, resized = cumulative_fix(trace, match)
             if rename or resized:
                 fix = fix_code(rename, resized, allow_partial_load=True, hf=is_hf_source(trace))
             else:
-                fix = ("from torch.distributed.checkpoint import DefaultLoadPlanner\n"
-                       "planner = DefaultLoadPlanner(allow_partial_load=True)\n"
-                       "dcp.load(sd, checkpoint_id=CKPT, planner=planner)")
+                fix = (
+                    "from torch.distributed.checkpoint import DefaultLoadPlanner\n"
+                    "planner = DefaultLoadPlanner(allow_partial_load=True)\n"
+                    "dcp.load(sd, checkpoint_id=CKPT, planner=planner)"
+                )
             fix += f"\n# these {len(keys)} key(s) keep their initial values: {named}"
-            hints.append(Hint(
-                "partial",
-                f"{len(keys)} target key(s) are not in the checkpoint",
-                f"{named}: no checkpoint key could fill them. If that is intended (new layers, a new "
-                "head), they can keep their initial values.",
-                fix, keys=keys, cause=f"{len(keys)} key(s) missing from the checkpoint",
-            ))
+            hints.append(
+                Hint(
+                    "partial",
+                    f"{len(keys)} target key(s) are not in the checkpoint",
+                    f"{named}: no checkpoint key could fill them. If that is intended (new layers, a new "
+                    "head), they can keep their initial values.",
+                    fix,
+                    keys=keys,
+                    cause=f"{len(keys)} key(s) missing from the checkpoint",
+                )
+            )
     if unexpected:
         keys = tuple(sorted(unexpected))
-        hints.append(Hint(
-            "unexpected",
-            f"{len(keys)} checkpoint key(s) are read by no target rank",
-            f"{_examples(keys)}. DCP ignores them silently: if the target should have them, its "
-            "model is missing modules.",
-            "# nothing to do if they are dropped on purpose (declare them: simulate_load(..., "
-            "expected_unused=[...])); otherwise add the modules to the target",
-            keys=keys,
-        ))
+        hints.append(
+            Hint(
+                "unexpected",
+                f"{len(keys)} checkpoint key(s) are read by no target rank",
+                f"{_examples(keys)}. DCP ignores them silently: if the target should have them, its "
+                "model is missing modules.",
+                "# nothing to do if they are dropped on purpose (declare them: simulate_load(..., "
+                "expected_unused=[...])); otherwise add the modules to the target",
+                keys=keys,
+            )
+        )
     return hints
 
 
@@ -164,8 +194,12 @@ def compute_hints(trace: LoadTrace, choices: dict[str, str] | None = None) -> li
     or shown as a tie); ``choices`` are the caller's answers to the ties."""
     missing = {m.fqn for m in trace.mismatches if m.kind == MismatchKind.MISSING}
     # Keys declared unused on purpose are no longer a problem to explain.
-    unexpected = {m.fqn for m in trace.mismatches if m.kind == MismatchKind.UNEXPECTED
-                  and not any(m.fqn == p or fnmatch.fnmatchcase(m.fqn, p) for p in trace.expected_unused)}
+    unexpected = {
+        m.fqn
+        for m in trace.mismatches
+        if m.kind == MismatchKind.UNEXPECTED
+        and not any(m.fqn == p or fnmatch.fnmatchcase(m.fqn, p) for p in trace.expected_unused)
+    }
     partial = bool(trace.planner.option("allow_partial_load", False))
     hints = param_group_hints(trace, missing, unexpected)
     match = trace_match(trace, choices, missing, unexpected)
@@ -190,5 +224,6 @@ def hints_table(hints: list[Hint]) -> pd.DataFrame:
     """The hints as a DataFrame (one row per hint, most likely first): ``keys`` is how many keys
     the hint explains, ``mapping`` the rename as a dict (empty when the fix is not a rename)."""
     return pd.DataFrame(
-        [(h.kind, h.title, h.detail, h.fix, len(h.keys), h.rename) for h in hints], columns=HINT_COLUMNS
+        [(h.kind, h.title, h.detail, h.fix, len(h.keys), h.rename) for h in hints],
+        columns=HINT_COLUMNS,
     )

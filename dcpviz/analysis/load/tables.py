@@ -19,18 +19,51 @@ from dcpviz.core.trace import ChunkWriter, LoadTrace, PlanRecord, ReadRecord
 from dcpviz.core.units import itemsize as dtype_itemsize
 
 READ_ITEM_COLUMNS = [
-    "rank", "fqn", "dest_offsets", "storage_offsets", "lengths", "saved_offsets", "nbytes",
-    "writer_rank", "file", "item_type", "dest_chunk_offsets", "saved_chunk", "dtype",
-    "chunk_nbytes", "storage_nbytes", "storage_fqn", "component",
+    "rank",
+    "fqn",
+    "dest_offsets",
+    "storage_offsets",
+    "lengths",
+    "saved_offsets",
+    "nbytes",
+    "writer_rank",
+    "file",
+    "item_type",
+    "dest_chunk_offsets",
+    "saved_chunk",
+    "dtype",
+    "chunk_nbytes",
+    "storage_nbytes",
+    "storage_fqn",
+    "component",
 ]
 RANK_VOLUME_COLUMNS = [
-    "rank", "reads", "nbytes", "chunk_nbytes", "wanted_nbytes", "tensors", "saved_chunks",
-    "writers", "files", "coordinate", "planned",
+    "rank",
+    "reads",
+    "nbytes",
+    "chunk_nbytes",
+    "wanted_nbytes",
+    "tensors",
+    "saved_chunks",
+    "writers",
+    "files",
+    "coordinate",
+    "planned",
 ]
 RESHARDING_COLUMNS = ["rank", "writer_rank", "file", "reads", "nbytes", "chunk_nbytes"]
 MISMATCH_COLUMNS = [
-    "rank", "fqn", "kind", "saved", "current", "message", "dcp_raised", "explanation",
-    "saved_size", "saved_dtype", "current_size", "current_dtype",
+    "rank",
+    "fqn",
+    "kind",
+    "saved",
+    "current",
+    "message",
+    "dcp_raised",
+    "explanation",
+    "saved_size",
+    "saved_dtype",
+    "current_size",
+    "current_dtype",
 ]
 KIND_ORDER = MISMATCH_ORDER
 
@@ -49,7 +82,9 @@ class _Saved:
     """Lookups into the checkpoint side: writer, file, chunk sizes, dtype per saved chunk."""
 
     def __init__(self, trace: LoadTrace) -> None:
-        self.writers: dict[tuple[str, Any], ChunkWriter] = {(w.fqn, w.offsets): w for w in trace.saved_writers}
+        self.writers: dict[tuple[str, Any], ChunkWriter] = {
+            (w.fqn, w.offsets): w for w in trace.saved_writers
+        }
         self.dtype: dict[str, str] = {}
         self.chunk_nbytes: dict[tuple[str, Any], int] = {}
         for t in trace.saved.tensors:
@@ -99,10 +134,17 @@ def _read_rows(trace: LoadTrace) -> list[tuple]:
                 key = saved.key(r)
                 w = saved.writers.get(key)
                 row = per_item[i] = (
-                    r.fqn, r.dest_offsets, r.storage_offsets, r.lengths, r.saved_offsets, r.nbytes,
+                    r.fqn,
+                    r.dest_offsets,
+                    r.storage_offsets,
+                    r.lengths,
+                    r.saved_offsets,
+                    r.nbytes,
                     -1 if w is None or w.rank is None else w.rank,
                     None if w is None else w.file,
-                    r.item_type, r.dest_chunk_offsets, -1 if r.saved_chunk is None else r.saved_chunk,
+                    r.item_type,
+                    r.dest_chunk_offsets,
+                    -1 if r.saved_chunk is None else r.saved_chunk,
                     saved.dtype.get(key[0], ""),
                     saved.chunk_nbytes.get(key, 0),
                     None if w is None else w.storage_nbytes,
@@ -123,7 +165,15 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     df["storage_nbytes"] = pd.array(df["storage_nbytes"].tolist(), dtype="Int64")
-    return df.astype({"rank": "int64", "nbytes": "int64", "writer_rank": "int64", "saved_chunk": "int64", "chunk_nbytes": "int64"})
+    return df.astype(
+        {
+            "rank": "int64",
+            "nbytes": "int64",
+            "writer_rank": "int64",
+            "saved_chunk": "int64",
+            "chunk_nbytes": "int64",
+        }
+    )
 
 
 def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
@@ -136,7 +186,9 @@ def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
             continue
         itemsize = dtype_itemsize(tv.dtype)
         per_value.append(sum(math.prod(c.sizes) for c in tv.chunks) * itemsize)
-    return np.array([sum(per_value[i] for i in ids) for ids in trace.wanted_by_rank], dtype=np.int64)
+    return np.array(
+        [sum(per_value[i] for i in ids) for ids in trace.wanted_by_rank], dtype=np.int64
+    )
 
 
 def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -168,9 +220,17 @@ def _rank_volume(trace: LoadTrace, reads: pd.DataFrame) -> pd.DataFrame:
             "reads": col(g.size()).to_numpy(),
             "nbytes": col(g["nbytes"].sum()).to_numpy(),
             "chunk_nbytes": col(g["chunk_nbytes"].sum()).to_numpy(),
-            "wanted_nbytes": wanted_nbytes(trace) if trace.wanted_by_rank else np.zeros(W, np.int64),
+            "wanted_nbytes": wanted_nbytes(trace)
+            if trace.wanted_by_rank
+            else np.zeros(W, np.int64),
             "tensors": col(g["fqn"].nunique()).to_numpy(),
-            "saved_chunks": col(reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"]))).groupby("rank")["_k"].nunique()).to_numpy() if len(reads) else np.zeros(W, np.int64),
+            "saved_chunks": col(
+                reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"])))
+                .groupby("rank")["_k"]
+                .nunique()
+            ).to_numpy()
+            if len(reads)
+            else np.zeros(W, np.int64),
             "writers": col(g["writer_rank"].nunique()).to_numpy(),
             "files": col(g["file"].nunique()).to_numpy(),
             "coordinate": [trace.scenario.coordinate(r) for r in range(W)],
@@ -200,22 +260,23 @@ def resharding(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFr
     return df[RESHARDING_COLUMNS]
 
 
-def resharding_matrix(trace: LoadTrace, by: str = "writer_rank", values: str = "nbytes",
-                      reads: pd.DataFrame | None = None) -> pd.DataFrame:
+def resharding_matrix(
+    trace: LoadTrace,
+    by: str = "writer_rank",
+    values: str = "nbytes",
+    reads: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Target rank (rows, every rank) x ``by`` ('writer_rank' or 'file') -> ``values``
     ('nbytes', 'reads' or 'chunk_nbytes'), zeros where a rank reads nothing from a column."""
     if by not in ("writer_rank", "file"):
-
         raise DcpvizError(f"by={by!r}: use 'writer_rank' or 'file'.")
     if values not in ("nbytes", "reads", "chunk_nbytes"):
-
         raise DcpvizError(f"values={values!r}: use 'nbytes', 'reads' or 'chunk_nbytes'.")
     long = resharding(trace, reads)
     W = trace.scenario.world_size
     if by == "file":
         long = long[long["file"].notna()]
         if long.empty and len(reads if reads is not None else trace.reads):
-
             raise DcpvizError(
                 "by='file' needs a checkpoint on disk: this load was planned against "
                 f"{trace.saved_source or 'a save trace'}, whose reads name no files. Plan the load "
@@ -251,21 +312,27 @@ def explanation(m: Any, partial: bool) -> str:
     """What the mismatch means for dcp.load, in plain words (ours, not DCP's)."""
     if m.kind == MismatchKind.MISSING:
         if partial:
-            return ("not in the checkpoint; allow_partial_load=True makes DCP skip it, so it keeps "
-                    "its initial value")
+            return (
+                "not in the checkpoint; allow_partial_load=True makes DCP skip it, so it keeps "
+                "its initial value"
+            )
         return "the target wants this key but the checkpoint has none; DCP raises (strict load)"
     if m.kind == MismatchKind.UNEXPECTED:
         return "in the checkpoint but no target rank asks for it; DCP ignores it silently"
     if m.kind == MismatchKind.SIZE:
         return "the global shape changed; DCP refuses to load a tensor into a different shape"
     if m.kind == MismatchKind.DTYPE:
-        return (f"DCP does not check dtypes: FileSystemReader copies with Tensor.copy_, casting "
-                f"{m.saved_dtype} to {m.current_dtype} silently")
+        return (
+            f"DCP does not check dtypes: FileSystemReader copies with Tensor.copy_, casting "
+            f"{m.saved_dtype} to {m.current_dtype} silently"
+        )
     if m.kind == MismatchKind.TYPE:
         if m.saved_size is not None:
             return "saved as a tensor, but the target holds a non-tensor value here"
-        return ("saved as bytes (a non-tensor), but the target holds a tensor: DCP plans a bytes "
-                "read and replaces the dict entry; the tensor itself is not updated")
+        return (
+            "saved as bytes (a non-tensor), but the target holds a tensor: DCP plans a bytes "
+            "read and replaces the dict entry; the tensor itself is not updated"
+        )
     return "DCP rejected this key"
 
 
@@ -278,20 +345,35 @@ def mismatches(trace: LoadTrace) -> pd.DataFrame:
     for m in trace.mismatches:
         saved, current = _saved_current(m)
         why = explanation(m, partial)
-        base = (m.fqn, m.kind, saved, current, m.message, bool(m.message), why,
-                m.saved_size, m.saved_dtype, m.current_size, m.current_dtype)
+        base = (
+            m.fqn,
+            m.kind,
+            saved,
+            current,
+            m.message,
+            bool(m.message),
+            why,
+            m.saved_size,
+            m.saved_dtype,
+            m.current_size,
+            m.current_dtype,
+        )
         if m.ranks:
             rows.extend((r, *base) for r in m.ranks)
         else:
             rows.append((None, *base))
     cols = list(zip(*rows)) if rows else [()] * len(MISMATCH_COLUMNS)
     # Built column by column as object arrays, so absent values stay None (not NaN).
-    df = pd.DataFrame({name: pd.Series(list(c), dtype=object) for name, c in zip(MISMATCH_COLUMNS, cols)})
+    df = pd.DataFrame(
+        {name: pd.Series(list(c), dtype=object) for name, c in zip(MISMATCH_COLUMNS, cols)}
+    )
     df["rank"] = pd.array(df["rank"].tolist(), dtype="Int64")
     df["dcp_raised"] = df["dcp_raised"].astype(bool)
     if len(df):
         order = df["kind"].map(KIND_ORDER).fillna(9)
-        df = df.assign(_o=order).sort_values(["_o", "fqn", "rank"], kind="stable").drop(columns="_o")
+        df = (
+            df.assign(_o=order).sort_values(["_o", "fqn", "rank"], kind="stable").drop(columns="_o")
+        )
         df = df.reset_index(drop=True)
     return df
 
@@ -327,15 +409,35 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
     }
 
 
-SAVED_BOX_COLUMNS = ["offsets", "sizes", "writer_rank", "file", "nbytes", "read_by_rank", "read_nbytes"]
-READ_BOX_COLUMNS = ["offsets", "sizes", "saved_offsets", "writer_rank", "file", "nbytes", "chunk_nbytes"]
+SAVED_BOX_COLUMNS = [
+    "offsets",
+    "sizes",
+    "writer_rank",
+    "file",
+    "nbytes",
+    "read_by_rank",
+    "read_nbytes",
+]
+READ_BOX_COLUMNS = [
+    "offsets",
+    "sizes",
+    "saved_offsets",
+    "writer_rank",
+    "file",
+    "nbytes",
+    "chunk_nbytes",
+]
 
 
 def saved_boxes(trace: LoadTrace, reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
     """The checkpoint's chunks of ``fqn``: writer, file, bytes, and what ``rank`` reads of each."""
     saved = _saved(trace)
     mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn)]
-    read_bytes = mine.groupby(mine["saved_offsets"].map(tuple), sort=False)["nbytes"].sum().to_dict() if len(mine) else {}
+    read_bytes = (
+        mine.groupby(mine["saved_offsets"].map(tuple), sort=False)["nbytes"].sum().to_dict()
+        if len(mine)
+        else {}
+    )
     rows = []
     for t in trace.saved.tensors:
         if t.fqn != fqn:
@@ -344,8 +446,15 @@ def saved_boxes(trace: LoadTrace, reads: pd.DataFrame, fqn: str, rank: int) -> p
             w = saved.writers.get((fqn, c.offsets))
             got = int(read_bytes.get(c.offsets, 0))
             rows.append(
-                (c.offsets, c.sizes, -1 if w is None or w.rank is None else w.rank, None if w is None else w.file,
-                 saved.chunk_nbytes.get((fqn, c.offsets), 0), got > 0, got)
+                (
+                    c.offsets,
+                    c.sizes,
+                    -1 if w is None or w.rank is None else w.rank,
+                    None if w is None else w.file,
+                    saved.chunk_nbytes.get((fqn, c.offsets), 0),
+                    got > 0,
+                    got,
+                )
             )
     return pd.DataFrame(rows, columns=SAVED_BOX_COLUMNS)
 
@@ -355,14 +464,23 @@ def read_boxes(reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
     (the saved chunk's offsets plus the read's offsets within it)."""
     mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn) & (reads["item_type"] == "TENSOR")]
     rows = [
-        (tuple(o + s for o, s in zip(r.saved_offsets, r.storage_offsets)), r.lengths, r.saved_offsets, r.writer_rank,
-         r.file, r.nbytes, r.chunk_nbytes)
+        (
+            tuple(o + s for o, s in zip(r.saved_offsets, r.storage_offsets)),
+            r.lengths,
+            r.saved_offsets,
+            r.writer_rank,
+            r.file,
+            r.nbytes,
+            r.chunk_nbytes,
+        )
         for r in mine.itertuples(index=False)
     ]
     return pd.DataFrame(rows, columns=READ_BOX_COLUMNS)
 
 
-def wanted_boxes(trace: LoadTrace, fqn: str, rank: int) -> tuple[tuple[int, ...] | None, str | None, list[tuple]]:
+def wanted_boxes(
+    trace: LoadTrace, fqn: str, rank: int
+) -> tuple[tuple[int, ...] | None, str | None, list[tuple]]:
     """(global size, dtype, [(offsets, sizes), ...]) of what target ``rank`` holds under ``fqn``."""
     if rank >= len(trace.wanted_by_rank):
         return None, None, []

@@ -26,7 +26,17 @@ from dcpviz.core.trace import ErrorRecord, LoadTrace, MismatchRecord
 # that the target could hold does not reach it ('loses'), it goes through but does something the
 # user may not want ('silent'), or the user declared it ('expected').
 SEVERITY_ORDER = {"breaks": 0, "loses": 1, "silent": 2, "expected": 3}
-PROBLEM_COLUMNS = ["severity", "kind", "fqn", "saved", "current", "ranks", "n_ranks", "message", "explanation"]
+PROBLEM_COLUMNS = [
+    "severity",
+    "kind",
+    "fqn",
+    "saved",
+    "current",
+    "ranks",
+    "n_ranks",
+    "message",
+    "explanation",
+]
 ERROR_GROUP_COLUMNS = ["phase", "exc_type", "message", "ranks", "n_ranks"]
 
 
@@ -67,8 +77,14 @@ def bytes_over_tensor(m: MismatchRecord) -> bool:
 
 def unread_keys(trace: LoadTrace) -> list[str]:
     """Checkpoint keys no target rank reads, those declared unused (expected_unused) left out."""
-    return sorted({m.fqn for m in trace.mismatches
-                   if m.kind == MismatchKind.UNEXPECTED and not is_expected_unused(m.fqn, trace.expected_unused)})
+    return sorted(
+        {
+            m.fqn
+            for m in trace.mismatches
+            if m.kind == MismatchKind.UNEXPECTED
+            and not is_expected_unused(m.fqn, trace.expected_unused)
+        }
+    )
 
 
 def skipped_keys(trace: LoadTrace) -> list[str]:
@@ -82,7 +98,11 @@ def skipped_keys(trace: LoadTrace) -> list[str]:
 def is_optimizer_key(key: str) -> bool:
     """Optimizer state or param groups, keyed by name or by index (state.<x>.exp_avg, ...)."""
     segs = key.split(".")
-    return ("state" in segs and segs[-1] in OPTIM_STATE_NAMES) or "param_groups" in segs or segs[0] in ("optim", "optimizer")
+    return (
+        ("state" in segs and segs[-1] in OPTIM_STATE_NAMES)
+        or "param_groups" in segs
+        or segs[0] in ("optim", "optimizer")
+    )
 
 
 def possible_sources(trace: LoadTrace) -> dict[str, tuple[str, ...]]:
@@ -103,7 +123,10 @@ def possible_sources(trace: LoadTrace) -> dict[str, tuple[str, ...]]:
     by_side_shape: dict[tuple, list[str]] = defaultdict(list)
     for u in sorted(unread):
         by_side_shape[(is_optimizer_key(u), shape.get(u))].append(u)
-    return {k: tuple(by_side_shape.get((is_optimizer_key(k), shape.get(k)), ())) for k in sorted(skipped)}
+    return {
+        k: tuple(by_side_shape.get((is_optimizer_key(k), shape.get(k)), ()))
+        for k in sorted(skipped)
+    }
 
 
 def lossy_keys(trace: LoadTrace) -> set[str]:
@@ -124,7 +147,9 @@ def leaves_data_unread(trace: LoadTrace) -> bool:
     return bool(lossy_keys(trace))
 
 
-def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), lossy: Iterable[str] = ()) -> str:
+def severity(
+    m: MismatchRecord, partial: bool, expected: Iterable[str] = (), lossy: Iterable[str] = ()
+) -> str:
     """'breaks' when dcp.load raises on it, 'expected' for a key declared unused, 'loses' when
     dcp.load goes through but checkpoint data does not reach the target (a bytes entry over a
     tensor; a key in ``lossy`` (``lossy_keys``): a skipped key with a source, or that unread
@@ -145,8 +170,10 @@ def severity(m: MismatchRecord, partial: bool, expected: Iterable[str] = (), los
 def _expected_why(fqn: str) -> str:
     what = quantized_kind(fqn)
     if what is not None:
-        return (f"a quantized pair's {what}: expected to stay unread by a model holding dequantized "
-                "weights (DCP's QuantizedHuggingFaceStorageReader uses it to dequantize)")
+        return (
+            f"a quantized pair's {what}: expected to stay unread by a model holding dequantized "
+            "weights (DCP's QuantizedHuggingFaceStorageReader uses it to dequantize)"
+        )
     return "declared unused on purpose (expected_unused)"
 
 
@@ -171,17 +198,37 @@ def problems(trace: LoadTrace) -> pd.DataFrame:
         ranks = "no rank reads it" if m.kind == MismatchKind.UNEXPECTED else rank_ranges(m.ranks, W)
         why = _expected_why(m.fqn) if sev == "expected" else explanation(m, partial)
         if sev == "loses" and m.kind in (MismatchKind.MISSING, MismatchKind.UNEXPECTED):
-            why += (" — while allow_partial_load skips target keys, the checkpoint holds data no rank "
-                    "reads: the load loses it (see the hints for where it belongs)")
-        rows.append((sev, m.kind, m.fqn, _desc(m.saved_size, m.saved_dtype), _desc(m.current_size, m.current_dtype),
-                     ranks, len(m.ranks), m.message, why))
+            why += (
+                " — while allow_partial_load skips target keys, the checkpoint holds data no rank "
+                "reads: the load loses it (see the hints for where it belongs)"
+            )
+        rows.append(
+            (
+                sev,
+                m.kind,
+                m.fqn,
+                _desc(m.saved_size, m.saved_dtype),
+                _desc(m.current_size, m.current_dtype),
+                ranks,
+                len(m.ranks),
+                m.message,
+                why,
+            )
+        )
     cols = list(zip(*rows)) if rows else [()] * len(PROBLEM_COLUMNS)
     # Column by column as object arrays, so absent values stay None (not NaN).
-    df = pd.DataFrame({name: pd.Series(list(c), dtype=object) for name, c in zip(PROBLEM_COLUMNS, cols)})
+    df = pd.DataFrame(
+        {name: pd.Series(list(c), dtype=object) for name, c in zip(PROBLEM_COLUMNS, cols)}
+    )
     df["n_ranks"] = df["n_ranks"].astype("int64")
     if len(df):
         order = df["severity"].map(SEVERITY_ORDER) * 10 + df["kind"].map(KIND_ORDER).fillna(9)
-        df = df.assign(_o=order).sort_values(["_o", "fqn"], kind="stable").drop(columns="_o").reset_index(drop=True)
+        df = (
+            df.assign(_o=order)
+            .sort_values(["_o", "fqn"], kind="stable")
+            .drop(columns="_o")
+            .reset_index(drop=True)
+        )
     return df
 
 
@@ -203,7 +250,11 @@ def error_lines(trace: LoadTrace, skip_messages: Iterable[str] = ()) -> list[str
     messages in ``skip_messages`` (already shown next to their key) are left out."""
     skip = set(skip_messages)
     df = error_groups(trace.errors, trace.scenario.world_size)
-    return [f"[{r.phase}, {r.ranks}] {r.exc_type}: {r.message}" for r in df.itertuples(index=False) if r.message not in skip]
+    return [
+        f"[{r.phase}, {r.ranks}] {r.exc_type}: {r.message}"
+        for r in df.itertuples(index=False)
+        if r.message not in skip
+    ]
 
 
 # -- the verdict ---------------------------------------------------------------------------
@@ -233,7 +284,10 @@ class Verdict:
         head = f"{self.harmless} is fine; " if self.harmless else ""
         if self.breaking:
             n = len(self.breaking)
-            what = f"{n} thing{'s' if n > 1 else ''} break{'' if n > 1 else 's'} the load: " + ", ".join(self.breaking)
+            what = (
+                f"{n} thing{'s' if n > 1 else ''} break{'' if n > 1 else 's'} the load: "
+                + ", ".join(self.breaking)
+            )
             out = head + what
             if self.losing or self.silent:
                 out += "; besides, " + "; ".join(self.losing + self.silent)
@@ -265,7 +319,9 @@ def layout_change(trace: LoadTrace) -> str:
     if saved.world_size != target.world_size:
         changes.append(f"resharding {saved.world_size} → {target.world_size} ranks")
     elif tuple(saved.mesh) != tuple(target.mesh):
-        changes.append(f"the mesh {'x'.join(map(str, saved.mesh))} → {'x'.join(map(str, target.mesh))}")
+        changes.append(
+            f"the mesh {'x'.join(map(str, saved.mesh))} → {'x'.join(map(str, target.mesh))}"
+        )
     if saved.recipe != target.recipe:
         recipes = f"{saved.recipe} → {target.recipe}"
         changes.append(f"({recipes})" if changes else f"the recipe {recipes}")
@@ -280,7 +336,9 @@ def _once(texts: list[str], text: str) -> None:
 def _silent_text(h: Hint, keys: set[str]) -> str:
     """What a hint on keys DCP does not stop on says in the verdict's 'silent' part."""
     if h.kind == "dtype":
-        return h.title.replace(" were saved as ", " are saved as ").replace(" but the target holds ", ", cast silently to ")
+        return h.title.replace(" were saved as ", " are saved as ").replace(
+            " but the target holds ", ", cast silently to "
+        )
     if h.kind == "unexpected":
         return f"{len(keys)} checkpoint key(s) are read by no rank"
     if h.kind == "partial":
@@ -304,25 +362,37 @@ def verdict(trace: LoadTrace, hints: list) -> Verdict:
         if h.kind == "dtype":  # DCP's copy_ casts: never what breaks or loses a load
             silent.append(_silent_text(h, keys))
         elif keys & breaking_keys:
-            _once(breaking, h.cause or h.title)  # every cause named once (load_fix: one hint per rule)
+            _once(
+                breaking, h.cause or h.title
+            )  # every cause named once (load_fix: one hint per rule)
         elif keys & losing_keys and h.kind not in ("partial", "unexpected"):
             _once(causes, h.cause or h.title[:1].lower() + h.title[1:])
         elif not keys & losing_keys:  # a hint on lost keys is said by the loss itself, below
             silent.append(_silent_text(h, keys))
     left = sorted(breaking_keys - explained)
     if left:
-        breaking.append(f"{len(left)} key(s) DCP rejects ({left[0]!r}{', ...' if len(left) > 1 else ''})")
+        breaking.append(
+            f"{len(left)} key(s) DCP rejects ({left[0]!r}{', ...' if len(left) > 1 else ''})"
+        )
     read_failed = sorted({e.rank for e in trace.errors if e.phase == "read" and e.rank is not None})
     if read_failed:
-        breaking.append(f"{rank_ranges(read_failed, trace.scenario.world_size)} read data files that are "
-                        "missing or shorter than .metadata says")
+        breaking.append(
+            f"{rank_ranges(read_failed, trace.scenario.world_size)} read data files that are "
+            "missing or shorter than .metadata says"
+        )
     planner_failed = [e for e in trace.errors if e.phase != "read"]
     if not breaking and planner_failed:
         breaking.append(f"the planner raised in the {planner_failed[0].phase} phase")
     expected = sum(1 for s in sev.values() if s == "expected")
     loads = not breaking and not trace.errors
-    return Verdict(loads, layout_change(trace), tuple(breaking), tuple(silent), expected,
-                   _losses(trace, losing_keys, causes))
+    return Verdict(
+        loads,
+        layout_change(trace),
+        tuple(breaking),
+        tuple(silent),
+        expected,
+        _losses(trace, losing_keys, causes),
+    )
 
 
 def _losses(trace: LoadTrace, losing_keys: set[str], causes: list[str]) -> tuple[str, ...]:
@@ -334,14 +404,20 @@ def _losses(trace: LoadTrace, losing_keys: set[str], causes: list[str]) -> tuple
         n_target = len({v.fqn for v in trace.wanted}) or len(skipped)
         sources = sorted({u for k in lost for u in possible_sources(trace)[k]})
         why = f" ({', '.join(causes)})" if causes else ""
-        out.append(f"allow_partial_load restores {n_target - len(skipped)} of {n_target} target keys; "
-                   f"{len(lost)} keep their initial values while {len(sources)} checkpoint key(s) that could "
-                   f"hold them are read by no rank{why}")
-    replaced = sorted({m.fqn for m in trace.mismatches if m.fqn in losing_keys and bytes_over_tensor(m)})
+        out.append(
+            f"allow_partial_load restores {n_target - len(skipped)} of {n_target} target keys; "
+            f"{len(lost)} keep their initial values while {len(sources)} checkpoint key(s) that could "
+            f"hold them are read by no rank{why}"
+        )
+    replaced = sorted(
+        {m.fqn for m in trace.mismatches if m.fqn in losing_keys and bytes_over_tensor(m)}
+    )
     if replaced:
-        out.append(f"{len(replaced)} target tensor(s) are never written: the checkpoint holds a Python value "
-                   f"(bytes) there, which replaces the state dict's entry ({replaced[0]!r}"
-                   f"{', ...' if len(replaced) > 1 else ''})")
+        out.append(
+            f"{len(replaced)} target tensor(s) are never written: the checkpoint holds a Python value "
+            f"(bytes) there, which replaces the state dict's entry ({replaced[0]!r}"
+            f"{', ...' if len(replaced) > 1 else ''})"
+        )
     return tuple(out)
 
 
@@ -351,7 +427,10 @@ def load_status(summary: dict, v: Verdict) -> tuple[str, str]:
     declared unused (expected_unused) alone leave it clean."""
     W = summary["world_size"]
     if summary["failed_ranks"]:
-        return f"dcp.load would fail: the local plan raised on {len(summary['failed_ranks'])} of {W} ranks", "bad"
+        return (
+            f"dcp.load would fail: the local plan raised on {len(summary['failed_ranks'])} of {W} ranks",
+            "bad",
+        )
     if not summary["ok"]:
         return f"dcp.load would fail: {summary['errors']} error(s)", "bad"
     if v.losing:

@@ -12,15 +12,38 @@ import pandas as pd
 
 from dcpviz.core.trace import SaveTrace
 
-FILE_PLAN_COLUMNS = ["rank", "file", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "stage"]
+FILE_PLAN_COLUMNS = [
+    "rank",
+    "file",
+    "fqn",
+    "offsets",
+    "sizes",
+    "item_type",
+    "dtype",
+    "nbytes",
+    "stage",
+]
 PLANNED_FILE_COLUMNS = ["file", "rank", "items", "nbytes"]
 
 
 def file_plan(trace: SaveTrace, stage: str | None = None) -> pd.DataFrame:
     """One row per (rank, file, fqn, offsets): the item's data bytes and the stage ('write':
     a rank's write_data; 'consolidate': the consolidated output files), in the writer's order."""
-    rows = [(f.rank, f.file, f.fqn, tuple(f.offsets), tuple(f.sizes), f.item_type, f.dtype, f.nbytes, f.stage)
-            for f in trace.file_plan if stage is None or f.stage == stage]
+    rows = [
+        (
+            f.rank,
+            f.file,
+            f.fqn,
+            tuple(f.offsets),
+            tuple(f.sizes),
+            f.item_type,
+            f.dtype,
+            f.nbytes,
+            f.stage,
+        )
+        for f in trace.file_plan
+        if stage is None or f.stage == stage
+    ]
     df = pd.DataFrame(rows, columns=FILE_PLAN_COLUMNS)
     return df.astype({"rank": "int64", "nbytes": "int64"})
 
@@ -30,9 +53,13 @@ def planned_files(trace: SaveTrace) -> pd.DataFrame:
     one file name are two rows (they overwrite each other: ``analysis.save.file_checks``)."""
     df = file_plan(trace, "write")
     if df.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object if c == "file" else "int64") for c in PLANNED_FILE_COLUMNS})
+        return pd.DataFrame(
+            {c: pd.Series(dtype=object if c == "file" else "int64") for c in PLANNED_FILE_COLUMNS}
+        )
     g = df.groupby(["file", "rank"], sort=True).agg(items=("fqn", "size"), nbytes=("nbytes", "sum"))
-    return g.reset_index()[PLANNED_FILE_COLUMNS].astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
+    return g.reset_index()[PLANNED_FILE_COLUMNS].astype(
+        {"rank": "int64", "items": "int64", "nbytes": "int64"}
+    )
 
 
 CONSOLIDATION_COLUMNS = ["output_file", "fqn", "rank", "shard_file", "offsets", "sizes", "nbytes"]
@@ -42,8 +69,11 @@ def consolidation(trace: SaveTrace) -> pd.DataFrame:
     """Which shard pieces go into which consolidated output file: one row per piece a rank
     wrote (``stage='write'``) of a key that consolidation writes into ``output_file``."""
     out_of = {f.fqn: f.file for f in trace.file_plan if f.stage == "consolidate"}
-    rows = [(out_of[f.fqn], f.fqn, f.rank, f.file, tuple(f.offsets), tuple(f.sizes), f.nbytes)
-            for f in trace.file_plan if f.stage == "write" and f.fqn in out_of]
+    rows = [
+        (out_of[f.fqn], f.fqn, f.rank, f.file, tuple(f.offsets), tuple(f.sizes), f.nbytes)
+        for f in trace.file_plan
+        if f.stage == "write" and f.fqn in out_of
+    ]
     df = pd.DataFrame(rows, columns=CONSOLIDATION_COLUMNS)
     df = df.sort_values(["output_file", "fqn", "offsets"], kind="stable").reset_index(drop=True)
     return df.astype({"rank": "int64", "nbytes": "int64"})

@@ -17,8 +17,17 @@ import pandas as pd
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.trace import PlanRecord, SaveTrace
 
-SERIES_COLUMNS = ["save", "rank", "local_cached", "global_cached", "known", "items", "added",
-                  "removed", "global_changed"]
+SERIES_COLUMNS = [
+    "save",
+    "rank",
+    "local_cached",
+    "global_cached",
+    "known",
+    "items",
+    "added",
+    "removed",
+    "global_changed",
+]
 
 
 def _trace(x: Any, i: int) -> SaveTrace:
@@ -57,9 +66,18 @@ def plan_series(saves: Sequence[Any]) -> pd.DataFrame:
             before, gbefore = prev_local.get(rank), prev_global.get(rank)
             added = len(local - before) if local is not None and before is not None else 0
             removed = len(before - local) if local is not None and before is not None else 0
-            rows.append((n, rank, bool(lp is not None and lp.cached),
-                         bool(gp is not None and gp.cached), local is not None,
-                         len(local) if local is not None else 0, added, removed,
-                         bool(n and glob is not None and gbefore is not None and glob != gbefore)))
+            rows.append(
+                (
+                    n,
+                    rank,
+                    bool(lp is not None and lp.cached),
+                    bool(gp is not None and gp.cached),
+                    local is not None,
+                    len(local) if local is not None else 0,
+                    added,
+                    removed,
+                    bool(n and glob is not None and gbefore is not None and glob != gbefore),
+                )
+            )
             prev_local[rank], prev_global[rank] = local, glob
     return pd.DataFrame(rows, columns=SERIES_COLUMNS)

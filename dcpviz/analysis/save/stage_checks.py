@@ -17,8 +17,10 @@ from dcpviz.analysis.parallel_dims import stage_of_rank
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]
 
-COLLISION_FIX = ("keep the layers in an nn.ModuleDict keyed by the layer number (as torchtitan's models "
-                 "do): pipeline_module_split then deletes the other stages' layers and keeps the names")
+COLLISION_FIX = (
+    "keep the layers in an nn.ModuleDict keyed by the layer number (as torchtitan's models "
+    "do): pipeline_module_split then deletes the other stages' layers and keeps the names"
+)
 
 
 def renumbered_layer(fqn: str) -> bool:
@@ -29,8 +31,9 @@ def renumbered_layer(fqn: str) -> bool:
     return len(parts) >= 3 and parts[1].isdigit()
 
 
-def stage_key_rows(scenario: Any, holders: dict[str, set[int]],
-                   everyone: set[int]) -> tuple[list[Row], list[Row], set[str]]:
+def stage_key_rows(
+    scenario: Any, holders: dict[str, set[int]], everyone: set[int]
+) -> tuple[list[Row], list[Row], set[str]]:
     """(data-loss rows, one per key several stages save as a renumbered layer; the info row for the
     keys each stage saves by design; the keys these rows account for)."""
     stage_of = stage_of_rank(scenario)
@@ -43,24 +46,34 @@ def stage_key_rows(scenario: Any, holders: dict[str, set[int]],
         stages = sorted({stage_of(r) for r in ranks})
         if len(stages) > 1 and renumbered_layer(fqn):
             handled.add(fqn)
-            rows.append((
-                "data-loss", "stages-share-a-key", fqn, tuple(sorted(ranks)),
-                f"{fqn!r} is saved by ranks of pipeline stages {', '.join(map(str, stages))} under one key: each "
-                "stage holds a different layer under this name (a ModuleList renumbered from 0 on every stage by "
-                "torchtitan's pipeline_module_split), DCP's dedup keeps one stage's chunks as if they were "
-                "replicas, and the other stages' layers are not on disk.",
-                COLLISION_FIX,
-            ))
+            rows.append(
+                (
+                    "data-loss",
+                    "stages-share-a-key",
+                    fqn,
+                    tuple(sorted(ranks)),
+                    f"{fqn!r} is saved by ranks of pipeline stages {', '.join(map(str, stages))} under one key: each "
+                    "stage holds a different layer under this name (a ModuleList renumbered from 0 on every stage by "
+                    "torchtitan's pipeline_module_split), DCP's dedup keeps one stage's chunks as if they were "
+                    "replicas, and the other stages' layers are not on disk.",
+                    COLLISION_FIX,
+                )
+            )
         elif ranks != everyone and ranks == {r for r in everyone if stage_of(r) == stages[0]}:
             handled.add(fqn)
             per_stage += 1
     info: list[Row] = []
     if per_stage:
-        info.append((
-            "info", "keys-per-stage", "", (),
-            f"{per_stage} keys are saved by one pipeline stage's ranks each (pp={scenario.mesh[0]}): each stage "
-            "holds only its own modules, as torchtitan splits them. A load reads each key on the ranks whose "
-            "stage holds it; a key no target stage holds stays unread, a target key no stage saved fails.",
-            "nothing to fix",
-        ))
+        info.append(
+            (
+                "info",
+                "keys-per-stage",
+                "",
+                (),
+                f"{per_stage} keys are saved by one pipeline stage's ranks each (pp={scenario.mesh[0]}): each stage "
+                "holds only its own modules, as torchtitan splits them. A load reads each key on the ranks whose "
+                "stage holds it; a key no target stage holds stays unread, a target key no stage saved fails.",
+                "nothing to fix",
+            )
+        )
     return rows, info, handled

@@ -25,11 +25,29 @@ from dcpviz.core.components import KNOWN_COMPONENTS
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
 
-STAGE_VOLUME_COLUMNS = ["stage", "ranks", "n_ranks", "modules", "keys", "items", "nbytes", "planned_nbytes",
-                        "share"]
+STAGE_VOLUME_COLUMNS = [
+    "stage",
+    "ranks",
+    "n_ranks",
+    "modules",
+    "keys",
+    "items",
+    "nbytes",
+    "planned_nbytes",
+    "share",
+]
 STAGE_RANK_COLUMNS = ["rank", "stage", "coordinate", "items", "nbytes"]
-EXPERT_VOLUME_COLUMNS = ["stage", "experts", "expert_start", "expert_stop", "ranks", "keys", "items", "nbytes",
-                         "share"]
+EXPERT_VOLUME_COLUMNS = [
+    "stage",
+    "experts",
+    "expert_start",
+    "expert_stop",
+    "ranks",
+    "keys",
+    "items",
+    "nbytes",
+    "share",
+]
 
 
 def _trace(source: Any) -> Any:
@@ -57,7 +75,7 @@ def stage_of_ranks(trace: Any) -> pd.Series:
         return pd.Series(pd.array([0] * W, dtype="Int64"), index=index, name="stage")
     dim = names.index("pp")
     # Row-major: the coordinate on dim d is (rank // product of the later dims) % mesh[d].
-    inner = int(np.prod(mesh[dim + 1:], dtype=np.int64)) if dim + 1 < len(mesh) else 1
+    inner = int(np.prod(mesh[dim + 1 :], dtype=np.int64)) if dim + 1 < len(mesh) else 1
     stages = (np.arange(W, dtype=np.int64) // inner) % int(mesh[dim])
     return pd.Series(pd.array(stages, dtype="Int64"), index=index, name="stage")
 
@@ -116,13 +134,15 @@ def stage_rank_volume(trace: Any) -> pd.DataFrame:
     W = int(trace.scenario.world_size)
     ranks = kept["rank"].to_numpy(dtype=np.int64)
     nbytes = np.bincount(ranks, weights=kept["nbytes"].to_numpy(dtype=np.float64), minlength=W)[:W]
-    return pd.DataFrame({
-        "rank": np.arange(W, dtype=np.int64),
-        "stage": stage_of_ranks(trace).to_numpy(),
-        "coordinate": [trace.scenario.coordinate(r) for r in range(W)],
-        "items": np.bincount(ranks, minlength=W)[:W].astype(np.int64),
-        "nbytes": nbytes.astype(np.int64),
-    })[STAGE_RANK_COLUMNS]
+    return pd.DataFrame(
+        {
+            "rank": np.arange(W, dtype=np.int64),
+            "stage": stage_of_ranks(trace).to_numpy(),
+            "coordinate": [trace.scenario.coordinate(r) for r in range(W)],
+            "items": np.bincount(ranks, minlength=W)[:W].astype(np.int64),
+            "nbytes": nbytes.astype(np.int64),
+        }
+    )[STAGE_RANK_COLUMNS]
 
 
 def stage_volume(trace: Any) -> pd.DataFrame:
@@ -144,17 +164,19 @@ def stage_volume(trace: Any) -> pd.DataFrame:
     for c, members in pd.Series(stage.index, index=stage.index).groupby(code, sort=True):
         c = int(c)
         n = int(nbytes.get(c, 0))
-        rows.append({
-            "stage": pd.NA if c < 0 else c,
-            "ranks": tuple(int(r) for r in members),
-            "n_ranks": len(members),
-            "modules": modules_label(fqns.get(c, ())),
-            "keys": int(keys.get(c, 0)),
-            "items": int(count.get(c, 0)),
-            "nbytes": n,
-            "planned_nbytes": int(planned.get(c, 0)),
-            "share": n / total if total else 0.0,
-        })
+        rows.append(
+            {
+                "stage": pd.NA if c < 0 else c,
+                "ranks": tuple(int(r) for r in members),
+                "n_ranks": len(members),
+                "modules": modules_label(fqns.get(c, ())),
+                "keys": int(keys.get(c, 0)),
+                "items": int(count.get(c, 0)),
+                "nbytes": n,
+                "planned_nbytes": int(planned.get(c, 0)),
+                "share": n / total if total else 0.0,
+            }
+        )
     frame = pd.DataFrame(rows, columns=STAGE_VOLUME_COLUMNS)
     frame["stage"] = frame["stage"].astype("Int64")
     return frame
@@ -174,27 +196,37 @@ def expert_volume(trace: Any) -> pd.DataFrame:
     kept = _kept_with_stage(trace)
     # Decided once per key (a key has one global size), not once per item.
     per_key = kept.drop_duplicates("fqn")
-    experts = {f for f, g in zip(per_key["fqn"], per_key["global_size"]) if is_grouped_expert(f, tuple(g))}
+    experts = {
+        f for f, g in zip(per_key["fqn"], per_key["global_size"]) if is_grouped_expert(f, tuple(g))
+    }
     ex = kept[kept["fqn"].isin(experts)]
     if ex.empty:
         return pd.DataFrame(columns=EXPERT_VOLUME_COLUMNS)
-    ex = ex.assign(expert_start=[int(o[0]) for o in ex["offsets"]],
-                   expert_stop=[int(o[0]) + int(s[0]) for o, s in zip(ex["offsets"], ex["sizes"])])
+    ex = ex.assign(
+        expert_start=[int(o[0]) for o in ex["offsets"]],
+        expert_stop=[int(o[0]) + int(s[0]) for o, s in zip(ex["offsets"], ex["sizes"])],
+    )
     total = int(ex["nbytes"].sum())
     rows = []
-    for (st, start, stop), grp in ex.groupby(["stage", "expert_start", "expert_stop"], dropna=False, sort=True):
+    for (st, start, stop), grp in ex.groupby(
+        ["stage", "expert_start", "expert_stop"], dropna=False, sort=True
+    ):
         nbytes = int(grp["nbytes"].sum())
-        rows.append({
-            "stage": st,
-            "experts": f"experts {start}" if stop - start == 1 else f"experts {start}-{stop - 1}",
-            "expert_start": int(start),
-            "expert_stop": int(stop),
-            "ranks": tuple(sorted(int(r) for r in pd.unique(grp["rank"]))),
-            "keys": int(grp["fqn"].nunique()),
-            "items": len(grp),
-            "nbytes": nbytes,
-            "share": nbytes / total if total else 0.0,
-        })
+        rows.append(
+            {
+                "stage": st,
+                "experts": f"experts {start}"
+                if stop - start == 1
+                else f"experts {start}-{stop - 1}",
+                "expert_start": int(start),
+                "expert_stop": int(stop),
+                "ranks": tuple(sorted(int(r) for r in pd.unique(grp["rank"]))),
+                "keys": int(grp["fqn"].nunique()),
+                "items": len(grp),
+                "nbytes": nbytes,
+                "share": nbytes / total if total else 0.0,
+            }
+        )
     frame = pd.DataFrame(rows, columns=EXPERT_VOLUME_COLUMNS)
     frame["stage"] = frame["stage"].astype("Int64")
     return frame

@@ -23,16 +23,43 @@ from dcpviz.core.units import fmt_bytes
 from dcpviz.core.units import itemsize as dtype_itemsize
 
 WRITE_ITEM_COLUMNS = [
-    "rank", "fqn", "offsets", "sizes", "item_type", "dtype", "nbytes", "kept", "global_size", "dcp_size",
+    "rank",
+    "fqn",
+    "offsets",
+    "sizes",
+    "item_type",
+    "dtype",
+    "nbytes",
+    "kept",
+    "global_size",
+    "dcp_size",
     "component",
 ]
 DEDUP_COLUMNS = [
-    "fqn", "offsets", "candidates", "chosen_rank", "nbytes", "candidate_planned_bytes",
-    "replay_rank", "replay_agrees", "rule", "why",
+    "fqn",
+    "offsets",
+    "candidates",
+    "chosen_rank",
+    "nbytes",
+    "candidate_planned_bytes",
+    "replay_rank",
+    "replay_agrees",
+    "rule",
+    "why",
 ]
 RANK_VOLUME_COLUMNS = ["rank", "items", "nbytes", "planned_items", "planned_nbytes", "coordinate"]
-CHUNK_COLUMNS = ["fqn", "chunk_index", "offsets", "sizes", "rank", "nbytes", "dtype", "kind", "global_size",
-                 "component"]
+CHUNK_COLUMNS = [
+    "fqn",
+    "chunk_index",
+    "offsets",
+    "sizes",
+    "rank",
+    "nbytes",
+    "dtype",
+    "kind",
+    "global_size",
+    "component",
+]
 
 
 def components_of(trace: Any, fqns: Any) -> list[str]:
@@ -60,7 +87,9 @@ class _ItemColumns:
         self.item_type = np.array([it.item_type for it in items], dtype=object)
         self.dtype = np.array([it.dtype or "" for it in items], dtype=object)
         self.nbytes = np.array([it.nbytes for it in items], dtype=np.int64)
-        self.dcp_size = np.array([-1 if it.dcp_size is None else it.dcp_size for it in items], dtype=np.int64)
+        self.dcp_size = np.array(
+            [-1 if it.dcp_size is None else it.dcp_size for it in items], dtype=np.int64
+        )
         self.key, self.n_keys = _key_codes(items)
         self.n_fqns = len(set(self.fqn.tolist()))
         # Tables derived from the whole trace that more than one caller needs (the explorer and
@@ -123,7 +152,9 @@ def _flatten(plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, n
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lens = [len(p.items) if p is not None else 0 for p in plans]
     ranks = np.repeat(np.arange(len(plans), dtype=np.int64), lens)
-    ids = np.fromiter((i for p in plans if p is not None for i in p.items), dtype=np.int64, count=sum(lens))
+    ids = np.fromiter(
+        (i for p in plans if p is not None for i in p.items), dtype=np.int64, count=sum(lens)
+    )
     return ranks, ids
 
 
@@ -159,7 +190,9 @@ def write_items(trace: SaveTrace, fqn: str | None = None) -> pd.DataFrame:
             "item_type": cols.item_type[ids],
             "dtype": cols.dtype[ids],
             "nbytes": cols.nbytes[ids],
-            "kept": pd.array(kept, dtype="boolean") if kept is not None else pd.array([pd.NA] * len(ids), dtype="boolean"),
+            "kept": pd.array(kept, dtype="boolean")
+            if kept is not None
+            else pd.array([pd.NA] * len(ids), dtype="boolean"),
             "global_size": cols.global_size[ids],
             "dcp_size": cols.dcp_size[ids],
         }
@@ -180,7 +213,9 @@ def _fqn_codes(cols: _ItemColumns) -> tuple[list[str], np.ndarray]:
     """(distinct fqns, in item order; each item's position among them), computed once per trace."""
     if "fqn_codes" not in cols.memo:
         index: dict[str, int] = {}
-        codes = np.array([index.setdefault(f, len(index)) for f in cols.fqn.tolist()], dtype=np.int64)
+        codes = np.array(
+            [index.setdefault(f, len(index)) for f in cols.fqn.tolist()], dtype=np.int64
+        )
         cols.memo["fqn_codes"] = (list(index), codes)
     return cols.memo["fqn_codes"]
 
@@ -194,7 +229,9 @@ def key_holders(trace: SaveTrace) -> dict[str, set[int]]:
         return {}
     names, codes = _fqn_codes(cols)
     item_codes = codes[ids]
-    pairs = _sorted_unique(item_codes * (int(ranks.max()) + 1) + ranks)  # one per (fqn, rank), by fqn
+    pairs = _sorted_unique(
+        item_codes * (int(ranks.max()) + 1) + ranks
+    )  # one per (fqn, rank), by fqn
     pair_codes = pairs // (int(ranks.max()) + 1)
     pair_ranks = (pairs % (int(ranks.max()) + 1)).tolist()
     starts = np.flatnonzero(np.r_[True, pair_codes[1:] != pair_codes[:-1]]).tolist()
@@ -277,7 +314,9 @@ def dedup(trace: SaveTrace, fqns: Collection[str] | None = None) -> pd.DataFrame
     return frame.copy()
 
 
-def _key_groups(trace: SaveTrace, cols: _ItemColumns) -> tuple[list[int], list[int], list[list[int]]]:
+def _key_groups(
+    trace: SaveTrace, cols: _ItemColumns
+) -> tuple[list[int], list[int], list[list[int]]]:
     """For each key planned by any rank, in the order DCP's ``dedup_save_plans`` first meets it
     (rank, then plan order): the key, the item it keeps (the last rank's), and the planning ranks
     in rank order (repeats kept, as a set built from them drops them)."""
@@ -311,7 +350,9 @@ def _chosen_ranks(trace: SaveTrace, cols: _ItemColumns) -> np.ndarray:
     return chosen
 
 
-def _dedup_frame(trace: SaveTrace, cols: _ItemColumns, fqns: set[str] | None = None) -> pd.DataFrame:
+def _dedup_frame(
+    trace: SaveTrace, cols: _ItemColumns, fqns: set[str] | None = None
+) -> pd.DataFrame:
     """The dedup table; with ``fqns``, only their rows (the replay still sees every key)."""
     if fqns is not None and not fqns:
         return _empty_dedup()
@@ -338,11 +379,26 @@ def _dedup_frame(trace: SaveTrace, cols: _ItemColumns, fqns: set[str] | None = N
                 before = tuple([tally[c] for c in cand])
                 chosen_rank = chosen_of[k]
                 if lowest:
-                    rule, why = "lowest rank", f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate"
+                    rule, why = (
+                        "lowest rank",
+                        f"dedup_save_to_lowest_rank: rank {pick} is the lowest candidate",
+                    )
                 else:
                     rule, why = "fewest planned bytes", why_of(pick, cand, before, worst)
-                rows.append((cols.fqn[i], cols.offsets[i], cand, chosen_rank, nbytes_of[i], before,
-                             pick, pick == chosen_rank, rule, why))
+                rows.append(
+                    (
+                        cols.fqn[i],
+                        cols.offsets[i],
+                        cand,
+                        chosen_rank,
+                        nbytes_of[i],
+                        before,
+                        pick,
+                        pick == chosen_rank,
+                        rule,
+                        why,
+                    )
+                )
         tally[pick] += charge[i]
         over = over_of[i]
         if over > worst.get(pick, (0, -1))[0]:
@@ -355,7 +411,9 @@ def _empty_dedup() -> pd.DataFrame:
 
 
 def _dedup_types(df: pd.DataFrame) -> pd.DataFrame:
-    return df.astype({"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"})
+    return df.astype(
+        {"chosen_rank": "int64", "nbytes": "int64", "replay_rank": "int64", "replay_agrees": "bool"}
+    )
 
 
 CHOICE_COLUMNS = ["fqn", "offsets", "candidates", "chosen_rank", "nbytes"]
@@ -378,7 +436,9 @@ def _dedup_choices(trace: SaveTrace) -> pd.DataFrame:
             cand = tuple(sorted(set(planned)))
             if len(cand) > 1:
                 rows.append((cols.fqn[i], cols.offsets[i], cand, chosen_of[k], nbytes_of[i]))
-    return pd.DataFrame(rows, columns=CHOICE_COLUMNS).astype({"chosen_rank": "int64", "nbytes": "int64"})
+    return pd.DataFrame(rows, columns=CHOICE_COLUMNS).astype(
+        {"chosen_rank": "int64", "nbytes": "int64"}
+    )
 
 
 def _shape(size: tuple[int, ...]) -> str:
@@ -419,7 +479,13 @@ class _FewestWhy:
             )
         return text
 
-    def __call__(self, pick: int, cand: tuple[int, ...], before: tuple[int, ...], worst: dict[int, tuple[int, int]]) -> str:
+    def __call__(
+        self,
+        pick: int,
+        cand: tuple[int, ...],
+        before: tuple[int, ...],
+        worst: dict[int, tuple[int, int]],
+    ) -> str:
         low = before[cand.index(pick)]
         tied = [c for c, b in zip(cand, before) if b == low and c != pick]
         higher: dict[int, list[int]] = {}
@@ -430,7 +496,9 @@ class _FewestWhy:
         if tied:
             why += f" = {_rank_group(tied)}: {self.fmt(low)} (a tie: the first candidate wins)"
         groups = sorted(higher.items())
-        why += "".join([f" < {_rank_group(rs)}: {self.fmt(b)}" for b, rs in groups[:MAX_WHY_GROUPS]])
+        why += "".join(
+            [f" < {_rank_group(rs)}: {self.fmt(b)}" for b, rs in groups[:MAX_WHY_GROUPS]]
+        )
         if len(groups) > MAX_WHY_GROUPS:
             why += f" < {len(groups) - MAX_WHY_GROUPS} more"
         losers = [c for rs in higher.values() for c in rs if c in worst]
@@ -440,7 +508,9 @@ class _FewestWhy:
         return why
 
 
-def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _plan_totals(
+    trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None
+) -> tuple[np.ndarray, np.ndarray] | None:
     if plans is None:
         return None
     cols = item_columns(trace)
@@ -449,7 +519,6 @@ def _plan_totals(trace: SaveTrace, plans: tuple[PlanRecord | None, ...] | None) 
     counts = np.bincount(ranks, minlength=W)[:W]
     nbytes = np.bincount(ranks, weights=cols.nbytes[ids], minlength=W)[:W].astype(np.int64)
     return counts, nbytes
-
 
 
 def rank_volume(trace: SaveTrace) -> pd.DataFrame:
@@ -474,7 +543,6 @@ def _rank_volume(trace: SaveTrace) -> pd.DataFrame:
     )
 
 
-
 def chunks(trace: SaveTrace, fqn: str | None = None) -> pd.DataFrame:
     """The checkpoint metadata's chunks (one row per chunk; one row per bytes entry), with the
     rank that writes each. ``fqn``: only that key's rows (the same rows, in the same order)."""
@@ -488,14 +556,35 @@ def chunks(trace: SaveTrace, fqn: str | None = None) -> pd.DataFrame:
         itemsize = dtype_itemsize(t.dtype)
         for ci, c in enumerate(t.chunks):
             rows.append(
-                (t.fqn, ci, c.offsets, c.sizes, writers.get((t.fqn, c.offsets), -1),
-                 math.prod(c.sizes) * itemsize, t.dtype, "tensor", t.size)
+                (
+                    t.fqn,
+                    ci,
+                    c.offsets,
+                    c.sizes,
+                    writers.get((t.fqn, c.offsets), -1),
+                    math.prod(c.sizes) * itemsize,
+                    t.dtype,
+                    "tensor",
+                    t.size,
+                )
             )
     keys = [k for k in trace.metadata.bytes_keys if fqn is None or k == fqn]
     if keys:
         byte_sizes = {it.fqn: it.nbytes for it in trace.items if it.item_type == "BYTE_IO"}
         for key in keys:
-            rows.append((key, 0, (), (), writers.get((key, None), -1), byte_sizes.get(key, 0), "", "bytes", ()))
+            rows.append(
+                (
+                    key,
+                    0,
+                    (),
+                    (),
+                    writers.get((key, None), -1),
+                    byte_sizes.get(key, 0),
+                    "",
+                    "bytes",
+                    (),
+                )
+            )
     df = pd.DataFrame(rows, columns=CHUNK_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     return df.astype({"chunk_index": "int64", "rank": "int64", "nbytes": "int64"})
@@ -556,7 +645,16 @@ def summary(trace: SaveTrace) -> dict[str, Any]:
 
 # -- tables behind the views ----------------------------------------------------------------
 TENSOR_COLUMNS = [
-    "fqn", "kind", "size", "dtype", "chunks", "nbytes", "writers", "placements", "mesh", "empty_chunks",
+    "fqn",
+    "kind",
+    "size",
+    "dtype",
+    "chunks",
+    "nbytes",
+    "writers",
+    "placements",
+    "mesh",
+    "empty_chunks",
     "component",
 ]
 
@@ -576,11 +674,17 @@ def _tensors(trace: SaveTrace) -> pd.DataFrame:
             lay = layouts.get(t.fqn)
             rows.append(
                 (
-                    t.fqn, "tensor", t.size, t.dtype, len(t.chunks),
+                    t.fqn,
+                    "tensor",
+                    t.size,
+                    t.dtype,
+                    len(t.chunks),
                     sum(math.prod(c.sizes) for c in t.chunks) * itemsize,
                     len({writers.get((t.fqn, c.offsets), -1) for c in t.chunks}),
                     lay.placements if lay else "(plain tensor)",
-                    " x ".join(f"{n}={d}" for n, d in zip(lay.mesh_dim_names, lay.mesh_shape)) if lay else "",
+                    " x ".join(f"{n}={d}" for n, d in zip(lay.mesh_dim_names, lay.mesh_shape))
+                    if lay
+                    else "",
                     sum(1 for c in t.chunks if 0 in c.sizes),
                 )
             )
@@ -613,11 +717,24 @@ def tensor_boxes(write_items_df: pd.DataFrame, chunks_df: pd.DataFrame, fqn: str
         rows.append((off, size, w, planned, dropped, int(grp["nbytes"].iloc[0]), 0 in size))
     df = pd.DataFrame(rows, columns=BOX_COLUMNS)
     if len(df):
-        df = df.sort_values("offsets", key=lambda s: s.map(lambda t: t or (0,))).reset_index(drop=True)
+        df = df.sort_values("offsets", key=lambda s: s.map(lambda t: t or (0,))).reset_index(
+            drop=True
+        )
     return df
 
 
-GROUP_COLUMNS = ["group", "pattern", "members", "n", "size", "dtype", "chunks", "nbytes", "placements", "component"]
+GROUP_COLUMNS = [
+    "group",
+    "pattern",
+    "members",
+    "n",
+    "size",
+    "dtype",
+    "chunks",
+    "nbytes",
+    "placements",
+    "component",
+]
 
 
 def planned_by(trace: SaveTrace) -> dict[int, tuple[int, ...]]:
@@ -649,11 +766,20 @@ def tensor_groups(trace: SaveTrace, write_items_df: pd.DataFrame | None = None) 
         buckets.setdefault(key, []).append(i)
     rows = []
     for (pattern, size, dtype, placements, _), idx in buckets.items():
-        members = tuple(tens.fqn.iloc[i] for i in sorted(idx, key=lambda i: numbers_of(tens.fqn.iloc[i])))
+        members = tuple(
+            tens.fqn.iloc[i] for i in sorted(idx, key=lambda i: numbers_of(tens.fqn.iloc[i]))
+        )
         rows.append(
             (
-                collapsed_label(list(members)), pattern, members, len(members), size, dtype,
-                int(tens.chunks.iloc[idx[0]]), int(tens.nbytes.iloc[idx].sum()), placements,
+                collapsed_label(list(members)),
+                pattern,
+                members,
+                len(members),
+                size,
+                dtype,
+                int(tens.chunks.iloc[idx[0]]),
+                int(tens.nbytes.iloc[idx].sum()),
+                placements,
                 tens.component.iloc[idx[0]],
             )
         )
@@ -668,8 +794,18 @@ def volume_by_component(trace: SaveTrace) -> pd.DataFrame:
     if plans is None:
         return pd.DataFrame(columns=["rank", "component", "items", "nbytes"])
     ranks, ids = _flatten(plans)
-    df = pd.DataFrame({"rank": ranks, "component": components_of(trace, cols.fqn[ids]), "nbytes": cols.nbytes[ids]})
-    out = df.groupby(["rank", "component"], sort=True).agg(items=("nbytes", "size"), nbytes=("nbytes", "sum")).reset_index()
+    df = pd.DataFrame(
+        {
+            "rank": ranks,
+            "component": components_of(trace, cols.fqn[ids]),
+            "nbytes": cols.nbytes[ids],
+        }
+    )
+    out = (
+        df.groupby(["rank", "component"], sort=True)
+        .agg(items=("nbytes", "size"), nbytes=("nbytes", "sum"))
+        .reset_index()
+    )
     return out.astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
 
 
@@ -681,8 +817,18 @@ def volume_by_module(trace: SaveTrace, depth: int = 1) -> pd.DataFrame:
         return pd.DataFrame(columns=["rank", "module", "items", "nbytes"])
     ranks, ids = _flatten(plans)
     module_names = {f: module_of(f, depth) for f in set(cols.fqn.tolist())}
-    df = pd.DataFrame({"rank": ranks, "module": [module_names[f] for f in cols.fqn[ids]], "nbytes": cols.nbytes[ids]})
-    out = df.groupby(["rank", "module"], sort=True).agg(items=("nbytes", "size"), nbytes=("nbytes", "sum")).reset_index()
+    df = pd.DataFrame(
+        {
+            "rank": ranks,
+            "module": [module_names[f] for f in cols.fqn[ids]],
+            "nbytes": cols.nbytes[ids],
+        }
+    )
+    out = (
+        df.groupby(["rank", "module"], sort=True)
+        .agg(items=("nbytes", "size"), nbytes=("nbytes", "sum"))
+        .reset_index()
+    )
     return out.astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
 
 
@@ -715,7 +861,9 @@ def phase_changes(trace: SaveTrace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PHASE_COLUMNS).astype({"rank": "int64", "nbytes": "int64"})
 
 
-def _plan_changes(phase: str, a: PlanRecord | None, b: PlanRecord | None, key: list) -> list[tuple[int, str]]:
+def _plan_changes(
+    phase: str, a: PlanRecord | None, b: PlanRecord | None, key: list
+) -> list[tuple[int, str]]:
     """(item, change) for each item of one rank's plan that ``phase`` dropped, added or altered
     (``a``: the plan before it, ``b``: after; ``key``: each item's identity)."""
     a_ids = set(a.items) if a is not None else set()
@@ -736,19 +884,32 @@ def _plan_changes(phase: str, a: PlanRecord | None, b: PlanRecord | None, key: l
 def phase_volume(trace: SaveTrace) -> pd.DataFrame:
     """Items and bytes per rank at each phase: rank, phase, items, nbytes."""
     frames = []
-    for phase, plans in (("local", trace.local_plans), ("global", trace.global_plans), ("final", trace.final_plans)):
+    for phase, plans in (
+        ("local", trace.local_plans),
+        ("global", trace.global_plans),
+        ("final", trace.final_plans),
+    ):
         totals = _plan_totals(trace, plans)
         if totals is None:
             continue
         W = trace.scenario.world_size
-        frames.append(pd.DataFrame({"rank": np.arange(W), "phase": phase, "items": totals[0], "nbytes": totals[1]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["rank", "phase", "items", "nbytes"])
+        frames.append(
+            pd.DataFrame(
+                {"rank": np.arange(W), "phase": phase, "items": totals[0], "nbytes": totals[1]}
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["rank", "phase", "items", "nbytes"])
+    )
 
 
 # -- storage facts (real runs, captures after dcp.save, checkpoints) --------------------------
 STORAGE_COLUMNS = ["fqn", "offsets", "file", "offset", "length", "rank"]
 FILE_COLUMNS = ["file", "rank", "items", "nbytes"]
 STORAGE_VOLUME_COLUMNS = ["rank", "files", "items", "nbytes"]
+
 
 def storage(trace: SaveTrace) -> pd.DataFrame:
     """Where each checkpoint entry's bytes are: file, byte offset, length and the writer rank.
@@ -758,8 +919,12 @@ def storage(trace: SaveTrace) -> pd.DataFrame:
     writer uses other names, the rank whose final plan wrote the entry.
     """
     if trace.metadata is None or not trace.metadata.storage:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("offset", "length", "rank") else object)
-                             for c in STORAGE_COLUMNS})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype="int64" if c in ("offset", "length", "rank") else object)
+                for c in STORAGE_COLUMNS
+            }
+        )
     writers = _writers(trace)
     rows = []
     for s in trace.metadata.storage:
@@ -776,8 +941,12 @@ def files(trace: SaveTrace) -> pd.DataFrame:
     """One row per data file: its writer rank, entries and bytes (the sum of stored lengths,
     which equals the file's size on disk for DCP's FileSystemWriter)."""
     st = storage(trace)
-    g = st.groupby("file", sort=True).agg(rank=("rank", "first"), items=("fqn", "size"), nbytes=("length", "sum"))
-    return g.reset_index()[FILE_COLUMNS].astype({"rank": "int64", "items": "int64", "nbytes": "int64"})
+    g = st.groupby("file", sort=True).agg(
+        rank=("rank", "first"), items=("fqn", "size"), nbytes=("length", "sum")
+    )
+    return g.reset_index()[FILE_COLUMNS].astype(
+        {"rank": "int64", "items": "int64", "nbytes": "int64"}
+    )
 
 
 def storage_volume(trace: SaveTrace) -> pd.DataFrame:
@@ -785,6 +954,8 @@ def storage_volume(trace: SaveTrace) -> pd.DataFrame:
     W = trace.scenario.world_size
     st = storage(trace)
     st = st[(st["rank"] >= 0) & (st["rank"] < W)]
-    g = st.groupby("rank").agg(files=("file", "nunique"), items=("fqn", "size"), nbytes=("length", "sum"))
+    g = st.groupby("rank").agg(
+        files=("file", "nunique"), items=("fqn", "size"), nbytes=("length", "sum")
+    )
     out = g.reindex(range(W), fill_value=0).rename_axis("rank").reset_index()
     return out[STORAGE_VOLUME_COLUMNS].astype("int64")

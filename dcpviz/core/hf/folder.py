@@ -74,8 +74,11 @@ class HFFolder:
 
 # Quantized checkpoints keep, next to a weight, keys that only a dequantizing reader uses
 # (DCP's QuantizedHuggingFaceStorageReader): a model holding dequantized weights leaves them unread.
-QUANTIZED_SUFFIXES = (("weight_scale_inv", "fp8 block scales"), ("_scales", "MXFP4 scales"),
-                      ("_blocks", "MXFP4 blocks"))
+QUANTIZED_SUFFIXES = (
+    ("weight_scale_inv", "fp8 block scales"),
+    ("_scales", "MXFP4 scales"),
+    ("_blocks", "MXFP4 blocks"),
+)
 
 
 def quantized_kind(key: str) -> str | None:
@@ -137,11 +140,15 @@ def _scan_index(root: Path) -> tuple[tuple[tuple[str, str], ...] | None, str, in
             raise CheckpointError(f"{source} is over {MAX_INDEX_BYTES} bytes: not an index.")
         doc = strict_json(path.read_bytes(), source, "content")
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
             raise CheckpointError(f"{source} has no weight_map of tensor names to file names.")
         meta = doc.get("metadata")
         total = meta.get("total_size") if isinstance(meta, dict) else None
-        total = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+        total = (
+            total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+        )
     except CheckpointError as exc:
         return None, str(exc), None, 0
     return tuple(sorted(weight_map.items())), "", total, n
@@ -160,21 +167,34 @@ def scan_folder(path: str | os.PathLike[str]) -> HFFolder:
         if c.suffix != SUFFIX:
             continue
         if c.is_symlink() and c.resolve().parent != real_root:
-            files.append(HFFile(c.name, 0, None, (), f"{c.name!r} is a link out of the folder; refusing to read it."))
+            files.append(
+                HFFile(
+                    c.name,
+                    0,
+                    None,
+                    (),
+                    f"{c.name!r} is a link out of the folder; refusing to read it.",
+                )
+            )
             continue
         if c.is_file():
             files.append(_scan_file(c))
     index, index_error, total, index_nbytes = _scan_index(p)
     sub = p / SHARDED_DIR
-    sharded = scan_folder(sub) if sub.is_dir() and not sub.is_symlink() and any(
-        c.suffix == SUFFIX for c in sub.iterdir()) else None
+    sharded = (
+        scan_folder(sub)
+        if sub.is_dir() and not sub.is_symlink() and any(c.suffix == SUFFIX for c in sub.iterdir())
+        else None
+    )
     return HFFolder(p, tuple(files), index, index_error, total, index_nbytes, sharded)
 
 
 def _refuse_unreadable(folder: HFFolder) -> None:
     bad = [f for f in folder.files if f.header is None]
     if bad:
-        raise CheckpointError(f"{str(folder.root)!r}: {len(bad)} safetensors file(s) cannot be read: {bad[0].error}")
+        raise CheckpointError(
+            f"{str(folder.root)!r}: {len(bad)} safetensors file(s) cannot be read: {bad[0].error}"
+        )
     if folder.index_error:
         raise CheckpointError(folder.index_error)
     if not folder.files:
@@ -194,13 +214,17 @@ def checkpoint_facts(folder: HFFolder) -> CheckpointFacts:
         for e in f.header.entries:
             off = offs.get(e.name, (0,) * len(e.shape))
             pieces.setdefault(e.name, []).append((off, e.shape, e.dtype, e.nbytes))
-            storage_rows.append((e.name, off, f.name, f.header.data_start + e.begin, e.nbytes, f.rank))
+            storage_rows.append(
+                (e.name, off, f.name, f.header.data_start + e.begin, e.nbytes, f.rank)
+            )
     data = 0
     for fqn in sorted(pieces):
         ps = pieces[fqn]
         ndim = len(ps[0][1])
         if any(len(s) != ndim or len(o) != ndim for o, s, _d, _n in ps):
-            raise CheckpointError(f"{str(folder.root)!r}: tensor {fqn!r} has pieces of different ranks in different files.")
+            raise CheckpointError(
+                f"{str(folder.root)!r}: tensor {fqn!r} has pieces of different ranks in different files."
+            )
         size = tuple(max(o[d] + s[d] for o, s, _d, _n in ps) for d in range(ndim))
         for i, (off, shape, dtype, n) in enumerate(ps):
             chunk_rows.append((fqn, i, off, shape, dtype, n, "tensor", size))
@@ -208,8 +232,16 @@ def checkpoint_facts(folder: HFFolder) -> CheckpointFacts:
     sizes = {f.name: f.nbytes for f in folder.files}
     headers = sum(f.header.data_start for f in folder.files if f.header is not None)
     return CheckpointFacts(
-        path=folder.root, metadata=None, chunk_rows=chunk_rows, storage_rows=storage_rows, file_sizes=sizes,
-        referenced_files=tuple(f.name for f in folder.files), stale_files=(), tensors=len(pieces),
-        bytes_entries=0, tensor_record_nbytes=data, metadata_nbytes=headers + folder.index_nbytes,
+        path=folder.root,
+        metadata=None,
+        chunk_rows=chunk_rows,
+        storage_rows=storage_rows,
+        file_sizes=sizes,
+        referenced_files=tuple(f.name for f in folder.files),
+        stale_files=(),
+        tensors=len(pieces),
+        bytes_entries=0,
+        tensor_record_nbytes=data,
+        metadata_nbytes=headers + folder.index_nbytes,
         dcp_version=None,
     )

@@ -35,11 +35,21 @@ SHARDING_KEY = "DCP_SHARDING_INFO"  # torch.distributed.checkpoint._hf_utils.CUS
 
 # safetensors dtype code -> (torch dtype name as dcpviz tables write it, bytes per element)
 DTYPES: dict[str, tuple[str, int]] = {
-    "BOOL": ("bool", 1), "U8": ("uint8", 1), "I8": ("int8", 1),
-    "F8_E5M2": ("float8_e5m2", 1), "F8_E4M3": ("float8_e4m3fn", 1),
-    "I16": ("int16", 2), "U16": ("uint16", 2), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I32": ("int32", 4), "U32": ("uint32", 4), "F32": ("float32", 4),
-    "I64": ("int64", 8), "U64": ("uint64", 8), "F64": ("float64", 8),
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F64": ("float64", 8),
 }
 
 
@@ -86,9 +96,16 @@ def _no_constant(name: str) -> Any:
 def strict_json(text: bytes, source: str, what: str) -> Any:
     """JSON parsed with no duplicate keys and no NaN/Infinity; bad input is a CheckpointError."""
     try:
-        return json.loads(text.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise CheckpointError(f"{source}: its {what} is not valid JSON ({str(exc)[:200]}).") from None
+        return json.loads(
+            text.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constant
+        )
+    except (
+        ValueError,
+        RecursionError,
+    ) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(
+            f"{source}: its {what} is not valid JSON ({str(exc)[:200]})."
+        ) from None
 
 
 def _int(value: Any) -> bool:
@@ -108,8 +125,10 @@ def parse_header(prefix: bytes, file_nbytes: int, source: str = "<bytes>") -> Sa
             "values in front of the header, which makes the whole file unreadable)."
         )
     if 8 + n > file_nbytes or len(prefix) < 8 + n:
-        raise CheckpointError(f"{source}: its header ({n} bytes) runs past the end of the file: truncated.")
-    raw = bytes(prefix[8:8 + n])
+        raise CheckpointError(
+            f"{source}: its header ({n} bytes) runs past the end of the file: truncated."
+        )
+    raw = bytes(prefix[8 : 8 + n])
     if not raw.lstrip(b" ").startswith(b"{"):
         raise CheckpointError(f"{source}: its header is not a JSON object: not a safetensors file.")
     doc = strict_json(raw, source, "header")
@@ -123,7 +142,9 @@ def parse_header(prefix: bytes, file_nbytes: int, source: str = "<bytes>") -> Sa
     for e in entries:
         if e.begin != pos:
             gap = "overlaps the one before it" if e.begin < pos else "leaves a gap before it"
-            raise CheckpointError(f"{source}: tensor {e.name!r} (bytes {e.begin}..{e.end}) {gap}: corrupt header.")
+            raise CheckpointError(
+                f"{source}: tensor {e.name!r} (bytes {e.begin}..{e.end}) {gap}: corrupt header."
+            )
         pos = e.end
     if pos != data_nbytes:
         raise CheckpointError(
@@ -147,7 +168,9 @@ def _entry(name: str, spec: Any, source: str) -> SafetensorsEntry:
         raise CheckpointError(f"{where} must have exactly dtype, shape and data_offsets.")
     code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if not isinstance(code, str) or code not in DTYPES:
-        raise CheckpointError(f"{where} has dtype {str(code)[:40]!r}, which dcpviz does not read ({', '.join(DTYPES)}).")
+        raise CheckpointError(
+            f"{where} has dtype {str(code)[:40]!r}, which dcpviz does not read ({', '.join(DTYPES)})."
+        )
     if not isinstance(shape, list) or not all(_int(d) for d in shape):
         raise CheckpointError(f"{where} has a shape that is not a list of non-negative ints.")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_int(v) for v in offsets):
@@ -174,9 +197,15 @@ def sharding_offsets(header: SafetensorsHeader, source: str) -> dict[str, tuple[
     shapes = {e.name: e.shape for e in header.entries}
     for name, spec in doc.items():
         offsets = spec.get("saved_offsets") if isinstance(spec, dict) else None
-        if name not in shapes or not isinstance(offsets, list) or len(offsets) != len(shapes[name]) \
-                or not all(_int(v) for v in offsets):
-            raise CheckpointError(f"{source}: {SHARDING_KEY} entry {name!r} does not match a tensor of the file.")
+        if (
+            name not in shapes
+            or not isinstance(offsets, list)
+            or len(offsets) != len(shapes[name])
+            or not all(_int(v) for v in offsets)
+        ):
+            raise CheckpointError(
+                f"{source}: {SHARDING_KEY} entry {name!r} does not match a tensor of the file."
+            )
         out[name] = tuple(offsets)
     return out
 
@@ -214,18 +243,28 @@ def is_safetensors(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if p.is_file():
         return p.suffix == SUFFIX
-    return p.is_dir() and not (p / ".metadata").exists() and (
-        (p / INDEX_FILE).is_file() or any(c.suffix == SUFFIX and c.is_file() for c in p.iterdir()))
+    return (
+        p.is_dir()
+        and not (p / ".metadata").exists()
+        and (
+            (p / INDEX_FILE).is_file()
+            or any(c.suffix == SUFFIX and c.is_file() for c in p.iterdir())
+        )
+    )
 
 
 def _inside(root: Path, name: str, source: str) -> Path:
     """``root/name`` for a plain file name; a path, traversal or a link out of ``root`` is refused."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise CheckpointError(f"{source} names {str(name)[:80]!r}, which is not a file name in the folder; refusing it.")
+        raise CheckpointError(
+            f"{source} names {str(name)[:80]!r}, which is not a file name in the folder; refusing it."
+        )
     path = root / name
     real_root, real = root.resolve(), path.resolve()
     if real.parent != real_root:
-        raise CheckpointError(f"{source}: {name!r} is a link out of the folder (to {str(real)!r}); refusing to read it.")
+        raise CheckpointError(
+            f"{source}: {name!r} is a link out of the folder (to {str(real)!r}); refusing to read it."
+        )
     return path
 
 
@@ -251,7 +290,9 @@ def read_folder(path: str | os.PathLike[str]) -> SafetensorsFolder:
     for name in names:
         fp = _inside(root, name, repr(str(root)))
         if not fp.is_file():
-            raise CheckpointError(f"{str(root)!r}: {INDEX_FILE} names {name!r}, which is not in the folder.")
+            raise CheckpointError(
+                f"{str(root)!r}: {INDEX_FILE} names {name!r}, which is not in the folder."
+            )
         files.append((name, read_header(fp)))
     if index is not None:
         mapped = dict(index)

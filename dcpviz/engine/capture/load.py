@@ -45,9 +45,11 @@ def record_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[st
     return read_facts((r.fqn, r.storage_fqn or r.fqn) for r in reads or ())
 
 
-def mismatches_for(md: Any, per_rank: dict[int, tuple[list[TargetValue], dict[str, str] | None,
-                                                    list[ReadRecord] | None]],
-                   read_storage_fqns: set[str]) -> tuple:
+def mismatches_for(
+    md: Any,
+    per_rank: dict[int, tuple[list[TargetValue], dict[str, str] | None, list[ReadRecord] | None]],
+    read_storage_fqns: set[str],
+) -> tuple:
     """Mismatch records as simulate_load builds them, from the ranks whose values are known:
     rank -> (its values, DCP's per-key messages if its plan failed, its local plan's reads)."""
 
@@ -72,8 +74,13 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
     goes on; a ``dcpviz.RecordingWarning`` is issued and ``problems`` lists what failed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], planner: LoadPlanner | None = None, *,
-                 scenario: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        planner: LoadPlanner | None = None,
+        *,
+        scenario: Any = None,
+    ) -> None:
         self._init_recorder(path, planner, LoadPlanner, DefaultLoadPlanner, scenario)
 
     def _reset(self) -> None:
@@ -105,7 +112,9 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return self._trace
 
     # -- the LoadPlanner protocol, forwarded ----------------------------------------------
-    def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
+    def set_up_planner(
+        self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False
+    ) -> None:
         """DCP's set_up_planner, passed through; starts a new recorded call."""
         self._start_call(is_coordinator)
         t0 = time.perf_counter()
@@ -135,7 +144,9 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
             plans = self._inner.create_global_plan(global_plan)
         except BaseException as exc:
             self._timings["create_global_plan"] = time.perf_counter() - t0
-            self._write(global_plan, None, (ErrorRecord("global", None, type(exc).__name__, str(exc)),))
+            self._write(
+                global_plan, None, (ErrorRecord("global", None, type(exc).__name__, str(exc)),)
+            )
             raise
         self._timings["create_global_plan"] = time.perf_counter() - t0
         self._global_plans = plans
@@ -209,32 +220,54 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         return self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete)
 
     def _complete(self) -> Path:
-        notes = [n for n in self._trace.notes
-                 if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
+        notes = [
+            n
+            for n in self._trace.notes
+            if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))
+        ]
         notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
             own = self._global_plans[self._rank] if self._rank < len(self._global_plans) else None
             same = own is not None and [(r.dest_index, r.storage_index) for r in own.items] == [
-                (r.dest_index, r.storage_index) for r in self._final_plan.items]
-            notes.append(f"The coordinator's own finish_plan {'returned its global plan unchanged' if same else 'changed its global plan'}.")
-        timings = {**dict(self._trace.timings), **self._timings, "recording_overhead": self._overhead}
-        self._trace = dataclasses.replace(self._trace, notes=tuple(notes), timings=tuple(timings.items()))
+                (r.dest_index, r.storage_index) for r in self._final_plan.items
+            ]
+            notes.append(
+                f"The coordinator's own finish_plan {'returned its global plan unchanged' if same else 'changed its global plan'}."
+            )
+        timings = {
+            **dict(self._trace.timings),
+            **self._timings,
+            "recording_overhead": self._overhead,
+        }
+        self._trace = dataclasses.replace(
+            self._trace, notes=tuple(notes), timings=tuple(timings.items())
+        )
         return write_trace(self._trace, self.path)
 
     # -- the trace -----------------------------------------------------------------------------
-    def _write(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
-               errors: tuple[ErrorRecord, ...]) -> None:
+    def _write(
+        self,
+        all_plans: list[LoadPlan],
+        global_plans: list[LoadPlan] | None,
+        errors: tuple[ErrorRecord, ...],
+    ) -> None:
         t0 = time.perf_counter()
         try:
             self._trace = self._build(all_plans, global_plans, errors)
         except Exception as exc:  # recording must never change what dcp.load does
             self._note_problem("build the trace", exc)
         else:
-            self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
+            self._record_safely(
+                f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path
+            )
         self._overhead += time.perf_counter() - t0
 
-    def _build(self, all_plans: list[LoadPlan], global_plans: list[LoadPlan] | None,
-               errors: tuple[ErrorRecord, ...]) -> LoadTrace:
+    def _build(
+        self,
+        all_plans: list[LoadPlan],
+        global_plans: list[LoadPlan] | None,
+        errors: tuple[ErrorRecord, ...],
+    ) -> LoadTrace:
         W = len(all_plans)
         md = self._metadata
         saved = resolve_saved(md)
@@ -242,11 +275,16 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         reads, wanted = ItemTable(), ItemTable()
         memo: dict[int, Any] = {}
         local = tuple(load_plan_record(p, reads, sizes, memo) for p in all_plans)
-        global_records = (tuple(load_plan_record(p, reads, sizes, memo) for p in global_plans)
-                          if global_plans is not None else None)
+        global_records = (
+            tuple(load_plan_record(p, reads, sizes, memo) for p in global_plans)
+            if global_plans is not None
+            else None
+        )
         values = self.values()
         me = self._rank if self._rank < W else 0
-        wanted_by_rank = tuple(tuple(wanted.add(v) for v in values) if r == me else () for r in range(W))
+        wanted_by_rank = tuple(
+            tuple(wanted.add(v) for v in values) if r == me else () for r in range(W)
+        )
         read_src = set()
         for rec in local:
             read_src |= record_facts([reads.items[i] for i in rec.items])[2]
@@ -258,7 +296,9 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
             scenario, inferred = infer_scenario(flattened(self._state_dict or {}), W)
         if scenario.world_size != W:
             scenario = dataclasses.replace(scenario, world_size=W)
-        scenario = dataclasses.replace(scenario, components=captured_components(self._state_dict or {}))
+        scenario = dataclasses.replace(
+            scenario, components=captured_components(self._state_dict or {})
+        )
         notes = [
             f"Captured by RecordingLoadPlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans as the coordinator received them.",
@@ -305,4 +345,3 @@ def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadReco
 def values_from_plain(items: list[dict[str, Any]]) -> list[TargetValue]:
     """TargetValues from the plain dicts a worker sent."""
     return [decode_plain(TargetValue, it, "rank_record") for it in items]
-

@@ -65,14 +65,18 @@ def infer_scenario(state_dict: dict[str, Any], world_size: int) -> tuple[Scenari
         shape = tuple(int(d) for d in root.shape)
         names = tuple(root.mesh_dim_names or (f"dim{i}" for i in range(root.ndim)))
         if len({tuple(m.shape) for m in meshes.values()}) > 1:
-            notes.append(f"DTensors use {len(meshes)} different root meshes; the largest ({shape}) is shown.")
+            notes.append(
+                f"DTensors use {len(meshes)} different root meshes; the largest ({shape}) is shown."
+            )
         if root.size() != world_size:
             notes.append(
                 f"The DTensors' mesh holds {root.size()} ranks but dcp.save's group has {world_size}."
             )
     else:
         shape, names = (world_size,), ("dim0",)
-        notes.append("No DTensor in the coordinator's state dict: the mesh shown is 1-D over the save group.")
+        notes.append(
+            "No DTensor in the coordinator's state dict: the mesh shown is 1-D over the save group."
+        )
     if kinds:
         notes.append(
             "Placements seen on the coordinator: "
@@ -126,12 +130,14 @@ def check_path_template(path: str | os.PathLike[str]) -> str:
         raise DcpvizError(
             f"path={template!r} has the placeholder {{{bad[0]}}}, but the only one filled in is {{n}} "
             "(the number of the dcp call this planner serves). Put the rank into the path yourself, "
-            "e.g. f\"plan_{rank}_{{n}}.json\" (only the coordinator writes a trace)."
+            'e.g. f"plan_{rank}_{{n}}.json" (only the coordinator writes a trace).'
         )
     try:
         template.format(n=0)
     except (ValueError, TypeError) as exc:  # a format spec that does not fit an int, e.g. {n:s}
-        raise DcpvizError(f"path={template!r}: {{n}} is an integer, and its format fails ({exc}).") from None
+        raise DcpvizError(
+            f"path={template!r}: {{n}} is an integer, and its format fails ({exc})."
+        ) from None
     return template
 
 
@@ -143,8 +149,9 @@ class Recorder:
 
     problems: list[str]
 
-    def _init_recorder(self, path: str | os.PathLike[str], planner: Any, base: type, default: type,
-                       scenario: Any) -> None:
+    def _init_recorder(
+        self, path: str | os.PathLike[str], planner: Any, base: type, default: type, scenario: Any
+    ) -> None:
         """Set up the wrapped planner, the path template and the rank. Options are read before
         set_up_planner adds state."""
         template = check_path_template(path)
@@ -153,9 +160,13 @@ class Recorder:
         elif isinstance(planner, type) and issubclass(planner, base):
             planner = planner()
         if not isinstance(planner, base):
-            raise DcpvizError(f"planner={planner!r} is not a torch.distributed.checkpoint {base.__name__}.")
+            raise DcpvizError(
+                f"planner={planner!r} is not a torch.distributed.checkpoint {base.__name__}."
+            )
         if isinstance(planner, type(self)):
-            raise DcpvizError(f"planner is already a {type(self).__name__}; wrap the inner planner once.")
+            raise DcpvizError(
+                f"planner is already a {type(self).__name__}; wrap the inner planner once."
+            )
         self._inner = planner
         self._path_template = template
         self._saves = -1  # calls to set_up_planner so far (one per dcp call)
@@ -190,8 +201,10 @@ class Recorder:
 
     def _note_problem(self, what: str, exc: BaseException) -> None:
         """Record that the recorder could not do ``what``: a RecordingWarning and a problem note."""
-        message = (f"{type(self).__name__} could not {what} ({type(exc).__name__}: {exc}); "
-                   "the checkpoint call itself is not affected.")
+        message = (
+            f"{type(self).__name__} could not {what} ({type(exc).__name__}: {exc}); "
+            "the checkpoint call itself is not affected."
+        )
         self.problems.append(message)
         warnings.warn(message, RecordingWarning, stacklevel=2)
 

@@ -61,7 +61,9 @@ class CarriedPlannerData(dict):
     It is the original mappings dict too (a dict subclass holding the same items), so even a
     coordinator that does not strip it (not a recorder) merges the same planner_data."""
 
-    def __init__(self, planner_data: dict[str, Any] | None, digests: tuple[ValueDigest, ...]) -> None:
+    def __init__(
+        self, planner_data: dict[str, Any] | None, digests: tuple[ValueDigest, ...]
+    ) -> None:
         super().__init__(planner_data or {})
         self.planner_data = planner_data
         self.digests = digests
@@ -102,8 +104,13 @@ class RecordingSavePlanner(Recorder, SavePlanner):
     issued and ``problems`` lists what failed (also as notes of any trace written later).
     """
 
-    def __init__(self, path: str | os.PathLike[str], planner: SavePlanner | None = None, *,
-                 scenario: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        planner: SavePlanner | None = None,
+        *,
+        scenario: Any = None,
+    ) -> None:
         self._init_recorder(path, planner, SavePlanner, DefaultSavePlanner, scenario)
 
     def _reset(self) -> None:
@@ -137,7 +144,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         return self._inner
 
     # -- the SavePlanner protocol, forwarded ----------------------------------------------
-    def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
+    def set_up_planner(
+        self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False
+    ) -> None:
         """DCP's set_up_planner, passed through; starts a new recorded call."""
         self._start_call(is_coordinator)
         t0 = time.perf_counter()
@@ -166,9 +175,15 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._local_plan = plan
         # A cached "unchanged" marker is empty: DCP writes this rank's cached plan's items.
         measured = _cached_local_plan(self._inner) if not getattr(plan, "usable", True) else plan
-        self._byte_sizes = self._record_safely("measure the BYTE_IO items", byte_item_sizes,
-                                         self._inner, (measured or plan).items) or {}
-        carried = self._record_safely("fingerprint this rank's non-DTensor values", self._carry, plan)
+        self._byte_sizes = (
+            self._record_safely(
+                "measure the BYTE_IO items", byte_item_sizes, self._inner, (measured or plan).items
+            )
+            or {}
+        )
+        carried = self._record_safely(
+            "fingerprint this rank's non-DTensor values", self._carry, plan
+        )
         self._overhead += time.perf_counter() - t1
         return carried if carried is not None else plan
 
@@ -185,7 +200,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         # value (a whole nested dict of this rank's shards) as one bytes entry.
         flatten = bool(getattr(self._inner, "flatten_state_dict", True))
         self._digests = tuple(value_digests_of(self._state_dict, self._rank, flatten=flatten))
-        return dataclasses.replace(plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests))
+        return dataclasses.replace(
+            plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests)
+        )
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
         """The inner planner's global plan and metadata, recorded (and written by the coordinator)."""
@@ -201,14 +218,23 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         t1 = time.perf_counter()
         self._timings["create_global_plan"] = t1 - t0
         self._global_plans, self._metadata = global_plans, metadata
-        used = self._record_safely("read DCP's plan cache", used_plans, self._inner, all_plans, global_plans)
-        local_used, global_used, cached = used if used is not None else (all_plans, global_plans, None)
+        used = self._record_safely(
+            "read DCP's plan cache", used_plans, self._inner, all_plans, global_plans
+        )
+        local_used, global_used, cached = (
+            used if used is not None else (all_plans, global_plans, None)
+        )
         self._cached = cached
-        self._global_plans = global_used  # the coordinator's finish_plan is checked against its real plan
-        self._trace = self._record_safely("build the trace", self._build_trace, local_used, global_used,
-                                    metadata, (), True)
+        self._global_plans = (
+            global_used  # the coordinator's finish_plan is checked against its real plan
+        )
+        self._trace = self._record_safely(
+            "build the trace", self._build_trace, local_used, global_used, metadata, (), True
+        )
         if self._trace is not None:
-            self._record_safely(f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path)
+            self._record_safely(
+                f"write the trace to {str(self.path)!r}", write_trace, self._trace, self.path
+            )
         self._overhead += time.perf_counter() - t1
         return global_plans, metadata
 
@@ -238,8 +264,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         if not self.is_coordinator or self._trace is None:
             return None
         t0 = time.perf_counter()
-        written = self._record_safely(f"complete the trace at {str(self.path)!r}", self._complete, metadata,
-                                      storage_writer)
+        written = self._record_safely(
+            f"complete the trace at {str(self.path)!r}", self._complete, metadata, storage_writer
+        )
         self._overhead += time.perf_counter() - t0
         return written
 
@@ -257,7 +284,11 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             info = self._trace.metadata
             notes = [n for n in notes if not n.startswith("Storage facts")]
             notes.append(self._folder_facts(storage_writer))
-        notes = [n for n in notes if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))]
+        notes = [
+            n
+            for n in notes
+            if not n.startswith(("The coordinator's own finish_plan", "Recording problem"))
+        ]
         notes += self._problem_notes()
         if self._final_plan is not None and self._global_plans is not None:
             same = _same_items(self._final_plan, self._global_plans[self._coordinator_index()])
@@ -275,9 +306,11 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         """Storage facts from the folder a metadata-less writer wrote (its safetensors headers);
         the note saying where they came from, or why there are none."""
         if writer is None:
-            return ("Storage facts: none. The storage writer put no storage data into the metadata "
-                    "(DCP's HuggingFaceStorageWriter writes none); call planner.complete(md, "
-                    "storage_writer=writer) to read them from the safetensors headers of its folder.")
+            return (
+                "Storage facts: none. The storage writer put no storage data into the metadata "
+                "(DCP's HuggingFaceStorageWriter writes none); call planner.complete(md, "
+                "storage_writer=writer) to read them from the safetensors headers of its folder."
+            )
         folder = getattr(writer, "consolidated_output_path", None) or getattr(writer, "path", None)
         try:
             if folder is None:
@@ -285,7 +318,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             rows, note = folder_file_plan(str(folder), self._trace)
         except CheckpointError as exc:
             return f"Storage facts: none. They could not be read from the storage writer's folder: {exc}"
-        self._trace = dataclasses.replace(self._trace, storage_writer=writer_info(writer), file_plan=rows)
+        self._trace = dataclasses.replace(
+            self._trace, storage_writer=writer_info(writer), file_plan=rows
+        )
         return note
 
     @property
@@ -315,7 +350,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
 
     # -- building the trace ----------------------------------------------------------------
     def _coordinator_index(self) -> int:
-        return self._rank if self._global_plans is None or self._rank < len(self._global_plans) else 0
+        return (
+            self._rank if self._global_plans is None or self._rank < len(self._global_plans) else 0
+        )
 
     def _record_failure(self, all_plans: list[SavePlan], exc: BaseException) -> None:
         """The coordinator's planner raised: write what was planned so far, then let DCP raise."""
@@ -324,7 +361,9 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         try:
             fallback = unvalidated_global_plan(self._inner, list(all_plans))
             global_plans, md = fallback if fallback is not None else (None, None)
-            err = ErrorRecord(phase="global", rank=None, exc_type=type(exc).__name__, message=str(exc))
+            err = ErrorRecord(
+                phase="global", rank=None, exc_type=type(exc).__name__, message=str(exc)
+            )
             extra = []
             if fallback is not None:
                 extra.append(
@@ -337,22 +376,38 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             self._note_problem("record the failed global plan", rec_exc)
         self._overhead += time.perf_counter() - t0
 
-    def _build_trace(self, all_plans: list[SavePlan], global_plans: list[SavePlan] | None, metadata: Any,
-                     errors: tuple[ErrorRecord, ...], validated: bool, extra_notes: list[str] = ()) -> SaveTrace:
+    def _build_trace(
+        self,
+        all_plans: list[SavePlan],
+        global_plans: list[SavePlan] | None,
+        metadata: Any,
+        errors: tuple[ErrorRecord, ...],
+        validated: bool,
+        extra_notes: list[str] = (),
+    ) -> SaveTrace:
         W = len(all_plans)
         conv = _GatheredPlanConverter()
         own = self._byte_sizes
         local = tuple(conv.record(p, own) for p in all_plans)
-        global_records = tuple(conv.record(p, own) for p in global_plans) if global_plans is not None else None
+        global_records = (
+            tuple(conv.record(p, own) for p in global_plans) if global_plans is not None else None
+        )
         cached = getattr(self, "_cached", None)
         if cached is not None and validated:
             local_hits, global_hits = cached
             local = tuple(dataclasses.replace(p, cached=hit) for p, hit in zip(local, local_hits))
             if global_records is not None:
-                global_records = tuple(dataclasses.replace(p, cached=hit)
-                                       for p, hit in zip(global_records, global_hits))
-        others_bytes = sum(1 for r, p in enumerate(all_plans) if r != self._rank
-                           for wi in p.items if wi.type == WriteItemType.BYTE_IO)
+                global_records = tuple(
+                    dataclasses.replace(p, cached=hit)
+                    for p, hit in zip(global_records, global_hits)
+                )
+        others_bytes = sum(
+            1
+            for r, p in enumerate(all_plans)
+            if r != self._rank
+            for wi in p.items
+            if wi.type == WriteItemType.BYTE_IO
+        )
         if self._scenario is not None:
             scenario, inferred_notes = self._scenario, []
         else:
@@ -379,12 +434,19 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             )
         digests, every = self._received
         if not every:
-            notes.append("Some ranks sent no value digests (their planner is not a RecordingSavePlanner, "
-                         "or fingerprinting failed there): their values are unknown to the checks.")
+            notes.append(
+                "Some ranks sent no value digests (their planner is not a RecordingSavePlanner, "
+                "or fingerprinting failed there): their values are unknown to the checks."
+            )
         alternative = None
         if global_plans is not None:
-            alternative = dedup_alternative(self._inner, list(all_plans), lambda r, p: conv.record(p, own), conv.items,
-                                            global_records)
+            alternative = dedup_alternative(
+                self._inner,
+                list(all_plans),
+                lambda r, p: conv.record(p, own),
+                conv.items,
+                global_records,
+            )
         if any(not getattr(p, "usable", True) for p in all_plans):
             notes.append(
                 "Some local plans are unusable (empty): plan caching (enable_plan_caching) sent "
@@ -427,8 +489,9 @@ def _cached_local_plan(inner: Any) -> SavePlan | None:
     return SavePlanner._cached_save_plan.get(key) if key is not None else None
 
 
-def used_plans(inner: Any, received: list[SavePlan], deltas: list[SavePlan]) -> tuple[
-        list[SavePlan], list[SavePlan], tuple[tuple[bool, ...], tuple[bool, ...]]] | None:
+def used_plans(
+    inner: Any, received: list[SavePlan], deltas: list[SavePlan]
+) -> tuple[list[SavePlan], list[SavePlan], tuple[tuple[bool, ...], tuple[bool, ...]]] | None:
     """(the local plans, the global plans DCP really used, (which local plans were cache hits,
     which global plans were)) after ``inner.create_global_plan``; None when the planner caches
     nothing. With ``enable_plan_caching`` a rank whose plan is unchanged sends an empty,
@@ -463,8 +526,15 @@ class _GatheredPlanConverter(PlanConverter):
             if td is None:  # BYTE_IO: sizes differ by rank
                 ids.append(self.table.add(planned_item(wi, byte_sizes)))
                 continue
-            key = (wi.index.fqn, wi.type, wi.index.offset, td.chunk.offsets, td.chunk.sizes,
-                   td.properties.dtype, td.size)
+            key = (
+                wi.index.fqn,
+                wi.type,
+                wi.index.offset,
+                td.chunk.offsets,
+                td.chunk.sizes,
+                td.properties.dtype,
+                td.size,
+            )
             idx = self._by_value.get(key)
             if idx is None:
                 idx = self._by_value[key] = self.table.add(planned_item(wi, byte_sizes))

@@ -84,8 +84,10 @@ def _refusal(raw: bytes, where: str, exc: Exception) -> CheckpointError:
             "torch.load(weights_only=False)). If the class is your own and you trust this "
             "checkpoint, allow it with torch.serialization.safe_globals([YourClass])."
         )
-    first = next((ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln),
-                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    first = next(
+        (ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln),
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+    )
     return CheckpointError(
         f"refusing to load {where}: it is not a value torch's weights-only unpickler can build "
         f"({first}). The record may be corrupt or malicious."

@@ -46,18 +46,30 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
     ``dcp.load(sd, checkpoint_id=..., planner=RenamingLoadPlanner(rename, resized=[...]))``.
     Keys not in ``rename`` keep their name."""
 
-    def __init__(self, rename: Mapping[str, str] | None = None, *, resized: Iterable[str] = (),
-                 flatten_state_dict: bool = True, flatten_sharded_tensors: bool = True,
-                 allow_partial_load: bool = False) -> None:
-        super().__init__(flatten_state_dict, flatten_sharded_tensors, allow_partial_load=allow_partial_load)
+    def __init__(
+        self,
+        rename: Mapping[str, str] | None = None,
+        *,
+        resized: Iterable[str] = (),
+        flatten_state_dict: bool = True,
+        flatten_sharded_tensors: bool = True,
+        allow_partial_load: bool = False,
+    ) -> None:
+        super().__init__(
+            flatten_state_dict, flatten_sharded_tensors, allow_partial_load=allow_partial_load
+        )
         self.rename = dict(sorted((str(k), str(v)) for k, v in (rename or {}).items()))
         self.resized = tuple(sorted(str(k) for k in resized))
         # What this planner fixes, as one plain-text option: a load trace records it, so the next
         # round's fix planner adds to it (dcpviz.analysis.load.fix.previous_fix).
-        self.fix_spec = json.dumps({"rename": sorted(self.rename.items()), "resized": list(self.resized)})
+        self.fix_spec = json.dumps(
+            {"rename": sorted(self.rename.items()), "resized": list(self.resized)}
+        )
         self._boxes: dict[str, tuple[Any, tuple[int, ...], tuple[int, ...]]] = {}
 
-    def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
+    def set_up_planner(
+        self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False
+    ) -> None:
         """DCP's set up, then the flattened keys (and their place in the nested dict) renamed, and
         the resized keys taken aside."""
         super().set_up_planner(state_dict, metadata, is_coordinator)
@@ -73,8 +85,10 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
         for key in self.resized:
             new = self.rename.get(key, key)
             if new not in renamed:
-                raise DcpvizError(f"RenamingLoadPlanner: resized key {key!r} is not in the state dict. "
-                                  "Name resized keys as the state dict's flattened keys (before the rename).")
+                raise DcpvizError(
+                    f"RenamingLoadPlanner: resized key {key!r} is not in the state dict. "
+                    "Name resized keys as the state dict's flattened keys (before the rename)."
+                )
             self._boxes[new] = _resized_box(new, renamed.pop(new), metadata)
         self.state_dict = renamed
 
@@ -83,13 +97,18 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
         each resized key, DCP's own reads (``create_read_items_for_chunk_list``) of the box this
         rank's shard shares with the saved tensor. DefaultLoadPlanner's pre-2.4 key fallback is
         not run: it would re-flatten the user's dict and undo the rename."""
-        plan = create_default_local_load_plan(self.state_dict, self.metadata, not self.allow_partial_load)
+        plan = create_default_local_load_plan(
+            self.state_dict, self.metadata, not self.allow_partial_load
+        )
         items = list(plan.items)
         for key, (_, offsets, sizes) in sorted(self._boxes.items()):
             if all(s > 0 for s in sizes):
                 md = self.metadata.state_dict_metadata[key]
-                items += create_read_items_for_chunk_list(key, md, [ChunkStorageMetadata(
-                    offsets=torch.Size(offsets), sizes=torch.Size(sizes))])
+                items += create_read_items_for_chunk_list(
+                    key,
+                    md,
+                    [ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))],
+                )
         return LoadPlan(items, plan.storage_data, plan.planner_data)
 
     def lookup_tensor(self, index: Any) -> Any:
@@ -100,21 +119,29 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
         return super().lookup_tensor(index)
 
     def __repr__(self) -> str:
-        return (f"RenamingLoadPlanner({len(self.rename)} renamed keys, {len(self.resized)} resized, "
-                f"allow_partial_load={self.allow_partial_load})")
+        return (
+            f"RenamingLoadPlanner({len(self.rename)} renamed keys, {len(self.resized)} resized, "
+            f"allow_partial_load={self.allow_partial_load})"
+        )
 
 
-def _resized_box(key: str, value: Any, metadata: Any) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+def _resized_box(
+    key: str, value: Any, metadata: Any
+) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
     """(view of this rank's local tensor on the box it shares with the saved tensor, the box's
     global offsets, its sizes)."""
     md = metadata.state_dict_metadata.get(key) if metadata is not None else None
     if not isinstance(value, torch.Tensor) or not hasattr(md, "size"):
-        raise DcpvizError(f"RenamingLoadPlanner: resized key {key!r} must be a tensor in both the state dict "
-                          "and the checkpoint.")
+        raise DcpvizError(
+            f"RenamingLoadPlanner: resized key {key!r} must be a tensor in both the state dict "
+            "and the checkpoint."
+        )
     saved = tuple(int(v) for v in md.size)
     local, offsets, sizes = _local_box(value)
     if len(saved) != len(sizes):
-        raise DcpvizError(f"RenamingLoadPlanner: {key!r} was saved with {len(saved)} dims, the target has {len(sizes)}.")
+        raise DcpvizError(
+            f"RenamingLoadPlanner: {key!r} was saved with {len(saved)} dims, the target has {len(sizes)}."
+        )
     box = _overlap(saved, offsets, sizes)
     if box is None:
         return local[tuple(slice(0, 0) for _ in sizes)], offsets, (0,) * len(sizes)
@@ -133,7 +160,9 @@ def _collisions(state_dict: Mapping[str, Any], rename: Mapping[str, str]) -> str
     return "?"
 
 
-def _overlap(a: tuple[int, ...], offsets: tuple[int, ...], sizes: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+def _overlap(
+    a: tuple[int, ...], offsets: tuple[int, ...], sizes: tuple[int, ...]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
     """The box ``[0, a)`` ∩ ``[offsets, offsets + sizes)``, as (global slices, local slices)."""
     glob, loc = [], []
     for extent, off, size in zip(a, offsets, sizes):
@@ -156,8 +185,14 @@ def _local_box(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[in
     return t, (0,) * t.dim(), tuple(t.shape)
 
 
-def load_resized(state_dict: Mapping[str, Any], checkpoint_id: str | os.PathLike[str], keys: Iterable[str], *,
-                 rename: Mapping[str, str] | None = None, storage_reader: Any = None) -> dict[str, tuple[int, ...]]:
+def load_resized(
+    state_dict: Mapping[str, Any],
+    checkpoint_id: str | os.PathLike[str],
+    keys: Iterable[str],
+    *,
+    rename: Mapping[str, str] | None = None,
+    storage_reader: Any = None,
+) -> dict[str, tuple[int, ...]]:
     """Load only the tensors whose shape changed since the save: for each of ``keys`` (the
     flattened keys DCP plans with, e.g. ``model.tok_embeddings.weight`` in a ``{"model": ...}``
     state), every rank reads the box its own shard shares with the saved tensor into that part of
@@ -175,10 +210,19 @@ def load_resized(state_dict: Mapping[str, Any], checkpoint_id: str | os.PathLike
     for key in keys:
         src = rename.get(key, key)
         if key not in flat or src not in saved or not hasattr(saved[src], "size"):
-            where = "the state dict (its flattened keys)" if key not in flat else "the checkpoint (as a tensor)"
-            raise DcpvizError(f"load_resized: {key!r} is not in {where}. Pass the keys the size hint names.")
+            where = (
+                "the state dict (its flattened keys)"
+                if key not in flat
+                else "the checkpoint (as a tensor)"
+            )
+            raise DcpvizError(
+                f"load_resized: {key!r} is not in {where}. Pass the keys the size hint names."
+            )
         shapes[key] = tuple(int(v) for v in saved[src].size)
     sub = {k: flat[k] for k in keys}
-    dcp.load(sub, storage_reader=storage_reader or SafeFileSystemReader(checkpoint_id),
-             planner=RenamingLoadPlanner({k: rename[k] for k in keys if k in rename}, resized=keys))
+    dcp.load(
+        sub,
+        storage_reader=storage_reader or SafeFileSystemReader(checkpoint_id),
+        planner=RenamingLoadPlanner({k: rename[k] for k in keys if k in rename}, resized=keys),
+    )
     return shapes

@@ -113,7 +113,11 @@ def _storage(storage: Any) -> Iterator[str]:
         if not isinstance(index, MetadataIndex):
             yield f"storage_data has a key {_kind(index)}, not a MetadataIndex"
             return
-        fqn, offset, position = _field(index, "fqn"), _field(index, "offset", None), _field(index, "index", None)
+        fqn, offset, position = (
+            _field(index, "fqn"),
+            _field(index, "offset", None),
+            _field(index, "index", None),
+        )
         if not isinstance(fqn, str):
             yield f"a storage_data key's fqn is {_kind(fqn)}, not a string"
             return
@@ -132,9 +136,16 @@ def _record(info: Any, where: str) -> Iterator[str]:
         yield f"{where}.relative_path is {_kind(path)}, not a file name"
         return
     parts = PurePosixPath(path.replace("\\", "/")).parts
-    if path.startswith(("/", "\\")) or ".." in parts or "\x00" in path or (parts and ":" in parts[0]):
-        yield (f"{where}.relative_path {path!r} is absolute or goes through '..': refusing a record "
-               "that may lie outside the checkpoint directory")
+    if (
+        path.startswith(("/", "\\"))
+        or ".." in parts
+        or "\x00" in path
+        or (parts and ":" in parts[0])
+    ):
+        yield (
+            f"{where}.relative_path {path!r} is absolute or goes through '..': refusing a record "
+            "that may lie outside the checkpoint directory"
+        )
     for name in ("offset", "length"):
         value = _field(info, name)
         if not _is_count(value):

@@ -38,8 +38,14 @@ METADATA_FILE = ".metadata"
 _ALLOWED: set[tuple[str, str]] = {
     ("torch.distributed.checkpoint.metadata", n)
     for n in (
-        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
-        "BytesStorageMetadata", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
     )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
@@ -130,7 +136,9 @@ def _check_storage_paths(root: Path, md: Any) -> None:
         rel = str(getattr(s, "relative_path", ""))
         where = f"entry {getattr(index, 'fqn', index)!r}"
         if Path(rel).is_absolute():
-            raise CheckpointError(f"{where} points outside the checkpoint directory ({rel!r}); refusing to read it.")
+            raise CheckpointError(
+                f"{where} points outside the checkpoint directory ({rel!r}); refusing to read it."
+            )
         check_inside(root, root / rel, f"{where} ({rel!r})")
 
 
@@ -168,7 +176,9 @@ class SafeFileSystemReader(FileSystemReader):
         return super().read_data(plan, SafeBytesPlanner(planner, repr(str(self.path))))
 
 
-def storage_shortfalls(checkpoint_dir: str | os.PathLike[str], md: Any) -> dict[tuple, tuple[str, str]]:
+def storage_shortfalls(
+    checkpoint_dir: str | os.PathLike[str], md: Any
+) -> dict[tuple, tuple[str, str]]:
     """(fqn, offsets or None) -> (exception type, message) for every storage record whose bytes
     are not there: its data file is missing, or shorter than the record's offset + length.
 
@@ -199,11 +209,17 @@ def storage_shortfalls(checkpoint_dir: str | os.PathLike[str], md: Any) -> dict[
         size = sizes[rel]
         where = f"{index.fqn!r} chunk {key[1]}" if key[1] is not None else f"{index.fqn!r}"
         if size is None:
-            out[key] = ("FileNotFoundError", f"{where} is stored in {rel!r}, which does not exist in the "
-                        "checkpoint directory (deleted, renamed or never copied)")
+            out[key] = (
+                "FileNotFoundError",
+                f"{where} is stored in {rel!r}, which does not exist in the "
+                "checkpoint directory (deleted, renamed or never copied)",
+            )
         elif offset + length > size:
-            out[key] = ("RuntimeError", f"{where} is stored at bytes {offset}..{offset + length} of {rel!r}, "
-                        f"but the file has only {size} bytes (truncated, or .metadata belongs to another save)")
+            out[key] = (
+                "RuntimeError",
+                f"{where} is stored at bytes {offset}..{offset + length} of {rel!r}, "
+                f"but the file has only {size} bytes (truncated, or .metadata belongs to another save)",
+            )
     return out
 
 
@@ -254,7 +270,9 @@ def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify
 
     view = _Slice(fh, s.offset, s.length)
     if view.read(4) != _ZIP_MAGIC:
-        raise CheckpointError(f"{where} is corrupt: its record does not start like a torch.save archive.")
+        raise CheckpointError(
+            f"{where} is corrupt: its record does not start like a torch.save archive."
+        )
     view.seek(0)
     try:
         with zipfile.ZipFile(io.BufferedReader(view)) as z:
@@ -262,7 +280,11 @@ def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify
             if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
                 raise CheckpointError(f"{where} is corrupt: its record has no data.pkl.")
             if expect_nbytes is not None:
-                stored = sum(i.file_size for i in infos if "/data/" in i.filename and not i.filename.endswith("/"))
+                stored = sum(
+                    i.file_size
+                    for i in infos
+                    if "/data/" in i.filename and not i.filename.endswith("/")
+                )
                 if stored != expect_nbytes:
                     raise CheckpointError(
                         f"{where} is corrupt: the record holds {stored} bytes of tensor data but the "
@@ -271,11 +293,15 @@ def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify
             if verify == "full":
                 bad = z.testzip()
                 if bad is not None:
-                    raise CheckpointError(f"{where} is corrupt: CRC check failed for {bad!r} in its record.")
+                    raise CheckpointError(
+                        f"{where} is corrupt: CRC check failed for {bad!r} in its record."
+                    )
     except CheckpointError:
         raise
     except Exception as exc:  # BadZipFile, truncated directory, ...
-        raise CheckpointError(f"{where} is corrupt: its record is not a readable archive ({exc}).") from None
+        raise CheckpointError(
+            f"{where} is corrupt: its record is not a readable archive ({exc})."
+        ) from None
 
 
 def _check_byte_entry(fh: Any, s: Any, where: str) -> None:
@@ -286,7 +312,9 @@ def _check_byte_entry(fh: Any, s: Any, where: str) -> None:
     load_byte_io(fh.read(int(s.length)), where)
 
 
-def read_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers") -> CheckpointFacts:
+def read_checkpoint(
+    checkpoint_dir: str | os.PathLike[str], *, verify: str = "headers"
+) -> CheckpointFacts:
     """Read a DCP checkpoint directory without executing anything from it, and check it.
 
     ``.metadata`` goes through the restricted unpickler (a ``.metadata`` link out of the
@@ -308,15 +336,26 @@ def read_checkpoint(checkpoint_dir: str | os.PathLike[str], *, verify: str = "he
     sizes, storage_rows = _storage_rows(records, root)
     if verify != "none":
         _verify_records(records, expected, root, verify)
-    stale = sorted(p.name for p in root.iterdir()
-                   if p.is_file() and p.suffix == ".distcp" and p.name not in sizes)
+    stale = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and p.suffix == ".distcp" and p.name not in sizes
+    )
     tensor_lengths = sum(int(records[k].length) for k, v in expected.items() if v is not None)
     return CheckpointFacts(
-        path=root, metadata=md, chunk_rows=chunk_rows, storage_rows=storage_rows,
+        path=root,
+        metadata=md,
+        chunk_rows=chunk_rows,
+        storage_rows=storage_rows,
         file_sizes={**sizes, **{rel: (root / rel).stat().st_size for rel in stale}},
-        referenced_files=tuple(sorted(sizes)), stale_files=tuple(stale),
-        tensors=sum(1 for e in md.state_dict_metadata.values() if isinstance(e, TensorStorageMetadata)),
-        bytes_entries=sum(1 for e in md.state_dict_metadata.values() if isinstance(e, BytesStorageMetadata)),
+        referenced_files=tuple(sorted(sizes)),
+        stale_files=tuple(stale),
+        tensors=sum(
+            1 for e in md.state_dict_metadata.values() if isinstance(e, TensorStorageMetadata)
+        ),
+        bytes_entries=sum(
+            1 for e in md.state_dict_metadata.values() if isinstance(e, BytesStorageMetadata)
+        ),
         tensor_record_nbytes=tensor_lengths,
         metadata_nbytes=(root / METADATA_FILE).stat().st_size,
         dcp_version=getattr(md, "version", None),
@@ -334,13 +373,17 @@ def _chunk_rows(md: Any, root: Path) -> tuple[list[tuple], dict[tuple, int | Non
             for ci, c in enumerate(entry.chunks):
                 off, sz = tuple(int(v) for v in c.offsets), tuple(int(v) for v in c.sizes)
                 nbytes = math.prod(sz) * itemsize
-                chunk_rows.append((fqn, ci, off, sz, dtype, nbytes, "tensor", tuple(int(v) for v in entry.size)))
+                chunk_rows.append(
+                    (fqn, ci, off, sz, dtype, nbytes, "tensor", tuple(int(v) for v in entry.size))
+                )
                 expected[_key(fqn, off)] = nbytes
         elif isinstance(entry, BytesStorageMetadata):
             chunk_rows.append((fqn, 0, (), (), "", 0, "bytes", ()))
             expected[_key(fqn, None)] = None
         else:
-            raise CheckpointError(f"entry {fqn!r} of {root} has an unknown kind {type(entry).__name__}.")
+            raise CheckpointError(
+                f"entry {fqn!r} of {root} has an unknown kind {type(entry).__name__}."
+            )
     return chunk_rows, expected
 
 
@@ -354,7 +397,9 @@ def _storage_records(md: Any, expected: dict[tuple, int | None], root: Path) -> 
         )
     records: dict[tuple, Any] = {}
     for index, s in (storage_data or {}).items():
-        if not hasattr(index, "fqn") or not all(hasattr(s, a) for a in ("relative_path", "offset", "length")):
+        if not hasattr(index, "fqn") or not all(
+            hasattr(s, a) for a in ("relative_path", "offset", "length")
+        ):
             raise CheckpointError(f"{root}/.metadata has a malformed storage record for {index!r}.")
         records[_key(index.fqn, index.offset)] = s
     missing = [k for k in expected if k not in records]
@@ -393,11 +438,15 @@ def _storage_rows(records: dict[tuple, Any], root: Path) -> tuple[dict[str, int]
                 f"{where} is stored at bytes {offset}..{offset + length} of {rel!r}, but the file has "
                 f"only {sizes[rel]} bytes: it is truncated (or the metadata belongs to another save)."
             )
-        storage_rows.append((fqn, off if off is not None else (), rel, offset, length, file_rank(rel)))
+        storage_rows.append(
+            (fqn, off if off is not None else (), rel, offset, length, file_rank(rel))
+        )
     return sizes, storage_rows
 
 
-def _verify_records(records: dict[tuple, Any], expected: dict[tuple, int | None], root: Path, verify: str) -> None:
+def _verify_records(
+    records: dict[tuple, Any], expected: dict[tuple, int | None], root: Path, verify: str
+) -> None:
     """Every plain record is a torch.save archive of the right size; every BYTE_IO value builds."""
     by_file: dict[str, list] = {}
     for (fqn, off), s in records.items():
@@ -407,7 +456,9 @@ def _verify_records(records: dict[tuple, Any], expected: dict[tuple, int | None]
     for rel, recs in by_file.items():
         with open(root / rel, "rb") as fh:
             for fqn, off, s in recs:
-                where = f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
+                where = (
+                    f"{fqn!r} chunk {off} in {rel!r}" if off is not None else f"{fqn!r} in {rel!r}"
+                )
                 _check_record(fh, s, expected.get(_key(fqn, off)), where, verify)
                 if off is None:
                     _check_byte_entry(fh, s, f"BYTE_IO entry {where}")

@@ -26,6 +26,7 @@ from dcpviz.engine.convert.shared import metadata_info, torch_metadata
 @dataclass
 class SavedCheckpoint:
     """The saved side of a load: DCP Metadata plus what dcpviz knows about its writers."""
+
     metadata: Metadata
     info: MetadataInfo
     scenario: ScenarioInfo | None
@@ -58,20 +59,27 @@ def _storage_writers(md: Metadata) -> dict[tuple[str, tuple[int, ...] | None], C
         offsets = tuple(int(v) for v in index.offset) if index.offset is not None else None
         path = str(info.relative_path)
         out[(index.fqn, offsets)] = ChunkWriter(
-            fqn=index.fqn, offsets=offsets, rank=writer_from_file(path), file=path,
+            fqn=index.fqn,
+            offsets=offsets,
+            rank=writer_from_file(path),
+            file=path,
             storage_nbytes=int(info.length),
         )
     return out
 
 
-def _writers(md: Metadata, trace_writers: dict[tuple[str, Any], int] | None) -> tuple[ChunkWriter, ...]:
+def _writers(
+    md: Metadata, trace_writers: dict[tuple[str, Any], int] | None
+) -> tuple[ChunkWriter, ...]:
     """One ChunkWriter per saved chunk (and bytes entry), in metadata order."""
     stored = _storage_writers(md)
     trace_writers = trace_writers or {}
     out = []
     for fqn, value in md.state_dict_metadata.items():
         keys = (
-            [(fqn, tuple(map(int, c.offsets))) for c in value.chunks]  # map: 3x a generator, 740k chunks at 1024
+            [
+                (fqn, tuple(map(int, c.offsets))) for c in value.chunks
+            ]  # map: 3x a generator, 740k chunks at 1024
             if isinstance(value, TensorStorageMetadata)
             else [(fqn, None)]
         )
@@ -123,8 +131,12 @@ def _from_path(path: Path) -> SavedCheckpoint:
     if path.is_dir():
         md = read_metadata(path)
         ck = SavedCheckpoint(
-            metadata=md, info=metadata_info(md), scenario=None, writers=_writers(md, None),
-            source=f"checkpoint {str(path)!r}", unreadable=storage_shortfalls(path, md),
+            metadata=md,
+            info=metadata_info(md),
+            scenario=None,
+            writers=_writers(md, None),
+            source=f"checkpoint {str(path)!r}",
+            unreadable=storage_shortfalls(path, md),
         )
         if not any(w.rank is not None for w in ck.writers):
             ck.notes.append(
@@ -150,7 +162,9 @@ def _from_path(path: Path) -> SavedCheckpoint:
 
 def resolve_saved(saved: Any) -> SavedCheckpoint:
     """Turn ``saved`` into DCP Metadata plus writer facts; raise a DcpvizError naming the fix."""
-    if isinstance(saved, SavedCheckpoint):  # already resolved (a safetensors folder: engine/storage/hf_load.py)
+    if isinstance(
+        saved, SavedCheckpoint
+    ):  # already resolved (a safetensors folder: engine/storage/hf_load.py)
         return saved
     if isinstance(saved, SavedTrace):
         if isinstance(saved.trace, LoadTrace):
@@ -162,7 +176,10 @@ def resolve_saved(saved: Any) -> SavedCheckpoint:
         return _from_save_trace(saved, None, "<SaveTrace>")
     if isinstance(saved, Metadata):
         return SavedCheckpoint(
-            metadata=saved, info=metadata_info(saved), scenario=None, writers=_writers(saved, None),
+            metadata=saved,
+            info=metadata_info(saved),
+            scenario=None,
+            writers=_writers(saved, None),
             source="Metadata object",
         )
     if isinstance(saved, (str, os.PathLike)):

@@ -56,7 +56,9 @@ def read_record(ri: ReadItem, itemsizes: dict[str, int], memo: dict | None = Non
             memo[_MEMO_OFF] = True  # the conversion reads something the key leaves out
             return rec
         hit[1] = True
-        return ReadRecord(ri.dest_index.fqn, *fields)  # equal to rec; a check that wrongly agrees shows
+        return ReadRecord(
+            ri.dest_index.fqn, *fields
+        )  # equal to rec; a check that wrongly agrees shows
     lengths = _box(ri.lengths)
     dest, src = ri.dest_index, ri.storage_index
     is_bytes = ri.type.name == "BYTE_IO"
@@ -81,13 +83,31 @@ def record_key(ri: ReadItem, itemsizes: dict[str, int]) -> tuple:
     """Everything ``read_record`` reads from ``ri`` and ``itemsizes`` but the key's name."""
     dest, src = ri.dest_index, ri.storage_index
     renamed = src.fqn != dest.fqn
-    return (ri.type, dest.offset, ri.dest_offsets, src.offset, src.index, ri.storage_offsets, ri.lengths,
-            itemsizes.get(src.fqn, 1), src.fqn if renamed else None)
+    return (
+        ri.type,
+        dest.offset,
+        ri.dest_offsets,
+        src.offset,
+        src.index,
+        ri.storage_offsets,
+        ri.lengths,
+        itemsizes.get(src.fqn, 1),
+        src.fqn if renamed else None,
+    )
 
 
 def _record_fields(rec: ReadRecord) -> tuple:
-    return (rec.item_type, rec.dest_chunk_offsets, rec.dest_offsets, rec.saved_offsets, rec.saved_chunk,
-            rec.storage_offsets, rec.lengths, rec.nbytes, rec.storage_fqn)
+    return (
+        rec.item_type,
+        rec.dest_chunk_offsets,
+        rec.dest_offsets,
+        rec.saved_offsets,
+        rec.saved_chunk,
+        rec.storage_offsets,
+        rec.lengths,
+        rec.nbytes,
+        rec.storage_fqn,
+    )
 
 
 def record_agrees(memo: ReadRecord, plain: ReadRecord) -> bool:
@@ -96,7 +116,10 @@ def record_agrees(memo: ReadRecord, plain: ReadRecord) -> bool:
 
 
 def load_plan_record(
-    plan: LoadPlan, table: ItemTable, itemsizes: dict[str, int], memo: dict[int, tuple[LoadPlan, PlanRecord]] | None = None,
+    plan: LoadPlan,
+    table: ItemTable,
+    itemsizes: dict[str, int],
+    memo: dict[int, tuple[LoadPlan, PlanRecord]] | None = None,
     boxes: dict | None = None,
 ) -> PlanRecord:
     """``memo`` (by plan identity; the plan is kept, so its id is its own) spares re-converting
@@ -149,8 +172,11 @@ class TargetValues:
     """
 
     def __init__(self, chunk_lists: Any = None) -> None:
-        self._chunk_list = _create_chunk_list if chunk_lists is None else (
-            lambda value: chunk_lists.chunk_list(_create_chunk_list, value))
+        self._chunk_list = (
+            _create_chunk_list
+            if chunk_lists is None
+            else (lambda value: chunk_lists.chunk_list(_create_chunk_list, value))
+        )
         self._parts: dict[tuple, list] = {}  # key -> [guards, fields but fqn, checked]
         self.on = True
 
@@ -171,13 +197,25 @@ class TargetValues:
     def value(self, fqn: str, value: Any) -> TargetValue:
         """``target_value(fqn, value)``; checked, not assumed: the first repeat of each spec is
         converted as well and compared; a difference turns the memo off (``on``)."""
-        if not self.on or type(value) is not DTensor or hasattr(value._local_tensor, "__create_chunk_list__"):
+        if (
+            not self.on
+            or type(value) is not DTensor
+            or hasattr(value._local_tensor, "__create_chunk_list__")
+        ):
             return target_value(fqn, value, self._chunk_list)
         key, guards = self._key(value)
         hit = self._parts.get(key)
-        if hit is None or len(hit[0]) != len(guards) or not all(a is b for a, b in zip(hit[0], guards)):
+        if (
+            hit is None
+            or len(hit[0]) != len(guards)
+            or not all(a is b for a, b in zip(hit[0], guards))
+        ):
             tv = target_value(fqn, value, self._chunk_list)
-            self._parts[key] = [guards, (tv.kind, tv.size, tv.dtype, tv.chunks, tv.placements), False]
+            self._parts[key] = [
+                guards,
+                (tv.kind, tv.size, tv.dtype, tv.chunks, tv.placements),
+                False,
+            ]
             return tv
         if hit[2]:
             return TargetValue(fqn, *hit[1])

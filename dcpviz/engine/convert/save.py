@@ -22,7 +22,17 @@ from dcpviz.core.trace import (
 )
 from dcpviz.engine.convert.shared import ItemTable, box, dtype_str
 
-_PLANNED_FIELDS = ("fqn", "item_type", "offsets", "sizes", "global_size", "dtype", "nbytes", "dcp_size", "index_offsets")
+_PLANNED_FIELDS = (
+    "fqn",
+    "item_type",
+    "offsets",
+    "sizes",
+    "global_size",
+    "dtype",
+    "nbytes",
+    "dcp_size",
+    "index_offsets",
+)
 
 
 def _planned_item(*values: Any) -> PlannedItem:
@@ -111,7 +121,9 @@ class PlanConverter:
             if td is None:
                 ids.append(self.table.add(planned_item(wi, byte_sizes)))
                 continue
-            if type(wi) is not WriteItem:  # a subclass may say other things about the same tensor_data
+            if (
+                type(wi) is not WriteItem
+            ):  # a subclass may say other things about the same tensor_data
                 ids.append(self._tensor_item(wi, td, byte_sizes))
                 continue
             index = wi.index
@@ -150,8 +162,12 @@ class PlanConverter:
         idx = self.table.known(key)
         if idx is None:
             offsets, sizes, global_size, dtype, nbytes, dcp_size = facts
-            idx = self.table.add_keyed(key, _planned_item(fqn, kind, offsets, sizes, global_size, dtype, nbytes,
-                                                          dcp_size, index_offsets))
+            idx = self.table.add_keyed(
+                key,
+                _planned_item(
+                    fqn, kind, offsets, sizes, global_size, dtype, nbytes, dcp_size, index_offsets
+                ),
+            )
         return idx
 
     @property
@@ -165,7 +181,9 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
     flattens it to ("model.fc1.weight"), found by DCP's own traversal."""
 
     leaves: dict[str, Any] = {}
-    traverse_state_dict(state_dict, lambda path, value: leaves.setdefault(".".join(map(str, path)), value))
+    traverse_state_dict(
+        state_dict, lambda path, value: leaves.setdefault(".".join(map(str, path)), value)
+    )
     out = []
     for fqn, value in leaves.items():
         if isinstance(value, DTensor):
@@ -182,9 +200,9 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
     return tuple(out)
 
 
-
-def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, items: Any,
-                      global_plans: Any = None) -> Any:
+def dedup_alternative(
+    planner: Any, local_plans: list[SavePlan], record: Any, items: Any, global_plans: Any = None
+) -> Any:
     """Per-rank write volume under the other ``dedup_save_to_lowest_rank`` option: DCP's own
     ``dedup_save_plans`` on the same local plans (so the check on imbalance can say what the
     option would give). ``record(rank, plan)`` turns a plan into a PlanRecord whose ids index
@@ -192,7 +210,9 @@ def dedup_alternative(planner: Any, local_plans: list[SavePlan], record: Any, it
     DefaultSavePlanner), for cached ('unchanged') local plans, and when the ``global_plans``
     (PlanRecords) are balanced (max / mean within IMBALANCE_THRESHOLD): a second dedup costs the
     coordinator about as much as DCP's own, so it is paid only where the check will use it."""
-    if not isinstance(planner, DefaultSavePlanner) or any(p is None or not p.usable for p in local_plans):
+    if not isinstance(planner, DefaultSavePlanner) or any(
+        p is None or not p.usable for p in local_plans
+    ):
         return None
     if global_plans is not None and imbalance(global_plans, items) <= IMBALANCE_THRESHOLD:
         return None

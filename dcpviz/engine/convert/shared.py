@@ -39,7 +39,6 @@ def dtype_from_str(name: str) -> torch.dtype:
     one from a torch with more dtypes) is a TraceFileError, which is also a ValueError."""
     dt = getattr(torch, name, None) if isinstance(name, str) and not name.startswith("_") else None
     if not isinstance(dt, torch.dtype):
-
         raise TraceFileError(
             f"unknown dtype {name!r}: torch {torch.__version__} has no such dtype. The trace is "
             "corrupt or was written with another torch; re-create it with this one."
@@ -57,7 +56,11 @@ def planner_info(planner: Any, default_cls: type) -> PlannerInfo:
     opts = []
     for name, value in sorted(vars(planner).items()):
         # Internal bookkeeping (cache keys) is not an option a user chose.
-        if isinstance(value, _SIMPLE) and not name.startswith("__") and "cache" not in name.replace("caching", ""):
+        if (
+            isinstance(value, _SIMPLE)
+            and not name.startswith("__")
+            and "cache" not in name.replace("caching", "")
+        ):
             opts.append((name.lstrip("_"), value))
     cls = type(planner)
     return PlannerInfo(
@@ -140,8 +143,11 @@ def _planner_data(data: Any) -> tuple[tuple[str, tuple], ...]:
     """The metadata's planner_data (key -> its object path), where it is one."""
     if not isinstance(data, dict):
         return ()
-    return tuple((str(fqn), tuple(path)) for fqn, path in data.items()
-                 if isinstance(path, (tuple, list)) and all(isinstance(p, (str, int)) for p in path))
+    return tuple(
+        (str(fqn), tuple(path))
+        for fqn, path in data.items()
+        if isinstance(path, (tuple, list)) and all(isinstance(p, (str, int)) for p in path)
+    )
 
 
 def _storage_entries(data: Any) -> tuple[StorageEntry, ...]:
@@ -166,16 +172,20 @@ def torch_metadata(info: MetadataInfo) -> Metadata:
     sd_md: dict[str, Any] = {}
     for t in info.tensors:
         sd_md[t.fqn] = TensorStorageMetadata(
-            properties=TensorProperties(dtype=dtype_from_str(t.dtype), requires_grad=t.requires_grad),
+            properties=TensorProperties(
+                dtype=dtype_from_str(t.dtype), requires_grad=t.requires_grad
+            ),
             size=torch.Size(t.size),
-            chunks=[ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in t.chunks],
+            chunks=[
+                ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in t.chunks
+            ],
         )
     for key in info.bytes_keys:
         sd_md[key] = BytesStorageMetadata()
     storage = {
-        MetadataIndex(s.fqn, torch.Size(s.offsets) if s.offsets is not None else None): _StorageInfo(
-            relative_path=s.relative_path, offset=s.offset, length=s.length
-        )
+        MetadataIndex(
+            s.fqn, torch.Size(s.offsets) if s.offsets is not None else None
+        ): _StorageInfo(relative_path=s.relative_path, offset=s.offset, length=s.length)
         for s in info.storage
     }
     md = Metadata(

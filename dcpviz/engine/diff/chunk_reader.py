@@ -102,7 +102,9 @@ class ChunkReader:
         """Chunk ``index`` of tensor ``entry`` as a CPU tensor: a view of this reader's buffer
         ``slot`` (0 or 1), valid until the next ``tensor`` call on that slot."""
         loc = self.locate(entry, index)
-        buf = self._read_into(self._buf_for(loc.nbytes, slot), loc.fh, loc.start, loc.nbytes, loc.where)
+        buf = self._read_into(
+            self._buf_for(loc.nbytes, slot), loc.fh, loc.start, loc.nbytes, loc.where
+        )
         self.nbytes_read += loc.nbytes
         return buf.view(loc.dtype).as_strided(loc.shape, loc.stride, loc.storage_offset)
 
@@ -113,7 +115,9 @@ class ChunkReader:
         if self._block.numel() < nbytes:
             self._block = torch.empty(0, dtype=torch.uint8)
             self._block = torch.empty(nbytes, dtype=torch.uint8)
-        buf = self._read_into(self._block[:nbytes], loc.fh, loc.start + first * loc.dtype.itemsize, nbytes, loc.where)
+        buf = self._read_into(
+            self._block[:nbytes], loc.fh, loc.start + first * loc.dtype.itemsize, nbytes, loc.where
+        )
         self.nbytes_read += nbytes
         return buf.view(loc.dtype)
 
@@ -143,12 +147,22 @@ class ChunkReader:
 
     def _locate_raw(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> Located:
         if sys.byteorder != "little":
-            raise CheckpointError(f"{where}: safetensors data is little-endian; this machine is not.")
+            raise CheckpointError(
+                f"{where}: safetensors data is little-endian; this machine is not."
+            )
         expect = math.prod(chunk.sizes) * dtype.itemsize
         if chunk.length != expect:
             raise CheckpointError(f"{where}: holds {chunk.length} bytes, its shape needs {expect}.")
-        return Located(fh, int(chunk.offset or 0), expect, dtype, tuple(chunk.sizes),
-                       contiguous_strides(tuple(chunk.sizes)), 0, where)
+        return Located(
+            fh,
+            int(chunk.offset or 0),
+            expect,
+            dtype,
+            tuple(chunk.sizes),
+            contiguous_strides(tuple(chunk.sizes)),
+            0,
+            where,
+        )
 
     def _locate_record(self, fh: Any, chunk: SideChunk, dtype: torch.dtype, where: str) -> Located:
         start, length = int(chunk.offset or 0), int(chunk.length or 0)
@@ -156,15 +170,25 @@ class ChunkReader:
         if view.read(4) != _ZIP_MAGIC:
             raise CheckpointError(f"{where} is corrupt: its record is not a torch.save archive.")
         try:
-            meta = torch.load(io.BufferedReader(_Slice(fh, start, length), 1 << 16), weights_only=True, map_location="meta")
+            meta = torch.load(
+                io.BufferedReader(_Slice(fh, start, length), 1 << 16),
+                weights_only=True,
+                map_location="meta",
+            )
         except Exception as exc:  # a refused global, a broken archive, ...
-            raise CheckpointError(f"{where}: its record is not a tensor torch's weights-only unpickler "
-                                  f"can read ({type(exc).__name__}: {str(exc)[:200]}).") from None
+            raise CheckpointError(
+                f"{where}: its record is not a tensor torch's weights-only unpickler "
+                f"can read ({type(exc).__name__}: {str(exc)[:200]})."
+            ) from None
         if not isinstance(meta, torch.Tensor) or meta.layout != torch.strided:
-            raise CheckpointError(f"{where}: its record holds a {type(meta).__name__}, not a dense tensor.")
+            raise CheckpointError(
+                f"{where}: its record holds a {type(meta).__name__}, not a dense tensor."
+            )
         if meta.dtype != dtype or tuple(meta.shape) != tuple(chunk.sizes):
-            raise CheckpointError(f"{where}: its record holds {tuple(meta.shape)} {meta.dtype}, but the "
-                                  f"metadata says {tuple(chunk.sizes)} {dtype}: corrupt or mixed-up files.")
+            raise CheckpointError(
+                f"{where}: its record holds {tuple(meta.shape)} {meta.dtype}, but the "
+                f"metadata says {tuple(chunk.sizes)} {dtype}: corrupt or mixed-up files."
+            )
         storage = meta.untyped_storage()
         nbytes, data_at = int(storage.nbytes()), getattr(storage, "_checkpoint_offset", None)
         _check_data_entry(_Slice(fh, start, length), data_at, nbytes, length, where)
@@ -172,10 +196,16 @@ class ChunkReader:
         if meta.numel():
             last = soff + sum((s - 1) * st for s, st in zip(meta.shape, stride))
             if soff < 0 or any(st < 0 for st in stride) or (last + 1) * dtype.itemsize > nbytes:
-                raise CheckpointError(f"{where}: its record's strides reach past its data: corrupt.")
+                raise CheckpointError(
+                    f"{where}: its record's strides reach past its data: corrupt."
+                )
         if nbytes % dtype.itemsize:
-            raise CheckpointError(f"{where}: its record's data is not a whole number of {dtype} elements.")
-        return Located(fh, start + int(data_at), nbytes, dtype, tuple(meta.shape), stride, soff, where)
+            raise CheckpointError(
+                f"{where}: its record's data is not a whole number of {dtype} elements."
+            )
+        return Located(
+            fh, start + int(data_at), nbytes, dtype, tuple(meta.shape), stride, soff, where
+        )
 
     def raw_bytes(self, chunk: SideChunk) -> Iterator[bytes]:
         """A bytes entry's stored bytes, in bounded blocks."""
@@ -186,7 +216,9 @@ class ChunkReader:
         while done < length:
             block = fh.read(min(_BYTES_BLOCK, length - done))
             if not block:
-                raise CheckpointError(f"{self.side.label}: a bytes entry in {chunk.file!r} is truncated.")
+                raise CheckpointError(
+                    f"{self.side.label}: a bytes entry in {chunk.file!r} is truncated."
+                )
             done += len(block)
             self.nbytes_read += len(block)
             yield block
@@ -198,10 +230,17 @@ def _check_data_entry(view: _Slice, data_at: Any, nbytes: int, length: int, wher
     if not isinstance(data_at, int) or data_at < 0 or data_at + nbytes > length:
         raise CheckpointError(f"{where}: its record's data lies outside the record: corrupt.")
     try:
-        with zipfile.ZipFile(io.BufferedReader(_Slice(view._fh, view._start, view._len), 1 << 16)) as z:
+        with zipfile.ZipFile(
+            io.BufferedReader(_Slice(view._fh, view._start, view._len), 1 << 16)
+        ) as z:
             for info in z.infolist():
-                if info.filename.endswith("/byteorder") and z.read(info)[:16] not in (b"little", b""):
-                    raise CheckpointError(f"{where}: its record is big-endian; dcpviz reads little-endian only.")
+                if info.filename.endswith("/byteorder") and z.read(info)[:16] not in (
+                    b"little",
+                    b"",
+                ):
+                    raise CheckpointError(
+                        f"{where}: its record is big-endian; dcpviz reads little-endian only."
+                    )
             for info in z.infolist():
                 view.seek(info.header_offset)
                 head = view.read(30)
@@ -216,5 +255,7 @@ def _check_data_entry(view: _Slice, data_at: Any, nbytes: int, length: int, wher
         raise
     except Exception as exc:
         raise CheckpointError(f"{where}: its record is not a readable archive ({exc}).") from None
-    raise CheckpointError(f"{where}: its record has no plain data entry of {nbytes} bytes where torch "
-                          "says the tensor's data is: corrupt, or not written by torch.save.")
+    raise CheckpointError(
+        f"{where}: its record has no plain data entry of {nbytes} bytes where torch "
+        "says the tensor's data is: corrupt, or not written by torch.save."
+    )

@@ -59,7 +59,7 @@ def _blocks(a: torch.Tensor, b: torch.Tensor, prefix: tuple[int, ...] = ()) -> I
     if inner <= BLOCK:
         rows = max(1, BLOCK // max(inner, 1))
         for s in range(0, a.shape[0], rows):
-            yield prefix, s, a[s:s + rows], b[s:s + rows]
+            yield prefix, s, a[s : s + rows], b[s : s + rows]
         return
     for s in range(a.shape[0]):
         yield from _blocks(a[s], b[s], (*prefix, s))
@@ -69,7 +69,9 @@ def _work_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     return torch.complex128 if (a.is_complex or b.is_complex) else torch.float64
 
 
-def compare_views(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> tuple[int, float, tuple[int, ...] | None]:
+def compare_views(
+    a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float
+) -> tuple[int, float, tuple[int, ...] | None]:
     """(elements differing, max abs difference, first differing index) of two equal-shape views.
     Exact by default (atol=rtol=0: equal values; NaN equals NaN); else |a-b| <= atol + rtol*|b|.
     A NaN against a number differs by inf."""
@@ -106,8 +108,9 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry,
-                   atol: float, rtol: float) -> tuple[ValueResult, list[RegionResult]]:
+def compare_tensor(
+    ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry, atol: float, rtol: float
+) -> tuple[ValueResult, list[RegionResult]]:
     """Every overlap of ``ea``'s chunks with ``eb``'s. A's chunks are read whole, the next one
     in a second thread while the current one is compared (two in memory); B's part of each
     overlap is streamed in small blocks where B stores it in long contiguous runs (the usual
@@ -131,10 +134,14 @@ def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntr
                 if cache_b[0] != j:
                     cache_b = (-1, None)
                     cache_b = (j, rb.tensor(eb, j))
-                found = compare_views(va, _region(cache_b[1], eb.chunks[j].offsets, off, size), atol, rtol)
+                found = compare_views(
+                    va, _region(cache_b[1], eb.chunks[j].offsets, off, size), atol, rtol
+                )
             del va
             n, worst, first = found
-            glob = tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
+            glob = (
+                tuple(o + f for o, f in zip(off, first, strict=True)) if first is not None else None
+            )
             regions.append(RegionResult(ea.fqn, off, size, i, j, n, worst, glob))
         ahead.stop()
     compared = sum(math.prod(r.sizes) for r in regions)
@@ -145,22 +152,37 @@ def compare_tensor(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntr
     if compared < elements:
         reason = f"{elements - compared} elements are not stored on both sides"
         status = "differs"
-    return ValueResult(ea.fqn, eb.fqn, "tensor", status, reason, elements, compared, differing, worst,
-                       min(firsts) if firsts else None), regions
+    return ValueResult(
+        ea.fqn,
+        eb.fqn,
+        "tensor",
+        status,
+        reason,
+        elements,
+        compared,
+        differing,
+        worst,
+        min(firsts) if firsts else None,
+    ), regions
 
 
 class _ReadAhead:
     """A's chunks in ``order``, each read into the buffer slot the current one does not use,
     the next one while the current one is compared (file reads release the GIL)."""
 
-    def __init__(self, pool: ThreadPoolExecutor, reader: ChunkReader, entry: SideEntry, order: list[int]) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, reader: ChunkReader, entry: SideEntry, order: list[int]
+    ) -> None:
         self.pool, self.reader, self.entry, self.order = pool, reader, entry, order
         self.pos, self.current, self.pending = -1, (-1, None), None
         self.enabled = True
 
     def _submit(self, pos: int) -> None:
         if self.enabled and pos < len(self.order):
-            self.pending = (pos, self.pool.submit(self.reader.tensor, self.entry, self.order[pos], pos % 2))
+            self.pending = (
+                pos,
+                self.pool.submit(self.reader.tensor, self.entry, self.order[pos], pos % 2),
+            )
 
     def get(self, index: int) -> torch.Tensor:
         if self.current[0] == index:
@@ -192,9 +214,16 @@ class _ReadAhead:
 MIN_RUN_BYTES = 1 << 18  # shorter contiguous runs are read as one whole chunk instead
 
 
-def _compare_streamed(va: torch.Tensor, rb: ChunkReader, loc: Located, b_offsets: tuple[int, ...],
-                      off: tuple[int, ...], size: tuple[int, ...], atol: float,
-                      rtol: float) -> tuple[int, float, tuple[int, ...] | None] | None:
+def _compare_streamed(
+    va: torch.Tensor,
+    rb: ChunkReader,
+    loc: Located,
+    b_offsets: tuple[int, ...],
+    off: tuple[int, ...],
+    size: tuple[int, ...],
+    atol: float,
+    rtol: float,
+) -> tuple[int, float, tuple[int, ...] | None] | None:
     """Compare ``va`` (A's part of one overlap) with B's part, read from B's storage in blocks
     of at most BLOCK elements; None when B's chunk is not row-major or its runs are short."""
     shape = loc.shape
@@ -206,7 +235,7 @@ def _compare_streamed(va: torch.Tensor, rb: ChunkReader, loc: Located, b_offsets
     k = len(shape) - 1
     while k > 0 and size[k] == shape[k]:
         k -= 1
-    inner = math.prod(shape[k + 1:])
+    inner = math.prod(shape[k + 1 :])
     runs = math.prod(size[:k])
     if (size[k] * inner * loc.dtype.itemsize < MIN_RUN_BYTES and runs > 1) or inner > BLOCK:
         return None
@@ -217,7 +246,9 @@ def _compare_streamed(va: torch.Tensor, rb: ChunkReader, loc: Located, b_offsets
         a_run = va[outer] if outer else va
         for r0 in range(0, size[k], rows):
             nr = min(rows, size[k] - r0)
-            vb = rb.elements(loc, base + (lo[k] + r0) * loc.stride[k], nr * inner).view(nr, *shape[k + 1:])
+            vb = rb.elements(loc, base + (lo[k] + r0) * loc.stride[k], nr * inner).view(
+                nr, *shape[k + 1 :]
+            )
             n, w, f = compare_views(a_run.narrow(0, r0, nr), vb, atol, rtol)
             worst = max(worst, w)
             if n:
@@ -227,7 +258,9 @@ def _compare_streamed(va: torch.Tensor, rb: ChunkReader, loc: Located, b_offsets
     return differing, worst, first
 
 
-def _region(t: Any, chunk_offsets: tuple[int, ...], off: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+def _region(
+    t: Any, chunk_offsets: tuple[int, ...], off: tuple[int, ...], size: tuple[int, ...]
+) -> torch.Tensor:
     out = t
     for d, (o, c, s) in enumerate(zip(off, chunk_offsets, size, strict=True)):
         out = out.narrow(d, o - c, s)
@@ -258,13 +291,27 @@ def compare_bytes(ra: ChunkReader, ea: SideEntry, rb: ChunkReader, eb: SideEntry
     differs = first is not None or la != lb
     if differs and first is None:
         first = min(la, lb)
-    return ValueResult(ea.fqn, eb.fqn, "bytes", "differs" if differs else "equal",
-                       f"A stores {la} bytes, B {lb}" if la != lb else "",
-                       la, min(la, lb), int(differs), 0.0, (first,) if differs else None)
+    return ValueResult(
+        ea.fqn,
+        eb.fqn,
+        "bytes",
+        "differs" if differs else "equal",
+        f"A stores {la} bytes, B {lb}" if la != lb else "",
+        la,
+        min(la, lb),
+        int(differs),
+        0.0,
+        (first,) if differs else None,
+    )
 
 
-def compare_sides(a: DiffSide, b: DiffSide, pairs: tuple[tuple[str, str], ...], atol: float = 0.0,
-                  rtol: float = 0.0) -> tuple[list[ValueResult], list[RegionResult]]:
+def compare_sides(
+    a: DiffSide,
+    b: DiffSide,
+    pairs: tuple[tuple[str, str], ...],
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> tuple[list[ValueResult], list[RegionResult]]:
     """Values of every (key of A, key of B) pair: tensors chunk by chunk, bytes entries as bytes.
     A pair that cannot be compared (a trace side, another shape or kind) is 'skipped' with why."""
     ea, eb = a.by_fqn(), b.by_fqn()
@@ -296,8 +343,10 @@ def _skip_reason(a: DiffSide, b: DiffSide, u: SideEntry, v: SideEntry) -> str:
     for side, e in ((a, u), (b, v)):
         used = sorted({t for c in e.chunks for t in c.transforms})
         if used:
-            return (f"{side.label.split(':')[0]} stores it through storage transforms ({', '.join(used)}), "
-                    "which dcpviz does not run (no third-party code on checkpoint bytes)")
+            return (
+                f"{side.label.split(':')[0]} stores it through storage transforms ({', '.join(used)}), "
+                "which dcpviz does not run (no third-party code on checkpoint bytes)"
+            )
     if u.kind != v.kind:
         return "a tensor on one side, a bytes entry on the other"
     if u.kind == "tensor" and u.shape != v.shape:

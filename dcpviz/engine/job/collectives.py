@@ -20,11 +20,32 @@ from dcpviz.core.errors import ScenarioError
 
 # c10d's communicating calls (point-to-point included); get_rank / get_world_size stay usable.
 COLLECTIVES = (
-    "all_gather", "all_gather_coalesced", "all_gather_into_tensor", "all_gather_object",
-    "all_reduce", "all_reduce_coalesced", "all_to_all", "all_to_all_single", "barrier",
-    "batch_isend_irecv", "broadcast", "broadcast_object_list", "gather", "gather_object",
-    "irecv", "isend", "monitored_barrier", "recv", "recv_object_list", "reduce", "reduce_scatter",
-    "reduce_scatter_tensor", "scatter", "scatter_object_list", "send", "send_object_list",
+    "all_gather",
+    "all_gather_coalesced",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "all_reduce",
+    "all_reduce_coalesced",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "batch_isend_irecv",
+    "broadcast",
+    "broadcast_object_list",
+    "gather",
+    "gather_object",
+    "irecv",
+    "isend",
+    "monitored_barrier",
+    "recv",
+    "recv_object_list",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "send_object_list",
 )
 
 
@@ -50,7 +71,9 @@ def _refuse(name: str, what: str) -> Any:
 
 # The dispatcher's namespaces of communicating ops: functional collectives (DTensor.full_tensor,
 # redistribute) and the process group's own ops, which the Python API above reaches too.
-_COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"})
+_COLLECTIVE_NAMESPACES = frozenset(
+    {"_c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor"}
+)
 _LOCAL_OPS = frozenset({"wait_tensor"})  # waiting on an issued collective communicates nothing new
 
 
@@ -67,7 +90,9 @@ class _RefuseCollectiveOps(TorchDispatchMode):
         namespace = getattr(func, "namespace", "")
         name = getattr(getattr(func, "_overloadpacket", None), "__name__", str(op))
         if namespace in _COLLECTIVE_NAMESPACES and name not in _LOCAL_OPS:
-            _refuse(f"{namespace}.{name} (e.g. behind DTensor.full_tensor or redistribute)", self.what)()
+            _refuse(
+                f"{namespace}.{name} (e.g. behind DTensor.full_tensor or redistribute)", self.what
+            )()
         return func(*args, **(kwargs or {}))
 
 

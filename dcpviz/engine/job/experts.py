@@ -53,10 +53,27 @@ class MoEConfig:
 # "moe-tiny" is ours: 4 layers so pp=2 and pp=4 split it, 4 experts so ep=2 and ep=4 divide
 # them, uneven expert rows (hidden 90 over 4) and one shared expert.
 MOE_CONFIGS: dict[str, MoEConfig] = {
-    "moe-tiny": MoEConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=90, num_experts=4,
-                          vocab_size=1000, shared_expert_dim=48, top_k=2),
-    "mixtral-8x7b": MoEConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, expert_dim=14336,
-                              num_experts=8, vocab_size=32000, top_k=2),
+    "moe-tiny": MoEConfig(
+        dim=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        expert_dim=90,
+        num_experts=4,
+        vocab_size=1000,
+        shared_expert_dim=48,
+        top_k=2,
+    ),
+    "mixtral-8x7b": MoEConfig(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        expert_dim=14336,
+        num_experts=8,
+        vocab_size=32000,
+        top_k=2,
+    ),
 }
 
 
@@ -123,10 +140,15 @@ class MoE(nn.Module):
         super().__init__()
         self.router = Router(cfg.dim, cfg.num_experts)
         self.experts = GroupedExperts(cfg.dim, cfg.expert_dim, cfg.num_experts)
-        self.shared_experts = FeedForward(cfg.dim, cfg.shared_expert_dim) if cfg.shared_expert_dim else None
-        self.register_buffer("expert_bias", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=True)
-        self.register_buffer("tokens_per_expert", torch.zeros(cfg.num_experts, dtype=torch.float32),
-                             persistent=False)
+        self.shared_experts = (
+            FeedForward(cfg.dim, cfg.shared_expert_dim) if cfg.shared_expert_dim else None
+        )
+        self.register_buffer(
+            "expert_bias", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=True
+        )
+        self.register_buffer(
+            "tokens_per_expert", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=False
+        )
 
     def reset_parameters(self) -> None:
         """Buffers back to zero."""
@@ -175,11 +197,13 @@ class MoETransformer(nn.Module):
             "layers.*.ffn_norm": SequenceParallel(),
         }
         if self.config.shared_expert_dim:
-            plan.update({
-                "layers.*.moe.shared_experts.w1": ColwiseParallel(),
-                "layers.*.moe.shared_experts.w2": RowwiseParallel(),
-                "layers.*.moe.shared_experts.w3": ColwiseParallel(),
-            })
+            plan.update(
+                {
+                    "layers.*.moe.shared_experts.w1": ColwiseParallel(),
+                    "layers.*.moe.shared_experts.w2": RowwiseParallel(),
+                    "layers.*.moe.shared_experts.w3": ColwiseParallel(),
+                }
+            )
         return plan
 
     def fsdp_units(self) -> list[nn.Module]:
@@ -222,5 +246,12 @@ def shard_experts(model: nn.Module, tp_mesh: Any, ep_mesh: Any, ep_tp_mesh: Any)
         elif ep_mesh is not None and tp_mesh is None:
             _distribute(experts, ep_mesh, {"w1": [Shard(0)], "w2": [Shard(0)], "w3": [Shard(0)]})
         elif ep_mesh is not None:
-            _distribute(experts, ep_tp_mesh, {"w1": [Shard(0), Shard(1)], "w2": [Shard(0), Shard(2)],
-                                              "w3": [Shard(0), Shard(1)]})
+            _distribute(
+                experts,
+                ep_tp_mesh,
+                {
+                    "w1": [Shard(0), Shard(1)],
+                    "w2": [Shard(0), Shard(2)],
+                    "w3": [Shard(0), Shard(1)],
+                },
+            )

@@ -27,6 +27,7 @@ from dcpviz.engine.job.experts import MOE_CONFIGS, MoETransformer
 @dataclass(frozen=True)
 class LlamaConfig:
     """The sizes of a Llama-style transformer."""
+
     dim: int
     n_layers: int
     n_heads: int
@@ -44,17 +45,26 @@ class LlamaConfig:
 # Published Llama 3 shapes (Meta's model cards / params.json); "tiny" is ours, chosen so that
 # shards are uneven on common meshes (ffn_dim 190 over 4 ranks, 2 kv heads).
 LLAMA_CONFIGS: dict[str, LlamaConfig] = {
-    "llama-tiny": LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=190, vocab_size=1000),
-    "llama3-8b": LlamaConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256),
-    "llama3-70b": LlamaConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256),
+    "llama-tiny": LlamaConfig(
+        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=190, vocab_size=1000
+    ),
+    "llama3-8b": LlamaConfig(
+        dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256
+    ),
+    "llama3-70b": LlamaConfig(
+        dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256
+    ),
     # torchtitan's llama3 "405B" args: dim 16384, 126 layers, 128 heads, 8 kv heads; its ffn width
     # 53248 comes from ffn_dim_multiplier=1.2, multiple_of=4096 (torchtitan/models/llama3/__init__.py).
-    "llama3-405b": LlamaConfig(dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256),
+    "llama3-405b": LlamaConfig(
+        dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, ffn_dim=53248, vocab_size=128256
+    ),
 }
 
 
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm (Llama's)."""
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
@@ -72,6 +82,7 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v/o projections."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         hd = cfg.head_dim
@@ -83,6 +94,7 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
     """Llama's gated MLP (w1, w2, w3)."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
@@ -92,6 +104,7 @@ class FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Attention and feed-forward, each behind an RMSNorm."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
@@ -214,7 +227,9 @@ def model_name(model: str | Callable[[], nn.Module]) -> str:
     return f"callable:{mod}.{qual}"
 
 
-def build_model(model: str | Callable[[], nn.Module], device: str | torch.device = "meta") -> nn.Module:
+def build_model(
+    model: str | Callable[[], nn.Module], device: str | torch.device = "meta"
+) -> nn.Module:
     """Build the model under ``torch.device(device)``; meta allocates nothing."""
 
     check_model_spec(model)

@@ -26,8 +26,9 @@ INPUT_MODULES = ("tok_embeddings",)
 OUTPUT_MODULES = ("norm", "output")
 
 
-def _layers_per_stage(num_stages: int, num_layers: int, input_weight: int,
-                      output_weight: int) -> tuple[int, int]:
+def _layers_per_stage(
+    num_stages: int, num_layers: int, input_weight: int, output_weight: int
+) -> tuple[int, int]:
     """torchtitan's budget per stage and how many stages get one more; its refusals as DcpvizError."""
     effective = num_layers + input_weight + output_weight
     per_stage, extra = divmod(effective, num_stages)
@@ -46,8 +47,9 @@ def _layers_per_stage(num_stages: int, num_layers: int, input_weight: int,
     return per_stage, extra
 
 
-def stage_modules(num_stages: int, num_layers: int, input_weight: int = 1,
-                  output_weight: int = 1) -> list[list[str]]:
+def stage_modules(
+    num_stages: int, num_layers: int, input_weight: int = 1, output_weight: int = 1
+) -> list[list[str]]:
     """The module names of each stage, as torchtitan's ``generate_llm_fqn_per_model_part``.
 
     Raises DcpvizError where torchtitan raises (more stages than effective layers, an empty
@@ -106,7 +108,9 @@ def keep_stage(model: nn.Module, modules: list[str]) -> nn.Module:
                     if key not in wanted:
                         del child[key]
             else:
-                setattr(model, name, nn.ModuleList([m for i, m in enumerate(child) if str(i) in wanted]))
+                setattr(
+                    model, name, nn.ModuleList([m for i, m in enumerate(child) if str(i) in wanted])
+                )
         elif name not in keep:
             setattr(model, name, None)
     return model

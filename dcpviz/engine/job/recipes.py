@@ -22,6 +22,7 @@ from dcpviz.engine.job.titan_recipe import apply_torchtitan
 @dataclass(frozen=True)
 class Recipe:
     """A named parallelism recipe: how it shards a model over a mesh."""
+
     name: str
     mesh_ndim: int | None  # None: any
     dim_names: tuple[str, ...] | None
@@ -44,8 +45,11 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
     if hasattr(model, "fsdp_units"):
         return list(model.fsdp_units())
     stacks = repeated_stacks(model)
-    candidates = ([unit for stack in stacks for unit in wrappable(stack)] if stacks
-                  else parameter_children(model))
+    candidates = (
+        [unit for stack in stacks for unit in wrappable(stack)]
+        if stacks
+        else parameter_children(model)
+    )
     owners = parameter_owners(model)
     return [m for m in candidates if owns_its_parameters(m, owners)]
 
@@ -53,7 +57,10 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
 def is_forwardless_container(module: nn.Module) -> bool:
     """A ``ModuleList``/``ModuleDict`` (or subclass) without its own ``forward``: ``fully_shard``
     refuses it, and a training script wraps what it holds instead."""
-    return isinstance(module, (nn.ModuleList, nn.ModuleDict)) and type(module).forward is nn.Module.forward
+    return (
+        isinstance(module, (nn.ModuleList, nn.ModuleDict))
+        and type(module).forward is nn.Module.forward
+    )
 
 
 def is_repeated_stack(module: nn.Module) -> bool:
@@ -62,8 +69,10 @@ def is_repeated_stack(module: nn.Module) -> bool:
     if not isinstance(module, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
         return False
     children = list(module.children())
-    return len(children) >= 2 and len({type(c) for c in children}) == 1 and all(
-        any(True for _ in c.parameters()) for c in children
+    return (
+        len(children) >= 2
+        and len({type(c) for c in children}) == 1
+        and all(any(True for _ in c.parameters()) for c in children)
     )
 
 
@@ -206,11 +215,24 @@ RECIPES: dict[str, Recipe] = {
     for r in (
         Recipe("replicate", None, None, replicate, "plain tensors on every rank (DDP-like)"),
         Recipe("fsdp", 1, ("shard",), fsdp, "fully_shard on a 1-D mesh"),
-        Recipe("hsdp", 2, ("replicate", "shard"), hsdp, "fully_shard on a 2-D replicate x shard mesh"),
+        Recipe(
+            "hsdp", 2, ("replicate", "shard"), hsdp, "fully_shard on a 2-D replicate x shard mesh"
+        ),
         Recipe("tp", 1, ("tp",), tp, "parallelize_module with the model's TP plan"),
-        Recipe("tp+fsdp", 2, ("dp", "tp"), tp_fsdp, "TP on the dim named 'tp' (inner by default), fully_shard on the other"),
-        Recipe("torchtitan", None, None, torchtitan,
-               "torchtitan's PP, HSDP, FSDP, TP, EP, chosen by mesh_dim_names (pp, dp_replicate, dp_shard, ep, cp, tp)"),
+        Recipe(
+            "tp+fsdp",
+            2,
+            ("dp", "tp"),
+            tp_fsdp,
+            "TP on the dim named 'tp' (inner by default), fully_shard on the other",
+        ),
+        Recipe(
+            "torchtitan",
+            None,
+            None,
+            torchtitan,
+            "torchtitan's PP, HSDP, FSDP, TP, EP, chosen by mesh_dim_names (pp, dp_replicate, dp_shard, ep, cp, tp)",
+        ),
     )
 }
 

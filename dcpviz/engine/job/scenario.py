@@ -35,8 +35,13 @@ def dtype_name(dtype: str | torch.dtype) -> str:
         name = str(dtype).removeprefix("torch.")
     else:
         name = str(dtype).removeprefix("torch.")
-        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
-                "float": "float32"}.get(name, name)
+        name = {
+            "fp32": "float32",
+            "bf16": "bfloat16",
+            "fp16": "float16",
+            "half": "float16",
+            "float": "float32",
+        }.get(name, name)
     if name not in DTYPES:
         raise ScenarioError(
             f"dtype={dtype!r} is not supported.{did_you_mean(name, DTYPES)} Use one of {sorted(DTYPES)}."
@@ -131,7 +136,9 @@ class Scenario:
             if len(mesh) != len(self.mesh):
                 raise TypeError
         except TypeError:
-            raise ScenarioError(f"mesh={self.mesh!r} must be a tuple of ints, e.g. (2, 4).") from None
+            raise ScenarioError(
+                f"mesh={self.mesh!r} must be a tuple of ints, e.g. (2, 4)."
+            ) from None
         if not mesh or any(d < 1 for d in mesh):
             raise ScenarioError(f"mesh={self.mesh!r} must be a non-empty tuple of positive ints.")
         if math.prod(mesh) != ws:
@@ -165,7 +172,9 @@ class Scenario:
                 "Give one name per mesh dim."
             )
         if len(set(names)) != len(names):
-            raise ScenarioError(f"mesh_dim_names={names} repeats a name; each mesh dim needs its own.")
+            raise ScenarioError(
+                f"mesh_dim_names={names} repeats a name; each mesh dim needs its own."
+            )
         if self.recipe == "hsdp" and (names[0] == "shard" or names[1] == "replicate"):
             # fully_shard on a 2-D mesh replicates along dim 0 and shards along dim 1, whatever
             # the names say; the labels would tell the opposite of what is planned.

@@ -66,8 +66,11 @@ def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]
         return rebind_to_rank(state, rank)
     optimizer = make_optimizer(scenario.optimizer, model)
     # The fake group does not communicate: a collective in the user's state code is refused.
-    with no_collectives(f"the state callable {spec_name(scenario.state)} (or a Stateful it returned)"
-                        if scenario.state is not None else "building the training state"):
+    with no_collectives(
+        f"the state callable {spec_name(scenario.state)} (or a Stateful it returned)"
+        if scenario.state is not None
+        else "building the training state"
+    ):
         state = planner_state_dict(saved_object(scenario, model, optimizer, rank))
     return rebind_to_rank(state, rank)
 
@@ -85,7 +88,9 @@ def as_rank(scenario: Scenario, rank: int) -> Iterator[dict[str, Any]]:
     """
 
     if not 0 <= rank < scenario.world_size:
-        raise DcpvizError(f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}.")
+        raise DcpvizError(
+            f"rank={rank} is outside the job: ranks are 0..{scenario.world_size - 1}."
+        )
     with process_as_found(), fake_world(rank, scenario.world_size):
         state_dict, _ = rank_state_dict(scenario, rank)
         yield state_dict

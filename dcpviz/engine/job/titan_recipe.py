@@ -43,8 +43,17 @@ from dcpviz.engine.job.pipeline_stages import check_pipelinable, keep_stage, sta
 
 TITAN_DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "cp", "tp")
 # Names other recipes and frameworks use for torchtitan's dims (the error says which one is meant).
-_ALIASES = {"fsdp": "dp_shard", "shard": "dp_shard", "dp": "dp_shard", "replicate": "dp_replicate",
-            "ddp": "dp_replicate", "hsdp": "dp_replicate", "pipeline": "pp", "expert": "ep", "context": "cp"}
+_ALIASES = {
+    "fsdp": "dp_shard",
+    "shard": "dp_shard",
+    "dp": "dp_shard",
+    "replicate": "dp_replicate",
+    "ddp": "dp_replicate",
+    "hsdp": "dp_replicate",
+    "pipeline": "pp",
+    "expert": "ep",
+    "context": "cp",
+}
 _EXAMPLE = "e.g. mesh=(2, 2, 2), mesh_dim_names=('pp', 'dp_shard', 'tp')"
 
 
@@ -65,7 +74,9 @@ def titan_dim_names(mesh: tuple[int, ...], names: Any) -> tuple[str, ...]:
         )
     for n in names:
         if n not in TITAN_DIMS:
-            hint = f" Did you mean {_ALIASES[n]!r}?" if n in _ALIASES else did_you_mean(n, TITAN_DIMS)
+            hint = (
+                f" Did you mean {_ALIASES[n]!r}?" if n in _ALIASES else did_you_mean(n, TITAN_DIMS)
+            )
             raise ScenarioError(
                 f"mesh_dim_names={names}: {n!r} is not a torchtitan parallel dim.{hint} "
                 f"Use names from {TITAN_DIMS}, {_EXAMPLE}."
@@ -149,15 +160,21 @@ def _fsdp_meshes(mesh: Any, sizes: dict[str, int]) -> tuple[Any, Any]:
     return dp, edp
 
 
-def apply_torchtitan(model: nn.Module, mesh: Any, tp_plan_of: Callable[[nn.Module], dict],
-                     fsdp_units: Callable[[nn.Module], list]) -> nn.Module:
+def apply_torchtitan(
+    model: nn.Module,
+    mesh: Any,
+    tp_plan_of: Callable[[nn.Module], dict],
+    fsdp_units: Callable[[nn.Module], list],
+) -> nn.Module:
     """torchtitan's parallelisms on ``model`` for this rank (see the module docstring).
     ``tp_plan_of`` and ``fsdp_units``: the recipes' own (``engine/job/recipes.py``), for models that
     are not torchtitan-shaped."""
     sizes = _sizes(mesh)
     unknown = [n for n in sizes if n not in TITAN_DIMS]
     if unknown:
-        raise DcpvizError(f"recipe 'torchtitan' got mesh dims {unknown}; use names from {TITAN_DIMS}.")
+        raise DcpvizError(
+            f"recipe 'torchtitan' got mesh dims {unknown}; use names from {TITAN_DIMS}."
+        )
     check_model_fits(model, sizes)
     if "pp" in sizes:
         stages = stage_modules(sizes["pp"], check_pipelinable(model))
@@ -169,10 +186,19 @@ def apply_torchtitan(model: nn.Module, mesh: Any, tp_plan_of: Callable[[nn.Modul
         plan = {k: v for k, v in tp_plan_of(model).items() if "*" in k or k in present}
         parallelize_module(model, tp_mesh, plan)
     if tp_mesh is not None or ep_mesh is not None:
-        shard_experts(model, tp_mesh, ep_mesh, mesh[("ep", "tp")] if tp_mesh is not None and ep_mesh is not None else None)
+        shard_experts(
+            model,
+            tp_mesh,
+            ep_mesh,
+            mesh[("ep", "tp")] if tp_mesh is not None and ep_mesh is not None else None,
+        )
     dp_mesh, edp_mesh = _fsdp_meshes(mesh, sizes)
     if dp_mesh is None:
-        if "dp_replicate" in sizes and len(sizes) > 1 and math.prod(sizes.values()) != sizes["dp_replicate"]:
+        if (
+            "dp_replicate" in sizes
+            and len(sizes) > 1
+            and math.prod(sizes.values()) != sizes["dp_replicate"]
+        ):
             raise DcpvizError(
                 f"mesh dims {tuple(sizes)}: 'dp_replicate' without 'dp_shard' is torchtitan's DDP, "
                 "which it refuses with other parallelisms ('DDP has not supported > 1D parallelism'). "
@@ -183,8 +209,13 @@ def apply_torchtitan(model: nn.Module, mesh: Any, tp_plan_of: Callable[[nn.Modul
     return model
 
 
-def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, int],
-                fsdp_units: Callable[[nn.Module], list]) -> None:
+def _apply_fsdp(
+    model: nn.Module,
+    dp_mesh: Any,
+    edp_mesh: Any,
+    sizes: dict[str, int],
+    fsdp_units: Callable[[nn.Module], list],
+) -> None:
     """torchtitan's ``apply_fsdp`` units, in its order."""
     if getattr(model, "tok_embeddings", None) is not None:
         fully_shard(model.tok_embeddings, mesh=dp_mesh)
@@ -206,4 +237,3 @@ def _apply_fsdp(model: nn.Module, dp_mesh: Any, edp_mesh: Any, sizes: dict[str, 
     if isinstance(norm, nn.Module) and isinstance(output, nn.Module):
         fully_shard([norm, output], mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
-

@@ -60,11 +60,17 @@ class AppState(Stateful):
         if self.optimizer is None:
             set_model_state_dict(self.model, state_dict["model"])
             return
-        set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"],
-                       optim_state_dict=state_dict["optim"])
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state_dict["model"],
+            optim_state_dict=state_dict["optim"],
+        )
 
 
-def dcp_tutorial_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int) -> dict[str, Any]:
+def dcp_tutorial_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int
+) -> dict[str, Any]:
     """``{"app": AppState(model, optimizer)}``, as in PyTorch's DCP tutorial."""
     return {"app": AppState(model, optimizer)}
 
@@ -119,7 +125,10 @@ class TorchtitanDataloader(Stateful):
         self.position = {"sample_idx": 1000 * dp_rank, "epoch": 0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"dp_rank_{self.dp_rank}": pickle.dumps(self.position), "world_size": self.dp_world_size}
+        return {
+            f"dp_rank_{self.dp_rank}": pickle.dumps(self.position),
+            "world_size": self.dp_world_size,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torchtitan unpickles here; a simulated load never reaches this.
@@ -136,9 +145,11 @@ class TorchtitanTrainState(Stateful):
         log = io.BytesIO()
         torch.save([], log)
         log.seek(0)
-        return {"step": torch.tensor(self.step, dtype=torch.int32),
-                "ntokens_seen": torch.tensor(self.ntokens_seen, dtype=torch.int64),
-                "global_avg_losses": log}
+        return {
+            "step": torch.tensor(self.step, dtype=torch.int32),
+            "ntokens_seen": torch.tensor(self.ntokens_seen, dtype=torch.int64),
+            "global_avg_losses": log,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.step = int(state_dict["step"])
@@ -185,7 +196,9 @@ def data_parallel_rank(model: nn.Module, rank: int) -> tuple[int, int]:
     return rank, dist.get_world_size() if dist.is_initialized() else 1
 
 
-def torchtitan_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int) -> dict[str, Any]:
+def torchtitan_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int
+) -> dict[str, Any]:
     """torchtitan's ``CheckpointManager`` layout: the model's keys at the top level, then
     ``optimizer`` (flattened), ``lr_scheduler``, ``dataloader`` (``dp_rank_{i}`` keys) and
     ``train_state``."""
@@ -293,8 +306,9 @@ def _check_optimizer(spec: Any, optimizer: torch.optim.Optimizer, model: nn.Modu
         )
 
 
-def saved_object(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 rank: int) -> dict[str, Any]:
+def saved_object(
+    scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None, rank: int
+) -> dict[str, Any]:
     """What rank ``rank`` passes to ``dcp.save`` / ``dcp.load`` (Stateful objects intact)."""
     spec = scenario.state
     if spec is None:
@@ -346,15 +360,18 @@ def poison_optimizer(optimizer: torch.optim.Optimizer | None) -> None:
                     value.fill_(float("nan"))
 
 
-def restore_after_load(scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                       saved: dict[str, Any]) -> None:
+def restore_after_load(
+    scenario: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None, saved: dict[str, Any]
+) -> None:
     """What a training script does after ``dcp.load`` with the default training state: DCP's
     ``set_state_dict`` puts the loaded state into the model and optimizer (Stateful app states
     do this in their own ``load_state_dict``, which dcp.load calls)."""
     if scenario.state is None and optimizer is not None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optim"])
+        set_state_dict(
+            model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optim"]
+        )
 
 
 def planner_state_dict(saved: dict[str, Any]) -> dict[str, Any]:

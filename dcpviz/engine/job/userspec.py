@@ -9,7 +9,9 @@ from typing import Any
 
 from dcpviz.core.errors import DcpvizError
 
-CALLABLE_PREFIX = "callable:"  # how engine.job.models.model_name / recipes.recipe_name name a callable
+CALLABLE_PREFIX = (
+    "callable:"  # how engine.job.models.model_name / recipes.recipe_name name a callable
+)
 
 
 def resolve_spec(value: Any, flag: str) -> Any:
@@ -23,8 +25,10 @@ def resolve_spec(value: Any, flag: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise DcpvizError(f"{flag} {value}: cannot import {module_name!r} ({exc}). Run from the directory "
-                          "that holds the package, or install it.") from None
+        raise DcpvizError(
+            f"{flag} {value}: cannot import {module_name!r} ({exc}). Run from the directory "
+            "that holds the package, or install it."
+        ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise DcpvizError(f"{flag} {value}: {module_name!r} has no attribute {attr!r}.")

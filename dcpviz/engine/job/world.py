@@ -69,7 +69,11 @@ class _C10dGlobals:
 
     @classmethod
     def capture(cls) -> _C10dGlobals:
-        return cls(sys.excepthook, getattr(c10d, "_backend", None), getattr(c10d, "_default_pg_init_method", None))
+        return cls(
+            sys.excepthook,
+            getattr(c10d, "_backend", None),
+            getattr(c10d, "_default_pg_init_method", None),
+        )
 
     def restore(self) -> None:
         sys.excepthook = self.excepthook
@@ -87,10 +91,18 @@ class _LoggingState:
 
     @classmethod
     def capture(cls) -> _LoggingState:
-        found = [logging.getLogger(), *(lg for lg in list(logging.root.manager.loggerDict.values())
-                                        if isinstance(lg, logging.Logger))]
-        return cls(tuple((lg, lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in found),
-                   logging.root.manager.disable)
+        found = [
+            logging.getLogger(),
+            *(
+                lg
+                for lg in list(logging.root.manager.loggerDict.values())
+                if isinstance(lg, logging.Logger)
+            ),
+        ]
+        return cls(
+            tuple((lg, lg.level, tuple(lg.handlers), lg.propagate, lg.disabled) for lg in found),
+            logging.root.manager.disable,
+        )
 
     def restore(self) -> None:
         for lg, level, handlers, propagate, disabled in self.loggers:

@@ -30,7 +30,6 @@ from dcpviz.engine.convert.shared import dtype_str
 Box = tuple[int, ...]
 
 
-
 def read_facts(reads: Iterable[tuple[str, str]]) -> tuple[dict[str, str], set[str], set[str]]:
     """(target key -> checkpoint key where a planner renames, target keys read, checkpoint keys
     read) of one rank's plan, from its reads as (target key, checkpoint key) pairs."""
@@ -133,26 +132,45 @@ class MismatchCollector:
                 found = self._classified[key]
             else:
                 found = self._classified[key] = classify(tv, storage_fqn, metadata)
-            if found is not None and found.kind == MismatchKind.MISSING and read_fqns and tv.fqn in read_fqns:
+            if (
+                found is not None
+                and found.kind == MismatchKind.MISSING
+                and read_fqns
+                and tv.fqn in read_fqns
+            ):
                 found = None
             msg = dcp_messages.get(tv.fqn)
             if msg is not None:
                 if found is None:
-                    found = Found(tv.fqn, MismatchKind.OTHER, current_size=tv.size, current_dtype=tv.dtype)
+                    found = Found(
+                        tv.fqn, MismatchKind.OTHER, current_size=tv.size, current_dtype=tv.dtype
+                    )
                 found = Found(
-                    found.fqn, found.kind, found.saved_size, found.saved_dtype,
-                    found.current_size, found.current_dtype, msg,
+                    found.fqn,
+                    found.kind,
+                    found.saved_size,
+                    found.saved_dtype,
+                    found.current_size,
+                    found.current_dtype,
+                    msg,
                 )
             if found is not None:
                 self._ranks[found].append(rank)
 
-    def records(self, metadata: Metadata, wanted_fqns: set[str], read_storage_fqns: set[str]) -> tuple[MismatchRecord, ...]:
+    def records(
+        self, metadata: Metadata, wanted_fqns: set[str], read_storage_fqns: set[str]
+    ) -> tuple[MismatchRecord, ...]:
         """All mismatches, grouped over ranks, plus checkpoint keys no target rank asks for."""
         out = [
             MismatchRecord(
-                fqn=f.fqn, kind=f.kind, ranks=tuple(ranks), saved_size=f.saved_size,
-                saved_dtype=f.saved_dtype, current_size=f.current_size,
-                current_dtype=f.current_dtype, message=f.message,
+                fqn=f.fqn,
+                kind=f.kind,
+                ranks=tuple(ranks),
+                saved_size=f.saved_size,
+                saved_dtype=f.saved_dtype,
+                current_size=f.current_size,
+                current_dtype=f.current_dtype,
+                message=f.message,
             )
             for f, ranks in self._ranks.items()
         ]
@@ -160,5 +178,13 @@ class MismatchCollector:
             if fqn in wanted_fqns or fqn in read_storage_fqns:
                 continue
             size, dtype = _saved_facts(md)
-            out.append(MismatchRecord(fqn=fqn, kind=MismatchKind.UNEXPECTED, ranks=(), saved_size=size, saved_dtype=dtype))
+            out.append(
+                MismatchRecord(
+                    fqn=fqn,
+                    kind=MismatchKind.UNEXPECTED,
+                    ranks=(),
+                    saved_size=size,
+                    saved_dtype=dtype,
+                )
+            )
         return tuple(out)

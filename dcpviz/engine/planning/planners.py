@@ -38,11 +38,14 @@ def planner_factory(planner: Any, base: type, default: type) -> Callable[[], Any
             ) from exc
         return lambda: copy.deepcopy(template)
     if callable(planner):
+
         def make() -> Any:
             try:
                 made = planner()
             except Exception as exc:
-                raise UserCodeError(f"the planner factory raised {type(exc).__name__}: {exc}") from exc
+                raise UserCodeError(
+                    f"the planner factory raised {type(exc).__name__}: {exc}"
+                ) from exc
             if not isinstance(made, base):
                 raise DcpvizError(
                     f"the planner factory returned {type(made).__name__}, not a {kind}."
@@ -55,10 +58,14 @@ def planner_factory(planner: Any, base: type, default: type) -> Callable[[], Any
     )
 
 
-def set_up_save_planner(planner: Any, state_dict: dict, is_coordinator: bool, storage_meta: Any = None) -> None:
+def set_up_save_planner(
+    planner: Any, state_dict: dict, is_coordinator: bool, storage_meta: Any = None
+) -> None:
     """Call set_up_planner the way dcp.save does (older planners lack storage_meta)."""
     if "storage_meta" in inspect.signature(planner.set_up_planner).parameters:
-        planner.set_up_planner(state_dict=state_dict, storage_meta=storage_meta, is_coordinator=is_coordinator)
+        planner.set_up_planner(
+            state_dict=state_dict, storage_meta=storage_meta, is_coordinator=is_coordinator
+        )
     else:
         planner.set_up_planner(state_dict, is_coordinator)
 
@@ -78,7 +85,9 @@ def isolated_plan_cache() -> Iterator[None]:
             setattr(SavePlanner, n, v)
 
 
-def unvalidated_global_plan(planner: Any, local_plans: list[SavePlan]) -> tuple[list[SavePlan], Any] | None:
+def unvalidated_global_plan(
+    planner: Any, local_plans: list[SavePlan]
+) -> tuple[list[SavePlan], Any] | None:
     """What DCP's default coordinator built before validation rejected it, using DCP's own
     functions, so a failed plan can still be looked at. Only for DefaultSavePlanner kin."""
     if not isinstance(planner, DefaultSavePlanner):

@@ -23,9 +23,15 @@ def scenario_info(scenario: Scenario) -> ScenarioInfo:
     """The trace's plain-data description of a Scenario."""
     d = scenario.describe()
     return ScenarioInfo(
-        model=d["model"], world_size=d["world_size"], mesh=tuple(d["mesh"]),
-        mesh_dim_names=tuple(d["mesh_dim_names"]), recipe=d["recipe"], dtype=d["dtype"], device=d["device"],
-        optimizer=d["optimizer"], state=d["state"],
+        model=d["model"],
+        world_size=d["world_size"],
+        mesh=tuple(d["mesh"]),
+        mesh_dim_names=tuple(d["mesh_dim_names"]),
+        recipe=d["recipe"],
+        dtype=d["dtype"],
+        device=d["device"],
+        optimizer=d["optimizer"],
+        state=d["state"],
     )
 
 

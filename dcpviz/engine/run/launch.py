@@ -42,13 +42,19 @@ def check_launch_options(timeout: Any, start_method: Any) -> None:
     """A positive, finite timeout and a start method this platform has: checked before any
     directory is created or process started (else a worker fails obscurely, or never times out)."""
 
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-        math.isfinite(timeout) and timeout > 0
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (math.isfinite(timeout) and timeout > 0)
     ):
-        raise DcpvizError(f"timeout={timeout!r} must be a positive number of seconds (default {DEFAULT_TIMEOUT_S:g}).")
+        raise DcpvizError(
+            f"timeout={timeout!r} must be a positive number of seconds (default {DEFAULT_TIMEOUT_S:g})."
+        )
     methods = mp.get_all_start_methods()
     if start_method not in methods:
-        raise DcpvizError(f"start_method={start_method!r} must be one of {methods} (default 'spawn').")
+        raise DcpvizError(
+            f"start_method={start_method!r} must be one of {methods} (default 'spawn')."
+        )
 
 
 def check_picklable(**objs: Any) -> None:
@@ -65,25 +71,51 @@ def check_picklable(**objs: Any) -> None:
             ) from None
 
 
-def launch_recorded(job: Any, scenario: Scenario, planner: Any, root: Path, backend: str, device: str,
-                    timeout: float, start_method: str | None, progress: bool | None = None,
-                    extra: tuple = ()) -> tuple[Any, Any]:
+def launch_recorded(
+    job: Any,
+    scenario: Scenario,
+    planner: Any,
+    root: Path,
+    backend: str,
+    device: str,
+    timeout: float,
+    start_method: str | None,
+    progress: bool | None = None,
+    extra: tuple = (),
+) -> tuple[Any, Any]:
     """Run ``job`` on every rank with a recording planner writing into a scratch directory;
     return the launch outcome and the coordinator's trace (None if none was written).
     ``extra``: more arguments for ``job`` (after the device)."""
-    check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
-                     optimizer=scenario.optimizer, state=scenario.state)
+    check_picklable(
+        model=scenario.model,
+        recipe=scenario.recipe,
+        planner=planner,
+        optimizer=scenario.optimizer,
+        state=scenario.state,
+    )
     work = Path(tempfile.mkdtemp(prefix="dcpviz-run-"))
     try:
         trace_path = work / "trace.json"
-        outcome = launch(job, scenario.world_size, (scenario, planner, str(root), str(trace_path), device, *extra),
-                         backend=backend, device=device, timeout=timeout, start_method=start_method,
-                         progress=progress)
+        outcome = launch(
+            job,
+            scenario.world_size,
+            (scenario, planner, str(root), str(trace_path), device, *extra),
+            backend=backend,
+            device=device,
+            timeout=timeout,
+            start_method=start_method,
+            progress=progress,
+        )
         return outcome, (read_trace(trace_path) if trace_path.is_file() else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def digests_of(payloads: dict[int, dict[str, Any]]) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:
+def digests_of(
+    payloads: dict[int, dict[str, Any]],
+) -> dict[int, list[tuple[str, tuple[int, ...], str]]]:
     """Every rank's chunk digests, from the workers' payloads."""
-    return {r: [(f, tuple(o), h) for f, o, h in p.get("digests", [])] for r, p in sorted(payloads.items())}
+    return {
+        r: [(f, tuple(o), h) for f, o, h in p.get("digests", [])]
+        for r, p in sorted(payloads.items())
+    }

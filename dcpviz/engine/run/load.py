@@ -51,26 +51,40 @@ from dcpviz.engine.run.procs import RunInfo, check_main_guard
 from dcpviz.engine.values.digests import chunk_digests, poison
 
 
-def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
-             checkpoint_dir: str, trace_path: str, device: str) -> dict[str, Any]:
+def load_job(
+    rank: int,
+    world: int,
+    report: Any,
+    scenario: Scenario,
+    planner: Any,
+    checkpoint_dir: str,
+    trace_path: str,
+    device: str,
+) -> dict[str, Any]:
     """Runs in each worker, inside the process group."""
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.planner import LoadPlanner
 
-
     report("build")
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), build_mesh(scenario))
-    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    target = (
+        torch.device("cuda", torch.cuda.current_device())
+        if device == "cuda"
+        else torch.device("cpu")
+    )
     model.to_empty(device=target)
     poison(model)
     optimizer = make_optimizer(scenario.optimizer, model)
-    state_dict = saved_object(scenario, model, optimizer, rank)  # get_state_dict initialises the moments
+    state_dict = saved_object(
+        scenario, model, optimizer, rank
+    )  # get_state_dict initialises the moments
     poison_optimizer(optimizer)
     report("load")
-    rec = RecordingLoadPlanner(trace_path, planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(),
-                               scenario=scenario)
+    rec = RecordingLoadPlanner(
+        trace_path, planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), scenario=scenario
+    )
     try:
         dcp.load(state_dict, storage_reader=SafeFileSystemReader(checkpoint_dir), planner=rec)
         restore_after_load(scenario, model, optimizer, state_dict)
@@ -81,8 +95,11 @@ def load_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     first = next(iter(model.parameters()), None)
     # What the job would save now: the model's and optimizer's state after the load.
     after = planner_state_dict(saved_object(scenario, model, optimizer, rank))
-    return {"record": rec.rank_record(), "digests": chunk_digests(after),
-            "device": str(first.device if first is not None else target)}
+    return {
+        "record": rec.rank_record(),
+        "digests": chunk_digests(after),
+        "device": str(first.device if first is not None else target),
+    }
 
 
 def run_load_trace(
@@ -102,7 +119,6 @@ def run_load_trace(
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.planner import LoadPlanner
 
-
     check_launch_options(timeout, start_method)
     if not isinstance(target_scenario, Scenario):
         raise DcpvizError(
@@ -113,18 +129,36 @@ def run_load_trace(
     root = Path(checkpoint_dir).resolve()
     checked = read_checkpoint(root)  # refuses planted / broken checkpoints before any worker starts
     scenario, backend, device = resolve_device(target_scenario)
-    info = planner_info(planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), DefaultLoadPlanner)
-    outcome, base = launch_recorded(load_job, scenario, planner, root, backend, device, timeout, start_method,
-                                    progress)
-    trace = assemble_load_trace(scenario, info, base, outcome.payloads, list(outcome.errors),
-                                checked.metadata, root, outcome.info)
+    info = planner_info(
+        planner_factory(planner, LoadPlanner, DefaultLoadPlanner)(), DefaultLoadPlanner
+    )
+    outcome, base = launch_recorded(
+        load_job, scenario, planner, root, backend, device, timeout, start_method, progress
+    )
+    trace = assemble_load_trace(
+        scenario,
+        info,
+        base,
+        outcome.payloads,
+        list(outcome.errors),
+        checked.metadata,
+        root,
+        outcome.info,
+    )
     outcome.info.chunk_digests = digests_of(outcome.payloads)
     return trace, checked.metadata, outcome.info
 
 
-def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
-                        payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
-                        root: Path, run: RunInfo) -> LoadTrace:
+def assemble_load_trace(
+    scenario: Scenario,
+    info: Any,
+    base: LoadTrace | None,
+    payloads: dict[int, dict[str, Any]],
+    errors: list[ErrorRecord],
+    md: Any,
+    root: Path,
+    run: RunInfo,
+) -> LoadTrace:
     """The coordinator's LoadTrace, completed with every rank's values, plans and mismatches."""
 
     W = scenario.world_size
@@ -140,15 +174,21 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
         values = values_from_plain(rec.get("values") or [])
         own = read_records_from_plain(rec.get("local"))
         fin = read_records_from_plain(rec.get("final"))
-        local.append(PlanRecord(items=tuple(reads.add(x) for x in own)) if own is not None else None)
-        finals.append(PlanRecord(items=tuple(reads.add(x) for x in fin)) if fin is not None else None)
+        local.append(
+            PlanRecord(items=tuple(reads.add(x) for x in own)) if own is not None else None
+        )
+        finals.append(
+            PlanRecord(items=tuple(reads.add(x) for x in fin)) if fin is not None else None
+        )
         wanted_by_rank.append(tuple(wanted.add(v) for v in values))
         if rec:
             per_rank[r] = (values, rec.get("messages"), own)
         read_src |= record_facts(own)[2]
     if base is not None and base.global_plans is not None:
-        global_plans = tuple(PlanRecord(items=tuple(reads.add(base.reads[i]) for i in p.items))
-                             for p in base.global_plans)
+        global_plans = tuple(
+            PlanRecord(items=tuple(reads.add(base.reads[i]) for i in p.items))
+            for p in base.global_plans
+        )
     else:
         global_plans = None
     notes = [
@@ -158,12 +198,24 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
         "Tensors started as NaN, so chunk digests show what the load filled.",
     ]
     if base is not None:
-        mismatched = [r for r in range(W) if local[r] is not None and base.local_plans[r] is not None
-                      and [reads.items[i] for i in local[r].items] != [base.reads[i] for i in base.local_plans[r].items]]
+        mismatched = [
+            r
+            for r in range(W)
+            if local[r] is not None
+            and base.local_plans[r] is not None
+            and [reads.items[i] for i in local[r].items]
+            != [base.reads[i] for i in base.local_plans[r].items]
+        ]
         if mismatched:
-            errors.append(ErrorRecord("record", None, "RecordingMismatch",
-                                      f"ranks {mismatched}: the local plan a rank made differs from the one "
-                                      "the coordinator received"))
+            errors.append(
+                ErrorRecord(
+                    "record",
+                    None,
+                    "RecordingMismatch",
+                    f"ranks {mismatched}: the local plan a rank made differs from the one "
+                    "the coordinator received",
+                )
+            )
     if not all(f is not None for f in finals):
         finals_t = None
         if all(p is not None for p in local):
@@ -182,8 +234,9 @@ def assemble_load_trace(scenario: Scenario, info: Any, base: LoadTrace | None,
     timings = dict(base.timings) if base is not None else {}
     timings["run_wall"] = run.wall_s
     return LoadTrace(
-        scenario=dataclasses.replace(scenario_info(scenario),
-                                     components=base.scenario.components if base is not None else ()),
+        scenario=dataclasses.replace(
+            scenario_info(scenario), components=base.scenario.components if base is not None else ()
+        ),
         planner=base.planner if base is not None else info,
         saved=metadata_info(md),
         saved_scenario=None,

@@ -58,6 +58,7 @@ class RunInfo:
 @dataclass
 class Outcome:
     """What the workers of one run sent back: payloads per rank, errors, run facts."""
+
     payloads: dict[int, dict[str, Any]]
     errors: list[ErrorRecord]
     info: RunInfo
@@ -87,15 +88,36 @@ def error_dicts(exc: BaseException, rank: int, phase: str) -> list[dict[str, Any
         out = []
         for r, pair in sorted(exc.failures.items()):
             inner, tb = pair if isinstance(pair, tuple) else (pair, None)
-            out.append({"phase": step, "rank": int(r), "exc_type": type(inner).__name__,
-                        "message": f"{inner}{_where(tb)}"})
+            out.append(
+                {
+                    "phase": step,
+                    "rank": int(r),
+                    "exc_type": type(inner).__name__,
+                    "message": f"{inner}{_where(tb)}",
+                }
+            )
         return out
-    return [{"phase": phase, "rank": rank, "exc_type": type(exc).__name__,
-             "message": f"{exc}{_where(exc.__traceback__)}"}]
+    return [
+        {
+            "phase": phase,
+            "rank": rank,
+            "exc_type": type(exc).__name__,
+            "message": f"{exc}{_where(exc.__traceback__)}",
+        }
+    ]
 
 
-def _entry(job: Callable[..., dict[str, Any]], rank: int, world: int, port: int, conn: Any,
-           backend: str, device: str, pg_timeout_s: float, args: tuple) -> None:
+def _entry(
+    job: Callable[..., dict[str, Any]],
+    rank: int,
+    world: int,
+    port: int,
+    conn: Any,
+    backend: str,
+    device: str,
+    pg_timeout_s: float,
+    args: tuple,
+) -> None:
     """Worker main: process group on the loopback store, run ``job``, report, exit hard."""
     # Gloo and NCCL open their own sockets; keep them on loopback too.
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -110,13 +132,19 @@ def _entry(job: Callable[..., dict[str, Any]], rank: int, world: int, port: int,
         conn.send(("phase", rank, name))
 
     try:
-
         report("init")
         if device == "cuda":
             torch.cuda.set_device(rank % torch.cuda.device_count())
-        store = dist.TCPStore(HOST, port, is_master=False, timeout=_dt.timedelta(seconds=pg_timeout_s))
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                timeout=_dt.timedelta(seconds=pg_timeout_s))
+        store = dist.TCPStore(
+            HOST, port, is_master=False, timeout=_dt.timedelta(seconds=pg_timeout_s)
+        )
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=rank,
+            world_size=world,
+            timeout=_dt.timedelta(seconds=pg_timeout_s),
+        )
         payload = job(rank, world, report, *args)
         conn.send(("ok", rank, payload))
         dist.destroy_process_group()
@@ -148,7 +176,9 @@ def _guarded_lines(source: str) -> list[tuple[int, int]]:
     ranges = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.If) and _is_main_check(node.test) and node.body:
-            ranges.append((node.body[0].lineno, max(getattr(n, "end_lineno", n.lineno) for n in node.body)))
+            ranges.append(
+                (node.body[0].lineno, max(getattr(n, "end_lineno", n.lineno) for n in node.body))
+            )
     return ranges
 
 
@@ -163,8 +193,11 @@ def _unguarded_main_line(main: Any) -> int | None:
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if (code.co_name == "<module>" and frame.f_globals is vars(main)
-                and os.path.realpath(code.co_filename) == real):
+        if (
+            code.co_name == "<module>"
+            and frame.f_globals is vars(main)
+            and os.path.realpath(code.co_filename) == real
+        ):
             try:
                 with open(real, encoding="utf-8") as fh:
                     ranges = _guarded_lines(fh.read())
@@ -195,7 +228,7 @@ def check_main_guard(start_method: str, caller: str) -> None:
         f"main guard. Workers are started with start_method={start_method!r}, which imports "
         f"{os.path.basename(script)} again in every worker, so each one would run this code again. "
         "Move the script's top-level code into a function main() and add these two lines at the "
-        "end of the script:\n\n    if __name__ == \"__main__\":\n        main()\n"
+        'end of the script:\n\n    if __name__ == "__main__":\n        main()\n'
     )
 
 
@@ -230,10 +263,14 @@ class _Gather:
         """One message from a worker: a phase it entered, its result, or its errors."""
         if kind == "phase":
             self.info.phases[rank] = body
-            self.info.phase_times.setdefault(rank, []).append((body, round(time.monotonic() - self.t0, 3)))
+            self.info.phase_times.setdefault(rank, []).append(
+                (body, round(time.monotonic() - self.t0, 3))
+            )
         elif kind == "ok":
             self.payloads[rank] = body
-            self.info.phase_times.setdefault(rank, []).append(("done", round(time.monotonic() - self.t0, 3)))
+            self.info.phase_times.setdefault(rank, []).append(
+                ("done", round(time.monotonic() - self.t0, 3))
+            )
         elif kind == "error":
             for e in body["errors"]:
                 rec = ErrorRecord(**e)
@@ -250,12 +287,26 @@ class _Gather:
         return len(self.payloads) == self.world and not self.errors
 
 
-def _start_workers(ctx: Any, job: Callable[..., dict[str, Any]], world: int, info: RunInfo, backend: str,
-                   device: str, timeout: float, args: tuple, procs: list[Any], readers: dict[Any, int]) -> None:
+def _start_workers(
+    ctx: Any,
+    job: Callable[..., dict[str, Any]],
+    world: int,
+    info: RunInfo,
+    backend: str,
+    device: str,
+    timeout: float,
+    args: tuple,
+    procs: list[Any],
+    readers: dict[Any, int],
+) -> None:
     for r in range(world):
         reader, writer = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_entry, name=f"dcpviz-rank{r}", daemon=True,
-                        args=(job, r, world, info.port, writer, backend, device, timeout, args))
+        p = ctx.Process(
+            target=_entry,
+            name=f"dcpviz-rank{r}",
+            daemon=True,
+            args=(job, r, world, info.port, writer, backend, device, timeout, args),
+        )
         p.start()
         writer.close()  # the child holds the only write end: EOF when it exits
         procs.append(p)
@@ -263,7 +314,9 @@ def _start_workers(ctx: Any, job: Callable[..., dict[str, Any]], world: int, inf
     info.pids = [p.pid for p in procs]
 
 
-def _should_stop(g: _Gather, procs: list[Any], readers: dict[Any, int], exited: set[int], deadline: float) -> bool:
+def _should_stop(
+    g: _Gather, procs: list[Any], readers: dict[Any, int], exited: set[int], deadline: float
+) -> bool:
     if g.all_reported():
         # Everyone reported: let them leave on their own (destroy_process_group).
         for p in procs:
@@ -312,15 +365,22 @@ class RunProgress:
             if r not in g.payloads:
                 busy[phase] = busy.get(phase, 0) + 1
         self.bar.n = done
-        self.bar.set_postfix_str(", ".join(f"{n} in {phase}" for phase, n in busy.items()), refresh=True)
+        self.bar.set_postfix_str(
+            ", ".join(f"{n} in {phase}" for phase, n in busy.items()), refresh=True
+        )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _listen(g: _Gather, procs: list[Any], readers: dict[Any, int], deadline: float,
-            progress: RunProgress | None = None) -> None:
+def _listen(
+    g: _Gather,
+    procs: list[Any],
+    readers: dict[Any, int],
+    deadline: float,
+    progress: RunProgress | None = None,
+) -> None:
     """Take messages until everyone reported, all exited, an error's grace ran out, or time is up."""
     sentinels = {p.sentinel: r for r, p in enumerate(procs)}
     exited: set[int] = set()
@@ -349,25 +409,42 @@ def _silent_deaths(g: _Gather, procs: list[Any]) -> None:
         p.join(0.05)
         reported = r in g.payloads or any(e.rank == r for e in g.errors)
         if p.exitcode not in (None, 0) and not reported and not g.info.timed_out:
-            g.errors.append(ErrorRecord(
-                phase=g.info.phases.get(r, "start"), rank=r, exc_type="WorkerDied",
-                message=f"rank {r} exited with code {p.exitcode} without reporting an error"
-                        + (" (killed by a signal)" if p.exitcode < 0 else ""),
-            ))
+            g.errors.append(
+                ErrorRecord(
+                    phase=g.info.phases.get(r, "start"),
+                    rank=r,
+                    exc_type="WorkerDied",
+                    message=f"rank {r} exited with code {p.exitcode} without reporting an error"
+                    + (" (killed by a signal)" if p.exitcode < 0 else ""),
+                )
+            )
 
 
 def _timeout_error(g: _Gather, timeout: float) -> None:
     pending = [r for r in range(g.world) if r not in g.payloads]
     where = ", ".join(f"rank {r} in {g.info.phases.get(r, 'start')!r}" for r in pending)
-    g.errors.append(ErrorRecord(
-        phase="timeout", rank=None, exc_type="TimeoutError",
-        message=f"the run did not finish within timeout={timeout:g}s; still running: {where}. "
-                "All worker processes were stopped.",
-    ))
+    g.errors.append(
+        ErrorRecord(
+            phase="timeout",
+            rank=None,
+            exc_type="TimeoutError",
+            message=f"the run did not finish within timeout={timeout:g}s; still running: {where}. "
+            "All worker processes were stopped.",
+        )
+    )
 
 
-def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, backend: str,
-           device: str, timeout: float, start_method: str = "spawn", progress: bool | None = None) -> Outcome:
+def launch(
+    job: Callable[..., dict[str, Any]],
+    world: int,
+    args: tuple = (),
+    *,
+    backend: str,
+    device: str,
+    timeout: float,
+    start_method: str = "spawn",
+    progress: bool | None = None,
+) -> Outcome:
     """Run ``job(rank, world, report, *args)`` in ``world`` processes inside a process group.
 
     ``job`` must be importable by name (a module-level function) and its result plain data.
@@ -384,8 +461,9 @@ def launch(job: Callable[..., dict[str, Any]], world: int, args: tuple = (), *, 
     info = RunInfo(backend=backend, device=device, world_size=world, start_method=start_method)
     t0 = time.monotonic()
     g = _Gather(info=info, world=world, t0=t0)
-    store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False,
-                          timeout=_dt.timedelta(seconds=timeout))
+    store = dist.TCPStore(
+        HOST, 0, is_master=True, wait_for_workers=False, timeout=_dt.timedelta(seconds=timeout)
+    )
     info.port = store.port
     procs: list[Any] = []
     readers: dict[Any, int] = {}

@@ -92,8 +92,17 @@ class RunDir:
 # -- the worker's job ------------------------------------------------------------------------
 
 
-def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: Any,
-             checkpoint_dir: str, trace_path: str, device: str, storage_writer: Any = None) -> dict[str, Any]:
+def save_job(
+    rank: int,
+    world: int,
+    report: Any,
+    scenario: Scenario,
+    planner: Any,
+    checkpoint_dir: str,
+    trace_path: str,
+    device: str,
+    storage_writer: Any = None,
+) -> dict[str, Any]:
     """Runs in each worker, inside the process group (``storage_writer``: each rank's own copy
     of the user's writer, as a real job builds one per rank; None: DCP's FileSystemWriter)."""
     import torch
@@ -101,19 +110,23 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-
     report("build")
     mesh = build_mesh(scenario)
     model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
-    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    target = (
+        torch.device("cuda", torch.cuda.current_device())
+        if device == "cuda"
+        else torch.device("cpu")
+    )
     materialize(model, target)
     optimizer = make_optimizer(scenario.optimizer, model)
     if optimizer is not None:
         step_optimizer(model, optimizer)  # real moments on real tensors
     state = saved_object(scenario, model, optimizer, rank)
     report("save")
-    rec = RecordingSavePlanner(trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(),
-                               scenario=scenario)
+    rec = RecordingSavePlanner(
+        trace_path, planner_factory(planner, SavePlanner, DefaultSavePlanner)(), scenario=scenario
+    )
     try:
         if storage_writer is not None:
             md = dcp.save(state, storage_writer=storage_writer, planner=rec)
@@ -124,9 +137,13 @@ def save_job(rank: int, world: int, report: Any, scenario: Scenario, planner: An
         raise
     rec.complete(md)
     first = next(iter(model.parameters()), None)
-    return {"record": rec.rank_record(),
-            "device": str(first.device if first is not None else target),
-            "digests": chunk_digests(planner_state_dict(saved_object(scenario, model, optimizer, rank)))}
+    return {
+        "record": rec.rank_record(),
+        "device": str(first.device if first is not None else target),
+        "digests": chunk_digests(
+            planner_state_dict(saved_object(scenario, model, optimizer, rank))
+        ),
+    }
 
 
 # -- the parent ------------------------------------------------------------------------------
@@ -154,24 +171,41 @@ def run_save_trace(
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.checkpoint.planner import SavePlanner
 
-
     check_launch_options(timeout, start_method)
     if not isinstance(scenario, Scenario):
         raise DcpvizError(f"run_save needs a dcpviz.Scenario, got {type(scenario).__name__}.")
     check_main_guard(start_method, "run_save")
     scenario, backend, device = resolve_device(scenario)
-    info = planner_info(planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner)
+    info = planner_info(
+        planner_factory(planner, SavePlanner, DefaultSavePlanner)(), DefaultSavePlanner
+    )
     _check_empty_dir(Path(checkpoint_dir))
-    check_picklable(model=scenario.model, recipe=scenario.recipe, planner=planner,
-                     optimizer=scenario.optimizer, state=scenario.state, storage_writer=storage_writer)
+    check_picklable(
+        model=scenario.model,
+        recipe=scenario.recipe,
+        planner=planner,
+        optimizer=scenario.optimizer,
+        state=scenario.state,
+        storage_writer=storage_writer,
+    )
     if storage_writer is not None:
         check_writer_path(storage_writer, Path(checkpoint_dir))
     # Created only now that every check passed; taken away again if the run writes nothing.
     run_dir = RunDir.create(Path(checkpoint_dir))
     root = run_dir.path
     try:
-        outcome, base = launch_recorded(save_job, scenario, planner, root, backend, device, timeout, start_method,
-                                        progress, extra=(storage_writer,))
+        outcome, base = launch_recorded(
+            save_job,
+            scenario,
+            planner,
+            root,
+            backend,
+            device,
+            timeout,
+            start_method,
+            progress,
+            extra=(storage_writer,),
+        )
     except BaseException:
         run_dir.remove_if_unused()
         raise
@@ -181,9 +215,13 @@ def run_save_trace(
     errors = list(outcome.errors)
     if outcome.ok and (storage_writer is None or (root / ".metadata").is_file()):
         md = read_metadata(root)
-    trace = assemble_save_trace(scenario, info, base, outcome.payloads, errors, md, root, outcome.info)
+    trace = assemble_save_trace(
+        scenario, info, base, outcome.payloads, errors, md, root, outcome.info
+    )
     if storage_writer is not None:
-        trace = with_writer_files(trace, storage_writer, root if outcome.ok and md is None else None)
+        trace = with_writer_files(
+            trace, storage_writer, root if outcome.ok and md is None else None
+        )
     outcome.info.chunk_digests = digests_of(outcome.payloads)
     return trace, md, outcome.info
 
@@ -191,13 +229,17 @@ def run_save_trace(
 def check_writer_path(writer: Any, checkpoint_dir: Path) -> None:
     """The writer must write into ``checkpoint_dir`` (the folder run_save checks and reads)."""
     if not isinstance(writer, StorageWriter):
-        raise DcpvizError(f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
-                          f"instance, got {type(writer).__name__}.")
+        raise DcpvizError(
+            f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
+            f"instance, got {type(writer).__name__}."
+        )
     out = getattr(writer, "consolidated_output_path", None) or getattr(writer, "path", None)
     if out is None or Path(str(out)).absolute() != checkpoint_dir.absolute():
-        raise DcpvizError(f"storage_writer writes into {str(out)!r}, not checkpoint_dir="
-                          f"{str(checkpoint_dir)!r}: build it with the same folder, e.g. "
-                          f"HuggingFaceStorageWriter({str(checkpoint_dir)!r}).")
+        raise DcpvizError(
+            f"storage_writer writes into {str(out)!r}, not checkpoint_dir="
+            f"{str(checkpoint_dir)!r}: build it with the same folder, e.g. "
+            f"HuggingFaceStorageWriter({str(checkpoint_dir)!r})."
+        )
 
 
 def with_writer_files(trace: SaveTrace, writer: Any, folder: Path | None) -> SaveTrace:
@@ -214,14 +256,23 @@ def with_writer_files(trace: SaveTrace, writer: Any, folder: Path | None) -> Sav
     return dataclasses.replace(trace, file_plan=rows, notes=trace.notes + (note,))
 
 
-def _rank_items(payloads: dict[int, dict[str, Any]], rank: int, key: str) -> list[PlannedItem] | None:
+def _rank_items(
+    payloads: dict[int, dict[str, Any]], rank: int, key: str
+) -> list[PlannedItem] | None:
     rec = (payloads.get(rank) or {}).get("record") or {}
     return planned_items_from_plain(rec.get(key))
 
 
-def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
-                        payloads: dict[int, dict[str, Any]], errors: list[ErrorRecord], md: Any,
-                        root: Path, run: RunInfo) -> SaveTrace:
+def assemble_save_trace(
+    scenario: Scenario,
+    info: Any,
+    base: SaveTrace | None,
+    payloads: dict[int, dict[str, Any]],
+    errors: list[ErrorRecord],
+    md: Any,
+    root: Path,
+    run: RunInfo,
+) -> SaveTrace:
     """The coordinator's trace, completed with every rank's own facts and the storage facts."""
 
     W = scenario.world_size
@@ -237,7 +288,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
         errors += _local_mismatch(base, table, local)
     global_plans = None
     if base is not None and base.global_plans is not None:
-        global_plans = tuple(_remap(base, p, table, byte_sizes.get(r, {})) for r, p in enumerate(base.global_plans))
+        global_plans = tuple(
+            _remap(base, p, table, byte_sizes.get(r, {})) for r, p in enumerate(base.global_plans)
+        )
     finals = [_rank_items(payloads, r, "final") for r in range(W)]
     final_plans = None
     if all(f is not None for f in finals):
@@ -247,21 +300,28 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
     devices = sorted({p["device"] for p in payloads.values() if p.get("device")})
     if devices:
         notes.append(f"Parameters lived on {', '.join(devices)} while saving.")
-    notes.append("Saved values are synthetic: each element depends on its tensor's key and its "
-                 "global position (shards differ, replicas agree), so a load that reads the wrong "
-                 "shard shows in the chunk digests.")
+    notes.append(
+        "Saved values are synthetic: each element depends on its tensor's key and its "
+        "global position (shards differ, replicas agree), so a load that reads the wrong "
+        "shard shows in the chunk digests."
+    )
     if base is not None:
-        notes += [n for n in base.notes if n.startswith(("The coordinator rejected", "Some local plans"))]
+        notes += [
+            n for n in base.notes if n.startswith(("The coordinator rejected", "Some local plans"))
+        ]
     metadata = base.metadata if base is not None else None
     if md is not None:
         metadata = metadata_info(md)
-        notes.append("Storage facts are from the checkpoint's .metadata, read with dcpviz's restricted unpickler.")
+        notes.append(
+            "Storage facts are from the checkpoint's .metadata, read with dcpviz's restricted unpickler."
+        )
         errors += _check_files(metadata, root)
     timings = dict(base.timings) if base is not None else {}
     timings["run_wall"] = run.wall_s
     return SaveTrace(
-        scenario=dataclasses.replace(scenario_info(scenario),
-                                     components=base.scenario.components if base is not None else ()),
+        scenario=dataclasses.replace(
+            scenario_info(scenario), components=base.scenario.components if base is not None else ()
+        ),
         planner=base.planner if base is not None else info,
         items=tuple(table.items),
         local_plans=tuple(local),
@@ -284,8 +344,9 @@ def assemble_save_trace(scenario: Scenario, info: Any, base: SaveTrace | None,
     )
 
 
-def _local_plans(payloads: dict[int, dict[str, Any]], base: SaveTrace | None, table: ItemTable,
-                 W: int) -> tuple[list[PlanRecord | None], dict[int, dict[str, int]]]:
+def _local_plans(
+    payloads: dict[int, dict[str, Any]], base: SaveTrace | None, table: ItemTable, W: int
+) -> tuple[list[PlanRecord | None], dict[int, dict[str, int]]]:
     """Each rank's own local plan (exact BYTE_IO sizes); where a rank reported nothing, the plan
     the coordinator received. Also each rank's BYTE_IO sizes."""
     local: list[PlanRecord | None] = []
@@ -295,7 +356,12 @@ def _local_plans(payloads: dict[int, dict[str, Any]], base: SaveTrace | None, ta
         rec = (payloads.get(r) or {}).get("record") or {}
         byte_sizes[r] = rec.get("byte_sizes", {})
         if own is not None:
-            local.append(PlanRecord(items=tuple(table.add(i) for i in own), usable=bool(rec.get("local_usable", True))))
+            local.append(
+                PlanRecord(
+                    items=tuple(table.add(i) for i in own),
+                    usable=bool(rec.get("local_usable", True)),
+                )
+            )
         elif base is not None and base.local_plans[r] is not None:
             local.append(_remap(base, base.local_plans[r], table, {}))
         else:
@@ -303,18 +369,33 @@ def _local_plans(payloads: dict[int, dict[str, Any]], base: SaveTrace | None, ta
     return local, byte_sizes
 
 
-def _local_mismatch(base: SaveTrace, table: ItemTable, local: list[PlanRecord | None]) -> list[ErrorRecord]:
+def _local_mismatch(
+    base: SaveTrace, table: ItemTable, local: list[PlanRecord | None]
+) -> list[ErrorRecord]:
     """An error where a rank's own local plan differs from the one the coordinator received."""
-    mismatched = [r for r, plan in enumerate(local) if plan is not None and base.local_plans[r] is not None
-                  and _keys(table.items, plan) != _keys(base.items, base.local_plans[r])]
+    mismatched = [
+        r
+        for r, plan in enumerate(local)
+        if plan is not None
+        and base.local_plans[r] is not None
+        and _keys(table.items, plan) != _keys(base.items, base.local_plans[r])
+    ]
     if not mismatched:
         return []
-    return [ErrorRecord("record", None, "RecordingMismatch",
-                        f"ranks {mismatched}: the local plan a rank made differs from the one the "
-                        "coordinator received (a storage writer's prepare_local_plan changed it?)")]
+    return [
+        ErrorRecord(
+            "record",
+            None,
+            "RecordingMismatch",
+            f"ranks {mismatched}: the local plan a rank made differs from the one the "
+            "coordinator received (a storage writer's prepare_local_plan changed it?)",
+        )
+    ]
 
 
-def _remap(base: SaveTrace, plan: PlanRecord, table: ItemTable, sizes: dict[str, int]) -> PlanRecord:
+def _remap(
+    base: SaveTrace, plan: PlanRecord, table: ItemTable, sizes: dict[str, int]
+) -> PlanRecord:
     """Move a plan of the coordinator's trace into ``table``, with this rank's BYTE_IO sizes."""
     ids = []
     for i in plan.items:
@@ -326,7 +407,9 @@ def _remap(base: SaveTrace, plan: PlanRecord, table: ItemTable, sizes: dict[str,
 
 
 def _keys(items: tuple[PlannedItem, ...] | list[PlannedItem], plan: PlanRecord) -> list[tuple]:
-    return [(items[i].fqn, items[i].item_type, items[i].offsets, items[i].sizes) for i in plan.items]
+    return [
+        (items[i].fqn, items[i].item_type, items[i].offsets, items[i].sizes) for i in plan.items
+    ]
 
 
 def _check_files(metadata: Any, root: Path) -> list[ErrorRecord]:
@@ -339,7 +422,13 @@ def _check_files(metadata: Any, root: Path) -> list[ErrorRecord]:
         path = root / name
         actual = path.stat().st_size if path.is_file() else None
         if actual != expect:
-            out.append(ErrorRecord("storage", None, "StorageMismatch",
-                                   f"{name}: metadata records {expect} bytes, the file has "
-                                   f"{'none (missing)' if actual is None else actual}"))
+            out.append(
+                ErrorRecord(
+                    "storage",
+                    None,
+                    "StorageMismatch",
+                    f"{name}: metadata records {expect} bytes, the file has "
+                    f"{'none (missing)' if actual is None else actual}",
+                )
+            )
     return out

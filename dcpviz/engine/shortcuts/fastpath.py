@@ -96,7 +96,9 @@ class Leaves:
         for key, value in self.values.items():
             if isinstance(value, ShardedTensor):
                 return f"{key!r} is a ShardedTensor"
-            if not isinstance(value, torch.Tensor) and any(isinstance(v, torch.Tensor) for v in tree_leaves(value)):
+            if not isinstance(value, torch.Tensor) and any(
+                isinstance(v, torch.Tensor) for v in tree_leaves(value)
+            ):
                 return f"{key!r} holds tensors inside a value DCP saves as bytes"
         return None
 
@@ -110,8 +112,16 @@ def spec_signature(state_dict: dict[str, Any]) -> tuple:
         if isinstance(value, DTensor):
             mesh = value.device_mesh
             sig.append(
-                (key, "dtensor", tuple(value.shape), str(value.dtype), tuple(repr(p) for p in value.placements),
-                 tuple(mesh.mesh_dim_names or ()), tuple(mesh._flatten_rank_map), str(mesh._layout))
+                (
+                    key,
+                    "dtensor",
+                    tuple(value.shape),
+                    str(value.dtype),
+                    tuple(repr(p) for p in value.placements),
+                    tuple(mesh.mesh_dim_names or ()),
+                    tuple(mesh._flatten_rank_map),
+                    str(mesh._layout),
+                )
             )
         elif isinstance(value, torch.Tensor):
             sig.append((key, "tensor", tuple(value.shape), str(value.dtype)))
@@ -153,7 +163,9 @@ def template_state_dict(
         signature = spec_signature(template)
     blocker = Leaves(template).blocker()
     if blocker is not None:
-        progress_note.append(f"{blocker}: rank 0's state dict cannot stand for other ranks, so every rank ran the recipe itself.")
+        progress_note.append(
+            f"{blocker}: rank 0's state dict cannot stand for other ranks, so every rank ran the recipe itself."
+        )
         return None, rebound
     for r in sample_ranks(W) if check else ():
         with fake_world(r, W):
@@ -180,7 +192,9 @@ class _Slot:
 def _fill(node: Any, values: list) -> Any:
     """The skeleton ``node`` with each slot replaced by its value (dicts and lists rebuilt)."""
     if type(node) is dict:
-        return {k: (values[v.index] if type(v) is _Slot else _fill(v, values)) for k, v in node.items()}
+        return {
+            k: (values[v.index] if type(v) is _Slot else _fill(v, values)) for k, v in node.items()
+        }
     if type(node) is list:
         return [values[v.index] if type(v) is _Slot else _fill(v, values) for v in node]
     return values[node.index] if type(node) is _Slot else node
@@ -191,8 +205,13 @@ def _mesh_key(mesh: Any) -> tuple:
     (DeviceMesh's own ``==`` looks at less: rank map, layout, device type, names, thread)."""
     rank_map = mesh._rank_map
     return (
-        mesh.device_type, mesh._layout, tuple(rank_map.shape), tuple(rank_map.flatten().tolist()),
-        mesh.mesh_dim_names, id(getattr(mesh, "_root_mesh", None)), tuple(getattr(mesh, "_dim_group_names", [])),
+        mesh.device_type,
+        mesh._layout,
+        tuple(rank_map.shape),
+        tuple(rank_map.flatten().tolist()),
+        mesh.mesh_dim_names,
+        id(getattr(mesh, "_root_mesh", None)),
+        tuple(getattr(mesh, "_dim_group_names", [])),
     )
 
 
@@ -233,13 +252,17 @@ class TemplateView:
         self.keys = list(leaves.values)  # each leaf's key as DCP flattens it ("model.fc1.weight")
         self.paths = [leaves.paths[k] for k in self.keys]  # and its object path
 
-    def view(self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False) -> dict[str, Any]:
+    def view(
+        self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False
+    ) -> dict[str, Any]:
         """The template as rank ``rank`` holds it (see ``rank_view``). ``share_dtensors``: one
         DTensor object per group stands under all its keys, as a tied weight does; only for
         planners that plan each key on its own (DCP's DefaultSavePlanner: ``can_share_plans``)."""
         return self.view_with_leaves(rank, mesh_cache, share_dtensors)[0]
 
-    def view_with_leaves(self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False) -> tuple[dict[str, Any], list]:
+    def view_with_leaves(
+        self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False
+    ) -> tuple[dict[str, Any], list]:
         """``view`` and its leaves, in the order of ``keys`` (DCP's traversal order)."""
         meshes = [rank_mesh(m, rank, mesh_cache) for m in self.meshes]
         made = []
@@ -247,7 +270,9 @@ class TemplateView:
             spec, mesh = value._spec, meshes[m]
             mesh_cache.setdefault(id(spec.mesh), mesh)
             # Offsets too (DCP asks for them next): the memoised shard steps then serve both.
-            local_shape, _ = compute_local_shape_and_global_offset(value.shape, mesh, spec.placements)
+            local_shape, _ = compute_local_shape_and_global_offset(
+                value.shape, mesh, spec.placements
+            )
             local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
             made.append((local, DTensorSpec(mesh, spec.placements, tensor_meta=spec.tensor_meta)))
         if share_dtensors:
@@ -311,9 +336,15 @@ class ViewFlattening:
     def active(self, state_dict: dict, leaves: list) -> Iterator[bool]:
         """While inside, DCP's two flattening helpers in ``default_planner`` answer for
         ``state_dict`` (a view, ``leaves`` its leaves) from the template."""
-        flatten, second = default_planner.flatten_state_dict, default_planner._flatten_sharded_tensors
-        if (not self.on or flatten is not _nested_dict.flatten_state_dict
-                or second is not _sharded_tensor_utils._flatten_sharded_tensors):
+        flatten, second = (
+            default_planner.flatten_state_dict,
+            default_planner._flatten_sharded_tensors,
+        )
+        if (
+            not self.on
+            or flatten is not _nested_dict.flatten_state_dict
+            or second is not _sharded_tensor_utils._flatten_sharded_tensors
+        ):
             yield False
             return
         if not self.checked:
@@ -339,8 +370,10 @@ class ViewFlattening:
         def _flatten_sharded_tensors(sd: Any) -> Any:
             return dict(sd) if any(sd is m for m in made) else second(sd)
 
-        with patched((default_planner, "flatten_state_dict", flatten_state_dict),
-                     (default_planner, "_flatten_sharded_tensors", _flatten_sharded_tensors)):
+        with patched(
+            (default_planner, "flatten_state_dict", flatten_state_dict),
+            (default_planner, "_flatten_sharded_tensors", _flatten_sharded_tensors),
+        ):
             yield True
 
 
@@ -373,7 +406,9 @@ def plan_classes(scenario: Scenario, dims: tuple[int, ...]) -> dict[int, int]:
 
 def can_share_plans(planner: Any) -> bool:
     """Whether ranks of one class may share ``planner``'s local plan (DCP's default planner: exact)."""
-    return type(planner) is DefaultSavePlanner and not getattr(planner, "_enable_plan_caching", False)
+    return type(planner) is DefaultSavePlanner and not getattr(
+        planner, "_enable_plan_caching", False
+    )
 
 
 def plans_leaves(planner: Any) -> bool:
@@ -405,7 +440,15 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
     original = _utils._get_shard_size_and_offsets
     cache = {} if cache is None else cache
 
-    def memo(curr_local_size, mesh_dim_size, rank, placement, previous_offsets, zero_global_offset, skip_offset):
+    def memo(
+        curr_local_size,
+        mesh_dim_size,
+        rank,
+        placement,
+        previous_offsets,
+        zero_global_offset,
+        skip_offset,
+    ):
         if (
             previous_offsets is not None
             or not _plain(curr_local_size, mesh_dim_size, rank, zero_global_offset)
@@ -413,14 +456,46 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
             or enabled_local_tensor_mode() is not None
             or _get_current_dispatch_mode() is not None
         ):
-            return original(curr_local_size, mesh_dim_size, rank, placement, previous_offsets, zero_global_offset, skip_offset)
-        key = (curr_local_size, mesh_dim_size, rank, type(placement), placement, zero_global_offset, skip_offset)
+            return original(
+                curr_local_size,
+                mesh_dim_size,
+                rank,
+                placement,
+                previous_offsets,
+                zero_global_offset,
+                skip_offset,
+            )
+        key = (
+            curr_local_size,
+            mesh_dim_size,
+            rank,
+            type(placement),
+            placement,
+            zero_global_offset,
+            skip_offset,
+        )
         try:
             hit = cache.get(key)
         except TypeError:  # a placement that cannot be a key: DTensor answers every time
-            return original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
+            return original(
+                curr_local_size,
+                mesh_dim_size,
+                rank,
+                placement,
+                None,
+                zero_global_offset,
+                skip_offset,
+            )
         if hit is None:
-            hit = cache[key] = original(curr_local_size, mesh_dim_size, rank, placement, None, zero_global_offset, skip_offset)
+            hit = cache[key] = original(
+                curr_local_size,
+                mesh_dim_size,
+                rank,
+                placement,
+                None,
+                zero_global_offset,
+                skip_offset,
+            )
         return hit
 
     with patched((_utils, "_get_shard_size_and_offsets", memo)):
@@ -440,7 +515,13 @@ def memoized_local_shapes() -> Iterator[dict]:
     cache: dict = {}
 
     def memo(global_shape, mesh, placements, skip_offset: bool = False):
-        key = (tuple(global_shape), tuple(mesh.shape), mesh.get_coordinate(), tuple(placements), skip_offset)
+        key = (
+            tuple(global_shape),
+            tuple(mesh.shape),
+            mesh.get_coordinate(),
+            tuple(placements),
+            skip_offset,
+        )
         hit = cache.get(key)
         if hit is None:
             hit = cache[key] = original(global_shape, mesh, placements, skip_offset=skip_offset)

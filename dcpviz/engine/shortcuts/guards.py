@@ -15,7 +15,9 @@ DEFAULT_PLANNER = "torch.distributed.checkpoint.default_planner"
 def is_dcp_function(fn: Any, qualname: str, module: str = PLANNER_HELPERS) -> bool:
     """Whether ``fn`` is the function ``module.qualname`` as torch defines it (not a wrapper or
     a replacement someone else installed)."""
-    return getattr(fn, "__module__", None) == module and getattr(fn, "__qualname__", None) == qualname
+    return (
+        getattr(fn, "__module__", None) == module and getattr(fn, "__qualname__", None) == qualname
+    )
 
 
 def plain_ints(values: Any, ndim: int) -> bool:

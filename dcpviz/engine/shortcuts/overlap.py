@@ -72,8 +72,9 @@ class ChunkIndex:
     reach: frozenset[int]  # for each dim, one chunk reaching the largest saved extent
 
 
-
-def build_index(tensor_md: TensorStorageMetadata, min_chunks: int | None = None) -> ChunkIndex | None:
+def build_index(
+    tensor_md: TensorStorageMetadata, min_chunks: int | None = None
+) -> ChunkIndex | None:
     """The index of ``tensor_md``'s chunks, or None where DCP's own full scan must run
     (``min_chunks``: fewer chunks than this are not worth indexing; default ``MIN_CHUNKS``)."""
     chunks = tensor_md.chunks
@@ -91,7 +92,9 @@ def build_index(tensor_md: TensorStorageMetadata, min_chunks: int | None = None)
         starts.append([chunks[i].offsets[d] for i in pos])
         largest.append(max(c.sizes[d] for c in chunks))
         reach.add(max(range(len(chunks)), key=lambda i: chunks[i].offsets[d] + chunks[i].sizes[d]))
-    return ChunkIndex(chunks, len(chunks), ndim, tuple(starts), tuple(order), tuple(largest), frozenset(reach))
+    return ChunkIndex(
+        chunks, len(chunks), ndim, tuple(starts), tuple(order), tuple(largest), frozenset(reach)
+    )
 
 
 def candidates(index: ChunkIndex, local_chunks: list) -> list[int] | None:
@@ -114,7 +117,10 @@ def candidates(index: ChunkIndex, local_chunks: list) -> list[int] | None:
         d, lo, hi = best
         for pos in index.order[d][lo:hi]:
             c = chunks[pos]
-            if all(c.offsets[e] < lo_end[e] and c.offsets[e] + c.sizes[e] > lo_off[e] for e in range(ndim)):
+            if all(
+                c.offsets[e] < lo_end[e] and c.offsets[e] + c.sizes[e] > lo_off[e]
+                for e in range(ndim)
+            ):
                 picked.add(pos)
     if len(picked) >= index.count:
         return None
@@ -122,12 +128,20 @@ def candidates(index: ChunkIndex, local_chunks: list) -> list[int] | None:
 
 
 def pruned_read_items(
-    original: Callable[..., list], fqn: str, tensor_md: TensorStorageMetadata, local_chunks: list,
+    original: Callable[..., list],
+    fqn: str,
+    tensor_md: TensorStorageMetadata,
+    local_chunks: list,
     index: ChunkIndex | None,
 ) -> list:
     """DCP's ``create_read_items_for_chunk_list`` on the candidate chunks only, with each
     ``storage_index.index`` mapped back to the chunk's position in ``tensor_md.chunks``."""
-    if index is None or not local_chunks or index.chunks is not tensor_md.chunks or len(tensor_md.chunks) != index.count:
+    if (
+        index is None
+        or not local_chunks
+        or index.chunks is not tensor_md.chunks
+        or len(tensor_md.chunks) != index.count
+    ):
         return original(fqn, tensor_md, local_chunks)
     picked = candidates(index, local_chunks)
     if picked is None:
@@ -137,13 +151,22 @@ def pruned_read_items(
     out = []
     for ri in original(fqn, sub, local_chunks):
         si = ri.storage_index
-        out.append(_with_indexes(ri, ri.dest_index, MetadataIndex(si.fqn, si.offset, picked[si.index])))
+        out.append(
+            _with_indexes(ri, ri.dest_index, MetadataIndex(si.fqn, si.offset, picked[si.index]))
+        )
     return out
 
 
 # ReadItem's fields as this module builds them; any other shape (a newer torch) goes through
 # dataclasses.replace, and the memo's check against DCP stays the judge either way.
-_READ_ITEM_FIELDS = ("type", "dest_index", "dest_offsets", "storage_index", "storage_offsets", "lengths")
+_READ_ITEM_FIELDS = (
+    "type",
+    "dest_index",
+    "dest_offsets",
+    "storage_index",
+    "storage_offsets",
+    "lengths",
+)
 _PLAIN_READ_ITEM = tuple(f.name for f in dataclasses.fields(ReadItem)) == _READ_ITEM_FIELDS
 
 
@@ -227,11 +250,19 @@ class ChunkLists:
 
     def chunk_list(self, original: Callable[[Any], list], obj: Any) -> list:
         """``original(obj)`` (DCP's ``_create_chunk_list``), asked once per spec of this rank."""
-        if not self.on or type(obj) is not DTensor or hasattr(obj._local_tensor, "__create_chunk_list__"):
+        if (
+            not self.on
+            or type(obj) is not DTensor
+            or hasattr(obj._local_tensor, "__create_chunk_list__")
+        ):
             return original(obj)
         key, guards = self._key(obj)
         hit = self._lists.get(key)
-        if hit is not None and len(hit[0]) == len(guards) and all(a is b for a, b in zip(hit[0], guards)):
+        if (
+            hit is not None
+            and len(hit[0]) == len(guards)
+            and all(a is b for a, b in zip(hit[0], guards))
+        ):
             if not hit[2]:
                 out = original(obj)
                 if not self._agrees(hit[1], out):
@@ -273,19 +304,28 @@ class ReadPruner:
     field; any difference turns the memo off for the rest of the simulation.
     """
 
-    def __init__(self, metadata: Any, min_chunks: int | None = None, memo: bool = True,
-                 chunk_lists: ChunkLists | None = None) -> None:
+    def __init__(
+        self,
+        metadata: Any,
+        min_chunks: int | None = None,
+        memo: bool = True,
+        chunk_lists: ChunkLists | None = None,
+    ) -> None:
         self._min_chunks = min_chunks
         # Where given, DCP's _create_chunk_list is asked once per spec of a rank (see ChunkLists).
         self.chunk_lists = chunk_lists
         self._tensors = {
-            id(v): v for v in metadata.state_dict_metadata.values() if isinstance(v, TensorStorageMetadata)
+            id(v): v
+            for v in metadata.state_dict_metadata.values()
+            if isinstance(v, TensorStorageMetadata)
         }
         self._indexes: dict[int, ChunkIndex | None] = {}
         self._layouts: dict[int, int | None] = {}  # id(tensor_md) -> layout number
         self._layout_numbers: dict[tuple, int] = {}
         self._memo: dict[tuple, list] = {}  # (layout, local boxes) -> [fqn, items, checked]
-        self._by_spec: dict[tuple, tuple] = {}  # (layout, id(spec), dtype) -> (spec, memo key); one rank
+        self._by_spec: dict[
+            tuple, tuple
+        ] = {}  # (layout, id(spec), dtype) -> (spec, memo key); one rank
         self.memo_on = memo
         self.memo_hits = 0
 
@@ -307,26 +347,38 @@ class ReadPruner:
                 boxes = _chunk_key(tensor_md.chunks)
             except Exception:
                 boxes = None
-            self._layouts[key] = None if boxes is None else self._layout_numbers.setdefault(boxes, len(self._layout_numbers))
+            self._layouts[key] = (
+                None
+                if boxes is None
+                else self._layout_numbers.setdefault(boxes, len(self._layout_numbers))
+            )
         return self._layouts[key]
 
-    def read_items(self, original: Callable[..., list], fqn: str, tensor_md: Any, local_chunks: list) -> list:
+    def read_items(
+        self, original: Callable[..., list], fqn: str, tensor_md: Any, local_chunks: list
+    ) -> list:
         """What DCP's ``create_read_items_for_chunk_list`` returns, the cheapest exact way."""
         if self._tensors.get(id(tensor_md)) is not tensor_md:
             return original(fqn, tensor_md, local_chunks)  # not this checkpoint's metadata
         key = self._memo_key(tensor_md, local_chunks)
         if key is None:
-            return pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
+            return pruned_read_items(
+                original, fqn, tensor_md, local_chunks, self._index_for(tensor_md)
+            )
         hit = self._memo.get(key)
         if hit is None:
-            items = pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
+            items = pruned_read_items(
+                original, fqn, tensor_md, local_chunks, self._index_for(tensor_md)
+            )
             if all(ri.dest_index.fqn == fqn and ri.storage_index.fqn == fqn for ri in items):
                 self._memo[key] = [fqn, items, False]
             return items
         first_fqn, first_items, checked = hit
         same = list(first_items) if fqn == first_fqn else relabel(first_items, fqn)
         if not checked:
-            planned = pruned_read_items(original, fqn, tensor_md, local_chunks, self._index_for(tensor_md))
+            planned = pruned_read_items(
+                original, fqn, tensor_md, local_chunks, self._index_for(tensor_md)
+            )
             if not self._agrees(same, planned):
                 self.memo_on = False  # DCP's read planning is not what this memo assumes
                 self._memo.clear()
@@ -347,7 +399,11 @@ class ReadPruner:
         layout = self._layout_for(tensor_md) if self.memo_on and local_chunks else None
         if layout is None:
             return None
-        local = self.chunk_lists.boxes(local_chunks) if self.chunk_lists is not None else _chunk_key(local_chunks)
+        local = (
+            self.chunk_lists.boxes(local_chunks)
+            if self.chunk_lists is not None
+            else _chunk_key(local_chunks)
+        )
         return None if local is None else (layout, local)
 
     def new_rank(self) -> None:
@@ -366,14 +422,23 @@ class ReadPruner:
         key asked. Where the memo has checked that answer against DCP, it is given at once
         (renamed); anything else goes through DCP's own function.
         """
-        if (self.chunk_lists is None or not self.memo_on or type(obj) is not DTensor
-                or self._tensors.get(id(md)) is not md or hasattr(obj._local_tensor, "__create_chunk_list__")):
+        if (
+            self.chunk_lists is None
+            or not self.memo_on
+            or type(obj) is not DTensor
+            or self._tensors.get(id(md)) is not md
+            or hasattr(obj._local_tensor, "__create_chunk_list__")
+        ):
             return original(fqn, md, obj)
         spec = obj._spec
         layout = self._layout_for(md)
         key, guards = self._spec_key(layout, obj)
         seen = self._by_spec.get(key)
-        if seen is not None and len(seen[0]) == len(guards) and all(a is b for a, b in zip(seen[0], guards)):
+        if (
+            seen is not None
+            and len(seen[0]) == len(guards)
+            and all(a is b for a, b in zip(seen[0], guards))
+        ):
             hit = self._memo.get(seen[1])
             if hit is not None and hit[2]:
                 same = list(hit[1]) if fqn == hit[0] else relabel(hit[1], fqn)
@@ -412,13 +477,17 @@ class ReadPruner:
         original = planner_helpers.create_read_items_for_chunk_list
         original_chunks = planner_helpers._create_chunk_list
         original_items = default_planner._create_read_items
-        if not (is_dcp_function(original, "create_read_items_for_chunk_list")
-                and is_dcp_function(original_chunks, "_create_chunk_list")
-                and is_dcp_function(original_items, "_create_read_items")):
+        if not (
+            is_dcp_function(original, "create_read_items_for_chunk_list")
+            and is_dcp_function(original_chunks, "_create_chunk_list")
+            and is_dcp_function(original_items, "_create_read_items")
+        ):
             yield False
             return
 
-        def create_read_items_for_chunk_list(fqn: str, checkpoint_md: Any, local_chunks: list) -> list:
+        def create_read_items_for_chunk_list(
+            fqn: str, checkpoint_md: Any, local_chunks: list
+        ) -> list:
             return self.read_items(original, fqn, checkpoint_md, local_chunks)
 
         memo = self.chunk_lists
@@ -429,9 +498,13 @@ class ReadPruner:
         def _create_read_items(fqn: str, md: Any, obj: Any) -> list:
             return self.create_read_items(original_items, fqn, md, obj)
 
-        patches = [(planner_helpers, "create_read_items_for_chunk_list", create_read_items_for_chunk_list)]
+        patches = [
+            (planner_helpers, "create_read_items_for_chunk_list", create_read_items_for_chunk_list)
+        ]
         if memo is not None:
-            patches += [(planner_helpers, "_create_chunk_list", _create_chunk_list),
-                        (default_planner, "_create_read_items", _create_read_items)]
+            patches += [
+                (planner_helpers, "_create_chunk_list", _create_chunk_list),
+                (default_planner, "_create_read_items", _create_read_items),
+            ]
         with patched(*patches):
             yield True

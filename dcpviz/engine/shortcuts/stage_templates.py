@@ -39,7 +39,9 @@ class StageViews:
         self.per_stage = per_stage
         self.current = 0  # the stage of the rank whose view was built last (for its flattening)
 
-    def view_with_leaves(self, rank: int, mesh_cache: dict, share_dtensors: bool = False) -> tuple[dict, list]:
+    def view_with_leaves(
+        self, rank: int, mesh_cache: dict, share_dtensors: bool = False
+    ) -> tuple[dict, list]:
         """Rank ``rank``'s view of its own stage's template."""
         self.current = rank // self.per_stage
         return self.views[self.current].view_with_leaves(rank, mesh_cache, share_dtensors)
@@ -73,12 +75,16 @@ def stage_templates(scenario: Any, notes: list[str]) -> list[dict] | None:
             template, _ = rank_state_dict(scenario, stage * per_stage)
         blocker = fastpath.Leaves(template).blocker()
         if blocker is not None:
-            notes.append(f"{blocker}: a stage's first rank cannot stand for its other ranks, so every rank "
-                         "ran the recipe itself.")
+            notes.append(
+                f"{blocker}: a stage's first rank cannot stand for its other ranks, so every rank "
+                "ran the recipe itself."
+            )
             return None
         templates.append(template)
-    notes.append(f"{len(templates)} pipeline stages: each stage's first rank built its state dict and the "
-                 "stage's other ranks view it (exact; see engine/shortcuts/stage_templates.py).")
+    notes.append(
+        f"{len(templates)} pipeline stages: each stage's first rank built its state dict and the "
+        "stage's other ranks view it (exact; see engine/shortcuts/stage_templates.py)."
+    )
     return templates
 
 

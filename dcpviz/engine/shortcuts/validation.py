@@ -56,7 +56,6 @@ MIN_CHUNKS = 64
 """Fewer chunks than this are checked quickly along any dim."""
 
 
-
 def stretch_for(value: Any, min_chunks: int | None = None) -> tuple[int, int] | None:
     """(dim, factor) that makes DCP sweep ``value``'s chunks along the dim where their offsets
     differ most, or None where DCP's own sweep is kept (bytes, 0-d, few chunks, malformed
@@ -87,7 +86,10 @@ def _stretch(value: TensorStorageMetadata, dim: int, k: int) -> TensorStorageMet
     return dataclasses.replace(
         value,
         size=scaled(value.size),
-        chunks=[ChunkStorageMetadata(offsets=scaled(c.offsets), sizes=scaled(c.sizes)) for c in value.chunks],
+        chunks=[
+            ChunkStorageMetadata(offsets=scaled(c.offsets), sizes=scaled(c.sizes))
+            for c in value.chunks
+        ],
     )
 
 
@@ -152,7 +154,12 @@ def screening_metadata(metadata: Metadata, min_chunks: int | None = None) -> Met
     return stretched if stretched is not None else distinct
 
 
-def validate(original: Callable[..., list[str]], global_plan: list, metadata: Metadata, min_chunks: int | None = None) -> list[str]:
+def validate(
+    original: Callable[..., list[str]],
+    global_plan: list,
+    metadata: Metadata,
+    min_chunks: int | None = None,
+) -> list[str]:
     """DCP's verdict on ``metadata``: from the screening metadata when it finds nothing, else
     from DCP's own run on the real metadata (its messages and warnings)."""
     try:

@@ -116,8 +116,11 @@ class WriteItemMemo:
         ``create_local_plan`` calls per key) goes through the memo; on leaving, the memo forgets
         its groups. Yields False and changes nothing when the helper is not DCP's own."""
         original = default_planner._create_write_items
-        if (not self.on or original is not planner_helpers._create_write_items
-                or not is_dcp_function(original, "_create_write_items")):
+        if (
+            not self.on
+            or original is not planner_helpers._create_write_items
+            or not is_dcp_function(original, "_create_write_items")
+        ):
             yield False
             return
 

@@ -59,9 +59,11 @@ def check_target(target: Any) -> Scenario:
     """``target`` if it is a Scenario; else a DcpvizError (naming swapped arguments)."""
     if isinstance(target, Scenario):
         return target
-    swapped = " Did you swap the arguments? The order is simulate_load(saved, target)." if (
-        isinstance(target, str) or isinstance(getattr(target, "trace", None), SaveTrace)
-    ) else ""
+    swapped = (
+        " Did you swap the arguments? The order is simulate_load(saved, target)."
+        if (isinstance(target, str) or isinstance(getattr(target, "trace", None), SaveTrace))
+        else ""
+    )
     raise DcpvizError(
         f"target={type(target).__name__} is not a dcpviz.Scenario. Describe the job that loads, "
         f"e.g. target=dcpviz.Scenario(model='mlp', world_size=6, recipe='fsdp').{swapped}"
@@ -115,8 +117,12 @@ class _Speedups:
     """The exact shortcuts a load takes (none with ``fast=False``), chosen once."""
 
     chunk_lists: ChunkLists | None = None  # DCP's _create_chunk_list once per spec of a rank
-    pruner: ReadPruner | None = None  # DCP's read planning on chunks that can overlap (shortcuts/overlap.py)
-    target_values: TargetValues | None = None  # target_value once per spec of a rank (None: per key)
+    pruner: ReadPruner | None = (
+        None  # DCP's read planning on chunks that can overlap (shortcuts/overlap.py)
+    )
+    target_values: TargetValues | None = (
+        None  # target_value once per spec of a rank (None: per key)
+    )
     read_boxes: dict | None = None  # convert.load.read_record's memo (None: every item on its own)
     lean: bool = False  # let go of each rank's state dict once planned
 
@@ -159,7 +165,9 @@ class _KeyFacts:
     wanted_fqns: set[str] = field(default_factory=set)
     read_storage_fqns: set[str] = field(default_factory=set)
     collector: MismatchCollector = field(default_factory=MismatchCollector)
-    per_rep: dict[int, tuple] = field(default_factory=dict)  # rep -> (values, wanted ids, messages, renames, read_dest)
+    per_rep: dict[int, tuple] = field(
+        default_factory=dict
+    )  # rep -> (values, wanted ids, messages, renames, read_dest)
 
 
 @dataclass
@@ -176,14 +184,18 @@ class _LoadRun:
     log: Log
     keys: _KeyFacts = field(default_factory=_KeyFacts)
     mode: Any = field(default_factory=new_fake_mode)
-    fakes: dict = field(default_factory=dict)  # storageless tensors shared by the ranks of a template
+    fakes: dict = field(
+        default_factory=dict
+    )  # storageless tensors shared by the ranks of a template
     reads: ItemTable = field(default_factory=ItemTable)
     plan_memo: dict[int, tuple[LoadPlan, PlanRecord]] = field(default_factory=dict)
     planners: list[Any] = field(default_factory=list)
     local: list[LoadPlan | None] = field(default_factory=list)
     local_records: list[PlanRecord | None] = field(default_factory=list)
     rebound: int = 0
-    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
+    components: tuple[
+        tuple[str, str], ...
+    ] = ()  # rank 0's training-state parts (core/components.py)
     collect_young: Any = None  # call between ranks (young_gc_only); None: GC runs by itself
 
     @property
@@ -191,29 +203,56 @@ class _LoadRun:
         return self.target.world_size
 
     def record(self, plan: LoadPlan) -> PlanRecord:
-        return load_plan_record(plan, self.reads, self.itemsizes, self.plan_memo, self.speed.read_boxes)
+        return load_plan_record(
+            plan, self.reads, self.itemsizes, self.plan_memo, self.speed.read_boxes
+        )
 
 
-def _set_up(target: Scenario, make_planner: Any, md: Any, fast: bool | None, info: Any, timer: Timer, log: Log) -> _LoadRun:
+def _set_up(
+    target: Scenario,
+    make_planner: Any,
+    md: Any,
+    fast: bool | None,
+    info: Any,
+    timer: Timer,
+    log: Log,
+) -> _LoadRun:
     """The target on meta, the template state dict where the recipe is SPMD, the classes of
     ranks that share a plan, and the exact shortcuts this load takes."""
     sim = target if target.device == "meta" else target.replace(device="meta")
     template, rebound = None, 0
     with timer.phase("build_state_dicts"):
         if wants_template(fast, sim):
-            template, rebound = fastpath.template_state_dict(sim, log.notes, check=not isinstance(sim.recipe, str))
+            template, rebound = fastpath.template_state_dict(
+                sim, log.notes, check=not isinstance(sim.recipe, str)
+            )
     shortcuts = template is not None and info.is_dcp_default
     rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
     sharing = {rep: r for r, rep in sorted(rep_of.items()) if rep != r}
-    return _LoadRun(sim, make_planner, md, saved_itemsizes(md), _Classes(template, shortcuts, rep_of, sharing),
-                    _Speedups.choose(fast, md, info.is_dcp_default), timer, log,
-                    planners=[None] * W, local=[None] * W, local_records=[None] * W, rebound=rebound)
+    return _LoadRun(
+        sim,
+        make_planner,
+        md,
+        saved_itemsizes(md),
+        _Classes(template, shortcuts, rep_of, sharing),
+        _Speedups.choose(fast, md, info.is_dcp_default),
+        timer,
+        log,
+        planners=[None] * W,
+        local=[None] * W,
+        local_records=[None] * W,
+        rebound=rebound,
+    )
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
     """Rank ``r`` has the same plan and the same keys as its representative ``rep``."""
-    run.local[r], run.local_records[r], run.planners[r] = run.local[rep], run.local_records[rep], run.planners[rep]
+    run.local[r], run.local_records[r], run.planners[r] = (
+        run.local[rep],
+        run.local_records[rep],
+        run.planners[rep],
+    )
     keys = run.keys
     values, wanted_ids, messages, renames, read_dest = keys.per_rep[rep]
     if run.classes.sharing[rep] == r:
@@ -227,7 +266,10 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
     """One rank's set up and local plan, as dcp.load runs them, then its keys against the checkpoint."""
     md = run.metadata
     classes, speed = run.classes, run.speed
-    with fake_world(r, run.world_size), (fastpath.memoized_local_shapes() if classes.shortcuts else nullcontext()):
+    with (
+        fake_world(r, run.world_size),
+        fastpath.memoized_local_shapes() if classes.shortcuts else nullcontext(),
+    ):
         t0 = time.perf_counter()
         speed.new_rank()
         state_dict = _rank_state(run, r)
@@ -263,8 +305,12 @@ def _rank_state(run: _LoadRun, r: int) -> dict[str, Any]:
         run.rebound += n
     if r == 0:
         run.components = training_state_components(run.target, state_dict)
-    return to_storageless(state_dict, run.mode, run.fakes if classes.shortcuts else None,
-                          {} if classes.shortcuts else None)
+    return to_storageless(
+        state_dict,
+        run.mode,
+        run.fakes if classes.shortcuts else None,
+        {} if classes.shortcuts else None,
+    )
 
 
 def _drop_state(planner: Any) -> None:
@@ -280,7 +326,9 @@ def _check_keys(run: _LoadRun, r: int, p: Any, state_dict: dict[str, Any], faile
     """Every key of rank ``r`` against the checkpoint, with DCP's own message where it fails."""
     flat = planner_view(p, state_dict)
     keys = run.keys
-    value_of = run.speed.target_values.value if run.speed.target_values is not None else target_value
+    value_of = (
+        run.speed.target_values.value if run.speed.target_values is not None else target_value
+    )
     values: list[TargetValue] = [value_of(k, v) for k, v in flat.items()]
     wanted_ids = tuple(keys.wanted.add(tv) for tv in values)
     keys.wanted_by_rank.append(wanted_ids)
@@ -316,7 +364,9 @@ def _local_step(run: _LoadRun, progress: bool | None) -> None:
         bar.close()
 
 
-def _global_and_finish(run: _LoadRun) -> tuple[tuple[PlanRecord, ...] | None, tuple[PlanRecord, ...] | None]:
+def _global_and_finish(
+    run: _LoadRun,
+) -> tuple[tuple[PlanRecord, ...] | None, tuple[PlanRecord, ...] | None]:
     """The coordinator's global plan and every rank's finish_plan, recorded."""
     W = run.world_size
 
@@ -325,30 +375,41 @@ def _global_and_finish(run: _LoadRun) -> tuple[tuple[PlanRecord, ...] | None, tu
             raise RuntimeError(f"create_global_plan returned {len(plans)} plans for {W} ranks")
 
     with run.timer.phase("global_plan"):
-        global_plans, _exc = global_step(run.planners[0], run.local, W, run.log, check=one_plan_per_rank)
+        global_plans, _exc = global_step(
+            run.planners[0], run.local, W, run.log, check=one_plan_per_rank
+        )
     if global_plans is None:
         return None, None
     global_records = tuple(run.record(gp) for gp in global_plans)
     with run.timer.phase("finish_plans"):
-        finals = finish_step(lambda r: run.planners[r], global_plans, W, lambda r, final: run.record(final), run.log)
+        finals = finish_step(
+            lambda r: run.planners[r], global_plans, W, lambda r, final: run.record(final), run.log
+        )
     return global_records, finals
 
 
-def _read_failures(run: _LoadRun, finals: tuple[PlanRecord, ...], unreadable: dict[tuple, tuple[str, str]]) -> None:
+def _read_failures(
+    run: _LoadRun, finals: tuple[PlanRecord, ...], unreadable: dict[tuple, tuple[str, str]]
+) -> None:
     """A rank whose final plan reads a record whose data file is missing or too short fails in
     dcp.load's read phase (FileSystemReader, first such record it meets); a record no rank reads
     costs nothing. Sizes only: checkpoint.storage_shortfalls."""
     reads = run.reads.items
     hit: set[tuple] = set()
     for r, plan in enumerate(finals):
-        bad = sorted({(ri.storage_fqn or ri.fqn, ri.saved_offsets) for ri in (reads[i] for i in plan.items)}
-                     & unreadable.keys(), key=repr)
+        bad = sorted(
+            {(ri.storage_fqn or ri.fqn, ri.saved_offsets) for ri in (reads[i] for i in plan.items)}
+            & unreadable.keys(),
+            key=repr,
+        )
         if not bad:
             continue
         hit.update(bad)
         exc_type, message = unreadable[bad[0]]
         more = f" (and {len(bad) - 1} more record(s) this rank reads)" if len(bad) > 1 else ""
-        run.log.errors.append(ErrorRecord("read", r, exc_type, f"{message}{more}; dcp.load fails reading it."))
+        run.log.errors.append(
+            ErrorRecord("read", r, exc_type, f"{message}{more}; dcp.load fails reading it.")
+        )
     idle = len(unreadable.keys() - hit)
     if idle:
         run.log.notes.append(
@@ -394,8 +455,14 @@ def plan_load(
         return _plan_load(saved, target, planner, progress, fast, collect_young)
 
 
-def _plan_load(saved: Any, target: Scenario, planner: Any, progress: bool | None, fast: bool | None,
-               collect_young: Any) -> tuple[LoadTrace, Any]:
+def _plan_load(
+    saved: Any,
+    target: Scenario,
+    planner: Any,
+    progress: bool | None,
+    fast: bool | None,
+    collect_young: Any,
+) -> tuple[LoadTrace, Any]:
     ck = resolve_saved(saved)
     make_planner = planner_factory(planner, LoadPlanner, DefaultLoadPlanner)
     md = ck.metadata

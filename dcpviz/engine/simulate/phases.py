@@ -58,7 +58,9 @@ class Log:
         self.errors.append(error_record(phase, rank, exc))
 
 
-def training_state_components(scenario: Scenario, state_dict: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+def training_state_components(
+    scenario: Scenario, state_dict: dict[str, Any]
+) -> tuple[tuple[str, str], ...]:
     """The components (model, optim, lr_scheduler, ...) of a rank's training state, for the
     trace; none for a plain model state dict (core/components.py)."""
     if scenario.optimizer is None and scenario.state is None:
@@ -85,7 +87,9 @@ def wants_template(fast: bool | None, scenario: Scenario) -> bool:
     return fast is True or (fast is None and isinstance(scenario.recipe, str))
 
 
-def representatives(scenario: Scenario, template: Any, shortcuts: bool, what: str, log: Log) -> dict[int, int]:
+def representatives(
+    scenario: Scenario, template: Any, shortcuts: bool, what: str, log: Log
+) -> dict[int, int]:
     """rank -> the rank whose plan it shares. DCP's default plan for a rank depends on its local
     chunks (its coordinates along non-replicated dims), not on the rank itself: one plan per class."""
     W = scenario.world_size
@@ -104,12 +108,18 @@ def representatives(scenario: Scenario, template: Any, shortcuts: bool, what: st
 
 
 # -- global and finish ---------------------------------------------------------------------------
-def global_step(coordinator: Any, local: Sequence[Any], world_size: int, log: Log,
-                check: Callable[[Any], None] | None = None, context: Any = None) -> tuple[Any, BaseException | None]:
+def global_step(
+    coordinator: Any,
+    local: Sequence[Any],
+    world_size: int,
+    log: Log,
+    check: Callable[[Any], None] | None = None,
+    context: Any = None,
+) -> tuple[Any, BaseException | None]:
     """The coordinator's ``create_global_plan`` over every local plan, in rank 0's world (and
     ``context``, e.g. a faster exact validation). Returns (its result, None), or (None, the
     exception) after recording it."""
-    with fake_world(0, world_size), (context if context is not None else nullcontext()):
+    with fake_world(0, world_size), context if context is not None else nullcontext():
         try:
             out = coordinator.create_global_plan(list(local))
             if check is not None:
@@ -120,9 +130,15 @@ def global_step(coordinator: Any, local: Sequence[Any], world_size: int, log: Lo
             return None, exc
 
 
-def finish_step(planner_of: Callable[[int], Any], global_plans: Sequence[Any], world_size: int,
-                record: Callable[[int, Any], PlanRecord], log: Log, *, per_rank_world: bool = True,
-                ) -> tuple[PlanRecord, ...]:
+def finish_step(
+    planner_of: Callable[[int], Any],
+    global_plans: Sequence[Any],
+    world_size: int,
+    record: Callable[[int, Any], PlanRecord],
+    log: Log,
+    *,
+    per_rank_world: bool = True,
+) -> tuple[PlanRecord, ...]:
     """Each rank's ``finish_plan`` of its global plan, recorded; a failing rank gets an unusable
     empty plan and its error. ``per_rank_world=False`` where the planner needs no world (shared
     DefaultSavePlanner instances, whose finish_plan returns the plan it is given)."""

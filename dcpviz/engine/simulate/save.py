@@ -74,17 +74,29 @@ class _SaveRun:
     local_by_rep: dict[int, SavePlan] = field(default_factory=dict)
     sizes_by_rep: dict[int, dict[str, int]] = field(default_factory=dict)
     layouts: tuple = ()
-    digests: list = field(default_factory=list)  # ValueDigests of the ranks whose own state dict was built
-    components: tuple[tuple[str, str], ...] = ()  # rank 0's training-state parts (core/components.py)
+    digests: list = field(
+        default_factory=list
+    )  # ValueDigests of the ranks whose own state dict was built
+    components: tuple[
+        tuple[str, str], ...
+    ] = ()  # rank 0's training-state parts (core/components.py)
     tied: tuple[tuple[str, ...], ...] = ()  # rank 0's keys that hold one tensor (tied weights)
     rebound: int = 0
-    fast_checks: bool = False  # DCP's validation on stretched metadata first (engine/shortcuts/validation.py)
+    fast_checks: bool = (
+        False  # DCP's validation on stretched metadata first (engine/shortcuts/validation.py)
+    )
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
     shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
-    flattening: fastpath.ViewFlattening | None = None  # DCP's flattening of a view, from the template's
-    storage: StoragePlanning | None = None  # the storage writer's own planning steps (engine/storage/writer_plan.py)
-    release_views: bool = False  # drop each planner's state dict once planned (engine/shortcuts/stage_templates.py)
+    flattening: fastpath.ViewFlattening | None = (
+        None  # DCP's flattening of a view, from the template's
+    )
+    storage: StoragePlanning | None = (
+        None  # the storage writer's own planning steps (engine/storage/writer_plan.py)
+    )
+    release_views: bool = (
+        False  # drop each planner's state dict once planned (engine/shortcuts/stage_templates.py)
+    )
 
     @property
     def world_size(self) -> int:
@@ -95,7 +107,9 @@ class _SaveRun:
         return self.sizes_by_rep.get(self.rep_of[rank])
 
 
-def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Timer, log: Log) -> _SaveRun:
+def _set_up(
+    scenario: Scenario, make_planner: Any, fast: bool | None, timer: Timer, log: Log
+) -> _SaveRun:
     """The probe planner, the template state dict where the recipe is SPMD, and the classes of
     ranks that share a plan."""
     probe = make_planner()
@@ -104,10 +118,14 @@ def _set_up(scenario: Scenario, make_planner: Any, fast: bool | None, timer: Tim
     template, rebound = None, 0
     if wants_template(fast, scenario) and fastpath.plans_leaves(probe):
         with timer.phase("build_state_dicts"):
-            template, rebound = fastpath.template_state_dict(scenario, log.notes, check=not isinstance(scenario.recipe, str))
+            template, rebound = fastpath.template_state_dict(
+                scenario, log.notes, check=not isinstance(scenario.recipe, str)
+            )
     shortcuts = template is not None and fastpath.can_share_plans(probe)
     rep_of = representatives(scenario, template, shortcuts, "local", log)
-    run = _SaveRun(scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound)
+    run = _SaveRun(
+        scenario, make_planner, template, shortcuts, rep_of, timer=timer, log=log, rebound=rebound
+    )
     if template is not None:
         with timer.phase("build_state_dicts"):
             run.views = fastpath.TemplateView(template)
@@ -150,9 +168,12 @@ def same_values_on_every_rank(scenario: Scenario) -> bool:
     recipe, a preset optimizer (or none) and the model's own state (or an SPMD preset) — code
     that does not read the rank. A callable anywhere is user code that may (an RNG state, a
     data-loader position), so its other ranks stay unknown."""
-    return (isinstance(scenario.model, str) and isinstance(scenario.recipe, str)
-            and (scenario.optimizer is None or isinstance(scenario.optimizer, str))
-            and fastpath.per_rank_state_reason(scenario) is None)
+    return (
+        isinstance(scenario.model, str)
+        and isinstance(scenario.recipe, str)
+        and (scenario.optimizer is None or isinstance(scenario.optimizer, str))
+        and fastpath.per_rank_state_reason(scenario) is None
+    )
 
 
 def _as_every_rank(digests: list[ValueDigest], world_size: int) -> list[ValueDigest]:
@@ -179,9 +200,18 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
             set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
             return p.create_local_plan()
     memo = run.write_memo.active() if run.write_memo is not None else nullcontext()
-    flat = run.flattening.active(state_dict, leaves) if run.flattening is not None and leaves is not None else nullcontext()
+    flat = (
+        run.flattening.active(state_dict, leaves)
+        if run.flattening is not None and leaves is not None
+        else nullcontext()
+    )
     # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
-    with torch.no_grad(), fastpath.memoized_shard_steps(run.shard_steps), fastpath.memoized_local_shapes(), memo:
+    with (
+        torch.no_grad(),
+        fastpath.memoized_shard_steps(run.shard_steps),
+        fastpath.memoized_local_shapes(),
+        memo,
+    ):
         with flat:
             set_up_save_planner(p, state_dict, is_coordinator=(r == 0))
         return p.create_local_plan()
@@ -253,7 +283,9 @@ def _global_plan(run: _SaveRun, local: list[SavePlan]) -> tuple[Any, Any, bool]:
         return fast_validation() if run.fast_checks else nullcontext()
 
     with run.timer.phase("global_plan"):
-        out, exc = global_step(coordinator, local, run.world_size, run.log, check=_plans_and_metadata, context=checks())
+        out, exc = global_step(
+            coordinator, local, run.world_size, run.log, check=_plans_and_metadata, context=checks()
+        )
         if exc is None:
             return out[0], out[1], True
         with fake_world(0, run.world_size), checks():
@@ -281,8 +313,11 @@ def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ..
             # Shared planners: DefaultSavePlanner.finish_plan returns the plan it is given; no
             # per-rank world needed.
             lambda r: run.planners[run.rep_of[r]] if shared else run.planners[r],
-            global_plans, run.world_size, lambda r, final: run.conv.record(keep(r, final), run.sizes_of(r)),
-            run.log, per_rank_world=not shared,
+            global_plans,
+            run.world_size,
+            lambda r, final: run.conv.record(keep(r, final), run.sizes_of(r)),
+            run.log,
+            per_rank_world=not shared,
         )
 
 
@@ -319,8 +354,11 @@ def _files(run: _SaveRun, out: _Planned) -> None:
     if run.storage is None or out.final is None:
         return
     with run.timer.phase("storage_plan"):
-        rows = run.storage.file_plan(lambda r: run.planners[run.rep_of[r]], run.sizes_of,
-                                     lambda r, exc: run.log.fail("write", r, exc))
+        rows = run.storage.file_plan(
+            lambda r: run.planners[run.rep_of[r]],
+            run.sizes_of,
+            lambda r, exc: run.log.fail("write", r, exc),
+        )
         out.file_plan = rows + run.storage.consolidation(out.metadata)
 
 
@@ -331,7 +369,9 @@ def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
     local = _storage_steps(run, _local_step(run, progress), "local")
     out.local = tuple(run.conv.record(p) if p is not None else None for p in local)
     if not all(p is not None for p in local):
-        run.log.notes.append("A local plan failed, so (as in dcp.save) the coordinator never planned globally.")
+        run.log.notes.append(
+            "A local plan failed, so (as in dcp.save) the coordinator never planned globally."
+        )
         return out
     global_plans, out.metadata, out.validated = _global_plan(run, local)
     if global_plans is not None and out.validated:
@@ -339,13 +379,20 @@ def _plan_and_record(run: _SaveRun, progress: bool | None) -> _Planned:
         out.validated = global_plans is not None
     if global_plans is not None:
         with run.timer.phase("convert"):
-            out.global_ = tuple(run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans))
+            out.global_ = tuple(
+                run.conv.record(p, run.sizes_of(r)) for r, p in enumerate(global_plans)
+            )
     if out.validated and global_plans is not None:
         out.final = _finish(run, global_plans)
         _files(run, out)
     with run.timer.phase("dedup_alternative"):
-        out.alternative = dedup_alternative(run.planners[0], local, lambda r, p: run.conv.record(p, run.sizes_of(r)),
-                                            run.conv.items, out.final or out.global_)
+        out.alternative = dedup_alternative(
+            run.planners[0],
+            local,
+            lambda r, p: run.conv.record(p, run.sizes_of(r)),
+            run.conv.items,
+            out.final or out.global_,
+        )
     return out
 
 

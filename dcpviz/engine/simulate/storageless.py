@@ -40,7 +40,9 @@ def _fake_like(t: torch.Tensor, mode: Any, cache: dict | None = None) -> torch.T
     return fake
 
 
-def to_storageless(obj: Any, mode: Any, cache: dict | None = None, shared: dict | None = None) -> Any:
+def to_storageless(
+    obj: Any, mode: Any, cache: dict | None = None, shared: dict | None = None
+) -> Any:
     """``obj`` (a state dict, nested or flat) with every tensor, and every DTensor's local tensor,
     replaced by a FakeTensor of the same shape, stride and dtype. DTensors keep their spec (mesh,
     placements, global shape and stride) unchanged.
@@ -62,7 +64,11 @@ def to_storageless(obj: Any, mode: Any, cache: dict | None = None, shared: dict 
             share = shared is not None and type(value) is DTensor and not shared.get(_SHARING_OFF)
             key, guards = shared_key(value) if share else (None, ())
             hit = shared.get(key) if share else None
-            if hit is not None and len(hit[0]) == len(guards) and all(a is b for a, b in zip(hit[0], guards)):
+            if (
+                hit is not None
+                and len(hit[0]) == len(guards)
+                and all(a is b for a, b in zip(hit[0], guards))
+            ):
                 if describes(hit[1], value):
                     return hit[1]
                 shared.clear()
@@ -92,5 +98,10 @@ def describes(fake: Any, value: Any) -> bool:
     """The self-check of sharing: ``fake`` is ``value`` without storage — the same spec object
     and a local tensor of the same type, shape, stride and dtype (all DCP's planning reads)."""
     a, b = fake._local_tensor, value._local_tensor
-    return (fake._spec is value._spec and tuple(a.shape) == tuple(b.shape) and a.stride() == b.stride()
-            and a.dtype == b.dtype and type(fake) is type(value))
+    return (
+        fake._spec is value._spec
+        and tuple(a.shape) == tuple(b.shape)
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and type(fake) is type(value)
+    )

@@ -35,15 +35,21 @@ def _renamer(key_map: Any) -> Callable[[str], str]:
     if isinstance(key_map, Mapping):
         return lambda k: key_map.get(k, k)
     if callable(key_map):
+
         def call(k: str) -> str:
             out = key_map(k)
             if out is None:
                 return k
             if not isinstance(out, str):
-                raise DcpvizError(f"key_map({k!r}) returned {type(out).__name__}; it must return a str (or None).")
+                raise DcpvizError(
+                    f"key_map({k!r}) returned {type(out).__name__}; it must return a str (or None)."
+                )
             return out
+
         return call
-    raise DcpvizError(f"key_map must be a dict {{hf_name: model_name}} or a callable, got {type(key_map).__name__}.")
+    raise DcpvizError(
+        f"key_map must be a dict {{hf_name: model_name}} or a callable, got {type(key_map).__name__}."
+    )
 
 
 def hf_saved(path: str | os.PathLike[str], key_map: Any = None) -> SavedCheckpoint:
@@ -56,19 +62,36 @@ def hf_saved(path: str | os.PathLike[str], key_map: Any = None) -> SavedCheckpoi
     for f in folder.files:
         offs = dict(f.offsets)
         for e in f.header.entries if f.header is not None else ():
-            writers.append(ChunkWriter(fqn=rename(e.name), offsets=offs.get(e.name, (0,) * len(e.shape)),
-                                       rank=f.rank if f.rank >= 0 else None, file=f.name, storage_nbytes=e.nbytes))
-    notes = [f"Safetensors folder {str(path)!r}: planned against DCP's HuggingFaceStorageReader.read_metadata "
-             f"({len(folder.files)} *.safetensors files, every one of which DCP's HF reader reads)."]
-    return SavedCheckpoint(metadata=md, info=metadata_info(md), scenario=None, writers=tuple(writers),
-                           source=f"safetensors folder {str(path)!r}", notes=notes)
+            writers.append(
+                ChunkWriter(
+                    fqn=rename(e.name),
+                    offsets=offs.get(e.name, (0,) * len(e.shape)),
+                    rank=f.rank if f.rank >= 0 else None,
+                    file=f.name,
+                    storage_nbytes=e.nbytes,
+                )
+            )
+    notes = [
+        f"Safetensors folder {str(path)!r}: planned against DCP's HuggingFaceStorageReader.read_metadata "
+        f"({len(folder.files)} *.safetensors files, every one of which DCP's HF reader reads)."
+    ]
+    return SavedCheckpoint(
+        metadata=md,
+        info=metadata_info(md),
+        scenario=None,
+        writers=tuple(writers),
+        source=f"safetensors folder {str(path)!r}",
+        notes=notes,
+    )
 
 
 def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:
     """DCP's HF reader's Metadata of the folder, keys renamed by ``key_map``, storage records dropped."""
     root = Path(path)
     if root.is_file():
-        raise DcpvizError(f"saved={str(root)!r} is a file; DCP's HF reader reads a folder: pass {str(root.parent)!r}.")
+        raise DcpvizError(
+            f"saved={str(root)!r} is a file; DCP's HF reader reads a folder: pass {str(root.parent)!r}."
+        )
     checkpoint_facts(scan_folder(root))  # every header validated first (raises CheckpointError)
     md = HuggingFaceStorageReader(str(root)).read_metadata()
     rename = _renamer(key_map)
@@ -77,12 +100,18 @@ def hf_metadata(path: str | os.PathLike[str], key_map: Any = None) -> Metadata:
     for key in sorted(md.state_dict_metadata):
         new = rename(key)
         if new in origin:
-            raise DcpvizError(f"key_map sends both {origin[new]!r} and {key!r} to {new!r}: it must be one-to-one "
-                              "on the folder's keys.")
+            raise DcpvizError(
+                f"key_map sends both {origin[new]!r} and {key!r} to {new!r}: it must be one-to-one "
+                "on the folder's keys."
+            )
         origin[new] = key
         renamed[new] = md.state_dict_metadata[key]
-    return Metadata(state_dict_metadata=renamed, planner_data=None, storage_data=None,
-                    storage_meta=md.storage_meta)
+    return Metadata(
+        state_dict_metadata=renamed,
+        planner_data=None,
+        storage_data=None,
+        storage_meta=md.storage_meta,
+    )
 
 
 def quantized_unread(path: str | os.PathLike[str], key_map: Any = None) -> dict[str, str]:

@@ -44,8 +44,15 @@ from dcpviz.core.errors import CheckpointError, DcpvizError
 from dcpviz.core.hf.safetensors import SUFFIX, read_header
 from dcpviz.core.trace import FileItem, StorageWriterInfo
 
-_OPTIONS = ("thread_count", "single_file_per_rank", "serialization_format", "save_distributed",
-            "enable_consolidation", "fqn_to_index_mapping", "overwrite")
+_OPTIONS = (
+    "thread_count",
+    "single_file_per_rank",
+    "serialization_format",
+    "save_distributed",
+    "enable_consolidation",
+    "fqn_to_index_mapping",
+    "overwrite",
+)
 
 
 class _NoWriteFS:
@@ -67,8 +74,10 @@ class _NoWriteFS:
         return None
 
     def __getattr__(self, name: str) -> Any:
-        raise DcpvizError(f"a simulated save does not call the file system's {name!r}; "
-                          "this storage writer writes during planning, which dcpviz cannot simulate.")
+        raise DcpvizError(
+            f"a simulated save does not call the file system's {name!r}; "
+            "this storage writer writes during planning, which dcpviz cannot simulate."
+        )
 
 
 class _FileQueueTaker(FileSystemWriter):
@@ -106,8 +115,11 @@ def _capturing(writer: Any) -> Any:
 def _writes_through_queue(writer: Any) -> bool:
     """True for DCP's own writers, whose write_data only splits and hands files to _write_data."""
     own = {FileSystemWriter.write_data, HuggingFaceStorageWriter.write_data}
-    return isinstance(writer, FileSystemWriter) and type(writer).write_data in own \
+    return (
+        isinstance(writer, FileSystemWriter)
+        and type(writer).write_data in own
         and type(writer)._write_data is FileSystemWriter._write_data
+    )
 
 
 def _option_text(value: Any) -> str:
@@ -119,8 +131,12 @@ def _option_text(value: Any) -> str:
 def writer_info(writer: Any) -> StorageWriterInfo:
     """The writer's class and the options that decide its files."""
     opts = tuple((k, _option_text(getattr(writer, k))) for k in _OPTIONS if hasattr(writer, k))
-    return StorageWriterInfo(cls=type(writer).__qualname__, module=type(writer).__module__,
-                             options=opts, files_known=_writes_through_queue(writer))
+    return StorageWriterInfo(
+        cls=type(writer).__qualname__,
+        module=type(writer).__module__,
+        options=opts,
+        files_known=_writes_through_queue(writer),
+    )
 
 
 def _item_nbytes(item: Any, byte_sizes: dict[str, int] | None) -> tuple[int, str]:
@@ -139,8 +155,10 @@ class StoragePlanning:
 
     def __init__(self, writer: Any, world_size: int) -> None:
         if not isinstance(writer, StorageWriter):
-            raise DcpvizError(f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
-                              f"instance, got {type(writer).__name__}.")
+            raise DcpvizError(
+                f"storage_writer must be a torch.distributed.checkpoint StorageWriter "
+                f"instance, got {type(writer).__name__}."
+            )
         self.info = writer_info(writer)
         self.world_size = world_size
         self._template = writer
@@ -156,8 +174,11 @@ class StoragePlanning:
             self.writers[rank] = w
         return w
 
-    def local_step(self, plans: Sequence[SavePlan | None], fail: Callable[[int, BaseException], None],
-                   ) -> list[SavePlan | None]:
+    def local_step(
+        self,
+        plans: Sequence[SavePlan | None],
+        fail: Callable[[int, BaseException], None],
+    ) -> list[SavePlan | None]:
         """Each rank's ``set_up_storage_writer`` + ``prepare_local_plan``, as dcp.save calls them."""
         out: list[SavePlan | None] = []
         for r, plan in enumerate(plans):
@@ -184,8 +205,12 @@ class StoragePlanning:
         self.finals[rank] = plan
         return plan
 
-    def file_plan(self, planner_of: Callable[[int], Any], byte_sizes: Callable[[int], Any],
-                  fail: Callable[[int, BaseException], None]) -> tuple[FileItem, ...]:
+    def file_plan(
+        self,
+        planner_of: Callable[[int], Any],
+        byte_sizes: Callable[[int], Any],
+        fail: Callable[[int, BaseException], None],
+    ) -> tuple[FileItem, ...]:
         """Every rank's ``write_data`` split of its final plan into files, captured, not written."""
         if not self.info.files_known:
             return ()
@@ -202,11 +227,20 @@ class StoragePlanning:
                 for it in items:
                     nbytes, dtype = _item_nbytes(it, sizes)
                     td = it.tensor_data
-                    rows.append(FileItem(
-                        rank=r, file=name, fqn=it.index.fqn,
-                        offsets=tuple(int(o) for o in td.chunk.offsets) if td is not None else (),
-                        sizes=tuple(int(s) for s in td.chunk.sizes) if td is not None else (),
-                        item_type=it.type.name, dtype=dtype, nbytes=nbytes))
+                    rows.append(
+                        FileItem(
+                            rank=r,
+                            file=name,
+                            fqn=it.index.fqn,
+                            offsets=tuple(int(o) for o in td.chunk.offsets)
+                            if td is not None
+                            else (),
+                            sizes=tuple(int(s) for s in td.chunk.sizes) if td is not None else (),
+                            item_type=it.type.name,
+                            dtype=dtype,
+                            nbytes=nbytes,
+                        )
+                    )
         return tuple(rows)
 
     def facts(self, rows: tuple[FileItem, ...]) -> StorageWriterInfo:
@@ -217,8 +251,9 @@ class StoragePlanning:
         if mapping is not None:
             for plan in self.finals.values():
                 unmapped.update(it.index.fqn for it in plan.items if it.index.fqn not in mapping)
-        return dataclasses.replace(self.info, unmapped_keys=tuple(sorted(unmapped)),
-                                   stale_files=self._stale_files(rows))
+        return dataclasses.replace(
+            self.info, unmapped_keys=tuple(sorted(unmapped)), stale_files=self._stale_files(rows)
+        )
 
     def _stale_files(self, rows: tuple[FileItem, ...]) -> tuple:
         w = self._template
@@ -244,7 +279,9 @@ class StoragePlanning:
         """The output files of HuggingFaceStorageWriter's consolidation (rank 0 writes them in
         ``finish``): one whole tensor per key, files named by DCP's own ``_gen_file_name``."""
         w = self._template
-        if not (getattr(w, "save_distributed", False) and getattr(w, "enable_consolidation", False)):
+        if not (
+            getattr(w, "save_distributed", False) and getattr(w, "enable_consolidation", False)
+        ):
             return ()
         if metadata is None:
             return ()
@@ -263,9 +300,17 @@ class StoragePlanning:
             for s in md.size:
                 n *= int(s)
             dtype = md.properties.dtype
-            rows.append(FileItem(
-                rank=0, file=_gen_file_name(mapping[fqn], top), fqn=fqn, offsets=(0,) * len(md.size),
-                sizes=tuple(int(s) for s in md.size), item_type="TENSOR",
-                dtype=str(dtype).removeprefix("torch."),
-                nbytes=n * torch._utils._element_size(dtype), stage="consolidate"))
+            rows.append(
+                FileItem(
+                    rank=0,
+                    file=_gen_file_name(mapping[fqn], top),
+                    fqn=fqn,
+                    offsets=(0,) * len(md.size),
+                    sizes=tuple(int(s) for s in md.size),
+                    item_type="TENSOR",
+                    dtype=str(dtype).removeprefix("torch."),
+                    nbytes=n * torch._utils._element_size(dtype),
+                    stage="consolidate",
+                )
+            )
         return tuple(rows)

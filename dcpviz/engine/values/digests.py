@@ -71,8 +71,6 @@ def value_digest(value: Any) -> str | None:
     return _digest(value, shapes_only=False)
 
 
-
-
 def structure_digest(value: Any) -> str | None:
     """A digest of a container's structure where its tensors have no values (meta, in
     simulation): keys, Python values, and each tensor's shape, dtype, placements and where its
@@ -116,15 +114,21 @@ def _feed(h: Any, value: Any, depth: int, shapes_only: bool = False) -> None:  #
         for k, v in value.items():
             _feed(h, k, depth + 1, shapes_only)
             _feed(h, v, depth + 1, shapes_only)
-    elif type(value) is dict and all(type(k) in _PRIMITIVE and type(v) in _PRIMITIVE
-                                     for k, v in value.items()):
+    elif type(value) is dict and all(
+        type(k) in _PRIMITIVE and type(v) in _PRIMITIVE for k, v in value.items()
+    ):
         # plain entries at C speed, in a canonical order (dict order is not part of the value)
         h.update(f"primmap:{len(value)}|".encode())
         h.update("\n".join(sorted(repr(e) for e in value.items())).encode())
     elif isinstance(value, Mapping):
         # dict order is not part of the value: the entries are hashed in the order of their digests
-        _unordered(h, f"map:{type(value).__qualname__}", [(k, v) for k, v in value.items()], depth,
-                   shapes_only)
+        _unordered(
+            h,
+            f"map:{type(value).__qualname__}",
+            [(k, v) for k, v in value.items()],
+            depth,
+            shapes_only,
+        )
     elif type(value) in (set, frozenset) and all(type(v) in _PRIMITIVE for v in value):
         h.update(f"primset:{type(value).__name__}:{len(value)}|".encode())
         h.update("\n".join(sorted(map(repr, value))).encode())  # a canonical order, not hash order
@@ -165,9 +169,17 @@ def _object(h: Any, value: Any, depth: int, shapes_only: bool) -> None:
         return
     h.update(f"obj:{type(value).__module__}.{type(value).__qualname__}|".encode())
     func, args, *rest = (*recipe, None, None, None)[:5]
-    h.update(f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}|".encode())
-    _feed(h, tuple(a if not isinstance(a, type) else f"{a.__module__}.{a.__qualname__}" for a in args or ()),
-          depth + 1, shapes_only)
+    h.update(
+        f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}|".encode()
+    )
+    _feed(
+        h,
+        tuple(
+            a if not isinstance(a, type) else f"{a.__module__}.{a.__qualname__}" for a in args or ()
+        ),
+        depth + 1,
+        shapes_only,
+    )
     state, listitems, dictitems = (list(rest) + [None, None, None])[:3]
     _feed(h, state, depth + 1, shapes_only)
     if listitems is not None:
@@ -216,8 +228,9 @@ def tied_parameter_names(model: Any) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(g) for g in groups.values() if len(g) > 1)
 
 
-def tied_keys(state_dict: dict[str, Any], flatten: bool = True,
-              tied_names: tuple[tuple[str, ...], ...] = ()) -> tuple[tuple[str, ...], ...]:
+def tied_keys(
+    state_dict: dict[str, Any], flatten: bool = True, tied_names: tuple[tuple[str, ...], ...] = ()
+) -> tuple[tuple[str, ...], ...]:
     """Groups of the planner's keys whose tensors are one tensor: tied weights, which DCP saves
     once per key. Real tensors group by storage (the same storage, offset, shape, strides and
     dtype; a DTensor by its local shard). Meta tensors hold no storage to compare, so they group
@@ -239,8 +252,15 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
     if t.numel() == 0 or type(t) not in (torch.Tensor, torch.nn.Parameter):
         return None
     try:
-        return ("storage", t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                tuple(t.stride()), t.dtype, t.device)
+        return (
+            "storage",
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            tuple(t.stride()),
+            t.dtype,
+            t.device,
+        )
     except Exception:  # a tensor without a storage: never grouped
         return None
 
@@ -258,7 +278,9 @@ def _meta_tie(fqn: str, tie_of: dict[str, int], t: torch.Tensor) -> tuple | None
     return None
 
 
-def value_digests_of(state_dict: dict[str, Any], rank: int, flatten: bool = True) -> list[ValueDigest]:
+def value_digests_of(
+    state_dict: dict[str, Any], rank: int, flatten: bool = True
+) -> list[ValueDigest]:
     """ValueDigests of this rank's values that DCP's dedup decides between: every non-DTensor
     value (a plain tensor, a Python value, a whole nested dict DCP writes as one bytes entry
     when ``flatten`` is off) and the local shard of every DTensor with a ``Replicate``

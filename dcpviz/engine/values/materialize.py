@@ -27,8 +27,9 @@ _GOLDEN = 0x9E3779B1  # Knuth's multiplicative hash constant: spreads consecutiv
 _MIX = 0x85EBCA6B  # murmur3's finaliser constant
 
 
-def position_hash(key: str, global_shape: tuple[int, ...], offsets: tuple[int, ...],
-                  sizes: tuple[int, ...]) -> torch.Tensor:
+def position_hash(
+    key: str, global_shape: tuple[int, ...], offsets: tuple[int, ...], sizes: tuple[int, ...]
+) -> torch.Tensor:
     """A 32-bit hash (int64 tensor of shape ``sizes``) of ``key`` and each element's row-major
     position in a tensor of ``global_shape``, for the box ``[offsets, offsets + sizes)``."""
     position = torch.zeros(sizes, dtype=torch.int64)
@@ -44,8 +45,13 @@ def position_hash(key: str, global_shape: tuple[int, ...], offsets: tuple[int, .
     return h ^ (h >> 13)
 
 
-def position_values(key: str, global_shape: tuple[int, ...], offsets: tuple[int, ...],
-                    sizes: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def position_values(
+    key: str,
+    global_shape: tuple[int, ...],
+    offsets: tuple[int, ...],
+    sizes: tuple[int, ...],
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """The values of the box ``[offsets, offsets + sizes)`` of tensor ``key``: floats in [-1, 1),
     small integers, booleans or complex numbers, each a function of the element's global position."""
     h = position_hash(key, global_shape, offsets, sizes)
@@ -70,14 +76,22 @@ def local_boxes(value: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]
     else:
         locals_ = [value._local_tensor if isinstance(value, DTensor) else value]
     chunks = _create_chunk_list(value)
-    if len(chunks) != len(locals_) or any(tuple(c.sizes) != tuple(t.shape) for c, t in zip(chunks, locals_)):
-        raise RuntimeError(f"cannot place local tensors of shapes {[tuple(t.shape) for t in locals_]} in DCP's chunks {chunks}")
-    return [(t, tuple(int(o) for o in c.offsets), tuple(int(n) for n in c.sizes)) for t, c in zip(locals_, chunks)]
+    if len(chunks) != len(locals_) or any(
+        tuple(c.sizes) != tuple(t.shape) for c, t in zip(chunks, locals_)
+    ):
+        raise RuntimeError(
+            f"cannot place local tensors of shapes {[tuple(t.shape) for t in locals_]} in DCP's chunks {chunks}"
+        )
+    return [
+        (t, tuple(int(o) for o in c.offsets), tuple(int(n) for n in c.sizes))
+        for t, c in zip(locals_, chunks)
+    ]
 
 
 def fill_by_position(state_dict: dict[str, Any]) -> None:
     """Write position values into every tensor DCP's traversal finds in ``state_dict`` (in place:
     a module's state dict shares its parameters' storage), keyed as DCP keys it."""
+
     def fill(path: tuple, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             return

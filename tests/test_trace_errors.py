@@ -186,17 +186,25 @@ def test_trace_reading_needs_no_torch():
 
 
 def test_unknown_dtype_is_a_trace_error(tmp_path, docs):
-    """A dtype name this torch lacks is only found out when a table needs its size: a
-    TraceFileError then, never a bare ValueError."""
+    """A dtype name this torch lacks is refused when the trace is read, naming the field: the
+    tables that size chunks by it would otherwise fail later, on a trace already accepted (the
+    fuzzer found a load trace whose summary raised)."""
 
     def change(t):
         t["metadata"]["tensors"][0]["dtype"] = "bogus"
 
-    path = tmp_path / "t.json"
-    path.write_text(_mutated(docs["save"], change))
-    result = dcpviz.load_trace(path)
-    with pytest.raises(dcpviz.DcpvizError, match="unknown dtype 'bogus'"):
-        _ = result.chunks
+    _fails(tmp_path, _mutated(docs["save"], change), "trace.metadata.tensors[", "dtype", "'bogus'")
+
+
+@pytest.mark.parametrize("field", ["saved", "wanted"])
+def test_unknown_dtype_in_a_load_trace_is_a_trace_error(tmp_path, docs, field):
+    def change(t):
+        if field == "saved":
+            t["saved"]["tensors"][0]["dtype"] = "{loat32"
+        else:
+            next(v for v in t["wanted"] if v["dtype"] is not None)["dtype"] = "{loat32"
+
+    _fails(tmp_path, _mutated(docs["load"], change), f"trace.{field}", "'{loat32'")
 
 
 def test_boxes_too_large_for_a_table(tmp_path, docs):

@@ -21,6 +21,7 @@ from dcpviz.core.trace import (
     ScenarioInfo,
     Trace,
 )
+from dcpviz.core.units import ITEMSIZE
 
 
 def validate_trace(trace: Trace, kind: str) -> None:
@@ -136,10 +137,7 @@ def _load(trace: LoadTrace, world: int) -> None:
             raise TraceFileError(
                 f"trace.wanted_by_rank[{rank}] refers to value {max(ids)} but trace.wanted holds {len(trace.wanted)}"
             )
-    for i, value in enumerate(trace.wanted):
-        _elements(value.size, f"trace.wanted[{i}].size")
-        for j, c in enumerate(value.chunks):
-            _elements(c.sizes, f"trace.wanted[{i}].chunks[{j}].sizes")
+    _wanted(trace)
     for i, r in enumerate(trace.reads):
         _elements(r.lengths, f"trace.reads[{i}].lengths")
         if not len(r.dest_offsets) == len(r.storage_offsets) == len(r.lengths):
@@ -149,10 +147,30 @@ def _load(trace: LoadTrace, world: int) -> None:
     _ranks((r for m in trace.mismatches for r in m.ranks), world, "trace.mismatches[].ranks")
 
 
+def _wanted(trace: LoadTrace) -> None:
+    """Every target value's boxes are boxes, and its dtype one the tables can size."""
+    for i, value in enumerate(trace.wanted):
+        _elements(value.size, f"trace.wanted[{i}].size")
+        if value.dtype is not None:
+            _dtype(value.dtype, f"trace.wanted[{i}].dtype")
+        for j, c in enumerate(value.chunks):
+            _elements(c.sizes, f"trace.wanted[{i}].chunks[{j}].sizes")
+
+
+def _dtype(name: str, where: str) -> None:
+    """A dtype the tables size by: unknown here, every table that counts its bytes would fail."""
+    if name not in ITEMSIZE:
+        raise TraceFileError(
+            f"{where} is {name!r}, not a dtype torch 2.13 knows: the trace is corrupt or was "
+            "written with another torch; re-create it with this one."
+        )
+
+
 def _metadata(md: MetadataInfo, where: str) -> None:
     """Every saved chunk is a box of its tensor's rank that lies inside the tensor."""
     for t in md.tensors:
         _elements(t.size, f"{where}.tensors[{t.fqn!r}].size")  # bounds every chunk inside it too
+        _dtype(t.dtype, f"{where}.tensors[{t.fqn!r}].dtype")
         for j, c in enumerate(t.chunks):
             if not len(c.offsets) == len(c.sizes) == len(t.size):
                 raise TraceFileError(

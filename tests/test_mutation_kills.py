@@ -545,3 +545,90 @@ def test_storage_records_by_hand(tmp_path):
     )  # no path: the directory itself
     _check_storage_paths(tmp_path, NS(storage_data=None))
     _check_storage_paths(tmp_path, NS())
+
+
+# -- the dedup replay on real saves (DCP's own planner, one process): tallies and charge notes
+# worked out by hand from DCP's rule (dedup_save_plans: fewest planned bytes, a tie to the
+# first candidate, the kept rank charged ``tensor_storage_size() or 1``) ----------------------
+class _EmptyFirst(torch.nn.Module):
+    """A zero-size parameter planned before a 16-byte one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.empty(0))
+        self.b = torch.nn.Parameter(torch.empty(4))
+
+
+def test_a_zero_size_tensor_is_charged_one_byte_as_dcp_does():
+    """DDP on 2 ranks: 'a' (0 elements) ties and goes to rank 0, which DCP charges
+    ``0 or 1`` = 1 byte; so 'b' goes to rank 1 (tallies 1 B against 0 B). DCP's global plan
+    (chosen_rank) says so; the replay must charge the same to agree."""
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model=_EmptyFirst, world_size=2, recipe="replicate"), fast=False
+    )
+    assert [(it.fqn, it.dcp_size) for it in save.trace.items] == [("a", 0), ("b", 16)]
+    d = save.dedup
+    assert list(d.fqn) == ["a", "b"] and list(d.chosen_rank) == [0, 1]
+    assert list(d.candidate_planned_bytes) == [(0, 0), (1, 0)]
+    assert list(d.replay_rank) == [0, 1] and d.replay_agrees.all()
+    assert list(d.why) == [
+        "rank 0: 0 B = rank 1: 0 B (a tie: the first candidate wins)",
+        "rank 1: 0 B < rank 0: 1 B",
+    ]
+
+
+def test_a_replicated_save_blames_no_whole_tensor_charge():
+    """DDP stores whole tensors: DCP counts exactly the bytes each rank stores (tensor items'
+    dcp_size == nbytes), so no rank was charged beyond what it stores and no why says so."""
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, recipe="replicate"), fast=False
+    )
+    tensors = [it for it in save.trace.items if it.dcp_size is not None]
+    assert tensors and all(it.dcp_size == it.nbytes for it in tensors)
+    d = save.dedup
+    assert len(d) > 2 and list(d.chosen_rank)[:3] == [0, 1, 1]
+    assert list(d.why)[:2] == [
+        "rank 0: 0 B = rank 1: 0 B (a tie: the first candidate wins)",
+        "rank 1: 0 B < rank 0: 11.9 KB",
+    ]
+    assert not any("charged" in w for w in d.why)
+
+
+class _Charges(torch.nn.Module):
+    """Under HSDP on a 2×2 mesh each parameter is split in two row shards, each planned by the
+    two ranks of its replicate group; DCP charges the kept rank the whole tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # 2 B counted for a 1 B shard: 1 byte beyond what is stored
+        self.u = torch.nn.Parameter(torch.zeros(2, dtype=torch.uint8), requires_grad=False)
+        self.big = torch.nn.Parameter(torch.empty(8, 4))  # 128 B counted, 64 B stored
+        self.x = torch.nn.Parameter(torch.empty(12, 4))  # 192 B counted, 96 B stored
+        self.w = torch.nn.Parameter(torch.empty(6, 4))  # 96 B counted, 48 B stored
+        self.z = torch.nn.Parameter(torch.empty(2, 4))
+
+
+def test_the_charge_note_names_each_losers_largest_overcharge():
+    """Shard 0 of each parameter, candidates ranks 0 and 2, by hand (tallies rank 0, rank 2):
+    u: tie, rank 0 (2 B, 1 B beyond its 1 B shard); big: rank 2 (0 < 2; rank 0's note: u);
+    x: rank 0 (2 < 128); w: rank 2 (128 < 194; rank 0's note: x, 96 B beyond, not u);
+    z: rank 0 (194 < 224; rank 2's note: big, 64 B beyond, not w's 48 B that came later)."""
+    save = dcpviz.simulate_save(
+        dcpviz.Scenario(model=_Charges, world_size=4, mesh=(2, 2), recipe="hsdp"), fast=False
+    )
+    d = save.dedup
+    d = d[d.candidates == (0, 2)]
+    assert list(d.fqn) == ["u", "big", "x", "w", "z"]
+    assert list(d.chosen_rank) == [0, 2, 0, 2, 0] and d.replay_agrees.all()
+    assert list(d.candidate_planned_bytes) == [(0, 0), (2, 0), (2, 128), (194, 128), (194, 224)]
+    assert list(d.why) == [
+        "rank 0: 0 B = rank 2: 0 B (a tie: the first candidate wins)",
+        "rank 2: 0 B < rank 0: 2 B — rank 0 was charged the whole 2 tensor for a 1 shard of u "
+        "(2 B counted, 1 B stored)",
+        "rank 0: 2 B < rank 2: 128 B — rank 2 was charged the whole 8×4 tensor for a 4×4 shard "
+        "of big (128 B counted, 64 B stored)",
+        "rank 2: 128 B < rank 0: 194 B — rank 0 was charged the whole 12×4 tensor for a 6×4 "
+        "shard of x (192 B counted, 96 B stored)",
+        "rank 0: 194 B < rank 2: 224 B — rank 2 was charged the whole 8×4 tensor for a 4×4 shard "
+        "of big (128 B counted, 64 B stored)",
+    ]

@@ -1011,3 +1011,42 @@ def test_unread_optimizer_state_names_two_examples():
         "4 optimizer keys ('optim.state.0.exp_avg', 'optim.state.1.exp_avg' and 2 more) are "
         "read by no rank; DCP ignores them."
     )
+
+
+def test_keys_the_optimizer_hint_explains_are_no_source_for_the_rename_rules():
+    """Adam saved, SGD in the target, and the target has one more key, 'ema.w.exp_avg', of the
+    same leaf and size as the saved 'optim.state.w.exp_avg'. Worked out by hand: the optimizer hint
+    explains exp_avg (state the other optimizer kind saves), so it is no source for the EMA key;
+    offered to the matcher, it would be read as a prefix rename 'ema.' -> 'optim.state.' that
+    loads Adam's moment into the EMA."""
+    import dataclasses
+
+    t = _trace(
+        {
+            "w": torch.zeros(2),
+            "optim.state.w.momentum_buffer": torch.zeros(2),
+            "ema.w.exp_avg": torch.zeros(2),
+        },
+        {"w": torch.zeros(2), "optim.state.w.exp_avg": torch.zeros(2)},
+        bytes_keys=["optim.param_groups.0.lr", "optim.param_groups.0.betas"],
+    )
+    wanted = t.wanted + tuple(
+        TargetValue(k, "float", None, None)
+        for k in ("optim.param_groups.0.lr", "optim.param_groups.0.momentum")
+    )
+    mismatches = tuple(m for m in t.mismatches if m.fqn != "optim.param_groups.0.lr") + (
+        MismatchRecord("optim.param_groups.0.momentum", "missing", (0,)),
+    )
+    hints = h.compute_hints(dataclasses.replace(t, wanted=wanted, mismatches=mismatches))
+    assert [(x.kind, x.keys) for x in hints] == [
+        (
+            "optimizer",
+            (
+                "optim.param_groups.0.betas",
+                "optim.param_groups.0.momentum",
+                "optim.state.w.exp_avg",
+                "optim.state.w.momentum_buffer",
+            ),
+        ),
+        ("partial", ("ema.w.exp_avg",)),
+    ]

@@ -74,3 +74,21 @@ def test_safe_reader_refuses_a_data_file_linking_outside(ckpt, tmp_path):
         dcpviz.inspect_checkpoint(ckpt)
     with pytest.raises(BaseException, match="outside the checkpoint directory"):
         _load_safely(ckpt)
+
+
+def test_the_refusal_names_where_the_link_goes_and_the_fix(ckpt, tmp_path):
+    """The message is the user's only lead: the real file the link reaches (the path this test
+    made), and what to do if they trust it."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(ckpt / ".metadata", outside / ".metadata")
+    (ckpt / ".metadata").symlink_to(outside / ".metadata")
+    with pytest.raises(dcpviz.DcpvizError) as info:
+        dcpviz.inspect_checkpoint(ckpt)
+    message = str(info.value)
+    assert (
+        f"(a link to {str((outside / '.metadata').resolve())!r}); refusing to read it." in message
+    )
+    assert message.endswith(
+        "refusing to read it. Copy the file into the checkpoint directory if you trust it."
+    ), message

@@ -72,10 +72,14 @@ for key, value in sd.items():
                 f"rank {rank}: {key} rows {offsets[0]}-{offsets[0] + sizes[0] - 1}: "
                 f"{rows} saved rows loaded, {sizes[0] - rows} new rows left as they were"
             )
+# Each rank says its checks passed before any teardown, so a caller can tell a failed check from
+# an abort while the process group shuts down (gloo's worker threads, at exit).
+print(f"rank {rank}: every check passed", flush=True)
 everyone = [None] * dist.get_world_size()
 dist.all_gather_object(everyone, lines)
 if rank == 0:
     print("\n".join(line for got in everyone for line in got))
-    print("every other tensor holds exactly the saved values")
+    print("every other tensor holds exactly the saved values", flush=True)
 dist.barrier()  # ranks leave together: gloo can abort a rank that exits while another still talks
 dist.destroy_process_group()
+print(f"rank {rank}: left the process group", flush=True)

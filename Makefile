@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples
 	$(BIN)/lint-imports
 	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED))"
-	$(BIN)/python -m pytest -q -ra -p randomly --randomly-seed=$(SEED)
+	$(BIN)/python -m pytest -q -ra --durations=15 -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples

@@ -2,7 +2,8 @@
 
 read_layout(load, fqn, rank)   the rank's box drawn over the saved chunks it reads from
 read_volume(load)              bytes read per target rank, and what DCP deserialises for them
-resharding(load)               target rank x writer rank (or file) heatmap of bytes read
+resharding(load)               target rank x writer rank (or file) heatmap of bytes read;
+                               facet="stage": one block per (target stage, saved stage)
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis.facets import Facet, stage_words
 from dcpviz.analysis.load import tables as load_tables
+from dcpviz.analysis.load.stage_tables import stage_facets
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
+from dcpviz.views.facets import facet_grid, mark_facet, need_facet, no_facet
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from dcpviz.views.inputs import need_component, need_name, need_rank, need_result
 from dcpviz.views.style import base_layout, count_colorbar, fmt_span, rank_color, text_color
@@ -382,15 +386,104 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 
 
 def resharding(
-    load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None
+    load: Any,
+    *,
+    by: str = "writer_rank",
+    values: str = "nbytes",
+    component: str | None = None,
+    facet: str | None = None,
 ) -> go.Figure:
     """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read;
-    ``component=`` ("model", "optim", ...) keeps one part of a training state."""
+    ``component=`` ("model", "optim", ...) keeps one part of a training state;
+    ``facet="stage"``: one block per (target stage, saved stage), rows by the target job's
+    ``pp`` coordinate, columns by the saved job's (a side whose stages are not known is not
+    split, and the subtitle says why)."""
 
     need_result(load, "load", "resharding", "load")
+    need_facet(facet, "resharding")
     reads = _component_reads(load, component, "resharding")
     if reads is None:
-        return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
-    return resharding_figure(
-        load_tables.resharding_matrix(load.trace, by, values, reads), by, values
+        matrix = load.resharding_matrix(by=by, values=values)
+    else:
+        matrix = load_tables.resharding_matrix(load.trace, by, values, reads)
+    if facet == "stage":
+        return _resharding_by_stage(load, matrix, by, values)
+    return resharding_figure(matrix, by, values)
+
+
+def _stage_blocks(facet: Facet, present: list[int]) -> list[tuple[int | None, list[int]]]:
+    """(stage, its ranks) for a facet; one block of ``present`` when there is none; ranks
+    outside the job (-1: writer unknown) in a block of their own, stage None."""
+    if not facet.ok:
+        return [(None, present)]
+    blocks: list[tuple[int | None, list[int]]] = [(s, list(r)) for s, r in facet.groups()]
+    stray = [r for r in present if facet.of(r) is None]
+    return blocks + ([(None, stray)] if stray else [])
+
+
+def _resharding_by_stage(load: Any, matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """The resharding matrix cut into (target stage, saved stage) blocks on one colour scale."""
+    target, saved = stage_facets(load.trace)
+    if by != "writer_rank":
+        saved = Facet(saved.dim, None, "the columns are storage files, not saved ranks")
+    if not target.ok and not saved.ok:
+        return no_facet(
+            resharding_figure(matrix, by, values), "stage", f"{target.reason}; {saved.reason}"
+        )
+    rows = _stage_blocks(target, [int(r) for r in matrix.index])
+    cols = _stage_blocks(saved, list(matrix.columns))
+    top = float(matrix.to_numpy(dtype="float64").max()) if matrix.size else 0.0
+    panels, blocks = [], []
+    for t, t_ranks in rows:
+        line = []
+        for s, s_ranks in cols:
+            block = matrix.reindex(index=t_ranks, columns=s_ranks, fill_value=0)
+            block.columns.name = matrix.columns.name
+            total = int(block.to_numpy(dtype="int64").sum())
+            amount = fmt_bytes(total) if values != "reads" else f"{total} reads"
+            title = (
+                f"target {stage_words(t) if target.ok else 'ranks'} ← "
+                f"saved {stage_words(s) if saved.ok or by == 'writer_rank' else 'files'}"
+                f" · {amount}"
+            )
+            panel = resharding_figure(block, by, values)
+            for trace in panel.data:
+                trace.meta = {"target_stage": t, "saved_stage": s, values: total}
+            blocks.append({"target_stage": t, "saved_stage": s, values: total})
+            line.append((title, panel))
+        panels.append(line)
+    fig = facet_grid(
+        panels,
+        row_heights=[len(r) for _, r in rows],
+        column_widths=[max(1, len(c)) for _, c in cols],
+        shared_yaxes=False,
+        panel_height=max(160, min(420, 18 * max(len(r) for _, r in rows) + 60)),
+    )
+    colorbar = fig.data[0].colorbar.to_plotly_json() if fig.data else None
+    fig.update_traces(coloraxis="coloraxis", showscale=False)
+    fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, cmax=top or 1, colorbar=colorbar))
+    fig.update_xaxes(side="bottom", showgrid=False, zeroline=False)
+    fig.update_yaxes(showgrid=False, zeroline=False)
+    label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
+    why = [f.reason for f in (target, saved) if not f.ok]
+    sub = (
+        f"rows: target ranks by target stage · columns: {label} by saved stage · cell: {values} read"
+        + (f"<br>not split: {'; '.join(why)}" if why else "")
+    )
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=f"<b>Resharding by pipeline stage: who reads from whom</b><br><sup>{sub}</sup>",
+                x=0.01,
+            ),
+            margin=dict(l=70, r=20, t=130 + 16 * len(why), b=40),
+        )
+    )
+    return mark_facet(
+        fig,
+        "stage",
+        "; ".join(why),
+        target_facet=target.ok,
+        saved_facet=saved.ok,
+        blocks=blocks,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcpviz.analysis.facets import STAGE_DIM, dim_coordinates, is_grouped_expert
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.save.tables import write_items
 from dcpviz.core.components import KNOWN_COMPONENTS
@@ -71,12 +72,9 @@ def stage_of_ranks(trace: Any) -> pd.Series:
     index = pd.RangeIndex(W, name="rank")
     if not names or len(names) != len(mesh):
         return pd.Series(pd.array([pd.NA] * W, dtype="Int64"), index=index, name="stage")
-    if "pp" not in names:
+    stages = dim_coordinates(sc, STAGE_DIM)
+    if stages is None:
         return pd.Series(pd.array([0] * W, dtype="Int64"), index=index, name="stage")
-    dim = names.index("pp")
-    # Row-major: the coordinate on dim d is (rank // product of the later dims) % mesh[d].
-    inner = int(np.prod(mesh[dim + 1 :], dtype=np.int64)) if dim + 1 < len(mesh) else 1
-    stages = (np.arange(W, dtype=np.int64) // inner) % int(mesh[dim])
     return pd.Series(pd.array(stages, dtype="Int64"), index=index, name="stage")
 
 
@@ -180,12 +178,6 @@ def stage_volume(trace: Any) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=STAGE_VOLUME_COLUMNS)
     frame["stage"] = frame["stage"].astype("Int64")
     return frame
-
-
-def is_grouped_expert(fqn: str, global_size: tuple[int, ...]) -> bool:
-    """A torchtitan grouped-experts tensor: 3-D, under a module named ``experts`` (the routed
-    experts; ``shared_experts`` are ordinary 2-D linears)."""
-    return len(global_size) == 3 and "experts" in fqn.split(".")[:-1]
 
 
 def expert_volume(trace: Any) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcpviz.analysis.facets import STAGE_DIM, dim_coordinates, is_grouped_expert
+from dcpviz.analysis.facets import STAGE_DIM, dim_coordinates, expert_grouping, is_grouped_expert
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.save.tables import write_items
 from dcpviz.core.components import KNOWN_COMPONENTS
@@ -235,3 +235,19 @@ def stage_summary(frame: pd.DataFrame) -> str:
         f"{stage_label(r.stage)} (ranks {ranges(r.ranks)}): {r.modules} · {fmt_bytes(r.nbytes)} ({r.share:.0%})"
         for r in frame.itertuples()
     )
+
+
+def ep_expert_keys(trace: Any) -> list[str]:
+    """The grouped expert tensors of a save that are sharded over ep on their expert dim (by
+    ``analysis.facets.expert_grouping``: the recorded layout, else recipe='torchtitan''s rule),
+    in checkpoint order."""
+    trace = _trace(trace)
+    if trace.metadata is None:
+        return []
+    layouts = {lay.fqn: lay for lay in trace.layouts}
+    return [
+        t.fqn
+        for t in trace.metadata.tensors
+        if is_grouped_expert(t.fqn, tuple(t.size))
+        and not expert_grouping(t.fqn, tuple(t.size), layouts.get(t.fqn), trace.scenario)[0]
+    ]

@@ -1,0 +1,465 @@
+"""Stages and experts as facets of the layout, volume and resharding views, the explorers' Stages
+tab and the reports' stage parts (issue 22 item 5).
+
+Every facet is held to facts found without dcpviz: a rank's stage is where it sits on the ``pp``
+dim of ``torch.arange(W).reshape(mesh)`` (DeviceMesh's layout); a stage's bytes are the chunks in
+DCP's own Metadata of the keys torchtitan's split (worked by hand) puts on it; the experts a rank
+holds are its hand-built DTensor's global offset and local size on dim 0. Where the stage or the
+expert sharding is not known (no dim names, no ``pp``, no ``ep``, no recorded job), no facet, and
+the figure says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import plotly.graph_objects as go
+import pytest
+import torch
+from rich.console import Console
+from test_explorer_lazy import figure, shown
+from test_titan_stage_views import MOE_TINY_PP2, _hand_stage, _metadata_chunks
+from titan_reference import hand_titan_state_dict
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+import dcpviz
+from dcpviz.analysis.facets import expert_grouping, placements_of, stage_facet
+from dcpviz.analysis.load.stage_tables import stage_resharding
+from dcpviz.core.errors import DcpvizError
+from dcpviz.engine.job.models import PRESETS
+from dcpviz.html_report import report_html
+from dcpviz.results import LoadResult, SaveResult
+from dcpviz.terminal import print_result
+
+MOE_TINY_PP4 = {
+    0: ["tok_embeddings", "layers.0"],
+    1: ["layers.1", "layers.2"],
+    2: ["layers.3"],
+    3: ["norm", "output"],
+}
+EXPERT_KEYS = [f"layers.{i}.moe.experts.w{j}" for i in range(4) for j in (1, 2, 3)]
+
+
+def _save(mesh, names):
+    return dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model="moe-tiny",
+            world_size=math.prod(mesh),
+            mesh=mesh,
+            mesh_dim_names=names,
+            recipe="torchtitan",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def pp_tp():  # pp, no ep
+    return _save((2, 2, 2), ("pp", "dp_shard", "tp"))
+
+
+@pytest.fixture(scope="module")
+def pp_ep():
+    return _save((2, 2, 2), ("pp", "dp_shard", "ep"))
+
+
+@pytest.fixture(scope="module")
+def ep_only():  # ep, no pp
+    return _save((2, 2), ("dp_shard", "ep"))
+
+
+@pytest.fixture(scope="module")
+def rep_ep():  # experts replicated over dp_replicate: a dropped replica holds its experts too
+    return _save((2, 1, 2), ("dp_replicate", "dp_shard", "ep"))
+
+
+@pytest.fixture(scope="module")
+def pp4_load(pp_ep):  # PP 2 -> 4
+    return dcpviz.simulate_load(
+        pp_ep,
+        dcpviz.Scenario(
+            model="moe-tiny",
+            world_size=8,
+            mesh=(4, 2),
+            mesh_dim_names=("pp", "dp_shard"),
+            recipe="torchtitan",
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def no_pp_load(pp_ep):  # PP 2 -> no PP
+    return dcpviz.simulate_load(
+        pp_ep,
+        dcpviz.Scenario(
+            model="moe-tiny",
+            world_size=4,
+            mesh=(4,),
+            mesh_dim_names=("dp_shard",),
+            recipe="torchtitan",
+        ),
+    )
+
+
+def _unnamed(save: SaveResult) -> SaveResult:
+    """The same save, as a capture that did not record the mesh dim names would hold it."""
+    sc = dataclasses.replace(save.trace.scenario, mesh_dim_names=())
+    return SaveResult(dataclasses.replace(save.trace, scenario=sc))
+
+
+def _pp_of(mesh, names, rank) -> int:
+    """Where ``rank`` sits on the pp dim of DeviceMesh's layout, torch.arange(W).reshape(mesh)."""
+    grid = torch.arange(math.prod(mesh)).reshape(mesh)
+    return int((grid == rank).nonzero()[0][names.index("pp")])
+
+
+def _panel(trace) -> int:
+    """0-based subplot index of a trace in a facet grid."""
+    axis = trace.xaxis or "x"
+    return int(axis[1:] or 1) - 1
+
+
+def _params() -> set[str]:
+    with torch.device("meta"):
+        return {n for n, _ in PRESETS["moe-tiny"]().named_parameters()}
+
+
+# -- the stage: the pp coordinate of the recorded mesh ------------------------------------------
+@pytest.mark.parametrize(
+    "mesh,names",
+    [
+        ((2, 2, 2), ("pp", "dp_shard", "tp")),
+        ((2, 2, 2), ("dp_replicate", "pp", "tp")),
+        ((2, 4), ("dp_shard", "pp")),
+        ((3, 2), ("pp", "ep")),
+    ],
+)
+def test_stage_is_where_the_rank_sits_on_the_pp_dim_of_device_mesh(mesh, names):
+    info = dataclasses.replace(
+        _save_info(), world_size=math.prod(mesh), mesh=mesh, mesh_dim_names=names
+    )
+    facet = stage_facet(info)
+    assert facet.ok and facet.reason == ""
+    assert list(facet.by_rank) == [_pp_of(mesh, names, r) for r in range(math.prod(mesh))]
+    assert [s for s, _ in facet.groups()] == list(range(mesh[names.index("pp")]))
+
+
+def _save_info():
+    from dcpviz.core.trace import ScenarioInfo
+
+    return ScenarioInfo(
+        model="m", world_size=8, mesh=(8,), mesh_dim_names=(), recipe="x", dtype="", device="meta"
+    )
+
+
+def test_no_facet_without_names_without_pp_or_without_a_recorded_job():
+    base = dataclasses.replace(_save_info(), mesh=(2, 4), mesh_dim_names=())
+    unnamed = stage_facet(base)
+    assert (
+        not unnamed.ok
+        and "names no mesh dims" in unnamed.reason
+        and "not guessed" in unnamed.reason
+    )
+    no_pp = stage_facet(dataclasses.replace(base, mesh_dim_names=("dp_shard", "tp")))
+    assert not no_pp.ok and "has no 'pp' dim" in no_pp.reason
+    missing = stage_facet(None, "the saved job")
+    assert not missing.ok and "not recorded" in missing.reason
+    assert unnamed.groups() == [] and unnamed.of(0) is None
+
+
+# -- volume view ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["pp_tp", "pp_ep"])
+@pytest.mark.parametrize("by", [None, "module", "component"])
+def test_volume_panels_hold_each_stages_ranks_and_its_metadata_bytes(which, by, request):
+    save = request.getfixturevalue(which)
+    mesh, names = save.trace.scenario.mesh, save.trace.scenario.mesh_dim_names
+    fig = dcpviz.views.rank_volume(save, by=by, facet="stage")
+    assert fig.layout.meta["facet"] == "stage"
+    hand = {0: 0, 1: 0}
+    for fqn, _, _, nbytes in _metadata_chunks(save):
+        hand[_hand_stage(fqn)] += nbytes
+    drawn: dict[int, int] = {0: 0, 1: 0}
+    ranks: dict[int, set[int]] = {0: set(), 1: set()}
+    for t in fig.data:
+        if isinstance(t, go.Bar):
+            drawn[_panel(t)] += int(sum(t.y))
+            ranks[_panel(t)] |= {int(x) for x in t.x}
+    assert drawn == hand
+    for stage, rs in ranks.items():
+        assert rs == {r for r in range(8) if _pp_of(mesh, names, r) == stage}
+    assert fig.layout.meta["stages"] == hand
+    # One legend entry per module (or the one total), not one per panel.
+    shown = [t.name for t in fig.data if t.showlegend is not False and t.name]
+    assert len(shown) == len(set(shown))
+
+
+def test_volume_without_pp_or_names_draws_no_facet_and_says_why(pp_ep, ep_only):
+    for save, words in ((ep_only, "has no 'pp' dim"), (_unnamed(pp_ep), "names no mesh dims")):
+        fig = dcpviz.views.rank_volume(save, facet="stage")
+        plain = dcpviz.views.rank_volume(save)
+        assert fig.layout.meta["facet"] is None and words in fig.layout.meta["facet_reason"]
+        assert f"no stage facet: {fig.layout.meta['facet_reason']}" in fig.layout.title.text
+        assert [list(t.y) for t in fig.data if isinstance(t, go.Bar)] == [
+            list(t.y) for t in plain.data if isinstance(t, go.Bar)
+        ]
+    with pytest.raises(DcpvizError, match="facet='rank'"):
+        dcpviz.views.rank_volume(pp_ep, facet="rank")
+    with pytest.raises(DcpvizError, match="Drop one of them"):
+        dcpviz.views.rank_volume(pp_ep, compare=pp_ep, facet="stage")
+
+
+# -- layout view ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fqn", ["tok_embeddings.weight", "layers.2.attention.wq.weight", "output.weight"]
+)
+def test_layout_groups_writers_by_their_stage(pp_tp, fqn):
+    mesh, names = pp_tp.trace.scenario.mesh, pp_tp.trace.scenario.mesh_dim_names
+    fig = dcpviz.views.chunk_layout(pp_tp, fqn, facet="stage")
+    stage = _hand_stage(fqn)
+    writers = {
+        int(w)
+        for f, offsets, _, _ in _metadata_chunks(pp_tp)
+        if f == fqn
+        for w in [pp_tp.tensor_boxes(fqn).set_index("offsets").loc[[offsets], "writer"].iloc[0]]
+    }
+    assert fig.layout.meta["writer_stage"] == {w: stage for w in sorted(writers)}
+    assert all(_pp_of(mesh, names, w) == stage for w in writers)
+    swatches = [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("role") == "swatch"]
+    assert {t.legendgroup for t in swatches} == {f"stage {stage}"}
+    assert f"written by stage {stage}" in fig.layout.title.text
+
+
+def _held_experts(mesh, names, stages, fqn) -> dict[int, list[list[int]]]:
+    """rank -> [[first expert, stop]] of its hand-built DTensor of ``fqn`` (ranks without it: none)."""
+    out = {}
+    for rank in range(math.prod(mesh)):
+        sd = hand_titan_state_dict("moe-tiny", mesh, names, rank, stages)
+        if fqn not in sd:
+            continue
+        dt = sd[fqn]
+        shape, offset = compute_local_shape_and_global_offset(
+            dt.shape, dt.device_mesh, dt.placements
+        )
+        if shape[0]:
+            out[rank] = [[int(offset[0]), int(offset[0]) + int(shape[0])]]
+    return out
+
+
+@pytest.mark.parametrize(
+    "which,stages,fqns",
+    [
+        ("ep_only", None, ["layers.0.moe.experts.w1", "layers.3.moe.experts.w2"]),
+        ("pp_ep", MOE_TINY_PP2, ["layers.1.moe.experts.w3", "layers.2.moe.experts.w1"]),
+        ("rep_ep", None, ["layers.0.moe.experts.w1"]),
+    ],
+)
+def test_layout_expert_groups_equal_dtensor_offsets(which, stages, fqns, request):
+    save = request.getfixturevalue(which)
+    sc = save.trace.scenario
+    for fqn in fqns:
+        fig = dcpviz.views.chunk_layout(save, fqn, facet="expert")
+        assert fig.layout.meta["facet"] == "expert", fig.layout.meta
+        held = _held_experts(sc.mesh, sc.mesh_dim_names, stages, fqn)
+        assert {int(k): v for k, v in fig.layout.meta["experts"].items()} == held
+        # The dotted boundaries sit where DCP's Metadata chunks start on the expert dim.
+        starts = {o[0] for f, o, _, _ in _metadata_chunks(save) if f == fqn} - {0}
+        lines = {s.y0 for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1}
+        lines |= {s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1}
+        assert lines == starts
+
+
+def test_expert_grouping_is_refused_where_experts_are_not_sharded_over_ep(pp_tp, pp_ep):
+    # pp, no ep: FSDP and TP split the experts, ep does not.
+    fig = dcpviz.views.chunk_layout(pp_tp, "layers.0.moe.experts.w1", facet="expert")
+    assert fig.layout.meta["facet"] is None
+    assert "not sharded over ep" in fig.layout.meta["facet_reason"]
+    # Not an expert tensor.
+    fig = dcpviz.views.chunk_layout(pp_ep, "layers.0.attention.wq.weight", facet="expert")
+    assert "not a grouped expert tensor" in fig.layout.meta["facet_reason"]
+    # A later stage's key has no recorded layout: a job not built by recipe='torchtitan' is refused.
+    unknown = dataclasses.replace(pp_ep.trace.scenario, recipe="captured")
+    why, _ = expert_grouping("layers.2.moe.experts.w1", (4, 90, 64), None, unknown)
+    assert "not known" in why
+    # The recorded layout decides where there is one: Replicate on ep is not an expert split.
+    lay = dataclasses.replace(pp_ep.trace.layouts[0], placements="(Shard(dim=0), Replicate())")
+    lay = dataclasses.replace(lay, mesh_dim_names=("dp_shard", "ep"))
+    assert "not split on its expert dim" in expert_grouping("a.experts.w1", (4, 2, 2), lay, None)[0]
+    assert placements_of("(_StridedShard(dim=0, sf=2), Shard(dim=0))") == [
+        ("_StridedShard", {"dim": "0", "sf": "2"}),
+        ("Shard", {"dim": "0"}),
+    ]
+
+
+def test_layout_without_names_has_no_stage_group(pp_ep):
+    fig = dcpviz.views.chunk_layout(_unnamed(pp_ep), "layers.2.attention.wq.weight", facet="stage")
+    assert fig.layout.meta["facet"] is None and "names no mesh dims" in fig.layout.title.text
+    # Stage 1's expert keys have no recorded layout, and without names nothing says ep.
+    fig = dcpviz.views.chunk_layout(_unnamed(pp_ep), "layers.2.moe.experts.w1", facet="expert")
+    assert fig.layout.meta["facet"] is None and "not known" in fig.layout.meta["facet_reason"]
+
+
+# -- resharding view -----------------------------------------------------------------------------
+def _stage_of_key(split: dict[int, list[str]], fqn: str) -> int:
+    found = {s for s, mods in split.items() for m in mods if fqn.startswith(m + ".")}
+    assert len(found) == 1, fqn
+    return found.pop()
+
+
+def _expected_blocks(save, target_split, ranks_per_target_stage):
+    """(target stage, saved stage) -> bytes read: every key once per target stage holding it
+    (FSDP shards split it among the stage's ranks), a plain tensor once per rank of it."""
+    params = _params()
+    key_bytes: dict[str, int] = {}
+    for fqn, _, _, nbytes in _metadata_chunks(save):
+        key_bytes[fqn] = key_bytes.get(fqn, 0) + nbytes
+    out: dict[tuple, int] = {}
+    for fqn, nbytes in key_bytes.items():
+        t = _stage_of_key(target_split, fqn) if target_split else None
+        s = _stage_of_key(MOE_TINY_PP2, fqn)
+        factor = 1 if fqn in params else ranks_per_target_stage
+        out[(t, s)] = out.get((t, s), 0) + nbytes * factor
+    return out
+
+
+def test_load_across_pp_degrees_is_faceted_by_target_and_saved_stage(pp4_load, pp_ep):
+    fig = dcpviz.views.resharding(pp4_load, facet="stage")
+    meta = fig.layout.meta
+    assert meta["facet"] == "stage" and meta["target_facet"] and meta["saved_facet"]
+    got = {
+        (b["target_stage"], b["saved_stage"]): b["nbytes"] for b in meta["blocks"] if b["nbytes"]
+    }
+    assert got == _expected_blocks(pp_ep, MOE_TINY_PP4, 2)
+    # Each block draws its rows' and columns' ranks, and its cells add up to the block.
+    for t in fig.data:
+        ts, ss = t.meta["target_stage"], t.meta["saved_stage"]
+        assert {int(y) for y in t.y} == {
+            r for r in range(8) if _pp_of((4, 2), ("pp", "dp_shard"), r) == ts
+        }
+        assert {int(x) for x in t.x} == {
+            r for r in range(8) if _pp_of((2, 2, 2), ("pp", "dp_shard", "ep"), r) == ss
+        }
+        z = [v for row in t.z for v in row if v == v]
+        assert int(sum(z)) == t.meta["nbytes"]
+    # The stage table says the same.
+    table = stage_resharding(pp4_load.trace, pp4_load.read_items)
+    assert dict(zip(zip(table["target_stage"], table["saved_stage"]), table["nbytes"])) == got
+    # Every value: reads and deserialised chunk bytes split the same way as bytes.
+    reads = dcpviz.views.resharding(pp4_load, values="reads", facet="stage")
+    assert sum(b["reads"] for b in reads.layout.meta["blocks"]) == len(pp4_load.read_items)
+
+
+def test_a_side_without_stages_is_not_split_and_the_figure_says_why(no_pp_load, pp_ep):
+    fig = dcpviz.views.resharding(no_pp_load, facet="stage")
+    meta = fig.layout.meta
+    assert not meta["target_facet"] and meta["saved_facet"]
+    assert "target job's mesh (dp_shard=4) has no 'pp' dim" in meta["facet_reason"]
+    assert "not split" in fig.layout.title.text
+    got = {(b["target_stage"], b["saved_stage"]): b["nbytes"] for b in meta["blocks"]}
+    assert got == _expected_blocks(pp_ep, None, 4)
+    # The saved job not recorded (a checkpoint directory): columns are not split either.
+    trace = dataclasses.replace(no_pp_load.trace, saved_scenario=None)
+    fig = dcpviz.views.resharding(LoadResult(trace), facet="stage")
+    assert fig.layout.meta["facet"] is None
+    assert "not recorded" in fig.layout.meta["facet_reason"]
+    assert "no stage facet" in fig.layout.title.text
+
+
+# -- explorers -----------------------------------------------------------------------------------
+def test_save_explorer_stages_tab_is_lazy_and_draws_the_views(pp_ep):
+    app = dcpviz.explore(pp_ep)
+    assert "Stages" in app.tabs.titles and not app.tabs.is_built("Stages")
+    page = app.tabs.select("Stages")
+    assert [v for _, v in page.view.options] == ["total", "module", "experts", "layout"]
+    assert figure(page.fig) == shown(dcpviz.views.rank_volume(pp_ep, facet="stage"))
+    page.view.value = "layout"
+    assert figure(page.fig) == shown(
+        dcpviz.views.chunk_layout(pp_ep, page.expert_picker.value, facet="expert")
+    )
+    assert page.expert_picker.options[0] == "layers.0.moe.experts.w1"
+    assert set(page.expert_picker.options) == set(EXPERT_KEYS)
+
+
+def test_load_explorer_stages_tab(pp4_load):
+    app = dcpviz.explore(pp4_load)
+    assert "Stages" in app.tabs.titles and not app.tabs.is_built("Stages")
+    page = app.tabs.select("Stages")
+    assert figure(page.fig) == shown(dcpviz.views.resharding(pp4_load, facet="stage"))
+    page.values.value = "reads"
+    assert figure(page.fig) == shown(
+        dcpviz.views.resharding(pp4_load, values="reads", facet="stage")
+    )
+
+
+def test_explorers_without_stages_or_experts_have_no_stages_tab(pp_tp, pp_ep):
+    plain = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, mesh=(2,), recipe="fsdp")
+    )
+    assert "Stages" not in dcpviz.explore(plain).tabs.titles
+    # pp but no ep: the stage views, no expert views.
+    page = dcpviz.explore(pp_tp).tabs.select("Stages")
+    assert [v for _, v in page.view.options] == ["total", "module", "experts"]
+    # No names: no stage views; the recorded ep layouts still group stage 0's experts.
+    page = dcpviz.explore(_unnamed(pp_ep)).tabs.select("Stages")
+    assert [v for _, v in page.view.options] == ["experts", "layout"]
+    assert "names no mesh dims" in page.why.value
+    assert set(page.expert_picker.options) == {k for k in EXPERT_KEYS if _hand_stage(k) == 0}
+
+
+# -- reports (terminal and HTML) -----------------------------------------------------------------
+def test_reports_show_the_stage_parts(pp_ep, pp4_load):
+    console = Console(record=True, width=120)
+    print_result(pp_ep, console)
+    text = console.export_text()
+    assert "Pipeline stages" in text
+    assert "layers 0-1, tok_embeddings" in text and "layers 2-3, norm, output" in text
+    page = report_html(pp_ep)
+    assert "Write volume per rank, by pipeline stage" in page
+    assert "Chunk layout by expert shard: layers.0.moe.experts.w1" in page
+    console = Console(record=True, width=120)
+    print_result(pp4_load, console)
+    text = console.export_text()
+    assert "Reads by pipeline stage" in text
+    assert "Resharding by pipeline stage" in report_html(pp4_load)
+
+
+def test_reports_have_no_stage_parts_without_pp(ep_only, pp_ep):
+    for save in (ep_only, _unnamed(pp_ep)):
+        titles = [getattr(p, "title", "") for p in save.parts()]
+        assert not any("pipeline stage" in t.lower() for t in titles)
+
+
+# -- no torch ------------------------------------------------------------------------------------
+def test_faceted_figures_render_without_torch(pp_ep, pp4_load, tmp_path):
+    from test_no_torch import _env
+
+    save_path = pp_ep.to_json(tmp_path / "save.json")
+    load_path = pp4_load.to_json(tmp_path / "load.json")
+    script = (
+        "import sys, dcpviz\n"
+        "from dcpviz.html_report import report_html\n"
+        "s, l = dcpviz.load_trace(sys.argv[1]), dcpviz.load_trace(sys.argv[2])\n"
+        "a = dcpviz.views.rank_volume(s, facet='stage', by='module').layout.meta['stages']\n"
+        "b = dcpviz.views.chunk_layout(s, 'layers.2.moe.experts.w1', facet='expert').layout.meta['experts']\n"
+        "c = dcpviz.views.resharding(l, facet='stage').layout.meta['blocks']\n"
+        "report_html(s); report_html(l)\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(sorted(a.items()), sorted(b.items()), sum(x['nbytes'] for x in c))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(save_path), str(load_path)],
+        env=_env(tmp_path / "site"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = dcpviz.views.rank_volume(pp_ep, facet="stage", by="module").layout.meta["stages"]
+    b = dcpviz.views.chunk_layout(pp_ep, "layers.2.moe.experts.w1", facet="expert").layout.meta[
+        "experts"
+    ]
+    c = sum(
+        x["nbytes"] for x in dcpviz.views.resharding(pp4_load, facet="stage").layout.meta["blocks"]
+    )
+    assert run.stdout.strip() == f"{sorted(a.items())} {sorted(b.items())} {c}"

@@ -618,9 +618,21 @@ class LoadResult(_Result):
     def stage_parts(self) -> list[Part]:
         """Where the target or the saved job has pipeline stages: what each target stage reads
         from each saved stage, as a table and as the resharding view faceted by both."""
-        if not any(f.ok for f in stage_facets(self.trace)) or not len(self.read_items):
+        target, saved = stage_facets(self.trace)
+        if not (target.ok or saved.ok) or not len(self.read_items):
             return []
-        return [
+        volume: list[Part] = (
+            [
+                FigurePart(
+                    "Bytes read per target rank, by target stage",
+                    "read_volume",
+                    kwargs={"facet": "stage"},
+                )
+            ]
+            if target.ok
+            else []
+        )
+        return volume + [
             TablePart(
                 "Reads by pipeline stage (target stage × saved stage)",
                 _ranges_as_text(

@@ -103,6 +103,20 @@ def no_pp_load(pp_ep):  # PP 2 -> no PP
     )
 
 
+@pytest.fixture(scope="module")
+def tp_to_ep_load(pp_tp):  # TP -> EP, same stages
+    return dcpviz.simulate_load(
+        pp_tp,
+        dcpviz.Scenario(
+            model="moe-tiny",
+            world_size=8,
+            mesh=(2, 2, 2),
+            mesh_dim_names=("pp", "dp_shard", "ep"),
+            recipe="torchtitan",
+        ),
+    )
+
+
 def _unnamed(save: SaveResult) -> SaveResult:
     """The same save, as a capture that did not record the mesh dim names would hold it."""
     sc = dataclasses.replace(save.trace.scenario, mesh_dim_names=())
@@ -366,6 +380,82 @@ def test_a_side_without_stages_is_not_split_and_the_figure_says_why(no_pp_load, 
     assert "no stage facet" in fig.layout.title.text
 
 
+def test_read_volume_panels_are_the_target_stages(pp4_load, pp_ep):
+    fig = dcpviz.views.read_volume(pp4_load, facet="stage")
+    expected: dict[int, int] = {}
+    for (t, _), nbytes in _expected_blocks(pp_ep, MOE_TINY_PP4, 2).items():
+        expected[t] = expected.get(t, 0) + nbytes
+    assert fig.layout.meta["stages"] == expected
+    read = [t for t in fig.data if t.name == "bytes read"]
+    assert {_panel(t): int(sum(t.y)) for t in read} == expected
+    for t in read:
+        assert {int(x) for x in t.x} == {
+            r for r in range(8) if _pp_of((4, 2), ("pp", "dp_shard"), r) == _panel(t)
+        }
+    # No target stages: the whole figure, and why.
+    fig = dcpviz.views.read_volume(
+        LoadResult(
+            dataclasses.replace(
+                pp4_load.trace,
+                scenario=dataclasses.replace(pp4_load.trace.scenario, mesh_dim_names=()),
+            )
+        ),
+        facet="stage",
+    )
+    assert fig.layout.meta["facet"] is None and "names no mesh dims" in fig.layout.title.text
+
+
+def test_resharding_by_expert_is_what_each_target_rank_holds(tp_to_ep_load):
+    """TP -> EP: each target rank reads exactly the experts its hand-built DTensors hold, all of
+    each expert's rows of every expert key of its stage."""
+    matrix = dcpviz.views.resharding(tp_to_ep_load, by="expert")
+    got = {
+        (int(r), int(e)): int(v)
+        for r, row in zip(matrix.data[0].y, matrix.data[0].z)
+        for e, v in zip(matrix.data[0].x, row)
+        if v == v
+    }
+    expected: dict[tuple[int, int], int] = {}
+    for rank in range(8):
+        sd = hand_titan_state_dict(
+            "moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep"), rank, MOE_TINY_PP2
+        )
+        for fqn, dt in sd.items():
+            if ".moe.experts." not in fqn:
+                continue
+            shape, offset = compute_local_shape_and_global_offset(
+                dt.shape, dt.device_mesh, dt.placements
+            )
+            per_expert = math.prod(shape[1:]) * dt.dtype.itemsize
+            for e in range(offset[0], offset[0] + shape[0]):
+                expected[(rank, e)] = expected.get((rank, e), 0) + per_expert
+    assert got == expected
+    # Faceted by target stage: rows split, columns (experts) not, and the figure says why.
+    fig = dcpviz.views.resharding(tp_to_ep_load, by="expert", facet="stage")
+    assert fig.layout.meta["target_facet"] and not fig.layout.meta["saved_facet"]
+    assert "the columns are experts" in fig.layout.meta["facet_reason"]
+    blocks = {b["target_stage"]: b["nbytes"] for b in fig.layout.meta["blocks"]}
+    assert blocks == {s: sum(v for (r, _), v in expected.items() if r // 4 == s) for s in (0, 1)}
+    reads = dcpviz.views.resharding(tp_to_ep_load, by="expert", values="reads")
+    assert {
+        (int(r), int(e))
+        for r, row in zip(reads.data[0].y, reads.data[0].z)
+        for e, v in zip(reads.data[0].x, row)
+        if v == v
+    } == set(expected)
+
+
+def test_resharding_by_expert_refusals(tp_to_ep_load):
+    with pytest.raises(DcpvizError, match="not split by expert"):
+        dcpviz.views.resharding(tp_to_ep_load, by="expert", values="chunk_nbytes")
+    saved = dcpviz.simulate_save(
+        dcpviz.Scenario(model="mlp", world_size=2, mesh=(2,), recipe="fsdp")
+    )
+    load = dcpviz.simulate_load(saved, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp"))
+    with pytest.raises(DcpvizError, match="no grouped expert tensors"):
+        dcpviz.views.resharding(load, by="expert")
+
+
 # -- explorers -----------------------------------------------------------------------------------
 def test_save_explorer_stages_tab_is_lazy_and_draws_the_views(pp_ep):
     app = dcpviz.explore(pp_ep)
@@ -390,6 +480,11 @@ def test_load_explorer_stages_tab(pp4_load):
     assert figure(page.fig) == shown(
         dcpviz.views.resharding(pp4_load, values="reads", facet="stage")
     )
+    assert [v for _, v in page.view.options] == ["writer_rank", "volume", "expert"]
+    page.view.value = "volume"
+    assert figure(page.fig) == shown(dcpviz.views.read_volume(pp4_load, facet="stage"))
+    page.view.value = "expert"
+    assert figure(page.fig) == shown(dcpviz.views.resharding(pp4_load, by="expert", facet="stage"))
 
 
 def test_explorers_without_stages_or_experts_have_no_stages_tab(pp_tp, pp_ep):
@@ -421,7 +516,9 @@ def test_reports_show_the_stage_parts(pp_ep, pp4_load):
     print_result(pp4_load, console)
     text = console.export_text()
     assert "Reads by pipeline stage" in text
-    assert "Resharding by pipeline stage" in report_html(pp4_load)
+    page = report_html(pp4_load)
+    assert "Resharding by pipeline stage" in page
+    assert "Bytes read per target rank, by target stage" in page
 
 
 def test_reports_have_no_stage_parts_without_pp(ep_only, pp_ep):

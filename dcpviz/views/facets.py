@@ -125,13 +125,20 @@ def mark_facet(fig: go.Figure, facet: str | None, reason: str = "", **facts: Any
     return fig
 
 
+def add_subtitle(fig: go.Figure, line: str) -> None:
+    """One more line under the figure's title (the plot moves down to make room)."""
+    title = fig.layout.title.text or ""
+    if "</sup>" in title:
+        title = title[: title.rindex("</sup>")] + f"<br>{line}</sup>"
+    else:
+        title += f"<br><sup>{line}</sup>"
+    top = fig.layout.margin.t
+    fig.update_layout(title_text=title, height=(fig.layout.height or 420) + 16)
+    if top is not None:
+        fig.update_layout(margin_t=top + 16)
+
+
 def no_facet(fig: go.Figure, facet: str, reason: str) -> go.Figure:
     """``fig`` as drawn without the facet asked for, its subtitle saying why."""
-    title = fig.layout.title.text or ""
-    note = f"no {facet} facet: {reason}"
-    if "</sup>" in title:
-        title = title[: title.rindex("</sup>")] + f"<br>{note}</sup>"
-    else:
-        title += f"<br><sup>{note}</sup>"
-    fig.update_layout(title_text=title, height=(fig.layout.height or 420) + 16)
+    add_subtitle(fig, f"no {facet} facet: {reason}")
     return mark_facet(fig, None, reason)

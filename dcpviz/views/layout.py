@@ -28,7 +28,7 @@ from dcpviz.analysis.facets import (
 )
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
-from dcpviz.views.facets import mark_facet, need_facet, no_facet
+from dcpviz.views.facets import add_subtitle, mark_facet, need_facet, no_facet
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from dcpviz.views.inputs import need_name, need_result
 from dcpviz.views.style import EMPTY, base_layout, fmt_ranks, fmt_span, rank_color, text_color
@@ -61,12 +61,12 @@ def chunk_layout_figure(
     *,
     dims: tuple[int, int] | None = None,
     highlight_rank: int | None = None,
-    groups: dict[int, tuple[str, str]] | None = None,
+    groups: dict[int, tuple[str, str, int]] | None = None,
     suffix: dict[int, str] | None = None,
     bounds: tuple[int, ...] = (),
 ) -> go.Figure:
     """Figure from a ``tables.tensor_boxes`` frame. Pure: no computation beyond layout.
-    ``groups``: writer -> (legend group, its title); ``suffix``: writer -> words after its
+    ``groups``: writer -> (legend group, its title, its place in the legend); ``suffix``: writer -> words after its
     legend name; ``bounds``: positions on dim 0 to draw a boundary at (expert shards)."""
     size = tuple(header.size)
     nd = len(size)
@@ -178,14 +178,15 @@ def _add_tiles(
     world_size: int,
     coords: dict[int, tuple[int, ...]],
     highlight_rank: int | None,
-    groups: dict[int, tuple[str, str]] | None = None,
+    groups: dict[int, tuple[str, str, int]] | None = None,
     suffix: dict[int, str] | None = None,
 ) -> None:
     """One filled path per writer (its tiles), and a square swatch per writer in the legend
     (grouped by ``groups`` when given)."""
     groups, suffix = groups or {}, suffix or {}
-    for writer in sorted(by_writer):
-        group, group_title = groups.get(writer, (f"r{writer}", ""))
+    # Grouped: the legend lists the groups in their order (plotly keeps the first-seen order).
+    for writer in sorted(by_writer, key=lambda w: (groups[w][2] if w in groups else 0, w)):
+        group, group_title, _ = groups.get(writer, (f"r{writer}", "", 0))
         px, py = rects_path(by_writer[writer])
         color = rank_color(writer, world_size)
         dim = (
@@ -446,7 +447,11 @@ def _by_stage(result, boxes, header, coords, dims, highlight_rank) -> go.Figure:
     for w in writers:
         by_stage.setdefault(facet.of(w), []).append(w)
     groups = {
-        w: (f"stage {s}", stage_words(s, tuple(ws)).replace("ranks", "writers"))
+        w: (
+            f"stage {s}",
+            stage_words(s, tuple(ws)).replace("ranks", "writers"),
+            -1 if s is None else s,
+        )
         for s, ws in by_stage.items()
         for w in ws
     }
@@ -454,7 +459,7 @@ def _by_stage(result, boxes, header, coords, dims, highlight_rank) -> go.Figure:
         boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank, groups=groups
     )
     words = ", ".join(stage_words(s, tuple(ws)) for s, ws in sorted(by_stage.items(), key=_key))
-    _add_subtitle(fig, f"written by {words}")
+    add_subtitle(fig, f"written by {words}")
     return mark_facet(fig, "stage", writer_stage={w: facet.of(w) for w in writers})
 
 
@@ -480,7 +485,7 @@ def _by_expert(result, boxes, header, coords, dims, highlight_rank) -> go.Figure
             held.setdefault(int(r), set()).add(expert_span(b.offsets, b.sizes))
     spans = {r: sorted(v) for r, v in held.items()}
     words = {r: ", ".join(experts_words(a, z) for a, z in v) for r, v in spans.items()}
-    groups = {w: (words.get(w, "no experts"), words.get(w, "no experts")) for w in held}
+    groups = {w: (words[w], words[w], spans[w][0][0]) for w in held}
     starts = sorted(
         {a for v in spans.values() for a, _ in v} | {z for v in spans.values() for _, z in v}
     )
@@ -498,18 +503,7 @@ def _by_expert(result, boxes, header, coords, dims, highlight_rank) -> go.Figure
     )
     n_experts = header.size[0]
     line = f"{n_experts} experts in {len(set(words.values()))} shard(s) over ep"
-    _add_subtitle(fig, line + (f" ({source})" if source else ""))
+    add_subtitle(fig, line + (f" ({source})" if source else ""))
     return mark_facet(
         fig, "expert", experts={r: [list(s) for s in v] for r, v in sorted(spans.items())}
     )
-
-
-def _add_subtitle(fig: go.Figure, line: str) -> None:
-    """One more line under the figure's title."""
-    title = fig.layout.title.text or ""
-    if "</sup>" in title:
-        title = title[: title.rindex("</sup>")] + f"<br>{line}</sup>"
-    else:
-        title += f"<br><sup>{line}</sup>"
-    top = fig.layout.margin.t or 100
-    fig.update_layout(title_text=title, margin_t=top + 16, height=(fig.layout.height or 400) + 16)

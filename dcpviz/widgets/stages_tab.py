@@ -14,7 +14,7 @@ from typing import Any
 import ipywidgets as w
 
 from dcpviz import views
-from dcpviz.analysis.facets import stage_facet
+from dcpviz.analysis.facets import is_grouped_expert, stage_facet
 from dcpviz.analysis.load.stage_tables import stage_facets, stage_resharding
 from dcpviz.analysis.save import stage_tables
 from dcpviz.views.html import table_html
@@ -36,7 +36,9 @@ def stage_pages(result: Any) -> list[Page]:
         if has_pp or stage_tables.ep_expert_keys(result.trace):
             return [(TITLE, lambda: SaveStages(result))]
     elif kind == "load":
-        if any(f.ok for f in stage_facets(result.trace)) and len(result.read_items):
+        # From the recorded meshes alone: the reads table (seconds on a large load) is built
+        # when the tab is first opened, not for deciding whether there is one.
+        if any(f.ok for f in stage_facets(result.trace)):
             return [(TITLE, lambda: LoadStages(result))]
     return []
 
@@ -94,8 +96,9 @@ class SaveStages(w.VBox):
 
 
 class LoadStages(w.VBox):
-    """A load by stage: what each target stage reads from each saved stage (table and the
-    resharding view faceted by both)."""
+    """A load by stage: what each target stage reads from each saved stage (table, and the
+    resharding view faceted by both), bytes read per target stage, and which experts each
+    target rank reads (when the checkpoint has grouped expert tensors)."""
 
     def __init__(self, load: Any) -> None:
         self.result = load
@@ -105,6 +108,10 @@ class LoadStages(w.VBox):
             table_html(stage_resharding(load.trace, load.read_items), byte_cols=BYTE_COLUMNS)
         )
         self.why = _note(f"Not split: {'; '.join(why)}." if why else "")
+        options = [("who reads from whom", "writer_rank"), ("bytes read", "volume")]
+        if any(is_grouped_expert(t.fqn, tuple(t.size)) for t in load.trace.saved.tensors):
+            options.append(("experts read", "expert"))
+        self.view = w.ToggleButtons(options=options, value="writer_rank")
         self.values = w.ToggleButtons(
             options=[
                 ("bytes read", "nbytes"),
@@ -114,11 +121,18 @@ class LoadStages(w.VBox):
             value="nbytes",
         )
         self.fig = figure_widget()
+        self.view.observe(self._draw, "value")
         self.values.observe(self._draw, "value")
         self._draw()
-        super().__init__([self.table, self.why, self.values, self.fig])
+        super().__init__([self.table, self.why, self.view, self.values, self.fig])
 
     def _draw(self, change: Any = None) -> None:
-        replace_figure(
-            self.fig, views.resharding(self.result, values=self.values.value, facet="stage")
-        )
+        view = self.view.value
+        self.values.layout.display = "" if view == "writer_rank" else "none"
+        if view == "volume":
+            fig = views.read_volume(self.result, facet="stage")
+        elif view == "expert":
+            fig = views.resharding(self.result, by="expert", facet="stage")
+        else:
+            fig = views.resharding(self.result, values=self.values.value, facet="stage")
+        replace_figure(self.fig, fig)

@@ -1,4 +1,5 @@
-"""A load by pipeline stage: what each target stage reads from each saved stage. No torch.
+"""A load by pipeline stage (what each target stage reads from each saved stage) and by expert
+(which experts of the grouped expert tensors each target rank reads). No torch.
 
 Target stages come from the load's own job (``trace.scenario``), saved stages from the job that
 wrote the checkpoint (``trace.saved_scenario``), each by ``analysis.facets.stage_facet``: a side
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcpviz.analysis.facets import Facet, stage_facet
+from dcpviz.analysis.facets import Facet, is_grouped_expert, stage_facet
 from dcpviz.analysis.load import tables as load_tables
+from dcpviz.core.errors import DcpvizError
 
 STAGE_RESHARDING_COLUMNS = [
     "target_stage",
@@ -74,3 +76,57 @@ def stage_resharding(trace: Any, reads: pd.DataFrame | None = None) -> pd.DataFr
     for c in ("target_stage", "saved_stage"):
         out[c] = out[c].astype("Int64")
     return out
+
+
+def expert_reads(trace: Any, reads: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (target rank, expert): the reads of grouped expert tensors (3-D ``[E, ...]``
+    under a module named ``experts``) that cover the expert, and the bytes read of it. A read
+    covers experts ``saved_offsets[0] + storage_offsets[0]`` onward, ``lengths[0]`` of them, each
+    an equal slice of its bytes. Empty when the checkpoint has no grouped experts."""
+    reads = load_tables.read_items(trace) if reads is None else reads
+    experts = {t.fqn for t in trace.saved.tensors if is_grouped_expert(t.fqn, tuple(t.size))}
+    cols = ["rank", "expert", "reads", "nbytes"]
+    ex = reads[reads["fqn"].isin(experts)] if len(reads) else reads
+    if not len(ex):
+        return pd.DataFrame(columns=cols)
+    start = np.array(
+        [int(a[0]) + int(b[0]) for a, b in zip(ex["saved_offsets"], ex["storage_offsets"])]
+    )
+    count = np.array([int(n[0]) for n in ex["lengths"]], dtype=np.int64)
+    nbytes = ex["nbytes"].to_numpy(dtype=np.int64)
+    keep = count > 0
+    start, count, nbytes = start[keep], count[keep], nbytes[keep]
+    ranks = ex["rank"].to_numpy(dtype=np.int64)[keep]
+    # One row per expert a read covers: its slice of the read's bytes (rows of dim 0 are equal).
+    rows = np.repeat(np.arange(len(count)), count)
+    expert = start[rows] + (np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count))
+    long = pd.DataFrame(
+        {"rank": ranks[rows], "expert": expert, "reads": 1, "nbytes": nbytes[rows] // count[rows]}
+    )
+    return long.groupby(["rank", "expert"], sort=True, as_index=False)[["reads", "nbytes"]].sum()[
+        cols
+    ]
+
+
+def expert_matrix(
+    trace: Any, values: str = "nbytes", reads: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Target rank (rows, every rank) x expert (columns, every expert of the largest grouped
+    expert tensor) -> ``values`` ('nbytes' or 'reads'); DcpvizError when there are no experts."""
+    if values not in ("nbytes", "reads"):
+        raise DcpvizError(
+            f"values={values!r} with by='expert': use 'nbytes' or 'reads' (a saved chunk's "
+            "deserialised bytes are not split by expert)."
+        )
+    sizes = [int(t.size[0]) for t in trace.saved.tensors if is_grouped_expert(t.fqn, tuple(t.size))]
+    if not sizes:
+        raise DcpvizError(
+            "by='expert': this checkpoint has no grouped expert tensors (3-D tensors under a module "
+            "named 'experts', as torchtitan's GroupedExperts holds them). Use by='writer_rank'."
+        )
+    long = expert_reads(trace, reads)
+    W = int(trace.scenario.world_size)
+    m = long.pivot_table(index="rank", columns="expert", values=values, aggfunc="sum", fill_value=0)
+    m = m.reindex(index=pd.RangeIndex(W, name="rank"), columns=range(max(sizes)), fill_value=0)
+    m.columns.name = "expert"
+    return m.astype("int64")

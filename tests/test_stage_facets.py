@@ -19,6 +19,8 @@ import sys
 import plotly.graph_objects as go
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from test_explorer_lazy import figure, shown
 from test_titan_stage_views import MOE_TINY_PP2, _hand_stage, _metadata_chunks
@@ -168,6 +170,27 @@ def _save_info():
     )
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_stage_of_any_mesh_is_its_pp_coordinate(sizes, data):
+    """Any mesh, ``pp`` anywhere in it (or nowhere): the facet is DeviceMesh's pp coordinate."""
+    pool = ["pp", "dp_replicate", "dp_shard", "cp", "tp", "ep"]
+    names = tuple(data.draw(st.permutations(pool))[: len(sizes)])
+    mesh = tuple(sizes)
+    info = dataclasses.replace(
+        _save_info(), world_size=math.prod(mesh), mesh=mesh, mesh_dim_names=names
+    )
+    facet = stage_facet(info)
+    if "pp" not in names:
+        assert not facet.ok and "no 'pp' dim" in facet.reason
+        return
+    assert list(facet.by_rank) == [_pp_of(mesh, names, r) for r in range(math.prod(mesh))]
+    assert sum(len(r) for _, r in facet.groups()) == math.prod(mesh)
+
+
 def test_no_facet_without_names_without_pp_or_without_a_recorded_job():
     base = dataclasses.replace(_save_info(), mesh=(2, 4), mesh_dim_names=())
     unnamed = stage_facet(base)
@@ -207,6 +230,17 @@ def test_volume_panels_hold_each_stages_ranks_and_its_metadata_bytes(which, by, 
     # One legend entry per module (or the one total), not one per panel.
     shown = [t.name for t in fig.data if t.showlegend is not False and t.name]
     assert len(shown) == len(set(shown))
+
+
+def test_volume_facet_of_a_failed_save_shows_what_was_planned(pp_ep):
+    failed = SaveResult(dataclasses.replace(pp_ep.trace, global_plans=None, final_plans=None))
+    fig = dcpviz.views.rank_volume(failed, facet="stage")
+    assert "no global plan (planning failed)" in fig.layout.title.text
+    planned = pp_ep.rank_volume.set_index("rank")["planned_nbytes"]
+    for t in fig.data:
+        if isinstance(t, go.Bar):
+            assert [int(y) for y in t.y] == [int(planned[int(x)]) for x in t.x]
+    assert all("planned" in a.text for a in fig.layout.annotations)
 
 
 def test_volume_without_pp_or_names_draws_no_facet_and_says_why(pp_ep, ep_only):

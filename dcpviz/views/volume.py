@@ -321,9 +321,12 @@ def _by_stage(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
         for t in panel.data:  # each panel's mean line: one legend entry for all of them
             if isinstance(t.meta, dict) and t.meta.get("role") == "mean":
                 t.name, t.legendgroup = "mean of the stage's ranks", "mean"
-        written = int(pd.to_numeric(mine["nbytes"], errors="coerce").fillna(0).sum())
+        # What the bars show: bytes written, or planned where the save has no global plan.
+        drawn, _ = _drawable(mine)
+        written = int(drawn["nbytes"].sum())
         totals[stage] = written
-        panels.append((f"{stage_words(stage, ranks)} · {fmt_bytes(written)}", panel))
+        verb = "planned" if mine["nbytes"].isna().all() else "written"
+        panels.append((f"{stage_words(stage, ranks)} · {fmt_bytes(written)} {verb}", panel))
     if stacked is not None:
         _recolour(panels, order, stacked)
     n = len(panels)
@@ -335,8 +338,10 @@ def _by_stage(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
         shared_yaxes="all",
         panel_height=300,
     )
-    b = balance(_drawable(vol)[0]["nbytes"])
-    sub = _note(label, b)
+    filled, missing = _drawable(vol)
+    sub = "<br>".join(
+        ([f"{label}: {missing}"] if missing else []) + [_note(label, balance(filled["nbytes"]))]
+    )
     fig.update_layout(
         **base_layout(
             title=dict(

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from dcpviz.core.errors import DcpvizError
 
@@ -56,6 +55,10 @@ def facet_grid(
     """A grid of panels (rows of (title, figure); None leaves a cell empty) as one figure. Each
     panel's traces, lines and axis settings move to its subplot; a legend entry (by legend group,
     else by name) shows once; the title and the rest of the layout are the caller's."""
+    # Deferred: plotly.subplots imports plotly's figure machinery (~60 ms), which a fresh
+    # kernel's first view need not pay for unless it draws a facet.
+    from plotly.subplots import make_subplots
+
     n_rows = len(panels)
     n_cols = max(len(r) for r in panels)
     titles = [(cell[0] if cell else "") for row in panels for cell in row]

@@ -12,6 +12,7 @@ the figure says why.
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 import subprocess
 import sys
@@ -521,11 +522,34 @@ def test_load_explorer_stages_tab(pp4_load):
     assert figure(page.fig) == shown(dcpviz.views.resharding(pp4_load, by="expert", facet="stage"))
 
 
+def test_load_with_ep_and_no_pp_has_an_experts_only_stages_tab(ep_only):
+    load = dcpviz.simulate_load(
+        ep_only,
+        dcpviz.Scenario(
+            model="moe-tiny",
+            world_size=4,
+            mesh=(4,),
+            mesh_dim_names=("dp_shard",),
+            recipe="torchtitan",
+        ),
+    )
+    page = dcpviz.explore(load).tabs.select("Stages")
+    assert [v for _, v in page.view.options] == ["expert"]
+    assert "has no 'pp' dim" in html.unescape(page.why.value) and page.table.value == ""
+    assert figure(page.fig) == shown(dcpviz.views.resharding(load, by="expert", facet="stage"))
+    # No stages on either side: the faceted view is the plain one, and says why.
+    assert dcpviz.views.resharding(load, by="expert", facet="stage").layout.meta["facet"] is None
+
+
 def test_explorers_without_stages_or_experts_have_no_stages_tab(pp_tp, pp_ep):
     plain = dcpviz.simulate_save(
         dcpviz.Scenario(model="mlp", world_size=2, mesh=(2,), recipe="fsdp")
     )
     assert "Stages" not in dcpviz.explore(plain).tabs.titles
+    plain_load = dcpviz.simulate_load(
+        plain, dcpviz.Scenario(model="mlp", world_size=2, recipe="fsdp")
+    )
+    assert "Stages" not in dcpviz.explore(plain_load).tabs.titles
     # pp but no ep: the stage views, no expert views.
     page = dcpviz.explore(pp_tp).tabs.select("Stages")
     assert [v for _, v in page.view.options] == ["total", "module", "experts"]

@@ -14,7 +14,7 @@ from typing import Any
 import ipywidgets as w
 
 from dcpviz import views
-from dcpviz.analysis.facets import is_grouped_expert, stage_facet
+from dcpviz.analysis.facets import EXPERT_DIM, is_grouped_expert, stage_facet
 from dcpviz.analysis.load.stage_tables import stage_facets, stage_resharding
 from dcpviz.analysis.save import stage_tables
 from dcpviz.views.html import table_html
@@ -26,8 +26,9 @@ BYTE_COLUMNS = ("nbytes", "planned_nbytes", "chunk_nbytes")
 
 
 def stage_pages(result: Any) -> list[Page]:
-    """[("Stages", build)] for a save or load whose job has pipeline stages (or, for a save,
-    ep-sharded experts); [] otherwise."""
+    """[("Stages", build)] for a save or load whose job has pipeline stages, or experts sharded
+    over ep (a load: grouped expert tensors in the checkpoint and an ``ep`` dim on either side);
+    [] otherwise."""
     kind = getattr(result, "kind", None)
     if kind == "save":
         has_pp = stage_facet(result.trace.scenario).ok
@@ -38,9 +39,20 @@ def stage_pages(result: Any) -> list[Page]:
     elif kind == "load":
         # From the recorded meshes alone: the reads table (seconds on a large load) is built
         # when the tab is first opened, not for deciding whether there is one.
-        if any(f.ok for f in stage_facets(result.trace)):
+        if any(f.ok for f in stage_facets(result.trace)) or _load_has_ep_experts(result.trace):
             return [(TITLE, lambda: LoadStages(result))]
     return []
+
+
+def _has_experts(trace: Any) -> bool:
+    return any(is_grouped_expert(t.fqn, tuple(t.size)) for t in trace.saved.tensors)
+
+
+def _load_has_ep_experts(trace: Any) -> bool:
+    """Grouped experts in the checkpoint and an ``ep`` dim on the target or the saved side."""
+    sides = (trace.scenario, trace.saved_scenario)
+    named = any(EXPERT_DIM in tuple(sc.mesh_dim_names or ()) for sc in sides if sc is not None)
+    return named and _has_experts(trace)
 
 
 def _note(text: str) -> w.HTML:
@@ -103,15 +115,20 @@ class LoadStages(w.VBox):
     def __init__(self, load: Any) -> None:
         self.result = load
         target, saved = stage_facets(load.trace)
+        staged = target.ok or saved.ok
         why = [f.reason for f in (target, saved) if not f.ok]
         self.table = w.HTML(
             table_html(stage_resharding(load.trace, load.read_items), byte_cols=BYTE_COLUMNS)
+            if staged
+            else ""
         )
-        self.why = _note(f"Not split: {'; '.join(why)}." if why else "")
-        options = [("who reads from whom", "writer_rank"), ("bytes read", "volume")]
-        if any(is_grouped_expert(t.fqn, tuple(t.size)) for t in load.trace.saved.tensors):
+        self.why = _note(f"Not split by stage: {'; '.join(why)}." if why else "")
+        options = (
+            [("who reads from whom", "writer_rank"), ("bytes read", "volume")] if staged else []
+        )
+        if _has_experts(load.trace):
             options.append(("experts read", "expert"))
-        self.view = w.ToggleButtons(options=options, value="writer_rank")
+        self.view = w.ToggleButtons(options=options, value=options[0][1])
         self.values = w.ToggleButtons(
             options=[
                 ("bytes read", "nbytes"),

@@ -496,8 +496,20 @@ def test_save_explorer_stages_tab_is_lazy_and_draws_the_views(pp_ep):
     app = dcpviz.explore(pp_ep)
     assert "Stages" in app.tabs.titles and not app.tabs.is_built("Stages")
     page = app.tabs.select("Stages")
-    assert [v for _, v in page.view.options] == ["total", "module", "experts", "layout"]
+    assert [v for _, v in page.view.options] == [
+        "total",
+        "module",
+        "stage_layout",
+        "experts",
+        "layout",
+    ]
     assert figure(page.fig) == shown(dcpviz.views.rank_volume(pp_ep, facet="stage"))
+    page.view.value = "stage_layout"
+    page.tensor_picker.value = "output.weight"
+    assert figure(page.fig) == shown(
+        dcpviz.views.chunk_layout(pp_ep, "output.weight", facet="stage")
+    )
+    assert set(page.tensor_picker.options) == set(pp_ep.metadata.state_dict_metadata)
     page.view.value = "layout"
     assert figure(page.fig) == shown(
         dcpviz.views.chunk_layout(pp_ep, page.expert_picker.value, facet="expert")
@@ -552,7 +564,7 @@ def test_explorers_without_stages_or_experts_have_no_stages_tab(pp_tp, pp_ep):
     assert "Stages" not in dcpviz.explore(plain_load).tabs.titles
     # pp but no ep: the stage views, no expert views.
     page = dcpviz.explore(pp_tp).tabs.select("Stages")
-    assert [v for _, v in page.view.options] == ["total", "module", "experts"]
+    assert [v for _, v in page.view.options] == ["total", "module", "stage_layout", "experts"]
     # No names: no stage views; the recorded ep layouts still group stage 0's experts.
     page = dcpviz.explore(_unnamed(pp_ep)).tabs.select("Stages")
     assert [v for _, v in page.view.options] == ["experts", "layout"]

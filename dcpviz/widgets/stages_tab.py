@@ -61,7 +61,8 @@ def _note(text: str) -> w.HTML:
 
 class SaveStages(w.VBox):
     """A save's stages: the stage table, bytes per rank faceted by stage (total or by module),
-    expert bytes per expert shard, and the chunk layout of an expert tensor by expert shard."""
+    a tensor's chunk layout with its writers by stage, expert bytes per expert shard, and the
+    chunk layout of an expert tensor by expert shard."""
 
     def __init__(self, result: Any) -> None:
         self.result = result
@@ -69,7 +70,11 @@ class SaveStages(w.VBox):
         self.experts = stage_tables.ep_expert_keys(result.trace)
         options = []
         if facet.ok:
-            options += [("bytes per rank", "total"), ("by module", "module")]
+            options += [
+                ("bytes per rank", "total"),
+                ("by module", "module"),
+                ("layout by stage", "stage_layout"),
+            ]
         if not stage_tables.expert_volume(result.trace).empty:
             options.append(("expert shards", "experts"))
         if self.experts:
@@ -87,19 +92,31 @@ class SaveStages(w.VBox):
             description="tensor",
             layout=w.Layout(width="460px"),
         )
+        tensors = [t.fqn for t in result.trace.metadata.tensors] if facet.ok else []
+        self.tensor_picker = w.Dropdown(
+            options=tensors,
+            value=tensors[0] if tensors else None,
+            description="tensor",
+            layout=w.Layout(width="460px"),
+        )
         self.fig = figure_widget()
-        self.view.observe(self._draw, "value")
-        self.expert_picker.observe(self._draw, "value")
+        for ctl in (self.view, self.expert_picker, self.tensor_picker):
+            ctl.observe(self._draw, "value")
         self._draw()
-        super().__init__([self.table, self.why, self.view, self.expert_picker, self.fig])
+        super().__init__(
+            [self.table, self.why, self.view, self.tensor_picker, self.expert_picker, self.fig]
+        )
 
     def _draw(self, change: Any = None) -> None:
         mode = self.view.value
         self.expert_picker.layout.display = "" if mode == "layout" else "none"
+        self.tensor_picker.layout.display = "" if mode == "stage_layout" else "none"
         if mode == "experts":
             fig = views.expert_volume(self.result)
         elif mode == "layout":
             fig = views.chunk_layout(self.result, self.expert_picker.value, facet="expert")
+        elif mode == "stage_layout":
+            fig = views.chunk_layout(self.result, self.tensor_picker.value, facet="stage")
         else:
             fig = views.rank_volume(
                 self.result, by="module" if mode == "module" else None, facet="stage"

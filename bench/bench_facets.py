@@ -102,7 +102,8 @@ def _exact(name: str, plain, faceted, save, load) -> str:
         ok = set(meta["writer_stage"]) == {
             int(t.meta["writer"]) for t in plain.data if t.meta and "writer" in t.meta
         }
-    return "same bytes" if ok else "**DIFFERS**"
+    what = "same writers" if name.startswith("chunk_layout") else "same bytes"
+    return what if ok else "**DIFFERS**"
 
 
 if __name__ == "__main__":

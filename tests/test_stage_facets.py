@@ -610,6 +610,7 @@ def test_faceted_figures_render_without_torch(pp_ep, pp4_load, tmp_path):
         "a = dcpviz.views.rank_volume(s, facet='stage', by='module').layout.meta['stages']\n"
         "b = dcpviz.views.chunk_layout(s, 'layers.2.moe.experts.w1', facet='expert').layout.meta['experts']\n"
         "c = dcpviz.views.resharding(l, facet='stage').layout.meta['blocks']\n"
+        "dcpviz.views.read_volume(l, facet='stage'); dcpviz.views.resharding(l, by='expert', facet='stage')\n"
         "report_html(s); report_html(l)\n"
         "assert 'torch' not in sys.modules\n"
         "print(sorted(a.items()), sorted(b.items()), sum(x['nbytes'] for x in c))\n"

@@ -12,11 +12,14 @@ from typing import Any
 import pandas as pd
 
 from dcpviz.analysis import checks as checks_
+from dcpviz.analysis.facets import stage_facet
+from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.load import fix as load_fix
 from dcpviz.analysis.load import tables as load_tables
 from dcpviz.analysis.load import verdict as verdicts
 from dcpviz.analysis.load.hints import Hint, compute_hints, hints_table
-from dcpviz.analysis.save import file_tables, tables
+from dcpviz.analysis.load.stage_tables import stage_facets, stage_resharding
+from dcpviz.analysis.save import file_tables, stage_tables, tables
 from dcpviz.core.trace import LoadTrace, SaveTrace, write_trace
 from dcpviz.core.trace_codec import read_trace
 from dcpviz.core.units import fmt_bytes
@@ -305,6 +308,7 @@ class SaveResult(_Result):
                     "Write volume per rank, by component", "rank_volume", kwargs={"by": "component"}
                 )
             )
+        out += self.stage_parts()
         if len(self.dedup):
             out.append(FigurePart("Dedup decisions", "dedup"))
         out += [
@@ -347,6 +351,43 @@ class SaveResult(_Result):
         if self.trace.file_plan:  # simulated with a storage writer: its files
             out.append(FigurePart("Files: what each rank writes where", "file_layout"))
             out.append(TablePart("Files", self.files, ("nbytes",), max_rows=256))
+        return out
+
+    def stage_parts(self) -> list[Part]:
+        """A job with pipeline stages (a ``pp`` mesh dim): what each stage writes, as a table
+        and faceted per stage; with experts sharded over ep: bytes per expert shard and one
+        expert tensor's layout by expert shard. [] otherwise, or when planning failed."""
+        if self.trace.global_plans is None:
+            return []
+        out: list[Part] = []
+        if stage_facet(self.trace.scenario).ok:
+            frame = stage_tables.stage_volume(self.trace)
+            out.append(
+                TablePart(
+                    "Pipeline stages: what each writes (after dedup)",
+                    frame.assign(share=[f"{v:.0%}" for v in frame["share"]]),
+                    ("nbytes", "planned_nbytes"),
+                    brief=Brief(("stage", "ranks", "modules", "keys", "nbytes", "share"), rows=32),
+                )
+            )
+            out.append(
+                FigurePart(
+                    "Write volume per rank, by pipeline stage",
+                    "rank_volume",
+                    kwargs={"facet": "stage"},
+                )
+            )
+        experts = stage_tables.ep_expert_keys(self.trace)
+        if experts:
+            out.append(FigurePart("Expert bytes per expert shard", "expert_volume"))
+            out.append(
+                FigurePart(
+                    f"Chunk layout by expert shard: {experts[0]}",
+                    "chunk_layout",
+                    (experts[0],),
+                    kwargs={"facet": "expert"},
+                )
+            )
         return out
 
     def __repr__(self) -> str:
@@ -548,6 +589,7 @@ class LoadResult(_Result):
                         kwargs={"by": "file"},
                     )
                 )
+            out += self.stage_parts()
             out += [
                 FigurePart(f"What target rank 0 reads of {fqn}", "read_layout", (fqn, 0))
                 for fqn in pick_read_tensors(self)
@@ -572,6 +614,39 @@ class LoadResult(_Result):
             TablePart("Read items", self.read_items, ("nbytes", "chunk_nbytes", "storage_nbytes"))
         )
         return out
+
+    def stage_parts(self) -> list[Part]:
+        """Where the target or the saved job has pipeline stages: what each target stage reads
+        from each saved stage, as a table and as the resharding view faceted by both."""
+        target, saved = stage_facets(self.trace)
+        if not (target.ok or saved.ok) or not len(self.read_items):
+            return []
+        volume: list[Part] = (
+            [
+                FigurePart(
+                    "Bytes read per target rank, by target stage",
+                    "read_volume",
+                    kwargs={"facet": "stage"},
+                )
+            ]
+            if target.ok
+            else []
+        )
+        return volume + [
+            TablePart(
+                "Reads by pipeline stage (target stage × saved stage)",
+                _ranges_as_text(
+                    stage_resharding(self.trace, self.read_items), ("target_ranks", "writers")
+                ),
+                ("nbytes", "chunk_nbytes"),
+                brief=Brief(
+                    ("target_stage", "saved_stage", "target_ranks", "writers", "reads", "nbytes"),
+                    rows=32,
+                    headings={"writers": "saved ranks"},
+                ),
+            ),
+            FigurePart("Resharding by pipeline stage", "resharding", kwargs={"facet": "stage"}),
+        ]
 
     @property
     def nothing_planned(self) -> bool:
@@ -605,6 +680,11 @@ class LoadResult(_Result):
             f"<LoadResult {s['model']} {s['recipe']} W={s['world_size']} mesh={s['mesh']}: "
             f"{s['reads']} reads ({s['plans']} plans), {kinds}, {status}; checks: {self.checks_line()}>"
         )
+
+
+def _ranges_as_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Columns of rank tuples as ranges ('0-3,6'), as every renderer shows ranks."""
+    return frame.assign(**{c: [ranges(v) for v in frame[c]] for c in columns})
 
 
 def _mesh(names: Any, dims: Any) -> str:

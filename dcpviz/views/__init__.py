@@ -10,6 +10,11 @@ dcpviz.views.plan_series(table)          periodic saves: plan-cache hits per ran
 dcpviz.views.diff_overview(diff)         which keys differ between two checkpoints, and how
 dcpviz.views.diff_regions(diff, fqn)     which regions of one tensor differ
 dcpviz.views.file_layout(save_or_ckpt)   which chunks sit in which file, by writer rank
+dcpviz.views.stage_volume(save)          bytes per rank, one colour per pipeline stage
+dcpviz.views.expert_volume(save)         bytes of the grouped expert tensors per expert shard
+
+rank_volume, chunk_layout and resharding take facet="stage" (one panel, legend group or block per
+pipeline stage); chunk_layout also facet="expert" (writers by the experts they hold, over ep).
 """
 
 from dcpviz.views.dedup import dedup

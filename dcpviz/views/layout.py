@@ -4,6 +4,11 @@
 projection on two chosen dims (the rest listed in hover), scalars as one tile; empty shards are
 drawn as markers at their offset and listed, never skipped. Each tile carries its ranks: the
 writer in bold, replicas that planned the same chunk (dropped by dedup) after it.
+
+``facet="stage"`` groups the writers in the legend by pipeline stage (their ``pp`` coordinate);
+``facet="expert"``, for a grouped expert tensor sharded over ``ep``, by the experts each rank
+holds, with the expert boundaries drawn. Where that is not known, no grouping, and the subtitle
+says why.
 """
 
 from __future__ import annotations
@@ -14,8 +19,16 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis.facets import (
+    expert_grouping,
+    expert_span,
+    experts_words,
+    stage_facet,
+    stage_words,
+)
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
+from dcpviz.views.facets import add_subtitle, mark_facet, need_facet, no_facet
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from dcpviz.views.inputs import need_name, need_result
 from dcpviz.views.style import EMPTY, base_layout, fmt_ranks, fmt_span, rank_color, text_color
@@ -48,8 +61,13 @@ def chunk_layout_figure(
     *,
     dims: tuple[int, int] | None = None,
     highlight_rank: int | None = None,
+    groups: dict[int, tuple[str, str, int]] | None = None,
+    suffix: dict[int, str] | None = None,
+    bounds: tuple[int, ...] = (),
 ) -> go.Figure:
-    """Figure from a ``tables.tensor_boxes`` frame. Pure: no computation beyond layout."""
+    """Figure from a ``tables.tensor_boxes`` frame. Pure: no computation beyond layout.
+    ``groups``: writer -> (legend group, its title, its place in the legend); ``suffix``: writer -> words after its
+    legend name; ``bounds``: positions on dim 0 to draw a boundary at (expert shards)."""
     size = tuple(header.size)
     nd = len(size)
     if header.kind == "bytes" or nd == 0:
@@ -60,14 +78,27 @@ def chunk_layout_figure(
     labels = _TileLabels(coords, world_size, label=len(tiles) <= MAX_LABELS)
     for rect, members in tiles.items():
         labels.add(rect, members)
-    _add_tiles(fig, labels.by_writer, tiles, world_size, coords, highlight_rank)
+    _add_tiles(fig, labels.by_writer, tiles, world_size, coords, highlight_rank, groups, suffix)
     fig.add_trace(labels.trace())
     if any(m.dropped_by for members in tiles.values() for m in members):
         _replica_legend(fig)
     if empties:
         _add_empties(fig, empties, coords, row_dim, col_dim)
     _lay_out(fig, header, boxes, empties, (row_dim, col_dim))
+    if groups:
+        fig.update_layout(legend_traceorder="grouped")
+    _add_bounds(fig, bounds, row_dim, col_dim)
     return fig
+
+
+def _add_bounds(fig: go.Figure, bounds: tuple[int, ...], row_dim: int | None, col_dim: int) -> None:
+    """Dotted lines where one expert shard ends and the next begins (dim 0 drawn on an axis)."""
+    for b in bounds:
+        line = dict(color="black", width=1.5, dash="dot")
+        if row_dim == 0:
+            fig.add_hline(y=b, line=line)
+        elif col_dim == 0:
+            fig.add_vline(x=b, line=line)
 
 
 def _project_tiles(boxes: pd.DataFrame, row_dim: int | None, col_dim: int) -> tuple[dict, list]:
@@ -147,9 +178,15 @@ def _add_tiles(
     world_size: int,
     coords: dict[int, tuple[int, ...]],
     highlight_rank: int | None,
+    groups: dict[int, tuple[str, str, int]] | None = None,
+    suffix: dict[int, str] | None = None,
 ) -> None:
-    """One filled path per writer (its tiles), and a square swatch per writer in the legend."""
-    for writer in sorted(by_writer):
+    """One filled path per writer (its tiles), and a square swatch per writer in the legend
+    (grouped by ``groups`` when given)."""
+    groups, suffix = groups or {}, suffix or {}
+    # Grouped: the legend lists the groups in their order (plotly keeps the first-seen order).
+    for writer in sorted(by_writer, key=lambda w: (groups[w][2] if w in groups else 0, w)):
+        group, group_title, _ = groups.get(writer, (f"r{writer}", "", 0))
         px, py = rects_path(by_writer[writer])
         color = rank_color(writer, world_size)
         dim = (
@@ -168,7 +205,7 @@ def _add_tiles(
                 line=dict(color="white" if plain else "black", width=1 if plain else 3),
                 opacity=0.25 if dim else 1.0,
                 hoverinfo="skip",
-                legendgroup=f"r{writer}",
+                legendgroup=group,
                 showlegend=False,
                 name=f"chunks written by rank {writer}",
                 meta={"writer": writer, "role": "tiles"},
@@ -181,10 +218,14 @@ def _add_tiles(
                     y=[None],
                     mode="markers",
                     marker=dict(symbol="square", size=12, color=color),
-                    name=f"rank {writer}{_coord_text(coords, writer)}"
-                    if writer >= 0
-                    else "writer unknown",
-                    legendgroup=f"r{writer}",
+                    name=(
+                        f"rank {writer}{_coord_text(coords, writer)}{suffix.get(writer, '')}"
+                        if writer >= 0
+                        else "writer unknown"
+                    ),
+                    legendgroup=group,
+                    legendgrouptitle_text=group_title or None,
+                    meta={"writer": writer, "role": "swatch", "group": group},
                 )
             )
 
@@ -353,12 +394,19 @@ def _tile_hover(
 
 
 def chunk_layout(
-    result: Any, fqn: str, *, dims: tuple[int, int] | None = None, highlight_rank: int | None = None
+    result: Any,
+    fqn: str,
+    *,
+    dims: tuple[int, int] | None = None,
+    highlight_rank: int | None = None,
+    facet: str | None = None,
 ) -> go.Figure:
-    """The chunk layout of ``fqn`` in a save result (see module docstring)."""
+    """The chunk layout of ``fqn`` in a save result (see module docstring); ``facet="stage"``
+    groups the writers by pipeline stage, ``facet="expert"`` by the experts they hold."""
 
     need_result(result, "save", "chunk_layout")
     need_name(fqn, "chunk_layout")
+    need_facet(facet, "chunk_layout", ("stage", "expert"))
     tens = result.tensors
     match = tens[tens["fqn"] == fqn]
     if match.empty:
@@ -376,4 +424,86 @@ def chunk_layout(
     W = result.trace.scenario.world_size
     ranks = {r for planned in boxes["planned_by"] for r in planned}
     coords = {r: result.trace.scenario.coordinate(r) for r in ranks}
-    return chunk_layout_figure(boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank)
+    if facet is None:
+        return chunk_layout_figure(
+            boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank
+        )
+    if facet == "stage":
+        return _by_stage(result, boxes, header, coords, dims, highlight_rank)
+    return _by_expert(result, boxes, header, coords, dims, highlight_rank)
+
+
+def _by_stage(result, boxes, header, coords, dims, highlight_rank) -> go.Figure:
+    """Writers grouped by pipeline stage in the legend; the subtitle names the stages."""
+    W = result.trace.scenario.world_size
+    facet = stage_facet(result.trace.scenario, "this save")
+    if not facet.ok:
+        fig = chunk_layout_figure(
+            boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank
+        )
+        return no_facet(fig, "stage", facet.reason)
+    writers = sorted({int(w) for w in boxes["writer"]})
+    by_stage: dict[int | None, list[int]] = {}
+    for w in writers:
+        by_stage.setdefault(facet.of(w), []).append(w)
+    groups = {
+        w: (
+            f"stage {s}",
+            stage_words(s, tuple(ws)).replace("ranks", "writers"),
+            -1 if s is None else s,
+        )
+        for s, ws in by_stage.items()
+        for w in ws
+    }
+    fig = chunk_layout_figure(
+        boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank, groups=groups
+    )
+    words = ", ".join(stage_words(s, tuple(ws)) for s, ws in sorted(by_stage.items(), key=_key))
+    add_subtitle(fig, f"written by {words}")
+    return mark_facet(fig, "stage", writer_stage={w: facet.of(w) for w in writers})
+
+
+def _key(item: tuple) -> tuple[int, int]:
+    return (1, 0) if item[0] is None else (0, item[0])
+
+
+def _by_expert(result, boxes, header, coords, dims, highlight_rank) -> go.Figure:
+    """Writers grouped by the experts they hold (a grouped expert tensor sharded over ep)."""
+    W = result.trace.scenario.world_size
+    lay = next((x for x in result.trace.layouts if x.fqn == header.fqn), None)
+    why, source = expert_grouping(header.fqn, tuple(header.size), lay, result.trace.scenario)
+    if why:
+        fig = chunk_layout_figure(
+            boxes, header, W, coords, dims=dims, highlight_rank=highlight_rank
+        )
+        return no_facet(fig, "expert", why)
+    held: dict[int, set[tuple[int, int]]] = {}
+    for b in boxes.itertuples(index=False):
+        if b.is_empty:
+            continue
+        for r in b.planned_by:  # replicas hold the experts too (dedup only picks the writer)
+            held.setdefault(int(r), set()).add(expert_span(b.offsets, b.sizes))
+    spans = {r: sorted(v) for r, v in held.items()}
+    words = {r: ", ".join(experts_words(a, z) for a, z in v) for r, v in spans.items()}
+    groups = {w: (words[w], words[w], spans[w][0][0]) for w in held}
+    starts = sorted(
+        {a for v in spans.values() for a, _ in v} | {z for v in spans.values() for _, z in v}
+    )
+    bounds = tuple(p for p in starts if 0 < p < header.size[0])
+    fig = chunk_layout_figure(
+        boxes,
+        header,
+        W,
+        coords,
+        dims=dims,
+        highlight_rank=highlight_rank,
+        groups=groups,
+        suffix={w: f" · {words[w]}" for w in words},
+        bounds=bounds,
+    )
+    n_experts = header.size[0]
+    line = f"{n_experts} experts in {len(set(words.values()))} shard(s) over ep"
+    add_subtitle(fig, line + (f" ({source})" if source else ""))
+    return mark_facet(
+        fig, "expert", experts={r: [list(s) for s in v] for r, v in sorted(spans.items())}
+    )

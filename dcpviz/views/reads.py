@@ -2,7 +2,8 @@
 
 read_layout(load, fqn, rank)   the rank's box drawn over the saved chunks it reads from
 read_volume(load)              bytes read per target rank, and what DCP deserialises for them
-resharding(load)               target rank x writer rank (or file) heatmap of bytes read
+resharding(load)               target rank x writer rank (or file) heatmap of bytes read;
+                               facet="stage": one block per (target stage, saved stage)
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis.facets import Facet, stage_words
 from dcpviz.analysis.load import tables as load_tables
+from dcpviz.analysis.load.stage_tables import expert_matrix, stage_facets
 from dcpviz.core.errors import DcpvizError, did_you_mean
 from dcpviz.core.units import fmt_bytes
+from dcpviz.views.facets import facet_grid, mark_facet, need_facet, no_facet
 from dcpviz.views.geometry import box_height, pick_dims, project, rects_path, set_box_axes
 from dcpviz.views.inputs import need_component, need_name, need_rank, need_result
 from dcpviz.views.style import base_layout, count_colorbar, fmt_span, rank_color, text_color
@@ -317,25 +321,65 @@ def _component_reads(load: Any, component: str | None, view: str) -> pd.DataFram
     return reads[reads["component"] == component]
 
 
-def read_volume(load: Any, *, component: str | None = None) -> go.Figure:
+def read_volume(load: Any, *, component: str | None = None, facet: str | None = None) -> go.Figure:
     """Bytes read per target rank (and the saved-chunk bytes deserialised to serve them);
-    ``component=`` ("model", "optim", ...) counts one part of a training state."""
+    ``component=`` ("model", "optim", ...) counts one part of a training state;
+    ``facet="stage"``: one panel per target pipeline stage."""
 
     need_result(load, "load", "read_volume", "load")
+    need_facet(facet, "read_volume")
     reads = _component_reads(load, component, "read_volume")
     if reads is None:
-        return read_volume_figure(load.rank_volume)
-    vol = load_tables.rank_volume(load.trace, reads)
-    if load.trace.wanted_by_rank:  # what the rank's own shards hold, of this component only
-        vol["wanted_nbytes"] = load_tables.wanted_nbytes(load.trace, component)
+        vol = load.rank_volume
+    else:
+        vol = load_tables.rank_volume(load.trace, reads)
+        if load.trace.wanted_by_rank:  # what the rank's own shards hold, of this component only
+            vol["wanted_nbytes"] = load_tables.wanted_nbytes(load.trace, component)
+    if facet == "stage":
+        return _read_volume_by_stage(load, vol)
     return read_volume_figure(vol)
+
+
+def _read_volume_by_stage(load: Any, vol: pd.DataFrame) -> go.Figure:
+    """One panel per target stage, each the figure ``read_volume_figure`` draws for its ranks."""
+    target, _ = stage_facets(load.trace)
+    whole = read_volume_figure(vol)
+    if not target.ok:
+        return no_facet(whole, "stage", target.reason)
+    panels, totals = [], {}
+    for stage, ranks in target.groups():
+        mine = vol[vol["rank"].isin(ranks)].reset_index(drop=True)
+        read = int(pd.to_numeric(mine["nbytes"], errors="coerce").fillna(0).sum())
+        totals[stage] = read
+        panels.append(
+            (f"{stage_words(stage, ranks)} · {fmt_bytes(read)} read", read_volume_figure(mine))
+        )
+    wrap = min(len(panels), 4)
+    fig = facet_grid(
+        [panels[i : i + wrap] for i in range(0, len(panels), wrap)], shared_yaxes="all"
+    )
+    sub = whole.layout.title.text.split("<sup>", 1)[-1].replace("</sup>", "")
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=f"<b>Bytes read per target rank, by target pipeline stage</b><br><sup>{sub}</sup>",
+                x=0.01,
+            ),
+            legend=dict(orientation="h", y=-0.15),
+            margin=dict(l=70, r=20, t=110, b=60),
+        )
+    )
+    return mark_facet(fig, "stage", stages=totals)
+
+
+LABELS = {"writer_rank": "saved by rank", "file": "storage file", "expert": "expert"}
 
 
 def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
     """A resharding matrix (target rank x writer rank or file) as a heatmap."""
     z = matrix.to_numpy(dtype="float64")
     z = np.where(z > 0, z, np.nan)
-    label = {"writer_rank": "saved by rank", "file": "storage file"}.get(by, by)
+    label = LABELS.get(by, by)
     hover = [
         [
             f"target rank {r}<br>{label} {c}<br>{values}: {fmt_bytes(v) if values != 'reads' else int(v)}"
@@ -382,15 +426,134 @@ def resharding_figure(matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
 
 
 def resharding(
-    load: Any, *, by: str = "writer_rank", values: str = "nbytes", component: str | None = None
+    load: Any,
+    *,
+    by: str = "writer_rank",
+    values: str = "nbytes",
+    component: str | None = None,
+    facet: str | None = None,
 ) -> go.Figure:
-    """Target rank x writer rank (``by="file"``: x storage file) heatmap of what is read;
-    ``component=`` ("model", "optim", ...) keeps one part of a training state."""
+    """Target rank x writer rank (``by="file"``: x storage file; ``by="expert"``: x expert of the
+    grouped expert tensors, which experts each rank reads) heatmap of what is read;
+    ``component=`` ("model", "optim", ...) keeps one part of a training state;
+    ``facet="stage"``: one block per (target stage, saved stage), rows by the target job's
+    ``pp`` coordinate, columns by the saved job's (a side whose stages are not known is not
+    split, and the subtitle says why)."""
 
     need_result(load, "load", "resharding", "load")
+    need_facet(facet, "resharding")
     reads = _component_reads(load, component, "resharding")
-    if reads is None:
-        return resharding_figure(load.resharding_matrix(by=by, values=values), by, values)
-    return resharding_figure(
-        load_tables.resharding_matrix(load.trace, by, values, reads), by, values
+    if by == "expert":
+        matrix = expert_matrix(load.trace, values, load.read_items if reads is None else reads)
+    elif reads is None:
+        matrix = load.resharding_matrix(by=by, values=values)
+    else:
+        matrix = load_tables.resharding_matrix(load.trace, by, values, reads)
+    if facet == "stage":
+        return _resharding_by_stage(load, matrix, by, values)
+    return resharding_figure(matrix, by, values)
+
+
+def _stage_blocks(facet: Facet, present: list[int]) -> list[tuple[int | None, list[int]]]:
+    """(stage, its ranks) for a facet; one block of ``present`` when there is none; ranks
+    outside the job (-1: writer unknown) in a block of their own, stage None."""
+    if not facet.ok:
+        return [(None, present)]
+    blocks: list[tuple[int | None, list[int]]] = [(s, list(r)) for s, r in facet.groups()]
+    stray = [r for r in present if facet.of(r) is None]
+    return blocks + ([(None, stray)] if stray else [])
+
+
+def _block_panel(block: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """One block of a faceted resharding matrix: its heatmap alone. The hover is a template over
+    the cells (exact counts), not a string per cell: plotly validates and copies every string,
+    seconds on a thousand-rank matrix."""
+    z = block.to_numpy(dtype="float64")
+    unit = "reads" if values == "reads" else "bytes"
+    what = {"nbytes": "read", "reads": "", "chunk_nbytes": "of saved chunks deserialised"}[values]
+    label = LABELS.get(by, by)
+    panel = go.Figure(
+        go.Heatmap(
+            z=np.where(z > 0, z, np.nan),
+            x=[str(c) for c in block.columns],
+            y=[str(i) for i in block.index],
+            hovertemplate=(
+                f"target rank %{{y}}<br>{label} %{{x}}<br>%{{z:,}} {unit} {what}<extra></extra>"
+            ),
+            hoverongaps=False,
+            xgap=1 if z.shape[1] <= 64 else 0,
+            ygap=1 if z.shape[0] <= 64 else 0,
+        )
+    )
+    panel.update_xaxes(type="category", showgrid=False, zeroline=False)
+    panel.update_yaxes(type="category", autorange="reversed", showgrid=False, zeroline=False)
+    return panel
+
+
+def _resharding_by_stage(load: Any, matrix: pd.DataFrame, by: str, values: str) -> go.Figure:
+    """The resharding matrix cut into (target stage, saved stage) blocks on one colour scale."""
+    target, saved = stage_facets(load.trace)
+    if by != "writer_rank":
+        saved = Facet(saved.dim, None, f"the columns are {LABELS.get(by, by)}s, not saved ranks")
+    if not target.ok and not saved.ok:
+        return no_facet(
+            resharding_figure(matrix, by, values), "stage", f"{target.reason}; {saved.reason}"
+        )
+    rows = _stage_blocks(target, [int(r) for r in matrix.index])
+    cols = _stage_blocks(saved, list(matrix.columns))
+    top = float(matrix.to_numpy(dtype="float64").max()) if matrix.size else 0.0
+    panels, blocks = [], []
+    for t, t_ranks in rows:
+        line = []
+        for s, s_ranks in cols:
+            block = matrix.reindex(index=t_ranks, columns=s_ranks, fill_value=0)
+            block.columns.name = matrix.columns.name
+            total = int(block.to_numpy(dtype="int64").sum())
+            amount = fmt_bytes(total) if values != "reads" else f"{total} reads"
+            source = stage_words(s) if saved.ok else f"{LABELS.get(by, by).split()[-1]}s"
+            title = f"target {stage_words(t) if target.ok else 'ranks'} ← saved {source} · {amount}"
+            panel = _block_panel(block, by, values)
+            panel.data[0].meta = {"target_stage": t, "saved_stage": s, values: total}
+            blocks.append({"target_stage": t, "saved_stage": s, values: total})
+            line.append((title, panel))
+        panels.append(line)
+    fig = facet_grid(
+        panels,
+        row_heights=[len(r) for _, r in rows],
+        column_widths=[max(1, len(c)) for _, c in cols],
+        shared_yaxes=False,
+        panel_height=max(160, min(420, 18 * max(len(r) for _, r in rows) + 60)),
+    )
+    colorbar = (
+        count_colorbar(matrix.to_numpy(dtype="float64").ravel(), "reads")
+        if values == "reads"
+        else dict(title="bytes")
+    )
+    fig.update_traces(coloraxis="coloraxis", showscale=False)
+    fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, cmax=top or 1, colorbar=colorbar))
+    fig.update_xaxes(side="bottom", showgrid=False, zeroline=False)
+    fig.update_yaxes(showgrid=False, zeroline=False)
+    label = LABELS.get(by, by)
+    why = [f.reason for f in (target, saved) if not f.ok]
+    sub = (
+        f"rows: target ranks{' by target stage' if target.ok else ''} · columns: {label}"
+        f"{' by saved stage' if saved.ok else ''} · cell: {values} read"
+        + (f"<br>not split: {'; '.join(why)}" if why else "")
+    )
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=f"<b>Resharding by pipeline stage: who reads from whom</b><br><sup>{sub}</sup>",
+                x=0.01,
+            ),
+            margin=dict(l=70, r=20, t=130 + 16 * len(why), b=40),
+        )
+    )
+    return mark_facet(
+        fig,
+        "stage",
+        "; ".join(why),
+        target_facet=target.ok,
+        saved_facet=saved.ok,
+        blocks=blocks,
     )

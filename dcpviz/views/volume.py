@@ -1,4 +1,5 @@
-"""rank_volume: bytes each rank writes after dedup, with mean, max and imbalance (max ÷ mean)."""
+"""rank_volume: bytes each rank writes after dedup, with mean, max and imbalance (max ÷ mean);
+``facet="stage"``: one panel per pipeline stage (the ranks whose ``pp`` coordinate it is)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dcpviz.analysis.facets import stage_facet, stage_words
 from dcpviz.core.errors import DcpvizError
 from dcpviz.core.units import fmt_bytes
+from dcpviz.views.facets import facet_grid, mark_facet, need_facet, no_facet
 from dcpviz.views.inputs import need_result
 from dcpviz.views.style import base_layout, rank_color
 
@@ -50,14 +53,16 @@ def rank_volume_figure(
     by_module: pd.DataFrame | None = None,
     title: str = "Bytes written per rank (final plans, after dedup)",
     parts: str = "modules",
+    module_order: list[str] | None = None,
 ) -> go.Figure:
     """Bars of ``nbytes`` per rank from one or more ``rank_volume`` frames (side by side), or
     one frame stacked by module (``by_module``: rank, module, nbytes; ``parts`` names what the
-    stacks are: 'modules' or 'components')."""
+    stacks are: 'modules' or 'components'; ``module_order``: the stacks and their order, the
+    rest as 'other', instead of the frame's own largest)."""
     fig = go.Figure()
     many = max(len(v) for _, v in volumes) > 64
     if by_module is not None:
-        notes = _stacked(fig, volumes[0], by_module, parts)
+        notes = _stacked(fig, volumes[0], by_module, parts, module_order)
     else:
         notes = _side_by_side(fig, volumes, many)
     fig.update_layout(
@@ -72,11 +77,16 @@ def rank_volume_figure(
     return fig
 
 
-def _module_pivot(vol: pd.DataFrame, by_module: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """rank x module bytes (the largest MAX_MODULES modules, the rest as 'other'), and the
-    stacking order."""
-    totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
-    keep = list(totals.index[:MAX_MODULES])
+def _module_pivot(
+    vol: pd.DataFrame, by_module: pd.DataFrame, order: list[str] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """rank x module bytes (the largest MAX_MODULES modules, or ``order``'s, the rest as
+    'other'), and the stacking order."""
+    if order is not None:
+        keep = [m for m in order if m != "other"]
+    else:
+        totals = by_module.groupby("module")["nbytes"].sum().sort_values(ascending=False)
+        keep = list(totals.index[:MAX_MODULES])
     mod = by_module.assign(
         module=by_module["module"].where(by_module["module"].isin(keep), "other")
     )
@@ -84,18 +94,25 @@ def _module_pivot(vol: pd.DataFrame, by_module: pd.DataFrame) -> tuple[pd.DataFr
         index="rank", columns="module", values="nbytes", aggfunc="sum", fill_value=0
     )
     pivot = pivot.reindex(index=vol["rank"], fill_value=0)
+    if order is not None:  # every panel of a facet stacks the same modules, in one order
+        pivot = pivot.reindex(columns=list(order), fill_value=0)
+        return pivot, list(order)
     return pivot, [*keep, "other"] if "other" in pivot.columns else keep
 
 
 def _stacked(
-    fig: go.Figure, volume: tuple[str, pd.DataFrame], by_module: pd.DataFrame, parts: str
+    fig: go.Figure,
+    volume: tuple[str, pd.DataFrame],
+    by_module: pd.DataFrame,
+    parts: str,
+    order: list[str] | None = None,
 ) -> list[str]:
     """One stacked bar per rank, a segment per module; the legend gives each module's bytes,
     and the subtitle names the modules too thin to see at this scale."""
     name, vol = volume
     vol, missing = _drawable(vol)
     notes = [f"{name}: {missing}"] if missing else []
-    pivot, order = _module_pivot(vol, by_module)
+    pivot, order = _module_pivot(vol, by_module, order)
     top = float(pivot.sum(axis=1).max()) if len(pivot) else 0.0
     thin = []
     for i, m in enumerate(order):
@@ -231,15 +248,26 @@ def rank_volume(
     depth: int = 1,
     compare: Any = None,
     names: tuple[str, str] | None = None,
+    facet: str | None = None,
 ) -> go.Figure:
     """Bytes per rank of a save result; ``by="module"`` stacks by module prefix; ``compare=``
-    another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``)."""
+    another result draws both side by side (e.g. default dedup vs ``dedup_save_to_lowest_rank``);
+    ``facet="stage"`` draws one panel per pipeline stage (none, and the subtitle says why, when
+    the trace's mesh has no named ``pp`` dim)."""
 
     need_result(result, "save", "rank_volume")
+    need_facet(facet, "rank_volume")
     if compare is not None:
         need_result(compare, "save", "rank_volume", "compare")
     if by not in (None, "module", "component"):
         raise DcpvizError(f"by={by!r}: use by=None, by='module' or by='component'.")
+    if facet == "stage":
+        if compare is not None:
+            raise DcpvizError(
+                "views.rank_volume: compare= draws two saves side by side; facet='stage' one save's "
+                "stages. Drop one of them."
+            )
+        return _by_stage(result, by, depth, names[0] if names else _label(result))
     if compare is None:
         return _one(result, by, depth, names[0] if names else _label(result))
     if by is not None:
@@ -262,6 +290,87 @@ def _one(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
         by_module=stacked,
         parts="components" if by == "component" else "modules",
     )
+
+
+def _stacks(result: Any, by: str | None, depth: int) -> pd.DataFrame | None:
+    if by == "module":
+        return result.volume_by_module(depth)
+    if by == "component":
+        return result.volume_by_component.rename(columns={"component": "module"})
+    return None
+
+
+def _by_stage(result: Any, by: str | None, depth: int, label: str) -> go.Figure:
+    """One panel per pipeline stage, each the figure ``_one`` draws for that stage's ranks;
+    a module keeps one colour (and one legend entry) across the panels."""
+    facet = stage_facet(result.trace.scenario, "this save")
+    if not facet.ok:
+        return no_facet(_one(result, by, depth, label), "stage", facet.reason)
+    vol, stacked = result.rank_volume, _stacks(result, by, depth)
+    parts = "components" if by == "component" else "modules"
+    order = []
+    if stacked is not None:  # the whole save's module order decides colours and names
+        _, order = _module_pivot(vol, stacked)
+    panels, totals = [], {}
+    for stage, ranks in facet.groups():
+        mine = vol[vol["rank"].isin(ranks)].reset_index(drop=True)
+        sub = stacked[stacked["rank"].isin(ranks)] if stacked is not None else None
+        panel = rank_volume_figure(
+            [(label, mine)], by_module=sub, parts=parts, module_order=order or None
+        )
+        for t in panel.data:  # each panel's mean line: one legend entry for all of them
+            if isinstance(t.meta, dict) and t.meta.get("role") == "mean":
+                t.name, t.legendgroup = "mean of the stage's ranks", "mean"
+        # What the bars show: bytes written, or planned where the save has no global plan.
+        drawn, _ = _drawable(mine)
+        written = int(drawn["nbytes"].sum())
+        totals[stage] = written
+        verb = "planned" if mine["nbytes"].isna().all() else "written"
+        panels.append((f"{stage_words(stage, ranks)} · {fmt_bytes(written)} {verb}", panel))
+    if stacked is not None:
+        _recolour(panels, order, stacked)
+    n = len(panels)
+    wrap = min(n, 4)
+    grid = [panels[i : i + wrap] for i in range(0, n, wrap)]
+    fig = facet_grid(
+        grid,
+        column_widths=None,
+        shared_yaxes="all",
+        panel_height=300,
+    )
+    filled, missing = _drawable(vol)
+    sub = "<br>".join(
+        ([f"{label}: {missing}"] if missing else []) + [_note(label, balance(filled["nbytes"]))]
+    )
+    fig.update_layout(
+        **base_layout(
+            title=dict(
+                text=f"<b>Bytes written per rank, by pipeline stage (after dedup)</b><br><sup>{sub}</sup>",
+                x=0.01,
+            ),
+            legend=dict(orientation="h", y=-0.12),
+            margin=dict(l=70, r=20, t=110, b=60),
+        )
+    )
+    return mark_facet(fig, "stage", stages={int(k): v for k, v in totals.items()})
+
+
+def _recolour(panels: list, order: list[str], stacked: pd.DataFrame) -> None:
+    """Each module's segments in one colour and under one name in every panel (a panel alone
+    would pick its own largest modules)."""
+    totals = (
+        stacked.assign(module=stacked["module"].where(stacked["module"].isin(order), "other"))
+        .groupby("module")["nbytes"]
+        .sum()
+    )
+    for _, panel in panels:
+        for t in panel.data:
+            m = (t.meta or {}).get("module") if isinstance(t.meta, dict) else None
+            if m is None or m not in order:
+                continue
+            t.marker.color = MODULE_COLORS[order.index(m) % len(MODULE_COLORS)]
+            t.name = f"{m} · {fmt_bytes(int(totals.get(m, 0)))}"
+            t.legendgroup = f"module {m}"
 
 
 def _label(result: Any) -> str:

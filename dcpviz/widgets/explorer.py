@@ -23,6 +23,7 @@ from dcpviz.widgets.diff import diff_app
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
+from dcpviz.widgets.stages_tab import stage_pages
 
 PHASES = [
     ("1 · local plans", "local"),
@@ -64,6 +65,7 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             ("Volume", self._volume_tab),
             ("Phases", self._phase_tab),
             ("Tables", self._tables_tab),
+            *stage_pages(result),  # a job with pipeline stages or ep experts: a Stages tab
         ]
         self.tabs = tabs_with_checks(pages, result)
         super().__init__([self.header, self.tabs])

@@ -14,6 +14,7 @@ from dcpviz.views.html import header_html, table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.figure import figure_widget, replace_figure
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
+from dcpviz.widgets.stages_tab import stage_pages
 
 LOAD_TABLES = ["problems", "mismatches", "rank_volume", "read_items", "hints_table", "resharding"]
 
@@ -48,6 +49,7 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
                 ("Resharding", self._resharding_tab),
                 ("Mismatches", self._mismatch_tab),
                 ("Tables", self._tables_tab),
+                *stage_pages(load),  # a job with pipeline stages: a Stages tab
             ]
         self.tabs = tabs_with_checks(pages, load)
         super().__init__([self.header, self.tabs])

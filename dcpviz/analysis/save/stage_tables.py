@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcpviz.analysis.facets import STAGE_DIM, dim_coordinates, expert_grouping, is_grouped_expert
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.save.tables import write_items
 from dcpviz.core.components import KNOWN_COMPONENTS
@@ -71,12 +72,9 @@ def stage_of_ranks(trace: Any) -> pd.Series:
     index = pd.RangeIndex(W, name="rank")
     if not names or len(names) != len(mesh):
         return pd.Series(pd.array([pd.NA] * W, dtype="Int64"), index=index, name="stage")
-    if "pp" not in names:
+    stages = dim_coordinates(sc, STAGE_DIM)
+    if stages is None:
         return pd.Series(pd.array([0] * W, dtype="Int64"), index=index, name="stage")
-    dim = names.index("pp")
-    # Row-major: the coordinate on dim d is (rank // product of the later dims) % mesh[d].
-    inner = int(np.prod(mesh[dim + 1 :], dtype=np.int64)) if dim + 1 < len(mesh) else 1
-    stages = (np.arange(W, dtype=np.int64) // inner) % int(mesh[dim])
     return pd.Series(pd.array(stages, dtype="Int64"), index=index, name="stage")
 
 
@@ -182,12 +180,6 @@ def stage_volume(trace: Any) -> pd.DataFrame:
     return frame
 
 
-def is_grouped_expert(fqn: str, global_size: tuple[int, ...]) -> bool:
-    """A torchtitan grouped-experts tensor: 3-D, under a module named ``experts`` (the routed
-    experts; ``shared_experts`` are ordinary 2-D linears)."""
-    return len(global_size) == 3 and "experts" in fqn.split(".")[:-1]
-
-
 def expert_volume(trace: Any) -> pd.DataFrame:
     """One row per (stage, expert shard): the experts a chunk of the grouped 3-D expert tensors
     covers ('experts 0-1', start, stop exclusive), the ranks that write it, its keys, items and
@@ -243,3 +235,19 @@ def stage_summary(frame: pd.DataFrame) -> str:
         f"{stage_label(r.stage)} (ranks {ranges(r.ranks)}): {r.modules} · {fmt_bytes(r.nbytes)} ({r.share:.0%})"
         for r in frame.itertuples()
     )
+
+
+def ep_expert_keys(trace: Any) -> list[str]:
+    """The grouped expert tensors of a save that are sharded over ep on their expert dim (by
+    ``analysis.facets.expert_grouping``: the recorded layout, else recipe='torchtitan''s rule),
+    in checkpoint order."""
+    trace = _trace(trace)
+    if trace.metadata is None:
+        return []
+    layouts = {lay.fqn: lay for lay in trace.layouts}
+    return [
+        t.fqn
+        for t in trace.metadata.tensors
+        if is_grouped_expert(t.fqn, tuple(t.size))
+        and not expert_grouping(t.fqn, tuple(t.size), layouts.get(t.fqn), trace.scenario)[0]
+    ]

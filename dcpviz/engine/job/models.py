@@ -23,6 +23,7 @@ from dcpviz.engine.job.blocks import (
     ffn_tp_plan,
     gqa_tp_plan,
 )
+from dcpviz.engine.job.deepseek import DEEPSEEK_CONFIGS, DeepSeekTransformer
 from dcpviz.engine.job.experts import MOE_CONFIGS, MoETransformer
 
 
@@ -153,6 +154,8 @@ PRESETS: dict[str, Callable[[], nn.Module]] = {
     **{name: (lambda cfg=cfg: Transformer(cfg)) for name, cfg in LLAMA_CONFIGS.items()},
     # Mixture-of-experts decoders with torchtitan's grouped experts (engine/job/experts.py).
     **{name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()},
+    # DeepSeek-V3: MLA, dense first layers, MoE with a shared expert (engine/job/deepseek.py).
+    **{name: (lambda cfg=cfg: DeepSeekTransformer(cfg)) for name, cfg in DEEPSEEK_CONFIGS.items()},
 }
 
 

@@ -116,8 +116,10 @@ class MoE(nn.Module):
 
     def __init__(self, dim: int, expert_dim: int, num_experts: int, shared_dim: int = 0) -> None:
         super().__init__()
-        self.router = Router(dim, num_experts)
+        # torchtitan's order (experts, router, shared experts): the state dict's order, which
+        # DCP's dedup walks when it balances replicated items (HSDP) over ranks.
         self.experts = GroupedExperts(dim, expert_dim, num_experts)
+        self.router = Router(dim, num_experts)
         self.shared_experts = FeedForward(dim, shared_dim) if shared_dim else None
         self.register_buffer(
             "expert_bias", torch.zeros(num_experts, dtype=torch.float32), persistent=True

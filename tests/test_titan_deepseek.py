@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from reference import plan_items, trace_items
-from titan_reference import deepseek_tp_rule, hand_titan_state_dict
+from reference import load_plan_items, plan_items, result_reads, trace_items
+from titan_reference import deepseek_tp_rule, hand_titan_metadata, hand_titan_state_dict
 
 import dcpviz
 from dcpviz.core.errors import DcpvizError
@@ -281,3 +281,48 @@ def test_deepseek_v3_plans_under_torchtitan():
     w1 = wi[(wi["rank"] == 5) & (wi.fqn == "layers.40.moe.experts.w1")]
     assert list(w1.sizes) == [(128, 1024, 7168)]
     assert res.metadata is not None
+
+
+LOADS = [
+    # name, saved (mesh, names, stages), target (mesh, names, stages), words in the verdict
+    (
+        "pp2-ep2-to-pp4-ep2",
+        ((2, 2, 2), ("pp", "dp_shard", "ep"), PP2),
+        ((4, 1, 2), ("pp", "dp_shard", "ep"), PP4),
+        "The layout pp2×dp_shard2×ep2 → pp4×dp_shard1×ep2 is fine",
+    ),
+    (
+        "etp-to-tp",
+        ((2, 2, 2), ("dp_shard", "ep", "tp"), None),
+        ((2, 2), ("pp", "tp"), PP2),
+        "Resharding 8 → 4 ranks (dp_shard2×ep2×tp2 → pp2×tp2) is fine",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,saved,target,words", LOADS, ids=[c[0] for c in LOADS])
+def test_layout_changes_load_cleanly_and_read_what_dcp_plans(name, saved, target, words):
+    """As tests/test_titan_load.py for the other presets: the verdict names the change as
+    harmless, and each target rank reads what DCP's load planner reads on hand-built DTensors
+    against the Metadata DCP builds from hand-built ones."""
+    save = dcpviz.simulate_save(_scenario(*saved[:2]))
+    assert save.ok, save.errors
+    load = dcpviz.simulate_load(save, target=_scenario(*target[:2]))
+    assert load.ok and load.verdict.clean, load.verdict.line
+    assert load.verdict.line == f"{words}; it loads cleanly."
+    md = hand_titan_metadata("deepseek-tiny", *saved)
+    for rank in range(math.prod(target[0])):
+        expected = load_plan_items(
+            hand_titan_state_dict("deepseek-tiny", target[0], target[1], rank, target[2]), md
+        )
+        assert result_reads(load, rank) == expected, f"rank {rank}"
+
+
+def _scenario(mesh, names):
+    return dcpviz.Scenario(
+        model="deepseek-tiny",
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe="torchtitan",
+    )

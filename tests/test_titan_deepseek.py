@@ -4,7 +4,12 @@ rank against hand-built DTensors over pp, dp_replicate, dp_shard, ep, cp and tp.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +331,27 @@ def _scenario(mesh, names):
         mesh_dim_names=names,
         recipe="torchtitan",
     )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DCPVIZ_TORCHTITAN"),
+    reason="set DCPVIZ_TORCHTITAN to an unpacked torchtitan 0.2.2 wheel (tests/torchtitan_models.py)",
+)
+def test_presets_equal_torchtitans_own_models():
+    """torchtitan's own DeepSeekV3Model('671B') and llama3 Transformers, built on meta in another
+    process: the same keys, shapes, dtypes and order as the presets, the same parameter count."""
+    script = Path(__file__).with_name("torchtitan_models.py")
+    repo = str(
+        Path(__file__).resolve().parent.parent
+    )  # this checkout's dcpviz, not an installed one
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    run = subprocess.run(
+        [sys.executable, str(script), os.environ["DCPVIZ_TORCHTITAN"]],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["deepseek-v3"] == [True, 1025, 671_026_404_352, 671_026_404_352]
+    assert all(v[0] and v[2] == v[3] for v in found.values()), found

@@ -339,7 +339,8 @@ def _scenario(mesh, names):
 )
 def test_presets_equal_torchtitans_own_models():
     """torchtitan's own DeepSeekV3Model('671B') and llama3 Transformers, built on meta in another
-    process: the same keys, shapes, dtypes and order as the presets, the same parameter count."""
+    process: the same keys, shapes, dtypes and order as the presets, the same parameter count;
+    and torchtitan's own parallelize functions give every rank the plan the recipe gives."""
     script = Path(__file__).with_name("torchtitan_models.py")
     repo = str(
         Path(__file__).resolve().parent.parent
@@ -353,5 +354,9 @@ def test_presets_equal_torchtitans_own_models():
         check=True,
     )
     found = json.loads(run.stdout.strip().splitlines()[-1])
+    differ = found.pop("recipe")
     assert found["deepseek-v3"] == [True, 1025, 671_026_404_352, 671_026_404_352]
     assert all(v[0] and v[2] == v[3] for v in found.values()), found
+    # torchtitan's own apply_non_moe_tp / apply_moe_ep_tp / apply_fsdp on its own model: every
+    # rank's local plan equals recipe='torchtitan' on deepseek-tiny (5 layouts, no rank differs).
+    assert len(differ) == 5 and differ == {k: [] for k in differ}, differ

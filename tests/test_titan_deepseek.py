@@ -4,6 +4,7 @@ rank against hand-built DTensors over pp, dp_replicate, dp_shard, ep, cp and tp.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from titan_reference import deepseek_tp_rule, hand_titan_metadata, hand_titan_st
 
 import dcpviz
 from dcpviz.core.errors import DcpvizError
+from dcpviz.engine.job.deepseek import DEEPSEEK_CONFIGS, DeepSeekTransformer
 from dcpviz.engine.job.models import PRESETS
 from dcpviz.engine.job.pipeline_stages import stage_modules
 
@@ -360,3 +362,24 @@ def test_presets_equal_torchtitans_own_models():
     # torchtitan's own apply_non_moe_tp / apply_moe_ep_tp / apply_fsdp on its own model: every
     # rank's local plan equals recipe='torchtitan' on deepseek-tiny (5 layouts, no rank differs).
     assert len(differ) == 5 and differ == {k: [] for k in differ}, differ
+
+
+def _no_q_lora():
+    """deepseek-tiny with q_lora_rank 0 (torchtitan's 16B flavour's choice): one wq."""
+    cfg = DEEPSEEK_CONFIGS["deepseek-tiny"]
+    return DeepSeekTransformer(dataclasses.replace(cfg, q_lora_rank=0))
+
+
+def test_without_q_lora_a_single_wq_is_column_wise():
+    """torchtitan builds wq instead of wq_a / q_norm / wq_b when q_lora_rank is 0, and its plan
+    makes wq column-wise: 4 heads x (8 + 4) = 48 rows, 24 per TP rank."""
+    res = dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model=_no_q_lora, world_size=2, mesh=(2,), mesh_dim_names=("tp",), recipe="torchtitan"
+        )
+    )
+    assert res.ok, res.errors
+    wi = res.write_items
+    r1 = {row.fqn: (row.offsets, row.sizes) for row in wi[wi["rank"] == 1].itertuples()}
+    assert r1["layers.0.attention.wq.weight"] == ((24, 0), (24, 64))
+    assert not any(".wq_a." in k or ".q_norm." in k or ".wq_b." in k for k in r1)

@@ -136,9 +136,9 @@ PRESET_LAYOUTS = {
     "tp+fsdp": (2, 2),
     "torchtitan": (2, 2),
 }
-# Published shapes at scale, checked in tests/test_titan_presets.py (their plans take the code
-# paths of llama3-70b and moe-tiny; ~3 minutes more here).
-SHAPE_ONLY_PRESETS = {"llama3-405b", "mixtral-8x7b"}
+# Published shapes at scale, checked in tests/test_titan_presets.py and tests/test_titan_deepseek.py
+# (their plans take the code paths of llama3-70b, moe-tiny and deepseek-tiny; minutes more here).
+SHAPE_ONLY_PRESETS = {"llama3-405b", "mixtral-8x7b", "deepseek-v3"}
 # recipe="torchtitan" chooses its parallelisms by name (no pp: the mlp has no stages).
 PRESET_NAMES = {"torchtitan": ("dp_shard", "tp")}
 

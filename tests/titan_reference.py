@@ -42,6 +42,35 @@ def _sub_mesh(
     )
 
 
+# DeepSeek-V3's TP placements, worked from torchtitan's deepseek_v3 apply_non_moe_tp and llama4's
+# apply_moe_ep_tp: NoParallel (replicated) wq_a, q_norm, wkv_a, kv_norm and the router's gate;
+# column-wise wq/wq_b/wkv_b, w1/w3 of the dense MLP and the shared experts, the output, the
+# row-wise-sharded embedding (Shard(0) of the weight); row-wise wo and w2 (Shard(1));
+# sequence-parallel norms (replicated); routed experts TensorParallel: w1/w3 Shard(1), w2 Shard(2).
+_DS_REPLICATE = ("attention.wq_a", "attention.q_norm", "attention.wkv_a", "attention.kv_norm")
+_DS_COLWISE = ("attention.wq", "attention.wq_b", "attention.wkv_b", "feed_forward.w1")
+_DS_COLWISE += ("feed_forward.w3", "shared_experts.w1", "shared_experts.w3", "output")
+_DS_ROWWISE = ("attention.wo", "feed_forward.w2", "shared_experts.w2")
+
+
+def deepseek_tp_rule(fqn: str):
+    """The TP placement of a DeepSeek-V3 parameter (see above)."""
+    dotted = f".{fqn}"
+    if fqn.startswith("tok_embeddings.") or any(f".{m}." in dotted for m in _DS_COLWISE):
+        return Shard(0)
+    if any(f".{m}." in dotted for m in _DS_ROWWISE):
+        return Shard(1)
+    if fqn.endswith(("moe.experts.w1", "moe.experts.w3")):
+        return Shard(1)
+    if fqn.endswith("moe.experts.w2"):
+        return Shard(2)
+    if any(f".{m}." in dotted for m in _DS_REPLICATE) or fqn.endswith(
+        ("norm.weight", "router.gate.weight")
+    ):
+        return Replicate()
+    raise AssertionError(f"no TP rule for {fqn}")
+
+
 def hand_titan_state_dict(
     model: str,
     mesh: tuple[int, ...],
@@ -62,29 +91,31 @@ def hand_titan_state_dict(
         mine = stages[coord["pp"]]
         full = {k: v for k, v in full.items() if any(k.startswith(s + ".") for s in mine)}
     fsdp_dims = [d for d in ("dp_shard", "ep", "cp") if d in names]
+    rule = deepseek_tp_rule if model.startswith("deepseek") else (lambda f: tp_rule(f, llama=True))
+    rep = [Replicate()] if "dp_replicate" in names else []
     out = {}
     for fqn, value in full.items():
         if fqn not in params:
             out[fqn] = value
             continue
+        tp = rule(fqn) if "tp" in names else None
         if ".moe.experts." in fqn and "ep" in names:
+            # Experts: EP's Shard(0) (with TP's on the (ep, tp) mesh), FSDP over dp_shard alone:
+            # Shard(0), or Shard(1) when dp_shard * ep exceeds the experts (torchtitan's apply_fsdp).
             E = value.shape[0]
-            fsdp = (
-                _StridedShard(0, split_factor=size["ep"])
-                if size["dp_shard"] * size["ep"] <= E
-                else Shard(1)
-            )
-            use = ([["dp_replicate"]] if "dp_replicate" in names else []) + [["dp_shard"], ["ep"]]
-            pl = ([Replicate()] if "dp_replicate" in names else []) + [fsdp, Shard(0)]
+            fsdp = Shard(0) if size["dp_shard"] * size["ep"] <= E else Shard(1)
+            inner = [("ep", Shard(0))] + ([("tp", tp)] if tp else [])
+            use = [["dp_shard"]] + [[d] for d, _ in inner]
         else:
-            tp = tp_rule(fqn, llama=True) if "tp" in names else None
-            use = (
-                ([["dp_replicate"]] if "dp_replicate" in names else [])
-                + [fsdp_dims]
-                + ([["tp"]] if tp else [])
-            )
-            fsdp = _StridedShard(0, split_factor=size["tp"]) if tp == Shard(0) else Shard(0)
-            pl = ([Replicate()] if "dp_replicate" in names else []) + [fsdp] + ([tp] if tp else [])
+            fsdp = Shard(0)
+            inner = [("tp", tp)] if tp else []
+            use = [fsdp_dims] + [[d] for d, _ in inner]
+        # FSDP sharding a dim that EP/TP already shard takes strided pieces of it: split by the
+        # product of those shards (FSDP2's _StridedShard over TP or EP).
+        split = math.prod(size[d] for d, p in inner if isinstance(p, Shard) and p.dim == fsdp.dim)
+        fsdp = _StridedShard(fsdp.dim, split_factor=split) if split > 1 else fsdp
+        use = ([["dp_replicate"]] if rep else []) + use
+        pl = rep + [fsdp] + [p for _, p in inner]
         dm = _sub_mesh(grid, names, coord, use, rank)
         local_shape, _ = compute_local_shape_and_global_offset(value.shape, dm, pl)
         local = torch.empty(local_shape, dtype=value.dtype, device="meta")

@@ -24,7 +24,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+from torch.distributed.tensor.parallel import RowwiseParallel
+
+from dcpviz.engine.job.blocks import (
+    Attention,
+    FeedForward,
+    RMSNorm,
+    decoder_tp_plan,
+    ffn_tp_plan,
+    gqa_tp_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -77,38 +86,6 @@ MOE_CONFIGS: dict[str, MoEConfig] = {
 }
 
 
-# The attention, norm and MLP blocks have the Llama preset's names and shapes (models.py); they
-# are repeated here because models.py registers these presets and so cannot be imported here.
-class RMSNorm(nn.Module):
-    """An RMSNorm's parameter (``weight``)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-
-class Attention(nn.Module):
-    """Grouped-query attention's projections (``wq``, ``wk``, ``wv``, ``wo``)."""
-
-    def __init__(self, cfg: MoEConfig) -> None:
-        super().__init__()
-        hd = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
-
-
-class FeedForward(nn.Module):
-    """A gated MLP (``w1``, ``w2``, ``w3``): the shared experts."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-
 class GroupedExperts(nn.Module):
     """torchtitan's grouped experts: one 3-D parameter per projection, experts on dim 0."""
 
@@ -134,20 +111,21 @@ class Router(nn.Module):
 
 
 class MoE(nn.Module):
-    """Router, grouped experts, optional shared experts, and the load-balancing buffers."""
+    """Router, grouped experts, optional shared experts, and the load-balancing buffers
+    (torchtitan's ``MoE``; ``shared_dim`` is its ``hidden_dim * num_shared_experts``, 0: none)."""
 
-    def __init__(self, cfg: MoEConfig) -> None:
+    def __init__(self, dim: int, expert_dim: int, num_experts: int, shared_dim: int = 0) -> None:
         super().__init__()
-        self.router = Router(cfg.dim, cfg.num_experts)
-        self.experts = GroupedExperts(cfg.dim, cfg.expert_dim, cfg.num_experts)
-        self.shared_experts = (
-            FeedForward(cfg.dim, cfg.shared_expert_dim) if cfg.shared_expert_dim else None
+        # torchtitan's order (experts, router, shared experts): the state dict's order, which
+        # DCP's dedup walks when it balances replicated items (HSDP) over ranks.
+        self.experts = GroupedExperts(dim, expert_dim, num_experts)
+        self.router = Router(dim, num_experts)
+        self.shared_experts = FeedForward(dim, shared_dim) if shared_dim else None
+        self.register_buffer(
+            "expert_bias", torch.zeros(num_experts, dtype=torch.float32), persistent=True
         )
         self.register_buffer(
-            "expert_bias", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=True
-        )
-        self.register_buffer(
-            "tokens_per_expert", torch.zeros(cfg.num_experts, dtype=torch.float32), persistent=False
+            "tokens_per_expert", torch.zeros(num_experts, dtype=torch.float32), persistent=False
         )
 
     def reset_parameters(self) -> None:
@@ -164,10 +142,10 @@ class MoEBlock(nn.Module):
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
-        self.attention = Attention(cfg)
-        self.moe = MoE(cfg)
-        self.attention_norm = RMSNorm(cfg.dim)
-        self.ffn_norm = RMSNorm(cfg.dim)
+        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads)
+        self.moe = MoE(cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.shared_expert_dim)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
 class MoETransformer(nn.Module):
@@ -178,32 +156,16 @@ class MoETransformer(nn.Module):
         self.config = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleDict({str(i): MoEBlock(cfg) for i in range(cfg.n_layers)})
-        self.norm = RMSNorm(cfg.dim)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
     def tp_plan(self) -> dict[str, Any]:
         """The parallelize_module part of torchtitan's TP plan: the Llama attention plan and the
         shared experts (colwise w1/w3, rowwise w2). The routed experts and the router are not
         ParallelStyles of torch; recipe 'torchtitan' shards them (``shard_experts``)."""
-        plan: dict[str, Any] = {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "norm": SequenceParallel(),
-            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
-            "layers.*.attention_norm": SequenceParallel(),
-            "layers.*.attention.wq": ColwiseParallel(),
-            "layers.*.attention.wk": ColwiseParallel(),
-            "layers.*.attention.wv": ColwiseParallel(),
-            "layers.*.attention.wo": RowwiseParallel(output_layouts=Shard(1)),
-            "layers.*.ffn_norm": SequenceParallel(),
-        }
+        plan: dict[str, Any] = {**decoder_tp_plan(), **gqa_tp_plan()}
         if self.config.shared_expert_dim:
-            plan.update(
-                {
-                    "layers.*.moe.shared_experts.w1": ColwiseParallel(),
-                    "layers.*.moe.shared_experts.w2": RowwiseParallel(),
-                    "layers.*.moe.shared_experts.w3": ColwiseParallel(),
-                }
-            )
+            plan.update(ffn_tp_plan("layers.*.moe.shared_experts", w2=RowwiseParallel()))
         return plan
 
     def fsdp_units(self) -> list[nn.Module]:

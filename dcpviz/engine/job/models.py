@@ -12,15 +12,18 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    RowwiseParallel,
-    SequenceParallel,
-)
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 from dcpviz.core.errors import ScenarioError, UserCodeError, did_you_mean
+from dcpviz.engine.job.blocks import (
+    Attention,
+    FeedForward,
+    RMSNorm,
+    decoder_tp_plan,
+    ffn_tp_plan,
+    gqa_tp_plan,
+)
+from dcpviz.engine.job.deepseek import DEEPSEEK_CONFIGS, DeepSeekTransformer
 from dcpviz.engine.job.experts import MOE_CONFIGS, MoETransformer
 
 
@@ -62,52 +65,12 @@ LLAMA_CONFIGS: dict[str, LlamaConfig] = {
 }
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square layer norm (Llama's)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def reset_parameters(self) -> None:
-        # Models built on meta get real storage later (run_save); this is their initialiser.
-        """Weights to one."""
-        nn.init.ones_(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` by its root mean square, then scale."""
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/o projections."""
-
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        hd = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
-
-
-class FeedForward(nn.Module):
-    """Llama's gated MLP (w1, w2, w3)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-
 class TransformerBlock(nn.Module):
     """Attention and feed-forward, each behind an RMSNorm."""
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -130,18 +93,9 @@ class Transformer(nn.Module):
         """torchtitan's Llama TP plan (sequence parallel norms, colwise q/k/v/w1/w3, rowwise o/w2)."""
 
         return {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "norm": SequenceParallel(),
-            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
-            "layers.*.attention_norm": SequenceParallel(),
-            "layers.*.attention.wq": ColwiseParallel(),
-            "layers.*.attention.wk": ColwiseParallel(),
-            "layers.*.attention.wv": ColwiseParallel(),
-            "layers.*.attention.wo": RowwiseParallel(output_layouts=Shard(1)),
-            "layers.*.ffn_norm": SequenceParallel(),
-            "layers.*.feed_forward.w1": ColwiseParallel(),
-            "layers.*.feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
-            "layers.*.feed_forward.w3": ColwiseParallel(),
+            **decoder_tp_plan(),
+            **gqa_tp_plan(),
+            **ffn_tp_plan("layers.*.feed_forward"),
         }
 
     def fsdp_units(self) -> list[nn.Module]:
@@ -200,6 +154,8 @@ PRESETS: dict[str, Callable[[], nn.Module]] = {
     **{name: (lambda cfg=cfg: Transformer(cfg)) for name, cfg in LLAMA_CONFIGS.items()},
     # Mixture-of-experts decoders with torchtitan's grouped experts (engine/job/experts.py).
     **{name: (lambda cfg=cfg: MoETransformer(cfg)) for name, cfg in MOE_CONFIGS.items()},
+    # DeepSeek-V3: MLA, dense first layers, MoE with a shared expert (engine/job/deepseek.py).
+    **{name: (lambda cfg=cfg: DeepSeekTransformer(cfg)) for name, cfg in DEEPSEEK_CONFIGS.items()},
 }
 
 

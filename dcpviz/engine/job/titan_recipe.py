@@ -8,7 +8,8 @@ right after ``dp_shard``:
   ``generate_llm_fqn_per_model_part`` + ``pipeline_module_split``); each rank keeps only its
   stage's modules, so key sets differ per stage.
 - ``tp``: torchtitan's TP plan (``torchtitan/models/llama3/infra/parallelize.py``
-  ``apply_non_moe_tp``: the model's ``tp_plan()``), and for MoE blocks ``apply_moe_ep_tp``.
+  ``apply_non_moe_tp``: the model's ``tp_plan()``; deepseek_v3's for MLA,
+  ``engine/job/deepseek.py``), and for MoE blocks ``apply_moe_ep_tp``.
 - ``dp_shard``: FSDP2. As in torchtitan, FSDP shards over ``dp_shard`` and ``cp`` together
   (its ``dp_shard_cp`` mesh is the flattening of both), so ``cp`` adds no state of its own: with
   ``cp`` alone, FSDP shards over ``cp`` exactly as torchtitan's ``fsdp_enabled`` does.
@@ -130,7 +131,7 @@ def check_model_fits(model: nn.Module, sizes: dict[str, int]) -> None:
             raise DcpvizError(
                 f"mesh dim 'ep'={ep} shards experts, but {type(model).__name__} has no MoE blocks "
                 "(grouped experts under layers.N.moe.experts). Use a MoE preset ('moe-tiny', "
-                "'mixtral-8x7b') or drop 'ep' from mesh_dim_names."
+                "'mixtral-8x7b', 'deepseek-tiny', 'deepseek-v3') or drop 'ep' from mesh_dim_names."
             )
         if experts % ep:
             divisors = [d for d in range(1, experts + 1) if experts % d == 0]

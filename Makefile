@@ -30,12 +30,21 @@ ifndef SEED  # drawn once (a `?=` would draw again at each use)
 SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
 endif
 
-test: $(STAMP)
+# torchtitan 0.2.2's own source, unpacked but not installed (installing it would pull its training
+# stack and could pull another torch): tests/torchtitan_models.py builds its models and runs its
+# parallelize code to check the presets and recipe="torchtitan" against them.
+TORCHTITAN := $(VENV)/torchtitan-0.2.2
+$(TORCHTITAN): | $(BIN)/python
+	$(BIN)/python -m pip download -q --no-deps torchtitan==0.2.2 -d $(VENV)/wheels
+	$(BIN)/python -m zipfile -e $(VENV)/wheels/torchtitan-0.2.2-py3-none-any.whl $(TORCHTITAN).part
+	mv $(TORCHTITAN).part $(TORCHTITAN)
+
+test: $(STAMP) $(TORCHTITAN)
 	$(BIN)/ruff format --check dcpviz tests bench examples
 	$(BIN)/ruff check dcpviz tests bench examples
 	$(BIN)/lint-imports
 	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED))"
-	$(BIN)/python -m pytest -q -ra --durations=15 -p randomly --randomly-seed=$(SEED)
+	DCPVIZ_TORCHTITAN=$(abspath $(TORCHTITAN)) $(BIN)/python -m pytest -q -ra --durations=15 -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples

@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 # A fresh order every run; the seed is printed first so a failure replays with `make test SEED=N`
 # (or: pytest -p randomly --randomly-seed=N). Tests must pass alone, per file and in any order.
+# Two workers (pytest-xdist) fit the 2-core CI machine; WORKERS=0 runs in one process, where a
+# seed replays the exact order (with workers, which worker runs a test depends on timing).
+WORKERS ?= 2
 ifndef SEED  # drawn once (a `?=` would draw again at each use)
 SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(2**31))')
 endif
@@ -43,8 +46,8 @@ test: $(STAMP) $(TORCHTITAN)
 	$(BIN)/ruff format --check dcpviz tests bench examples
 	$(BIN)/ruff check dcpviz tests bench examples
 	$(BIN)/lint-imports
-	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED))"
-	DCPVIZ_TORCHTITAN=$(abspath $(TORCHTITAN)) $(BIN)/python -m pytest -q -ra --durations=15 -p randomly --randomly-seed=$(SEED)
+	@echo "test order: pytest-randomly seed $(SEED) (replay: make test SEED=$(SEED) [WORKERS=0])"
+	DCPVIZ_TORCHTITAN=$(abspath $(TORCHTITAN)) $(BIN)/python -m pytest -q -ra --durations=15 -n $(WORKERS) -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dcpviz tests bench examples

@@ -112,12 +112,66 @@ def _bf16(value):
     if isinstance(value, DTensor) and value.dtype.is_floating_point:
         local = torch.empty(value._local_tensor.shape, dtype=torch.bfloat16, device="meta")
         return DTensor.from_local(
-            local, value.device_mesh, value.placements, run_check=False,
-            shape=value.shape, stride=value.stride(),
+            local,
+            value.device_mesh,
+            value.placements,
+            run_check=False,
+            shape=value.shape,
+            stride=value.stride(),
         )
     if isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
         return torch.empty(value.shape, dtype=torch.bfloat16, device="meta")
     return value
+
+
+def dcp_save(mesh: tuple[int, ...], path: str, compare: bool) -> dict:
+    """The saved side without simulate_save's trace: DCP's own DefaultSavePlanner
+    (set_up_planner + create_local_plan on each rank, then the coordinator's create_global_plan:
+    dedup, Metadata, validation) on each rank's state dict, a view of its stage's template
+    (``fastpath.TemplateView`` in the rank's fake world; DTensor's local shapes memoised across
+    ranks). Its Metadata pickled to ``path``. For a W where simulate_save does not fit in memory;
+    ``compare``: also run simulate_save and check the two Metadata are equal."""
+    import torch
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    from dcpviz.engine.job.world import fake_world
+    from dcpviz.engine.shortcuts import fastpath
+    from dcpviz.engine.shortcuts.load_stage_templates import SharedLocalShapes
+    from dcpviz.engine.shortcuts.stage_templates import stage_size, stage_templates
+
+    torch.set_num_threads(1)
+    sc = scenario(mesh)
+    W, per = sc.world_size, stage_size(sc)
+    t0 = time.perf_counter()
+    views = [fastpath.TemplateView(t) for t in stage_templates(sc, [])]
+    shapes = SharedLocalShapes()
+    plans, coordinator = [], None
+    for r in range(W):
+        with fake_world(r, W), shapes.active(), fastpath.memoized_shard_steps(shapes.shard_steps):
+            p = DefaultSavePlanner()
+            p.set_up_planner(views[r // per].view(r, {}), storage_meta=None, is_coordinator=r == 0)
+            plans.append(p.create_local_plan())
+        if r == 0:
+            coordinator = p
+    local_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with fake_world(0, W):
+        _, md = coordinator.create_global_plan(plans)
+    global_s = time.perf_counter() - t1
+    with open(path, "wb") as fh:
+        pickle.dump(md, fh)
+    row = {"local_s": local_s, "global_s": global_s, "peak_gb": _peak_gb()}
+    if compare:
+        import dcpviz
+
+        res = dcpviz.simulate_save(sc, progress=False)
+        row["same_as_simulate_save"] = (
+            res.metadata.state_dict_metadata == md.state_dict_metadata
+            and list(res.metadata.state_dict_metadata) == list(md.state_dict_metadata)
+            and res.metadata.planner_data == md.planner_data
+            and res.metadata.storage_data == md.storage_data
+        )
+    return row
 
 
 def dcp_reads(md, mesh: tuple[int, ...], ranks: list[int]) -> tuple[list[float], dict]:
@@ -200,6 +254,9 @@ def main() -> None:
     if "--one-save" in argv:
         print(json.dumps(save(mesh, opt("--one-save"))))
         return
+    if "--dcp-save" in argv:
+        print(json.dumps(dcp_save(mesh, opt("--dcp-save"), "--compare" in argv)))
+        return
     if "--one-resume" in argv:
         print(json.dumps(resume(mesh, opt("--one-resume"), sample, "--no-check" not in argv)))
         return
@@ -243,7 +300,9 @@ def main() -> None:
     for note in rows[-1]["notes"] if rows else ():
         print("    note: " + note)
     print()
-    print("| run | resume | build_state_dicts | local_plans | mismatch_scan | global + finish | peak RSS | exact |")
+    print(
+        "| run | resume | build_state_dicts | local_plans | mismatch_scan | global + finish | peak RSS | exact |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(rows):
         t = row["timings"]

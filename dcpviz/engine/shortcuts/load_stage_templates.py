@@ -79,9 +79,7 @@ def same_mesh(a: Any, b: Any) -> bool:
     (DeviceMesh's own ``==`` ignores the rank; this does not)."""
     va, vb = vars(a), vars(b)
     return (
-        type(a) is type(b)
-        and va.keys() == vb.keys()
-        and all(_same_field(va[k], vb[k]) for k in va)
+        type(a) is type(b) and va.keys() == vb.keys() and all(_same_field(va[k], vb[k]) for k in va)
     )
 
 
@@ -148,12 +146,24 @@ class MeshClones:
 
 class SharedLocalShapes:
     """DTensor's ``compute_local_shape_and_global_offset``, once per distinct question over a
-    whole load (see the module docstring). The cache holds only ints, tuples and placements."""
+    whole load (see the module docstring).
+
+    Checked, not assumed: the first repeat of each (global shape, placements) asked on another
+    mesh than the one that filled it (another rank) is computed by DTensor as well and compared
+    (``agrees``); a difference turns the memo off (``on``). Each entry holds the mesh that
+    filled it, so an identity stands for a live object."""
 
     def __init__(self) -> None:
         self.cache: dict = {}
         self.shard_steps: dict = {}  # fastpath.memoized_shard_steps, for the questions asked
+        self._checked: set = set()  # (global shape, placements) whose first repeat was compared
         self.hits = 0
+        self.on = True
+
+    @staticmethod
+    def agrees(memo: tuple, dtensor: tuple) -> bool:
+        """The self-check: the memo's answer is DTensor's."""
+        return tuple(map(tuple, memo)) == tuple(map(tuple, dtensor))
 
     @staticmethod
     def key(global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
@@ -172,16 +182,37 @@ class SharedLocalShapes:
         self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
     ) -> tuple:
         """``compute_local_shape_and_global_offset(global_shape, mesh, placements, skip_offset)``."""
+        if not self.on:
+            return self._dtensor(global_shape, mesh, placements, skip_offset)
         key = self.key(global_shape, mesh, placements, skip_offset)
-        hit = self.cache.get(key)
-        if hit is None:
-            with fastpath.memoized_shard_steps(self.shard_steps):
-                hit = self.cache[key] = _utils.compute_local_shape_and_global_offset(
-                    global_shape, mesh, placements, skip_offset=skip_offset
-                )
-        else:
-            self.hits += 1
+        entry = self.cache.get(key)
+        if entry is None:
+            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
+            self.cache[key] = (answer, mesh)
+            return answer
+        hit, asker = entry
+        layout = (
+            tuple(global_shape),
+            tuple(placements),
+            tuple(type(p) for p in placements),
+            skip_offset,
+        )
+        if asker is not mesh and layout not in self._checked:
+            # The first repeat of a layout asked on another mesh (another rank) is checked.
+            self._checked.add(layout)
+            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
+            if not self.agrees(hit, answer):
+                self.on = False
+                self.cache.clear()
+                return answer
+        self.hits += 1
         return hit
+
+    def _dtensor(self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
+        with fastpath.memoized_shard_steps(self.shard_steps):
+            return _utils.compute_local_shape_and_global_offset(
+                global_shape, mesh, placements, skip_offset=skip_offset
+            )
 
     @contextmanager
     def active(self) -> Iterator[bool]:
@@ -199,7 +230,11 @@ class SharedLocalShapes:
             return self.compute(global_shape, mesh, placements, skip_offset)
 
         with patched(
-            (planner_helpers, "compute_local_shape_and_global_offset", compute_local_shape_and_global_offset)
+            (
+                planner_helpers,
+                "compute_local_shape_and_global_offset",
+                compute_local_shape_and_global_offset,
+            )
         ):
             yield True
 
@@ -251,9 +286,7 @@ class LoadStageViews:
                     requires_grad=False,
                 )
             )
-        values = [
-            storageless(v) if g is None else made[g] for v, g in zip(tv.values, tv.group_of)
-        ]
+        values = [storageless(v) if g is None else made[g] for v, g in zip(tv.values, tv.group_of)]
         return fastpath._fill(tv.skeleton, values)
 
 

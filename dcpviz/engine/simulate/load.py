@@ -35,11 +35,11 @@ from dcpviz.engine.convert.load import (
 from dcpviz.engine.convert.shared import ItemTable, planner_info
 from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import rank_state_dict
+from dcpviz.engine.job.titan_recipe import per_stage_state
 from dcpviz.engine.job.world import fake_world, leaves_process_as_found
 from dcpviz.engine.planning.mismatch import MismatchCollector, dcp_key_messages, read_facts
 from dcpviz.engine.planning.planners import planner_factory
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
-from dcpviz.engine.job.titan_recipe import per_stage_state
 from dcpviz.engine.shortcuts import fastpath
 from dcpviz.engine.shortcuts.load_stage_templates import (
     LoadStageViews,
@@ -310,6 +310,12 @@ def _plan_rank(run: _LoadRun, r: int) -> None:
         _record_rank(run, r, *_local_plan(run, r, world_free=False))
 
 
+def retry_in_world(exc: BaseException) -> bool:
+    """Whether a world-free try that raised ``exc`` is planned again in the rank's own world:
+    always (a planner failure there is recorded, from the world's try)."""
+    return True
+
+
 def _local_plan(run: _LoadRun, r: int, world_free: bool) -> tuple | None:
     """Rank ``r``'s state dict, planner and local plan (or the planner's exception); None where
     a world-free try raised (the caller plans the rank again in its world)."""
@@ -326,9 +332,9 @@ def _local_plan(run: _LoadRun, r: int, world_free: bool) -> tuple | None:
         t0 = time.perf_counter()
         speed.new_rank()
         try:
-            state_dict = _rank_state(run, r)
-        except Exception:
-            if world_free:
+            state_dict = _rank_state(run, r, world_free)
+        except Exception as exc:
+            if world_free and retry_in_world(exc):
                 return None
             raise
         t1 = time.perf_counter()
@@ -339,7 +345,7 @@ def _local_plan(run: _LoadRun, r: int, world_free: bool) -> tuple | None:
                 p.set_up_planner(state_dict, md, r == 0)
                 plan = p.create_local_plan()
         except Exception as exc:  # a planner failure is data
-            if world_free:
+            if world_free and retry_in_world(exc):
                 return None
             error = exc
         t2 = time.perf_counter()
@@ -367,11 +373,13 @@ def _record_rank(
     run.timer.add("mismatch_scan", time.perf_counter() - t1)
 
 
-def _rank_state(run: _LoadRun, r: int) -> dict[str, Any]:
-    """Rank ``r``'s state dict (the template's view, or its own), storageless for the planner."""
+def _rank_state(run: _LoadRun, r: int, world_free: bool = False) -> dict[str, Any]:
+    """Rank ``r``'s state dict (the template's view, or its own), storageless for the planner.
+    ``world_free``: the stage view built outside any world (else, in the rank's world, the
+    template view as ``fastpath.rank_view`` builds it)."""
     classes = run.classes
     views = classes.template if isinstance(classes.template, LoadStageViews) else None
-    if views is not None and classes.shortcuts:
+    if world_free:
         # Storage-less as built: one DTensor per layout group, shared by its keys.
         state_dict = views.view(r, lambda v: to_storageless(v, run.mode, run.fakes))
         if r == 0:
@@ -463,8 +471,14 @@ def _global_and_finish(
         return None, None
     global_records = tuple(run.record(gp) for gp in global_plans)
     with run.timer.phase("finish_plans"):
+        # DefaultLoadPlanner.finish_plan returns the plan it is given and reads no world.
         finals = finish_step(
-            lambda r: run.planners[r], global_plans, W, lambda r, final: run.record(final), run.log
+            lambda r: run.planners[r],
+            global_plans,
+            W,
+            lambda r, final: run.record(final),
+            run.log,
+            per_rank_world=not all(type(p) is DefaultLoadPlanner for p in run.planners),
         )
     return global_records, finals
 

@@ -173,8 +173,8 @@ def test_meshes_and_local_shapes_are_shared(monkeypatch):
 
 # -- each shortcut's check catches the shortcut broken alone --------------------------------------
 def _clone_with_rank_zero(self, full, rank):
-    """MeshClones' coordinate of rank 0's, whatever the rank."""
-    return REAL_COORDINATE(self, full, full.flatten()[0].item())
+    """MeshClones' coordinate of the mesh's first rank, whatever the rank."""
+    return REAL_COORDINATE(self, full, full[0].flatten()[0].item())
 
 
 def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):

@@ -89,7 +89,7 @@ class MeshClones:
 
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
-        self._protos: dict[int, tuple[Any, dict, torch.Tensor]] = {}  # id(template) -> ...
+        self._protos: dict[int, tuple[Any, dict, tuple]] = {}  # id(template) -> ...
         self._checked: set[int] = set()  # template meshes whose first clone was compared
         self.on = True
         self.clones = 0
@@ -103,13 +103,31 @@ class MeshClones:
     def _key(template: Any) -> int:
         return id(template)
 
-    def _coordinate(self, full: torch.Tensor, rank: int) -> tuple[int, ...] | None:
-        """What ``DeviceMesh.__init__`` computes for ``rank`` as the global rank."""
-        try:
-            mesh = DeviceMesh._get_mesh_tensor_from_full_mesh(full, rank)
-        except RuntimeError:  # the rank is in no row of the full mesh
-            return None
+    def _coordinate(self, full: Any, rank: int) -> tuple[int, ...] | None:
+        """What ``DeviceMesh.__init__`` computes for ``rank`` as the global rank: the coordinate
+        of ``rank`` in its mesh tensor, the first row of the full mesh holding it
+        (``_get_mesh_tensor_from_full_mesh``), found in ``full``'s table of first rows."""
+        rows, first_row = full
+        if rows.size(0) == 1:
+            mesh = rows[0]
+        else:
+            row = first_row.get(rank)
+            if row is None:  # the rank is in no row: __init__ raises there
+                raise RuntimeError(f"rank {rank} is in no row of the mesh")
+            mesh = rows[row]
         return DeviceMesh._compute_coordinates_from_mesh(mesh, rank)
+
+    @staticmethod
+    def _rows(template: Any) -> tuple[torch.Tensor, dict[int, int]]:
+        """The template's full mesh (``_layout.remap_to_tensor(_rank_map)``, as ``mesh`` makes
+        it) and, for each rank, the first row holding it (``(full == rank).nonzero()[0, 0]``),
+        worked out in one pass instead of a scan of the whole rank map per rank."""
+        rows = template._layout.remap_to_tensor(template._rank_map)
+        first_row: dict[int, int] = {}
+        for i, row in enumerate(rows.reshape(rows.size(0), -1).tolist()):
+            for r in row:
+                first_row.setdefault(r, i)
+        return rows, first_row
 
     def mesh(self, template: Any, rank: int) -> Any:
         """Rank ``rank``'s mesh for ``template`` (a mesh of a stage template)."""
@@ -120,8 +138,7 @@ class MeshClones:
         if proto is None or proto[0] is not template:
             real = self._real(template, rank)
             fields = {k: v for k, v in vars(real).items() if k not in _RANK_FIELDS}
-            full = template._layout.remap_to_tensor(template._rank_map)
-            self._protos[key] = (template, fields, full)
+            self._protos[key] = (template, fields, self._rows(template))
             return real
         _, fields, full = proto
         clone = object.__new__(type(template))

@@ -259,3 +259,16 @@ def test_without_the_retry_a_planner_reading_the_world_shows(monkeypatch):
     monkeypatch.setattr(simulate_load, "retry_in_world", lambda exc: False)
     fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
     assert differences(fast, plain) != []
+
+
+class _OwnPlanner(default_planner.DefaultLoadPlanner):
+    """A planner other than DCP's own: no shared plans, no world-free planning."""
+
+
+def test_another_planner_views_each_rank_in_its_world(monkeypatch):
+    _, s, target = LAYOUTS[1]
+    spy = Spy(monkeypatch)
+    fast = dcpviz.simulate_load(saved(s), target, planner=_OwnPlanner)
+    plain = dcpviz.simulate_load(saved(s), target, planner=_OwnPlanner, fast=False)
+    assert differences(fast, plain) == []
+    assert spy.views == 0 and any("pipeline stages" in n for n in fast.trace.notes)

@@ -161,6 +161,22 @@ def target_value(fqn: str, value: Any, chunk_list: Any = _create_chunk_list) -> 
     return TargetValue(fqn=fqn, kind=type(value).__name__, size=None, dtype=None)
 
 
+def _spec_layout(value: Any) -> tuple:
+    """A DTensor's spec as values (global shape, dtype, placements and their types, the mesh's
+    shape and this rank's coordinate): ``TargetValues`` checks its first repeat once per such
+    layout over the whole load."""
+    spec = value._spec
+    placements = tuple(spec.placements)
+    return (
+        tuple(value.shape),
+        value.dtype,
+        placements,
+        tuple(type(p) for p in placements),
+        tuple(spec.mesh.shape),
+        spec.mesh.get_coordinate(),
+    )
+
+
 class TargetValues:
     """``target_value`` for the keys of one rank, worked out once per DTensor spec.
 
@@ -168,7 +184,8 @@ class TargetValues:
     field but the name comes from the spec (global shape, placements, mesh and this rank's
     coordinate) and the dtype; keys whose DTensors share a spec object (the layers of a model,
     see ``overlap.ChunkLists``) share those fields. ``clear`` between ranks. Anything else is
-    converted on its own.
+    converted on its own. The first repeat of each spec is checked (``value``), once per spec
+    layout over the whole load.
     """
 
     def __init__(self, chunk_lists: Any = None) -> None:
@@ -178,6 +195,7 @@ class TargetValues:
             else (lambda value: chunk_lists.chunk_list(_create_chunk_list, value))
         )
         self._parts: dict[tuple, list] = {}  # key -> [guards, fields but fqn, checked]
+        self._checked: set[tuple] = set()  # spec layouts whose repeat was checked (every rank)
         self.on = True
 
     def clear(self) -> None:
@@ -219,11 +237,16 @@ class TargetValues:
             return tv
         if hit[2]:
             return TargetValue(fqn, *hit[1])
+        layout = _spec_layout(value)
+        if layout in self._checked:
+            hit[2] = True
+            return TargetValue(fqn, *hit[1])
         tv = target_value(fqn, value, self._chunk_list)
         if not self._agrees(TargetValue(fqn, *hit[1]), tv):
             self.on = False
             self._parts.clear()
             return tv
+        self._checked.add(layout)
         hit[2] = True
         return TargetValue(fqn, *hit[1])  # equal to tv; a check that wrongly agrees shows
 

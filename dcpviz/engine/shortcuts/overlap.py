@@ -209,6 +209,23 @@ def _chunk_key(chunks: Any) -> tuple | None:
     return tuple(out)
 
 
+def spec_layout(obj: Any) -> tuple:
+    """What DCP's chunk list of a DTensor is computed from, as values: global shape, dtype,
+    placements (and their types), the mesh's shape and this rank's coordinate on it. The memos
+    that check their first repeat per spec check it once per such layout over the whole
+    simulation (ranks of one layout and coordinate ask the same question)."""
+    spec = obj._spec
+    placements = tuple(spec.placements)
+    return (
+        tuple(obj.shape),
+        obj.dtype,
+        placements,
+        tuple(type(p) for p in placements),
+        tuple(spec.mesh.shape),
+        spec.mesh.get_coordinate(),
+    )
+
+
 class ChunkLists:
     """DCP's own ``_create_chunk_list`` for the DTensors of one rank, once per DTensorSpec.
 
@@ -222,13 +239,16 @@ class ChunkLists:
     held, so an ``id`` never stands for a collected object.
 
     Checked, not assumed: the first repeat of each spec is asked of DCP as well and its boxes
-    compared (``_agrees``); a difference turns the memo off (``on``) for the rest of the run.
+    compared (``_agrees``), once per ``spec_layout`` over the whole run (a rank whose specs have
+    the layouts and coordinates of an earlier rank's asks nothing again); a difference turns
+    the memo off (``on``) for the rest of the run.
     """
 
     def __init__(self) -> None:
         self._lists: dict[tuple, list] = {}  # key -> [guards, DCP's list, checked]
         self._owned: dict[int, list] = {}  # id(list) -> a list handed out (kept alive here)
         self._boxes: dict[int, tuple | None] = {}  # id(owned list) -> its boxes
+        self._checked: set[tuple] = set()  # spec layouts whose repeat was checked (every rank)
         self.hits = 0
         self.on = True
 
@@ -264,11 +284,14 @@ class ChunkLists:
             and all(a is b for a, b in zip(hit[0], guards))
         ):
             if not hit[2]:
-                out = original(obj)
-                if not self._agrees(hit[1], out):
-                    self.on = False  # DCP's chunk lists are not what this memo assumes
-                    self.clear()
-                    return out
+                layout = spec_layout(obj)
+                if layout not in self._checked:
+                    out = original(obj)
+                    if not self._agrees(hit[1], out):
+                        self.on = False  # DCP's chunk lists are not what this memo assumes
+                        self.clear()
+                        return out
+                    self._checked.add(layout)
                 hit[2] = True
             self.hits += 1
             return hit[1]

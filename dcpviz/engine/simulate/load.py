@@ -35,11 +35,17 @@ from dcpviz.engine.convert.load import (
 from dcpviz.engine.convert.shared import ItemTable, planner_info
 from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import rank_state_dict
+from dcpviz.engine.job.titan_recipe import per_stage_state
 from dcpviz.engine.job.world import fake_world, leaves_process_as_found
 from dcpviz.engine.planning.mismatch import MismatchCollector, dcp_key_messages, read_facts
 from dcpviz.engine.planning.planners import planner_factory
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
 from dcpviz.engine.shortcuts import fastpath
+from dcpviz.engine.shortcuts.load_stage_templates import (
+    LoadStageViews,
+    load_plan_classes,
+    load_stage_views,
+)
 from dcpviz.engine.shortcuts.overlap import ChunkLists, ReadPruner
 from dcpviz.engine.simulate.phases import (
     Log,
@@ -148,9 +154,10 @@ class _Speedups:
 @dataclass(frozen=True)
 class _Classes:
     """Which ranks are planned (a representative per class of ranks) and how their state dicts
-    are made (rank 0's template rebound, or each rank's own)."""
+    are made (rank 0's template rebound, each pipeline stage's template viewed, or each rank's
+    own)."""
 
-    template: Any
+    template: Any  # rank 0's state dict, a LoadStageViews (pipeline stages), or None
     shortcuts: bool  # the template is used and the planner is DCP's own
     rep_of: dict[int, int]
     sharing: dict[int, int]  # representative -> the last rank reusing its facts
@@ -197,6 +204,8 @@ class _LoadRun:
         tuple[str, str], ...
     ] = ()  # rank 0's training-state parts (core/components.py)
     collect_young: Any = None  # call between ranks (young_gc_only); None: GC runs by itself
+    world_free: bool = False  # plan ranks outside a fake world (load_stage_templates.py)
+    world_retries: int = 0  # ranks whose world-free try raised, planned again in their world
 
     @property
     def world_size(self) -> int:
@@ -222,12 +231,17 @@ def _set_up(
     sim = target if target.device == "meta" else target.replace(device="meta")
     template, rebound = None, 0
     with timer.phase("build_state_dicts"):
-        if wants_template(fast, sim):
+        if per_stage_state(sim) and fast is not False:
+            template = load_stage_views(sim, log.notes)
+        elif wants_template(fast, sim):
             template, rebound = fastpath.template_state_dict(
                 sim, log.notes, check=not isinstance(sim.recipe, str)
             )
     shortcuts = template is not None and info.is_dcp_default
-    rep_of = representatives(sim, template, shortcuts, "load", log)
+    if isinstance(template, LoadStageViews):
+        rep_of = _stage_representatives(sim, template, shortcuts, log)
+    else:
+        rep_of = representatives(sim, template, shortcuts, "load", log)
     W = sim.world_size
     sharing = {rep: r for r, rep in sorted(rep_of.items()) if rep != r}
     return _LoadRun(
@@ -243,7 +257,24 @@ def _set_up(
         local=[None] * W,
         local_records=[None] * W,
         rebound=rebound,
+        world_free=shortcuts and isinstance(template, LoadStageViews),
     )
+
+
+def _stage_representatives(
+    sim: Scenario, views: LoadStageViews, shortcuts: bool, log: Log
+) -> dict[int, int]:
+    """rank -> its representative under pipeline stages (every rank its own without shortcuts)."""
+    W = sim.world_size
+    rep_of = load_plan_classes(sim, views) if shortcuts else {r: r for r in range(W)}
+    n_reps = len(set(rep_of.values()))
+    if n_reps < W:
+        log.notes.append(
+            f"{n_reps} representative ranks planned for {W}: ranks of one pipeline stage that hold "
+            "the same shards get the same load plan from DCP's default planner, so one plan stands "
+            "for each group (exact; pass fast=False to plan every rank)."
+        )
+    return rep_of
 
 
 def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
@@ -263,42 +294,100 @@ def _share_plan(run: _LoadRun, r: int, rep: int) -> None:
 
 
 def _plan_rank(run: _LoadRun, r: int) -> None:
-    """One rank's set up and local plan, as dcp.load runs them, then its keys against the checkpoint."""
+    """One rank's set up and local plan, as dcp.load runs them, then its keys against the checkpoint.
+
+    Ranks viewed from a pipeline stage's template by DCP's own planner are planned outside any
+    fake world (``engine/shortcuts/load_stage_templates.py``: nothing in that planning reads the
+    process group); where that raises anything, the rank is planned again in its own world."""
+    if run.world_free:
+        with _DerivedVersionGuard():  # a failed try must not leave DCP's key-format fallback on
+            attempt = _local_plan(run, r, world_free=True)
+        if attempt is not None:
+            _record_rank(run, r, *attempt)
+            return
+        run.world_retries += 1
+    with fake_world(r, run.world_size):
+        _record_rank(run, r, *_local_plan(run, r, world_free=False))
+
+
+def retry_in_world(exc: BaseException) -> bool:
+    """Whether a world-free try that raised ``exc`` is planned again in the rank's own world:
+    always (a planner failure there is recorded, from the world's try)."""
+    return True
+
+
+def _local_plan(run: _LoadRun, r: int, world_free: bool) -> tuple | None:
+    """Rank ``r``'s state dict, planner and local plan (or the planner's exception); None where
+    a world-free try raised (the caller plans the rank again in its world)."""
     md = run.metadata
     classes, speed = run.classes, run.speed
-    with (
-        fake_world(r, run.world_size),
-        fastpath.memoized_local_shapes() if classes.shortcuts else nullcontext(),
-    ):
+    views = classes.template if isinstance(classes.template, LoadStageViews) else None
+    if views is not None and classes.shortcuts:
+        shapes = views.shapes.active()  # DTensor's local shapes, once per question for the load
+    elif classes.shortcuts:
+        shapes = fastpath.memoized_local_shapes()
+    else:
+        shapes = nullcontext()
+    with shapes:
         t0 = time.perf_counter()
         speed.new_rank()
-        state_dict = _rank_state(run, r)
+        try:
+            state_dict = _rank_state(run, r, world_free)
+        except Exception as exc:
+            if world_free and retry_in_world(exc):
+                return None
+            raise
         t1 = time.perf_counter()
         p = run.make_planner()
-        run.planners[r] = p
-        failed = False
+        plan, error = None, None
         try:
             with speed.pruner.active() if speed.pruner is not None else nullcontext():
                 p.set_up_planner(state_dict, md, r == 0)
                 plan = p.create_local_plan()
-            run.local[r] = plan
-            run.local_records[r] = run.record(plan)
         except Exception as exc:  # a planner failure is data
-            run.log.fail("local", r, exc)
-            failed = True
+            if world_free and retry_in_world(exc):
+                return None
+            error = exc
         t2 = time.perf_counter()
-        _check_keys(run, r, p, state_dict, failed)
-        if speed.lean:
-            _drop_state(p)
-        run.timer.add("build_state_dicts", t1 - t0)
-        run.timer.add("local_plans", t2 - t1)
-        run.timer.add("mismatch_scan", time.perf_counter() - t2)
+    run.timer.add("build_state_dicts", t1 - t0)
+    run.timer.add("local_plans", t2 - t1)
+    return state_dict, p, plan, error
 
 
-def _rank_state(run: _LoadRun, r: int) -> dict[str, Any]:
-    """Rank ``r``'s state dict (the template's view, or its own), storageless for the planner."""
+def _record_rank(
+    run: _LoadRun, r: int, state_dict: dict, p: Any, plan: LoadPlan | None, error: Any
+) -> None:
+    """Record rank ``r``'s local plan (or its failure) and its keys against the checkpoint."""
+    t0 = time.perf_counter()
+    run.planners[r] = p
+    if error is None:
+        run.local[r] = plan
+        run.local_records[r] = run.record(plan)
+    else:
+        run.log.fail("local", r, error)
+    t1 = time.perf_counter()
+    _check_keys(run, r, p, state_dict, error is not None)
+    if run.speed.lean:
+        _drop_state(p)
+    run.timer.add("local_plans", t1 - t0)
+    run.timer.add("mismatch_scan", time.perf_counter() - t1)
+
+
+def _rank_state(run: _LoadRun, r: int, world_free: bool = False) -> dict[str, Any]:
+    """Rank ``r``'s state dict (the template's view, or its own), storageless for the planner.
+    ``world_free``: the stage view built outside any world (else, in the rank's world, the
+    template view as ``fastpath.rank_view`` builds it)."""
     classes = run.classes
-    if classes.template is not None:
+    views = classes.template if isinstance(classes.template, LoadStageViews) else None
+    if world_free:
+        # Storage-less as built: one DTensor per layout group, shared by its keys.
+        state_dict = views.view(r, lambda v: to_storageless(v, run.mode, run.fakes))
+        if r == 0:
+            run.components = training_state_components(run.target, state_dict)
+        return state_dict
+    if views is not None:
+        state_dict = views.plain_view(r)
+    elif classes.template is not None:
         state_dict = fastpath.rank_view(classes.template, r, {})
     else:
         state_dict, n = rank_state_dict(run.target, r)
@@ -382,8 +471,14 @@ def _global_and_finish(
         return None, None
     global_records = tuple(run.record(gp) for gp in global_plans)
     with run.timer.phase("finish_plans"):
+        # DefaultLoadPlanner.finish_plan returns the plan it is given and reads no world.
         finals = finish_step(
-            lambda r: run.planners[r], global_plans, W, lambda r, final: run.record(final), run.log
+            lambda r: run.planners[r],
+            global_plans,
+            W,
+            lambda r, final: run.record(final),
+            run.log,
+            per_rank_world=not all(type(p) is DefaultLoadPlanner for p in run.planners),
         )
     return global_records, finals
 

@@ -1,0 +1,274 @@
+"""simulate_load with pipeline stages (recipe='torchtitan', pp > 1): the load-side stage templates
+(engine/shortcuts/load_stage_templates.py) give the plain path's trace (fast=False: every target
+rank runs the recipe itself in its own fake world, DCP's full chunk scan), field by field.
+
+Layouts: pp with dp_shard, tp (strided), dp_replicate (HSDP: ranks share plans), ep (moe-tiny);
+resumes and reshards across PP degrees, to and from no PP, per-stage key sets that differ from the
+checkpoint's (keys missing on one stage: DCP fails there; keys no stage reads), and nested
+optimizer state. The last tests break one shortcut at a time and show that its self-check (or,
+for world-free planning, the retry in the rank's own world) keeps the trace exact, and that
+without it the break shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch.distributed as dist
+from test_load_fast_equals_plain import differences
+from test_titan_load import three_layers
+from torch.distributed.checkpoint import default_planner
+
+import dcpviz
+from dcpviz.engine.shortcuts import load_stage_templates as lst
+from dcpviz.engine.simulate import load as simulate_load
+
+
+def titan(model, mesh, names, **kw):
+    return dcpviz.Scenario(
+        model=model,
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe="torchtitan",
+        **kw,
+    )
+
+
+PP_DP = ("pp", "dp_shard")
+PP_DP_TP = ("pp", "dp_shard", "tp")
+# (id, saved scenario, target scenario)
+LAYOUTS = [
+    (
+        "pp2xdp2-resume",
+        titan("llama-tiny", (2, 2), PP_DP),
+        titan("llama-tiny", (2, 2), PP_DP),
+    ),
+    (
+        "pp2xdp2xtp2-resume-strided",
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+    ),
+    (
+        "pp2xdp3xtp2-uneven",
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan("llama-tiny", (2, 3, 2), PP_DP_TP),
+    ),
+    (
+        "hsdp-pp2xrep2xdp2-shares-plans",
+        titan("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
+        titan("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
+    ),
+    (
+        "moe-pp2xdp2xep2-resume",
+        titan("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
+        titan("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
+    ),
+    (
+        "moe-pp4-to-pp2",
+        titan("moe-tiny", (4, 2), PP_DP),
+        titan("moe-tiny", (2, 2), PP_DP),
+    ),
+    (
+        "no-pp-to-pp2xtp2",
+        titan("llama-tiny", (4,), ("dp_shard",)),
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+    ),
+    (
+        "3-layers-into-2-unread-keys",
+        titan(three_layers, (2, 2), PP_DP),
+        titan("llama-tiny", (2, 2), PP_DP),
+    ),
+    (
+        "2-layers-into-3-missing-on-one-stage",
+        titan("llama-tiny", (2, 2), PP_DP),
+        titan(three_layers, (2, 2), PP_DP),
+    ),
+    (
+        "adamw-pp2xdp2xtp2-nested",
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
+        titan("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
+    ),
+]
+
+_SAVES: dict = {}
+
+
+def saved(sc):
+    key = repr(sc)
+    if key not in _SAVES:
+        _SAVES[key] = dcpviz.simulate_save(sc, fast=False)
+    return _SAVES[key]
+
+
+class Spy:
+    """Counts how often the stage views were used and whether every rank planned world-free."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.views = 0
+        self.retries = 0
+        view, plan = lst.LoadStageViews.view, simulate_load._local_plan
+
+        def counted_view(views, rank, storageless):
+            self.views += 1
+            return view(views, rank, storageless)
+
+        def counted_plan(run, r, world_free):
+            out = plan(run, r, world_free)
+            self.retries += world_free and out is None
+            return out
+
+        monkeypatch.setattr(lst.LoadStageViews, "view", counted_view)
+        monkeypatch.setattr(simulate_load, "_local_plan", counted_plan)
+
+
+def both(saved_obj, target):
+    fast = dcpviz.simulate_load(saved_obj, target)
+    plain = dcpviz.simulate_load(saved_obj, target, fast=False)
+    return fast, plain
+
+
+@pytest.mark.parametrize("case", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_stage_templates_give_the_plain_trace(case, monkeypatch):
+    _, s, target = case
+    spy = Spy(monkeypatch)
+    fast, plain = both(saved(s), target)
+    assert plain.trace.local_plans, "nothing planned"
+    assert differences(fast, plain) == []
+    assert spy.views > 0, "the stage templates were not used"
+    assert any("pipeline stages" in n for n in fast.trace.notes)
+
+
+def test_layouts_cover_what_they_say(monkeypatch):
+    """HSDP ranks share plans; a failing stage's ranks are retried in their own world (and fail
+    there too, as in dcp.load); a clean load plans every rank world-free."""
+    _, s, target = LAYOUTS[3]
+    spy = Spy(monkeypatch)
+    fast = dcpviz.simulate_load(saved(s), target)
+    assert spy.views < target.world_size and spy.retries == 0
+    assert any("representative ranks" in n for n in fast.trace.notes)
+    _, s, target = LAYOUTS[8]
+    spy = Spy(monkeypatch)
+    failing = dcpviz.simulate_load(saved(s), target)
+    assert {e.rank for e in failing.trace.errors} == {2, 3} and spy.retries == 2
+
+
+def test_meshes_and_local_shapes_are_shared(monkeypatch):
+    """The clones and the shared local shapes really answer (the shortcuts are taken)."""
+    made = []
+    init = lst.LoadStageViews.__init__
+
+    def keep(self, *a):
+        init(self, *a)
+        made.append(self)
+
+    monkeypatch.setattr(lst.LoadStageViews, "__init__", keep)
+    _, s, target = LAYOUTS[1]
+    dcpviz.simulate_load(saved(s), target)
+    (views,) = made
+    assert views.meshes.on and views.meshes.clones > 0
+    assert views.shapes.on and views.shapes.hits > 0
+
+
+# -- each shortcut's check catches the shortcut broken alone --------------------------------------
+def _clone_with_rank_zero(self, full, rank):
+    """MeshClones' coordinate of the mesh's first rank, whatever the rank."""
+    return REAL_COORDINATE(self, full, full[0].flatten()[0].item())
+
+
+def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
+    """SharedLocalShapes keyed without the rank's coordinate."""
+    return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
+
+
+REAL_COORDINATE = lst.MeshClones._coordinate
+# (shortcut, owner, name, broken, owner of its check, check's name)
+SABOTAGE = [
+    ("MeshClones", lst.MeshClones, "_coordinate", _clone_with_rank_zero, lst, "same_mesh"),
+    (
+        "SharedLocalShapes",
+        lst.SharedLocalShapes,
+        "key",
+        staticmethod(_shapes_key_without_coordinate),
+        lst.SharedLocalShapes,
+        "agrees",
+    ),
+]
+SABOTAGED = LAYOUTS[1]
+
+
+@pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
+def test_the_self_check_catches_a_broken_shortcut(sabotage, monkeypatch):
+    _, owner, name, broken, check_owner, check_name = sabotage
+    monkeypatch.setattr(owner, name, broken)
+    check = getattr(check_owner, check_name)
+    answers = []
+
+    def spy(*args):
+        answers.append(check(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(
+        check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy
+    )
+    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
+    assert False in answers, "the self-check never saw the broken shortcut"
+    assert differences(fast, plain) == []
+
+
+@pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
+def test_a_broken_shortcut_without_its_self_check_shows(sabotage, monkeypatch):
+    _, owner, name, broken, check_owner, check_name = sabotage
+    monkeypatch.setattr(owner, name, broken)
+
+    def agree(*args):
+        return True
+
+    monkeypatch.setattr(
+        check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree
+    )
+    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
+    assert differences(fast, plain) != []
+
+
+# -- world-free planning: a DCP that reads the process group is planned in the rank's world -------
+def _rank_reading_dcp(monkeypatch):
+    """DCP's local load plan as a torch that reads the global rank would make it: odd ranks
+    read nothing. World-free, get_rank() raises (no default group)."""
+    original = default_planner.create_default_local_load_plan
+
+    def reads_rank(state_dict, metadata, strict=True):
+        plan = original(state_dict, metadata, strict)
+        return plan if dist.get_rank() % 2 == 0 else type(plan)([])
+
+    monkeypatch.setattr(default_planner, "create_default_local_load_plan", reads_rank)
+
+
+def test_a_planner_reading_the_world_is_planned_in_the_world(monkeypatch):
+    _rank_reading_dcp(monkeypatch)
+    spy = Spy(monkeypatch)
+    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
+    assert spy.retries > 0
+    assert any(len(p.items) == 0 for p in plain.trace.local_plans)  # the sabotage is real
+    assert differences(fast, plain) == []
+
+
+def test_without_the_retry_a_planner_reading_the_world_shows(monkeypatch):
+    _rank_reading_dcp(monkeypatch)
+    monkeypatch.setattr(simulate_load, "retry_in_world", lambda exc: False)
+    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
+    assert differences(fast, plain) != []
+
+
+class _OwnPlanner(default_planner.DefaultLoadPlanner):
+    """A planner other than DCP's own: no shared plans, no world-free planning."""
+
+
+def test_another_planner_views_each_rank_in_its_world(monkeypatch):
+    _, s, target = LAYOUTS[1]
+    spy = Spy(monkeypatch)
+    fast = dcpviz.simulate_load(saved(s), target, planner=_OwnPlanner)
+    plain = dcpviz.simulate_load(saved(s), target, planner=_OwnPlanner, fast=False)
+    assert differences(fast, plain) == []
+    assert spy.views == 0 and any("pipeline stages" in n for n in fast.trace.notes)

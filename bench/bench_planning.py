@@ -53,7 +53,11 @@ def _meta_model():
 
 
 def _sample(W: int, n: int) -> list[int]:
-    return sorted({0, 1, W // 3, W // 2, W - 2, W - 1, *range(0, W, max(1, W // n))})[:n]
+    """n ranks to check: the first and last two and the middle always, then a spread of the rest
+    (a plain cut of the sorted set would drop the last ranks: the last stage of a pp job)."""
+    fixed = sorted({0, 1, W // 3, W // 2, W - 2, W - 1} & set(range(W)))
+    spread = [r for r in range(0, W, max(1, W // n)) if r not in fixed]
+    return sorted(fixed + spread[: max(0, n - len(fixed))])
 
 
 def dcp_load_per_rank(

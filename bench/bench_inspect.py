@@ -14,6 +14,10 @@ cell is the minimum over ``--repeat`` processes, with the load average printed::
 
 Cases (what each entry point does with a checkpoint directory before anything else):
 
+- pickle.load (DCP's own read): what DCP's ``FileSystemReader.read_metadata`` does (plain
+  pickle: unsafe on an untrusted checkpoint); the floor any reader of ``.metadata`` pays to
+  build DCP's Metadata objects. Identical in both columns (no dcpviz code).
+
 - read_metadata: ``.metadata`` through the restricted unpickler (never plain pickle), then the
   check of every field (``engine/checkpoint/metadata_check.py``).
 - resolve_saved: what ``simulate_load(DIR, ...)`` and ``dcpviz load DIR`` do first: the metadata,
@@ -39,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "dcpviz-bench-inspect-1024"
 SAVED = dict(model="llama3-70b", world_size=1024, mesh=(128, 8), recipe="tp+fsdp", dtype="bfloat16")
-CASES = ("read_metadata", "resolve_saved", "inspect_checkpoint")
+CASES = ("pickle.load (DCP's own read)", "read_metadata", "resolve_saved", "inspect_checkpoint")
 
 MAKE = r"""
 import os, pickle, sys
@@ -86,7 +90,12 @@ from dcpviz.engine.checkpoint.reader import read_metadata
 from dcpviz.engine.checkpoint.saved import resolve_saved
 out["import the readers (torch)"] = T() - t
 t = T()
-if case == "read_metadata":
+if case.startswith("pickle.load"):  # DCP's FileSystemReader.read_metadata: plain, unsafe
+    import pickle
+    with open(path + "/.metadata", "rb") as fh:
+        md = pickle.load(fh)
+    n = sum(len(getattr(e, "chunks", ())) for e in md.state_dict_metadata.values())
+elif case == "read_metadata":
     md = read_metadata(path)
     n = sum(len(getattr(e, "chunks", ())) for e in md.state_dict_metadata.values())
 elif case == "resolve_saved":

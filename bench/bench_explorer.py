@@ -162,14 +162,21 @@ def main() -> None:
         type=Path,
         help="a save trace (default: the W=1024 HSDP 70B save, simulated once)",
     )
-    ap.add_argument("--load-trace", type=Path, help="a load trace for the load explorer")
+    ap.add_argument(
+        "--load-trace",
+        type=Path,
+        action="append",
+        default=[],
+        help="a load trace for the load explorer (repeat for several)",
+    )
+    ap.add_argument("--skip-save", action="store_true", help="only the load explorer(s)")
     ap.add_argument("--old", type=Path, help="another checkout to compare with (e.g. main's)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument(
         "--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown"
     )
     args = ap.parse_args()
-    save = args.trace or make_trace(args.cache)
+    save = None if args.skip_save else args.trace or make_trace(args.cache)
     codes = {"new": ROOT}
     if args.old:
         codes = {"old": args.old.resolve(), **codes}
@@ -178,7 +185,7 @@ def main() -> None:
         f"load average before: {uptime[0]:.2f} {uptime[1]:.2f} {uptime[2]:.2f}; {os.cpu_count()} CPUs"
     )
     started = time.perf_counter()
-    for name, trace in (("save explorer", save), ("load explorer", args.load_trace)):
+    for name, trace in [("save explorer", save)] + [("load explorer", t) for t in args.load_trace]:
         if trace is None:
             continue
         runs = {

@@ -15,6 +15,7 @@ from dcpviz.analysis import checks as checks_
 from dcpviz.analysis.facets import stage_facet
 from dcpviz.analysis.groups import ranges
 from dcpviz.analysis.load import fix as load_fix
+from dcpviz.analysis.load import read_columns
 from dcpviz.analysis.load import tables as load_tables
 from dcpviz.analysis.load import verdict as verdicts
 from dcpviz.analysis.load.hints import Hint, compute_hints, hints_table
@@ -64,16 +65,12 @@ def pick_read_tensors(load: Any, limit: int = 3) -> list[str]:
         if f in saved and f not in picks:
             picks.append(f)
             break
-    ri = load.read_items
-    if len(ri):
-        spread = (
-            ri[ri["rank"] == 0]
-            .groupby("fqn")["saved_offsets"]
-            .nunique()
-            .sort_values(ascending=False)
-        )
-        for f in list(spread.index[:1]) + list(
-            ri.groupby("fqn")["nbytes"].sum().sort_values(ascending=False).index[:1]
+    # From the read columns, not read_items (one row per read of every rank): the same two
+    # groupbys' results, sorted the same way (tests/test_load_read_columns.py).
+    if read_columns.columns(load.trace).n_reads:
+        spread, by_bytes = read_columns.tensor_spread(load.trace)
+        for f in list(spread.sort_values(ascending=False).index[:1]) + list(
+            by_bytes.sort_values(ascending=False).index[:1]
         ):
             if f in saved and f not in picks:
                 picks.append(f)
@@ -422,7 +419,16 @@ class LoadResult(_Result):
     @cached_property
     def rank_volume(self) -> pd.DataFrame:
         """Reads and bytes per target rank."""
-        return load_tables.rank_volume(self.trace, self.read_items)
+        # From the read columns: equal to load_tables.rank_volume(trace, read_items), without
+        # building read_items (tests/test_load_read_columns.py).
+        return read_columns.rank_volume(self.trace)
+
+    def reads_of(self, fqn: str, rank: int) -> pd.DataFrame:
+        """The rows of ``read_items`` where target ``rank`` reads ``fqn`` (index from 0)."""
+        if "read_items" in self.__dict__:  # built already: a filter of it
+            ri = self.read_items
+            return ri[(ri["rank"] == rank) & (ri["fqn"] == fqn)].reset_index(drop=True)
+        return read_columns.reads_of(self.trace, fqn, rank)
 
     @cached_property
     def resharding(self) -> pd.DataFrame:
@@ -443,7 +449,7 @@ class LoadResult(_Result):
     def checks(self) -> pd.DataFrame:
         """What DCP does silently here that loses data, fails or costs: severity, check, fqn,
         ranks, message, fix (``analysis.checks``)."""
-        return checks_.load_checks(self.trace, self.read_items)
+        return checks_.load_checks(self.trace)
 
     @cached_property
     def hints(self) -> list[Hint]:
@@ -458,7 +464,7 @@ class LoadResult(_Result):
     @cached_property
     def summary(self) -> dict[str, Any]:
         """The load in numbers: target, checkpoint, planner, reads, mismatches, status."""
-        return load_tables.summary(self.trace, self.read_items)
+        return read_columns.summary(self.trace)
 
     @cached_property
     def verdict(self) -> verdicts.Verdict:
@@ -651,7 +657,9 @@ class LoadResult(_Result):
     @property
     def nothing_planned(self) -> bool:
         """True when no rank's local plan went through, so there are no reads to show."""
-        return not len(self.read_items) and all(p is None for p in self.trace.local_plans)
+        return not read_columns.columns(self.trace).n_reads and all(
+            p is None for p in self.trace.local_plans
+        )
 
     def nothing_planned_reason(self) -> str:
         """Why the read tables are not shown."""

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from dcpviz.analysis.groups import ranges
+from dcpviz.analysis.load import read_columns
 from dcpviz.analysis.load import tables as load_tables
 from dcpviz.analysis.load.verdict import (
     bytes_over_tensor,
@@ -658,8 +659,10 @@ def bytes_replace_tensors(trace: LoadTrace) -> list[Row]:
 def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> list[Row]:
     """Ranks that deserialise far more than they keep: DCP's FileSystemReader loads each saved
     chunk whole, then narrows it to the box the rank needs."""
-    reads = load_tables.read_items(trace) if reads is None else reads
-    vol = load_tables.rank_volume(trace, reads)
+    if reads is None:  # from the read columns: the same numbers, without read_items
+        vol, on_disk = read_columns.rank_volume(trace), read_columns.on_disk(trace)
+    else:
+        vol, on_disk = load_tables.rank_volume(trace, reads), bool(reads["file"].notna().any())
     vol = vol[vol["planned"] & (vol["nbytes"] > 0)]
     if not len(vol):
         return []
@@ -669,7 +672,7 @@ def read_amplification(trace: LoadTrace, reads: pd.DataFrame | None = None) -> l
         return []
     worst = heavy.loc[amp[heavy.index].idxmax()]
     files = vol["files"].astype("float64").max()
-    source = "files" if reads["file"].notna().any() else "writer ranks"
+    source = "files" if on_disk else "writer ranks"
     spread = int(files if source == "files" else vol["writers"].astype("float64").max())
     return [
         (

@@ -232,8 +232,9 @@ def read_layout(
         raise DcpvizError(
             f"{fqn!r} is not a tensor in the checkpoint.{did_you_mean(fqn, [t.fqn for t in tr.saved.tensors])}"
         )
-    saved = load_tables.saved_boxes(tr, load.read_items, fqn, rank)
-    reads = load_tables.read_boxes(load.read_items, fqn, rank)
+    mine = load.reads_of(fqn, rank)  # not the whole read_items table
+    saved = load_tables.saved_boxes(tr, mine, fqn, rank)
+    reads = load_tables.read_boxes(mine, fqn, rank)
     t_size, t_dtype, wanted = load_tables.wanted_boxes(tr, fqn, rank)
     saved_world = tr.saved_scenario.world_size if tr.saved_scenario else 1
     return read_layout_figure(

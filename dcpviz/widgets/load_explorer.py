@@ -102,7 +102,7 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     def _volume_tab(self) -> w.Widget:
         self.volume_fig = figure_widget()
-        if len(self.result.read_items):
+        if self.result.summary["reads"]:  # len(read_items), without building it
             replace_figure(self.volume_fig, views.read_volume(self.result))
         return w.VBox([self.volume_fig])
 

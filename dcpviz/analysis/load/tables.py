@@ -7,6 +7,7 @@ ranks are global ranks of the target layout; ``writer_rank`` is the saved side's
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -119,9 +120,33 @@ def _saved(trace: LoadTrace) -> _Saved:
     return memo["saved"]
 
 
+def read_row(trace: LoadTrace, i: int) -> tuple:
+    """Read item ``i``'s columns (all but ``rank`` and ``component``), as ``read_items`` has them."""
+    saved = _saved(trace)
+    r = trace.reads[i]
+    key = saved.key(r)
+    w = saved.writers.get(key)
+    return (
+        r.fqn,
+        r.dest_offsets,
+        r.storage_offsets,
+        r.lengths,
+        r.saved_offsets,
+        r.nbytes,
+        -1 if w is None or w.rank is None else w.rank,
+        None if w is None else w.file,
+        r.item_type,
+        r.dest_chunk_offsets,
+        -1 if r.saved_chunk is None else r.saved_chunk,
+        saved.dtype.get(key[0], ""),
+        saved.chunk_nbytes.get(key, 0),
+        None if w is None else w.storage_nbytes,
+        r.storage_fqn,
+    )
+
+
 def _read_rows(trace: LoadTrace) -> list[tuple]:
     plans, _ = read_plans(trace)
-    saved = _saved(trace)
     per_item: dict[int, tuple] = {}
     rows = []
     for rank, plan in enumerate(plans):
@@ -130,26 +155,7 @@ def _read_rows(trace: LoadTrace) -> list[tuple]:
         for i in plan.items:
             row = per_item.get(i)
             if row is None:
-                r = trace.reads[i]
-                key = saved.key(r)
-                w = saved.writers.get(key)
-                row = per_item[i] = (
-                    r.fqn,
-                    r.dest_offsets,
-                    r.storage_offsets,
-                    r.lengths,
-                    r.saved_offsets,
-                    r.nbytes,
-                    -1 if w is None or w.rank is None else w.rank,
-                    None if w is None else w.file,
-                    r.item_type,
-                    r.dest_chunk_offsets,
-                    -1 if r.saved_chunk is None else r.saved_chunk,
-                    saved.dtype.get(key[0], ""),
-                    saved.chunk_nbytes.get(key, 0),
-                    None if w is None else w.storage_nbytes,
-                    r.storage_fqn,
-                )
+                row = per_item[i] = read_row(trace, i)
             rows.append((rank, *row))
     return rows
 
@@ -162,7 +168,12 @@ def read_items(trace: LoadTrace) -> pd.DataFrame:
     ``chunk_nbytes`` the whole saved chunk, which DCP's FileSystemReader deserialises in full
     before narrowing to the box (``storage_nbytes``: its stored length, when on disk).
     """
-    df = pd.DataFrame(_read_rows(trace), columns=READ_ITEM_COLUMNS[:-1])
+    return read_frame(trace, _read_rows(trace))
+
+
+def read_frame(trace: LoadTrace, rows: list[tuple]) -> pd.DataFrame:
+    """``read_items``' table of the given rows (``(rank, *read_row(trace, i))`` each)."""
+    df = pd.DataFrame(rows, columns=READ_ITEM_COLUMNS[:-1])
     df["component"] = components_of(trace, df["fqn"])
     df["storage_nbytes"] = pd.array(df["storage_nbytes"].tolist(), dtype="Int64")
     return df.astype(
@@ -186,9 +197,20 @@ def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
             continue
         itemsize = dtype_itemsize(tv.dtype)
         per_value.append(sum(math.prod(c.sizes) for c in tv.chunks) * itemsize)
-    return np.array(
-        [sum(per_value[i] for i in ids) for ids in trace.wanted_by_rank], dtype=np.int64
-    )
+    by_rank = trace.wanted_by_rank
+    lengths = np.fromiter(map(len, by_rank), dtype=np.int64, count=len(by_rank))
+    ids = np.fromiter(chain.from_iterable(by_rank), dtype=np.int64, count=int(lengths.sum()))
+    return segment_sums(np.array(per_value, dtype=np.int64)[ids], lengths)
+
+
+def segment_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Sums of consecutive runs of ``values`` (int64, exact), ``lengths[i]`` values in run ``i``."""
+    ends = np.cumsum(np.concatenate([[0], values]).astype(np.int64))
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return ends[bounds[1:]] - ends[bounds[:-1]]
+
+
+VOLUME_COUNTS = ("reads", "nbytes", "chunk_nbytes", "tensors", "saved_chunks", "writers", "files")
 
 
 def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -206,38 +228,48 @@ def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataF
 
 def _rank_volume(trace: LoadTrace, reads: pd.DataFrame) -> pd.DataFrame:
     W = trace.scenario.world_size
-    plans, _ = read_plans(trace)
     g = reads.groupby("rank")
     idx = pd.RangeIndex(W, name="rank")
 
-    def col(series: pd.Series) -> pd.Series:
-        return series.reindex(idx, fill_value=0)
+    def col(series: pd.Series) -> np.ndarray:
+        return series.reindex(idx, fill_value=0).to_numpy()
 
+    counts = {
+        "reads": col(g.size()),
+        "nbytes": col(g["nbytes"].sum()),
+        "chunk_nbytes": col(g["chunk_nbytes"].sum()),
+        "tensors": col(g["fqn"].nunique()),
+        "saved_chunks": col(
+            reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"])))
+            .groupby("rank")["_k"]
+            .nunique()
+        )
+        if len(reads)
+        else np.zeros(W, np.int64),
+        "writers": col(g["writer_rank"].nunique()),
+        "files": col(g["file"].nunique()),
+    }
+    return volume_frame(trace, counts)
+
+
+def volume_frame(trace: LoadTrace, counts: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``rank_volume``'s table from its per-rank counts (``VOLUME_COUNTS``, one value per rank)."""
+    W = trace.scenario.world_size
+    plans, _ = read_plans(trace)
     planned = np.array([p is not None for p in plans], dtype=bool)
     df = pd.DataFrame(
         {
             "rank": np.arange(W, dtype=np.int64),
-            "reads": col(g.size()).to_numpy(),
-            "nbytes": col(g["nbytes"].sum()).to_numpy(),
-            "chunk_nbytes": col(g["chunk_nbytes"].sum()).to_numpy(),
+            **{c: counts[c] for c in VOLUME_COUNTS[:3]},
             "wanted_nbytes": wanted_nbytes(trace)
             if trace.wanted_by_rank
             else np.zeros(W, np.int64),
-            "tensors": col(g["fqn"].nunique()).to_numpy(),
-            "saved_chunks": col(
-                reads.assign(_k=list(zip(reads["fqn"], reads["saved_offsets"])))
-                .groupby("rank")["_k"]
-                .nunique()
-            ).to_numpy()
-            if len(reads)
-            else np.zeros(W, np.int64),
-            "writers": col(g["writer_rank"].nunique()).to_numpy(),
-            "files": col(g["file"].nunique()).to_numpy(),
+            **{c: counts[c] for c in VOLUME_COUNTS[3:]},
             "coordinate": [trace.scenario.coordinate(r) for r in range(W)],
             "planned": planned,
         }
     )
-    for c in ("reads", "nbytes", "chunk_nbytes", "tensors", "saved_chunks", "writers", "files"):
+    for c in VOLUME_COUNTS:
         arr = pd.array(df[c].to_numpy(), dtype="Int64")
         arr[~planned] = pd.NA
         df[c] = arr
@@ -381,13 +413,24 @@ def mismatches(trace: LoadTrace) -> pd.DataFrame:
 def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, Any]:
     """The numbers a header shows."""
     reads = read_items(trace) if reads is None else reads
-    vol = rank_volume(trace, reads)
+    return summary_of(
+        trace,
+        rank_volume(trace, reads),
+        len(reads),
+        int(reads["nbytes"].sum()) if len(reads) else 0,
+        int(reads["chunk_nbytes"].sum()) if len(reads) else 0,
+    )
+
+
+def summary_of(
+    trace: LoadTrace, vol: pd.DataFrame, reads: int, total: int, chunk_bytes: int
+) -> dict[str, Any]:
+    """``summary`` from the rank volume table and the reads' count and byte sums."""
     _, phase = read_plans(trace)
     kinds: dict[str, int] = {}
     for m in trace.mismatches:
         kinds[m.kind] = kinds.get(m.kind, 0) + 1
     failed = sorted({e.rank for e in trace.errors if e.phase == "local" and e.rank is not None})
-    total = int(reads["nbytes"].sum()) if len(reads) else 0
     nb = vol["nbytes"].astype("float64")
 
     return {
@@ -397,9 +440,9 @@ def summary(trace: LoadTrace, reads: pd.DataFrame | None = None) -> dict[str, An
         "saved_tensors": len(trace.saved.tensors),
         "saved_bytes_entries": len(trace.saved.bytes_keys),
         "plans": phase,
-        "reads": len(reads),
+        "reads": reads,
         "total_bytes": total,
-        "chunk_bytes": int(reads["chunk_nbytes"].sum()) if len(reads) else 0,
+        "chunk_bytes": chunk_bytes,
         "max_rank_bytes": float(nb.max()) if nb.notna().any() else float("nan"),
         "mean_rank_bytes": float(nb.mean()) if nb.notna().any() else float("nan"),
         "failed_ranks": failed,

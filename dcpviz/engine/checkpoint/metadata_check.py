@@ -9,9 +9,11 @@ CheckpointError that names it, instead of an AttributeError deep in a table or a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
@@ -48,8 +50,11 @@ def _problems(md: Any) -> Iterator[str]:
         if not isinstance(fqn, str):
             yield f"state_dict_metadata has a key {_kind(fqn)}, not a string"
             return
-        yield from _entry(entry, f"state_dict_metadata[{fqn!r}]")
-    yield from _storage(_field(md, "storage_data"))
+        if not _chunks_fine(entry):  # the walk below names the first problem
+            yield from _entry(entry, f"state_dict_metadata[{fqn!r}]")
+    storage = _field(md, "storage_data")
+    if not _storage_fine(storage):
+        yield from _storage(storage)
     storage_meta = _field(md, "storage_meta", None)
     if storage_meta is not None and not isinstance(storage_meta, StorageMeta):
         yield f"storage_meta is {_kind(storage_meta)}, not StorageMeta or None"
@@ -155,6 +160,120 @@ def _record(info: Any, where: str) -> Iterator[str]:
         not isinstance(transforms, (list, tuple)) or not all(isinstance(t, str) for t in transforms)
     ):
         yield f"{where}.transform_descriptors is {_kind(transforms)}, not a list of strings"
+
+
+# -- the same checks in bulk -------------------------------------------------------------------
+# A 1024-rank save's metadata holds ~600k chunks and as many storage records; the walk above,
+# one Python call per field, took ~15 s. These screens look at a whole entry (or all records)
+# at once and answer only "certainly fine": anything else, or anything they do not expect
+# (a subclass, a missing field), goes to the walk, which names the first problem. So the
+# messages, and which problem comes first, are the walk's.
+_BOX_TYPES = frozenset({tuple, torch.Size})
+
+
+def _counts_fine(values: list[Any]) -> bool:
+    """Every value is an int (not a bool) in [0, MAX_COUNT] (``_is_count`` of each)."""
+    return not values or (
+        set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= MAX_COUNT
+    )
+
+
+def _boxes_fine(boxes: list[Any], ndim: int | None) -> list[int] | None:
+    """Every box's values in a row, if every box is a tuple of counts (``_is_box``), of
+    ``ndim`` dims when given; else None."""
+    if not set(map(type, boxes)) <= _BOX_TYPES:
+        return None
+    if ndim is not None and set(map(len, boxes)) - {ndim}:
+        return None
+    values = list(chain.from_iterable(boxes))
+    return values if _counts_fine(values) else None
+
+
+def _chunks_fine(entry: Any) -> bool:
+    """``_entry(entry, ...)`` would yield nothing (False: maybe it would)."""
+    if type(entry) is BytesStorageMetadata:
+        return True
+    if type(entry) is not TensorStorageMetadata:
+        return False
+    props = getattr(entry, "properties", None)
+    size, chunks = getattr(entry, "size", None), getattr(entry, "chunks", None)
+    if (
+        type(props) is not TensorProperties
+        or not isinstance(getattr(props, "dtype", None), torch.dtype)
+        or not isinstance(getattr(props, "requires_grad", None), bool)
+        or type(size) not in _BOX_TYPES
+        or _boxes_fine([size], None) is None
+        or type(chunks) not in (list, tuple)
+    ):
+        return False
+    if not chunks:
+        return True
+    if set(map(type, chunks)) != {ChunkStorageMetadata}:
+        return False
+    try:
+        offsets = [c.offsets for c in chunks]
+        sizes = [c.sizes for c in chunks]
+    except AttributeError:
+        return False
+    ndim = len(size)
+    flat_o, flat_n = _boxes_fine(offsets, ndim), _boxes_fine(sizes, ndim)
+    if flat_o is None or flat_n is None:
+        return False
+    if ndim == 0:
+        return True
+    # Counts <= MAX_COUNT (2**53): int64 holds them and their sums.
+    o = np.array(flat_o, dtype=np.int64).reshape(-1, ndim)
+    n = np.array(flat_n, dtype=np.int64).reshape(-1, ndim)
+    if ((o + n) > np.array(size, dtype=np.int64)).any():
+        return False
+    # Elements per chunk: a float product is close enough to tell "far below the bound".
+    return bool((np.prod(n.astype(np.float64), axis=1) <= MAX_COUNT / 2).all())
+
+
+def _storage_fine(storage: Any) -> bool:
+    """``_storage(storage)`` would yield nothing (False: maybe it would)."""
+    if storage is None:
+        return True
+    if type(storage) is not dict:
+        return False
+    if not storage:
+        return True
+    keys, infos = list(storage), list(storage.values())
+    if set(map(type, keys)) != {MetadataIndex}:
+        return False
+    try:
+        fqns = [k.fqn for k in keys]
+        offsets = [k.offset for k in keys if k.offset is not None]
+        positions = [k.index for k in keys if k.index is not None]
+        paths = [i.relative_path for i in infos]
+        starts = [i.offset for i in infos]
+        lengths = [i.length for i in infos]
+        transforms = [getattr(i, "transform_descriptors", None) for i in infos]
+    except AttributeError:
+        return False
+    if set(map(type, fqns)) != {str} or _boxes_fine(offsets, None) is None:
+        return False
+    if not (_counts_fine(positions) and _counts_fine(starts) and _counts_fine(lengths)):
+        return False
+    if set(map(type, paths)) != {str} or any(_path_problem(p) for p in set(paths)):
+        return False
+    return all(
+        t is None or (type(t) in (list, tuple) and all(type(d) is str for d in t))
+        for t in transforms
+    )
+
+
+def _path_problem(path: str) -> bool:
+    """What ``_record`` refuses in a relative path: empty, absolute, '..', NUL, a drive."""
+    if not path:
+        return True
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return (
+        path.startswith(("/", "\\"))
+        or ".." in parts
+        or "\x00" in path
+        or bool(parts and ":" in parts[0])
+    )
 
 
 def _field(obj: Any, name: str, default: Any = _MISSING) -> Any:

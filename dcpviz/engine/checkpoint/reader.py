@@ -132,8 +132,12 @@ def check_inside(root: Path, path: Path, what: str) -> Path:
 
 def _check_storage_paths(root: Path, md: Any) -> None:
     """Every storage record names a file inside ``root`` (DCP's reader would open any path)."""
+    checked: set[str] = set()  # one check per file (a file holds many records)
     for index, s in (getattr(md, "storage_data", None) or {}).items():
         rel = str(getattr(s, "relative_path", ""))
+        if rel in checked:
+            continue
+        checked.add(rel)
         where = f"entry {getattr(index, 'fqn', index)!r}"
         if Path(rel).is_absolute():
             raise CheckpointError(
@@ -188,6 +192,7 @@ def storage_shortfalls(
     left to the readers that refuse it."""
     root = Path(checkpoint_dir)
     sizes: dict[str, int | None] = {}
+    absolute: dict[str, bool] = {}  # per file name, not per record
     out: dict[tuple, tuple[str, str]] = {}
     storage = getattr(md, "storage_data", None)
     if not isinstance(storage, dict):
@@ -199,7 +204,9 @@ def storage_shortfalls(
             key = _key(index.fqn, index.offset)
         except (AttributeError, TypeError, ValueError):
             continue
-        if not rel or Path(rel).is_absolute():
+        if rel not in absolute:
+            absolute[rel] = not rel or Path(rel).is_absolute()
+        if absolute[rel]:
             continue
         if rel not in sizes:
             try:
@@ -261,7 +268,7 @@ class _Slice(io.RawIOBase):
 
 
 def _key(fqn: str, offsets: Any) -> tuple[str, tuple[int, ...] | None]:
-    return (fqn, tuple(int(v) for v in offsets) if offsets is not None else None)
+    return (fqn, tuple(map(int, offsets)) if offsets is not None else None)
 
 
 def _check_record(fh: Any, s: Any, expect_nbytes: int | None, where: str, verify: str) -> None:
@@ -370,12 +377,11 @@ def _chunk_rows(md: Any, root: Path) -> tuple[list[tuple], dict[tuple, int | Non
         if isinstance(entry, TensorStorageMetadata):
             dtype = str(entry.properties.dtype).removeprefix("torch.")
             itemsize = torch._utils._element_size(entry.properties.dtype)
+            global_size = tuple(map(int, entry.size))
             for ci, c in enumerate(entry.chunks):
-                off, sz = tuple(int(v) for v in c.offsets), tuple(int(v) for v in c.sizes)
+                off, sz = tuple(map(int, c.offsets)), tuple(map(int, c.sizes))
                 nbytes = math.prod(sz) * itemsize
-                chunk_rows.append(
-                    (fqn, ci, off, sz, dtype, nbytes, "tensor", tuple(int(v) for v in entry.size))
-                )
+                chunk_rows.append((fqn, ci, off, sz, dtype, nbytes, "tensor", global_size))
                 expected[_key(fqn, off)] = nbytes
         elif isinstance(entry, BytesStorageMetadata):
             chunk_rows.append((fqn, 0, (), (), "", 0, "bytes", ()))
@@ -416,12 +422,16 @@ def _storage_rows(records: dict[tuple, Any], root: Path) -> tuple[dict[str, int]
     """Each referenced file's size, and one row per record; a record pointing outside the
     directory, at a missing file or past a file's end is refused."""
     sizes: dict[str, int] = {}
+    inside: dict[str, tuple[Path, bool]] = {}  # per file name, not per record
     storage_rows = []
     for (fqn, off), s in records.items():
         rel = str(s.relative_path)
         where = f"{fqn!r} chunk {off}" if off is not None else f"{fqn!r}"
-        path = (root / rel).resolve()
-        if Path(rel).is_absolute() or root not in path.parents:
+        if rel not in inside:
+            resolved = (root / rel).resolve()
+            inside[rel] = (resolved, not Path(rel).is_absolute() and root in resolved.parents)
+        path, ok = inside[rel]
+        if not ok:
             raise CheckpointError(
                 f"{where} points outside the checkpoint directory ({rel!r}); refusing to read it."
             )

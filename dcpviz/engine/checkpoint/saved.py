@@ -56,7 +56,7 @@ def _storage_writers(md: Metadata) -> dict[tuple[str, tuple[int, ...] | None], C
     for index, info in md.storage_data.items():
         if not isinstance(index, MetadataIndex) or not hasattr(info, "relative_path"):
             continue
-        offsets = tuple(int(v) for v in index.offset) if index.offset is not None else None
+        offsets = tuple(map(int, index.offset)) if index.offset is not None else None
         path = str(info.relative_path)
         out[(index.fqn, offsets)] = ChunkWriter(
             fqn=index.fqn,

@@ -90,13 +90,16 @@ def test_a_copied_mesh_equals_a_fresh_one_on_every_rank():
             templates = [root, root["tp"], root["dp_shard", "tp"], root["dp_shard"], root["pp"]]
             first = [rank_mesh(m, 0, {}) for m in templates]
         states = [(type(m), worldless.snapshot(vars(m))) for m in first]
+        fulls = [worldless.full_mesh(s) for _, s in states]
         for r in range(W):
             copies = [worldless.mesh_for_rank(s, cls, r) for cls, s in states]
+            # the groups tensor worked out once serves every rank alike
+            shared = [worldless.mesh_for_rank(s, cls, r, f) for (cls, s), f in zip(states, fulls)]
             with fake_world(r, W):
                 fresh = [rank_mesh(m, r, {}) for m in templates]
-            for c, f in zip(copies, fresh):
-                assert worldless.same_state(c, f), r
-                assert c.get_coordinate() == f.get_coordinate() is not None
+            for c, s, f in zip(copies, shared, fresh):
+                assert worldless.same_state(c, f) and worldless.same_state(s, f), r
+                assert c.get_coordinate() == s.get_coordinate() == f.get_coordinate() is not None
 
 
 def test_same_state_sees_a_wrong_coordinate():
@@ -114,7 +117,9 @@ def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
     stage its first rank's shards. The check on each stage's last rank catches it."""
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
-    monkeypatch.setattr(worldless, "coordinate_of", lambda state, rank: state["_coordinate_on_dim"])
+    monkeypatch.setattr(
+        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+    )
     fast = dcpviz.simulate_save(sc)
     _assert_same_as_plain(fast, plain)
     note = _worldless_note(fast)
@@ -127,7 +132,9 @@ def test_without_the_check_the_broken_copy_would_change_the_plans(monkeypatch):
 
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
-    monkeypatch.setattr(worldless, "coordinate_of", lambda state, rank: state["_coordinate_on_dim"])
+    monkeypatch.setattr(
+        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+    )
 
     def no_check(run, first):
         run.worldless.checked.add(run.views.stage_of(first))

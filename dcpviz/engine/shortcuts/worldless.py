@@ -44,20 +44,27 @@ def snapshot(state: dict[str, Any]) -> dict[str, Any]:
     return {k: (copy.copy(v) if isinstance(v, _MUTABLE) else v) for k, v in state.items()}
 
 
-def coordinate_of(state: dict[str, Any], rank: int) -> tuple[int, ...] | None:
+def full_mesh(state: dict[str, Any]) -> Any:
+    """``_layout.remap_to_tensor(_rank_map)``, DeviceMesh's first step of the coordinate: every
+    group of the mesh, the same tensor for every rank (no rank goes in)."""
+    return state["_layout"].remap_to_tensor(state["_rank_map"])
+
+
+def coordinate_of(state: dict[str, Any], rank: int, full: Any = None) -> tuple[int, ...] | None:
     """What ``DeviceMesh._compute_coordinate_on_dim`` gives inside rank ``rank``'s world: its
-    own two steps, with the rank passed where it would call ``get_rank()``."""
-    full = state["_layout"].remap_to_tensor(state["_rank_map"])
+    own steps, with the rank passed where it would call ``get_rank()``. ``full``:
+    ``full_mesh(state)``, worked out once for many ranks."""
+    full = full_mesh(state) if full is None else full
     group = DeviceMesh._get_mesh_tensor_from_full_mesh(full, rank)
     return DeviceMesh._compute_coordinates_from_mesh(group, rank)
 
 
-def mesh_for_rank(state: dict[str, Any], cls: type, rank: int) -> Any:
+def mesh_for_rank(state: dict[str, Any], cls: type, rank: int, full: Any = None) -> Any:
     """A mesh with ``state`` (a ``snapshot``) as rank ``rank`` holds it."""
     mesh = object.__new__(cls)
     own = snapshot(state)
     own["_rank"] = rank
-    own["_coordinate_on_dim"] = coordinate_of(state, rank)
+    own["_coordinate_on_dim"] = coordinate_of(state, rank, full)
     mesh.__dict__.update(own)
     return mesh
 
@@ -104,7 +111,7 @@ class WorldlessRanks:
     def __init__(self, per_stage: int) -> None:
         self.per_stage = per_stage
         self.on = True
-        self.pristine: dict[int, tuple[Any, type, dict[str, Any]]] = {}
+        self.pristine: dict[int, tuple[Any, type, dict[str, Any], Any]] = {}
         self.checked: set[int] = set()  # stages whose check passed
         self.worldless = 0
         self.reason: str | None = None
@@ -128,7 +135,9 @@ class WorldlessRanks:
     def learn(self, template_meshes: list, built: list) -> None:
         """Snapshots of meshes just built by ``rank_mesh`` (before anything used them)."""
         for tm, m in zip(template_meshes, built):
-            self.pristine.setdefault(id(tm), (tm, type(m), snapshot(vars(m))))
+            if id(tm) not in self.pristine:
+                state = snapshot(vars(m))
+                self.pristine[id(tm)] = (tm, type(m), state, full_mesh(state))
 
     def can_build(self, template_meshes: list) -> bool:
         return self.on and all(id(tm) in self.pristine for tm in template_meshes)
@@ -137,8 +146,8 @@ class WorldlessRanks:
         """Rank ``rank``'s meshes, one per template mesh, without reading any world."""
         out = []
         for tm in template_meshes:
-            _tm, cls, state = self.pristine[id(tm)]
-            out.append(mesh_for_rank(state, cls, rank))
+            _tm, cls, state, full = self.pristine[id(tm)]
+            out.append(mesh_for_rank(state, cls, rank, full))
         return out
 
     @staticmethod

@@ -259,3 +259,25 @@ def test_without_the_check_the_unshelled_stages_would_differ(monkeypatch):
     monkeypatch.setattr(stage_templates, "stage_shell", lambda model: model)
     with pytest.raises(Exception):  # noqa: B017 - any failure or difference shows the sabotage is real
         assert _signatures(sc, stage_templates._stage_models(sc)) == _signatures(sc, [None] * 4)
+
+
+def test_set_up_asks_each_planner_classs_signature_once_and_right():
+    """``set_up_save_planner`` remembers whether a class's set_up_planner takes storage_meta:
+    an older planner without it and DCP's own with it are each called the way dcp.save would."""
+    from dcpviz.engine.planning import planners
+
+    calls = []
+
+    class Old(DefaultSavePlanner):
+        def set_up_planner(self, state_dict, is_coordinator=False):  # no storage_meta
+            calls.append(("old", is_coordinator))
+
+    class New(DefaultSavePlanner):
+        def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False):
+            calls.append(("new", storage_meta, is_coordinator))
+
+    for _ in range(2):
+        planners.set_up_save_planner(Old(), {}, is_coordinator=True)
+        planners.set_up_save_planner(New(), {}, is_coordinator=False, storage_meta="sm")
+    assert calls == [("old", True), ("new", "sm", False)] * 2
+    assert Old.set_up_planner in planners._SIGNATURES and New.set_up_planner in planners._SIGNATURES

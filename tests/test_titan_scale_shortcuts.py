@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 import dcpviz
 from dcpviz.engine.job.statedict import build_mesh
 from dcpviz.engine.job.world import fake_world, process_as_found, rank_mesh
-from dcpviz.engine.shortcuts import fastpath, stage_templates, worldless
+from dcpviz.engine.shortcuts import fastpath, worldless
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 
 PP_CASES = [
@@ -220,45 +220,6 @@ def test_one_local_shape_cache_for_every_rank_gives_dcps_plans(sc):
                     p.set_up_planner(sd, is_coordinator=(r == 0))
                     got = p.create_local_plan()
             assert same_plan(got, plain_plan(sc, r)), f"rank {r}"
-
-
-def _signatures(sc, models):
-    per_stage = stage_templates.stage_size(sc)
-    with process_as_found():
-        return [fastpath.spec_signature(t) for t in stage_templates._build(sc, models, per_stage)]
-
-
-@pytest.mark.parametrize(
-    "model,mesh,names,_n", PP_CASES, ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}" for c in PP_CASES]
-)
-def test_stages_from_one_shared_build_equal_each_stages_own_build(model, mesh, names, _n):
-    sc = _scenario(model, mesh, names)
-    shared = _signatures(sc, stage_templates._stage_models(sc))
-    own = _signatures(sc, [None] * mesh[0])
-    assert shared == own
-    assert all(shared) and len({s for s in shared}) == mesh[0]  # stages really differ
-
-
-def test_a_shell_that_shares_the_layers_is_caught(monkeypatch):
-    """Sabotage: stages handed the whole model itself (no shell: the first stage's keep_stage
-    deletes the other stages' layers). The check on the last stage rebuilds every stage alone."""
-    sc = _scenario("moe-tiny", (4, 2), ("pp", "dp_shard"))
-    plain = dcpviz.simulate_save(sc, fast=False)
-    monkeypatch.setattr(stage_templates, "stage_shell", lambda model: model)
-    notes: list[str] = []
-    with process_as_found():
-        templates = stage_templates.stage_templates(sc, notes)
-    assert any("differs from its own build" in n for n in notes), notes
-    assert [fastpath.spec_signature(t) for t in templates] == _signatures(sc, [None] * 4)
-    fast = dcpviz.simulate_save(sc)
-    _assert_same_as_plain(fast, plain)
-
-
-def test_without_the_check_the_unshelled_stages_would_differ(monkeypatch):
-    sc = _scenario("moe-tiny", (4, 2), ("pp", "dp_shard"))
-    monkeypatch.setattr(stage_templates, "stage_shell", lambda model: model)
-    with pytest.raises(Exception):  # noqa: B017 - any failure or difference shows the sabotage is real
-        assert _signatures(sc, stage_templates._stage_models(sc)) == _signatures(sc, [None] * 4)
 
 
 def test_set_up_asks_each_planner_classs_signature_once_and_right():

@@ -51,21 +51,15 @@ def cast_floating(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn
     return model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
-def rank_state_dict(
-    scenario: Scenario, rank: int, model: torch.nn.Module | None = None
-) -> tuple[dict[str, Any], int]:
+def rank_state_dict(scenario: Scenario, rank: int) -> tuple[dict[str, Any], int]:
     """The state dict rank ``rank``'s planner sees in dcp.save: the model's, or with an optimizer
     or app state the whole training state (``training_state.py``). Call inside
     ``fake_world(rank, W)``.
 
-    ``model``: the scenario's model as ``build_model_on_meta`` builds it, already built (a
-    pipeline stage's share of one build: ``engine/shortcuts/stage_templates.py``); default: a
-    fresh build. Returns the state dict and how many DTensors were rebound to this rank's mesh.
+    Returns the state dict and how many DTensors were rebound to this rank's mesh.
     """
     mesh = build_mesh(scenario)
-    if model is None:
-        model = build_model_on_meta(scenario)
-    model = apply_recipe(scenario.recipe, model, mesh)
+    model = apply_recipe(scenario.recipe, build_model_on_meta(scenario), mesh)
     if scenario.optimizer is None and scenario.state is None:
         with no_collectives("the model's state_dict (a state_dict hook or get_extra_state)"):
             state = model.state_dict()

@@ -17,14 +17,11 @@ with hand-built DTensors, stage by stage.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch.nn as nn
-
-from dcpviz.engine.job.statedict import build_model_on_meta, rank_state_dict
+from dcpviz.engine.job.statedict import rank_state_dict
 from dcpviz.engine.job.world import fake_world
 from dcpviz.engine.shortcuts import fastpath
 
@@ -71,72 +68,18 @@ class StageFlattening:
             yield on
 
 
-def stage_shell(model: nn.Module) -> nn.Module:
-    """A second root for ``model``: its own instance state with its own containers (parameters,
-    buffers, children, hooks), and its own copy of each layers container (``ModuleDict`` /
-    ``ModuleList``), sharing the child modules themselves. ``keep_stage`` and the recipe then
-    change only the shell's containers and the modules the stage keeps."""
-    shell = object.__new__(type(model))
-    shell.__dict__.update(
-        {
-            k: (copy.copy(v) if isinstance(v, (dict, list, set)) else v)
-            for k, v in vars(model).items()
-        }
-    )
-    for name, child in list(shell._modules.items()):
-        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
-            shell._modules[name] = stage_shell(child)
-    return shell
-
-
-def _stage_models(scenario: Any) -> list[nn.Module | None]:
-    """One model per stage, all from one build of the whole model on meta (a preset model; a
-    user's factory gets a build per stage, as it may share modules or tensors between stages).
-
-    torchtitan's split (``pipeline_stages``) gives every module to one stage at most: the
-    layers are partitioned, the embeddings go to the first stage, norm and output to the last.
-    A stage's own build and its shell of the shared build hold the same modules, built by the
-    same constructors and cast alike; each kept module is kept (and changed by the recipe) by
-    one stage only, and ``keep_stage`` drops the others from the shell's own containers."""
-    if not isinstance(scenario.model, str) or scenario.mesh[0] < 2:
-        return [None] * scenario.mesh[0]
-    whole = build_model_on_meta(scenario)
-    return [stage_shell(whole) for _ in range(scenario.mesh[0])]
-
-
 def stage_templates(scenario: Any, notes: list[str]) -> list[dict] | None:
     """Each stage's template: its first rank's real state dict (None where the state may differ
-    by rank within a stage, or a template cannot stand for other ranks: ``fastpath``'s rules).
-
-    The stages share one build of the model (``_stage_models``). Checked, not assumed: the last
-    stage, built after every other stage's recipe ran on the shared modules, is built again on
-    its own and compared (keys, shapes, dtypes, placements, meshes); any difference and every
-    stage is built on its own."""
+    by rank within a stage, or a template cannot stand for other ranks: ``fastpath``'s rules)."""
     reason = fastpath.per_rank_state_reason(scenario)
     if reason is not None:
         notes.append(f"{reason}, so every rank built and planned its own state.")
         return None
     per_stage, W = stage_size(scenario), scenario.world_size
-    models = _stage_models(scenario)
-    templates = None
-    if models[-1] is not None:
-        try:
-            templates = _build(scenario, models, per_stage)
-            last = (scenario.mesh[0] - 1) * per_stage
-            with fake_world(last, W):
-                own, _ = rank_state_dict(scenario, last)
-                same = fastpath.spec_signature(own) == fastpath.spec_signature(templates[-1])
-        except Exception:  # noqa: BLE001 - not proven: every stage is built on its own below
-            same = False
-        if not same:
-            notes.append(
-                "The last stage built from the stages' shared model differs from its own build: "
-                "every stage was built on its own."
-            )
-            templates = None
-    if templates is None:
-        templates = _build(scenario, [None] * scenario.mesh[0], per_stage)
-    for template in templates:
+    templates = []
+    for stage in range(scenario.mesh[0]):
+        with fake_world(stage * per_stage, W):
+            template, _ = rank_state_dict(scenario, stage * per_stage)
         blocker = fastpath.Leaves(template).blocker()
         if blocker is not None:
             notes.append(
@@ -144,20 +87,11 @@ def stage_templates(scenario: Any, notes: list[str]) -> list[dict] | None:
                 "ran the recipe itself."
             )
             return None
+        templates.append(template)
     notes.append(
         f"{len(templates)} pipeline stages: each stage's first rank built its state dict and the "
         "stage's other ranks view it (exact; see engine/shortcuts/stage_templates.py)."
     )
-    return templates
-
-
-def _build(scenario: Any, models: list, per_stage: int) -> list[dict]:
-    """Each stage's first rank's state dict, from ``models[stage]`` (None: its own build)."""
-    templates = []
-    for stage, model in enumerate(models):
-        with fake_world(stage * per_stage, scenario.world_size):
-            template, _ = rank_state_dict(scenario, stage * per_stage, model=model)
-        templates.append(template)
     return templates
 
 

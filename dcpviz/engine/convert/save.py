@@ -127,7 +127,8 @@ class PlanConverter:
                 ids.append(self._tensor_item(wi, td, byte_sizes))
                 continue
             index = wi.index
-            key = (id(td), index.fqn, wi.type, index.offset)
+            # the type's value, not the enum member: hashing a member runs Python code (hot)
+            key = (id(td), index.fqn, wi.type._value_, index.offset)
             idx = known(key)
             if idx is None:
                 idx = self._items[key] = self._tensor_item(wi, td, byte_sizes)

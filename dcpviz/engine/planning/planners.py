@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,11 +59,27 @@ def planner_factory(planner: Any, base: type, default: type) -> Callable[[], Any
     )
 
 
+# Weak keys: a planner class defined and dropped by the caller is not kept alive here.
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _takes_storage_meta(method: Any) -> bool:
+    """Whether ``method`` has a ``storage_meta`` parameter; asked once per planner class's
+    function (``inspect.signature`` costs ~0.1 ms, once per rank at 16,384 ranks)."""
+    fn = getattr(method, "__func__", None)
+    if fn is None:  # not a plain bound method: ask every time
+        return "storage_meta" in inspect.signature(method).parameters
+    hit = _SIGNATURES.get(fn)
+    if hit is None:
+        hit = _SIGNATURES[fn] = "storage_meta" in inspect.signature(method).parameters
+    return hit
+
+
 def set_up_save_planner(
     planner: Any, state_dict: dict, is_coordinator: bool, storage_meta: Any = None
 ) -> None:
     """Call set_up_planner the way dcp.save does (older planners lack storage_meta)."""
-    if "storage_meta" in inspect.signature(planner.set_up_planner).parameters:
+    if _takes_storage_meta(planner.set_up_planner):
         planner.set_up_planner(
             state_dict=state_dict, storage_meta=storage_meta, is_coordinator=is_coordinator
         )

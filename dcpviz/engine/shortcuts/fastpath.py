@@ -54,7 +54,6 @@ from torch.distributed.checkpoint._traverse import set_element, traverse_state_d
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.tensor import DTensor, Replicate, _utils
 from torch.distributed.tensor._dtensor_spec import DTensorSpec
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils._pytree import tree_leaves
 
@@ -62,7 +61,7 @@ from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import rank_state_dict
 from dcpviz.engine.job.training_state import SPMD_STATE_PRESETS
 from dcpviz.engine.job.world import fake_world, rank_mesh
-from dcpviz.engine.shortcuts.guards import patched
+from dcpviz.engine.shortcuts.guards import DEFAULT_PLANNER, is_dcp_function, patched
 
 
 class Leaves:
@@ -261,16 +260,23 @@ class TemplateView:
         return self.view_with_leaves(rank, mesh_cache, share_dtensors)[0]
 
     def view_with_leaves(
-        self, rank: int, mesh_cache: dict[int, Any], share_dtensors: bool = False
+        self,
+        rank: int,
+        mesh_cache: dict[int, Any],
+        share_dtensors: bool = False,
+        meshes: list | None = None,
     ) -> tuple[dict[str, Any], list]:
-        """``view`` and its leaves, in the order of ``keys`` (DCP's traversal order)."""
-        meshes = [rank_mesh(m, rank, mesh_cache) for m in self.meshes]
+        """``view`` and its leaves, in the order of ``keys`` (DCP's traversal order).
+        ``meshes``: the rank's meshes, one per template mesh in ``self.meshes`` (default: each
+        built by ``world.rank_mesh``, inside the rank's fake world)."""
+        if meshes is None:
+            meshes = [rank_mesh(m, rank, mesh_cache) for m in self.meshes]
         made = []
         for value, m in zip(self.groups, self.mesh_of):
             spec, mesh = value._spec, meshes[m]
             mesh_cache.setdefault(id(spec.mesh), mesh)
             # Offsets too (DCP asks for them next): the memoised shard steps then serve both.
-            local_shape, _ = compute_local_shape_and_global_offset(
+            local_shape, _ = planner_helpers.compute_local_shape_and_global_offset(
                 value.shape, mesh, spec.placements
             )
             local = torch.empty(local_shape, dtype=value.dtype, device=value._local_tensor.device)
@@ -411,6 +417,18 @@ def can_share_plans(planner: Any) -> bool:
     )
 
 
+def finishes_without_world(planner: Any) -> bool:
+    """Whether ``planner.finish_plan`` reads nothing of the process's world, so that each rank's
+    finish step needs no fake world of its own (W process-group set-ups, each O(W) in c10d).
+    DCP's own ``DefaultSavePlanner.finish_plan`` without plan caching stores the plan it is
+    given and returns it; any other planner, or a replaced ``finish_plan``, gets its world."""
+    return can_share_plans(planner) and is_dcp_function(
+        getattr(type(planner), "finish_plan", None),
+        "DefaultSavePlanner.finish_plan",
+        DEFAULT_PLANNER,
+    )
+
+
 def plans_leaves(planner: Any) -> bool:
     """Whether ``planner`` plans the leaves DCP's traversal finds (it flattens nested state
     dicts). One that does not saves each top-level container whole, as bytes; ``rank_view``
@@ -503,16 +521,19 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
 
 
 @contextmanager
-def memoized_local_shapes() -> Iterator[dict]:
+def memoized_local_shapes(cache: dict | None = None) -> Iterator[dict]:
     """Memoise DTensor's ``compute_local_shape_and_global_offset`` where DCP's planner calls it.
 
     It is a pure function of the global shape, the mesh's shape, this rank's coordinate and
     the placements; the planner asks it once per tensor per rank, and 80 layers ask the same
     question 80 times. For ``_StridedShard`` (FSDP over TP) each answer costs DTensor ~0.4 ms of
     index arithmetic. Every answer handed out was computed by DTensor itself for the same inputs.
+    ``cache`` may be kept across ranks, as the key holds no rank-specific object: with pipeline
+    stages, the ranks of every stage with the same coordinates on a (dp_shard, tp) mesh ask the
+    same questions of the same layer shapes (``TemplateView`` asks through it too).
     """
     original = planner_helpers.compute_local_shape_and_global_offset
-    cache: dict = {}
+    cache = {} if cache is None else cache
 
     def memo(global_shape, mesh, placements, skip_offset: bool = False):
         key = (

@@ -39,12 +39,19 @@ class StageViews:
         self.per_stage = per_stage
         self.current = 0  # the stage of the rank whose view was built last (for its flattening)
 
+    def stage_of(self, rank: int) -> int:
+        return rank // self.per_stage
+
+    def template_meshes(self, rank: int) -> list:
+        """The template meshes of rank ``rank``'s stage (``TemplateView.meshes``)."""
+        return self.views[rank // self.per_stage].meshes
+
     def view_with_leaves(
-        self, rank: int, mesh_cache: dict, share_dtensors: bool = False
+        self, rank: int, mesh_cache: dict, share_dtensors: bool = False, meshes: list | None = None
     ) -> tuple[dict, list]:
         """Rank ``rank``'s view of its own stage's template."""
         self.current = rank // self.per_stage
-        return self.views[self.current].view_with_leaves(rank, mesh_cache, share_dtensors)
+        return self.views[self.current].view_with_leaves(rank, mesh_cache, share_dtensors, meshes)
 
 
 class StageFlattening:

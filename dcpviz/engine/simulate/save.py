@@ -32,7 +32,7 @@ from dcpviz.engine.convert.shared import metadata_info, planner_info
 from dcpviz.engine.job.scenario import Scenario
 from dcpviz.engine.job.statedict import build_model_on_meta, rank_state_dict
 from dcpviz.engine.job.titan_recipe import per_stage_state
-from dcpviz.engine.job.world import fake_world, leaves_process_as_found
+from dcpviz.engine.job.world import fake_world, leaves_process_as_found, rank_mesh
 from dcpviz.engine.planning.planners import (
     isolated_plan_cache,
     planner_factory,
@@ -42,6 +42,7 @@ from dcpviz.engine.planning.planners import (
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
 from dcpviz.engine.shortcuts import fastpath, stage_templates
 from dcpviz.engine.shortcuts.validation import fast_validation
+from dcpviz.engine.shortcuts.worldless import WorldlessRanks, same_plan, same_state
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 from dcpviz.engine.simulate.phases import (
     Log,
@@ -87,12 +88,16 @@ class _SaveRun:
     )
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
     shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
+    local_shapes: dict = field(default_factory=dict)  # DTensor's local shapes/offsets, likewise
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = (
         None  # DCP's flattening of a view, from the template's
     )
     storage: StoragePlanning | None = (
         None  # the storage writer's own planning steps (engine/storage/writer_plan.py)
+    )
+    worldless: WorldlessRanks | None = (
+        None  # ranks planned outside a world (shortcuts/worldless.py)
     )
     release_views: bool = (
         False  # drop each planner's state dict once planned (engine/shortcuts/stage_templates.py)
@@ -149,18 +154,21 @@ def _set_up_stages(scenario: Scenario, make_planner: Any, timer: Timer, log: Log
     run.write_memo = WriteItemMemo()
     run.flattening = stage_templates.StageFlattening(run.views)
     run.release_views = True  # DefaultSavePlanner itself (can_share_plans): exact
+    run.worldless = WorldlessRanks(stage_templates.stage_size(scenario))
     return run
 
 
-def _rank_state(run: _SaveRun, r: int) -> tuple[dict, list | None]:
+def _rank_state(run: _SaveRun, r: int, meshes: list | None = None) -> tuple[dict, list | None]:
     """Rank ``r``'s state dict: the template's view (one DTensor per layout group where DCP's
-    default planner plans every key on its own) with its leaves, or the rank's own (no leaves)."""
+    default planner plans every key on its own) with its leaves, or the rank's own (no leaves).
+    ``meshes``: the rank's meshes for the view (``engine/shortcuts/worldless.py``)."""
     if run.views is None:
         state_dict, n = rank_state_dict(run.scenario, r)
         run.rebound += n
         return state_dict, None
-    with fastpath.memoized_shard_steps(run.shard_steps):
-        return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts)
+    shapes = fastpath.memoized_local_shapes(run.local_shapes) if run.shortcuts else nullcontext()
+    with fastpath.memoized_shard_steps(run.shard_steps), shapes:
+        return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts, meshes=meshes)
 
 
 def same_values_on_every_rank(scenario: Scenario) -> bool:
@@ -209,7 +217,7 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
     with (
         torch.no_grad(),
         fastpath.memoized_shard_steps(run.shard_steps),
-        fastpath.memoized_local_shapes(),
+        fastpath.memoized_local_shapes(run.local_shapes),
         memo,
     ):
         with flat:
@@ -217,40 +225,84 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
         return p.create_local_plan()
 
 
+def _rank_local_plan(run: _SaveRun, r: int, meshes: list | None = None) -> tuple[Any, Any, Any]:
+    """Rank ``r``'s (planner, local plan, BYTE_IO sizes), as dcp.save makes them, in whatever
+    world the caller set up; raises what the planner raises."""
+    t0 = time.perf_counter()
+    state_dict, leaves = _rank_state(run, r, meshes)
+    if r == 0:
+        run.layouts = tensor_layouts(state_dict)
+        run.components = training_state_components(run.scenario, state_dict)
+    t1 = time.perf_counter()
+    run.timer.add("build_state_dicts", t1 - t0)
+    p = run.make_planner()
+    if run.template is None or r == 0:
+        # Values known only where this rank's own state dict was built: a template view would
+        # hand rank 0's Python values to every rank and hide any that differ. Keys as the
+        # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
+        with run.timer.phase("value_digests"):
+            flatten = bool(getattr(p, "flatten_state_dict", True))
+            mine = value_digests_of(state_dict, r, flatten=flatten)
+            run.digests += mine
+            if run.template is not None and same_values_on_every_rank(run.scenario):
+                run.digests += _as_every_rank(mine, run.world_size)
+            if r == 0:
+                run.tied = tied_keys(state_dict, flatten, _tied_names(run.scenario))
+    t1 = time.perf_counter()
+    run.planners[r] = p
+    try:
+        plan = _local_plan(run, p, state_dict, leaves, r)
+        return p, plan, byte_item_sizes(p, plan.items)
+    finally:
+        run.timer.add("local_plans", time.perf_counter() - t1)
+
+
+def _worldless_plan(run: _SaveRun, r: int) -> tuple[Any, Any, Any] | None:
+    """Rank ``r``'s local step outside any world (``engine/shortcuts/worldless.py``), or None
+    where that shortcut does not apply or anything went wrong (the rank then gets its world)."""
+    wl = run.worldless
+    if wl is None or not wl.on or r == 0 or not wl.covers(r):
+        return None
+    template_meshes = run.views.template_meshes(r)
+    if not wl.can_build(template_meshes) or not wl.outside_world():
+        return None
+    try:
+        out = _rank_local_plan(run, r, wl.meshes(template_meshes, r))
+    except Exception as exc:  # the rank is planned again in its world: DCP's verdict counts
+        wl.turn_off(f"rank {r} raised {type(exc).__name__} outside its world")
+        return None
+    wl.worldless += 1
+    return out
+
+
+def _plan_in_world(run: _SaveRun, r: int) -> tuple[Any, Any, Any] | None:
+    """Rank ``r``'s local step in its own fake world; None (recorded) where the planner fails.
+    Where ranks may later go worldless, the meshes built here are remembered first."""
+    with fake_world(r, run.world_size):
+        meshes = None
+        wl = run.worldless
+        if wl is not None and wl.on:
+            template_meshes = run.views.template_meshes(r)
+            meshes = [rank_mesh(m, r, {}) for m in template_meshes]
+            wl.learn(template_meshes, meshes)
+        try:
+            return _rank_local_plan(run, r, meshes)
+        except Exception as exc:  # a planner failure is data
+            run.log.fail("local", r, exc)
+            return None
+
+
 def _plan_rank(run: _SaveRun, r: int) -> None:
     """One rank's local step, as dcp.save runs it."""
-    W = run.world_size
-    with fake_world(r, W):
-        t0 = time.perf_counter()
-        state_dict, leaves = _rank_state(run, r)
-        if r == 0:
-            run.layouts = tensor_layouts(state_dict)
-            run.components = training_state_components(run.scenario, state_dict)
-        t1 = time.perf_counter()
-        run.timer.add("build_state_dicts", t1 - t0)
-        p = run.make_planner()
-        if run.template is None or r == 0:
-            # Values known only where this rank's own state dict was built: a template view would
-            # hand rank 0's Python values to every rank and hide any that differ. Keys as the
-            # planner writes them (flatten_state_dict=False: one bytes entry per top-level key).
-            with run.timer.phase("value_digests"):
-                flatten = bool(getattr(p, "flatten_state_dict", True))
-                mine = value_digests_of(state_dict, r, flatten=flatten)
-                run.digests += mine
-                if run.template is not None and same_values_on_every_rank(run.scenario):
-                    run.digests += _as_every_rank(mine, run.world_size)
-                if r == 0:
-                    run.tied = tied_keys(state_dict, flatten, _tied_names(run.scenario))
-        t1 = time.perf_counter()
-        run.planners[r] = p
-        try:
-            plan = _local_plan(run, p, state_dict, leaves, r)
-            sizes = byte_item_sizes(p, plan.items)
-        except Exception as exc:  # a planner failure is data
-            run.timer.add("local_plans", time.perf_counter() - t1)
-            run.log.fail("local", r, exc)
+    out = _worldless_plan(run, r)
+    if out is None:
+        out = _plan_in_world(run, r)
+        if out is None:
             return
-        run.timer.add("local_plans", time.perf_counter() - t1)
+        if run.worldless is not None and run.worldless.on:
+            with run.timer.phase("worldless_check"):
+                _check_worldless(run, r)
+    p, plan, sizes = out
     if run.release_views and run.storage is None:
         # DefaultSavePlanner's coordinator and finish steps never read it; its rank's DTensors
         # and per-rank meshes would otherwise live until the end (W of them).
@@ -258,6 +310,41 @@ def _plan_rank(run: _SaveRun, r: int) -> None:
     run.local_by_rep[r], run.sizes_by_rep[r] = plan, sizes
     with run.timer.phase("convert"):
         run.conv.record(plan, sizes)
+
+
+def _check_worldless(run: _SaveRun, first: int) -> None:
+    """After a stage's first rank: its last rank's meshes and local plan made both ways (in its
+    world from ``rank_mesh``, and worldless from ``first``'s meshes) must be equal, field by
+    field, or no rank goes worldless (``engine/shortcuts/worldless.py``)."""
+    wl = run.worldless
+    stage = run.views.stage_of(first)
+    if stage in wl.checked or not wl.first_of_stage(first):
+        return
+    other = wl.check_rank(first)
+    if other == first:
+        return
+    template_meshes = run.views.template_meshes(other)
+    try:
+        with fake_world(other, run.world_size):
+            built = [rank_mesh(m, other, {}) for m in template_meshes]
+            copies = wl.meshes(template_meshes, other)
+            if not all(same_state(a, b) for a, b in zip(copies, built)):
+                wl.turn_off(f"rank {other}'s meshes differ when built without its world")
+                return
+            state_dict, leaves = _rank_state(run, other, built)
+            expected = _local_plan(run, run.make_planner(), state_dict, leaves, other)
+        if not wl.outside_world():
+            wl.turn_off("a default process group exists")
+            return
+        state_dict, leaves = _rank_state(run, other, copies)
+        got = _local_plan(run, run.make_planner(), state_dict, leaves, other)
+    except Exception as exc:  # noqa: BLE001 - not proven: every rank gets its world
+        wl.turn_off(f"rank {other}'s check raised {type(exc).__name__}")
+        return
+    if not same_plan(expected, got):
+        wl.turn_off(f"rank {other}'s local plan differs when made without its world")
+        return
+    wl.checked.add(stage)
 
 
 def _local_step(run: _SaveRun, progress: bool | None) -> list[SavePlan | None]:
@@ -270,6 +357,14 @@ def _local_step(run: _SaveRun, progress: bool | None) -> list[SavePlan | None]:
             bar.update(1)
     if bar is not None:
         bar.close()
+    wl = run.worldless
+    if wl is not None and (wl.worldless or wl.reason):
+        run.log.notes.append(
+            f"{wl.worldless} ranks planned outside a fake world of their own, their meshes built "
+            "from DeviceMesh's own coordinate code (exact, checked on one rank per stage; see "
+            "engine/shortcuts/worldless.py)"
+            + (f"; then turned off: {wl.reason}." if wl.reason else ".")
+        )
     return [run.local_by_rep.get(run.rep_of[r]) for r in range(run.world_size)]
 
 
@@ -307,6 +402,8 @@ def _plans_and_metadata(out: Any) -> None:
 
 def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ...]:
     shared = len(set(run.rep_of.values())) < run.world_size
+    # DCP's own DefaultSavePlanner.finish_plan reads no world (fastpath.finishes_without_world).
+    worldless = run.shortcuts and fastpath.finishes_without_world(run.planners[0])
     with run.timer.phase("finish_plans"):
         keep = run.storage.final if run.storage is not None else (lambda r, final: final)
         return finish_step(
@@ -317,7 +414,7 @@ def _finish(run: _SaveRun, global_plans: list[SavePlan]) -> tuple[PlanRecord, ..
             run.world_size,
             lambda r, final: run.conv.record(keep(r, final), run.sizes_of(r)),
             run.log,
-            per_rank_world=not shared,
+            per_rank_world=not (shared or worldless),
         )
 
 

@@ -156,3 +156,47 @@ def test_stage_templates_are_used_and_equal_the_per_rank_path():
         b = [[plain.trace.items[i] for i in p.items] for p in getattr(plain.trace, phase)]
         assert a == b, phase
     assert fast.trace.metadata == plain.trace.metadata
+
+
+@pytest.mark.parametrize("fast", [False, None], ids=["per-rank", "shortcuts"])
+def test_every_stages_dtensors_are_described_not_only_the_coordinators(fast):
+    """With pp, rank 0 holds only stage 0's keys. Every DTensor key of every stage has its
+    placements recorded as the hand-built DTensors of that stage's first rank have them, and a
+    DTensor replicated over tp on a later stage (a norm weight) is not taken for a plain tensor
+    whose copies might differ (a rank-specific-value warning on a good save)."""
+    from torch.distributed.tensor import DTensor
+
+    from dcpviz.analysis.save import tables
+
+    mesh, names = (2, 2, 2), ("pp", "dp_shard", "tp")
+    result = dcpviz.simulate_save(
+        dcpviz.Scenario(
+            model="llama-tiny", world_size=8, mesh=mesh, mesh_dim_names=names, recipe="torchtitan"
+        ),
+        fast=fast,
+    )
+    frame = tables.tensors(result.trace)
+    placements = dict(zip(frame["fqn"], frame["placements"]))
+    expected = {}
+    for first_rank in (0, 4):
+        hand = hand_titan_state_dict("llama-tiny", mesh, names, first_rank, LLAMA_TINY_PP2)
+        for fqn, value in hand.items():
+            if isinstance(value, DTensor):
+                expected[fqn] = "(" + ", ".join(repr(p) for p in value.placements) + ")"
+    assert "layers.1.attention_norm.weight" in expected and "norm.weight" in expected
+    assert {k: placements[k] for k in expected} == expected
+    assert "rank-specific-value" not in set(result.checks["check"]), result.checks
+
+
+def test_a_key_laid_out_differently_on_two_ranks_is_not_shown_as_one_ranks():
+    """Layouts merged across ranks: new keys are added, the same layout stays, and a key whose
+    layout differs between ranks says so instead of showing the first rank's."""
+    from dcpviz.core.trace import TensorLayout
+    from dcpviz.engine.convert.save import DIFFERS_BY_RANK, merged_layouts
+
+    a = TensorLayout("w", "(Shard(dim=0),)", ("dp",), (2,))
+    b = TensorLayout("w", "(Replicate(),)", ("dp",), (2,))
+    c = TensorLayout("v", "(Shard(dim=0),)", ("dp",), (2,))
+    assert merged_layouts((a,), (a, c)) == (a, c)
+    merged = merged_layouts(merged_layouts((a,), (b,)), (a,))
+    assert [(x.fqn, x.placements) for x in merged] == [("w", DIFFERS_BY_RANK)]

@@ -184,7 +184,8 @@ class MetadataInfo:
 
 @dataclass(frozen=True)
 class TensorLayout:
-    """How a DTensor is laid out (from the coordinator's state dict): placements and its mesh."""
+    """How a DTensor is laid out: placements and its mesh. From the coordinator's state dict; a
+    simulation adds the keys of other ranks (each pipeline stage's) where the coordinator lacks them."""
 
     fqn: str
     placements: str

@@ -201,6 +201,26 @@ def tensor_layouts(state_dict: dict[str, Any]) -> tuple[TensorLayout, ...]:
     return tuple(out)
 
 
+def merged_layouts(
+    known: tuple[TensorLayout, ...], more: tuple[TensorLayout, ...]
+) -> tuple[TensorLayout, ...]:
+    """``known`` with the layouts of keys it lacks added from ``more`` (a later rank's): with
+    pipeline stages, ranks hold different keys, so the coordinator's state dict alone leaves the
+    other stages' DTensors undescribed. A key whose layout differs between ranks is described as
+    such, not as one rank's."""
+    by_fqn = {lay.fqn: lay for lay in known}
+    for lay in more:
+        seen = by_fqn.get(lay.fqn)
+        if seen is None:
+            by_fqn[lay.fqn] = lay
+        elif seen != lay and seen.placements != DIFFERS_BY_RANK:
+            by_fqn[lay.fqn] = TensorLayout(lay.fqn, DIFFERS_BY_RANK, (), ())
+    return tuple(by_fqn.values())
+
+
+DIFFERS_BY_RANK = "(differs by rank)"
+
+
 def dedup_alternative(
     planner: Any, local_plans: list[SavePlan], record: Any, items: Any, global_plans: Any = None
 ) -> Any:

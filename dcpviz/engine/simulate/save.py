@@ -26,6 +26,7 @@ from dcpviz.engine.convert.save import (
     PlanConverter,
     byte_item_sizes,
     dedup_alternative,
+    merged_layouts,
     tensor_layouts,
 )
 from dcpviz.engine.convert.shared import metadata_info, planner_info
@@ -225,13 +226,22 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
         return p.create_local_plan()
 
 
+def _may_hold_new_keys(run: _SaveRun, r: int) -> bool:
+    """Whether rank ``r``'s state dict may hold keys no lower rank holds: rank 0, each stage's
+    first rank (its ranks view one template), and every rank that built its own state dict."""
+    if r == 0 or run.views is None:
+        return True
+    return isinstance(run.views, stage_templates.StageViews) and r % run.views.per_stage == 0
+
+
 def _rank_local_plan(run: _SaveRun, r: int, meshes: list | None = None) -> tuple[Any, Any, Any]:
     """Rank ``r``'s (planner, local plan, BYTE_IO sizes), as dcp.save makes them, in whatever
     world the caller set up; raises what the planner raises."""
     t0 = time.perf_counter()
     state_dict, leaves = _rank_state(run, r, meshes)
+    if _may_hold_new_keys(run, r):
+        run.layouts = merged_layouts(run.layouts, tensor_layouts(state_dict))
     if r == 0:
-        run.layouts = tensor_layouts(state_dict)
         run.components = training_state_components(run.scenario, state_dict)
     t1 = time.perf_counter()
     run.timer.add("build_state_dicts", t1 - t0)

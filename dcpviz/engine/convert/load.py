@@ -161,15 +161,16 @@ def target_value(fqn: str, value: Any, chunk_list: Any = _create_chunk_list) -> 
     return TargetValue(fqn=fqn, kind=type(value).__name__, size=None, dtype=None)
 
 
-def _spec_layout(value: Any) -> tuple:
-    """A DTensor's spec as values (global shape, dtype, placements and their types, the mesh's
-    shape and this rank's coordinate): ``TargetValues`` checks its first repeat once per such
-    layout over the whole load."""
-    spec = value._spec
+def spec_layout(obj: Any) -> tuple:
+    """What DCP's chunk list of a DTensor is computed from, as values: global shape, dtype,
+    placements (and their types), the mesh's shape and this rank's coordinate on it. The memos
+    that check their first repeat per spec check it once per such layout over the whole
+    simulation (ranks of one layout and coordinate ask the same question)."""
+    spec = obj._spec
     placements = tuple(spec.placements)
     return (
-        tuple(value.shape),
-        value.dtype,
+        tuple(obj.shape),
+        obj.dtype,
         placements,
         tuple(type(p) for p in placements),
         tuple(spec.mesh.shape),
@@ -237,7 +238,7 @@ class TargetValues:
             return tv
         if hit[2]:
             return TargetValue(fqn, *hit[1])
-        layout = _spec_layout(value)
+        layout = spec_layout(value)
         if layout in self._checked:
             hit[2] = True
             return TargetValue(fqn, *hit[1])

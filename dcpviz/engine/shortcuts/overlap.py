@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMe
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.tensor import DTensor
 
+from dcpviz.engine.convert.load import spec_layout
 from dcpviz.engine.shortcuts.guards import is_dcp_function, patched, plain_ints
 
 MIN_CHUNKS = 16
@@ -207,23 +208,6 @@ def _chunk_key(chunks: Any) -> tuple | None:
             return None
         out.append((offsets, sizes))
     return tuple(out)
-
-
-def spec_layout(obj: Any) -> tuple:
-    """What DCP's chunk list of a DTensor is computed from, as values: global shape, dtype,
-    placements (and their types), the mesh's shape and this rank's coordinate on it. The memos
-    that check their first repeat per spec check it once per such layout over the whole
-    simulation (ranks of one layout and coordinate ask the same question)."""
-    spec = obj._spec
-    placements = tuple(spec.placements)
-    return (
-        tuple(obj.shape),
-        obj.dtype,
-        placements,
-        tuple(type(p) for p in placements),
-        tuple(spec.mesh.shape),
-        spec.mesh.get_coordinate(),
-    )
 
 
 class ChunkLists:

@@ -1,7 +1,7 @@
 """The shortcuts that made the W=16,384 torchtitan save cheap give exactly DCP's plain results.
 
 - ``engine/shortcuts/worldless.py``: ranks of a stage planned outside any fake world, their meshes
-  copied from a fresh one with the coordinate from DeviceMesh's own code; equal to the per-rank
+  copied from a fresh one (``engine/shortcuts/mesh_copies.py``) with the coordinate from DeviceMesh's own code; equal to the per-rank
   path (``fast=False``), field by field, and a broken copy or a planner that reads the world is
   caught by the shortcut's own check (the result stays DCP's).
 - ``fastpath.finishes_without_world``: only DCP's own ``DefaultSavePlanner.finish_plan`` runs
@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 import dcpviz
 from dcpviz.engine.job.statedict import build_mesh
 from dcpviz.engine.job.world import fake_world, process_as_found, rank_mesh
-from dcpviz.engine.shortcuts import fastpath, worldless
+from dcpviz.engine.shortcuts import fastpath, mesh_copies
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 
 PP_CASES = [
@@ -89,27 +89,27 @@ def test_a_copied_mesh_equals_a_fresh_one_on_every_rank():
             root = build_mesh(sc)
             templates = [root, root["tp"], root["dp_shard", "tp"], root["dp_shard"], root["pp"]]
             first = [rank_mesh(m, 0, {}) for m in templates]
-        states = [(type(m), worldless.snapshot(vars(m))) for m in first]
-        fulls = [worldless.full_mesh(s) for _, s in states]
+        states = [(type(m), mesh_copies.snapshot(vars(m))) for m in first]
+        fulls = [mesh_copies.full_mesh(s) for _, s in states]
         for r in range(W):
-            copies = [worldless.mesh_for_rank(s, cls, r) for cls, s in states]
+            copies = [mesh_copies.mesh_for_rank(s, cls, r) for cls, s in states]
             # the groups tensor worked out once serves every rank alike
-            shared = [worldless.mesh_for_rank(s, cls, r, f) for (cls, s), f in zip(states, fulls)]
+            shared = [mesh_copies.mesh_for_rank(s, cls, r, f) for (cls, s), f in zip(states, fulls)]
             with fake_world(r, W):
                 fresh = [rank_mesh(m, r, {}) for m in templates]
             for c, s, f in zip(copies, shared, fresh):
-                assert worldless.same_state(c, f) and worldless.same_state(s, f), r
+                assert mesh_copies.same_mesh(c, f) and mesh_copies.same_mesh(s, f), r
                 assert c.get_coordinate() == s.get_coordinate() == f.get_coordinate() is not None
 
 
-def test_same_state_sees_a_wrong_coordinate():
+def test_same_mesh_sees_a_wrong_coordinate():
     sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     with process_as_found(), fake_world(0, 8):
         m = rank_mesh(build_mesh(sc)["tp"], 0, {})
-    state = worldless.snapshot(vars(m))
-    good = worldless.mesh_for_rank(state, type(m), 0)
-    bad = worldless.mesh_for_rank(state, type(m), 1)  # tp coordinate 1
-    assert worldless.same_state(good, m) and not worldless.same_state(bad, m)
+    state = mesh_copies.snapshot(vars(m))
+    good = mesh_copies.mesh_for_rank(state, type(m), 0)
+    bad = mesh_copies.mesh_for_rank(state, type(m), 1)  # tp coordinate 1
+    assert mesh_copies.same_mesh(good, m) and not mesh_copies.same_mesh(bad, m)
 
 
 def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
@@ -118,7 +118,7 @@ def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+        mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
     )
     fast = dcpviz.simulate_save(sc)
     _assert_same_as_plain(fast, plain)
@@ -133,7 +133,7 @@ def test_without_the_check_the_broken_copy_would_change_the_plans(monkeypatch):
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+        mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
     )
 
     def no_check(run, first):

@@ -42,8 +42,9 @@ from dcpviz.engine.planning.planners import (
 )
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
 from dcpviz.engine.shortcuts import fastpath, stage_templates
+from dcpviz.engine.shortcuts.mesh_copies import same_mesh
 from dcpviz.engine.shortcuts.validation import fast_validation
-from dcpviz.engine.shortcuts.worldless import WorldlessRanks, same_plan, same_state
+from dcpviz.engine.shortcuts.worldless import WorldlessRanks, same_plan
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 from dcpviz.engine.simulate.phases import (
     Log,
@@ -338,7 +339,7 @@ def _check_worldless(run: _SaveRun, first: int) -> None:
         with fake_world(other, run.world_size):
             built = [rank_mesh(m, other, {}) for m in template_meshes]
             copies = wl.meshes(template_meshes, other)
-            if not all(same_state(a, b) for a, b in zip(copies, built)):
+            if not all(same_mesh(a, b) for a, b in zip(copies, built)):
                 wl.turn_off(f"rank {other}'s meshes differ when built without its world")
                 return
             state_dict, leaves = _rank_state(run, other, built)

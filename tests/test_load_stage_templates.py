@@ -21,8 +21,8 @@ from test_titan_load import three_layers
 from torch.distributed.checkpoint import default_planner
 
 import dcpviz
+from dcpviz.engine.shortcuts import fastpath, mesh_copies
 from dcpviz.engine.shortcuts import load_stage_templates as lst
-from dcpviz.engine.shortcuts import mesh_copies
 from dcpviz.engine.simulate import load as simulate_load
 
 
@@ -190,10 +190,10 @@ SABOTAGE = [
     ("MeshClones", mesh_copies, "coordinate_of", _clone_with_rank_zero, lst, "same_mesh"),
     (
         "SharedLocalShapes",
-        lst.SharedLocalShapes,
+        fastpath.SharedLocalShapes,
         "key",
         staticmethod(_shapes_key_without_coordinate),
-        lst.SharedLocalShapes,
+        fastpath.SharedLocalShapes,
         "agrees",
     ),
 ]

@@ -6,7 +6,7 @@
   caught by the shortcut's own check (the result stays DCP's).
 - ``fastpath.finishes_without_world``: only DCP's own ``DefaultSavePlanner.finish_plan`` runs
   outside each rank's world.
-- ``fastpath.memoized_local_shapes`` with one cache for every rank: each rank's local plan
+- ``fastpath.SharedLocalShapes`` with one memo for every rank: each rank's local plan
   equals DCP's on the rank's own state dict.
 """
 
@@ -206,15 +206,16 @@ def test_one_local_shape_cache_for_every_rank_gives_dcps_plans(sc):
     """The view and DCP's planner ask DTensor through one cache kept across all ranks."""
     with process_as_found():
         view = template_view(sc)
-        shapes, steps = {}, {}
+        shapes = fastpath.SharedLocalShapes()
+        steps = shapes.shard_steps
         for r in range(sc.world_size):
             with fake_world(r, sc.world_size):
-                with fastpath.memoized_shard_steps(steps), fastpath.memoized_local_shapes(shapes):
+                with fastpath.memoized_shard_steps(steps), shapes.active():
                     sd, _ = view.view_with_leaves(r, {}, share_dtensors=True)
                 p = DefaultSavePlanner()
                 with (
                     fastpath.memoized_shard_steps(steps),
-                    fastpath.memoized_local_shapes(shapes),
+                    shapes.active(),
                     WriteItemMemo().active(),
                 ):
                     p.set_up_planner(sd, is_coordinator=(r == 0))

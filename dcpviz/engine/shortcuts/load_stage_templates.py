@@ -18,11 +18,13 @@ from that stage's first rank). The load views those templates, rank by rank, wit
   not assumed: the first clone of each template mesh is compared, field by field
   (``mesh_copies.same_mesh``), with ``rank_mesh``'s mesh for the same rank built in that rank's
   fake world; any difference turns clones off (``rank_mesh`` in the rank's world from then on).
-- ``SharedLocalShapes``: DTensor's ``compute_local_shape_and_global_offset``, a pure function of
-  (global shape, mesh shape, this rank's coordinate, placements, skip_offset), asked once per
-  distinct question over the whole load (the view asks it for the local shape, DCP's
-  ``_create_chunk_from_dtensor`` for the chunk): ranks of different stages with the same
-  coordinates ask the same questions. Every answer was computed by DTensor for the same inputs.
+- ``fastpath.SharedLocalShapes`` (the save's memo too): DTensor's
+  ``compute_local_shape_and_global_offset``, a pure function of (global shape, mesh shape, this
+  rank's coordinate, placements, skip_offset), asked once per distinct question over the whole
+  load (the view asks it for the local shape, DCP's ``_create_chunk_from_dtensor`` for the
+  chunk): ranks of different stages with the same coordinates ask the same questions. Every
+  answer was computed by DTensor for the same inputs; the first repeat of each layout on
+  another rank is computed again and compared.
 - ``load_plan_classes``: rank -> representative for DCP's DefaultLoadPlanner (the pp dim and
   every dim some stage's DTensor is sharded on: ``stage_templates.stage_plan_classes``).
 
@@ -40,18 +42,15 @@ scan) on the layouts it accepts, and shows each self-check catching a broken sho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import planner_helpers
-from torch.distributed.tensor import DTensor, _utils
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._dtensor_spec import DTensorSpec
 
 from dcpviz.engine.job.world import fake_world, rank_mesh
 from dcpviz.engine.shortcuts import fastpath
-from dcpviz.engine.shortcuts.guards import patched
 from dcpviz.engine.shortcuts.mesh_copies import MeshCopies, same_mesh
 from dcpviz.engine.shortcuts.stage_templates import stage_plan_classes, stage_size, stage_templates
 
@@ -92,101 +91,6 @@ class MeshClones:
         return clone
 
 
-class SharedLocalShapes:
-    """DTensor's ``compute_local_shape_and_global_offset``, once per distinct question over a
-    whole load (see the module docstring).
-
-    Checked, not assumed: the first repeat of each (global shape, placements) asked on another
-    mesh than the one that filled it (another rank) is computed by DTensor as well and compared
-    (``agrees``); a difference turns the memo off (``on``). Each entry holds the mesh that
-    filled it, so an identity stands for a live object."""
-
-    def __init__(self) -> None:
-        self.cache: dict = {}
-        self.shard_steps: dict = {}  # fastpath.memoized_shard_steps, for the questions asked
-        self._checked: set = set()  # (global shape, placements) whose first repeat was compared
-        self.hits = 0
-        self.on = True
-
-    @staticmethod
-    def agrees(memo: tuple, dtensor: tuple) -> bool:
-        """The self-check: the memo's answer is DTensor's."""
-        return tuple(map(tuple, memo)) == tuple(map(tuple, dtensor))
-
-    @staticmethod
-    def key(global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
-        """Everything the answer depends on (placement types too: ``Shard(0) ==
-        _StridedShard(0, ...)`` may hold from ``Shard``'s side)."""
-        return (
-            tuple(global_shape),
-            tuple(mesh.shape),
-            mesh.get_coordinate(),
-            tuple(placements),
-            tuple(type(p) for p in placements),
-            skip_offset,
-        )
-
-    def compute(
-        self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
-    ) -> tuple:
-        """``compute_local_shape_and_global_offset(global_shape, mesh, placements, skip_offset)``."""
-        if not self.on:
-            return self._dtensor(global_shape, mesh, placements, skip_offset)
-        key = self.key(global_shape, mesh, placements, skip_offset)
-        entry = self.cache.get(key)
-        if entry is None:
-            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
-            self.cache[key] = (answer, mesh)
-            return answer
-        hit, asker = entry
-        layout = (
-            tuple(global_shape),
-            tuple(placements),
-            tuple(type(p) for p in placements),
-            skip_offset,
-        )
-        if asker is not mesh and layout not in self._checked:
-            # The first repeat of a layout asked on another mesh (another rank) is checked.
-            self._checked.add(layout)
-            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
-            if not self.agrees(hit, answer):
-                self.on = False
-                self.cache.clear()
-                return answer
-        self.hits += 1
-        return hit
-
-    def _dtensor(self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
-        with fastpath.memoized_shard_steps(self.shard_steps):
-            return _utils.compute_local_shape_and_global_offset(
-                global_shape, mesh, placements, skip_offset=skip_offset
-            )
-
-    @contextmanager
-    def active(self) -> Iterator[bool]:
-        """While inside, DCP's planner helpers ask ``compute`` (only where they hold DTensor's
-        own function; else nothing is changed and this yields False)."""
-        if planner_helpers.compute_local_shape_and_global_offset is not (
-            _utils.compute_local_shape_and_global_offset
-        ):
-            yield False
-            return
-
-        def compute_local_shape_and_global_offset(
-            global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
-        ) -> tuple:
-            return self.compute(global_shape, mesh, placements, skip_offset)
-
-        with patched(
-            (
-                planner_helpers,
-                "compute_local_shape_and_global_offset",
-                compute_local_shape_and_global_offset,
-            )
-        ):
-            yield True
-
-
 class LoadStageViews:
     """Each pipeline stage's template, prepared once; rank ``r`` views its own stage's."""
 
@@ -195,7 +99,7 @@ class LoadStageViews:
         self.views = [fastpath.TemplateView(t) for t in templates]
         self.per_stage = per_stage
         self.meshes = MeshClones(world_size)
-        self.shapes = SharedLocalShapes()
+        self.shapes = fastpath.SharedLocalShapes()
         self._locals: dict[tuple, Any] = {}  # (local shape, dtype, device) -> storage-less tensor
 
     def stage_of(self, rank: int) -> int:

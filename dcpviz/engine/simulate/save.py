@@ -89,8 +89,9 @@ class _SaveRun:
         False  # DCP's validation on stretched metadata first (engine/shortcuts/validation.py)
     )
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
-    shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
-    local_shapes: dict = field(default_factory=dict)  # DTensor's local shapes/offsets, likewise
+    local_shapes: fastpath.SharedLocalShapes = field(
+        default_factory=fastpath.SharedLocalShapes
+    )  # DTensor's local shapes/offsets and shard steps, shared by the ranks
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = (
         None  # DCP's flattening of a view, from the template's
@@ -168,8 +169,8 @@ def _rank_state(run: _SaveRun, r: int, meshes: list | None = None) -> tuple[dict
         state_dict, n = rank_state_dict(run.scenario, r)
         run.rebound += n
         return state_dict, None
-    shapes = fastpath.memoized_local_shapes(run.local_shapes) if run.shortcuts else nullcontext()
-    with fastpath.memoized_shard_steps(run.shard_steps), shapes:
+    shapes = run.local_shapes.active() if run.shortcuts else nullcontext()
+    with fastpath.memoized_shard_steps(run.local_shapes.shard_steps), shapes:
         return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts, meshes=meshes)
 
 
@@ -218,8 +219,8 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
     # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
     with (
         torch.no_grad(),
-        fastpath.memoized_shard_steps(run.shard_steps),
-        fastpath.memoized_local_shapes(run.local_shapes),
+        fastpath.memoized_shard_steps(run.local_shapes.shard_steps),
+        run.local_shapes.active(),
         memo,
     ):
         with flat:

@@ -201,6 +201,43 @@ def test_a_finish_plan_that_reads_the_world_would_fail_without_the_guard(monkeyp
     assert not dcpviz.simulate_save(sc).ok
 
 
+def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
+    """The local-shape memo keyed without the rank's coordinate: every rank would get the
+    shards of the first rank that asked."""
+    return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
+
+
+def test_a_broken_local_shape_memo_is_caught_on_the_save(monkeypatch):
+    """The save shares the load's memo, and its check: the first repeat of a layout on another
+    rank is asked of DTensor too, and the difference turns the memo off."""
+    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    plain = dcpviz.simulate_save(sc, fast=False)
+    monkeypatch.setattr(
+        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+    )
+    agrees, answers = fastpath.SharedLocalShapes.agrees, []
+
+    def spy(memo, dtensor):
+        answers.append(agrees(memo, dtensor))
+        return answers[-1]
+
+    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(spy))
+    fast = dcpviz.simulate_save(sc)
+    assert False in answers, "the check never saw the broken memo"
+    _assert_same_as_plain(fast, plain)
+
+
+def test_without_its_check_the_broken_memo_would_change_the_save(monkeypatch):
+    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    plain = dcpviz.simulate_save(sc, fast=False)
+    monkeypatch.setattr(
+        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+    )
+    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(lambda a, b: True))
+    fast = dcpviz.simulate_save(sc)
+    assert _records(fast, "local_plans") != _records(plain, "local_plans")
+
+
 @pytest.mark.parametrize("sc", SCENARIOS, ids=_id)
 def test_one_local_shape_cache_for_every_rank_gives_dcps_plans(sc):
     """The view and DCP's planner ask DTensor through one cache kept across all ranks."""

@@ -136,7 +136,6 @@ def dcp_save(mesh: tuple[int, ...], path: str, compare: bool) -> dict:
 
     from dcpviz.engine.job.world import fake_world
     from dcpviz.engine.shortcuts import fastpath
-    from dcpviz.engine.shortcuts.load_stage_templates import SharedLocalShapes
     from dcpviz.engine.shortcuts.stage_templates import stage_size, stage_templates
 
     torch.set_num_threads(1)
@@ -144,7 +143,7 @@ def dcp_save(mesh: tuple[int, ...], path: str, compare: bool) -> dict:
     W, per = sc.world_size, stage_size(sc)
     t0 = time.perf_counter()
     views = [fastpath.TemplateView(t) for t in stage_templates(sc, [])]
-    shapes = SharedLocalShapes()
+    shapes = fastpath.SharedLocalShapes()
     plans, coordinator = [], None
     for r in range(W):
         with fake_world(r, W), shapes.active(), fastpath.memoized_shard_steps(shapes.shard_steps):

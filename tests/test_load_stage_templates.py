@@ -21,6 +21,7 @@ from test_titan_load import three_layers
 from torch.distributed.checkpoint import default_planner
 
 import dcpviz
+from dcpviz.engine.shortcuts import fastpath, mesh_copies
 from dcpviz.engine.shortcuts import load_stage_templates as lst
 from dcpviz.engine.simulate import load as simulate_load
 
@@ -172,9 +173,10 @@ def test_meshes_and_local_shapes_are_shared(monkeypatch):
 
 
 # -- each shortcut's check catches the shortcut broken alone --------------------------------------
-def _clone_with_rank_zero(self, full, rank):
-    """MeshClones' coordinate of the mesh's first rank, whatever the rank."""
-    return REAL_COORDINATE(self, full, full[0].flatten()[0].item())
+def _clone_with_rank_zero(state, rank, full=None):
+    """A clone's coordinate of the mesh's first rank, whatever the rank."""
+    full = mesh_copies.full_mesh(state) if full is None else full
+    return REAL_COORDINATE(state, full[0].flatten()[0].item(), full)
 
 
 def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
@@ -182,16 +184,16 @@ def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
     return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
 
 
-REAL_COORDINATE = lst.MeshClones._coordinate
+REAL_COORDINATE = mesh_copies.coordinate_of
 # (shortcut, owner, name, broken, owner of its check, check's name)
 SABOTAGE = [
-    ("MeshClones", lst.MeshClones, "_coordinate", _clone_with_rank_zero, lst, "same_mesh"),
+    ("MeshClones", mesh_copies, "coordinate_of", _clone_with_rank_zero, lst, "same_mesh"),
     (
         "SharedLocalShapes",
-        lst.SharedLocalShapes,
+        fastpath.SharedLocalShapes,
         "key",
         staticmethod(_shapes_key_without_coordinate),
-        lst.SharedLocalShapes,
+        fastpath.SharedLocalShapes,
         "agrees",
     ),
 ]

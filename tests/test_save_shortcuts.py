@@ -83,7 +83,7 @@ def shortcut_plan(
         with (
             torch.no_grad(),
             fastpath.memoized_shard_steps(steps),
-            fastpath.memoized_local_shapes(),
+            fastpath.SharedLocalShapes(steps).active(),
             memo.active(),
         ):
             with flat:

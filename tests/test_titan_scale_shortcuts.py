@@ -1,12 +1,12 @@
 """The shortcuts that made the W=16,384 torchtitan save cheap give exactly DCP's plain results.
 
 - ``engine/shortcuts/worldless.py``: ranks of a stage planned outside any fake world, their meshes
-  copied from a fresh one with the coordinate from DeviceMesh's own code; equal to the per-rank
+  copied from a fresh one (``engine/shortcuts/mesh_copies.py``) with the coordinate from DeviceMesh's own code; equal to the per-rank
   path (``fast=False``), field by field, and a broken copy or a planner that reads the world is
   caught by the shortcut's own check (the result stays DCP's).
 - ``fastpath.finishes_without_world``: only DCP's own ``DefaultSavePlanner.finish_plan`` runs
   outside each rank's world.
-- ``fastpath.memoized_local_shapes`` with one cache for every rank: each rank's local plan
+- ``fastpath.SharedLocalShapes`` with one memo for every rank: each rank's local plan
   equals DCP's on the rank's own state dict.
 """
 
@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 import dcpviz
 from dcpviz.engine.job.statedict import build_mesh
 from dcpviz.engine.job.world import fake_world, process_as_found, rank_mesh
-from dcpviz.engine.shortcuts import fastpath, worldless
+from dcpviz.engine.shortcuts import fastpath, mesh_copies
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 
 PP_CASES = [
@@ -89,27 +89,27 @@ def test_a_copied_mesh_equals_a_fresh_one_on_every_rank():
             root = build_mesh(sc)
             templates = [root, root["tp"], root["dp_shard", "tp"], root["dp_shard"], root["pp"]]
             first = [rank_mesh(m, 0, {}) for m in templates]
-        states = [(type(m), worldless.snapshot(vars(m))) for m in first]
-        fulls = [worldless.full_mesh(s) for _, s in states]
+        states = [(type(m), mesh_copies.snapshot(vars(m))) for m in first]
+        fulls = [mesh_copies.full_mesh(s) for _, s in states]
         for r in range(W):
-            copies = [worldless.mesh_for_rank(s, cls, r) for cls, s in states]
+            copies = [mesh_copies.mesh_for_rank(s, cls, r) for cls, s in states]
             # the groups tensor worked out once serves every rank alike
-            shared = [worldless.mesh_for_rank(s, cls, r, f) for (cls, s), f in zip(states, fulls)]
+            shared = [mesh_copies.mesh_for_rank(s, cls, r, f) for (cls, s), f in zip(states, fulls)]
             with fake_world(r, W):
                 fresh = [rank_mesh(m, r, {}) for m in templates]
             for c, s, f in zip(copies, shared, fresh):
-                assert worldless.same_state(c, f) and worldless.same_state(s, f), r
+                assert mesh_copies.same_mesh(c, f) and mesh_copies.same_mesh(s, f), r
                 assert c.get_coordinate() == s.get_coordinate() == f.get_coordinate() is not None
 
 
-def test_same_state_sees_a_wrong_coordinate():
+def test_same_mesh_sees_a_wrong_coordinate():
     sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     with process_as_found(), fake_world(0, 8):
         m = rank_mesh(build_mesh(sc)["tp"], 0, {})
-    state = worldless.snapshot(vars(m))
-    good = worldless.mesh_for_rank(state, type(m), 0)
-    bad = worldless.mesh_for_rank(state, type(m), 1)  # tp coordinate 1
-    assert worldless.same_state(good, m) and not worldless.same_state(bad, m)
+    state = mesh_copies.snapshot(vars(m))
+    good = mesh_copies.mesh_for_rank(state, type(m), 0)
+    bad = mesh_copies.mesh_for_rank(state, type(m), 1)  # tp coordinate 1
+    assert mesh_copies.same_mesh(good, m) and not mesh_copies.same_mesh(bad, m)
 
 
 def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
@@ -118,7 +118,7 @@ def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+        mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
     )
     fast = dcpviz.simulate_save(sc)
     _assert_same_as_plain(fast, plain)
@@ -133,7 +133,7 @@ def test_without_the_check_the_broken_copy_would_change_the_plans(monkeypatch):
     sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        worldless, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
+        mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
     )
 
     def no_check(run, first):
@@ -201,20 +201,58 @@ def test_a_finish_plan_that_reads_the_world_would_fail_without_the_guard(monkeyp
     assert not dcpviz.simulate_save(sc).ok
 
 
+def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
+    """The local-shape memo keyed without the rank's coordinate: every rank would get the
+    shards of the first rank that asked."""
+    return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
+
+
+def test_a_broken_local_shape_memo_is_caught_on_the_save(monkeypatch):
+    """The save shares the load's memo, and its check: the first repeat of a layout on another
+    rank is asked of DTensor too, and the difference turns the memo off."""
+    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    plain = dcpviz.simulate_save(sc, fast=False)
+    monkeypatch.setattr(
+        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+    )
+    agrees, answers = fastpath.SharedLocalShapes.agrees, []
+
+    def spy(memo, dtensor):
+        answers.append(agrees(memo, dtensor))
+        return answers[-1]
+
+    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(spy))
+    fast = dcpviz.simulate_save(sc)
+    assert False in answers, "the check never saw the broken memo"
+    _assert_same_as_plain(fast, plain)
+
+
+def test_without_its_check_the_broken_memo_would_change_the_save(monkeypatch):
+    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    plain = dcpviz.simulate_save(sc, fast=False)
+    monkeypatch.setattr(
+        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+    )
+    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(lambda a, b: True))
+    fast = dcpviz.simulate_save(sc)
+    assert _records(fast, "local_plans") != _records(plain, "local_plans")
+
+
 @pytest.mark.parametrize("sc", SCENARIOS, ids=_id)
 def test_one_local_shape_cache_for_every_rank_gives_dcps_plans(sc):
     """The view and DCP's planner ask DTensor through one cache kept across all ranks."""
     with process_as_found():
         view = template_view(sc)
-        shapes, steps = {}, {}
+        shapes = fastpath.SharedLocalShapes()
+        steps = shapes.shard_steps
         for r in range(sc.world_size):
             with fake_world(r, sc.world_size):
-                with fastpath.memoized_shard_steps(steps), fastpath.memoized_local_shapes(shapes):
+                with fastpath.memoized_shard_steps(steps), shapes.active():
                     sd, _ = view.view_with_leaves(r, {}, share_dtensors=True)
                 p = DefaultSavePlanner()
                 with (
                     fastpath.memoized_shard_steps(steps),
-                    fastpath.memoized_local_shapes(shapes),
+                    shapes.active(),
                     WriteItemMemo().active(),
                 ):
                     p.set_up_planner(sd, is_coordinator=(r == 0))

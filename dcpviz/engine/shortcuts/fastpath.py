@@ -14,7 +14,7 @@
    matters to some DTensor therefore have identical local plans: one representative is planned
    and its plan object shared. Only for ``DefaultSavePlanner`` itself without plan caching; any
    other planner gets every rank planned.
-3. One offset computation per distinct question (``memoized_local_shapes``), same condition;
+3. One offset computation per distinct question (``SharedLocalShapes``), same condition;
    and one per distinct shard step (``memoized_shard_steps``), shared across ranks: a
    ``_StridedShard`` step costs DTensor ~1.6 ms on a 128-way dim and serves every rank with
    the same coordinate on that dim.
@@ -520,33 +520,106 @@ def memoized_shard_steps(cache: dict | None = None) -> Iterator[dict]:
         yield cache
 
 
-@contextmanager
-def memoized_local_shapes(cache: dict | None = None) -> Iterator[dict]:
-    """Memoise DTensor's ``compute_local_shape_and_global_offset`` where DCP's planner calls it.
+class SharedLocalShapes:
+    """DTensor's ``compute_local_shape_and_global_offset`` where DCP's planner helpers call it,
+    once per distinct question over a whole save or load (``active``).
 
-    It is a pure function of the global shape, the mesh's shape, this rank's coordinate and
-    the placements; the planner asks it once per tensor per rank, and 80 layers ask the same
-    question 80 times. For ``_StridedShard`` (FSDP over TP) each answer costs DTensor ~0.4 ms of
-    index arithmetic. Every answer handed out was computed by DTensor itself for the same inputs.
-    ``cache`` may be kept across ranks, as the key holds no rank-specific object: with pipeline
-    stages, the ranks of every stage with the same coordinates on a (dp_shard, tp) mesh ask the
-    same questions of the same layer shapes (``TemplateView`` asks through it too).
-    """
-    original = planner_helpers.compute_local_shape_and_global_offset
-    cache = {} if cache is None else cache
+    It is a pure function of the global shape, the mesh's shape, this rank's coordinate, the
+    placements and ``skip_offset``; the planner asks it once per tensor per rank, and 80 layers
+    ask the same question 80 times. For ``_StridedShard`` (FSDP over TP) each answer costs
+    DTensor ~0.4 ms of index arithmetic. The key holds no rank-specific object, so one memo
+    serves every rank: with pipeline stages, the ranks of every stage with the same coordinates
+    on a (dp_shard, tp) mesh ask the same questions of the same layer shapes (``TemplateView``
+    and the load's stage views ask through it too). Every answer handed out was computed by
+    DTensor itself for the same inputs.
 
-    def memo(global_shape, mesh, placements, skip_offset: bool = False):
-        key = (
+    Checked, not assumed: the first repeat of each (global shape, placements) asked on another
+    mesh than the one that filled it (another rank) is computed by DTensor as well and compared
+    (``agrees``); a difference turns the memo off (``on``). Each entry holds the mesh that
+    filled it, so an identity stands for a live object. ``shard_steps``: the
+    ``memoized_shard_steps`` cache DTensor's own computations use (default: a new one)."""
+
+    def __init__(self, shard_steps: dict | None = None) -> None:
+        self.cache: dict = {}
+        self.shard_steps: dict = {} if shard_steps is None else shard_steps
+        self._checked: set = set()  # (global shape, placements) whose first repeat was compared
+        self.hits = 0
+        self.on = True
+
+    @staticmethod
+    def agrees(memo: tuple, dtensor: tuple) -> bool:
+        """The self-check: the memo's answer is DTensor's."""
+        return tuple(map(tuple, memo)) == tuple(map(tuple, dtensor))
+
+    @staticmethod
+    def key(global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
+        """Everything the answer depends on (placement types too: ``Shard(0) ==
+        _StridedShard(0, ...)`` may hold from ``Shard``'s side)."""
+        return (
             tuple(global_shape),
             tuple(mesh.shape),
             mesh.get_coordinate(),
             tuple(placements),
+            tuple(type(p) for p in placements),
             skip_offset,
         )
-        hit = cache.get(key)
-        if hit is None:
-            hit = cache[key] = original(global_shape, mesh, placements, skip_offset=skip_offset)
+
+    def compute(
+        self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
+    ) -> tuple:
+        """``compute_local_shape_and_global_offset(global_shape, mesh, placements, skip_offset)``."""
+        if not self.on:
+            return self._dtensor(global_shape, mesh, placements, skip_offset)
+        key = self.key(global_shape, mesh, placements, skip_offset)
+        entry = self.cache.get(key)
+        if entry is None:
+            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
+            self.cache[key] = (answer, mesh)
+            return answer
+        hit, asker = entry
+        layout = (
+            tuple(global_shape),
+            tuple(placements),
+            tuple(type(p) for p in placements),
+            skip_offset,
+        )
+        if asker is not mesh and layout not in self._checked:
+            # The first repeat of a layout asked on another mesh (another rank) is checked.
+            self._checked.add(layout)
+            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
+            if not self.agrees(hit, answer):
+                self.on = False
+                self.cache.clear()
+                return answer
+        self.hits += 1
         return hit
 
-    with patched((planner_helpers, "compute_local_shape_and_global_offset", memo)):
-        yield cache
+    def _dtensor(self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
+        with memoized_shard_steps(self.shard_steps):
+            return _utils.compute_local_shape_and_global_offset(
+                global_shape, mesh, placements, skip_offset=skip_offset
+            )
+
+    @contextmanager
+    def active(self) -> Iterator[bool]:
+        """While inside, DCP's planner helpers ask ``compute`` (only where they hold DTensor's
+        own function; else nothing is changed and this yields False)."""
+        if planner_helpers.compute_local_shape_and_global_offset is not (
+            _utils.compute_local_shape_and_global_offset
+        ):
+            yield False
+            return
+
+        def compute_local_shape_and_global_offset(
+            global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
+        ) -> tuple:
+            return self.compute(global_shape, mesh, placements, skip_offset)
+
+        with patched(
+            (
+                planner_helpers,
+                "compute_local_shape_and_global_offset",
+                compute_local_shape_and_global_offset,
+            )
+        ):
+            yield True

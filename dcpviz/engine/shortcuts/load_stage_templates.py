@@ -12,19 +12,19 @@ from that stage's first rank). The load views those templates, rank by rank, wit
   one DTensor per layout group (shared by the group's keys, as ``to_storageless``'s ``shared``
   does), on rank ``r``'s meshes, with a storage-less local tensor of ``r``'s local shape.
 - ``MeshClones``: rank ``r``'s DeviceMesh for a template mesh. ``DeviceMesh.__init__`` (what
-  ``world.rank_mesh`` calls) costs ~5 ms at W=16,384 (it lists the whole rank map and compares
-  it with the rank several times); every field it sets but the rank and its coordinate is the
-  same for every rank of a stage. A clone copies those fields from a mesh ``rank_mesh`` built,
-  and takes the coordinate from DeviceMesh's own static helpers given the rank explicitly
-  (``_get_mesh_tensor_from_full_mesh``, ``_compute_coordinates_from_mesh``: what ``__init__``
-  calls with the global rank). Checked, not assumed: the first clone of each template mesh is
-  compared, field by field, with ``rank_mesh``'s mesh for the same rank built in that rank's
+  ``world.rank_mesh`` calls) costs ~5 ms at W=16,384; a clone is ``mesh_copies.mesh_for_rank``
+  (the save's worldless ranks' way too): the fields of a mesh ``rank_mesh`` built, with the rank
+  and its coordinate from DeviceMesh's own coordinate code given the rank explicitly. Checked,
+  not assumed: the first clone of each template mesh is compared, field by field
+  (``mesh_copies.same_mesh``), with ``rank_mesh``'s mesh for the same rank built in that rank's
   fake world; any difference turns clones off (``rank_mesh`` in the rank's world from then on).
-- ``SharedLocalShapes``: DTensor's ``compute_local_shape_and_global_offset``, a pure function of
-  (global shape, mesh shape, this rank's coordinate, placements, skip_offset), asked once per
-  distinct question over the whole load (the view asks it for the local shape, DCP's
-  ``_create_chunk_from_dtensor`` for the chunk): ranks of different stages with the same
-  coordinates ask the same questions. Every answer was computed by DTensor for the same inputs.
+- ``fastpath.SharedLocalShapes`` (the save's memo too): DTensor's
+  ``compute_local_shape_and_global_offset``, a pure function of (global shape, mesh shape, this
+  rank's coordinate, placements, skip_offset), asked once per distinct question over the whole
+  load (the view asks it for the local shape, DCP's ``_create_chunk_from_dtensor`` for the
+  chunk): ranks of different stages with the same coordinates ask the same questions. Every
+  answer was computed by DTensor for the same inputs; the first repeat of each layout on
+  another rank is computed again and compared.
 - ``load_plan_classes``: rank -> representative for DCP's DefaultLoadPlanner (the pp dim and
   every dim some stage's DTensor is sharded on: ``stage_templates.stage_plan_classes``).
 
@@ -42,45 +42,17 @@ scan) on the layouts it accepts, and shows each self-check catching a broken sho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import planner_helpers
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, _utils
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._dtensor_spec import DTensorSpec
 
 from dcpviz.engine.job.world import fake_world, rank_mesh
 from dcpviz.engine.shortcuts import fastpath
-from dcpviz.engine.shortcuts.guards import patched
+from dcpviz.engine.shortcuts.mesh_copies import MeshCopies, same_mesh
 from dcpviz.engine.shortcuts.stage_templates import stage_plan_classes, stage_size, stage_templates
-
-# The fields DeviceMesh.__init__ sets that depend on the rank, or are per-object bookkeeping.
-_RANK_FIELDS = ("_rank", "_coordinate_on_dim")
-_FRESH_FIELDS = ("_flatten_mapping", "_pg_registry")
-
-
-def _same_field(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
-    if isinstance(a, DeviceMesh):
-        return False  # a root mesh is the template's own object in both
-    return bool(a == b)
-
-
-def same_mesh(a: Any, b: Any) -> bool:
-    """The self-check of ``MeshClones``: ``a`` and ``b`` hold the same fields with equal values
-    (DeviceMesh's own ``==`` ignores the rank; this does not)."""
-    va, vb = vars(a), vars(b)
-    return (
-        type(a) is type(b) and va.keys() == vb.keys() and all(_same_field(va[k], vb[k]) for k in va)
-    )
 
 
 class MeshClones:
@@ -89,7 +61,7 @@ class MeshClones:
 
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
-        self._protos: dict[int, tuple[Any, dict, tuple]] = {}  # id(template) -> ...
+        self._copies = MeshCopies()
         self._checked: set[int] = set()  # template meshes whose first clone was compared
         self.on = True
         self.clones = 0
@@ -99,161 +71,24 @@ class MeshClones:
         with fake_world(rank, self.world_size):
             return rank_mesh(template, rank, {})
 
-    @staticmethod
-    def _key(template: Any) -> int:
-        return id(template)
-
-    def _coordinate(self, full: Any, rank: int) -> tuple[int, ...] | None:
-        """What ``DeviceMesh.__init__`` computes for ``rank`` as the global rank: the coordinate
-        of ``rank`` in its mesh tensor, the first row of the full mesh holding it
-        (``_get_mesh_tensor_from_full_mesh``), found in ``full``'s table of first rows."""
-        rows, first_row = full
-        if rows.size(0) == 1:
-            mesh = rows[0]
-        else:
-            row = first_row.get(rank)
-            if row is None:  # the rank is in no row: __init__ raises there
-                raise RuntimeError(f"rank {rank} is in no row of the mesh")
-            mesh = rows[row]
-        return DeviceMesh._compute_coordinates_from_mesh(mesh, rank)
-
-    @staticmethod
-    def _rows(template: Any) -> tuple[torch.Tensor, dict[int, int]]:
-        """The template's full mesh (``_layout.remap_to_tensor(_rank_map)``, as ``mesh`` makes
-        it) and, for each rank, the first row holding it (``(full == rank).nonzero()[0, 0]``),
-        worked out in one pass instead of a scan of the whole rank map per rank."""
-        rows = template._layout.remap_to_tensor(template._rank_map)
-        first_row: dict[int, int] = {}
-        for i, row in enumerate(rows.reshape(rows.size(0), -1).tolist()):
-            for r in row:
-                first_row.setdefault(r, i)
-        return rows, first_row
-
     def mesh(self, template: Any, rank: int) -> Any:
         """Rank ``rank``'s mesh for ``template`` (a mesh of a stage template)."""
         if not self.on:
             return self._real(template, rank)
-        key = self._key(template)
-        proto = self._protos.get(key)
-        if proto is None or proto[0] is not template:
+        if not self._copies.knows(template):
             real = self._real(template, rank)
-            fields = {k: v for k, v in vars(real).items() if k not in _RANK_FIELDS}
-            self._protos[key] = (template, fields, self._rows(template))
+            self._copies.learn(template, real)
             return real
-        _, fields, full = proto
-        clone = object.__new__(type(template))
-        clone.__dict__.update(fields)
-        for name in _FRESH_FIELDS:
-            if name in fields:
-                clone.__dict__[name] = type(fields[name])()
-        if "_dim_group_names" in fields:
-            clone._dim_group_names = list(fields["_dim_group_names"])
-        clone._rank = rank
-        clone._coordinate_on_dim = self._coordinate(full, rank)
-        if key not in self._checked:
-            self._checked.add(key)
+        clone = self._copies.mesh(template, rank)
+        if id(template) not in self._checked:
+            self._checked.add(id(template))
             real = self._real(template, rank)
             if not same_mesh(clone, real):
                 self.on = False
-                self._protos.clear()
+                self._copies.clear()
                 return real
         self.clones += 1
         return clone
-
-
-class SharedLocalShapes:
-    """DTensor's ``compute_local_shape_and_global_offset``, once per distinct question over a
-    whole load (see the module docstring).
-
-    Checked, not assumed: the first repeat of each (global shape, placements) asked on another
-    mesh than the one that filled it (another rank) is computed by DTensor as well and compared
-    (``agrees``); a difference turns the memo off (``on``). Each entry holds the mesh that
-    filled it, so an identity stands for a live object."""
-
-    def __init__(self) -> None:
-        self.cache: dict = {}
-        self.shard_steps: dict = {}  # fastpath.memoized_shard_steps, for the questions asked
-        self._checked: set = set()  # (global shape, placements) whose first repeat was compared
-        self.hits = 0
-        self.on = True
-
-    @staticmethod
-    def agrees(memo: tuple, dtensor: tuple) -> bool:
-        """The self-check: the memo's answer is DTensor's."""
-        return tuple(map(tuple, memo)) == tuple(map(tuple, dtensor))
-
-    @staticmethod
-    def key(global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
-        """Everything the answer depends on (placement types too: ``Shard(0) ==
-        _StridedShard(0, ...)`` may hold from ``Shard``'s side)."""
-        return (
-            tuple(global_shape),
-            tuple(mesh.shape),
-            mesh.get_coordinate(),
-            tuple(placements),
-            tuple(type(p) for p in placements),
-            skip_offset,
-        )
-
-    def compute(
-        self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
-    ) -> tuple:
-        """``compute_local_shape_and_global_offset(global_shape, mesh, placements, skip_offset)``."""
-        if not self.on:
-            return self._dtensor(global_shape, mesh, placements, skip_offset)
-        key = self.key(global_shape, mesh, placements, skip_offset)
-        entry = self.cache.get(key)
-        if entry is None:
-            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
-            self.cache[key] = (answer, mesh)
-            return answer
-        hit, asker = entry
-        layout = (
-            tuple(global_shape),
-            tuple(placements),
-            tuple(type(p) for p in placements),
-            skip_offset,
-        )
-        if asker is not mesh and layout not in self._checked:
-            # The first repeat of a layout asked on another mesh (another rank) is checked.
-            self._checked.add(layout)
-            answer = self._dtensor(global_shape, mesh, placements, skip_offset)
-            if not self.agrees(hit, answer):
-                self.on = False
-                self.cache.clear()
-                return answer
-        self.hits += 1
-        return hit
-
-    def _dtensor(self, global_shape: Any, mesh: Any, placements: Any, skip_offset: bool) -> tuple:
-        with fastpath.memoized_shard_steps(self.shard_steps):
-            return _utils.compute_local_shape_and_global_offset(
-                global_shape, mesh, placements, skip_offset=skip_offset
-            )
-
-    @contextmanager
-    def active(self) -> Iterator[bool]:
-        """While inside, DCP's planner helpers ask ``compute`` (only where they hold DTensor's
-        own function; else nothing is changed and this yields False)."""
-        if planner_helpers.compute_local_shape_and_global_offset is not (
-            _utils.compute_local_shape_and_global_offset
-        ):
-            yield False
-            return
-
-        def compute_local_shape_and_global_offset(
-            global_shape: Any, mesh: Any, placements: Any, skip_offset: bool = False
-        ) -> tuple:
-            return self.compute(global_shape, mesh, placements, skip_offset)
-
-        with patched(
-            (
-                planner_helpers,
-                "compute_local_shape_and_global_offset",
-                compute_local_shape_and_global_offset,
-            )
-        ):
-            yield True
 
 
 class LoadStageViews:
@@ -264,7 +99,7 @@ class LoadStageViews:
         self.views = [fastpath.TemplateView(t) for t in templates]
         self.per_stage = per_stage
         self.meshes = MeshClones(world_size)
-        self.shapes = SharedLocalShapes()
+        self.shapes = fastpath.SharedLocalShapes()
         self._locals: dict[tuple, Any] = {}  # (local shape, dtype, device) -> storage-less tensor
 
     def stage_of(self, rank: int) -> int:

@@ -325,7 +325,7 @@ def _local_plan(run: _LoadRun, r: int, world_free: bool) -> tuple | None:
     if views is not None and classes.shortcuts:
         shapes = views.shapes.active()  # DTensor's local shapes, once per question for the load
     elif classes.shortcuts:
-        shapes = fastpath.memoized_local_shapes()
+        shapes = fastpath.SharedLocalShapes().active()
     else:
         shapes = nullcontext()
     with shapes:

@@ -42,8 +42,9 @@ from dcpviz.engine.planning.planners import (
 )
 from dcpviz.engine.planning.stamps import now, scenario_info, torch_version
 from dcpviz.engine.shortcuts import fastpath, stage_templates
+from dcpviz.engine.shortcuts.mesh_copies import same_mesh
 from dcpviz.engine.shortcuts.validation import fast_validation
-from dcpviz.engine.shortcuts.worldless import WorldlessRanks, same_plan, same_state
+from dcpviz.engine.shortcuts.worldless import WorldlessRanks, same_plan
 from dcpviz.engine.shortcuts.write_memo import WriteItemMemo
 from dcpviz.engine.simulate.phases import (
     Log,
@@ -88,8 +89,9 @@ class _SaveRun:
         False  # DCP's validation on stretched metadata first (engine/shortcuts/validation.py)
     )
     views: fastpath.TemplateView | None = None  # the template, prepared once for every rank's view
-    shard_steps: dict = field(default_factory=dict)  # DTensor's shard steps, shared by the ranks
-    local_shapes: dict = field(default_factory=dict)  # DTensor's local shapes/offsets, likewise
+    local_shapes: fastpath.SharedLocalShapes = field(
+        default_factory=fastpath.SharedLocalShapes
+    )  # DTensor's local shapes/offsets and shard steps, shared by the ranks
     write_memo: WriteItemMemo | None = None  # DCP's WriteItems reused across keys of one rank
     flattening: fastpath.ViewFlattening | None = (
         None  # DCP's flattening of a view, from the template's
@@ -167,8 +169,8 @@ def _rank_state(run: _SaveRun, r: int, meshes: list | None = None) -> tuple[dict
         state_dict, n = rank_state_dict(run.scenario, r)
         run.rebound += n
         return state_dict, None
-    shapes = fastpath.memoized_local_shapes(run.local_shapes) if run.shortcuts else nullcontext()
-    with fastpath.memoized_shard_steps(run.shard_steps), shapes:
+    shapes = run.local_shapes.active() if run.shortcuts else nullcontext()
+    with fastpath.memoized_shard_steps(run.local_shapes.shard_steps), shapes:
         return run.views.view_with_leaves(r, {}, share_dtensors=run.shortcuts, meshes=meshes)
 
 
@@ -217,8 +219,8 @@ def _local_plan(run: _SaveRun, p: Any, state_dict: dict, leaves: list | None, r:
     # no_grad changes no plan; it spares DTensor.to_local an autograd node per item.
     with (
         torch.no_grad(),
-        fastpath.memoized_shard_steps(run.shard_steps),
-        fastpath.memoized_local_shapes(run.local_shapes),
+        fastpath.memoized_shard_steps(run.local_shapes.shard_steps),
+        run.local_shapes.active(),
         memo,
     ):
         with flat:
@@ -338,7 +340,7 @@ def _check_worldless(run: _SaveRun, first: int) -> None:
         with fake_world(other, run.world_size):
             built = [rank_mesh(m, other, {}) for m in template_meshes]
             copies = wl.meshes(template_meshes, other)
-            if not all(same_state(a, b) for a, b in zip(copies, built)):
+            if not all(same_mesh(a, b) for a, b in zip(copies, built)):
                 wl.turn_off(f"rank {other}'s meshes differ when built without its world")
                 return
             state_dict, leaves = _rank_state(run, other, built)

@@ -265,8 +265,19 @@ def _rank_local_plan(run: _SaveRun, r: int, meshes: list | None = None) -> tuple
     try:
         plan = _local_plan(run, p, state_dict, leaves, r)
         return p, plan, byte_item_sizes(p, plan.items)
+    except Exception as exc:
+        raise _PlannerFailed(exc) from exc
     finally:
         run.timer.add("local_plans", time.perf_counter() - t1)
+
+
+class _PlannerFailed(Exception):
+    """The planner's local step raised ``original``: data for the trace. A failure while building
+    the rank's state dict (the user's model or recipe) is not one: it propagates as before."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(original)
+        self.original = original
 
 
 def _worldless_plan(run: _SaveRun, r: int) -> tuple[Any, Any, Any] | None:
@@ -281,7 +292,8 @@ def _worldless_plan(run: _SaveRun, r: int) -> tuple[Any, Any, Any] | None:
     try:
         out = _rank_local_plan(run, r, wl.meshes(template_meshes, r))
     except Exception as exc:  # the rank is planned again in its world: DCP's verdict counts
-        wl.turn_off(f"rank {r} raised {type(exc).__name__} outside its world")
+        raised = type(getattr(exc, "original", exc)).__name__
+        wl.turn_off(f"rank {r} raised {raised} outside its world")
         return None
     wl.worldless += 1
     return out
@@ -299,8 +311,8 @@ def _plan_in_world(run: _SaveRun, r: int) -> tuple[Any, Any, Any] | None:
             wl.learn(template_meshes, meshes)
         try:
             return _rank_local_plan(run, r, meshes)
-        except Exception as exc:  # a planner failure is data
-            run.log.fail("local", r, exc)
+        except _PlannerFailed as failed:  # a planner failure is data
+            run.log.fail("local", r, failed.original)
             return None
 
 

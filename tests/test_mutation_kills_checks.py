@@ -1079,8 +1079,18 @@ def _read_volumes(monkeypatch, files_known):
         assert t is trace
         return reads
 
+    def column_rank_volume(t):  # the same numbers from the read columns (no read_items)
+        assert t is trace
+        return vol
+
+    def on_disk(t):
+        assert t is trace
+        return files_known
+
     monkeypatch.setattr(c.load_tables, "rank_volume", rank_volume)
     monkeypatch.setattr(c.load_tables, "read_items", read_items)
+    monkeypatch.setattr(c.read_columns, "rank_volume", column_rank_volume)
+    monkeypatch.setattr(c.read_columns, "on_disk", on_disk)
     return trace, reads
 
 

@@ -344,9 +344,10 @@ def test_expert_grouping_is_refused_where_experts_are_not_sharded_over_ep(pp_tp,
 def test_layout_without_names_has_no_stage_group(pp_ep):
     fig = dcpviz.views.chunk_layout(_unnamed(pp_ep), "layers.2.attention.wq.weight", facet="stage")
     assert fig.layout.meta["facet"] is None and "names no mesh dims" in fig.layout.title.text
-    # Stage 1's expert keys have no recorded layout, and without names nothing says ep.
+    # The recorded layouts (every stage's, each from its stage's first rank) still say ep, so
+    # stage 1's experts are grouped as stage 0's are.
     fig = dcpviz.views.chunk_layout(_unnamed(pp_ep), "layers.2.moe.experts.w1", facet="expert")
-    assert fig.layout.meta["facet"] is None and "not known" in fig.layout.meta["facet_reason"]
+    assert fig.layout.meta["facet"] == "expert"
 
 
 # -- resharding view -----------------------------------------------------------------------------
@@ -565,11 +566,11 @@ def test_explorers_without_stages_or_experts_have_no_stages_tab(pp_tp, pp_ep):
     # pp but no ep: the stage views, no expert views.
     page = dcpviz.explore(pp_tp).tabs.select("Stages")
     assert [v for _, v in page.view.options] == ["total", "module", "stage_layout", "experts"]
-    # No names: no stage views; the recorded ep layouts still group stage 0's experts.
+    # No names: no stage views; the recorded ep layouts (every stage's) still group the experts.
     page = dcpviz.explore(_unnamed(pp_ep)).tabs.select("Stages")
     assert [v for _, v in page.view.options] == ["experts", "layout"]
     assert "names no mesh dims" in page.why.value
-    assert set(page.expert_picker.options) == {k for k in EXPERT_KEYS if _hand_stage(k) == 0}
+    assert set(page.expert_picker.options) == set(EXPERT_KEYS)
 
 
 # -- reports (terminal and HTML) -----------------------------------------------------------------

@@ -20,20 +20,46 @@ OTHER = TensorLayout("b", "(Shard(dim=0),)", ("dp_shard",), (2,))
 REPLICATED = TensorLayout("a", "(Replicate(),)", ("dp_shard",), (2,))
 
 
+def _rows(*layouts):
+    """Layouts as a rank carries them (plain tuples)."""
+    return tuple((x.fqn, x.placements, x.mesh_dim_names, x.mesh_shape) for x in layouts)
+
+
 def test_every_ranks_layouts_are_merged_in_rank_order():
     """Keys only a later rank holds are added; a key laid out differently on two ranks says so;
     the coordinator's own layouts stand in where its plan carried none; ranks that sent none are
     named."""
-    merged, missing = recording.every_ranks_layouts(((SHARD,), (SHARD,), (OTHER,)), 0, ())
+    merged, missing = recording.every_ranks_layouts(
+        (_rows(SHARD), _rows(SHARD), _rows(OTHER)), 0, ()
+    )
     assert merged == (SHARD, OTHER) and missing == []
-    merged, missing = recording.every_ranks_layouts((None, (REPLICATED,), None), 0, (SHARD,))
+    merged, missing = recording.every_ranks_layouts((None, _rows(REPLICATED), None), 0, (SHARD,))
     assert [(x.fqn, x.placements) for x in merged] == [("a", DIFFERS_BY_RANK)] and missing == [2]
+
+
+def test_merging_each_distinct_rank_once_is_merging_rank_by_rank():
+    """Repeats are merged once (most ranks repeat their stage's layouts); the result is the
+    rank-by-rank merge of simulate_save's rule, whatever the order of ranks."""
+    import itertools
+
+    from dcpviz.engine.convert.save import merged_layouts
+
+    sets = [(SHARD,), (SHARD, OTHER), (REPLICATED,), (), (OTHER,)]
+    for ranks in itertools.product(range(len(sets)), repeat=3):
+        per_rank = [sets[i] for i in ranks]
+        expected: tuple = ()
+        for layouts in per_rank:
+            expected = merged_layouts(expected, layouts)
+        merged, _ = recording.every_ranks_layouts(tuple(_rows(*x) for x in per_rank), 0, ())
+        assert merged == expected, ranks
 
 
 def test_layouts_ride_with_the_plan_and_are_taken_off_before_the_inner_planner():
     plain = SavePlan([], planner_data={"a": ("a",)})
-    carried = SavePlan([], planner_data=recording.CarriedPlannerData({"b": ("b",)}, None, (OTHER,)))
-    assert recording.carried_layouts([plain, carried]) == (None, (OTHER,))
+    carried = SavePlan(
+        [], planner_data=recording.CarriedPlannerData({"b": ("b",)}, None, _rows(OTHER))
+    )
+    assert recording.carried_layouts([plain, carried]) == (None, _rows(OTHER))
     clean, digests, every = recording.strip_carried([plain, carried])
     assert [p.planner_data for p in clean] == [{"a": ("a",)}, {"b": ("b",)}]
     assert digests == [] and not every  # a rank whose fingerprinting failed is not 'every'

@@ -68,7 +68,7 @@ class CarriedPlannerData(dict):
         self,
         planner_data: dict[str, Any] | None,
         digests: tuple[ValueDigest, ...] | None,
-        layouts: tuple[TensorLayout, ...] | None = None,
+        layouts: tuple[LayoutRow, ...] | None = None,
     ) -> None:
         super().__init__(planner_data or {})
         self.planner_data = planner_data
@@ -94,7 +94,20 @@ def strip_carried(plans: list[SavePlan]) -> tuple[list[SavePlan], list[ValueDige
     return clean, digests, every
 
 
-def carried_layouts(plans: list[SavePlan]) -> tuple[tuple[TensorLayout, ...] | None, ...]:
+LayoutRow = tuple[str, str, tuple[str, ...], tuple[int, ...]]
+"""A TensorLayout as a plain tuple (fqn, placements, mesh_dim_names, mesh_shape), as layouts
+travel to the coordinator: plain tuples pickle smaller and hash and compare in C."""
+
+
+def layout_rows(state_dict: Any) -> tuple[LayoutRow, ...]:
+    """This rank's DTensor layouts (``tensor_layouts``) as plain tuples, to carry."""
+    return tuple(
+        (lay.fqn, lay.placements, lay.mesh_dim_names, lay.mesh_shape)
+        for lay in tensor_layouts(state_dict)
+    )
+
+
+def carried_layouts(plans: list[SavePlan]) -> tuple[tuple[LayoutRow, ...] | None, ...]:
     """Each rank's DTensor layouts as its local plan carried them (None: that rank sent none:
     its planner is not a recorder, or describing failed there). Read before ``strip_carried``."""
     out = []
@@ -105,22 +118,27 @@ def carried_layouts(plans: list[SavePlan]) -> tuple[tuple[TensorLayout, ...] | N
 
 
 def every_ranks_layouts(
-    carried: tuple[tuple[TensorLayout, ...] | None, ...],
+    carried: tuple[tuple[LayoutRow, ...] | None, ...],
     coordinator: int,
     own: tuple[TensorLayout, ...],
 ) -> tuple[tuple[TensorLayout, ...], list[int]]:
-    """(the layouts of every rank's DTensors merged in rank order, as ``simulate_save`` merges
-    its stages' (a key laid out differently on two ranks says so), the ranks that sent none).
-    With pipeline stages the ranks hold different keys: the coordinator's own state dict leaves
-    the later stages' DTensors undescribed. ``own``: the coordinator's layouts, used where its
-    own plan carried none."""
+    """(the layouts of every rank's DTensors merged in rank order with ``merged_layouts``, as
+    ``simulate_save`` merges its stages' (a key laid out differently on two ranks says so), the
+    ranks that sent none). With pipeline stages the ranks hold different keys: the
+    coordinator's own state dict leaves the later stages' DTensors undescribed. ``own``: the
+    coordinator's layouts, used where its own plan carried none."""
     per_rank = list(carried)
     if 0 <= coordinator < len(per_rank) and per_rank[coordinator] is None:
-        per_rank[coordinator] = own
-    missing = [r for r, lays in enumerate(per_rank) if lays is None]
-    # One pass over all ranks' layouts in rank order is the same as merging rank by rank.
-    every = tuple(lay for lays in per_rank if lays is not None for lay in lays)
-    return merged_layouts((), every), missing
+        per_rank[coordinator] = tuple(
+            (lay.fqn, lay.placements, lay.mesh_dim_names, lay.mesh_shape) for lay in own
+        )
+    missing = [r for r, rows in enumerate(per_rank) if rows is None]
+    # Most ranks repeat another's layouts exactly (every rank of a stage): merging a repeat
+    # changes nothing, so each distinct set is merged once, in the rank order it first appears.
+    merged: tuple[TensorLayout, ...] = ()
+    for rows in dict.fromkeys(rows for rows in per_rank if rows is not None):
+        merged = merged_layouts(merged, tuple(TensorLayout(*row) for row in rows))
+    return merged, missing
 
 
 class RecordingSavePlanner(Recorder, SavePlanner):
@@ -167,7 +185,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._state_dict: Any = None
         self._digests: tuple[ValueDigest, ...] = ()
         self._received: tuple[list[ValueDigest], bool] = ([], False)
-        self._carried_layouts: tuple[tuple[TensorLayout, ...] | None, ...] = ()
+        self._carried_layouts: tuple[tuple[LayoutRow, ...] | None, ...] = ()
         self._cached: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
         self.problems: list[str] = []  # what recording could not do in this dcp.save
 
@@ -240,7 +258,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         digests = self._record_safely("fingerprint this rank's non-DTensor values", self._digest)
         # Every rank's layouts: with pipeline stages, ranks hold different keys.
         layouts = self._record_safely(
-            "describe this rank's DTensors", tensor_layouts, self._state_dict
+            "describe this rank's DTensors", layout_rows, self._state_dict
         )
         if digests is None and layouts is None:
             return None

@@ -143,18 +143,25 @@ def _plans_from(result):
 
 
 def _carrying(plans, result):
-    """The plans as recording planners send them: each rank's value digests riding in its
-    planner_data (the simulation's digests of rank 0, as every rank of these SPMD jobs holds)."""
+    """The plans as recording planners send them: each rank's value digests and DTensor layouts
+    riding in its planner_data (the simulation's digests of rank 0 and its layouts, as every
+    rank of these SPMD jobs holds; the layouts unpickled once per rank, as a gather delivers)."""
     import dataclasses
+    import pickle
 
     from dcpviz.engine.capture.save import CarriedPlannerData
 
     own = tuple(d for d in result.trace.value_digests if d.rank == 0)
+    rows = pickle.dumps(
+        tuple((x.fqn, x.placements, x.mesh_dim_names, x.mesh_shape) for x in result.trace.layouts)
+    )
     return [
         dataclasses.replace(
             p,
             planner_data=CarriedPlannerData(
-                p.planner_data, tuple(dataclasses.replace(d, rank=r) for d in own)
+                p.planner_data,
+                tuple(dataclasses.replace(d, rank=r) for d in own),
+                pickle.loads(rows),
             ),
         )
         for r, p in enumerate(plans)

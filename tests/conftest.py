@@ -4,6 +4,8 @@ import warnings
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Helper modules that assert for the tests calling them: pytest explains their failures too.
+pytest.register_assert_rewrite("sabotage", "titan_reference")
 warnings.filterwarnings("ignore", category=UserWarning)
 
 

@@ -21,6 +21,7 @@ import dataclasses
 
 import pytest
 import torch
+from sabotage import assert_the_break_shows, assert_the_check_catches
 from test_fastpath import NestedStateNet
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
@@ -321,10 +322,8 @@ def test_shortcuts_give_the_plain_trace_on_corrupted_metadata(corrupt, target):
 
 
 # -- each shortcut's self-check catches the shortcut broken alone ----------------------------------
-# A sabotage breaks only the shortcut's key (what it takes two questions to be the same), never its
-# self-check. With the self-check in place the fast trace must still equal the plain one, and the
-# self-check must be what noticed (it answered False at least once); with the self-check disabled
-# as well, the same sabotage must show in the trace (so the sabotage is real).
+# A sabotage breaks only the shortcut's key, never its self-check (tests/sabotage.py): the check
+# must notice and keep the trace exact, and with the check silenced the break must show.
 def _chunk_lists_by_dtype(obj):
     """ChunkLists keyed by dtype alone: every DTensor of a rank gets the first one's chunks."""
     return ("any spec", obj.dtype), ()
@@ -414,33 +413,9 @@ def _sabotaged_pair():
 
 @pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
 def test_the_self_check_catches_a_broken_shortcut(sabotage, monkeypatch):
-    _, owner, name, broken, check_owner, check_name = sabotage
-    monkeypatch.setattr(owner, name, broken)
-    check = getattr(check_owner, check_name)
-    answers = []
-
-    def spy(*args):
-        answers.append(check(*args))
-        return answers[-1]
-
-    monkeypatch.setattr(
-        check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy
-    )
-    fast, plain = _sabotaged_pair()
-    assert False in answers, "the self-check never saw the broken shortcut"
-    assert differences(fast, plain) == []
+    assert_the_check_catches(sabotage, monkeypatch, _sabotaged_pair, differences)
 
 
 @pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
 def test_a_broken_shortcut_without_its_self_check_shows(sabotage, monkeypatch):
-    _, owner, name, broken, check_owner, check_name = sabotage
-    monkeypatch.setattr(owner, name, broken)
-
-    def agree(*args):
-        return True
-
-    monkeypatch.setattr(
-        check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree
-    )
-    fast, plain = _sabotaged_pair()
-    assert differences(fast, plain) != []
+    assert_the_break_shows(sabotage, monkeypatch, _sabotaged_pair, differences)

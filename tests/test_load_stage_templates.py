@@ -12,12 +12,12 @@ without it the break shows.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch.distributed as dist
+from sabotage import assert_the_break_shows, assert_the_check_catches, shapes_key_without_coordinate
 from test_load_fast_equals_plain import differences
 from test_titan_load import three_layers
+from titan_reference import titan_scenario
 from torch.distributed.checkpoint import default_planner
 
 import dcpviz
@@ -25,71 +25,59 @@ from dcpviz.engine.shortcuts import fastpath, mesh_copies
 from dcpviz.engine.shortcuts import load_stage_templates as lst
 from dcpviz.engine.simulate import load as simulate_load
 
-
-def titan(model, mesh, names, **kw):
-    return dcpviz.Scenario(
-        model=model,
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-        **kw,
-    )
-
-
 PP_DP = ("pp", "dp_shard")
 PP_DP_TP = ("pp", "dp_shard", "tp")
 # (id, saved scenario, target scenario)
 LAYOUTS = [
     (
         "pp2xdp2-resume",
-        titan("llama-tiny", (2, 2), PP_DP),
-        titan("llama-tiny", (2, 2), PP_DP),
+        titan_scenario("llama-tiny", (2, 2), PP_DP),
+        titan_scenario("llama-tiny", (2, 2), PP_DP),
     ),
     (
         "pp2xdp2xtp2-resume-strided",
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP),
     ),
     (
         "pp2xdp3xtp2-uneven",
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
-        titan("llama-tiny", (2, 3, 2), PP_DP_TP),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan_scenario("llama-tiny", (2, 3, 2), PP_DP_TP),
     ),
     (
         "hsdp-pp2xrep2xdp2-shares-plans",
-        titan("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
-        titan("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
+        titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
+        titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_replicate", "dp_shard")),
     ),
     (
         "moe-pp2xdp2xep2-resume",
-        titan("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
-        titan("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
+        titan_scenario("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
+        titan_scenario("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep")),
     ),
     (
         "moe-pp4-to-pp2",
-        titan("moe-tiny", (4, 2), PP_DP),
-        titan("moe-tiny", (2, 2), PP_DP),
+        titan_scenario("moe-tiny", (4, 2), PP_DP),
+        titan_scenario("moe-tiny", (2, 2), PP_DP),
     ),
     (
         "no-pp-to-pp2xtp2",
-        titan("llama-tiny", (4,), ("dp_shard",)),
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP),
+        titan_scenario("llama-tiny", (4,), ("dp_shard",)),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP),
     ),
     (
         "3-layers-into-2-unread-keys",
-        titan(three_layers, (2, 2), PP_DP),
-        titan("llama-tiny", (2, 2), PP_DP),
+        titan_scenario(three_layers, (2, 2), PP_DP),
+        titan_scenario("llama-tiny", (2, 2), PP_DP),
     ),
     (
         "2-layers-into-3-missing-on-one-stage",
-        titan("llama-tiny", (2, 2), PP_DP),
-        titan(three_layers, (2, 2), PP_DP),
+        titan_scenario("llama-tiny", (2, 2), PP_DP),
+        titan_scenario(three_layers, (2, 2), PP_DP),
     ),
     (
         "adamw-pp2xdp2xtp2-nested",
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
-        titan("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
+        titan_scenario("llama-tiny", (2, 2, 2), PP_DP_TP, optimizer="adamw"),
     ),
 ]
 
@@ -179,11 +167,6 @@ def _clone_with_rank_zero(state, rank, full=None):
     return REAL_COORDINATE(state, full[0].flatten()[0].item(), full)
 
 
-def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
-    """SharedLocalShapes keyed without the rank's coordinate."""
-    return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
-
-
 REAL_COORDINATE = mesh_copies.coordinate_of
 # (shortcut, owner, name, broken, owner of its check, check's name)
 SABOTAGE = [
@@ -192,7 +175,7 @@ SABOTAGE = [
         "SharedLocalShapes",
         fastpath.SharedLocalShapes,
         "key",
-        staticmethod(_shapes_key_without_coordinate),
+        staticmethod(shapes_key_without_coordinate),
         fastpath.SharedLocalShapes,
         "agrees",
     ),
@@ -200,38 +183,18 @@ SABOTAGE = [
 SABOTAGED = LAYOUTS[1]
 
 
+def _sabotaged_pair():
+    return both(saved(SABOTAGED[1]), SABOTAGED[2])
+
+
 @pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
 def test_the_self_check_catches_a_broken_shortcut(sabotage, monkeypatch):
-    _, owner, name, broken, check_owner, check_name = sabotage
-    monkeypatch.setattr(owner, name, broken)
-    check = getattr(check_owner, check_name)
-    answers = []
-
-    def spy(*args):
-        answers.append(check(*args))
-        return answers[-1]
-
-    monkeypatch.setattr(
-        check_owner, check_name, staticmethod(spy) if isinstance(check_owner, type) else spy
-    )
-    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
-    assert False in answers, "the self-check never saw the broken shortcut"
-    assert differences(fast, plain) == []
+    assert_the_check_catches(sabotage, monkeypatch, _sabotaged_pair, differences)
 
 
 @pytest.mark.parametrize("sabotage", SABOTAGE, ids=lambda s: s[0])
 def test_a_broken_shortcut_without_its_self_check_shows(sabotage, monkeypatch):
-    _, owner, name, broken, check_owner, check_name = sabotage
-    monkeypatch.setattr(owner, name, broken)
-
-    def agree(*args):
-        return True
-
-    monkeypatch.setattr(
-        check_owner, check_name, staticmethod(agree) if isinstance(check_owner, type) else agree
-    )
-    fast, plain = both(saved(SABOTAGED[1]), SABOTAGED[2])
-    assert differences(fast, plain) != []
+    assert_the_break_shows(sabotage, monkeypatch, _sabotaged_pair, differences)
 
 
 # -- world-free planning: a DCP that reads the process group is planned in the rank's world -------

@@ -14,8 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import load_plan_items, plan_items, result_reads, trace_items
-from titan_reference import deepseek_tp_rule, hand_titan_metadata, hand_titan_state_dict
+from reference import load_plan_items, result_reads
+from titan_reference import (
+    assert_every_rank_matches_hand_built,
+    deepseek_tp_rule,
+    hand_titan_metadata,
+    hand_titan_state_dict,
+    titan_scenario,
+)
 
 import dcpviz
 from dcpviz.core.errors import DcpvizError
@@ -185,23 +191,7 @@ CASES = [
     ids=["x".join(f"{n}{s}" for n, s in zip(c[1], c[0])) for c in CASES],
 )
 def test_every_rank_matches_hand_built_dtensors(mesh, names, stages, fast):
-    W = math.prod(mesh)
-    result = dcpviz.simulate_save(
-        dcpviz.Scenario(
-            model="deepseek-tiny",
-            world_size=W,
-            mesh=mesh,
-            mesh_dim_names=names,
-            recipe="torchtitan",
-        ),
-        fast=fast,
-    )
-    assert result.ok, result.errors
-    for rank in range(W):
-        expected = plan_items(
-            hand_titan_state_dict("deepseek-tiny", mesh, names, rank, stages), rank
-        )
-        assert trace_items(result, rank) == expected, f"rank {rank}"
+    assert_every_rank_matches_hand_built("deepseek-tiny", mesh, names, stages, fast)
 
 
 def test_mla_and_the_shared_expert_are_tensor_parallel_like_torchtitan():
@@ -258,13 +248,7 @@ def test_mla_and_the_shared_expert_are_tensor_parallel_like_torchtitan():
     ],
 )
 def test_meshes_deepseek_cannot_take_are_refused(model, mesh, names, needle):
-    sc = dcpviz.Scenario(
-        model=model,
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-    )
+    sc = titan_scenario(model, mesh, names)
     with pytest.raises(DcpvizError, match=needle):
         dcpviz.simulate_save(sc)
 
@@ -312,9 +296,9 @@ def test_layout_changes_load_cleanly_and_read_what_dcp_plans(name, saved, target
     """As tests/test_titan_load.py for the other presets: the verdict names the change as
     harmless, and each target rank reads what DCP's load planner reads on hand-built DTensors
     against the Metadata DCP builds from hand-built ones."""
-    save = dcpviz.simulate_save(_scenario(*saved[:2]))
+    save = dcpviz.simulate_save(titan_scenario("deepseek-tiny", *saved[:2]))
     assert save.ok, save.errors
-    load = dcpviz.simulate_load(save, target=_scenario(*target[:2]))
+    load = dcpviz.simulate_load(save, target=titan_scenario("deepseek-tiny", *target[:2]))
     assert load.ok and load.verdict.clean, load.verdict.line
     assert load.verdict.line == f"{words}; it loads cleanly."
     md = hand_titan_metadata("deepseek-tiny", *saved)
@@ -323,16 +307,6 @@ def test_layout_changes_load_cleanly_and_read_what_dcp_plans(name, saved, target
             hand_titan_state_dict("deepseek-tiny", target[0], target[1], rank, target[2]), md
         )
         assert result_reads(load, rank) == expected, f"rank {rank}"
-
-
-def _scenario(mesh, names):
-    return dcpviz.Scenario(
-        model="deepseek-tiny",
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-    )
 
 
 @pytest.mark.skipif(

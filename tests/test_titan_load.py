@@ -10,7 +10,7 @@ import math
 import pytest
 from reference import load_plan_items, result_reads
 from test_titan_recipe import LLAMA_TINY_PP2, MOE_TINY_PP2, MOE_TINY_PP4
-from titan_reference import hand_titan_metadata, hand_titan_state_dict
+from titan_reference import hand_titan_metadata, hand_titan_state_dict, titan_scenario
 
 import dcpviz
 from dcpviz.engine.job.models import LlamaConfig, Transformer
@@ -62,21 +62,11 @@ CHANGES = [
 ]
 
 
-def _scenario(model, mesh, names):
-    return dcpviz.Scenario(
-        model=model,
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-    )
-
-
 @pytest.mark.parametrize("name,model,saved,target,words", CHANGES, ids=[c[0] for c in CHANGES])
 def test_layout_change_loads_cleanly_and_reads_what_dcp_plans(name, model, saved, target, words):
-    save = dcpviz.simulate_save(_scenario(model, *saved[:2]))
+    save = dcpviz.simulate_save(titan_scenario(model, *saved[:2]))
     assert save.ok, save.errors
-    load = dcpviz.simulate_load(save, target=_scenario(model, *target[:2]))
+    load = dcpviz.simulate_load(save, target=titan_scenario(model, *target[:2]))
     assert load.ok and load.verdict.clean, load.verdict.line
     assert load.verdict.line == f"{words}; it loads cleanly."
     assert len(load.mismatches) == 0
@@ -104,7 +94,7 @@ def three_layers():
 def test_a_key_missing_from_every_stage_breaks_the_load():
     """Saved with 2 layers on 2 stages, loaded into 3 layers on 2 stages: layers.2 is on the
     last stage of the target and in no stage of the checkpoint: DCP raises on that stage's ranks."""
-    save = dcpviz.simulate_save(_scenario("llama-tiny", (2, 2), ("pp", "dp_shard")))
+    save = dcpviz.simulate_save(titan_scenario("llama-tiny", (2, 2), ("pp", "dp_shard")))
     target = dcpviz.Scenario(
         model=three_layers,
         world_size=4,
@@ -146,6 +136,8 @@ def test_keys_of_other_stages_are_not_reported_unread():
             recipe="torchtitan",
         )
     )
-    load = dcpviz.simulate_load(save, target=_scenario("llama-tiny", (2, 2), ("pp", "dp_shard")))
+    load = dcpviz.simulate_load(
+        save, target=titan_scenario("llama-tiny", (2, 2), ("pp", "dp_shard"))
+    )
     unread = set(load.mismatches[load.mismatches["kind"] == "unexpected"].fqn)
     assert unread and all(k.startswith("layers.2.") for k in unread)

@@ -3,11 +3,12 @@ stage split equals torchtitan's rule worked by hand; bad meshes are refused with
 
 from __future__ import annotations
 
-import math
-
 import pytest
-from reference import plan_items, trace_items
-from titan_reference import hand_titan_state_dict
+from titan_reference import (
+    assert_every_rank_matches_hand_built,
+    hand_titan_state_dict,
+    titan_scenario,
+)
 
 import dcpviz
 from dcpviz.core.errors import DcpvizError
@@ -49,17 +50,7 @@ CASES = [
     ids=[f"{c[0]}-{'x'.join(f'{n}{s}' for n, s in zip(c[2], c[1]))}" for c in CASES],
 )
 def test_every_rank_matches_hand_built_dtensors(model, mesh, names, stages, fast):
-    W = math.prod(mesh)
-    result = dcpviz.simulate_save(
-        dcpviz.Scenario(
-            model=model, world_size=W, mesh=mesh, mesh_dim_names=names, recipe="torchtitan"
-        ),
-        fast=fast,
-    )
-    assert result.ok, result.errors
-    for rank in range(W):
-        expected = plan_items(hand_titan_state_dict(model, mesh, names, rank, stages), rank)
-        assert trace_items(result, rank) == expected, f"rank {rank}"
+    assert_every_rank_matches_hand_built(model, mesh, names, stages, fast)
 
 
 def test_stage_split_follows_torchtitan_by_hand():
@@ -127,13 +118,7 @@ def test_bad_meshes_are_refused_with_the_fix(kw, needle):
     ],
 )
 def test_meshes_the_model_cannot_take_are_refused(model, mesh, names, needle):
-    sc = dcpviz.Scenario(
-        model=model,
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-    )
+    sc = titan_scenario(model, mesh, names)
     with pytest.raises(DcpvizError, match=needle):
         dcpviz.simulate_save(sc)
 
@@ -141,13 +126,7 @@ def test_meshes_the_model_cannot_take_are_refused(model, mesh, names, needle):
 def test_stage_templates_are_used_and_equal_the_per_rank_path():
     """With pp, each stage's first rank builds a template for its stage (engine/shortcuts/stage_templates.py);
     every plan, the global plan and the Metadata equal those of every rank building its own."""
-    sc = dcpviz.Scenario(
-        model="moe-tiny",
-        world_size=8,
-        mesh=(2, 2, 2),
-        mesh_dim_names=("pp", "dp_shard", "ep"),
-        recipe="torchtitan",
-    )
+    sc = titan_scenario("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep"))
     fast, plain = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
     assert any("pipeline stages" in n for n in fast.trace.notes)
     assert not any("pipeline stages" in n for n in plain.trace.notes)

@@ -68,3 +68,22 @@ def test_real_load_into_other_stages_reads_what_the_simulation_plans(pair):
         )
     keys = [{run.trace.reads[i].fqn for i in p.items} for p in run.trace.final_plans]
     assert all(not keys[a] & keys[b] for a in range(4) for b in range(a + 1, 4))
+
+
+def test_the_capture_describes_every_stages_dtensors_as_the_simulation_does(pair):
+    """run_save records with a RecordingSavePlanner in each of the 4 gloo ranks, and its trace's
+    layouts are the coordinator's capture. The coordinator (rank 0) holds only stage 0's keys:
+    every later stage's DTensors reach it with their rank's local plan, so the tensors table
+    shows stage 1's keys with their real placements (not as plain tensors), as simulate_save
+    does for the same layout."""
+    run, sim, _ = pair
+    columns = ["fqn", "placements", "mesh"]
+    real = run.tensors[columns].sort_values("fqn").reset_index(drop=True)
+    simulated = sim.tensors[columns].sort_values("fqn").reset_index(drop=True)
+    stage1 = dict(zip(real["fqn"], real["placements"]))
+    assert stage1["output.weight"] != "(plain tensor)", stage1
+    assert stage1["layers.3.moe.experts.w2"] != "(plain tensor)", stage1
+    assert real.equals(simulated), real.compare(simulated)
+    assert set(run.trace.layouts) == set(sim.trace.layouts)
+    assert not any("sent no DTensor layouts" in n for n in run.trace.notes), run.trace.notes
+    assert "rank-specific-value" not in set(run.checks["check"]), run.checks

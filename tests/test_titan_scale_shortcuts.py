@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch.distributed as dist
+from sabotage import shapes_key_without_coordinate, silence_check, spy_on_check
 from test_save_shortcuts import SCENARIOS, _id, plain_plan, same_plan, template_view
+from titan_reference import titan_scenario
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import dcpviz
@@ -34,16 +34,6 @@ PP_CASES = [
     ("moe-tiny", (4, 2), ("pp", "dp_shard"), 4),
     ("moe-tiny", (2, 2, 2), ("pp", "dp_shard", "ep"), 6),
 ]
-
-
-def _scenario(model, mesh, names):
-    return dcpviz.Scenario(
-        model=model,
-        world_size=math.prod(mesh),
-        mesh=mesh,
-        mesh_dim_names=names,
-        recipe="torchtitan",
-    )
 
 
 def _records(result, phase):
@@ -70,7 +60,7 @@ def _worldless_note(result) -> str:
     ids=[f"{c[0]}-{'x'.join(f'{n}{s}' for n, s in zip(c[2], c[1]))}" for c in PP_CASES],
 )
 def test_worldless_ranks_plan_as_every_rank_in_its_own_world(model, mesh, names, worldless_ranks):
-    sc = _scenario(model, mesh, names)
+    sc = titan_scenario(model, mesh, names)
     fast, plain = dcpviz.simulate_save(sc), dcpviz.simulate_save(sc, fast=False)
     _assert_same_as_plain(fast, plain)
     note = _worldless_note(fast)
@@ -82,7 +72,7 @@ def test_worldless_ranks_plan_as_every_rank_in_its_own_world(model, mesh, names,
 def test_a_copied_mesh_equals_a_fresh_one_on_every_rank():
     """``mesh_for_rank`` from rank 0's fresh meshes equals ``rank_mesh`` in each rank's own world,
     every field (the root mesh and the sub-meshes torchtitan's recipe slices)."""
-    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     W = sc.world_size
     with process_as_found():
         with fake_world(0, W):
@@ -103,7 +93,7 @@ def test_a_copied_mesh_equals_a_fresh_one_on_every_rank():
 
 
 def test_same_mesh_sees_a_wrong_coordinate():
-    sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     with process_as_found(), fake_world(0, 8):
         m = rank_mesh(build_mesh(sc)["tp"], 0, {})
     state = mesh_copies.snapshot(vars(m))
@@ -115,7 +105,7 @@ def test_same_mesh_sees_a_wrong_coordinate():
 def test_a_broken_mesh_copy_is_caught_and_the_plans_stay_dcps(monkeypatch):
     """Sabotage: copies that keep the snapshot's coordinate (rank 0's) would give every rank of a
     stage its first rank's shards. The check on each stage's last rank catches it."""
-    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
         mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
@@ -130,7 +120,7 @@ def test_without_the_check_the_broken_copy_would_change_the_plans(monkeypatch):
     """The sabotage above is real: with the check skipped, the plans differ from DCP's."""
     from dcpviz.engine.simulate import save as simulate_save_module
 
-    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
         mesh_copies, "coordinate_of", lambda state, rank, full=None: state["_coordinate_on_dim"]
@@ -147,7 +137,7 @@ def test_without_the_check_the_broken_copy_would_change_the_plans(monkeypatch):
 def test_a_planner_that_reads_the_world_gets_its_world(monkeypatch):
     """A planner step that asks for the rank raises outside a world (no default group): the rank
     is planned again in its world and the shortcut turns off; what it saw is each rank's own."""
-    sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     real = DefaultSavePlanner.create_local_plan
     seen = []
@@ -172,7 +162,7 @@ def test_finish_without_a_world_only_for_dcps_own_finish_plan(monkeypatch):
         pass
 
     assert not fastpath.finishes_without_world(Mine())
-    sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     real = DefaultSavePlanner.finish_plan
     seen = []
@@ -190,7 +180,7 @@ def test_finish_without_a_world_only_for_dcps_own_finish_plan(monkeypatch):
 
 def test_a_finish_plan_that_reads_the_world_would_fail_without_the_guard(monkeypatch):
     """Sabotage: with the guard forced open, the replaced finish_plan runs without a world."""
-    sc = _scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 2, 2), ("pp", "dp_shard", "tp"))
     real = DefaultSavePlanner.finish_plan
     monkeypatch.setattr(
         DefaultSavePlanner,
@@ -201,39 +191,27 @@ def test_a_finish_plan_that_reads_the_world_would_fail_without_the_guard(monkeyp
     assert not dcpviz.simulate_save(sc).ok
 
 
-def _shapes_key_without_coordinate(global_shape, mesh, placements, skip_offset):
-    """The local-shape memo keyed without the rank's coordinate: every rank would get the
-    shards of the first rank that asked."""
-    return (tuple(global_shape), tuple(mesh.shape), tuple(placements), skip_offset)
-
-
 def test_a_broken_local_shape_memo_is_caught_on_the_save(monkeypatch):
     """The save shares the load's memo, and its check: the first repeat of a layout on another
     rank is asked of DTensor too, and the difference turns the memo off."""
-    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+        fastpath.SharedLocalShapes, "key", staticmethod(shapes_key_without_coordinate)
     )
-    agrees, answers = fastpath.SharedLocalShapes.agrees, []
-
-    def spy(memo, dtensor):
-        answers.append(agrees(memo, dtensor))
-        return answers[-1]
-
-    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(spy))
+    answers = spy_on_check(monkeypatch, fastpath.SharedLocalShapes, "agrees")
     fast = dcpviz.simulate_save(sc)
     assert False in answers, "the check never saw the broken memo"
     _assert_same_as_plain(fast, plain)
 
 
 def test_without_its_check_the_broken_memo_would_change_the_save(monkeypatch):
-    sc = _scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
+    sc = titan_scenario("llama-tiny", (2, 4, 2), ("pp", "dp_shard", "tp"))
     plain = dcpviz.simulate_save(sc, fast=False)
     monkeypatch.setattr(
-        fastpath.SharedLocalShapes, "key", staticmethod(_shapes_key_without_coordinate)
+        fastpath.SharedLocalShapes, "key", staticmethod(shapes_key_without_coordinate)
     )
-    monkeypatch.setattr(fastpath.SharedLocalShapes, "agrees", staticmethod(lambda a, b: True))
+    silence_check(monkeypatch, fastpath.SharedLocalShapes, "agrees")
     fast = dcpviz.simulate_save(sc)
     assert _records(fast, "local_plans") != _records(plain, "local_plans")
 

@@ -11,13 +11,26 @@ from __future__ import annotations
 import math
 
 import torch
-from reference import tp_rule
+from reference import plan_items, tp_rule, trace_items
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from torch.distributed.tensor.placement_types import _StridedShard
 
+import dcpviz
 from dcpviz.engine.job.models import PRESETS
+
+
+def titan_scenario(model, mesh: tuple[int, ...], names: tuple[str, ...], **kw) -> dcpviz.Scenario:
+    """recipe='torchtitan' for ``model`` over ``mesh`` named ``names``, one rank per mesh slot."""
+    return dcpviz.Scenario(
+        model=model,
+        world_size=math.prod(mesh),
+        mesh=mesh,
+        mesh_dim_names=names,
+        recipe="torchtitan",
+        **kw,
+    )
 
 
 def _sub_mesh(
@@ -141,3 +154,13 @@ def hand_titan_metadata(model: str, mesh: tuple[int, ...], names: tuple[str, ...
         planners.append(p)
         plans.append(p.create_local_plan())
     return planners[0].create_global_plan(plans)[1]
+
+
+def assert_every_rank_matches_hand_built(model: str, mesh, names, stages, fast) -> None:
+    """simulate_save of the layout (``fast``: False per rank, None shortcuts) plans every rank as
+    DCP's own planner does on that rank's hand-built DTensors."""
+    result = dcpviz.simulate_save(titan_scenario(model, mesh, names), fast=fast)
+    assert result.ok, result.errors
+    for rank in range(math.prod(mesh)):
+        expected = plan_items(hand_titan_state_dict(model, mesh, names, rank, stages), rank)
+        assert trace_items(result, rank) == expected, f"rank {rank}"

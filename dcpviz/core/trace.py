@@ -184,8 +184,10 @@ class MetadataInfo:
 
 @dataclass(frozen=True)
 class TensorLayout:
-    """How a DTensor is laid out: placements and its mesh. From the coordinator's state dict; a
-    simulation adds the keys of other ranks (each pipeline stage's) where the coordinator lacks them."""
+    """How a DTensor is laid out: placements and its mesh. Merged over the ranks' state dicts
+    (a simulation takes each pipeline stage's first rank, a capture every rank), so keys the
+    coordinator lacks are described too; a key laid out differently on two ranks has the
+    placements ``"(differs by rank)"``."""
 
     fqn: str
     placements: str

@@ -31,6 +31,7 @@ from dcpviz.core.trace import (
     PlanRecord,
     SaveTrace,
     ScenarioInfo,
+    TensorLayout,
     ValueDigest,
     to_plain,
     write_trace,
@@ -42,6 +43,7 @@ from dcpviz.engine.convert.save import (
     PlanConverter,
     byte_item_sizes,
     dedup_alternative,
+    merged_layouts,
     planned_item,
     tensor_layouts,
 )
@@ -54,19 +56,24 @@ from dcpviz.engine.values.digests import tied_keys, value_digests_of
 
 
 class CarriedPlannerData(dict):
-    """A local plan's ``planner_data`` with this rank's value digests riding along to the
-    coordinator: DCP already gathers every local plan there, so the digests need no collective
-    of their own. The coordinator's recorder takes them off again before the wrapped planner
-    sees the plans, so DCP's planner (and its metadata's planner_data) sees exactly what it made.
-    It is the original mappings dict too (a dict subclass holding the same items), so even a
-    coordinator that does not strip it (not a recorder) merges the same planner_data."""
+    """A local plan's ``planner_data`` with this rank's value digests and DTensor layouts riding
+    along to the coordinator: DCP already gathers every local plan there, so they need no
+    collective of their own. The coordinator's recorder takes them off again before the wrapped
+    planner sees the plans, so DCP's planner (and its metadata's planner_data) sees exactly what
+    it made. It is the original mappings dict too (a dict subclass holding the same items), so
+    even a coordinator that does not strip it (not a recorder) merges the same planner_data.
+    ``digests`` / ``layouts`` are None where this rank could not take them."""
 
     def __init__(
-        self, planner_data: dict[str, Any] | None, digests: tuple[ValueDigest, ...]
+        self,
+        planner_data: dict[str, Any] | None,
+        digests: tuple[ValueDigest, ...] | None,
+        layouts: tuple[LayoutRow, ...] | None = None,
     ) -> None:
         super().__init__(planner_data or {})
         self.planner_data = planner_data
         self.digests = digests
+        self.layouts = layouts
 
 
 def strip_carried(plans: list[SavePlan]) -> tuple[list[SavePlan], list[ValueDigest], bool]:
@@ -76,12 +83,62 @@ def strip_carried(plans: list[SavePlan]) -> tuple[list[SavePlan], list[ValueDige
     for p in plans:
         data = getattr(p, "planner_data", None)
         if isinstance(data, CarriedPlannerData):
-            digests.extend(data.digests)
+            if data.digests is not None:
+                digests.extend(data.digests)
+            elif getattr(p, "usable", True):
+                every = False
             p = dataclasses.replace(p, planner_data=data.planner_data)
         elif getattr(p, "usable", True):
             every = False
         clean.append(p)
     return clean, digests, every
+
+
+LayoutRow = tuple[str, str, tuple[str, ...], tuple[int, ...]]
+"""A TensorLayout as a plain tuple (fqn, placements, mesh_dim_names, mesh_shape), as layouts
+travel to the coordinator: plain tuples pickle smaller and hash and compare in C."""
+
+
+def layout_rows(state_dict: Any) -> tuple[LayoutRow, ...]:
+    """This rank's DTensor layouts (``tensor_layouts``) as plain tuples, to carry."""
+    return tuple(
+        (lay.fqn, lay.placements, lay.mesh_dim_names, lay.mesh_shape)
+        for lay in tensor_layouts(state_dict)
+    )
+
+
+def carried_layouts(plans: list[SavePlan]) -> tuple[tuple[LayoutRow, ...] | None, ...]:
+    """Each rank's DTensor layouts as its local plan carried them (None: that rank sent none:
+    its planner is not a recorder, or describing failed there). Read before ``strip_carried``."""
+    out = []
+    for p in plans:
+        data = getattr(p, "planner_data", None)
+        out.append(getattr(data, "layouts", None) if isinstance(data, CarriedPlannerData) else None)
+    return tuple(out)
+
+
+def every_ranks_layouts(
+    carried: tuple[tuple[LayoutRow, ...] | None, ...],
+    coordinator: int,
+    own: tuple[TensorLayout, ...],
+) -> tuple[tuple[TensorLayout, ...], list[int]]:
+    """(the layouts of every rank's DTensors merged in rank order with ``merged_layouts``, as
+    ``simulate_save`` merges its stages' (a key laid out differently on two ranks says so), the
+    ranks that sent none). With pipeline stages the ranks hold different keys: the
+    coordinator's own state dict leaves the later stages' DTensors undescribed. ``own``: the
+    coordinator's layouts, used where its own plan carried none."""
+    per_rank = list(carried)
+    if 0 <= coordinator < len(per_rank) and per_rank[coordinator] is None:
+        per_rank[coordinator] = tuple(
+            (lay.fqn, lay.placements, lay.mesh_dim_names, lay.mesh_shape) for lay in own
+        )
+    missing = [r for r, rows in enumerate(per_rank) if rows is None]
+    # Most ranks repeat another's layouts exactly (every rank of a stage): merging a repeat
+    # changes nothing, so each distinct set is merged once, in the rank order it first appears.
+    merged: tuple[TensorLayout, ...] = ()
+    for rows in dict.fromkeys(rows for rows in per_rank if rows is not None):
+        merged = merged_layouts(merged, tuple(TensorLayout(*row) for row in rows))
+    return merged, missing
 
 
 class RecordingSavePlanner(Recorder, SavePlanner):
@@ -128,6 +185,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
         self._state_dict: Any = None
         self._digests: tuple[ValueDigest, ...] = ()
         self._received: tuple[list[ValueDigest], bool] = ([], False)
+        self._carried_layouts: tuple[tuple[LayoutRow, ...] | None, ...] = ()
         self._cached: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
         self.problems: list[str] = []  # what recording could not do in this dcp.save
 
@@ -182,30 +240,44 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             or {}
         )
         carried = self._record_safely(
-            "fingerprint this rank's non-DTensor values", self._carry, plan
+            "carry this rank's value digests and DTensor layouts", self._carry, plan
         )
         self._overhead += time.perf_counter() - t1
         return carried if carried is not None else plan
 
     def _carry(self, plan: SavePlan) -> SavePlan | None:
-        """The plan with this rank's value digests riding in its planner_data (None: nothing to
-        carry). A cached 'unchanged' marker carries them too: the values of a periodic save
-        change while its plan does not (DCP merges a marker with its cache by ``usable`` alone,
-        and the coordinator's recorder strips the carrier before the wrapped planner sees it)."""
+        """The plan with this rank's value digests and DTensor layouts riding in its
+        planner_data (None: nothing to carry). A cached 'unchanged' marker carries them too: the
+        values of a periodic save change while its plan does not (DCP merges a marker with its
+        cache by ``usable`` alone, and the coordinator's recorder strips the carrier before the
+        wrapped planner sees it). Each part that fails is sent as None, the other still goes."""
         if self._state_dict is None:
             return None
         if plan.planner_data is not None and type(plan.planner_data) is not dict:
             return None  # a custom planner's own planner_data: never wrapped
-        # Keys as the wrapped planner writes them: flatten_state_dict=False writes each top-level
-        # value (a whole nested dict of this rank's shards) as one bytes entry.
+        digests = self._record_safely("fingerprint this rank's non-DTensor values", self._digest)
+        # Every rank's layouts: with pipeline stages, ranks hold different keys.
+        layouts = self._record_safely(
+            "describe this rank's DTensors", layout_rows, self._state_dict
+        )
+        if digests is None and layouts is None:
+            return None
+        return dataclasses.replace(
+            plan, planner_data=CarriedPlannerData(plan.planner_data, digests, layouts)
+        )
+
+    def _digest(self) -> tuple[ValueDigest, ...]:
+        """This rank's value digests, keyed as the wrapped planner writes them:
+        flatten_state_dict=False writes each top-level value (a whole nested dict of this rank's
+        shards) as one bytes entry."""
         flatten = bool(getattr(self._inner, "flatten_state_dict", True))
         self._digests = tuple(value_digests_of(self._state_dict, self._rank, flatten=flatten))
-        return dataclasses.replace(
-            plan, planner_data=CarriedPlannerData(plan.planner_data, self._digests)
-        )
+        return self._digests
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Any]:
         """The inner planner's global plan and metadata, recorded (and written by the coordinator)."""
+        layouts = self._record_safely("read the ranks' DTensor layouts", carried_layouts, all_plans)
+        self._carried_layouts = layouts if layouts is not None else (None,) * len(all_plans)
         all_plans, digests, every = strip_carried(all_plans)  # the inner planner sees its own plans
         self._received = (digests, every)
         t0 = time.perf_counter()
@@ -376,6 +448,23 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             self._note_problem("record the failed global plan", rec_exc)
         self._overhead += time.perf_counter() - t0
 
+    def _every_ranks_layouts(self, W: int) -> tuple[tuple[TensorLayout, ...], list[str]]:
+        """(every rank's DTensor layouts, merged; notes on ranks that sent none). A failure to
+        merge keeps the coordinator's own layouts (and becomes a recording problem)."""
+        carried = tuple(self._carried_layouts[:W]) + (None,) * (W - len(self._carried_layouts))
+        me = self._rank if 0 <= self._rank < W else 0
+        layouts, missing = self._record_safely(
+            "merge the ranks' DTensor layouts", every_ranks_layouts, carried, me, self._layouts
+        ) or (self._layouts, [])
+        if not missing:
+            return layouts, []
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        return layouts, [
+            f"{len(missing)} of {W} ranks sent no DTensor layouts (ranks {shown}: their planner "
+            "is not a RecordingSavePlanner, or describing failed there): DTensors that only they "
+            "hold are shown as plain tensors."
+        ]
+
     def _build_trace(
         self,
         all_plans: list[SavePlan],
@@ -432,6 +521,8 @@ class RecordingSavePlanner(Recorder, SavePlanner):
                 f"{others_bytes} BYTE_IO items of other ranks carry the coordinator's serialised size of "
                 "the same key (0 where the coordinator has no such key): their own size is not sent."
             )
+        layouts, layout_notes = self._every_ranks_layouts(W)
+        notes += layout_notes
         digests, every = self._received
         if not every:
             notes.append(
@@ -472,7 +563,7 @@ class RecordingSavePlanner(Recorder, SavePlanner):
             global_plan_validated=validated,
             timings=tuple(timings.items()),
             notes=tuple(notes),
-            layouts=self._layouts,
+            layouts=layouts,
             source="capture",
             value_digests=tuple(digests),
             dedup_alternative=alternative,

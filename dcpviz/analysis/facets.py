@@ -162,8 +162,7 @@ def expert_sharding(
 def expert_grouping(fqn: str, size: tuple[int, ...], layout: Any, scenario: Any) -> tuple[str, str]:
     """(why there is no expert grouping for ``fqn``, or ''; a note on where the answer comes
     from, or ''). ``layout``: the tensor's recorded ``TensorLayout`` (None when not recorded: a
-    save trace records the coordinator's, rank 0's, DTensors only, so a later pipeline stage's
-    keys have none). Without a layout, a job that ``recipe="torchtitan"`` built with an ``ep`` dim
+    trace written before every stage's layouts were kept, or a captured rank that sent none). Without a layout, a job that ``recipe="torchtitan"`` built with an ``ep`` dim
     is known to shard every grouped expert tensor on dim 0 over ep (the recipe's own rule);
     anything else is refused."""
     if layout is not None:
@@ -173,11 +172,11 @@ def expert_grouping(fqn: str, size: tuple[int, ...], layout: Any, scenario: Any)
     names = tuple(getattr(scenario, "mesh_dim_names", ()) or ())
     if getattr(scenario, "recipe", "") == "torchtitan" and EXPERT_DIM in names:
         return "", (
-            f"no DTensor layout recorded for {fqn} (the trace keeps rank 0's); recipe='torchtitan' "
+            f"no DTensor layout recorded for {fqn} (no rank holding it sent one); recipe='torchtitan' "
             "with an ep dim shards grouped experts on dim 0 over ep"
         )
     return (
-        f"no DTensor layout is recorded for {fqn} (the trace keeps rank 0's), so whether it is "
+        f"no DTensor layout is recorded for {fqn} (no rank holding it sent one), so whether it is "
         "sharded over ep is not known",
         "",
     )

@@ -166,6 +166,10 @@ def test_the_tables_of_a_real_save_are_unchanged(ckpt):
     for row in facts.chunk_rows:
         for box in (row[2], row[3], row[7]):
             assert type(box) is tuple and all(type(v) is int for v in box)
+    assert len(facts.storage_rows) == 5
+    for row in facts.storage_rows:
+        assert type(row[1]) is tuple and all(type(v) is int for v in row[1])
+        assert row[5] == 0  # the writer rank, from the file name (__0_n.distcp)
     info = dcpviz.inspect_checkpoint(ckpt)
     assert list(info.chunks.itertuples(index=False, name=None)) == [
         ("a", 0, (0,), (64,), "float32", 256, "tensor", (64,)),

@@ -445,7 +445,9 @@ def _storage_records(md: Any, expected: dict[tuple, int | None], root: Path) -> 
             and hasattr(s, "length")
         ):
             raise CheckpointError(f"{root}/.metadata has a malformed storage record for {index!r}.")
-        records[_key(index.fqn, index.offset)] = s
+        # check_metadata passed: the offset is None or a box of ints (tuple() is _key's map(int))
+        off = index.offset
+        records[(index.fqn, tuple(off) if off is not None else None)] = s
     missing = [k for k in expected if k not in records]
     if missing:
         fqn, off = missing[0]
@@ -465,14 +467,15 @@ def _storage_rows(records: dict[tuple, Any], root: Path) -> tuple[dict[str, int]
     """Each referenced file's size, and one row per record; a record pointing outside the
     directory, at a missing file or past a file's end is refused."""
     sizes: dict[str, int] = {}
-    inside: dict[str, tuple[Path, bool]] = {}  # per file name, not per record
+    inside: dict[str, tuple[Path, bool, int]] = {}  # per file name, not per record
     storage_rows = []
     for (fqn, off), s in records.items():
         rel = str(s.relative_path)
         if rel not in inside:
             resolved = (root / rel).resolve()
-            inside[rel] = (resolved, not Path(rel).is_absolute() and root in resolved.parents)
-        path, ok = inside[rel]
+            ok = not Path(rel).is_absolute() and root in resolved.parents
+            inside[rel] = (resolved, ok, file_rank(rel))
+        path, ok, rank = inside[rel]
         if not ok:
             raise CheckpointError(
                 f"{_where(fqn, off)} points outside the checkpoint directory ({rel!r}); "
@@ -492,9 +495,7 @@ def _storage_rows(records: dict[tuple, Any], root: Path) -> tuple[dict[str, int]
                 f"but the file has only {sizes[rel]} bytes: it is truncated (or the metadata "
                 "belongs to another save)."
             )
-        storage_rows.append(
-            (fqn, off if off is not None else (), rel, offset, length, file_rank(rel))
-        )
+        storage_rows.append((fqn, off if off is not None else (), rel, offset, length, rank))
     return sizes, storage_rows
 
 

@@ -16,8 +16,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 import dcpviz
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.engine.checkpoint.reader import (
-    no_cyclic_gc,
     read_checkpoint,
     read_metadata,
     read_metadata_bytes,
@@ -57,10 +57,10 @@ def test_the_gc_is_left_as_it_was(enabled):
     was = gc.isenabled()
     try:
         (gc.enable if enabled else gc.disable)()
-        with no_cyclic_gc():
+        with gc_paused():
             assert not gc.isenabled()
         assert gc.isenabled() is enabled
-        with pytest.raises(ZeroDivisionError), no_cyclic_gc():
+        with pytest.raises(ZeroDivisionError), gc_paused():
             1 / 0  # noqa: B018
         assert gc.isenabled() is enabled
     finally:

@@ -9,14 +9,11 @@ Nothing is read through a link that leaves the checkpoint directory.
 
 from __future__ import annotations
 
-import gc
 import io
 import math
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from torch.distributed.checkpoint.metadata import (
 from dcpviz.core.checkpoint_facts import CheckpointFacts
 from dcpviz.core.errors import CheckpointError
 from dcpviz.core.filenames import file_rank
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.engine.checkpoint.byteio import SafeBytesPlanner, load_byte_io
 from dcpviz.engine.checkpoint.metadata_check import check_metadata
 
@@ -84,28 +82,12 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise CheckpointError(f"refusing persistent references in {self._source}")
 
 
-@contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """The cyclic garbage collector off for a bulk pass, and back as it was.
-
-    A 1024-rank ``.metadata`` unpickles into ~3 M objects (chunks, sizes, storage records), none
-    in a reference cycle; while they are built, the collector's passes over the growing heap took
-    ~40 % of ``pickle.load`` (2.2 of 5.4 s) and more again in the per-record loops that follow.
-    Reference counting still frees everything; only cycle collection waits until the pass ends."""
-    # The objects allocated meanwhile are still young when it ends: the first collection after
-    # it walks them once (~0.5-1 s here), instead of the repeated full passes while they grow.
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def read_metadata_bytes(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle DCP Metadata from bytes, admitting only metadata classes."""
-    with no_cyclic_gc():  # one block: the collection the pause defers runs once, at its end
+    # A 1024-rank .metadata unpickles into ~3 M acyclic objects; the cyclic GC's passes over
+    # the growing heap took ~40 % of pickle.load (2.2 of 5.4 s). One pause around the unpickle
+    # and the checks: the collection it defers walks the new objects once, after it.
+    with gc_paused():
         try:
             md = _MetadataUnpickler(io.BytesIO(data), source).load()
         except CheckpointError:
@@ -364,7 +346,7 @@ def read_checkpoint(
     """
     if verify not in VERIFY:
         raise CheckpointError(f"verify={verify!r} must be one of {VERIFY}.")
-    with no_cyclic_gc():  # per-record passes over ~600k records (see no_cyclic_gc)
+    with gc_paused():  # per-record passes over ~600k records (see read_metadata_bytes)
         return _read_checkpoint(checkpoint_dir, verify)
 
 

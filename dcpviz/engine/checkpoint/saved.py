@@ -16,12 +16,12 @@ from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, Tenso
 
 from dcpviz.core.errors import CheckpointError, DcpvizError, TraceFileError
 from dcpviz.core.filenames import writer_from_file
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.core.plans import writer_ranks
 from dcpviz.core.trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
 from dcpviz.core.trace_codec import read_trace
 from dcpviz.engine.checkpoint.reader import (
     METADATA_FILE,
-    no_cyclic_gc,
     read_metadata,
     storage_shortfalls,
 )
@@ -134,7 +134,7 @@ def _wrong_kind(what: str) -> TraceFileError:
 
 def _from_path(path: Path) -> SavedCheckpoint:
     if path.is_dir():
-        with no_cyclic_gc():  # per-record passes over ~600k records at 1024 ranks
+        with gc_paused():  # per-record passes over ~600k records at 1024 ranks
             md = read_metadata(path)
             ck = SavedCheckpoint(
                 metadata=md,

@@ -16,10 +16,15 @@ from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, Tenso
 
 from dcpviz.core.errors import CheckpointError, DcpvizError, TraceFileError
 from dcpviz.core.filenames import writer_from_file
+from dcpviz.core.gc_pause import gc_paused
 from dcpviz.core.plans import writer_ranks
 from dcpviz.core.trace import ChunkWriter, LoadTrace, MetadataInfo, SaveTrace, ScenarioInfo
 from dcpviz.core.trace_codec import read_trace
-from dcpviz.engine.checkpoint.reader import METADATA_FILE, read_metadata, storage_shortfalls
+from dcpviz.engine.checkpoint.reader import (
+    METADATA_FILE,
+    read_metadata,
+    storage_shortfalls,
+)
 from dcpviz.engine.convert.shared import metadata_info, torch_metadata
 
 
@@ -129,15 +134,16 @@ def _wrong_kind(what: str) -> TraceFileError:
 
 def _from_path(path: Path) -> SavedCheckpoint:
     if path.is_dir():
-        md = read_metadata(path)
-        ck = SavedCheckpoint(
-            metadata=md,
-            info=metadata_info(md),
-            scenario=None,
-            writers=_writers(md, None),
-            source=f"checkpoint {str(path)!r}",
-            unreadable=storage_shortfalls(path, md),
-        )
+        with gc_paused():  # per-record passes over ~600k records at 1024 ranks
+            md = read_metadata(path)
+            ck = SavedCheckpoint(
+                metadata=md,
+                info=metadata_info(md),
+                scenario=None,
+                writers=_writers(md, None),
+                source=f"checkpoint {str(path)!r}",
+                unreadable=storage_shortfalls(path, md),
+            )
         if not any(w.rank is not None for w in ck.writers):
             ck.notes.append(
                 "The checkpoint's file names do not follow FileSystemWriter's __{rank}_{n}.distcp "

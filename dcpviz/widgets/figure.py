@@ -77,7 +77,9 @@ class FigureSlot:
         if self._static is None and self.live is None:
             out = w.Output()
             out.add_class(STATIC_CLASS)
-            out.outputs = ({"output_type": "display_data", "data": mime_bundle(fig), "metadata": {}},)
+            out.outputs = (
+                {"output_type": "display_data", "data": mime_bundle(fig), "metadata": {}},
+            )
             self._static = fig
             self.widget.children = (out,)
             return

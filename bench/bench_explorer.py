@@ -13,9 +13,14 @@ What each row is, in the child process:
 - explorer, first view ready: ``dcpviz.explore(result)`` until it returns. The object Jupyter
   displays then exists with its header and its first visible tab built (figure included), the
   same moment the old explorer had built every tab. "cold" is a fresh process: it includes
-  plotly's FigureWidget import (once per kernel: plotly.io pulls nbformat -> jsonschema ->
-  rfc3987_syntax, which compiles its grammars). "plotly warm" imports FigureWidget before the
-  clock starts, as in a kernel that has shown any plotly widget before.
+  every import the explorer needs (up to main at 6952c84 that was plotly's FigureWidget, once
+  per kernel: plotly.io pulls nbformat -> jsonschema -> rfc3987_syntax, which compiles its
+  grammars; the first figures are now drawn without one). "plotly warm" imports FigureWidget
+  before the clock starts, as in a kernel that has shown any plotly widget before.
+- "kernel": the same "cold" code run as a cell of a fresh IPython kernel (ipykernel, through
+  jupyter_client), as a notebook's first ``explore()`` runs: the kernel has imported IPython,
+  traitlets and the comm machinery already (a plain ``python`` process pays ~0.4 s for those
+  inside "explorer, first view ready"), nothing else.
 - each other tab, first open: ``app.tabs.select(i)`` (what a click does) until its content is
   built. The old explorer built them all in the constructor: shown as "(in construction)".
 - of which full GC passes: time the garbage collector spent in full collections during
@@ -106,8 +111,14 @@ def best(runs: list[dict]) -> dict:
     return out
 
 
-def measure(code: Path, trace: Path, warm: bool) -> dict:
-    """One fresh process with ``code`` first on the path."""
+MODES = ("cold", "kernel", "plotly warm")
+
+
+def measure(code: Path, trace: Path, mode: str) -> dict:
+    """One fresh process (a plain one, or a fresh IPython kernel) with ``code`` first on the path."""
+    if mode == "kernel":
+        return measure_in_kernel(code, trace)
+    warm = mode == "plotly warm"
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold"],
@@ -119,6 +130,32 @@ def measure(code: Path, trace: Path, warm: bool) -> dict:
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
     if proc.returncode or not line:
         raise SystemExit(f"child failed with {code}:\n{proc.stderr[-3000:]}")
+    return json.loads(line[0][5:])
+
+
+def measure_in_kernel(code: Path, trace: Path) -> dict:
+    """The child's code as the first cell of a fresh IPython kernel with ``code`` on the path."""
+    from jupyter_client.manager import start_new_kernel
+
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=tempfile.gettempdir())
+    out: list[str] = []
+
+    def on_message(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    try:
+        cell = f"import sys\nsys.argv = ['bench', {str(trace)!r}, 'cold']\n" + CHILD
+        kc.execute_interactive(cell, output_hook=on_message, timeout=900)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    line = [ln for ln in "".join(out).splitlines() if ln.startswith("BENCH")]
+    if not line:
+        raise SystemExit(f"kernel run failed with {code}:\n{''.join(out)[-3000:]}")
     return json.loads(line[0][5:])
 
 
@@ -175,7 +212,15 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown"
     )
+    ap.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, of {', '.join(MODES)} (default: all)",
+    )
     args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes: each of {', '.join(MODES)}")
     save = None if args.skip_save else args.trace or make_trace(args.cache)
     codes = {"new": ROOT}
     if args.old:
@@ -189,10 +234,8 @@ def main() -> None:
         if trace is None:
             continue
         runs = {
-            f"{code} {mode}": best(
-                [measure(path, trace, mode == "plotly warm") for _ in range(args.repeat)]
-            )
-            for mode in ("cold", "plotly warm")
+            f"{code} {mode}": best([measure(path, trace, mode) for _ in range(args.repeat)])
+            for mode in modes
             for code, path in codes.items()
         }
         print("\n".join(table(f"{name}: {trace.name}", runs)) + "\n")

@@ -22,7 +22,7 @@ import plotly.io as pio
 
 MIME = "application/vnd.plotly.v1+json"
 STATIC_CLASS = "dcpviz-figure-static"  # the Output holding the first figure
-LIVE_CLASS = "dcpviz-figure-live"  # the FigureWidget that replaces it
+LIVE_CLASS = "dcpviz-figure-live"  # the slot's box, and the FigureWidget, once it has one
 
 
 def figure_widget() -> go.FigureWidget:
@@ -94,6 +94,7 @@ class FigureSlot:
                 replace_figure(live, self._static)
             self.live, self._static = live, None
             self.widget.children = (live,)
+            self.widget.add_class(LIVE_CLASS)  # the FigureWidget's own element may not show it
         return self.live
 
     @property

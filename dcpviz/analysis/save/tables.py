@@ -761,16 +761,19 @@ def plan_signatures(trace: SaveTrace) -> dict[str, tuple[int, ...]]:
     if not len(ids):
         return {}
     cols = item_columns(trace)
-    order = np.argsort(ids, kind="stable")  # the plans are in rank order: ranks stay sorted
-    ids_s, ranks_s = ids[order], ranks[order]
+    span = int(ranks.max()) + 1
+    pairs = np.sort(ids * span + ranks)  # by item, then rank (as planned_by's sorted ranks)
+    ids_s, ranks_s = pairs // span, pairs % span
     starts = np.flatnonzero(np.r_[True, ids_s[1:] != ids_s[:-1]])
     item = ids_s[starts]  # each planned item once, by id
     length = np.diff(np.r_[starts, len(ids_s)])
     rank_set = np.empty(len(item), dtype=np.int64)  # numbered within each length
     for n in _sorted_unique(length).tolist():
         which = np.flatnonzero(length == n)
-        rows = ranks_s[starts[which][:, None] + np.arange(n)]
-        rank_set[which] = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+        raw = ranks_s[starts[which][:, None] + np.arange(n)].tobytes()
+        step = 8 * n
+        rows = [raw[k : k + step] for k in range(0, len(raw), step)]
+        rank_set[which] = list(map(_first_met(rows).__getitem__, rows))
     boxes = list(zip(cols.offsets[item].tolist(), cols.sizes[item].tolist()))
     box_code = np.array(list(map(_first_met(boxes).__getitem__, boxes)), dtype=np.int64)
     # One integer per item: (box, length, rank set) packed without overlap.

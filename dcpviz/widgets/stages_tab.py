@@ -104,7 +104,14 @@ class SaveStages(w.VBox):
             ctl.observe(self._draw, "value")
         self._draw()
         super().__init__(
-            [self.table, self.why, self.view, self.tensor_picker, self.expert_picker, self.fig.widget]
+            [
+                self.table,
+                self.why,
+                self.view,
+                self.tensor_picker,
+                self.expert_picker,
+                self.fig.widget,
+            ]
         )
 
     def _draw(self, change: Any = None) -> None:

@@ -52,7 +52,7 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "dcpviz-bench-explorer-save1024.js
 CHILD = r"""
 import json, resource, sys, time
 T = time.perf_counter
-path, warm = sys.argv[1], sys.argv[2] == "warm"
+path, warm, tabs_too = sys.argv[1], sys.argv[2] == "warm", sys.argv[3:] != ["no-tabs"]
 out = {}
 t = T(); import dcpviz; out["import dcpviz"] = T() - t
 if warm:
@@ -74,7 +74,7 @@ tabs = app.tabs
 out["first tab"] = tabs.titles[tabs.selected_index]
 opened = {}
 for i, title in enumerate(tabs.titles):
-    if i == tabs.selected_index:
+    if i == tabs.selected_index or not tabs_too:
         continue
     if hasattr(tabs, "select"):  # lazy tabs: built on first selection
         t = T(); tabs.select(i); opened[title] = T() - t
@@ -114,14 +114,16 @@ def best(runs: list[dict]) -> dict:
 MODES = ("cold", "kernel", "plotly warm")
 
 
-def measure(code: Path, trace: Path, mode: str) -> dict:
-    """One fresh process (a plain one, or a fresh IPython kernel) with ``code`` first on the path."""
+def measure(code: Path, trace: Path, mode: str, tabs: bool = True) -> dict:
+    """One fresh process (a plain one, or a fresh IPython kernel) with ``code`` first on the path;
+    ``tabs=False``: the first view only."""
+    extra = [] if tabs else ["no-tabs"]
     if mode == "kernel":
-        return measure_in_kernel(code, trace)
+        return measure_in_kernel(code, trace, extra)
     warm = mode == "plotly warm"
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold"],
+        [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -133,12 +135,14 @@ def measure(code: Path, trace: Path, mode: str) -> dict:
     return json.loads(line[0][5:])
 
 
-def measure_in_kernel(code: Path, trace: Path) -> dict:
+def measure_in_kernel(code: Path, trace: Path, extra: list[str]) -> dict:
     """The child's code as the first cell of a fresh IPython kernel with ``code`` on the path."""
     from jupyter_client.manager import start_new_kernel
 
     env = {**os.environ, "PYTHONPATH": str(code)}
-    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=tempfile.gettempdir())
+    km, kc = start_new_kernel(
+        kernel_name="python3", env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL
+    )
     out: list[str] = []
 
     def on_message(msg: dict) -> None:
@@ -148,7 +152,8 @@ def measure_in_kernel(code: Path, trace: Path) -> dict:
             out.append("\n".join(msg["content"]["traceback"]))
 
     try:
-        cell = f"import sys\nsys.argv = ['bench', {str(trace)!r}, 'cold']\n" + CHILD
+        argv = ["bench", str(trace), "cold", *extra]
+        cell = f"import sys\nsys.argv = {argv!r}\n" + CHILD
         kc.execute_interactive(cell, output_hook=on_message, timeout=900)
     finally:
         kc.stop_channels()
@@ -213,6 +218,11 @@ def main() -> None:
         "--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown"
     )
     ap.add_argument(
+        "--first-view-only",
+        action="store_true",
+        help="time the first view only (no other tab opened: a quicker run)",
+    )
+    ap.add_argument(
         "--modes",
         default=",".join(MODES),
         help=f"comma-separated, of {', '.join(MODES)} (default: all)",
@@ -234,7 +244,9 @@ def main() -> None:
         if trace is None:
             continue
         runs = {
-            f"{code} {mode}": best([measure(path, trace, mode) for _ in range(args.repeat)])
+            f"{code} {mode}": best(
+                [measure(path, trace, mode, not args.first_view_only) for _ in range(args.repeat)]
+            )
             for mode in modes
             for code, path in codes.items()
         }

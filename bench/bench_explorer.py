@@ -13,9 +13,14 @@ What each row is, in the child process:
 - explorer, first view ready: ``dcpviz.explore(result)`` until it returns. The object Jupyter
   displays then exists with its header and its first visible tab built (figure included), the
   same moment the old explorer had built every tab. "cold" is a fresh process: it includes
-  plotly's FigureWidget import (once per kernel: plotly.io pulls nbformat -> jsonschema ->
-  rfc3987_syntax, which compiles its grammars). "plotly warm" imports FigureWidget before the
-  clock starts, as in a kernel that has shown any plotly widget before.
+  every import the explorer needs (up to main at 6952c84 that was plotly's FigureWidget, once
+  per kernel: plotly.io pulls nbformat -> jsonschema -> rfc3987_syntax, which compiles its
+  grammars; the first figures are now drawn without one). "plotly warm" imports FigureWidget
+  before the clock starts, as in a kernel that has shown any plotly widget before.
+- "kernel": the same "cold" code run as a cell of a fresh IPython kernel (ipykernel, through
+  jupyter_client), as a notebook's first ``explore()`` runs: the kernel has imported IPython,
+  traitlets and the comm machinery already (a plain ``python`` process pays ~0.4 s for those
+  inside "explorer, first view ready"), nothing else.
 - each other tab, first open: ``app.tabs.select(i)`` (what a click does) until its content is
   built. The old explorer built them all in the constructor: shown as "(in construction)".
 - of which full GC passes: time the garbage collector spent in full collections during
@@ -47,7 +52,7 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "dcpviz-bench-explorer-save1024.js
 CHILD = r"""
 import json, resource, sys, time
 T = time.perf_counter
-path, warm = sys.argv[1], sys.argv[2] == "warm"
+path, warm, tabs_too = sys.argv[1], sys.argv[2] == "warm", sys.argv[3:] != ["no-tabs"]
 out = {}
 t = T(); import dcpviz; out["import dcpviz"] = T() - t
 if warm:
@@ -69,7 +74,7 @@ tabs = app.tabs
 out["first tab"] = tabs.titles[tabs.selected_index]
 opened = {}
 for i, title in enumerate(tabs.titles):
-    if i == tabs.selected_index:
+    if i == tabs.selected_index or not tabs_too:
         continue
     if hasattr(tabs, "select"):  # lazy tabs: built on first selection
         t = T(); tabs.select(i); opened[title] = T() - t
@@ -106,11 +111,19 @@ def best(runs: list[dict]) -> dict:
     return out
 
 
-def measure(code: Path, trace: Path, warm: bool) -> dict:
-    """One fresh process with ``code`` first on the path."""
+MODES = ("cold", "kernel", "plotly warm")
+
+
+def measure(code: Path, trace: Path, mode: str, tabs: bool = True) -> dict:
+    """One fresh process (a plain one, or a fresh IPython kernel) with ``code`` first on the path;
+    ``tabs=False``: the first view only."""
+    extra = [] if tabs else ["no-tabs"]
+    if mode == "kernel":
+        return measure_in_kernel(code, trace, extra)
+    warm = mode == "plotly warm"
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold"],
+        [sys.executable, "-c", CHILD, str(trace), "warm" if warm else "cold", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -119,6 +132,35 @@ def measure(code: Path, trace: Path, warm: bool) -> dict:
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
     if proc.returncode or not line:
         raise SystemExit(f"child failed with {code}:\n{proc.stderr[-3000:]}")
+    return json.loads(line[0][5:])
+
+
+def measure_in_kernel(code: Path, trace: Path, extra: list[str]) -> dict:
+    """The child's code as the first cell of a fresh IPython kernel with ``code`` on the path."""
+    from jupyter_client.manager import start_new_kernel
+
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    km, kc = start_new_kernel(
+        kernel_name="python3", env=env, cwd=tempfile.gettempdir(), stderr=subprocess.DEVNULL
+    )
+    out: list[str] = []
+
+    def on_message(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    try:
+        argv = ["bench", str(trace), "cold", *extra]
+        cell = f"import sys\nsys.argv = {argv!r}\n" + CHILD
+        kc.execute_interactive(cell, output_hook=on_message, timeout=900)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    line = [ln for ln in "".join(out).splitlines() if ln.startswith("BENCH")]
+    if not line:
+        raise SystemExit(f"kernel run failed with {code}:\n{''.join(out)[-3000:]}")
     return json.loads(line[0][5:])
 
 
@@ -175,7 +217,20 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="fresh processes per cell; the minimum is shown"
     )
+    ap.add_argument(
+        "--first-view-only",
+        action="store_true",
+        help="time the first view only (no other tab opened: a quicker run)",
+    )
+    ap.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, of {', '.join(MODES)} (default: all)",
+    )
     args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes: each of {', '.join(MODES)}")
     save = None if args.skip_save else args.trace or make_trace(args.cache)
     codes = {"new": ROOT}
     if args.old:
@@ -190,9 +245,9 @@ def main() -> None:
             continue
         runs = {
             f"{code} {mode}": best(
-                [measure(path, trace, mode == "plotly warm") for _ in range(args.repeat)]
+                [measure(path, trace, mode, not args.first_view_only) for _ in range(args.repeat)]
             )
-            for mode in ("cold", "plotly warm")
+            for mode in modes
             for code, path in codes.items()
         }
         print("\n".join(table(f"{name}: {trace.name}", runs)) + "\n")

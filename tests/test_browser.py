@@ -157,11 +157,17 @@ def test_tour_explorer_renders_and_updates(lab):
             explorer = page.locator(".dcpviz-explorer").first
             explorer.wait_for(state="attached", timeout=180_000)
             explorer.scroll_into_view_if_needed()
-            figure = page.locator(".dcpviz-explorer .js-plotly-plot").first
-            figure.wait_for(timeout=120_000)
-            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text(
+            # The first figure is plotly's MIME bundle in an Output, drawn by the
+            # jupyterlab-plotly extension (no FigureWidget yet): its plot is really there.
+            layout = page.locator(".dcpviz-explorer .dcpviz-layout-figure").first
+            static = layout.locator(".dcpviz-figure-static .js-plotly-plot")
+            expect(static.locator(".main-svg").first).to_be_visible(timeout=120_000)
+            expect(layout.locator(".dcpviz-figure-static .jp-RenderedPlotly")).to_have_count(1)
+            expect(static.locator(".gtitle").first).to_contain_text(
                 "tok_embeddings.weight", timeout=60_000
             )
+            assert layout.locator(".dcpviz-figure-live").count() == 0
+            figure = static.first
             # The summary header and all six tabs are there.
             expect(explorer).to_contain_text("imbalance")
             for tab in ("Layout", "Dedup", "Volume", "Phases", "Tables", "Checks"):
@@ -170,13 +176,22 @@ def test_tour_explorer_renders_and_updates(lab):
                 ).to_be_visible()
             before = figure.locator("path").count()
 
-            # Pick another tensor: the same figure redraws with it.
+            # Pick another tensor: the static figure gives way to a FigureWidget showing it,
+            # which later picks update in place.
             picker = page.locator(".dcpviz-explorer .widget-select select").first
             picker.select_option(label="output.weight")
-            expect(page.locator(".dcpviz-explorer .gtitle").first).to_contain_text(
-                "output.weight", timeout=60_000
+            live = page.locator(
+                ".dcpviz-explorer .dcpviz-layout-figure.dcpviz-figure-live .js-plotly-plot"
+            ).first
+            expect(live.locator(".gtitle").first).to_contain_text("output.weight", timeout=60_000)
+            expect(layout.locator(".dcpviz-figure-static")).to_have_count(0)
+            expect(layout.locator(".jp-RenderedPlotly")).to_have_count(0)  # not the MIME renderer
+            assert live.locator("path").count() > 0 and before > 0
+            picker.select_option(label="tok_embeddings.weight")
+            expect(live.locator(".gtitle").first).to_contain_text(
+                "tok_embeddings.weight", timeout=60_000
             )
-            assert figure.locator("path").count() > 0 and before > 0
+            expect(layout.locator(".js-plotly-plot")).to_have_count(1)
             # Screenshots: a tall viewport so the whole explorer fits in one picture.
             page.set_viewport_size({"width": 1400, "height": 2200})
             explorer.scroll_into_view_if_needed()

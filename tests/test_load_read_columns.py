@@ -220,3 +220,34 @@ def test_the_load_explorer_opens_without_the_read_table(load, tmp_path):
         app.tabs.select("Resharding")
         assert "read_items" in fresh.__dict__
     assert app.header.value == header
+
+
+def test_wanted_nbytes_equals_the_plain_sum(load):
+    """Bytes each rank's own shards hold: per value, the sum over its chunks of elements times
+    the dtype's size (per dtype looked up once, one chunk summed without a generator)."""
+    from dcpviz.analysis.save.tables import components_of
+    from dcpviz.core.units import itemsize
+
+    tr = load.trace
+    parts = components_of(tr, [tv.fqn for tv in tr.wanted])
+    for component in (None, *dict.fromkeys(parts)):
+        plain = [
+            sum(
+                sum(math.prod(c.sizes) for c in tr.wanted[i].chunks) * itemsize(tr.wanted[i].dtype)
+                for i in ids
+                if tr.wanted[i].dtype is not None and component in (None, parts[i])
+            )
+            for ids in tr.wanted_by_rank
+        ]
+        assert load_tables.wanted_nbytes(tr, component).tolist() == plain
+
+
+def test_trace_facts_keep_each_keys_first_value(load):
+    from dcpviz.analysis.load.fix import trace_facts
+    from dcpviz.core.keymatch import KeyFacts
+
+    first: dict = {}
+    for tv in load.trace.wanted:
+        first.setdefault(tv.fqn, KeyFacts(None if tv.size is None else tuple(tv.size), tv.dtype))
+    target, _ = trace_facts(load.trace)
+    assert {k: target[k] for k in first} == first

@@ -13,7 +13,7 @@ from dcpviz.core.errors import DcpvizError
 from dcpviz.results import CheckpointReport
 from dcpviz.views.html import header_html, parts_tables_html
 from dcpviz.widgets.checks_tab import checks_widget
-from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.figure import figure_slot, replace_figure
 
 
 class CheckpointExplorer(w.VBox):
@@ -23,11 +23,11 @@ class CheckpointExplorer(w.VBox):
         self.result = report
         self.header = w.HTML(header_html(report))
         self.checks = checks_widget(report.checks)
-        self.layout_fig = figure_widget()
+        self.layout_fig = figure_slot()
         if len(report.storage):
             replace_figure(self.layout_fig, views.file_layout(report))
         self.tables = w.HTML(parts_tables_html(report.parts()))
-        self.tabs = w.Tab([self.checks, self.layout_fig, self.tables])
+        self.tabs = w.Tab([self.checks, self.layout_fig.widget, self.tables])
         for i, title in enumerate(("Checks", "Files", "Tables")):
             self.tabs.set_title(i, title)
         super().__init__([self.header, self.tabs])

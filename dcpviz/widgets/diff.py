@@ -10,7 +10,7 @@ import ipywidgets as w
 from dcpviz import views
 from dcpviz.core.errors import DcpvizError
 from dcpviz.views.html import header_html, table_html
-from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.figure import figure_slot, replace_figure
 
 
 class DiffExplorer(w.VBox):
@@ -19,7 +19,7 @@ class DiffExplorer(w.VBox):
     def __init__(self, result: Any) -> None:
         self.result = result
         self.header = w.HTML(header_html(result))
-        self.overview = figure_widget()
+        self.overview = figure_slot()
         replace_figure(self.overview, views.diff_overview(result))
         regions = result.regions
         keys = (
@@ -33,13 +33,13 @@ class DiffExplorer(w.VBox):
             else []
         )
         self.picker = w.Dropdown(options=keys, description="tensor", layout={"width": "60%"})
-        self.regions_fig = figure_widget()
+        self.regions_fig = figure_slot()
         self.picker.observe(lambda _change: self._show_regions(), names="value")
         self._show_regions()
         self.table = w.HTML(table_html(result.changes))
-        parts: list[Any] = [self.header, self.overview]
+        parts: list[Any] = [self.header, self.overview.widget]
         if keys:
-            parts += [self.picker, self.regions_fig]
+            parts += [self.picker, self.regions_fig.widget]
         super().__init__([*parts, self.table])
 
     def _show_regions(self) -> None:

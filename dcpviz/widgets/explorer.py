@@ -20,7 +20,7 @@ from dcpviz.views.style import base_layout
 from dcpviz.widgets.checkpoint import checkpoint_app
 from dcpviz.widgets.checks_tab import tabs_with_checks
 from dcpviz.widgets.diff import diff_app
-from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.figure import figure_slot, replace_figure
 from dcpviz.widgets.load_explorer import LoadExplorer
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 from dcpviz.widgets.stages_tab import stage_pages
@@ -128,7 +128,7 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         )
         self.dim_rows = w.Dropdown(description="rows dim")
         self.dim_cols = w.Dropdown(description="cols dim")
-        self.layout_fig = figure_widget()
+        self.layout_fig = figure_slot()
         self.layout_fig.add_class("dcpviz-layout-figure")
         self.search.observe(self._on_search, "value")
         self.group_picker.observe(self._on_group, "value")
@@ -146,7 +146,7 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
                 w.HBox([self.dim_rows, self.dim_cols]),
             ]
         )
-        return w.VBox([controls, self.layout_fig])
+        return w.VBox([controls, self.layout_fig.widget])
 
     def _on_search(self, change: Any = None) -> None:
         text = self.search.value.strip().lower()
@@ -208,8 +208,8 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
 
     @property
     def layout_figure(self):
-        """The chunk-layout figure of the selected tensor."""
-        return self.layout_fig
+        """The chunk-layout figure of the selected tensor (the figure on screen)."""
+        return self.layout_fig.figure
 
     # -- dedup tab ------------------------------------------------------------------------
     def _dedup_tab(self) -> w.Widget:
@@ -218,13 +218,13 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         self.dedup_picker = w.Dropdown(
             options=[("all tensors (grouped)", "")] + [(f, f) for f in fqns], description="show"
         )
-        self.dedup_fig = figure_widget()
+        self.dedup_fig = figure_slot()
         self._has_dedup = bool(len(d))
         self.dedup_picker.observe(self._draw_dedup, "value")
         self._draw_dedup()
         if not len(d):
             return w.HTML("<p>No item was planned by more than one rank: nothing to dedup.</p>")
-        return w.VBox([self.dedup_picker, self.dedup_fig])
+        return w.VBox([self.dedup_picker, self.dedup_fig.widget])
 
     def _draw_dedup(self, change: Any = None) -> None:
         if not self._has_dedup:
@@ -243,11 +243,11 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             options=options, value="compare" if self.compare is not None else "total"
         )
         self.volume_depth = w.BoundedIntText(value=1, min=1, max=4, description="depth")
-        self.volume_fig = figure_widget()
+        self.volume_fig = figure_slot()
         self.volume_mode.observe(self._draw_volume, "value")
         self.volume_depth.observe(self._draw_volume, "value")
         self._draw_volume()
-        return w.VBox([w.HBox([self.volume_mode, self.volume_depth]), self.volume_fig])
+        return w.VBox([w.HBox([self.volume_mode, self.volume_depth]), self.volume_fig.widget])
 
     def _draw_volume(self, change: Any = None) -> None:
         mode = self.volume_mode.value
@@ -275,11 +275,11 @@ class Explorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             style={"button_width": "auto"},
         )  # fixed widths cut "2 · global plan (dedup)"
         self.phase_text = w.HTML()
-        self.phase_fig = figure_widget()
+        self.phase_fig = figure_slot()
         self.phase_table = w.HTML()
         self.phase.observe(self._draw_phase, "value")
         self._draw_phase()
-        return w.VBox([self.phase, self.phase_text, self.phase_fig, self.phase_table])
+        return w.VBox([self.phase, self.phase_text, self.phase_fig.widget, self.phase_table])
 
     def _draw_phase(self, change: Any = None) -> None:
         phase = self.phase.value

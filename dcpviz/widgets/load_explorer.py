@@ -12,7 +12,7 @@ from dcpviz import views
 from dcpviz.results import pick_read_tensors
 from dcpviz.views.html import header_html, table_html
 from dcpviz.widgets.checks_tab import tabs_with_checks
-from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.figure import figure_slot, replace_figure
 from dcpviz.widgets.panels import BuildsTabOnAccess, StaticFallback, TablesPanel
 from dcpviz.widgets.stages_tab import stage_pages
 
@@ -75,13 +75,13 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
         )
         W = self.result.trace.scenario.world_size
         self.rank_picker = w.Dropdown(options=list(range(W)), value=0, description="target rank")
-        self.read_fig = figure_widget()
+        self.read_fig = figure_slot()
         self.search.observe(self._on_search, "value")
         self.fqn_picker.observe(self._draw_reads, "value")
         self.rank_picker.observe(self._draw_reads, "value")
         self._all_tensors = tensors
         self._draw_reads()
-        return w.VBox([self.search, self.fqn_picker, self.rank_picker, self.read_fig])
+        return w.VBox([self.search, self.fqn_picker, self.rank_picker, self.read_fig.widget])
 
     def _on_search(self, change: Any = None) -> None:
         text = self.search.value.strip().lower()
@@ -101,10 +101,10 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             )
 
     def _volume_tab(self) -> w.Widget:
-        self.volume_fig = figure_widget()
+        self.volume_fig = figure_slot()
         if self.result.summary["reads"]:  # len(read_items), without building it
             replace_figure(self.volume_fig, views.read_volume(self.result))
-        return w.VBox([self.volume_fig])
+        return w.VBox([self.volume_fig.widget])
 
     def _resharding_tab(self) -> w.Widget:
         options = [("by writer rank", "writer_rank")]
@@ -119,11 +119,11 @@ class LoadExplorer(BuildsTabOnAccess, StaticFallback, w.VBox):
             ],
             value="nbytes",
         )
-        self.reshard_fig = figure_widget()
+        self.reshard_fig = figure_slot()
         self.reshard_by.observe(self._draw_resharding, "value")
         self.reshard_values.observe(self._draw_resharding, "value")
         self._draw_resharding()
-        return w.VBox([w.HBox([self.reshard_by, self.reshard_values]), self.reshard_fig])
+        return w.VBox([w.HBox([self.reshard_by, self.reshard_values]), self.reshard_fig.widget])
 
     def _draw_resharding(self, change: Any = None) -> None:
         if len(self.result.read_items):

@@ -18,7 +18,7 @@ from dcpviz.analysis.facets import EXPERT_DIM, is_grouped_expert, stage_facet
 from dcpviz.analysis.load.stage_tables import stage_facets, stage_resharding
 from dcpviz.analysis.save import stage_tables
 from dcpviz.views.html import table_html
-from dcpviz.widgets.figure import figure_widget, replace_figure
+from dcpviz.widgets.figure import figure_slot, replace_figure
 from dcpviz.widgets.panels import Page
 
 TITLE = "Stages"
@@ -99,12 +99,19 @@ class SaveStages(w.VBox):
             description="tensor",
             layout=w.Layout(width="460px"),
         )
-        self.fig = figure_widget()
+        self.fig = figure_slot()
         for ctl in (self.view, self.expert_picker, self.tensor_picker):
             ctl.observe(self._draw, "value")
         self._draw()
         super().__init__(
-            [self.table, self.why, self.view, self.tensor_picker, self.expert_picker, self.fig]
+            [
+                self.table,
+                self.why,
+                self.view,
+                self.tensor_picker,
+                self.expert_picker,
+                self.fig.widget,
+            ]
         )
 
     def _draw(self, change: Any = None) -> None:
@@ -154,11 +161,11 @@ class LoadStages(w.VBox):
             ],
             value="nbytes",
         )
-        self.fig = figure_widget()
+        self.fig = figure_slot()
         self.view.observe(self._draw, "value")
         self.values.observe(self._draw, "value")
         self._draw()
-        super().__init__([self.table, self.why, self.view, self.values, self.fig])
+        super().__init__([self.table, self.why, self.view, self.values, self.fig.widget])
 
     def _draw(self, change: Any = None) -> None:
         view = self.view.value

@@ -44,10 +44,9 @@ def trace_facts(trace: LoadTrace) -> tuple[dict[str, KeyFacts], dict[str, KeyFac
     """(target key -> facts, checkpoint key -> facts): from the target's values and the
     checkpoint's metadata, and from the mismatch records (which may name keys of their own)."""
     target: dict[str, KeyFacts] = {}
-    for tv in trace.wanted:
-        target.setdefault(
-            tv.fqn, KeyFacts(tuple(tv.size) if tv.size is not None else None, tv.dtype)
-        )
+    for tv in trace.wanted:  # one value per rank and key: the first of each key counts
+        if tv.fqn not in target:
+            target[tv.fqn] = KeyFacts(tuple(tv.size) if tv.size is not None else None, tv.dtype)
     saved = {t.fqn: KeyFacts(tuple(t.size), t.dtype) for t in trace.saved.tensors}
     saved.update({k: KeyFacts(None) for k in trace.saved.bytes_keys})
     for m in trace.mismatches:

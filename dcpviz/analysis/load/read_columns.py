@@ -11,7 +11,8 @@ sums and sorts over integer arrays. Every result equals the one computed from ``
 
 from __future__ import annotations
 
-from itertools import chain
+from collections.abc import Hashable, Iterable, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -43,31 +44,30 @@ class ReadColumns:
         )
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.rank = np.repeat(np.arange(len(plans), dtype=np.int64), self.lengths)
-        # The same lookups as read_items' rows (tables.read_row), once per read record.
+        # The same lookups as read_items' rows (tables.read_row), once per read record, as
+        # whole-list passes (dict lookups through map, codes in first-met order): one Python
+        # statement per record and column was most of the explorer's first view.
         saved = tables._saved(trace)
-        fqn_codes: dict[str, int] = {}
-        chunk_codes: dict[tuple, int] = {}
-        file_codes: dict[str, int] = {}
-        n = len(trace.reads)
-        fqn, chunk, writer, file_ = (np.empty(n, dtype=np.int64) for _ in range(4))
-        nbytes, chunk_nbytes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        own_key = np.empty(n, dtype=bool)
-        for i, r in enumerate(trace.reads):
-            key = saved.key(r)
-            w = saved.writers.get(key)
-            fqn[i] = fqn_codes.setdefault(r.fqn, len(fqn_codes))
-            chunk[i] = chunk_codes.setdefault((r.fqn, r.saved_offsets), len(chunk_codes))
-            writer[i] = -1 if w is None or w.rank is None else w.rank
-            file_[i] = (
-                -1
-                if w is None or w.file is None
-                else file_codes.setdefault(w.file, len(file_codes))
-            )
-            nbytes[i] = r.nbytes
-            chunk_nbytes[i] = saved.chunk_nbytes.get(key, 0)
-            own_key[i] = r.storage_fqn is not None
-        self.fqn, self.chunk, self.writer, self.file = fqn, chunk, writer, file_
-        self.nbytes, self.chunk_nbytes, self.own_key = nbytes, chunk_nbytes, own_key
+        reads = trace.reads
+        keys = [(r.storage_fqn or r.fqn, r.saved_offsets) for r in reads]
+        found = list(map(saved.writers.get, keys))
+        names = [r.fqn for r in reads]
+        fqn_codes = _first_met_codes(names)
+        self.fqn = _codes(names, fqn_codes)
+        chunks = [(r.fqn, r.saved_offsets) for r in reads]
+        self.chunk = _codes(chunks, _first_met_codes(chunks))
+        self.writer = np.array(
+            [-1 if w is None or w.rank is None else w.rank for w in found], dtype=np.int64
+        )
+        files = [None if w is None else w.file for w in found]
+        file_codes = _first_met_codes(f for f in files if f is not None)
+        file_codes[None] = -1
+        self.file = _codes(files, file_codes)
+        self.nbytes = np.array([r.nbytes for r in reads], dtype=np.int64)
+        self.chunk_nbytes = np.array(
+            list(map(saved.chunk_nbytes.get, keys, repeat(0, len(keys)))), dtype=np.int64
+        )
+        self.own_key = np.array([r.storage_fqn is not None for r in reads], dtype=bool)
         self.fqns = list(fqn_codes)
 
     def probes(self) -> list[int]:
@@ -104,6 +104,16 @@ class ReadColumns:
         pairs = np.sort(ranks * span + (mine - low))  # a sort: numpy's hashing unique is slower
         first = np.concatenate([[True], pairs[1:] != pairs[:-1]])
         return np.bincount(pairs[first] // span, minlength=len(self.lengths)).astype(np.int64)
+
+
+def _first_met_codes(values: Iterable[Hashable]) -> dict[Any, int]:
+    """value -> 0, 1, ... in the order the values are first met."""
+    return {v: k for k, v in enumerate(dict.fromkeys(values))}
+
+
+def _codes(values: Sequence[Hashable], codes: dict[Any, int]) -> np.ndarray:
+    """Each value's code, as an int64 array."""
+    return np.array(list(map(codes.__getitem__, values)), dtype=np.int64)
 
 
 def columns(trace: LoadTrace) -> ReadColumns:

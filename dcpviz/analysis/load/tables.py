@@ -191,12 +191,21 @@ def wanted_nbytes(trace: LoadTrace, component: str | None = None) -> np.ndarray:
     """Bytes each target rank's own shards hold (of one training-state component, if given)."""
     parts = components_of(trace, [tv.fqn for tv in trace.wanted]) if component is not None else None
     per_value = []
+    itemsizes: dict[str, int] = {}  # dtype_itemsize once per dtype name (it raises on unknown)
     for i, tv in enumerate(trace.wanted):
         if tv.dtype is None or (parts is not None and parts[i] != component):
             per_value.append(0)
             continue
-        itemsize = dtype_itemsize(tv.dtype)
-        per_value.append(sum(math.prod(c.sizes) for c in tv.chunks) * itemsize)
+        itemsize = itemsizes.get(tv.dtype)
+        if itemsize is None:
+            itemsize = itemsizes[tv.dtype] = dtype_itemsize(tv.dtype)
+        chunks = tv.chunks
+        elements = (
+            math.prod(chunks[0].sizes)
+            if len(chunks) == 1
+            else sum(math.prod(c.sizes) for c in chunks)
+        )
+        per_value.append(elements * itemsize)
     by_rank = trace.wanted_by_rank
     lengths = np.fromiter(map(len, by_rank), dtype=np.int64, count=len(by_rank))
     ids = np.fromiter(chain.from_iterable(by_rank), dtype=np.int64, count=int(lengths.sum()))

@@ -219,12 +219,14 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
         """The inner planner's global plans, recorded. The ranks' carried values are taken off
         first: the inner planner sees exactly the local plans the ranks' planners made."""
+        t_strip = time.perf_counter()
         carried = self._record_safely(
             "read the ranks' state-dict values", carried_values, global_plan
         )
         self._carried = carried if carried is not None else (None,) * len(global_plan)
         global_plan = strip_carried(global_plan)
         t0 = time.perf_counter()
+        self._overhead += t0 - t_strip
         try:
             plans = self._inner.create_global_plan(global_plan)
         except BaseException as exc:

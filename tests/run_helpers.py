@@ -231,3 +231,16 @@ def full_tensor_state(model, optimizer, rank):
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     ema = DTensor.from_local(torch.arange(4.0) + 4 * rank, mesh, [Shard(0)], run_check=False)
     return {"model": model.state_dict(), "ema_full": ema.full_tensor()}
+
+
+def titan_last_stage_drift(model, optimizer, rank):
+    """A torchtitan target whose last pp stage disagrees with the checkpoint and loads anyway:
+    it asks for a key the checkpoint lacks (``output.bias``, skipped under
+    ``allow_partial_load``) and holds ``norm.weight`` as float64 (DCP casts silently). Only
+    the last stage's ranks hold ``output.weight`` and ``norm.weight``, so the coordinator
+    (stage 0) holds none of it."""
+    sd = model.state_dict()
+    if "output.weight" in sd:
+        sd["output.bias"] = torch.zeros(3)
+        sd["norm.weight"] = sd["norm.weight"].to(torch.float64)
+    return sd

@@ -87,3 +87,41 @@ def test_the_capture_describes_every_stages_dtensors_as_the_simulation_does(pair
     assert set(run.trace.layouts) == set(sim.trace.layouts)
     assert not any("sent no DTensor layouts" in n for n in run.trace.notes), run.trace.notes
     assert "rank-specific-value" not in set(run.checks["check"]), run.checks
+
+
+def test_a_load_capture_checks_every_stages_keys_as_the_simulation_does(pair):
+    """A real 4-rank gloo dcp.load through RecordingLoadPlanner into pp2 x dp_shard2, where only
+    stage 1 (ranks 2, 3) asks for a key the checkpoint lacks (dropped silently under
+    allow_partial_load) and holds a float64 copy of a float32 key (cast silently). The
+    coordinator (rank 0, stage 0) holds neither: the captured trace sees them because each rank's
+    values ride with its local plan, and its wanted values and mismatches equal simulate_load's
+    for the same target and planner."""
+    from run_helpers import titan_last_stage_drift
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from dcpviz.engine.run.launch import launch_recorded, resolve_device
+    from dcpviz.engine.run.load import load_job
+    from dcpviz.results import LoadResult
+
+    _, _, ckpt = pair
+    target = dcpviz.Scenario(**SCENARIO, state=titan_last_stage_drift)
+    planner = DefaultLoadPlanner(allow_partial_load=True)
+    scenario, backend, device = resolve_device(target)
+    outcome, captured = launch_recorded(
+        load_job, scenario, planner, ckpt.resolve(), backend, device, 240, "spawn"
+    )
+    assert not outcome.errors, outcome.errors  # the load went on
+    assert captured is not None and captured.source == "capture"
+    sim = dcpviz.simulate_load(ckpt, target, planner=planner)
+    found = {(m.fqn, m.kind, m.ranks) for m in captured.mismatches}
+    assert ("output.bias", "missing", (2, 3)) in found, captured.mismatches
+    assert ("norm.weight", "dtype", (2, 3)) in found, captured.mismatches
+    assert captured.mismatches == sim.trace.mismatches
+
+    def wanted(trace):  # in key order: dcp.load hands the planner its keys sorted
+        return [sorted((trace.wanted[i] for i in ids), key=repr) for ids in trace.wanted_by_rank]
+
+    assert wanted(captured) == wanted(sim.trace)
+    checks = LoadResult(captured).checks
+    assert {"output.bias", "norm.weight"} <= set(checks["fqn"]), checks
+    assert not any("sent no state-dict values" in n for n in captured.notes), captured.notes

@@ -2,9 +2,13 @@
 
 As on the save side, ``dcp.load`` hands every rank's local plan to the coordinator's
 ``create_global_plan``; the trace is written there, with no extra collective and every call
-forwarded untouched. What the coordinator cannot see is said in the trace's notes: the other
-ranks' state dicts (so ``wanted`` holds only the coordinator's values) and their final plans.
-The saved side is exact: the planner is handed the checkpoint's Metadata, storage facts included.
+forwarded untouched. Each rank's state-dict values (what the load planner plans from) ride to the
+coordinator inside its local plan's ``planner_data`` and are taken off again before the wrapped
+planner sees the plans, so ``wanted`` and the mismatches cover every rank: with pipeline stages
+the ranks hold different keys, and a later stage's missing key is otherwise invisible. What the
+coordinator still cannot see is said in the trace's notes: other ranks' final plans, and any
+rank that sent no values. The saved side is exact: the planner is handed the checkpoint's
+Metadata, storage facts included.
 """
 
 from __future__ import annotations
@@ -43,6 +47,58 @@ from dcpviz.engine.planning.stamps import now, torch_version
 def record_facts(reads: list[ReadRecord] | None) -> tuple[dict[str, str], set[str], set[str]]:
     """``read_facts`` of one rank's recorded reads (a read's storage key is its own when None)."""
     return read_facts((r.fqn, r.storage_fqn or r.fqn) for r in reads or ())
+
+
+class CarriedLoadData(dict):
+    """A local plan's ``planner_data`` with this rank's state-dict values (``TargetValue``s, as
+    the load planner plans from them) riding along to the coordinator: DCP already gathers every
+    local plan there. The coordinator's recorder takes them off (``strip_carried``) before the
+    wrapped planner sees the plans, so the wrapped planner and DCP see exactly the plans they
+    made. It is the original planner_data dict too (a dict subclass holding the same items), so
+    a coordinator that is not a recorder still sees the same planner_data items. ``wanted`` is
+    None where this rank could not describe its values."""
+
+    def __init__(
+        self, planner_data: dict[str, Any] | None, wanted: tuple[TargetValue, ...] | None
+    ) -> None:
+        super().__init__(planner_data or {})
+        self.planner_data = planner_data
+        self.wanted = wanted
+
+
+def carried_values(plans: list[LoadPlan]) -> tuple[tuple[TargetValue, ...] | None, ...]:
+    """Each rank's state-dict values as its local plan carried them (None: that rank sent none:
+    its planner is not a recorder, or describing failed there). Read before ``strip_carried``."""
+    out = []
+    for p in plans:
+        data = getattr(p, "planner_data", None)
+        out.append(data.wanted if isinstance(data, CarriedLoadData) else None)
+    return tuple(out)
+
+
+def strip_carried(plans: list[LoadPlan]) -> list[LoadPlan]:
+    """The plans as the wrapped planners made them (each carrier replaced by the planner_data
+    it wrapped, the very object, None included)."""
+    clean = []
+    for p in plans:
+        data = getattr(p, "planner_data", None)
+        if isinstance(data, CarriedLoadData):
+            p = dataclasses.replace(p, planner_data=data.planner_data)
+        clean.append(p)
+    return clean
+
+
+def every_ranks_wanted(
+    carried: tuple[tuple[TargetValue, ...] | None, ...],
+    coordinator: int,
+    own: tuple[TargetValue, ...] | None,
+) -> tuple[tuple[tuple[TargetValue, ...] | None, ...], list[int]]:
+    """(each rank's values, the coordinator's own standing in where its plan carried none; the
+    ranks that sent none)."""
+    per_rank = list(carried)
+    if 0 <= coordinator < len(per_rank) and per_rank[coordinator] is None:
+        per_rank[coordinator] = own
+    return tuple(per_rank), [r for r, v in enumerate(per_rank) if v is None]
 
 
 def mismatches_for(
@@ -90,6 +146,8 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         self._state_dict: Any = None
         self._metadata: Any = None
         self._local_plan: LoadPlan | None = None
+        self._values: tuple[TargetValue, ...] | None = None
+        self._carried: tuple[tuple[TargetValue, ...] | None, ...] = ()
         self._final_plan: LoadPlan | None = None
         self._global_plans: list[LoadPlan] | None = None
         self._messages: dict[str, str] | None = None
@@ -133,13 +191,42 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
             self._messages = self._dcp_messages()
             self._overhead += time.perf_counter() - t1
             raise
-        self._timings["create_local_plan"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._timings["create_local_plan"] = t1 - t0
         self._local_plan = plan
-        return plan
+        carried = self._record_safely("carry this rank's state-dict values", self._carry, plan)
+        self._overhead += time.perf_counter() - t1
+        return carried if carried is not None else plan
+
+    def _carry(self, plan: LoadPlan) -> LoadPlan | None:
+        """The plan with this rank's state-dict values riding in its planner_data (None: nothing
+        to carry). With pipeline stages the ranks hold different keys: only every rank's values
+        let the coordinator see a later stage's missing or mismatched key. A failure to describe
+        them sends None (a warning here, a note in the trace naming this rank)."""
+        if self._state_dict is None:
+            return None
+        if plan.planner_data is not None and type(plan.planner_data) is not dict:
+            return None  # a custom planner's own planner_data: never wrapped
+        self._values = self._record_safely(
+            "describe this rank's state-dict values", lambda: tuple(self.values())
+        )
+        if self._values is None:
+            return None
+        return dataclasses.replace(
+            plan, planner_data=CarriedLoadData(plan.planner_data, self._values)
+        )
 
     def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
-        """The inner planner's global plans, recorded."""
+        """The inner planner's global plans, recorded. The ranks' carried values are taken off
+        first: the inner planner sees exactly the local plans the ranks' planners made."""
+        t_strip = time.perf_counter()
+        carried = self._record_safely(
+            "read the ranks' state-dict values", carried_values, global_plan
+        )
+        self._carried = carried if carried is not None else (None,) * len(global_plan)
+        global_plan = strip_carried(global_plan)
         t0 = time.perf_counter()
+        self._overhead += t0 - t_strip
         try:
             plans = self._inner.create_global_plan(global_plan)
         except BaseException as exc:
@@ -204,7 +291,9 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
 
         return {
             "rank": self._rank,
-            "values": [to_plain(v) for v in self.values()],
+            "values": [
+                to_plain(v) for v in (self._values if self._values is not None else self.values())
+            ],
             "local": reads(self._local_plan),
             "final": reads(self._final_plan),
             "messages": self._messages,
@@ -280,16 +369,25 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
             if global_plans is not None
             else None
         )
-        values = self.values()
         me = self._rank if self._rank < W else 0
+        carried = tuple(self._carried[:W]) + (None,) * (W - len(self._carried))
+        per_rank, silent = every_ranks_wanted(carried, me, self._values)
         wanted_by_rank = tuple(
-            tuple(wanted.add(v) for v in values) if r == me else () for r in range(W)
+            tuple(wanted.add(v) for v in values) if values is not None else ()
+            for values in per_rank
         )
         read_src = set()
         for rec in local:
             read_src |= record_facts([reads.items[i] for i in rec.items])[2]
-        own = [reads.items[i] for i in local[me].items]
-        mism = mismatches_for(md, {me: (values, None, own)}, read_src)
+        mism = mismatches_for(
+            md,
+            {
+                r: (list(values), None, [reads.items[i] for i in local[r].items])
+                for r, values in enumerate(per_rank)
+                if values is not None
+            },
+            read_src,
+        )
         if self._scenario is not None:
             scenario, inferred = self._scenario, []
         else:
@@ -302,8 +400,11 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
         notes = [
             f"Captured by RecordingLoadPlanner on the coordinator (rank {self._rank} of {W}) inside "
             "create_global_plan: local plans as the coordinator received them.",
-            "Only the coordinator's own state dict is visible to it: wanted values (and mismatches) "
-            "are the coordinator's; a checkpoint key is 'unexpected' only if no rank's plan reads it.",
+            "Every rank's state-dict values ride to the coordinator with its local plan: wanted "
+            "values and mismatches are each rank's own; a checkpoint key is 'unexpected' only if "
+            "no rank holds or reads it. The mesh and components shown are inferred from the "
+            "coordinator's own state dict.",
+            *_silent_ranks_note(silent, W),
             "Other ranks' final plans (finish_plan) never reach the coordinator; tables use the global plans.",
             *saved.notes,
             *inferred,
@@ -332,6 +433,18 @@ class RecordingLoadPlanner(Recorder, LoadPlanner):
             dcpviz_version=__version__,
             created=now(),
         )
+
+
+def _silent_ranks_note(silent: list[int], W: int) -> list[str]:
+    """The note naming ranks that sent no state-dict values (none when every rank did)."""
+    if not silent:
+        return []
+    shown = ", ".join(map(str, silent[:8])) + (", ..." if len(silent) > 8 else "")
+    return [
+        f"{len(silent)} of {W} ranks sent no state-dict values (ranks {shown}: their planner is "
+        "not a RecordingLoadPlanner, or describing failed there): their wanted values are empty "
+        "and their keys are not checked against the checkpoint."
+    ]
 
 
 def read_records_from_plain(items: list[dict[str, Any]] | None) -> list[ReadRecord] | None:

@@ -103,6 +103,16 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
         # (not yet: hints_training.py, hint_base.py, core/keymatch.py, the matcher itself)
         ["tests/test_mutation_kills_hints.py"],
     ),
+    "keymatch": (
+        ["dcpviz/core/keymatch.py"],
+        None,
+        [
+            "tests/test_keymatch.py",
+            "tests/test_diff_renames.py",
+            "tests/test_mutation_kills_hints.py",
+            "tests/test_mutation_kills_keymatch.py",
+        ],
+    ),
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.

@@ -113,6 +113,20 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
             "tests/test_mutation_kills_keymatch.py",
         ],
     ),
+    "fix_planner": (
+        ["dcpviz/engine/checkpoint/fix_planner.py"],
+        None,
+        [
+            "tests/test_mutation_kills_fix_planner.py",
+            "tests/test_load_journey.py::test_size_hint_fix_loads_saved_rows_into_a_nested_state",
+        ],
+    ),
+    "hints_training": (
+        ["dcpviz/analysis/load/hints_training.py", "dcpviz/analysis/load/hint_base.py"],
+        None,
+        # hand-built traces only (test_training_state_load.py's simulations cost ~30 s a mutant)
+        ["tests/test_mutation_kills_training.py"],
+    ),
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.

@@ -16,3 +16,99 @@ def test_keys_on_both_sides_are_neither_missing_nor_unexpected():
     m = match_keys(facts({"a.w": (2,), "b.w": (3,)}), facts({"a.w": (2,), "c.w": (3,)}))
     assert m.missing == () and m.unexpected == ()
     assert m.mapping == (("b.w", "c.w"),)
+
+
+# -- wrapper rules name the wrapper segments of each side ---------------------------------------
+def test_a_wrapper_rule_names_the_segments_only_one_side_has():
+    m = match_keys(
+        facts({"fc.w": (4,), "fc.b": (2,)}), facts({"module.fc.w": (4,), "module.fc.b": (2,)})
+    )
+    assert [(r.kind, r.a, r.b, r.pairs) for r in m.rules] == [
+        ("wrapper", "", "module", (("fc.b", "module.fc.b"), ("fc.w", "module.fc.w")))
+    ]
+    # both sides have `module`; only the checkpoint has torch.compile's `_orig_mod`
+    m = match_keys(facts({"module.fc.w": (4,)}), facts({"module._orig_mod.fc.w": (4,)}))
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("wrapper", "", "_orig_mod")]
+    # the other way round: the target has the wrapper
+    m = match_keys(facts({"_orig_mod.fc.w": (4,)}), facts({"fc.w": (4,)}))
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("wrapper", "_orig_mod", "")]
+
+
+# -- the caller's choices ---------------------------------------------------------------------
+TWINS = facts({f"{p}.{k}": (4, 4) for p in ("model", "ema") for k in ("w", "b")})
+
+
+def test_a_prefix_choice_maps_only_the_keys_under_that_prefix():
+    # (dec.w has another shape: no rewrite of it is certain, and it is not under `enc.`)
+    target = facts({"enc.w": (4, 4), "enc.b": (4, 4), "dec.w": (4, 2)})
+    refused = match_keys(target, TWINS)
+    assert refused.mapping == ()
+    m = match_keys(target, TWINS, choices={"enc.": "ema."})
+    assert m.rename == {"enc.b": "ema.b", "enc.w": "ema.w"}
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("choice", "enc.", "ema.")]
+    assert "dec.w" in m.missing
+
+
+def test_a_choice_that_names_no_checkpoint_key_changes_nothing():
+    target = facts({"enc.w": (4, 4), "enc.b": (4, 4)})
+    m = match_keys(target, TWINS, choices={"enc.": "nowhere.", "enc.w": "nowhere.w", "enc": "x"})
+    assert m.mapping == () and m.missing == ("enc.b", "enc.w")
+
+
+QKV_SAVED = facts({f"attn.{p}.weight": (4, 4) for p in ("q_proj", "k_proj", "v_proj")})
+
+
+def test_a_whole_key_choice_maps_that_key_alone():
+    target = facts({f"attn.{p}.weight": (4, 4) for p in ("wq", "wk", "wv")})
+    m = match_keys(target, QKV_SAVED, choices={"attn.wq.weight": "attn.q_proj.weight"})
+    assert m.rename == {"attn.wq.weight": "attn.q_proj.weight"}
+    assert m.missing == ("attn.wk.weight", "attn.wv.weight")
+
+
+def test_a_whole_key_choice_may_name_the_key_without_its_wrapper_segments():
+    target = facts({f"_orig_mod.attn.{p}.weight": (4, 4) for p in ("wq", "wk", "wv")})
+    m = match_keys(target, QKV_SAVED, choices={"attn.wq.weight": "attn.q_proj.weight"})
+    assert m.rename == {"_orig_mod.attn.wq.weight": "attn.q_proj.weight"}
+    # or with them
+    m = match_keys(target, QKV_SAVED, choices={"_orig_mod.attn.wk.weight": "attn.k_proj.weight"})
+    assert m.rename == {"_orig_mod.attn.wk.weight": "attn.k_proj.weight"}
+
+
+def test_a_choice_that_reaches_two_keys_with_one_source_maps_neither():
+    # `wq.weight` and `module.wq.weight` are one name without the wrapper: both would load from
+    # q_proj, and nothing says which one the caller meant
+    target = facts({"wq.weight": (4, 4), "module.wq.weight": (4, 4)})
+    saved = facts({"q_proj.weight": (4, 4), "k_proj.weight": (4, 4)})
+    for choice in ({"wq": "q_proj"}, {"wq.weight": "q_proj.weight"}):
+        m = match_keys(target, saved, choices=choice)
+        assert m.mapping == (), choice
+        assert set(m.missing) == {"wq.weight", "module.wq.weight"}
+
+
+# -- possible sources: an unread key that could hold a missing one -----------------------------
+def _possible(target, saved):
+    m = match_keys(facts(target), facts(saved))
+    return [(a.a, a.candidates, a.keys, a.pairs) for a in m.ambiguities], m.missing
+
+
+def test_a_resized_unread_key_of_the_same_leaf_is_a_possible_source():
+    # one dim changed and no shape to agree on: no rewrite is certain, but dec.w may be enc.w
+    assert _possible({"enc.w": (4, 4)}, {"dec.w": (4, 6)}) == (
+        [("enc.w", ("dec.w",), ("enc.w",), (("enc.w", "dec.w"),))],
+        ("enc.w",),
+    )
+    assert _possible({"enc.w": (4, 4, 4)}, {"dec.w": (4, 4, 6)})[0][0][1] == ("dec.w",)
+    # Python values: by kind alone
+    assert _possible({"enc.lr": None}, {"dec.lr": None})[0][0][1] == ("dec.lr",)
+
+
+def test_keys_that_cannot_hold_each_other_are_not_possible_sources():
+    # two dims changed; a tensor and a Python value; another number of dims
+    for t, s in (
+        ((4, 4), (6, 6)),
+        ((4, 4, 4), (4, 6, 6)),
+        ((4, 4), None),
+        (None, (4,)),
+        ((4,), (4, 1)),
+    ):
+        assert _possible({"enc.w": t}, {"dec.w": s}) == ([], ("enc.w",)), (t, s)

@@ -127,6 +127,13 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
         # hand-built traces only (test_training_state_load.py's simulations cost ~30 s a mutant)
         ["tests/test_mutation_kills_training.py"],
     ),
+    "file_checks": (
+        ["dcpviz/analysis/save/file_checks.py"],
+        None,
+        # hand-built traces (tests/test_hf_checks.py reproduces each finding with DCP's own
+        # writer, at seconds a test)
+        ["tests/test_mutation_kills_file_checks.py"],
+    ),
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.

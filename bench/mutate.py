@@ -300,6 +300,9 @@ def _config(modules: list[str], tests: list[str]) -> str:
         # the CPU-time limit per mutant is (tests' time + this) x multiplier x 2: generous, so that
         # a machine shared with other work does not turn slow fixtures into false timeouts
         "timeout_constant = 30\n"
+        # ... but not mutmut's default x15: a mutant that loops forever (a loop counter mutated)
+        # would hold the one worker for a quarter of an hour of CPU
+        "timeout_multiplier = 4\n"
     )
 
 
@@ -349,11 +352,14 @@ def _tally(status: dict[str, str], keep: list[str] | None) -> dict:
     counts: dict[str, int] = {}
     for v in status.values():
         counts[v] = counts.get(v, 0) + 1
+    # A mutant that makes the tests run past their CPU limit (a loop that never ends) is caught
+    # too: counted as killed ("statuses" keeps the two apart).
+    caught = ("killed", "timeout")
     return {
         "mutants": len(status),
-        "killed": counts.get("killed", 0),
+        "killed": sum(counts.get(c, 0) for c in caught),
         "statuses": counts,
-        "survivors": sorted(k for k, v in status.items() if v != "killed"),
+        "survivors": sorted(k for k, v in status.items() if v not in caught),
     }
 
 
@@ -364,7 +370,9 @@ def partial_result(name: str) -> dict:
     for meta in (WORK / name / "mutants").rglob("*.py.meta"):
         for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
             if code is not None:
-                status[k] = "killed" if code == 1 else "survived" if code == 0 else f"exit {code}"
+                status[k] = {1: "killed", 0: "survived", -24: "timeout", 24: "timeout"}.get(
+                    code, f"exit {code}"
+                )
     return {
         "target": name,
         "modules": modules,

@@ -194,3 +194,16 @@ def test_a_shard_reads_the_box_it_shares_with_the_saved_tensor(ckpt, rank1_of_2,
     view.fill_(5.0)
     local = value.to_local()
     assert bool((local[:4] == 5).all()) and bool((local[4:] == -1).all())
+
+
+def test_a_rank_whose_local_tensor_names_no_single_chunk_reads_nothing(ckpt, rank1_of_2):
+    # DTensor asks its local tensor for its chunks when the local tensor is a subclass that
+    # knows them (TorchRec's LocalShardsWrapper): none means this rank holds nothing of the key.
+    # (A LocalShardsWrapper itself cannot be sliced: torch raises NotImplementedError on it, so
+    # this rank's chunk list is given here on a plain shard.)
+    value = _shard(rank1_of_2, 12)
+    value.__create_chunk_list__ = lambda: []
+    planner = RenamingLoadPlanner({"emb": "ck.emb"}, resized=["emb"])
+    planner.set_up_planner({"emb": value}, SafeFileSystemReader(ckpt).read_metadata(), False)
+    assert planner.create_local_plan().items == []
+    assert planner._boxes["ck.emb"][1:] == ((0, 0), (0, 0))

@@ -5,7 +5,7 @@ Pure key facts, no torch: each expected answer is worked out by hand from the mo
 
 from __future__ import annotations
 
-from dcpviz.core.keymatch import KeyFacts, match_keys
+from dcpviz.core.keymatch import KeyFacts, match_keys, rewrite_of
 
 
 def facts(d):
@@ -112,3 +112,56 @@ def test_keys_that_cannot_hold_each_other_are_not_possible_sources():
         ((4,), (4, 1)),
     ):
         assert _possible({"enc.w": t}, {"dec.w": s}) == ([], ("enc.w",)), (t, s)
+
+
+def test_wrapper_rules_list_every_segment_of_a_side():
+    m = match_keys(facts({"fc.w": (4,)}), facts({"module._orig_mod.fc.w": (4,)}))
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("wrapper", "", "_orig_mod, module")]
+    m = match_keys(facts({"module._orig_mod.fc.w": (4,)}), facts({"fc.w": (4,)}))
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("wrapper", "_orig_mod, module", "")]
+    # a segment both sides have is no side's own
+    m = match_keys(facts({"module._orig_mod.fc.w": (4,)}), facts({"module.fc.w": (4,)}))
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("wrapper", "_orig_mod", "")]
+
+
+# -- rewrites: what is evidence, what a rewrite is ---------------------------------------------
+def test_a_certain_rewrite_is_a_rule_of_kind_rewrite():
+    m = match_keys(
+        facts({"enc.w": (4, 4), "enc.b": (4,)}), facts({"encoder.w": (4, 4), "encoder.b": (4,)})
+    )
+    assert [(r.kind, r.a, r.b, r.pairs) for r in m.rules] == [
+        ("rewrite", "enc", "encoder", (("enc.b", "encoder.b"), ("enc.w", "encoder.w")))
+    ]
+
+
+def test_python_values_scalars_and_other_shapes_establish_no_rewrite():
+    for t, s in (
+        ({"enc.lr": None, "enc.eps": None}, {"dec.lr": None, "dec.eps": None}),
+        ({"enc.step": (), "enc.n": ()}, {"dec.step": (), "dec.n": ()}),
+        ({"enc.w": (4, 4), "enc.b": (4,)}, {"dec.w": (4, 6), "dec.b": (5,)}),
+    ):
+        m = match_keys(facts(t), facts(s))
+        assert m.mapping == () and m.rules == (), (t, s)
+        # each key is shown with its possible source instead (the caller decides)
+        assert {p for a in m.ambiguities for p in a.pairs} == {(k, "dec" + k[3:]) for k in t}, (
+            t,
+            s,
+        )
+
+
+def test_a_module_nested_in_one_of_its_own_name():
+    # `fc` wrapped in a module that holds it as `fc` (mlp.fc -> mlp.fc.fc): the shared front is
+    # `mlp.`, the shared tail `fc.weight`, and the checkpoint has one more `fc.` between
+    target = facts({"mlp.fc.weight": (4, 4), "mlp.fc.bias": (4,)})
+    saved = facts({"mlp.fc.fc.weight": (4, 4), "mlp.fc.fc.bias": (4,)})
+    m = match_keys(target, saved)
+    assert m.rename == {"mlp.fc.bias": "mlp.fc.fc.bias", "mlp.fc.weight": "mlp.fc.fc.weight"}
+    assert rewrite_of("mlp.fc.weight", "mlp.fc.fc.weight") == ("mlp.", "", "fc.")
+    assert rewrite_of("a.w", "a.w.w") == ("a.", "", "w.")
+
+
+def test_a_rewrite_never_renames_a_leaf():
+    assert rewrite_of("a.w", "b.v") is None
+    assert rewrite_of("a.exp_avg", "a.momentum_buffer") is None
+    assert rewrite_of("enc.w", "dec.w") == ("", "enc.", "dec.")
+    assert rewrite_of("x.enc.w", "x.dec.w") == ("x.", "enc.", "dec.")

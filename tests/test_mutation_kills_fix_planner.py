@@ -69,8 +69,15 @@ def test_resized_key_not_in_the_state_dict_is_refused(ckpt):
 
 
 def test_resized_key_must_be_a_tensor_on_both_sides(ckpt):
-    with pytest.raises(DcpvizError, match=r"resized key 'ck\.lr' must be a tensor in both"):
+    with pytest.raises(
+        DcpvizError,
+        match=r"^RenamingLoadPlanner: resized key 'ck\.lr' must be a tensor in both the state "
+        r"dict and the checkpoint\.$",
+    ):
         _set_up({"ck": {"lr": 0.0}}, ckpt, RenamingLoadPlanner(resized=["ck.lr"]))
+    # without the checkpoint's metadata nothing says what was saved
+    with pytest.raises(DcpvizError, match=r"resized key 'ck\.emb' must be a tensor in both"):
+        RenamingLoadPlanner(resized=["ck.emb"]).set_up_planner({"ck": {"emb": torch.zeros(2)}})
     with pytest.raises(DcpvizError, match=r"resized key 'ck\.lr' must be a tensor in both"):
         _set_up({"x": torch.zeros(3)}, ckpt, RenamingLoadPlanner({"x": "ck.lr"}, resized=["x"]))
 
@@ -173,6 +180,7 @@ def _shard(mesh, rows):
     "rows, box",
     [
         (12, ((6, 0), (4, 4))),  # rank 1 holds rows 6-11; the saved tensor has rows 6-9 of them
+        (8, ((4, 0), (4, 4))),  # rank 1 holds rows 4-7, all saved (the saved tensor is longer)
         (24, None),  # rank 1 holds rows 12-23: none saved
         (1, None),  # rank 1 holds no row
     ],

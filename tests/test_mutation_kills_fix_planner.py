@@ -27,7 +27,14 @@ SAVED = torch.arange(40, dtype=torch.float32).reshape(10, 4)
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("fixp") / "ckpt"
     dcp.save(
-        {"ck": {"emb": SAVED.clone(), "w": torch.arange(6.0).reshape(2, 3), "lr": 0.5}},
+        {
+            "ck": {
+                "emb": SAVED.clone(),
+                "w": torch.arange(6.0).reshape(2, 3),
+                "lr": 0.5,
+                "col": torch.arange(10.0).reshape(10, 1),
+            }
+        },
         checkpoint_id=path,
     )
     return path
@@ -215,3 +222,21 @@ def test_a_rank_whose_local_tensor_names_no_single_chunk_reads_nothing(ckpt, ran
     planner.set_up_planner({"emb": value}, SafeFileSystemReader(ckpt).read_metadata(), False)
     assert planner.create_local_plan().items == []
     assert planner._boxes["ck.emb"][1:] == ((0, 0), (0, 0))
+
+
+def test_a_resized_key_with_a_dim_of_one_is_read(ckpt):
+    sd = {"ck": {"col": torch.full((12, 1), -1.0)}}
+    _load(sd, ckpt, RenamingLoadPlanner(resized=["ck.col"], allow_partial_load=True))
+    assert torch.equal(sd["ck"]["col"][:10], torch.arange(10.0).reshape(10, 1))
+    assert bool((sd["ck"]["col"][10:] == -1).all())
+
+
+def test_set_up_keeps_dcps_coordinator_flag(ckpt):
+    md = SafeFileSystemReader(ckpt).read_metadata()
+    for flag in (True, False):
+        p = RenamingLoadPlanner()
+        p.set_up_planner({"ck": {"w": torch.zeros(2, 3)}}, md, flag)
+        assert p.is_coordinator is flag
+    p = RenamingLoadPlanner()
+    p.set_up_planner({"ck": {"w": torch.zeros(2, 3)}}, md)  # DCP's default: not the coordinator
+    assert p.is_coordinator is False

@@ -165,3 +165,13 @@ def test_a_rewrite_never_renames_a_leaf():
     assert rewrite_of("a.exp_avg", "a.momentum_buffer") is None
     assert rewrite_of("enc.w", "dec.w") == ("", "enc.", "dec.")
     assert rewrite_of("x.enc.w", "x.dec.w") == ("x.", "enc.", "dec.")
+
+
+def test_a_rewrite_changes_at_most_three_segments_on_both_sides_together():
+    assert rewrite_of("enc.w", "model.encoder.w") == ("", "enc.", "model.encoder.")
+    assert rewrite_of("x.enc.w", "x.a.b.c.w") is None  # 1 + 3 segments
+    m = match_keys(
+        facts({"enc.w": (4, 4), "enc.b": (4,)}),
+        facts({"model.encoder.w": (4, 4), "model.encoder.b": (4,)}),
+    )
+    assert m.rename == {"enc.b": "model.encoder.b", "enc.w": "model.encoder.w"}

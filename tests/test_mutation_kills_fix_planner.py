@@ -62,7 +62,11 @@ def test_rename_loads_tensors_and_python_values_into_their_nested_place(ckpt):
 
 def test_two_keys_onto_one_checkpoint_key_are_refused_naming_both(ckpt):
     sd = {"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}
-    with pytest.raises(DcpvizError, match=r"\('a' and 'b' -> 'ck\.w'\)\. Each target key"):
+    with pytest.raises(
+        DcpvizError,
+        match=r"^RenamingLoadPlanner: the rename maps two target keys onto one checkpoint key "
+        r"\('a' and 'b' -> 'ck\.w'\)\. Each target key needs its own checkpoint key\.$",
+    ):
         _set_up(sd, ckpt, RenamingLoadPlanner({"a": "ck.w", "b": "ck.w"}))
     sd = {"a": torch.zeros(2, 3), "ck.w": torch.zeros(2, 3)}
     with pytest.raises(DcpvizError, match=r"\('a' and 'ck\.w' -> 'ck\.w'\)"):
@@ -71,7 +75,11 @@ def test_two_keys_onto_one_checkpoint_key_are_refused_naming_both(ckpt):
 
 def test_resized_key_not_in_the_state_dict_is_refused(ckpt):
     sd = {"ck": {"emb": torch.zeros(12, 4)}}
-    with pytest.raises(DcpvizError, match=r"resized key 'ck\.nope' is not in the state dict"):
+    with pytest.raises(
+        DcpvizError,
+        match=r"^RenamingLoadPlanner: resized key 'ck\.nope' is not in the state dict\. Name "
+        r"resized keys as the state dict's flattened keys \(before the rename\)\.$",
+    ):
         _set_up(sd, ckpt, RenamingLoadPlanner(resized=["ck.nope"]))
 
 
@@ -240,3 +248,10 @@ def test_set_up_keeps_dcps_coordinator_flag(ckpt):
     p = RenamingLoadPlanner()
     p.set_up_planner({"ck": {"w": torch.zeros(2, 3)}}, md)  # DCP's default: not the coordinator
     assert p.is_coordinator is False
+
+
+def test_python_values_not_renamed_still_land_in_their_nested_place(ckpt):
+    sd = {"ck": {"lr": 0.0}, "tg": {"w": torch.zeros(2, 3)}}
+    _load(sd, ckpt, RenamingLoadPlanner({"tg.w": "ck.w"}))
+    assert sd["ck"]["lr"] == 0.5
+    assert torch.equal(sd["tg"]["w"], torch.arange(6.0).reshape(2, 3))

@@ -175,3 +175,22 @@ def test_a_rewrite_changes_at_most_three_segments_on_both_sides_together():
         facts({"model.encoder.w": (4, 4), "model.encoder.b": (4,)}),
     )
     assert m.rename == {"enc.b": "model.encoder.b", "enc.w": "model.encoder.w"}
+
+
+def test_a_tensor_and_a_python_value_never_pair_nor_other_numbers_of_dims():
+    m = match_keys(facts({"fc.w": (4,)}), facts({"module.fc.w": None}))
+    assert m.mapping == () and m.missing == ("fc.w",) and m.ambiguities == ()
+    m = match_keys(facts({"fc.w": None}), facts({"module.fc.w": (4,)}))
+    assert m.mapping == () and m.missing == ("fc.w",) and m.ambiguities == ()
+    m = match_keys(facts({"fc.w": (4,)}), facts({"module.fc.w": (4, 4)}))
+    assert m.mapping == () and m.missing == ("fc.w",) and m.ambiguities == ()
+    # Python values pair with Python values by name
+    m = match_keys(facts({"fc.lr": None}), facts({"module.fc.lr": None}))
+    assert m.rename == {"fc.lr": "module.fc.lr"}
+
+
+def test_a_key_that_is_only_a_wrapper_name_has_no_name_to_match():
+    # `module` alone is '' without its wrapper segment: no leaf, no source for anything
+    m = match_keys(facts({"x.w": (4,)}), facts({"module": (4,)}))
+    assert m.mapping == () and m.missing == ("x.w",) and m.unexpected == ("module",)
+    assert m.ambiguities == ()

@@ -194,3 +194,18 @@ def test_a_key_that_is_only_a_wrapper_name_has_no_name_to_match():
     m = match_keys(facts({"x.w": (4,)}), facts({"module": (4,)}))
     assert m.mapping == () and m.missing == ("x.w",) and m.unexpected == ("module",)
     assert m.ambiguities == ()
+
+
+def test_equal_names_pair_only_one_to_one():
+    # two wrapped spellings of one name in the checkpoint: which one is the source is not known
+    m = match_keys(facts({"fc.w": (4,)}), facts({"module.fc.w": (4,), "_orig_mod.fc.w": (4,)}))
+    assert m.mapping == ()
+    assert [(a.a, a.candidates) for a in m.ambiguities] == [
+        ("fc.w", ("_orig_mod.fc.w", "module.fc.w"))
+    ]
+    # two target keys of one name, one checkpoint key: neither is mapped onto it
+    m = match_keys(
+        facts({"_orig_mod.fc.w": (4,), "module.fc.w": (4,)}),
+        facts({"_fsdp_wrapped_module.fc.w": (4,)}),
+    )
+    assert m.mapping == () and m.missing == ("_orig_mod.fc.w", "module.fc.w")

@@ -33,6 +33,7 @@ def ckpt(tmp_path_factory):
                 "w": torch.arange(6.0).reshape(2, 3),
                 "lr": 0.5,
                 "col": torch.arange(10.0).reshape(10, 1),
+                "vec": torch.arange(10.0),
             }
         },
         checkpoint_id=path,
@@ -255,3 +256,17 @@ def test_python_values_not_renamed_still_land_in_their_nested_place(ckpt):
     _load(sd, ckpt, RenamingLoadPlanner({"tg.w": "ck.w"}))
     assert sd["ck"]["lr"] == 0.5
     assert torch.equal(sd["tg"]["w"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_an_empty_shard_inside_the_saved_length_plans_no_read(ckpt, rank1_of_2):
+    # a 1-d key of one element on two ranks: rank 1 holds nothing, at offset 1 (inside the saved
+    # length 10): DCP would plan a read of zero elements for it; the planner plans none
+    from torch.distributed.tensor import DTensor, Shard
+
+    value = DTensor.from_local(
+        torch.zeros(0), rank1_of_2, [Shard(0)], run_check=False, shape=torch.Size((1,)), stride=(1,)
+    )
+    assert [tuple(c.offsets) for c in value.__create_chunk_list__()] == [(1,)]
+    planner = RenamingLoadPlanner({"v": "ck.vec"}, resized=["v"])
+    planner.set_up_planner({"v": value}, SafeFileSystemReader(ckpt).read_metadata(), False)
+    assert planner.create_local_plan().items == []

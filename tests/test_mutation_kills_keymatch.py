@@ -209,3 +209,11 @@ def test_equal_names_pair_only_one_to_one():
         facts({"_fsdp_wrapped_module.fc.w": (4,)}),
     )
     assert m.mapping == () and m.missing == ("_orig_mod.fc.w", "module.fc.w")
+
+
+def test_a_wrapper_segment_that_moved_pairs_by_name_under_no_wrapper_rule():
+    # both keys hold `module`, at other places: equal names without it, but no side has a
+    # wrapper segment the other lacks, so the rule names none (kind 'rewritten', no text)
+    m = match_keys(facts({"module.fc.w": (4,)}), facts({"fc.module.w": (4,)}))
+    assert m.rename == {"module.fc.w": "fc.module.w"}
+    assert [(r.kind, r.a, r.b) for r in m.rules] == [("rewritten", "", "")]

@@ -134,6 +134,12 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
         # writer, at seconds a test)
         ["tests/test_mutation_kills_file_checks.py"],
     ),
+    "hf_checks": (
+        ["dcpviz/analysis/checkpoint/hf_checks.py"],
+        None,
+        # hand-built folders (tests/test_hf_inspect.py finds each on folders DCP's writer wrote)
+        ["tests/test_mutation_kills_hf_checks.py"],
+    ),
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.

@@ -274,6 +274,9 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.core.keymatch.x__apply_rewrite__mutmut_8": "the pair filter `m in st.cur and u in st.free` made `or`: both hold for every pair "
     "of a certain rewrite (its keys are claimed by no other pattern, so no earlier rewrite of the "
     "round took them), so `and` and `or` are both True",
+    "dcpviz.core.keymatch.x__rewrites__mutmut_31": "`return False, ...` made True when no rewrite is certain: the loop then runs its "
+    "remaining rounds on a state nothing changes (the choices, equal names and rewrites find the "
+    "same nothing again) and ends with the same ambiguities: the same Match, later",
     # -- engine/checkpoint/fix_planner.py
     "dcpviz.engine.checkpoint.fix_planner.x__collisions__mutmut_9": "the fallback text '?' changed: set_up_planner calls _collisions only when two keys "
     "rename onto one, and the loop then returns at the second of them; '?' is never reached",

@@ -217,3 +217,15 @@ def test_a_wrapper_segment_that_moved_pairs_by_name_under_no_wrapper_rule():
     m = match_keys(facts({"module.fc.w": (4,)}), facts({"fc.module.w": (4,)}))
     assert m.rename == {"module.fc.w": "fc.module.w"}
     assert [(r.kind, r.a, r.b) for r in m.rules] == [("rewritten", "", "")]
+
+
+def test_one_coincidental_pair_is_no_pattern_while_other_keys_are_open():
+    # enc.w / dec.w agree in shape, but one pair is a coincidence while another key is open
+    target = facts({"enc.w": (4, 4), "other.z": (3,)})
+    saved = facts({"dec.w": (4, 4), "x.y": (5,)})
+    m = match_keys(target, saved)
+    assert m.mapping == ()
+    assert [(a.a, a.candidates, a.keys) for a in m.ambiguities] == [("enc", ("dec",), ("enc.w",))]
+    # the one key left on each side: then it is the pattern
+    m = match_keys(facts({"enc.w": (4, 4)}), facts({"dec.w": (4, 4), "x.y": (5,)}))
+    assert m.rename == {"enc.w": "dec.w"}

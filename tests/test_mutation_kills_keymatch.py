@@ -229,3 +229,14 @@ def test_one_coincidental_pair_is_no_pattern_while_other_keys_are_open():
     # the one key left on each side: then it is the pattern
     m = match_keys(facts({"enc.w": (4, 4)}), facts({"dec.w": (4, 4), "x.y": (5,)}))
     assert m.rename == {"enc.w": "dec.w"}
+
+
+def test_a_rewrite_seen_once_is_not_shown_next_to_those_seen_on_every_layer():
+    saved = {f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("q_proj", "k_proj", "v_proj")}
+    saved["l.0.x_proj.weight"] = (4, 4)  # only on layer 0
+    target = {f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("wq", "wk", "wv")}
+    m = match_keys(facts(target), facts(saved))
+    assert m.mapping == ()
+    assert [(a.a, a.candidates) for a in m.ambiguities] == [
+        (w, ("k_proj", "q_proj", "v_proj")) for w in ("wk", "wq", "wv")
+    ]

@@ -240,3 +240,15 @@ def test_a_rewrite_seen_once_is_not_shown_next_to_those_seen_on_every_layer():
     assert [(a.a, a.candidates) for a in m.ambiguities] == [
         (w, ("k_proj", "q_proj", "v_proj")) for w in ("wk", "wq", "wv")
     ]
+
+
+def test_keys_after_a_tie_still_get_their_possible_sources():
+    saved = {f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("q_proj", "k_proj")}
+    target = {f"l.{i}.{p}.weight": (4, 4) for i in range(2) for p in ("wq", "wk")}
+    saved["z.y.w"], target["z.x.w"] = (4, 6), (4, 4)  # sorted after the tied keys
+    m = match_keys(facts(target), facts(saved))
+    assert [(a.a, a.candidates) for a in m.ambiguities] == [
+        ("wk", ("k_proj", "q_proj")),
+        ("wq", ("k_proj", "q_proj")),
+        ("z.x.w", ("z.y.w",)),
+    ]

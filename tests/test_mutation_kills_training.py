@@ -113,6 +113,7 @@ def test_another_count_of_param_groups():
     saved = {"model.w", *_group("optim.", 0, ADAM), *_group("optim.", 1, ADAM)}
     hints, missing, unexpected = _groups_run(wanted, saved)
     (h,) = hints
+    assert h.kind == "optimizer"
     assert h.title == "The optimizer has 2 param group(s) in the checkpoint and 1 in the target"
     assert h.detail == (
         "optim.param_groups.<i>.* keys differ ('optim.param_groups.1.amsgrad', "

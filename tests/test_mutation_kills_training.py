@@ -121,7 +121,10 @@ def test_another_count_of_param_groups():
         "group the other side lacks is missing or never read, and set_state_dict maps "
         "parameters to the saved groups."
     )
-    assert h.fix.startswith("# build the target's optimizer with the saving job's param groups")
+    assert h.fix == (
+        "# build the target's optimizer with the saving job's param groups, in the same order "
+        "(e.g. the same no-weight-decay group for norms and biases)"
+    )
     assert h.keys == tuple(sorted(_group("optim.", 1, ADAM)))
     assert (missing, unexpected) == (set(), set())
 
@@ -146,7 +149,10 @@ def test_another_optimizer_class_names_the_hyper_parameters_and_state_of_each_si
         "target momentum that the checkpoint lacks; per parameter the checkpoint saves exp_avg, "
         "exp_avg_sq and the target holds momentum_buffer."
     )
-    assert h.fix.startswith("# build the target with the saving job's optimizer class")
+    assert h.fix == (
+        "# build the target with the saving job's optimizer class (in dcpviz: the same "
+        "Scenario.optimizer), or load the model alone and start the new optimizer fresh"
+    )
     explained = {
         "optim.param_groups.0.amsgrad",
         "optim.param_groups.0.betas",
@@ -218,7 +224,11 @@ def test_positions_of_dp_ranks_the_target_lacks_are_named_as_lost():
         "('dp_rank_0', 'dp_rank_1'). DCP ignores the others silently: those ranks' positions in "
         "the data are lost, so samples repeat or are skipped after resuming."
     )
-    assert h.fix.startswith("# resume with the saving job's data-parallel degree (torchtitan's")
+    assert h.fix == (
+        "# resume with the saving job's data-parallel degree (torchtitan's data loader refuses "
+        "another one: 'dataloader resharding is not supported yet'), or leave the data loader out "
+        "of the state passed to dcp.load and accept a data order that restarts"
+    )
     assert h.keys == ("dataloader.dp_rank_2", "dataloader.dp_rank_3")
     assert (missing, unexpected) == (set(), set())
 
@@ -226,6 +236,11 @@ def test_positions_of_dp_ranks_the_target_lacks_are_named_as_lost():
 def test_dp_ranks_the_checkpoint_lacks_are_named_as_raising():
     hints, missing, unexpected = _run(_dp(range(5)), _dp([0, 1]))
     (h,) = hints
+    assert h.kind == "dataloader"
+    assert h.fix == (
+        "# resume with the saving job's data-parallel degree, or leave the data loader out of the "
+        "state passed to dcp.load (the data order restarts)"
+    )
     assert h.title == "3 target data-parallel rank(s) have no saved data-loader position"
     assert h.detail == (
         "'dataloader.dp_rank_2', 'dataloader.dp_rank_3' and 1 more are not in the checkpoint: "
@@ -276,6 +291,8 @@ def test_a_scheduler_only_the_checkpoint_has():
 def test_a_train_state_only_the_target_has():
     hints, missing, unexpected = _run({"model.w", "train_state.step"}, {"model.w"})
     (h,) = hints
+    assert h.kind == "component"
+    assert h.keys == ("train_state.step",)
     assert h.title == "The target loads train_state state that the checkpoint does not have"
     assert h.detail == (
         "1 key(s) ('train_state.step'): the saving job did not save a 'train_state'; dcp.load "

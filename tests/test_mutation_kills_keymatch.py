@@ -252,3 +252,25 @@ def test_keys_after_a_tie_still_get_their_possible_sources():
         ("wq", ("k_proj", "q_proj")),
         ("z.x.w", ("z.y.w",)),
     ]
+
+
+def test_same_name_keys_are_resized_reshaped_or_cast_by_kind():
+    target = {
+        "grown": KeyFacts((12, 4), "float32"),
+        "flat": KeyFacts((4, 4), "float32"),
+        "half": KeyFacts((4,), "float32"),
+        "step": KeyFacts((), "float32"),  # a tensor here, a Python value in the checkpoint
+        "lr": KeyFacts(None),
+    }
+    saved = {
+        "grown": KeyFacts((10, 4), "float32"),
+        "flat": KeyFacts((16,), "float32"),
+        "half": KeyFacts((4,), "bfloat16"),
+        "step": KeyFacts(None),
+        "lr": KeyFacts(None),
+    }
+    m = match_keys(target, saved)
+    assert m.resized == (("grown", "grown", (10, 4), (12, 4)),)
+    assert m.reshaped == (("flat", "flat", (16,), (4, 4)),)
+    assert m.cast == (("half", "half", "bfloat16", "float32"),)
+    assert m.mapping == () and m.missing == () and m.unexpected == ()

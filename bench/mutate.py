@@ -277,6 +277,13 @@ EQUIVALENT: dict[str, str] = {
     "dcpviz.core.keymatch.x__rewrites__mutmut_31": "`return False, ...` made True when no rewrite is certain: the loop then runs its "
     "remaining rounds on a state nothing changes (the choices, equal names and rewrites find the "
     "same nothing again) and ends with the same ambiguities: the same Match, later",
+    # -- analysis/load/hints_training.py
+    **{
+        f"dcpviz.analysis.load.hints_training.x__param_group_hints__mutmut_{n}": "the default of `c.get(g, set())` in only_t made None or left out: only_c, "
+        "computed just before, reads `c[g]` for every differing group, and c is a defaultdict(set), "
+        "so every such g is in c by then and the default is never used"
+        for n in (60, 62)
+    },
     # -- engine/checkpoint/fix_planner.py
     "dcpviz.engine.checkpoint.fix_planner.x__collisions__mutmut_9": "the fallback text '?' changed: set_up_planner calls _collisions only when two keys "
     "rename onto one, and the loop then returns at the second of them; '?' is never reached",

@@ -305,3 +305,10 @@ def test_every_check_in_order_and_none_without_a_writer():
     tr = _trace(options=(("save_distributed", "True"),))
     assert [r[1] for r in fc.file_plan_checks(tr)] == ["no-index-json"]
     assert fc.file_plan_checks(_trace(cls=None, items=items, files=files)) == []
+
+
+def test_stale_files_after_an_unreadable_one_are_still_named():
+    files = [(0, "a", "shard-0.safetensors", "write")]
+    stale = (("broken.safetensors", None), ("old.safetensors", ("a", "z")))
+    rows = fc.stale_files(_trace(files=files, stale=stale))
+    assert [(r[0], r[2]) for r in rows] == [("error", ""), ("data-loss", "a"), ("warning", "z")]

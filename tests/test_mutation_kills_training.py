@@ -345,3 +345,13 @@ def test_components_come_from_each_sides_recorded_prefixes():
 def test_bytes_entries_count_as_saved_keys():
     tr = _trace({"a"}, {"t"}, bytes_keys=("b",))
     assert ht.saved_keys(tr) == {"t", "b"}
+
+
+def test_every_differing_group_is_named():
+    wanted = {*_group("optim.", 0, SGD), *_group("optim.", 1, SGD), *_group("optim.", 2, ADAM)}
+    saved = {*_group("optim.", 0, ADAM), *_group("optim.", 1, ADAM), *_group("optim.", 2, ADAM)}
+    (h,) = _groups_run(wanted, saved)[0]
+    assert h.detail.startswith(
+        "param group(s) 0, 1: the checkpoint has amsgrad, betas, eps that the target lacks, the "
+        "target momentum that the checkpoint lacks."
+    )

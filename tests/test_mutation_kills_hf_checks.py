@@ -369,3 +369,19 @@ def test_folder_checks_most_severe_first():
     assert list(df["check"]) == ["safetensors-unreadable", "no-index-json", "quantized-pair"]
     assert list(df["severity"]) == ["data-loss", "warning", "info"]
     assert hc.folder_checks(_folder([_file("model.safetensors", {"w": F32})])).empty
+
+
+def test_unindexed_files_show_three_keys_and_skip_keys_the_index_maps_elsewhere():
+    keys = {k: F32 for k in "abcd"}
+    folder = _folder(
+        [_file(SHARD0, keys), _file("old.safetensors", keys)], index=dict.fromkeys(keys, SHARD0)
+    )
+    (row,) = hc.unindexed_files(folder)
+    assert "4 key(s) it holds are also in other files (a, b, c), so a load" in row[4]
+    # the index maps `x` to a file that lacks it; the old file's `x` is in no other file, and
+    # the index has it: neither a second copy nor a key coming back
+    folder = _folder(
+        [_file(SHARD0, {"a": F32}), _file("old.safetensors", {"x": F32})],
+        index={"a": SHARD0, "x": SHARD0},
+    )
+    assert hc.unindexed_files(folder) == []

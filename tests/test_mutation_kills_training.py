@@ -355,3 +355,13 @@ def test_every_differing_group_is_named():
         "param group(s) 0, 1: the checkpoint has amsgrad, betas, eps that the target lacks, the "
         "target momentum that the checkpoint lacks."
     )
+
+
+def test_every_name_only_the_target_has_is_named():
+    wanted = _group("optim.", 0, ("lr", "params", "momentum", "nesterov"))
+    saved = _group("optim.", 0, ("lr", "params"))
+    (h,) = _groups_run(wanted, saved)[0]
+    assert h.detail == (
+        "param group(s) 0: the checkpoint has nothing that the target lacks, the target momentum, "
+        "nesterov that the checkpoint lacks."
+    )

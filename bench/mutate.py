@@ -103,6 +103,43 @@ TARGETS: dict[str, tuple[list[str], list[str] | None, list[str]]] = {
         # (not yet: hints_training.py, hint_base.py, core/keymatch.py, the matcher itself)
         ["tests/test_mutation_kills_hints.py"],
     ),
+    "keymatch": (
+        ["dcpviz/core/keymatch.py"],
+        None,
+        [
+            "tests/test_keymatch.py",
+            "tests/test_diff_renames.py",
+            "tests/test_mutation_kills_hints.py",
+            "tests/test_mutation_kills_keymatch.py",
+        ],
+    ),
+    "fix_planner": (
+        ["dcpviz/engine/checkpoint/fix_planner.py"],
+        None,
+        [
+            "tests/test_mutation_kills_fix_planner.py",
+            "tests/test_load_journey.py::test_size_hint_fix_loads_saved_rows_into_a_nested_state",
+        ],
+    ),
+    "hints_training": (
+        ["dcpviz/analysis/load/hints_training.py", "dcpviz/analysis/load/hint_base.py"],
+        None,
+        # hand-built traces only (test_training_state_load.py's simulations cost ~30 s a mutant)
+        ["tests/test_mutation_kills_training.py"],
+    ),
+    "file_checks": (
+        ["dcpviz/analysis/save/file_checks.py"],
+        None,
+        # hand-built traces (tests/test_hf_checks.py reproduces each finding with DCP's own
+        # writer, at seconds a test)
+        ["tests/test_mutation_kills_file_checks.py"],
+    ),
+    "hf_checks": (
+        ["dcpviz/analysis/checkpoint/hf_checks.py"],
+        None,
+        # hand-built folders (tests/test_hf_inspect.py finds each on folders DCP's writer wrote)
+        ["tests/test_mutation_kills_hf_checks.py"],
+    ),
 }
 
 # Survivors shown equivalent (no input can tell them apart): mutant name -> why.
@@ -231,12 +268,91 @@ EQUIVALENT: dict[str, str] = {
     },
     "dcpviz.core.trace_validate.x__load__mutmut_4": "`captured=False` made `captured=None`: _scenario only tests `not captured`, and None "
     "is falsy like False.",
+    # -- core/keymatch.py
+    "dcpviz.core.keymatch.x__cprefix__mutmut_3": "`canonical(prefix[:-1]) if prefix else ''` made to always canonicalise: for the "
+    "prefix '' that is canonical('') == '', the same",
+    "dcpviz.core.keymatch.x__apply_rewrite__mutmut_8": "the pair filter `m in st.cur and u in st.free` made `or`: both hold for every pair "
+    "of a certain rewrite (its keys are claimed by no other pattern, so no earlier rewrite of the "
+    "round took them), so `and` and `or` are both True",
+    "dcpviz.core.keymatch.x__rewrites__mutmut_31": "`return False, ...` made True when no rewrite is certain: the loop then runs its "
+    "remaining rounds on a state nothing changes (the choices, equal names and rewrites find the "
+    "same nothing again) and ends with the same ambiguities: the same Match, later",
+    # -- analysis/load/hints_training.py
+    **{
+        f"dcpviz.analysis.load.hints_training.x__param_group_hints__mutmut_{n}": "the default of `c.get(g, set())` in only_t made None or left out: only_c, "
+        "computed just before, reads `c[g]` for every differing group, and c is a defaultdict(set), "
+        "so every such g is in c by then and the default is never used"
+        for n in (60, 62)
+    },
+    # -- engine/checkpoint/fix_planner.py
+    "dcpviz.engine.checkpoint.fix_planner.x__collisions__mutmut_9": "the fallback text '?' changed: set_up_planner calls _collisions only when two keys "
+    "rename onto one, and the loop then returns at the second of them; '?' is never reached",
+    "dcpviz.engine.checkpoint.fix_planner.x__local_box__mutmut_5": "the offsets (0, ...) of a rank with no single chunk made (1, ...): its sizes are 0, "
+    "so _overlap's first dim has stop = min(extent, 1) <= 1 and the box is empty either way "
+    "(no read is planned for it; an empty box's offsets are never read)",
+    "dcpviz.engine.checkpoint.fix_planner.x__overlap__mutmut_14": "`stop <= off` made `stop < off`: where stop == off the box gets a 0 size instead of "
+    "None; create_local_plan reads only boxes with every size > 0, and lookup_tensor serves only "
+    "planned reads, so an empty box is never used either way",
+    **{
+        f"dcpviz.engine.checkpoint.fix_planner.x__overlap__mutmut_{n}": "`slice(0, n)` made `slice(None, n)` / `slice(n)`: a slice with no start starts at 0, "
+        "the same view"
+        for n in (21, 23)
+    },
+    **{
+        f"dcpviz.engine.checkpoint.fix_planner.x__resized_box__mutmut_{n}": "the view given for a box the saved tensor does not reach (`slice(0, 0)` per dim) "
+        "changed: its sizes are 0, so create_local_plan plans no read of it and lookup_tensor (asked "
+        "only for planned reads) never returns it"
+        for n in (34, 35, 36, 37, 38, 39)
+    },
+    "dcpviz.engine.checkpoint.fix_planner.xǁRenamingLoadPlannerǁ__init____mutmut_28": "`self._boxes = {}` made None in __init__: set_up_planner, which DCP calls before "
+    "create_local_plan and lookup_tensor, sets it to {} before anything reads it",
+    **{
+        f"dcpviz.engine.checkpoint.fix_planner.xǁRenamingLoadPlannerǁcreate_local_plan__mutmut_{n}": "the LoadPlan's storage_data / planner_data passed as None or left out: DCP's "
+        "create_default_local_load_plan returns LoadPlan(requests), both None, so the plan is the same"
+        for n in (31, 32, 34, 35)
+    },
 }
 
 
-# Survivors neither killed nor equivalent yet: mutant name -> what it changes (open work; empty
-# since the last 8 were killed by hand, see bench/MUTATION.md).
-NOT_KILLED: dict[str, str] = {}
+# Survivors neither killed nor equivalent yet: mutant name -> what it changes and why no test
+# kills it (open work).
+NOT_KILLED: dict[str, str] = {
+    **{
+        f"dcpviz.core.keymatch.{fn}__mutmut_{n}": "the round does not count as changed after the choices / equal "
+        "names took pairs, so _rewrites runs in the same round instead of the next: the next round's "
+        "choices and equal names find nothing new (the keys they left were refused for reasons "
+        "taking pairs does not undo), so the answer differs only for a match that needs all "
+        "MAX_ROUNDS rounds; no test builds one"
+        for fn, n in (
+            ("x__apply_choice", 48),
+            ("x__equal_names", 45),
+            ("x_match_keys", 22),
+            ("x_match_keys", 23),
+            ("x_match_keys", 30),
+            ("x_match_keys", 31),
+        )
+    },
+    "dcpviz.core.keymatch.x_match_keys__mutmut_16": "`ambiguities = []` made None before the loop: _rewrites sets it "
+    "in the first round where choices and equal names change nothing (round 2 at the latest, for "
+    "the reason above); None is reached only by a match where they change something in all "
+    "MAX_ROUNDS rounds; no test builds one",
+    "dcpviz.core.keymatch.x__apply_choice__mutmut_8": "a whole-key choice given the key None (only `canonical(a) == name` "
+    "reaches it): differs only for a key a rewrite renamed before the choice could apply, which "
+    "needs the choice refused in every earlier round; no test builds one",
+    **{
+        f"dcpviz.core.keymatch.x__equal_names__mutmut_{n}": "the label of a pair of equal names whose canonical names "
+        "differ (renamed by a rewrite, not taken by it): the rewrite takes every pair it renames, "
+        "so this branch was reached by none of 40,000 random key sets; no test reaches it"
+        for n in (19, 27, 28)
+    },
+    "dcpviz.core.keymatch.x__bucket__mutmut_7": "the leaf of a name without segments ('' after its wrapper segments are "
+    "dropped) made 'XXXX': differs only against a key whose leaf is literally 'XXXX'",
+    "dcpviz.core.keymatch.x__ambiguities__mutmut_21": "`by_a[na][nb] += kept` made `=`: two rewrites reach one (na, nb) "
+    "only through a key with an empty segment ('a..b': a rewrite '.' spelled '' like the "
+    "insertion ''); no test has one",
+    "dcpviz.core.keymatch.x__segs__mutmut_2": "'' split into [''] instead of []: differs only against a key that ends "
+    "with '.' (an empty leaf), which rewrite_of would then pair with an empty name",
+}
 
 
 def _copy_tree(dest: Path) -> None:
@@ -269,6 +385,9 @@ def _config(modules: list[str], tests: list[str]) -> str:
         # the CPU-time limit per mutant is (tests' time + this) x multiplier x 2: generous, so that
         # a machine shared with other work does not turn slow fixtures into false timeouts
         "timeout_constant = 30\n"
+        # ... but not mutmut's default x15: a mutant that loops forever (a loop counter mutated)
+        # would hold the one worker for a quarter of an hour of CPU
+        "timeout_multiplier = 4\n"
     )
 
 
@@ -318,11 +437,14 @@ def _tally(status: dict[str, str], keep: list[str] | None) -> dict:
     counts: dict[str, int] = {}
     for v in status.values():
         counts[v] = counts.get(v, 0) + 1
+    # A mutant that makes the tests run past their CPU limit (a loop that never ends) is caught
+    # too: counted as killed ("statuses" keeps the two apart).
+    caught = ("killed", "timeout")
     return {
         "mutants": len(status),
-        "killed": counts.get("killed", 0),
+        "killed": sum(counts.get(c, 0) for c in caught),
         "statuses": counts,
-        "survivors": sorted(k for k, v in status.items() if v != "killed"),
+        "survivors": sorted(k for k, v in status.items() if v not in caught),
     }
 
 
@@ -333,7 +455,9 @@ def partial_result(name: str) -> dict:
     for meta in (WORK / name / "mutants").rglob("*.py.meta"):
         for k, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
             if code is not None:
-                status[k] = "killed" if code == 1 else "survived" if code == 0 else f"exit {code}"
+                status[k] = {1: "killed", 0: "survived", -24: "timeout", 24: "timeout"}.get(
+                    code, f"exit {code}"
+                )
     return {
         "target": name,
         "modules": modules,
@@ -380,8 +504,9 @@ def write_table(results: dict[str, dict]) -> None:
         )
     lines += [
         "",
-        "Not mutated yet: analysis/load/hints_training.py, analysis/load/hint_base.py, core/keymatch.py (the "
-        "matcher), engine/checkpoint/fix_planner.py; of the checks, file_checks.py and hf_checks.py.",
+        "Each target's tests are the narrowest selection that exercises it; the keymatch, fix_planner, "
+        "hints_training, file_checks and hf_checks rows use hand-built inputs (key facts, traces, "
+        "folders) and one-process dcp.save/dcp.load, not simulations.",
         "A row 'stopped early' counts the mutants that were tested before the run was stopped "
         "(mutmut runs the fastest first); the rest were not tested.",
     ]

@@ -268,6 +268,19 @@ def test_quantized_pairs_are_information(tmp_path):
     assert cli_check(d) == 0
 
 
+def test_a_lone_quantized_suffix_is_not_a_pair(tmp_path):
+    """A scales key without its weight (or blocks without scales) is an ordinary key: advising
+    QuantizedHuggingFaceStorageReader for it would be wrong (it reads X.weight_scale_inv only
+    next to X.weight)."""
+    d = tmp_path / "lone"
+    d.mkdir()
+    save_file(
+        {"m.weight_scale_inv": torch.ones(1, 1), "e.w_blocks": torch.zeros(2, dtype=torch.uint8)},
+        str(d / "model.safetensors"),
+    )
+    assert found(d, "quantized-pair").empty
+
+
 @pytest.mark.parametrize(
     "index, check",
     [

@@ -336,32 +336,32 @@ def test_quantized_keys_are_information():
         ": DCP's HuggingFaceStorageReader loads them as stored; "
         "QuantizedHuggingFaceStorageReader dequantizes the weights and leaves them unread."
     )
+    # Lone keys with a quantized suffix (m.weight_scale_inv without m.weight, f/g/h_blocks
+    # without their scales) are ordinary keys, not pairs.
     assert hc.quantized_pairs(_folder(files)) == [
-        (
-            "info",
-            "quantized-pair",
-            "e_blocks",
-            (),
-            "4 MXFP4 blocks key(s) (e_blocks, f_blocks, g_blocks)" + tail,
-            fix,
-        ),
+        ("info", "quantized-pair", "e_blocks", (), "1 MXFP4 blocks key(s) (e_blocks)" + tail, fix),
         ("info", "quantized-pair", "e_scales", (), "1 MXFP4 scales key(s) (e_scales)" + tail, fix),
         (
             "info",
             "quantized-pair",
             "l.weight_scale_inv",
             (),
-            "2 fp8 block scales key(s) (l.weight_scale_inv, m.weight_scale_inv)" + tail,
+            "1 fp8 block scales key(s) (l.weight_scale_inv)" + tail,
             fix,
         ),
     ]
+    two = {f"k{i}_blocks": F32 for i in range(4)} | {f"k{i}_scales": F32 for i in range(4)}
+    (blocks,) = [
+        r for r in hc.quantized_pairs(_folder([_file("m.safetensors", two)])) if r[2] == "k0_blocks"
+    ]
+    assert blocks[4].startswith("4 MXFP4 blocks key(s) (k0_blocks, k1_blocks, k2_blocks)")
     assert hc.quantized_pairs(_folder([_file("model.safetensors", {"w": F32})])) == []
 
 
 def test_folder_checks_most_severe_first():
     folder = _folder(
         [
-            _file("model.safetensors", {"l.weight_scale_inv": F32}),
+            _file("model.safetensors", {"l.weight": F32, "l.weight_scale_inv": F32}),
             _file("x.safetensors", None, error="bad"),
         ]
     )

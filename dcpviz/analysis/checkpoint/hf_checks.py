@@ -22,7 +22,7 @@ from collections import defaultdict
 import pandas as pd
 
 from dcpviz.analysis.checks import _capped, _frame
-from dcpviz.core.hf.folder import HFFolder, quantized_kind
+from dcpviz.core.hf.folder import HFFolder, quantized_companions
 from dcpviz.core.kinds import Severity
 
 Row = tuple[str, str, str, tuple[int, ...], str, str]
@@ -268,12 +268,11 @@ def consolidation(folder: HFFolder) -> list[Row]:
 
 
 def quantized_pairs(folder: HFFolder) -> list[Row]:
-    keys = sorted(_keys(folder))
+    # Only keys that are a pair's companion as a pair: a lone key with a quantized suffix is an
+    # ordinary key, which QuantizedHuggingFaceStorageReader would not leave unread.
     found: dict[str, list[str]] = defaultdict(list)
-    for k in keys:
-        what = quantized_kind(k)
-        if what is not None:
-            found[what].append(k)
+    for k, what in sorted(quantized_companions(_keys(folder)).items()):
+        found[what].append(k)
     return [
         (
             Severity.INFO,

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
 
 from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.checkpoint.reader import SafeFileSystemReader
@@ -89,7 +90,7 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
                     f"RenamingLoadPlanner: resized key {key!r} is not in the state dict. "
                     "Name resized keys as the state dict's flattened keys (before the rename)."
                 )
-            self._boxes[new] = _resized_box(new, renamed.pop(new), metadata)
+            self._boxes[new] = _resized_box(key, new, renamed.pop(new), metadata)
         self.state_dict = renamed
 
     def create_local_plan(self) -> LoadPlan:
@@ -126,21 +127,32 @@ class RenamingLoadPlanner(DefaultLoadPlanner):
 
 
 def _resized_box(
-    key: str, value: Any, metadata: Any
+    key: str, new: str, value: Any, metadata: Any
 ) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
     """(view of this rank's local tensor on the box it shares with the saved tensor, the box's
-    global offsets, its sizes)."""
-    md = metadata.state_dict_metadata.get(key) if metadata is not None else None
+    global offsets, its sizes), for the resized target key ``key`` (checkpoint key ``new``)."""
+    name = repr(key) if key == new else f"{key!r} (checkpoint key {new!r})"
+    md = metadata.state_dict_metadata.get(new) if metadata is not None else None
     if not isinstance(value, torch.Tensor) or not hasattr(md, "size"):
         raise DcpvizError(
-            f"RenamingLoadPlanner: resized key {key!r} must be a tensor in both the state dict "
+            f"RenamingLoadPlanner: resized key {name} must be a tensor in both the state dict "
             "and the checkpoint."
+        )
+    wrapped = value.to_local() if isinstance(value, DTensor) else value
+    if isinstance(wrapped, LocalShardsWrapper):
+        what = "a DTensor whose local tensor is" if wrapped is not value else "a tensor that is"
+        raise DcpvizError(
+            f"RenamingLoadPlanner: resized key {name} is {what} a LocalShardsWrapper "
+            "(torchrec-style sharding), which a resized load cannot read into (its shards cannot "
+            "be sliced). For the load, pass it as a DTensor with a plain local tensor (Shard or "
+            "Replicate placements), or leave it out of `resized`, load a tensor of its saved shape "
+            "and copy that into yours."
         )
     saved = tuple(int(v) for v in md.size)
     local, offsets, sizes = _local_box(value)
     if len(saved) != len(sizes):
         raise DcpvizError(
-            f"RenamingLoadPlanner: {key!r} was saved with {len(saved)} dims, the target has {len(sizes)}."
+            f"RenamingLoadPlanner: {name} was saved with {len(saved)} dims, the target has {len(sizes)}."
         )
     box = _overlap(saved, offsets, sizes)
     if box is None:

@@ -32,7 +32,11 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
+
+try:
+    from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
+except ImportError:  # a private module: if a later torch moves it, no value is refused by type
+    LocalShardsWrapper = ()  # isinstance(x, ()) is False
 
 from dcpviz.core.errors import DcpvizError
 from dcpviz.engine.checkpoint.reader import SafeFileSystemReader

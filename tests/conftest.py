@@ -11,13 +11,34 @@ warnings.filterwarnings("ignore", category=UserWarning)
 
 @pytest.fixture(autouse=True)
 def _no_default_process_group():
-    """Simulation needs a process without a default process group; fail loudly if a test leaks one."""
+    """Simulation needs a process without a default process group; fail loudly if a test leaks
+    one, or leaves ``sys.excepthook`` wrapped (``init_process_group`` prefixes tracebacks with
+    ``[rankN]:`` and never unwraps it: a later test reading a traceback would fail instead)."""
+    import sys
+
     import torch.distributed as dist
 
+    hook = sys.excepthook
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
         pytest.fail("a test left a default process group initialised")
+    if sys.excepthook is not hook:
+        sys.excepthook = hook
+        pytest.fail("a test left sys.excepthook changed (init_process_group without fake_world?)")
+
+
+@pytest.fixture
+def rank1_of_2():
+    """This process as rank 1 of a 2-rank fake world, and its 1-D cpu mesh. Through dcpviz's
+    own ``fake_world``: ``init_process_group`` wraps ``sys.excepthook`` in a ``[rank1]:``
+    prefixer that ``destroy_process_group`` leaves behind, and later tests read tracebacks."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from dcpviz.engine.job.world import fake_world
+
+    with fake_world(1, 2):
+        yield init_device_mesh("cpu", (2,))
 
 
 # -- real runs (tests/test_run_*.py): each 4-process save runs once per session ----------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from dcpviz import DcpvizError
@@ -19,18 +18,6 @@ def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("fixr") / "ckpt"
     dcp.save({"ck": {"emb": torch.arange(40.0).reshape(10, 4), "lr": 0.5}}, checkpoint_id=path)
     return path
-
-
-@pytest.fixture
-def rank1_of_2():
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", rank=1, world_size=2, store=FakeStore())
-    try:
-        yield init_device_mesh("cpu", (2,))
-    finally:
-        dist.destroy_process_group()
 
 
 def _set_up(sd, path, planner):

@@ -12,7 +12,6 @@ import json
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -169,18 +168,6 @@ def test_load_resized_names_where_a_key_is_not(ckpt):
         load_resized(sd, ckpt, ["m.emb"])
     with pytest.raises(DcpvizError, match=r"'ck\.lr' is not in the checkpoint \(as a tensor\)"):
         load_resized(sd, ckpt, ["ck.lr"])
-
-
-@pytest.fixture
-def rank1_of_2():
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", rank=1, world_size=2, store=FakeStore())
-    try:
-        yield init_device_mesh("cpu", (2,))
-    finally:
-        dist.destroy_process_group()
 
 
 def _shard(mesh, rows):

@@ -1,4 +1,4 @@
-"""The one data model: SaveTrace / LoadTrace, plain frozen dataclasses, versioned JSON on disk.
+"""The one data model: SaveTrace / LoadTrace, plain frozen dataclasses (slotted), versioned JSON on disk.
 
 A trace holds no torch objects, so it opens anywhere (a trace captured on a 1024-GPU job opens on
 a laptop), and never pickle. Write items are interned once in ``items`` and plans refer to them
@@ -37,7 +37,7 @@ Digest = Annotated[str, Meta(max_length=64)]  # a value's fingerprint (hex); nev
 STRUCTURE_PREFIX = "s:"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScenarioInfo:
     """The job a trace describes: model, world size, mesh and its dim names, recipe, dtype, device."""
 
@@ -63,7 +63,7 @@ class ScenarioInfo:
         return tuple(reversed(coord))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannerInfo:
     """Which planner ran, and its options (simple-valued public attributes)."""
 
@@ -77,7 +77,7 @@ class PlannerInfo:
         return dict(self.options).get(name, default)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedItem:
     """One WriteItem as the planner produced it.
 
@@ -104,7 +104,7 @@ class PlannedItem:
         return (self.fqn, self.index_offsets if self.index_offsets is not None else self.offsets)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadRecord:
     """One ReadItem of a load plan: a box of a saved chunk copied into a box of a target chunk.
 
@@ -128,7 +128,7 @@ class ReadRecord:
     storage_fqn: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanRecord:
     """One rank's plan at one phase: positions into the trace's item table. ``usable=False`` is
     an empty "unchanged" marker whose real plan the trace does not hold (older captures);
@@ -141,7 +141,7 @@ class PlanRecord:
     cached: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkInfo:
     """One saved chunk of a tensor: where it starts and its size, per dimension."""
 
@@ -149,7 +149,7 @@ class ChunkInfo:
     sizes: Box
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorEntry:
     """One tensor of the checkpoint metadata: global size, dtype, its chunks."""
 
@@ -160,7 +160,7 @@ class TensorEntry:
     requires_grad: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageEntry:
     """Where DCP stored one item: metadata's storage_data (present once bytes were written)."""
 
@@ -171,7 +171,7 @@ class StorageEntry:
     length: Count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetadataInfo:
     """The facts of DCP's Metadata, enough to rebuild an equivalent torch object."""
 
@@ -182,7 +182,7 @@ class MetadataInfo:
     version: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorLayout:
     """How a DTensor is laid out: placements and its mesh. Merged over the ranks' state dicts
     (a simulation takes each pipeline stage's first rank, a capture every rank), so keys the
@@ -195,7 +195,7 @@ class TensorLayout:
     mesh_shape: tuple[Extent, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorRecord:
     """A failure recorded as data: the phase, the rank (None: the coordinator), the exception's type and text."""
 
@@ -209,7 +209,7 @@ class ErrorRecord:
         return f"[{self.phase}, {where}] {self.exc_type}: {self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ValueDigest:
     """A fingerprint of one rank's value under a key DCP deduplicates (a plain tensor, a Python
     value, a bytes entry, the local shard of a replicated DTensor): DCP's dedup keeps one rank's
@@ -224,7 +224,7 @@ class ValueDigest:
     offsets: Box | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DedupAlternative:
     """Per-rank write volume had the coordinator deduplicated with the other
     ``dedup_save_to_lowest_rank`` option: DCP's own ``dedup_save_plans`` on the same local plans."""
@@ -234,7 +234,7 @@ class DedupAlternative:
     rank_nbytes: tuple[Count, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileItem:
     """One item of one file, as a storage writer's own planning splits a final plan into files
     (``engine/storage/writer_plan.py``; nothing is written). ``stage``: 'write' (a rank's
@@ -256,7 +256,7 @@ class FileItem:
     stage: str = "write"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageWriterInfo:
     """The storage writer a simulated save planned with: class, module, the options that decide
     its files (as text), and whether dcpviz could run its split into files."""
@@ -272,7 +272,7 @@ class StorageWriterInfo:
     stale_files: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SaveTrace:
     """Everything one save planning did, on every rank: items, local/global/final plans, metadata, errors, notes."""
 
@@ -304,7 +304,7 @@ class SaveTrace:
     kind: str = field(default="save", init=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetValue:
     """One value of a target rank's (flattened) state dict, as the load planner was given it.
 
@@ -322,7 +322,7 @@ class TargetValue:
     placements: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkWriter:
     """Who wrote one saved item: its writer rank and storage file, where known.
 
@@ -337,7 +337,7 @@ class ChunkWriter:
     storage_nbytes: Count | None = None  # the stored item's length in its file, when on disk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MismatchRecord:
     """A key or a tensor on which the target and the checkpoint disagree, on some target ranks.
 
@@ -358,7 +358,7 @@ class MismatchRecord:
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadTrace:
     """A load planned against a checkpoint on every rank of a target layout.
 

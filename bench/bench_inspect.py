@@ -18,6 +18,11 @@ Cases (what each entry point does with a checkpoint directory before anything el
   pickle: unsafe on an untrusted checkpoint); the floor any reader of ``.metadata`` pays to
   build DCP's Metadata objects. Identical in both columns (no dcpviz code).
 
+- floor: what no reader of this format written in Python gets under: the C unpickler runs
+  every opcode into stand-ins (no DCP objects: ``torch.Size`` read as a tuple, the rest bare
+  objects hashed by identity, the collector paused), then one pass lists every chunk's box and
+  every storage record (a table's columns). Unsafe as written (it builds any class it is told
+  to), no checks, no tables: a lower bound, not a reader.
 - read_metadata: ``.metadata`` through the restricted unpickler (never plain pickle), then the
   check of every field (``engine/checkpoint/metadata_check.py``).
 - resolve_saved: what ``simulate_load(DIR, ...)`` and ``dcpviz load DIR`` do first: the metadata,
@@ -48,7 +53,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "dcpviz-bench-inspect-1024"
 SAVED = dict(model="llama3-70b", world_size=1024, mesh=(128, 8), recipe="tp+fsdp", dtype="bfloat16")
-CASES = ("pickle.load (DCP's own read)", "read_metadata", "resolve_saved", "inspect_checkpoint")
+FLOOR = "floor: the pickle parsed into stand-ins, then its columns"
+CASES = (
+    "pickle.load (DCP's own read)",
+    FLOOR,
+    "read_metadata",
+    "resolve_saved",
+    "inspect_checkpoint",
+)
 
 MAKE = r"""
 import os, pickle, sys
@@ -103,6 +115,50 @@ if case.startswith("pickle.load"):  # DCP's FileSystemReader.read_metadata: plai
     with open(path + "/.metadata", "rb") as fh:
         md = pickle.load(fh)
     n = sum(len(getattr(e, "chunks", ())) for e in md.state_dict_metadata.values())
+elif case.startswith("floor"):
+    # Not dcpviz code, and not safe to ship as is: the least any Python reader of this format
+    # pays. The C unpickler runs every opcode, but each class is a stand-in (torch.Size ->
+    # tuple; the rest bare objects: BUILD fills their __dict__, keys hash by identity), the
+    # collector is paused; then one pass puts every chunk's box and every storage record in
+    # flat lists (what a table's columns need). No checks, no tables.
+    import gc, io, pickle
+
+    class _Bare:
+        pass
+
+    class _Props:  # TensorProperties pickles its state as a tuple
+        def __setstate__(self, state):
+            self.state = state
+
+    class _StandIns(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch", "Size"):
+                return tuple
+            if name in ("_MEM_FORMAT_ENCODING",) or module == "torch":
+                return super().find_class(module, name)
+            if module == "torch.serialization":
+                return str
+            return _Props if name == "TensorProperties" else type(name, (_Bare,), {})
+
+    gc.disable()
+    try:
+        with open(path + "/.metadata", "rb") as fh:
+            md = _StandIns(io.BytesIO(fh.read())).load()
+        fqns, offsets, sizes = [], [], []
+        for fqn, entry in md.state_dict_metadata.items():
+            for ch in getattr(entry, "chunks", ()):
+                fqns.append(fqn)
+                offsets.append(ch.offsets)
+                sizes.append(ch.sizes)
+        keys, files, starts, lengths = [], [], [], []
+        for k, v in md.storage_data.items():
+            keys.append((k.fqn, k.offset))
+            files.append(v.relative_path)
+            starts.append(v.offset)
+            lengths.append(v.length)
+    finally:
+        gc.enable()
+    n = len(offsets)
 elif case == "read_metadata":
     md = read_metadata(path)
     n = sum(len(getattr(e, "chunks", ())) for e in md.state_dict_metadata.values())

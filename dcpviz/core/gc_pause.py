@@ -6,6 +6,9 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# Below this many new tracked objects the collector's own passes are cheap: left to it.
+MANY_OBJECTS = 100_000
+
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
@@ -13,12 +16,29 @@ def gc_paused() -> Iterator[None]:
 
     Decoding a big trace or simulating 1024 ranks allocates millions of small, acyclic objects;
     each automatic collection walks every tracked object, so collections grow with the heap and
-    cost more than the work itself. Reference counting still frees everything not in a cycle;
-    cycles made meanwhile are collected by the next automatic collection."""
+    cost more than the work itself. Reference counting still frees everything not in a cycle.
+
+    Where the block made many objects, one collection walks them as the pause ends (see
+    ``collect_young``): left to the collector, they would each be walked two or three times."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
+            collect_young()
             gc.enable()
+
+
+def collect_young() -> None:
+    """Walk the young generations' objects once, if they are many.
+
+    The collector would move them to the oldest generation with a generation-1 pass (every
+    object walked) and, while the objects moved there since the last full pass number at least a
+    quarter of the oldest generation (CPython's rule), a full pass too (every object walked
+    again). One collection does either's work once: a full one where the rule would call one
+    anyway, else a generation-1 one. Nothing it frees differs (cycles are collected sooner)."""
+    young = len(gc.get_objects(0)) + len(gc.get_objects(1))
+    if young < MANY_OBJECTS:
+        return
+    gc.collect(2 if young * 4 >= len(gc.get_objects(2)) else 1)

@@ -31,6 +31,10 @@ Cases (what each entry point does with a checkpoint directory before anything el
   files tables and the checks (``verify="headers"``, the default, also opens each of the 596,096
   records' zip directory: not measurable on sparse files, and I/O-bound on a real one).
 
+After the case, each child times 2 M new objects (a list of small lists): what the next
+allocating step pays for the collections the case left to Python's collector (a reader that
+pauses it leaves millions of young objects; each later pass walks them all).
+
 Each child also reports ``import dcpviz`` (torch-free), the readers' import (torch and DCP:
 2.5-4 s in a fresh process, *before* the clock: no case above includes it; the readers need
 torch, since what they return is DCP's own Metadata), the case's CPU time (user + system: less
@@ -171,6 +175,10 @@ else:
     info.checks
 out[case] = T() - t
 out["cpu"] = time.process_time() - c  # user + system CPU: less sensitive to other processes
+# What the next allocating step pays for the collections the case left to the collector (a
+# reader that pauses it leaves millions of young objects behind): 2 M new objects, timed.
+t = T(); after = [[i] for i in range(2_000_000)]; out["then 2 M new objects"] = T() - t
+del after
 out["rows"] = n
 out["peak RSS MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("BENCH" + json.dumps(out))
@@ -231,6 +239,9 @@ def main() -> None:
         print(f"| {case} | {times} | {cells[(case, cols[-1])]['rows']} |")
         cpu = " | ".join(f"{cells[(case, c)]['cpu']:.2f} s" for c in cols)
         print(f"| {case}: CPU time (user + system) | {cpu} | |")
+    for case in CASES:
+        vals = " | ".join(f"{cells[(case, c)]['then 2 M new objects']:.2f} s" for c in cols)
+        print(f"| after {case}: 2 M new objects (the collections it left behind) | {vals} | |")
     for label, key in (
         ("import dcpviz", "import dcpviz"),
         ("import the readers (torch)", "import the readers (torch)"),

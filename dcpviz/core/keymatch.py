@@ -17,7 +17,7 @@ key reads (``unexpected``) by rules, applied again and again until nothing chang
    a numeric segment (a layer index) is never one.
 
 A rewrite is *applied* only when it is certain: it holds for at least two keys of equal shape
-(or for the one key left on each side), and no key it maps has another candidate — no other
+(or for the one target key still unmatched), and no key it maps has another candidate — no other
 rewrite or wrapper match maps that target key elsewhere or another target key onto the same
 checkpoint key. Where candidates tie (``model.`` and ``ema.`` both hold the tree; ``wq`` could
 be ``q_proj``, ``k_proj`` or ``v_proj``, all of one shape) nothing is applied: the tie is an

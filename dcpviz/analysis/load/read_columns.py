@@ -47,7 +47,7 @@ class ReadColumns:
         # The same lookups as read_items' rows (tables.read_row), once per read record, as
         # whole-list passes (dict lookups through map, codes in first-met order): one Python
         # statement per record and column was most of the explorer's first view.
-        saved = tables._saved(trace)
+        saved = tables.saved_lookups(trace)
         reads = trace.reads
         keys = [(r.storage_fqn or r.fqn, r.saved_offsets) for r in reads]
         found = list(map(saved.writers.get, keys))
@@ -118,7 +118,7 @@ def _codes(values: Sequence[Hashable], codes: dict[Any, int]) -> np.ndarray:
 
 def columns(trace: LoadTrace) -> ReadColumns:
     """``ReadColumns(trace)``, built once per trace."""
-    memo = tables._memo(trace)
+    memo = tables.trace_memo(trace)
     if "read_columns" not in memo:
         memo["read_columns"] = ReadColumns(trace)
     return memo["read_columns"]
@@ -126,7 +126,7 @@ def columns(trace: LoadTrace) -> ReadColumns:
 
 def rank_volume(trace: LoadTrace) -> pd.DataFrame:
     """``tables.rank_volume(trace, read_items)``, from the columns."""
-    memo = tables._memo(trace)
+    memo = tables.trace_memo(trace)
     if "fast_rank_volume" not in memo:
         c = columns(trace)
         counts = {

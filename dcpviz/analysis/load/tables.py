@@ -79,7 +79,7 @@ def read_plans(trace: LoadTrace) -> tuple[tuple[PlanRecord | None, ...], str]:
     return trace.local_plans, "local"
 
 
-class _Saved:
+class SavedLookups:
     """Lookups into the checkpoint side: writer, file, chunk sizes, dtype per saved chunk."""
 
     def __init__(self, trace: LoadTrace) -> None:
@@ -101,7 +101,7 @@ class _Saved:
 _MEMO: dict[int, tuple[LoadTrace, dict[Any, Any]]] = {}
 
 
-def _memo(trace: LoadTrace) -> dict[Any, Any]:
+def trace_memo(trace: LoadTrace) -> dict[Any, Any]:
     """Values derived from ``trace`` that several tables need, kept while the trace is among
     the last few seen (the header, the checks and the first tab all ask for them)."""
     hit = _MEMO.get(id(trace))
@@ -112,17 +112,17 @@ def _memo(trace: LoadTrace) -> dict[Any, Any]:
     return hit[1]
 
 
-def _saved(trace: LoadTrace) -> _Saved:
-    """``_Saved(trace)``, built once per trace."""
-    memo = _memo(trace)
+def saved_lookups(trace: LoadTrace) -> SavedLookups:
+    """``SavedLookups(trace)``, built once per trace."""
+    memo = trace_memo(trace)
     if "saved" not in memo:
-        memo["saved"] = _Saved(trace)
+        memo["saved"] = SavedLookups(trace)
     return memo["saved"]
 
 
 def read_row(trace: LoadTrace, i: int) -> tuple:
     """Read item ``i``'s columns (all but ``rank`` and ``component``), as ``read_items`` has them."""
-    saved = _saved(trace)
+    saved = saved_lookups(trace)
     r = trace.reads[i]
     key = saved.key(r)
     w = saved.writers.get(key)
@@ -228,7 +228,7 @@ def rank_volume(trace: LoadTrace, reads: pd.DataFrame | None = None) -> pd.DataF
     (``wanted_nbytes``), and how many tensors, saved chunks, writer ranks and files it touches.
     ``planned`` is False for a rank whose local plan failed (its counts are NA)."""
     reads = read_items(trace) if reads is None else reads
-    memo = _memo(trace)
+    memo = trace_memo(trace)
     hit = memo.get("rank_volume")
     if hit is None or hit[0] is not reads:  # the same reads frame: the same answer
         hit = memo["rank_volume"] = (reads, _rank_volume(trace, reads))
@@ -483,7 +483,7 @@ READ_BOX_COLUMNS = [
 
 def saved_boxes(trace: LoadTrace, reads: pd.DataFrame, fqn: str, rank: int) -> pd.DataFrame:
     """The checkpoint's chunks of ``fqn``: writer, file, bytes, and what ``rank`` reads of each."""
-    saved = _saved(trace)
+    saved = saved_lookups(trace)
     mine = reads[(reads["rank"] == rank) & (reads["fqn"] == fqn)]
     read_bytes = (
         mine.groupby(mine["saved_offsets"].map(tuple), sort=False)["nbytes"].sum().to_dict()

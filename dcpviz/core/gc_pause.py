@@ -26,8 +26,10 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            collect_young()
-            gc.enable()
+            try:
+                collect_young()
+            finally:  # an interrupt during the walk still leaves the collector on
+                gc.enable()
 
 
 def collect_young() -> None:

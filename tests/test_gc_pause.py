@@ -98,3 +98,13 @@ def test_an_error_in_the_block_restores_the_collector(enabled, collections):
     with pytest.raises(ZeroDivisionError), gc_paused():
         1 / 0  # noqa: B018
     assert gc.isenabled() is enabled
+
+
+def test_an_interrupted_walk_still_turns_the_collector_back_on(collections, monkeypatch):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gc_pause, "collect_young", interrupted)
+    with pytest.raises(KeyboardInterrupt), gc_paused():
+        pass
+    assert gc.isenabled()
